@@ -1,0 +1,30 @@
+"""Common start-up of the processes the manager spawns (front and endpoint servers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any, Callable
+
+from .logger import setup_logging
+from .procutil import adopt_listeners, die_with_parent
+
+
+def child_main(prog: str, serve: Callable[[dict[str, Any]], None],
+               argv: list[str] | None = None) -> int:
+    """Parse ``--spec JSON --parent PID --fds N,M``, arm die-with-parent, then serve."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--spec", required=True, help="process spec as JSON")
+    parser.add_argument("--parent", type=int, default=None, help="pid to die with")
+    parser.add_argument("--fds", default="", help="inherited listening sockets")
+    args = parser.parse_args(argv)
+    if args.parent is not None:
+        die_with_parent(signal.SIGKILL, expected_parent=args.parent)
+    adopt_listeners(args.fds)
+    setup_logging()
+    spec = json.loads(args.spec)
+    sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
+    serve(spec)
+    return 0

@@ -1,0 +1,246 @@
+"""Gateway configuration: one declarative table of settings, validated at start.
+
+Every key the framework reads is declared once in :data:`GATEWAY_SETTINGS` or
+:data:`ENDPOINT_SETTINGS` with its type, default, check and one-line description.
+The README's key table is generated from these tables (``python -m
+basic_inference_server.config``) and a test keeps the two in step.
+
+Endpoint sections may also carry the endpoint's own keys (those of its ``_CONFIG``);
+they reach the worker as ``self.cfg_<lower key>``. A key that is not ours but looks
+like a misspelling of one of ours is reported, not passed on silently.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+NO_HOST = "NO_HOST"
+_ENDPOINT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its type, default, validity check and description."""
+
+    name: str
+    kind: type | tuple[type, ...]
+    default: Any
+    desc: str
+    check: Callable[[Any], str | None] | None = None
+
+    def validate(self, value: Any, where: str) -> Any:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        # bool is an int in Python; an int setting must not accept true/false.
+        bad_bool = isinstance(value, bool) and bool not in kinds
+        if bad_bool or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(
+                f"{where}: {self.name} must be {names}, got {type(value).__name__} {value!r}"
+            )
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise ConfigError(f"{where}: {self.name} {problem}, got {value!r}")
+        return value
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
+
+
+def _str_list(v: list) -> str | None:
+    return None if all(isinstance(x, str) for x in v) else "must be a list of strings"
+
+
+GATEWAY_SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("CONFIG_ENDPOINTS", dict, {}, "Endpoints to serve: name -> endpoint settings."),
+        Setting("DEFAULT_SERVER", (str, type(None)), None,
+                "Endpoint listed first by /list_servers; requests still name a SIGNATURE."),
+        Setting("NO_STARTUP_WAIT", bool, True,
+                "true: /run to a starting endpoint answers 503 at once; "
+                "false: it waits (up to TIMEOUT) for the endpoint to be ready."),
+        Setting("SERVER_NAME", str, "basic_inference_server",
+                "Name of this box, reported as `server` in every response."),
+        Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
+        Setting("FIRST_SERVER_PORT", int, None,
+                "Port of the first endpoint server (default: gateway port + 1); 0 picks free ports.",
+                _port),
+        Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _at_least(1)),
+        Setting("GATEWAY_THREADS", int, 32,
+                "Threads per gateway worker: concurrent requests each can hold.", _at_least(1)),
+        Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
+                "Largest accepted request body in bytes (413 above).", _at_least(1)),
+        Setting("ADMIN_TOKEN", (str, type(None)), None,
+                "Bearer token that opens the management API to non-loopback callers "
+                "(env BIS_ADMIN_TOKEN overrides)."),
+        Setting("STOP_TIMEOUT", (int, float), 30,
+                "Seconds a stopping process may take to finish in-flight work before it is killed.",
+                _at_least(0)),
+    ]
+}
+
+ENDPOINT_SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("NR_WORKERS", int, 1, "Worker processes of the endpoint server.", _at_least(1)),
+        Setting("HOST", str, "127.0.0.1",
+                "Address the endpoint server listens on; NO_HOST makes it a support process."),
+        Setting("PORT", (int, type(None)), None,
+                "Port of the endpoint server (default: assigned from FIRST_SERVER_PORT).",
+                lambda v: None if v is None else _port(v)),
+        Setting("DISABLED", bool, False, "Configured but not started (start it with /start_server)."),
+        Setting("SERVER_CLASS", (str, type(None)), None,
+                "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name."),
+        Setting("DESCRIPTION", str, "", "Free text shown by /list_servers."),
+        Setting("PING_INTERVAL", (int, float), 5, "Seconds between health probes.", _at_least(0.1)),
+        Setting("TIMEOUT", (int, float), 60,
+                "Seconds the gateway waits for an answer before replying 504.", _at_least(0.01)),
+        Setting("BASE64_KEYS", list, [],
+                "Input fields that arrive base64-encoded; decoded to bytes before _pre_process.",
+                _str_list),
+        Setting("BASE64_OUTPUTS", list, [],
+                "Output fields holding bytes; base64-encoded in the response.", _str_list),
+    ]
+}
+
+
+@dataclass
+class EndpointConfig:
+    """A validated endpoint section: framework settings plus the endpoint's own keys."""
+
+    name: str
+    settings: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_support(self) -> bool:
+        return self.settings["HOST"] == NO_HOST
+
+    @property
+    def module_name(self) -> str:
+        return self.settings["SERVER_CLASS"] or self.name
+
+    def worker_config(self) -> dict[str, Any]:
+        """Everything the endpoint section says, as the worker sees it (over its _CONFIG)."""
+        return {**self.settings, **self.extra}
+
+
+@dataclass
+class GatewayConfig:
+    """The whole validated configuration."""
+
+    settings: dict[str, Any]
+    endpoints: dict[str, EndpointConfig]
+    source: str = "<defaults>"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.settings[key]
+
+    def admin_token(self) -> str | None:
+        return os.environ.get("BIS_ADMIN_TOKEN") or self.settings["ADMIN_TOKEN"]
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def parse_endpoint(name: str, raw: Any, where: str) -> EndpointConfig:
+    """Validate one endpoint section."""
+    if not _ENDPOINT_NAME.match(name):
+        raise ConfigError(f"{where}: endpoint name {name!r} must be letters, digits, '_' or '-'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be an object, got {type(raw).__name__}")
+    settings: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        spec = ENDPOINT_SETTINGS.get(key)
+        if spec is not None:
+            settings[key] = spec.validate(value, where)
+            continue
+        hint = _suggest(key, list(ENDPOINT_SETTINGS))
+        if hint:
+            raise ConfigError(f"{where}: unknown key {key}{hint}")
+        extra[key] = value
+    for key, spec in ENDPOINT_SETTINGS.items():
+        settings.setdefault(key, spec.default)
+    return EndpointConfig(name=name, settings=settings, extra=extra)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> GatewayConfig:
+    """Validate a decoded configuration object; raises :class:`ConfigError`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the configuration must be a JSON object")
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        spec = GATEWAY_SETTINGS.get(key)
+        if spec is None:
+            raise ConfigError(f"{source}: unknown key {key}{_suggest(key, list(GATEWAY_SETTINGS))}")
+        settings[key] = spec.validate(value, source)
+    for key, spec in GATEWAY_SETTINGS.items():
+        settings.setdefault(key, spec.default)
+    endpoints = {
+        name: parse_endpoint(name, section, f"{source}: CONFIG_ENDPOINTS.{name}")
+        for name, section in settings["CONFIG_ENDPOINTS"].items()
+    }
+    default = settings["DEFAULT_SERVER"]
+    if default is not None and default not in endpoints:
+        raise ConfigError(f"{source}: DEFAULT_SERVER {default!r} is not in CONFIG_ENDPOINTS")
+    return GatewayConfig(settings=settings, endpoints=endpoints, source=source)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a JSON configuration file.
+
+    A syntax error is reported with its line and column; a missing file is an error.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    return parse_config(raw, str(path))
+
+
+def settings_table_markdown() -> str:
+    """The README's configuration table, generated from the settings tables."""
+
+    def rows(table: dict[str, Setting]) -> list[str]:
+        out = []
+        for s in table.values():
+            kinds = s.kind if isinstance(s.kind, tuple) else (s.kind,)
+            typ = " / ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            out.append(f"| `{s.name}` | {typ} | `{json.dumps(s.default)}` | {s.desc} |")
+        return out
+
+    head = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    return "\n".join(
+        ["Top level:", "", *head, *rows(GATEWAY_SETTINGS), "",
+         "Per endpoint (inside `CONFIG_ENDPOINTS.<name>`):", "", *head, *rows(ENDPOINT_SETTINGS)]
+    )
+
+
+if __name__ == "__main__":
+    print(settings_table_markdown())

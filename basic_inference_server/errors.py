@@ -1,0 +1,95 @@
+"""Error hierarchy. Each error knows its HTTP status; one handler maps them to JSON.
+
+Errors cross process boundaries as dicts (:meth:`ServingError.to_dict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServingError(Exception):
+    """Base of every error the framework turns into an HTTP answer."""
+
+    status = 500
+    kind = "internal_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON body of the error: ``ERROR`` is the human message, always present."""
+        body: dict[str, Any] = {"ERROR": self.message, "ERROR_TYPE": self.kind}
+        body.update(self.details)
+        return body
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Extra response headers (``Retry-After`` when the caller should come back)."""
+        if self.retry_after is None:
+            return []
+        return [("Retry-After", str(max(1, round(self.retry_after))))]
+
+
+class BadRequest(ServingError):
+    """The request body or its fields are wrong: the caller's fault."""
+
+    status = 400
+    kind = "bad_request"
+
+
+class Unauthorized(ServingError):
+    """A management call without an acceptable admin token."""
+
+    status = 401
+    kind = "unauthorized"
+
+
+class Forbidden(ServingError):
+    """A management call from a non-loopback address with no token configured."""
+
+    status = 403
+    kind = "forbidden"
+
+
+class NotFound(ServingError):
+    """Unknown endpoint (``SIGNATURE``) or path."""
+
+    status = 404
+    kind = "not_found"
+
+
+class MethodNotAllowed(ServingError):
+    status = 405
+    kind = "method_not_allowed"
+
+
+class PayloadTooLarge(ServingError):
+    """The body is over ``MAX_REQUEST_SIZE``."""
+
+    status = 413
+    kind = "payload_too_large"
+
+
+class Unavailable(ServingError):
+    """The endpoint is starting, restarting, failed or stopped."""
+
+    status = 503
+    kind = "unavailable"
+
+
+class UpstreamTimeout(ServingError):
+    """The endpoint did not answer within its ``TIMEOUT``."""
+
+    status = 504
+    kind = "timeout"
+
+
+class ConfigError(Exception):
+    """The gateway configuration is invalid; the message says where and how to fix it."""
+
+
+class DiscoveryError(Exception):
+    """An endpoint file does not define exactly one usable worker class."""

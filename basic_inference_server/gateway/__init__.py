@@ -1,0 +1,1 @@
+"""The gateway front process: public HTTP API, routing by SIGNATURE."""

@@ -1,0 +1,252 @@
+"""The gateway front: routes ``/run`` by ``SIGNATURE``; the rest goes to the manager.
+
+``/run`` is served by a plain WSGI handler ahead of Flask: it is on every request's
+path and needs no routing, sessions or templates. Everything else is a Flask app.
+The front keeps no state but the route table, so the manager can restart it freely.
+"""
+
+from __future__ import annotations
+
+import hmac
+from http import HTTPStatus
+import ipaddress
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qsl
+
+from flask import Flask, Response, request
+
+from .. import protocol
+from ..errors import (BadRequest, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge,
+                      ServingError, Unauthorized, Unavailable)
+from ..ipc import ControlUnavailable, control_call
+from .routes import RouteTable
+from .upstream import Upstream
+
+StartResponse = Callable[..., Any]
+READY = "READY"
+WAITABLE = ("STARTING", "RESTARTING")
+SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
+
+# path -> (methods, needs admin rights, description); /get_paths lists this table.
+API: dict[str, tuple[tuple[str, ...], bool, str]] = {
+    "/run": (("POST", "GET"), False, "run an endpoint: body {SIGNATURE, ...}"),
+    "/list_servers": (("GET", "POST"), False, "endpoints with state, workers, port, errors"),
+    "/system_status": (("GET", "POST"), False, "memory and disk (SYSTEM_STATUS)"),
+    "/notifications": (("GET", "POST"), False, "recent notifications from workers"),
+    "/get_paths": (("GET", "POST"), False, "this list"),
+    "/support_update_status": (("POST",), False, "where support processes report"),
+    "/health/live": (("GET",), False, "200 while the gateway runs"),
+    "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
+    "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
+    "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
+    "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
+    "/reload_server": (("POST",), True, "zero-downtime code reload: {SIGNATURE}"),
+    "/shutdown": (("POST",), True, "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}"),
+}
+
+
+@dataclass
+class FrontSpec:
+    """What the manager tells the front."""
+
+    routes: str
+    control: str
+    workers: int = 2
+    threads: int = 32
+    max_request_size: int = 64 * 1024 * 1024
+    admin_token: str | None = None
+    server_name: str = "basic_inference_server"
+    app_version: str = "0.0.0"
+    stop_timeout: float = 30
+
+
+def is_loopback(addr: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((addr or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin(environ: dict[str, Any], token: str | None) -> None:
+    """Management calls: loopback callers, or anyone presenting the admin token."""
+    header = environ.get("HTTP_AUTHORIZATION")
+    if header is not None:
+        scheme, _, given = header.partition(" ")
+        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
+            raise Unauthorized("invalid admin token")
+        return
+    if not is_loopback(environ.get("REMOTE_ADDR")):
+        raise Forbidden("management calls are accepted from loopback only; configure "
+                        "ADMIN_TOKEN and send 'Authorization: Bearer <token>' to call remotely")
+
+
+class Front:
+    """WSGI application of the gateway front."""
+
+    def __init__(self, spec: FrontSpec) -> None:
+        self.spec = spec
+        self.routes = RouteTable(spec.routes)
+        self.upstream = Upstream()
+        self.flask = self._build_flask()
+
+    # -- helpers ------------------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return protocol.base_meta(self.spec.server_name, self.spec.app_version)
+
+    def _error(self, err: ServingError, start_response: StartResponse) -> Iterable[bytes]:
+        body = protocol.error_body(err, self.meta())
+        start_response(f"{err.status} {_reason(err.status)}",
+                       [("Content-Type", protocol.JSON), ("Content-Length", str(len(body))),
+                        *err.headers()])
+        return [body]
+
+    def _read_body(self, environ: dict[str, Any]) -> bytes:
+        limit = self.spec.max_request_size
+        length = environ.get("CONTENT_LENGTH")
+        stream = environ["wsgi.input"]
+        if length:
+            try:
+                size = int(length)
+            except ValueError:
+                raise BadRequest("invalid Content-Length") from None
+            if size > limit:
+                raise PayloadTooLarge(f"body of {size} bytes is over the limit of {limit} bytes",
+                                      MAX_REQUEST_SIZE=limit)
+            return bytes(stream.read(size))
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes",
+                                  MAX_REQUEST_SIZE=limit)
+        return bytes(data)
+
+    def _resolve(self, name: str) -> dict[str, Any]:
+        """The route of a READY endpoint, or the error to answer with."""
+        route = self.routes.get(name)
+        if route is None:
+            raise NotFound(f"unknown SIGNATURE {name!r}", AVAIL_SERVERS=self.routes.names())
+        if route["state"] == READY:
+            return route
+        if route["state"] in WAITABLE and not self.routes.table().get("no_startup_wait", True):
+            deadline = time.monotonic() + float(route["timeout"])
+            while time.monotonic() < deadline:
+                # Poll the route file (a stat) until the endpoint is ready or time is up.
+                time.sleep(0.02)
+                route = self.routes.get(name) or route
+                if route["state"] == READY:
+                    return route
+        raise Unavailable(
+            f"endpoint {name} is {route['state']}"
+            + (f": {route['last_error']}" if route.get("last_error") else ""),
+            retry_after=route.get("retry_after", 1), SIGNATURE=name, STATE=route["state"])
+
+    # -- WSGI ---------------------------------------------------------------------
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/run":
+            return self.run(environ, start_response)
+        return self.flask(environ, start_response)  # type: ignore[no-any-return]
+
+    def run(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """``/run``: validate, route by SIGNATURE, forward, pass the answer through."""
+        try:
+            method = environ["REQUEST_METHOD"]
+            if method == "POST":
+                raw = self._read_body(environ)
+                body = protocol.parse_body(raw)
+            elif method == "GET":
+                body = dict(parse_qsl(environ.get("QUERY_STRING", "")))
+                raw = protocol.dumps(body)
+            else:
+                raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
+            name = protocol.signature_of(body)
+            route = self._resolve(name)
+            resp = self.upstream.post(route["socket"], name, raw, float(route["timeout"]))
+        except ServingError as err:
+            return self._error(err, start_response)
+        start_response(f"{resp.status} {_reason(resp.status)}",
+                       [*resp.headers, ("Content-Length", str(len(resp.body)))])
+        return [resp.body]
+
+    # -- management (Flask) ---------------------------------------------------------
+    def _build_flask(self) -> Flask:
+        app = Flask("bis-gateway")
+        front = self
+
+        def reply(status: int, body: dict[str, Any], headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+            return Response(protocol.dumps({**body, **front.meta()}), status=status,
+                            headers=list(headers), mimetype=protocol.JSON)
+
+        def args_of() -> dict[str, Any]:
+            if request.method == "GET":
+                return request.args.to_dict()
+            raw = request.get_data(cache=False)
+            return protocol.parse_body(raw) if raw else {}
+
+        def forward(cmd: str, args: dict[str, Any]) -> Response:
+            try:
+                answer = control_call(front.spec.control, {"cmd": cmd, "args": args})
+            except ControlUnavailable as exc:
+                raise Unavailable(f"the gateway manager is not answering: {exc}",
+                                  retry_after=1) from None
+            return reply(int(answer["status"]), answer["body"])
+
+        def make_view(path: str, admin: bool) -> Callable[[], Response]:
+            cmd = path.strip("/")
+
+            def view() -> Response:
+                if admin:
+                    check_admin(request.environ, front.spec.admin_token)
+                args = args_of()
+                if path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
+                    raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
+                return forward(cmd, args)
+
+            return view
+
+        for path, (methods, admin, _desc) in API.items():
+            if path in ("/run", "/get_paths") or path.startswith("/health/"):
+                continue
+            app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
+                             methods=list(methods))
+
+        @app.route("/get_paths", methods=["GET", "POST"])
+        def get_paths() -> Response:
+            return reply(200, {"AVAIL_PATHS": {p: {"methods": list(m), "admin": a, "info": d}
+                                               for p, (m, a, d) in API.items()}})
+
+        @app.get("/health/live")
+        def live() -> Response:
+            return reply(200, {"status": "alive"})
+
+        @app.get("/health/ready")
+        def ready() -> Response:
+            states = {n: r["state"] for n, r in front.routes.table()["endpoints"].items()}
+            waiting = {n: s for n, s in states.items() if s not in (READY, "STOPPED")}
+            status = 503 if waiting else 200
+            headers = [("Retry-After", "1")] if waiting else []
+            return reply(status, {"status": "ready" if status == 200 else "not ready",
+                                  "endpoints": states}, headers)
+
+        @app.errorhandler(ServingError)
+        def serving_error(err: ServingError) -> Response:
+            return reply(err.status, err.to_dict(), err.headers())
+
+        @app.errorhandler(404)
+        def not_found(_exc: Exception) -> Response:
+            err = NotFound(f"no route {request.path}; see /get_paths")
+            return reply(err.status, err.to_dict())
+
+        @app.errorhandler(405)
+        def bad_method(_exc: Exception) -> Response:
+            err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+            return reply(err.status, err.to_dict())
+
+        return app
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"

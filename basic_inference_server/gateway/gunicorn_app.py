@@ -1,0 +1,45 @@
+"""The gateway front under gunicorn: ``GATEWAY_WORKERS`` processes of ``GATEWAY_THREADS``.
+
+gthread workers: each thread holds one request while its endpoint computes, so a slow
+model does not block other endpoints; clients keep their connections alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from ..procutil import die_with_parent
+from .app import Front, FrontSpec
+
+
+class GatewayFront(BaseApplication):
+    def __init__(self, spec: FrontSpec) -> None:
+        self.spec = spec
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings: dict[str, Any] = {
+            "workers": self.spec.workers,
+            "worker_class": "gthread",
+            "threads": self.spec.threads,
+            "keepalive": 30,
+            "graceful_timeout": self.spec.stop_timeout,
+            "timeout": 60,
+            # The front runs no user code: load it once in the master, fork ready workers.
+            "preload_app": True,
+            "control_socket_disable": True,
+            "proc_name": "bis-gateway",
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
+            "post_fork": lambda _server, _worker: die_with_parent(signal.SIGKILL),
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Front:
+        return Front(self.spec)

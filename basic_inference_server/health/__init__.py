@@ -1,0 +1,1 @@
+"""Health sampling: memory, disk and GPU of the box and of the process tree."""

@@ -1,0 +1,585 @@
+"""The manager: the control plane. It runs no user code and never waits on HTTP.
+
+One loop owns everything: it spawns the gateway front, one server per endpoint and
+the support processes, reaps them the moment they exit, restarts them with backoff,
+publishes the route table, and answers management commands on a Unix socket.
+Signal handlers only wake the loop (``signal.set_wakeup_fd``); the loop acts.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import GatewayConfig, parse_endpoint
+from ..discovery import endpoint_file
+from ..errors import ConfigError, DiscoveryError
+from ..health.memory import system_status
+from ..ipc import MAX_MESSAGE
+from ..procutil import free_port
+from .children import Child, spawn, spawn_script
+from .state import STABLE_AFTER, Endpoint, State, write_routes
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not help
+# gunicorn's exit codes for "a worker could not load the app": not a crash.
+LOAD_FAILURE_CODES = {3, 4}
+SUPPORT_PATH = "/support_update_status"
+
+
+class Manager:
+    """Owns the process tree of one gateway."""
+
+    def __init__(self, config: GatewayConfig, endpoints_dir: str | Path, host: str = "0.0.0.0",
+                 port: int = 5002) -> None:
+        self.config = config
+        self.endpoints_dir = str(Path(endpoints_dir).resolve())
+        self.host = host
+        self.port = port
+        self.run_dir = Path(tempfile.mkdtemp(prefix="bis-"))
+        self.routes_path = self.run_dir / "routes.json"
+        self.control_path = str(self.run_dir / "control.sock")
+        self.notify_path = str(self.run_dir / "notify.sock")
+        self.endpoints: dict[str, Endpoint] = {}
+        self.front: Child | None = None
+        self.front_listener: socket.socket | None = None
+        self.front_failures = 0
+        self.front_restart_at: float | None = None
+        self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.sel = selectors.DefaultSelector()
+        self.shutting_down = False
+        self.exit_code = EXIT_OK
+        self.done = False
+        self._next_port = config["FIRST_SERVER_PORT"]
+        if self._next_port is None:
+            self._next_port = port + 1
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -- set-up -------------------------------------------------------------------
+    def _listen_tcp(self, host: str, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+
+    def _listen_unix(self, path: str) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(path)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+
+    def _setup(self) -> None:
+        self.front_listener = self._listen_tcp(self.host, self.port)
+        if self.port == 0:
+            self.port = self.front_listener.getsockname()[1]
+        control = socket.socket(socket.AF_UNIX)
+        control.bind(self.control_path)
+        control.listen(64)
+        control.setblocking(False)
+        self.sel.register(control, selectors.EVENT_READ, self._accept_control)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(self.notify_path)
+        notify.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        notify.setblocking(False)
+        self.sel.register(notify, selectors.EVENT_READ, self._read_notify)
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._read_signals)
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # The handler does nothing: the wakeup fd carries the signal number to the loop.
+            signal.signal(sig, lambda _s, _f: None)
+        for name, cfg in self.config.endpoints.items():
+            self.endpoints[name] = Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
+
+    # -- main loop ------------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything and serve until shut down; returns the process exit code."""
+        try:
+            self._setup()
+        except ConfigError:
+            self._cleanup()
+            raise
+        log.info("gateway on %s:%d, %d endpoint(s), run dir %s", self.host, self.port,
+                 len(self.endpoints), self.run_dir)
+        for ep in self.endpoints.values():
+            if not ep.config.settings["DISABLED"]:
+                self._start_endpoint(ep)
+        self._publish()
+        self._start_front()
+        try:
+            while not self.done:
+                for key, _ in self.sel.select(self._next_timeout()):
+                    key.data(key.fileobj)
+                self._reap()
+                self._timers()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _next_timeout(self) -> float:
+        deadlines = [ep.restart_at for ep in self.endpoints.values() if ep.restart_at]
+        deadlines += [c.stop_deadline for c in self._children() if c.stop_deadline]
+        if self.front_restart_at:
+            deadlines.append(self.front_restart_at)
+        if not deadlines:
+            return 5.0
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _children(self) -> list[Child]:
+        out = [self.front] if self.front else []
+        for ep in self.endpoints.values():
+            out += [c for c in (ep.child, ep.pending) if c] + ep.draining
+        return out
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        for child in self._children():
+            child.enforce(now)
+        if self.shutting_down:
+            return
+        for ep in self.endpoints.values():
+            if ep.restart_at is not None and now >= ep.restart_at:
+                ep.restart_at = None
+                ep.restarts += 1
+                self._start_endpoint(ep)
+        if self.front_restart_at is not None and now >= self.front_restart_at:
+            self.front_restart_at = None
+            self._start_front()
+
+    # -- signals ------------------------------------------------------------------------
+    def _read_signals(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.shutting_down:
+                    log.warning("second stop signal: killing every child now")
+                    for child in self._children():
+                        child.kill_group()
+                else:
+                    log.info("received %s: draining and shutting down", signal.Signals(signum).name)
+                    self.begin_shutdown()
+            elif signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading every endpoint")
+                for ep in self.endpoints.values():
+                    if ep.state == State.READY and not ep.config.is_support:
+                        self.reload_endpoint(ep)
+
+    # -- children -----------------------------------------------------------------------
+    def _start_front(self) -> None:
+        assert self.front_listener is not None
+        spec = {
+            "routes": str(self.routes_path),
+            "control": self.control_path,
+            "workers": self.config["GATEWAY_WORKERS"],
+            "threads": self.config["GATEWAY_THREADS"],
+            "max_request_size": self.config["MAX_REQUEST_SIZE"],
+            "admin_token": self.config.admin_token(),
+            "server_name": self.config["SERVER_NAME"],
+            "app_version": self.config["APP_VERSION"],
+            "stop_timeout": self.config["STOP_TIMEOUT"],
+        }
+        self.front = spawn("front", "gateway", "basic_inference_server.gateway", spec,
+                           fds=(self.front_listener.fileno(),))
+
+    def _allocate_port(self, ep: Endpoint) -> int:
+        if ep.config.settings["PORT"] is not None:
+            return int(ep.config.settings["PORT"])
+        if self._next_port == 0:
+            return free_port(ep.config.settings["HOST"])
+        port = self._next_port
+        self._next_port += 1
+        return port
+
+    def _open_listeners(self, ep: Endpoint) -> None:
+        if ep.listeners:
+            return
+        host = ep.config.settings["HOST"]
+        ep.port = ep.port or self._allocate_port(ep)
+        tcp = self._listen_tcp(host, ep.port)
+        ep.socket_path = str(self.run_dir / f"srv-{ep.name}.sock")
+        ep.listeners = [tcp, self._listen_unix(ep.socket_path)]
+
+    def _close_listeners(self, ep: Endpoint) -> None:
+        for sock in ep.listeners:
+            sock.close()
+        ep.listeners = []
+        if ep.socket_path and os.path.exists(ep.socket_path):
+            os.unlink(ep.socket_path)
+
+    def _server_spec(self, ep: Endpoint) -> dict[str, Any]:
+        s = ep.config.settings
+        return {
+            "name": ep.name,
+            "module": ep.config.module_name,
+            "endpoints_dir": self.endpoints_dir,
+            "host": s["HOST"],
+            "port": ep.port,
+            "socket": ep.socket_path,
+            "nr_workers": ep.target_workers,
+            "worker_config": ep.config.worker_config(),
+            "notify": self.notify_path,
+            "server_name": self.config["SERVER_NAME"],
+            "app_version": self.config["APP_VERSION"],
+            "stop_timeout": self.config["STOP_TIMEOUT"],
+            "generation": ep.generation,
+        }
+
+    def _start_endpoint(self, ep: Endpoint) -> None:
+        """Spawn the endpoint's process; it becomes READY when a worker reports in."""
+        if ep.config.is_support:
+            self._start_support(ep)
+            return
+        try:
+            self._open_listeners(ep)
+        except ConfigError as exc:
+            ep.state, ep.last_error = State.FAILED, str(exc)
+            log.error("%s: %s", ep.name, exc)
+            self._publish()
+            return
+        ep.generation += 1
+        ep.ready_pids.clear()
+        ep.reported_workers = None
+        ep.child = spawn("server", ep.name, "basic_inference_server.server", self._server_spec(ep),
+                         fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation)
+        ep.state = State.STARTING
+        self._publish()
+
+    def _start_support(self, ep: Endpoint) -> None:
+        try:
+            script = endpoint_file(self.endpoints_dir, ep.config.module_name)
+        except DiscoveryError as exc:
+            ep.state, ep.last_error = State.FAILED, str(exc)
+            log.error("%s", exc)
+            return
+        gateway_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        payload = {**ep.config.worker_config(), "SERVER": gateway_host, "SERVER_PORT": self.port,
+                   "SERVER_PATH": SUPPORT_PATH, "SUPPORT_NAME": ep.name}
+        ep.child = spawn_script(ep.name, str(script), ["--config_endpoint", json.dumps(payload)])
+        ep.generation += 1
+        ep.state = State.READY
+        ep.ready_since = time.monotonic()
+
+    def reload_endpoint(self, ep: Endpoint) -> None:
+        """Zero-downtime reload: start a new generation beside the old one, switch when ready."""
+        if ep.pending is not None:
+            return
+        ep.generation += 1
+        ep.pending = spawn("server", ep.name, "basic_inference_server.server",
+                           self._server_spec(ep), fds=tuple(s.fileno() for s in ep.listeners),
+                           generation=ep.generation)
+
+    def stop_endpoint(self, ep: Endpoint) -> None:
+        ep.restart_at = None
+        for child in [c for c in (ep.child, ep.pending) if c]:
+            child.terminate(self.config["STOP_TIMEOUT"])
+            ep.draining.append(child)
+        ep.child = ep.pending = None
+        ep.ready_pids.clear()
+        ep.state = State.STOPPING if ep.draining else State.STOPPED
+        self._publish()
+
+    def _reap(self) -> None:
+        if self.front and self.front.poll() is not None:
+            self._front_exited(self.front)
+        for ep in self.endpoints.values():
+            for child in list(ep.draining):
+                if child.poll() is not None:
+                    ep.draining.remove(child)
+                    if ep.state == State.STOPPING and not ep.draining:
+                        ep.state = State.STOPPED
+                        if not self.shutting_down:
+                            self._close_listeners(ep)
+                        self._publish()
+            if ep.pending and ep.pending.poll() is not None:
+                ep.last_error = ep.last_error or f"reload failed (exit code {ep.pending.poll()})"
+                log.error("%s: new generation exited with %s; keeping the old one", ep.name,
+                          ep.pending.poll())
+                ep.pending = None
+            if ep.child and ep.child.poll() is not None:
+                self._endpoint_exited(ep, ep.child)
+        if self.shutting_down and not self._children():
+            self.done = True
+
+    def _front_exited(self, child: Child) -> None:
+        code = child.poll()
+        self.front = None
+        if self.shutting_down:
+            log.info("gateway front stopped (exit %s)", code)
+            for ep in self.endpoints.values():
+                self.stop_endpoint(ep)
+            return
+        run_for = time.monotonic() - child.started_at
+        self.front_failures = 0 if run_for > STABLE_AFTER else self.front_failures + 1
+        delay = 0.0 if self.front_failures <= 1 else min(60.0, 2.0 ** (self.front_failures - 2))
+        log.error("gateway front exited with %s; restarting in %.0f s", code, delay)
+        self.front_restart_at = time.monotonic() + delay
+
+    def _endpoint_exited(self, ep: Endpoint, child: Child) -> None:
+        code = child.poll()
+        ep.child = None
+        ep.ready_pids.clear()
+        ep.ready_since = None
+        if self.shutting_down or child.stop_deadline is not None:
+            ep.state = State.STOPPED
+            self._publish()
+            return
+        run_for = time.monotonic() - child.started_at
+        ep.failures = 0 if run_for > STABLE_AFTER else ep.failures + 1
+        if code in LOAD_FAILURE_CODES and not ep.config.is_support:
+            ep.state = State.FAILED if ep.failures < 3 else State.CRASHLOOP
+            ep.last_error = ep.last_error or f"model failed to load (exit code {code})"
+        else:
+            ep.state = State.RESTARTING if ep.failures < 3 else State.CRASHLOOP
+            ep.last_error = f"process exited with code {code}"
+        delay = ep.backoff()
+        ep.restart_at = time.monotonic() + delay
+        log.error("%s: %s; %s, restart in %.0f s", ep.name, ep.last_error, ep.state.value, delay)
+        self._publish()
+
+    # -- notifications from servers -----------------------------------------------------
+    def _read_notify(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                continue
+            self._on_event(msg)
+
+    def _on_event(self, msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        if event == "notification":
+            self.notifications.append(msg)
+            return
+        ep = self.endpoints.get(msg.get("endpoint", ""))
+        if ep is None:
+            return
+        gen = msg.get("generation")
+        if event == "worker_ready":
+            if ep.pending is not None and gen == ep.pending.generation:
+                self._switch_generation(ep)
+            if gen == ep.generation and ep.child is not None:
+                ep.ready_pids.add(int(msg["pid"]))
+                if ep.state != State.READY:
+                    ep.state = State.READY
+                    ep.ready_since = time.monotonic()
+                    ep.last_error = None
+                    log.info("%s ready on port %s", ep.name, ep.port)
+                    self._publish()
+        elif event == "worker_exit" and gen == ep.generation:
+            ep.ready_pids.discard(int(msg["pid"]))
+        elif event == "load_failed":
+            ep.last_error = msg.get("error")
+        elif event == "nworkers" and gen == ep.generation:
+            ep.reported_workers = int(msg["value"])
+            self._steer_workers(ep)
+
+    def _switch_generation(self, ep: Endpoint) -> None:
+        old, ep.child, ep.pending = ep.child, ep.pending, None
+        ep.ready_pids.clear()
+        if old is not None:
+            old.terminate(self.config["STOP_TIMEOUT"])
+            ep.draining.append(old)
+        log.info("%s reloaded: generation %d serving", ep.name, ep.generation)
+
+    def _steer_workers(self, ep: Endpoint) -> None:
+        """Move the server's worker count one step toward the target.
+
+        One signal at a time: pending signals of one kind merge, so a burst of TTINs
+        could count as one. gunicorn reports each change (nworkers_changed), which
+        triggers the next step.
+        """
+        if ep.child is None or ep.reported_workers is None:
+            return
+        if ep.reported_workers < ep.target_workers:
+            os.kill(ep.child.pid, signal.SIGTTIN)
+        elif ep.reported_workers > ep.target_workers:
+            os.kill(ep.child.pid, signal.SIGTTOU)
+
+    # -- control socket --------------------------------------------------------------------
+    def _accept_control(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.settimeout(2.0)
+        try:
+            buf = b""
+            while not buf.endswith(b"\n") and len(buf) < MAX_MESSAGE:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            request = json.loads(buf)
+            reply = self.handle_command(request.get("cmd", ""), request.get("args") or {})
+            conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
+        except (OSError, ValueError) as exc:
+            log.warning("bad control request: %s", exc)
+        finally:
+            conn.close()
+
+    def handle_command(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one management command; the reply carries an HTTP status and a body."""
+        handler: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]] | None = getattr(
+            self, f"cmd_{cmd}", None)
+        if handler is None:
+            return {"status": 404, "body": {"ERROR": f"unknown command {cmd!r}"}}
+        status, body = handler(args)
+        return {"status": status, "body": body}
+
+    def _endpoint_arg(self, args: dict[str, Any]) -> tuple[Endpoint | None, tuple[int, dict[str, Any]] | None]:
+        name = args.get("SIGNATURE")
+        if not isinstance(name, str) or not name:
+            return None, (400, {"ERROR": "SIGNATURE (the endpoint name) is required"})
+        ep = self.endpoints.get(name)
+        if ep is None:
+            return None, (404, {"ERROR": f"unknown endpoint {name!r}",
+                                "AVAIL_SERVERS": sorted(self.endpoints)})
+        return ep, None
+
+    def cmd_list_servers(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        names = sorted(self.endpoints, key=lambda n: (n != self.config["DEFAULT_SERVER"], n))
+        avail = [n for n in names if not self.endpoints[n].config.is_support
+                 and self.endpoints[n].state not in (State.STOPPED, State.STOPPING)]
+        return 200, {"AVAIL_SERVERS": avail,
+                     "DEFAULT_SERVER": self.config["DEFAULT_SERVER"],
+                     "SERVERS": {n: self.endpoints[n].describe() for n in names},
+                     "GATEWAY": {"pid": os.getpid(), "port": self.port,
+                                 "front_pid": self.front.pid if self.front else None}}
+
+    def cmd_start_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = args.get("SIGNATURE")
+        if not isinstance(name, str) or not name:
+            return 400, {"ERROR": "SIGNATURE (the endpoint name) is required"}
+        overrides = {k: v for k, v in args.items() if k != "SIGNATURE"}
+        ep = self.endpoints.get(name)
+        try:
+            if ep is None:
+                cfg = parse_endpoint(name, overrides, f"start_server {name}")
+                endpoint_file(self.endpoints_dir, cfg.module_name)
+                ep = self.endpoints[name] = Endpoint(config=cfg,
+                                                     target_workers=cfg.settings["NR_WORKERS"])
+            elif overrides:
+                merged = {**ep.config.settings, **ep.config.extra, **overrides}
+                merged.pop("DISABLED", None)
+                ep.config = parse_endpoint(name, merged, f"start_server {name}")
+                ep.target_workers = ep.config.settings["NR_WORKERS"]
+        except (ConfigError, DiscoveryError) as exc:
+            return (404 if isinstance(exc, DiscoveryError) else 400), {"ERROR": str(exc)}
+        if ep.state not in (State.STOPPED, State.FAILED, State.CRASHLOOP):
+            return 200, {"RESULT": f"{name} is already {ep.state.value}", **ep.describe()}
+        ep.failures, ep.restart_at, ep.last_error = 0, None, None
+        self._start_endpoint(ep)
+        return 200, {"RESULT": f"{name} starting", **ep.describe()}
+
+    def cmd_kill_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        ep, err = self._endpoint_arg(args)
+        if err:
+            return err
+        assert ep is not None
+        self.stop_endpoint(ep)
+        return 200, {"RESULT": f"{ep.name} stopping", **ep.describe()}
+
+    def cmd_update_workers(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        ep, err = self._endpoint_arg(args)
+        if err:
+            return err
+        assert ep is not None
+        count = args.get("NR_WORKERS")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 256:
+            return 400, {"ERROR": "NR_WORKERS must be an integer from 1 to 256"}
+        if ep.config.is_support:
+            return 400, {"ERROR": f"{ep.name} is a support process and has no workers"}
+        previous, ep.target_workers = ep.target_workers, count
+        self._steer_workers(ep)
+        return 200, {"RESULT": f"{ep.name}: NR_WORKERS {previous} -> {count}", **ep.describe()}
+
+    def cmd_reload_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        ep, err = self._endpoint_arg(args)
+        if err:
+            return err
+        assert ep is not None
+        if ep.config.is_support or ep.state != State.READY:
+            return 409, {"ERROR": f"{ep.name} is {ep.state.value}; only a READY server reloads"}
+        self.reload_endpoint(ep)
+        return 200, {"RESULT": f"{ep.name}: reloading (generation {ep.generation})"}
+
+    def cmd_system_status(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        servers = {n: [c.pid for c in (e.child, e.pending, *e.draining) if c]
+                   for n, e in self.endpoints.items()}
+        gateway = [os.getpid()] + ([self.front.pid] if self.front else [])
+        status = system_status(gateway, servers)
+        support = {n: e.support_status for n, e in self.endpoints.items() if e.support_status}
+        return 200, {"SYSTEM_STATUS": status, "SUPPORT_STATUS": support}
+
+    def cmd_notifications(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, {"NOTIFICATIONS": list(self.notifications)}
+
+    def cmd_support_update_status(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = args.get("SIGNATURE")
+        ep = self.endpoints.get(name) if isinstance(name, str) else None
+        if ep is None:
+            ep = next((e for e in self.endpoints.values() if e.config.is_support), None)
+        if ep is None:
+            return 404, {"ERROR": f"no support process named {name!r}"}
+        ep.support_status = {**args, "received_at": time.time()}
+        return 200, {"RESULT": "status received"}
+
+    def cmd_shutdown(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.begin_shutdown()
+        return 200, {"RESULT": "shutting down: draining in-flight requests, then exiting",
+                     "EXIT_CODE": EXIT_OK}
+
+    # -- shutdown ------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """Stop taking work: the front drains first, then servers, then we exit."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        for ep in self.endpoints.values():
+            ep.restart_at = None
+        if self.front is not None:
+            self.front.terminate(self.config["STOP_TIMEOUT"] + 5)
+        else:
+            for ep in self.endpoints.values():
+                self.stop_endpoint(ep)
+
+    def _publish(self) -> None:
+        write_routes(self.routes_path, self.endpoints, self.config.settings)
+
+    def _cleanup(self) -> None:
+        for child in self._children():
+            child.kill_group()
+        signal.set_wakeup_fd(-1)
+        for ep in self.endpoints.values():
+            self._close_listeners(ep)
+        if self.front_listener is not None:
+            self.front_listener.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)

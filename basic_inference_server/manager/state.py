@@ -1,0 +1,113 @@
+"""What the manager knows of each endpoint, and the route table it publishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ..config import EndpointConfig
+from .children import Child
+
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 60.0
+# A server that ran this long before dying is not in a crash loop: restart at once.
+STABLE_AFTER = 30.0
+
+
+class State(str, Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    READY = "READY"
+    RESTARTING = "RESTARTING"
+    FAILED = "FAILED"
+    CRASHLOOP = "CRASHLOOP"
+    STOPPING = "STOPPING"
+
+
+@dataclass
+class Endpoint:
+    """One configured endpoint (server or support process) and its lifecycle."""
+
+    config: EndpointConfig
+    port: int | None = None
+    socket_path: str | None = None
+    listeners: list[socket.socket] = field(default_factory=list)
+    state: State = State.STOPPED
+    child: Child | None = None
+    draining: list[Child] = field(default_factory=list)
+    pending: Child | None = None
+    generation: int = 0
+    ready_pids: set[int] = field(default_factory=set)
+    target_workers: int = 1
+    reported_workers: int | None = None
+    last_error: str | None = None
+    failures: int = 0
+    restarts: int = 0
+    restart_at: float | None = None
+    ready_since: float | None = None
+    support_status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def backoff(self) -> float:
+        """Delay before the next start: 0 after a lone crash, then 1 s, 2 s, 4 s ... capped."""
+        if self.failures <= 1:
+            return 0.0 if self.state == State.RESTARTING else BACKOFF_FIRST
+        return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self.failures - 1)))
+
+    def describe(self) -> dict[str, Any]:
+        """The endpoint as /list_servers shows it."""
+        s = self.config.settings
+        return {
+            "state": self.state.value,
+            "kind": "support" if self.config.is_support else "server",
+            "port": self.port,
+            "host": s["HOST"],
+            "nr_workers": self.target_workers,
+            "workers_ready": len(self.ready_pids),
+            "pid": self.child.pid if self.child else None,
+            "worker_pids": sorted(self.ready_pids),
+            "generation": self.generation,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+            "uptime_s": round(time.monotonic() - self.ready_since, 1) if self.ready_since else None,
+            "retry_in_s": (round(max(0.0, self.restart_at - time.monotonic()), 1)
+                           if self.restart_at else None),
+            "description": s["DESCRIPTION"],
+            "module": self.config.module_name,
+        }
+
+    def route(self) -> dict[str, Any]:
+        """What the front needs to forward a request."""
+        return {
+            "state": self.state.value,
+            "socket": self.socket_path,
+            "timeout": self.config.settings["TIMEOUT"],
+            "last_error": self.last_error,
+            "retry_after": self.retry_after(),
+        }
+
+    def retry_after(self) -> float:
+        if self.restart_at is not None:
+            return max(1.0, self.restart_at - time.monotonic())
+        return 1.0
+
+
+def write_routes(path: Path, endpoints: dict[str, Endpoint], settings: dict[str, Any]) -> None:
+    """Publish the route table atomically (readers never see half a file)."""
+    table = {
+        "endpoints": {n: e.route() for n, e in endpoints.items() if not e.config.is_support},
+        "no_startup_wait": settings["NO_STARTUP_WAIT"],
+        "written_at": time.time(),
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table))
+    os.replace(tmp, path)

@@ -1,0 +1,130 @@
+"""The WSGI app of one endpoint server worker process.
+
+Built after the fork, in the worker: it imports the endpoint file, builds the user's
+worker once and loads its model once. Each request then runs the pipeline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request, send_file
+
+from .. import protocol
+from ..discovery import load_worker_class
+from ..errors import MethodNotAllowed, NotFound, ServingError
+from ..ipc import Notifier
+from ..worker import FileOutput, FlaskWorker
+from .pipeline import decode_base64_fields, encode_base64_fields, run_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerSpec:
+    """What the manager tells an endpoint server process (sent as JSON)."""
+
+    name: str
+    module: str
+    endpoints_dir: str
+    host: str
+    port: int
+    socket: str
+    nr_workers: int
+    worker_config: dict[str, Any]
+    notify: str | None = None
+    server_name: str = "basic_inference_server"
+    app_version: str = "0.0.0"
+    stop_timeout: float = 30
+    load_timeout: float = 300
+    generation: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_worker(spec: ServerSpec, slot: int, notifier: Notifier) -> FlaskWorker:
+    """Import the endpoint, build its worker and load its model (timed and logged)."""
+    cls, defaults = load_worker_class(spec.endpoints_dir, spec.module)
+    worker = cls(default_config=defaults, upstream_config=spec.worker_config,
+                 worker_id=slot, endpoint=spec.name, notifier=notifier)
+    started = time.perf_counter()
+    log.info("%s worker %d: loading model (%s)", spec.name, slot, cls.__name__)
+    worker._load_model()
+    log.info("%s worker %d: model loaded in %.3f s", spec.name, slot,
+             time.perf_counter() - started)
+    return worker
+
+
+def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
+    """The Flask app serving ``/run`` and ``/health`` for one worker process."""
+    app = Flask(f"bis-server-{spec.name}")
+    counter = itertools.count(1)
+    cfg = worker.config_data
+    b64_in = list(cfg.get("BASE64_KEYS", []))
+    b64_out = list(cfg.get("BASE64_OUTPUTS", []))
+    worker_tag = f"{spec.name}:{worker.worker_id}"
+    signature = f"{type(worker).__name__}:{worker.worker_id}"
+    pid = os.getpid()
+
+    def meta(call_id: int) -> dict[str, Any]:
+        out = protocol.base_meta(spec.server_name, spec.app_version)
+        out.update(call_id=call_id, worker_id=worker_tag, worker_pid=pid, signature=signature)
+        return out
+
+    def answer(status: int, body: dict[str, Any], headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
+        return Response(protocol.dumps(body), status=status, headers=list(headers),
+                        mimetype=protocol.JSON)
+
+    @app.route("/run", methods=["GET", "POST"])
+    def run() -> Response:
+        call_id = next(counter)
+        try:
+            if request.method == "GET":
+                inputs: dict[str, Any] = request.args.to_dict()
+            else:
+                inputs = protocol.parse_body(request.get_data(cache=False))
+            decode_base64_fields(inputs, b64_in)
+            result = run_pipeline(worker, inputs)
+        except ServingError as err:
+            return answer(err.status, {**err.to_dict(), **meta(call_id)}, err.headers())
+        if isinstance(result, FileOutput):
+            return _file_answer(result)
+        if not isinstance(result, dict):
+            result = {"result": result}
+        encode_base64_fields(result, b64_out)
+        return answer(200, {**result, **meta(call_id)})
+
+    @app.get("/health")
+    def health() -> Response:
+        return answer(200, {"status": "ready", "endpoint": spec.name, "worker_id": worker_tag,
+                            "pid": pid, "generation": spec.generation})
+
+    @app.errorhandler(404)
+    def not_found(_exc: Exception) -> Response:
+        err = NotFound(f"no route {request.path} on the {spec.name} endpoint server")
+        return answer(err.status, err.to_dict())
+
+    @app.errorhandler(405)
+    def bad_method(_exc: Exception) -> Response:
+        err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        return answer(err.status, err.to_dict())
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("%s: unexpected error while answering", spec.name)
+        err = ServingError(f"{type(exc).__name__}: {exc}", EXCEPTION=type(exc).__name__)
+        return answer(err.status, err.to_dict())
+
+    return app
+
+
+def _file_answer(out: FileOutput) -> Response:
+    if out.path is not None:
+        return send_file(out.path, mimetype=out.mimetype, as_attachment=True,
+                         download_name=out.filename)
+    return Response(out.data, mimetype=out.mimetype,
+                    headers={"Content-Disposition": f'attachment; filename="{out.filename}"'})

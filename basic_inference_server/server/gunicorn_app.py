@@ -1,0 +1,106 @@
+"""An endpoint server: a gunicorn master with NR_WORKERS worker processes.
+
+gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the worker
+count and graceful stops. We use the ``gthread`` worker with one thread: it keeps the
+front's pooled connections alive (the ``sync`` worker closes every connection) while
+running one request at a time per process, so user code never runs concurrently in
+one process. gunicorn's "dirty arbiter" pool is not used: it would add an IPC hop with
+JSON re-encoding to every request, and our workers already are dedicated model
+processes. Its control socket is disabled: the manager drives servers by signals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from ..ipc import Notifier
+from ..procutil import die_with_parent
+from .app import ServerSpec, build_worker, create_app
+
+log = logging.getLogger(__name__)
+
+# Filled in by post_fork, in the worker process, before the app is loaded.
+_worker_slot = {"slot": 0}
+
+
+def _take_slot(server: Any, worker: Any) -> None:
+    """pre_fork: give the new worker the lowest free slot (worker i -> device i mod n)."""
+    used = {getattr(w, "bis_slot", -1) for w in server.WORKERS.values()}
+    slot = 0
+    while slot in used:
+        slot += 1
+    worker.bis_slot = slot
+
+
+class EndpointServer(BaseApplication):
+    """gunicorn application for one endpoint."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self.notifier = Notifier(spec.notify)
+        super().__init__()
+
+    def load_config(self) -> None:
+        spec = self.spec
+        notifier = self.notifier
+
+        def post_fork(_server: Any, worker: Any) -> None:
+            die_with_parent(signal.SIGKILL)
+            _worker_slot["slot"] = worker.bis_slot
+
+        def post_worker_init(worker: Any) -> None:
+            notifier.send("worker_ready", endpoint=spec.name, pid=os.getpid(),
+                          slot=worker.bis_slot, generation=spec.generation)
+
+        def child_exit(_server: Any, worker: Any) -> None:
+            notifier.send("worker_exit", endpoint=spec.name, pid=worker.pid,
+                          generation=spec.generation)
+
+        def nworkers_changed(_server: Any, new_value: int, _old_value: int | None) -> None:
+            notifier.send("nworkers", endpoint=spec.name, value=new_value,
+                          generation=spec.generation)
+
+        def when_ready(server: Any) -> None:
+            notifier.send("server_listening", endpoint=spec.name, pid=server.pid,
+                          generation=spec.generation)
+
+        settings: dict[str, Any] = {
+            "bind": [f"{spec.host}:{spec.port}", f"unix:{spec.socket}"],
+            "workers": spec.nr_workers,
+            "worker_class": "gthread",
+            "threads": 1,
+            # Longer than the front's idle pool lifetime: the front closes first.
+            "keepalive": 120,
+            # Model loading runs before the worker's heartbeat loop starts.
+            "timeout": spec.load_timeout,
+            "graceful_timeout": spec.stop_timeout,
+            "control_socket_disable": True,
+            "proc_name": f"bis-server:{spec.name}",
+            "accesslog": None,
+            "errorlog": "-",
+            "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
+            "pre_fork": _take_slot,
+            "post_fork": post_fork,
+            "post_worker_init": post_worker_init,
+            "child_exit": child_exit,
+            "when_ready": when_ready,
+            "nworkers_changed": nworkers_changed,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        slot = _worker_slot["slot"]
+        try:
+            worker = build_worker(self.spec, slot, self.notifier)
+        except BaseException as exc:
+            self.notifier.send("load_failed", endpoint=self.spec.name, pid=os.getpid(),
+                               error=f"{type(exc).__name__}: {exc}",
+                               generation=self.spec.generation)
+            raise
+        return create_app(self.spec, worker)

@@ -1,0 +1,1 @@
+"""Support processes: plain scripts kept alive next to the endpoint servers."""

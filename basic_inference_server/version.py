@@ -1,0 +1,3 @@
+"""Framework version, reported in every response as ``ver``."""
+
+__version__ = "3.0.0"

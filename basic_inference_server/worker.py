@@ -1,0 +1,95 @@
+"""The user-facing base class: subclass :class:`FlaskWorker` in ``endpoints/<name>.py``.
+
+The framework builds one instance per worker process (after the fork), calls
+``_load_model()`` once, then for every request runs::
+
+    _pre_process(inputs) -> _predict(prep) -> _post_process(pred) -> JSON answer
+
+An exception in ``_pre_process`` is the caller's fault (HTTP 400); one in ``_predict``
+or ``_post_process`` is the endpoint's (HTTP 500). The worker never sees HTTP.
+
+Compatibility with the original project: the endpoint module's ``_CONFIG`` dict gives
+defaults, overridden by the endpoint's section of ``config_gateway.json``; every key is
+readable as ``self.cfg_<lower key>`` and the whole as ``self.config_data``.
+``self.log.P(msg, color=...)`` logs and ``self._create_notification(notif=..., msg=...)``
+publishes a notification readable through ``/notifications``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .ipc import Notifier
+from .logger import PrefixedLog
+
+
+@dataclass
+class FileOutput:
+    """Return this from ``_post_process`` to answer with a file download."""
+
+    data: bytes | None = None
+    path: str | None = None
+    filename: str = "download.bin"
+    mimetype: str = "application/octet-stream"
+
+
+class FlaskWorker:
+    """Base class of every endpoint worker. Override the four ``_`` hooks."""
+
+    def __init__(self, log: Any = None, default_config: dict[str, Any] | None = None,
+                 upstream_config: dict[str, Any] | None = None, worker_id: int = 0,
+                 prefix_log: str = "", endpoint: str = "", notifier: Notifier | None = None,
+                 **_ignored: Any) -> None:
+        self.endpoint = endpoint
+        self.worker_id = worker_id
+        self.log = log if log is not None else PrefixedLog(f"bis.endpoint.{endpoint}", prefix_log)
+        if isinstance(self.log, PrefixedLog) and prefix_log:
+            self.log.prefix = prefix_log
+        self.config_data: dict[str, Any] = {**(default_config or {}), **(upstream_config or {})}
+        self._notifier = notifier or Notifier(None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: serves cfg_<key> from config_data.
+        if name.startswith("cfg_"):
+            config = self.__dict__.get("config_data", {})
+            key = name[4:].upper()
+            if key in config:
+                return config[key]
+            raise AttributeError(
+                f"{type(self).__name__} has no setting {key!r} for {name}: add it to the "
+                f"endpoint's _CONFIG or to its section in config_gateway.json"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # -- hooks the endpoint overrides -------------------------------------------------
+    def _load_model(self) -> None:
+        """Load the model once per worker process. Default: nothing to load."""
+
+    def _pre_process(self, inputs: dict[str, Any]) -> Any:
+        """Check and parse the request fields; raise to answer 400."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _pre_process")
+
+    def _predict(self, prep_inputs: Any) -> Any:
+        """Run the model on what ``_pre_process`` returned."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _predict")
+
+    def _post_process(self, pred: Any) -> Any:
+        """Turn the prediction into a JSON-able dict (or a :class:`FileOutput`)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _post_process")
+
+    # -- services for the endpoint ----------------------------------------------------
+    def _create_notification(self, notif: str = "log", msg: str = "", **info: Any) -> None:
+        """Publish a notification; the gateway lists recent ones at ``/notifications``."""
+        self._notifier.send("notification", endpoint=self.endpoint, worker_id=self.worker_id,
+                            notif=notif, msg=str(msg), info=info, time=time.time())
+
+    @staticmethod
+    def file_response(data: bytes | None = None, path: str | None = None,
+                      filename: str = "download.bin",
+                      mimetype: str = "application/octet-stream") -> FileOutput:
+        """Build a file download answer for ``_post_process`` to return."""
+        if (data is None) == (path is None):
+            raise ValueError("file_response needs exactly one of data= or path=")
+        return FileOutput(data=data, path=path, filename=filename, mimetype=mimetype)
