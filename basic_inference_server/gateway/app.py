@@ -97,7 +97,7 @@ class Front:
 
     def _error(self, err: ServingError, start_response: StartResponse) -> Iterable[bytes]:
         body = protocol.error_body(err, self.meta())
-        start_response(f"{err.status} {_reason(err.status)}",
+        start_response(_status_line(err.status),
                        [("Content-Type", protocol.JSON), ("Content-Length", str(len(body))),
                         *err.headers()])
         return [body]
@@ -133,7 +133,7 @@ class Front:
             while time.monotonic() < deadline:
                 # Poll the route file (a stat) until the endpoint is ready or time is up.
                 time.sleep(0.02)
-                route = self.routes.get(name) or route
+                route = self.routes.get(name, fresh=True) or route
                 if route["state"] == READY:
                     return route
         raise Unavailable(
@@ -164,7 +164,7 @@ class Front:
             resp = self.upstream.post(route["socket"], name, raw, float(route["timeout"]))
         except ServingError as err:
             return self._error(err, start_response)
-        start_response(f"{resp.status} {_reason(resp.status)}",
+        start_response(_status_line(resp.status),
                        [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [resp.body]
 
@@ -245,8 +245,8 @@ class Front:
         return app
 
 
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+
+
+def _status_line(status: int) -> str:
+    return _STATUS_LINES.get(status) or f"{status} Unknown"

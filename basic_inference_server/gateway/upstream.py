@@ -1,49 +1,103 @@
 """Keep-alive connections from the front to the endpoint servers' Unix sockets.
 
-A small LIFO pool of :class:`http.client.HTTPConnection` per server socket. Measured
-on the no-op endpoint, a request through urllib3's pool costs about 185 us of CPU in
-the front against about 80 us with bare ``http.client`` over a Unix socket; the front
-is on every request's path, so it keeps only what it needs from a pool: reuse, one
-retry when a reused connection turns out to be closed, and nothing else.
+The front is on every request's path, so this client is lean: a LIFO pool of
+connections per server socket, the request written in one ``sendall``, and the answer
+parsed by ``httptools`` (llhttp, the parser uvicorn uses). Measured on the no-op
+endpoint, a forwarded request cost about 185 us of front CPU through urllib3 and
+100 us through ``http.client``, two thirds of which went to its ``email``-based header
+parsing; this client needs about a third of that.
 """
 
 from __future__ import annotations
 
-import http.client
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import httptools
 
 from ..errors import Unavailable, UpstreamTimeout
 
-PASS_HEADERS = ("content-type", "content-disposition", "retry-after")
-_BROKEN = (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError,
-           BrokenPipeError, ConnectionAbortedError)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
+_SMALL_BODY = 64 * 1024
 
 
 @dataclass
 class UpstreamResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+    """A complete answer of an endpoint server."""
+
+    status: int = 0
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = False
+    keep_alive: bool = False
+    parser: httptools.HttpResponseParser | None = field(default=None, repr=False)
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    # httptools parser callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in PASS_HEADERS:
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        # llhttp answers should_keep_alive() correctly only inside this callback.
+        assert self.parser is not None
+        self.status = self.parser.get_status_code()
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        self.complete = True
+
+
+class _Closed(Exception):
+    """The server closed the connection; ``partial`` when part of an answer had arrived."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__()
+        self.partial = partial
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to a server's Unix socket."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def post(self, target: bytes, body: bytes, content_type: bytes,
+             timeout: float) -> tuple[UpstreamResponse, bool]:
+        """Send one request; return the answer and whether the connection stays usable."""
+        self.sock.settimeout(timeout)
+        head = (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
+                + content_type + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        if len(body) <= _SMALL_BODY:
+            self.sock.sendall(head + body)
+        else:
+            self.sock.sendall(head)
+            self.sock.sendall(body)
+        resp = UpstreamResponse()
+        parser = resp.parser = httptools.HttpResponseParser(resp)
+        received = False
+        while not resp.complete:
+            data = self.sock.recv(262144)
+            if not data:
+                raise _Closed(partial=received)
+            received = True
+            parser.feed_data(data)
+        resp.parser = None
+        return resp, resp.keep_alive
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Upstream:
@@ -51,15 +105,15 @@ class Upstream:
 
     def __init__(self, max_idle: int = 64) -> None:
         self.max_idle = max_idle
-        self._idle: dict[str, list[UnixHTTPConnection]] = {}
+        self._idle: dict[str, list[Connection]] = {}
         self._lock = threading.Lock()
 
-    def _take(self, path: str) -> UnixHTTPConnection | None:
+    def _take(self, path: str) -> Connection | None:
         with self._lock:
             idle = self._idle.get(path)
             return idle.pop() if idle else None
 
-    def _give_back(self, path: str, conn: UnixHTTPConnection) -> None:
+    def _give_back(self, path: str, conn: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(path, [])
             if len(idle) < self.max_idle:
@@ -68,41 +122,43 @@ class Upstream:
         conn.close()
 
     def post(self, path: str, name: str, body: bytes, timeout: float,
-             content_type: str = "application/json") -> UpstreamResponse:
-        """POST ``body`` to ``/run`` of the server at ``path``; maps failures to 503 / 504."""
-        headers = {"Content-Type": content_type}
+             content_type: bytes = b"application/json") -> UpstreamResponse:
+        """POST ``body`` to ``/run`` of the server at ``path``; failures become 503 / 504."""
         for attempt in (0, 1):
             conn = self._take(path) if attempt == 0 else None
             reused = conn is not None
-            if conn is None:
-                conn = UnixHTTPConnection(path, timeout)
             try:
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout)
-                conn.request("POST", "/run", body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
+                if conn is None:
+                    conn = Connection(path, timeout)
+                resp, keep = conn.post(b"/run", body, content_type, timeout)
             except (TimeoutError, socket.timeout):
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
                                       SIGNATURE=name) from None
-            except _BROKEN:
-                conn.close()
-                if reused:
-                    # The server closed an idle kept-alive connection: try a fresh one.
+            except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
+                if conn is not None:
+                    conn.close()
+                if reused and not (isinstance(exc, _Closed) and exc.partial):
+                    # An idle kept-alive connection the server had closed: use a fresh one.
                     continue
                 raise Unavailable(f"endpoint {name} dropped the connection (its worker may "
                                   f"have died); retry shortly", retry_after=1,
                                   SIGNATURE=name) from None
+            except httptools.HttpParserError as exc:
+                if conn is not None:
+                    conn.close()
+                raise Unavailable(f"endpoint {name} sent an invalid answer: {exc}",
+                                  retry_after=1, SIGNATURE=name) from None
             except OSError as exc:
-                conn.close()
+                if conn is not None:
+                    conn.close()
                 raise Unavailable(f"endpoint {name} is not accepting connections: "
                                   f"{exc.strerror or exc}", retry_after=1, SIGNATURE=name) from None
-            out = [(k, v) for k, v in resp.getheaders() if k.lower() in PASS_HEADERS]
-            if resp.will_close:
-                conn.close()
-            else:
+            if keep:
                 self._give_back(path, conn)
-            return UpstreamResponse(resp.status, out, data)
+            else:
+                conn.close()
+            return resp
         raise Unavailable(f"endpoint {name} keeps dropping connections", retry_after=1,
                           SIGNATURE=name)
