@@ -161,7 +161,7 @@ class Front:
                 raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
             name = protocol.signature_of(body)
             route = self._resolve(name)
-            resp = self.upstream.post(route["socket"], name, raw, float(route["timeout"]))
+            resp = self.upstream.forward(route, name, raw)
         except ServingError as err:
             return self._error(err, start_response)
         start_response(_status_line(resp.status),

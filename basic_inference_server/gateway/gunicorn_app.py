@@ -1,7 +1,8 @@
 """The gateway front under gunicorn: ``GATEWAY_WORKERS`` processes of ``GATEWAY_THREADS``.
 
-gthread workers: each thread holds one request while its endpoint computes, so a slow
-model does not block other endpoints; clients keep their connections alive.
+Threaded workers (see :mod:`.worker`): each thread holds one request while its
+endpoint computes, so a slow model does not block other endpoints; clients keep their
+connections alive.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class GatewayFront(BaseApplication):
     def load_config(self) -> None:
         settings: dict[str, Any] = {
             "workers": self.spec.workers,
-            "worker_class": "gthread",
+            "worker_class": "basic_inference_server.gateway.worker.StickyThreadWorker",
             "threads": self.spec.threads,
             "keepalive": 30,
             "graceful_timeout": self.spec.stop_timeout,

@@ -10,9 +10,11 @@ parsing; this client needs about a third of that.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 
@@ -51,6 +53,10 @@ class UpstreamResponse:
         self.status = self.parser.get_status_code()
         self.keep_alive = bool(self.parser.should_keep_alive())
         self.complete = True
+
+
+class NotConnected(Unavailable):
+    """Could not connect: the request was never sent, so another worker may take it."""
 
 
 class _Closed(Exception):
@@ -107,6 +113,45 @@ class Upstream:
         self.max_idle = max_idle
         self._idle: dict[str, list[Connection]] = {}
         self._lock = threading.Lock()
+        self._inflight: dict[str, int] = {}
+        self._turn = itertools.count()
+
+    def _by_load(self, sockets: list[str]) -> list[str]:
+        """Worker sockets, least busy first (as seen from this process); ties rotate."""
+        start = next(self._turn) % len(sockets)
+        rotated = sockets[start:] + sockets[:start]
+        return sorted(rotated, key=lambda p: self._inflight.get(p, 0))
+
+    def forward(self, route: dict[str, Any], name: str, body: bytes) -> UpstreamResponse:
+        """Send a ``/run`` to the least busy worker of an endpoint.
+
+        Each worker process listens on a socket of its own besides the shared one, so
+        the front balances requests itself (least outstanding requests). A worker
+        that cannot be reached (it just died) hands the request to a sibling: nothing
+        was sent, so nothing can run twice.
+        """
+        sockets = route.get("workers") or [route["socket"]]
+        timeout = float(route["timeout"])
+        candidates = self._by_load(sockets) if len(sockets) > 1 else sockets
+        for i, path in enumerate(candidates[:2]):
+            self._inflight[path] = self._inflight.get(path, 0) + 1
+            try:
+                return self.post(path, name, body, timeout)
+            except NotConnected:
+                self._drop(path)
+                if i == 1 or len(candidates) == 1:
+                    raise
+            finally:
+                self._inflight[path] -= 1
+        raise NotConnected(f"endpoint {name} has no reachable worker", retry_after=1,
+                           SIGNATURE=name)
+
+    def _drop(self, path: str) -> None:
+        """Forget a socket that refuses connections (its worker is gone)."""
+        with self._lock:
+            conns = self._idle.pop(path, [])
+        for conn in conns:
+            conn.close()
 
     def _take(self, path: str) -> Connection | None:
         with self._lock:
@@ -127,18 +172,21 @@ class Upstream:
         for attempt in (0, 1):
             conn = self._take(path) if attempt == 0 else None
             reused = conn is not None
-            try:
-                if conn is None:
+            if conn is None:
+                try:
                     conn = Connection(path, timeout)
+                except OSError as exc:
+                    raise NotConnected(f"endpoint {name} is not accepting connections: "
+                                       f"{exc.strerror or exc}", retry_after=1,
+                                       SIGNATURE=name) from None
+            try:
                 resp, keep = conn.post(b"/run", body, content_type, timeout)
             except (TimeoutError, socket.timeout):
-                if conn is not None:
-                    conn.close()
+                conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
                                       SIGNATURE=name) from None
             except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
-                if conn is not None:
-                    conn.close()
+                conn.close()
                 if reused and not (isinstance(exc, _Closed) and exc.partial):
                     # An idle kept-alive connection the server had closed: use a fresh one.
                     continue
@@ -146,13 +194,11 @@ class Upstream:
                                   f"have died); retry shortly", retry_after=1,
                                   SIGNATURE=name) from None
             except httptools.HttpParserError as exc:
-                if conn is not None:
-                    conn.close()
+                conn.close()
                 raise Unavailable(f"endpoint {name} sent an invalid answer: {exc}",
                                   retry_after=1, SIGNATURE=name) from None
             except OSError as exc:
-                if conn is not None:
-                    conn.close()
+                conn.close()
                 raise Unavailable(f"endpoint {name} is not accepting connections: "
                                   f"{exc.strerror or exc}", retry_after=1, SIGNATURE=name) from None
             if keep:

@@ -262,6 +262,7 @@ class Manager:
             return
         ep.generation += 1
         ep.ready_pids.clear()
+        ep.worker_sockets.clear()
         ep.reported_workers = None
         ep.child = spawn("server", ep.name, "basic_inference_server.server", self._server_spec(ep),
                          fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation)
@@ -299,6 +300,7 @@ class Manager:
             ep.draining.append(child)
         ep.child = ep.pending = None
         ep.ready_pids.clear()
+        ep.worker_sockets.clear()
         ep.state = State.STOPPING if ep.draining else State.STOPPED
         self._publish()
 
@@ -342,6 +344,7 @@ class Manager:
         code = child.poll()
         ep.child = None
         ep.ready_pids.clear()
+        ep.worker_sockets.clear()
         ep.ready_since = None
         if self.shutting_down or child.stop_deadline is not None:
             ep.state = State.STOPPED
@@ -387,6 +390,9 @@ class Manager:
                 self._switch_generation(ep)
             if gen == ep.generation and ep.child is not None:
                 ep.ready_pids.add(int(msg["pid"]))
+                if msg.get("socket"):
+                    ep.worker_sockets[int(msg["pid"])] = msg["socket"]
+                    self._publish()
                 if ep.state != State.READY:
                     ep.state = State.READY
                     ep.ready_since = time.monotonic()
@@ -395,6 +401,8 @@ class Manager:
                     self._publish()
         elif event == "worker_exit" and gen == ep.generation:
             ep.ready_pids.discard(int(msg["pid"]))
+            if ep.worker_sockets.pop(int(msg["pid"]), None):
+                self._publish()
         elif event == "load_failed":
             ep.last_error = msg.get("error")
         elif event == "nworkers" and gen == ep.generation:
@@ -404,6 +412,7 @@ class Manager:
     def _switch_generation(self, ep: Endpoint) -> None:
         old, ep.child, ep.pending = ep.child, ep.pending, None
         ep.ready_pids.clear()
+        ep.worker_sockets.clear()
         if old is not None:
             old.terminate(self.config["STOP_TIMEOUT"])
             ep.draining.append(old)

@@ -44,6 +44,7 @@ class Endpoint:
     pending: Child | None = None
     generation: int = 0
     ready_pids: set[int] = field(default_factory=set)
+    worker_sockets: dict[int, str] = field(default_factory=dict)
     target_workers: int = 1
     reported_workers: int | None = None
     last_error: str | None = None
@@ -90,6 +91,7 @@ class Endpoint:
         return {
             "state": self.state.value,
             "socket": self.socket_path,
+            "workers": sorted(self.worker_sockets.values()),
             "timeout": self.config.settings["TIMEOUT"],
             "last_error": self.last_error,
             "retry_after": self.retry_after(),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -37,6 +38,32 @@ def _take_slot(server: Any, worker: Any) -> None:
     worker.bis_slot = slot
 
 
+def _own_socket_path(spec: ServerSpec, slot: int) -> str:
+    return f"{spec.socket}.g{spec.generation}w{slot}"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _listen_unix(path: str) -> socket.socket:
+    """A worker's own socket, beside the shared ones.
+
+    Kept-alive connections stick to the worker that accepted them, so a shared socket
+    alone balances badly: one busy worker can hold the connections while another
+    idles. The front sends each request to the least busy worker's own socket instead.
+    """
+    _unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
 class EndpointServer(BaseApplication):
     """gunicorn application for one endpoint."""
 
@@ -54,10 +81,13 @@ class EndpointServer(BaseApplication):
             _worker_slot["slot"] = worker.bis_slot
 
         def post_worker_init(worker: Any) -> None:
+            path = _own_socket_path(spec, worker.bis_slot)
+            worker.sockets.append(_listen_unix(path))
             notifier.send("worker_ready", endpoint=spec.name, pid=os.getpid(),
-                          slot=worker.bis_slot, generation=spec.generation)
+                          slot=worker.bis_slot, socket=path, generation=spec.generation)
 
         def child_exit(_server: Any, worker: Any) -> None:
+            _unlink(_own_socket_path(spec, worker.bis_slot))
             notifier.send("worker_exit", endpoint=spec.name, pid=worker.pid,
                           generation=spec.generation)
 
