@@ -6,7 +6,8 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .logger import setup_logging
 from .procutil import adopt_listeners, die_with_parent

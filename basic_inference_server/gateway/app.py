@@ -8,18 +8,27 @@ The front keeps no state but the route table, so the manager can restart it free
 from __future__ import annotations
 
 import hmac
-from http import HTTPStatus
 import ipaddress
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask, Response, request
 
 from .. import protocol
-from ..errors import (BadRequest, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge,
-                      ServingError, Unauthorized, Unavailable)
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+    Unavailable,
+)
 from ..ipc import ControlUnavailable, control_call
 from .routes import RouteTable
 from .upstream import Upstream

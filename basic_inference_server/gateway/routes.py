@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-
 # How stale the front's view may be. A server that died meanwhile is still caught at
 # once (its socket refuses the connection); only 503 texts may lag this much.
 CHECK_EVERY = 0.05

@@ -181,7 +181,7 @@ class Upstream:
                                        SIGNATURE=name) from None
             try:
                 resp, keep = conn.post(b"/run", body, content_type, timeout)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
                                       SIGNATURE=name) from None

@@ -18,8 +18,9 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import GatewayConfig, parse_endpoint
 from ..discovery import endpoint_file
