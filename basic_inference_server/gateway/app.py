@@ -133,14 +133,19 @@ class Front:
     def _resolve(self, name: str) -> dict[str, Any]:
         """The route of a READY endpoint, or the error to answer with."""
         route = self.routes.get(name)
+        if route is None or route["state"] != READY:
+            # The cached table may be 50 ms old: before an error, read the current one (an
+            # endpoint /start_server has just started must not be unknown or STOPPED).
+            route = self.routes.get(name, fresh=True)
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}", AVAIL_SERVERS=self.routes.names())
         if route["state"] == READY:
             return route
         if route["state"] in WAITABLE and not self.routes.table().get("no_startup_wait", True):
             deadline = time.monotonic() + float(route["timeout"])
-            while time.monotonic() < deadline:
-                # Poll the route file (a stat) until the endpoint is ready or time is up.
+            while time.monotonic() < deadline and route["state"] in WAITABLE:
+                # Poll the route file (a stat) until the endpoint is ready, has failed
+                # (no use waiting for a model that did not load), or time is up.
                 time.sleep(0.02)
                 route = self.routes.get(name, fresh=True) or route
                 if route["state"] == READY:

@@ -130,19 +130,26 @@ class Upstream:
         that cannot be reached (it just died) hands the request to a sibling: nothing
         was sent, so nothing can run twice.
         """
-        sockets = route.get("workers") or [route["socket"]]
+        sockets = route.get("workers") or []
         timeout = float(route["timeout"])
-        candidates = self._by_load(sockets) if len(sockets) > 1 else sockets
-        for i, path in enumerate(candidates[:2]):
-            self._inflight[path] = self._inflight.get(path, 0) + 1
+        candidates = (self._by_load(sockets) if len(sockets) > 1 else list(sockets))[:2]
+        # Last, the shared socket: every live worker of the endpoint, of any generation,
+        # accepts there, so the request still finds one while the route table lags a
+        # reload or a scale-down (whose stopping workers no longer accept).
+        candidates.append(route["socket"])
+        for i, path in enumerate(candidates):
+            # Under the lock: a lost update between threads would skew the counts for good.
+            with self._lock:
+                self._inflight[path] = self._inflight.get(path, 0) + 1
             try:
                 return self.post(path, name, body, timeout)
             except NotConnected:
                 self._drop(path)
-                if i == 1 or len(candidates) == 1:
+                if i == len(candidates) - 1:
                     raise
             finally:
-                self._inflight[path] -= 1
+                with self._lock:
+                    self._inflight[path] -= 1
         raise NotConnected(f"endpoint {name} has no reachable worker", retry_after=1,
                            SIGNATURE=name)
 
@@ -185,11 +192,19 @@ class Upstream:
                 conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
                                       SIGNATURE=name) from None
-            except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
+            except (ConnectionResetError, BrokenPipeError):
+                # On a Unix socket, EPIPE / ECONNRESET mean the server closed the connection
+                # without reading this request (an idle kept-alive connection it dropped, or
+                # a stopping worker's backlog): it never ran, so it may be sent again.
                 conn.close()
-                if reused and not (isinstance(exc, _Closed) and exc.partial):
-                    # An idle kept-alive connection the server had closed: use a fresh one.
+                if reused:
                     continue
+                raise NotConnected(f"endpoint {name} closed the connection unread; retry "
+                                   f"shortly", retry_after=1, SIGNATURE=name) from None
+            except _Closed:
+                # End of file after the server read the request: its worker died running
+                # it. Sending it again could run it twice (and kill a second worker).
+                conn.close()
                 raise Unavailable(f"endpoint {name} dropped the connection (its worker may "
                                   f"have died); retry shortly", retry_after=1,
                                   SIGNATURE=name) from None

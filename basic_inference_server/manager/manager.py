@@ -322,6 +322,9 @@ class Manager:
                 log.error("%s: new generation exited with %s; keeping the old one", ep.name,
                           ep.pending.poll())
                 ep.pending = None
+                if ep.child is not None:
+                    # Events carry their generation: listen to the one still serving again.
+                    ep.generation = ep.child.generation
             if ep.child and ep.child.poll() is not None:
                 self._endpoint_exited(ep, ep.child)
         if self.shutting_down and not self._children():
@@ -386,10 +389,13 @@ class Manager:
         if ep is None:
             return
         gen = msg.get("generation")
+        if event == "worker_ready" and ep.pending is not None and gen == ep.pending.generation:
+            self._switch_generation(ep)
+        # Worker events count for the generation that serves (ep.child), not for a reload
+        # still pending: while one loads, the serving server keeps scaling and respawning.
+        serving = gen is not None and ep.child is not None and gen == ep.child.generation
         if event == "worker_ready":
-            if ep.pending is not None and gen == ep.pending.generation:
-                self._switch_generation(ep)
-            if gen == ep.generation and ep.child is not None:
+            if serving:
                 ep.ready_pids.add(int(msg["pid"]))
                 if msg.get("socket"):
                     ep.worker_sockets[int(msg["pid"])] = msg["socket"]
@@ -400,19 +406,20 @@ class Manager:
                     ep.last_error = None
                     log.info("%s ready on port %s", ep.name, ep.port)
                     self._publish()
-        elif event == "worker_exit" and gen == ep.generation:
+        elif event == "worker_exit" and serving:
             ep.ready_pids.discard(int(msg["pid"]))
             if ep.worker_sockets.pop(int(msg["pid"]), None):
                 self._publish()
         elif event == "load_failed":
             ep.last_error = msg.get("error")
-        elif event == "nworkers" and gen == ep.generation:
+        elif event == "nworkers" and serving:
             ep.reported_workers = int(msg["value"])
             self._steer_workers(ep)
 
     def _switch_generation(self, ep: Endpoint) -> None:
         old, ep.child, ep.pending = ep.child, ep.pending, None
         ep.ready_pids.clear()
+        ep.last_error = None  # the new generation loaded: an earlier failure is history
         ep.worker_sockets.clear()
         if old is not None:
             old.terminate(self.config["STOP_TIMEOUT"])
@@ -538,6 +545,9 @@ class Manager:
         assert ep is not None
         if ep.config.is_support or ep.state != State.READY:
             return 409, {"ERROR": f"{ep.name} is {ep.state.value}; only a READY server reloads"}
+        if ep.pending is not None:
+            return 409, {"ERROR": f"{ep.name} is already reloading (generation "
+                                  f"{ep.pending.generation}); try again when it is done"}
         self.reload_endpoint(ep)
         return 200, {"RESULT": f"{ep.name}: reloading (generation {ep.generation})"}
 
