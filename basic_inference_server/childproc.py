@@ -29,3 +29,16 @@ def child_main(prog: str, serve: Callable[[dict[str, Any]], None],
     sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
     serve(spec)
     return 0
+
+
+def take_slot(server: Any, worker: Any) -> None:
+    """gunicorn ``pre_fork``: give the new worker the lowest free slot number.
+
+    Slots stay dense across respawns (worker i -> GPU i mod n, row i of the front's
+    load board), unlike gunicorn's ever-growing worker ages.
+    """
+    used = {getattr(w, "bis_slot", -1) for w in server.WORKERS.values()}
+    slot = 0
+    while slot in used:
+        slot += 1
+    worker.bis_slot = slot

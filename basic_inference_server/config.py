@@ -126,6 +126,7 @@ class EndpointConfig:
     name: str
     settings: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()
 
     @property
     def is_support(self) -> bool:
@@ -136,8 +137,12 @@ class EndpointConfig:
         return self.settings["SERVER_CLASS"] or self.name
 
     def worker_config(self) -> dict[str, Any]:
-        """Everything the endpoint section says, as the worker sees it (over its _CONFIG)."""
-        return {**self.settings, **self.extra}
+        """What the endpoint section says explicitly: it overrides the endpoint's ``_CONFIG``.
+
+        Framework defaults are not included, so a framework key the worker reads
+        (``BASE64_KEYS``, ``BASE64_OUTPUTS``) may also come from ``_CONFIG``.
+        """
+        return {**{k: self.settings[k] for k in self.given}, **self.extra}
 
 
 @dataclass
@@ -177,9 +182,15 @@ def parse_endpoint(name: str, raw: Any, where: str) -> EndpointConfig:
         if hint:
             raise ConfigError(f"{where}: unknown key {key}{hint}")
         extra[key] = value
+    given = frozenset(settings)
     for key, spec in ENDPOINT_SETTINGS.items():
         settings.setdefault(key, spec.default)
-    return EndpointConfig(name=name, settings=settings, extra=extra)
+    return EndpointConfig(name=name, settings=settings, extra=extra, given=given)
+
+
+def endpoint_defaults() -> dict[str, Any]:
+    """Framework defaults of every endpoint setting (under ``_CONFIG`` in a worker)."""
+    return {key: spec.default for key, spec in ENDPOINT_SETTINGS.items()}
 
 
 def parse_config(raw: Any, source: str = "<config>") -> GatewayConfig:

@@ -33,8 +33,12 @@ def endpoint_file(endpoints_dir: str | Path, module_name: str) -> Path:
     return path
 
 
-def import_endpoint(path: Path) -> ModuleType:
-    """Import an endpoint file as a fresh module; errors name the file and line."""
+def import_endpoint(path: Path, source: bytes | None = None) -> ModuleType:
+    """Import an endpoint file as a fresh module; errors name the file and line.
+
+    With ``source``, that text runs instead of what the file holds now: every worker of
+    one server generation runs the code the server started with, even mid-edit.
+    """
     folder = str(path.parent.resolve())
     if folder not in sys.path:
         # Lets an endpoint import helper modules that sit beside it.
@@ -46,7 +50,10 @@ def import_endpoint(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        if source is None:
+            spec.loader.exec_module(module)
+        else:
+            exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102
     except Exception as exc:
         sys.modules.pop(name, None)
         frame = _last_frame_in(exc, path)
@@ -100,10 +107,11 @@ def find_worker_class(module: ModuleType, module_name: str, path: Path) -> type[
     )
 
 
-def load_worker_class(endpoints_dir: str | Path, module_name: str) -> tuple[type[FlaskWorker], dict[str, Any]]:
+def load_worker_class(endpoints_dir: str | Path, module_name: str,
+                      source: bytes | None = None) -> tuple[type[FlaskWorker], dict[str, Any]]:
     """Import ``<endpoints_dir>/<module_name>.py``; return its worker class and ``_CONFIG``."""
     path = endpoint_file(endpoints_dir, module_name)
-    module = import_endpoint(path)
+    module = import_endpoint(path, source)
     cls = find_worker_class(module, module_name, path)
     defaults = getattr(module, "_CONFIG", {})
     if not isinstance(defaults, dict):

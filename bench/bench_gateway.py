@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import http.client
 import importlib.util
 import json
@@ -664,6 +665,14 @@ def git_modified() -> list[str]:
     return [ln[3:] for ln in r.stdout.splitlines() if ln.strip()]
 
 
+def git_diff_sha1() -> str | None:
+    try:
+        r = subprocess.run(["git", "diff", "HEAD"], capture_output=True, cwd=REPO, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return hashlib.sha1(r.stdout).hexdigest() if r.stdout else None
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     def cmd_out(cmd: list[str]) -> str:
         try:
@@ -687,6 +696,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "wrk": cmd_out([args.wrk, "-v"]),
         "git_commit": cmd_out(["git", "rev-parse", "--short", "HEAD"]),
         "git_modified": git_modified(),
+        # Identifies the exact code measured when the tree had uncommitted changes.
+        "git_diff_sha1": git_diff_sha1(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "duration_s": args.duration,
         "warmup_s": args.warmup,
     }
@@ -825,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"  {'-' * width}  {'-' * 40}")
     for k, v in rows:
         log(f"  {k:<{width}}  {v}")
+    results["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["errors"] = errors
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -30,6 +30,7 @@ from ..errors import (
     Unavailable,
 )
 from ..ipc import ControlUnavailable, control_call
+from .loadboard import LoadBoard
 from .routes import RouteTable
 from .upstream import Upstream
 
@@ -97,7 +98,7 @@ class Front:
     def __init__(self, spec: FrontSpec) -> None:
         self.spec = spec
         self.routes = RouteTable(spec.routes)
-        self.upstream = Upstream()
+        self.upstream = Upstream(LoadBoard(rows=spec.workers))
         self.flask = self._build_flask()
 
     # -- helpers ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from ..childproc import take_slot
 from ..procutil import die_with_parent
 from .app import Front, FrontSpec
 
@@ -37,10 +38,16 @@ class GatewayFront(BaseApplication):
             "accesslog": None,
             "errorlog": "-",
             "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
-            "post_fork": lambda _server, _worker: die_with_parent(signal.SIGKILL),
+            "pre_fork": take_slot,
+            "post_fork": self._post_fork,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
+
+    @staticmethod
+    def _post_fork(server: Any, worker: Any) -> None:
+        die_with_parent(signal.SIGKILL)
+        server.app.wsgi().upstream.board.claim_row(worker.bis_slot)
 
     def load(self) -> Front:
         return Front(self.spec)

@@ -19,6 +19,7 @@ from typing import Any
 import httptools
 
 from ..errors import Unavailable, UpstreamTimeout
+from .loadboard import LoadBoard
 
 PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
 _SMALL_BODY = 64 * 1024
@@ -109,18 +110,18 @@ class Connection:
 class Upstream:
     """Forwards requests to endpoint servers over pooled keep-alive connections."""
 
-    def __init__(self, max_idle: int = 64) -> None:
+    def __init__(self, board: LoadBoard | None = None, max_idle: int = 64) -> None:
         self.max_idle = max_idle
+        self.board = board or LoadBoard(rows=1)
         self._idle: dict[str, list[Connection]] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[str, int] = {}
         self._turn = itertools.count()
 
     def _by_load(self, sockets: list[str]) -> list[str]:
-        """Worker sockets, least busy first (as seen from this process); ties rotate."""
+        """Worker sockets, least busy first (counted over all front processes); ties rotate."""
         start = next(self._turn) % len(sockets)
         rotated = sockets[start:] + sockets[:start]
-        return sorted(rotated, key=lambda p: self._inflight.get(p, 0))
+        return sorted(rotated, key=self.board.load)
 
     def forward(self, route: dict[str, Any], name: str, body: bytes) -> UpstreamResponse:
         """Send a ``/run`` to the least busy worker of an endpoint.
@@ -140,7 +141,7 @@ class Upstream:
         for i, path in enumerate(candidates):
             # Under the lock: a lost update between threads would skew the counts for good.
             with self._lock:
-                self._inflight[path] = self._inflight.get(path, 0) + 1
+                self.board.add(path, 1)
             try:
                 return self.post(path, name, body, timeout)
             except NotConnected:
@@ -149,7 +150,7 @@ class Upstream:
                     raise
             finally:
                 with self._lock:
-                    self._inflight[path] -= 1
+                    self.board.add(path, -1)
         raise NotConnected(f"endpoint {name} has no reachable worker", retry_after=1,
                            SIGNATURE=name)
 

@@ -278,7 +278,7 @@ class Manager:
             log.error("%s", exc)
             return
         gateway_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        payload = {**ep.config.worker_config(), "SERVER": gateway_host, "SERVER_PORT": self.port,
+        payload = {**ep.config.settings, **ep.config.extra, "SERVER": gateway_host, "SERVER_PORT": self.port,
                    "SERVER_PATH": SUPPORT_PATH, "SUPPORT_NAME": ep.name}
         ep.child = spawn_script(ep.name, str(script), ["--config_endpoint", json.dumps(payload)])
         ep.generation += 1
@@ -504,7 +504,7 @@ class Manager:
                 ep = self.endpoints[name] = Endpoint(config=cfg,
                                                      target_workers=cfg.settings["NR_WORKERS"])
             elif overrides:
-                merged = {**ep.config.settings, **ep.config.extra, **overrides}
+                merged = {**ep.config.worker_config(), **overrides}
                 merged.pop("DISABLED", None)
                 ep.config = parse_endpoint(name, merged, f"start_server {name}")
                 ep.target_workers = ep.config.settings["NR_WORKERS"]
@@ -587,6 +587,12 @@ class Manager:
             ep.restart_at = None
         if self.front is not None:
             self.front.terminate(self.config["STOP_TIMEOUT"] + 5)
+        if self.front_listener is not None:
+            # Our copy of the gateway socket would keep accepting connections into its
+            # backlog while the front drains; once the front's copies close too, new
+            # callers are refused instead of left hanging.
+            self.front_listener.close()
+            self.front_listener = None
         else:
             for ep in self.endpoints.values():
                 self.stop_endpoint(ep)

@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, Response, request, send_file
 
 from .. import protocol
+from ..config import endpoint_defaults
 from ..discovery import load_worker_class
 from ..errors import MethodNotAllowed, NotFound, ServingError
 from ..ipc import Notifier
@@ -46,9 +47,15 @@ class ServerSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_worker(spec: ServerSpec, slot: int, notifier: Notifier) -> FlaskWorker:
-    """Import the endpoint, build its worker and load its model (timed and logged)."""
-    cls, defaults = load_worker_class(spec.endpoints_dir, spec.module)
+def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
+                 source: bytes | None = None) -> FlaskWorker:
+    """Import the endpoint, build its worker and load its model (timed and logged).
+
+    Configuration layers, later wins: framework defaults, the module's ``_CONFIG``,
+    the endpoint's section of the gateway configuration.
+    """
+    cls, module_config = load_worker_class(spec.endpoints_dir, spec.module, source)
+    defaults = {**endpoint_defaults(), **module_config}
     worker = cls(default_config=defaults, upstream_config=spec.worker_config,
                  worker_id=slot, endpoint=spec.name, notifier=notifier)
     started = time.perf_counter()

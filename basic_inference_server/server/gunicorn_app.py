@@ -19,6 +19,9 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from ..childproc import take_slot
+from ..discovery import endpoint_file
+from ..errors import DiscoveryError
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from .app import ServerSpec, build_worker, create_app
@@ -27,15 +30,6 @@ log = logging.getLogger(__name__)
 
 # Filled in by post_fork, in the worker process, before the app is loaded.
 _worker_slot = {"slot": 0}
-
-
-def _take_slot(server: Any, worker: Any) -> None:
-    """pre_fork: give the new worker the lowest free slot (worker i -> device i mod n)."""
-    used = {getattr(w, "bis_slot", -1) for w in server.WORKERS.values()}
-    slot = 0
-    while slot in used:
-        slot += 1
-    worker.bis_slot = slot
 
 
 def _own_socket_path(spec: ServerSpec, slot: int) -> str:
@@ -70,6 +64,13 @@ class EndpointServer(BaseApplication):
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         self.notifier = Notifier(spec.notify)
+        # The endpoint's source as it is now: workers spawned later (scale-up, respawn)
+        # run this generation's code even if the file is being edited. Read, not run:
+        # user code only ever runs in the workers.
+        try:
+            self.source: bytes | None = endpoint_file(spec.endpoints_dir, spec.module).read_bytes()
+        except (DiscoveryError, OSError):
+            self.source = None  # the worker's import reports the problem by name
         super().__init__()
 
     def load_config(self) -> None:
@@ -83,6 +84,16 @@ class EndpointServer(BaseApplication):
         def post_worker_init(worker: Any) -> None:
             path = _own_socket_path(spec, worker.bis_slot)
             worker.sockets.append(_listen_unix(path))
+            stop = signal.getsignal(signal.SIGTERM)
+
+            def on_term(signum: int, frame: Any) -> None:
+                # A stopping worker takes no new connection on its own socket: the front
+                # sees it gone at once and picks a sibling instead of queueing here.
+                _unlink(path)
+                if callable(stop):
+                    stop(signum, frame)
+
+            signal.signal(signal.SIGTERM, on_term)
             notifier.send("worker_ready", endpoint=spec.name, pid=os.getpid(),
                           slot=worker.bis_slot, socket=path, generation=spec.generation)
 
@@ -114,7 +125,7 @@ class EndpointServer(BaseApplication):
             "accesslog": None,
             "errorlog": "-",
             "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
-            "pre_fork": _take_slot,
+            "pre_fork": take_slot,
             "post_fork": post_fork,
             "post_worker_init": post_worker_init,
             "child_exit": child_exit,
@@ -127,7 +138,7 @@ class EndpointServer(BaseApplication):
     def load(self) -> Any:
         slot = _worker_slot["slot"]
         try:
-            worker = build_worker(self.spec, slot, self.notifier)
+            worker = build_worker(self.spec, slot, self.notifier, self.source)
         except BaseException as exc:
             self.notifier.send("load_failed", endpoint=self.spec.name, pid=os.getpid(),
                                error=f"{type(exc).__name__}: {exc}",

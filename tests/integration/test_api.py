@@ -19,6 +19,7 @@ CONFIG = {
         "echo": {"NR_WORKERS": 2, "TAG": "from-gateway-config"},
         "download": {},
         "b64": {"BASE64_KEYS": ["DATA"], "BASE64_OUTPUTS": ["OUT"]},
+        "b64_module_config": {},
     },
 }
 
@@ -109,7 +110,8 @@ def test_health_live_and_ready(gw):
     assert assert_ok(gw.get("/health/live"))["status"] == "alive"
     body = assert_ok(gw.get("/health/ready"))
     assert body["status"] == "ready"
-    assert body["endpoints"] == {"echo": "READY", "download": "READY", "b64": "READY"}
+    assert body["endpoints"] == {"echo": "READY", "download": "READY", "b64": "READY",
+                                 "b64_module_config": "READY"}
 
 
 def test_list_servers_shows_ports_that_answer(gw):
@@ -145,3 +147,8 @@ def test_ready_is_503_while_an_endpoint_starts(gw):
 
 def test_support_update_status_without_support_process(gw):
     assert_error(gw.post("/support_update_status", {"SIGNATURE": "nobody"}), 404)
+
+
+def test_framework_keys_may_come_from_the_module_config(gw):
+    body = assert_ok(gw.run("b64_module_config", DATA=base64.b64encode(b"abc").decode()))
+    assert base64.b64decode(body["OUT"]) == b"ABC"

@@ -115,3 +115,22 @@ def test_reload_while_reloading_is_refused(gw):
 def test_reload_refusals(gw):
     assert_error(gw.post("/reload_server", {"SIGNATURE": "ghost"}), 404)
     assert_error(gw.post("/reload_server", {}), 400)
+
+
+def test_respawned_workers_run_the_generation_code_not_a_broken_edit(gw):
+    """Workers started later (scale-up) run the code their server started with."""
+    version = assert_ok(gw.run("echo"))["version"]
+    path = gw.endpoints_dir / "echo.py"
+    good = path.read_text()
+    path.write_text(good + "\nthis is not python (\n")
+    try:
+        assert gw.post("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 3}).status_code == 200
+        wait_until(lambda: len(gw.server("echo")["worker_pids"]) == 3, timeout=20,
+                   message="a third worker boots from the snapshot")
+        answers = {assert_ok(gw.run("echo"))["version"] for _ in range(12)}
+        assert answers == {version}
+        assert gw.state("echo") == "READY"
+    finally:
+        path.write_text(good)
+        gw.post("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 2})
+        wait_until(lambda: len(gw.server("echo")["worker_pids"]) == 2, timeout=20)

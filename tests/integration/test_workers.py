@@ -10,10 +10,9 @@ import pytest
 from tests.conftest import Traffic, assert_ok, wait_until
 
 CONFIG = {
-    # One front process: it balances by the requests it has in flight per worker. (With
-    # several front processes each balances on its own view, so two concurrent calls can
-    # still land on the same worker; see the report.)
-    "GATEWAY_WORKERS": 1,
+    # Two front processes (the default, written out): they balance on in-flight counts
+    # they share, so concurrent calls spread over the workers whichever process takes them.
+    "GATEWAY_WORKERS": 2,
     "CONFIG_ENDPOINTS": {
         "slow": {"NR_WORKERS": 2},
         "scaled": {"SERVER_CLASS": "echo", "NR_WORKERS": 1},

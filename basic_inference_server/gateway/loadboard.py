@@ -1,0 +1,37 @@
+"""In-flight request counts per worker socket, shared by all processes of the front.
+
+Created in the front's master before it forks, so every front process sees every
+count; each process writes only its own row, so no update is lost between processes
+(threads of one process update under the caller's lock). A worker's load is the sum
+of its column. Sockets map to columns by hash; a rare collision only blurs balancing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import zlib
+
+
+class LoadBoard:
+    def __init__(self, rows: int, columns: int = 4096) -> None:
+        self.rows = max(1, rows)
+        self.columns = columns
+        self.row = 0
+        self._counts = multiprocessing.RawArray(ctypes.c_int32, self.rows * columns)
+
+    def claim_row(self, row: int) -> None:
+        """Called in a new front process: take a row and clear what a dead one left."""
+        self.row = row % self.rows
+        start = self.row * self.columns
+        ctypes.memset(ctypes.addressof(self._counts) + start * 4, 0, self.columns * 4)
+
+    def _column(self, path: str) -> int:
+        return zlib.crc32(path.encode()) % self.columns
+
+    def add(self, path: str, delta: int) -> None:
+        self._counts[self.row * self.columns + self._column(path)] += delta
+
+    def load(self, path: str) -> int:
+        col = self._column(path)
+        return sum(self._counts[r * self.columns + col] for r in range(self.rows))
