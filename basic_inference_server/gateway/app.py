@@ -29,6 +29,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call
 from .loadboard import LoadBoard
 from .routes import RouteTable
@@ -243,19 +244,7 @@ class Front:
             return reply(status, {"status": "ready" if status == 200 else "not ready",
                                   "endpoints": states}, headers)
 
-        @app.errorhandler(ServingError)
-        def serving_error(err: ServingError) -> Response:
-            return reply(err.status, err.to_dict(), err.headers())
-
-        @app.errorhandler(404)
-        def not_found(_exc: Exception) -> Response:
-            err = NotFound(f"no route {request.path}; see /get_paths")
-            return reply(err.status, err.to_dict())
-
-        @app.errorhandler(405)
-        def bad_method(_exc: Exception) -> Response:
-            err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-            return reply(err.status, err.to_dict())
+        install_json_errors(app, reply, "on the gateway; see /get_paths")
 
         return app
 

@@ -18,7 +18,8 @@ from flask import Flask, Response, request, send_file
 from .. import protocol
 from ..config import endpoint_defaults
 from ..discovery import load_worker_class
-from ..errors import MethodNotAllowed, NotFound, ServingError
+from ..errors import ServingError
+from ..flask_errors import install_json_errors
 from ..ipc import Notifier
 from ..worker import FileOutput, FlaskWorker
 from .pipeline import decode_base64_fields, encode_base64_fields, run_pipeline
@@ -110,15 +111,7 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         return answer(200, {"status": "ready", "endpoint": spec.name, "worker_id": worker_tag,
                             "pid": pid, "generation": spec.generation})
 
-    @app.errorhandler(404)
-    def not_found(_exc: Exception) -> Response:
-        err = NotFound(f"no route {request.path} on the {spec.name} endpoint server")
-        return answer(err.status, err.to_dict())
-
-    @app.errorhandler(405)
-    def bad_method(_exc: Exception) -> Response:
-        err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-        return answer(err.status, err.to_dict())
+    install_json_errors(app, answer, f"on the {spec.name} endpoint server")
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
