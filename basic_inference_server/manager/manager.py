@@ -27,7 +27,7 @@ from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..health.memory import system_status
 from ..ipc import MAX_MESSAGE
-from ..procutil import free_port
+from ..procutil import free_port, pid_alive
 from .children import Child, spawn, spawn_script
 from .state import STABLE_AFTER, Endpoint, State, write_routes
 
@@ -41,6 +41,14 @@ LOAD_FAILURE_CODES = {3, 4}
 SUPPORT_PATH = "/support_update_status"
 
 
+def _sweep_stale_run_dirs() -> None:
+    """Remove run folders of managers that died without cleaning up (SIGKILL)."""
+    for folder in Path(tempfile.gettempdir()).glob("bis-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class Manager:
     """Owns the process tree of one gateway."""
 
@@ -50,7 +58,8 @@ class Manager:
         self.endpoints_dir = str(Path(endpoints_dir).resolve())
         self.host = host
         self.port = port
-        self.run_dir = Path(tempfile.mkdtemp(prefix="bis-"))
+        _sweep_stale_run_dirs()
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"bis-{os.getpid()}-"))
         self.routes_path = self.run_dir / "routes.json"
         self.control_path = str(self.run_dir / "control.sock")
         self.notify_path = str(self.run_dir / "notify.sock")
