@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="configuration file (default ./config_gateway.json)")
     parser.add_argument("--endpoints", default="endpoints",
                         help="folder of endpoint files (default ./endpoints)")
+    parser.add_argument("--cache", default="_cache",
+                        help="folder for state kept across restarts (default ./_cache)")
     return parser
 
 
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.endpoints).is_dir():
             raise ConfigError(f"endpoints folder {args.endpoints} not found "
                               f"(pass --endpoints DIR)")
-        return Manager(config, args.endpoints, host=args.host, port=args.port).run()
+        return Manager(config, args.endpoints, host=args.host, port=args.port,
+                       cache_dir=args.cache).run()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG

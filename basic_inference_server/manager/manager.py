@@ -25,7 +25,11 @@ from typing import Any
 from ..config import GatewayConfig, parse_endpoint
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
+from ..health.alerts import AlertTracker
+from ..health.gpu import sample_gpus
+from ..health.history import History
 from ..health.memory import system_status
+from ..health.sampler import pid_owners, sample_system
 from ..ipc import MAX_MESSAGE
 from ..procutil import free_port, pid_alive
 from .children import Child, spawn, spawn_script
@@ -53,7 +57,7 @@ class Manager:
     """Owns the process tree of one gateway."""
 
     def __init__(self, config: GatewayConfig, endpoints_dir: str | Path, host: str = "0.0.0.0",
-                 port: int = 5002) -> None:
+                 port: int = 5002, cache_dir: str | Path = "_cache") -> None:
         self.config = config
         self.endpoints_dir = str(Path(endpoints_dir).resolve())
         self.host = host
@@ -69,6 +73,8 @@ class Manager:
         self.front_failures = 0
         self.front_restart_at: float | None = None
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        self.alerts = AlertTracker()
+        self.history = History(cache_dir)
         self.sel = selectors.DefaultSelector()
         self.shutting_down = False
         self.exit_code = EXIT_OK
@@ -132,6 +138,8 @@ class Manager:
             raise
         log.info("gateway on %s:%d, %d endpoint(s), run dir %s", self.host, self.port,
                  len(self.endpoints), self.run_dir)
+        self.history.add_event("startup", port=self.port, pid=os.getpid(),
+                               endpoints=sorted(self.endpoints))
         for ep in self.endpoints.values():
             if not ep.config.settings["DISABLED"]:
                 self._start_endpoint(ep)
@@ -374,6 +382,8 @@ class Manager:
         delay = ep.backoff()
         ep.restart_at = time.monotonic() + delay
         log.error("%s: %s; %s, restart in %.0f s", ep.name, ep.last_error, ep.state.value, delay)
+        self.history.add_event("server_exit", endpoint=ep.name, exit_code=code, state=ep.state.value,
+                               reason=ep.last_error, restart_in_s=delay)
         self._publish()
 
     # -- notifications from servers -----------------------------------------------------
@@ -434,6 +444,7 @@ class Manager:
             old.terminate(self.config["STOP_TIMEOUT"])
             ep.draining.append(old)
         log.info("%s reloaded: generation %d serving", ep.name, ep.generation)
+        self.history.add_event("reload", endpoint=ep.name, generation=ep.generation)
 
     def _steer_workers(self, ep: Endpoint) -> None:
         """Move the server's worker count one step toward the target.
@@ -565,8 +576,30 @@ class Manager:
                    for n, e in self.endpoints.items()}
         gateway = [os.getpid()] + ([self.front.pid] if self.front else [])
         status = system_status(gateway, servers)
+        system = sample_system()
+        gpu = sample_gpus(pid_names=pid_owners(servers))
+        alerts = self._evaluate_alerts(system, gpu)
+        self.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
+                                 "gpu": gpu})
         support = {n: e.support_status for n, e in self.endpoints.items() if e.support_status}
-        return 200, {"SYSTEM_STATUS": status, "SUPPORT_STATUS": support}
+        return 200, {"SYSTEM_STATUS": {**status, "system": system, "gpu": gpu},
+                     "SYSTEM_ALERTS": alerts, "SUPPORT_STATUS": support,
+                     "HISTORY": {"events": self.history.events(limit=100)}}
+
+    def _evaluate_alerts(self, system: dict[str, Any], gpu: dict[str, Any]) -> list[dict[str, Any]]:
+        """Update the alert state; each raise and clear is logged and recorded once."""
+        update = self.alerts.update({
+            "system": system, "gpu": gpu,
+            "restarts": {n: e.restarts for n, e in self.endpoints.items()},
+            "crashloops": [n for n, e in self.endpoints.items() if e.state == State.CRASHLOOP],
+        })
+        for alert in update.raised:
+            log.warning("alert raised: %s", alert["message"])
+            self.history.add_event("alert_raised", **alert)
+        for alert in update.cleared:
+            log.info("alert cleared: %s", alert["name"])
+            self.history.add_event("alert_cleared", **alert)
+        return update.active
 
     def cmd_notifications(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"NOTIFICATIONS": list(self.notifications)}
@@ -592,6 +625,7 @@ class Manager:
         if self.shutting_down:
             return
         self.shutting_down = True
+        self.history.add_event("shutdown", pid=os.getpid())
         for ep in self.endpoints.values():
             ep.restart_at = None
         if self.front is not None:
