@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import protocol
 from ..errors import (
@@ -31,6 +32,7 @@ from ..errors import (
 )
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call
+from . import metrics
 from .loadboard import LoadBoard
 from .routes import RouteTable
 from .upstream import Upstream
@@ -49,6 +51,7 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/get_paths": (("GET", "POST"), False, "this list"),
     "/support_update_status": (("POST",), False, "where support processes report"),
     "/health/live": (("GET",), False, "200 while the gateway runs"),
+    "/metrics": (("GET",), False, "Prometheus metrics"),
     "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
     "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
     "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
@@ -165,6 +168,8 @@ class Front:
 
     def run(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """``/run``: validate, route by SIGNATURE, forward, pass the answer through."""
+        started = time.perf_counter()
+        label = "-"  # the endpoint label: '-' before a valid SIGNATURE, 'unknown' for a 404
         try:
             method = environ["REQUEST_METHOD"]
             if method == "POST":
@@ -176,10 +181,19 @@ class Front:
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
             name = protocol.signature_of(body)
+            label = name if self.routes.get(name) is not None else "unknown"
             route = self._resolve(name)
-            resp = self.upstream.forward(route, name, raw)
+            gauge = metrics.IN_FLIGHT.labels(name)
+            gauge.inc()
+            try:
+                resp = self.upstream.forward(route, name, raw)
+            finally:
+                gauge.dec()
         except ServingError as err:
+            metrics.REQUESTS.labels(label, str(err.status)).inc()
             return self._error(err, start_response)
+        metrics.REQUESTS.labels(label, str(resp.status)).inc()
+        metrics.LATENCY.labels(label).observe(time.perf_counter() - started)
         start_response(_status_line(resp.status),
                        [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [resp.body]
@@ -221,7 +235,7 @@ class Front:
             return view
 
         for path, (methods, admin, _desc) in API.items():
-            if path in ("/run", "/get_paths") or path.startswith("/health/"):
+            if path in ("/run", "/get_paths", "/metrics") or path.startswith("/health/"):
                 continue
             app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
                              methods=list(methods))
@@ -230,6 +244,15 @@ class Front:
         def get_paths() -> Response:
             return reply(200, {"AVAIL_PATHS": {p: {"methods": list(m), "admin": a, "info": d}
                                                for p, (m, a, d) in API.items()}})
+
+        @app.get("/metrics")
+        def prometheus() -> Response:
+            try:
+                answer = control_call(front.spec.control, {"cmd": "list_servers", "args": {}})
+                servers = answer["body"]["SERVERS"]
+            except ControlUnavailable:
+                servers = {}
+            return Response(metrics.render(servers), mimetype=CONTENT_TYPE_LATEST)
 
         @app.get("/health/live")
         def live() -> Response:

@@ -16,6 +16,7 @@ from gunicorn.app.base import BaseApplication
 from ..childproc import take_slot
 from ..procutil import die_with_parent
 from .app import Front, FrontSpec
+from .metrics import mark_dead
 
 
 class GatewayFront(BaseApplication):
@@ -40,6 +41,7 @@ class GatewayFront(BaseApplication):
             "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
             "pre_fork": take_slot,
             "post_fork": self._post_fork,
+            "child_exit": lambda _server, worker: mark_dead(worker.pid),
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

@@ -51,12 +51,13 @@ class Child:
 
 
 def spawn(role: str, name: str, module: str, spec: dict[str, Any], *, fds: tuple[int, ...] = (),
-          generation: int = 0) -> Child:
+          generation: int = 0, env: dict[str, str] | None = None) -> Child:
     """Start ``python -m <module> --spec <json>`` as a child that dies with us."""
     argv = [sys.executable, "-m", module, "--spec", json.dumps(spec), "--parent", str(os.getpid())]
     if fds:
         argv += ["--fds", ",".join(str(fd) for fd in fds)]
-    proc = subprocess.Popen(argv, pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
     return Child(role=role, name=name, proc=proc, generation=generation)
 
 

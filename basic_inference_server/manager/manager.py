@@ -220,8 +220,13 @@ class Manager:
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
         }
+        metrics = self.run_dir / "metrics"
+        # A fresh folder per front: counters of dead front processes start over with it.
+        shutil.rmtree(metrics, ignore_errors=True)
+        metrics.mkdir()
         self.front = spawn("front", "gateway", "basic_inference_server.gateway", spec,
-                           fds=(self.front_listener.fileno(),))
+                           fds=(self.front_listener.fileno(),),
+                           env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
 
     def _allocate_port(self, ep: Endpoint) -> int:
         if ep.config.settings["PORT"] is not None:

@@ -1,0 +1,36 @@
+"""/metrics: Prometheus text merged over the front's processes, parsed by prometheus_client."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import assert_error, assert_ok
+
+CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2}}}
+
+
+def samples(gw):
+    resp = gw.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_count_requests_and_report_workers(gateways):
+    gw = gateways(CONFIG)
+    for i in range(20):
+        assert_ok(gw.run("echo", I=i))
+    assert_error(gw.run("nope"), 404)
+    assert_error(gw.post("/run", data=b"[1]"), 400)
+    got = samples(gw)
+    ok = got[("bis_requests_total", (("endpoint", "echo"), ("status", "200")))]
+    assert ok == 20  # summed over both front processes
+    assert got[("bis_requests_total", (("endpoint", "unknown"), ("status", "404")))] == 1
+    assert got[("bis_requests_total", (("endpoint", "-"), ("status", "400")))] == 1
+    assert got[("bis_request_seconds_count", (("endpoint", "echo"),))] == 20
+    assert got[("bis_workers", (("endpoint", "echo"),))] == 2
+    assert got[("bis_endpoint_ready", (("endpoint", "echo"),))] == 1
+    assert got[("bis_in_flight", (("endpoint", "echo"),))] == 0
