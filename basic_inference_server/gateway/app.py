@@ -169,7 +169,7 @@ class Front:
     def run(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """``/run``: validate, route by SIGNATURE, forward, pass the answer through."""
         started = time.perf_counter()
-        label = "-"  # the endpoint label: '-' before a valid SIGNATURE, 'unknown' for a 404
+        label = "-"  # the endpoint label until a valid SIGNATURE is read
         try:
             method = environ["REQUEST_METHOD"]
             if method == "POST":
@@ -181,7 +181,7 @@ class Front:
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
             name = protocol.signature_of(body)
-            label = name if self.routes.get(name) is not None else "unknown"
+            label = name
             route = self._resolve(name)
             gauge = metrics.IN_FLIGHT.labels(name)
             gauge.inc()
@@ -190,6 +190,8 @@ class Front:
             finally:
                 gauge.dec()
         except ServingError as err:
+            if isinstance(err, NotFound):
+                label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
             metrics.REQUESTS.labels(label, str(err.status)).inc()
             return self._error(err, start_response)
         metrics.REQUESTS.labels(label, str(resp.status)).inc()

@@ -61,11 +61,7 @@ class NotConnected(Unavailable):
 
 
 class _Closed(Exception):
-    """The server closed the connection; ``partial`` when part of an answer had arrived."""
-
-    def __init__(self, partial: bool) -> None:
-        super().__init__()
-        self.partial = partial
+    """The server closed the connection after reading the request, before answering it."""
 
 
 class Connection:
@@ -80,12 +76,11 @@ class Connection:
             self.sock.close()
             raise
 
-    def post(self, target: bytes, body: bytes, content_type: bytes,
-             timeout: float) -> tuple[UpstreamResponse, bool]:
+    def post(self, target: bytes, body: bytes, timeout: float) -> tuple[UpstreamResponse, bool]:
         """Send one request; return the answer and whether the connection stays usable."""
         self.sock.settimeout(timeout)
-        head = (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
-                + content_type + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        head = (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         if len(body) <= _SMALL_BODY:
             self.sock.sendall(head + body)
         else:
@@ -93,12 +88,10 @@ class Connection:
             self.sock.sendall(body)
         resp = UpstreamResponse()
         parser = resp.parser = httptools.HttpResponseParser(resp)
-        received = False
         while not resp.complete:
             data = self.sock.recv(262144)
             if not data:
-                raise _Closed(partial=received)
-            received = True
+                raise _Closed
             parser.feed_data(data)
         resp.parser = None
         return resp, resp.keep_alive
@@ -174,8 +167,7 @@ class Upstream:
                 return
         conn.close()
 
-    def post(self, path: str, name: str, body: bytes, timeout: float,
-             content_type: bytes = b"application/json") -> UpstreamResponse:
+    def post(self, path: str, name: str, body: bytes, timeout: float) -> UpstreamResponse:
         """POST ``body`` to ``/run`` of the server at ``path``; failures become 503 / 504."""
         for attempt in (0, 1):
             conn = self._take(path) if attempt == 0 else None
@@ -188,7 +180,7 @@ class Upstream:
                                        f"{exc.strerror or exc}", retry_after=1,
                                        SIGNATURE=name) from None
             try:
-                resp, keep = conn.post(b"/run", body, content_type, timeout)
+                resp, keep = conn.post(b"/run", body, timeout)
             except TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",

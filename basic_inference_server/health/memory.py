@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import psutil
 
@@ -30,21 +31,28 @@ def tree_rss(pids: Iterable[int]) -> int:
     return total
 
 
-def system_status(gateway_pids: list[int], servers: dict[str, list[int]]) -> dict[str, object]:
-    """``SYSTEM_STATUS`` as the original reported it (sizes in GB), plus disk."""
-    vm = psutil.virtual_memory()
-    mem_gateway = tree_rss(gateway_pids) / GB
-    mem_servers = {name: round(tree_rss(pids) / GB, 3) for name, pids in servers.items()}
-    disk = psutil.disk_usage("/")
+# Key of the gateway's own processes among the sampled trees: no endpoint name has '<'.
+GATEWAY_TREE = "<gateway>"
+
+
+def seed_status(sample: Mapping[str, Any]) -> dict[str, Any]:
+    """``SYSTEM_STATUS`` as the original reported it (sizes in GB), plus disk.
+
+    Built from one :func:`~.sampler.collect_sample` whose trees hold ``GATEWAY_TREE``
+    and one entry per endpoint.
+    """
+    system, trees = sample["system"], sample["trees"]
+    mem_gateway = trees.get(GATEWAY_TREE, 0) / GB
+    mem_servers = {n: round(rss / GB, 3) for n, rss in trees.items() if n != GATEWAY_TREE}
     return {
         "info": "Memory Size is in GB. Total and avail mem may be reported inconsistently "
                 "in containers.",
-        "mem_avail": round(vm.available / GB, 2),
+        "mem_avail": system["mem_avail_gb"],
         "mem_gateway": round(mem_gateway, 3),
         "mem_servers": mem_servers,
-        "mem_sys": round(vm.used / GB, 2),
-        "mem_total": round(vm.total / GB, 2),
+        "mem_sys": system["mem_used_gb"],
+        "mem_total": system["mem_total_gb"],
         "mem_used": round(mem_gateway + sum(mem_servers.values()), 3),
-        "disk_total": round(disk.total / GB, 2),
-        "disk_avail": round(disk.free / GB, 2),
+        "disk_total": system["disk_total_gb"],
+        "disk_avail": system["disk_free_gb"],
     }

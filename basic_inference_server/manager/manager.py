@@ -26,10 +26,9 @@ from ..config import GatewayConfig, parse_endpoint
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..health.alerts import AlertTracker
-from ..health.gpu import sample_gpus
 from ..health.history import History
-from ..health.memory import system_status
-from ..health.sampler import pid_owners, sample_system
+from ..health.memory import GATEWAY_TREE, seed_status
+from ..health.sampler import collect_sample
 from ..ipc import MAX_MESSAGE
 from ..procutil import free_port, pid_alive
 from .children import Child, spawn, spawn_script
@@ -580,9 +579,9 @@ class Manager:
         servers = {n: [c.pid for c in (e.child, e.pending, *e.draining) if c]
                    for n, e in self.endpoints.items()}
         gateway = [os.getpid()] + ([self.front.pid] if self.front else [])
-        status = system_status(gateway, servers)
-        system = sample_system()
-        gpu = sample_gpus(pid_names=pid_owners(servers))
+        sample = collect_sample({GATEWAY_TREE: gateway, **servers})
+        status = seed_status(sample)
+        system, gpu = sample["system"], sample["gpu"]
         alerts = self._evaluate_alerts(system, gpu)
         self.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
                                  "gpu": gpu})
