@@ -91,6 +91,19 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("STOP_TIMEOUT", (int, float), 30,
                 "Seconds a stopping process may take to finish in-flight work before it is killed.",
                 _at_least(0)),
+        Setting("HEALTH_SAMPLE_INTERVAL", (int, float), 5,
+                "Seconds between health samples (memory, disk, CPU, GPU) taken by the supervisor.",
+                _at_least(0.1)),
+        Setting("ALERT_MEM_AVAIL_PCT", (int, float), 15,
+                "Alert when available system memory falls under this percentage.", _at_least(0)),
+        Setting("ALERT_DISK_FREE_PCT", (int, float), 10,
+                "Alert when free disk space falls under this percentage.", _at_least(0)),
+        Setting("ALERT_GPU_MEM_PCT", (int, float), 90,
+                "Alert when a GPU's memory use rises over this percentage.", _at_least(0)),
+        Setting("ALERT_RESTARTS", int, 3,
+                "Alert when an endpoint restarts this many times within 10 minutes.", _at_least(1)),
+        Setting("ACCESS_LOG", bool, True,
+                "Log one line per /run request (endpoint, status, latency, worker)."),
     ]
 }
 
@@ -107,7 +120,16 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         Setting("SERVER_CLASS", (str, type(None)), None,
                 "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name."),
         Setting("DESCRIPTION", str, "", "Free text shown by /list_servers."),
-        Setting("PING_INTERVAL", (int, float), 5, "Seconds between health probes.", _at_least(0.1)),
+        Setting("PING_INTERVAL", (int, float), 5,
+                "Seconds between the supervisor's health probes of each worker.", _at_least(0.1)),
+        Setting("PING_TIMEOUT", (int, float), 2,
+                "Seconds a worker has to answer a probe (at most PING_INTERVAL).", _at_least(0.05)),
+        Setting("PING_MISSES", int, 2,
+                "Probes missed in a row before a worker (or, all missing, the server) is killed "
+                "and replaced.", _at_least(1)),
+        Setting("RETRY_ON_CRASH", bool, False,
+                "Retry a request once on another worker when its worker dies running it "
+                "(only for endpoints whose requests are safe to run twice)."),
         Setting("TIMEOUT", (int, float), 60,
                 "Seconds the gateway waits for an answer before replying 504.", _at_least(0.01)),
         Setting("BASE64_KEYS", list, [],

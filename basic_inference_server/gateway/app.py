@@ -46,7 +46,8 @@ SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/run": (("POST", "GET"), False, "run an endpoint: body {SIGNATURE, ...}"),
     "/list_servers": (("GET", "POST"), False, "endpoints with state, workers, port, errors"),
-    "/system_status": (("GET", "POST"), False, "memory and disk (SYSTEM_STATUS)"),
+    "/system_status": (("GET", "POST"), False, "memory, disk, GPU, alerts (SYSTEM_STATUS)"),
+    "/history": (("GET",), False, "rolling window of health samples and events: ?samples=N"),
     "/notifications": (("GET", "POST"), False, "recent notifications from workers"),
     "/get_paths": (("GET", "POST"), False, "this list"),
     "/support_update_status": (("POST",), False, "where support processes report"),
@@ -221,7 +222,8 @@ class Front:
             except ControlUnavailable as exc:
                 raise Unavailable(f"the gateway manager is not answering: {exc}",
                                   retry_after=1) from None
-            return reply(int(answer["status"]), answer["body"])
+            status = int(answer["status"])
+            return reply(status, answer["body"], [("Retry-After", "1")] if status == 503 else [])
 
         def make_view(path: str, admin: bool) -> Callable[[], Response]:
             cmd = path.strip("/")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ class Child:
     generation: int = 0
     started_at: float = field(default_factory=time.monotonic)
     stop_deadline: float | None = None
+    # Why the manager killed it, when it did (a hang): reported instead of the exit code.
+    kill_reason: str | None = None
 
     @property
     def pid(self) -> int:
@@ -67,3 +70,40 @@ def spawn_script(name: str, script: str, args: list[str]) -> Child:
             "--parent", str(os.getpid()), script, *args]
     proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
     return Child(role="support", name=name, proc=proc)
+
+
+# Backoff of a service that keeps dying young: 0 s, then 1 s, 2 s, 4 s ... capped.
+SERVICE_BACKOFF_CAP = 60.0
+
+
+@dataclass
+class Service:
+    """A child of which there is exactly one (the front, the supervisor), kept running.
+
+    A death is followed by a restart: at once after a lone one, then with exponential
+    backoff while the service keeps dying within ``stable_after`` seconds of its start.
+    """
+
+    name: str
+    start: Callable[[], Child]
+    stable_after: float
+    child: Child | None = None
+    failures: int = 0
+    restart_at: float | None = None
+
+    def launch(self) -> None:
+        self.restart_at = None
+        self.child = self.start()
+
+    def exited(self, now: float) -> float:
+        """Forget the dead child and schedule the next start; returns the delay."""
+        assert self.child is not None
+        run_for = now - self.child.started_at
+        self.child = None
+        self.failures = 0 if run_for > self.stable_after else self.failures + 1
+        delay = 0.0 if self.failures <= 1 else min(SERVICE_BACKOFF_CAP, 2.0 ** (self.failures - 2))
+        self.restart_at = now + delay
+        return delay
+
+    def due(self, now: float) -> bool:
+        return self.restart_at is not None and now >= self.restart_at

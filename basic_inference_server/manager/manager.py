@@ -1,8 +1,9 @@
 """The manager: the control plane. It runs no user code and never waits on HTTP.
 
-One loop owns everything: it spawns the gateway front, one server per endpoint and
-the support processes, reaps them the moment they exit, restarts them with backoff,
-publishes the route table, and answers management commands on a Unix socket.
+One loop owns everything: it spawns the gateway front, the supervisor, one server per
+endpoint and the support processes, reaps them the moment they exit, restarts them with
+backoff, publishes the route table, and answers management commands on a Unix socket.
+The supervisor watches and measures; what it reports, this loop acts on.
 Signal handlers only wake the loop (``signal.set_wakeup_fd``); the loop acts.
 """
 
@@ -25,13 +26,13 @@ from typing import Any
 from ..config import GatewayConfig, parse_endpoint
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
-from ..health.alerts import AlertTracker
+from ..health.alerts import AlertTracker, Thresholds
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE, seed_status
-from ..health.sampler import collect_sample
 from ..ipc import MAX_MESSAGE
 from ..procutil import free_port, pid_alive
-from .children import Child, spawn, spawn_script
+from ..server.probe import probe_path
+from .children import Child, Service, spawn, spawn_script
 from .state import STABLE_AFTER, Endpoint, State, write_routes
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,19 @@ class Manager:
         self.control_path = str(self.run_dir / "control.sock")
         self.notify_path = str(self.run_dir / "notify.sock")
         self.endpoints: dict[str, Endpoint] = {}
-        self.front: Child | None = None
         self.front_listener: socket.socket | None = None
-        self.front_failures = 0
-        self.front_restart_at: float | None = None
+        self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
+        self.supervisor = Service("supervisor", self._spawn_supervisor, STABLE_AFTER)
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
-        self.alerts = AlertTracker()
+        self.alerts = AlertTracker(Thresholds(
+            mem_avail_pct_min=config["ALERT_MEM_AVAIL_PCT"],
+            disk_free_pct_min=config["ALERT_DISK_FREE_PCT"],
+            gpu_mem_used_pct_max=config["ALERT_GPU_MEM_PCT"],
+            restarts_max=config["ALERT_RESTARTS"]))
+        self.cache_dir = Path(cache_dir).resolve()
         self.history = History(cache_dir)
+        # The supervisor's latest sample, with the status and alerts computed from it.
+        self.health: dict[str, Any] | None = None
         self.sel = selectors.DefaultSelector()
         self.shutting_down = False
         self.exit_code = EXIT_OK
@@ -143,7 +150,8 @@ class Manager:
             if not ep.config.settings["DISABLED"]:
                 self._start_endpoint(ep)
         self._publish()
-        self._start_front()
+        self.supervisor.launch()
+        self.front.launch()
         try:
             while not self.done:
                 for key, _ in self.sel.select(self._next_timeout()):
@@ -157,14 +165,13 @@ class Manager:
     def _next_timeout(self) -> float:
         deadlines = [ep.restart_at for ep in self.endpoints.values() if ep.restart_at]
         deadlines += [c.stop_deadline for c in self._children() if c.stop_deadline]
-        if self.front_restart_at:
-            deadlines.append(self.front_restart_at)
+        deadlines += [s.restart_at for s in (self.front, self.supervisor) if s.restart_at]
         if not deadlines:
             return 5.0
         return max(0.0, min(deadlines) - time.monotonic())
 
     def _children(self) -> list[Child]:
-        out = [self.front] if self.front else []
+        out = [s.child for s in (self.front, self.supervisor) if s.child]
         for ep in self.endpoints.values():
             out += [c for c in (ep.child, ep.pending) if c] + ep.draining
         return out
@@ -180,9 +187,9 @@ class Manager:
                 ep.restart_at = None
                 ep.restarts += 1
                 self._start_endpoint(ep)
-        if self.front_restart_at is not None and now >= self.front_restart_at:
-            self.front_restart_at = None
-            self._start_front()
+        for service in (self.front, self.supervisor):
+            if service.due(now):
+                service.launch()
 
     # -- signals ------------------------------------------------------------------------
     def _read_signals(self, sock: socket.socket) -> None:
@@ -206,7 +213,7 @@ class Manager:
                         self.reload_endpoint(ep)
 
     # -- children -----------------------------------------------------------------------
-    def _start_front(self) -> None:
+    def _spawn_front(self) -> Child:
         assert self.front_listener is not None
         spec = {
             "routes": str(self.routes_path),
@@ -223,9 +230,15 @@ class Manager:
         # A fresh folder per front: counters of dead front processes start over with it.
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir()
-        self.front = spawn("front", "gateway", "basic_inference_server.gateway", spec,
-                           fds=(self.front_listener.fileno(),),
-                           env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+        return spawn("front", "gateway", "basic_inference_server.gateway", spec,
+                     fds=(self.front_listener.fileno(),),
+                     env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+
+    def _spawn_supervisor(self) -> Child:
+        spec = {"control": self.control_path,
+                "sample_interval": self.config["HEALTH_SAMPLE_INTERVAL"],
+                "disk_path": str(self.cache_dir)}
+        return spawn("supervisor", "supervisor", "basic_inference_server.supervisor", spec)
 
     def _allocate_port(self, ep: Endpoint) -> int:
         if ep.config.settings["PORT"] is not None:
@@ -327,8 +340,9 @@ class Manager:
         self._publish()
 
     def _reap(self) -> None:
-        if self.front and self.front.poll() is not None:
-            self._front_exited(self.front)
+        for service in (self.front, self.supervisor):
+            if service.child and service.child.poll() is not None:
+                self._service_exited(service)
         for ep in self.endpoints.values():
             for child in list(ep.draining):
                 if child.poll() is not None:
@@ -351,19 +365,20 @@ class Manager:
         if self.shutting_down and not self._children():
             self.done = True
 
-    def _front_exited(self, child: Child) -> None:
-        code = child.poll()
-        self.front = None
+    def _service_exited(self, service: Service) -> None:
+        assert service.child is not None
+        code = service.child.poll()
         if self.shutting_down:
-            log.info("gateway front stopped (exit %s)", code)
-            for ep in self.endpoints.values():
-                self.stop_endpoint(ep)
+            service.child = None
+            log.info("%s stopped (exit %s)", service.name, code)
+            if service is self.front:
+                for ep in self.endpoints.values():
+                    self.stop_endpoint(ep)
             return
-        run_for = time.monotonic() - child.started_at
-        self.front_failures = 0 if run_for > STABLE_AFTER else self.front_failures + 1
-        delay = 0.0 if self.front_failures <= 1 else min(60.0, 2.0 ** (self.front_failures - 2))
-        log.error("gateway front exited with %s; restarting in %.0f s", code, delay)
-        self.front_restart_at = time.monotonic() + delay
+        delay = service.exited(time.monotonic())
+        log.error("%s exited with %s; restarting in %.0f s", service.name, code, delay)
+        self.history.add_event("service_exit", service=service.name, exit_code=code,
+                               restart_in_s=delay)
 
     def _endpoint_exited(self, ep: Endpoint, child: Child) -> None:
         code = child.poll()
@@ -382,7 +397,7 @@ class Manager:
             ep.last_error = ep.last_error or f"model failed to load (exit code {code})"
         else:
             ep.state = State.RESTARTING if ep.failures < 3 else State.CRASHLOOP
-            ep.last_error = f"process exited with code {code}"
+            ep.last_error = child.kill_reason or f"process exited with code {code}"
         delay = ep.backoff()
         ep.restart_at = time.monotonic() + delay
         log.error("%s: %s; %s, restart in %.0f s", ep.name, ep.last_error, ep.state.value, delay)
@@ -513,7 +528,9 @@ class Manager:
                      "DEFAULT_SERVER": self.config["DEFAULT_SERVER"],
                      "SERVERS": {n: self.endpoints[n].describe() for n in names},
                      "GATEWAY": {"pid": os.getpid(), "port": self.port,
-                                 "front_pid": self.front.pid if self.front else None}}
+                                 "front_pid": self.front.child.pid if self.front.child else None,
+                                 "supervisor_pid": (self.supervisor.child.pid
+                                                    if self.supervisor.child else None)}}
 
     def cmd_start_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         name = args.get("SIGNATURE")
@@ -575,20 +592,79 @@ class Manager:
         self.reload_endpoint(ep)
         return 200, {"RESULT": f"{ep.name}: reloading (generation {ep.generation})"}
 
-    def cmd_system_status(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _trees(self) -> dict[str, list[int]]:
+        """The process trees to account: the gateway's own, and one per endpoint."""
+        gateway = [os.getpid()] + [s.child.pid for s in (self.front, self.supervisor) if s.child]
         servers = {n: [c.pid for c in (e.child, e.pending, *e.draining) if c]
                    for n, e in self.endpoints.items()}
-        gateway = [os.getpid()] + ([self.front.pid] if self.front else [])
-        sample = collect_sample({GATEWAY_TREE: gateway, **servers})
+        return {GATEWAY_TREE: gateway, **servers}
+
+    def cmd_supervision(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """What the supervisor watches: the serving generation of each endpoint."""
+        targets = {}
+        for name, ep in self.endpoints.items():
+            if ep.child is None or ep.config.is_support or self.shutting_down:
+                continue
+            s = ep.config.settings
+            targets[name] = {
+                "pid": ep.child.pid,
+                "generation": ep.child.generation,
+                "ping_interval": s["PING_INTERVAL"],
+                "ping_timeout": min(s["PING_TIMEOUT"], s["PING_INTERVAL"]),
+                "ping_misses": s["PING_MISSES"],
+                "workers": {pid: probe_path(path) for pid, path in ep.worker_sockets.items()},
+            }
+        return 200, {"endpoints": targets, "trees": self._trees()}
+
+    def cmd_report_hung(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The supervisor found a server, or some of its workers, stuck: replace them."""
+        ep = self.endpoints.get(str(args.get("SIGNATURE")))
+        if ep is None or ep.child is None or ep.child.generation != args.get("generation") \
+                or self.shutting_down:
+            return 409, {"ERROR": "stale report: that generation is no longer serving"}
+        reason = str(args.get("reason") or "hung")
+        if args.get("server"):
+            log.error("%s: %s; killing the server", ep.name, reason)
+            ep.child.kill_reason = reason
+            ep.child.kill_group()
+            self.history.add_event("server_hung", endpoint=ep.name, reason=reason)
+            return 200, {"RESULT": f"{ep.name}: server killed, restarting"}
+        pids = [int(p) for p in args.get("pids") or [] if int(p) in ep.ready_pids]
+        for pid in pids:
+            log.error("%s: worker %d %s; killing it", ep.name, pid, reason)
+            os.kill(pid, signal.SIGKILL)  # its gunicorn master starts a new one
+        if pids:
+            self.history.add_event("worker_hung", endpoint=ep.name, pids=pids, reason=reason)
+        return 200, {"RESULT": f"{ep.name}: killed workers {pids}"}
+
+    def cmd_health_sample(self, sample: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A sample from the supervisor: keep it, update alerts, add it to the history."""
         status = seed_status(sample)
         system, gpu = sample["system"], sample["gpu"]
         alerts = self._evaluate_alerts(system, gpu)
         self.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
-                                 "gpu": gpu})
+                                 "mem_gateway": status["mem_gateway"], "gpu": gpu})
+        self.health = {"status": {**status, "system": system, "gpu": gpu,
+                                  "sampled_at": sample.get("taken_at")},
+                       "alerts": alerts}
+        return 200, {"RESULT": "sample received"}
+
+    def cmd_system_status(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self.health is None:
+            return 503, {"ERROR": "the first health sample is not taken yet; retry shortly"}
         support = {n: e.support_status for n, e in self.endpoints.items() if e.support_status}
-        return 200, {"SYSTEM_STATUS": {**status, "system": system, "gpu": gpu},
-                     "SYSTEM_ALERTS": alerts, "SUPPORT_STATUS": support,
+        return 200, {"SYSTEM_STATUS": self.health["status"],
+                     "SYSTEM_ALERTS": self.health["alerts"], "SUPPORT_STATUS": support,
                      "HISTORY": {"events": self.history.events(limit=100)}}
+
+    def cmd_history(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The rolling window of health samples and events (the dashboard's charts)."""
+        try:
+            limit = max(1, min(1440, int(args.get("samples", 120))))
+        except (TypeError, ValueError):
+            return 400, {"ERROR": "samples must be an integer"}
+        return 200, {"samples": self.history.samples(limit=limit),
+                     "events": self.history.events(limit=100)}
 
     def _evaluate_alerts(self, system: dict[str, Any], gpu: dict[str, Any]) -> list[dict[str, Any]]:
         """Update the alert state; each raise and clear is logged and recorded once."""
@@ -632,15 +708,19 @@ class Manager:
         self.history.add_event("shutdown", pid=os.getpid())
         for ep in self.endpoints.values():
             ep.restart_at = None
-        if self.front is not None:
-            self.front.terminate(self.config["STOP_TIMEOUT"] + 5)
+        if self.supervisor.child is not None:
+            # Nothing to watch any more: draining servers are busy, not hung.
+            self.supervisor.child.terminate(5)
+        if self.front.child is not None:
+            self.front.child.terminate(self.config["STOP_TIMEOUT"] + 5)
         if self.front_listener is not None:
             # Our copy of the gateway socket would keep accepting connections into its
             # backlog while the front drains; once the front's copies close too, new
             # callers are refused instead of left hanging.
             self.front_listener.close()
             self.front_listener = None
-        else:
+        if self.front.child is None:
+            # No front to drain first (it died and waits for its restart): stop the rest now.
             for ep in self.endpoints.values():
                 self.stop_endpoint(ep)
 

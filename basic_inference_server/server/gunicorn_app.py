@@ -25,6 +25,7 @@ from ..errors import DiscoveryError
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from .app import ServerSpec, build_worker, create_app
+from .probe import ProbeListener, probe_path
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class EndpointServer(BaseApplication):
         def post_worker_init(worker: Any) -> None:
             path = _own_socket_path(spec, worker.bis_slot)
             worker.sockets.append(_listen_unix(path))
+            # Answers the supervisor until the process exits, through a graceful stop
+            # too: a draining worker is busy, not hung.
+            ProbeListener(probe_path(path), endpoint=spec.name,
+                          generation=spec.generation).start()
             stop = signal.getsignal(signal.SIGTERM)
 
             def on_term(signum: int, frame: Any) -> None:
@@ -98,7 +103,9 @@ class EndpointServer(BaseApplication):
                           slot=worker.bis_slot, socket=path, generation=spec.generation)
 
         def child_exit(_server: Any, worker: Any) -> None:
-            _unlink(_own_socket_path(spec, worker.bis_slot))
+            path = _own_socket_path(spec, worker.bis_slot)
+            _unlink(path)
+            _unlink(probe_path(path))
             notifier.send("worker_exit", endpoint=spec.name, pid=worker.pid,
                           generation=spec.generation)
 

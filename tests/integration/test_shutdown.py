@@ -23,8 +23,9 @@ CONFIG = {
         "support_process": {"HOST": "NO_HOST", "PING_INTERVAL": 10},
     },
 }
-# manager, front master + 2 front workers, echo master + 2, slow master + 1, support
-EXPECTED_PROCESSES = 1 + 3 + 3 + 2 + 1
+# manager, supervisor, front master + 2 front workers, echo master + 2, slow master + 1,
+# support
+EXPECTED_PROCESSES = 1 + 1 + 3 + 3 + 2 + 1
 
 
 def full_tree(gw):
@@ -32,8 +33,10 @@ def full_tree(gw):
     wait_until(lambda: len(gw.tree()) == EXPECTED_PROCESSES, timeout=15,
                message=f"{EXPECTED_PROCESSES} processes in the tree")
     procs = gw.tree()
-    servers = gw.servers()["SERVERS"]
+    body = gw.servers()
+    servers = body["SERVERS"]
     pids = {p.pid for p in procs}
+    assert body["GATEWAY"]["supervisor_pid"] in pids
     assert servers["support_process"]["pid"] in pids
     for name in ("echo", "slow"):
         assert servers[name]["pid"] in pids and set(servers[name]["worker_pids"]) <= pids
@@ -123,21 +126,19 @@ def test_sigkill_of_an_endpoint_master_is_restarted(gateways):
     assert_ok(gw.run("echo"))
 
 
-@pytest.mark.parametrize("victim", ["front", "support"])
-def test_a_killed_front_or_support_process_is_restarted(gateways, victim):
+@pytest.mark.parametrize("victim", ["front", "supervisor", "support"])
+def test_a_killed_front_supervisor_or_support_process_is_restarted(gateways, victim):
     gw = gateways(CONFIG)
     full_tree(gw)
-    body = gw.servers()
-    pid = body["GATEWAY"]["front_pid"] if victim == "front" else \
-        body["SERVERS"]["support_process"]["pid"]
+
+    def pid_of():
+        body = gw.servers()
+        if victim == "support":
+            return body["SERVERS"]["support_process"]["pid"]
+        return body["GATEWAY"][f"{victim}_pid"]
+
+    pid = pid_of()
     os.kill(pid, signal.SIGKILL)
-    if victim == "front":
-        def front_back():
-            new = gw.servers()["GATEWAY"]["front_pid"]
-            return new not in (None, pid) and new
-    else:
-        def front_back():
-            new = gw.server("support_process")["pid"]
-            return new not in (None, pid) and new
-    wait_until(front_back, timeout=15, message=f"the {victim} is restarted")
+    wait_until(lambda: pid_of() not in (None, pid), timeout=15,
+               message=f"the {victim} is restarted")
     assert_ok(gw.run("echo"))

@@ -1,0 +1,1 @@
+"""The supervisor process: probes every worker, reports the hung, samples health."""
