@@ -60,6 +60,10 @@ class NotConnected(Unavailable):
     """Could not connect: the request was never sent, so another worker may take it."""
 
 
+class Dropped(Unavailable):
+    """The server read the request, then closed without answering: its worker died on it."""
+
+
 class _Closed(Exception):
     """The server closed the connection after reading the request, before answering it."""
 
@@ -122,10 +126,14 @@ class Upstream:
         Each worker process listens on a socket of its own besides the shared one, so
         the front balances requests itself (least outstanding requests). A worker
         that cannot be reached (it just died) hands the request to a sibling: nothing
-        was sent, so nothing can run twice.
+        was sent, so nothing can run twice. A worker that dies running the request
+        makes it a 503 at once or, with ``RETRY_ON_CRASH``, one more try on a sibling.
         """
         sockets = route.get("workers") or []
         timeout = float(route["timeout"])
+        # One more try on a sibling after a worker died running the request, where the
+        # endpoint says its requests may run twice.
+        retries = 1 if route.get("retry_on_crash") else 0
         candidates = (self._by_load(sockets) if len(sockets) > 1 else list(sockets))[:2]
         # Last, the shared socket: every live worker of the endpoint, of any generation,
         # accepts there, so the request still finds one while the route table lags a
@@ -141,6 +149,10 @@ class Upstream:
                 self._drop(path)
                 if i == len(candidates) - 1:
                     raise
+            except Dropped:
+                if not retries or i == len(candidates) - 1:
+                    raise
+                retries -= 1
             finally:
                 with self._lock:
                     self.board.add(path, -1)
@@ -198,9 +210,9 @@ class Upstream:
                 # End of file after the server read the request: its worker died running
                 # it. Sending it again could run it twice (and kill a second worker).
                 conn.close()
-                raise Unavailable(f"endpoint {name} dropped the connection (its worker may "
-                                  f"have died); retry shortly", retry_after=1,
-                                  SIGNATURE=name) from None
+                raise Dropped(f"endpoint {name} dropped the connection (its worker may "
+                              f"have died); retry shortly", retry_after=1,
+                              SIGNATURE=name) from None
             except httptools.HttpParserError as exc:
                 conn.close()
                 raise Unavailable(f"endpoint {name} sent an invalid answer: {exc}",

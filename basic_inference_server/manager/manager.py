@@ -400,6 +400,7 @@ class Manager:
             ep.last_error = child.kill_reason or f"process exited with code {code}"
         delay = ep.backoff()
         ep.restart_at = time.monotonic() + delay
+        ep.last_exit = {"reason": ep.last_error, "exit_code": code, "at": time.time()}
         log.error("%s: %s; %s, restart in %.0f s", ep.name, ep.last_error, ep.state.value, delay)
         self.history.add_event("server_exit", endpoint=ep.name, exit_code=code, state=ep.state.value,
                                reason=ep.last_error, restart_in_s=delay)

@@ -48,6 +48,8 @@ class Endpoint:
     target_workers: int = 1
     reported_workers: int | None = None
     last_error: str | None = None
+    # Why the server last died, kept after it recovers (last_error is cleared then).
+    last_exit: dict[str, Any] | None = None
     failures: int = 0
     restarts: int = 0
     restart_at: float | None = None
@@ -79,6 +81,7 @@ class Endpoint:
             "generation": self.generation,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "last_exit": self.last_exit,
             "uptime_s": round(time.monotonic() - self.ready_since, 1) if self.ready_since else None,
             "retry_in_s": (round(max(0.0, self.restart_at - time.monotonic()), 1)
                            if self.restart_at else None),
@@ -93,6 +96,7 @@ class Endpoint:
             "socket": self.socket_path,
             "workers": sorted(self.worker_sockets.values()),
             "timeout": self.config.settings["TIMEOUT"],
+            "retry_on_crash": self.config.settings["RETRY_ON_CRASH"],
             "last_error": self.last_error,
             "retry_after": self.retry_after(),
         }
