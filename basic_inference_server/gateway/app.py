@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .routes import RouteTable
 from .upstream import Upstream
 
 StartResponse = Callable[..., Any]
+access_log = logging.getLogger("bis.access")
 READY = "READY"
 WAITABLE = ("STARTING", "RESTARTING")
 SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
@@ -75,6 +77,7 @@ class FrontSpec:
     server_name: str = "basic_inference_server"
     app_version: str = "0.0.0"
     stop_timeout: float = 30
+    access_log: bool = True
 
 
 def is_loopback(addr: str | None) -> bool:
@@ -195,8 +198,15 @@ class Front:
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
             metrics.REQUESTS.labels(label, str(err.status)).inc()
             return self._error(err, start_response)
+        elapsed = time.perf_counter() - started
         metrics.REQUESTS.labels(label, str(resp.status)).inc()
-        metrics.LATENCY.labels(label).observe(time.perf_counter() - started)
+        metrics.LATENCY.labels(label).observe(elapsed)
+        if self.spec.access_log:
+            # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
+            access_log.info("%s %d %.2f ms worker %s", label, resp.status, elapsed * 1000,
+                            resp.worker, extra={"access": {
+                                "endpoint": label, "status": resp.status,
+                                "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker}})
         start_response(_status_line(resp.status),
                        [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [resp.body]
@@ -252,11 +262,11 @@ class Front:
         @app.get("/metrics")
         def prometheus() -> Response:
             try:
-                answer = control_call(front.spec.control, {"cmd": "list_servers", "args": {}})
-                servers = answer["body"]["SERVERS"]
+                body = control_call(front.spec.control, {"cmd": "metrics", "args": {}})["body"]
             except ControlUnavailable:
-                servers = {}
-            return Response(metrics.render(servers), mimetype=CONTENT_TYPE_LATEST)
+                body = {}
+            return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH")),
+                            mimetype=CONTENT_TYPE_LATEST)
 
         @app.get("/health/live")
         def live() -> Response:

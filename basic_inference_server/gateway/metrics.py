@@ -1,8 +1,9 @@
 """Prometheus metrics of the gateway, safe across the front's worker processes.
 
 Request metrics are recorded by every front process into ``PROMETHEUS_MULTIPROC_DIR``
-(set by the manager) and merged at scrape time; the state of endpoints and workers
-comes from the manager when ``/metrics`` is scraped.
+(set by the manager) and merged at scrape time; the state of endpoints and workers,
+and the supervisor's latest health sample (memory, disk, GPUs, alerts), come from the
+manager when ``/metrics`` is scraped.
 """
 
 from __future__ import annotations
@@ -22,35 +23,74 @@ IN_FLIGHT = Gauge("bis_in_flight", "/run requests being served", ["endpoint"],
                   multiprocess_mode="livesum")
 
 
-class ManagerCollector:
-    """Endpoint state, workers and restarts, as the manager reports them at scrape time."""
+GB = 1024 ** 3
 
-    def __init__(self, servers: dict[str, Any]) -> None:
+
+def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels or [])
+
+
+class ManagerCollector:
+    """What the manager knows at scrape time: endpoints, and the latest health sample."""
+
+    def __init__(self, servers: dict[str, Any], health: dict[str, Any] | None = None) -> None:
         self.servers = servers
+        self.health = health or {}
 
     def collect(self) -> Any:
-        ready = GaugeMetricFamily("bis_endpoint_ready", "1 when the endpoint is READY",
-                                  labels=["endpoint"])
-        workers = GaugeMetricFamily("bis_workers", "Worker processes ready",
-                                    labels=["endpoint"])
-        target = GaugeMetricFamily("bis_workers_target", "NR_WORKERS asked for",
-                                   labels=["endpoint"])
-        restarts = GaugeMetricFamily("bis_restarts", "Restarts since the gateway started",
-                                     labels=["endpoint"])
+        ready = _gauge("bis_endpoint_ready", "1 when the endpoint is READY", ["endpoint"])
+        workers = _gauge("bis_workers", "Worker processes ready", ["endpoint"])
+        target = _gauge("bis_workers_target", "NR_WORKERS asked for", ["endpoint"])
+        restarts = _gauge("bis_restarts", "Restarts since the gateway started", ["endpoint"])
         for name, info in self.servers.items():
             ready.add_metric([name], 1.0 if info["state"] == "READY" else 0.0)
             workers.add_metric([name], float(info["workers_ready"]))
             target.add_metric([name], float(info["nr_workers"]))
             restarts.add_metric([name], float(info["restarts"]))
         yield from (ready, workers, target, restarts)
+        if self.health:
+            yield from self._health()
+
+    def _health(self) -> Any:
+        rss = _gauge("bis_memory_rss_bytes", "Resident memory of each process tree "
+                     "(<gateway>: manager, front, supervisor; else an endpoint)", ["tree"])
+        for tree, value in self.health.get("trees", {}).items():
+            rss.add_metric([tree], float(value))
+        yield rss
+        system = self.health["status"]["system"]
+        for name, key, doc in (
+                ("bis_system_memory_available_bytes", "mem_avail_gb", "Available system memory"),
+                ("bis_system_memory_total_bytes", "mem_total_gb", "Total system memory"),
+                ("bis_disk_free_bytes", "disk_free_gb", "Free disk space under the cache folder"),
+                ("bis_disk_total_bytes", "disk_total_gb", "Disk size under the cache folder")):
+            if system.get(key) is not None:
+                yield GaugeMetricFamily(name, doc, value=system[key] * GB)
+        yield GaugeMetricFamily("bis_cpu_percent", "System CPU use", value=system["cpu_pct"])
+        gpus = self.health["status"]["gpu"].get("gpus", [])
+        families = [
+            (_gauge("bis_gpu_memory_used_bytes", "GPU memory in use", ["gpu", "name"]), "mem_used_gb", GB),
+            (_gauge("bis_gpu_memory_total_bytes", "GPU memory size", ["gpu", "name"]), "mem_total_gb", GB),
+            (_gauge("bis_gpu_utilization_percent", "GPU utilisation", ["gpu", "name"]), "util_pct", 1),
+            (_gauge("bis_gpu_temperature_celsius", "GPU temperature", ["gpu", "name"]), "temp_c", 1),
+            (_gauge("bis_gpu_power_watts", "GPU power draw", ["gpu", "name"]), "power_w", 1),
+        ]
+        for family, key, scale in families:
+            for gpu in gpus:
+                if gpu.get(key) is not None:
+                    family.add_metric([str(gpu["index"]), str(gpu["name"])], float(gpu[key]) * scale)
+            yield family
+        alerts = _gauge("bis_alert_active", "1 for each active alert", ["alert", "level"])
+        for alert in self.health.get("alerts", []):
+            alerts.add_metric([alert["name"], alert["level"]], 1.0)
+        yield alerts
 
 
-def render(servers: dict[str, Any]) -> bytes:
+def render(servers: dict[str, Any], health: dict[str, Any] | None = None) -> bytes:
     """The text exposition of every front process's metrics plus the manager's view."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
-    registry.register(ManagerCollector(servers))
+    registry.register(ManagerCollector(servers, health))
     return bytes(generate_latest(registry))
 
 

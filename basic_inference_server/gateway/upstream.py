@@ -34,6 +34,8 @@ class UpstreamResponse:
     chunks: list[bytes] = field(default_factory=list)
     complete: bool = False
     keep_alive: bool = False
+    # Which worker answered: "g<generation>w<slot>" of its own socket, or "any" (shared).
+    worker: str = "any"
     parser: httptools.HttpResponseParser | None = field(default=None, repr=False)
 
     @property
@@ -144,7 +146,7 @@ class Upstream:
             with self._lock:
                 self.board.add(path, 1)
             try:
-                return self.post(path, name, body, timeout)
+                resp = self.post(path, name, body, timeout)
             except NotConnected:
                 self._drop(path)
                 if i == len(candidates) - 1:
@@ -153,6 +155,10 @@ class Upstream:
                 if not retries or i == len(candidates) - 1:
                     raise
                 retries -= 1
+            else:
+                if path != route["socket"]:
+                    resp.worker = path.rsplit(".", 1)[-1]
+                return resp
             finally:
                 with self._lock:
                     self.board.add(path, -1)

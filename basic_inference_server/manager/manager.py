@@ -225,6 +225,7 @@ class Manager:
             "server_name": self.config["SERVER_NAME"],
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
+            "access_log": self.config["ACCESS_LOG"],
         }
         metrics = self.run_dir / "metrics"
         # A fresh folder per front: counters of dead front processes start over with it.
@@ -647,7 +648,7 @@ class Manager:
                                  "mem_gateway": status["mem_gateway"], "gpu": gpu})
         self.health = {"status": {**status, "system": system, "gpu": gpu,
                                   "sampled_at": sample.get("taken_at")},
-                       "alerts": alerts}
+                       "alerts": alerts, "trees": sample["trees"]}
         return 200, {"RESULT": "sample received"}
 
     def cmd_system_status(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -657,6 +658,11 @@ class Manager:
         return 200, {"SYSTEM_STATUS": self.health["status"],
                      "SYSTEM_ALERTS": self.health["alerts"], "SUPPORT_STATUS": support,
                      "HISTORY": {"events": self.history.events(limit=100)}}
+
+    def cmd_metrics(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """What /metrics exposes besides the front's own counters."""
+        _, servers = self.cmd_list_servers(args)
+        return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.health}
 
     def cmd_history(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """The rolling window of health samples and events (the dashboard's charts)."""

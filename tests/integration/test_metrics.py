@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import assert_error, assert_ok
+from tests.conftest import assert_error, assert_ok, wait_until
 
-CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2}}}
+CONFIG = {"HEALTH_SAMPLE_INTERVAL": 0.5, "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2}}}
 
 
 def samples(gw):
@@ -34,3 +34,12 @@ def test_metrics_count_requests_and_report_workers(gateways):
     assert got[("bis_workers", (("endpoint", "echo"),))] == 2
     assert got[("bis_endpoint_ready", (("endpoint", "echo"),))] == 1
     assert got[("bis_in_flight", (("endpoint", "echo"),))] == 0
+
+
+def test_metrics_carry_the_supervisor_health_sample(gateways):
+    gw = gateways(CONFIG)
+    got = wait_until(lambda: (s := samples(gw)).get(("bis_memory_rss_bytes", (("tree", "echo"),)))
+                     and s, timeout=10, message="a sample with the echo server in it")
+    assert got[("bis_memory_rss_bytes", (("tree", "<gateway>"),))] > 10_000_000
+    assert got[("bis_system_memory_total_bytes", ())] > 0
+    assert not [k for k in got if k[0].startswith("bis_gpu")]  # no GPU on this box
