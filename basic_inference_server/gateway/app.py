@@ -34,6 +34,7 @@ from ..errors import (
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call
 from . import metrics
+from .dashboard import install_dashboard
 from .loadboard import LoadBoard
 from .routes import RouteTable
 from .upstream import Upstream
@@ -56,6 +57,7 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/health/live": (("GET",), False, "200 while the gateway runs"),
     "/metrics": (("GET",), False, "Prometheus metrics"),
     "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
+    "/dashboard": (("GET",), False, "web page: endpoints, alerts, memory and GPU charts, actions"),
     "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
     "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
     "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
@@ -249,7 +251,7 @@ class Front:
             return view
 
         for path, (methods, admin, _desc) in API.items():
-            if path in ("/run", "/get_paths", "/metrics") or path.startswith("/health/"):
+            if path in ("/run", "/get_paths", "/metrics", "/dashboard") or path.startswith("/health/"):
                 continue
             app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
                              methods=list(methods))
@@ -281,6 +283,7 @@ class Front:
             return reply(status, {"status": "ready" if status == 200 else "not ready",
                                   "endpoints": states}, headers)
 
+        install_dashboard(app)
         install_json_errors(app, reply, "on the gateway; see /get_paths")
 
         return app

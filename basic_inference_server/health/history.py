@@ -15,7 +15,7 @@ Each file is bounded: the last N records are held in memory; the file may grow t
 lines and is then rewritten with the last N (a temporary file, then an atomic rename),
 so an append costs O(1) amortised. A file found damaged is rewritten clean on the next
 write. A write that fails (disk full, the very moment alerts fire) is logged once and
-the history goes on in memory. One writer per folder (the supervisor); other processes
+the history goes on in memory. One writer per folder (the manager); other processes
 may read the files.
 """
 

@@ -1,0 +1,204 @@
+// The dashboard: polls the gateway's own API and draws it; management buttons call the
+// same admin paths as any client (loopback, or the admin token typed in the header).
+"use strict";
+
+const REFRESH_MS = 2000;
+const HISTORY_SAMPLES = 180;
+const charts = {};
+
+function $(id) { return document.getElementById(id); }
+
+function token() { return $("token").value.trim(); }
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : {
+    method: "POST",
+    headers: Object.assign({"Content-Type": "application/json"},
+                           token() ? {"Authorization": "Bearer " + token()} : {}),
+    body: JSON.stringify(body),
+  };
+  const resp = await fetch(path, opts);
+  const data = await resp.json();
+  if (!resp.ok) {
+    throw new Error(data.ERROR || (resp.status + " " + resp.statusText));
+  }
+  return data;
+}
+
+function say(text, bad) {
+  const el = $("message");
+  el.textContent = text;
+  el.className = bad ? "bad" : "";
+}
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  const s = Math.round(seconds);
+  if (s < 120) return s + " s";
+  if (s < 7200) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+async function act(label, path, body) {
+  try {
+    const data = await api(path, body);
+    say(label + ": " + (data.RESULT || "done"));
+  } catch (err) {
+    say(label + " failed: " + err.message, true);
+  }
+  refresh();
+}
+
+function button(td, text, handler) {
+  const b = document.createElement("button");
+  b.textContent = text;
+  b.addEventListener("click", handler);
+  td.appendChild(b);
+}
+
+function actions(td, name, info) {
+  if (info.kind !== "server") return;
+  const sig = {SIGNATURE: name};
+  if (["STOPPED", "FAILED", "CRASHLOOP"].includes(info.state)) {
+    button(td, "start", () => act("start " + name, "start_server", sig));
+    return;
+  }
+  button(td, "+1 worker", () => act(name + " workers", "update_workers",
+                                   {SIGNATURE: name, NR_WORKERS: info.nr_workers + 1}));
+  if (info.nr_workers > 1) {
+    button(td, "\u22121 worker", () => act(name + " workers", "update_workers",
+                                          {SIGNATURE: name, NR_WORKERS: info.nr_workers - 1}));
+  }
+  button(td, "reload", () => act("reload " + name, "reload_server", sig));
+  button(td, "stop", () => act("stop " + name, "kill_server", sig));
+}
+
+function drawEndpoints(servers) {
+  const body = $("endpoints").tBodies[0];
+  body.replaceChildren();
+  for (const [name, info] of Object.entries(servers)) {
+    const row = body.insertRow();
+    row.dataset.endpoint = name;
+    cell(row, name);
+    cell(row, info.state, "state " + info.state);
+    cell(row, info.kind === "server" ? info.workers_ready + " / " + info.nr_workers : "support",
+         "workers");
+    cell(row, info.port);
+    cell(row, duration(info.uptime_s));
+    cell(row, info.restarts);
+    const last = info.last_error || (info.last_exit ? "last exit: " + info.last_exit.reason : "");
+    cell(row, last, "error");
+    actions(cell(row, ""), name, info);
+  }
+}
+
+function drawAlerts(alerts) {
+  const list = $("alerts");
+  list.replaceChildren();
+  if (!alerts.length) {
+    const li = document.createElement("li");
+    li.className = "none";
+    li.textContent = "none";
+    list.appendChild(li);
+  }
+  for (const alert of alerts) {
+    const li = document.createElement("li");
+    li.className = alert.level;
+    li.textContent = alert.level + ": " + alert.message;
+    list.appendChild(li);
+  }
+}
+
+function drawEvents(events) {
+  const body = $("events").tBodies[0];
+  body.replaceChildren();
+  for (const e of events.slice(-15).reverse()) {
+    const row = body.insertRow();
+    cell(row, new Date(e.ts * 1000).toLocaleTimeString());
+    cell(row, e.kind);
+    const rest = Object.assign({}, e);
+    delete rest.ts;
+    delete rest.kind;
+    cell(row, JSON.stringify(rest));
+  }
+}
+
+function lineChart(id, labels, datasets) {
+  if (!charts[id]) {
+    charts[id] = new Chart($(id), {
+      type: "line",
+      data: {labels: [], datasets: []},
+      options: {animation: false, responsive: true, maintainAspectRatio: false,
+                elements: {point: {radius: 0}}, interaction: {mode: "index", intersect: false},
+                scales: {y: {beginAtZero: true}}},
+    });
+  }
+  const chart = charts[id];
+  chart.data.labels = labels;
+  chart.data.datasets = datasets;
+  chart.update();
+}
+
+function drawSystem(status) {
+  const sys = status.system;
+  const parts = [sys.mem_avail_gb + " of " + sys.mem_total_gb + " GB memory available",
+                 "swap " + sys.swap_used_gb + " GB used",
+                 "CPU " + sys.cpu_pct + " %"];
+  if (sys.disk_free_gb !== null) {
+    parts.push("disk " + sys.disk_free_gb + " of " + sys.disk_total_gb + " GB free");
+  }
+  $("system").textContent = parts.join(" \u00b7 ");
+}
+
+function drawCharts(samples, gpu) {
+  const labels = samples.map(s => new Date(s.ts * 1000).toLocaleTimeString());
+  const mb = gb => (gb === null || gb === undefined ? null : Math.round(gb * 1024));
+  const series = {"gateway": samples.map(s => mb(s.mem_gateway))};
+  const names = new Set(samples.flatMap(s => Object.keys(s.mem_servers || {})));
+  for (const name of names) {
+    series[name] = samples.map(s => mb((s.mem_servers || {})[name]));
+  }
+  lineChart("memory-chart", labels,
+            Object.entries(series).map(([label, data]) => ({label, data, borderWidth: 1.5})));
+  const status = $("gpu-status");
+  if (!gpu.available) {
+    status.textContent = gpu.reason;
+    return;
+  }
+  status.textContent = "";
+  const count = Math.max(0, ...samples.map(s => (s.gpu.gpus || []).length));
+  const gpuSets = [];
+  for (let i = 0; i < count; i++) {
+    gpuSets.push({label: "GPU " + i + " used", borderWidth: 1.5,
+                  data: samples.map(s => ((s.gpu.gpus || [])[i] || {}).mem_used_gb ?? null)});
+  }
+  lineChart("gpu-chart", labels, gpuSets);
+}
+
+async function refresh() {
+  try {
+    const [servers, status, history] = await Promise.all([
+      api("list_servers"), api("system_status"), api("history?samples=" + HISTORY_SAMPLES)]);
+    $("server-name").textContent = servers.server ? "on " + servers.server : "";
+    drawEndpoints(servers.SERVERS);
+    drawAlerts(status.SYSTEM_ALERTS);
+    drawSystem(status.SYSTEM_STATUS);
+    drawEvents(history.events);
+    drawCharts(history.samples, status.SYSTEM_STATUS.gpu);
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    document.body.dataset.loaded = "true";
+  } catch (err) {
+    $("updated").textContent = "update failed: " + err.message;
+  }
+}
+
+refresh();
+setInterval(refresh, REFRESH_MS);
