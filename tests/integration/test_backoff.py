@@ -28,3 +28,51 @@ def test_failing_load_backs_off_into_a_crash_loop(gateways):
         at = now
     assert gaps[1] > gaps[0] * 1.5, gaps
     assert gaps[0] >= 1.5, gaps
+
+
+COUNTED = '''
+import os
+import time
+
+from basic_inference_server import FlaskWorker
+
+
+class CountedBrokenWorker(FlaskWorker):
+    def _load_model(self):
+        with open("{log}", "a") as fh:
+            fh.write(f"{{time.time()}} {{os.getpid()}}\\n")
+        raise RuntimeError("model weights missing: broken on purpose")
+
+    def _pre_process(self, inputs):
+        return inputs
+
+    def _predict(self, prep_inputs):
+        return prep_inputs
+
+    def _post_process(self, pred):
+        return pred
+'''
+
+
+def test_a_failing_load_spawns_a_dozen_processes_at_most_in_20_s(gateways, tmp_path):
+    log = tmp_path / "loads.log"
+    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+    (gw.endpoints_dir / "counted_broken.py").write_text(COUNTED.format(log=log))
+    assert_ok(gw.post("/start_server", {"SIGNATURE": "counted_broken"}))
+
+    def attempts():
+        lines = log.read_text().split("\n") if log.exists() else []
+        return [float(line.split()[0]) for line in lines if line]
+
+    # Five load attempts: 0, 1, 3, 7 and 15 s after the first with doubling backoff.
+    times = wait_until(lambda: len(t := attempts()) >= 5 and t, timeout=40,
+                       message="five load attempts")
+    assert_ok(gw.run("echo"))  # the others serve normally meanwhile
+    body = assert_error(gw.run("counted_broken"), 503)
+    assert "model weights missing" in body["ERROR"]
+    first = times[0]
+    in_window = [t for t in times if t - first < 20]
+    # One master and one worker process per attempt.
+    assert 2 * len(in_window) <= 12, [round(t - first, 1) for t in times]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:], strict=False)), gaps
