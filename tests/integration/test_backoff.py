@@ -30,35 +30,11 @@ def test_failing_load_backs_off_into_a_crash_loop(gateways):
     assert gaps[0] >= 1.5, gaps
 
 
-COUNTED = '''
-import os
-import time
-
-from basic_inference_server import FlaskWorker
-
-
-class CountedBrokenWorker(FlaskWorker):
-    def _load_model(self):
-        with open("{log}", "a") as fh:
-            fh.write(f"{{time.time()}} {{os.getpid()}}\\n")
-        raise RuntimeError("model weights missing: broken on purpose")
-
-    def _pre_process(self, inputs):
-        return inputs
-
-    def _predict(self, prep_inputs):
-        return prep_inputs
-
-    def _post_process(self, pred):
-        return pred
-'''
-
-
 def test_a_failing_load_spawns_a_dozen_processes_at_most_in_20_s(gateways, tmp_path):
     log = tmp_path / "loads.log"
     gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
-    (gw.endpoints_dir / "counted_broken.py").write_text(COUNTED.format(log=log))
-    assert_ok(gw.post("/start_server", {"SIGNATURE": "counted_broken"}))
+    assert_ok(gw.post("/start_server", {"SIGNATURE": "counted_broken",
+                                         "SERVER_CLASS": "broken_load", "LOAD_LOG": str(log)}))
 
     def attempts():
         lines = log.read_text().split("\n") if log.exists() else []
