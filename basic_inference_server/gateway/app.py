@@ -54,7 +54,7 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/notifications": (("GET", "POST"), False, "recent notifications from workers"),
     "/get_paths": (("GET", "POST"), False, "this list"),
     "/support_update_status": (("POST",), False, "where support processes report"),
-    "/health/live": (("GET",), False, "200 while the gateway runs"),
+    "/health/live": (("GET",), False, "200 while the gateway and its manager answer"),
     "/metrics": (("GET",), False, "Prometheus metrics"),
     "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
     "/dashboard": (("GET",), False, "web page: endpoints, alerts, memory and GPU charts, actions"),
@@ -272,6 +272,13 @@ class Front:
 
         @app.get("/health/live")
         def live() -> Response:
+            # Alive means the control plane answers too: a stuck manager restarts nothing,
+            # so an orchestrator should restart the container.
+            try:
+                control_call(front.spec.control, {"cmd": "ping", "args": {}}, timeout=2.0)
+            except ControlUnavailable as exc:
+                raise Unavailable(f"the gateway manager is not answering: {exc}",
+                                  retry_after=1) from None
             return reply(200, {"status": "alive"})
 
         @app.get("/health/ready")

@@ -688,6 +688,9 @@ class Manager:
             self.history.add_event("alert_cleared", **alert)
         return update.active
 
+    def cmd_ping(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, {"RESULT": "pong"}
+
     def cmd_notifications(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return 200, {"NOTIFICATIONS": list(self.notifications)}
 

@@ -96,3 +96,15 @@ def test_the_supervisor_is_restarted(gateways):
     os.kill(victim, signal.SIGSTOP)
     wait_until(lambda: (w := gw.server("other")["worker_pids"]) and victim not in w,
                timeout=2 * PING + 5, message="the new supervisor replaces a stopped worker")
+
+
+def test_liveness_follows_the_manager(gateways):
+    gw = gateways(CONFIG)
+    assert_ok(gw.get("/health/live"))
+    os.kill(gw.pid, signal.SIGSTOP)  # the manager alone: the front still answers HTTP
+    try:
+        resp = gw.get("/health/live", timeout=10)
+        assert resp.status_code == 503 and "manager" in resp.json()["ERROR"]
+    finally:
+        os.kill(gw.pid, signal.SIGCONT)
+    assert_ok(gw.get("/health/live"))
