@@ -32,7 +32,9 @@ from ..errors import (
 )
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call
+from ..queues import JobsSpec
 from . import metrics
+from .jobs import JobsFront, install_job_routes
 from .loadboard import LoadBoard
 from .routes import RouteTable
 from .upstream import Upstream
@@ -41,6 +43,8 @@ StartResponse = Callable[..., Any]
 READY = "READY"
 WAITABLE = ("STARTING", "RESTARTING")
 SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
+# Values of a request's ASYNC field that make it a job (a query string carries text).
+ASYNC_TRUE = (True, "true", "True", "1")
 
 # path -> (methods, needs admin rights, description); /get_paths lists this table.
 API: dict[str, tuple[tuple[str, ...], bool, str]] = {
@@ -58,6 +62,10 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
     "/reload_server": (("POST",), True, "zero-downtime code reload: {SIGNATURE}"),
     "/shutdown": (("POST",), True, "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}"),
+    "/jobs": (("POST",), False, "submit an async job (as /run with ASYNC true): 202 + JOB_ID"),
+    "/jobs/<id>": (("GET",), False, "status, attempts, timestamps and result of a job"),
+    "/jobs/dead": (("GET",), True, "dead letters of an endpoint: ?SIGNATURE=name"),
+    "/jobs/requeue": (("POST",), True, "requeue dead letters: {SIGNATURE, JOB_ID (or all)}"),
 }
 
 
@@ -74,6 +82,7 @@ class FrontSpec:
     server_name: str = "basic_inference_server"
     app_version: str = "0.0.0"
     stop_timeout: float = 30
+    jobs: dict[str, Any] | None = None  # queues.JobsSpec
 
 
 def is_loopback(addr: str | None) -> bool:
@@ -103,6 +112,7 @@ class Front:
         self.spec = spec
         self.routes = RouteTable(spec.routes)
         self.upstream = Upstream(LoadBoard(rows=spec.workers))
+        self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
         self.flask = self._build_flask()
 
     # -- helpers ------------------------------------------------------------------
@@ -162,12 +172,19 @@ class Front:
 
     # -- WSGI ---------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/run":
+        path = environ.get("PATH_INFO")
+        if path == "/run":
             return self.run(environ, start_response)
+        if path == "/jobs" and environ["REQUEST_METHOD"] == "POST":
+            return self.run(environ, start_response, as_job=True)
         return self.flask(environ, start_response)  # type: ignore[no-any-return]
 
-    def run(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """``/run``: validate, route by SIGNATURE, forward, pass the answer through."""
+    def run(self, environ: dict[str, Any], start_response: StartResponse,
+            as_job: bool = False) -> Iterable[bytes]:
+        """``/run``: validate, route by SIGNATURE, forward, pass the answer through.
+
+        With ``"ASYNC": true`` (or on ``POST /jobs``) the request becomes a job instead.
+        """
         started = time.perf_counter()
         label = "-"  # the endpoint label until a valid SIGNATURE is read
         try:
@@ -182,6 +199,9 @@ class Front:
                 raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
             name = protocol.signature_of(body)
             label = name
+            if as_job or body.get("ASYNC") in ASYNC_TRUE:
+                route = self.routes.get(name) or self.routes.get(name, fresh=True)
+                return self.jobs.submit(name, body, route, self.meta(), start_response)
             route = self._resolve(name)
             gauge = metrics.IN_FLIGHT.labels(name)
             gauge.inc()
@@ -221,7 +241,10 @@ class Front:
             except ControlUnavailable as exc:
                 raise Unavailable(f"the gateway manager is not answering: {exc}",
                                   retry_after=1) from None
-            return reply(int(answer["status"]), answer["body"])
+            body = answer["body"]
+            if cmd == "system_status":
+                body["QUEUES"] = front.jobs.status(front.routes.names())
+            return reply(int(answer["status"]), body)
 
         def make_view(path: str, admin: bool) -> Callable[[], Response]:
             cmd = path.strip("/")
@@ -237,7 +260,7 @@ class Front:
             return view
 
         for path, (methods, admin, _desc) in API.items():
-            if path in ("/run", "/get_paths", "/metrics") or path.startswith("/health/"):
+            if path in ("/run", "/get_paths", "/metrics") or path.startswith(("/health/", "/jobs")):
                 continue
             app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
                              methods=list(methods))
@@ -254,7 +277,8 @@ class Front:
                 servers = answer["body"]["SERVERS"]
             except ControlUnavailable:
                 servers = {}
-            return Response(metrics.render(servers), mimetype=CONTENT_TYPE_LATEST)
+            queues = front.jobs.collector(front.routes.names())
+            return Response(metrics.render(servers, queues), mimetype=CONTENT_TYPE_LATEST)
 
         @app.get("/health/live")
         def live() -> Response:
@@ -269,6 +293,8 @@ class Front:
             return reply(status, {"status": "ready" if status == 200 else "not ready",
                                   "endpoints": states}, headers)
 
+        install_job_routes(app, front.jobs, reply,
+                           lambda: check_admin(request.environ, front.spec.admin_token))
         install_json_errors(app, reply, "on the gateway; see /get_paths")
 
         return app

@@ -45,12 +45,17 @@ class ManagerCollector:
         yield from (ready, workers, target, restarts)
 
 
-def render(servers: dict[str, Any]) -> bytes:
-    """The text exposition of every front process's metrics plus the manager's view."""
+def render(servers: dict[str, Any], *extra: Any) -> bytes:
+    """The text exposition of every front process's metrics plus the manager's view.
+
+    ``extra``: more collectors read at scrape time (the job queues).
+    """
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     registry.register(ManagerCollector(servers))
+    for collector in extra:
+        registry.register(collector)
     return bytes(generate_latest(registry))
 
 

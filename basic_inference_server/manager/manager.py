@@ -31,6 +31,7 @@ from ..health.memory import GATEWAY_TREE, seed_status
 from ..health.sampler import collect_sample
 from ..ipc import MAX_MESSAGE
 from ..procutil import free_port, pid_alive
+from ..queues import jobs_spec
 from .children import Child, spawn, spawn_script
 from .state import STABLE_AFTER, Endpoint, State, write_routes
 
@@ -74,6 +75,7 @@ class Manager:
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.alerts = AlertTracker()
         self.history = History(cache_dir)
+        self.jobs = jobs_spec(config["QUEUE"], config["RESULTS"], config["JOB_TTL"], cache_dir)
         self.sel = selectors.DefaultSelector()
         self.shutting_down = False
         self.exit_code = EXIT_OK
@@ -218,6 +220,7 @@ class Manager:
             "server_name": self.config["SERVER_NAME"],
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
+            "jobs": self.jobs.to_dict(),
         }
         metrics = self.run_dir / "metrics"
         # A fresh folder per front: counters of dead front processes start over with it.
@@ -268,6 +271,7 @@ class Manager:
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "generation": ep.generation,
+            "jobs": self.jobs.to_dict(),
         }
 
     def _start_endpoint(self, ep: Endpoint) -> None:

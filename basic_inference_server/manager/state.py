@@ -95,6 +95,7 @@ class Endpoint:
             "timeout": self.config.settings["TIMEOUT"],
             "last_error": self.last_error,
             "retry_after": self.retry_after(),
+            "max_queue_depth": self.config.settings["MAX_QUEUE_DEPTH"],
         }
 
     def retry_after(self) -> float:
