@@ -153,7 +153,7 @@ class RabbitQueue(JobQueue):
 
     def _drain(self, channel: BlockingChannel, queue: str, limit: int) -> list[tuple[int, Job]]:
         """Take up to ``limit`` messages unacked (they go back on nack or channel close)."""
-        out = []
+        out: list[tuple[int, Job]] = []
         while len(out) < limit:
             method, _props, body = channel.basic_get(queue)
             if method is None:

@@ -63,8 +63,11 @@ return 1
 """
 
 
-def connect(url: str) -> tuple[redis.Redis, str]:
-    """A client for the URL and the key prefix its ``?prefix=`` names."""
+def connect(url: str) -> tuple[Any, str]:
+    """A client for the URL and the key prefix its ``?prefix=`` names.
+
+    Typed ``Any``: redis-py's reply types are unions of every protocol version's shape.
+    """
     base, options = url_options(url)
     client = redis.Redis.from_url(base, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
                                   health_check_interval=30)
@@ -208,7 +211,7 @@ class RedisResults(ResultStore):
     def create(self, job: Job) -> None:
         record = {k: orjson.dumps(v) for k, v in record_of(job).items()}
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._key(job.id), mapping=record)  # type: ignore[arg-type]
+        pipe.hset(self._key(job.id), mapping=record)
         pipe.zadd(self._pending(job.endpoint), {job.id: job.submitted_at})
         pipe.execute()
 
