@@ -175,7 +175,10 @@ class Front:
         path = environ.get("PATH_INFO")
         if path == "/run":
             return self.run(environ, start_response)
-        if path == "/jobs" and environ["REQUEST_METHOD"] == "POST":
+        if path == "/jobs":
+            if environ["REQUEST_METHOD"] != "POST":
+                return self._error(MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed on "
+                                                    "/jobs; POST a job, GET /jobs/<id>"), start_response)
             return self.run(environ, start_response, as_job=True)
         return self.flask(environ, start_response)  # type: ignore[no-any-return]
 
