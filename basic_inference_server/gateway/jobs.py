@@ -83,10 +83,14 @@ class JobsFront:
 
         def enqueue() -> bool:
             results.create(job)
-            if queue.enqueue(job, max_depth):
-                return True
-            results.delete(job.id)
-            return False
+            try:
+                accepted = queue.enqueue(job, max_depth)
+            except Exception:
+                results.delete(job.id)  # no record of a job that was never queued
+                raise
+            if not accepted:
+                results.delete(job.id)
+            return accepted
 
         if not self._backend_call("enqueuing a job", enqueue):
             raise QueueFull(f"the job queue of {name} holds {max_depth} jobs (MAX_QUEUE_DEPTH); "

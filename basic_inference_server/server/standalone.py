@@ -61,6 +61,9 @@ def build_spec(args: argparse.Namespace) -> ServerSpec:
         raise ConfigError(str(exc)) from None
     jobs = jobs_spec(args.queue or config["QUEUE"], args.results or config["RESULTS"],
                      config["JOB_TTL"], args.cache)
+    if jobs.results.startswith("sqlite") and not jobs.queue.startswith("sqlite"):
+        log.warning("results go to SQLite on this box (%s): a gateway on another box will not "
+                    "see them; pass --results redis://...", jobs.results)
     run_dir = tempfile.mkdtemp(prefix="bis-server-")
     return ServerSpec(
         name=args.endpoint, module=endpoint.module_name,
