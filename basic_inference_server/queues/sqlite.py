@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_pending ON results (endpoint, status, submitted_at);
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
 """
+_NEXT_JOB = ("SELECT id, payload, attempts, last_error FROM jobs "
+             "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? ORDER BY visible_at LIMIT 1")
 # How often a waiting claim looks at the table again (it doubles up to the cap).
 POLL_FIRST, POLL_CAP = 0.005, 0.1
 
@@ -106,11 +108,13 @@ class SqliteQueue(JobQueue):
 
     def _claim_once(self, endpoint: str, visibility_timeout: float) -> Claim | None:
         now = time.time()
+        # Idle workers poll: look first without the write lock (WAL readers never wait),
+        # so polling does not hold up submits.
+        if self.db.conn().execute(_NEXT_JOB, (endpoint, now)).fetchone() is None:
+            return None
         token = uuid.uuid4().hex
         with self.db.write() as conn:
-            row = conn.execute("SELECT id, payload, attempts, last_error FROM jobs "
-                               "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? "
-                               "ORDER BY visible_at LIMIT 1", (endpoint, now)).fetchone()
+            row = conn.execute(_NEXT_JOB, (endpoint, now)).fetchone()
             if row is None:
                 return None
             conn.execute("UPDATE jobs SET attempts = attempts + 1, visible_at = ?, token = ? "
