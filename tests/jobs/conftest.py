@@ -87,7 +87,11 @@ def purge(kind: str, prefix: str) -> None:
 @pytest.fixture
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Parametrize indirectly with the backend kind: sqlite, redis, rabbitmq or sqs."""
+    """Parametrize indirectly with the backend kind: sqlite, redis, rabbitmq or sqs.
+
+    Name it before ``gateways`` in a test's arguments: fixtures are torn down in reverse,
+    and the keys and queues must be deleted after the gateway's consumers stopped.
+    """
     kind = request.param
     sqs = request.getfixturevalue("sqs_server") if kind == "sqs" else None
     if kind == "sqs":

@@ -43,6 +43,6 @@ def queue_status(gw: Gateway, signature: str) -> dict[str, Any]:
 
 def wait_finished(gw: Gateway, job_id: str, timeout: float = 30.0) -> dict[str, Any]:
     """The job's record once it is done, failed or dead."""
-    return wait_until(  # type: ignore[no-any-return]
+    return wait_until(
         lambda: (r := record(gw, job_id))["STATUS"] in ("done", "failed", "dead") and r,
         timeout=timeout, message=f"job {job_id} finished")

@@ -45,7 +45,7 @@ def runs_so_far(folder) -> Counter:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("queue_url", ["sqlite", "redis", "rabbitmq"], indirect=True)
-def test_500_jobs_survive_a_killed_server_and_a_gateway_restart(gateways, tmp_path, queue_url):
+def test_500_jobs_survive_a_killed_server_and_a_gateway_restart(queue_url, gateways, tmp_path):
     config = {"QUEUE": queue_url, "CONFIG_ENDPOINTS": {
         "jobs_noop": {"NR_WORKERS": 2, "VISIBILITY_TIMEOUT": 2}}}
     gw = gateways(config)

@@ -56,7 +56,7 @@ class StandaloneServer:
 
 
 @pytest.mark.parametrize("queue_url", ["redis"], indirect=True)
-def test_two_standalone_servers_share_the_jobs(gateways, tmp_path, queue_url):
+def test_two_standalone_servers_share_the_jobs(queue_url, gateways, tmp_path):
     gw = gateways({"QUEUE": queue_url,
                    "CONFIG_ENDPOINTS": {"jobs_noop": {"DISABLED": True}}}, wait="settled")
     servers = [StandaloneServer(tmp_path / f"box{i}", "jobs_noop", queue_url, free_port())
