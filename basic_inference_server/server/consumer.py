@@ -160,9 +160,11 @@ class JobConsumer:
             log.exception("%s: job %s failed outside the pipeline", self.endpoint, job.id)
             status, stored = 500, {"ERROR": f"{type(exc).__name__}: {exc}"}
         if status < 500:
+            # ATTEMPTS again: a requeue may have reset the record while this ran.
             self.results.update(job.id, {"STATUS": DONE if status < 400 else FAILED,
                                          "HTTP_STATUS": status, "RESULT": stored,
-                                         "FINISHED_AT": time.time()}, ttl=self.jobs.ttl)
+                                         "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
+                                ttl=self.jobs.ttl)
             self.queue.ack(claim)
             return
         error = str(stored.get("ERROR", f"HTTP {status}"))
@@ -172,7 +174,7 @@ class JobConsumer:
         delay = retry_delay(self.backoff, job.attempts)
         self.queue.retry_later(claim, delay, error)
         self.results.update(job.id, {"STATUS": QUEUED, "LAST_ERROR": error,
-                                     "RETRY_AT": time.time() + delay})
+                                     "ATTEMPTS": job.attempts, "RETRY_AT": time.time() + delay})
         log.warning("%s: job %s attempt %d failed (%s); retry in %.1f s", self.endpoint, job.id,
                     job.attempts, error, delay)
 

@@ -1,7 +1,11 @@
-"""Async jobs through a real gateway on the embedded SQLite queue: submit, status,
-results, retries, dead letters, back-pressure, expiry and a draining shutdown."""
+"""Async jobs through a real gateway: submit, status, results, retries, dead letters,
+back-pressure, expiry and a draining shutdown (SQLite; dead letters and back-pressure
+also on real Redis and RabbitMQ)."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,8 +55,9 @@ def test_rejected_input_fails_at_once_without_retry(gateways):
     assert rec["RESULT"]["ERROR_STAGE"] == "_pre_process"
 
 
-def test_failing_job_is_dead_after_max_attempts_then_requeued(gateways, tmp_path):
-    gw = gateways({"ADMIN_TOKEN": "s3cret", "CONFIG_ENDPOINTS": {
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis", "rabbitmq"], indirect=True)
+def test_failing_job_is_dead_after_max_attempts_then_requeued(queue_url, gateways, tmp_path):
+    gw = gateways({"QUEUE": queue_url, "ADMIN_TOKEN": "s3cret", "CONFIG_ENDPOINTS": {
         "jobs_noop": {"MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0.05}}})
     flag = tmp_path / "fixed"
     job_id = submit(gw, "jobs_noop", I=1, FAIL_UNLESS=str(flag))
@@ -87,10 +92,11 @@ def metric(gw, name, endpoint):
     raise AssertionError(f"{name} for {endpoint} not in /metrics")
 
 
-def test_submit_beyond_max_depth_is_429_and_depth_is_reported(gateways):
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis", "rabbitmq"], indirect=True)
+def test_submit_beyond_max_depth_is_429_and_depth_is_reported(queue_url, gateways):
     # Disabled: nothing consumes, so the queue fills.
-    gw = gateways({"CONFIG_ENDPOINTS": {"jobs_noop": {"DISABLED": True, "MAX_QUEUE_DEPTH": 3}}},
-                  wait="settled")
+    gw = gateways({"QUEUE": queue_url, "CONFIG_ENDPOINTS": {
+        "jobs_noop": {"DISABLED": True, "MAX_QUEUE_DEPTH": 3}}}, wait="settled")
     ids = [submit(gw, "jobs_noop", I=i) for i in range(3)]
     resp = gw.post("/run", {"SIGNATURE": "jobs_noop", "ASYNC": True, "I": 3})
     body = assert_error(resp, 429)
@@ -117,8 +123,9 @@ def test_results_expire_after_job_ttl(gateways):
 
 
 @pytest.mark.slow
-def test_shutdown_finishes_the_running_job_and_acks_only_it(gateways, tmp_path):
-    """A job running at /shutdown finishes and is stored; one not started stays queued."""
+@pytest.mark.parametrize("how", ["/shutdown", "SIGTERM"])
+def test_shutdown_finishes_the_running_job_and_acks_only_it(gateways, tmp_path, how):
+    """A job running at shutdown finishes and is stored; one not started stays queued."""
     config = {"CONFIG_ENDPOINTS": {"jobs_noop": {"NR_WORKERS": 1}}}
     gw = gateways(config)
     runs = tmp_path / "runs"
@@ -126,7 +133,10 @@ def test_shutdown_finishes_the_running_job_and_acks_only_it(gateways, tmp_path):
     running = submit(gw, "jobs_noop", I=1, SECONDS=1.5, RUNS=str(runs))
     waiting = submit(gw, "jobs_noop", I=2, RUNS=str(runs))
     wait_until(lambda: record(gw, running)["STATUS"] == "running", message="the job runs")
-    assert gw.post("/shutdown", SHUTDOWN_CMD).status_code == 200
+    if how == "SIGTERM":
+        os.kill(gw.pid, signal.SIGTERM)
+    else:
+        assert gw.post("/shutdown", SHUTDOWN_CMD).status_code == 200
     assert gw.proc.wait(timeout=30) == 0
     # Started again on the same _cache: the finished job is not run again.
     again = spawn_gateway(gw.workdir, with_test_defaults(config), endpoints=gw.endpoints_dir)
