@@ -148,7 +148,9 @@ class JobConsumer:
         job = claim.job
         if job.attempts > self.max_attempts:
             # Claimed again and again without an answer: it kills or hangs its worker.
-            error = job.last_error or f"no answer after {job.attempts - 1} runs (the worker died)"
+            error = f"no answer after {job.attempts - 1} runs (its worker died or hung)"
+            if job.last_error:
+                error += f"; last error: {job.last_error}"
             self._dead(claim, error)
             return
         self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
