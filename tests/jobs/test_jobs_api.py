@@ -145,5 +145,25 @@ def test_shutdown_finishes_the_running_job_and_acks_only_it(gateways, tmp_path, 
     assert record(again, running)["STATUS"] == "done"
     assert record(again, running)["ATTEMPTS"] == 1
     assert wait_finished(again, waiting)["RESULT"]["I"] == 2
-    lines = sorted(line for f in runs.iterdir() for line in f.read_text().split())
-    assert lines == ["1", "2"], lines
+    ran = sorted(line.split()[0] for f in runs.iterdir() for line in f.read_text().splitlines())
+    assert ran == ["1", "2"], ran
+
+
+def test_sync_calls_and_jobs_share_workers_but_never_overlap_in_one(gateways, tmp_path):
+    """Jobs and synchronous /run calls on the same workers: all answered, and in each
+    worker process the endpoint's code ran one call at a time."""
+    gw = gateways({"CONFIG_ENDPOINTS": {"jobs_noop": {"NR_WORKERS": 2}}})
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    ids = [submit(gw, "jobs_noop", I=i, SECONDS=0.05, RUNS=str(runs)) for i in range(20)]
+    for i in range(100, 120):
+        assert assert_ok(gw.run("jobs_noop", I=i, SECONDS=0.01, RUNS=str(runs)))["I"] == i
+    for i, job_id in enumerate(ids):
+        assert wait_finished(gw, job_id)["RESULT"]["I"] == i
+    spans = {f.stem: sorted((float(a), float(b)) for _i, a, b in
+                            (line.split() for line in f.read_text().splitlines()))
+             for f in runs.iterdir()}
+    assert sum(len(s) for s in spans.values()) == 40
+    for pid, intervals in spans.items():
+        for (_s1, end), (start, _e2) in zip(intervals, intervals[1:], strict=False):
+            assert start >= end, f"two calls overlapped in process {pid}"

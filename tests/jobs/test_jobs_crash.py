@@ -40,7 +40,8 @@ def stored_results(queue_url: str, workdir) -> int:
 
 
 def runs_so_far(folder) -> Counter:
-    return Counter(int(line) for f in folder.iterdir() for line in f.read_text().split())
+    return Counter(int(line.split()[0]) for f in folder.iterdir()
+                   for line in f.read_text().splitlines())
 
 
 @pytest.mark.slow
