@@ -3,11 +3,14 @@
 Safe for several processes on one box: WAL journal (readers never block the writer),
 every change in a ``BEGIN IMMEDIATE`` transaction (one writer at a time, waiting on the
 busy timeout instead of failing), one connection per thread. A claimed job is hidden
-for the visibility timeout; if its consumer dies without acking, it shows again.
+for the visibility timeout; if its consumer dies without acking, it shows again. As
+every consumer is on this box, a job whose consumer process is gone (its claim names
+the host and pid) shows again at once: a crash does not wait for the timeout.
 """
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 import time
@@ -19,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ..procutil import pid_alive
 from .base import DONE, QUEUED, RUNNING, TERMINAL, Claim, Job, JobQueue, ResultStore, record_of
 
 SCHEMA = """
@@ -48,6 +52,20 @@ _NEXT_JOB = ("SELECT id, payload, attempts, last_error FROM jobs "
              "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? ORDER BY visible_at LIMIT 1")
 # How often a waiting claim looks at the table again (it doubles up to the cap).
 POLL_FIRST, POLL_CAP = 0.005, 0.1
+# How often a consumer looks for jobs held by dead processes of this box.
+ORPHAN_SWEEP_EVERY = 1.0
+HOST = socket.gethostname()
+
+
+def _claimer_is_dead(token: str) -> bool:
+    """True when the claim was made by a process of this host that no longer exists.
+
+    Tokens of consumers named ``host:pid`` (as the job consumer names itself) are
+    ``host:pid:<random>``; other names never match.
+    """
+    host, _, rest = token.partition(":")
+    pid = rest.split(":", 1)[0]
+    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
 
 
 class SqliteDB:
@@ -96,6 +114,7 @@ class SqliteQueue(JobQueue):
 
     def __init__(self, db: SqliteDB) -> None:
         self.db = db
+        self._next_sweep: dict[str, float] = {}
 
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
         with self.db.write() as conn:
@@ -106,13 +125,30 @@ class SqliteQueue(JobQueue):
                          (job.id, job.endpoint, job.encode(), job.attempts, job.submitted_at))
         return True
 
-    def _claim_once(self, endpoint: str, visibility_timeout: float) -> Claim | None:
+    def _recover_orphans(self, endpoint: str) -> None:
+        """Make the jobs held by dead processes of this box claimable now (once a second)."""
+        now = time.monotonic()
+        if now < self._next_sweep.get(endpoint, 0.0):
+            return
+        self._next_sweep[endpoint] = now + ORPHAN_SWEEP_EVERY
+        held = self.db.conn().execute(
+            "SELECT id, token FROM jobs WHERE endpoint = ? AND dead = 0 AND token IS NOT NULL",
+            (endpoint,)).fetchall()
+        orphans = [(job_id, token) for job_id, token in held if _claimer_is_dead(token)]
+        if orphans:
+            with self.db.write() as conn:
+                conn.executemany("UPDATE jobs SET visible_at = ?, token = NULL "
+                                 "WHERE id = ? AND token = ?",
+                                 [(time.time(), job_id, token) for job_id, token in orphans])
+
+    def _claim_once(self, endpoint: str, consumer: str,
+                    visibility_timeout: float) -> Claim | None:
         now = time.time()
         # Idle workers poll: look first without the write lock (WAL readers never wait),
         # so polling does not hold up submits.
         if self.db.conn().execute(_NEXT_JOB, (endpoint, now)).fetchone() is None:
             return None
-        token = uuid.uuid4().hex
+        token = f"{consumer}:{uuid.uuid4().hex}"
         with self.db.write() as conn:
             row = conn.execute(_NEXT_JOB, (endpoint, now)).fetchone()
             if row is None:
@@ -128,7 +164,8 @@ class SqliteQueue(JobQueue):
         deadline = time.monotonic() + wait
         pause = POLL_FIRST
         while True:
-            claim = self._claim_once(endpoint, visibility_timeout)
+            self._recover_orphans(endpoint)
+            claim = self._claim_once(endpoint, consumer, visibility_timeout)
             if claim is not None or time.monotonic() >= deadline:
                 return claim
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))

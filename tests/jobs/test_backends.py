@@ -4,6 +4,10 @@ SQS (moto's server). The results stores (SQLite, Redis) have their own contract 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -148,3 +152,23 @@ def test_results_store(queue_url):
         wait_until(lambda: store.get(j.id) is None, timeout=5, message="the result expires")
     finally:
         store.close()
+
+
+def test_sqlite_job_of_a_dead_process_of_this_box_is_claimable_at_once(tmp_path):
+    queue = open_queue(f"sqlite://{tmp_path / 'jobs.sqlite3'}")
+    try:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        host = socket.gethostname()
+        queue.enqueue(job(1))
+        queue.enqueue(job(2))
+        lost = queue.claim(EP, f"{host}:{gone.pid}", 0, 300)
+        alive = queue.claim(EP, f"{host}:{os.getpid()}", 0, 300)
+        again = queue.claim(EP, "other", 5.0, 300)
+        assert again.job.id == lost.job.id and again.job.attempts == 2
+        # A claim of a live process stays hidden until its visibility timeout.
+        assert queue.claim(EP, "other", 1.5, 300) is None
+        queue.ack(again)
+        queue.ack(alive)
+    finally:
+        queue.close()
