@@ -18,7 +18,7 @@ RUN pip install ${PIP_TORCH_ARGS} "${TORCH_SPEC}"
 
 COPY pyproject.toml README.md ./
 COPY basic_inference_server ./basic_inference_server
-RUN pip install ".[torch]"
+RUN pip install ".[torch,redis,rabbitmq,sqs]"
 
 COPY endpoints ./endpoints
 COPY config_gateway.json run_gateway.py ./

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .queues import check_url
 
 NO_HOST = "NO_HOST"
 _ENDPOINT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -104,6 +105,16 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Alert when an endpoint restarts this many times within 10 minutes.", _at_least(1)),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
+        # Async jobs (basic_inference_server/queues).
+        Setting("QUEUE", str, "sqlite",
+                "Job queue: `sqlite` (in _cache/), `sqlite:///path`, `redis://...`, `amqp://...` "
+                "or `sqs://...`; `?prefix=` names its keys or queues.", check_url),
+        Setting("RESULTS", (str, type(None)), None,
+                "Where job status and results live: `sqlite...` or `redis://...` "
+                "(default: the queue's Redis, else SQLite in _cache/).",
+                lambda v: None if v is None else check_url(v)),
+        Setting("JOB_TTL", (int, float), 86400,
+                "Seconds a finished job's result stays readable at /jobs/<id>.", _at_least(1)),
     ]
 }
 
@@ -137,6 +148,17 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 _str_list),
         Setting("BASE64_OUTPUTS", list, [],
                 "Output fields holding bytes; base64-encoded in the response.", _str_list),
+        # Async jobs of this endpoint.
+        Setting("MAX_QUEUE_DEPTH", int, 10000,
+                "Jobs waiting or running beyond which a submit answers 429.", _at_least(1)),
+        Setting("MAX_ATTEMPTS", int, 3,
+                "Runs of a failing job before it goes to the dead-letter queue.", _at_least(1)),
+        Setting("RETRY_BACKOFF", (int, float), 1,
+                "Seconds before the first retry of a failed job; doubles each time, up to 60.",
+                _at_least(0)),
+        Setting("VISIBILITY_TIMEOUT", (int, float), 300,
+                "Seconds a claimed job stays hidden; if its worker dies, another takes it after "
+                "that. Longer than the slowest job.", _at_least(0.1)),
     ]
 }
 

@@ -73,6 +73,13 @@ class PayloadTooLarge(ServingError):
     kind = "payload_too_large"
 
 
+class QueueFull(ServingError):
+    """The endpoint's job queue holds ``MAX_QUEUE_DEPTH`` jobs: come back later."""
+
+    status = 429
+    kind = "queue_full"
+
+
 class Unavailable(ServingError):
     """The endpoint is starting, restarting, failed or stopped."""
 

@@ -33,8 +33,10 @@ from ..errors import (
 )
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call
+from ..queues import JobsSpec
 from . import metrics
 from .dashboard import install_dashboard
+from .jobs import JobsFront, install_job_routes
 from .loadboard import LoadBoard
 from .routes import RouteTable
 from .upstream import Upstream
@@ -44,6 +46,8 @@ access_log = logging.getLogger("bis.access")
 READY = "READY"
 WAITABLE = ("STARTING", "RESTARTING")
 SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
+# Values of a request's ASYNC field that make it a job (a query string carries text).
+ASYNC_TRUE = (True, "true", "True", "1")
 
 # path -> (methods, needs admin rights, description); /get_paths lists this table.
 API: dict[str, tuple[tuple[str, ...], bool, str]] = {
@@ -63,6 +67,10 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
     "/reload_server": (("POST",), True, "zero-downtime code reload: {SIGNATURE}"),
     "/shutdown": (("POST",), True, "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}"),
+    "/jobs": (("POST",), False, "submit an async job (as /run with ASYNC true): 202 + JOB_ID"),
+    "/jobs/<id>": (("GET",), False, "status, attempts, timestamps and result of a job"),
+    "/jobs/dead": (("GET",), True, "dead letters of an endpoint: ?SIGNATURE=name"),
+    "/jobs/requeue": (("POST",), True, "requeue dead letters: {SIGNATURE, JOB_ID (or all)}"),
 }
 
 
@@ -80,6 +88,7 @@ class FrontSpec:
     app_version: str = "0.0.0"
     stop_timeout: float = 30
     access_log: bool = True
+    jobs: dict[str, Any] | None = None  # queues.JobsSpec
 
 
 def is_loopback(addr: str | None) -> bool:
@@ -109,6 +118,7 @@ class Front:
         self.spec = spec
         self.routes = RouteTable(spec.routes)
         self.upstream = Upstream(LoadBoard(rows=spec.workers))
+        self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
         self.flask = self._build_flask()
 
     # -- helpers ------------------------------------------------------------------
@@ -168,12 +178,22 @@ class Front:
 
     # -- WSGI ---------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/run":
+        path = environ.get("PATH_INFO")
+        if path == "/run":
             return self.run(environ, start_response)
+        if path == "/jobs":
+            if environ["REQUEST_METHOD"] != "POST":
+                return self._error(MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed on "
+                                                    "/jobs; POST a job, GET /jobs/<id>"), start_response)
+            return self.run(environ, start_response, as_job=True)
         return self.flask(environ, start_response)  # type: ignore[no-any-return]
 
-    def run(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """``/run``: validate, route by SIGNATURE, forward, pass the answer through."""
+    def run(self, environ: dict[str, Any], start_response: StartResponse,
+            as_job: bool = False) -> Iterable[bytes]:
+        """``/run``: validate, route by SIGNATURE, forward, pass the answer through.
+
+        With ``"ASYNC": true`` (or on ``POST /jobs``) the request becomes a job instead.
+        """
         started = time.perf_counter()
         label = "-"  # the endpoint label until a valid SIGNATURE is read
         try:
@@ -188,6 +208,9 @@ class Front:
                 raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
             name = protocol.signature_of(body)
             label = name
+            if as_job or body.get("ASYNC") in ASYNC_TRUE:
+                route = self.routes.get(name) or self.routes.get(name, fresh=True)
+                return self.jobs.submit(name, body, route, self.meta(), start_response)
             route = self._resolve(name)
             gauge = metrics.IN_FLIGHT.labels(name)
             gauge.inc()
@@ -235,7 +258,10 @@ class Front:
                 raise Unavailable(f"the gateway manager is not answering: {exc}",
                                   retry_after=1) from None
             status = int(answer["status"])
-            return reply(status, answer["body"], [("Retry-After", "1")] if status == 503 else [])
+            body = answer["body"]
+            if cmd == "system_status" and status == 200:
+                body["QUEUES"] = front.jobs.status(front.routes.names())
+            return reply(status, body, [("Retry-After", "1")] if status == 503 else [])
 
         def make_view(path: str, admin: bool) -> Callable[[], Response]:
             cmd = path.strip("/")
@@ -251,7 +277,8 @@ class Front:
             return view
 
         for path, (methods, admin, _desc) in API.items():
-            if path in ("/run", "/get_paths", "/metrics", "/dashboard") or path.startswith("/health/"):
+            if path in ("/run", "/get_paths", "/metrics", "/dashboard") \
+                    or path.startswith(("/health/", "/jobs")):
                 continue
             app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
                              methods=list(methods))
@@ -267,7 +294,8 @@ class Front:
                 body = control_call(front.spec.control, {"cmd": "metrics", "args": {}})["body"]
             except ControlUnavailable:
                 body = {}
-            return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH")),
+            queues = front.jobs.collector(front.routes.names())
+            return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues),
                             mimetype=CONTENT_TYPE_LATEST)
 
         @app.get("/health/live")
@@ -291,6 +319,8 @@ class Front:
                                   "endpoints": states}, headers)
 
         install_dashboard(app)
+        install_job_routes(app, front.jobs, reply,
+                           lambda: check_admin(request.environ, front.spec.admin_token))
         install_json_errors(app, reply, "on the gateway; see /get_paths")
 
         return app

@@ -85,12 +85,18 @@ class ManagerCollector:
         yield alerts
 
 
-def render(servers: dict[str, Any], health: dict[str, Any] | None = None) -> bytes:
-    """The text exposition of every front process's metrics plus the manager's view."""
+def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra: Any) -> bytes:
+    """The text exposition of every front process's metrics plus the manager's view.
+
+    ``health``: the supervisor's latest sample; ``extra``: more collectors read at
+    scrape time (the job queues).
+    """
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
     registry.register(ManagerCollector(servers, health))
+    for collector in extra:
+        registry.register(collector)
     return bytes(generate_latest(registry))
 
 

@@ -31,6 +31,7 @@ from ..health.history import History
 from ..health.memory import GATEWAY_TREE, seed_status
 from ..ipc import MAX_MESSAGE
 from ..procutil import free_port, pid_alive
+from ..queues import jobs_spec
 from ..server.probe import probe_path
 from .children import Child, Service, spawn, spawn_script
 from .state import STABLE_AFTER, Endpoint, State, write_routes
@@ -81,6 +82,7 @@ class Manager:
         self.history = History(cache_dir)
         # The supervisor's latest sample, with the status and alerts computed from it.
         self.health: dict[str, Any] | None = None
+        self.jobs = jobs_spec(config["QUEUE"], config["RESULTS"], config["JOB_TTL"], cache_dir)
         self.sel = selectors.DefaultSelector()
         self.shutting_down = False
         self.exit_code = EXIT_OK
@@ -226,6 +228,7 @@ class Manager:
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "access_log": self.config["ACCESS_LOG"],
+            "jobs": self.jobs.to_dict(),
         }
         metrics = self.run_dir / "metrics"
         # A fresh folder per front: counters of dead front processes start over with it.
@@ -282,6 +285,7 @@ class Manager:
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "generation": ep.generation,
+            "jobs": self.jobs.to_dict(),
         }
 
     def _start_endpoint(self, ep: Endpoint) -> None:

@@ -99,6 +99,7 @@ class Endpoint:
             "retry_on_crash": self.config.settings["RETRY_ON_CRASH"],
             "last_error": self.last_error,
             "retry_after": self.retry_after(),
+            "max_queue_depth": self.config.settings["MAX_QUEUE_DEPTH"],
         }
 
     def retry_after(self) -> float:

@@ -26,6 +26,9 @@ from .pipeline import decode_base64_fields, encode_base64_fields, run_pipeline
 
 log = logging.getLogger(__name__)
 
+# Status, body (or a file to send) and extra headers of one /run answer.
+Outcome = tuple[int, dict[str, Any] | FileOutput, list[tuple[str, str]]]
+
 
 @dataclass
 class ServerSpec:
@@ -46,6 +49,7 @@ class ServerSpec:
     load_timeout: float = 300
     generation: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    jobs: dict[str, Any] | None = None  # queues.JobsSpec: consume this endpoint's async jobs
 
 
 def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
@@ -87,24 +91,37 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         return Response(protocol.dumps(body), status=status, headers=list(headers),
                         mimetype=protocol.JSON)
 
+    def execute(inputs: dict[str, Any]) -> Outcome:
+        """Run the pipeline on a request's fields: what ``/run`` answers (or a file)."""
+        call_id = next(counter)
+        try:
+            decode_base64_fields(inputs, b64_in)
+            result = run_pipeline(worker, inputs)
+        except ServingError as err:
+            return err.status, {**err.to_dict(), **meta(call_id)}, err.headers()
+        if isinstance(result, FileOutput):
+            return 200, result, []
+        if not isinstance(result, dict):
+            result = {"result": result}
+        encode_base64_fields(result, b64_out)
+        return 200, {**result, **meta(call_id)}, []
+
     @app.route("/run", methods=["GET", "POST"])
     def run() -> Response:
-        call_id = next(counter)
         try:
             if request.method == "GET":
                 inputs: dict[str, Any] = request.args.to_dict()
             else:
                 inputs = protocol.parse_body(request.get_data(cache=False))
-            decode_base64_fields(inputs, b64_in)
-            result = run_pipeline(worker, inputs)
         except ServingError as err:
-            return answer(err.status, {**err.to_dict(), **meta(call_id)}, err.headers())
-        if isinstance(result, FileOutput):
-            return _file_answer(result)
-        if not isinstance(result, dict):
-            result = {"result": result}
-        encode_base64_fields(result, b64_out)
-        return answer(200, {**result, **meta(call_id)})
+            return answer(err.status, {**err.to_dict(), **meta(next(counter))}, err.headers())
+        status, body, headers = execute(inputs)
+        if isinstance(body, FileOutput):
+            return _file_answer(body)
+        return answer(status, body, headers)
+
+    # The job consumer of this worker process runs jobs through the same pipeline.
+    app.extensions["bis"] = {"execute": execute, "config": cfg}
 
     @app.get("/health")
     def health() -> Response:

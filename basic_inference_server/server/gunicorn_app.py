@@ -25,6 +25,7 @@ from ..errors import DiscoveryError
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from .app import ServerSpec, build_worker, create_app
+from .consumer import start_consumer, stop_consumer
 from .probe import ProbeListener, probe_path
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,18 @@ class EndpointServer(BaseApplication):
                 # A stopping worker takes no new connection on its own socket: the front
                 # sees it gone at once and picks a sibling instead of queueing here.
                 _unlink(path)
+                stop_consumer()
                 if callable(stop):
                     stop(signum, frame)
 
             signal.signal(signal.SIGTERM, on_term)
+            start_consumer(worker, spec.name, spec.jobs)
             notifier.send("worker_ready", endpoint=spec.name, pid=os.getpid(),
                           slot=worker.bis_slot, socket=path, generation=spec.generation)
+
+        def worker_exit(_server: Any, _worker: Any) -> None:
+            # In the exiting worker: let a job that is running finish before the exit.
+            stop_consumer(timeout=spec.stop_timeout)
 
         def child_exit(_server: Any, worker: Any) -> None:
             path = _own_socket_path(spec, worker.bis_slot)
@@ -136,6 +143,7 @@ class EndpointServer(BaseApplication):
             "post_fork": post_fork,
             "post_worker_init": post_worker_init,
             "child_exit": child_exit,
+            "worker_exit": worker_exit,
             "when_ready": when_ready,
             "nworkers_changed": nworkers_changed,
         }

@@ -1,0 +1,210 @@
+"""The async side of the front: submit jobs, read their status, manage dead letters.
+
+``POST /run`` with ``"ASYNC": true`` and ``POST /jobs`` are the same call: the request
+is checked as ``/run`` checks it (body, ``SIGNATURE``, size, known endpoint), recorded
+as ``queued``, enqueued, and answered ``202`` with its ``JOB_ID`` at once. The
+endpoint's workers pull it when they are free (see ``server/consumer.py``).
+``GET /jobs/<id>`` reads the record; ``/jobs/dead`` and ``/jobs/requeue`` (admin) list
+and requeue dead letters.
+
+The queue and results store are opened lazily, per front process and after the fork:
+connections must not be shared across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, Response, request
+from prometheus_client.core import GaugeMetricFamily
+
+from .. import protocol
+from ..errors import BadRequest, NotFound, QueueFull, ServingError, Unavailable
+from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
+from ..queues.base import QUEUED, Job
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+Reply = Callable[..., Response]
+
+
+class JobsFront:
+    """Submit and inspect jobs; one queue and results connection set per process."""
+
+    def __init__(self, spec: JobsSpec | None) -> None:
+        self.spec = spec
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._queue: JobQueue | None = None
+        self._results: ResultStore | None = None
+
+    def _backends(self) -> tuple[JobQueue, ResultStore]:
+        if self.spec is None:
+            raise Unavailable("async jobs are not configured on this gateway")
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    try:
+                        self._queue = open_queue(self.spec.queue)
+                        self._results = open_results(self.spec.results)
+                    except Exception as exc:  # noqa: BLE001 - any client error: 503
+                        raise Unavailable(f"the job queue is not available: {exc}",
+                                          retry_after=1) from None
+                    self._pid = os.getpid()
+        assert self._queue is not None and self._results is not None
+        return self._queue, self._results
+
+    def _backend_call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except ServingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unreachable backend is a 503, not a 500
+            log.warning("job queue error while %s: %s", what, exc)
+            raise Unavailable(f"the job queue failed while {what}: {exc}", retry_after=1) from None
+
+    # -- submit (raw WSGI, from the front's /run path) ------------------------------------
+    def submit(self, name: str, body: dict[str, Any], route: dict[str, Any] | None,
+               meta: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Record and enqueue one request; answer 202 with its job id."""
+        if route is None:
+            raise NotFound(f"unknown SIGNATURE {name!r}")
+        queue, results = self._backends()
+        body = {k: v for k, v in body.items() if k != "ASYNC"}
+        job = Job(endpoint=name, body=body)
+        max_depth = route.get("max_queue_depth")
+
+        def enqueue() -> bool:
+            results.create(job)
+            try:
+                accepted = queue.enqueue(job, max_depth)
+            except Exception:
+                results.delete(job.id)  # no record of a job that was never queued
+                raise
+            if not accepted:
+                results.delete(job.id)
+            return accepted
+
+        if not self._backend_call("enqueuing a job", enqueue):
+            raise QueueFull(f"the job queue of {name} holds {max_depth} jobs (MAX_QUEUE_DEPTH); "
+                            "try again later", retry_after=1, SIGNATURE=name,
+                            MAX_QUEUE_DEPTH=max_depth)
+        metrics.REQUESTS.labels(name, "202").inc()
+        location = f"/jobs/{job.id}"
+        answer = protocol.dumps({"JOB_ID": job.id, "STATUS": QUEUED, "SIGNATURE": name,
+                                 "STATUS_URL": location, **meta})
+        start_response("202 Accepted", [("Content-Type", protocol.JSON), ("Location", location),
+                                        ("Content-Length", str(len(answer)))])
+        return [answer]
+
+    # -- read ---------------------------------------------------------------------------
+    def record(self, job_id: str) -> dict[str, Any]:
+        _queue, results = self._backends()
+        record = self._backend_call("reading a job", lambda: results.get(job_id))
+        if record is None:
+            raise NotFound(f"no job {job_id!r} (unknown, or its result has expired)",
+                           JOB_ID=job_id)
+        return dict(record)
+
+    def dead(self, name: str, limit: int) -> list[dict[str, Any]]:
+        queue, _results = self._backends()
+        jobs = self._backend_call("listing dead letters", lambda: queue.dead_letters(name, limit))
+        return [{"JOB_ID": j.id, "SIGNATURE": j.endpoint, "ATTEMPTS": j.attempts,
+                 "LAST_ERROR": j.last_error, "SUBMITTED_AT": j.submitted_at, "BODY": j.body}
+                for j in jobs]
+
+    def requeue(self, name: str, job_id: str | None) -> list[str]:
+        queue, results = self._backends()
+
+        def requeue() -> list[str]:
+            ids = queue.requeue_dead(name, job_id)
+            for one in ids:
+                results.update(one, {"STATUS": QUEUED, "ATTEMPTS": 0, "REQUEUED_AT": time.time()})
+            return ids
+
+        ids: list[str] = self._backend_call("requeueing dead letters", requeue)
+        return ids
+
+    def status(self, names: list[str]) -> dict[str, Any]:
+        """Per endpoint: jobs waiting or running, and the age of the oldest, in seconds."""
+        if self.spec is None:
+            return {}
+        try:
+            queue, results = self._backends()
+            now = time.time()
+            out: dict[str, Any] = {}
+            for name in names:
+                oldest = results.oldest_pending(name)
+                out[name] = {"depth": queue.depth(name),
+                             "oldest_age_s": round(now - oldest, 3) if oldest else 0.0}
+            return out
+        except Exception as exc:  # noqa: BLE001 - status pages report, they do not fail
+            return {"error": f"job queue not available: {exc}"}
+
+    def collector(self, names: list[str]) -> QueueCollector:
+        return QueueCollector(self.status(names))
+
+
+class QueueCollector:
+    """``bis_queue_depth`` and ``bis_queue_oldest_seconds`` per endpoint, at scrape time."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self) -> Any:
+        depth = GaugeMetricFamily("bis_queue_depth", "Async jobs waiting or running",
+                                  labels=["endpoint"])
+        oldest = GaugeMetricFamily("bis_queue_oldest_seconds",
+                                   "Age of the oldest async job not finished", labels=["endpoint"])
+        for name, info in self.status.items():
+            if isinstance(info, dict):
+                depth.add_metric([name], float(info["depth"]))
+                oldest.add_metric([name], float(info["oldest_age_s"]))
+        yield from (depth, oldest)
+
+
+def install_job_routes(app: Flask, jobs: JobsFront, reply: Reply,
+                       check_admin: Callable[[], None]) -> None:
+    """``GET /jobs/<id>``, ``GET /jobs/dead`` and ``POST /jobs/requeue`` on the front's Flask app."""
+
+    def signature_arg(args: dict[str, Any]) -> str:
+        name = args.get("SIGNATURE")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("SIGNATURE (the endpoint name) is required")
+        return name
+
+    @app.get("/jobs/<job_id>")
+    def job_status(job_id: str) -> Response:
+        return reply(200, jobs.record(job_id))
+
+    @app.get("/jobs/dead")
+    def dead_letters() -> Response:
+        check_admin()
+        name = signature_arg(request.args.to_dict())
+        try:
+            limit = int(request.args.get("LIMIT", 100))
+        except ValueError:
+            raise BadRequest("LIMIT must be an integer") from None
+        dead = jobs.dead(name, max(1, min(limit, 10000)))
+        return reply(200, {"SIGNATURE": name, "DEAD_LETTERS": dead, "COUNT": len(dead)})
+
+    @app.post("/jobs/requeue")
+    def requeue() -> Response:
+        check_admin()
+        raw = request.get_data(cache=False)
+        args = protocol.parse_body(raw) if raw else {}
+        name = signature_arg(args)
+        job_id = args.get("JOB_ID")
+        if job_id is not None and not isinstance(job_id, str):
+            raise BadRequest("JOB_ID must be a string (omit it to requeue every dead letter)")
+        ids = jobs.requeue(name, job_id)
+        if job_id is not None and not ids:
+            raise NotFound(f"no dead letter {job_id!r} for {name}", JOB_ID=job_id)
+        return reply(200, {"SIGNATURE": name, "REQUEUED": ids, "COUNT": len(ids)})

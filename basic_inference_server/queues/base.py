@@ -1,0 +1,151 @@
+"""The job, the queue interface every backend implements, and the results store interface.
+
+A job is one ``/run`` request accepted for later: the gateway enqueues it, a worker of
+the endpoint's server claims it when it has nothing else to do, runs the pipeline,
+stores the answer in the results store and acks it. A claim that is neither acked nor
+released (its consumer died) becomes claimable again: after a visibility timeout on
+sqlite, Redis and SQS, when the connection drops on RabbitMQ. So a job may run twice
+after a crash, but it is never lost; results are keyed by job id, so it is never
+stored twice either.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+# Job states, as GET /jobs/<id> reports them.
+QUEUED = "queued"      # waiting to be claimed (also between attempts)
+RUNNING = "running"    # claimed by a worker
+DONE = "done"          # the endpoint answered 200; the answer is stored
+FAILED = "failed"      # the endpoint rejected the input (4xx): retrying would not help
+DEAD = "dead"          # failed MAX_ATTEMPTS times; in the dead-letter queue
+TERMINAL = (DONE, FAILED, DEAD)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Job:
+    """One accepted request. ``attempts`` counts the runs started, this one included."""
+
+    endpoint: str
+    body: dict[str, Any]
+    id: str = field(default_factory=new_job_id)
+    submitted_at: float = field(default_factory=time.time)
+    attempts: int = 0
+    last_error: str | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Job:
+        return cls(**orjson.loads(raw))
+
+
+@dataclass
+class Claim:
+    """A job a consumer holds, with what its backend needs to ack or release it."""
+
+    job: Job
+    receipt: Any = None
+
+
+class QueueError(Exception):
+    """The queue backend failed (unreachable, refused the message)."""
+
+
+class JobQueue(ABC):
+    """A queue per endpoint with at-least-once delivery and a dead-letter queue."""
+
+    @abstractmethod
+    def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        """Add a job; False (nothing added) when ``depth`` is already ``max_depth``."""
+
+    @abstractmethod
+    def claim(self, endpoint: str, consumer: str, wait: float,
+              visibility_timeout: float) -> Claim | None:
+        """Take the next job, waiting up to ``wait`` seconds; None when there is none.
+
+        If the claim is neither acked nor released within ``visibility_timeout``
+        seconds, the job may be claimed again (its consumer is presumed dead).
+        """
+
+    @abstractmethod
+    def ack(self, claim: Claim) -> None:
+        """The job finished (its result is stored): remove it for good."""
+
+    @abstractmethod
+    def release(self, claim: Claim) -> None:
+        """Give back a job that was not started; it does not count as an attempt."""
+
+    @abstractmethod
+    def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        """The attempt failed: make the job claimable again after ``delay`` seconds."""
+
+    @abstractmethod
+    def dead_letter(self, claim: Claim, error: str) -> None:
+        """Move the job to the endpoint's dead-letter queue with its last error."""
+
+    @abstractmethod
+    def depth(self, endpoint: str) -> int:
+        """Jobs accepted and not finished: waiting, running or waiting for a retry."""
+
+    @abstractmethod
+    def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        """Jobs in the dead-letter queue, oldest first, with ``last_error``."""
+
+    @abstractmethod
+    def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        """Put dead jobs (one, or all when ``job_id`` is None) back in the queue with
+        their attempts reset; returns the ids requeued."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release this thread's connections."""
+
+
+class ResultStore(ABC):
+    """Where job status and answers live, keyed by job id."""
+
+    @abstractmethod
+    def create(self, job: Job) -> None:
+        """Record a job as queued (before it is enqueued)."""
+
+    @abstractmethod
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> None:
+        """Merge ``fields`` into the record; a record already ``done`` stays done.
+
+        ``ttl``: the record expires that many seconds from now (terminal states).
+        """
+
+    @abstractmethod
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The record, or None when unknown or expired."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Forget a record (a submission that was refused)."""
+
+    @abstractmethod
+    def oldest_pending(self, endpoint: str) -> float | None:
+        """Submission time of the oldest job of ``endpoint`` not finished yet."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release this thread's connections."""
+
+
+def record_of(job: Job) -> dict[str, Any]:
+    """The first record of a job, as ``GET /jobs/<id>`` shows it."""
+    return {"JOB_ID": job.id, "SIGNATURE": job.endpoint, "STATUS": QUEUED, "ATTEMPTS": 0,
+            "SUBMITTED_AT": job.submitted_at, "STARTED_AT": None, "FINISHED_AT": None,
+            "LAST_ERROR": None}

@@ -1,0 +1,250 @@
+"""Redis backend: a stream per endpoint with one consumer group, retries in a sorted set,
+a dead-letter stream; results in a hash per job with a TTL.
+
+Keys (``prefix`` from the URL's ``?prefix=``, default ``bis``):
+
+* ``<prefix>:jobs:<endpoint>``    stream of waiting and claimed jobs; group ``workers``
+* ``<prefix>:delayed:<endpoint>`` sorted set of jobs waiting for a retry, by due time
+* ``<prefix>:dead:<endpoint>``    stream of dead letters, each with its last error
+* ``<prefix>:job:<id>``           hash: the job's record (expires ``JOB_TTL`` after it ends)
+* ``<prefix>:pending:<endpoint>`` sorted set of unfinished job ids by submission time
+
+A claimed entry stays in the group's pending list until acked; an entry idle there for
+longer than the visibility timeout (its consumer died) is taken over with XAUTOCLAIM.
+Every move between keys is one transaction, so a job is always in exactly one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import redis
+
+from . import url_options
+from .base import QUEUED, TERMINAL, Claim, Job, JobQueue, ResultStore, record_of
+
+GROUP = "workers"
+# Longer than any blocking read (the consumer waits at most a few seconds per claim).
+SOCKET_TIMEOUT = 30.0
+
+_ENQUEUE = """
+local limit = tonumber(ARGV[1])
+if limit >= 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= limit then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+return 1
+"""
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, payload in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'job', payload)
+  redis.call('ZREM', KEYS[1], payload)
+end
+return #due
+"""
+# KEYS: record hash, pending set. ARGV: new status (JSON or ''), ttl or '', job id,
+# pending op ('add' / 'rem' / ''), field, value, field, value ...
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] ~= '' and ARGV[1] ~= '"done"' and redis.call('HGET', KEYS[1], 'STATUS') == '"done"' then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if ARGV[2] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
+if ARGV[4] == 'rem' then redis.call('ZREM', KEYS[2], ARGV[3]) end
+if ARGV[4] == 'add' then
+  redis.call('ZADD', KEYS[2], cjson.decode(redis.call('HGET', KEYS[1], 'SUBMITTED_AT')), ARGV[3])
+end
+return 1
+"""
+
+
+def connect(url: str) -> tuple[Any, str]:
+    """A client for the URL and the key prefix its ``?prefix=`` names.
+
+    Typed ``Any``: redis-py's reply types are unions of every protocol version's shape.
+    """
+    base, options = url_options(url)
+    client = redis.Redis.from_url(base, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
+                                  health_check_interval=30)
+    return client, options.get("prefix", "bis")
+
+
+class RedisQueue(JobQueue):
+    """Redis Streams queue; see the module docstring for the keys."""
+
+    def __init__(self, url: str) -> None:
+        self.r, self.prefix = connect(url)
+        self._enqueue = self.r.register_script(_ENQUEUE)
+        self._promote = self.r.register_script(_PROMOTE)
+        self._groups: set[str] = set()
+
+    def _keys(self, endpoint: str) -> tuple[str, str, str]:
+        p = self.prefix
+        return f"{p}:jobs:{endpoint}", f"{p}:delayed:{endpoint}", f"{p}:dead:{endpoint}"
+
+    def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            self.r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups.add(stream)
+
+    def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        stream, delayed, _dead = self._keys(job.endpoint)
+        limit = -1 if max_depth is None else max_depth
+        return bool(self._enqueue(keys=[stream, delayed], args=[limit, job.encode()]))
+
+    def claim(self, endpoint: str, consumer: str, wait: float,
+              visibility_timeout: float) -> Claim | None:
+        stream, delayed, _dead = self._keys(endpoint)
+        self._ensure_group(stream)
+        self._promote(keys=[delayed, stream], args=[time.time()])
+        try:
+            return self._claim(stream, consumer, wait, visibility_timeout)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._groups.discard(stream)  # the stream was deleted: create it again next time
+            return None
+
+    def _claim(self, stream: str, consumer: str, wait: float, visibility: float) -> Claim | None:
+        # First, jobs whose consumer went silent for longer than the visibility timeout.
+        reply = self.r.xautoclaim(stream, GROUP, consumer, min_idle_time=int(visibility * 1000),
+                                  start_id="0-0", count=1)
+        taken = [(mid, fields) for mid, fields in reply[1] if fields]
+        if taken:
+            mid, fields = taken[0]
+            pending = self.r.xpending_range(stream, GROUP, min=mid, max=mid, count=1)
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+        else:
+            block = {"block": max(1, int(wait * 1000))} if wait > 0 else {}
+            got = self.r.xreadgroup(GROUP, consumer, {stream: ">"}, count=1, **block)
+            if not got or not got[0][1]:
+                return None
+            mid, fields = got[0][1][0]
+            deliveries = 1
+        job = Job.decode(fields[b"job"])
+        job.attempts += deliveries
+        return Claim(job=job, receipt=(stream, mid))
+
+    def _settle(self, claim: Claim, *also: tuple[str, str, Any]) -> None:
+        """Ack and delete the claimed entry, doing ``also`` in the same transaction."""
+        stream, mid = claim.receipt
+        pipe = self.r.pipeline(transaction=True)
+        for op, key, arg in also:
+            if op == "xadd":
+                pipe.xadd(key, {"job": arg})
+            else:
+                pipe.zadd(key, arg)
+        pipe.xack(stream, GROUP, mid)
+        pipe.xdel(stream, mid)
+        pipe.execute()
+
+    def ack(self, claim: Claim) -> None:
+        self._settle(claim)
+
+    def release(self, claim: Claim) -> None:
+        job = replace(claim.job, attempts=claim.job.attempts - 1)
+        self._settle(claim, ("xadd", claim.receipt[0], job.encode()))
+
+    def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        job = replace(claim.job, last_error=error)
+        _stream, delayed, _dead = self._keys(job.endpoint)
+        self._settle(claim, ("zadd", delayed, {job.encode(): time.time() + delay}))
+
+    def dead_letter(self, claim: Claim, error: str) -> None:
+        job = replace(claim.job, last_error=error)
+        _stream, _delayed, dead = self._keys(job.endpoint)
+        self._settle(claim, ("xadd", dead, job.encode()))
+
+    def depth(self, endpoint: str) -> int:
+        stream, delayed, _dead = self._keys(endpoint)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xlen(stream)
+        pipe.zcard(delayed)
+        return int(sum(pipe.execute()))
+
+    def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        _stream, _delayed, dead = self._keys(endpoint)
+        return [Job.decode(fields[b"job"]) for _mid, fields in self.r.xrange(dead, count=limit)]
+
+    def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        stream, _delayed, dead = self._keys(endpoint)
+        ids = []
+        for mid, fields in self.r.xrange(dead):
+            job = Job.decode(fields[b"job"])
+            if job_id is not None and job.id != job_id:
+                continue
+            job.attempts = 0
+            pipe = self.r.pipeline(transaction=True)
+            pipe.xadd(stream, {"job": job.encode()})
+            pipe.xdel(dead, mid)
+            pipe.execute()
+            ids.append(job.id)
+        return ids
+
+    def close(self) -> None:
+        self.r.close()
+
+
+class RedisResults(ResultStore):
+    """Job records as hashes (each field JSON-encoded), expiring ``ttl`` after they end."""
+
+    def __init__(self, url: str) -> None:
+        self.r, self.prefix = connect(url)
+        self._update = self.r.register_script(_UPDATE)
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def _pending(self, endpoint: str) -> str:
+        return f"{self.prefix}:pending:{endpoint}"
+
+    def create(self, job: Job) -> None:
+        record = {k: orjson.dumps(v) for k, v in record_of(job).items()}
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._key(job.id), mapping=record)
+        pipe.zadd(self._pending(job.endpoint), {job.id: job.submitted_at})
+        pipe.execute()
+
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> None:
+        status = fields.get("STATUS")
+        op = "" if status is None else "rem" if status in TERMINAL else "add" if status == QUEUED else ""
+        endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
+        if endpoint is None:
+            return
+        pairs: list[Any] = []
+        for key, value in fields.items():
+            pairs += [key, orjson.dumps(value)]
+        self._update(keys=[self._key(job_id), self._pending(orjson.loads(endpoint))],
+                     args=[orjson.dumps(status) if status is not None else "",
+                           max(1, int(ttl)) if ttl is not None else "", job_id, op, *pairs])
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.r.hgetall(self._key(job_id))
+        if not raw:
+            return None
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    def delete(self, job_id: str) -> None:
+        endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self._key(job_id))
+        if endpoint is not None:
+            pipe.zrem(self._pending(orjson.loads(endpoint)), job_id)
+        pipe.execute()
+
+    def oldest_pending(self, endpoint: str) -> float | None:
+        first = self.r.zrange(self._pending(endpoint), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def close(self) -> None:
+        self.r.close()

@@ -1,0 +1,286 @@
+"""The embedded backend: queue and results in one SQLite file under ``_cache/``.
+
+Safe for several processes on one box: WAL journal (readers never block the writer),
+every change in a ``BEGIN IMMEDIATE`` transaction (one writer at a time, waiting on the
+busy timeout instead of failing), one connection per thread. A claimed job is hidden
+for the visibility timeout; if its consumer dies without acking, it shows again. As
+every consumer is on this box, a job whose consumer process is gone (its claim names
+the host and pid) shows again at once: a crash does not wait for the timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..procutil import pid_alive
+from .base import DONE, QUEUED, RUNNING, TERMINAL, Claim, Job, JobQueue, ResultStore, record_of
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    visible_at REAL NOT NULL,
+    token TEXT,
+    dead INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_next ON jobs (endpoint, dead, visible_at);
+CREATE TABLE IF NOT EXISTS results (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    record BLOB NOT NULL,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS results_pending ON results (endpoint, status, submitted_at);
+CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+"""
+_NEXT_JOB = ("SELECT id, payload, attempts, last_error FROM jobs "
+             "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? ORDER BY visible_at LIMIT 1")
+# How often a waiting claim looks at the table again (it doubles up to the cap).
+POLL_FIRST, POLL_CAP = 0.005, 0.1
+# How often a consumer looks for jobs held by dead processes of this box.
+ORPHAN_SWEEP_EVERY = 1.0
+HOST = socket.gethostname()
+
+
+def _claimer_is_dead(token: str) -> bool:
+    """True when the claim was made by a process of this host that no longer exists.
+
+    Tokens of consumers named ``host:pid`` (as the job consumer names itself) are
+    ``host:pid:<random>``; other names never match.
+    """
+    host, _, rest = token.partition(":")
+    pid = rest.split(":", 1)[0]
+    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
+
+
+class SqliteDB:
+    """One SQLite file, one connection per thread, the schema created on first use."""
+
+    def __init__(self, path: str | Path, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self.conn().executescript(SCHEMA)
+
+    def conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL still survives a process crash; only a power cut may
+            # lose the last transactions.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: taken at once (BEGIN IMMEDIATE), committed or rolled back."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class SqliteQueue(JobQueue):
+    """Queue of every endpoint in the ``jobs`` table; dead letters stay there, flagged."""
+
+    def __init__(self, db: SqliteDB) -> None:
+        self.db = db
+        self._next_sweep: dict[str, float] = {}
+
+    def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        with self.db.write() as conn:
+            if max_depth is not None and self._depth(conn, job.endpoint) >= max_depth:
+                return False
+            conn.execute("INSERT INTO jobs (id, endpoint, payload, attempts, visible_at) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (job.id, job.endpoint, job.encode(), job.attempts, job.submitted_at))
+        return True
+
+    def _recover_orphans(self, endpoint: str) -> None:
+        """Make the jobs held by dead processes of this box claimable now (once a second)."""
+        now = time.monotonic()
+        if now < self._next_sweep.get(endpoint, 0.0):
+            return
+        self._next_sweep[endpoint] = now + ORPHAN_SWEEP_EVERY
+        held = self.db.conn().execute(
+            "SELECT id, token FROM jobs WHERE endpoint = ? AND dead = 0 AND token IS NOT NULL",
+            (endpoint,)).fetchall()
+        orphans = [(job_id, token) for job_id, token in held if _claimer_is_dead(token)]
+        if orphans:
+            with self.db.write() as conn:
+                conn.executemany("UPDATE jobs SET visible_at = ?, token = NULL "
+                                 "WHERE id = ? AND token = ?",
+                                 [(time.time(), job_id, token) for job_id, token in orphans])
+
+    def _claim_once(self, endpoint: str, consumer: str,
+                    visibility_timeout: float) -> Claim | None:
+        now = time.time()
+        # Idle workers poll: look first without the write lock (WAL readers never wait),
+        # so polling does not hold up submits.
+        if self.db.conn().execute(_NEXT_JOB, (endpoint, now)).fetchone() is None:
+            return None
+        token = f"{consumer}:{uuid.uuid4().hex}"
+        with self.db.write() as conn:
+            row = conn.execute(_NEXT_JOB, (endpoint, now)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET attempts = attempts + 1, visible_at = ?, token = ? "
+                         "WHERE id = ?", (now + visibility_timeout, token, row[0]))
+        job = Job.decode(row[1])
+        job.attempts, job.last_error = row[2] + 1, row[3]
+        return Claim(job=job, receipt=token)
+
+    def claim(self, endpoint: str, consumer: str, wait: float,
+              visibility_timeout: float) -> Claim | None:
+        deadline = time.monotonic() + wait
+        pause = POLL_FIRST
+        while True:
+            self._recover_orphans(endpoint)
+            claim = self._claim_once(endpoint, consumer, visibility_timeout)
+            if claim is not None or time.monotonic() >= deadline:
+                return claim
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(POLL_CAP, pause * 2)
+
+    def ack(self, claim: Claim) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (claim.job.id,))
+
+    def release(self, claim: Claim) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE jobs SET attempts = attempts - 1, visible_at = ?, token = NULL "
+                         "WHERE id = ? AND token = ?", (time.time(), claim.job.id, claim.receipt))
+
+    def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE jobs SET visible_at = ?, token = NULL, last_error = ? "
+                         "WHERE id = ? AND token = ?",
+                         (time.time() + delay, error, claim.job.id, claim.receipt))
+
+    def dead_letter(self, claim: Claim, error: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE jobs SET dead = 1, token = NULL, last_error = ? WHERE id = ?",
+                         (error, claim.job.id))
+
+    @staticmethod
+    def _depth(conn: sqlite3.Connection, endpoint: str) -> int:
+        row = conn.execute("SELECT COUNT(*) FROM jobs WHERE endpoint = ? AND dead = 0",
+                           (endpoint,)).fetchone()
+        return int(row[0])
+
+    def depth(self, endpoint: str) -> int:
+        return self._depth(self.db.conn(), endpoint)
+
+    def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        rows = self.db.conn().execute(
+            "SELECT payload, attempts, last_error FROM jobs WHERE endpoint = ? AND dead = 1 "
+            "ORDER BY rowid LIMIT ?", (endpoint, limit)).fetchall()
+        out = []
+        for payload, attempts, error in rows:
+            job = Job.decode(payload)
+            job.attempts, job.last_error = attempts, error
+            out.append(job)
+        return out
+
+    def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        where, args = "endpoint = ? AND dead = 1", [endpoint]
+        if job_id is not None:
+            where, args = where + " AND id = ?", [endpoint, job_id]
+        with self.db.write() as conn:
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM jobs WHERE {where}", args)]
+            conn.execute(f"UPDATE jobs SET dead = 0, attempts = 0, visible_at = ? WHERE {where}",
+                         [time.time(), *args])
+        return ids
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class SqliteResults(ResultStore):
+    """Job records in the ``results`` table; expired ones are purged as others finish."""
+
+    def __init__(self, db: SqliteDB) -> None:
+        self.db = db
+
+    def create(self, job: Job) -> None:
+        with self.db.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO results (id, endpoint, status, submitted_at, record) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (job.id, job.endpoint, QUEUED, job.submitted_at, orjson.dumps(record_of(job))))
+
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> None:
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute("SELECT record FROM results WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return
+            record = orjson.loads(row[0])
+            if record.get("STATUS") == DONE and fields.get("STATUS", DONE) != DONE:
+                return
+            record.update(fields)
+            expires = now + ttl if ttl is not None else None
+            conn.execute("UPDATE results SET status = ?, record = ?, expires_at = ? WHERE id = ?",
+                         (record["STATUS"], orjson.dumps(record), expires, job_id))
+            if record["STATUS"] in TERMINAL:
+                conn.execute("DELETE FROM results WHERE expires_at < ?", (now,))
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.conn().execute(
+            "SELECT record FROM results WHERE id = ? AND (expires_at IS NULL OR expires_at >= ?)",
+            (job_id, time.time())).fetchone()
+        return None if row is None else dict(orjson.loads(row[0]))
+
+    def delete(self, job_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM results WHERE id = ?", (job_id,))
+
+    def oldest_pending(self, endpoint: str) -> float | None:
+        row = self.db.conn().execute(
+            "SELECT MIN(submitted_at) FROM results WHERE endpoint = ? AND status IN (?, ?)",
+            (endpoint, QUEUED, RUNNING)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+_DBS: dict[str, SqliteDB] = {}
+_DBS_LOCK = threading.Lock()
+
+
+def shared_db(path: str) -> SqliteDB:
+    """One :class:`SqliteDB` per file in a process (queue and results share it)."""
+    with _DBS_LOCK:
+        db = _DBS.get(path)
+        if db is None:
+            db = _DBS[path] = SqliteDB(path)
+        return db

@@ -1,0 +1,92 @@
+"""An endpoint server on its own, pulling jobs from a shared queue: scale-out across boxes.
+
+    python -m basic_inference_server.server --endpoint NAME --queue redis://HOST:6379/0
+
+runs the endpoint of ``endpoints/NAME.py`` with its section of ``config_gateway.json``
+(when the file is there; the command line wins), serves ``/run`` and ``/health`` on
+its own port, and takes a share of the endpoint's jobs from the Redis, RabbitMQ or SQS
+queue that the gateway and any number of other such servers share. No gateway, no
+manager: the queue is the only thing they have in common.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ..config import load_config, parse_config, parse_endpoint
+from ..discovery import endpoint_file
+from ..errors import ConfigError, DiscoveryError
+from ..logger import setup_logging
+from ..queues import jobs_spec
+from .app import ServerSpec
+from .gunicorn_app import EndpointServer
+
+log = logging.getLogger(__name__)
+EXIT_CONFIG = 78
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m basic_inference_server.server",
+        description="Serve one endpoint and pull its async jobs from a shared queue.")
+    parser.add_argument("--endpoint", required=True, help="endpoint name (endpoints/<name>.py)")
+    parser.add_argument("--queue", help="queue URL (default: QUEUE of the config file)")
+    parser.add_argument("--results", help="results store URL (default: RESULTS of the config, "
+                                          "else the queue's Redis or SQLite in --cache)")
+    parser.add_argument("--config", default="config_gateway.json",
+                        help="configuration file, used when present (default ./config_gateway.json)")
+    parser.add_argument("--endpoints", default="endpoints", help="folder of endpoint files")
+    parser.add_argument("--cache", default="_cache", help="folder for SQLite state")
+    parser.add_argument("--host", default="127.0.0.1", help="address for /run and /health")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    parser.add_argument("--workers", type=int, default=None, help="NR_WORKERS override")
+    return parser
+
+
+def build_spec(args: argparse.Namespace) -> ServerSpec:
+    """The server spec from the command line and the configuration file."""
+    config = load_config(args.config) if Path(args.config).is_file() else parse_config({})
+    section = dict(config["CONFIG_ENDPOINTS"].get(args.endpoint, {}))
+    if args.workers is not None:
+        section["NR_WORKERS"] = args.workers
+    endpoint = parse_endpoint(args.endpoint, section, f"endpoint {args.endpoint}")
+    try:
+        endpoint_file(args.endpoints, endpoint.module_name)
+    except DiscoveryError as exc:
+        raise ConfigError(str(exc)) from None
+    jobs = jobs_spec(args.queue or config["QUEUE"], args.results or config["RESULTS"],
+                     config["JOB_TTL"], args.cache)
+    if jobs.results.startswith("sqlite") and not jobs.queue.startswith("sqlite"):
+        log.warning("results go to SQLite on this box (%s): a gateway on another box will not "
+                    "see them; pass --results redis://...", jobs.results)
+    run_dir = tempfile.mkdtemp(prefix="bis-server-")
+    return ServerSpec(
+        name=args.endpoint, module=endpoint.module_name,
+        endpoints_dir=str(Path(args.endpoints).resolve()), host=args.host, port=args.port,
+        socket=str(Path(run_dir) / "server.sock"), nr_workers=endpoint.settings["NR_WORKERS"],
+        worker_config=endpoint.worker_config(), server_name=config["SERVER_NAME"],
+        app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
+        jobs=jobs.to_dict())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        spec = build_spec(args)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    log.info("%s: serving on %s:%s, jobs from %s", spec.name, spec.host, spec.port,
+             str(spec.jobs and spec.jobs["queue"]).split("?")[0])
+    sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
+    try:
+        EndpointServer(spec).run()
+    finally:
+        shutil.rmtree(Path(spec.socket).parent, ignore_errors=True)
+    return 0

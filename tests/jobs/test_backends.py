@@ -1,0 +1,174 @@
+"""The queue contract, run against every backend: SQLite, real Redis, real RabbitMQ and
+SQS (moto's server). The results stores (SQLite, Redis) have their own contract below.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from basic_inference_server.queues import Job, open_queue, open_results
+from basic_inference_server.queues.base import DEAD, DONE, QUEUED, RUNNING
+from tests.conftest import wait_until
+
+ALL = ["sqlite", "redis", "rabbitmq", "sqs"]
+EP = "echo"
+
+
+def job(i: int, endpoint: str = EP) -> Job:
+    return Job(endpoint=endpoint, body={"SIGNATURE": endpoint, "I": i})
+
+
+def claim_soon(queue, timeout=10.0, visibility=30.0):
+    return wait_until(lambda: queue.claim(EP, "test", 0.2, visibility), timeout=timeout,
+                      message="a job is claimable")
+
+
+@pytest.fixture
+def queue(queue_url):
+    q = open_queue(queue_url)
+    yield q
+    q.close()
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_fifo_claim_ack_and_depth(queue):
+    jobs = [job(i) for i in range(3)]
+    for j in jobs:
+        assert queue.enqueue(j)
+    assert wait_until(lambda: queue.depth(EP) == 3, timeout=5)
+    first = claim_soon(queue)
+    assert first.job.id == jobs[0].id and first.job.body["I"] == 0
+    assert first.job.attempts == 1
+    queue.ack(first)
+    rest = [claim_soon(queue) for _ in range(2)]
+    assert [c.job.id for c in rest] == [j.id for j in jobs[1:]]
+    for c in rest:
+        queue.ack(c)
+    assert wait_until(lambda: queue.depth(EP) == 0, timeout=5)
+    assert queue.claim(EP, "test", 0, 30) is None
+    assert queue.dead_letters(EP) == []
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_max_depth_refuses_without_adding(queue):
+    assert queue.enqueue(job(0), max_depth=2)
+    assert queue.enqueue(job(1), max_depth=2)
+    assert not queue.enqueue(job(2), max_depth=2)
+    assert queue.depth(EP) == 2
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_retry_later_hides_the_job_then_counts_the_attempt(queue):
+    queue.enqueue(job(7))
+    first = claim_soon(queue)
+    started = time.monotonic()
+    queue.retry_later(first, 1.0, "boom")
+    assert queue.claim(EP, "test", 0, 30) is None
+    second = claim_soon(queue)
+    assert time.monotonic() - started >= 0.9
+    assert second.job.id == first.job.id
+    assert second.job.attempts == 2 and second.job.last_error == "boom"
+    queue.ack(second)
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_dead_letter_list_and_requeue(queue):
+    keep, other = job(1), job(2)
+    for j in (keep, other):
+        queue.enqueue(j)
+    for _ in range(2):
+        queue.dead_letter(claim_soon(queue), "always fails")
+    assert wait_until(lambda: queue.depth(EP) == 0, timeout=5)
+    dead = wait_until(lambda: queue.dead_letters(EP), timeout=5)
+    assert {d.id for d in dead} == {keep.id, other.id}
+    assert {d.last_error for d in dead} == {"always fails"}
+    assert queue.requeue_dead(EP, keep.id) == [keep.id]
+    again = claim_soon(queue)
+    assert again.job.id == keep.id and again.job.attempts == 1
+    queue.ack(again)
+    assert [d.id for d in queue.dead_letters(EP)] == [other.id]
+    assert queue.requeue_dead(EP) == [other.id]
+    assert queue.dead_letters(EP) == []
+    queue.ack(claim_soon(queue))
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_release_gives_the_job_back_uncounted(queue):
+    queue.enqueue(job(3))
+    first = claim_soon(queue)
+    queue.release(first)
+    second = claim_soon(queue)
+    assert second.job.id == first.job.id and second.job.attempts == 1
+    queue.ack(second)
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_a_job_whose_consumer_died_is_claimed_again(queue_url):
+    """A claims and vanishes (its connection closes); B gets the job, as a second run."""
+    a, b = open_queue(queue_url), open_queue(queue_url)
+    try:
+        a.enqueue(job(9))
+        lost = wait_until(lambda: a.claim(EP, "a", 0.2, 1.0), timeout=10)
+        a.close()
+        again = wait_until(lambda: b.claim(EP, "b", 0.2, 1.0), timeout=15,
+                           message="the abandoned job comes back")
+        assert again.job.id == lost.job.id and again.job.attempts == 2
+        b.ack(again)
+        assert b.claim(EP, "b", 0, 1.0) is None
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
+def test_results_store(queue_url):
+    store = open_results(queue_url)
+    try:
+        j, k = job(1), job(2)
+        store.create(j)
+        store.create(k)
+        assert store.get(j.id)["STATUS"] == QUEUED
+        assert store.oldest_pending(EP) == pytest.approx(j.submitted_at)
+        store.update(j.id, {"STATUS": RUNNING, "ATTEMPTS": 1})
+        store.update(j.id, {"STATUS": DONE, "RESULT": {"x": [1, 2]}}, ttl=1)
+        # A late duplicate run does not turn a done job back into running.
+        store.update(j.id, {"STATUS": RUNNING, "ATTEMPTS": 2})
+        record = store.get(j.id)
+        assert record["STATUS"] == DONE and record["RESULT"] == {"x": [1, 2]}
+        assert record["ATTEMPTS"] == 1
+        assert store.oldest_pending(EP) == pytest.approx(k.submitted_at)
+        store.update(k.id, {"STATUS": DEAD, "LAST_ERROR": "e"})
+        assert store.oldest_pending(EP) is None
+        store.update(k.id, {"STATUS": QUEUED})
+        assert store.oldest_pending(EP) == pytest.approx(k.submitted_at)
+        store.delete(k.id)
+        assert store.get(k.id) is None and store.oldest_pending(EP) is None
+        assert store.get("nope") is None
+        wait_until(lambda: store.get(j.id) is None, timeout=5, message="the result expires")
+    finally:
+        store.close()
+
+
+def test_sqlite_job_of_a_dead_process_of_this_box_is_claimable_at_once(tmp_path):
+    queue = open_queue(f"sqlite://{tmp_path / 'jobs.sqlite3'}")
+    try:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        host = socket.gethostname()
+        queue.enqueue(job(1))
+        queue.enqueue(job(2))
+        lost = queue.claim(EP, f"{host}:{gone.pid}", 0, 300)
+        alive = queue.claim(EP, f"{host}:{os.getpid()}", 0, 300)
+        again = queue.claim(EP, "other", 5.0, 300)
+        assert again.job.id == lost.job.id and again.job.attempts == 2
+        # A claim of a live process stays hidden until its visibility timeout.
+        assert queue.claim(EP, "other", 1.5, 300) is None
+        queue.ack(again)
+        queue.ack(alive)
+    finally:
+        queue.close()
