@@ -2,7 +2,8 @@
 
 Request metrics are recorded by every front process into ``PROMETHEUS_MULTIPROC_DIR``
 (set by the manager) and merged at scrape time; the state of endpoints and workers
-comes from the manager when ``/metrics`` is scraped.
+comes from the manager when ``/metrics`` is scraped. The endpoint servers' workers
+(model manager metrics) write to ``BIS_SERVER_METRICS_DIR``, merged the same way.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def render(servers: dict[str, Any]) -> bytes:
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
+    if os.environ.get("BIS_SERVER_METRICS_DIR"):
+        # The endpoint servers' workers (model manager metrics) write there.
+        multiprocess.MultiProcessCollector(registry, path=os.environ["BIS_SERVER_METRICS_DIR"])
     registry.register(ManagerCollector(servers))
     return bytes(generate_latest(registry))
 

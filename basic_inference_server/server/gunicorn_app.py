@@ -22,9 +22,11 @@ from gunicorn.app.base import BaseApplication
 from ..childproc import take_slot
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
+from ..gateway.metrics import mark_dead
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from .app import ServerSpec, build_worker, create_app
+from .placement import place_worker
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class EndpointServer(BaseApplication):
         def post_fork(_server: Any, worker: Any) -> None:
             die_with_parent(signal.SIGKILL)
             _worker_slot["slot"] = worker.bis_slot
+            place_worker(spec.worker_config.get("GPUS"), worker.bis_slot)
 
         def post_worker_init(worker: Any) -> None:
             path = _own_socket_path(spec, worker.bis_slot)
@@ -99,6 +102,7 @@ class EndpointServer(BaseApplication):
 
         def child_exit(_server: Any, worker: Any) -> None:
             _unlink(_own_socket_path(spec, worker.bis_slot))
+            mark_dead(worker.pid)
             notifier.send("worker_exit", endpoint=spec.name, pid=worker.pid,
                           generation=spec.generation)
 
@@ -114,7 +118,8 @@ class EndpointServer(BaseApplication):
             "bind": [f"{spec.host}:{spec.port}", f"unix:{spec.socket}"],
             "workers": spec.nr_workers,
             "worker_class": "gthread",
-            "threads": 1,
+            # One request at a time, unless batching: then as many as a batch holds.
+            "threads": max(1, int(spec.worker_config.get("MAX_BATCH_SIZE", 1))),
             # Longer than the front's idle pool lifetime: the front closes first.
             "keepalive": 120,
             # Model loading runs before the worker's heartbeat loop starts.
