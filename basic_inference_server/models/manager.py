@@ -237,12 +237,16 @@ class ModelManager:
             limit = self.threshold * total
             if used + need <= limit:
                 return
-            victim = self._least_recently_used_idle()
+            left = deadline - self.clock()
+            idle = sum(c.size for c in self._copies.values() if c.refs == 0)
+            # Evict only for a load that can succeed: never for one that cannot fit at all,
+            # nor, when there is no time to wait, for one that would not fit even then.
+            hopeless = need > limit or (left <= 0 and used - idle + need > limit)
+            victim = None if hopeless else self._least_recently_used_idle()
             if victim is not None:
                 self._unload_locked(victim, "evicted")
                 continue
-            left = deadline - self.clock()
-            if need > limit or left <= 0:
+            if hopeless or left <= 0:
                 metrics.UNAVAILABLE.labels(self.endpoint, name).inc()
                 reason = (f"needs {need / MB:.1f} MB, {used / MB:.1f} of {total / MB:.1f} MB in use, "
                           f"threshold {self.threshold:.0%}")
