@@ -85,8 +85,17 @@ class FlaskWorker:
         raise NotImplementedError(f"{type(self).__name__} must implement _pre_process")
 
     def _predict(self, prep_inputs: Any) -> Any:
-        """Run the model on what ``_pre_process`` returned."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _predict")
+        """Run the model on what ``_pre_process`` returned.
+
+        Default, for workers that only implement ``_predict_batch``: a batch of one.
+        """
+        if type(self)._predict_batch is FlaskWorker._predict_batch:
+            raise NotImplementedError(f"{type(self).__name__} must implement _predict "
+                                      f"(or _predict_batch)")
+        result = self._predict_batch([prep_inputs])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def _predict_batch(self, batch: list[Any]) -> list[Any]:
         """Run the model on several ``_pre_process`` results at once; one result each, in order.

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Dynamic batching on a real model: the embedding endpoint with batching off and on.
+
+    python bench/bench_batching.py [--duration 10] [--concurrency 32] [--json results.json]
+
+One gateway serves endpoints/embeddings.py (all-MiniLM-L6-v2, needs the ``models``
+extra) twice, each with NR_WORKERS 1: ``emb_off`` (MAX_BATCH_SIZE 1, the default) and
+``emb_on`` (MAX_BATCH_SIZE = the concurrency). wrk loads each through the gateway's
+/run at the same concurrency, one sentence per request; the script prints req/s, p50
+and p99 for both, the on/off throughput ratio and the mean batch size reached. Every
+answer is checked first (384 dimensions); wrk errors or non-2xx answers fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_gateway import (
+    BenchError,
+    Gateway,
+    Wrk,
+    bench_config,
+    checked_stop,
+    environment,
+    expect_ok,
+    log,
+)
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=int, default=10, help="seconds per measured point (10)")
+    p.add_argument("--warmup", type=int, default=3, help="seconds of discarded load first (3)")
+    p.add_argument("--concurrency", type=int, default=32, help="wrk connections (32)")
+    p.add_argument("--delay-ms", type=float, default=5, help="MAX_BATCH_DELAY_MS when on (5)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="TORCH_THREADS of both endpoints; 0: torch's default (0)")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk binary")
+    p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
+    p.add_argument("--ready-timeout", type=float, default=180.0,
+                   help="deadline for the model to load and the endpoints to be ready (180)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    args = p.parse_args(argv)
+    if args.duration < 1 or args.warmup < 1:
+        p.error("--duration and --warmup are whole seconds, at least 1 (wrk's -d)")
+    if not (os.path.isfile(args.wrk) and os.access(args.wrk, os.X_OK)):
+        p.error(f"wrk not found at {args.wrk} (apt-get install wrk, or pass --wrk)")
+    return args
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    common = {"SERVER_CLASS": "embeddings", "NR_WORKERS": 1, "HOST": "127.0.0.1", "TIMEOUT": 120,
+              "TORCH_THREADS": args.torch_threads}
+    config = bench_config({
+        "emb_off": {**common, "MAX_BATCH_SIZE": 1},
+        "emb_on": {**common, "MAX_BATCH_SIZE": args.concurrency, "MAX_BATCH_DELAY_MS": args.delay_ms},
+    })
+    wrk = Wrk(args.wrk, workdir, args.wrk_threads)
+    gw = Gateway("batching", config, workdir)
+    out: dict[str, Any] = {"concurrency": args.concurrency, "delay_ms": args.delay_ms,
+                           "torch_threads": args.torch_threads}
+    try:
+        gw.start()
+        log(f"  model loaded, /health/ready after {gw.wait_ready(args.ready_timeout):.1f} s")
+        for name in ("emb_off", "emb_on"):
+            body = {"SIGNATURE": name, "TEXTS": [SENTENCE]}
+            expect_ok(gw.port, body, lambda a: len(a.get("embeddings", [[]])[0]) == 384, name)
+            wrk.run(gw.port, body, args.concurrency, args.warmup)  # warm-up, discarded
+            r = wrk.run(gw.port, body, args.concurrency, args.duration)
+            out[name] = r
+            log(f"  {name:<8} c={args.concurrency}  {r['rps']:8.1f} req/s   p50 {r['p50_ms']:8.2f} ms"
+                f"   p99 {r['p99_ms']:8.2f} ms")
+    finally:
+        results: dict[str, Any] = {}
+        checked_stop(gw, results)
+        if results.get("cleanup_errors"):
+            raise BenchError("; ".join(results["cleanup_errors"]))
+    out["ratio_rps_on_over_off"] = round(out["emb_on"]["rps"] / out["emb_off"]["rps"], 2)
+    out["gateway_log_batches"] = _batches_logged(gw)
+    return out
+
+
+def _batches_logged(gw: Gateway) -> str:
+    """The gateway log's last lines mentioning batches, if any (for a failure's context)."""
+    return "\n".join(ln for ln in gw.log_tail(200).splitlines() if "batch" in ln)[-2000:]
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    workdir = Path(tempfile.mkdtemp(prefix="bis-bench-batching-"))
+    env = environment(argparse.Namespace(wrk=args.wrk, duration=args.duration, warmup=args.warmup))
+    log(f"bench_batching: commit {env['git_commit']}, {env['cpus_usable']} CPU(s) "
+        f"({env['cpu_model']}), {env['wrk']}")
+    log(f"\n== embeddings (all-MiniLM-L6-v2), NR_WORKERS 1, batching off vs on, "
+        f"c={args.concurrency}, {args.duration} s per point")
+    t0 = time.perf_counter()
+    try:
+        res = measure(args, workdir)
+    except (BenchError, KeyboardInterrupt) as exc:
+        log(f"  FAILED: {exc}\ngateway logs kept in {workdir}")
+        return 1
+    off, on = res["emb_off"], res["emb_on"]
+    log(f"\n== summary ({time.perf_counter() - t0:.0f} s)")
+    log(f"  batching off: {off['rps']:.1f} req/s, p50 {off['p50_ms']:.1f} ms, p99 {off['p99_ms']:.1f} ms")
+    log(f"  batching on:  {on['rps']:.1f} req/s, p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms")
+    log(f"  throughput on/off: {res['ratio_rps_on_over_off']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"environment": env, **res}, indent=2) + "\n")
+        log(f"results written to {args.json}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
