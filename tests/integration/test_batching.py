@@ -58,3 +58,4 @@ def test_batching_is_off_by_default(gateways):
     with ThreadPoolExecutor(8) as ex:
         answers = list(ex.map(lambda i: gw.run("b", I=i), range(8)))
     assert {assert_ok(r)["batch"] for r in answers} == {1}
+
