@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,15 @@ from bench_gateway import (
     BenchError,
     Gateway,
     Wrk,
+    _on_sigterm,
     bench_config,
+    check_wrk_args,
     checked_stop,
     environment,
     expect_ok,
     log,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
@@ -52,12 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout", type=float, default=180.0,
                    help="deadline for the model to load and the endpoints to be ready (180)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    args = p.parse_args(argv)
-    if args.duration < 1 or args.warmup < 1:
-        p.error("--duration and --warmup are whole seconds, at least 1 (wrk's -d)")
-    if not (os.path.isfile(args.wrk) and os.access(args.wrk, os.X_OK)):
-        p.error(f"wrk not found at {args.wrk} (apt-get install wrk, or pass --wrk)")
-    return args
+    return check_wrk_args(p, p.parse_args(argv))
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -79,26 +77,28 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             expect_ok(gw.port, body, lambda a: len(a.get("embeddings", [[]])[0]) == 384, name)
             wrk.run(gw.port, body, args.concurrency, args.warmup)  # warm-up, discarded
             r = wrk.run(gw.port, body, args.concurrency, args.duration)
+            # Inputs per model call (warm-up included); without batching, always 1.
+            r["mean_batch"] = mean_batch(gw, name) if name == "emb_on" else 1.0
             out[name] = r
             log(f"  {name:<8} c={args.concurrency}  {r['rps']:8.1f} req/s   p50 {r['p50_ms']:8.2f} ms"
-                f"   p99 {r['p99_ms']:8.2f} ms")
+                f"   p99 {r['p99_ms']:8.2f} ms   mean batch {r['mean_batch']:.1f}")
     finally:
         results: dict[str, Any] = {}
         checked_stop(gw, results)
         if results.get("cleanup_errors"):
             raise BenchError("; ".join(results["cleanup_errors"]))
     out["ratio_rps_on_over_off"] = round(out["emb_on"]["rps"] / out["emb_off"]["rps"], 2)
-    out["gateway_log_batches"] = _batches_logged(gw)
     return out
 
 
-def _batches_logged(gw: Gateway) -> str:
-    """The gateway log's last lines mentioning batches, if any (for a failure's context)."""
-    return "\n".join(ln for ln in gw.log_tail(200).splitlines() if "batch" in ln)[-2000:]
-
-
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+def mean_batch(gw: Gateway, name: str) -> float:
+    """Mean inputs per _predict_batch call of endpoint ``name``, from the gateway's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    got = {(s.name, s.labels.get("endpoint")): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+    count = got.get(("bis_batch_size_count", name), 0)
+    return round(got.get(("bis_batch_size_sum", name), 0) / count, 2) if count else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     off, on = res["emb_off"], res["emb_on"]
     log(f"\n== summary ({time.perf_counter() - t0:.0f} s)")
     log(f"  batching off: {off['rps']:.1f} req/s, p50 {off['p50_ms']:.1f} ms, p99 {off['p99_ms']:.1f} ms")
-    log(f"  batching on:  {on['rps']:.1f} req/s, p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms")
+    log(f"  batching on:  {on['rps']:.1f} req/s, p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms,"
+        f" {on['mean_batch']:.1f} inputs per model call")
     log(f"  throughput on/off: {res['ratio_rps_on_over_off']:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps({"environment": env, **res}, indent=2) + "\n")

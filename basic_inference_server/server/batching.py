@@ -21,11 +21,15 @@ import time
 from collections import deque
 from typing import Any
 
+from prometheus_client import Histogram
+
 from ..errors import ServingError
 from ..worker import FlaskWorker
 from .pipeline import StageError
 
 log = logging.getLogger(__name__)
+BATCH_SIZE = Histogram("bis_batch_size", "Inputs per _predict_batch call", ["endpoint"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 
 class _Item:
@@ -48,7 +52,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()
         self._active = 0  # requests inside run(), queued or not
-        self.batches = 0
+        self._sizes = BATCH_SIZE.labels(worker.endpoint)
         self._thread = threading.Thread(target=self._loop, name="bis-batcher", daemon=True)
         self._thread.start()
 
@@ -99,7 +103,7 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
-            self.batches += 1
+            self._sizes.observe(len(batch))
             self._predict(batch)
             for item in batch:
                 item.done.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import assert_error, assert_ok
+from tests.integration.test_metrics import samples
 
 
 def probe(**settings):
@@ -36,6 +37,9 @@ def test_concurrent_requests_share_batches_and_keep_their_errors(gateways):
     assert max(b["batch"] for b in bodies.values()) > 1
     assert max(b["batch"] for b in bodies.values()) <= 8
     assert len({b["thread"] for b in bodies.values()}) == 1  # one batch thread runs the model
+    got = samples(gw)
+    assert got[("bis_batch_size_sum", (("endpoint", "b"),))] == 31  # all but the 400
+    assert got[("bis_batch_size_count", (("endpoint", "b"),))] < 31
 
     # A batch whose call raises: its inputs run again alone, only the culprit fails.
     with ThreadPoolExecutor(8) as ex:

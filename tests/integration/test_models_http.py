@@ -5,20 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 
 from basic_inference_server.models.redis_state import RedisState
-from tests.conftest import assert_error, assert_ok, wait_until
+from tests.conftest import REDIS_URL, assert_error, assert_ok, wait_until
 from tests.integration.test_metrics import samples
 
 UNITS = 512
 SIZE = UNITS * UNITS * 4 + UNITS * 4  # bytes of one model (a Linear layer)
 MB = 1024 * 1024
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def pool(**settings):
@@ -90,14 +87,8 @@ def test_worker_use_holds_a_model(gateways):
 
 
 @pytest.fixture
-def prefix():
-    p = f"bis-test-{uuid.uuid4().hex[:8]}:"
-    yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{p}*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+def prefix(redis_prefix):
+    return redis_prefix
 
 
 def test_two_servers_share_one_record_in_redis(gateways, prefix):

@@ -8,15 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
 import redis
 
 from basic_inference_server.models.redis_state import RedisState
-from tests.conftest import FIXTURES, ROOT, wait_until
+from tests.conftest import FIXTURES, REDIS_URL, ROOT, wait_until
 
-URL = "redis://127.0.0.1:6379/0"
+URL = REDIS_URL
 
 
 class Client:
@@ -51,15 +50,8 @@ class Client:
 
 
 @pytest.fixture
-def prefix():
-    """A key prefix of this test's own; its keys are removed afterwards."""
-    p = f"bis-test-{uuid.uuid4().hex[:8]}:"
-    yield p
-    r = redis.Redis.from_url(URL)
-    keys = list(r.scan_iter(f"{p}*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
+def prefix(redis_prefix):
+    return redis_prefix
 
 
 @pytest.fixture
