@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from redis.exceptions import LockError
 
+from ..errors import Unavailable
 from .state import default_owner
 
 log = logging.getLogger(__name__)
@@ -167,8 +168,17 @@ class RedisState:
                 # Expired before we were done (the change itself is one atomic script).
                 log.warning("model %s: lock expired before release", name)
 
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.RedisError, TimeoutError) as exc:
+            # A request cannot be served without its model records: come back later (503).
+            raise Unavailable(f"model state unavailable ({type(exc).__name__}: {exc})",
+                              retry_after=1) from exc
+
     def _run(self, script: str, name: str, *args: Any) -> Any:
-        with self.lock(name):
+        with self._reachable(), self.lock(name):
             return self._scripts[script](keys=self._keys(name), args=[name, *args])
 
     # -- ModelState --------------------------------------------------------------------
@@ -204,7 +214,8 @@ class RedisState:
         return True
 
     def size_hint(self, name: str) -> int | None:
-        value = self.redis.hget(self._keys(name)[0], "size_bytes")
+        with self._reachable():
+            value = self.redis.hget(self._keys(name)[0], "size_bytes")
         return int(value) if value is not None else None
 
     def record(self, name: str) -> dict[str, Any] | None:
@@ -223,7 +234,8 @@ class RedisState:
                 "copies": sorted(copies, key=lambda c: c["owner"])}
 
     def usage(self) -> dict[str, dict[str, Any]]:
-        members: set[bytes] = self.redis.smembers(self._keys("")[4])  # type: ignore[assignment]
+        with self._reachable():
+            members: set[bytes] = self.redis.smembers(self._keys("")[4])  # type: ignore[assignment]
         names = sorted(n.decode() for n in members)
         out = {}
         for name in names:
@@ -246,7 +258,7 @@ class RedisState:
         while not self._stop.wait(self.lease_ms / 3000):
             try:
                 self.renew()
-            except (redis.RedisError, TimeoutError) as exc:
+            except Unavailable as exc:
                 log.warning("model leases not renewed: %s", exc)
 
     def close(self) -> None:

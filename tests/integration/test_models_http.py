@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from basic_inference_server.models.redis_state import RedisState
-from tests.conftest import REDIS_URL, assert_error, assert_ok, wait_until
+from tests.conftest import REDIS_URL, assert_error, assert_ok, free_port, wait_until
 from tests.integration.test_metrics import samples
 
 UNITS = 512
@@ -142,3 +142,11 @@ def test_killed_worker_frees_its_references(gateways, prefix):
     gw.wait_ready(20)
     assert_ok(gw.run("one", models=["a"]))  # the respawned worker loads its own copy
     state.close()
+
+
+def test_unreachable_model_state_is_503(gateways):
+    gw = gateways({"CONFIG_ENDPOINTS": {"pool": pool(
+        MODEL_STATE_URL=f"redis://127.0.0.1:{free_port()}/0")}})
+    resp = gw.run("pool", models=["a"])
+    body = assert_error(resp, 503)
+    assert "model state unavailable" in body["ERROR"] and resp.headers["Retry-After"] == "1"
