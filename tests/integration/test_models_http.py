@@ -28,7 +28,8 @@ def test_eviction_lru_pinned_and_429(gateways):
     # Room for 3.5 models at the 80 % threshold: pinned + two others.
     budget_mb = 3.5 * SIZE / MB / 0.8
     gw = gateways({"CONFIG_ENDPOINTS": {"pool": pool(MODEL_MEMORY_BUDGET_MB=budget_mb,
-                                                     PRELOAD_MODELS=["pinned"])}})
+                                                     PRELOAD_MODELS=["pinned"],
+                                                     MODEL_THRASH_LIMIT=2)}})
 
     def loaded_after(*models):
         return assert_ok(gw.run("pool", models=list(models)))["loaded"]
@@ -63,6 +64,16 @@ def test_eviction_lru_pinned_and_429(gateways):
     assert value("bis_model_memory_bytes", model="c") == SIZE
     assert value("bis_model_hits_total", model="a") >= 1
     assert value("bis_model_load_seconds_count", model="a") == 1
+    # b was loaded, evicted and loaded again: over the limit of 2 events, one alert.
+    assert value("bis_model_thrashing", model="b") == 1
+    assert value("bis_model_thrashing", model="a") == 0
+
+    def alerts():
+        notes = gw.get("/notifications").json()["NOTIFICATIONS"]
+        return [n for n in notes if n["endpoint"] == "pool" and n["notif"] == "alert"]
+
+    listed = wait_until(alerts, timeout=10, message="the thrash alert is in /notifications")
+    assert [n["msg"] for n in listed] == ["model b thrashes: 3 loads/unloads in 300 s"]
 
 
 def test_model_factory_sources(gateways, monkeypatch):
