@@ -101,9 +101,15 @@ class FlaskWorker:
         """Run the model on several ``_pre_process`` results at once; one result each, in order.
 
         A result that is an ``Exception`` instance fails only its own request. Default:
-        ``_predict`` on each item.
+        ``_predict`` on each item, an exception it raises becoming that item's result.
         """
-        return [self._predict(item) for item in batch]
+        results: list[Any] = []
+        for item in batch:
+            try:
+                results.append(self._predict(item))
+            except Exception as exc:  # noqa: BLE001 - it fails its own request, not the batch
+                results.append(exc)
+        return results
 
     def _build_model(self, name: str, spec: dict[str, Any]) -> Any:
         """Build model ``name`` of ``MODELS`` from its spec (``self.models`` calls it)."""

@@ -4,7 +4,8 @@ gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the wo
 count and graceful stops. We use the ``gthread`` worker with one thread: it keeps the
 front's pooled connections alive (the ``sync`` worker closes every connection) while
 running one request at a time per process, so user code never runs concurrently in
-one process. gunicorn's "dirty arbiter" pool is not used: it would add an IPC hop with
+one process (with ``MAX_BATCH_SIZE`` n > 1 it runs n threads, and one batch thread runs
+the model: see ``batching.py``). gunicorn's "dirty arbiter" pool is not used: it would add an IPC hop with
 JSON re-encoding to every request, and our workers already are dedicated model
 processes. Its control socket is disabled: the manager drives servers by signals.
 """
