@@ -52,6 +52,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()
         self._active = 0  # requests inside run(), queued or not
+        self._last = 1  # size of the last batch
         self._sizes = BATCH_SIZE.labels(worker.endpoint)
         self._thread = threading.Thread(target=self._loop, name="bis-batcher", daemon=True)
         self._thread.start()
@@ -90,14 +91,18 @@ class Batcher:
             while not self._queue:
                 self._cond.wait()
             deadline = time.monotonic() + self.max_delay_s
-            # Wait for more only while other requests are in the worker (pre- or
-            # post-processing): they are the ones about to join.
-            while len(self._queue) < self.max_size and self._active > len(self._queue):
+            # Wait for more while more are likely: other requests are in the worker (pre-
+            # or post-processing), or the last batch was not alone (under load, the
+            # answers to the last batch come back as new requests). A lone request on an
+            # idle worker does not wait.
+            while len(self._queue) < self.max_size and (
+                    self._active > len(self._queue) or self._last > 1):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             n = min(self.max_size, len(self._queue))
+            self._last = n
             return [self._queue.popleft() for _ in range(n)]
 
     def _loop(self) -> None:
