@@ -56,8 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="seconds of discarded load first (3)")
     p.add_argument("--concurrency", type=int, default=32, help="wrk connections (32)")
     p.add_argument("--delay-ms", type=float, default=5, help="MAX_BATCH_DELAY_MS when on (5)")
-    p.add_argument("--torch-threads", type=int, default=1,
-                   help="TORCH_THREADS of both endpoints; 0: torch's default, one per core (1)")
+    p.add_argument("--torch-threads", type=int, default=0,
+                   help="TORCH_THREADS of both endpoints; 0: torch's default, one per core (0)")
     p.add_argument("--wrk", default=shutil.which("wrk") or "/usr/bin/wrk", help="wrk binary")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
     p.add_argument("--ready-timeout", type=float, default=180.0,
