@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from basic_inference_server.errors import BadRequest
@@ -74,3 +76,22 @@ def test_memory_probe_reads_the_placed_gpu_through_nvml(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     no_nvml = RecordedNvml({"init_error": "NVML_ERROR_LIBRARY_NOT_FOUND"})
     assert isinstance(choose_probe(None, lambda: 0, api=no_nvml), SystemProbe)
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("MODEL_MEMORY_THRESHOLD", 1.5, "must be in (0, 1]"),
+    ("MODEL_MEMORY_THRESHOLD", 0, "must be in (0, 1]"),
+    ("MODELS", {"a": "not an object"}, "must map model names to objects"),
+    ("CUSTOMER_MODELS", {"acme": "a"}, "must map customer ids to lists"),
+    ("PRELOAD_MODELS", ["a", 1], "must be a list of strings"),
+    ("GPUS", [0, -1], "must be a list of GPU indices"),
+    ("MAX_BATCH_SIZE", 0, "must be >= 1"),
+    ("MODEL_LEASE", 0, "must be >= 0.1"),
+])
+def test_model_and_batching_settings_are_validated(key, value, problem):
+    from basic_inference_server.config import parse_config
+    from basic_inference_server.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(problem)) as info:
+        parse_config({"CONFIG_ENDPOINTS": {"ep": {key: value}}})
+    assert key in str(info.value)
