@@ -9,8 +9,10 @@ comes from the manager when ``/metrics`` is scraped. The endpoint servers' worke
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
@@ -51,11 +53,21 @@ def render(servers: dict[str, Any]) -> bytes:
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
-    if os.environ.get("BIS_SERVER_METRICS_DIR"):
+    server_dir = os.environ.get("BIS_SERVER_METRICS_DIR")
+    if server_dir:
         # The endpoint servers' workers (model manager metrics) write there.
-        multiprocess.MultiProcessCollector(registry, path=os.environ["BIS_SERVER_METRICS_DIR"])
+        _forget_dead_workers(server_dir)
+        multiprocess.MultiProcessCollector(registry, path=server_dir)
     registry.register(ManagerCollector(servers))
     return bytes(generate_latest(registry))
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the live gauges of server workers that died unseen (a server killed whole)."""
+    for live in Path(path).glob("gauge_live*_*.db"):
+        pid = live.stem.rpartition("_")[2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            multiprocess.mark_process_dead(int(pid), path)
 
 
 def mark_dead(pid: int) -> None:

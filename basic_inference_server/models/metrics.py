@@ -27,7 +27,7 @@ REFS = Gauge("bis_model_refs", "References held now", LABELS, multiprocess_mode=
 MEMORY = Gauge("bis_model_memory_bytes", "Memory taken by loaded copies", LABELS,
                multiprocess_mode="livesum")
 THRASHING = Gauge("bis_model_thrashing", "1 while a model is loaded and unloaded too often", LABELS,
-                  multiprocess_mode="max")
+                  multiprocess_mode="livemax")
 
 
 class ThrashDetector:
