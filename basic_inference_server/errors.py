@@ -80,6 +80,28 @@ class QueueFull(ServingError):
     kind = "queue_full"
 
 
+class ModelsUnavailable(ServingError):
+    """Models a request needs cannot be loaded now (no room on the device): come back later.
+
+    The body carries the model manager's fields (``error``, ``unavailable_models``,
+    ``message``) beside the usual ``ERROR``.
+    """
+
+    status = 429
+    kind = "models_unavailable"
+
+    def __init__(self, models: list[str], reason: str, retry_after: float = 5) -> None:
+        super().__init__(f"models unavailable: {', '.join(models)} ({reason})",
+                         retry_after=retry_after)
+        self.models = list(models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "error": "Required models unavailable",
+                "unavailable_models": self.models,
+                "message": "The server is currently unable to handle the request due to a "
+                           "temporary overloading or maintenance of the server."}
+
+
 class Unavailable(ServingError):
     """The endpoint is starting, restarting, failed or stopped."""
 

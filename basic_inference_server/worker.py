@@ -8,6 +8,15 @@ The framework builds one instance per worker process (after the fork), calls
 An exception in ``_pre_process`` is the caller's fault (HTTP 400); one in ``_predict``
 or ``_post_process`` is the endpoint's (HTTP 500). The worker never sees HTTP.
 
+With ``MAX_BATCH_SIZE`` above 1, requests arriving together are grouped: each runs
+``_pre_process`` and ``_post_process`` in its own thread, and one thread calls
+``_predict_batch`` with the list of their ``_pre_process`` results (see
+:mod:`basic_inference_server.server.batching`).
+
+``self.models`` is the worker's :class:`~basic_inference_server.models.manager.ModelManager`:
+``with self.models.use(name) as model:`` loads (or reuses) a model declared in the
+endpoint's ``MODELS`` through ``_build_model`` and holds it for the block.
+
 Compatibility with the original project: the endpoint module's ``_CONFIG`` dict gives
 defaults, overridden by the endpoint's section of ``config_gateway.json``; every key is
 readable as ``self.cfg_<lower key>`` and the whole as ``self.config_data``.
@@ -19,10 +28,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ipc import Notifier
 from .logger import PrefixedLog
+
+if TYPE_CHECKING:
+    from .models.manager import ModelManager
 
 
 @dataclass
@@ -49,6 +61,7 @@ class FlaskWorker:
             self.log.prefix = prefix_log
         self.config_data: dict[str, Any] = {**(default_config or {}), **(upstream_config or {})}
         self._notifier = notifier or Notifier(None)
+        self.models: ModelManager  # set by the framework before _load_model
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: serves cfg_<key> from config_data.
@@ -72,8 +85,36 @@ class FlaskWorker:
         raise NotImplementedError(f"{type(self).__name__} must implement _pre_process")
 
     def _predict(self, prep_inputs: Any) -> Any:
-        """Run the model on what ``_pre_process`` returned."""
-        raise NotImplementedError(f"{type(self).__name__} must implement _predict")
+        """Run the model on what ``_pre_process`` returned.
+
+        Default, for workers that only implement ``_predict_batch``: a batch of one.
+        """
+        if type(self)._predict_batch is FlaskWorker._predict_batch:
+            raise NotImplementedError(f"{type(self).__name__} must implement _predict "
+                                      f"(or _predict_batch)")
+        result = self._predict_batch([prep_inputs])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _predict_batch(self, batch: list[Any]) -> list[Any]:
+        """Run the model on several ``_pre_process`` results at once; one result each, in order.
+
+        A result that is an ``Exception`` instance fails only its own request. Default:
+        ``_predict`` on each item, an exception it raises becoming that item's result.
+        """
+        results: list[Any] = []
+        for item in batch:
+            try:
+                results.append(self._predict(item))
+            except Exception as exc:  # noqa: BLE001 - it fails its own request, not the batch
+                results.append(exc)
+        return results
+
+    def _build_model(self, name: str, spec: dict[str, Any]) -> Any:
+        """Build model ``name`` of ``MODELS`` from its spec (``self.models`` calls it)."""
+        raise NotImplementedError(f"{type(self).__name__} declares MODELS but does not implement "
+                                  f"_build_model(name, spec) to build {name!r}")
 
     def _post_process(self, pred: Any) -> Any:
         """Turn the prediction into a JSON-able dict (or a :class:`FileOutput`)."""

@@ -647,7 +647,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument("--keep-logs", action="store_true",
                    help="keep the temp folder with configs and gateway logs")
-    args = p.parse_args(argv)
+    return check_wrk_args(p, p.parse_args(argv))
+
+
+def check_wrk_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """--duration / --warmup whole seconds and a runnable --wrk, or exit with the parser's error."""
     if args.duration < 1 or args.warmup < 1:
         p.error("--duration and --warmup are whole seconds, at least 1 (wrk's -d)")
     if not (os.path.isfile(args.wrk) and os.access(args.wrk, os.X_OK)):

@@ -36,6 +36,7 @@ HTTP_TIMEOUT = 10.0
 SHUTDOWN_CMD = {"SIGNATURE": "SAFE_KILL_SERVER_CMD"}
 # States in which an endpoint has stopped changing on its own for a while.
 SETTLED = ("READY", "FAILED", "CRASHLOOP", "STOPPED")
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
@@ -396,3 +397,17 @@ class Traffic:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of the test's own (127.0.0.1:6379/0); its keys are deleted after."""
+    import redis
+
+    prefix = f"bis-test-{os.urandom(4).hex()}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

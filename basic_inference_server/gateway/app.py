@@ -215,7 +215,7 @@ class Front:
             gauge = metrics.IN_FLIGHT.labels(name)
             gauge.inc()
             try:
-                resp = self.upstream.forward(route, name, raw)
+                resp = self.upstream.forward(route, name, raw, environ.get("HTTP_X_CUSTOMER_ID"))
             finally:
                 gauge.dec()
         except ServingError as err:

@@ -3,14 +3,17 @@
 Request metrics are recorded by every front process into ``PROMETHEUS_MULTIPROC_DIR``
 (set by the manager) and merged at scrape time; the state of endpoints and workers,
 and the supervisor's latest health sample (memory, disk, GPUs, alerts), come from the
-manager when ``/metrics`` is scraped.
+manager when ``/metrics`` is scraped. The endpoint servers' workers (model manager
+metrics) write to ``BIS_SERVER_METRICS_DIR``, merged the same way.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
@@ -94,10 +97,23 @@ def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)
+    server_dir = os.environ.get("BIS_SERVER_METRICS_DIR")
+    if server_dir:
+        # The endpoint servers' workers (model manager metrics) write there.
+        _forget_dead_workers(server_dir)
+        multiprocess.MultiProcessCollector(registry, path=server_dir)
     registry.register(ManagerCollector(servers, health))
     for collector in extra:
         registry.register(collector)
     return bytes(generate_latest(registry))
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the live gauges of server workers that died unseen (a server killed whole)."""
+    for live in Path(path).glob("gauge_live*_*.db"):
+        pid = live.stem.rpartition("_")[2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            multiprocess.mark_process_dead(int(pid), path)
 
 
 def mark_dead(pid: int) -> None:

@@ -82,11 +82,13 @@ class Connection:
             self.sock.close()
             raise
 
-    def post(self, target: bytes, body: bytes, timeout: float) -> tuple[UpstreamResponse, bool]:
-        """Send one request; return the answer and whether the connection stays usable."""
+    def post(self, target: bytes, body: bytes, timeout: float,
+             extra: bytes = b"") -> tuple[UpstreamResponse, bool]:
+        """Send one request (``extra``: header lines to add); return the answer and whether
+        the connection stays usable."""
         self.sock.settimeout(timeout)
-        head = (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\n"
-                b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        head = (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + extra
+                + b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         if len(body) <= _SMALL_BODY:
             self.sock.sendall(head + body)
         else:
@@ -122,7 +124,8 @@ class Upstream:
         rotated = sockets[start:] + sockets[:start]
         return sorted(rotated, key=self.board.load)
 
-    def forward(self, route: dict[str, Any], name: str, body: bytes) -> UpstreamResponse:
+    def forward(self, route: dict[str, Any], name: str, body: bytes,
+                customer: str | None = None) -> UpstreamResponse:
         """Send a ``/run`` to the least busy worker of an endpoint.
 
         Each worker process listens on a socket of its own besides the shared one, so
@@ -130,7 +133,10 @@ class Upstream:
         that cannot be reached (it just died) hands the request to a sibling: nothing
         was sent, so nothing can run twice. A worker that dies running the request
         makes it a 503 at once or, with ``RETRY_ON_CRASH``, one more try on a sibling.
+        ``customer`` is passed on as ``X-Customer-ID`` (the model manager picks
+        customer-specific models by it).
         """
+        extra = b"X-Customer-ID: " + customer.encode("latin-1") + b"\r\n" if customer else b""
         sockets = route.get("workers") or []
         timeout = float(route["timeout"])
         # One more try on a sibling after a worker died running the request, where the
@@ -146,7 +152,7 @@ class Upstream:
             with self._lock:
                 self.board.add(path, 1)
             try:
-                resp = self.post(path, name, body, timeout)
+                resp = self.post(path, name, body, timeout, extra)
             except NotConnected:
                 self._drop(path)
                 if i == len(candidates) - 1:
@@ -185,7 +191,8 @@ class Upstream:
                 return
         conn.close()
 
-    def post(self, path: str, name: str, body: bytes, timeout: float) -> UpstreamResponse:
+    def post(self, path: str, name: str, body: bytes, timeout: float,
+             extra: bytes = b"") -> UpstreamResponse:
         """POST ``body`` to ``/run`` of the server at ``path``; failures become 503 / 504."""
         for attempt in (0, 1):
             conn = self._take(path) if attempt == 0 else None
@@ -198,7 +205,7 @@ class Upstream:
                                        f"{exc.strerror or exc}", retry_after=1,
                                        SIGNATURE=name) from None
             try:
-                resp, keep = conn.post(b"/run", body, timeout)
+                resp, keep = conn.post(b"/run", body, timeout, extra)
             except TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",

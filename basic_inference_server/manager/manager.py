@@ -68,6 +68,9 @@ class Manager:
         self.routes_path = self.run_dir / "routes.json"
         self.control_path = str(self.run_dir / "control.sock")
         self.notify_path = str(self.run_dir / "notify.sock")
+        # Endpoint servers' metrics (model manager), merged into the front's /metrics.
+        self.server_metrics = self.run_dir / "metrics-servers"
+        self.server_metrics.mkdir()
         self.endpoints: dict[str, Endpoint] = {}
         self.front_listener: socket.socket | None = None
         self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
@@ -236,7 +239,8 @@ class Manager:
         metrics.mkdir()
         return spawn("front", "gateway", "basic_inference_server.gateway", spec,
                      fds=(self.front_listener.fileno(),),
-                     env={"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+                     env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),
+                          "BIS_SERVER_METRICS_DIR": str(self.server_metrics)})
 
     def _spawn_supervisor(self) -> Child:
         spec = {"control": self.control_path,
@@ -288,6 +292,9 @@ class Manager:
             "jobs": self.jobs.to_dict(),
         }
 
+    def _server_env(self) -> dict[str, str]:
+        return {"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)}
+
     def _start_endpoint(self, ep: Endpoint) -> None:
         """Spawn the endpoint's process; it becomes READY when a worker reports in."""
         if ep.config.is_support:
@@ -305,7 +312,8 @@ class Manager:
         ep.worker_sockets.clear()
         ep.reported_workers = None
         ep.child = spawn("server", ep.name, "basic_inference_server.server", self._server_spec(ep),
-                         fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation)
+                         fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
+                         env=self._server_env())
         ep.state = State.STARTING
         self._publish()
 
@@ -331,7 +339,7 @@ class Manager:
         ep.generation += 1
         ep.pending = spawn("server", ep.name, "basic_inference_server.server",
                            self._server_spec(ep), fds=tuple(s.fileno() for s in ep.listeners),
-                           generation=ep.generation)
+                           generation=ep.generation, env=self._server_env())
 
     def stop_endpoint(self, ep: Endpoint) -> None:
         ep.restart_at = None

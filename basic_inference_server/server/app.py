@@ -21,7 +21,9 @@ from ..discovery import load_worker_class
 from ..errors import ServingError
 from ..flask_errors import install_json_errors
 from ..ipc import Notifier
+from ..models.setup import RequestModels, build_manager
 from ..worker import FileOutput, FlaskWorker
+from .batching import Batcher
 from .pipeline import decode_base64_fields, encode_base64_fields, run_pipeline
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,11 @@ def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
     defaults = {**endpoint_defaults(), **module_config}
     worker = cls(default_config=defaults, upstream_config=spec.worker_config,
                  worker_id=slot, endpoint=spec.name, notifier=notifier)
+    worker.models = build_manager(worker)
     started = time.perf_counter()
     log.info("%s worker %d: loading model (%s)", spec.name, slot, cls.__name__)
     worker._load_model()
+    worker.models.preload(worker.config_data.get("PRELOAD_MODELS") or [])
     log.info("%s worker %d: model loaded in %.3f s", spec.name, slot,
              time.perf_counter() - started)
     return worker
@@ -81,6 +85,13 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
     worker_tag = f"{spec.name}:{worker.worker_id}"
     signature = f"{type(worker).__name__}:{worker.worker_id}"
     pid = os.getpid()
+    models = RequestModels.for_worker(worker)
+    batch_size = int(cfg.get("MAX_BATCH_SIZE") or 1)
+    if batch_size > 1:
+        compute = Batcher(worker, batch_size, float(cfg.get("MAX_BATCH_DELAY_MS", 5)) / 1000).run
+    else:
+        def compute(inputs: dict[str, Any]) -> Any:
+            return run_pipeline(worker, inputs)
 
     def meta(call_id: int) -> dict[str, Any]:
         out = protocol.base_meta(spec.server_name, spec.app_version)
@@ -91,12 +102,19 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         return Response(protocol.dumps(body), status=status, headers=list(headers),
                         mimetype=protocol.JSON)
 
-    def execute(inputs: dict[str, Any]) -> Outcome:
-        """Run the pipeline on a request's fields: what ``/run`` answers (or a file)."""
+    def execute(inputs: dict[str, Any], customer: str | None = None) -> Outcome:
+        """Run the pipeline on a request's fields: what ``/run`` answers (or a file).
+
+        The models the request needs (see :mod:`..models`) are held while it runs.
+        """
         call_id = next(counter)
         try:
             decode_base64_fields(inputs, b64_in)
-            result = run_pipeline(worker, inputs)
+            if models is None:
+                result = compute(inputs)
+            else:
+                with models.hold(inputs, customer):
+                    result = compute(inputs)
         except ServingError as err:
             return err.status, {**err.to_dict(), **meta(call_id)}, err.headers()
         if isinstance(result, FileOutput):
@@ -115,7 +133,7 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
                 inputs = protocol.parse_body(request.get_data(cache=False))
         except ServingError as err:
             return answer(err.status, {**err.to_dict(), **meta(next(counter))}, err.headers())
-        status, body, headers = execute(inputs)
+        status, body, headers = execute(inputs, request.headers.get("X-Customer-ID"))
         if isinstance(body, FileOutput):
             return _file_answer(body)
         return answer(status, body, headers)

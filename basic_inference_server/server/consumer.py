@@ -18,6 +18,7 @@ the job again and overwrites the same result, it never loses it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import socket
@@ -63,6 +64,9 @@ class JobConsumer:
 
     def __init__(self, endpoint: str, execute: Execute, jobs: JobsSpec,
                  settings: dict[str, Any]) -> None:
+        """With batching (``MAX_BATCH_SIZE`` > 1) requests and jobs all go through the
+        batcher, which already runs the model on one thread: the gate would only keep
+        requests from forming batches, so there is none."""
         self.endpoint = endpoint
         self.execute = execute
         self.jobs = jobs
@@ -70,7 +74,12 @@ class JobConsumer:
         self.backoff = float(settings["RETRY_BACKOFF"])
         self.visibility = float(settings["VISIBILITY_TIMEOUT"])
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.gate = threading.Lock()
+        batching = int(settings.get("MAX_BATCH_SIZE") or 1) > 1
+        self.gate: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if batching else threading.Lock())
+        # Requests being served; the consumer claims a job only when there are none.
+        self.in_flight = 0
+        self._count = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
         self.stopping = threading.Event()
@@ -85,12 +94,17 @@ class JobConsumer:
         def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") != "/run":
                 return app(environ, start_response)
-            self.idle.clear()
+            with self._count:
+                self.in_flight += 1
+                self.idle.clear()
             try:
                 with self.gate:
                     return app(environ, start_response)
             finally:
-                self.idle.set()
+                with self._count:
+                    self.in_flight -= 1
+                    if not self.in_flight:
+                        self.idle.set()
 
         return guarded
 

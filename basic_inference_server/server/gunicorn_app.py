@@ -4,7 +4,8 @@ gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the wo
 count and graceful stops. We use the ``gthread`` worker with one thread: it keeps the
 front's pooled connections alive (the ``sync`` worker closes every connection) while
 running one request at a time per process, so user code never runs concurrently in
-one process. gunicorn's "dirty arbiter" pool is not used: it would add an IPC hop with
+one process (with ``MAX_BATCH_SIZE`` n > 1 it runs n threads, and one batch thread runs
+the model: see ``batching.py``). gunicorn's "dirty arbiter" pool is not used: it would add an IPC hop with
 JSON re-encoding to every request, and our workers already are dedicated model
 processes. Its control socket is disabled: the manager drives servers by signals.
 """
@@ -22,10 +23,12 @@ from gunicorn.app.base import BaseApplication
 from ..childproc import take_slot
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
+from ..gateway.metrics import mark_dead
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from .app import ServerSpec, build_worker, create_app
 from .consumer import start_consumer, stop_consumer
+from .placement import place_worker
 from .probe import ProbeListener, probe_path
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,7 @@ class EndpointServer(BaseApplication):
         def post_fork(_server: Any, worker: Any) -> None:
             die_with_parent(signal.SIGKILL)
             _worker_slot["slot"] = worker.bis_slot
+            place_worker(spec.worker_config.get("GPUS"), worker.bis_slot)
 
         def post_worker_init(worker: Any) -> None:
             path = _own_socket_path(spec, worker.bis_slot)
@@ -113,6 +117,7 @@ class EndpointServer(BaseApplication):
             path = _own_socket_path(spec, worker.bis_slot)
             _unlink(path)
             _unlink(probe_path(path))
+            mark_dead(worker.pid)
             notifier.send("worker_exit", endpoint=spec.name, pid=worker.pid,
                           generation=spec.generation)
 
@@ -128,7 +133,8 @@ class EndpointServer(BaseApplication):
             "bind": [f"{spec.host}:{spec.port}", f"unix:{spec.socket}"],
             "workers": spec.nr_workers,
             "worker_class": "gthread",
-            "threads": 1,
+            # One request at a time, unless batching: then as many as a batch holds.
+            "threads": max(1, int(spec.worker_config.get("MAX_BATCH_SIZE", 1))),
             # Longer than the front's idle pool lifetime: the front closes first.
             "keepalive": 120,
             # Model loading runs before the worker's heartbeat loop starts.

@@ -56,5 +56,7 @@ def run_pipeline(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
         pred = worker._predict(prep)
         stage = "_post_process"
         return worker._post_process(pred)
+    except ServingError:
+        raise  # already an answer (a model the request needs is unavailable: 429)
     except Exception as exc:
         raise StageError(stage, exc) from exc

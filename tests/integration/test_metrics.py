@@ -21,6 +21,8 @@ def samples(gw):
 
 def test_metrics_count_requests_and_report_workers(gateways):
     gw = gateways(CONFIG)
+    # READY comes with the first worker; the gauge below counts both.
+    wait_until(lambda: gw.server("echo")["workers_ready"] == 2, message="both echo workers ready")
     for i in range(20):
         assert_ok(gw.run("echo", I=i))
     assert_error(gw.run("nope"), 404)

@@ -1,0 +1,139 @@
+"""Dynamic batching: requests arriving together at a worker share one model call.
+
+With ``MAX_BATCH_SIZE`` n > 1 the server runs n request threads per worker process.
+Each request thread runs ``_pre_process`` (a failure is a 400 for that request only),
+hands the result to the worker's one batch thread and waits. The batch thread takes
+the first waiting input, then waits up to ``MAX_BATCH_DELAY_MS`` for more while other
+requests are inside the worker (a lone request runs at once), and calls
+``_predict_batch(list)`` once for up to n inputs. Each result goes back to its request
+thread, which runs ``_post_process``.
+
+Errors stay per request: a result that is an ``Exception`` instance fails its own
+request; if ``_predict_batch`` raises for a batch of several, each input is run again
+alone so that only the ones that fail by themselves get a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from prometheus_client import Histogram
+
+from ..errors import ServingError
+from ..worker import FlaskWorker
+from .pipeline import StageError
+
+log = logging.getLogger(__name__)
+BATCH_SIZE = Histogram("bis_batch_size", "Inputs per _predict_batch call", ["endpoint"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+
+
+class _Item:
+    __slots__ = ("prep", "result", "error", "done")
+
+    def __init__(self, prep: Any) -> None:
+        self.prep = prep
+        self.result: Any = None
+        self.error: ServingError | None = None
+        self.done = threading.Event()
+
+
+class Batcher:
+    """Groups the inputs of concurrent requests into ``_predict_batch`` calls."""
+
+    def __init__(self, worker: FlaskWorker, max_size: int, max_delay_s: float) -> None:
+        self.worker = worker
+        self.max_size = max_size
+        self.max_delay_s = max_delay_s
+        self._cond = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._active = 0  # requests inside run(), queued or not
+        self._last = 1  # size of the last batch
+        self._sizes = BATCH_SIZE.labels(worker.endpoint)
+        self._thread = threading.Thread(target=self._loop, name="bis-batcher", daemon=True)
+        self._thread.start()
+
+    def run(self, inputs: dict[str, Any]) -> Any:
+        """The pipeline for one request, its ``_predict`` done in a batch."""
+        with self._cond:
+            self._active += 1
+        try:
+            try:
+                prep = self.worker._pre_process(inputs)
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise StageError("_pre_process", exc) from exc
+            item = _Item(prep)
+            with self._cond:
+                self._queue.append(item)
+                self._cond.notify_all()
+            item.done.wait()
+            if item.error is not None:
+                raise item.error
+            try:
+                return self.worker._post_process(item.result)
+            except ServingError:
+                raise
+            except Exception as exc:
+                raise StageError("_post_process", exc) from exc
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def _next_batch(self) -> list[_Item]:
+        with self._cond:
+            while not self._queue:
+                self._cond.wait()
+            deadline = time.monotonic() + self.max_delay_s
+            # Wait for more while more are likely: other requests are in the worker (pre-
+            # or post-processing), or the last batch was not alone (under load, the
+            # answers to the last batch come back as new requests). A lone request on an
+            # idle worker does not wait.
+            while len(self._queue) < self.max_size and (
+                    self._active > len(self._queue) or self._last > 1):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            n = min(self.max_size, len(self._queue))
+            self._last = n
+            return [self._queue.popleft() for _ in range(n)]
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            self._sizes.observe(len(batch))
+            self._predict(batch)
+            for item in batch:
+                item.done.set()
+
+    def _predict(self, batch: list[_Item]) -> None:
+        try:
+            results = self.worker._predict_batch([item.prep for item in batch])
+            if not isinstance(results, list) or len(results) != len(batch):
+                got = len(results) if isinstance(results, list) else type(results).__name__
+                raise TypeError(f"_predict_batch must return a list of {len(batch)} results, got {got}")
+        except ServingError as err:
+            for item in batch:
+                item.error = err
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = StageError("_predict_batch", exc)
+                return
+            log.warning("%s: a batch of %d failed (%s: %s); running its inputs one by one",
+                        self.worker.endpoint, len(batch), type(exc).__name__, exc)
+            for item in batch:
+                self._predict([item])
+            return
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                item.error = StageError("_predict_batch", result)
+            else:
+                item.result = result
