@@ -109,9 +109,16 @@ class Batcher:
         while True:
             batch = self._next_batch()
             self._sizes.observe(len(batch))
-            self._predict(batch)
-            for item in batch:
-                item.done.set()
+            try:
+                self._predict(batch)
+            except BaseException as exc:  # noqa: BLE001 - this thread must outlive any batch
+                log.exception("%s: batch thread caught %s", self.worker.endpoint, type(exc).__name__)
+                for item in batch:
+                    if item.error is None:
+                        item.error = StageError("_predict_batch", exc)
+            finally:
+                for item in batch:
+                    item.done.set()
 
     def _predict(self, batch: list[_Item]) -> None:
         try:

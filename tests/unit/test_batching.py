@@ -69,3 +69,25 @@ def test_worker_with_only_predict_batch_serves_unbatched_too():
         worker._predict(-1)
     with pytest.raises(NotImplementedError, match="_predict_batch"):
         FlaskWorker()._predict(1)
+
+
+def test_batch_thread_survives_a_model_that_exits():
+    class Exits(FlaskWorker):
+        def _pre_process(self, inputs):
+            return inputs["x"]
+
+        def _predict(self, x):
+            if x == 0:
+                raise SystemExit("model code called sys.exit")
+            return x
+
+        def _post_process(self, y):
+            return y
+
+        def _predict_batch(self, batch):
+            return [self._predict(x) for x in batch]  # lets SystemExit through
+
+    batcher = Batcher(Exits(endpoint="unit"), max_size=4, max_delay_s=0)
+    with pytest.raises(ServingError, match="SystemExit"):
+        batcher.run({"x": 0})
+    assert batcher.run({"x": 5}) == 5  # the batch thread is still there
