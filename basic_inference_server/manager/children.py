@@ -72,8 +72,13 @@ def spawn_script(name: str, script: str, args: list[str]) -> Child:
     return Child(role="support", name=name, proc=proc)
 
 
-# Backoff of a service that keeps dying young: 0 s, then 1 s, 2 s, 4 s ... capped.
-SERVICE_BACKOFF_CAP = 60.0
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 60.0
+
+
+def backoff(step: int) -> float:
+    """The delay before restart number ``step`` of a failing child: 1 s, 2 s, 4 s ... capped."""
+    return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, step)))
 
 
 @dataclass
@@ -101,7 +106,7 @@ class Service:
         run_for = now - self.child.started_at
         self.child = None
         self.failures = 0 if run_for > self.stable_after else self.failures + 1
-        delay = 0.0 if self.failures <= 1 else min(SERVICE_BACKOFF_CAP, 2.0 ** (self.failures - 2))
+        delay = 0.0 if self.failures <= 1 else backoff(self.failures - 2)
         self.restart_at = now + delay
         return delay
 

@@ -646,7 +646,10 @@ class Manager:
         pids = [int(p) for p in args.get("pids") or [] if int(p) in ep.ready_pids]
         for pid in pids:
             log.error("%s: worker %d %s; killing it", ep.name, pid, reason)
-            os.kill(pid, signal.SIGKILL)  # its gunicorn master starts a new one
+            try:
+                os.kill(pid, signal.SIGKILL)  # its gunicorn master starts a new one
+            except ProcessLookupError:
+                pass  # it died meanwhile: replaced all the same
         if pids:
             self.history.add_event("worker_hung", endpoint=ep.name, pids=pids, reason=reason)
         return 200, {"RESULT": f"{ep.name}: killed workers {pids}"}

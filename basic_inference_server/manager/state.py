@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EndpointConfig
-from .children import Child
+from .children import BACKOFF_FIRST, Child, backoff
 
-BACKOFF_FIRST = 1.0
-BACKOFF_CAP = 60.0
 # A server that ran this long before dying is not in a crash loop: restart at once.
 STABLE_AFTER = 30.0
 
@@ -64,7 +62,7 @@ class Endpoint:
         """Delay before the next start: 0 after a lone crash, then 1 s, 2 s, 4 s ... capped."""
         if self.failures <= 1:
             return 0.0 if self.state == State.RESTARTING else BACKOFF_FIRST
-        return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (self.failures - 1)))
+        return backoff(self.failures - 1)
 
     def describe(self) -> dict[str, Any]:
         """The endpoint as /list_servers shows it."""

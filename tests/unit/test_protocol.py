@@ -17,7 +17,8 @@ from basic_inference_server.errors import (
     Unavailable,
     UpstreamTimeout,
 )
-from basic_inference_server.manager.state import BACKOFF_CAP, Endpoint, State
+from basic_inference_server.manager.children import BACKOFF_CAP
+from basic_inference_server.manager.state import Endpoint, State
 from basic_inference_server.protocol import base_meta, dumps, parse_body, signature_of
 from basic_inference_server.server.pipeline import (
     StageError,
