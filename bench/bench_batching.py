@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Dynamic batching on a real model: the embedding endpoint with batching off and on.
 
-    python bench/bench_batching.py [--rounds 3] [--duration 5] [--concurrency 32] [--json PATH]
+    python bench/bench_batching.py [--rounds 5] [--duration 5] [--concurrency 32] [--json PATH]
 
 One gateway serves endpoints/embeddings.py (all-MiniLM-L6-v2, needs the ``models``
 extra) twice, each with NR_WORKERS 1: ``emb_off`` (MAX_BATCH_SIZE 1, the default) and
@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=int, default=5, help="seconds per measured point (5)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="measured points per endpoint, off and on alternating (3)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="measured points per endpoint, off and on alternating (5)")
     p.add_argument("--warmup", type=int, default=3, help="seconds of discarded load first (3)")
     p.add_argument("--concurrency", type=int, default=32, help="wrk connections (32)")
     p.add_argument("--delay-ms", type=float, default=5, help="MAX_BATCH_DELAY_MS when on (5)")
