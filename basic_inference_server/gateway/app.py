@@ -7,8 +7,6 @@ The front keeps no state but the route table, so the manager can restart it free
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -17,61 +15,28 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Flask, Response, request
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from .. import protocol
 from ..errors import (
     BadRequest,
-    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     ServingError,
-    Unauthorized,
     Unavailable,
 )
-from ..flask_errors import install_json_errors
-from ..ipc import ControlUnavailable, control_call
 from ..queues import JobsSpec
 from . import metrics
-from .dashboard import install_dashboard
-from .jobs import JobsFront, install_job_routes
+from .jobs import JobsFront
 from .loadboard import LoadBoard
+from .management import READY, build_management_app
 from .routes import RouteTable
 from .upstream import Upstream
 
 StartResponse = Callable[..., Any]
 access_log = logging.getLogger("bis.access")
-READY = "READY"
 WAITABLE = ("STARTING", "RESTARTING")
-SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 # Values of a request's ASYNC field that make it a job (a query string carries text).
 ASYNC_TRUE = (True, "true", "True", "1")
-
-# path -> (methods, needs admin rights, description); /get_paths lists this table.
-API: dict[str, tuple[tuple[str, ...], bool, str]] = {
-    "/run": (("POST", "GET"), False, "run an endpoint: body {SIGNATURE, ...}"),
-    "/list_servers": (("GET", "POST"), False, "endpoints with state, workers, port, errors"),
-    "/system_status": (("GET", "POST"), False, "memory, disk, GPU, alerts (SYSTEM_STATUS)"),
-    "/history": (("GET",), False, "rolling window of health samples and events: ?samples=N"),
-    "/notifications": (("GET", "POST"), False, "recent notifications from workers"),
-    "/get_paths": (("GET", "POST"), False, "this list"),
-    "/support_update_status": (("POST",), False, "where support processes report"),
-    "/health/live": (("GET",), False, "200 while the gateway and its manager answer"),
-    "/metrics": (("GET",), False, "Prometheus metrics"),
-    "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
-    "/dashboard": (("GET",), False, "web page: endpoints, alerts, memory and GPU charts, actions"),
-    "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
-    "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
-    "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
-    "/reload_server": (("POST",), True, "zero-downtime code reload: {SIGNATURE}"),
-    "/shutdown": (("POST",), True, "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}"),
-    "/jobs": (("POST",), False, "submit an async job (as /run with ASYNC true): 202 + JOB_ID"),
-    "/jobs/<id>": (("GET",), False, "status, attempts, timestamps and result of a job"),
-    "/jobs/dead": (("GET",), True, "dead letters of an endpoint: ?SIGNATURE=name"),
-    "/jobs/requeue": (("POST",), True, "requeue dead letters: {SIGNATURE, JOB_ID (or all)}"),
-}
 
 
 @dataclass
@@ -91,26 +56,6 @@ class FrontSpec:
     jobs: dict[str, Any] | None = None  # queues.JobsSpec
 
 
-def is_loopback(addr: str | None) -> bool:
-    try:
-        return ipaddress.ip_address((addr or "").split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def check_admin(environ: dict[str, Any], token: str | None) -> None:
-    """Management calls: loopback callers, or anyone presenting the admin token."""
-    header = environ.get("HTTP_AUTHORIZATION")
-    if header is not None:
-        scheme, _, given = header.partition(" ")
-        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
-            raise Unauthorized("invalid admin token")
-        return
-    if not is_loopback(environ.get("REMOTE_ADDR")):
-        raise Forbidden("management calls are accepted from loopback only; configure "
-                        "ADMIN_TOKEN and send 'Authorization: Bearer <token>' to call remotely")
-
-
 class Front:
     """WSGI application of the gateway front."""
 
@@ -119,7 +64,7 @@ class Front:
         self.routes = RouteTable(spec.routes)
         self.upstream = Upstream(LoadBoard(rows=spec.workers))
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
-        self.flask = self._build_flask()
+        self.flask = build_management_app(self)
 
     # -- helpers ------------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -235,96 +180,6 @@ class Front:
         start_response(_status_line(resp.status),
                        [*resp.headers, ("Content-Length", str(len(resp.body)))])
         return [resp.body]
-
-    # -- management (Flask) ---------------------------------------------------------
-    def _build_flask(self) -> Flask:
-        app = Flask("bis-gateway")
-        front = self
-
-        def reply(status: int, body: dict[str, Any], headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
-            return Response(protocol.dumps({**body, **front.meta()}), status=status,
-                            headers=list(headers), mimetype=protocol.JSON)
-
-        def args_of() -> dict[str, Any]:
-            if request.method == "GET":
-                return request.args.to_dict()
-            raw = request.get_data(cache=False)
-            return protocol.parse_body(raw) if raw else {}
-
-        def forward(cmd: str, args: dict[str, Any]) -> Response:
-            try:
-                answer = control_call(front.spec.control, {"cmd": cmd, "args": args})
-            except ControlUnavailable as exc:
-                raise Unavailable(f"the gateway manager is not answering: {exc}",
-                                  retry_after=1) from None
-            status = int(answer["status"])
-            body = answer["body"]
-            if cmd == "system_status" and status == 200:
-                body["QUEUES"] = front.jobs.status(front.routes.names())
-            return reply(status, body, [("Retry-After", "1")] if status == 503 else [])
-
-        def make_view(path: str, admin: bool) -> Callable[[], Response]:
-            cmd = path.strip("/")
-
-            def view() -> Response:
-                if admin:
-                    check_admin(request.environ, front.spec.admin_token)
-                args = args_of()
-                if path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
-                    raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
-                return forward(cmd, args)
-
-            return view
-
-        for path, (methods, admin, _desc) in API.items():
-            if path in ("/run", "/get_paths", "/metrics", "/dashboard") \
-                    or path.startswith(("/health/", "/jobs")):
-                continue
-            app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
-                             methods=list(methods))
-
-        @app.route("/get_paths", methods=["GET", "POST"])
-        def get_paths() -> Response:
-            return reply(200, {"AVAIL_PATHS": {p: {"methods": list(m), "admin": a, "info": d}
-                                               for p, (m, a, d) in API.items()}})
-
-        @app.get("/metrics")
-        def prometheus() -> Response:
-            try:
-                body = control_call(front.spec.control, {"cmd": "metrics", "args": {}})["body"]
-            except ControlUnavailable:
-                body = {}
-            queues = front.jobs.collector(front.routes.names())
-            return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues),
-                            mimetype=CONTENT_TYPE_LATEST)
-
-        @app.get("/health/live")
-        def live() -> Response:
-            # Alive means the control plane answers too: a stuck manager restarts nothing,
-            # so an orchestrator should restart the container.
-            try:
-                control_call(front.spec.control, {"cmd": "ping", "args": {}}, timeout=2.0)
-            except ControlUnavailable as exc:
-                raise Unavailable(f"the gateway manager is not answering: {exc}",
-                                  retry_after=1) from None
-            return reply(200, {"status": "alive"})
-
-        @app.get("/health/ready")
-        def ready() -> Response:
-            states = {n: r["state"] for n, r in front.routes.table()["endpoints"].items()}
-            waiting = {n: s for n, s in states.items() if s not in (READY, "STOPPED")}
-            status = 503 if waiting else 200
-            headers = [("Retry-After", "1")] if waiting else []
-            return reply(status, {"status": "ready" if status == 200 else "not ready",
-                                  "endpoints": states}, headers)
-
-        install_dashboard(app)
-        install_job_routes(app, front.jobs, reply,
-                           lambda: check_admin(request.environ, front.spec.admin_token))
-        install_json_errors(app, reply, "on the gateway; see /get_paths")
-
-        return app
-
 
 _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from basic_inference_server.errors import Forbidden, Unauthorized
-from basic_inference_server.gateway.app import check_admin, is_loopback
+from basic_inference_server.gateway.management import check_admin, is_loopback
 
 TOKEN = "s3cret-token"
 
