@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .. import protocol
 from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from ..flask_errors import install_json_errors
-from ..ipc import ControlUnavailable, control_call
+from ..ipc import ControlUnavailable, control_call, peer_args
 from . import metrics
 from .dashboard import install_dashboard
 from .jobs import install_job_routes
@@ -109,6 +109,8 @@ def build_management_app(front: Front) -> Flask:
             args = args_of()
             if path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
                 raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
+            if path == "/support_update_status":
+                args = {**args, **peer_args(request.environ)}
             return forward(cmd, args)
 
         return view
