@@ -41,6 +41,10 @@ def private_dir(path: str | Path) -> Path:
                           f"process (uid {os.getuid()}); {fix}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"the cache folder {folder} is not writable; {fix}")
+    foreign = sorted(p.name for p in folder.iterdir() if p.lstat().st_uid != os.getuid())
+    if foreign:
+        raise ConfigError(f"files in the cache folder {folder} belong to another user "
+                          f"({', '.join(foreign[:5])}); {fix}")
     if stat.S_IMODE(info.st_mode) != DIR_MODE:
         os.chmod(folder, DIR_MODE)
     return folder
