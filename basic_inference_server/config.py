@@ -59,8 +59,13 @@ class Setting:
     # The value may be ``env:NAME`` or ``file:PATH``, read at start (see resolve_ref).
     secret_ref: bool = False
 
-    def validate(self, value: Any, where: str) -> Any:
+    def validate(self, value: Any, where: str, refs: bool = True) -> Any:
+        """The checked value; ``refs`` False refuses ``env:``/``file:`` references (they
+        are the operator's, read from the configuration file, never from a request)."""
         if self.secret_ref and isinstance(value, str) and value.startswith(REF_PREFIXES):
+            if not refs:
+                raise ConfigError(f"{where}: {self.name} references (env:, file:) are read "
+                                  f"from the configuration file only")
             value = resolve_ref(value, f"{where}: {self.name}")
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
         # bool is an int in Python; an int setting must not accept true/false.
@@ -398,8 +403,8 @@ def _suggest(key: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def parse_endpoint(name: str, raw: Any, where: str) -> EndpointConfig:
-    """Validate one endpoint section."""
+def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> EndpointConfig:
+    """Validate one endpoint section (``refs``: see :meth:`Setting.validate`)."""
     if not is_name(name):
         raise ConfigError(f"{where}: endpoint name {name!r} must be {NAME_RULE_TEXT}")
     if not isinstance(raw, dict):
@@ -409,7 +414,7 @@ def parse_endpoint(name: str, raw: Any, where: str) -> EndpointConfig:
     for key, value in raw.items():
         spec = ENDPOINT_SETTINGS.get(key)
         if spec is not None:
-            settings[key] = spec.validate(value, where)
+            settings[key] = spec.validate(value, where, refs)
             continue
         hint = _suggest(key, list(ENDPOINT_SETTINGS))
         if hint:

@@ -658,11 +658,11 @@ class Manager:
                          **ep.describe()}
         try:
             if ep is None:
-                cfg = parse_endpoint(name, overrides, f"start_server {name}")
+                cfg = parse_endpoint(name, overrides, f"start_server {name}", refs=False)
             else:
                 merged = {**ep.config.worker_config(), **overrides}
                 merged.pop("DISABLED", None)
-                cfg = parse_endpoint(name, merged, f"start_server {name}")
+                cfg = parse_endpoint(name, merged, f"start_server {name}", refs=False)
             endpoint_file(self.endpoints_dir, cfg.module_name)
             if not cfg.is_support:
                 self._check_listen(cfg.settings["HOST"])

@@ -109,6 +109,16 @@ def test_urls_from_the_environment_or_a_file(tmp_path, monkeypatch):
     assert spec.jobs is not None and spec.jobs["queue"] == "redis://:pw@10.0.0.1:6379/0"
 
 
+def test_a_management_call_cannot_read_files_or_the_environment(gateways):
+    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {}}}, env=gateway_env(BIS_ADMIN_TOKEN=TOKEN))
+    for ref in ("env:BIS_ADMIN_TOKEN", "file:/etc/passwd"):
+        resp = gw.post("/start_server", {"SIGNATURE": "other", "SERVER_CLASS": "echo",
+                                         "MODEL_STATE_URL": ref},
+                       headers={"Authorization": f"Bearer {TOKEN}"})
+        assert resp.status_code == 400 and "configuration file only" in resp.json()["ERROR"]
+    assert "other" not in gw.servers()["SERVERS"]
+
+
 def test_tls_urls_give_tls_connections():
     queue = open_queue("rediss://:pw@127.0.0.1:6390/0?prefix=x&ssl_cert_reqs=required")
     assert isinstance(queue, RedisQueue)
