@@ -91,6 +91,10 @@ class Manager:
     def __init__(self, config: GatewayConfig, endpoints_dir: str | Path, host: str = "0.0.0.0",
                  port: int = 5002, cache_dir: str | Path = "_cache") -> None:
         self.config = config
+        # Checked before anything is written there: a folder of another user (an older
+        # image ran as root) is an error that says how to fix it.
+        self.cache_dir = private_dir(cache_dir).resolve()
+        self.admin_token = self._admin_token()
         self.endpoints_dir = str(Path(endpoints_dir).resolve())
         self.host = host
         self.port = port
@@ -112,10 +116,6 @@ class Manager:
             disk_free_pct_min=config["ALERT_DISK_FREE_PCT"],
             gpu_mem_used_pct_max=config["ALERT_GPU_MEM_PCT"],
             restarts_max=config["ALERT_RESTARTS"]))
-        # Checked before anything is written there: a folder of another user (an older
-        # image ran as root) is an error that says how to fix it.
-        self.cache_dir = private_dir(cache_dir).resolve()
-        self.admin_token = self._admin_token()
         self.history = History(cache_dir)
         # The supervisor's latest sample, with the status and alerts computed from it.
         self.health: dict[str, Any] | None = None
