@@ -49,8 +49,9 @@ EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not h
 LOAD_FAILURE_CODES = {3, 4}
 SUPPORT_PATH = "/support_update_status"
 TOKEN_FILE = "admin_token"
-# A support report is kept and shown by /system_status: bounded, so that nothing
-# stored can break a later answer (orjson writes at most 254 levels).
+# A support report (and a worker's notification) is kept and shown by /system_status
+# (/notifications): bounded, so that nothing stored can break a later answer (orjson
+# writes at most 254 levels).
 SUPPORT_MAX_BYTES = 64 * 1024
 SUPPORT_MAX_DEPTH = 32
 # ERROR_TYPE of the manager's error answers, by HTTP status.
@@ -500,6 +501,9 @@ class Manager:
     def _on_event(self, msg: dict[str, Any]) -> None:
         event = msg.get("event")
         if event == "notification":
+            if json_depth(msg, SUPPORT_MAX_DEPTH) > SUPPORT_MAX_DEPTH:
+                log.warning("notification nested deeper than %d levels dropped", SUPPORT_MAX_DEPTH)
+                return
             self.notifications.append(msg)
             return
         ep = self.endpoints.get(msg.get("endpoint", ""))

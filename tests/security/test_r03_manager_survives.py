@@ -100,6 +100,20 @@ def test_bad_events_are_survived(gw, event):
     assert_same_tree(gw, before)
 
 
+def test_a_notification_too_deep_to_answer_is_dropped(gw):
+    deep: dict = {"event": "notification", "endpoint": "echo", "msg": "deep"}
+    node = deep
+    for _ in range(300):
+        node["x"] = {}
+        node = node["x"]
+    notify(gw, json.dumps(deep).encode())
+    notify(gw, json.dumps({"event": "notification", "endpoint": "echo", "msg": "flat"}).encode())
+    assert control(gw, "ping", {})["status"] == 200
+    notes = assert_ok(gw.get("/notifications"))["NOTIFICATIONS"]
+    assert any(n.get("msg") == "flat" for n in notes)
+    assert not any(n.get("msg") == "deep" for n in notes)
+
+
 def test_host_check():
     for good in ("127.0.0.1", "::1", "0.0.0.0", "localhost", "my-host.example.org", "NO_HOST"):
         assert check_host(good) is None, good
