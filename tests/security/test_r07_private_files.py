@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import stat
 
-from basic_inference_server.privfiles import open_private, write_private
 from tests.conftest import assert_ok, gateway_env, wait_until
 
 
@@ -60,20 +59,3 @@ def test_a_token_is_generated_into_a_private_file(gateways):
     assert wrong.status_code == 401
     assert_ok(gw.post("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 1},
                       headers={"Authorization": f"Bearer {token}"}))
-
-
-def test_private_writes(tmp_path):
-    target = tmp_path / "elsewhere"
-    target.write_text("x")
-    link = tmp_path / "link"
-    link.symlink_to(target)
-    for opener in (lambda: open_private(link, "a"), lambda: open_private(link, "w")):
-        try:
-            opener().close()
-        except OSError:
-            pass
-        else:
-            raise AssertionError("opened a file through a symlink")
-    assert target.read_text() == "x"
-    write_private(tmp_path / "secret", "s")
-    assert mode(tmp_path / "secret") == 0o600

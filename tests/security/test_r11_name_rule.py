@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from basic_inference_server.config import is_name, parse_config
+from basic_inference_server.config import parse_config
 from basic_inference_server.errors import ConfigError
 from tests.conftest import assert_error
 
@@ -12,7 +12,6 @@ from tests.conftest import assert_error
 @pytest.mark.parametrize("name", ["echo\n", "echo\n\n", "\necho", "ech o", "-echo", "9echo",
                                   "e" * 65, "échо", ""])
 def test_bad_names_are_refused(name):
-    assert not is_name(name)
     with pytest.raises(ConfigError, match="endpoint name"):
         parse_config({"CONFIG_ENDPOINTS": {name: {}}})
     with pytest.raises(ConfigError, match="SERVER_CLASS"):
@@ -21,7 +20,7 @@ def test_bad_names_are_refused(name):
 
 def test_good_names_pass():
     for name in ("echo", "dummy_model_demo1-bis", "_x", "A" * 64):
-        assert is_name(name)
+        assert parse_config({"CONFIG_ENDPOINTS": {name: {"SERVER_CLASS": name}}}).endpoints[name]
 
 
 def test_start_server_refuses_a_name_with_a_newline(gateways):
