@@ -21,6 +21,7 @@ import redis
 
 from basic_inference_server.config import parse_config
 from basic_inference_server.errors import ConfigError
+from basic_inference_server.models.redis_state import RedisState
 from basic_inference_server.queues import Job, open_queue
 from basic_inference_server.queues.redis import RedisQueue
 from basic_inference_server.server.standalone import build_parser, build_spec
@@ -150,6 +151,12 @@ def test_a_real_tls_redis_carries_jobs(tmp_path):
         assert claim is not None and claim.job.body == job.body
         queue.ack(claim)
         queue.close()
+        # The model state (MODEL_STATE_URL) takes the same rediss:// URL.
+        state = RedisState(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", prefix="tlstest")
+        ref = state.acquire("m", "/models/m")
+        assert state.record("m") is not None
+        state.release("m", ref)
+        state.close()
         # Plain text to the TLS port gets nothing: the jobs really went over TLS.
         plain = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
         with pytest.raises(redis.RedisError):
