@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .gateway.readiness import check_policy as check_ready_policy
 from .queues import check_url
 
 NO_HOST = "NO_HOST"
@@ -112,6 +113,10 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Alert when a GPU's memory use rises over this percentage.", _at_least(0)),
         Setting("ALERT_RESTARTS", int, 3,
                 "Alert when an endpoint restarts this many times within 10 minutes.", _at_least(1)),
+        Setting("READY_POLICY", (str, list), "all",
+                "When /health/ready answers 200: `all` started endpoints READY, `any` one of "
+                "them, or a list of the endpoints that must be READY (probes: see docs/scale-out.md).",
+                check_ready_policy),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
         # Async jobs (basic_inference_server/queues).
