@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .gateway.readiness import check_policy as check_ready_policy
 from .queues import check_url
 
 NO_HOST = "NO_HOST"
@@ -85,6 +84,12 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("NO_STARTUP_WAIT", bool, True,
                 "true: /run to a starting endpoint answers 503 at once; "
                 "false: it waits (up to TIMEOUT) for the endpoint to be ready."),
+        Setting("READY_POLICY", (str, list), "all",
+                "When /health/ready answers 200: `all` started endpoints READY, `any` one of "
+                "them, or a list of the endpoints that must be READY (probes: see docs/scale-out.md).",
+                lambda v: None if v in ("all", "any") or (isinstance(v, list) and v and all(
+                    isinstance(x, str) and x for x in v))
+                else 'must be "all", "any" or a non-empty list of endpoint names'),
         Setting("SERVER_NAME", str, "basic_inference_server",
                 "Name of this box, reported as `server` in every response."),
         Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
@@ -113,10 +118,6 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Alert when a GPU's memory use rises over this percentage.", _at_least(0)),
         Setting("ALERT_RESTARTS", int, 3,
                 "Alert when an endpoint restarts this many times within 10 minutes.", _at_least(1)),
-        Setting("READY_POLICY", (str, list), "all",
-                "When /health/ready answers 200: `all` started endpoints READY, `any` one of "
-                "them, or a list of the endpoints that must be READY (probes: see docs/scale-out.md).",
-                check_ready_policy),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
         # Async jobs (basic_inference_server/queues).

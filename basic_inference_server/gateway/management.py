@@ -19,9 +19,10 @@ from .. import protocol
 from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call
-from . import metrics, readiness
+from . import metrics
 from .dashboard import install_dashboard
 from .jobs import install_job_routes
+from .readiness import waiting_for
 
 if TYPE_CHECKING:
     from .app import Front
@@ -150,7 +151,7 @@ def build_management_app(front: Front) -> Flask:
     def ready() -> Response:
         table = front.routes.table()
         states = {n: r["state"] for n, r in table["endpoints"].items()}
-        waiting = readiness.waiting_for(states, table.get("ready_policy", "all"))
+        waiting = waiting_for(states, table.get("ready_policy", "all"))
         status = 503 if waiting else 200
         headers = [("Retry-After", "1")] if waiting else []
         return reply(status, {"status": "ready" if status == 200 else "not ready",

@@ -8,21 +8,9 @@ list names the endpoints the box cannot serve without.
 
 from __future__ import annotations
 
-from typing import Any
-
 READY = "READY"
 # An endpoint nobody started (DISABLED, or stopped by /kill_server) is no reason to wait.
 IDLE = ("STOPPED",)
-POLICIES = ("all", "any")
-
-
-def check_policy(value: Any) -> str | None:
-    """Settings-table check: ``all``, ``any`` or a non-empty list of endpoint names."""
-    if value in POLICIES:
-        return None
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return None
-    return "must be \"all\", \"any\" or a non-empty list of endpoint names"
 
 
 def waiting_for(states: dict[str, str], policy: str | list[str]) -> dict[str, str]:
