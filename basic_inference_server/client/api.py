@@ -46,9 +46,11 @@ class BaseClient:
     # -- for the drivers -----------------------------------------------------------------
     def _request_args(self, call: Call) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
-        if call.admin and self._admin_token:
+        # The admin token goes with every call but the data path's when an API key is set:
+        # which read-only routes need it is the gateway's choice, not the client's.
+        if self._admin_token and (call.admin or not self._api_key):
             headers["Authorization"] = f"Bearer {self._admin_token}"
-        elif not call.admin and self._api_key:
+        if not call.admin and self._api_key:
             headers[self._api_key_header] = self._api_key
         args: dict[str, Any] = {"method": call.method, "url": self.url + call.path,
                                 "headers": headers, "json": call.json, "params": call.params}

@@ -26,7 +26,7 @@ SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request. ``admin``: it carries the admin token (management calls)."""
+    """One HTTP request. ``admin``: a management call (the admin token, never the API key)."""
 
     method: str
     path: str

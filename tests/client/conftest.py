@@ -7,9 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from basic_inference_server.client import Client
+from tests import conftest
 from tests.conftest import Gateway, GatewayPool, gateway_env
 
-TOKEN = "client-tests-admin-token"
+# The token tests/conftest.py gives every gateway where it does (its helpers send it).
+TOKEN = getattr(conftest, "ADMIN_TOKEN", "test-admin-token-0123456789")
 ENDPOINTS = {
     "echo": {},
     "slow": {"TIMEOUT": 0.5},

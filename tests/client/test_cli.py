@@ -60,7 +60,10 @@ def test_run_with_fields_and_with_an_input_file(env, tmp_path):
 
 
 def test_jobs_submit_wait_result_and_run_async(env):
-    job_id = ok(bis("jobs", "submit", "echo", "k=v", env=env)).strip('"\n')
+    submitted = bis("jobs", "submit", "echo", "k=v", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert submitted.stdout == job_id + "\n" and len(job_id) == 32
     assert ok(bis("jobs", "wait", job_id, env=env))["echo"] == {"k": "v"}
     assert ok(bis("jobs", "result", job_id, env=env))["echo"] == {"k": "v"}
     assert ok(bis("jobs", "status", job_id, env=env))["STATUS"] == "done"
