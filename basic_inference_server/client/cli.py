@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .credentials import CredentialError, resolve
@@ -46,7 +47,7 @@ def parse_fields(items: list[str]) -> dict[str, Any]:
 def payload_of(args: argparse.Namespace) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if args.input:
-        text = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text("utf-8")
         loaded = json.loads(text)
         if not isinstance(loaded, dict):
             raise argparse.ArgumentTypeError("--input must hold a JSON object")
