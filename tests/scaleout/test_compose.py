@@ -88,6 +88,7 @@ def test_commands_flags_and_settings_exist(name, tmp_path):
         assert command[:3] == ["python", "-m", "basic_inference_server.server"]
         args = server_parser().parse_args(command[3:])
         assert args.endpoint in config.endpoints
+        assert args.host == "127.0.0.1" and "ports" not in service  # pulls jobs, serves no one
         assert "admin_token" not in service["secrets"]  # endpoint code never sees it
     assert args.config == out
     assert (ROOT / args.endpoints / f"{next(iter(config.endpoints))}.py").is_file()

@@ -186,7 +186,10 @@ def test_one_worker_deployment_and_scaled_object_per_endpoint(overlay, tmp_path)
         assert endpoint in config.endpoints and gateway.endpoints[endpoint].settings["DISABLED"]
         assert worker["metadata"]["labels"]["bis/endpoint"] == endpoint
         assert pod["terminationGracePeriodSeconds"] > config["STOP_TIMEOUT"]
-        assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+        # Its /run port stays on loopback; the probes run inside the pod.
+        assert args.host == "127.0.0.1" and "ports" not in container
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert f"http://127.0.0.1:{args.port}/health'" in container[probe]["exec"]["command"][2]
         # Worker and gateway share one queue, the one the Redis Service serves.
         queue = urlsplit(config["QUEUE"])
         assert config["QUEUE"] == gateway["QUEUE"] and queue.hostname == "redis"
