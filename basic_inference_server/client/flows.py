@@ -140,10 +140,12 @@ class Flows:
 
     def wait(self, job_id: str, timeout: float | None) -> Flow[dict[str, Any]]:
         deadline = None if timeout is None else self.clock() + timeout
-        for delay in self.poll.delays():
+        delays = self.poll.delays()
+        while True:
             record = yield from self.status(job_id)
             if record.get("STATUS") in (DONE, FAILED, DEAD):
                 return self.outcome(record)
+            delay = next(delays)
             if deadline is not None:
                 left = deadline - self.clock()
                 if left <= 0:
@@ -151,7 +153,6 @@ class Flows:
                                       f"(it is {record.get('STATUS')})", body=record)
                 delay = min(delay, left)
             yield Sleep(delay)
-        raise AssertionError("unreachable: poll delays never end")
 
     # -- management ----------------------------------------------------------------------
     def admin(self, method: str, path: str, json: dict[str, Any] | None = None,
