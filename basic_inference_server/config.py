@@ -189,6 +189,12 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("NO_STARTUP_WAIT", bool, True,
                 "true: /run to a starting endpoint answers 503 at once; "
                 "false: it waits (up to TIMEOUT) for the endpoint to be ready."),
+        Setting("READY_POLICY", (str, list), "all",
+                "When /health/ready answers 200: `all` started endpoints READY, `any` one of "
+                "them, or a list of the endpoints that must be READY (probes: see docs/scale-out.md).",
+                lambda v: None if v in ("all", "any") or (isinstance(v, list) and v and all(
+                    isinstance(x, str) and x for x in v))
+                else 'must be "all", "any" or a non-empty list of endpoint names'),
         Setting("SERVER_NAME", str, "basic_inference_server",
                 "Name of this box, reported as `server` in every response."),
         Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),

@@ -22,6 +22,7 @@ from ..ipc import ControlUnavailable, control_call, peer_args
 from . import metrics
 from .dashboard import install_dashboard
 from .jobs import install_job_routes
+from .readiness import waiting_for
 
 if TYPE_CHECKING:
     from .app import Front
@@ -40,7 +41,7 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/support_update_status": (("POST",), False, "where support processes report"),
     "/health/live": (("GET",), False, "200 while the gateway and its manager answer"),
     "/metrics": (("GET",), False, "Prometheus metrics"),
-    "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
+    "/health/ready": (("GET",), False, "200 when the endpoints READY_POLICY names are READY"),
     "/dashboard": (("GET",), False, "web page: endpoints, alerts, memory and GPU charts, actions"),
     "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
     "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
@@ -150,8 +151,9 @@ def build_management_app(front: Front) -> Flask:
 
     @app.get("/health/ready")
     def ready() -> Response:
-        states = {n: r["state"] for n, r in front.routes.table()["endpoints"].items()}
-        waiting = {n: s for n, s in states.items() if s not in (READY, "STOPPED")}
+        table = front.routes.table()
+        states = {n: r["state"] for n, r in table["endpoints"].items()}
+        waiting = waiting_for(states, table.get("ready_policy", "all"))
         status = 503 if waiting else 200
         headers = [("Retry-After", "1")] if waiting else []
         return reply(status, {"status": "ready" if status == 200 else "not ready",

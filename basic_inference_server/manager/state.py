@@ -111,6 +111,7 @@ def write_routes(path: Path, endpoints: dict[str, Endpoint], settings: dict[str,
     table = {
         "endpoints": {n: e.route() for n, e in endpoints.items() if not e.config.is_support},
         "no_startup_wait": settings["NO_STARTUP_WAIT"],
+        "ready_policy": settings["READY_POLICY"],
         "written_at": time.time(),
     }
     tmp = path.with_suffix(".tmp")
