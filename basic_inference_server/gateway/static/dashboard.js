@@ -218,6 +218,9 @@ async function refresh() {
     document.body.dataset.loaded = "true";
   } catch (err) {
     $("updated").textContent = "update failed: " + err.message;
+    if (document.body.dataset.auth === "needed") {
+      $("endpoints").tBodies[0].replaceChildren();  // no stale buttons without a token
+    }
   }
 }
 
