@@ -23,8 +23,8 @@ _DUMP_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 # then break every later answer that carries it. 64 is far beyond any real payload.
 MAX_JSON_DEPTH = 64
 _RUNS = re.compile(rb"\[+|\]+")
-_BRACKETS_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SHAPE = bytes.maketrans(b"{}", b"[]")
+_NOT_SHAPE = bytes(b for b in range(256) if b not in b'[]{}"')
 
 
 def _fallback(obj: Any) -> Any:
@@ -46,14 +46,19 @@ def json_depth_over(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when valid JSON ``raw`` nests arrays and objects deeper than ``limit``.
 
     C-speed passes over the bytes, not a walk over millions of decoded objects: drop the
-    strings (split on the quotes once the escapes are gone; strings may hold brackets),
-    keep only the brackets, then measure their nesting. A body with no more brackets
-    than the limit cannot be too deep: most bodies take only the two counts.
+    escapes, keep only brackets and quotes, drop what lies between quotes (strings may
+    hold brackets), then measure the nesting. A body with no more brackets than the
+    limit cannot be too deep: most bodies take only the two counts.
     """
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return False
-    outside = b"".join(raw.replace(b"\\\\", b"").replace(b'\\"', b"").split(b'"')[::2])
-    return _nesting(outside.translate(_BRACKETS_AS_SQUARE, _NOT_BRACKET), limit) > limit
+    shape = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_SHAPE, _NOT_SHAPE)
+    # Two quotes in a row end one string and start the next, or close an empty one:
+    # either way no bracket lies between them, and most strings hold none.
+    shape = shape.replace(b'""', b"")
+    if b'"' in shape:
+        shape = b"".join(shape.split(b'"')[::2])
+    return _nesting(shape, limit) > limit
 
 
 def _nesting(shape: bytes, limit: int) -> int:
