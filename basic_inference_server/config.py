@@ -232,6 +232,12 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 _at_least(1, 1_000_000)),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
+        Setting("ALLOWED_HOSTS", list, [],
+                "Host names the management routes and the dashboard answer to, besides IP "
+                "addresses, `localhost` and this machine's names (DNS rebinding guard); "
+                "entries may be `*.domain` or `*`.",
+                lambda v: None if all(isinstance(x, str) and x and x.isascii() and " " not in x
+                                      for x in v) else "must be a list of host names"),
         # Async jobs (basic_inference_server/queues).
         Setting("QUEUE", str, "sqlite",
                 "Job queue: `sqlite` (in _cache/), `sqlite:///path`, `redis://...`, `amqp://...` "

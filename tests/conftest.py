@@ -37,6 +37,11 @@ SHUTDOWN_CMD = {"SIGNATURE": "SAFE_KILL_SERVER_CMD"}
 # States in which an endpoint has stopped changing on its own for a while.
 SETTLED = ("READY", "FAILED", "CRASHLOOP", "STOPPED")
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# Every gateway the fixtures start gets this admin token (env BIS_ADMIN_TOKEN), and the
+# Gateway helpers send it: pass token=None to send no Authorization header, or another
+# string to send that one.
+ADMIN_TOKEN = "test-admin-token-0123456789"
+_GATEWAY_TOKEN = object()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
@@ -87,10 +92,11 @@ class Gateway:
     """One running gateway: its manager process, URLs, HTTP helpers and process tree."""
 
     def __init__(self, proc: subprocess.Popen, port: int, workdir: Path, config_path: Path,
-                 endpoints_dir: Path, log_path: Path) -> None:
+                 endpoints_dir: Path, log_path: Path, token: str | None = ADMIN_TOKEN) -> None:
         self.proc = proc
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
+        self.token = token
         self.workdir = workdir
         self.config_path = config_path
         self.endpoints_dir = endpoints_dir
@@ -150,13 +156,22 @@ class Gateway:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def get(self, path: str, **kw: Any) -> requests.Response:
+    def _auth(self, kw: dict[str, Any], token: Any) -> dict[str, Any]:
+        """``kw`` with the timeout and the Authorization header (the gateway's token by default)."""
         kw.setdefault("timeout", HTTP_TIMEOUT)
-        return requests.get(self.url(path), **kw)
+        token = self.token if token is _GATEWAY_TOKEN else token
+        headers = dict(kw.pop("headers", None) or {})
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        kw["headers"] = headers
+        return kw
 
-    def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:  # noqa: A002
-        kw.setdefault("timeout", HTTP_TIMEOUT)
-        return requests.post(self.url(path), json=json, **kw)
+    def get(self, path: str, token: Any = _GATEWAY_TOKEN, **kw: Any) -> requests.Response:
+        return requests.get(self.url(path), **self._auth(kw, token))
+
+    def post(self, path: str, json: Any = None, token: Any = _GATEWAY_TOKEN,  # noqa: A002
+             **kw: Any) -> requests.Response:
+        return requests.post(self.url(path), json=json, **self._auth(kw, token))
 
     def run(self, signature: str, **fields: Any) -> requests.Response:
         timeout = fields.pop("_timeout", HTTP_TIMEOUT)
@@ -268,13 +283,14 @@ def _cmdline(p: psutil.Process) -> str:
 def gateway_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIS_")}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["BIS_ADMIN_TOKEN"] = ADMIN_TOKEN
     env.update(extra)
     return env
 
 
 def spawn_gateway(workdir: Path, config: dict[str, Any] | str, *,
                   endpoints: Path | None = None, port: int | None = None,
-                  env: dict[str, str] | None = None) -> Gateway:
+                  env: dict[str, str] | None = None, host: str = "127.0.0.1") -> Gateway:
     """Write the config, copy the endpoints, start ``run_gateway.py``; does not wait."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config_gateway.json"
@@ -289,13 +305,18 @@ def spawn_gateway(workdir: Path, config: dict[str, Any] | str, *,
                             ignore=shutil.ignore_patterns("__pycache__"))
     port = port or free_port()
     log_path = workdir / "gateway.log"
+    env = env or gateway_env()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(RUN_GATEWAY), "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, str(RUN_GATEWAY), "--host", host, "--port", str(port),
              "--config", str(config_path), "--endpoints", str(endpoints)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env or gateway_env())
-    return Gateway(proc, port, workdir, config_path, endpoints, log_path)
+            start_new_session=True, env=env)
+    gw = Gateway(proc, port, workdir, config_path, endpoints, log_path,
+                 token=env.get("BIS_ADMIN_TOKEN"))
+    if host not in ("0.0.0.0", "::"):
+        gw.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return gw
 
 
 def with_test_defaults(config: dict[str, Any]) -> dict[str, Any]:

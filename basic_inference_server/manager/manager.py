@@ -288,6 +288,7 @@ class Manager:
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "access_log": self.config["ACCESS_LOG"],
+            "allowed_hosts": self.config["ALLOWED_HOSTS"],
             "jobs": self.jobs.to_dict(),
         }
         metrics = self.run_dir / "metrics"

@@ -1,28 +1,49 @@
 // The dashboard: polls the gateway's own API and draws it; management buttons call the
-// same admin paths as any client (loopback, or the admin token typed in the header).
+// same admin paths as any client. Every call carries the admin token as a Bearer header;
+// the token lives in this tab's sessionStorage only (never a cookie).
 "use strict";
 
 const REFRESH_MS = 2000;
 const HISTORY_SAMPLES = 180;
+const TOKEN_KEY = "bis-admin-token";
 const charts = {};
 
 function $(id) { return document.getElementById(id); }
 
-function token() { return $("token").value.trim(); }
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
 async function api(path, body) {
-  const opts = body === undefined ? {} : {
-    method: "POST",
-    headers: Object.assign({"Content-Type": "application/json"},
-                           token() ? {"Authorization": "Bearer " + token()} : {}),
-    body: JSON.stringify(body),
-  };
+  const headers = token() ? {"Authorization": "Bearer " + token()} : {};
+  const opts = {headers, cache: "no-store", credentials: "omit"};
+  if (body !== undefined) {
+    opts.method = "POST";
+    headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
   const resp = await fetch(path, opts);
   const data = await resp.json();
+  if (resp.status === 401) {
+    document.body.dataset.auth = "needed";
+    throw new Error("the admin token is missing or wrong: enter it above");
+  }
   if (!resp.ok) {
     throw new Error(data.ERROR || (resp.status + " " + resp.statusText));
   }
+  document.body.dataset.auth = "ok";
   return data;
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const value = $("token").value.trim();
+  $("token").value = "";
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  refresh();
+}
+
+function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  refresh();
 }
 
 function say(text, bad) {
@@ -197,8 +218,13 @@ async function refresh() {
     document.body.dataset.loaded = "true";
   } catch (err) {
     $("updated").textContent = "update failed: " + err.message;
+    if (document.body.dataset.auth === "needed") {
+      $("endpoints").tBodies[0].replaceChildren();  // no stale buttons without a token
+    }
   }
 }
 
+$("token-form").addEventListener("submit", useToken);
+$("forget").addEventListener("click", forgetToken);
 refresh();
 setInterval(refresh, REFRESH_MS);
