@@ -62,6 +62,10 @@ def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
 
 
+def _port_or_null(v: int | None) -> str | None:
+    return None if v is None else _port(v)
+
+
 def _str_list(v: list) -> str | None:
     return None if all(isinstance(x, str) for x in v) else "must be a list of strings"
 
@@ -87,9 +91,9 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("SERVER_NAME", str, "basic_inference_server",
                 "Name of this box, reported as `server` in every response."),
         Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
-        Setting("FIRST_SERVER_PORT", int, None,
-                "Port of the first endpoint server (default: gateway port + 1); 0 picks free ports.",
-                _port),
+        Setting("FIRST_SERVER_PORT", (int, type(None)), None,
+                "Port of the first endpoint server (null: gateway port + 1); 0 picks free ports.",
+                _port_or_null),
         Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _at_least(1)),
         Setting("GATEWAY_THREADS", int, 32,
                 "Threads per gateway worker: concurrent requests each can hold.", _at_least(1)),
@@ -135,7 +139,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "Address the endpoint server listens on; NO_HOST makes it a support process."),
         Setting("PORT", (int, type(None)), None,
                 "Port of the endpoint server (default: assigned from FIRST_SERVER_PORT).",
-                lambda v: None if v is None else _port(v)),
+                _port_or_null),
         Setting("DISABLED", bool, False, "Configured but not started (start it with /start_server)."),
         Setting("SERVER_CLASS", (str, type(None)), None,
                 "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name."),

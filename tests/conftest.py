@@ -400,7 +400,7 @@ class Traffic:
 
 # -- services and markers ----------------------------------------------------------------
 # Test tiers by folder, from cheap to costly; `pytest -m unit` runs without any service.
-TIERS = ("unit", "integration", "jobs", "security", "e2e")
+TIERS = ("unit", "integration", "jobs", "security", "bench", "e2e")
 # Tests that take tens of seconds on their own (load runs, backoffs, hundreds of jobs).
 SLOW = ("tests/e2e/", "tests/integration/test_backoff.py", "tests/integration/test_crash_under_load.py",
         "tests/integration/test_reload.py", "tests/integration/test_supervision.py",
