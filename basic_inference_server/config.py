@@ -2,7 +2,7 @@
 
 Every key the framework reads is declared once in :data:`GATEWAY_SETTINGS` or
 :data:`ENDPOINT_SETTINGS` with its type, default, check and one-line description.
-The README's key table is generated from these tables (``python -m
+The table in docs/configuration.md is generated from these tables (``python -m
 basic_inference_server.config``) and a test keeps the two in step.
 
 Endpoint sections may also carry the endpoint's own keys (those of its ``_CONFIG``);
@@ -343,7 +343,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 
 def settings_table_markdown() -> str:
-    """The README's configuration table, generated from the settings tables."""
+    """The configuration table of docs/configuration.md, generated from the settings tables."""
 
     def rows(table: dict[str, Setting]) -> list[str]:
         out = []
