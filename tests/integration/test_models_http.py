@@ -119,10 +119,15 @@ def test_two_servers_share_one_record_in_redis(gateways, prefix, redis_url):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    with ThreadPoolExecutor(8) as ex:
-        answers = list(ex.map(lambda i: gw.run("one" if i % 2 else "two", HOLD_S=0.02), range(n)))
-    done.set()
-    sampler.join()
+    try:
+        # A worker's first request builds the model (torch imported then): on a busy
+        # machine that takes longer than the helpers' default timeout.
+        with ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(lambda i: gw.run("one" if i % 2 else "two", HOLD_S=0.02, _timeout=60),
+                                  range(n)))
+    finally:
+        done.set()
+        sampler.join()
     for resp in answers:
         assert_ok(resp)
     rec = state.record("a")
