@@ -2,7 +2,7 @@
 
 Every key the framework reads is declared once in :data:`GATEWAY_SETTINGS` or
 :data:`ENDPOINT_SETTINGS` with its type, default, check and one-line description.
-The README's key table is generated from these tables (``python -m
+The table in docs/configuration.md is generated from these tables (``python -m
 basic_inference_server.config``) and a test keeps the two in step.
 
 Endpoint sections may also carry the endpoint's own keys (those of its ``_CONFIG``);
@@ -167,6 +167,10 @@ def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
 
 
+def _port_or_null(v: int | None) -> str | None:
+    return None if v is None else _port(v)
+
+
 def _str_list(v: list) -> str | None:
     return None if all(isinstance(x, str) for x in v) else "must be a list of strings"
 
@@ -198,9 +202,9 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("SERVER_NAME", str, "basic_inference_server",
                 "Name of this box, reported as `server` in every response."),
         Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
-        Setting("FIRST_SERVER_PORT", int, None,
-                "Port of the first endpoint server (default: gateway port + 1); 0 picks free ports.",
-                _port),
+        Setting("FIRST_SERVER_PORT", (int, type(None)), None,
+                "Port of the first endpoint server (null: gateway port + 1); 0 picks free ports.",
+                _port_or_null),
         Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _workers),
         Setting("GATEWAY_THREADS", int, 32,
                 "Threads per gateway worker: concurrent requests each can hold.",
@@ -266,7 +270,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "makes it a support process.", check_host),
         Setting("PORT", (int, type(None)), None,
                 "Port of the endpoint server (default: assigned from FIRST_SERVER_PORT).",
-                lambda v: None if v is None else _port(v)),
+                _port_or_null),
         Setting("DISABLED", bool, False, "Configured but not started (start it with /start_server)."),
         Setting("SERVER_CLASS", (str, type(None)), None,
                 "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name.",
@@ -487,7 +491,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 
 def settings_table_markdown() -> str:
-    """The README's configuration table, generated from the settings tables."""
+    """The configuration table of docs/configuration.md, generated from the settings tables."""
 
     def rows(table: dict[str, Setting]) -> list[str]:
         out = []

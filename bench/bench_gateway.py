@@ -782,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:
             errors.append(f"{title}: {exc}")
             log(f"  FAILED: {exc}")
-        except Exception as exc:  # a bug here must not leave the run half-reported
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the run half-reported
             errors.append(f"{title}: {type(exc).__name__}: {exc}")
             log(f"  FAILED: {type(exc).__name__}: {exc}")
         log(f"  ({time.perf_counter() - t0:.1f} s)")

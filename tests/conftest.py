@@ -36,7 +36,6 @@ HTTP_TIMEOUT = 10.0
 SHUTDOWN_CMD = {"SIGNATURE": "SAFE_KILL_SERVER_CMD"}
 # States in which an endpoint has stopped changing on its own for a while.
 SETTLED = ("READY", "FAILED", "CRASHLOOP", "STOPPED")
-REDIS_URL = "redis://127.0.0.1:6379/0"
 # Every gateway the fixtures start gets this admin token (env BIS_ADMIN_TOKEN), and the
 # Gateway helpers send it: pass token=None to send no Authorization header, or another
 # string to send that one.
@@ -420,14 +419,46 @@ class Traffic:
         self.thread.join(timeout=15)
 
 
+# -- services and markers ----------------------------------------------------------------
+# Test tiers by folder, from cheap to costly; `pytest -m unit` runs without any service.
+TIERS = ("unit", "integration", "jobs", "security", "bench", "e2e")
+# Tests that take ten seconds or more each on a busy 2-core box (load runs, backoffs,
+# hundreds of jobs, model loads); `-m "not slow"` leaves them out, CI runs them.
+SLOW = ("tests/bench/", "tests/e2e/", "tests/integration/test_backoff.py",
+        "tests/integration/test_embeddings.py", "tests/integration/test_models_http.py",
+        "tests/integration/test_shutdown.py", "tests/integration/test_startup_time.py",
+        "tests/jobs/test_jobs_crash.py", "tests/jobs/test_scaleout.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (its folder under tests/), and `slow` where it is."""
+    for item in items:
+        where = Path(item.path).resolve().relative_to(ROOT).as_posix()
+        tier = where.split("/")[1]
+        if tier in TIERS:
+            item.add_marker(tier)
+        if where.startswith(SLOW):
+            item.add_marker("slow")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the test session's own (a free port, a temporary folder)."""
+    from tests.services import start_redis
+
+    service, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    service.stop()
+
+
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A Redis key prefix of the test's own (127.0.0.1:6379/0); its keys are deleted after."""
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of the test's own (in :func:`redis_url`); its keys are deleted after."""
     import redis
 
     prefix = f"bis-test-{os.urandom(4).hex()}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(f"{prefix}*"))
     if keys:
         client.delete(*keys)

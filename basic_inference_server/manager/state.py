@@ -59,7 +59,13 @@ class Endpoint:
         return self.config.name
 
     def backoff(self) -> float:
-        """Delay before the next start: 0 after a lone crash, then 1 s, 2 s, 4 s ... capped."""
+        """Delay before the next start, doubling with each failure in a row, capped at 60 s.
+
+        A first crash restarts at once (0 s), a first failed load waits 1 s; the second
+        failure in a row waits 2 s, the third 4 s, then 8 s ... (so 0, 2, 4, 8 s for a
+        crash loop and 1, 2, 4, 8 s for a load that keeps failing; ``Service``, for the
+        front and the supervisor, waits 0, 1, 2, 4 s).
+        """
         if self.failures <= 1:
             return 0.0 if self.state == State.RESTARTING else BACKOFF_FIRST
         return backoff(self.failures - 1)

@@ -78,6 +78,15 @@ def test_dashboard_lists_endpoints_draws_charts_and_scales(gateways, tmp_path: P
                 return n;
             }""")
             assert inked > 500, inked
+            # A time axis: each point sits at its sample's time; the first line is the whole tree.
+            axis = page.evaluate("""() => {
+                const chart = Chart.getChart('memory-chart');
+                return {type: chart.scales.x.type, label: chart.data.datasets[0].label,
+                        xs: chart.data.datasets[0].data.map(p => p.x)};
+            }""")
+            sampled = [s["ts"] * 1000 for s in gw.get("/history?samples=240").json()["samples"]]
+            assert axis["type"] == "linear" and "whole tree" in axis["label"], axis
+            assert axis["xs"] and set(axis["xs"]) <= set(sampled), (axis["xs"], sampled)
             expect(page.locator("#gpu-status")).to_contain_text("no GPU")
 
             row(page, "echo").get_by_role("button", name="+1 worker").click()

@@ -152,19 +152,24 @@ function drawEvents(events) {
   }
 }
 
-function lineChart(id, labels, datasets) {
+// Charts over time: x is the sample's time (ms), so samples taken far apart (the gateway
+// was down) stand far apart, and a line is not drawn across a gap of over 3 intervals.
+const timeLabel = ms => new Date(ms).toLocaleTimeString();
+
+function lineChart(id, datasets, gapMs) {
   if (!charts[id]) {
     charts[id] = new Chart($(id), {
       type: "line",
-      data: {labels: [], datasets: []},
+      data: {datasets: []},
       options: {animation: false, responsive: true, maintainAspectRatio: false,
                 elements: {point: {radius: 0}}, interaction: {mode: "index", intersect: false},
-                scales: {y: {beginAtZero: true}}},
+                scales: {x: {type: "linear", ticks: {callback: timeLabel, maxTicksLimit: 8}},
+                         y: {beginAtZero: true}},
+                plugins: {tooltip: {callbacks: {title: items => items.length ? timeLabel(items[0].parsed.x) : ""}}}},
     });
   }
   const chart = charts[id];
-  chart.data.labels = labels;
-  chart.data.datasets = datasets;
+  chart.data.datasets = datasets.map(d => Object.assign({spanGaps: gapMs}, d));
   chart.update();
 }
 
@@ -180,15 +185,18 @@ function drawSystem(status) {
 }
 
 function drawCharts(samples, gpu) {
-  const labels = samples.map(s => new Date(s.ts * 1000).toLocaleTimeString());
+  const steps = samples.slice(1).map((s, i) => s.ts - samples[i].ts).sort((a, b) => a - b);
+  const gapMs = steps.length ? 3000 * steps[Math.floor(steps.length / 2)] : false;
+  const points = value => samples.map(s => ({x: s.ts * 1000, y: value(s)}));
   const mb = gb => (gb === null || gb === undefined ? null : Math.round(gb * 1024));
-  const series = {"gateway": samples.map(s => mb(s.mem_gateway))};
+  // mem_gateway is the manager's whole tree: front, supervisor and every server in it.
+  const series = {"gateway (whole tree)": points(s => mb(s.mem_gateway))};
   const names = new Set(samples.flatMap(s => Object.keys(s.mem_servers || {})));
   for (const name of names) {
-    series[name] = samples.map(s => mb((s.mem_servers || {})[name]));
+    series[name] = points(s => mb((s.mem_servers || {})[name]));
   }
-  lineChart("memory-chart", labels,
-            Object.entries(series).map(([label, data]) => ({label, data, borderWidth: 1.5})));
+  lineChart("memory-chart",
+            Object.entries(series).map(([label, data]) => ({label, data, borderWidth: 1.5})), gapMs);
   const status = $("gpu-status");
   if (!gpu.available) {
     status.textContent = gpu.reason;
@@ -199,9 +207,9 @@ function drawCharts(samples, gpu) {
   const gpuSets = [];
   for (let i = 0; i < count; i++) {
     gpuSets.push({label: "GPU " + i + " used", borderWidth: 1.5,
-                  data: samples.map(s => ((s.gpu.gpus || [])[i] || {}).mem_used_gb ?? null)});
+                  data: points(s => ((s.gpu.gpus || [])[i] || {}).mem_used_gb ?? null)});
   }
-  lineChart("gpu-chart", labels, gpuSets);
+  lineChart("gpu-chart", gpuSets, gapMs);
 }
 
 async function refresh() {
