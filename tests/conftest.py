@@ -421,13 +421,13 @@ class Traffic:
 
 # -- services and markers ----------------------------------------------------------------
 # Test tiers by folder, from cheap to costly; `pytest -m unit` runs without any service.
-TIERS = ("unit", "integration", "jobs", "security", "bench", "e2e")
+TIERS = ("unit", "integration", "jobs", "security", "client", "scaleout", "multihost", "bench", "e2e")
 # Tests that take ten seconds or more each on a busy 2-core box (load runs, backoffs,
 # hundreds of jobs, model loads); `-m "not slow"` leaves them out, CI runs them.
 SLOW = ("tests/bench/", "tests/e2e/", "tests/integration/test_backoff.py",
         "tests/integration/test_embeddings.py", "tests/integration/test_models_http.py",
         "tests/integration/test_shutdown.py", "tests/integration/test_startup_time.py",
-        "tests/jobs/test_jobs_crash.py", "tests/jobs/test_scaleout.py")
+        "tests/jobs/test_jobs_crash.py", "tests/jobs/test_scaleout.py", "tests/multihost/")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -447,6 +447,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from tests.services import start_redis
 
     service, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A RabbitMQ node of the test session's own (free ports, a temporary folder; guest/guest)."""
+    from tests.services import start_rabbitmq
+
+    service, url = start_rabbitmq(tmp_path_factory.mktemp("rabbitmq"))
     yield url
     service.stop()
 

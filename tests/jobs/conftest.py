@@ -1,7 +1,7 @@
 """Queue backends for the job tests: real Redis, real RabbitMQ, moto's SQS server, SQLite.
 
 Redis and RabbitMQ are servers of the session's own on free ports (started on first
-use: ``redis_url`` in tests/conftest.py, :func:`amqp_url` here). Every test gets its
+use: ``redis_url`` and ``amqp_url`` in tests/conftest.py). Every test gets its
 own names (a random key prefix / queue prefix / SQLite file) and its keys and queues
 are deleted afterwards, so tests never see each other's jobs.
 """
@@ -43,16 +43,6 @@ def _purge_rabbit(url: str, prefix: str) -> None:
             channel.queue_delete(f"{prefix}.{name}{suffix}")
     channel.exchange_delete(f"{prefix}.dlx")
     conn.close()
-
-
-@pytest.fixture(scope="session")
-def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A RabbitMQ node of the test session's own (free ports, a temporary folder; guest/guest)."""
-    from tests.services import start_rabbitmq
-
-    service, url = start_rabbitmq(tmp_path_factory.mktemp("rabbitmq"))
-    yield url
-    service.stop()
 
 
 @pytest.fixture(scope="session")

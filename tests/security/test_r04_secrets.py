@@ -29,7 +29,6 @@ from tests.conftest import assert_ok, free_port, gateway_env, wait_until
 
 TOKEN = "tok-" + uuid.uuid4().hex
 PASSWORD = "guest"
-AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 def cmdline(p: psutil.Process) -> str:
@@ -39,10 +38,10 @@ def cmdline(p: psutil.Process) -> str:
         return ""
 
 
-def test_no_secret_on_any_command_line_in_any_log_or_in_endpoint_code(gateways, tmp_path):
+def test_no_secret_on_any_command_line_in_any_log_or_in_endpoint_code(amqp_url, gateways, tmp_path):
     prefix = f"bissec{uuid.uuid4().hex[:8]}"
     url_file = tmp_path / "queue_url"
-    url_file.write_text(f"{AMQP}?prefix={prefix}\n")
+    url_file.write_text(f"{amqp_url}?prefix={prefix}\n")
     gw = gateways({"QUEUE": f"file:{url_file}", "RESULTS": "sqlite",
                    "HEALTH_SAMPLE_INTERVAL": 0.5,
                    "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2},
@@ -70,7 +69,7 @@ def test_no_secret_on_any_command_line_in_any_log_or_in_endpoint_code(gateways, 
         assert "guest:***@" in log
         assert TOKEN not in log
     finally:
-        conn = pika.BlockingConnection(pika.URLParameters(AMQP))
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
         channel = conn.channel()
         for suffix in ("", ".retry", ".dead"):
             channel.queue_delete(f"{prefix}.echo{suffix}")

@@ -18,14 +18,14 @@ from basic_inference_server.queues import JobsSpec, open_queue, open_results
 from basic_inference_server.queues.base import Job
 from basic_inference_server.server.consumer import JobConsumer
 from tests.conftest import wait_until
-from tests.jobs.conftest import SQS_ENV, backend_url, purge, sqs_server  # noqa: F401
+from tests.jobs.conftest import SERVERS, SQS_ENV, backend_url, purge, sqs_server  # noqa: F401
 
 ENDPOINT = "echo"
 MAX_ATTEMPTS = 2
 RAW = b'{"not": "a job"'
 
 
-def put_raw(kind: str, queue, prefix: str) -> None:
+def put_raw(kind: str, queue, prefix: str, server: str | None) -> None:
     """Write RAW into the endpoint's queue, bypassing the framework's encoder."""
     if kind == "sqlite":
         with queue.db.write() as conn:
@@ -33,11 +33,11 @@ def put_raw(kind: str, queue, prefix: str) -> None:
                          "VALUES (?, ?, ?, 0, 0)", ("rawjob", ENDPOINT, RAW))
     elif kind == "redis":
         stream, _delayed, _dead = queue._keys(ENDPOINT)
-        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        client = redis.Redis.from_url(server)
         client.xadd(stream, {"job": RAW})
         client.close()
     elif kind == "rabbitmq":
-        conn = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F"))
+        conn = pika.BlockingConnection(pika.URLParameters(server))
         conn.channel().basic_publish("", f"{prefix}.{ENDPOINT}", RAW)
         conn.close()
     else:
@@ -48,12 +48,11 @@ def put_raw(kind: str, queue, prefix: str) -> None:
 @pytest.mark.parametrize("kind", ["sqlite", "redis", "rabbitmq", "sqs"])
 def test_undecodable_message_is_dead_lettered_after_max_attempts(kind: str, tmp_path: Path,
                                                                   request, monkeypatch) -> None:
-    endpoint_url = None
+    server = request.getfixturevalue(SERVERS[kind]) if kind in SERVERS else None
     if kind == "sqs":
-        endpoint_url = request.getfixturevalue("sqs_server")
         for key, value in SQS_ENV.items():
             monkeypatch.setenv(key, value)
-    url, prefix = backend_url(kind, tmp_path, endpoint_url)
+    url, prefix = backend_url(kind, tmp_path, server)
     results_url = f"sqlite://{tmp_path / 'results.sqlite3'}"
     calls: list[dict] = []
 
@@ -67,7 +66,7 @@ def test_undecodable_message_is_dead_lettered_after_max_attempts(kind: str, tmp_
     consumer.queue, consumer.results = open_queue(url), open_results(results_url)
     try:
         consumer.run_once(wait=0)  # creates the endpoint's queue / consumer group
-        put_raw(kind, consumer.queue, prefix)
+        put_raw(kind, consumer.queue, prefix, server)
         claims = 0
 
         def dead() -> list[Job]:
@@ -85,4 +84,4 @@ def test_undecodable_message_is_dead_lettered_after_max_attempts(kind: str, tmp_
     finally:
         consumer.queue.close()
         consumer.results.close()
-        purge(kind, prefix)
+        purge(kind, server, prefix)
