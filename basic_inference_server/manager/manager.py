@@ -232,6 +232,12 @@ class Manager:
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "access_log": self.config["ACCESS_LOG"],
             "jobs": self.jobs.to_dict(),
+            "header_timeout": self.config["HEADER_TIMEOUT"],
+            "body_timeout": self.config["BODY_TIMEOUT"],
+            "keepalive_timeout": self.config["KEEPALIVE_TIMEOUT"],
+            "max_connections": self.config["MAX_CONNECTIONS"],
+            "tls_cert": self.config["TLS_CERT"],
+            "tls_key": self.config["TLS_KEY"],
         }
         metrics = self.run_dir / "metrics"
         # A fresh folder per front: counters of dead front processes start over with it.
