@@ -15,15 +15,13 @@ state but the route table, so the manager can restart it freely.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import ssl
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from .. import protocol
 from ..errors import (
@@ -36,7 +34,7 @@ from ..errors import (
 )
 from ..queues import JobsSpec
 from . import metrics
-from .connection import Answer, Limits, Request, error_answer
+from .connection import Answer, Limits, Request, call_wsgi, error_answer
 from .jobs import JobsFront
 from .loadboard import LoadBoard
 from .management import READY, build_management_app
@@ -262,56 +260,4 @@ class Front:
     # -- the management app -------------------------------------------------------
     def wsgi(self, req: Request) -> Answer:
         """Run the management Flask app on one request (in the pool)."""
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": req.method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote(req.path, "latin-1"),
-            "QUERY_STRING": req.query,
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "0",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": req.peer[0],
-            "REMOTE_PORT": str(req.peer[1]),
-            "CONTENT_LENGTH": str(len(req.body)),
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "https" if req.tls else "http",
-            "wsgi.input": io.BytesIO(req.body),
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": True,
-            "wsgi.run_once": False,
-            "bis.request_id": req.request_id,
-        }
-        for name, value in req.headers:
-            key = name.decode("latin-1").upper().replace("-", "_")
-            text = value.decode("latin-1")
-            if key == "CONTENT_TYPE":
-                environ["CONTENT_TYPE"] = text
-            elif key == "CONTENT_LENGTH":
-                continue
-            elif key == "HOST":
-                environ["HTTP_HOST"] = text
-                environ["SERVER_NAME"] = text.rsplit(":", 1)[0]
-            else:
-                http_key = "HTTP_" + key
-                environ[http_key] = (environ[http_key] + "," + text) if http_key in environ \
-                    else text
-        started: list[Any] = []
-
-        def start_response(status: str, headers: list[tuple[str, str]],
-                           exc_info: Any = None) -> Any:
-            started[:] = [status, headers]
-            return lambda _data: None
-
-        result = self.flask(environ, start_response)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status = int(started[0].split(" ", 1)[0])
-        headers = [(k, v) for k, v in started[1] if k.lower() not in ("content-length",
-                                                                       "connection")]
-        return Answer(status, headers, body)
-
+        return call_wsgi(self.flask, req)

@@ -11,13 +11,16 @@ Requests on one connection are answered in order; reading pauses while one is se
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
 
@@ -75,6 +78,59 @@ Handler = Callable[[Request], Awaitable[Answer]]
 def error_answer(err: ServingError, meta: dict[str, Any]) -> Answer:
     return Answer(err.status, [("Content-Type", protocol.JSON), *err.headers()],
                   protocol.error_body(err, meta))
+
+
+def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
+    """Run a WSGI app on one complete request (blocking: call it off the loop)."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": req.method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": unquote(req.path, "latin-1"),
+        "QUERY_STRING": req.query,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": req.peer[0],
+        "REMOTE_PORT": str(req.peer[1]),
+        "CONTENT_LENGTH": str(len(req.body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https" if req.tls else "http",
+        "wsgi.input": io.BytesIO(req.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "bis.request_id": req.request_id,
+    }
+    for name, value in req.headers:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = text
+        elif key == "CONTENT_LENGTH":
+            continue
+        elif key == "HOST":
+            environ["HTTP_HOST"] = text
+            environ["SERVER_NAME"] = text.rsplit(":", 1)[0]
+        else:
+            http_key = "HTTP_" + key
+            environ[http_key] = f"{environ[http_key]},{text}" if http_key in environ else text
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda _data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status = int(started[0].split(" ", 1)[0])
+    skip = ("content-length", "connection", "x-request-id")
+    return Answer(status, [(k, v) for k, v in started[1] if k.lower() not in skip], body)
 
 
 class HttpConnection(asyncio.Protocol):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,14 +200,14 @@ class Upstream:
     def _give_back(self, path: str, conn: Connection) -> None:
         idle = self._idle.setdefault(path, [])
         if len(idle) < MAX_IDLE:
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()
 
     def close_idle(self, older_than: float = IDLE_S) -> None:
         """Close pooled connections idle longer than ``older_than`` seconds (0: all)."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         for path, idle in list(self._idle.items()):
             keep = [c for c in idle if c.open and now - c.idle_since < older_than]
             for conn in idle:

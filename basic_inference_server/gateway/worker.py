@@ -18,23 +18,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
+import ssl
 from typing import Any
 
 import uvloop
 from gunicorn.workers.base import Worker
 
 from .app import Front
-from .connection import HttpConnection
+from .connection import Answer, HttpConnection, Limits, Request
 
 CONNECTIONS = "#connections"
 
 
-class FrontWorker(Worker):
-    """gunicorn worker class serving :class:`.app.Front` on an event loop."""
+class LoopWorker(Worker):
+    """A gunicorn worker class serving :class:`.connection.HttpConnection` on uvloop.
+
+    Subclasses say what a request gets (:meth:`handle`), the limits, and how
+    connections are counted; this class runs the loop, the heartbeat and the stop.
+    """
 
     loop: asyncio.AbstractEventLoop
-    front: Front
+    limits: Limits
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,74 +51,69 @@ class FrontWorker(Worker):
         super().init_process()
 
     def init_signals(self) -> None:
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
-        self.loop.add_signal_handler(signal.SIGTERM, self._graceful)
-        self.loop.add_signal_handler(signal.SIGINT, self._quick)
-        self.loop.add_signal_handler(signal.SIGQUIT, self._quick)
-        self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
-        self.loop.add_signal_handler(signal.SIGWINCH, lambda: None)
-        self.loop.add_signal_handler(signal.SIGABRT, self._abort)
-        if hasattr(signal, "siginterrupt"):
-            signal.siginterrupt(signal.SIGTERM, False)
+        # Plain handlers (not the loop's): hooks may wrap them with signal.getsignal.
+        # The loop wakes every second at most, and that is when a stop is seen.
+        super().init_signals()
+        signal.signal(signal.SIGTERM, self._graceful)
 
-    def _graceful(self) -> None:
-        self.alive = False
-
-    def _quick(self) -> None:
+    def handle_quit(self, sig: int, frame: Any) -> None:
         self.alive = False
         self.quick = True
 
-    def _abort(self) -> None:
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self._graceful(sig, frame)
+
+    def _graceful(self, _sig: int, _frame: Any) -> None:
         self.alive = False
-        self.cfg.worker_abort(self)
-        sys.exit(1)
 
     # -- what HttpConnection asks of its server -----------------------------------
-    @property
-    def limits(self) -> Any:
-        return self.front.limits
-
     def meta(self) -> dict[str, Any]:
-        return self.front.meta()
+        raise NotImplementedError
 
-    async def handle(self, request: Any) -> Any:
-        return await self.front.handle(request)
+    async def handle(self, request: Request) -> Answer:
+        raise NotImplementedError
+
+    def tls(self) -> ssl.SSLContext | None:
+        return None
 
     def connection_opened(self, conn: HttpConnection) -> bool:
-        """Count a new connection; False when the global cap is reached."""
-        if self.front.board.load(CONNECTIONS) >= self.front.spec.max_connections:
-            return False
-        self.front.board.add(CONNECTIONS, 1)
+        """Count a new connection; False when the cap is reached."""
         self.connections.add(conn)
         return True
 
     def connection_closed(self, conn: HttpConnection) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            self.front.board.add(CONNECTIONS, -1)
+        self.connections.discard(conn)
+
+    def tick(self) -> None:
+        """Once a second on the loop."""
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> None:
         try:
             self.loop.run_until_complete(self._serve())
         finally:
-            if self.front.pool is not None:
-                self.front.pool.shutdown(wait=False, cancel_futures=True)
+            self.stopped()
             self.loop.close()
 
+    def started(self) -> None:
+        """On the loop, before the first connection."""
+
+    def stopped(self) -> None:
+        """After the loop's last request."""
+
     async def _serve(self) -> None:
-        self.front = self.wsgi
-        self.front.start()
-        servers = [await self.loop.create_server(lambda: HttpConnection(self), sock=s.sock,
-                                                 ssl=self.front.tls, backlog=2048)
+        self.started()
+        # gunicorn's listeners wrap a socket; a hook may add plain sockets too.
+        servers = [await self.loop.create_server(lambda: HttpConnection(self),
+                                                 sock=getattr(s, "sock", s), ssl=self.tls(),
+                                                 backlog=2048)
                    for s in self.sockets]
         while self.alive:
             self.notify()
             if self.ppid != os.getppid():
                 self.log.info("parent changed, shutting down: %s", self)
                 break
-            self.front.upstream.close_idle()
+            self.tick()
             await asyncio.sleep(1.0)
         for server in servers:
             server.close()
@@ -131,5 +130,44 @@ class FrontWorker(Worker):
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
-        self.front.upstream.close_idle(0)
         await asyncio.sleep(0)
+
+
+class FrontWorker(LoopWorker):
+    """The gateway front's worker class: serves :class:`.app.Front`."""
+
+    front: Front
+
+    def started(self) -> None:
+        self.front = self.wsgi
+        self.limits = self.front.limits
+        self.front.start()
+
+    def tls(self) -> ssl.SSLContext | None:
+        return self.front.tls
+
+    def meta(self) -> dict[str, Any]:
+        return self.front.meta()
+
+    async def handle(self, request: Request) -> Answer:
+        return await self.front.handle(request)
+
+    def connection_opened(self, conn: HttpConnection) -> bool:
+        """Count a new connection over all front processes; False past the cap."""
+        if self.front.board.load(CONNECTIONS) >= self.front.spec.max_connections:
+            return False
+        self.front.board.add(CONNECTIONS, 1)
+        return super().connection_opened(conn)
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        if conn in self.connections:
+            self.front.board.add(CONNECTIONS, -1)
+        super().connection_closed(conn)
+
+    def tick(self) -> None:
+        self.front.upstream.close_idle()
+
+    def stopped(self) -> None:
+        self.front.upstream.close_idle(0)
+        if self.front.pool is not None:
+            self.front.pool.shutdown(wait=False, cancel_futures=True)

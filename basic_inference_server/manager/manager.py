@@ -296,6 +296,9 @@ class Manager:
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "generation": ep.generation,
             "jobs": self.jobs.to_dict(),
+            "max_request_size": self.config["MAX_REQUEST_SIZE"],
+            "header_timeout": self.config["HEADER_TIMEOUT"],
+            "body_timeout": self.config["BODY_TIMEOUT"],
         }
 
     def _server_env(self) -> dict[str, str]:
