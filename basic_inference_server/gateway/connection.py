@@ -1,7 +1,7 @@
 """One client connection of the front: HTTP/1.1 parsed by ``httptools`` on the event loop.
 
-Every read has a deadline: the headers within ``HEADER_TIMEOUT`` of the request's
-first byte, the body within ``BODY_TIMEOUT`` of the headers, the next request within
+Every read has a deadline: the first request's headers within ``HEADER_TIMEOUT`` of
+the connection, later ones within ``HEADER_TIMEOUT`` of their first byte, the body within ``BODY_TIMEOUT`` of the headers, the next request within
 ``KEEPALIVE_TIMEOUT`` of the last answer. A client that misses one is disconnected, so
 slow clients cost a socket and a few hundred bytes, never a thread. A body over the
 route's limit is refused (413) from its ``Content-Length`` before it is read.
@@ -169,10 +169,13 @@ class HttpConnection(asyncio.Protocol):
                                      "retry shortly", retry_after=1)
             self._write(error_answer(err, self.server.meta()), os.urandom(8).hex().encode(),
                         keep_alive=False)
+            # Closed after a moment, not at once: closing with the client's request unread
+            # would reset the connection before the client reads the answer.
             self.closing = True
-            transport.close()
+            self.timer = self.loop.call_later(1.0, transport.close)
             return
-        self._arm(self.limits.keepalive_timeout)
+        # As nginx: a new connection has HEADER_TIMEOUT to send its first request.
+        self._arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
