@@ -77,8 +77,14 @@ def error_body(err: ServingError, meta: dict[str, Any] | None = None) -> bytes:
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _SCALAR = rb'\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*"|true|false|null|-?[0-9][0-9.eE+-]*|[\[{])'
 _FIELD_RES: dict[str, re.Pattern[bytes]] = {}
+_OBJECT_START = re.compile(rb"\s*\{")
 # Marks a top-level field whose value is an object or an array.
 CONTAINER = object()
+
+
+def looks_like_object(raw: bytes) -> bool:
+    """Whether a body starts as a JSON object does (no copy of the body is made)."""
+    return _OBJECT_START.match(raw) is not None
 
 
 def _brackets(raw: bytes, start: int, stop: int) -> int:
@@ -100,7 +106,7 @@ def peek_field(raw: bytes, key: str) -> tuple[bool, Any]:
     pattern = _FIELD_RES.get(key)
     if pattern is None:
         pattern = _FIELD_RES[key] = re.compile(b'"' + re.escape(key.encode()) + b'"' + _SCALAR)
-    if raw.lstrip()[:1] != b"{":
+    if not looks_like_object(raw):
         return False, None
     found: tuple[bool, Any] = (False, None)
     strings = _STRING.finditer(raw)

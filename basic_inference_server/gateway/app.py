@@ -187,7 +187,7 @@ class Front:
             return value
         if len(raw) <= DECODE_SMALL:
             return protocol.signature_of(protocol.parse_body(raw))
-        if not raw.lstrip()[:1] == b"{":
+        if not protocol.looks_like_object(raw):
             raise BadRequest("body must be a JSON object with a SIGNATURE field")
         if found and value is protocol.CONTAINER:
             raise BadRequest("SIGNATURE must be a non-empty string, got an object or array")

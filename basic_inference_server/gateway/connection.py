@@ -1,11 +1,12 @@
 """One client connection of the front: HTTP/1.1 parsed by ``httptools`` on the event loop.
 
-Every read has a deadline: the first request's headers within ``HEADER_TIMEOUT`` of
-the connection, later ones within ``HEADER_TIMEOUT`` of their first byte, the body within ``BODY_TIMEOUT`` of the headers, the next request within
-``KEEPALIVE_TIMEOUT`` of the last answer. A client that misses one is disconnected, so
-slow clients cost a socket and a few hundred bytes, never a thread. A body over the
-route's limit is refused (413) from its ``Content-Length`` before it is read.
-Requests on one connection are answered in order; reading pauses while one is served.
+Every read has a deadline: a request's headers within ``HEADER_TIMEOUT`` (of the
+connection for the first request, of its first byte for later ones), the body within
+``BODY_TIMEOUT`` of the headers, the next request within ``KEEPALIVE_TIMEOUT`` of the
+last answer. A client that misses one is disconnected, so slow clients cost a socket
+and a few hundred bytes, never a thread. A body over the route's limit is refused (413)
+from its ``Content-Length`` before it is read. Requests on one connection are answered
+in order; reading pauses while one is served.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ class HttpConnection(asyncio.Protocol):
         # Parsing state of the request being read.
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
+        self.body = bytearray()
         self.size = 0
         self.head_bytes = 0
         self.in_headers = False
@@ -230,7 +231,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.chunks = []
+        self.body = bytearray()
         self.size = 0
         self.in_headers = True
         self._arm(self.limits.header_timeout)
@@ -256,17 +257,23 @@ class HttpConnection(asyncio.Protocol):
                 if size > self.limit:
                     raise PayloadTooLarge(f"body of {size} bytes is over the limit of "
                                           f"{self.limit} bytes", MAX_REQUEST_SIZE=self.limit)
+                # Filled in place: a large body is held once, never joined from pieces.
+                self.body = bytearray(size)
             elif name == b"expect" and value.lower() == b"100-continue":
                 assert self.transport is not None
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._arm(self.limits.body_timeout)
 
     def on_body(self, body: bytes) -> None:
+        start = self.size
         self.size += len(body)
         if self.size > self.limit:
             raise PayloadTooLarge(f"body is over the limit of {self.limit} bytes",
                                   MAX_REQUEST_SIZE=self.limit)
-        self.chunks.append(body)
+        if self.size <= len(self.body):
+            self.body[start:self.size] = body
+        else:
+            self.body += body  # chunked: no length known in advance
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -277,14 +284,14 @@ class HttpConnection(asyncio.Protocol):
             path=(parsed.path or b"/").decode("latin-1"),
             query=(parsed.query or b"").decode("latin-1"),
             headers=self.headers,
-            body=b"".join(self.chunks),
+            body=self.body,
             request_id=(rid.decode() if rid is not None and REQUEST_ID.match(rid)
                         else os.urandom(8).hex()),
             keep_alive=bool(self.parser.should_keep_alive()),
             peer=self.peer,
             tls=self.tls,
         )
-        self.chunks = []
+        self.body = bytearray()
         self.size = 0
         self.queue.append(request)
         if not self.busy:

@@ -25,6 +25,8 @@ PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
 # the servers' keep-alive (120 s), so the front, not the server, closes them.
 MAX_IDLE = 64
 IDLE_S = 60.0
+# Bodies larger than this are written in slices of this size.
+WRITE_SLICE = 256 * 1024
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Connection(asyncio.Protocol):
         self.open = False
         self.keep_alive = False
         self.idle_since = 0.0
+        self.drained: asyncio.Future[None] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,16 +111,39 @@ class Connection(asyncio.Protocol):
             self.waiter.set_exception(exc)
         self.close()
 
-    def send(self, data: bytes) -> asyncio.Future[UpstreamResponse]:
-        """Write one request; the future completes with its answer."""
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    async def send(self, head: bytes, body: bytes) -> UpstreamResponse:
+        """Write one request and wait for its answer.
+
+        A large body is written in slices, each when the socket has taken the last:
+        the transport never holds a copy of the whole body.
+        """
         assert self.transport is not None
         self.resp = UpstreamResponse()
         self.chunks = []
         self.received = False
         self.keep_alive = False
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        return self.waiter
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        if len(body) <= WRITE_SLICE:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            view = memoryview(body)
+            for start in range(0, len(body), WRITE_SLICE):
+                if self.drained is not None:
+                    await asyncio.wait([self.drained, waiter],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done() or not self.open:
+                    break  # answered (an error) or closed early: stop sending
+                self.transport.write(view[start:start + WRITE_SLICE])
+        return await waiter
 
     def close(self) -> None:
         self.open = False
@@ -152,7 +178,7 @@ class Upstream:
         """
         data = (b"POST /run HTTP/1.1\r\nHost: localhost\r\n" + head
                 + b"Content-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
+                + str(len(body)).encode() + b"\r\n\r\n")
         sockets = route.get("workers") or []
         timeout = float(route["timeout"])
         retries = 1 if route.get("retry_on_crash") else 0
@@ -166,7 +192,7 @@ class Upstream:
             # One event loop per process writes this process's row: no lock needed.
             self.board.add(path, 1)
             try:
-                resp = await self.post(path, name, data, timeout)
+                resp = await self.post(path, name, data, body, timeout)
             except NotConnected:
                 self._drop(path)
                 if i == last:
@@ -227,7 +253,8 @@ class Upstream:
                                f"{exc.strerror or exc}", retry_after=1, SIGNATURE=name) from None
         return conn
 
-    async def post(self, path: str, name: str, data: bytes, timeout: float) -> UpstreamResponse:
+    async def post(self, path: str, name: str, head: bytes, body: bytes,
+                   timeout: float) -> UpstreamResponse:
         """Send one request to the server at ``path``; failures become 503 / 504."""
         for attempt in (0, 1):
             conn = self._take(path) if attempt == 0 else None
@@ -235,7 +262,7 @@ class Upstream:
             if conn is None:
                 conn = await self._connect(path, name)
             try:
-                resp = await asyncio.wait_for(conn.send(data), timeout)
+                resp = await asyncio.wait_for(conn.send(head, body), timeout)
             except asyncio.TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
