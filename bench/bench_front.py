@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_APP = next((p / "shared" / "peer-bench" / "ours_app" for p in REPO.parents
                     if (p / "shared" / "peer-bench" / "ours_app").is_dir()), REPO)
 BODY = b'{"SIGNATURE":"noop","INPUT_VALUE":42}'
-LUA = """wrk.method = "POST"
-wrk.body = '%s'
+LUA = f"""wrk.method = "POST"
+wrk.body = '{BODY.decode()}'
 wrk.headers["Content-Type"] = "application/json"
-""" % BODY.decode()
+"""
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -284,7 +284,8 @@ class HttpConnection(asyncio.Protocol):
             path=(parsed.path or b"/").decode("latin-1"),
             query=(parsed.query or b"").decode("latin-1"),
             headers=self.headers,
-            body=self.body,
+            # Filled in place and only read from now on; bytes-like wherever it goes.
+            body=cast(bytes, self.body),
             request_id=(rid.decode() if rid is not None and REQUEST_ID.match(rid)
                         else os.urandom(8).hex()),
             keep_alive=bool(self.parser.should_keep_alive()),

@@ -80,6 +80,14 @@ class JobsFront:
         body = {k: v for k, v in body.items() if k != "ASYNC"}
         job = Job(endpoint=name, body=body)
         max_depth = route.get("max_queue_depth")
+        max_bytes = route.get("max_queue_bytes")
+        if max_bytes is not None:
+            stored = self._backend_call("sizing the job queue", lambda: queue.stored_bytes(name))
+            if stored is not None and stored + size > max_bytes:
+                raise QueueFull(f"the job queue of {name} holds {stored} bytes of jobs; this one "
+                                f"({size} bytes) would pass MAX_QUEUE_BYTES ({max_bytes}); try "
+                                "again later", retry_after=1, SIGNATURE=name,
+                                MAX_QUEUE_BYTES=max_bytes)
 
         def enqueue() -> bool:
             results.create(job)

@@ -162,8 +162,8 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         except Exception as exc:  # noqa: BLE001 - a bug of ours: a 500 that names it
             log.exception("%s: unexpected error while answering request %s", spec.name,
                           environ.get("HTTP_X_REQUEST_ID", "-"))
-            err = ServingError(f"{type(exc).__name__}: {exc}", EXCEPTION=type(exc).__name__)
-            status, body, headers = err.status, err.to_dict(), []
+            failure = ServingError(f"{type(exc).__name__}: {exc}", EXCEPTION=type(exc).__name__)
+            status, body, headers = failure.status, failure.to_dict(), []
         if isinstance(body, FileOutput):
             with app.request_context(environ):
                 return _file_answer(body)(environ, start_response)  # type: ignore[no-any-return]
