@@ -57,14 +57,18 @@ class LoopWorker(Worker):
         signal.signal(signal.SIGTERM, self._graceful)
 
     def handle_quit(self, sig: int, frame: Any) -> None:
-        self.alive = False
         self.quick = True
+        self._graceful(sig, frame)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self._graceful(sig, frame)
 
     def _graceful(self, _sig: int, _frame: Any) -> None:
         self.alive = False
+        # Wake the loop's once-a-second wait now: a stop starts at once.
+        waker = getattr(self, "waker", None)
+        if waker is not None:
+            self.loop.call_soon_threadsafe(waker.set)
 
     # -- what HttpConnection asks of its server -----------------------------------
     def meta(self) -> dict[str, Any]:
@@ -102,6 +106,7 @@ class LoopWorker(Worker):
         """After the loop's last request."""
 
     async def _serve(self) -> None:
+        self.waker = asyncio.Event()
         self.started()
         # gunicorn's listeners wrap a socket; a hook may add plain sockets too.
         servers = [await self.loop.create_server(lambda: HttpConnection(self),
@@ -114,7 +119,10 @@ class LoopWorker(Worker):
                 self.log.info("parent changed, shutting down: %s", self)
                 break
             self.tick()
-            await asyncio.sleep(1.0)
+            try:
+                await asyncio.wait_for(self.waker.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
         for server in servers:
             server.close()
         await self._drain()
