@@ -138,7 +138,12 @@ class LoopWorker(Worker):
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
-        await asyncio.sleep(0)
+        # A transport closes on a later turn of the loop: let every socket really close
+        # before the loop stops, or one would stay open (and a client wait on it) for as
+        # long as the process takes to exit.
+        closing = self.loop.time() + 1.0
+        while self.connections and self.loop.time() < closing:
+            await asyncio.sleep(0.01)
 
 
 class FrontWorker(LoopWorker):
