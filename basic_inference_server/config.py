@@ -92,7 +92,8 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 _port),
         Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _at_least(1)),
         Setting("GATEWAY_THREADS", int, 32,
-                "Threads per gateway worker: concurrent requests each can hold.", _at_least(1)),
+                "Threads per gateway worker for blocking work (management calls, job "
+                "submission); requests waiting on endpoints hold none.", _at_least(1)),
         Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
                 "Largest accepted request body in bytes (413 above).", _at_least(1)),
         Setting("ADMIN_TOKEN", (str, type(None)), None,

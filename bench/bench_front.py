@@ -2,7 +2,7 @@
 """The gateway front's cost per request, before and after, in one run.
 
     python bench/bench_front.py --checkout before=/path/to/old --checkout after=. \\
-        [--rounds 3] [--duration 8] [--conc 1,16] [--json out.json]
+        [--rounds 3] [--duration 8] [--conc 1,16] [--json out.json] [--profile DIR]
 
 For each round (odd rounds in the given order, even rounds reversed) and each
 checkout: start ``run_gateway.py`` of that checkout on the peer harness's ``noop``
@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_APP = next((p / "shared" / "peer-bench" / "ours_app" for p in REPO.parents
                     if (p / "shared" / "peer-bench" / "ours_app").is_dir()), REPO)
 BODY = b'{"SIGNATURE":"noop","INPUT_VALUE":42}'
-LUA = f"""wrk.method = "POST"
-wrk.body = '{BODY.decode()}'
+LUA = """wrk.method = "POST"
+wrk.body = '{"SIGNATURE":"%s","INPUT_VALUE":42}'
 wrk.headers["Content-Type"] = "application/json"
 """
 
@@ -80,9 +80,14 @@ def cpu_by_role(manager: int) -> dict[str, float]:
 def start(checkout: Path, app: Path, python: str, port: int, cache: str) -> subprocess.Popen:
     # The harness's peers/ folder holds burnlib, which its cpu endpoint imports.
     env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{app.parent / 'peers'}"}
+    # Free ports for the servers: the ports after the gateway's may be taken on a shared box.
+    config = json.loads((app / "config_gateway.json").read_text())
+    config["FIRST_SERVER_PORT"] = 0
+    config_path = Path(cache) / "config_gateway.json"
+    config_path.write_text(json.dumps(config))
     return subprocess.Popen(
         [python, str(checkout / "run_gateway.py"), "--host", "127.0.0.1", "--port", str(port),
-         "--config", "config_gateway.json", "--endpoints", "endpoints", "--cache", cache],
+         "--config", str(config_path), "--endpoints", "endpoints", "--cache", cache],
         cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
 
@@ -138,6 +143,33 @@ def wrk(port: int, conc: int, seconds: int, lua: str) -> dict[str, float]:
             "errors": int(bad.group(1)) if bad else 0}
 
 
+def workers_of(manager: int, kind: str) -> list[int]:
+    """Pids of the front's (``kind`` "front") or the servers' worker processes."""
+    root = psutil.Process(manager)
+    return [p.pid for p in root.children(recursive=True) if role(p, manager) == f"{kind} worker"]
+
+
+def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
+    """py-spy, sampling one process while the load runs (collapsed stacks to ``out``)."""
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--duration", str(seconds),
+                             "--rate", "1000", "--format", "raw", "--nonblocking",
+                             "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_frames(path: Path, n: int = 12) -> list[tuple[str, float]]:
+    """Share of samples per innermost frame (function and file), largest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frame = stack.split(";")[-1]
+        frame = re.sub(r" \((.*/)?([^/]+?)(:\d+)?\)$", r" (\2)", frame)
+        counts[frame] = counts.get(frame, 0) + int(count)
+        total += int(count)
+    return [(f, c / max(1, total)) for f, c in sorted(counts.items(), key=lambda x: -x[1])[:n]]
+
+
 def measure(name: str, checkout: Path, args: argparse.Namespace, lua: str) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory() as cache:
@@ -148,9 +180,21 @@ def measure(name: str, checkout: Path, args: argparse.Namespace, lua: str) -> di
             points = {}
             for conc in args.conc:
                 wrk(port, conc, args.warmup, lua)
+                spies = []
+                if args.profile and conc == max(args.conc):
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    for kind in ("front", "server"):
+                        out = args.profile / f"{name}-{kind}-c{conc}.txt"
+                        spies.append((kind, out, profile(workers_of(proc.pid, kind)[0],
+                                                         args.duration - 1, out)))
                 before = cpu_by_role(proc.pid)
                 result = wrk(port, conc, args.duration, lua)
                 after = cpu_by_role(proc.pid)
+                for kind, out, spy in spies:
+                    spy.wait()
+                    print(f"  {name} {kind} worker, c={conc}: share of samples per frame")
+                    for frame, share in top_frames(out):
+                        print(f"    {share:6.1%}  {frame}")
                 n = max(1, result["requests"])
                 result["cpu_ms"] = {k: round((after.get(k, 0) - before.get(k, 0)) * 1000 / n, 4)
                                     for k in after}
@@ -175,11 +219,15 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--conc", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16])
+    parser.add_argument("--endpoint", default="noop", help="noop, or cpu (~20 ms of Python)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path,
+                        help="folder: py-spy one front and one server worker at the highest "
+                             "concurrency (py-spy on PATH)")
     args = parser.parse_args()
     checkouts = [(n, Path(p).resolve()) for n, p in (c.split("=", 1) for c in args.checkout)]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(LUA)
+        fh.write(LUA % args.endpoint)
         lua = fh.name
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n, _ in checkouts}
     try:
