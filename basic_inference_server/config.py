@@ -207,8 +207,8 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 _port_or_null),
         Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _workers),
         Setting("GATEWAY_THREADS", int, 32,
-                "Threads per gateway worker: concurrent requests each can hold.",
-                _at_least(1, 10000)),
+                "Threads per gateway worker for blocking work (management calls, job "
+                "submission); requests waiting on endpoints hold none.", _at_least(1, 10000)),
         Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
                 "Largest accepted request body in bytes (413 above).", _at_least(1, 1 << 40)),
         Setting("ADMIN_TOKEN", (str, type(None)), None,
@@ -256,6 +256,23 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("JOB_TTL", (int, float), 86400,
                 "Seconds a finished job's result stays readable at /jobs/<id>.",
                 _at_least(1, 365 * 86400)),
+        # The front's connections (gateway/connection.py, gateway/worker.py).
+        Setting("HEADER_TIMEOUT", (int, float), 60,
+                "Seconds a client has to send a request's headers, from its first byte "
+                "(nginx's client_header_timeout); then the connection is closed.",
+                _at_least(0.1, 3600)),
+        Setting("BODY_TIMEOUT", (int, float), 60,
+                "Seconds a client has to send a request's body once its headers are in.",
+                _at_least(0.1, 3600)),
+        Setting("KEEPALIVE_TIMEOUT", (int, float), 30,
+                "Seconds an idle kept-alive client connection stays open.", _at_least(0.1, 3600)),
+        Setting("MAX_CONNECTIONS", int, 10000,
+                "Open client connections of the gateway (all front processes); past it a new "
+                "one gets 503 too_many_connections.", _at_least(1, 1_000_000)),
+        Setting("TLS_CERT", (str, type(None)), None,
+                "PEM certificate chain file: the gateway serves HTTPS (with TLS_KEY)."),
+        Setting("TLS_KEY", (str, type(None)), None,
+                "PEM private key file of TLS_CERT (omit when TLS_CERT holds the key)."),
     ]
 }
 
@@ -297,6 +314,13 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         Setting("MAX_QUEUE_DEPTH", int, 10000,
                 "Jobs waiting or running beyond which a submit answers 429.",
                 _at_least(1, 1 << 40)),
+        Setting("MAX_QUEUE_BYTES", int, 1024 * 1024 * 1024,
+                "Bytes of job bodies waiting or running beyond which a submit answers 429.",
+                _at_least(1, 1 << 50)),
+        Setting("MAX_IN_FLIGHT", (int, type(None)), None,
+                "Requests the gateway lets wait on or run in this endpoint at once; past it "
+                "503 overloaded. null: live workers x MAX_BATCH_SIZE x 32.",
+                lambda v: None if v is None else _at_least(1, 1_000_000)(v)),
         Setting("MAX_ATTEMPTS", int, 3,
                 "Runs of a failing job before it goes to the dead-letter queue.",
                 _at_least(1, 1000)),

@@ -127,6 +127,24 @@ class Unavailable(ServingError):
     kind = "unavailable"
 
 
+class Overloaded(Unavailable):
+    """The endpoint holds its ``MAX_IN_FLIGHT`` requests: this one never ran."""
+
+    kind = "overloaded"
+
+
+class TooManyConnections(Unavailable):
+    """The gateway holds its ``MAX_CONNECTIONS`` open connections: the request never ran."""
+
+    kind = "too_many_connections"
+
+
+class UpstreamDropped(Unavailable):
+    """The worker died while running the request: it may have run."""
+
+    kind = "upstream_dropped"
+
+
 class UpstreamTimeout(ServingError):
     """The endpoint did not answer within its ``TIMEOUT``."""
 

@@ -133,3 +133,66 @@ def error_body(err: ServingError, meta: dict[str, Any] | None = None) -> bytes:
     if meta:
         body.update(meta)
     return dumps(body)
+
+
+# -- routing without parsing: the front reads SIGNATURE (and ASYNC) from the raw bytes ----
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_SCALAR = rb'\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*"|true|false|null|-?[0-9][0-9.eE+-]*|[\[{])'
+_FIELD_RES: dict[str, re.Pattern[bytes]] = {}
+_OBJECT_START = re.compile(rb"\s*\{")
+# Marks a top-level field whose value is an object or an array.
+CONTAINER = object()
+
+
+def looks_like_object(raw: bytes) -> bool:
+    """Whether a body starts as a JSON object does (no copy of the body is made)."""
+    return _OBJECT_START.match(raw) is not None
+
+
+def _brackets(raw: bytes, start: int, stop: int) -> int:
+    return (raw.count(b"{", start, stop) + raw.count(b"[", start, stop)
+            - raw.count(b"}", start, stop) - raw.count(b"]", start, stop))
+
+
+def peek_field(raw: bytes, key: str) -> tuple[bool, Any]:
+    """A top-level field of a JSON object, read without decoding the document.
+
+    Returns ``(found, value)``: a string, number, bool or None is decoded;
+    :data:`CONTAINER` stands for an object or array value. The last top-level
+    occurrence wins, as when the body is decoded. Strings are skipped by a regex and
+    brackets between them counted by ``bytes.count``, in one pass: no document is
+    built, so memory stays within the body's size (decoding 12 MB of tiny objects
+    takes hundreds of MB). A body that is not valid JSON may still yield a field: the
+    server, which decodes it, answers 400.
+    """
+    pattern = _FIELD_RES.get(key)
+    if pattern is None:
+        pattern = _FIELD_RES[key] = re.compile(b'"' + re.escape(key.encode()) + b'"' + _SCALAR)
+    if not looks_like_object(raw):
+        return False, None
+    found: tuple[bool, Any] = (False, None)
+    strings = _STRING.finditer(raw)
+    string = next(strings, None)
+    depth = pos = 0
+    for match in pattern.finditer(raw):
+        stop = match.start()
+        inside = False
+        while string is not None and string.start() < stop:
+            if string.end() > stop:
+                inside = True  # this "key" is text inside a string value
+                break
+            depth += _brackets(raw, pos, string.start())
+            pos = string.end()
+            string = next(strings, None)
+        if inside:
+            continue
+        depth += _brackets(raw, pos, stop)
+        pos = stop
+        if depth != 1:
+            continue
+        token = match.group(1)
+        try:
+            found = (True, CONTAINER if token in (b"[", b"{") else orjson.loads(token))
+        except orjson.JSONDecodeError:
+            continue
+    return found

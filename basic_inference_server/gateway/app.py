@@ -1,17 +1,25 @@
 """The gateway front: routes ``/run`` by ``SIGNATURE``; the rest goes to the manager.
 
-``/run`` is served by a plain WSGI handler ahead of Flask: it is on every request's
-path and needs no routing, sessions or templates. Everything else is a Flask app.
-The front keeps no state but the route table, so the manager can restart it freely.
+``/run`` is served on the event loop (see :mod:`.worker`): ``SIGNATURE`` is read from
+the raw body without decoding it (:func:`..protocol.peek_field`), the body bytes are
+forwarded as they came to the least busy worker, and the answer is passed through.
+Each endpoint may hold at most ``MAX_IN_FLIGHT`` requests at once, counted over all
+front processes; past it the front answers 503 ``overloaded`` at once, so one stuck
+endpoint can never hold the front's capacity.
+
+Everything that blocks runs in a bounded thread pool off the loop: the management
+Flask app (through a WSGI environ) and job submission (queue I/O). The front keeps no
+state but the route table, so the manager can restart it freely.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 import time
-from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,23 +28,28 @@ from ..errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
-    PayloadTooLarge,
+    Overloaded,
     ServingError,
     Unavailable,
 )
 from ..queues import JobsSpec
 from . import metrics
+from .connection import Answer, Limits, Request, call_wsgi, error_answer
 from .jobs import JobsFront
 from .loadboard import LoadBoard
 from .management import READY, build_management_app
 from .routes import RouteTable
 from .upstream import Upstream
 
-StartResponse = Callable[..., Any]
 access_log = logging.getLogger("bis.access")
 WAITABLE = ("STARTING", "RESTARTING")
 # Values of a request's ASYNC field that make it a job (a query string carries text).
 ASYNC_TRUE = (True, "true", "True", "1")
+# Bodies up to this size are decoded when the raw scan finds no usable SIGNATURE, so the
+# caller gets the decoder's exact complaint; larger ones get a short one.
+DECODE_SMALL = 64 * 1024
+# Scanning a body this large takes a while: it is done off the event loop.
+SCAN_OFF_LOOP = 1024 * 1024
 
 
 @dataclass
@@ -55,49 +68,153 @@ class FrontSpec:
     stop_timeout: float = 30
     access_log: bool = True
     jobs: dict[str, Any] | None = None  # queues.JobsSpec
+    header_timeout: float = 60
+    body_timeout: float = 60
+    keepalive_timeout: float = 30
+    max_connections: int = 10000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server TLS context of ``TLS_CERT`` / ``TLS_KEY`` (None: plain HTTP)."""
+    if not cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key or None)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 class Front:
-    """WSGI application of the gateway front."""
+    """The gateway front's request handling, shared by every connection of a process."""
 
     def __init__(self, spec: FrontSpec) -> None:
         self.spec = spec
         self.routes = RouteTable(spec.routes)
-        self.upstream = Upstream(LoadBoard(rows=spec.workers))
+        # Rows: one per front process; columns: worker sockets, "@<endpoint>" (requests
+        # in flight per endpoint) and "#connections".
+        self.board = LoadBoard(rows=spec.workers)
+        self.upstream = Upstream(self.board)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
         self.flask = build_management_app(self)
+        self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
+                             keepalive_timeout=spec.keepalive_timeout,
+                             max_body=spec.max_request_size,
+                             max_other_body=min(spec.max_request_size, Limits.max_other_body))
+        # Loaded in the master, before the fork: a bad certificate stops the start.
+        self.tls = tls_context(spec.tls_cert, spec.tls_key)
+        self.pool: ThreadPoolExecutor | None = None
 
-    # -- helpers ------------------------------------------------------------------
+    def start(self) -> None:
+        """In each front process, after the fork: the thread pool for blocking work."""
+        self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
+                                       thread_name_prefix="bis-front")
+
+    async def off_loop(self, func: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)
+
     def meta(self) -> dict[str, Any]:
         return protocol.base_meta(self.spec.server_name, self.spec.app_version)
 
-    def _error(self, err: ServingError, start_response: StartResponse) -> Iterable[bytes]:
-        body = protocol.error_body(err, self.meta())
-        start_response(_status_line(err.status),
-                       [("Content-Type", protocol.JSON), ("Content-Length", str(len(body))),
-                        *err.headers()])
-        return [body]
+    # -- dispatch -----------------------------------------------------------------
+    async def handle(self, req: Request) -> Answer:
+        if req.path == "/run":
+            return await self.run(req)
+        if req.path == "/jobs":
+            if req.method != "POST":
+                return error_answer(MethodNotAllowed(
+                    f"{req.method} is not allowed on /jobs; POST a job, GET /jobs/<id>"),
+                    self.meta())
+            return await self._submit(req)
+        answer: Answer = await self.off_loop(self.wsgi, req)
+        return answer
 
-    def _read_body(self, environ: dict[str, Any]) -> bytes:
-        limit = self.spec.max_request_size
-        length = environ.get("CONTENT_LENGTH")
-        stream = environ["wsgi.input"]
-        if length:
-            try:
-                size = int(length)
-            except ValueError:
-                raise BadRequest("invalid Content-Length") from None
-            if size > limit:
-                raise PayloadTooLarge(f"body of {size} bytes is over the limit of {limit} bytes",
-                                      MAX_REQUEST_SIZE=limit)
-            return bytes(stream.read(size))
-        data = stream.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes",
-                                  MAX_REQUEST_SIZE=limit)
-        return bytes(data)
+    # -- /run ---------------------------------------------------------------------
+    async def run(self, req: Request) -> Answer:
+        """``/run``: route by SIGNATURE, forward, pass the answer through.
 
-    def _resolve(self, name: str) -> dict[str, Any]:
+        With ``"ASYNC": true`` the request becomes a job instead (POST only: a GET
+        never creates anything).
+        """
+        started = time.perf_counter()
+        label = "-"  # the endpoint label until a valid SIGNATURE is read
+        try:
+            if req.method == "POST":
+                raw = req.body
+                if b'"ASYNC"' in raw:
+                    found, flag = protocol.peek_field(raw, "ASYNC")
+                    if found and flag in ASYNC_TRUE:
+                        return await self._submit(req)
+                name = await self._signature(raw)
+            elif req.method == "GET":
+                query = dict(parse_qsl(req.query))
+                if query.get("ASYNC") in ASYNC_TRUE:
+                    raise MethodNotAllowed("jobs are submitted with POST /run or POST /jobs; "
+                                           "GET /run only runs a request")
+                name = protocol.signature_of(query)  # type: ignore[arg-type]
+                raw = protocol.dumps(query)
+            else:
+                raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST")
+            label = name
+            route = await self._resolve(name)
+            resp = await self._forward(route, name, raw, req)
+        except ServingError as err:
+            if isinstance(err, NotFound):
+                label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
+            metrics.REQUESTS.labels(label, str(err.status)).inc()
+            return error_answer(err, self.meta())
+        elapsed = time.perf_counter() - started
+        metrics.REQUESTS.labels(label, str(resp.status)).inc()
+        metrics.LATENCY.labels(label).observe(elapsed)
+        if self.spec.access_log:
+            # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
+            access_log.info("%s %d %.2f ms worker %s id %s", label, resp.status, elapsed * 1000,
+                            resp.worker, req.request_id, extra={"access": {
+                                "endpoint": label, "status": resp.status,
+                                "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker,
+                                "request_id": req.request_id}})
+        return Answer(resp.status, [(k.decode("latin-1"), v.decode("latin-1"))
+                                    for k, v in resp.headers], resp.body)
+
+    async def _signature(self, raw: bytes) -> str:
+        """The body's SIGNATURE, read without decoding the body (400 when unusable)."""
+        if len(raw) > SCAN_OFF_LOOP:
+            found, value = await self.off_loop(protocol.peek_field, raw, "SIGNATURE")
+        else:
+            found, value = protocol.peek_field(raw, "SIGNATURE")
+        if found and isinstance(value, str) and value:
+            return value
+        if len(raw) <= DECODE_SMALL:
+            return protocol.signature_of(protocol.parse_body(raw))
+        if not protocol.looks_like_object(raw):
+            raise BadRequest("body must be a JSON object with a SIGNATURE field")
+        if found and value is protocol.CONTAINER:
+            raise BadRequest("SIGNATURE must be a non-empty string, got an object or array")
+        return protocol.signature_of({"SIGNATURE": value} if found else {})
+
+    async def _forward(self, route: dict[str, Any], name: str, raw: bytes,
+                       req: Request) -> Any:
+        key = "@" + name
+        limit = int(route.get("max_in_flight") or 0)
+        if limit and self.board.load(key) >= limit:
+            raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
+                             "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
+        head = b"X-Request-ID: " + req.request_id.encode() + b"\r\n"
+        for header, value in req.headers:
+            if header == b"x-customer-id":
+                head += b"X-Customer-ID: " + value + b"\r\n"
+        gauge = metrics.IN_FLIGHT.labels(name)
+        gauge.inc()
+        self.board.add(key, 1)
+        try:
+            return await self.upstream.forward(route, name, head, raw)
+        finally:
+            self.board.add(key, -1)
+            gauge.dec()
+
+    async def _resolve(self, name: str) -> dict[str, Any]:
         """The route of a READY endpoint, or the error to answer with."""
         route = self.routes.get(name)
         if route is None or route["state"] != READY:
@@ -113,7 +230,7 @@ class Front:
             while time.monotonic() < deadline and route["state"] in WAITABLE:
                 # Poll the route file (a stat) until the endpoint is ready, has failed
                 # (no use waiting for a model that did not load), or time is up.
-                time.sleep(0.02)
+                await asyncio.sleep(0.02)
                 route = self.routes.get(name, fresh=True) or route
                 if route["state"] == READY:
                     return route
@@ -122,68 +239,26 @@ class Front:
             + (f": {route['last_error']}" if route.get("last_error") else ""),
             retry_after=route.get("retry_after", 1), SIGNATURE=name, STATE=route["state"])
 
-    # -- WSGI ---------------------------------------------------------------------
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO")
-        if path == "/run":
-            return self.run(environ, start_response)
-        if path == "/jobs":
-            if environ["REQUEST_METHOD"] != "POST":
-                return self._error(MethodNotAllowed(f"{environ['REQUEST_METHOD']} is not allowed on "
-                                                    "/jobs; POST a job, GET /jobs/<id>"), start_response)
-            return self.run(environ, start_response, as_job=True)
-        return self.flask(environ, start_response)  # type: ignore[no-any-return]
+    # -- jobs ---------------------------------------------------------------------
+    async def _submit(self, req: Request) -> Answer:
+        answer: Answer = await self.off_loop(self.submit_job, req.body)
+        return answer
 
-    def run(self, environ: dict[str, Any], start_response: StartResponse,
-            as_job: bool = False) -> Iterable[bytes]:
-        """``/run``: validate, route by SIGNATURE, forward, pass the answer through.
-
-        With ``"ASYNC": true`` (or on ``POST /jobs``) the request becomes a job instead.
-        """
-        started = time.perf_counter()
-        label = "-"  # the endpoint label until a valid SIGNATURE is read
+    def submit_job(self, raw: bytes) -> Answer:
+        """``POST /jobs`` (or ``/run`` with ``ASYNC``): decode, check, enqueue; in the pool."""
+        label = "-"
         try:
-            method = environ["REQUEST_METHOD"]
-            if method == "POST":
-                raw = self._read_body(environ)
-                body = protocol.parse_body(raw)
-            elif method == "GET":
-                body = dict(parse_qsl(environ.get("QUERY_STRING", "")))
-                raw = protocol.dumps(body)
-            else:
-                raise MethodNotAllowed(f"{method} is not allowed on /run; use POST")
-            name = protocol.signature_of(body)
-            label = name
-            if as_job or body.get("ASYNC") in ASYNC_TRUE:
-                route = self.routes.get(name) or self.routes.get(name, fresh=True)
-                return self.jobs.submit(name, body, route, self.meta(), start_response)
-            route = self._resolve(name)
-            gauge = metrics.IN_FLIGHT.labels(name)
-            gauge.inc()
-            try:
-                resp = self.upstream.forward(route, name, raw, environ.get("HTTP_X_CUSTOMER_ID"))
-            finally:
-                gauge.dec()
+            body = protocol.parse_body(raw)
+            name = label = protocol.signature_of(body)
+            route = self.routes.get(name) or self.routes.get(name, fresh=True)
+            status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta())
         except ServingError as err:
-            if isinstance(err, NotFound):
-                label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
-            metrics.REQUESTS.labels(label, str(err.status)).inc()
-            return self._error(err, start_response)
-        elapsed = time.perf_counter() - started
-        metrics.REQUESTS.labels(label, str(resp.status)).inc()
-        metrics.LATENCY.labels(label).observe(elapsed)
-        if self.spec.access_log:
-            # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
-            access_log.info("%s %d %.2f ms worker %s", label, resp.status, elapsed * 1000,
-                            resp.worker, extra={"access": {
-                                "endpoint": label, "status": resp.status,
-                                "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker}})
-        start_response(_status_line(resp.status),
-                       [*resp.headers, ("Content-Length", str(len(resp.body)))])
-        return [resp.body]
+            metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label,
+                                    str(err.status)).inc()
+            return error_answer(err, self.meta())
+        return Answer(status, headers, answer)
 
-_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
-
-
-def _status_line(status: int) -> str:
-    return _STATUS_LINES.get(status) or f"{status} Unknown"
+    # -- the management app -------------------------------------------------------
+    def wsgi(self, req: Request) -> Answer:
+        """Run the management Flask app on one request (in the pool)."""
+        return call_wsgi(self.flask, req)

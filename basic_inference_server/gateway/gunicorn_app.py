@@ -1,8 +1,7 @@
-"""The gateway front under gunicorn: ``GATEWAY_WORKERS`` processes of ``GATEWAY_THREADS``.
+"""The gateway front under gunicorn: ``GATEWAY_WORKERS`` event-loop processes.
 
-Threaded workers (see :mod:`.worker`): each thread holds one request while its
-endpoint computes, so a slow model does not block other endpoints; clients keep their
-connections alive.
+Each worker (see :mod:`.worker`) serves every connection on one event loop, with
+``GATEWAY_THREADS`` threads for the blocking management calls and job submissions.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ class GatewayFront(BaseApplication):
     def load_config(self) -> None:
         settings: dict[str, Any] = {
             "workers": self.spec.workers,
-            "worker_class": "basic_inference_server.gateway.worker.StickyThreadWorker",
-            "threads": self.spec.threads,
-            "keepalive": 30,
+            "worker_class": "basic_inference_server.gateway.worker.FrontWorker",
+            "keepalive": self.spec.keepalive_timeout,
             "graceful_timeout": self.spec.stop_timeout,
             "timeout": 60,
             # The front runs no user code: load it once in the master, fork ready workers.
@@ -49,7 +47,7 @@ class GatewayFront(BaseApplication):
     @staticmethod
     def _post_fork(server: Any, worker: Any) -> None:
         die_with_parent(signal.SIGKILL)
-        server.app.wsgi().upstream.board.claim_row(worker.bis_slot)
+        server.app.wsgi().board.claim_row(worker.bis_slot)
 
     def load(self) -> Front:
         return Front(self.spec)

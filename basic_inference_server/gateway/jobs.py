@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, request
@@ -32,7 +32,6 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
-StartResponse = Callable[..., Any]
 Reply = Callable[..., Response]
 
 
@@ -71,16 +70,25 @@ class JobsFront:
             log.warning("job queue error while %s: %s", what, exc)
             raise Unavailable(f"the job queue failed while {what}: {exc}", retry_after=1) from None
 
-    # -- submit (raw WSGI, from the front's /run path) ------------------------------------
-    def submit(self, name: str, body: dict[str, Any], route: dict[str, Any] | None,
-               meta: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        """Record and enqueue one request; answer 202 with its job id."""
+    # -- submit (from the front's /run and POST /jobs, in its thread pool) ---------------
+    def submit(self, name: str, body: dict[str, Any], size: int, route: dict[str, Any] | None,
+               meta: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Record and enqueue one request (``size``: its body's bytes); answer 202 with its
+        job id, as status, headers and body."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self._backends()
         body = {k: v for k, v in body.items() if k != "ASYNC"}
         job = Job(endpoint=name, body=body)
         max_depth = route.get("max_queue_depth")
+        max_bytes = route.get("max_queue_bytes")
+        if max_bytes is not None:
+            stored = self._backend_call("sizing the job queue", lambda: queue.stored_bytes(name))
+            if stored is not None and stored + size > max_bytes:
+                raise QueueFull(f"the job queue of {name} holds {stored} bytes of jobs; this one "
+                                f"({size} bytes) would pass MAX_QUEUE_BYTES ({max_bytes}); try "
+                                "again later", retry_after=1, SIGNATURE=name,
+                                MAX_QUEUE_BYTES=max_bytes)
 
         def enqueue() -> bool:
             results.create(job)
@@ -101,9 +109,7 @@ class JobsFront:
         location = f"/jobs/{job.id}"
         answer = protocol.dumps({"JOB_ID": job.id, "STATUS": QUEUED, "SIGNATURE": name,
                                  "STATUS_URL": location, **meta})
-        start_response("202 Accepted", [("Content-Type", protocol.JSON), ("Location", location),
-                                        ("Content-Length", str(len(answer)))])
-        return [answer]
+        return 202, [("Content-Type", protocol.JSON), ("Location", location)], answer
 
     # -- read ---------------------------------------------------------------------------
     def record(self, job_id: str) -> dict[str, Any]:

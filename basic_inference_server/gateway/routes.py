@@ -10,15 +10,20 @@ from typing import Any
 # How stale the front's view may be. A server that died meanwhile is still caught at
 # once (its socket refuses the connection); only 503 texts may lag this much.
 CHECK_EVERY = 0.05
+# Two writes within one tick of the file system's clock can leave the same stamp: the
+# file is read again this often whatever its stamp says.
+READ_EVERY = 1.0
 
 
 class RouteTable:
-    """Reads the manager's route file again when it changes (checked every 50 ms at most)."""
+    """Reads the manager's route file again when it changes (checked every 50 ms at most;
+    read every second, and whenever ``fresh`` is asked)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp = -1
+        self._stamp: tuple[int, int, int] = (-1, -1, -1)
         self._checked = 0.0
+        self._read = 0.0
         self._table: dict[str, Any] = {"endpoints": {}, "no_startup_wait": True}
 
     def table(self, fresh: bool = False) -> dict[str, Any]:
@@ -27,14 +32,16 @@ class RouteTable:
             return self._table
         self._checked = now
         try:
-            stamp = os.stat(self.path).st_mtime_ns
+            info = os.stat(self.path)
         except FileNotFoundError:
             return self._table
-        if stamp != self._stamp:
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if fresh or stamp != self._stamp or now - self._read > READ_EVERY:
             try:
                 with open(self.path, encoding="utf-8") as fh:
                     self._table = json.load(fh)
                 self._stamp = stamp
+                self._read = now
             except (OSError, ValueError):
                 # Caught mid-replace on an exotic filesystem: keep the last good table.
                 pass

@@ -1,28 +1,32 @@
-"""Keep-alive connections from the front to the endpoint servers' Unix sockets.
+"""Persistent connections from the front's event loop to the endpoint servers' Unix sockets.
 
-The front is on every request's path, so this client is lean: a LIFO pool of
-connections per server socket, the request written in one ``sendall``, and the answer
-parsed by ``httptools`` (llhttp, the parser uvicorn uses). Measured on the no-op
-endpoint, a forwarded request cost about 185 us of front CPU through urllib3 and
-100 us through ``http.client``, two thirds of which went to its ``email``-based header
-parsing; this client needs about a third of that.
+The front is on every request's path, so this client is lean: a LIFO pool of idle
+connections per worker socket, each request written in one ``write`` and the answer
+parsed by ``httptools`` (llhttp, the parser uvicorn uses) as it arrives. Waiting for an
+answer holds no thread: a stuck endpoint costs the front a socket per request, nothing
+more, and the endpoint's ``MAX_IN_FLIGHT`` bounds even that (see :mod:`.app`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import socket
-import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
 
-from ..errors import Unavailable, UpstreamTimeout
+from ..errors import Unavailable, UpstreamDropped, UpstreamTimeout
 from .loadboard import LoadBoard
 
 PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
-_SMALL_BODY = 64 * 1024
+# Idle connections kept per worker socket, and how long one may stay idle: shorter than
+# the servers' keep-alive (120 s), so the front, not the server, closes them.
+MAX_IDLE = 64
+IDLE_S = 60.0
+# Bodies larger than this are written in slices of this size.
+WRITE_SLICE = 256 * 1024
 
 
 @dataclass
@@ -30,92 +34,129 @@ class UpstreamResponse:
     """A complete answer of an endpoint server."""
 
     status: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
-    complete: bool = False
-    keep_alive: bool = False
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytes = b""
     # Which worker answered: "g<generation>w<slot>" of its own socket, or "any" (shared).
     worker: str = "any"
-    parser: httptools.HttpResponseParser | None = field(default=None, repr=False)
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
-
-    # httptools parser callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in PASS_HEADERS:
-            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        # llhttp answers should_keep_alive() correctly only inside this callback.
-        assert self.parser is not None
-        self.status = self.parser.get_status_code()
-        self.keep_alive = bool(self.parser.should_keep_alive())
-        self.complete = True
 
 
 class NotConnected(Unavailable):
     """Could not connect: the request was never sent, so another worker may take it."""
 
 
-class Dropped(Unavailable):
+class Dropped(UpstreamDropped):
     """The server read the request, then closed without answering: its worker died on it."""
+
+
+class _Reset(Exception):
+    """The server reset the connection without reading the request (it never ran)."""
 
 
 class _Closed(Exception):
     """The server closed the connection after reading the request, before answering it."""
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection to a server's Unix socket."""
+class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to a server's Unix socket, one request at a time."""
 
-    def __init__(self, path: str, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[UpstreamResponse] | None = None
+        self.resp = UpstreamResponse()
+        self.chunks: list[bytes] = []
+        self.received = False
+        self.open = False
+        self.keep_alive = False
+        self.idle_since = 0.0
+        self.drained: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.open = True
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
         try:
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
 
-    def post(self, target: bytes, body: bytes, timeout: float,
-             extra: bytes = b"") -> tuple[UpstreamResponse, bool]:
-        """Send one request (``extra``: header lines to add); return the answer and whether
-        the connection stays usable."""
-        self.sock.settimeout(timeout)
-        head = (b"POST " + target + b" HTTP/1.1\r\nHost: localhost\r\n" + extra
-                + b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
-        if len(body) <= _SMALL_BODY:
-            self.sock.sendall(head + body)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)) and not self.received:
+            self._fail(_Reset())
         else:
-            self.sock.sendall(head)
-            self.sock.sendall(body)
-        resp = UpstreamResponse()
-        parser = resp.parser = httptools.HttpResponseParser(resp)
-        while not resp.complete:
-            data = self.sock.recv(262144)
-            if not data:
-                raise _Closed
-            parser.feed_data(data)
-        resp.parser = None
-        return resp, resp.keep_alive
+            self._fail(_Closed())
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in PASS_HEADERS:
+            self.resp.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        # llhttp answers should_keep_alive() correctly only inside this callback.
+        self.resp.status = self.parser.get_status_code()
+        self.keep_alive = bool(self.parser.should_keep_alive())
+        self.resp.body = b"".join(self.chunks)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(self.resp)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    async def send(self, head: bytes, body: bytes) -> UpstreamResponse:
+        """Write one request and wait for its answer.
+
+        A large body is written in slices, each when the socket has taken the last:
+        the transport never holds a copy of the whole body.
+        """
+        assert self.transport is not None
+        self.resp = UpstreamResponse()
+        self.chunks = []
+        self.received = False
+        self.keep_alive = False
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        if len(body) <= WRITE_SLICE:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            view = memoryview(body)
+            for start in range(0, len(body), WRITE_SLICE):
+                if self.drained is not None:
+                    await asyncio.wait([self.drained, waiter],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                if waiter.done() or not self.open:
+                    break  # answered (an error) or closed early: stop sending
+                self.transport.write(view[start:start + WRITE_SLICE])
+        return await waiter
 
     def close(self) -> None:
-        self.sock.close()
+        self.open = False
+        if self.transport is not None:
+            self.transport.close()
 
 
 class Upstream:
     """Forwards requests to endpoint servers over pooled keep-alive connections."""
 
-    def __init__(self, board: LoadBoard | None = None, max_idle: int = 64) -> None:
-        self.max_idle = max_idle
+    def __init__(self, board: LoadBoard | None = None) -> None:
         self.board = board or LoadBoard(rows=1)
         self._idle: dict[str, list[Connection]] = {}
-        self._lock = threading.Lock()
         self._turn = itertools.count()
 
     def _by_load(self, sockets: list[str]) -> list[str]:
@@ -124,41 +165,40 @@ class Upstream:
         rotated = sockets[start:] + sockets[:start]
         return sorted(rotated, key=self.board.load)
 
-    def forward(self, route: dict[str, Any], name: str, body: bytes,
-                customer: str | None = None) -> UpstreamResponse:
+    async def forward(self, route: dict[str, Any], name: str, head: bytes,
+                      body: bytes) -> UpstreamResponse:
         """Send a ``/run`` to the least busy worker of an endpoint.
 
-        Each worker process listens on a socket of its own besides the shared one, so
-        the front balances requests itself (least outstanding requests). A worker
-        that cannot be reached (it just died) hands the request to a sibling: nothing
-        was sent, so nothing can run twice. A worker that dies running the request
-        makes it a 503 at once or, with ``RETRY_ON_CRASH``, one more try on a sibling.
-        ``customer`` is passed on as ``X-Customer-ID`` (the model manager picks
-        customer-specific models by it).
+        ``head``: the request's header lines to pass on (each ending in CRLF). Each
+        worker process listens on a socket of its own besides the shared one, so the
+        front balances requests itself (least outstanding requests). A worker that
+        cannot be reached (it just died) hands the request to a sibling: nothing was
+        sent, so nothing can run twice. A worker that dies running the request makes
+        it a 503 at once or, with ``RETRY_ON_CRASH``, one more try on a sibling.
         """
-        extra = b"X-Customer-ID: " + customer.encode("latin-1") + b"\r\n" if customer else b""
+        data = (b"POST /run HTTP/1.1\r\nHost: localhost\r\n" + head
+                + b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n")
         sockets = route.get("workers") or []
         timeout = float(route["timeout"])
-        # One more try on a sibling after a worker died running the request, where the
-        # endpoint says its requests may run twice.
         retries = 1 if route.get("retry_on_crash") else 0
         candidates = (self._by_load(sockets) if len(sockets) > 1 else list(sockets))[:2]
         # Last, the shared socket: every live worker of the endpoint, of any generation,
         # accepts there, so the request still finds one while the route table lags a
         # reload or a scale-down (whose stopping workers no longer accept).
         candidates.append(route["socket"])
+        last = len(candidates) - 1
         for i, path in enumerate(candidates):
-            # Under the lock: a lost update between threads would skew the counts for good.
-            with self._lock:
-                self.board.add(path, 1)
+            # One event loop per process writes this process's row: no lock needed.
+            self.board.add(path, 1)
             try:
-                resp = self.post(path, name, body, timeout, extra)
+                resp = await self.post(path, name, data, body, timeout)
             except NotConnected:
                 self._drop(path)
-                if i == len(candidates) - 1:
+                if i == last:
                     raise
             except Dropped:
-                if not retries or i == len(candidates) - 1:
+                if not retries or i == last:
                     raise
                 retries -= 1
             else:
@@ -166,55 +206,71 @@ class Upstream:
                     resp.worker = path.rsplit(".", 1)[-1]
                 return resp
             finally:
-                with self._lock:
-                    self.board.add(path, -1)
+                self.board.add(path, -1)
         raise NotConnected(f"endpoint {name} has no reachable worker", retry_after=1,
                            SIGNATURE=name)
 
     def _drop(self, path: str) -> None:
         """Forget a socket that refuses connections (its worker is gone)."""
-        with self._lock:
-            conns = self._idle.pop(path, [])
-        for conn in conns:
+        for conn in self._idle.pop(path, []):
             conn.close()
 
     def _take(self, path: str) -> Connection | None:
-        with self._lock:
-            idle = self._idle.get(path)
-            return idle.pop() if idle else None
+        idle = self._idle.get(path)
+        while idle:
+            conn = idle.pop()
+            if conn.open:
+                return conn
+        return None
 
     def _give_back(self, path: str, conn: Connection) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(path, [])
-            if len(idle) < self.max_idle:
-                idle.append(conn)
-                return
-        conn.close()
+        idle = self._idle.setdefault(path, [])
+        if len(idle) < MAX_IDLE:
+            conn.idle_since = time.monotonic()
+            idle.append(conn)
+        else:
+            conn.close()
 
-    def post(self, path: str, name: str, body: bytes, timeout: float,
-             extra: bytes = b"") -> UpstreamResponse:
-        """POST ``body`` to ``/run`` of the server at ``path``; failures become 503 / 504."""
+    def close_idle(self, older_than: float = IDLE_S) -> None:
+        """Close pooled connections idle longer than ``older_than`` seconds (0: all)."""
+        now = time.monotonic()
+        for path, idle in list(self._idle.items()):
+            keep = [c for c in idle if c.open and now - c.idle_since < older_than]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+            if keep:
+                self._idle[path] = keep
+            else:
+                del self._idle[path]
+
+    async def _connect(self, path: str, name: str) -> Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, conn = await loop.create_unix_connection(Connection, path)
+        except OSError as exc:
+            raise NotConnected(f"endpoint {name} is not accepting connections: "
+                               f"{exc.strerror or exc}", retry_after=1, SIGNATURE=name) from None
+        return conn
+
+    async def post(self, path: str, name: str, head: bytes, body: bytes,
+                   timeout: float) -> UpstreamResponse:
+        """Send one request to the server at ``path``; failures become 503 / 504."""
         for attempt in (0, 1):
             conn = self._take(path) if attempt == 0 else None
             reused = conn is not None
             if conn is None:
-                try:
-                    conn = Connection(path, timeout)
-                except OSError as exc:
-                    raise NotConnected(f"endpoint {name} is not accepting connections: "
-                                       f"{exc.strerror or exc}", retry_after=1,
-                                       SIGNATURE=name) from None
+                conn = await self._connect(path, name)
             try:
-                resp, keep = conn.post(b"/run", body, timeout, extra)
-            except TimeoutError:
+                resp = await asyncio.wait_for(conn.send(head, body), timeout)
+            except asyncio.TimeoutError:
                 conn.close()
                 raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
                                       SIGNATURE=name) from None
-            except (ConnectionResetError, BrokenPipeError):
-                # On a Unix socket, EPIPE / ECONNRESET mean the server closed the connection
-                # without reading this request (an idle kept-alive connection it dropped, or
-                # a stopping worker's backlog): it never ran, so it may be sent again.
-                conn.close()
+            except _Reset:
+                # On a Unix socket, a reset before any answer means the server closed the
+                # connection without reading this request (an idle kept-alive connection
+                # it dropped, or a stopping worker's backlog): it never ran.
                 if reused:
                     continue
                 raise NotConnected(f"endpoint {name} closed the connection unread; retry "
@@ -222,19 +278,16 @@ class Upstream:
             except _Closed:
                 # End of file after the server read the request: its worker died running
                 # it. Sending it again could run it twice (and kill a second worker).
-                conn.close()
                 raise Dropped(f"endpoint {name} dropped the connection (its worker may "
                               f"have died); retry shortly", retry_after=1,
                               SIGNATURE=name) from None
             except httptools.HttpParserError as exc:
-                conn.close()
                 raise Unavailable(f"endpoint {name} sent an invalid answer: {exc}",
                                   retry_after=1, SIGNATURE=name) from None
-            except OSError as exc:
+            except asyncio.CancelledError:
                 conn.close()
-                raise Unavailable(f"endpoint {name} is not accepting connections: "
-                                  f"{exc.strerror or exc}", retry_after=1, SIGNATURE=name) from None
-            if keep:
+                raise
+            if conn.keep_alive and conn.open:
                 self._give_back(path, conn)
             else:
                 conn.close()

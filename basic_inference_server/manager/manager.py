@@ -290,6 +290,12 @@ class Manager:
             "access_log": self.config["ACCESS_LOG"],
             "allowed_hosts": self.config["ALLOWED_HOSTS"],
             "jobs": self.jobs.to_dict(),
+            "header_timeout": self.config["HEADER_TIMEOUT"],
+            "body_timeout": self.config["BODY_TIMEOUT"],
+            "keepalive_timeout": self.config["KEEPALIVE_TIMEOUT"],
+            "max_connections": self.config["MAX_CONNECTIONS"],
+            "tls_cert": self.config["TLS_CERT"],
+            "tls_key": self.config["TLS_KEY"],
         }
         metrics = self.run_dir / "metrics"
         # A fresh folder per front: counters of dead front processes start over with it.
@@ -352,6 +358,9 @@ class Manager:
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "generation": ep.generation,
             "jobs": self.jobs.to_dict(),
+            "max_request_size": self.config["MAX_REQUEST_SIZE"],
+            "header_timeout": self.config["HEADER_TIMEOUT"],
+            "body_timeout": self.config["BODY_TIMEOUT"],
         }
 
     def _server_env(self) -> dict[str, str]:

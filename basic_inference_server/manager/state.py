@@ -16,6 +16,8 @@ from .children import BACKOFF_FIRST, Child, backoff
 
 # A server that ran this long before dying is not in a crash loop: restart at once.
 STABLE_AFTER = 30.0
+# Requests allowed to wait per worker slot by default (MAX_IN_FLIGHT).
+IN_FLIGHT_FACTOR = 32
 
 
 class State(str, Enum):
@@ -104,7 +106,17 @@ class Endpoint:
             "last_error": self.last_error,
             "retry_after": self.retry_after(),
             "max_queue_depth": self.config.settings["MAX_QUEUE_DEPTH"],
+            "max_queue_bytes": self.config.settings["MAX_QUEUE_BYTES"],
+            "max_in_flight": self.max_in_flight(),
         }
+
+    def max_in_flight(self) -> int:
+        """The front's bulkhead: ``MAX_IN_FLIGHT``, else what the live workers can hold
+        (times ``MAX_BATCH_SIZE``) with room for 32 waiting per slot."""
+        s = self.config.settings
+        if s["MAX_IN_FLIGHT"] is not None:
+            return int(s["MAX_IN_FLIGHT"])
+        return max(1, len(self.ready_pids)) * int(s["MAX_BATCH_SIZE"]) * IN_FLIGHT_FACTOR
 
     def retry_after(self) -> float:
         if self.restart_at is not None:

@@ -104,6 +104,12 @@ class JobQueue(ABC):
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
         """Add a job; False (nothing added) when ``depth`` is already ``max_depth``."""
 
+    def stored_bytes(self, endpoint: str) -> int | None:
+        """Bytes the endpoint's waiting and running jobs take in the queue (for
+        ``MAX_QUEUE_BYTES``); None where the backend cannot tell, and then
+        ``MAX_QUEUE_DEPTH`` x ``MAX_REQUEST_SIZE`` is what bounds them."""
+        return None
+
     @abstractmethod
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:

@@ -204,6 +204,12 @@ class SqliteQueue(JobQueue):
     def depth(self, endpoint: str) -> int:
         return self._depth(self.db.conn(), endpoint)
 
+    def stored_bytes(self, endpoint: str) -> int:
+        row = self.db.conn().execute(
+            "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM jobs WHERE endpoint = ? AND dead = 0",
+            (endpoint,)).fetchone()
+        return int(row[0])
+
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         rows = self.db.conn().execute(
             "SELECT id, payload, attempts, last_error FROM jobs WHERE endpoint = ? AND dead = 1 "

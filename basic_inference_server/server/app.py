@@ -11,7 +11,9 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, request, send_file
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Status, body (or a file to send) and extra headers of one /run answer.
 Outcome = tuple[int, dict[str, Any] | FileOutput, list[tuple[str, str]]]
+_STATUS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
 
 @dataclass
@@ -51,6 +54,9 @@ class ServerSpec:
     stop_timeout: float = 30
     load_timeout: float = 300
     generation: int = 0
+    max_request_size: int = 64 * 1024 * 1024
+    header_timeout: float = 60
+    body_timeout: float = 60
     extra: dict[str, Any] = field(default_factory=dict)
     jobs: dict[str, Any] | None = None  # queues.JobsSpec: consume this endpoint's async jobs
 
@@ -139,6 +145,36 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
             return _file_answer(body)
         return answer(status, body, headers)
 
+    flask_wsgi = app.wsgi_app
+
+    def plain_run(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """``POST /run`` ahead of Flask: it is on every request's path and needs no
+        routing or request object. The body is decoded once (``protocol.parse_body``)."""
+        if environ.get("PATH_INFO") != "/run" or environ["REQUEST_METHOD"] != "POST":
+            return flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            size = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(size) if size > 0 else b""
+            status, body, headers = execute(protocol.parse_body(raw),
+                                            environ.get("HTTP_X_CUSTOMER_ID"))
+        except ServingError as err:
+            status, body, headers = err.status, {**err.to_dict(), **meta(next(counter))}, \
+                err.headers()
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: a 500 that names it
+            log.exception("%s: unexpected error while answering request %s", spec.name,
+                          environ.get("HTTP_X_REQUEST_ID", "-"))
+            failure = ServingError(f"{type(exc).__name__}: {exc}", EXCEPTION=type(exc).__name__)
+            status, body, headers = failure.status, failure.to_dict(), []
+        if isinstance(body, FileOutput):
+            with app.request_context(environ):
+                return _file_answer(body)(environ, start_response)  # type: ignore[no-any-return]
+        data = protocol.dumps(body)
+        start_response(_STATUS.get(status) or f"{status} Unknown",
+                       [("Content-Type", protocol.JSON), ("Content-Length", str(len(data))),
+                        *headers])
+        return [data]
+
+    app.wsgi_app = plain_run  # type: ignore[method-assign]
     # The job consumer of this worker process runs jobs through the same pipeline.
     app.extensions["bis"] = {"execute": execute, "config": cfg}
 

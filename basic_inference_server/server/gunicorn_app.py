@@ -1,13 +1,16 @@
 """An endpoint server: a gunicorn master with NR_WORKERS worker processes.
 
 gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the worker
-count and graceful stops. We use the ``gthread`` worker with one thread: it keeps the
-front's pooled connections alive (the ``sync`` worker closes every connection) while
-running one request at a time per process, so user code never runs concurrently in
-one process (with ``MAX_BATCH_SIZE`` n > 1 it runs n threads, and one batch thread runs
-the model: see ``batching.py``). gunicorn's "dirty arbiter" pool is not used: it would add an IPC hop with
-JSON re-encoding to every request, and our workers already are dedicated model
-processes. Its control socket is disabled: the manager drives servers by signals.
+count and graceful stops. Each worker is an :class:`EndpointWorker`: its connections
+are read on an event loop (the front's :class:`..gateway.connection.HttpConnection`,
+with its header and body deadlines and body limit), and a complete request is handed
+to a pool of one thread, so user code never runs concurrently in one process (with
+``MAX_BATCH_SIZE`` n > 1 the pool has n threads, and one batch thread runs the model:
+see ``batching.py``). A slow or idle client costs a socket, never the worker's thread,
+and a stop closes idle kept-alive connections at once. gunicorn's "dirty arbiter" pool
+is not used: it would add an IPC hop with JSON re-encoding to every request, and our
+workers already are dedicated model processes. Its control socket is disabled: the
+manager drives servers by signals.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import logging
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from .. import protocol
 from ..childproc import take_slot
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
+from ..gateway.connection import Answer, HttpConnection, Limits, Request, call_wsgi
 from ..gateway.metrics import mark_dead
+from ..gateway.worker import LoopWorker
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from .app import ServerSpec, build_worker, create_app
@@ -32,6 +39,8 @@ from .placement import place_worker
 from .probe import ProbeListener, probe_path
 
 log = logging.getLogger(__name__)
+# Open connections one worker process takes; past it 503 too_many_connections.
+MAX_WORKER_CONNECTIONS = 1000
 
 # Filled in by post_fork, in the worker process, before the app is loaded.
 _worker_slot = {"slot": 0}
@@ -132,7 +141,7 @@ class EndpointServer(BaseApplication):
         settings: dict[str, Any] = {
             "bind": [f"{spec.host}:{spec.port}", f"unix:{spec.socket}"],
             "workers": spec.nr_workers,
-            "worker_class": "gthread",
+            "worker_class": "basic_inference_server.server.gunicorn_app.EndpointWorker",
             # One request at a time, unless batching: then as many as a batch holds.
             "threads": max(1, int(spec.worker_config.get("MAX_BATCH_SIZE", 1))),
             # Longer than the front's idle pool lifetime: the front closes first.
@@ -166,3 +175,39 @@ class EndpointServer(BaseApplication):
                                generation=self.spec.generation)
             raise
         return create_app(self.spec, worker)
+
+
+class EndpointWorker(LoopWorker):
+    """A worker process of an endpoint server (see the module's docstring)."""
+
+    spec: ServerSpec
+    pool: ThreadPoolExecutor
+
+    def started(self) -> None:
+        self.spec = self.app.spec
+        self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads,
+                                       thread_name_prefix="bis-request")
+        self.limits = Limits(header_timeout=self.spec.header_timeout,
+                             body_timeout=self.spec.body_timeout,
+                             keepalive_timeout=self.cfg.keepalive,
+                             max_body=self.spec.max_request_size,
+                             max_other_body=min(self.spec.max_request_size,
+                                                Limits.max_other_body))
+
+    def stopped(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def meta(self) -> dict[str, Any]:
+        return protocol.base_meta(self.spec.server_name, self.spec.app_version)
+
+    def connection_opened(self, conn: HttpConnection) -> bool:
+        if len(self.connections) >= MAX_WORKER_CONNECTIONS:
+            return False
+        return super().connection_opened(conn)
+
+    async def handle(self, request: Request) -> Answer:
+        # self.wsgi: the Flask app, whose /run is a plain WSGI handler ahead of Flask
+        # (see app.py), maybe guarded by the job consumer (see consumer.py).
+        answer: Answer = await self.loop.run_in_executor(self.pool, call_wsgi, self.wsgi,
+                                                         request)
+        return answer

@@ -77,6 +77,9 @@ def test_reload_that_fails_to_load_keeps_the_old_generation(gw):
     info = wait_until(lambda: (i := gw.server("echo"))["last_error"] and i, timeout=20,
                       message="the failed reload is reported")
     assert "v3 is broken on purpose" in info["last_error"]
+    # The failure is reported by the failing worker; its generation exits just after.
+    wait_until(lambda: "new generation exited" in gw.log_text(), timeout=20,
+               message="the failed generation is gone")
     assert info["state"] == "READY" and info["pid"] == before["pid"]
     assert assert_ok(gw.run("echo"))["version"] == "v2"
     # Fix the file first: a worker the serving generation adds imports the file from disk

@@ -31,10 +31,9 @@ def test_async_run_and_post_jobs_give_the_sync_answer(gateways):
         assert rec["SUBMITTED_AT"] <= rec["STARTED_AT"] <= rec["FINISHED_AT"]
         strip = lambda body: {k: v for k, v in body.items() if k not in PER_CALL}  # noqa: E731
         assert strip(rec["RESULT"]) == strip(sync)
-    # A query string carries ASYNC as text.
+    # A GET never creates a job (tests/security/test_r10_get_run.py has the details).
     resp = gw.get("/run", params={"SIGNATURE": "echo", "ASYNC": "true", "Q": "1"})
-    assert resp.status_code == 202, resp.text
-    assert wait_finished(gw, resp.json()["JOB_ID"])["RESULT"]["echo"] == {"Q": "1"}
+    assert resp.status_code == 405, resp.text
 
 
 def test_bad_submissions_and_unknown_jobs(gateways):

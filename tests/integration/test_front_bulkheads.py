@@ -1,0 +1,69 @@
+"""One stuck endpoint cannot hold the front: past MAX_IN_FLIGHT it answers 503 at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from tests.conftest import assert_ok, wait_until
+
+STUCK = 120
+
+
+def test_a_stuck_endpoint_does_not_starve_a_healthy_one(gateways):
+    gw = gateways({"CONFIG_ENDPOINTS": {"stuck": {"SERVER_CLASS": "slow", "NR_WORKERS": 1},
+                                        "echo": {"NR_WORKERS": 1}}})
+    limit = 32  # the default: 1 live worker x MAX_BATCH_SIZE 1 x 32
+    answers: list[requests.Response | Exception] = []
+    lock = threading.Lock()
+
+    def stuck_call() -> None:
+        try:
+            resp = requests.post(gw.url("/run"), json={"SIGNATURE": "stuck", "SECONDS": 60},
+                                 timeout=5)
+        except requests.RequestException as exc:
+            resp = exc  # type: ignore[assignment]
+        with lock:
+            answers.append(resp)
+
+    pool = ThreadPoolExecutor(max_workers=STUCK)
+    try:
+        for _ in range(STUCK):
+            pool.submit(stuck_call)
+        # Everything past the bulkhead is refused at once, with Retry-After.
+        wait_until(lambda: len(answers) >= STUCK - limit, timeout=10,
+                   message="requests past MAX_IN_FLIGHT are answered at once")
+        with lock:
+            refused = [r for r in answers if isinstance(r, requests.Response)]
+        assert len(refused) >= STUCK - limit
+        for resp in refused:
+            assert resp.status_code == 503, resp.text
+            assert resp.json()["ERROR_TYPE"] == "overloaded"
+            assert resp.json()["MAX_IN_FLIGHT"] == limit
+            assert resp.headers["Retry-After"] == "1"
+        # Meanwhile, a healthy endpoint answers at c=1 as usual.
+        with requests.Session() as session:
+            for i in range(30):
+                started = time.monotonic()
+                body = assert_ok(session.post(gw.url("/run"), json={"SIGNATURE": "echo", "I": i},
+                                              timeout=5))
+                assert body["echo"] == {"I": i}
+                assert time.monotonic() - started < 1.0
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_max_in_flight_setting(gateways):
+    gw = gateways({"CONFIG_ENDPOINTS": {"one": {"SERVER_CLASS": "slow", "MAX_IN_FLIGHT": 2}}})
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        held = [pool.submit(requests.post, gw.url("/run"),
+                            json={"SIGNATURE": "one", "SECONDS": 2}, timeout=10) for _ in range(2)]
+        time.sleep(0.5)
+        resp = requests.post(gw.url("/run"), json={"SIGNATURE": "one", "SECONDS": 0}, timeout=5)
+        assert resp.status_code == 503 and resp.json()["ERROR_TYPE"] == "overloaded", resp.text
+        for future in held:
+            assert_ok(future.result())
+    assert_ok(requests.post(gw.url("/run"), json={"SIGNATURE": "one", "SECONDS": 0}, timeout=5))
