@@ -25,6 +25,16 @@ RUN pip install ".[${EXTRAS}]"
 COPY endpoints ./endpoints
 COPY config_gateway.json run_gateway.py ./
 
+# The gateway runs as an unprivileged user that owns only its cache folder: the code
+# and the endpoints stay root-owned, read-only to it. A _cache volume made by an older
+# image (which ran as root) belongs to root; the gateway then exits with code 78 and
+# prints the one command that hands it over:
+#   docker run --rm -u 0 -v ai_vol:/aid_app/_cache IMAGE chown -R 10001:10001 /aid_app/_cache
+ARG BIS_UID=10001
+RUN useradd --system --uid "${BIS_UID}" --user-group --no-create-home --home-dir /aid_app bis \
+    && mkdir -p /aid_app/_cache && chown bis:bis /aid_app/_cache && chmod 0700 /aid_app/_cache
+USER ${BIS_UID}:${BIS_UID}
+
 VOLUME /aid_app/_cache
 EXPOSE 5002-5010
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -15,20 +16,33 @@ from .procutil import adopt_listeners, die_with_parent
 
 def child_main(prog: str, serve: Callable[[dict[str, Any]], None],
                argv: list[str] | None = None) -> int:
-    """Parse ``--spec JSON --parent PID --fds N,M``, arm die-with-parent, then serve."""
+    """Parse ``--spec-fd N --parent PID --fds N,M``, arm die-with-parent, then serve.
+
+    The spec is read from the inherited file descriptor N (see
+    :func:`~basic_inference_server.manager.children.spawn`), so it never shows on a
+    command line.
+    """
     parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--spec", required=True, help="process spec as JSON")
+    parser.add_argument("--spec-fd", type=int, required=True,
+                        help="inherited file descriptor holding the process spec as JSON")
     parser.add_argument("--parent", type=int, default=None, help="pid to die with")
     parser.add_argument("--fds", default="", help="inherited listening sockets")
     args = parser.parse_args(argv)
     if args.parent is not None:
         die_with_parent(signal.SIGKILL, expected_parent=args.parent)
+    spec = read_spec(args.spec_fd)
     adopt_listeners(args.fds)
     setup_logging()
-    spec = json.loads(args.spec)
     sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
     serve(spec)
     return 0
+
+
+def read_spec(fd: int) -> dict[str, Any]:
+    """Read and close the spec file descriptor (before the listeners move to 3, 4, ...)."""
+    with os.fdopen(fd, "rb") as f:
+        spec: dict[str, Any] = json.loads(f.read())
+    return spec
 
 
 def take_slot(server: Any, worker: Any) -> None:

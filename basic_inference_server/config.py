@@ -2,7 +2,7 @@
 
 Every key the framework reads is declared once in :data:`GATEWAY_SETTINGS` or
 :data:`ENDPOINT_SETTINGS` with its type, default, check and one-line description.
-The README's key table is generated from these tables (``python -m
+The table in docs/configuration.md is generated from these tables (``python -m
 basic_inference_server.config``) and a test keeps the two in step.
 
 Endpoint sections may also carry the endpoint's own keys (those of its ``_CONFIG``);
@@ -13,7 +13,9 @@ like a misspelling of one of ours is reported, not passed on silently.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -25,7 +27,24 @@ from .errors import ConfigError
 from .queues import check_url
 
 NO_HOST = "NO_HOST"
-_ENDPOINT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+# One rule for endpoint names and SERVER_CLASS (a file name in the endpoints folder),
+# always applied with fullmatch: "$" would let a trailing newline through.
+NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
+NAME_RULE_TEXT = "1 to 64 letters, digits, '_' or '-', not starting with a digit or '-'"
+# One bound on worker processes per endpoint, wherever a count is set.
+MAX_WORKERS = 256
+# Longest wait, timeout or interval a setting may ask for (a week).
+MAX_SECONDS = 7 * 86400
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# Where the admin token may come from besides the ADMIN_TOKEN setting (names of
+# environment variables). Children never inherit them.
+ADMIN_TOKEN_ENV = "BIS_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE_ENV = "BIS_ADMIN_TOKEN_FILE"
+SECRET_ENV = (ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV)
+# Settings holding a URL that may carry a password: their value may instead name an
+# environment variable (``env:NAME``) or a file (``file:/path``) holding the URL.
+REF_PREFIXES = ("env:", "file:")
 
 
 @dataclass(frozen=True)
@@ -37,8 +56,17 @@ class Setting:
     default: Any
     desc: str
     check: Callable[[Any], str | None] | None = None
+    # The value may be ``env:NAME`` or ``file:PATH``, read at start (see resolve_ref).
+    secret_ref: bool = False
 
-    def validate(self, value: Any, where: str) -> Any:
+    def validate(self, value: Any, where: str, refs: bool = True) -> Any:
+        """The checked value; ``refs`` False refuses ``env:``/``file:`` references (they
+        are the operator's, read from the configuration file, never from a request)."""
+        if self.secret_ref and isinstance(value, str) and value.startswith(REF_PREFIXES):
+            if not refs:
+                raise ConfigError(f"{where}: {self.name} references (env:, file:) are read "
+                                  f"from the configuration file only")
+            value = resolve_ref(value, f"{where}: {self.name}")
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
         # bool is an int in Python; an int setting must not accept true/false.
         bad_bool = isinstance(value, bool) and bool not in kinds
@@ -54,12 +82,93 @@ class Setting:
         return value
 
 
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low}"
+def resolve_ref(value: str, what: str) -> str:
+    """``env:NAME`` -> that variable's value; ``file:PATH`` -> the file's first line.
+
+    Keeps URLs with passwords out of the configuration file and off every command
+    line: the file (or the environment) can be private to the gateway's user.
+    """
+    kind, _, name = value.partition(":")
+    if kind == "env":
+        found = os.environ.get(name)
+        if not found:
+            raise ConfigError(f"{what} names the environment variable {name!r}, which is not set")
+        return found
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} names the file {name!r}, which cannot be read: {exc}") from None
+    lines = text.strip().splitlines()
+    if not lines:
+        raise ConfigError(f"{what} names the file {name!r}, which is empty")
+    return lines[0].strip()
+
+
+def _at_least(low: float, high: float = MAX_SECONDS) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        ok = (isinstance(v, int) or math.isfinite(v)) and low <= v <= high
+        return None if ok else f"must be >= {low} and <= {high}"
+
+    return check
+
+
+def is_name(value: Any) -> bool:
+    """The one name rule of endpoint names and SERVER_CLASS."""
+    return isinstance(value, str) and NAME_RULE.fullmatch(value) is not None
+
+
+def _name(v: str | None) -> str | None:
+    return None if v is None or is_name(v) else f"must be {NAME_RULE_TEXT}"
+
+
+def check_host(v: str) -> str | None:
+    """A listen address: an IP literal or a host name (or NO_HOST for a support process)."""
+    if v == NO_HOST:
+        return None
+    if not v or len(v) > 253 or not v.isascii() or "\x00" in v:
+        return "must be an IP address or a host name (ASCII, at most 253 characters)"
+    try:
+        ipaddress.ip_address(v)
+        return None
+    except ValueError:
+        pass
+    labels = v.rstrip(".").split(".")
+    if all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        return None
+    return "must be an IP address or a host name"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for the loopback addresses and ``localhost``."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _positive_or_null(v: float | None) -> str | None:
+    return None if v is None or (math.isfinite(v) and 0 < v <= 1e12) else "must be > 0"
+
+
+def _token(v: str | None) -> str | None:
+    if v is None:
+        return None
+    ok = 1 <= len(v) <= 1024 and v.isascii() and v.isprintable() and " " not in v
+    return None if ok else "must be 1 to 1024 printable ASCII characters without spaces"
+
+
+def _workers(v: int) -> str | None:
+    return None if 1 <= v <= MAX_WORKERS else f"must be >= 1 and <= {MAX_WORKERS}"
 
 
 def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
+
+
+def _port_or_null(v: int | None) -> str | None:
+    return None if v is None else _port(v)
 
 
 def _str_list(v: list) -> str | None:
@@ -84,21 +193,31 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("NO_STARTUP_WAIT", bool, True,
                 "true: /run to a starting endpoint answers 503 at once; "
                 "false: it waits (up to TIMEOUT) for the endpoint to be ready."),
+        Setting("READY_POLICY", (str, list), "all",
+                "When /health/ready answers 200: `all` started endpoints READY, `any` one of "
+                "them, or a list of the endpoints that must be READY (probes: see docs/scale-out.md).",
+                lambda v: None if v in ("all", "any") or (isinstance(v, list) and v and all(
+                    isinstance(x, str) and x for x in v))
+                else 'must be "all", "any" or a non-empty list of endpoint names'),
         Setting("SERVER_NAME", str, "basic_inference_server",
                 "Name of this box, reported as `server` in every response."),
         Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
-        Setting("FIRST_SERVER_PORT", int, None,
-                "Port of the first endpoint server (default: gateway port + 1); 0 picks free ports.",
-                _port),
-        Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _at_least(1)),
+        Setting("FIRST_SERVER_PORT", (int, type(None)), None,
+                "Port of the first endpoint server (null: gateway port + 1); 0 picks free ports.",
+                _port_or_null),
+        Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _workers),
         Setting("GATEWAY_THREADS", int, 32,
                 "Threads per gateway worker for blocking work (management calls, job "
-                "submission); requests waiting on endpoints hold none.", _at_least(1)),
+                "submission); requests waiting on endpoints hold none.", _at_least(1, 10000)),
         Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
-                "Largest accepted request body in bytes (413 above).", _at_least(1)),
+                "Largest accepted request body in bytes (413 above).", _at_least(1, 1 << 40)),
         Setting("ADMIN_TOKEN", (str, type(None)), None,
-                "Bearer token that opens the management API to non-loopback callers "
-                "(env BIS_ADMIN_TOKEN overrides)."),
+                "Bearer token every management call must present (env BIS_ADMIN_TOKEN or "
+                "BIS_ADMIN_TOKEN_FILE override it; with none, one is generated into "
+                "<cache>/admin_token).", _token),
+        Setting("INSECURE_NO_ADMIN_AUTH", bool, False,
+                "Development only: management calls need no credential at all (a warning "
+                "is logged at every start)."),
         Setting("STOP_TIMEOUT", (int, float), 30,
                 "Seconds a stopping process may take to finish in-flight work before it is killed.",
                 _at_least(0)),
@@ -106,29 +225,42 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Seconds between health samples (memory, disk, CPU, GPU) taken by the supervisor.",
                 _at_least(0.1)),
         Setting("ALERT_MEM_AVAIL_PCT", (int, float), 15,
-                "Alert when available system memory falls under this percentage.", _at_least(0)),
+                "Alert when available system memory falls under this percentage.",
+                _at_least(0, 100)),
         Setting("ALERT_DISK_FREE_PCT", (int, float), 10,
-                "Alert when free disk space falls under this percentage.", _at_least(0)),
+                "Alert when free disk space falls under this percentage.", _at_least(0, 100)),
         Setting("ALERT_GPU_MEM_PCT", (int, float), 90,
-                "Alert when a GPU's memory use rises over this percentage.", _at_least(0)),
+                "Alert when a GPU's memory use rises over this percentage.", _at_least(0, 100)),
         Setting("ALERT_RESTARTS", int, 3,
-                "Alert when an endpoint restarts this many times within 10 minutes.", _at_least(1)),
+                "Alert when an endpoint restarts this many times within 10 minutes.",
+                _at_least(1, 1_000_000)),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
+        Setting("ALLOWED_HOSTS", list, [],
+                "Host names the management routes and the dashboard answer to, besides IP "
+                "addresses, `localhost` and this machine's names (DNS rebinding guard); "
+                "entries may be `*.domain` or `*`.",
+                lambda v: None if all(isinstance(x, str) and x and x.isascii() and " " not in x
+                                      for x in v) else "must be a list of host names"),
         # Async jobs (basic_inference_server/queues).
         Setting("QUEUE", str, "sqlite",
                 "Job queue: `sqlite` (in _cache/), `sqlite:///path`, `redis://...`, `amqp://...` "
-                "or `sqs://...`; `?prefix=` names its keys or queues.", check_url),
+                "or `sqs://...`; `?prefix=` names its keys or queues; `env:VAR` or `file:PATH` "
+                "reads the URL from there (keeps passwords out of the file).", check_url,
+                secret_ref=True),
         Setting("RESULTS", (str, type(None)), None,
                 "Where job status and results live: `sqlite...` or `redis://...` "
-                "(default: the queue's Redis, else SQLite in _cache/).",
-                lambda v: None if v is None else check_url(v)),
+                "(default: the queue's Redis, else SQLite in _cache/); `env:VAR` or `file:PATH` "
+                "as for QUEUE.",
+                lambda v: None if v is None else check_url(v), secret_ref=True),
         Setting("JOB_TTL", (int, float), 86400,
-                "Seconds a finished job's result stays readable at /jobs/<id>.", _at_least(1)),
+                "Seconds a finished job's result stays readable at /jobs/<id>.",
+                _at_least(1, 365 * 86400)),
         # The front's connections (gateway/connection.py, gateway/worker.py).
         Setting("HEADER_TIMEOUT", (int, float), 60,
-                "Seconds a client has to send a request's headers, from its first byte "
-                "(nginx's client_header_timeout); then the connection is closed.", _at_least(0.1)),
+                "Seconds a client has to send a request's headers (from connecting, or from the "
+                "request's first byte on a kept-alive connection; nginx's "
+                "client_header_timeout); then the connection is closed.", _at_least(0.1)),
         Setting("BODY_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's body once its headers are in.",
                 _at_least(0.1)),
@@ -136,7 +268,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Seconds an idle kept-alive client connection stays open.", _at_least(0.1)),
         Setting("MAX_CONNECTIONS", int, 10000,
                 "Open client connections of the gateway (all front processes); past it a new "
-                "one gets 503 too_many_connections.", _at_least(1)),
+                "one gets 503 too_many_connections.", _at_least(1, 1_000_000)),
         Setting("TLS_CERT", (str, type(None)), None,
                 "PEM certificate chain file: the gateway serves HTTPS (with TLS_KEY)."),
         Setting("TLS_KEY", (str, type(None)), None,
@@ -147,15 +279,19 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
 ENDPOINT_SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
-        Setting("NR_WORKERS", int, 1, "Worker processes of the endpoint server.", _at_least(1)),
+        Setting("NR_WORKERS", int, 1,
+                f"Worker processes of the endpoint server (1 to {MAX_WORKERS}).", _workers),
         Setting("HOST", str, "127.0.0.1",
-                "Address the endpoint server listens on; NO_HOST makes it a support process."),
+                "Address the endpoint server listens on (loopback by default: its port has none "
+                "of the gateway's checks; another address is logged as a warning); NO_HOST "
+                "makes it a support process.", check_host),
         Setting("PORT", (int, type(None)), None,
                 "Port of the endpoint server (default: assigned from FIRST_SERVER_PORT).",
-                lambda v: None if v is None else _port(v)),
+                _port_or_null),
         Setting("DISABLED", bool, False, "Configured but not started (start it with /start_server)."),
         Setting("SERVER_CLASS", (str, type(None)), None,
-                "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name."),
+                "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name.",
+                _name),
         Setting("DESCRIPTION", str, "", "Free text shown by /list_servers."),
         Setting("PING_INTERVAL", (int, float), 5,
                 "Seconds between the supervisor's health probes of each worker.", _at_least(0.1)),
@@ -163,7 +299,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "Seconds a worker has to answer a probe (at most PING_INTERVAL).", _at_least(0.05)),
         Setting("PING_MISSES", int, 2,
                 "Probes missed in a row before a worker (or, all missing, the server) is killed "
-                "and replaced.", _at_least(1)),
+                "and replaced.", _at_least(1, 1000)),
         Setting("RETRY_ON_CRASH", bool, False,
                 "Retry a request once on another worker when its worker dies running it "
                 "(only for endpoints whose requests are safe to run twice)."),
@@ -176,16 +312,18 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "Output fields holding bytes; base64-encoded in the response.", _str_list),
         # Async jobs of this endpoint.
         Setting("MAX_QUEUE_DEPTH", int, 10000,
-                "Jobs waiting or running beyond which a submit answers 429.", _at_least(1)),
+                "Jobs waiting or running beyond which a submit answers 429.",
+                _at_least(1, 1 << 40)),
         Setting("MAX_QUEUE_BYTES", int, 1024 * 1024 * 1024,
                 "Bytes of job bodies waiting or running beyond which a submit answers 429.",
-                _at_least(1)),
+                _at_least(1, 1 << 50)),
         Setting("MAX_IN_FLIGHT", (int, type(None)), None,
                 "Requests the gateway lets wait on or run in this endpoint at once; past it "
                 "503 overloaded. null: live workers x MAX_BATCH_SIZE x 32.",
                 lambda v: None if v is None or v >= 1 else "must be >= 1"),
         Setting("MAX_ATTEMPTS", int, 3,
-                "Runs of a failing job before it goes to the dead-letter queue.", _at_least(1)),
+                "Runs of a failing job before it goes to the dead-letter queue.",
+                _at_least(1, 1000)),
         Setting("RETRY_BACKOFF", (int, float), 1,
                 "Seconds before the first retry of a failed job; doubles each time, up to 60.",
                 _at_least(0)),
@@ -207,7 +345,8 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 _str_list),
         Setting("MODEL_STATE_URL", (str, type(None)), None,
                 "Redis URL sharing model records (ref counts, holders, leases) across workers, "
-                "servers and hosts; null keeps them in each worker process."),
+                "servers and hosts; null keeps them in each worker process; `env:VAR` or "
+                "`file:PATH` reads the URL from there.", secret_ref=True),
         Setting("MODEL_STATE_PREFIX", str, "",
                 "Prefix of the model manager's Redis keys (model_info_<name>, ...)."),
         Setting("MODEL_MEMORY_THRESHOLD", (int, float), 0.8,
@@ -215,7 +354,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "least recently used first.", lambda v: None if 0 < v <= 1 else "must be in (0, 1]"),
         Setting("MODEL_MEMORY_BUDGET_MB", (int, float, type(None)), None,
                 "CPU models: memory budget of one worker's models; null: the GPU when one is "
-                "visible, else the machine's RAM.", lambda v: None if v is None or v > 0 else "must be > 0"),
+                "visible, else the machine's RAM.", _positive_or_null),
         Setting("MODEL_LOAD_WAIT", (int, float), 0,
                 "Seconds a load that does not fit waits (first come, first served) for references "
                 "to be released; 0 answers 429 at once.", _at_least(0)),
@@ -224,22 +363,24 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 _at_least(0.1)),
         Setting("MODEL_IDLE_UNLOAD", (int, float, type(None)), None,
                 "Unload models unreferenced for this many seconds (checked periodically); "
-                "null: never.", lambda v: None if v is None or v > 0 else "must be > 0"),
+                "null: never.", _positive_or_null),
         Setting("MODEL_THRASH_LIMIT", int, 10,
                 "Alert when a model is loaded or unloaded more than this many times in "
-                "MODEL_THRASH_WINDOW.", _at_least(1)),
+                "MODEL_THRASH_WINDOW.", _at_least(1, 1_000_000)),
         Setting("MODEL_THRASH_WINDOW", (int, float), 300, "Seconds of the thrash alert's window.",
                 _at_least(1)),
         # Dynamic batching (server/batching.py)
         Setting("MAX_BATCH_SIZE", int, 1,
-                "Requests grouped into one _predict_batch call; 1 turns batching off.", _at_least(1)),
+                "Requests grouped into one _predict_batch call; 1 turns batching off.",
+                _at_least(1, 100_000)),
         Setting("MAX_BATCH_DELAY_MS", (int, float), 5,
                 "Milliseconds a batch waits for more requests after its first.", _at_least(0)),
         # Device placement
         Setting("GPUS", (list, type(None)), None,
                 "GPU indices the workers are spread over (worker i -> GPUS[i mod n]); [] runs on "
                 "the CPU; null leaves every GPU visible.",
-                lambda v: None if v is None or all(isinstance(x, int) and x >= 0 for x in v)
+                lambda v: None if v is None or all(
+                    isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1024 for x in v)
                 else "must be a list of GPU indices"),
     ]
 }
@@ -283,7 +424,18 @@ class GatewayConfig:
         return self.settings[key]
 
     def admin_token(self) -> str | None:
-        return os.environ.get("BIS_ADMIN_TOKEN") or self.settings["ADMIN_TOKEN"]
+        """The configured token: env BIS_ADMIN_TOKEN, the file BIS_ADMIN_TOKEN_FILE names,
+        then ADMIN_TOKEN; None when none is set."""
+        token = os.environ.get(ADMIN_TOKEN_ENV)
+        path = os.environ.get(ADMIN_TOKEN_FILE_ENV)
+        if not token and path:
+            token = resolve_ref(f"file:{path}", ADMIN_TOKEN_FILE_ENV)
+        token = token or self.settings["ADMIN_TOKEN"]
+        if token is not None:
+            problem = _token(token)
+            if problem:
+                raise ConfigError(f"the admin token {problem}")
+        return token
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -291,10 +443,10 @@ def _suggest(key: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def parse_endpoint(name: str, raw: Any, where: str) -> EndpointConfig:
-    """Validate one endpoint section."""
-    if not _ENDPOINT_NAME.match(name):
-        raise ConfigError(f"{where}: endpoint name {name!r} must be letters, digits, '_' or '-'")
+def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> EndpointConfig:
+    """Validate one endpoint section (``refs``: see :meth:`Setting.validate`)."""
+    if not is_name(name):
+        raise ConfigError(f"{where}: endpoint name {name!r} must be {NAME_RULE_TEXT}")
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be an object, got {type(raw).__name__}")
     settings: dict[str, Any] = {}
@@ -302,7 +454,7 @@ def parse_endpoint(name: str, raw: Any, where: str) -> EndpointConfig:
     for key, value in raw.items():
         spec = ENDPOINT_SETTINGS.get(key)
         if spec is not None:
-            settings[key] = spec.validate(value, where)
+            settings[key] = spec.validate(value, where, refs)
             continue
         hint = _suggest(key, list(ENDPOINT_SETTINGS))
         if hint:
@@ -363,7 +515,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 
 def settings_table_markdown() -> str:
-    """The README's configuration table, generated from the settings tables."""
+    """The configuration table of docs/configuration.md, generated from the settings tables."""
 
     def rows(table: dict[str, Setting]) -> list[str]:
         out = []

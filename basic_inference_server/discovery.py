@@ -10,7 +10,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import DiscoveryError
+from .config import NAME_RULE_TEXT, is_name
+from .errors import ConfigError, DiscoveryError
 from .worker import FlaskWorker
 
 
@@ -21,9 +22,19 @@ def expected_class_name(module_name: str) -> str:
 
 
 def endpoint_file(endpoints_dir: str | Path, module_name: str) -> Path:
-    """Path of ``<endpoints_dir>/<module_name>.py``; an error lists what exists."""
+    """Path of ``<endpoints_dir>/<module_name>.py``; an error lists what exists.
+
+    A name outside the name rule is a :class:`ConfigError` (it never reaches the file
+    system); a file that resolves outside the folder (a link out of it) is refused
+    too: only the operator's endpoint files ever run.
+    """
+    if not is_name(module_name):
+        raise ConfigError(f"SERVER_CLASS {module_name!r} must be {NAME_RULE_TEXT}")
     folder = Path(endpoints_dir)
     path = folder / f"{module_name}.py"
+    if path.exists() and not path.resolve().is_relative_to(folder.resolve()):
+        raise DiscoveryError(f"SERVER_CLASS {module_name!r}: {path} resolves outside {folder}; "
+                             f"endpoint files must lie inside the endpoints folder")
     if not path.is_file():
         present = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
         raise DiscoveryError(

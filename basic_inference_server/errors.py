@@ -46,9 +46,13 @@ class Unauthorized(ServingError):
     status = 401
     kind = "unauthorized"
 
+    def headers(self) -> list[tuple[str, str]]:
+        # RFC 6750: a 401 names the scheme the caller must use.
+        return [*super().headers(), ("WWW-Authenticate", 'Bearer realm="management"')]
+
 
 class Forbidden(ServingError):
-    """A management call from a non-loopback address with no token configured."""
+    """A request the gateway refuses whoever sends it (a Host not in ``ALLOWED_HOSTS``)."""
 
     status = 403
     kind = "forbidden"
@@ -66,11 +70,25 @@ class MethodNotAllowed(ServingError):
     kind = "method_not_allowed"
 
 
+class Conflict(ServingError):
+    """The command does not fit the endpoint's current state (reloading, not READY...)."""
+
+    status = 409
+    kind = "conflict"
+
+
 class PayloadTooLarge(ServingError):
     """The body is over ``MAX_REQUEST_SIZE``."""
 
     status = 413
     kind = "payload_too_large"
+
+
+class UnsupportedMediaType(ServingError):
+    """A management POST whose body is not declared ``application/json``."""
+
+    status = 415
+    kind = "unsupported_media_type"
 
 
 class QueueFull(ServingError):
@@ -132,6 +150,18 @@ class UpstreamTimeout(ServingError):
 
     status = 504
     kind = "timeout"
+
+
+# The kind of each status's own class: the ERROR_TYPE of an error that arrives without one
+# (the manager's answers, werkzeug's own HTTP errors).
+_KIND_BY_STATUS = {cls.status: cls.kind for cls in (
+    BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
+    PayloadTooLarge, UnsupportedMediaType, Unavailable, UpstreamTimeout)}
+
+
+def kind_for_status(status: int) -> str:
+    """``ERROR_TYPE`` for an HTTP error status (``bad_request`` or ``internal_error`` if unknown)."""
+    return _KIND_BY_STATUS.get(status) or ("bad_request" if 400 <= status < 500 else "internal_error")
 
 
 class ConfigError(Exception):

@@ -61,3 +61,14 @@ class Notifier:
         except OSError:
             # The manager is gone or its queue is full: events are advisory.
             pass
+
+
+# Reserved argument keys: the front adds the HTTP peer of a /support_update_status call,
+# which the manager checks against the support process's sockets.
+PEER_ADDR = "__peer_addr__"
+PEER_PORT = "__peer_port__"
+
+
+def peer_args(environ: dict[str, Any]) -> dict[str, Any]:
+    """The peer of an HTTP request (WSGI environ) under the reserved keys."""
+    return {PEER_ADDR: environ.get("REMOTE_ADDR"), PEER_PORT: environ.get("REMOTE_PORT")}

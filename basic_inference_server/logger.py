@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from .redact import mask_text
+
 _COLOR_LEVELS = {"r": logging.ERROR, "red": logging.ERROR, "y": logging.WARNING,
                  "yellow": logging.WARNING}
 
@@ -38,18 +40,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class MaskingFormatter(logging.Formatter):
+    """Wraps a formatter: every password in a URL of the line is masked (``***``)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(self.inner.format(record))
+
+
 def setup_logging(level: str | None = None) -> None:
     """Configure the root logger once per process (stderr; JSON if BIS_LOG_JSON=1)."""
     root = logging.getLogger()
     if getattr(root, "_bis_configured", False):
         return
     handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("BIS_LOG_JSON") == "1":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(process)d %(levelname).1s %(name)s: %(message)s")
-        )
+    inner = (JsonFormatter() if os.environ.get("BIS_LOG_JSON") == "1" else
+             logging.Formatter("%(asctime)s %(process)d %(levelname).1s %(name)s: %(message)s"))
+    handler.setFormatter(MaskingFormatter(inner))
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("BIS_LOG_LEVEL", "INFO"))
     root._bis_configured = True  # type: ignore[attr-defined]

@@ -5,16 +5,26 @@ from __future__ import annotations
 import re
 import socket
 import time
+from itertools import accumulate
+from operator import sub
 from typing import Any
 
 import orjson
 
-from .errors import BadRequest, ServingError
+from .errors import BadRequest, PayloadTooLarge, ServingError
 from .version import __version__
 
 JSON = "application/json"
 HOSTNAME = socket.gethostname()
 _DUMP_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+# Deepest nesting of arrays and objects a request body may have. orjson reads 1024 levels
+# but writes only 254, and an accepted body is written again inside answers, job records
+# and status pages a few levels down: a body between the two limits would be accepted,
+# then break every later answer that carries it. 64 is far beyond any real payload.
+MAX_JSON_DEPTH = 64
+_RUNS = re.compile(rb"\[+|\]+")
+_SHAPE = bytes.maketrans(b"{}", b"[]")
+_NOT_SHAPE = bytes(b for b in range(256) if b not in b'[]{}"')
 
 
 def _fallback(obj: Any) -> Any:
@@ -32,8 +42,57 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_fallback, option=_DUMP_OPTS)
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
-    """Decode a request body that must be a JSON object (400 otherwise)."""
+def json_depth_over(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when valid JSON ``raw`` nests arrays and objects deeper than ``limit``.
+
+    C-speed passes over the bytes, not a walk over millions of decoded objects: drop the
+    escapes, keep only brackets and quotes, drop what lies between quotes (strings may
+    hold brackets), then measure the nesting. A body with no more brackets than the
+    limit cannot be too deep: most bodies take only the two counts.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    shape = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_SHAPE, _NOT_SHAPE)
+    # Two quotes in a row end one string and start the next, or close an empty one:
+    # either way no bracket lies between them, and most strings hold none.
+    shape = shape.replace(b'""', b"")
+    if b'"' in shape:
+        shape = b"".join(shape.split(b'"')[::2])
+    return _nesting(shape, limit) > limit
+
+
+def _nesting(shape: bytes, limit: int) -> int:
+    """Depth of a balanced string of ``[`` and ``]`` (anything over ``limit`` may read limit+1).
+
+    Removing every ``[]`` takes exactly one level off (each deepest point is one), and
+    collapses wide, shallow bodies (``[{},{},...]``) at once; peel while that pays, then
+    sum the lengths of the remaining runs of ``[`` and ``]``.
+    """
+    peeled = 0
+    while shape and peeled <= limit:
+        thinner = shape.replace(b"[]", b"")
+        peeled += 1
+        paid = len(thinner) * 4 < len(shape) * 3
+        shape = thinner
+        if not paid:
+            break
+    if not shape or peeled > limit:
+        return peeled
+    lengths = list(map(len, _RUNS.findall(shape)))
+    # Runs alternate, opening first: the depth after the k-th opening run is the sum of
+    # the openings so far minus the closings before it.
+    return peeled + max(accumulate(map(sub, lengths[0::2], [0, *lengths[1::2]])))
+
+
+def parse_body(raw: bytes, max_size: int | None = None) -> dict[str, Any]:
+    """Decode a request body that must be a JSON object: the one JSON policy.
+
+    400 unless it is a JSON object nested at most :data:`MAX_JSON_DEPTH` levels;
+    413 when it is longer than ``max_size`` bytes (where the caller has a limit).
+    """
+    if max_size is not None and len(raw) > max_size:
+        raise PayloadTooLarge(f"body of {len(raw)} bytes is over the limit of {max_size} bytes",
+                              MAX_REQUEST_SIZE=max_size)
     if not raw:
         raise BadRequest("empty body: send a JSON object with a SIGNATURE field")
     try:
@@ -43,6 +102,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"body must be a JSON object, got {type(body).__name__}")
+    if json_depth_over(raw):
+        raise BadRequest(f"body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
+                         MAX_JSON_DEPTH=MAX_JSON_DEPTH)
     return body
 
 

@@ -44,6 +44,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 RUN_GATEWAY = REPO / "run_gateway.py"
 ENDPOINTS = REPO / "endpoints"
+# The benchmark's gateways get this admin token; every call here sends it.
+ADMIN_TOKEN = os.urandom(16).hex()
 DEMO_CONFIG = REPO / "config_gateway.json"
 MIB = 1024 * 1024
 
@@ -72,7 +74,9 @@ def http_json(port: int, method: str, path: str, body: dict[str, Any] | None = N
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         conn.request(method, path, body=data, headers=headers)
         resp = conn.getresponse()
         raw = resp.read()
@@ -265,7 +269,8 @@ class Gateway:
         try:
             self.spawned_at = time.perf_counter()
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=logfile,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, "BIS_ADMIN_TOKEN": ADMIN_TOKEN})
         finally:
             logfile.close()
         return self
@@ -777,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         except BenchError as exc:
             errors.append(f"{title}: {exc}")
             log(f"  FAILED: {exc}")
-        except Exception as exc:  # a bug here must not leave the run half-reported
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the run half-reported
             errors.append(f"{title}: {type(exc).__name__}: {exc}")
             log(f"  FAILED: {type(exc).__name__}: {exc}")
         log(f"  ({time.perf_counter() - t0:.1f} s)")

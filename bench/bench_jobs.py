@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_gateway import BenchError, Gateway, bench_config, checked_stop, log, poll
+from bench_gateway import ADMIN_TOKEN, BenchError, Gateway, bench_config, checked_stop, log, poll
 
 QUEUES = {
     "sqlite": "sqlite://{folder}/jobs.sqlite3",
@@ -80,7 +80,7 @@ def hammer(port: int, path: str, bodies: list[dict[str, Any]], threads: int,
 def get_json(port: int, path: str) -> dict[str, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         resp = conn.getresponse()
         body: dict[str, Any] = json.loads(resp.read())
         return body

@@ -36,7 +36,11 @@ HTTP_TIMEOUT = 10.0
 SHUTDOWN_CMD = {"SIGNATURE": "SAFE_KILL_SERVER_CMD"}
 # States in which an endpoint has stopped changing on its own for a while.
 SETTLED = ("READY", "FAILED", "CRASHLOOP", "STOPPED")
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# Every gateway the fixtures start gets this admin token (env BIS_ADMIN_TOKEN), and the
+# Gateway helpers send it: pass token=None to send no Authorization header, or another
+# string to send that one.
+ADMIN_TOKEN = "test-admin-token-0123456789"
+_GATEWAY_TOKEN = object()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
@@ -87,10 +91,11 @@ class Gateway:
     """One running gateway: its manager process, URLs, HTTP helpers and process tree."""
 
     def __init__(self, proc: subprocess.Popen, port: int, workdir: Path, config_path: Path,
-                 endpoints_dir: Path, log_path: Path) -> None:
+                 endpoints_dir: Path, log_path: Path, token: str | None = ADMIN_TOKEN) -> None:
         self.proc = proc
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
+        self.token = token
         self.workdir = workdir
         self.config_path = config_path
         self.endpoints_dir = endpoints_dir
@@ -150,13 +155,22 @@ class Gateway:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def get(self, path: str, **kw: Any) -> requests.Response:
+    def _auth(self, kw: dict[str, Any], token: Any) -> dict[str, Any]:
+        """``kw`` with the timeout and the Authorization header (the gateway's token by default)."""
         kw.setdefault("timeout", HTTP_TIMEOUT)
-        return requests.get(self.url(path), **kw)
+        token = self.token if token is _GATEWAY_TOKEN else token
+        headers = dict(kw.pop("headers", None) or {})
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        kw["headers"] = headers
+        return kw
 
-    def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:  # noqa: A002
-        kw.setdefault("timeout", HTTP_TIMEOUT)
-        return requests.post(self.url(path), json=json, **kw)
+    def get(self, path: str, token: Any = _GATEWAY_TOKEN, **kw: Any) -> requests.Response:
+        return requests.get(self.url(path), **self._auth(kw, token))
+
+    def post(self, path: str, json: Any = None, token: Any = _GATEWAY_TOKEN,  # noqa: A002
+             **kw: Any) -> requests.Response:
+        return requests.post(self.url(path), json=json, **self._auth(kw, token))
 
     def run(self, signature: str, **fields: Any) -> requests.Response:
         timeout = fields.pop("_timeout", HTTP_TIMEOUT)
@@ -268,13 +282,14 @@ def _cmdline(p: psutil.Process) -> str:
 def gateway_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIS_")}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env["BIS_ADMIN_TOKEN"] = ADMIN_TOKEN
     env.update(extra)
     return env
 
 
 def spawn_gateway(workdir: Path, config: dict[str, Any] | str, *,
                   endpoints: Path | None = None, port: int | None = None,
-                  env: dict[str, str] | None = None) -> Gateway:
+                  env: dict[str, str] | None = None, host: str = "127.0.0.1") -> Gateway:
     """Write the config, copy the endpoints, start ``run_gateway.py``; does not wait."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config_gateway.json"
@@ -289,13 +304,18 @@ def spawn_gateway(workdir: Path, config: dict[str, Any] | str, *,
                             ignore=shutil.ignore_patterns("__pycache__"))
     port = port or free_port()
     log_path = workdir / "gateway.log"
+    env = env or gateway_env()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(RUN_GATEWAY), "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, str(RUN_GATEWAY), "--host", host, "--port", str(port),
              "--config", str(config_path), "--endpoints", str(endpoints)],
             cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env or gateway_env())
-    return Gateway(proc, port, workdir, config_path, endpoints, log_path)
+            start_new_session=True, env=env)
+    gw = Gateway(proc, port, workdir, config_path, endpoints, log_path,
+                 token=env.get("BIS_ADMIN_TOKEN"))
+    if host not in ("0.0.0.0", "::"):
+        gw.base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return gw
 
 
 def with_test_defaults(config: dict[str, Any]) -> dict[str, Any]:
@@ -399,14 +419,56 @@ class Traffic:
         self.thread.join(timeout=15)
 
 
+# -- services and markers ----------------------------------------------------------------
+# Test tiers by folder, from cheap to costly; `pytest -m unit` runs without any service.
+TIERS = ("unit", "integration", "jobs", "security", "client", "scaleout", "multihost", "bench", "e2e")
+# Tests that take ten seconds or more each on a busy 2-core box (load runs, backoffs,
+# hundreds of jobs, model loads); `-m "not slow"` leaves them out, CI runs them.
+SLOW = ("tests/bench/", "tests/e2e/", "tests/integration/test_backoff.py",
+        "tests/integration/test_embeddings.py", "tests/integration/test_models_http.py",
+        "tests/integration/test_shutdown.py", "tests/integration/test_startup_time.py",
+        "tests/jobs/test_jobs_crash.py", "tests/jobs/test_scaleout.py", "tests/multihost/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (its folder under tests/), and `slow` where it is."""
+    for item in items:
+        where = Path(item.path).resolve().relative_to(ROOT).as_posix()
+        tier = where.split("/")[1]
+        if tier in TIERS:
+            item.add_marker(tier)
+        if where.startswith(SLOW):
+            item.add_marker("slow")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the test session's own (a free port, a temporary folder)."""
+    from tests.services import start_redis
+
+    service, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A RabbitMQ node of the test session's own (free ports, a temporary folder; guest/guest)."""
+    from tests.services import start_rabbitmq
+
+    service, url = start_rabbitmq(tmp_path_factory.mktemp("rabbitmq"))
+    yield url
+    service.stop()
+
+
 @pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A Redis key prefix of the test's own (127.0.0.1:6379/0); its keys are deleted after."""
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of the test's own (in :func:`redis_url`); its keys are deleted after."""
     import redis
 
     prefix = f"bis-test-{os.urandom(4).hex()}:"
     yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(f"{prefix}*"))
     if keys:
         client.delete(*keys)

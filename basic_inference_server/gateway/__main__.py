@@ -1,4 +1,4 @@
-"""Run the gateway front: ``python -m basic_inference_server.gateway --spec JSON``.
+"""Run the gateway front: ``python -m basic_inference_server.gateway --spec-fd N``.
 
 Started by the manager, which passes the listening socket.
 """

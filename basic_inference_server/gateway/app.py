@@ -62,6 +62,7 @@ class FrontSpec:
     threads: int = 32
     max_request_size: int = 64 * 1024 * 1024
     admin_token: str | None = None
+    allowed_hosts: list[str] | None = None  # config ALLOWED_HOSTS
     server_name: str = "basic_inference_server"
     app_version: str = "0.0.0"
     stop_timeout: float = 30

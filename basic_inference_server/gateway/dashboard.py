@@ -3,22 +3,46 @@
 The page holds no logic the API does not have: it polls ``/list_servers``,
 ``/system_status`` and ``/history`` and draws them (charts by Chart.js, vendored under
 ``static/vendor`` so the page works without internet access), and its buttons call the
-management paths, which apply the usual admin rule.
+management paths. Those need the admin token: the page asks for it, keeps it in the
+tab's ``sessionStorage`` (never a cookie, so no other site's page can ride on it) and
+sends it as ``Authorization: Bearer`` on every call.
+
+The page and its files carry ``X-Frame-Options: DENY`` and a CSP that allows nothing
+but this origin's own files (no inline script, no framing): its buttons cannot be
+clickjacked, and injected markup could not run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, send_from_directory
 
 STATIC = Path(__file__).with_name("static")
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
-def install_dashboard(app: Flask) -> None:
-    """Serve ``/dashboard`` and its files under ``/dashboard/static/``."""
+def install_dashboard(app: Flask, check_host: Callable[[], None]) -> None:
+    """Serve ``/dashboard`` and its files under ``/dashboard/static/``.
+
+    ``check_host`` runs before each of them (the Host allow-list: DNS rebinding).
+    """
     bp = Blueprint("dashboard", __name__, static_folder=str(STATIC),
                    static_url_path="/dashboard/static")
+    bp.before_request(check_host)
+
+    @bp.after_request
+    def secure(resp: Response) -> Response:
+        resp.headers.update(SECURITY_HEADERS)
+        return resp
 
     @bp.get("/dashboard")
     def page() -> Response:

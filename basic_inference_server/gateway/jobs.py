@@ -27,6 +27,7 @@ from .. import protocol
 from ..errors import BadRequest, NotFound, QueueFull, ServingError, Unavailable
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import QUEUED, Job
+from ..redact import mask_text
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class JobsFront:
                              "oldest_age_s": round(now - oldest, 3) if oldest else 0.0}
             return out
         except Exception as exc:  # noqa: BLE001 - status pages report, they do not fail
-            return {"error": f"job queue not available: {exc}"}
+            return {"error": mask_text(f"job queue not available: {exc}")}
 
     def collector(self, names: list[str]) -> QueueCollector:
         return QueueCollector(self.status(names))

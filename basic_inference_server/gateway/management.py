@@ -3,12 +3,24 @@
 Everything but ``/run`` and ``POST /jobs`` (the data path, in :mod:`.app`) lands here:
 the control commands forwarded to the manager, health, metrics, the dashboard and the
 job inspection routes. None of it is on the hot path.
+
+Who may call what: every route marked admin in :data:`API` needs ``Authorization:
+Bearer <admin token>``, from loopback too (a same-host proxy, sidecar or browser tab is
+loopback as well); its POSTs take only ``application/json`` bodies (a cross-site form
+cannot send that without a preflight); and its ``Host`` header, like the dashboard's,
+must be one the gateway answers to (DNS rebinding). Open: ``/get_paths`` (this static
+table), the probes ``/health/live`` and ``/health/ready``, ``/metrics`` (Prometheus
+counters: no configuration, no secrets), the dashboard's static page (it fetches its
+data with the token), ``GET /jobs/<id>`` (the id is the capability) and
+``/support_update_status`` (the manager checks that the caller is the support process).
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,32 +28,43 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import protocol
-from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    kind_for_status,
+)
 from ..flask_errors import install_json_errors
-from ..ipc import ControlUnavailable, control_call
+from ..ipc import ControlUnavailable, control_call, peer_args
 from . import metrics
 from .dashboard import install_dashboard
 from .jobs import install_job_routes
+from .readiness import waiting_for
 
 if TYPE_CHECKING:
     from .app import Front
 
 READY = "READY"
 SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
+# Management bodies are a few settings: far less than MAX_REQUEST_SIZE, which is for /run.
+MAX_MANAGEMENT_BODY = 1024 * 1024
 
 # path -> (methods, needs admin rights, description); /get_paths lists this table.
 API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/run": (("POST", "GET"), False, "run an endpoint: body {SIGNATURE, ...}"),
-    "/list_servers": (("GET", "POST"), False, "endpoints with state, workers, port, errors"),
-    "/system_status": (("GET", "POST"), False, "memory, disk, GPU, alerts (SYSTEM_STATUS)"),
-    "/history": (("GET",), False, "rolling window of health samples and events: ?samples=N"),
-    "/notifications": (("GET", "POST"), False, "recent notifications from workers"),
+    "/list_servers": (("GET", "POST"), True, "endpoints with state, workers, port, errors"),
+    "/system_status": (("GET", "POST"), True, "memory, disk, GPU, alerts (SYSTEM_STATUS)"),
+    "/history": (("GET",), True, "rolling window of health samples and events: ?samples=N"),
+    "/notifications": (("GET", "POST"), True, "recent notifications from workers"),
     "/get_paths": (("GET", "POST"), False, "this list"),
     "/support_update_status": (("POST",), False, "where support processes report"),
     "/health/live": (("GET",), False, "200 while the gateway and its manager answer"),
     "/metrics": (("GET",), False, "Prometheus metrics"),
-    "/health/ready": (("GET",), False, "200 when every started endpoint is READY"),
-    "/dashboard": (("GET",), False, "web page: endpoints, alerts, memory and GPU charts, actions"),
+    "/health/ready": (("GET",), False, "200 when the endpoints READY_POLICY names are READY"),
+    "/dashboard": (("GET",), False, "web page (asks for the admin token): endpoints, alerts, "
+                                    "memory and GPU charts, actions"),
     "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
     "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
     "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
@@ -54,29 +77,96 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
 }
 
 
-def is_loopback(addr: str | None) -> bool:
+def _wire_bytes(text: str) -> bytes:
+    """A WSGI header value as the bytes that came on the wire (PEP 3333: latin-1)."""
     try:
-        return ipaddress.ip_address((addr or "").split("%")[0]).is_loopback
-    except ValueError:
-        return False
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
 
 
 def check_admin(environ: dict[str, Any], token: str | None) -> None:
-    """Management calls: loopback callers, or anyone presenting the admin token."""
-    header = environ.get("HTTP_AUTHORIZATION")
-    if header is not None:
-        scheme, _, given = header.partition(" ")
-        if not token or scheme.lower() != "bearer" or not hmac.compare_digest(given, token):
-            raise Unauthorized("invalid admin token")
+    """Management calls: ``Authorization: Bearer <token>``, whoever the caller is.
+
+    ``token`` None is the INSECURE_NO_ADMIN_AUTH development mode: no check at all.
+    The comparison is constant-time over bytes, so any header value is a clean 401.
+    """
+    if token is None:
         return
-    if not is_loopback(environ.get("REMOTE_ADDR")):
-        raise Forbidden("management calls are accepted from loopback only; configure "
-                        "ADMIN_TOKEN and send 'Authorization: Bearer <token>' to call remotely")
+    header = environ.get("HTTP_AUTHORIZATION")
+    if not header:
+        raise Unauthorized("management calls need 'Authorization: Bearer <admin token>' "
+                           "(ADMIN_TOKEN, BIS_ADMIN_TOKEN, or the admin_token file the "
+                           "gateway writes into its cache folder)")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not token \
+            or not hmac.compare_digest(_wire_bytes(given), token.encode("utf-8")):
+        raise Unauthorized("invalid admin token")
+
+
+def host_name(header: str) -> str:
+    """The name or address of a ``Host`` header, without port, brackets or final dot."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+@functools.cache
+def own_names() -> frozenset[str]:
+    """``localhost`` and this machine's host names (read once, at the first need)."""
+    return frozenset({"localhost", socket.gethostname().lower(), socket.getfqdn().lower()})
+
+
+def host_allowed(header: str | None, allowed: list[str] | None) -> bool:
+    """Whether a request's ``Host`` is one this gateway answers to (ALLOWED_HOSTS).
+
+    IP literals, ``localhost`` and this machine's names always are: a DNS rebinding
+    page reaches the gateway under a name its author controls, never under these.
+    ``allowed`` adds names, ``*.domain`` (any name under domain) or ``*`` (any).
+    No ``Host`` at all (HTTP/1.0) is no browser's request, so it passes.
+    """
+    if header is None:
+        return True
+    name = host_name(header)
+    try:
+        ipaddress.ip_address(name.partition("%")[0])
+        return True
+    except ValueError:
+        pass
+    if name in own_names():
+        return True
+    for entry in allowed or ():
+        entry = entry.lower().rstrip(".")
+        if entry in ("*", name) or (entry.startswith("*.") and name.endswith(entry[1:])):
+            return True
+    return False
+
+
+def check_host(environ: dict[str, Any], allowed: list[str] | None) -> None:
+    header = environ.get("HTTP_HOST")
+    if not host_allowed(header, allowed):
+        raise Forbidden(f"Host {header!r} is not one this gateway answers to; add it to "
+                        "ALLOWED_HOSTS (names, '*.domain' or '*')")
+
+
+def check_json_post(environ: dict[str, Any]) -> None:
+    """Admin POSTs carry JSON: a cross-site form can post text/plain, never this."""
+    if environ.get("REQUEST_METHOD") != "POST":
+        return
+    mimetype = (environ.get("CONTENT_TYPE") or "").partition(";")[0].strip().lower()
+    if mimetype != protocol.JSON:
+        raise UnsupportedMediaType(
+            f"management POSTs take 'Content-Type: {protocol.JSON}', got {mimetype or 'none'!r}")
 
 
 def build_management_app(front: Front) -> Flask:
     """The Flask app of every gateway route but the data path."""
     app = Flask("bis-gateway")
+    # Flask refuses longer bodies (413) before reading them; parse_body checks again.
+    app.config["MAX_CONTENT_LENGTH"] = MAX_MANAGEMENT_BODY
 
     def reply(status: int, body: dict[str, Any], headers: list[tuple[str, str]] = ()) -> Response:  # type: ignore[assignment]
         return Response(protocol.dumps({**body, **front.meta()}), status=status,
@@ -86,7 +176,13 @@ def build_management_app(front: Front) -> Flask:
         if request.method == "GET":
             return request.args.to_dict()
         raw = request.get_data(cache=False)
-        return protocol.parse_body(raw) if raw else {}
+        return protocol.parse_body(raw, MAX_MANAGEMENT_BODY) if raw else {}
+
+    def admin_only() -> None:
+        """The checks of every admin route, in order: Host, token, body type."""
+        check_host(request.environ, front.spec.allowed_hosts)
+        check_admin(request.environ, front.spec.admin_token)
+        check_json_post(request.environ)
 
     def forward(cmd: str, args: dict[str, Any]) -> Response:
         try:
@@ -96,6 +192,8 @@ def build_management_app(front: Front) -> Flask:
                               retry_after=1) from None
         status = int(answer["status"])
         body = answer["body"]
+        if status >= 400 and "ERROR_TYPE" not in body:
+            body["ERROR_TYPE"] = kind_for_status(status)
         if cmd == "system_status" and status == 200:
             body["QUEUES"] = front.jobs.status(front.routes.names())
         return reply(status, body, [("Retry-After", "1")] if status == 503 else [])
@@ -105,10 +203,12 @@ def build_management_app(front: Front) -> Flask:
 
         def view() -> Response:
             if admin:
-                check_admin(request.environ, front.spec.admin_token)
+                admin_only()
             args = args_of()
             if path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
                 raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
+            if path == "/support_update_status":
+                args = {**args, **peer_args(request.environ)}
             return forward(cmd, args)
 
         return view
@@ -148,16 +248,16 @@ def build_management_app(front: Front) -> Flask:
 
     @app.get("/health/ready")
     def ready() -> Response:
-        states = {n: r["state"] for n, r in front.routes.table()["endpoints"].items()}
-        waiting = {n: s for n, s in states.items() if s not in (READY, "STOPPED")}
+        table = front.routes.table()
+        states = {n: r["state"] for n, r in table["endpoints"].items()}
+        waiting = waiting_for(states, table.get("ready_policy", "all"))
         status = 503 if waiting else 200
         headers = [("Retry-After", "1")] if waiting else []
         return reply(status, {"status": "ready" if status == 200 else "not ready",
                               "endpoints": states}, headers)
 
-    install_dashboard(app)
-    install_job_routes(app, front.jobs, reply,
-                       lambda: check_admin(request.environ, front.spec.admin_token))
+    install_dashboard(app, lambda: check_host(request.environ, front.spec.allowed_hosts))
+    install_job_routes(app, front.jobs, reply, admin_only)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
 
     return app

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..privfiles import open_private
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FOLDER = "_cache"
@@ -91,8 +93,8 @@ class _JsonLines:
             if self._needs_rewrite or self._file_lines >= 2 * self.max_records:
                 self._rewrite()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with open_private(self.path, "a") as f:
                     f.write(line + "\n")
                 self._file_lines += 1
         except OSError as exc:
@@ -107,9 +109,9 @@ class _JsonLines:
             self._write_failing = False
 
     def _rewrite(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open_private(tmp, "w") as f:
             f.writelines(line + "\n" for line in self._lines)
             f.flush()
             # Rare (once per N appends), and without it a crash could leave the renamed

@@ -11,11 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import SECRET_ENV
 from ..procutil import signal_group
 
 
@@ -53,14 +55,33 @@ class Child:
         signal_group(self.pid, signal.SIGKILL)
 
 
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment without the admin credential (children get what they need in
+    their spec; endpoint code never sees it), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    env.update(extra or {})
+    return env
+
+
 def spawn(role: str, name: str, module: str, spec: dict[str, Any], *, fds: tuple[int, ...] = (),
           generation: int = 0, env: dict[str, str] | None = None) -> Child:
-    """Start ``python -m <module> --spec <json>`` as a child that dies with us."""
-    argv = [sys.executable, "-m", module, "--spec", json.dumps(spec), "--parent", str(os.getpid())]
-    if fds:
-        argv += ["--fds", ",".join(str(fd) for fd in fds)]
-    proc = subprocess.Popen(argv, pass_fds=fds, start_new_session=True, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env} if env else None)
+    """Start ``python -m <module> --spec-fd N`` as a child that dies with us.
+
+    The spec (which may hold the admin token and URLs with passwords) travels in an
+    unlinked temporary file the child inherits as fd N, never on the command line,
+    where every local user could read it.
+    """
+    with tempfile.TemporaryFile() as spec_file:
+        spec_file.write(json.dumps(spec).encode())
+        spec_file.flush()
+        spec_file.seek(0)
+        spec_fd = spec_file.fileno()
+        argv = [sys.executable, "-m", module, "--spec-fd", str(spec_fd),
+                "--parent", str(os.getpid())]
+        if fds:
+            argv += ["--fds", ",".join(str(fd) for fd in fds)]
+        proc = subprocess.Popen(argv, pass_fds=(*fds, spec_fd), start_new_session=True,
+                                stdin=subprocess.DEVNULL, env=child_env(env))
     return Child(role=role, name=name, proc=proc, generation=generation)
 
 
@@ -68,7 +89,8 @@ def spawn_script(name: str, script: str, args: list[str]) -> Child:
     """Start a plain script (a support process) through the die-with-parent launcher."""
     argv = [sys.executable, "-m", "basic_inference_server.support.launch",
             "--parent", str(os.getpid()), script, *args]
-    proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                            env=child_env())
     return Child(role="support", name=name, proc=proc)
 
 

@@ -13,6 +13,7 @@ import collections
 import json
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -23,17 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import GatewayConfig, parse_endpoint
+from ..config import ENDPOINT_SETTINGS, MAX_WORKERS, GatewayConfig, check_host, is_loopback_host, parse_endpoint
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..health.alerts import AlertTracker, Thresholds
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE, seed_status
-from ..ipc import MAX_MESSAGE
+from ..ipc import MAX_MESSAGE, PEER_ADDR, PEER_PORT
+from ..privfiles import private_dir, write_private
 from ..procutil import free_port, pid_alive
 from ..queues import jobs_spec
+from ..redact import mask_url
 from ..server.probe import probe_path
 from .children import Child, Service, spawn, spawn_script
+from .peers import peer_in_tree
 from .state import STABLE_AFTER, Endpoint, State, write_routes
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,34 @@ EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not h
 # gunicorn's exit codes for "a worker could not load the app": not a crash.
 LOAD_FAILURE_CODES = {3, 4}
 SUPPORT_PATH = "/support_update_status"
+TOKEN_FILE = "admin_token"
+# A support report (and a worker's notification) is kept and shown by /system_status
+# (/notifications): bounded, so that nothing stored can break a later answer (orjson
+# writes at most 254 levels).
+SUPPORT_MAX_BYTES = 64 * 1024
+SUPPORT_MAX_DEPTH = 32
+# ERROR_TYPE of the manager's error answers, by HTTP status.
+ERROR_TYPES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict",
+               413: "payload_too_large", 500: "internal_error", 503: "unavailable"}
+
+Reply = tuple[int, dict[str, Any]]
+
+
+def error(status: int, message: str, **extra: Any) -> Reply:
+    """An error answer of a command: ``ERROR`` and ``ERROR_TYPE``, plus ``extra``."""
+    return status, {"ERROR": message, "ERROR_TYPE": ERROR_TYPES[status], **extra}
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Containers nested in a decoded JSON value; counting stops past ``limit``."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [v for v in level if isinstance(v, (dict, list))]
+        if not level:
+            break
+        depth += 1
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
 
 
 def _sweep_stale_run_dirs() -> None:
@@ -60,6 +92,10 @@ class Manager:
     def __init__(self, config: GatewayConfig, endpoints_dir: str | Path, host: str = "0.0.0.0",
                  port: int = 5002, cache_dir: str | Path = "_cache") -> None:
         self.config = config
+        # Checked before anything is written there: a folder of another user (an older
+        # image ran as root) is an error that says how to fix it.
+        self.cache_dir = private_dir(cache_dir).resolve()
+        self.admin_token = self._admin_token()
         self.endpoints_dir = str(Path(endpoints_dir).resolve())
         self.host = host
         self.port = port
@@ -81,7 +117,6 @@ class Manager:
             disk_free_pct_min=config["ALERT_DISK_FREE_PCT"],
             gpu_mem_used_pct_max=config["ALERT_GPU_MEM_PCT"],
             restarts_max=config["ALERT_RESTARTS"]))
-        self.cache_dir = Path(cache_dir).resolve()
         self.history = History(cache_dir)
         # The supervisor's latest sample, with the status and alerts computed from it.
         self.health: dict[str, Any] | None = None
@@ -96,14 +131,36 @@ class Manager:
         self._wake_r, self._wake_w = socket.socketpair()
 
     # -- set-up -------------------------------------------------------------------
+    def _admin_token(self) -> str | None:
+        """The management credential: configured, else generated into the cache folder.
+
+        The token itself is never logged; its file is 0600.
+        """
+        if self.config["INSECURE_NO_ADMIN_AUTH"]:
+            log.warning("INSECURE_NO_ADMIN_AUTH is true: anyone who reaches this gateway can "
+                        "start, stop and shut down everything. For development only.")
+            return None
+        token = self.config.admin_token()
+        if token is None:
+            token = secrets.token_urlsafe(32)
+            path = self.cache_dir / TOKEN_FILE
+            write_private(path, token + "\n")
+            log.info("admin token generated into %s (send it as 'Authorization: Bearer ...')",
+                     path)
+        return token
+
     def _listen_tcp(self, host: str, port: int) -> socket.socket:
+        problem = check_host(host)
+        if problem:
+            raise ConfigError(f"HOST {problem}, got {host!r}")
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError as exc:
+        except (OSError, UnicodeError, ValueError, OverflowError) as exc:
             sock.close()
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
         sock.listen(2048)
         sock.set_inheritable(True)
         return sock
@@ -226,11 +283,12 @@ class Manager:
             "workers": self.config["GATEWAY_WORKERS"],
             "threads": self.config["GATEWAY_THREADS"],
             "max_request_size": self.config["MAX_REQUEST_SIZE"],
-            "admin_token": self.config.admin_token(),
+            "admin_token": self.admin_token,
             "server_name": self.config["SERVER_NAME"],
             "app_version": self.config["APP_VERSION"],
             "stop_timeout": self.config["STOP_TIMEOUT"],
             "access_log": self.config["ACCESS_LOG"],
+            "allowed_hosts": self.config["ALLOWED_HOSTS"],
             "jobs": self.jobs.to_dict(),
             "header_timeout": self.config["HEADER_TIMEOUT"],
             "body_timeout": self.config["BODY_TIMEOUT"],
@@ -269,6 +327,10 @@ class Manager:
         host = ep.config.settings["HOST"]
         ep.port = ep.port or self._allocate_port(ep)
         tcp = self._listen_tcp(host, ep.port)
+        if not is_loopback_host(host):
+            log.warning("%s: endpoint server listens on %s:%d, beyond loopback: callers there "
+                        "bypass the gateway's checks (credential, Host, limits)",
+                        ep.name, host, ep.port)
         ep.socket_path = str(self.run_dir / f"srv-{ep.name}.sock")
         ep.listeners = [tcp, self._listen_unix(ep.socket_path)]
 
@@ -329,13 +391,17 @@ class Manager:
     def _start_support(self, ep: Endpoint) -> None:
         try:
             script = endpoint_file(self.endpoints_dir, ep.config.module_name)
-        except DiscoveryError as exc:
+        except (ConfigError, DiscoveryError) as exc:
             ep.state, ep.last_error = State.FAILED, str(exc)
             log.error("%s", exc)
             return
         gateway_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        payload = {**ep.config.settings, **ep.config.extra, "SERVER": gateway_host, "SERVER_PORT": self.port,
-                   "SERVER_PATH": SUPPORT_PATH, "SUPPORT_NAME": ep.name}
+        # The script's command line is readable by every local user (and the original's
+        # scripts print it): URLs go there with their passwords masked.
+        settings = {k: mask_url(v) if ENDPOINT_SETTINGS[k].secret_ref and isinstance(v, str)
+                    else v for k, v in ep.config.settings.items()}
+        payload = {**settings, **ep.config.extra, "SERVER": gateway_host,
+                   "SERVER_PORT": self.port, "SERVER_PATH": SUPPORT_PATH, "SUPPORT_NAME": ep.name}
         ep.child = spawn_script(ep.name, str(script), ["--config_endpoint", json.dumps(payload)])
         ep.generation += 1
         ep.state = State.READY
@@ -437,13 +503,17 @@ class Manager:
                 return
             try:
                 msg = json.loads(data)
-            except ValueError:
-                continue
-            self._on_event(msg)
+                if isinstance(msg, dict):
+                    self._on_event(msg)
+            except Exception:  # noqa: BLE001 - no event may stop the manager
+                log.exception("bad event on the notify socket: %.200r", data)
 
     def _on_event(self, msg: dict[str, Any]) -> None:
         event = msg.get("event")
         if event == "notification":
+            if json_depth(msg, SUPPORT_MAX_DEPTH) > SUPPORT_MAX_DEPTH:
+                log.warning("notification nested deeper than %d levels dropped", SUPPORT_MAX_DEPTH)
+                return
             self.notifications.append(msg)
             return
         ep = self.endpoints.get(msg.get("endpoint", ""))
@@ -511,39 +581,67 @@ class Manager:
         conn.settimeout(2.0)
         try:
             buf = b""
-            while not buf.endswith(b"\n") and len(buf) < MAX_MESSAGE:
+            while not buf.endswith(b"\n") and len(buf) <= MAX_MESSAGE:
                 chunk = conn.recv(65536)
                 if not chunk:
                     break
                 buf += chunk
-            request = json.loads(buf)
-            reply = self.handle_command(request.get("cmd", ""), request.get("args") or {})
+            reply = self.handle_request(buf)
             conn.sendall(json.dumps(reply, default=str).encode() + b"\n")
-        except (OSError, ValueError) as exc:
-            log.warning("bad control request: %s", exc)
+        except OSError as exc:
+            log.warning("control connection failed: %s", exc)
+        except Exception:  # noqa: BLE001 - no command may stop the manager
+            log.exception("control request failed")
         finally:
             conn.close()
 
-    def handle_command(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Run one management command; the reply carries an HTTP status and a body."""
-        handler: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]] | None = getattr(
-            self, f"cmd_{cmd}", None)
-        if handler is None:
-            return {"status": 404, "body": {"ERROR": f"unknown command {cmd!r}"}}
-        status, body = handler(args)
+    def handle_request(self, raw: bytes) -> dict[str, Any]:
+        """One raw control request line -> its reply; bad framing is a 400."""
+        request: Any = None
+        if len(raw) > MAX_MESSAGE:
+            status, body = error(413, f"control request over {MAX_MESSAGE} bytes")
+        else:
+            try:
+                request = json.loads(raw)
+            except (ValueError, RecursionError):
+                pass
+            if isinstance(request, dict):
+                return self.handle_command(request.get("cmd", ""), request.get("args") or {})
+            status, body = error(400, "a control request is one JSON object")
         return {"status": status, "body": body}
 
-    def _endpoint_arg(self, args: dict[str, Any]) -> tuple[Endpoint | None, tuple[int, dict[str, Any]] | None]:
+    def handle_command(self, cmd: Any, args: Any) -> dict[str, Any]:
+        """Run one management command; the reply carries an HTTP status and a body.
+
+        Every command runs behind this boundary: an exception is logged with its
+        traceback and answered 500; the manager keeps running.
+        """
+        handler: Callable[[dict[str, Any]], Reply] | None = (
+            getattr(self, f"cmd_{cmd}", None) if isinstance(cmd, str) and cmd.isidentifier()
+            else None)
+        if handler is None:
+            status, body = error(404, f"unknown command {str(cmd)[:100]!r}")
+        elif not isinstance(args, dict):
+            status, body = error(400, "the arguments must be a JSON object")
+        else:
+            try:
+                status, body = handler(args)
+            except Exception as exc:  # noqa: BLE001 - the boundary: log, answer 500, go on
+                log.exception("command %s failed", cmd)
+                status, body = error(500, f"command {cmd} failed: {type(exc).__name__}: {exc}")
+        return {"status": status, "body": body}
+
+    def _endpoint_arg(self, args: dict[str, Any]) -> tuple[Endpoint | None, Reply | None]:
         name = args.get("SIGNATURE")
         if not isinstance(name, str) or not name:
-            return None, (400, {"ERROR": "SIGNATURE (the endpoint name) is required"})
+            return None, error(400, "SIGNATURE (the endpoint name) is required")
         ep = self.endpoints.get(name)
         if ep is None:
-            return None, (404, {"ERROR": f"unknown endpoint {name!r}",
-                                "AVAIL_SERVERS": sorted(self.endpoints)})
+            return None, error(404, f"unknown endpoint {name[:100]!r}",
+                               AVAIL_SERVERS=sorted(self.endpoints))
         return ep, None
 
-    def cmd_list_servers(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_list_servers(self, _args: dict[str, Any]) -> Reply:
         names = sorted(self.endpoints, key=lambda n: (n != self.config["DEFAULT_SERVER"], n))
         avail = [n for n in names if not self.endpoints[n].config.is_support
                  and self.endpoints[n].state not in (State.STOPPED, State.STOPPING)]
@@ -555,32 +653,59 @@ class Manager:
                                  "supervisor_pid": (self.supervisor.child.pid
                                                     if self.supervisor.child else None)}}
 
-    def cmd_start_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_start_server(self, args: dict[str, Any]) -> Reply:
+        """Start an endpoint, with new settings when given; every input is validated
+        before anything changes, and a running endpoint is left exactly as it is."""
         name = args.get("SIGNATURE")
         if not isinstance(name, str) or not name:
-            return 400, {"ERROR": "SIGNATURE (the endpoint name) is required"}
+            return error(400, "SIGNATURE (the endpoint name) is required")
         overrides = {k: v for k, v in args.items() if k != "SIGNATURE"}
         ep = self.endpoints.get(name)
+        if ep is not None and ep.state not in (State.STOPPED, State.FAILED, State.CRASHLOOP):
+            if overrides:
+                return error(409, f"{name} is already {ep.state.value}: nothing changed, the "
+                                  f"settings {sorted(overrides)} are not applied. Use "
+                                  f"/update_workers to scale, or /kill_server then "
+                                  f"/start_server to start with other settings",
+                             **ep.describe())
+            return 200, {"RESULT": f"{name} is already {ep.state.value}; nothing changed",
+                         **ep.describe()}
         try:
             if ep is None:
-                cfg = parse_endpoint(name, overrides, f"start_server {name}")
-                endpoint_file(self.endpoints_dir, cfg.module_name)
-                ep = self.endpoints[name] = Endpoint(config=cfg,
-                                                     target_workers=cfg.settings["NR_WORKERS"])
-            elif overrides:
+                cfg = parse_endpoint(name, overrides, f"start_server {name}", refs=False)
+            else:
                 merged = {**ep.config.worker_config(), **overrides}
                 merged.pop("DISABLED", None)
-                ep.config = parse_endpoint(name, merged, f"start_server {name}")
-                ep.target_workers = ep.config.settings["NR_WORKERS"]
-        except (ConfigError, DiscoveryError) as exc:
-            return (404 if isinstance(exc, DiscoveryError) else 400), {"ERROR": str(exc)}
-        if ep.state not in (State.STOPPED, State.FAILED, State.CRASHLOOP):
-            return 200, {"RESULT": f"{name} is already {ep.state.value}", **ep.describe()}
+                cfg = parse_endpoint(name, merged, f"start_server {name}", refs=False)
+            endpoint_file(self.endpoints_dir, cfg.module_name)
+            if not cfg.is_support:
+                self._check_listen(cfg.settings["HOST"])
+        except ConfigError as exc:
+            return error(400, str(exc))
+        except DiscoveryError as exc:
+            return error(404, str(exc))
+        if ep is None:
+            ep = self.endpoints[name] = Endpoint(config=cfg,
+                                                 target_workers=cfg.settings["NR_WORKERS"])
+        elif overrides:
+            if ep.config.settings["HOST"] != cfg.settings["HOST"] \
+                    or ep.config.settings["PORT"] != cfg.settings["PORT"]:
+                self._close_listeners(ep)
+                ep.port = None
+            ep.config, ep.target_workers = cfg, cfg.settings["NR_WORKERS"]
         ep.failures, ep.restart_at, ep.last_error = 0, None, None
         self._start_endpoint(ep)
         return 200, {"RESULT": f"{name} starting", **ep.describe()}
 
-    def cmd_kill_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _check_listen(self, host: str) -> None:
+        """A listen address (already a valid name) that resolves here, checked before
+        anything changes."""
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(f"HOST {host!r} cannot be resolved: {exc}") from None
+
+    def cmd_kill_server(self, args: dict[str, Any]) -> Reply:
         ep, err = self._endpoint_arg(args)
         if err:
             return err
@@ -588,30 +713,30 @@ class Manager:
         self.stop_endpoint(ep)
         return 200, {"RESULT": f"{ep.name} stopping", **ep.describe()}
 
-    def cmd_update_workers(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_update_workers(self, args: dict[str, Any]) -> Reply:
         ep, err = self._endpoint_arg(args)
         if err:
             return err
         assert ep is not None
         count = args.get("NR_WORKERS")
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 256:
-            return 400, {"ERROR": "NR_WORKERS must be an integer from 1 to 256"}
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
+            return error(400, f"NR_WORKERS must be an integer from 1 to {MAX_WORKERS}")
         if ep.config.is_support:
-            return 400, {"ERROR": f"{ep.name} is a support process and has no workers"}
+            return error(400, f"{ep.name} is a support process and has no workers")
         previous, ep.target_workers = ep.target_workers, count
         self._steer_workers(ep)
         return 200, {"RESULT": f"{ep.name}: NR_WORKERS {previous} -> {count}", **ep.describe()}
 
-    def cmd_reload_server(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_reload_server(self, args: dict[str, Any]) -> Reply:
         ep, err = self._endpoint_arg(args)
         if err:
             return err
         assert ep is not None
         if ep.config.is_support or ep.state != State.READY:
-            return 409, {"ERROR": f"{ep.name} is {ep.state.value}; only a READY server reloads"}
+            return error(409, f"{ep.name} is {ep.state.value}; only a READY server reloads")
         if ep.pending is not None:
-            return 409, {"ERROR": f"{ep.name} is already reloading (generation "
-                                  f"{ep.pending.generation}); try again when it is done"}
+            return error(409, f"{ep.name} is already reloading (generation "
+                              f"{ep.pending.generation}); try again when it is done")
         self.reload_endpoint(ep)
         return 200, {"RESULT": f"{ep.name}: reloading (generation {ep.generation})"}
 
@@ -622,7 +747,7 @@ class Manager:
                    for n, e in self.endpoints.items()}
         return {GATEWAY_TREE: gateway, **servers}
 
-    def cmd_supervision(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_supervision(self, _args: dict[str, Any]) -> Reply:
         """What the supervisor watches: the serving generation of each endpoint."""
         targets = {}
         for name, ep in self.endpoints.items():
@@ -639,12 +764,12 @@ class Manager:
             }
         return 200, {"endpoints": targets, "trees": self._trees()}
 
-    def cmd_report_hung(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_report_hung(self, args: dict[str, Any]) -> Reply:
         """The supervisor found a server, or some of its workers, stuck: replace them."""
         ep = self.endpoints.get(str(args.get("SIGNATURE")))
         if ep is None or ep.child is None or ep.child.generation != args.get("generation") \
                 or self.shutting_down:
-            return 409, {"ERROR": "stale report: that generation is no longer serving"}
+            return error(409, "stale report: that generation is no longer serving")
         reason = str(args.get("reason") or "hung")
         if args.get("server"):
             log.error("%s: %s; killing the server", ep.name, reason)
@@ -663,7 +788,7 @@ class Manager:
             self.history.add_event("worker_hung", endpoint=ep.name, pids=pids, reason=reason)
         return 200, {"RESULT": f"{ep.name}: killed workers {pids}"}
 
-    def cmd_health_sample(self, sample: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_health_sample(self, sample: dict[str, Any]) -> Reply:
         """A sample from the supervisor: keep it, update alerts, add it to the history."""
         status = seed_status(sample)
         system, gpu = sample["system"], sample["gpu"]
@@ -675,25 +800,25 @@ class Manager:
                        "alerts": alerts, "trees": sample["trees"]}
         return 200, {"RESULT": "sample received"}
 
-    def cmd_system_status(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_system_status(self, _args: dict[str, Any]) -> Reply:
         if self.health is None:
-            return 503, {"ERROR": "the first health sample is not taken yet; retry shortly"}
+            return error(503, "the first health sample is not taken yet; retry shortly")
         support = {n: e.support_status for n, e in self.endpoints.items() if e.support_status}
         return 200, {"SYSTEM_STATUS": self.health["status"],
                      "SYSTEM_ALERTS": self.health["alerts"], "SUPPORT_STATUS": support,
                      "HISTORY": {"events": self.history.events(limit=100)}}
 
-    def cmd_metrics(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_metrics(self, args: dict[str, Any]) -> Reply:
         """What /metrics exposes besides the front's own counters."""
         _, servers = self.cmd_list_servers(args)
         return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.health}
 
-    def cmd_history(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_history(self, args: dict[str, Any]) -> Reply:
         """The rolling window of health samples and events (the dashboard's charts)."""
         try:
             limit = max(1, min(1440, int(args.get("samples", 120))))
         except (TypeError, ValueError):
-            return 400, {"ERROR": "samples must be an integer"}
+            return error(400, "samples must be an integer")
         return 200, {"samples": self.history.samples(limit=limit),
                      "events": self.history.events(limit=100)}
 
@@ -712,23 +837,43 @@ class Manager:
             self.history.add_event("alert_cleared", **alert)
         return update.active
 
-    def cmd_ping(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_ping(self, _args: dict[str, Any]) -> Reply:
         return 200, {"RESULT": "pong"}
 
-    def cmd_notifications(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_notifications(self, _args: dict[str, Any]) -> Reply:
         return 200, {"NOTIFICATIONS": list(self.notifications)}
 
-    def cmd_support_update_status(self, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        name = args.get("SIGNATURE")
+    def cmd_support_update_status(self, args: dict[str, Any]) -> Reply:
+        """A support process reports its status; only that process (or its children) may.
+
+        The caller is identified by its connection, which the front passes under
+        reserved keys: the socket must be open in the support process's tree.
+        """
+        report = {k: v for k, v in args.items() if k not in (PEER_ADDR, PEER_PORT)}
+        name = report.get("SIGNATURE")
         ep = self.endpoints.get(name) if isinstance(name, str) else None
         if ep is None:
             ep = next((e for e in self.endpoints.values() if e.config.is_support), None)
-        if ep is None:
-            return 404, {"ERROR": f"no support process named {name!r}"}
-        ep.support_status = {**args, "received_at": time.time()}
+        if ep is None or not ep.config.is_support:
+            return error(404, f"no support process named {str(name)[:100]!r}")
+        addr, port = args.get(PEER_ADDR), args.get(PEER_PORT)
+        owner = ep.child.pid if ep.child is not None and ep.child.poll() is None else None
+        try:
+            verified = owner is not None and isinstance(addr, str) and \
+                peer_in_tree(addr, int(port), owner)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            verified = False
+        if not verified:
+            return error(403, f"only the support process {ep.name} itself may report its status")
+        if json_depth(report, SUPPORT_MAX_DEPTH) > SUPPORT_MAX_DEPTH:
+            return error(400, f"status report nested deeper than {SUPPORT_MAX_DEPTH} levels")
+        size = len(json.dumps(report, default=str))
+        if size > SUPPORT_MAX_BYTES:
+            return error(413, f"status report of {size} bytes; at most {SUPPORT_MAX_BYTES}")
+        ep.support_status = {**report, "received_at": time.time()}
         return 200, {"RESULT": "status received"}
 
-    def cmd_shutdown(self, _args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def cmd_shutdown(self, _args: dict[str, Any]) -> Reply:
         self.begin_shutdown()
         return 200, {"RESULT": "shutting down: draining in-flight requests, then exiting",
                      "EXIT_CODE": EXIT_OK}

@@ -61,7 +61,13 @@ class Endpoint:
         return self.config.name
 
     def backoff(self) -> float:
-        """Delay before the next start: 0 after a lone crash, then 1 s, 2 s, 4 s ... capped."""
+        """Delay before the next start, doubling with each failure in a row, capped at 60 s.
+
+        A first crash restarts at once (0 s), a first failed load waits 1 s; the second
+        failure in a row waits 2 s, the third 4 s, then 8 s ... (so 0, 2, 4, 8 s for a
+        crash loop and 1, 2, 4, 8 s for a load that keeps failing; ``Service``, for the
+        front and the supervisor, waits 0, 1, 2, 4 s).
+        """
         if self.failures <= 1:
             return 0.0 if self.state == State.RESTARTING else BACKOFF_FIRST
         return backoff(self.failures - 1)
@@ -123,6 +129,7 @@ def write_routes(path: Path, endpoints: dict[str, Endpoint], settings: dict[str,
     table = {
         "endpoints": {n: e.route() for n, e in endpoints.items() if not e.config.is_support},
         "no_startup_wait": settings["NO_STARTUP_WAIT"],
+        "ready_policy": settings["READY_POLICY"],
         "written_at": time.time(),
     }
     tmp = path.with_suffix(".tmp")

@@ -32,9 +32,18 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+# Most of an undecodable message kept with its stand-in (for the dead letters).
+UNDECODABLE_KEEP = 64 * 1024
+
+
 @dataclass
 class Job:
-    """One accepted request. ``attempts`` counts the runs started, this one included."""
+    """One accepted request. ``attempts`` counts the runs started, this one included.
+
+    ``undecodable`` is set on the stand-in for a queue message that could not be
+    decoded: why, and the message's text. It is never run; each claim counts as a
+    failed attempt, so it reaches the dead letters after ``MAX_ATTEMPTS``.
+    """
 
     endpoint: str
     body: dict[str, Any]
@@ -42,13 +51,38 @@ class Job:
     submitted_at: float = field(default_factory=time.time)
     attempts: int = 0
     last_error: str | None = None
+    undecodable: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        data = asdict(self)
+        if data["undecodable"] is None:
+            del data["undecodable"]  # the wire format of every decodable job stays as it was
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Job:
-        return cls(**orjson.loads(raw))
+        """The job in ``raw``; ValueError or TypeError when it is not a well-formed job."""
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"a job must be a JSON object, not {type(data).__name__}")
+        job = cls(**data)
+        fields_ok = (isinstance(job.endpoint, str) and isinstance(job.body, dict)
+                     and isinstance(job.id, str) and type(job.attempts) is int
+                     and isinstance(job.submitted_at, (int, float)))
+        if not fields_ok:
+            raise ValueError("a job field has the wrong type")
+        return job
+
+    @classmethod
+    def decode_or_stand_in(cls, raw: bytes | str, endpoint: str, message_id: str) -> Job:
+        """The job in ``raw``, or a stand-in (see ``undecodable``) when it cannot be decoded."""
+        try:
+            return cls.decode(raw)
+        except (ValueError, TypeError) as exc:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            return cls(endpoint=endpoint, body={}, id=message_id,
+                       undecodable=f"{type(exc).__name__}: {exc}; message: "
+                                   f"{text[:UNDECODABLE_KEEP]}")
 
 
 @dataclass

@@ -108,9 +108,10 @@ class RabbitQueue(JobQueue):
         pause = POLL_FIRST
         while True:
             got = self._call(endpoint, lambda ch, main, _r, _d: (ch, *ch.basic_get(main)))
-            channel, method, _props, body = got
+            channel, method, props, body = got
             if method is not None:
-                job = Job.decode(body)
+                job = Job.decode_or_stand_in(body, endpoint,
+                                             props.message_id or f"amqp-{method.delivery_tag}")
                 job.attempts += 2 if method.redelivered else 1
                 return Claim(job=job, receipt=(channel, method.delivery_tag))
             remaining = deadline - time.monotonic()
@@ -151,19 +152,22 @@ class RabbitQueue(JobQueue):
         """Jobs ready and waiting for a retry (the broker does not count unacked ones here)."""
         return int(self._call(endpoint, lambda ch, main, retry, _d: self._count(ch, main, retry)))
 
-    def _drain(self, channel: BlockingChannel, queue: str, limit: int) -> list[tuple[int, Job]]:
+    def _drain(self, channel: BlockingChannel, endpoint: str, queue: str,
+               limit: int) -> list[tuple[int, Job]]:
         """Take up to ``limit`` messages unacked (they go back on nack or channel close)."""
         out: list[tuple[int, Job]] = []
         while len(out) < limit:
-            method, _props, body = channel.basic_get(queue)
+            method, props, body = channel.basic_get(queue)
             if method is None:
                 break
-            out.append((method.delivery_tag, Job.decode(body)))
+            job = Job.decode_or_stand_in(body, endpoint,
+                                         props.message_id or f"amqp-{method.delivery_tag}")
+            out.append((method.delivery_tag, job))
         return out
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         def act(channel: BlockingChannel, _m: str, _r: str, dead: str) -> list[Job]:
-            taken = self._drain(channel, dead, limit)
+            taken = self._drain(channel, endpoint, dead, limit)
             if taken:
                 channel.basic_nack(taken[-1][0], multiple=True, requeue=True)
             return [job for _tag, job in taken]
@@ -176,7 +180,7 @@ class RabbitQueue(JobQueue):
             ids, others = [], []
             # Drain first, give back the others at the end: a message given back at once
             # would be read again by the same drain.
-            for tag, job in self._drain(channel, dead, 1_000_000):
+            for tag, job in self._drain(channel, endpoint, dead, 1_000_000):
                 if job_id is None or job.id == job_id:
                     self._publish(channel, "", main, replace(job, attempts=0))
                     channel.basic_ack(tag)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import redis
@@ -63,15 +64,24 @@ return 1
 """
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def connect(url: str) -> tuple[Any, str]:
     """A client for the URL and the key prefix its ``?prefix=`` names.
 
     Typed ``Any``: redis-py's reply types are unions of every protocol version's shape.
     """
     base, options = url_options(url)
+    prefix = options.pop("prefix", "bis")
+    # The other options are redis-py's own: TLS ones of a rediss:// URL (ssl_ca_certs,
+    # ssl_certfile, ssl_keyfile, ssl_cert_reqs ...).
+    if options:
+        base += "?" + urlencode(options)
     client = redis.Redis.from_url(base, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=5,
                                   health_check_interval=30)
-    return client, options.get("prefix", "bis")
+    return client, prefix
 
 
 class RedisQueue(JobQueue):
@@ -113,14 +123,15 @@ class RedisQueue(JobQueue):
         self._ensure_group(stream)
         self._promote(keys=[delayed, stream], args=[time.time()])
         try:
-            return self._claim(stream, consumer, wait, visibility_timeout)
+            return self._claim(endpoint, stream, consumer, wait, visibility_timeout)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._groups.discard(stream)  # the stream was deleted: create it again next time
             return None
 
-    def _claim(self, stream: str, consumer: str, wait: float, visibility: float) -> Claim | None:
+    def _claim(self, endpoint: str, stream: str, consumer: str, wait: float,
+               visibility: float) -> Claim | None:
         # First, jobs whose consumer went silent for longer than the visibility timeout.
         reply = self.r.xautoclaim(stream, GROUP, consumer, min_idle_time=int(visibility * 1000),
                                   start_id="0-0", count=1)
@@ -136,7 +147,7 @@ class RedisQueue(JobQueue):
                 return None
             mid, fields = got[0][1][0]
             deliveries = 1
-        job = Job.decode(fields[b"job"])
+        job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
         job.attempts += deliveries
         return Claim(job=job, receipt=(stream, mid))
 
@@ -179,13 +190,14 @@ class RedisQueue(JobQueue):
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         _stream, _delayed, dead = self._keys(endpoint)
-        return [Job.decode(fields[b"job"]) for _mid, fields in self.r.xrange(dead, count=limit)]
+        return [Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+                for mid, fields in self.r.xrange(dead, count=limit)]
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
         stream, _delayed, dead = self._keys(endpoint)
         ids = []
         for mid, fields in self.r.xrange(dead):
-            job = Job.decode(fields[b"job"])
+            job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
             if job_id is not None and job.id != job_id:
                 continue
             job.attempts = 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ..privfiles import create_private
 from ..procutil import pid_alive
 from .base import DONE, QUEUED, RUNNING, TERMINAL, Claim, Job, JobQueue, ResultStore, record_of
 
@@ -73,7 +74,10 @@ class SqliteDB:
 
     def __init__(self, path: str | Path, busy_timeout: float = 30.0) -> None:
         self.path = str(path)
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Job bodies and results are private: the file is 0600 (SQLite gives its -wal
+        # and -shm files the same mode) and is never opened through a symlink.
+        create_private(self.path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self.conn().executescript(SCHEMA)
@@ -155,7 +159,7 @@ class SqliteQueue(JobQueue):
                 return None
             conn.execute("UPDATE jobs SET attempts = attempts + 1, visible_at = ?, token = ? "
                          "WHERE id = ?", (now + visibility_timeout, token, row[0]))
-        job = Job.decode(row[1])
+        job = Job.decode_or_stand_in(row[1], endpoint, row[0])
         job.attempts, job.last_error = row[2] + 1, row[3]
         return Claim(job=job, receipt=token)
 
@@ -208,11 +212,11 @@ class SqliteQueue(JobQueue):
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         rows = self.db.conn().execute(
-            "SELECT payload, attempts, last_error FROM jobs WHERE endpoint = ? AND dead = 1 "
+            "SELECT id, payload, attempts, last_error FROM jobs WHERE endpoint = ? AND dead = 1 "
             "ORDER BY rowid LIMIT ?", (endpoint, limit)).fetchall()
         out = []
-        for payload, attempts, error in rows:
-            job = Job.decode(payload)
+        for job_id, payload, attempts, error in rows:
+            job = Job.decode_or_stand_in(payload, endpoint, job_id)
             job.attempts, job.last_error = attempts, error
             out.append(job)
         return out

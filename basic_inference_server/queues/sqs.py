@@ -83,7 +83,7 @@ class SqsQueue(JobQueue):
         if not messages:
             return None
         msg = messages[0]
-        job = Job.decode(msg["Body"])
+        job = Job.decode_or_stand_in(msg["Body"], endpoint, msg["MessageId"])
         job.attempts += int(msg.get("Attributes", {}).get("ApproximateReceiveCount", 1))
         return Claim(job=job, receipt=(main, msg["ReceiptHandle"]))
 
@@ -131,14 +131,14 @@ class SqsQueue(JobQueue):
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         dead, taken = self._drain_dead(endpoint, limit)
         self._show(dead, taken)
-        return [Job.decode(msg["Body"]) for msg in taken]
+        return [Job.decode_or_stand_in(msg["Body"], endpoint, msg["MessageId"]) for msg in taken]
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
         main, _dead = self._queues(endpoint)
         dead, taken = self._drain_dead(endpoint, 1_000_000)
         ids, others = [], []
         for msg in taken:
-            job = Job.decode(msg["Body"])
+            job = Job.decode_or_stand_in(msg["Body"], endpoint, msg["MessageId"])
             if job_id is None or job.id == job_id:
                 self._send(main, replace(job, attempts=0))
                 self.client.delete_message(QueueUrl=dead, ReceiptHandle=msg["ReceiptHandle"])

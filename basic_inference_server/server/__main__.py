@@ -1,7 +1,7 @@
 """Run one endpoint server.
 
-* ``python -m basic_inference_server.server --spec JSON``: started by the manager,
-  which passes the listening sockets (TCP port and Unix socket);
+* ``python -m basic_inference_server.server --spec-fd N``: started by the manager,
+  which passes the spec and the listening sockets (TCP port and Unix socket);
 * ``python -m basic_inference_server.server --endpoint NAME --queue URL``: standalone,
   on any box, pulling the endpoint's jobs from a shared queue (see :mod:`.standalone`).
 """
@@ -16,7 +16,7 @@ from .gunicorn_app import EndpointServer
 from .standalone import main as standalone_main
 
 if __name__ == "__main__":
-    if "--spec" in sys.argv[1:]:
+    if "--spec-fd" in sys.argv[1:]:
         sys.exit(child_main("python -m basic_inference_server.server",
                             lambda spec: EndpointServer(ServerSpec(**spec)).run()))
     sys.exit(standalone_main())

@@ -6,6 +6,7 @@ worker once and loads its model once. Each request then runs the pipeline.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
@@ -194,8 +195,9 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
 
 
 def _file_answer(out: FileOutput) -> Response:
-    if out.path is not None:
-        return send_file(out.path, mimetype=out.mimetype, as_attachment=True,
-                         download_name=out.filename)
-    return Response(out.data, mimetype=out.mimetype,
-                    headers={"Content-Disposition": f'attachment; filename="{out.filename}"'})
+    """A download; werkzeug writes Content-Disposition with RFC 6266 quoting and an
+    RFC 5987 ``filename*`` for names outside ASCII. Control characters could only break
+    the header, so they become ``_``."""
+    name = "".join("_" if ord(c) < 32 or ord(c) == 127 else c for c in out.filename)
+    source = out.path if out.path is not None else io.BytesIO(out.data or b"")
+    return send_file(source, mimetype=out.mimetype, as_attachment=True, download_name=name)

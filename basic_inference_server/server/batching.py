@@ -130,7 +130,7 @@ class Batcher:
             for item in batch:
                 item.error = err
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - user code: any error fails its batch only
             if len(batch) == 1:
                 batch[0].error = StageError("_predict_batch", exc)
                 return

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import DEAD, DONE, FAILED, QUEUED, RUNNING, Claim
+from ..redact import mask_text, mask_url
 from ..worker import FileOutput
 from .app import Outcome
 
@@ -128,9 +129,10 @@ class JobConsumer:
             self.results = open_results(self.jobs.results)
         except Exception:  # noqa: BLE001 - the worker keeps serving HTTP without jobs
             log.exception("%s: cannot open the job queue %s; not consuming jobs",
-                          self.endpoint, self.jobs.queue)
+                          self.endpoint, mask_url(self.jobs.queue))
             return
-        log.info("%s: consuming jobs from %s", self.endpoint, self.jobs.queue.split("?")[0])
+        log.info("%s: consuming jobs from %s", self.endpoint,
+                 mask_url(self.jobs.queue.split("?")[0]))
         try:
             while not self.stopping.is_set():
                 try:
@@ -160,6 +162,10 @@ class JobConsumer:
     def _run(self, claim: Claim) -> None:
         assert self.queue is not None and self.results is not None
         job = claim.job
+        if job.undecodable is not None:
+            self._attempt_failed(claim, f"the queue message cannot be decoded: "
+                                        f"{mask_text(job.undecodable[:500])}")
+            return
         if job.attempts > self.max_attempts:
             # Claimed again and again without an answer: it kills or hangs its worker.
             error = f"no answer after {job.attempts - 1} runs (its worker died or hung)"
@@ -183,9 +189,14 @@ class JobConsumer:
                                 ttl=self.jobs.ttl)
             self.queue.ack(claim)
             return
-        error = str(stored.get("ERROR", f"HTTP {status}"))
+        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored)
+
+    def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None) -> None:
+        """Retry after the backoff, or dead-letter once ``MAX_ATTEMPTS`` runs have failed."""
+        assert self.queue is not None and self.results is not None
+        job = claim.job
         if job.attempts >= self.max_attempts:
-            self._dead(claim, error, stored)
+            self._dead(claim, error, body)
             return
         delay = retry_delay(self.backoff, job.attempts)
         self.queue.retry_later(claim, delay, error)

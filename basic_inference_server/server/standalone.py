@@ -18,11 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import load_config, parse_config, parse_endpoint
+from ..config import REF_PREFIXES, is_loopback_host, load_config, parse_config, parse_endpoint, resolve_ref
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..logger import setup_logging
 from ..queues import jobs_spec
+from ..redact import mask_url
 from .app import ServerSpec
 from .gunicorn_app import EndpointServer
 
@@ -35,14 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m basic_inference_server.server",
         description="Serve one endpoint and pull its async jobs from a shared queue.")
     parser.add_argument("--endpoint", required=True, help="endpoint name (endpoints/<name>.py)")
-    parser.add_argument("--queue", help="queue URL (default: QUEUE of the config file)")
-    parser.add_argument("--results", help="results store URL (default: RESULTS of the config, "
-                                          "else the queue's Redis or SQLite in --cache)")
+    parser.add_argument("--queue", help="queue URL, or env:VAR / file:PATH holding it, so that "
+                                        "no password shows on the command line "
+                                        "(default: QUEUE of the config file)")
+    parser.add_argument("--results", help="results store URL, or env:VAR / file:PATH (default: "
+                                          "RESULTS of the config, else the queue's Redis or "
+                                          "SQLite in --cache)")
     parser.add_argument("--config", default="config_gateway.json",
                         help="configuration file, used when present (default ./config_gateway.json)")
     parser.add_argument("--endpoints", default="endpoints", help="folder of endpoint files")
     parser.add_argument("--cache", default="_cache", help="folder for SQLite state")
-    parser.add_argument("--host", default="127.0.0.1", help="address for /run and /health")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address for /run and /health (default loopback: this port has "
+                             "none of the gateway's checks)")
     parser.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     parser.add_argument("--workers", type=int, default=None, help="NR_WORKERS override")
     return parser
@@ -59,7 +65,9 @@ def build_spec(args: argparse.Namespace) -> ServerSpec:
         endpoint_file(args.endpoints, endpoint.module_name)
     except DiscoveryError as exc:
         raise ConfigError(str(exc)) from None
-    jobs = jobs_spec(args.queue or config["QUEUE"], args.results or config["RESULTS"],
+    queue, results = (resolve_ref(v, f"--{name}") if v and v.startswith(REF_PREFIXES) else v
+                      for name, v in (("queue", args.queue), ("results", args.results)))
+    jobs = jobs_spec(queue or config["QUEUE"], results or config["RESULTS"],
                      config["JOB_TTL"], args.cache)
     if jobs.results.startswith("sqlite") and not jobs.queue.startswith("sqlite"):
         log.warning("results go to SQLite on this box (%s): a gateway on another box will not "
@@ -83,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
     log.info("%s: serving on %s:%s, jobs from %s", spec.name, spec.host, spec.port,
-             str(spec.jobs and spec.jobs["queue"]).split("?")[0])
+             mask_url(str(spec.jobs and spec.jobs["queue"]).split("?")[0]))
+    if not is_loopback_host(spec.host):
+        log.warning("%s: listening on %s beyond loopback: callers there bypass the gateway's "
+                    "checks (credential, Host, limits)", spec.name, spec.host)
     sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
     try:
         EndpointServer(spec).run()

@@ -1,4 +1,4 @@
-"""Run the supervisor: ``python -m basic_inference_server.supervisor --spec JSON``.
+"""Run the supervisor: ``python -m basic_inference_server.supervisor --spec-fd N``.
 
 Started (and restarted, should it die) by the manager.
 """

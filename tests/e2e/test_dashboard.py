@@ -1,4 +1,5 @@
-"""The dashboard in a real headless Chromium: it lists endpoints, draws charts, scales."""
+"""The dashboard in a real headless Chromium: it asks for the admin token, then lists
+endpoints, draws charts, scales, stops and starts an endpoint, under its strict CSP."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.conftest import wait_until
+from tests.conftest import ADMIN_TOKEN, wait_until
 
 CONFIG = {"HEALTH_SAMPLE_INTERVAL": 0.5,
           "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}, "slow": {"NR_WORKERS": 1}}}
@@ -37,8 +38,27 @@ def test_dashboard_lists_endpoints_draws_charts_and_scales(gateways, tmp_path: P
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # A CSP violation (inline script or style, a foreign origin) is a console error.
+            page.on("console", lambda msg: errors.append(msg.text)
+                    if msg.type == "error" and "Content Security Policy" in msg.text else None)
             page.goto(gw.url("/dashboard"))
+            # No token yet: the page says so and shows no data.
+            expect(page.locator("body")).to_have_attribute("data-auth", "needed", timeout=15000)
+            expect(page.locator("#updated")).to_contain_text("admin token")
+            assert page.locator("#endpoints tbody tr").count() == 0
+
+            page.locator("#token").fill("wrong-token")
+            page.get_by_role("button", name="use").click()
+            expect(page.locator("#updated")).to_contain_text("admin token")
+            page.locator("#token").fill(ADMIN_TOKEN)
+            page.get_by_role("button", name="use").click()
             expect(page.locator("body")).to_have_attribute("data-loaded", "true", timeout=15000)
+            expect(page.locator("body")).to_have_attribute("data-auth", "ok")
+            # The token is kept in the tab's sessionStorage, never in a cookie or the field.
+            assert page.evaluate("() => sessionStorage.getItem('bis-admin-token')") == ADMIN_TOKEN
+            assert page.evaluate("() => document.cookie") == ""
+            assert page.context.cookies() == []
+            assert page.locator("#token").input_value() == ""
 
             expect(row(page, "echo").locator("td.state")).to_have_text("READY")
             expect(row(page, "slow").locator("td.state")).to_have_text("READY")
@@ -58,6 +78,15 @@ def test_dashboard_lists_endpoints_draws_charts_and_scales(gateways, tmp_path: P
                 return n;
             }""")
             assert inked > 500, inked
+            # A time axis: each point sits at its sample's time; the first line is the whole tree.
+            axis = page.evaluate("""() => {
+                const chart = Chart.getChart('memory-chart');
+                return {type: chart.scales.x.type, label: chart.data.datasets[0].label,
+                        xs: chart.data.datasets[0].data.map(p => p.x)};
+            }""")
+            sampled = [s["ts"] * 1000 for s in gw.get("/history?samples=240").json()["samples"]]
+            assert axis["type"] == "linear" and "whole tree" in axis["label"], axis
+            assert axis["xs"] and set(axis["xs"]) <= set(sampled), (axis["xs"], sampled)
             expect(page.locator("#gpu-status")).to_contain_text("no GPU")
 
             row(page, "echo").get_by_role("button", name="+1 worker").click()
@@ -65,7 +94,19 @@ def test_dashboard_lists_endpoints_draws_charts_and_scales(gateways, tmp_path: P
             wait_until(lambda: gw.server("echo")["workers_ready"] == 2, timeout=15,
                        message="echo scaled to two workers")
             expect(row(page, "echo").locator("td.workers")).to_have_text("2 / 2", timeout=10000)
+
+            row(page, "slow").get_by_role("button", name="stop").click()
+            wait_until(lambda: gw.state("slow") == "STOPPED", timeout=30, message="slow stopped")
+            expect(row(page, "slow").locator("td.state")).to_have_text("STOPPED", timeout=10000)
+            row(page, "slow").get_by_role("button", name="start").click()
+            wait_until(lambda: gw.state("slow") == "READY", timeout=30, message="slow started")
+            expect(row(page, "slow").locator("td.state")).to_have_text("READY", timeout=10000)
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+            # Forgetting the token stops the data and the buttons at once.
+            page.get_by_role("button", name="forget").click()
+            expect(page.locator("body")).to_have_attribute("data-auth", "needed", timeout=10000)
+            assert page.evaluate("() => sessionStorage.getItem('bis-admin-token')") is None
             assert not errors, errors
         finally:
             browser.close()

@@ -70,7 +70,7 @@ def test_file_download_passes_through(gw):
     size = 300_000
     resp = gw.run("download", SIZE=size)
     assert resp.status_code == 200
-    assert resp.headers["Content-Disposition"] == 'attachment; filename="x.bin"'
+    assert resp.headers["Content-Disposition"] == "attachment; filename=x.bin"
     assert resp.headers["Content-Type"] == "application/octet-stream"
     expected = bytes(i % 256 for i in range(size))
     assert len(resp.content) == size

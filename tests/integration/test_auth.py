@@ -1,31 +1,37 @@
-"""Management auth with ADMIN_TOKEN: a wrong token is 401, the right one works.
+"""Management auth: every admin route needs the token (loopback included); a wrong or
+missing one is 401 and changes nothing, the right one works; the data path and the open
+routes ignore it.
 
-All test traffic comes from loopback (allowed without a token); the non-loopback rule
-is unit-tested on ``check_admin`` (tests/unit/test_admin.py).
+The gateway runs with the fixtures' token (tests/conftest.py ``ADMIN_TOKEN``); the
+rules themselves are unit-tested on ``check_admin`` (tests/unit/test_admin.py).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.conftest import SHUTDOWN_CMD, assert_error, assert_ok
+from tests.conftest import ADMIN_TOKEN, SHUTDOWN_CMD, assert_error, assert_ok
 
-TOKEN = "s3cret-t0ken"
 CONFIG = {
-    "ADMIN_TOKEN": TOKEN,
     "CONFIG_ENDPOINTS": {
         "echo": {"NR_WORKERS": 1},
         "spare": {"SERVER_CLASS": "echo", "DISABLED": True, "NR_WORKERS": 1},
     },
 }
-RIGHT = {"Authorization": f"Bearer {TOKEN}"}
+WRONG_TOKENS = ["wrong", f"{ADMIN_TOKEN}extra", "", None]
 WRONG_HEADERS = [
-    {"Authorization": "Bearer wrong"},
-    {"Authorization": f"Bearer {TOKEN}extra"},
-    {"Authorization": f"Basic {TOKEN}"},
-    {"Authorization": TOKEN},
-    {"Authorization": "Bearer "},
+    {"Authorization": f"Basic {ADMIN_TOKEN}"},
+    {"Authorization": ADMIN_TOKEN},
 ]
+COMMANDS = [
+    ("/start_server", {"SIGNATURE": "spare"}),
+    ("/kill_server", {"SIGNATURE": "echo"}),
+    ("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 2}),
+    ("/reload_server", {"SIGNATURE": "echo"}),
+    ("/shutdown", SHUTDOWN_CMD),
+    ("/jobs/requeue", {"SIGNATURE": "echo"}),
+]
+READS = ["/list_servers", "/system_status", "/history", "/notifications", "/jobs/dead?SIGNATURE=echo"]
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +39,7 @@ def gw(module_gateways):
     return module_gateways(CONFIG)
 
 
-@pytest.mark.parametrize("headers", WRONG_HEADERS)
-@pytest.mark.parametrize("path,body", [
-    ("/start_server", {"SIGNATURE": "spare"}),
-    ("/kill_server", {"SIGNATURE": "echo"}),
-    ("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 2}),
-    ("/reload_server", {"SIGNATURE": "echo"}),
-    ("/shutdown", SHUTDOWN_CMD),
-])
-def test_wrong_token_is_401_and_changes_nothing(gw, headers, path, body):
-    before = gw.servers()["SERVERS"]
-    resp = gw.post(path, body, headers=headers)
-    err = assert_error(resp, 401)
-    assert err["ERROR_TYPE"] == "unauthorized"
+def assert_unchanged(gw, before):
     after = gw.servers()["SERVERS"]
     for name in ("echo", "spare"):
         for key in ("state", "pid", "nr_workers", "generation"):
@@ -54,25 +48,58 @@ def test_wrong_token_is_401_and_changes_nothing(gw, headers, path, body):
     assert_ok(gw.run("echo"))
 
 
+@pytest.mark.parametrize("token", WRONG_TOKENS)
+@pytest.mark.parametrize("path,body", COMMANDS)
+def test_wrong_or_missing_token_is_401_and_changes_nothing(gw, token, path, body):
+    before = gw.servers()["SERVERS"]
+    err = assert_error(gw.post(path, body, token=token), 401)
+    assert err["ERROR_TYPE"] == "unauthorized"
+    assert_unchanged(gw, before)
+
+
+@pytest.mark.parametrize("headers", WRONG_HEADERS)
+def test_other_schemes_are_401(gw, headers):
+    before = gw.servers()["SERVERS"]
+    err = assert_error(gw.post("/kill_server", {"SIGNATURE": "echo"}, headers=headers), 401)
+    assert err["ERROR_TYPE"] == "unauthorized"
+    assert_unchanged(gw, before)
+
+
+@pytest.mark.parametrize("path", READS)
+@pytest.mark.parametrize("token", WRONG_TOKENS)
+def test_status_reads_need_the_token(gw, path, token):
+    resp = gw.get(path, token=token)
+    assert_error(resp, 401)
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path", READS)
+def test_status_reads_with_the_token(gw, path):
+    assert_ok(gw.get(path))
+
+
 def test_right_token_works(gw):
-    resp = gw.post("/start_server", {"SIGNATURE": "spare"}, headers=RIGHT)
-    assert resp.status_code == 200, resp.text
+    assert_ok(gw.post("/start_server", {"SIGNATURE": "spare"}))
     gw.wait_state("spare", "READY")
-    resp = gw.post("/kill_server", {"SIGNATURE": "spare"}, headers=RIGHT)
-    assert resp.status_code == 200, resp.text
+    assert_ok(gw.post("/kill_server", {"SIGNATURE": "spare"}))
     gw.wait_state("spare", "STOPPED")
 
 
-def test_loopback_without_token_works(gw):
-    resp = gw.post("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 1})
-    assert resp.status_code == 200, resp.text
-
-
-@pytest.mark.parametrize("path", ["/list_servers", "/system_status", "/notifications",
-                                  "/get_paths", "/health/live", "/health/ready"])
-def test_read_only_paths_ignore_the_token(gw, path):
-    assert gw.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 200
+@pytest.mark.parametrize("path", ["/get_paths", "/health/live", "/health/ready", "/metrics",
+                                  "/dashboard"])
+@pytest.mark.parametrize("token", ["wrong", None])
+def test_open_paths_ignore_the_token(gw, path, token):
+    assert gw.get(path, token=token).status_code == 200
 
 
 def test_run_ignores_the_token(gw):
-    assert_ok(gw.post("/run", {"SIGNATURE": "echo"}, headers={"Authorization": "Bearer wrong"}))
+    assert_ok(gw.post("/run", {"SIGNATURE": "echo"}, token="wrong"))
+    assert_ok(gw.post("/run", {"SIGNATURE": "echo"}, token=None))
+
+
+def test_get_paths_marks_the_admin_routes(gw):
+    paths = assert_ok(gw.get("/get_paths", token=None))["AVAIL_PATHS"]
+    admin = {p for p, info in paths.items() if info["admin"]}
+    assert {"/list_servers", "/system_status", "/history", "/notifications", "/start_server",
+            "/kill_server", "/update_workers", "/reload_server", "/shutdown", "/jobs/dead",
+            "/jobs/requeue"} == admin

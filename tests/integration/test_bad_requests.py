@@ -193,8 +193,9 @@ def test_wrong_method_on_management_is_405(gw):
 
 
 def test_bad_management_bodies(gw):
-    assert_error(gw.post("/kill_server", data=b"[1]"), 400)
-    assert_error(gw.post("/kill_server", data=b"{"), 400)
+    json_type = {"Content-Type": "application/json"}
+    assert_error(gw.post("/kill_server", data=b"[1]", headers=json_type), 400)
+    assert_error(gw.post("/kill_server", data=b"{", headers=json_type), 400)
     assert_error(gw.post("/kill_server", {}), 400)
     assert_error(gw.post("/kill_server", {"SIGNATURE": "ghost"}), 404)
     assert_error(gw.post("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 0}), 400)

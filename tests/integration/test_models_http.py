@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from basic_inference_server.models.redis_state import RedisState
-from tests.conftest import REDIS_URL, assert_error, assert_ok, free_port, wait_until
+from tests.conftest import assert_error, assert_ok, free_port, wait_until
 from tests.integration.test_metrics import samples
 
 UNITS = 512
@@ -102,11 +102,11 @@ def prefix(redis_prefix):
     return redis_prefix
 
 
-def test_two_servers_share_one_record_in_redis(gateways, prefix):
-    shared = {"MODEL_STATE_URL": REDIS_URL, "MODEL_STATE_PREFIX": prefix, "NR_WORKERS": 2,
+def test_two_servers_share_one_record_in_redis(gateways, prefix, redis_url):
+    shared = {"MODEL_STATE_URL": redis_url, "MODEL_STATE_PREFIX": prefix, "NR_WORKERS": 2,
               "REQUIRED_MODELS": ["a"]}
     gw = gateways({"CONFIG_ENDPOINTS": {"one": pool(**shared), "two": pool(**shared)}})
-    state = RedisState(REDIS_URL, prefix=prefix)
+    state = RedisState(redis_url, prefix=prefix)
     n = 60
     peak = [0]
     done = threading.Event()
@@ -119,10 +119,15 @@ def test_two_servers_share_one_record_in_redis(gateways, prefix):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    with ThreadPoolExecutor(8) as ex:
-        answers = list(ex.map(lambda i: gw.run("one" if i % 2 else "two", HOLD_S=0.02), range(n)))
-    done.set()
-    sampler.join()
+    try:
+        # A worker's first request builds the model (torch imported then): on a busy
+        # machine that takes longer than the helpers' default timeout.
+        with ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(lambda i: gw.run("one" if i % 2 else "two", HOLD_S=0.02, _timeout=60),
+                                  range(n)))
+    finally:
+        done.set()
+        sampler.join()
     for resp in answers:
         assert_ok(resp)
     rec = state.record("a")
@@ -135,11 +140,11 @@ def test_two_servers_share_one_record_in_redis(gateways, prefix):
     state.close()
 
 
-def test_killed_worker_frees_its_references(gateways, prefix):
+def test_killed_worker_frees_its_references(gateways, prefix, redis_url):
     lease = 1.0
     gw = gateways({"CONFIG_ENDPOINTS": {"one": pool(
-        MODEL_STATE_URL=REDIS_URL, MODEL_STATE_PREFIX=prefix, MODEL_LEASE=lease)}})
-    state = RedisState(REDIS_URL, prefix=prefix)
+        MODEL_STATE_URL=redis_url, MODEL_STATE_PREFIX=prefix, MODEL_LEASE=lease)}})
+    state = RedisState(redis_url, prefix=prefix)
     stuck = ThreadPoolExecutor(1)
     pending = stuck.submit(gw.run, "one", models=["a", "b"], HOLD_S=60, _timeout=90)
     wait_until(lambda: (state.record("a") or {}).get("ref_count") == 1, timeout=20,

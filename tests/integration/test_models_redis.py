@@ -13,17 +13,15 @@ import pytest
 import redis
 
 from basic_inference_server.models.redis_state import RedisState
-from tests.conftest import FIXTURES, REDIS_URL, ROOT, wait_until
-
-URL = REDIS_URL
+from tests.conftest import FIXTURES, ROOT, wait_until
 
 
 class Client:
     """A model_state_client.py process."""
 
-    def __init__(self, prefix: str, lease: float = 30.0) -> None:
+    def __init__(self, url: str, prefix: str, lease: float = 30.0) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(FIXTURES / "model_state_client.py"), URL, prefix, str(lease)],
+            [sys.executable, str(FIXTURES / "model_state_client.py"), url, prefix, str(lease)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.pid = int(self.read().split()[-1])
@@ -55,11 +53,11 @@ def prefix(redis_prefix):
 
 
 @pytest.fixture
-def clients():
+def clients(redis_url):
     started: list[Client] = []
 
     def start(prefix: str, lease: float = 30.0) -> Client:
-        started.append(Client(prefix, lease))
+        started.append(Client(redis_url, prefix, lease))
         return started[-1]
 
     yield start
@@ -67,9 +65,9 @@ def clients():
         c.kill()
 
 
-def test_two_processes_share_one_record_with_exact_counts(prefix, clients):
+def test_two_processes_share_one_record_with_exact_counts(prefix, clients, redis_url):
     a, b = clients(prefix), clients(prefix)
-    state = RedisState(URL, prefix=prefix)
+    state = RedisState(redis_url, prefix=prefix)
     a.call("copy m")
     b.call("copy m")
     rec = state.record("m")
@@ -82,7 +80,7 @@ def test_two_processes_share_one_record_with_exact_counts(prefix, clients):
     done = threading.Event()
 
     def sample() -> None:
-        r = redis.Redis.from_url(URL)
+        r = redis.Redis.from_url(redis_url)
         while not done.is_set():
             got = state.record("m")
             seen.append(got["ref_count"] if got else -1)
@@ -113,11 +111,11 @@ def test_two_processes_share_one_record_with_exact_counts(prefix, clients):
     state.close()
 
 
-def test_killed_holder_frees_its_references_after_the_lease(prefix, clients):
+def test_killed_holder_frees_its_references_after_the_lease(prefix, clients, redis_url):
     lease = 1.0
     holder, other = clients(prefix, lease=lease), clients(prefix, lease=lease)
-    state = RedisState(URL, prefix=prefix, lease=lease)
-    r = redis.Redis.from_url(URL)
+    state = RedisState(redis_url, prefix=prefix, lease=lease)
+    r = redis.Redis.from_url(redis_url)
     holder.call("copy m")
     refs = holder.call("hold m 3").split()[1:]
     other.call("copy m")
@@ -139,10 +137,10 @@ def test_killed_holder_frees_its_references_after_the_lease(prefix, clients):
     state.close()
 
 
-def test_locks_always_carry_an_expiry_and_die_with_their_holder(prefix, clients):
+def test_locks_always_carry_an_expiry_and_die_with_their_holder(prefix, clients, redis_url):
     holder = clients(prefix)
-    state = RedisState(URL, prefix=prefix, lock_timeout=5)
-    r = redis.Redis.from_url(URL)
+    state = RedisState(redis_url, prefix=prefix, lock_timeout=5)
+    r = redis.Redis.from_url(redis_url)
     holder.call("lock m 1.0")
     ttl = r.pttl(f"{prefix}model_lock_m")
     assert 0 < ttl <= 1000
@@ -157,9 +155,9 @@ def test_locks_always_carry_an_expiry_and_die_with_their_holder(prefix, clients)
     state.close()
 
 
-def test_a_lock_outlived_by_its_work_is_free_for_others(prefix):
-    slow = RedisState(URL, prefix=prefix, lock_timeout=0.3)
-    fast = RedisState(URL, prefix=prefix, lock_timeout=0.3)
+def test_a_lock_outlived_by_its_work_is_free_for_others(prefix, redis_url):
+    slow = RedisState(redis_url, prefix=prefix, lock_timeout=0.3)
+    fast = RedisState(redis_url, prefix=prefix, lock_timeout=0.3)
     got = threading.Event()
     release = threading.Event()
 
@@ -170,7 +168,7 @@ def test_a_lock_outlived_by_its_work_is_free_for_others(prefix):
 
     t = threading.Thread(target=hold_too_long)
     t.start()
-    got.wait(5)
+    assert got.wait(5), "the first holder never took the lock"
     with fast.lock("m"):  # within its wait of 2 x 0.3 s: the first lock expired
         pass
     release.set()

@@ -1,7 +1,9 @@
 """Queue backends for the job tests: real Redis, real RabbitMQ, moto's SQS server, SQLite.
 
-Every test gets its own names (a random key prefix / queue prefix / SQLite file) and
-its keys and queues are deleted afterwards, so tests never see each other's jobs.
+Redis and RabbitMQ are servers of the session's own on free ports (started on first
+use: ``redis_url`` and ``amqp_url`` in tests/conftest.py). Every test gets its
+own names (a random key prefix / queue prefix / SQLite file) and its keys and queues
+are deleted afterwards, so tests never see each other's jobs.
 """
 
 from __future__ import annotations
@@ -19,24 +21,22 @@ import requests
 
 from tests.conftest import free_port, wait_until
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 # Endpoint names the job tests use: RabbitMQ and SQS queues are deleted by name.
 ENDPOINTS = ("echo", "jobs_noop", "bad_predict", "slow", "bad_pre")
 SQS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _purge_redis(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+def _purge_redis(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
 
 
-def _purge_rabbit(prefix: str) -> None:
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+def _purge_rabbit(url: str, prefix: str) -> None:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
     channel = conn.channel()
     for name in ENDPOINTS:
         for suffix in ("", ".retry", ".dead"):
@@ -64,24 +64,27 @@ def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def backend_url(kind: str, folder: Path, sqs_endpoint: str | None = None) -> tuple[str, str]:
-    """A fresh queue URL of ``kind`` and its prefix."""
+def backend_url(kind: str, folder: Path, server: str | None = None) -> tuple[str, str]:
+    """A fresh queue URL of ``kind`` and its prefix (``server``: the Redis, AMQP or SQS URL)."""
     prefix = f"bistest-{uuid.uuid4().hex[:10]}"
     if kind == "sqlite":
         return f"sqlite://{folder / 'jobs.sqlite3'}", prefix
-    if kind == "redis":
-        return f"{REDIS_URL}?prefix={prefix}", prefix
-    if kind == "rabbitmq":
-        return f"{AMQP_URL}?prefix={prefix}", prefix
-    assert kind == "sqs" and sqs_endpoint
-    return f"sqs://?region=us-east-1&prefix={prefix}&endpoint_url={sqs_endpoint}", prefix
+    assert server
+    if kind in ("redis", "rabbitmq"):
+        return f"{server}?prefix={prefix}", prefix
+    assert kind == "sqs"
+    return f"sqs://?region=us-east-1&prefix={prefix}&endpoint_url={server}", prefix
 
 
-def purge(kind: str, prefix: str) -> None:
-    if kind == "redis":
-        _purge_redis(prefix)
-    elif kind == "rabbitmq":
-        _purge_rabbit(prefix)
+def purge(kind: str, server: str | None, prefix: str) -> None:
+    if kind == "redis" and server:
+        _purge_redis(server, prefix)
+    elif kind == "rabbitmq" and server:
+        _purge_rabbit(server, prefix)
+
+
+# The session fixture that serves each backend kind (SQLite needs none).
+SERVERS = {"redis": "redis_url", "rabbitmq": "amqp_url", "sqs": "sqs_server"}
 
 
 @pytest.fixture
@@ -93,10 +96,10 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path,
     and the keys and queues must be deleted after the gateway's consumers stopped.
     """
     kind = request.param
-    sqs = request.getfixturevalue("sqs_server") if kind == "sqs" else None
+    server = request.getfixturevalue(SERVERS[kind]) if kind in SERVERS else None
     if kind == "sqs":
         for key, value in SQS_ENV.items():
             monkeypatch.setenv(key, value)
-    url, prefix = backend_url(kind, tmp_path, sqs)
+    url, prefix = backend_url(kind, tmp_path, server)
     yield url
-    purge(kind, prefix)
+    purge(kind, server, prefix)

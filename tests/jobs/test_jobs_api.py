@@ -56,7 +56,7 @@ def test_rejected_input_fails_at_once_without_retry(gateways):
 
 @pytest.mark.parametrize("queue_url", ["sqlite", "redis", "rabbitmq"], indirect=True)
 def test_failing_job_is_dead_after_max_attempts_then_requeued(queue_url, gateways, tmp_path):
-    gw = gateways({"QUEUE": queue_url, "ADMIN_TOKEN": "s3cret", "CONFIG_ENDPOINTS": {
+    gw = gateways({"QUEUE": queue_url, "CONFIG_ENDPOINTS": {
         "jobs_noop": {"MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0.05}}})
     flag = tmp_path / "fixed"
     job_id = submit(gw, "jobs_noop", I=1, FAIL_UNLESS=str(flag))
@@ -64,11 +64,9 @@ def test_failing_job_is_dead_after_max_attempts_then_requeued(queue_url, gateway
     assert rec["STATUS"] == "dead" and rec["ATTEMPTS"] == 3
     assert "does not exist yet" in rec["LAST_ERROR"] and rec["HTTP_STATUS"] == 500
 
-    assert_error(gw.get("/jobs/dead", params={"SIGNATURE": "jobs_noop"},
-                        headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error(gw.get("/jobs/dead", params={"SIGNATURE": "jobs_noop"}, token="wrong"), 401)
     assert_error(gw.get("/jobs/dead"), 400)
-    resp = gw.get("/jobs/dead", params={"SIGNATURE": "jobs_noop"},
-                  headers={"Authorization": "Bearer s3cret"})
+    resp = gw.get("/jobs/dead", params={"SIGNATURE": "jobs_noop"})
     dead = assert_ok(resp)["DEAD_LETTERS"]
     assert [d["JOB_ID"] for d in dead] == [job_id]
     assert "does not exist yet" in dead[0]["LAST_ERROR"] and dead[0]["ATTEMPTS"] == 3

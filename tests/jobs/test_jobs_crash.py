@@ -14,7 +14,6 @@ import pytest
 import redis
 
 from tests.conftest import spawn_gateway, wait_until, with_test_defaults
-from tests.jobs.conftest import REDIS_URL
 from tests.jobs.jobs_client import queue_status, records, submit_many
 
 JOBS = 500
@@ -23,8 +22,8 @@ JOBS = 500
 def stored_results(queue_url: str, workdir) -> int:
     """Records of the endpoint in the results store itself: one per job, no more."""
     if queue_url.startswith("redis"):
-        prefix = queue_url.split("prefix=")[1]
-        client = redis.Redis.from_url(REDIS_URL)
+        server, prefix = queue_url.split("?prefix=")
+        client = redis.Redis.from_url(server)
         try:
             return sum(1 for _ in client.scan_iter(match=f"{prefix}:job:*", count=1000))
         finally:

@@ -173,3 +173,7 @@ def test_settings_table_lists_every_key():
         assert f"| `{key}` |" in table
     # Defaults are shown as JSON.
     assert f"| `MAX_REQUEST_SIZE` | int | `{json.dumps(64 * 1024 * 1024)}` |" in table
+
+
+def test_first_server_port_may_be_written_as_its_documented_default_null():
+    assert parse_config({"FIRST_SERVER_PORT": None}).settings["FIRST_SERVER_PORT"] is None

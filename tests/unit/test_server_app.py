@@ -67,7 +67,7 @@ def test_bad_json_is_400():
 def test_file_download():
     resp = client("download").post("/run", json={"SIZE": 300})
     assert resp.status_code == 200
-    assert resp.headers["Content-Disposition"] == 'attachment; filename="x.bin"'
+    assert resp.headers["Content-Disposition"] == "attachment; filename=x.bin"
     assert resp.data == bytes(i % 256 for i in range(300))
 
 

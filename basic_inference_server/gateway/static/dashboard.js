@@ -1,28 +1,49 @@
 // The dashboard: polls the gateway's own API and draws it; management buttons call the
-// same admin paths as any client (loopback, or the admin token typed in the header).
+// same admin paths as any client. Every call carries the admin token as a Bearer header;
+// the token lives in this tab's sessionStorage only (never a cookie).
 "use strict";
 
 const REFRESH_MS = 2000;
 const HISTORY_SAMPLES = 180;
+const TOKEN_KEY = "bis-admin-token";
 const charts = {};
 
 function $(id) { return document.getElementById(id); }
 
-function token() { return $("token").value.trim(); }
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
 async function api(path, body) {
-  const opts = body === undefined ? {} : {
-    method: "POST",
-    headers: Object.assign({"Content-Type": "application/json"},
-                           token() ? {"Authorization": "Bearer " + token()} : {}),
-    body: JSON.stringify(body),
-  };
+  const headers = token() ? {"Authorization": "Bearer " + token()} : {};
+  const opts = {headers, cache: "no-store", credentials: "omit"};
+  if (body !== undefined) {
+    opts.method = "POST";
+    headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
   const resp = await fetch(path, opts);
   const data = await resp.json();
+  if (resp.status === 401) {
+    document.body.dataset.auth = "needed";
+    throw new Error("the admin token is missing or wrong: enter it above");
+  }
   if (!resp.ok) {
     throw new Error(data.ERROR || (resp.status + " " + resp.statusText));
   }
+  document.body.dataset.auth = "ok";
   return data;
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const value = $("token").value.trim();
+  $("token").value = "";
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  refresh();
+}
+
+function forgetToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  refresh();
 }
 
 function say(text, bad) {
@@ -131,19 +152,24 @@ function drawEvents(events) {
   }
 }
 
-function lineChart(id, labels, datasets) {
+// Charts over time: x is the sample's time (ms), so samples taken far apart (the gateway
+// was down) stand far apart, and a line is not drawn across a gap of over 3 intervals.
+const timeLabel = ms => new Date(ms).toLocaleTimeString();
+
+function lineChart(id, datasets, gapMs) {
   if (!charts[id]) {
     charts[id] = new Chart($(id), {
       type: "line",
-      data: {labels: [], datasets: []},
+      data: {datasets: []},
       options: {animation: false, responsive: true, maintainAspectRatio: false,
                 elements: {point: {radius: 0}}, interaction: {mode: "index", intersect: false},
-                scales: {y: {beginAtZero: true}}},
+                scales: {x: {type: "linear", ticks: {callback: timeLabel, maxTicksLimit: 8}},
+                         y: {beginAtZero: true}},
+                plugins: {tooltip: {callbacks: {title: items => items.length ? timeLabel(items[0].parsed.x) : ""}}}},
     });
   }
   const chart = charts[id];
-  chart.data.labels = labels;
-  chart.data.datasets = datasets;
+  chart.data.datasets = datasets.map(d => Object.assign({spanGaps: gapMs}, d));
   chart.update();
 }
 
@@ -159,15 +185,18 @@ function drawSystem(status) {
 }
 
 function drawCharts(samples, gpu) {
-  const labels = samples.map(s => new Date(s.ts * 1000).toLocaleTimeString());
+  const steps = samples.slice(1).map((s, i) => s.ts - samples[i].ts).sort((a, b) => a - b);
+  const gapMs = steps.length ? 3000 * steps[Math.floor(steps.length / 2)] : false;
+  const points = value => samples.map(s => ({x: s.ts * 1000, y: value(s)}));
   const mb = gb => (gb === null || gb === undefined ? null : Math.round(gb * 1024));
-  const series = {"gateway": samples.map(s => mb(s.mem_gateway))};
+  // mem_gateway is the manager's whole tree: front, supervisor and every server in it.
+  const series = {"gateway (whole tree)": points(s => mb(s.mem_gateway))};
   const names = new Set(samples.flatMap(s => Object.keys(s.mem_servers || {})));
   for (const name of names) {
-    series[name] = samples.map(s => mb((s.mem_servers || {})[name]));
+    series[name] = points(s => mb((s.mem_servers || {})[name]));
   }
-  lineChart("memory-chart", labels,
-            Object.entries(series).map(([label, data]) => ({label, data, borderWidth: 1.5})));
+  lineChart("memory-chart",
+            Object.entries(series).map(([label, data]) => ({label, data, borderWidth: 1.5})), gapMs);
   const status = $("gpu-status");
   if (!gpu.available) {
     status.textContent = gpu.reason;
@@ -178,9 +207,9 @@ function drawCharts(samples, gpu) {
   const gpuSets = [];
   for (let i = 0; i < count; i++) {
     gpuSets.push({label: "GPU " + i + " used", borderWidth: 1.5,
-                  data: samples.map(s => ((s.gpu.gpus || [])[i] || {}).mem_used_gb ?? null)});
+                  data: points(s => ((s.gpu.gpus || [])[i] || {}).mem_used_gb ?? null)});
   }
-  lineChart("gpu-chart", labels, gpuSets);
+  lineChart("gpu-chart", gpuSets, gapMs);
 }
 
 async function refresh() {
@@ -197,8 +226,13 @@ async function refresh() {
     document.body.dataset.loaded = "true";
   } catch (err) {
     $("updated").textContent = "update failed: " + err.message;
+    if (document.body.dataset.auth === "needed") {
+      $("endpoints").tBodies[0].replaceChildren();  // no stale buttons without a token
+    }
   }
 }
 
+$("token-form").addEventListener("submit", useToken);
+$("forget").addEventListener("click", forgetToken);
 refresh();
 setInterval(refresh, REFRESH_MS);

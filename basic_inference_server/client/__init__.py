@@ -1,0 +1,56 @@
+"""Python client of a basic_inference_server gateway, sync and async, with the same methods.
+
+    from basic_inference_server.client import Client
+
+    with Client("http://gateway:5002", admin_token=token) as bis:
+        answer = bis.run("sentiment", {"INPUT_VALUE": "great"})
+        job = bis.submit("sentiment", {"INPUT_VALUE": "later"})
+        print(bis.wait(job, timeout=60))
+
+``AsyncClient`` is the same, awaited. Requests the gateway says never ran (429, 503 of
+the retryable kinds) are retried within a budget, honouring ``Retry-After``; errors are
+typed after the gateway's ``ERROR_TYPE`` (:mod:`.errors`). The ``bis`` command line
+(:mod:`.cli`) is built on it. See docs/client.md.
+"""
+
+from __future__ import annotations
+
+from .aio import AsyncClient
+from .credentials import Credentials, resolve
+from .errors import (
+    BadRequest,
+    BisError,
+    CircuitOpen,
+    Conflict,
+    ConnectFailed,
+    ConnectionLost,
+    Forbidden,
+    InternalError,
+    JobFailed,
+    JobPending,
+    MethodNotAllowed,
+    ModelsUnavailable,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    QueueFull,
+    QuotaExceeded,
+    RateLimited,
+    Timeout,
+    TooManyConnections,
+    Unauthorized,
+    Unavailable,
+    UpstreamDropped,
+    WaitTimeout,
+)
+from .retry import NO_RETRY, PollPolicy, RetryPolicy
+from .sync import Client
+
+__all__ = [
+    "AsyncClient", "BadRequest", "BisError", "CircuitOpen", "Client", "Conflict",
+    "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError", "JobFailed",
+    "JobPending", "MethodNotAllowed", "ModelsUnavailable", "NO_RETRY", "NotFound", "Overloaded",
+    "PayloadTooLarge", "PollPolicy", "QueueFull", "QuotaExceeded", "RateLimited", "RetryPolicy",
+    "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
+    "WaitTimeout", "resolve",
+]

@@ -1,0 +1,51 @@
+"""The asyncio client: one pooled ``httpx.AsyncClient``; the same methods, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from .api import BaseClient
+from .flows import Call, Flow, Sleep
+
+
+class AsyncClient(BaseClient):
+    """Asyncio client of a gateway: ``await bis.run(...)``; ``async with`` closes it."""
+
+    def __init__(self, url: str = "http://127.0.0.1:5002", **options: Any) -> None:
+        super().__init__(url, **options)
+        self._http = httpx.AsyncClient(timeout=self.timeout, limits=self.limits)
+
+    async def _send(self, call: Call) -> Any:
+        try:
+            return self._answer(await self._http.request(**self._request_args(call)))
+        except httpx.TransportError as exc:
+            raise self._transport_error(call, exc) from exc
+
+    async def _drive(self, flow: Flow[Any]) -> Any:
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                    continue
+                try:
+                    answer = await self._send(step)
+                except Exception as exc:  # noqa: BLE001 - handed to the flow, which decides
+                    step = flow.throw(exc)
+                    continue
+                step = flow.send(answer)
+        except StopIteration as stop:
+            return stop.value
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

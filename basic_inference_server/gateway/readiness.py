@@ -1,0 +1,24 @@
+"""When the gateway counts as ready: the ``READY_POLICY`` setting applied to endpoint states.
+
+``/health/ready`` is what an orchestrator probes. With ``all`` one crash-looping
+endpoint takes the whole box out of service; with ``any`` the box serves while at
+least one endpoint does (callers of the others get a 503 with ``Retry-After``); a
+list names the endpoints the box cannot serve without.
+"""
+
+from __future__ import annotations
+
+READY = "READY"
+# An endpoint nobody started (DISABLED, or stopped by /kill_server) is no reason to wait.
+IDLE = ("STOPPED",)
+
+
+def waiting_for(states: dict[str, str], policy: str | list[str]) -> dict[str, str]:
+    """The endpoints (name -> state) that keep the gateway from being ready; empty when ready."""
+    if isinstance(policy, list):
+        return {n: states.get(n, "UNKNOWN") for n in policy if states.get(n) != READY}
+    started = {n: s for n, s in states.items() if s not in IDLE}
+    not_ready = {n: s for n, s in started.items() if s != READY}
+    if policy == "any":
+        return not_ready if started and len(not_ready) == len(started) else {}
+    return not_ready

@@ -1,0 +1,140 @@
+"""Real Redis and RabbitMQ servers of the test session's own: free ports, temporary folders.
+
+Nothing is expected to listen on 6379 or 5672: each server runs from its Debian
+binary (``scripts/test`` installs them) in a folder of its own, in a new session,
+armed to die with the test process even if that one is SIGKILLed, and is stopped
+(its whole process group) when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+import redis
+
+from basic_inference_server.procutil import die_with_parent, free_port, signal_group
+from tests.conftest import wait_until
+
+INSTALL_HINT = "run scripts/test once: it installs the test dependencies"
+
+
+class Service:
+    """A server process group started in ``folder`` and stopped with :meth:`stop`."""
+
+    def __init__(self, name: str, folder: Path) -> None:
+        self.name = name
+        self.folder = folder
+        self.log_path = folder / f"{name}.log"
+        self.procs: list[subprocess.Popen] = []
+
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        binary = shutil.which(argv[0])
+        assert binary, f"{argv[0]} is not installed: {INSTALL_HINT}"
+        parent = os.getpid()
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen([binary, *argv[1:]], cwd=self.folder, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(expected_parent=parent))
+        self.procs.append(proc)
+        return proc
+
+    def wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
+        def ready() -> bool:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise AssertionError(f"{self.name} exited with {proc.returncode}:\n{self.log_tail()}")
+            return probe()
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.1, message=f"{self.name} accepts connections",
+                       ignore=(OSError, redis.RedisError, pika.exceptions.AMQPError))
+        except AssertionError:
+            self.stop()
+            raise
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM each process group (last started first), SIGKILL what is left."""
+        for proc in reversed(self.procs):
+            signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+            signal_group(proc.pid, signal.SIGKILL)  # helpers it may have left in its group
+
+
+def start_redis(folder: Path) -> tuple[Service, str]:
+    """redis-server on a free port, nothing persisted; returns it and its URL."""
+    port = free_port()
+    service = Service("redis", folder)
+    service.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--dir", str(folder)])
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def ping() -> bool:
+        with redis.Redis.from_url(url, socket_timeout=2) as client:
+            return bool(client.ping())
+
+    service.wait_ready(ping, timeout=30)
+    return service, url
+
+
+def start_rabbitmq(folder: Path) -> tuple[Service, str]:
+    """A RabbitMQ node of its own beside any other one on the machine; returns it and its URL.
+
+    Its own epmd port (epmd runs in the foreground here, so it cannot outlive the
+    session), node name, distribution and AMQP ports, data and log folders, cookie
+    (``HOME``), config and no plugins: the machine's /etc/rabbitmq is not read.
+    """
+    amqp_port, dist_port, epmd_port = free_port(), free_port(), free_port()
+    conf = folder / "rabbitmq.conf"
+    conf.write_text(f"listeners.tcp.local = 127.0.0.1:{amqp_port}\nloopback_users.guest = true\n")
+    (folder / "rabbitmq-env.conf").write_text("")
+    (folder / "enabled_plugins").write_text("[].\n")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(folder),
+        "LANG": "C.UTF-8",
+        "ERL_EPMD_PORT": str(epmd_port),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODENAME": f"bistest-{uuid.uuid4().hex[:8]}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(amqp_port),
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_CONFIG_FILE": str(conf),
+        "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(folder / "log"),
+        "RABBITMQ_LOGS": "-",
+        # Run the VM in place of the start script (no shell left in between), without a shell.
+        "RABBITMQ_ALLOW_INPUT": "1",
+        "RABBITMQ_SERVER_START_ARGS": "-noinput",
+    }
+    service = Service("rabbitmq", folder)
+    service.spawn(["epmd", "-port", str(epmd_port), "-address", "127.0.0.1"], env=env)
+    server = shutil.which("rabbitmq-server", path="/usr/lib/rabbitmq/bin") or "rabbitmq-server"
+    service.spawn([server], env=env)
+    url = f"amqp://guest:guest@127.0.0.1:{amqp_port}/%2F"
+
+    def connect() -> bool:
+        pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1")).close()
+        return True
+
+    service.wait_ready(connect, timeout=120)
+    return service, url
