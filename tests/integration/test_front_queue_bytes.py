@@ -15,8 +15,8 @@ def test_queue_bytes_are_capped_for_a_stopped_endpoint_too(gateways, backend, re
     if backend == "sqlite":
         queue = "sqlite"
     else:
-        redis_url = request.getfixturevalue("redis_url")
-        queue = f"{redis_url}?prefix={request.getfixturevalue('redis_prefix')}"
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        queue = f"{url}?prefix={prefix}"
     gw = gateways({"QUEUE": queue, "CONFIG_ENDPOINTS": {
         # Stopped: nothing consumes its jobs, they only pile up.
         "q": {"SERVER_CLASS": "jobs_noop", "DISABLED": True, "MAX_QUEUE_BYTES": LIMIT},
