@@ -13,11 +13,14 @@ To add a route, add one ``Route`` to :data:`ROUTES` and give its view to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flask import Flask
+
+from ..config import NAME_RULE
 
 Auth = Literal["admin", "open", "data"]
 Schema = dict[str, Any]
@@ -80,6 +83,11 @@ class Route:
     @property
     def admin(self) -> bool:
         return self.auth == "admin"
+
+    @property
+    def shown(self) -> str:
+        """The path without converters: ``/jobs/<job_id>``."""
+        return re.sub(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>", r"<\1>", self.path)
 
     @property
     def command(self) -> str:
@@ -145,7 +153,8 @@ ROUTES: tuple[Route, ...] = (
           (200, 403, 404), view="dashboard_static", response=STRING, media="*/*",
           params=(Param("filename", required=True, where="path"),)),
     Route("/start_server", ("POST",), "admin", "start an endpoint: {SIGNATURE, ...settings}",
-          (200, 400, 404, 409), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
+          (200, 400, 404, 409), request=body(("SIGNATURE",), SIGNATURE={
+              **SIGNATURE, "pattern": f"^{NAME_RULE.pattern}$"}),
           response=ENDPOINT_RESULT),
     Route("/kill_server", ("POST",), "admin", "stop an endpoint: {SIGNATURE}",
           (200, 400, 404), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
@@ -163,9 +172,11 @@ ROUTES: tuple[Route, ...] = (
     Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
           (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
           response=JOB_ACCEPTED),
-    Route("/jobs/<job_id>", ("GET",), "open", "status, attempts, timestamps and result of a job",
-          (200, 404, 503), view="job_status",
-          params=(Param("job_id", required=True, where="path"),),
+    # A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
+    Route("/jobs/<string(length=32):job_id>", ("GET",), "open",
+          "status, attempts, timestamps and result of a job", (200, 404, 503), view="job_status",
+          params=(Param("job_id", {"type": "string", "minLength": 32, "maxLength": 32,
+                                   "pattern": "^[^/]*$"}, required=True, where="path"),),
           response=body(("STATUS",), STATUS=STRING)),
     Route("/jobs/dead", ("GET",), "admin", "dead letters of an endpoint: ?SIGNATURE=name",
           (200, 400, 503), view="dead_letters",
@@ -187,7 +198,7 @@ NATIVE: dict[str, str] = {r.path: "on_" + r.command for r in ROUTES if r.view ==
 
 def paths_listing() -> dict[str, Any]:
     """``/get_paths``' AVAIL_PATHS: path -> methods, admin flag, summary."""
-    return {r.path: {"methods": list(r.methods), "admin": r.admin, "info": r.summary}
+    return {r.shown: {"methods": list(r.methods), "admin": r.admin, "info": r.summary}
             for r in ROUTES}
 
 

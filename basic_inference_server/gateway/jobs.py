@@ -207,7 +207,7 @@ def job_views(jobs: JobsFront, reply: Reply,
         args = protocol.parse_body(raw) if raw else {}
         name = signature_arg(args)
         job_id = args.get("JOB_ID")
-        if job_id is not None and not isinstance(job_id, str):
+        if "JOB_ID" in args and not isinstance(job_id, str):
             raise BadRequest("JOB_ID must be a string (omit it to requeue every dead letter)")
         ids = jobs.requeue(name, job_id)
         if job_id is not None and not ids:

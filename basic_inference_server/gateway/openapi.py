@@ -102,7 +102,7 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
                              "schema": p.schema, **({"description": p.description}
                                                     if p.description else {})}
                             for p in params]
-    if method == "POST":
+    if method == "POST" and (route.request is not None or route.admin):
         op["requestBody"] = {"required": route.request is not None or route.admin,
                              "content": {"application/json": {
                                  "schema": route.request or {"type": "object"}}}}
@@ -124,9 +124,9 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     return op
 
 
-def openapi_path(rule: str) -> str:
-    """A Flask rule as an OpenAPI path: ``/jobs/<job_id>`` -> ``/jobs/{job_id}``."""
-    return re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule)
+def openapi_path(route: Route) -> str:
+    """The route's path as OpenAPI writes it: ``/jobs/{job_id}``."""
+    return re.sub(r"<(\w+)>", r"{\1}", route.shown)
 
 
 def document() -> dict[str, Any]:
@@ -134,7 +134,7 @@ def document() -> dict[str, Any]:
     kinds = error_kinds()
     paths: dict[str, Any] = {}
     for route in ROUTES:
-        paths[openapi_path(route.path)] = {m.lower(): _operation(route, m) for m in route.methods}
+        paths[openapi_path(route)] = {m.lower(): _operation(route, m) for m in route.methods}
     used = sorted({s for r in ROUTES for s in statuses(r) if s >= 300})
     every_kind = sorted({k for names in kinds.values() for k in names})
     return {
