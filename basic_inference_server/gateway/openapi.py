@@ -17,8 +17,9 @@ from .api_table import ROUTES, Route, Schema
 # Kinds set aside for later work (rate limits, quotas, circuit breakers): clients may
 # meet them, so the document lists them already.
 RESERVED_KINDS = {429: ("rate_limited", "quota_exceeded"), 503: ("circuit_open",)}
-# Statuses any request may get: a malformed request (400), a full gateway (503).
-EVERY_REQUEST = (400, 503)
+# Statuses any request may get: a malformed request (400), a body over the limit (413,
+# checked before routing), a full gateway (503).
+EVERY_REQUEST = (400, 413, 503)
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            413: "Payload Too Large", 415: "Unsupported Media Type",
@@ -58,8 +59,6 @@ def error_kinds() -> dict[int, list[str]]:
 def statuses(route: Route) -> list[int]:
     """Every status the route may answer: its own and those its kind of route adds."""
     extra = set(EVERY_REQUEST)
-    if "POST" in route.methods:
-        extra.add(413)
     if route.admin:
         extra.update((401, 403))
         if "POST" in route.methods:
