@@ -10,28 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, SHUTDOWN_CMD, assert_error, assert_ok
+from tests.conftest import ADMIN_TOKEN, assert_error, assert_ok
+from tests.security.test_r02_admin import COMMANDS, CONFIG, READS
 
-CONFIG = {
-    "CONFIG_ENDPOINTS": {
-        "echo": {"NR_WORKERS": 1},
-        "spare": {"SERVER_CLASS": "echo", "DISABLED": True, "NR_WORKERS": 1},
-    },
-}
 WRONG_TOKENS = ["wrong", f"{ADMIN_TOKEN}extra", "", None]
 WRONG_HEADERS = [
     {"Authorization": f"Basic {ADMIN_TOKEN}"},
     {"Authorization": ADMIN_TOKEN},
 ]
-COMMANDS = [
-    ("/start_server", {"SIGNATURE": "spare"}),
-    ("/kill_server", {"SIGNATURE": "echo"}),
-    ("/update_workers", {"SIGNATURE": "echo", "NR_WORKERS": 2}),
-    ("/reload_server", {"SIGNATURE": "echo"}),
-    ("/shutdown", SHUTDOWN_CMD),
-    ("/jobs/requeue", {"SIGNATURE": "echo"}),
-]
-READS = ["/list_servers", "/system_status", "/history", "/notifications", "/jobs/dead?SIGNATURE=echo"]
 
 
 @pytest.fixture(scope="module")
