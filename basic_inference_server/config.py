@@ -256,7 +256,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("JOB_TTL", (int, float), 86400,
                 "Seconds a finished job's result stays readable at /jobs/<id>.",
                 _at_least(1, 365 * 86400)),
-        # The front's connections (gateway/connection.py, gateway/worker.py).
+        # The front's connections (serving/connection.py, serving/worker.py).
         Setting("HEADER_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's headers, from its first byte "
                 "(nginx's client_header_timeout); then the connection is closed.",

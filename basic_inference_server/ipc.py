@@ -53,6 +53,7 @@ class Notifier:
             self._sock.setblocking(False)
 
     def send(self, event: str, **fields: Any) -> None:
+        """Send ``event`` (a :class:`~basic_inference_server.contracts.Event`) with ``fields``."""
         if self._sock is None or self.path is None:
             return
         payload = json.dumps({"event": event, **fields}, default=str).encode()
