@@ -412,4 +412,9 @@ class Core:
             self._close_listeners(ep)
         if self.front_listener is not None:
             self.front_listener.close()
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)
