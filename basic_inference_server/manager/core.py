@@ -24,13 +24,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import GatewayConfig, is_loopback_host
+from ..config import GatewayConfig
 from ..contracts import FRONT_MODULE, SERVER_MODULE, SUPERVISOR_MODULE, Event
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..health.alerts import AlertTracker, Thresholds
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE
+from ..hosts import is_loopback_host
 from ..ipc import MAX_MESSAGE
 from ..privfiles import private_dir
 from ..procutil import free_port

@@ -9,8 +9,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from ..config import GatewayConfig, check_host
+from ..config import GatewayConfig
 from ..errors import ConfigError
+from ..hosts import check_host
 from ..privfiles import write_private
 from ..procutil import pid_alive
 

@@ -6,7 +6,8 @@ import signal
 
 import pytest
 
-from basic_inference_server.config import NO_HOST, parse_endpoint
+from basic_inference_server.config import parse_endpoint
+from basic_inference_server.hosts import NO_HOST
 from basic_inference_server.manager.children import BACKOFF_CAP, Child
 from basic_inference_server.manager.state import STABLE_AFTER, Endpoint, State
 
