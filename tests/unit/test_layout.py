@@ -62,3 +62,12 @@ def test_the_import_reader_sees_relative_imports():
     """The rule above is only as good as this reader: it resolves ``..`` imports."""
     found = imported(PACKAGE / "manager" / "commands.py")
     assert f"{NAME}.contracts" in found and f"{NAME}.manager.core" in found
+
+
+def test_no_function_ranks_d_or_worse():
+    """radon's cyclomatic complexity: A-C pass; D (21+) means split it."""
+    from radon.complexity import cc_rank, cc_visit
+
+    worst = [f"{p.relative_to(PACKAGE)}:{b.lineno} {b.name} {b.complexity}"
+             for p in modules() for b in cc_visit(p.read_text()) if cc_rank(b.complexity) >= "D"]
+    assert not worst, worst
