@@ -8,7 +8,7 @@ import pytest
 
 from basic_inference_server.config import parse_endpoint
 from basic_inference_server.hosts import NO_HOST
-from basic_inference_server.manager.children import BACKOFF_CAP, Child
+from basic_inference_server.manager.children import BACKOFF_CAP, Child, Service
 from basic_inference_server.manager.state import STABLE_AFTER, Endpoint, State
 
 
@@ -217,3 +217,25 @@ def test_reconfigure_frees_the_port_only_when_the_address_moves():
     assert ep.target_workers == 3
     moved = parse_endpoint("e", {"PORT": 5200}, "test")
     assert ep.reconfigure(moved).close_listeners and ep.port is None
+
+
+def test_service_restarts_at_once_then_backs_off():
+    """The front and the supervisor: 0, 1, 2, 4 s while they keep dying young."""
+    launched: list[Child] = []
+
+    def start() -> Child:
+        launched.append(child(0, started_at=now))
+        return launched[-1]
+
+    service = Service("front", start, stable_after=STABLE_AFTER)
+    now, delays = 0.0, []
+    for _ in range(4):
+        service.launch()
+        now += 1
+        delays.append(service.exited(now))
+        assert service.child is None and not service.due(now + delays[-1] - 0.01)
+        now += delays[-1]
+        assert service.due(now)
+    assert delays == [0.0, 1.0, 2.0, 4.0]
+    service.launch()
+    assert service.exited(now + STABLE_AFTER + 1) == 0.0 and service.failures == 0
