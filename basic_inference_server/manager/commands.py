@@ -6,9 +6,11 @@ every input is checked before anything acts on it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from ..config import MAX_WORKERS, parse_endpoint
@@ -25,11 +27,15 @@ log = logging.getLogger(__name__)
 RESTARTABLE = (State.STOPPED, State.FAILED, State.CRASHLOOP)
 
 
-class EndpointCommands(Core):
-    """The commands that act on endpoints and the process tree."""
+EndpointCommand = Callable[["EndpointCommands", Endpoint, dict[str, Any]], Reply]
 
-    def _endpoint_arg(self, args: dict[str, Any]) -> Endpoint | Reply:
-        """The endpoint ``SIGNATURE`` names, else the error answer."""
+
+def on_endpoint(method: EndpointCommand) -> Callable[[EndpointCommands, dict[str, Any]], Reply]:
+    """A command on the endpoint ``SIGNATURE`` names: 400 without a name, 404 for an
+    unknown one, else ``method(self, endpoint, args)``."""
+
+    @functools.wraps(method)
+    def command(self: EndpointCommands, args: dict[str, Any]) -> Reply:
         name = args.get("SIGNATURE")
         if not isinstance(name, str) or not name:
             return error(400, "SIGNATURE (the endpoint name) is required")
@@ -37,7 +43,13 @@ class EndpointCommands(Core):
         if ep is None:
             return error(404, f"unknown endpoint {name[:100]!r}",
                          AVAIL_SERVERS=sorted(self.endpoints))
-        return ep
+        return method(self, ep, args)
+
+    return command
+
+
+class EndpointCommands(Core):
+    """The commands that act on endpoints and the process tree."""
 
     def cmd_list_servers(self, _args: dict[str, Any]) -> Reply:
         names = sorted(self.endpoints, key=lambda n: (n != self.config["DEFAULT_SERVER"], n))
@@ -95,17 +107,13 @@ class EndpointCommands(Core):
         self._start_endpoint(ep)
         return 200, {"RESULT": f"{name} starting", **ep.describe()}
 
-    def cmd_kill_server(self, args: dict[str, Any]) -> Reply:
-        ep = self._endpoint_arg(args)
-        if not isinstance(ep, Endpoint):
-            return ep
+    @on_endpoint
+    def cmd_kill_server(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
         self.stop_endpoint(ep)
         return 200, {"RESULT": f"{ep.name} stopping", **ep.describe()}
 
-    def cmd_update_workers(self, args: dict[str, Any]) -> Reply:
-        ep = self._endpoint_arg(args)
-        if not isinstance(ep, Endpoint):
-            return ep
+    @on_endpoint
+    def cmd_update_workers(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
         count = args.get("NR_WORKERS")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
             return error(400, f"NR_WORKERS must be an integer from 1 to {MAX_WORKERS}")
@@ -115,10 +123,8 @@ class EndpointCommands(Core):
         self.apply(ep, ep.scale(count))
         return 200, {"RESULT": f"{ep.name}: NR_WORKERS {previous} -> {count}", **ep.describe()}
 
-    def cmd_reload_server(self, args: dict[str, Any]) -> Reply:
-        ep = self._endpoint_arg(args)
-        if not isinstance(ep, Endpoint):
-            return ep
+    @on_endpoint
+    def cmd_reload_server(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
         if ep.is_support or ep.state != State.READY:
             return error(409, f"{ep.name} is {ep.state.value}; only a READY server reloads")
         if ep.pending is not None:
