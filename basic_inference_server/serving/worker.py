@@ -62,9 +62,10 @@ class LoopWorker(Worker):
 
     def _graceful(self, _sig: int, _frame: Any) -> None:
         self.alive = False
-        # Wake the loop's once-a-second wait now: a stop starts at once.
+        # Wake the loop's once-a-second wait now: a stop starts at once. A second
+        # SIGTERM (gunicorn's master relays the manager's) may come after the loop closed.
         waker = getattr(self, "waker", None)
-        if waker is not None:
+        if waker is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(waker.set)
 
     # -- what HttpConnection asks of its server -----------------------------------
