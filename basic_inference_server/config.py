@@ -13,7 +13,6 @@ like a misspelling of one of ours is reported, not passed on silently.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import math
 import os
@@ -24,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .hosts import NO_HOST, check_host
 from .queues import check_url
+from .refs import REF_PREFIXES, resolve_ref
 
-NO_HOST = "NO_HOST"
 # One rule for endpoint names and SERVER_CLASS (a file name in the endpoints folder),
 # always applied with fullmatch: "$" would let a trailing newline through.
 NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
@@ -35,16 +35,11 @@ NAME_RULE_TEXT = "1 to 64 letters, digits, '_' or '-', not starting with a digit
 MAX_WORKERS = 256
 # Longest wait, timeout or interval a setting may ask for (a week).
 MAX_SECONDS = 7 * 86400
-_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # Where the admin token may come from besides the ADMIN_TOKEN setting (names of
 # environment variables). Children never inherit them.
 ADMIN_TOKEN_ENV = "BIS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "BIS_ADMIN_TOKEN_FILE"
 SECRET_ENV = (ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV)
-# Settings holding a URL that may carry a password: their value may instead name an
-# environment variable (``env:NAME``) or a file (``file:/path``) holding the URL.
-REF_PREFIXES = ("env:", "file:")
 
 
 @dataclass(frozen=True)
@@ -82,28 +77,6 @@ class Setting:
         return value
 
 
-def resolve_ref(value: str, what: str) -> str:
-    """``env:NAME`` -> that variable's value; ``file:PATH`` -> the file's first line.
-
-    Keeps URLs with passwords out of the configuration file and off every command
-    line: the file (or the environment) can be private to the gateway's user.
-    """
-    kind, _, name = value.partition(":")
-    if kind == "env":
-        found = os.environ.get(name)
-        if not found:
-            raise ConfigError(f"{what} names the environment variable {name!r}, which is not set")
-        return found
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{what} names the file {name!r}, which cannot be read: {exc}") from None
-    lines = text.strip().splitlines()
-    if not lines:
-        raise ConfigError(f"{what} names the file {name!r}, which is empty")
-    return lines[0].strip()
-
-
 def _at_least(low: float, high: float = MAX_SECONDS) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         ok = (isinstance(v, int) or math.isfinite(v)) and low <= v <= high
@@ -119,33 +92,6 @@ def is_name(value: Any) -> bool:
 
 def _name(v: str | None) -> str | None:
     return None if v is None or is_name(v) else f"must be {NAME_RULE_TEXT}"
-
-
-def check_host(v: str) -> str | None:
-    """A listen address: an IP literal or a host name (or NO_HOST for a support process)."""
-    if v == NO_HOST:
-        return None
-    if not v or len(v) > 253 or not v.isascii() or "\x00" in v:
-        return "must be an IP address or a host name (ASCII, at most 253 characters)"
-    try:
-        ipaddress.ip_address(v)
-        return None
-    except ValueError:
-        pass
-    labels = v.rstrip(".").split(".")
-    if all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
-        return None
-    return "must be an IP address or a host name"
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for the loopback addresses and ``localhost``."""
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _positive_or_null(v: float | None) -> str | None:
@@ -256,7 +202,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("JOB_TTL", (int, float), 86400,
                 "Seconds a finished job's result stays readable at /jobs/<id>.",
                 _at_least(1, 365 * 86400)),
-        # The front's connections (gateway/connection.py, gateway/worker.py).
+        # The front's connections (serving/connection.py, serving/worker.py).
         Setting("HEADER_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's headers (from connecting, or from the "
                 "request's first byte on a kept-alive connection; nginx's "

@@ -12,6 +12,8 @@ import json
 import socket
 from typing import Any
 
+from .contracts import Event
+
 MAX_MESSAGE = 1 << 20
 
 
@@ -52,7 +54,8 @@ class Notifier:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
 
-    def send(self, event: str, **fields: Any) -> None:
+    def send(self, event: Event, **fields: Any) -> None:
+        """Send ``event`` with ``fields`` (what each event carries: :class:`.contracts.Event`)."""
         if self._sock is None or self.path is None:
             return
         payload = json.dumps({"event": event, **fields}, default=str).encode()

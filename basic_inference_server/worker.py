@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .contracts import Event
 from .ipc import Notifier
 from .logger import PrefixedLog
 
@@ -123,7 +124,7 @@ class FlaskWorker:
     # -- services for the endpoint ----------------------------------------------------
     def _create_notification(self, notif: str = "log", msg: str = "", **info: Any) -> None:
         """Publish a notification; the gateway lists recent ones at ``/notifications``."""
-        self._notifier.send("notification", endpoint=self.endpoint, worker_id=self.worker_id,
+        self._notifier.send(Event.NOTIFICATION, endpoint=self.endpoint, worker_id=self.worker_id,
                             notif=notif, msg=str(msg), info=info, time=time.time())
 
     @staticmethod

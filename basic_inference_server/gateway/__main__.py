@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..childproc import child_main
-from .app import FrontSpec
+from ..contracts import FrontSpec
 from .gunicorn_app import GatewayFront
 
 if __name__ == "__main__":

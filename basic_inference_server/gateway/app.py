@@ -20,11 +20,11 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from .. import protocol
+from ..contracts import FrontSpec
 from ..errors import (
     BadRequest,
     MethodNotAllowed,
@@ -34,9 +34,9 @@ from ..errors import (
     Unavailable,
 )
 from ..queues import JobsSpec
+from ..serving.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import metrics
 from .api_table import NATIVE
-from .connection import Answer, Limits, Request, call_wsgi, error_answer
 from .jobs import JobsFront
 from .loadboard import LoadBoard
 from .management import READY, build_management_app
@@ -53,29 +53,6 @@ DECODE_SMALL = 64 * 1024
 # Scanning a body this large takes a while: it is done off the event loop.
 SCAN_OFF_LOOP = 1024 * 1024
 
-
-@dataclass
-class FrontSpec:
-    """What the manager tells the front."""
-
-    routes: str
-    control: str
-    workers: int = 2
-    threads: int = 32
-    max_request_size: int = 64 * 1024 * 1024
-    admin_token: str | None = None
-    allowed_hosts: list[str] | None = None  # config ALLOWED_HOSTS
-    server_name: str = "basic_inference_server"
-    app_version: str = "0.0.0"
-    stop_timeout: float = 30
-    access_log: bool = True
-    jobs: dict[str, Any] | None = None  # queues.JobsSpec
-    header_timeout: float = 60
-    body_timeout: float = 60
-    keepalive_timeout: float = 30
-    max_connections: int = 10000
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:

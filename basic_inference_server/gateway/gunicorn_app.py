@@ -13,9 +13,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from ..childproc import take_slot
+from ..contracts import FrontSpec
 from ..procutil import die_with_parent
-from .app import Front, FrontSpec
-from .metrics import mark_dead
+from ..serving.worker import mark_dead
+from .app import Front
 
 
 class GatewayFront(BaseApplication):

@@ -114,9 +114,3 @@ def _forget_dead_workers(path: str) -> None:
         pid = live.stem.rpartition("_")[2]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             multiprocess.mark_process_dead(int(pid), path)
-
-
-def mark_dead(pid: int) -> None:
-    """gunicorn ``child_exit``: drop a dead front process's live gauges."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)

@@ -13,11 +13,12 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import httptools
 
-from ..errors import Unavailable, UpstreamDropped, UpstreamTimeout
+from ..errors import ServingError, Unavailable, UpstreamDropped, UpstreamTimeout
 from .loadboard import LoadBoard
 
 PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
@@ -40,12 +41,70 @@ class UpstreamResponse:
     worker: str = "any"
 
 
-class NotConnected(Unavailable):
-    """Could not connect: the request was never sent, so another worker may take it."""
+class Failure(Enum):
+    """How one attempt failed, as far as whether the request ran."""
+
+    STALE = "stale"  # a pooled connection the server had closed: the request was unread
+    UNREACHABLE = "unreachable"  # no connection, or reset unread: it never ran
+    DROPPED = "dropped"  # read, then closed unanswered: its worker died, it MAY have run
+    TIMEOUT = "timeout"  # no answer in time: it may still be running
+    INVALID = "invalid"  # an answer that is not HTTP
 
 
-class Dropped(UpstreamDropped):
-    """The server read the request, then closed without answering: its worker died on it."""
+class Resend(Enum):
+    NO = "no"
+    SAME = "same"  # the same worker socket, on a new connection
+    NEXT = "next"  # the next candidate socket
+
+
+def resend(failure: Failure, *, last: bool, crash_resends: int) -> Resend:
+    """The one resend policy: only a request that surely never ran goes again freely.
+
+    One that may have run (its worker died on it) goes again only with
+    ``RETRY_ON_CRASH`` (``crash_resends`` left), never twice: it could kill a second
+    worker. One that timed out may still be running and is never resent.
+    """
+    if failure is Failure.STALE:
+        return Resend.SAME
+    if failure is Failure.UNREACHABLE or (failure is Failure.DROPPED and crash_resends):
+        return Resend.NO if last else Resend.NEXT
+    return Resend.NO
+
+
+class AttemptFailed(Exception):
+    """One attempt failed; ``failure`` says whether the request may go again."""
+
+    def __init__(self, failure: Failure, message: str) -> None:
+        super().__init__(message)
+        self.failure = failure
+
+    def error(self, name: str) -> ServingError:
+        """What the caller gets when the request goes no further."""
+        if self.failure is Failure.TIMEOUT:
+            return UpstreamTimeout(str(self), SIGNATURE=name)
+        cls = UpstreamDropped if self.failure is Failure.DROPPED else Unavailable
+        return cls(str(self), retry_after=1, SIGNATURE=name)
+
+
+def classify(exc: BaseException, reused: bool, name: str, timeout: float) -> AttemptFailed:
+    """The one place a failed attempt's exception becomes a :class:`Failure`."""
+    if isinstance(exc, _Reset):
+        # On a Unix socket, a reset before any answer means the server closed the
+        # connection without reading this request (an idle kept-alive connection it
+        # dropped, or a stopping worker's backlog): it never ran.
+        return AttemptFailed(Failure.STALE if reused else Failure.UNREACHABLE,
+                             f"endpoint {name} closed the connection unread; retry shortly")
+    if isinstance(exc, _Closed):
+        return AttemptFailed(Failure.DROPPED, f"endpoint {name} dropped the connection (its "
+                                              f"worker may have died); retry shortly")
+    if isinstance(exc, TimeoutError):  # before OSError, of which it is one
+        return AttemptFailed(Failure.TIMEOUT,
+                             f"endpoint {name} did not answer within {timeout:g} s")
+    if isinstance(exc, httptools.HttpParserError):
+        return AttemptFailed(Failure.INVALID, f"endpoint {name} sent an invalid answer: {exc}")
+    assert isinstance(exc, OSError)
+    return AttemptFailed(Failure.UNREACHABLE, f"endpoint {name} is not accepting "
+                                              f"connections: {exc.strerror or exc}")
 
 
 class _Reset(Exception):
@@ -171,44 +230,70 @@ class Upstream:
 
         ``head``: the request's header lines to pass on (each ending in CRLF). Each
         worker process listens on a socket of its own besides the shared one, so the
-        front balances requests itself (least outstanding requests). A worker that
-        cannot be reached (it just died) hands the request to a sibling: nothing was
-        sent, so nothing can run twice. A worker that dies running the request makes
-        it a 503 at once or, with ``RETRY_ON_CRASH``, one more try on a sibling.
+        front balances requests itself (least outstanding requests). Whether a failed
+        attempt goes again, and where, is :func:`resend`'s call.
         """
         data = (b"POST /run HTTP/1.1\r\nHost: localhost\r\n" + head
                 + b"Content-Type: application/json\r\nContent-Length: "
                 + str(len(body)).encode() + b"\r\n\r\n")
         sockets = route.get("workers") or []
         timeout = float(route["timeout"])
-        retries = 1 if route.get("retry_on_crash") else 0
+        crash_resends = 1 if route.get("retry_on_crash") else 0
         candidates = (self._by_load(sockets) if len(sockets) > 1 else list(sockets))[:2]
         # Last, the shared socket: every live worker of the endpoint, of any generation,
         # accepts there, so the request still finds one while the route table lags a
         # reload or a scale-down (whose stopping workers no longer accept).
-        candidates.append(route["socket"])
-        last = len(candidates) - 1
-        for i, path in enumerate(candidates):
+        shared = route["socket"]
+        candidates.append(shared)
+        i, pooled = 0, True
+        while True:
+            path = candidates[i]
             # One event loop per process writes this process's row: no lock needed.
             self.board.add(path, 1)
             try:
-                resp = await self.post(path, name, data, body, timeout)
-            except NotConnected:
-                self._drop(path)
-                if i == last:
-                    raise
-            except Dropped:
-                if not retries or i == last:
-                    raise
-                retries -= 1
-            else:
-                if path != route["socket"]:
-                    resp.worker = path.rsplit(".", 1)[-1]
-                return resp
+                resp = await self.attempt(path, name, data, body, timeout, pooled)
+            except AttemptFailed as failed:
+                step = resend(failed.failure, last=i == len(candidates) - 1,
+                              crash_resends=crash_resends)
+                if failed.failure is Failure.UNREACHABLE:
+                    self._drop(path)
+                if step is Resend.NO:
+                    raise failed.error(name) from None
+                if failed.failure is Failure.DROPPED:
+                    crash_resends -= 1
+                if step is Resend.NEXT:
+                    i += 1
+                pooled = step is Resend.NEXT  # SAME: a new connection, not another pooled one
+                continue
             finally:
                 self.board.add(path, -1)
-        raise NotConnected(f"endpoint {name} has no reachable worker", retry_after=1,
-                           SIGNATURE=name)
+            if path != shared:
+                resp.worker = path.rsplit(".", 1)[-1]
+            return resp
+
+    async def attempt(self, path: str, name: str, head: bytes, body: bytes, timeout: float,
+                      pooled: bool = True) -> UpstreamResponse:
+        """One try on the server at ``path``, on a pooled connection when ``pooled`` and
+        one is idle, else a new one; raises :class:`AttemptFailed`."""
+        conn = self._take(path) if pooled else None
+        reused = conn is not None
+        try:
+            if conn is None:
+                conn = await self._connect(path)
+            resp = await asyncio.wait_for(conn.send(head, body), timeout)
+        except (OSError, _Reset, _Closed, httptools.HttpParserError) as exc:
+            if conn is not None:
+                conn.close()
+            raise classify(exc, reused, name, timeout) from None
+        except asyncio.CancelledError:
+            if conn is not None:
+                conn.close()
+            raise
+        if conn.keep_alive and conn.open:
+            self._give_back(path, conn)
+        else:
+            conn.close()
+        return resp
 
     def _drop(self, path: str) -> None:
         """Forget a socket that refuses connections (its worker is gone)."""
@@ -244,53 +329,7 @@ class Upstream:
             else:
                 del self._idle[path]
 
-    async def _connect(self, path: str, name: str) -> Connection:
+    async def _connect(self, path: str) -> Connection:
         loop = asyncio.get_running_loop()
-        try:
-            _transport, conn = await loop.create_unix_connection(Connection, path)
-        except OSError as exc:
-            raise NotConnected(f"endpoint {name} is not accepting connections: "
-                               f"{exc.strerror or exc}", retry_after=1, SIGNATURE=name) from None
+        _transport, conn = await loop.create_unix_connection(Connection, path)
         return conn
-
-    async def post(self, path: str, name: str, head: bytes, body: bytes,
-                   timeout: float) -> UpstreamResponse:
-        """Send one request to the server at ``path``; failures become 503 / 504."""
-        for attempt in (0, 1):
-            conn = self._take(path) if attempt == 0 else None
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(path, name)
-            try:
-                resp = await asyncio.wait_for(conn.send(head, body), timeout)
-            except asyncio.TimeoutError:
-                conn.close()
-                raise UpstreamTimeout(f"endpoint {name} did not answer within {timeout:g} s",
-                                      SIGNATURE=name) from None
-            except _Reset:
-                # On a Unix socket, a reset before any answer means the server closed the
-                # connection without reading this request (an idle kept-alive connection
-                # it dropped, or a stopping worker's backlog): it never ran.
-                if reused:
-                    continue
-                raise NotConnected(f"endpoint {name} closed the connection unread; retry "
-                                   f"shortly", retry_after=1, SIGNATURE=name) from None
-            except _Closed:
-                # End of file after the server read the request: its worker died running
-                # it. Sending it again could run it twice (and kill a second worker).
-                raise Dropped(f"endpoint {name} dropped the connection (its worker may "
-                              f"have died); retry shortly", retry_after=1,
-                              SIGNATURE=name) from None
-            except httptools.HttpParserError as exc:
-                raise Unavailable(f"endpoint {name} sent an invalid answer: {exc}",
-                                  retry_after=1, SIGNATURE=name) from None
-            except asyncio.CancelledError:
-                conn.close()
-                raise
-            if conn.keep_alive and conn.open:
-                self._give_back(path, conn)
-            else:
-                conn.close()
-            return resp
-        raise Unavailable(f"endpoint {name} keeps dropping connections", retry_after=1,
-                          SIGNATURE=name)

@@ -1,149 +1,20 @@
-"""The gateway front's gunicorn worker: one uvloop event loop per process.
-
-gunicorn keeps what it is good at (pre-fork, respawn, signals, the heartbeat, graceful
-timeouts); each worker runs an event loop whose connections are
-:class:`.connection.HttpConnection`. Thousands of idle or slow clients then cost
-sockets, not threads, and waiting on an endpoint costs a future. Only blocking work
-(management calls, job submission) goes to the front's bounded thread pool.
+"""The gateway front's gunicorn worker: the shared event-loop worker serving :class:`.app.Front`.
 
 Open connections are capped over all front processes (``MAX_CONNECTIONS``, counted on
 the shared load board); past the cap a new connection gets a 503
-``too_many_connections`` and is closed. On SIGTERM the worker stops accepting,
-closes idle keep-alive connections at once, lets requests in flight finish (their
-answers say ``Connection: close``) and exits, within ``STOP_TIMEOUT`` at most.
+``too_many_connections`` and is closed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 import ssl
 from typing import Any
 
-import uvloop
-from gunicorn.workers.base import Worker
-
+from ..serving.connection import Answer, HttpConnection, Request
+from ..serving.worker import LoopWorker
 from .app import Front
-from .connection import Answer, HttpConnection, Limits, Request
 
 CONNECTIONS = "#connections"
-
-
-class LoopWorker(Worker):
-    """A gunicorn worker class serving :class:`.connection.HttpConnection` on uvloop.
-
-    Subclasses say what a request gets (:meth:`handle`), the limits, and how
-    connections are counted; this class runs the loop, the heartbeat and the stop.
-    """
-
-    loop: asyncio.AbstractEventLoop
-    limits: Limits
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connections: set[HttpConnection] = set()
-        self.quick = False
-
-    def init_process(self) -> None:
-        self.loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        super().init_process()
-
-    def init_signals(self) -> None:
-        # Plain handlers (not the loop's): hooks may wrap them with signal.getsignal.
-        # The loop wakes every second at most, and that is when a stop is seen.
-        super().init_signals()
-        signal.signal(signal.SIGTERM, self._graceful)
-
-    def handle_quit(self, sig: int, frame: Any) -> None:
-        self.quick = True
-        self._graceful(sig, frame)
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self._graceful(sig, frame)
-
-    def _graceful(self, _sig: int, _frame: Any) -> None:
-        self.alive = False
-        # Wake the loop's once-a-second wait now: a stop starts at once.
-        waker = getattr(self, "waker", None)
-        if waker is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(waker.set)
-
-    # -- what HttpConnection asks of its server -----------------------------------
-    def meta(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    async def handle(self, request: Request) -> Answer:
-        raise NotImplementedError
-
-    def tls(self) -> ssl.SSLContext | None:
-        return None
-
-    def connection_opened(self, conn: HttpConnection) -> bool:
-        """Count a new connection; False when the cap is reached."""
-        self.connections.add(conn)
-        return True
-
-    def connection_closed(self, conn: HttpConnection) -> None:
-        self.connections.discard(conn)
-
-    def tick(self) -> None:
-        """Once a second on the loop."""
-
-    # -- the loop -----------------------------------------------------------------
-    def run(self) -> None:
-        try:
-            self.loop.run_until_complete(self._serve())
-        finally:
-            self.stopped()
-            self.loop.close()
-
-    def started(self) -> None:
-        """On the loop, before the first connection."""
-
-    def stopped(self) -> None:
-        """After the loop's last request."""
-
-    async def _serve(self) -> None:
-        self.waker = asyncio.Event()
-        self.started()
-        # gunicorn's listeners wrap a socket; a hook may add plain sockets too.
-        servers = [await self.loop.create_server(lambda: HttpConnection(self),
-                                                 sock=getattr(s, "sock", s), ssl=self.tls(),
-                                                 backlog=2048)
-                   for s in self.sockets]
-        while self.alive:
-            self.notify()
-            if self.ppid != os.getppid():
-                self.log.info("parent changed, shutting down: %s", self)
-                break
-            self.tick()
-            try:
-                await asyncio.wait_for(self.waker.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
-        for server in servers:
-            server.close()
-        await self._drain()
-
-    async def _drain(self) -> None:
-        """Close idle connections now; give requests in flight ``graceful_timeout``."""
-        deadline = self.loop.time() + self.cfg.graceful_timeout
-        while self.connections and not self.quick and self.loop.time() < deadline:
-            for conn in list(self.connections):
-                if conn.idle:
-                    conn.close()
-            self.notify()
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.close()
-        # A transport closes on a later turn of the loop: let every socket really close
-        # before the loop stops, or one would stay open (and a client wait on it) for as
-        # long as the process takes to exit.
-        closing = self.loop.time() + 1.0
-        while self.connections and self.loop.time() < closing:
-            await asyncio.sleep(0.01)
 
 
 class FrontWorker(LoopWorker):

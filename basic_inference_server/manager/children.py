@@ -14,10 +14,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import SECRET_ENV
+from ..contracts import SUPPORT_LAUNCHER
 from ..procutil import signal_group
 
 
@@ -63,16 +64,17 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def spawn(role: str, name: str, module: str, spec: dict[str, Any], *, fds: tuple[int, ...] = (),
+def spawn(role: str, name: str, module: str, spec: Any, *, fds: tuple[int, ...] = (),
           generation: int = 0, env: dict[str, str] | None = None) -> Child:
     """Start ``python -m <module> --spec-fd N`` as a child that dies with us.
 
+``spec`` is one of the dataclasses of :mod:`basic_inference_server.contracts`.
     The spec (which may hold the admin token and URLs with passwords) travels in an
     unlinked temporary file the child inherits as fd N, never on the command line,
     where every local user could read it.
     """
     with tempfile.TemporaryFile() as spec_file:
-        spec_file.write(json.dumps(spec).encode())
+        spec_file.write(json.dumps(asdict(spec)).encode())
         spec_file.flush()
         spec_file.seek(0)
         spec_fd = spec_file.fileno()
@@ -87,7 +89,7 @@ def spawn(role: str, name: str, module: str, spec: dict[str, Any], *, fds: tuple
 
 def spawn_script(name: str, script: str, args: list[str]) -> Child:
     """Start a plain script (a support process) through the die-with-parent launcher."""
-    argv = [sys.executable, "-m", "basic_inference_server.support.launch",
+    argv = [sys.executable, "-m", SUPPORT_LAUNCHER,
             "--parent", str(os.getpid()), script, *args]
     proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
                             env=child_env())

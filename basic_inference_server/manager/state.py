@@ -1,9 +1,17 @@
-"""What the manager knows of each endpoint, and the route table it publishes."""
+"""What the manager knows of each endpoint, and every change of its state.
+
+Each transition is a method of :class:`Endpoint` that updates the record and returns a
+:class:`Change`: what the manager must now do outside the record (stop children,
+signal a server, publish the route table, close the listeners, log an event). The
+methods do no I/O and take the time as an argument, so every transition is tested
+without a process (tests/unit/test_manager_state.py).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -18,6 +26,10 @@ from .children import BACKOFF_FIRST, Child, backoff
 STABLE_AFTER = 30.0
 # Requests allowed to wait per worker slot by default (MAX_IN_FLIGHT).
 IN_FLIGHT_FACTOR = 32
+# Failures in a row that make a crash loop.
+CRASHLOOP_AFTER = 3
+# gunicorn's exit codes for "a worker could not load the app": not a crash.
+LOAD_FAILURE_CODES = {3, 4}
 
 
 class State(str, Enum):
@@ -28,6 +40,19 @@ class State(str, Enum):
     FAILED = "FAILED"
     CRASHLOOP = "CRASHLOOP"
     STOPPING = "STOPPING"
+
+
+@dataclass
+class Change:
+    """What a transition asks of the manager; the empty Change asks nothing."""
+
+    publish: bool = False  # the route table changed
+    stop: list[Child] = field(default_factory=list)  # children to stop gracefully
+    close_listeners: bool = False  # the endpoint is stopped for good: free its port
+    signal: int | None = None  # to send to the serving server's master
+    event: tuple[str, dict[str, Any]] | None = None  # for the history: kind, fields
+    log: str | None = None  # an error worth a log line
+    info: str | None = None  # news worth a log line
 
 
 @dataclass
@@ -60,6 +85,14 @@ class Endpoint:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def is_support(self) -> bool:
+        return self.config.is_support
+
+    def children(self) -> list[Child]:
+        """Every live child of the endpoint: serving, loading and draining."""
+        return [c for c in (self.child, self.pending) if c] + self.draining
+
     def backoff(self) -> float:
         """Delay before the next start, doubling with each failure in a row, capped at 60 s.
 
@@ -72,6 +105,193 @@ class Endpoint:
             return 0.0 if self.state == State.RESTARTING else BACKOFF_FIRST
         return backoff(self.failures - 1)
 
+    def _forget_workers(self) -> None:
+        self.ready_pids.clear()
+        self.worker_sockets.clear()
+
+    # -- starting ---------------------------------------------------------------------
+    def next_generation(self) -> int:
+        """The generation of the process about to be spawned (its events carry it)."""
+        self.generation += 1
+        return self.generation
+
+    def started(self, child: Child, now: float) -> Change:
+        """A server (or support process) was spawned; a server is READY once a worker is."""
+        self.child = child
+        self.reported_workers = None
+        self._forget_workers()
+        if self.is_support:
+            self.state, self.ready_since = State.READY, now
+            return Change()
+        self.state = State.STARTING
+        return Change(publish=True)
+
+    def start_failed(self, error: str) -> Change:
+        """Nothing could be spawned (the port is taken, the script is gone)."""
+        self.state, self.last_error = State.FAILED, error
+        return Change(publish=True, log=error)
+
+    def restart_due(self, now: float) -> bool:
+        """True (and counted as a restart) when the backoff of a failure is over."""
+        if self.restart_at is None or now < self.restart_at:
+            return False
+        self.restart_at = None
+        self.restarts += 1
+        return True
+
+    def reset_failures(self) -> None:
+        """An operator's start: the failures so far no longer count."""
+        self.failures, self.restart_at, self.last_error = 0, None, None
+
+    def reconfigure(self, config: EndpointConfig) -> Change:
+        """New settings for a stopped endpoint; a new address frees the old one."""
+        moved = (config.settings["HOST"], config.settings["PORT"]) != \
+            (self.config.settings["HOST"], self.config.settings["PORT"])
+        self.config, self.target_workers = config, config.settings["NR_WORKERS"]
+        if moved:
+            self.port = None
+        return Change(close_listeners=moved)
+
+    def reload_started(self, child: Child) -> None:
+        """A new generation loads beside the serving one (see :meth:`switch_generation`)."""
+        self.pending = child
+
+    def cancel_restart(self) -> None:
+        self.restart_at = None
+
+    # -- events of the serving server ----------------------------------------------------
+    def serves(self, generation: Any) -> bool:
+        """Whether ``generation`` is the one serving. Worker events count for it only,
+        not for a reload still pending: while one loads, the serving server keeps
+        scaling and respawning."""
+        return generation is not None and self.child is not None \
+            and generation == self.child.generation
+
+    def worker_ready(self, generation: Any, pid: int, sock: str | None, now: float) -> Change:
+        """A worker loaded its model and listens; the first one makes the endpoint READY,
+        and the first one of a pending reload switches to that generation."""
+        change = Change()
+        if self.pending is not None and generation == self.pending.generation:
+            change = self.switch_generation()
+        if not self.serves(generation):
+            return change
+        self.ready_pids.add(pid)
+        if sock:
+            self.worker_sockets[pid] = sock
+            change.publish = True
+        if self.state != State.READY:
+            self.state, self.ready_since, self.last_error = State.READY, now, None
+            change.publish, change.info = True, f"ready on port {self.port}"
+        return change
+
+    def switch_generation(self) -> Change:
+        """The pending generation serves; the old one drains."""
+        old, self.child, self.pending = self.child, self.pending, None
+        self._forget_workers()
+        self.last_error = None  # the new generation loaded: an earlier failure is history
+        change = Change(event=("reload", {"endpoint": self.name, "generation": self.generation}),
+                        info=f"reloaded: generation {self.generation} serving")
+        if old is not None:
+            self.draining.append(old)
+            change.stop.append(old)
+        return change
+
+    def worker_exit(self, generation: Any, pid: int) -> Change:
+        if not self.serves(generation):
+            return Change()
+        self.ready_pids.discard(pid)
+        return Change(publish=self.worker_sockets.pop(pid, None) is not None)
+
+    def load_failed(self, error: Any) -> Change:
+        self.last_error = str(error) if error is not None else None
+        return Change()
+
+    def workers_reported(self, generation: Any, count: int) -> Change:
+        """gunicorn's worker count changed: steer on toward the target."""
+        if not self.serves(generation):
+            return Change()
+        self.reported_workers = count
+        return self.steer()
+
+    def scale(self, count: int) -> Change:
+        self.target_workers = count
+        return self.steer()
+
+    def steer(self) -> Change:
+        """One step toward the target worker count.
+
+        One signal at a time: pending signals of one kind merge, so a burst of TTINs
+        could count as one. gunicorn reports each change, which triggers the next step.
+        """
+        if self.child is None or self.reported_workers is None \
+                or self.reported_workers == self.target_workers:
+            return Change()
+        up = self.reported_workers < self.target_workers
+        return Change(signal=signal.SIGTTIN if up else signal.SIGTTOU)
+
+    def hung(self, reason: str) -> Change:
+        """The supervisor found the serving server stuck: it is killed, and its exit
+        reports ``reason`` instead of the exit code."""
+        assert self.child is not None
+        self.child.kill_reason = reason
+        return Change(log=f"{reason}; killing the server",
+                      event=("server_hung", {"endpoint": self.name, "reason": reason}))
+
+    # -- exits ---------------------------------------------------------------------------
+    def exited(self, code: int | None, now: float, shutting_down: bool) -> Change:
+        """The serving process exited: stopped, crashed, failed to load, or crash loop."""
+        child = self.child
+        assert child is not None
+        self.child, self.ready_since = None, None
+        self._forget_workers()
+        if shutting_down or child.stop_deadline is not None:
+            self.state = State.STOPPED
+            return Change(publish=True)
+        self.failures = 0 if now - child.started_at > STABLE_AFTER else self.failures + 1
+        looping = self.failures >= CRASHLOOP_AFTER
+        if code in LOAD_FAILURE_CODES and not self.is_support:
+            self.state = State.CRASHLOOP if looping else State.FAILED
+            self.last_error = self.last_error or f"model failed to load (exit code {code})"
+        else:
+            self.state = State.CRASHLOOP if looping else State.RESTARTING
+            self.last_error = child.kill_reason or f"process exited with code {code}"
+        delay = self.backoff()
+        self.restart_at = now + delay
+        self.last_exit = {"reason": self.last_error, "exit_code": code, "at": time.time()}
+        message = f"{self.last_error}; {self.state.value}, restart in {delay:.0f} s"
+        return Change(publish=True, log=message, event=("server_exit", {
+            "endpoint": self.name, "exit_code": code, "state": self.state.value,
+            "reason": self.last_error, "restart_in_s": delay}))
+
+    def pending_exited(self, code: int | None) -> Change:
+        """A reload's new generation died before it served: keep the old one."""
+        self.last_error = self.last_error or f"reload failed (exit code {code})"
+        self.pending = None
+        if self.child is not None:
+            # Events carry their generation: listen to the one still serving again.
+            self.generation = self.child.generation
+        return Change(log=f"new generation exited with {code}; keeping the old one")
+
+    def drained(self, child: Child, shutting_down: bool) -> Change:
+        """A stopping child exited; the last one of a stop makes the endpoint STOPPED."""
+        self.draining.remove(child)
+        if self.state != State.STOPPING or self.draining:
+            return Change()
+        self.state = State.STOPPED
+        return Change(publish=True, close_listeners=not shutting_down)
+
+    # -- stopping ------------------------------------------------------------------------
+    def stop(self) -> Change:
+        """Stop serving: the serving and the loading generation drain."""
+        self.restart_at = None
+        stopping = [c for c in (self.child, self.pending) if c]
+        self.draining += stopping
+        self.child = self.pending = None
+        self._forget_workers()
+        self.state = State.STOPPING if self.draining else State.STOPPED
+        return Change(publish=True, stop=stopping)
+
+    # -- what others see -------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The endpoint as /list_servers shows it."""
         s = self.config.settings

@@ -176,38 +176,21 @@ class ModelManager:
             copy = self._take_hit(name)
             if copy is not None:
                 return copy
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            try:
-                while self._serving != ticket:
-                    self._cond.wait()
+        with self._loader_turn():
+            with self._cond:
                 copy = self._take_hit(name)  # loaded by the turn before ours
                 if copy is not None:
-                    self._next_turn()
                     return copy
                 self._make_room(name, self._expected_size(name, spec))
-            except BaseException:
-                self._next_turn()
-                raise
-        # Load outside the lock: references to other models come and go meanwhile.
-        try:
+            # Load outside the lock: references to other models come and go meanwhile.
             model, size, seconds = self._load(name, spec)
-        except BaseException:
-            with self._cond:
-                self._next_turn()
-            raise
-        copy = _Copy(model=model, size=size, loaded_at=time.time(), last_used=self.clock(), refs=1)
-        try:
+            copy = _Copy(model=model, size=size, loaded_at=time.time(), last_used=self.clock(),
+                         refs=1)
             self.state.add_copy(name, str(spec.get("path", name)), size, self.probe.device)
-        except BaseException:
             with self._cond:
-                self._next_turn()
-            raise
-        with self._cond:
-            self._copies[name] = copy
-            self._measured[name] = size
-            self._trim()  # its size was a guess until now
-            self._next_turn()
+                self._copies[name] = copy
+                self._measured[name] = size
+                self._trim()  # its size was a guess until now
         log.info("%s: model %s loaded in %.3f s (%.1f MB)", self.endpoint, name, seconds, size / MB)
         metrics.LOADS.labels(self.endpoint, name).inc()
         metrics.LOAD_SECONDS.labels(self.endpoint, name).observe(seconds)
@@ -216,9 +199,26 @@ class ModelManager:
         self.thrash.record(name)
         return copy
 
-    def _next_turn(self) -> None:
-        self._serving += 1
-        self._cond.notify_all()
+    @contextmanager
+    def _loader_turn(self) -> Iterator[None]:
+        """The loader's turn: loads run one at a time, in arrival order.
+
+        Waits for this caller's ticket, holds the turn for the block (the lock itself
+        is free meanwhile) and passes it on however the block ends: a turn left
+        behind would block every later load.
+        """
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+        try:
+            with self._cond:
+                while self._serving != ticket:
+                    self._cond.wait()
+            yield
+        finally:
+            with self._cond:
+                self._serving += 1
+                self._cond.notify_all()
 
     def _expected_size(self, name: str, spec: dict[str, Any]) -> int:
         if spec.get("memory_mb") is not None:

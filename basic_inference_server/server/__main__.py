@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from ..childproc import child_main
-from .app import ServerSpec
+from ..contracts import ServerSpec
 from .gunicorn_app import EndpointServer
 from .standalone import main as standalone_main
 

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -20,6 +19,7 @@ from flask import Flask, Response, request, send_file
 
 from .. import protocol
 from ..config import endpoint_defaults
+from ..contracts import ServerSpec
 from ..discovery import load_worker_class
 from ..errors import ServingError
 from ..flask_errors import install_json_errors
@@ -35,30 +35,6 @@ log = logging.getLogger(__name__)
 Outcome = tuple[int, dict[str, Any] | FileOutput, list[tuple[str, str]]]
 _STATUS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
-
-@dataclass
-class ServerSpec:
-    """What the manager tells an endpoint server process (sent as JSON)."""
-
-    name: str
-    module: str
-    endpoints_dir: str
-    host: str
-    port: int
-    socket: str
-    nr_workers: int
-    worker_config: dict[str, Any]
-    notify: str | None = None
-    server_name: str = "basic_inference_server"
-    app_version: str = "0.0.0"
-    stop_timeout: float = 30
-    load_timeout: float = 300
-    generation: int = 0
-    max_request_size: int = 64 * 1024 * 1024
-    header_timeout: float = 60
-    body_timeout: float = 60
-    extra: dict[str, Any] = field(default_factory=dict)
-    jobs: dict[str, Any] | None = None  # queues.JobsSpec: consume this endpoint's async jobs
 
 
 def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,

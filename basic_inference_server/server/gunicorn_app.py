@@ -2,7 +2,7 @@
 
 gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the worker
 count and graceful stops. Each worker is an :class:`EndpointWorker`: its connections
-are read on an event loop (the front's :class:`..gateway.connection.HttpConnection`,
+are read on an event loop (:class:`..serving.connection.HttpConnection`, as in the front,
 with its header and body deadlines and body limit), and a complete request is handed
 to a pool of one thread, so user code never runs concurrently in one process (with
 ``MAX_BATCH_SIZE`` n > 1 the pool has n threads, and one batch thread runs the model:
@@ -26,17 +26,17 @@ from gunicorn.app.base import BaseApplication
 
 from .. import protocol
 from ..childproc import take_slot
+from ..contracts import Event, ServerSpec, probe_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
-from ..gateway.connection import Answer, HttpConnection, Limits, Request, call_wsgi
-from ..gateway.metrics import mark_dead
-from ..gateway.worker import LoopWorker
 from ..ipc import Notifier
 from ..procutil import die_with_parent
-from .app import ServerSpec, build_worker, create_app
+from ..serving.connection import Answer, HttpConnection, Limits, Request, call_wsgi
+from ..serving.worker import LoopWorker, mark_dead
+from .app import build_worker, create_app
 from .consumer import start_consumer, stop_consumer
 from .placement import place_worker
-from .probe import ProbeListener, probe_path
+from .probe import ProbeListener
 
 log = logging.getLogger(__name__)
 # Open connections one worker process takes; past it 503 too_many_connections.
@@ -115,7 +115,7 @@ class EndpointServer(BaseApplication):
 
             signal.signal(signal.SIGTERM, on_term)
             start_consumer(worker, spec.name, spec.jobs)
-            notifier.send("worker_ready", endpoint=spec.name, pid=os.getpid(),
+            notifier.send(Event.WORKER_READY, endpoint=spec.name, pid=os.getpid(),
                           slot=worker.bis_slot, socket=path, generation=spec.generation)
 
         def worker_exit(_server: Any, _worker: Any) -> None:
@@ -127,15 +127,11 @@ class EndpointServer(BaseApplication):
             _unlink(path)
             _unlink(probe_path(path))
             mark_dead(worker.pid)
-            notifier.send("worker_exit", endpoint=spec.name, pid=worker.pid,
+            notifier.send(Event.WORKER_EXIT, endpoint=spec.name, pid=worker.pid,
                           generation=spec.generation)
 
         def nworkers_changed(_server: Any, new_value: int, _old_value: int | None) -> None:
-            notifier.send("nworkers", endpoint=spec.name, value=new_value,
-                          generation=spec.generation)
-
-        def when_ready(server: Any) -> None:
-            notifier.send("server_listening", endpoint=spec.name, pid=server.pid,
+            notifier.send(Event.NWORKERS, endpoint=spec.name, value=new_value,
                           generation=spec.generation)
 
         settings: dict[str, Any] = {
@@ -159,7 +155,6 @@ class EndpointServer(BaseApplication):
             "post_worker_init": post_worker_init,
             "child_exit": child_exit,
             "worker_exit": worker_exit,
-            "when_ready": when_ready,
             "nworkers_changed": nworkers_changed,
         }
         for key, value in settings.items():
@@ -170,7 +165,7 @@ class EndpointServer(BaseApplication):
         try:
             worker = build_worker(self.spec, slot, self.notifier, self.source)
         except BaseException as exc:
-            self.notifier.send("load_failed", endpoint=self.spec.name, pid=os.getpid(),
+            self.notifier.send(Event.LOAD_FAILED, endpoint=self.spec.name, pid=os.getpid(),
                                error=f"{type(exc).__name__}: {exc}",
                                generation=self.spec.generation)
             raise

@@ -17,13 +17,6 @@ import socket
 import threading
 import time
 
-PROBE_SUFFIX = ".ping"
-
-
-def probe_path(worker_socket: str) -> str:
-    """Where the probe of the worker serving ``worker_socket`` listens."""
-    return worker_socket + PROBE_SUFFIX
-
 
 class ProbeListener:
     """Answers each connection on a Unix socket with the worker's pid and uptime."""

@@ -18,13 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import REF_PREFIXES, is_loopback_host, load_config, parse_config, parse_endpoint, resolve_ref
+from ..config import load_config, parse_config, parse_endpoint
+from ..contracts import ServerSpec
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
+from ..hosts import is_loopback_host
 from ..logger import setup_logging
 from ..queues import jobs_spec
 from ..redact import mask_url
-from .app import ServerSpec
+from ..refs import REF_PREFIXES, resolve_ref
 from .gunicorn_app import EndpointServer
 
 log = logging.getLogger(__name__)

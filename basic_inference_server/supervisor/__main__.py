@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 
 from ..childproc import child_main
-from .supervisor import Supervisor, SupervisorSpec
+from ..contracts import SupervisorSpec
+from .supervisor import Supervisor
 
 if __name__ == "__main__":
     sys.exit(child_main("python -m basic_inference_server.supervisor",

@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
+from ..contracts import SupervisorSpec
 from ..health.sampler import collect_sample
 from ..ipc import ControlUnavailable, control_call
 from .hangs import MASTER, HangDetector, Verdict
@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 # The longest the loop sleeps: new endpoints and changed intervals are seen this fast.
 MAX_WAIT = 1.0
 
-
-@dataclass
-class SupervisorSpec:
-    """What the manager tells the supervisor."""
-
-    control: str
-    sample_interval: float = 5.0
-    disk_path: str = "/"
 
 
 def master_outcome(pid: int) -> Outcome:

@@ -201,3 +201,36 @@ def test_thrashing_raises_one_alert_and_clears():
     assert alerts == [("a", True), ("b", True)]
     now[0] += 120
     assert m.thrash.check("a") is False and alerts[-1] == ("a", False)
+
+
+@pytest.mark.parametrize("where", ["room", "loader", "state"])
+def test_a_failed_load_passes_the_loaders_turn_on(where):
+    """Whatever fails while a load holds the turn, the next load gets it (no deadlock)."""
+    fail = {"on": True}
+
+    def flaky(name, spec):
+        if where == "loader" and fail["on"]:
+            raise RuntimeError("weights missing")
+        return build(name, spec)
+
+    m = ModelManager(
+        {"a": {}, "b": {}, "huge": {"units": 2048, "memory_mb": 16}}, flaky,
+        budget_mb=3.1 * SIZE / MB / 0.8, endpoint="unit")
+    if where == "state":
+        real = m.state.add_copy
+
+        def add_copy(*args):
+            if fail["on"]:
+                raise ConnectionError("state store down")
+            return real(*args)
+        m.state.add_copy = add_copy  # type: ignore[method-assign]
+    name = "huge" if where == "room" else "a"
+    with pytest.raises((ModelsUnavailable, RuntimeError, ConnectionError)):
+        m.acquire(name)
+    fail["on"] = False
+    got: list[object] = []
+    loader = threading.Thread(target=lambda: got.append(m.acquire("b")), daemon=True)
+    loader.start()
+    loader.join(timeout=30)
+    assert got and m._serving == m._next_ticket, "the turn was not passed on"
+    m.release(got[0])

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from basic_inference_server.manager.manager import json_depth
+from basic_inference_server.manager.control import json_depth
 from basic_inference_server.manager.peers import peer_in_tree, socket_inodes
 from tests.conftest import wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from basic_inference_server.config import check_host
+from basic_inference_server.hosts import check_host
 from basic_inference_server.privfiles import open_private, write_private
 from basic_inference_server.redact import mask_text, mask_url
 

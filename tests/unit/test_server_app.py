@@ -6,8 +6,9 @@ import base64
 
 import pytest
 
+from basic_inference_server.contracts import ServerSpec
 from basic_inference_server.ipc import Notifier
-from basic_inference_server.server.app import ServerSpec, build_worker, create_app
+from basic_inference_server.server.app import build_worker, create_app
 from tests.conftest import FIXTURE_ENDPOINTS
 
 

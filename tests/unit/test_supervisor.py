@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from basic_inference_server.contracts import SupervisorSpec
 from basic_inference_server.supervisor.hangs import MASTER, HangDetector
 from basic_inference_server.supervisor.probe import Outcome
-from basic_inference_server.supervisor.supervisor import Supervisor, SupervisorSpec
+from basic_inference_server.supervisor.supervisor import Supervisor
 
 OK, TIMEOUT, GONE = Outcome.OK, Outcome.TIMEOUT, Outcome.GONE
 

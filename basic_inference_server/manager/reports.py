@@ -1,0 +1,103 @@
+"""Management commands that report: health samples, alerts, history, support status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from ..health.memory import seed_status
+from ..ipc import PEER_ADDR, PEER_PORT
+from .control import Reply, error, json_depth
+from .core import Core
+from .peers import peer_in_tree
+from .state import State
+
+log = logging.getLogger(__name__)
+
+# A support report is kept and shown by /system_status: bounded, so that nothing
+# stored can break a later answer (orjson writes at most 254 levels).
+SUPPORT_MAX_BYTES = 64 * 1024
+SUPPORT_MAX_DEPTH = 32
+
+
+class ReportCommands(Core):
+    """The commands that take in and hand out what the tree reports."""
+
+    def cmd_health_sample(self, sample: dict[str, Any]) -> Reply:
+        """A sample from the supervisor: keep it, update alerts, add it to the history."""
+        status = seed_status(sample)
+        system, gpu = sample["system"], sample["gpu"]
+        alerts = self._evaluate_alerts(system, gpu)
+        self.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
+                                 "mem_gateway": status["mem_gateway"], "gpu": gpu})
+        self.health = {"status": {**status, "system": system, "gpu": gpu,
+                                  "sampled_at": sample.get("taken_at")},
+                       "alerts": alerts, "trees": sample["trees"]}
+        return 200, {"RESULT": "sample received"}
+
+    def cmd_system_status(self, _args: dict[str, Any]) -> Reply:
+        if self.health is None:
+            return error(503, "the first health sample is not taken yet; retry shortly")
+        support = {n: e.support_status for n, e in self.endpoints.items() if e.support_status}
+        return 200, {"SYSTEM_STATUS": self.health["status"],
+                     "SYSTEM_ALERTS": self.health["alerts"], "SUPPORT_STATUS": support,
+                     "HISTORY": {"events": self.history.events(limit=100)}}
+
+    def cmd_history(self, args: dict[str, Any]) -> Reply:
+        """The rolling window of health samples and events (the dashboard's charts)."""
+        try:
+            limit = max(1, min(1440, int(args.get("samples", 120))))
+        except (TypeError, ValueError):
+            return error(400, "samples must be an integer")
+        return 200, {"samples": self.history.samples(limit=limit),
+                     "events": self.history.events(limit=100)}
+
+    def _evaluate_alerts(self, system: dict[str, Any], gpu: dict[str, Any]) -> list[dict[str, Any]]:
+        """Update the alert state; each raise and clear is logged and recorded once."""
+        update = self.alerts.update({
+            "system": system, "gpu": gpu,
+            "restarts": {n: e.restarts for n, e in self.endpoints.items()},
+            "crashloops": [n for n, e in self.endpoints.items() if e.state == State.CRASHLOOP],
+        })
+        for alert in update.raised:
+            log.warning("alert raised: %s", alert["message"])
+            self.history.add_event("alert_raised", **alert)
+        for alert in update.cleared:
+            log.info("alert cleared: %s", alert["name"])
+            self.history.add_event("alert_cleared", **alert)
+        return update.active
+
+    def cmd_notifications(self, _args: dict[str, Any]) -> Reply:
+        return 200, {"NOTIFICATIONS": list(self.notifications)}
+
+    def cmd_support_update_status(self, args: dict[str, Any]) -> Reply:
+        """A support process reports its status; only that process (or its children) may.
+
+        The caller is identified by its connection, which the front passes under
+        reserved keys: the socket must be open in the support process's tree.
+        """
+        report = {k: v for k, v in args.items() if k not in (PEER_ADDR, PEER_PORT)}
+        name = report.get("SIGNATURE")
+        ep = self.endpoints.get(name) if isinstance(name, str) else None
+        if ep is None:
+            ep = next((e for e in self.endpoints.values() if e.is_support), None)
+        if ep is None or not ep.is_support:
+            return error(404, f"no support process named {str(name)[:100]!r}")
+        addr, port = args.get(PEER_ADDR), args.get(PEER_PORT)
+        owner = ep.child.pid if ep.child is not None and ep.child.poll() is None else None
+        try:
+            verified = owner is not None and isinstance(addr, str) and \
+                peer_in_tree(addr, int(port), owner)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            verified = False
+        if not verified:
+            return error(403, f"only the support process {ep.name} itself may report its status")
+        if json_depth(report, SUPPORT_MAX_DEPTH) > SUPPORT_MAX_DEPTH:
+            return error(400, f"status report nested deeper than {SUPPORT_MAX_DEPTH} levels")
+        size = len(json.dumps(report, default=str))
+        if size > SUPPORT_MAX_BYTES:
+            return error(413, f"status report of {size} bytes; at most {SUPPORT_MAX_BYTES}")
+        ep.support_status = {**report, "received_at": time.time()}
+        return 200, {"RESULT": "status received"}

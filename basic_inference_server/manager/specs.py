@@ -1,0 +1,68 @@
+"""The start-up specs of the manager's children, built from the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ENDPOINT_SETTINGS, GatewayConfig
+from ..contracts import FrontSpec, ServerSpec, SupervisorSpec
+from ..redact import mask_url
+from .state import Endpoint
+
+SUPPORT_PATH = "/support_update_status"
+
+
+@dataclass
+class Paths:
+    """Where the manager's children find it and each other (the run folder's files)."""
+
+    routes: str
+    control: str
+    notify: str
+    endpoints_dir: str
+
+
+def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
+               jobs: dict[str, Any]) -> FrontSpec:
+    return FrontSpec(
+        routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
+        threads=config["GATEWAY_THREADS"], max_request_size=config["MAX_REQUEST_SIZE"],
+        admin_token=admin_token, allowed_hosts=config["ALLOWED_HOSTS"],
+        server_name=config["SERVER_NAME"], app_version=config["APP_VERSION"],
+        stop_timeout=config["STOP_TIMEOUT"], access_log=config["ACCESS_LOG"], jobs=jobs,
+        header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
+        keepalive_timeout=config["KEEPALIVE_TIMEOUT"],
+        max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
+        tls_key=config["TLS_KEY"])
+
+
+def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
+                jobs: dict[str, Any]) -> ServerSpec:
+    assert ep.port is not None and ep.socket_path is not None
+    return ServerSpec(
+        name=ep.name, module=ep.config.module_name, endpoints_dir=paths.endpoints_dir,
+        host=ep.config.settings["HOST"], port=ep.port, socket=ep.socket_path,
+        nr_workers=ep.target_workers, worker_config=ep.config.worker_config(),
+        notify=paths.notify, server_name=config["SERVER_NAME"],
+        app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
+        generation=ep.generation, jobs=jobs, max_request_size=config["MAX_REQUEST_SIZE"],
+        header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"])
+
+
+def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:
+    return SupervisorSpec(control=paths.control,
+                          sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path)
+
+
+def support_payload(ep: Endpoint, gateway_host: str, gateway_port: int) -> dict[str, Any]:
+    """The ``--config_endpoint`` argument of a support script.
+
+    The script's command line is readable by every local user (and the original's
+    scripts print it): URLs go there with their passwords masked.
+    """
+    settings = {k: mask_url(v) if ENDPOINT_SETTINGS[k].secret_ref and isinstance(v, str)
+                else v for k, v in ep.config.settings.items()}
+    host = "127.0.0.1" if gateway_host in ("0.0.0.0", "") else gateway_host
+    return {**settings, **ep.config.extra, "SERVER": host, "SERVER_PORT": gateway_port,
+            "SERVER_PATH": SUPPORT_PATH, "SUPPORT_NAME": ep.name}
