@@ -33,6 +33,10 @@ from ..errors import (
     Unavailable,
 )
 from ..queues import JobsSpec
+from ..tenants import TenantsSpec
+from ..tenants.gate import TenantGate
+from ..tenants.keys import ApiKey
+from ..tenants.store import KeyStore
 from . import metrics
 from .connection import Answer, Limits, Request, call_wsgi, error_answer
 from .jobs import JobsFront
@@ -74,6 +78,7 @@ class FrontSpec:
     max_connections: int = 10000
     tls_cert: str | None = None
     tls_key: str | None = None
+    tenants: dict[str, Any] | None = None  # tenants.TenantsSpec
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -98,6 +103,10 @@ class Front:
         self.board = LoadBoard(rows=spec.workers)
         self.upstream = Upstream(self.board)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
+        # The key store always (the admin API); the checks only with API_KEYS on.
+        tenants = TenantsSpec(**spec.tenants) if spec.tenants else None
+        self.key_gate = TenantGate(tenants, self.off_loop) if tenants else None
+        self.gate = self.key_gate if tenants and tenants.enabled else None
         self.flask = build_management_app(self)
         self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
                              keepalive_timeout=spec.keepalive_timeout,
@@ -118,6 +127,12 @@ class Front:
     def meta(self) -> dict[str, Any]:
         return protocol.base_meta(self.spec.server_name, self.spec.app_version)
 
+    def key_store(self) -> KeyStore:
+        """Where the admin API keeps API keys."""
+        if self.key_gate is None:
+            raise Unavailable("API keys are not configured on this gateway")
+        return self.key_gate.store
+
     # -- dispatch -----------------------------------------------------------------
     async def handle(self, req: Request) -> Answer:
         if req.path == "/run":
@@ -128,6 +143,12 @@ class Front:
                     f"{req.method} is not allowed on /jobs; POST a job, GET /jobs/<id>"),
                     self.meta())
             return await self._submit(req)
+        if self.gate is not None and req.path.startswith("/jobs/") \
+                and req.path not in ("/jobs/dead", "/jobs/requeue"):
+            try:
+                req.key = await self.gate.authenticate(req.headers)
+            except ServingError as err:
+                return error_answer(err, self.meta())
         answer: Answer = await self.off_loop(self.wsgi, req)
         return answer
 
@@ -140,7 +161,10 @@ class Front:
         """
         started = time.perf_counter()
         label = "-"  # the endpoint label until a valid SIGNATURE is read
+        slot = None
         try:
+            if self.gate is not None:
+                req.key = await self.gate.authenticate(req.headers)
             if req.method == "POST":
                 raw = req.body
                 if b'"ASYNC"' in raw:
@@ -158,6 +182,8 @@ class Front:
             else:
                 raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST")
             label = name
+            if req.key is not None:
+                slot, req.limits = await self.gate.admit(req.key, name)  # type: ignore[union-attr]
             route = await self._resolve(name)
             resp = await self._forward(route, name, raw, req)
         except ServingError as err:
@@ -165,6 +191,9 @@ class Front:
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
             metrics.REQUESTS.labels(label, str(err.status)).inc()
             return error_answer(err, self.meta())
+        finally:
+            if slot is not None:
+                await self.gate.release(slot)  # type: ignore[union-attr]
         elapsed = time.perf_counter() - started
         metrics.REQUESTS.labels(label, str(resp.status)).inc()
         metrics.LATENCY.labels(label).observe(elapsed)
@@ -175,8 +204,10 @@ class Front:
                                 "endpoint": label, "status": resp.status,
                                 "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker,
                                 "request_id": req.request_id}})
-        return Answer(resp.status, [(k.decode("latin-1"), v.decode("latin-1"))
-                                    for k, v in resp.headers], resp.body)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
+        if req.limits is not None:
+            headers += req.limits.headers()
+        return Answer(resp.status, headers, resp.body)
 
     async def _signature(self, raw: bytes) -> str:
         """The body's SIGNATURE, read without decoding the body (400 when unusable)."""
@@ -202,6 +233,8 @@ class Front:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
         head = b"X-Request-ID: " + req.request_id.encode() + b"\r\n"
+        if req.key is not None:  # with API keys, the tenant is the key's (never the client's)
+            head += b"X-Customer-ID: " + req.key.tenant.encode() + b"\r\n"
         for header, value in req.headers:
             if header == b"x-customer-id":
                 head += b"X-Customer-ID: " + value + b"\r\n"
@@ -241,17 +274,29 @@ class Front:
 
     # -- jobs ---------------------------------------------------------------------
     async def _submit(self, req: Request) -> Answer:
-        answer: Answer = await self.off_loop(self.submit_job, req.body)
+        key: ApiKey | None = None
+        if self.gate is not None:
+            # Limits apply at submit time: one request, its concurrency slot given back
+            # once the job is queued.
+            try:
+                key = req.key or await self.gate.authenticate(req.headers)
+                slot, _ = await self.gate.admit(key, await self._signature(req.body))
+            except ServingError as err:
+                return error_answer(err, self.meta())
+            if slot is not None:
+                await self.gate.release(slot)
+        answer: Answer = await self.off_loop(self.submit_job, req.body, key)
         return answer
 
-    def submit_job(self, raw: bytes) -> Answer:
+    def submit_job(self, raw: bytes, key: ApiKey | None = None) -> Answer:
         """``POST /jobs`` (or ``/run`` with ``ASYNC``): decode, check, enqueue; in the pool."""
         label = "-"
         try:
             body = protocol.parse_body(raw)
             name = label = protocol.signature_of(body)
             route = self.routes.get(name) or self.routes.get(name, fresh=True)
-            status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta())
+            status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
+                                                       key.tenant if key else None)
         except ServingError as err:
             metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label,
                                     str(err.status)).inc()

@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call, peer_args
+from ..tenants.admin import install_key_routes
 from . import metrics
 from .dashboard import install_dashboard
 from .jobs import install_job_routes
@@ -74,6 +75,10 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/jobs/<id>": (("GET",), False, "status, attempts, timestamps and result of a job"),
     "/jobs/dead": (("GET",), True, "dead letters of an endpoint: ?SIGNATURE=name"),
     "/jobs/requeue": (("POST",), True, "requeue dead letters: {SIGNATURE, JOB_ID (or all)}"),
+    "/keys": (("GET", "POST"), True, "API keys: list (?TENANT=) or create {TENANT, ENDPOINTS, "
+                                     "RATE, BURST, ...}; the key is shown once"),
+    "/keys/revoke": (("POST",), True, "revoke an API key: {KEY_ID}"),
+    "/keys/rotate": (("POST",), True, "new key for the same tenant: {KEY_ID, GRACE seconds}"),
 }
 
 
@@ -215,7 +220,7 @@ def build_management_app(front: Front) -> Flask:
 
     for path, (methods, admin, _desc) in API.items():
         if path in ("/run", "/get_paths", "/metrics", "/dashboard") \
-                or path.startswith(("/health/", "/jobs")):
+                or path.startswith(("/health/", "/jobs", "/keys")):
             continue
         app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
                          methods=list(methods))
@@ -258,6 +263,7 @@ def build_management_app(front: Front) -> Flask:
 
     install_dashboard(app, lambda: check_host(request.environ, front.spec.allowed_hosts))
     install_job_routes(app, front.jobs, reply, admin_only)
+    install_key_routes(app, lambda: front.key_store(), reply, admin_only)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
 
     return app

@@ -36,6 +36,7 @@ from ..procutil import free_port, pid_alive
 from ..queues import jobs_spec
 from ..redact import mask_url
 from ..server.probe import probe_path
+from ..tenants import tenants_spec
 from .children import Child, Service, spawn, spawn_script
 from .peers import peer_in_tree
 from .state import STABLE_AFTER, Endpoint, State, write_routes
@@ -296,6 +297,7 @@ class Manager:
             "max_connections": self.config["MAX_CONNECTIONS"],
             "tls_cert": self.config["TLS_CERT"],
             "tls_key": self.config["TLS_KEY"],
+            "tenants": tenants_spec(self.config, self.cache_dir),
         }
         metrics = self.run_dir / "metrics"
         # A fresh folder per front: counters of dead front processes start over with it.

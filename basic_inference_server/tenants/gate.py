@@ -1,0 +1,112 @@
+"""The front's check of every data-plane request: who is calling, may it, is it within
+its limits. Runs on the event loop; keys are cached in memory.
+
+The cache is dropped whenever the store's change stamp moves, and the stamp is read
+at most every ``CHECK_EVERY`` seconds: a revoked key is refused by every front
+process within that time (plus one store round trip), with no store call per request
+for the key itself.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
+from . import TenantsSpec
+from .keys import ApiKey, digest, presented
+from .limits import Decision, Plan, RateLimited
+from .store import KeyStore, OffLoop, StoreDown, open_store
+
+CHECK_EVERY = 0.25
+# Keys held in memory per front process; past it the cache starts over (a flood of
+# unknown keys must not grow it without bound).
+MAX_CACHED = 10000
+
+
+class KeyRequired(Unauthorized):
+    """A data-plane request without a valid API key."""
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", 'Bearer realm="api"')]
+
+
+class TenantGate:
+    """Authenticates keys and admits requests under their limits."""
+
+    def __init__(self, spec: TenantsSpec, off_loop: OffLoop) -> None:
+        self.spec = spec
+        self.store: KeyStore = open_store(spec.redis, spec.db, off_loop)
+        self._cache: dict[str, ApiKey | None] = {}
+        self._stamp: Any = object()
+        self._checked = -1.0
+
+    async def _guard(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except StoreDown as exc:
+            raise Unavailable(f"the key store is not reachable: {exc}", retry_after=1) from None
+
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ApiKey:
+        """The request's key (401 without a valid one; 400 when it claims a customer)."""
+        given = presented(headers)
+        for name, _value in headers:
+            if name == b"x-customer-id":
+                raise BadRequest("X-Customer-ID is set by the gateway from the API key; "
+                                 "do not send it")
+        if not given:
+            raise KeyRequired("this gateway needs an API key: 'Authorization: Bearer <key>' "
+                              "or 'X-API-Key: <key>'")
+        now = time.monotonic()
+        if now - self._checked >= CHECK_EVERY:
+            self._checked = now
+            stamp = await self._guard(self.store.stamp())
+            if stamp != self._stamp:
+                self._cache.clear()
+                self._stamp = stamp
+        hashed = digest(given)
+        try:
+            key = self._cache[hashed]
+        except KeyError:
+            key = await self._guard(self.store.find(hashed))
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[hashed] = key
+        if key is None or not key.usable(time.time()):
+            raise KeyRequired("unknown, revoked or expired API key")
+        return key
+
+    async def admit(self, key: ApiKey, endpoint: str) -> tuple[Plan | None, Decision | None]:
+        """Check the key's scope (403) and take its limits (429); what to release after."""
+        if not key.allows(endpoint):
+            raise Forbidden(f"this API key may not call {endpoint!r}", SIGNATURE=endpoint)
+        if not key.limited:
+            return None, None
+        buckets = [(key.id, key.limit.rate, key.limit.burst)] if key.limit else []
+        own = key.endpoint_limits.get(endpoint)
+        if own is not None:
+            buckets.append((f"{key.id}:{endpoint}", own.rate, own.burst))
+        plan = Plan(buckets, (key.id, key.max_concurrent) if key.max_concurrent else None,
+                    os.urandom(8).hex())
+        decision: Decision = await self._guard(self.store.take(plan))
+        if not decision.allowed:
+            which = ("MAX_CONCURRENT" if decision.refused_by > len(buckets)
+                     else "the endpoint's rate limit" if decision.refused_by == 2
+                     else "the key's rate limit" if key.limit else "the endpoint's rate limit")
+            raise RateLimited(f"this API key is over {which}; retry after "
+                              f"{max(1, round(decision.retry_after))} s", decision,
+                              SIGNATURE=endpoint)
+        return (plan if plan.slots else None), decision
+
+    async def release(self, plan: Plan) -> None:
+        """Give back a concurrency slot."""
+        try:
+            await self.store.release(plan)
+        except StoreDown:
+            pass  # the slot's lease lapses on its own
+
+    @staticmethod
+    def may_read(key: ApiKey, record: dict[str, Any]) -> bool:
+        """Whether a key may read a job: its tenant's, or any with READ_ALL_JOBS."""
+        return key.read_all_jobs or record.get("TENANT") == key.tenant

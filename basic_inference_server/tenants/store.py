@@ -1,0 +1,223 @@
+"""Where keys and rate-limit state live: SQLite in the cache folder, or Redis.
+
+Both stores offer the same calls. The admin API's (create, list, revoke, rotate) are
+blocking: they run in the front's thread pool. The request path's (``find``,
+``stamp``, ``take``, ``release``) are coroutines: Redis through ``redis.asyncio``,
+SQLite in the pool, so the event loop never waits on either.
+
+``stamp`` changes whenever a key does: the front caches keys in memory and drops its
+cache when the stamp moves (a file replaced for SQLite, a counter for Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aredis
+
+from ..privfiles import create_private, write_private
+from .keys import ApiKey
+from .limits import LUA, SQLITE_SCHEMA, Decision, Plan, redis_args, redis_decision, sqlite_release, sqlite_take
+
+OffLoop = Callable[..., Awaitable[Any]]
+
+
+class StoreDown(Exception):
+    """The store did not answer (Redis unreachable)."""
+
+
+class KeyStore(Protocol):
+    def add(self, key: ApiKey) -> None: ...
+    def get(self, key_id: str) -> ApiKey | None: ...
+    def keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+    def save(self, key: ApiKey) -> None: ...
+    async def find(self, digest: str) -> ApiKey | None: ...
+    async def stamp(self) -> Any: ...
+    async def take(self, plan: Plan) -> Decision: ...
+    async def release(self, plan: Plan) -> None: ...
+
+
+class SqliteStore:
+    """Keys and buckets in ``tenants.db`` (0600) under the cache folder."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
+                                     tenant TEXT NOT NULL, record TEXT NOT NULL);
+    """ + SQLITE_SCHEMA
+
+    def __init__(self, path: str | Path, off_loop: OffLoop) -> None:
+        self.path = str(path)
+        self.stamp_path = self.path + ".stamp"
+        self.off_loop = off_loop
+        self._local = threading.local()
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            create_private(self.path)
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # Bucket levels lost in a power cut only refill early: no fsync per request.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(self.SCHEMA)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _changed(self) -> None:
+        write_private(self.stamp_path, repr(time.time()))
+
+    def add(self, key: ApiKey) -> None:
+        self.conn().execute("INSERT INTO keys VALUES (?, ?, ?, ?)",
+                            (key.id, key.hash, key.tenant, json.dumps(key.to_dict())))
+        self._changed()
+
+    def save(self, key: ApiKey) -> None:
+        self.conn().execute("UPDATE keys SET record = ? WHERE id = ?",
+                            (json.dumps(key.to_dict()), key.id))
+        self._changed()
+
+    def get(self, key_id: str) -> ApiKey | None:
+        row = self.conn().execute("SELECT record FROM keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else ApiKey.from_dict(json.loads(row[0]))
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        rows = self.conn().execute(
+            "SELECT record FROM keys WHERE ? IS NULL OR tenant = ? ORDER BY rowid",
+            (tenant, tenant)).fetchall()
+        return [ApiKey.from_dict(json.loads(r[0])) for r in rows]
+
+    def _find(self, digest: str) -> ApiKey | None:
+        row = self.conn().execute("SELECT record FROM keys WHERE hash = ?", (digest,)).fetchone()
+        return None if row is None else ApiKey.from_dict(json.loads(row[0]))
+
+    async def find(self, digest: str) -> ApiKey | None:
+        found: ApiKey | None = await self.off_loop(self._find, digest)
+        return found
+
+    async def stamp(self) -> Any:
+        try:
+            info = os.stat(self.stamp_path)
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
+
+    async def take(self, plan: Plan) -> Decision:
+        decision: Decision = await self.off_loop(lambda: sqlite_take(self.conn(), plan))
+        return decision
+
+    async def release(self, plan: Plan) -> None:
+        await self.off_loop(lambda: sqlite_release(self.conn(), plan.token))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """Keys and buckets in Redis, shared by every gateway that names the same server."""
+
+    def __init__(self, url: str, prefix: str = "bis:tenants:") -> None:
+        self.url = url
+        self.prefix = prefix
+        self._sync: redis.Redis | None = None
+        self._async: aredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._script: Any = None
+
+    def client(self) -> redis.Redis:
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
+        return self._sync
+
+    def aclient(self) -> aredis.Redis:
+        """This loop's client (one per front process, made after the fork)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._loop is not loop:
+            self._async = aredis.Redis.from_url(self.url, socket_timeout=2,
+                                                socket_connect_timeout=1)
+            self._script = self._async.register_script(LUA)
+            self._loop = loop
+        return self._async
+
+    def _call(self, func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from None
+
+    async def _acall(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except (redis.RedisError, OSError) as exc:
+            raise StoreDown(str(exc)) from None
+
+    def add(self, key: ApiKey) -> None:
+        def add() -> None:
+            pipe = self.client().pipeline()
+            pipe.set(self.prefix + "key:" + key.hash, json.dumps(key.to_dict()))
+            pipe.hset(self.prefix + "ids", key.id, key.hash)
+            pipe.incr(self.prefix + "stamp")
+            pipe.execute()
+        self._call(add)
+
+    save = add
+
+    def get(self, key_id: str) -> ApiKey | None:
+        def get() -> ApiKey | None:
+            digest = self.client().hget(self.prefix + "ids", key_id)
+            raw = self.client().get(self.prefix + "key:" + _text(digest)) if digest else None
+            return ApiKey.from_dict(json.loads(raw)) if raw else None  # type: ignore[arg-type]
+        found: ApiKey | None = self._call(get)
+        return found
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        def keys() -> list[ApiKey]:
+            digests = self.client().hvals(self.prefix + "ids")  # type: ignore[misc]
+            raws = self.client().mget([self.prefix + "key:" + _text(d) for d in digests]) \
+                if digests else []
+            found = [ApiKey.from_dict(json.loads(r)) for r in raws if r]  # type: ignore[union-attr]
+            return sorted((k for k in found if tenant is None or k.tenant == tenant),
+                          key=lambda k: k.created)
+        listed: list[ApiKey] = self._call(keys)
+        return listed
+
+    async def find(self, digest: str) -> ApiKey | None:
+        raw = await self._acall(self.aclient().get(self.prefix + "key:" + digest))
+        return ApiKey.from_dict(json.loads(raw)) if raw else None
+
+    async def stamp(self) -> Any:
+        return await self._acall(self.aclient().get(self.prefix + "stamp"))
+
+    async def take(self, plan: Plan) -> Decision:
+        self.aclient()
+        keys, argv = redis_args(plan, self.prefix)
+        reply = await self._acall(self._script(keys=keys, args=argv))
+        return redis_decision(plan, reply)
+
+    async def release(self, plan: Plan) -> None:
+        if plan.slots:
+            await self._acall(self.aclient().zrem(self.prefix + "slots:" + plan.slots[0],
+                                                  plan.token))
+
+
+def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop) -> KeyStore:
+    """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``."""
+    if redis_url:
+        parts = urlsplit(redis_url)
+        query = parse_qsl(parts.query)
+        prefix = next((v for k, v in query if k == "prefix"), "bis")
+        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        return RedisStore(urlunsplit(parts._replace(query=rest)), prefix + ":tenants:")
+    return SqliteStore(db_path, off_loop)
