@@ -105,7 +105,7 @@ class Front:
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
         # The key store always (the admin API); the checks only with API_KEYS on.
         tenants = TenantsSpec(**spec.tenants) if spec.tenants else None
-        self.key_gate = TenantGate(tenants, self.off_loop) if tenants else None
+        self.key_gate = TenantGate(tenants, self.off_loop, spec.workers) if tenants else None
         self.gate = self.key_gate if tenants and tenants.enabled else None
         self.flask = build_management_app(self)
         self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
@@ -120,6 +120,8 @@ class Front:
         """In each front process, after the fork: the thread pool for blocking work."""
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
                                        thread_name_prefix="bis-front")
+        if self.key_gate is not None:
+            self.key_gate.store.claim_row(self.board.row)
 
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)

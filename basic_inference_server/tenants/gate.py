@@ -9,7 +9,6 @@ for the key itself.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -35,9 +34,9 @@ class KeyRequired(Unauthorized):
 class TenantGate:
     """Authenticates keys and admits requests under their limits."""
 
-    def __init__(self, spec: TenantsSpec, off_loop: OffLoop) -> None:
+    def __init__(self, spec: TenantsSpec, off_loop: OffLoop, processes: int) -> None:
         self.spec = spec
-        self.store: KeyStore = open_store(spec.redis, spec.db, off_loop)
+        self.store: KeyStore = open_store(spec.redis, spec.db, off_loop, processes)
         self._cache: dict[str, ApiKey | None] = {}
         self._stamp: Any = object()
         self._checked = -1.0
@@ -86,9 +85,9 @@ class TenantGate:
         buckets = [(key.id, key.limit.rate, key.limit.burst)] if key.limit else []
         own = key.endpoint_limits.get(endpoint)
         if own is not None:
-            buckets.append((f"{key.id}:{endpoint}", own.rate, own.burst))
-        plan = Plan(buckets, (key.id, key.max_concurrent) if key.max_concurrent else None,
-                    os.urandom(8).hex())
+            buckets.append((key.id + ":" + endpoint, own.rate, own.burst))
+        plan = Plan(buckets, (key.id + ":slots", key.max_concurrent) if key.max_concurrent
+                    else None)
         decision: Decision = await self._guard(self.store.take(plan))
         if not decision.allowed:
             which = ("MAX_CONCURRENT" if decision.refused_by > len(buckets)

@@ -3,18 +3,17 @@
 A request of a key takes one token from the key's bucket and one from its bucket for
 the endpoint, and one of its ``MAX_CONCURRENT`` slots, in one atomic step: a Lua
 script in Redis (exact across gateways; the clock is Redis's, so gateways' clocks may
-differ), or one ``BEGIN IMMEDIATE`` transaction in SQLite (exact across the front
-processes of one gateway). Nothing is read and then written back in two steps.
+differ), or one step under a lock in memory shared by the front processes of one
+gateway (:mod:`.shared`). Nothing is read and then written back in two steps.
 
-A slot is a lease: a front process killed mid-request leaves one that lapses after
+In Redis a slot is a lease: a gateway killed mid-request leaves one that lapses after
 ``LEASE`` seconds instead of holding the key's capacity forever.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
-import time
+import os
 from dataclasses import dataclass, field
 
 from ..errors import ServingError
@@ -42,7 +41,7 @@ class Plan:
 
     buckets: list[tuple[str, float, int]]
     slots: tuple[str, int] | None = None  # (id, MAX_CONCURRENT)
-    token: str = ""
+    token: str = ""  # names the slot's lease in Redis
 
 
 @dataclass
@@ -121,8 +120,10 @@ return out
 
 
 def redis_args(plan: Plan, prefix: str) -> tuple[list[str], list[str]]:
+    if plan.slots and not plan.token:
+        plan.token = os.urandom(8).hex()
     keys = [prefix + "bucket:" + b[0] for b in plan.buckets]
-    keys.append(prefix + "slots:" + (plan.slots[0] if plan.slots else "-"))
+    keys.append(prefix + (plan.slots[0] if plan.slots else "-"))
     argv = [str(len(plan.buckets)), str(plan.slots[1] if plan.slots else 0), str(LEASE),
             plan.token]
     for _id, rate, burst in plan.buckets:
@@ -135,46 +136,3 @@ def redis_decision(plan: Plan, reply: list[object]) -> Decision:
     levels = [(float(reply[i + 1]), rate, burst)  # type: ignore[arg-type]
               for i, (_id, rate, burst) in enumerate(plan.buckets)]
     return decide(levels, refused, 1.0)
-
-
-SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS buckets (id TEXT PRIMARY KEY, tokens REAL NOT NULL, ts REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS slots (owner TEXT NOT NULL, token TEXT PRIMARY KEY,
-                                  deadline REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS slots_owner ON slots (owner, deadline);
-"""
-
-
-def sqlite_take(conn: sqlite3.Connection, plan: Plan) -> Decision:
-    """The same step as :data:`LUA`, in one write transaction (exact across processes)."""
-    now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        levels: list[tuple[float, float, int]] = []
-        refused = 0
-        for i, (bid, rate, burst) in enumerate(plan.buckets, 1):
-            row = conn.execute("SELECT tokens, ts FROM buckets WHERE id = ?", (bid,)).fetchone()
-            tokens = burst if row is None else min(burst, row[0] + max(0.0, now - row[1]) * rate)
-            levels.append((tokens, rate, burst))
-            if tokens < 1 and not refused:
-                refused = i
-        if not refused and plan.slots:
-            owner, most = plan.slots
-            conn.execute("DELETE FROM slots WHERE owner = ? AND deadline < ?", (owner, now))
-            held = conn.execute("SELECT COUNT(*) FROM slots WHERE owner = ?", (owner,)).fetchone()
-            if held[0] >= most:
-                refused = len(plan.buckets) + 1
-            else:
-                conn.execute("INSERT INTO slots VALUES (?, ?, ?)", (owner, plan.token, now + LEASE))
-        if not refused:
-            conn.executemany("INSERT OR REPLACE INTO buckets VALUES (?, ?, ?)",
-                             [(b[0], lv[0] - 1, now) for b, lv in zip(plan.buckets, levels, strict=True)])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return decide(levels, refused, 1.0)
-
-
-def sqlite_release(conn: sqlite3.Connection, token: str) -> None:
-    conn.execute("DELETE FROM slots WHERE token = ?", (token,))

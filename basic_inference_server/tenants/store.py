@@ -27,7 +27,8 @@ import redis.asyncio as aredis
 
 from ..privfiles import create_private, write_private
 from .keys import ApiKey
-from .limits import LUA, SQLITE_SCHEMA, Decision, Plan, redis_args, redis_decision, sqlite_release, sqlite_take
+from .limits import LUA, Decision, Plan, redis_args, redis_decision
+from .shared import SharedLimits
 
 OffLoop = Callable[..., Awaitable[Any]]
 
@@ -37,6 +38,7 @@ class StoreDown(Exception):
 
 
 class KeyStore(Protocol):
+    def claim_row(self, row: int) -> None: ...
     def add(self, key: ApiKey) -> None: ...
     def get(self, key_id: str) -> ApiKey | None: ...
     def keys(self, tenant: str | None = None) -> list[ApiKey]: ...
@@ -48,18 +50,22 @@ class KeyStore(Protocol):
 
 
 class SqliteStore:
-    """Keys and buckets in ``tenants.db`` (0600) under the cache folder."""
+    """Keys in ``tenants.db`` (0600) under the cache folder; limits in shared memory."""
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
                                      tenant TEXT NOT NULL, record TEXT NOT NULL);
-    """ + SQLITE_SCHEMA
+    """
 
-    def __init__(self, path: str | Path, off_loop: OffLoop) -> None:
+    def __init__(self, path: str | Path, off_loop: OffLoop, limits: SharedLimits) -> None:
         self.path = str(path)
         self.stamp_path = self.path + ".stamp"
         self.off_loop = off_loop
+        self.limits = limits
         self._local = threading.local()
+
+    def claim_row(self, row: int) -> None:
+        self.limits.claim_row(row)
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (a new one after a fork)."""
@@ -69,8 +75,6 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            # Bucket levels lost in a power cut only refill early: no fsync per request.
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(self.SCHEMA)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
@@ -114,11 +118,10 @@ class SqliteStore:
         return (info.st_ino, info.st_mtime_ns)
 
     async def take(self, plan: Plan) -> Decision:
-        decision: Decision = await self.off_loop(lambda: sqlite_take(self.conn(), plan))
-        return decision
+        return self.limits.take(plan)
 
     async def release(self, plan: Plan) -> None:
-        await self.off_loop(lambda: sqlite_release(self.conn(), plan.token))
+        self.limits.release(plan)
 
 
 def _text(value: bytes | str) -> str:
@@ -135,6 +138,9 @@ class RedisStore:
         self._async: aredis.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._script: Any = None
+
+    def claim_row(self, row: int) -> None:
+        """Nothing per process: slots are leases in Redis."""
 
     def client(self) -> redis.Redis:
         if self._sync is None:
@@ -208,11 +214,10 @@ class RedisStore:
 
     async def release(self, plan: Plan) -> None:
         if plan.slots:
-            await self._acall(self.aclient().zrem(self.prefix + "slots:" + plan.slots[0],
-                                                  plan.token))
+            await self._acall(self.aclient().zrem(self.prefix + plan.slots[0], plan.token))
 
 
-def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop) -> KeyStore:
+def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop, rows: int) -> KeyStore:
     """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``."""
     if redis_url:
         parts = urlsplit(redis_url)
@@ -220,4 +225,5 @@ def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop) -> KeySto
         prefix = next((v for k, v in query if k == "prefix"), "bis")
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         return RedisStore(urlunsplit(parts._replace(query=rest)), prefix + ":tenants:")
-    return SqliteStore(db_path, off_loop)
+    # Made before the front forks: the shared memory is every front process's.
+    return SqliteStore(db_path, off_loop, SharedLimits(rows))
