@@ -37,6 +37,7 @@ from ..tenants import TenantsSpec
 from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
 from ..tenants.store import KeyStore
+from ..tenants.usage import strip_usage
 from . import metrics
 from .connection import Answer, Limits, Request, call_wsgi, error_answer
 from .jobs import JobsFront
@@ -145,6 +146,13 @@ class Front:
                     f"{req.method} is not allowed on /jobs; POST a job, GET /jobs/<id>"),
                     self.meta())
             return await self._submit(req)
+        if self.gate is not None and req.path == "/usage":
+            try:
+                key = await self.gate.authenticate(req.headers)
+                return Answer(200, [("Content-Type", protocol.JSON)],
+                              protocol.dumps({**await self.gate.usage(key), **self.meta()}))
+            except ServingError as err:
+                return error_answer(err, self.meta())
         if self.gate is not None and req.path.startswith("/jobs/") \
                 and req.path not in ("/jobs/dead", "/jobs/requeue"):
             try:
@@ -186,8 +194,15 @@ class Front:
             label = name
             if req.key is not None:
                 slot, req.limits = await self.gate.admit(req.key, name)  # type: ignore[union-attr]
+                await self.gate.check_quota(req.key)  # type: ignore[union-attr]
             route = await self._resolve(name)
             resp = await self._forward(route, name, raw, req)
+            if self.gate is not None and b'"USAGE"' in resp.body:
+                resp.body, units = strip_usage(resp.body)
+            else:
+                units = 0.0
+            if req.key is not None and resp.status == 200:
+                await self.gate.charge(req.key, units)  # type: ignore[union-attr]
         except ServingError as err:
             if isinstance(err, NotFound):
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
@@ -283,6 +298,8 @@ class Front:
             try:
                 key = req.key or await self.gate.authenticate(req.headers)
                 slot, _ = await self.gate.admit(key, await self._signature(req.body))
+                await self.gate.check_quota(key)
+                await self.gate.charge(key, 0.0)  # requests at submit; units when it runs
             except ServingError as err:
                 return error_answer(err, self.meta())
             if slot is not None:

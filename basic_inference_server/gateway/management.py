@@ -79,6 +79,7 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
                                      "RATE, BURST, ...}; the key is shown once"),
     "/keys/revoke": (("POST",), True, "revoke an API key: {KEY_ID}"),
     "/keys/rotate": (("POST",), True, "new key for the same tenant: {KEY_ID, GRACE seconds}"),
+    "/usage": (("GET",), False, "with API_KEYS: the calling key's limits, quota and spending"),
 }
 
 
@@ -220,7 +221,7 @@ def build_management_app(front: Front) -> Flask:
 
     for path, (methods, admin, _desc) in API.items():
         if path in ("/run", "/get_paths", "/metrics", "/dashboard") \
-                or path.startswith(("/health/", "/jobs", "/keys")):
+                or path.startswith(("/health/", "/jobs", "/keys", "/usage")):
             continue
         app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
                          methods=list(methods))

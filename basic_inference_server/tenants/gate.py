@@ -17,6 +17,7 @@ from . import TenantsSpec
 from .keys import ApiKey, digest, presented
 from .limits import Decision, Plan, RateLimited
 from .store import KeyStore, OffLoop, StoreDown, open_store
+from .usage import exceeded, period
 
 CHECK_EVERY = 0.25
 # Keys held in memory per front process; past it the cache starts over (a flood of
@@ -104,6 +105,35 @@ class TenantGate:
             await self.store.release(plan)
         except StoreDown:
             pass  # the slot's lease lapses on its own
+
+    async def check_quota(self, key: ApiKey) -> None:
+        """429 ``quota_exceeded`` once the key spent its quota for the period."""
+        if key.quota is None:
+            return
+        now = time.time()
+        spent: float = await self._guard(self.store.spent(key.id, period(key.quota.per, now)[0]))
+        if spent >= key.quota.amount:
+            raise exceeded(key.quota, spent, now)
+
+    async def charge(self, key: ApiKey, units: float) -> None:
+        """Count one request (or the units it reported) against the key's quota."""
+        if key.quota is None:
+            return
+        amount = 1.0 if key.quota.unit == "requests" else units
+        if amount:
+            label = period(key.quota.per, time.time())[0]
+            await self._guard(self.store.charge(key.id, label, amount))
+
+    async def usage(self, key: ApiKey) -> dict[str, Any]:
+        """``GET /usage``: the key's own counters and limits."""
+        out: dict[str, Any] = {k: v for k, v in key.public().items()
+                               if k not in ("CREATED", "REVOKED", "NAME")}
+        if key.quota is not None:
+            label, reset = period(key.quota.per, time.time())
+            out["USAGE"] = {"PERIOD": label, "UNIT": key.quota.unit, "QUOTA": key.quota.amount,
+                            "SPENT": await self._guard(self.store.spent(key.id, label)),
+                            "RESET_AT": reset}
+        return out
 
     @staticmethod
     def may_read(key: ApiKey, record: dict[str, Any]) -> bool:

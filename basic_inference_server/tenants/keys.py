@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import is_name
 from ..errors import BadRequest
+from .usage import Quota, quota_from_request
 
 PREFIX = "bis_"
 # Tenants are customer ids: the same rule as endpoint names (they appear in headers,
@@ -71,6 +72,7 @@ class ApiKey:
     limit: Bucket | None = None
     endpoint_limits: dict[str, Bucket] = field(default_factory=dict)
     max_concurrent: int | None = None
+    quota: Quota | None = None
     name: str = ""
     created: float = field(default_factory=time.time)
     revoked: float | None = None
@@ -95,6 +97,7 @@ class ApiKey:
         data["limit"] = Bucket(**data["limit"]) if data.get("limit") else None
         data["endpoint_limits"] = {k: Bucket(**v) for k, v in
                                    (data.get("endpoint_limits") or {}).items()}
+        data["quota"] = Quota(**data["quota"]) if data.get("quota") else None
         return cls(**data)
 
     def public(self) -> dict[str, Any]:
@@ -103,7 +106,8 @@ class ApiKey:
                 "ENDPOINTS": self.endpoints, "READ_ALL_JOBS": self.read_all_jobs,
                 "LIMIT": asdict(self.limit) if self.limit else None,
                 "ENDPOINT_LIMITS": {k: asdict(v) for k, v in self.endpoint_limits.items()},
-                "MAX_CONCURRENT": self.max_concurrent, "CREATED": self.created,
+                "MAX_CONCURRENT": self.max_concurrent,
+                "QUOTA": asdict(self.quota) if self.quota else None, "CREATED": self.created,
                 "REVOKED": self.revoked, "EXPIRES": self.expires}
 
 
@@ -130,7 +134,7 @@ def _bucket(spec: Any, what: str) -> Bucket:
 
 
 FIELDS = {"TENANT", "NAME", "ENDPOINTS", "READ_ALL_JOBS", "RATE", "BURST", "ENDPOINT_LIMITS",
-          "MAX_CONCURRENT"}
+          "MAX_CONCURRENT", "QUOTA"}
 
 
 def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
@@ -164,7 +168,8 @@ def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
                  endpoints=sorted(set(endpoints)), read_all_jobs=read_all, limit=limit,
                  endpoint_limits={e: _bucket(s, f"ENDPOINT_LIMITS.{e}")
                                   for e, s in per_endpoint.items()},
-                 max_concurrent=concurrent, name=name)
+                 max_concurrent=concurrent, name=name,
+                 quota=quota_from_request(args["QUOTA"]) if "QUOTA" in args else None)
     return key, secret
 
 

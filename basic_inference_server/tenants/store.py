@@ -47,6 +47,8 @@ class KeyStore(Protocol):
     async def stamp(self) -> Any: ...
     async def take(self, plan: Plan) -> Decision: ...
     async def release(self, plan: Plan) -> None: ...
+    async def spent(self, key_id: str, period: str) -> float: ...
+    async def charge(self, key_id: str, period: str, amount: float) -> None: ...
 
 
 class SqliteStore:
@@ -55,6 +57,8 @@ class SqliteStore:
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
                                      tenant TEXT NOT NULL, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS usage (key_id TEXT NOT NULL, period TEXT NOT NULL,
+                                      spent REAL NOT NULL, PRIMARY KEY (key_id, period));
     """
 
     def __init__(self, path: str | Path, off_loop: OffLoop, limits: SharedLimits) -> None:
@@ -122,6 +126,24 @@ class SqliteStore:
 
     async def release(self, plan: Plan) -> None:
         self.limits.release(plan)
+
+    def _spent(self, key_id: str, period: str) -> float:
+        row = self.conn().execute("SELECT spent FROM usage WHERE key_id = ? AND period = ?",
+                                  (key_id, period)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def spent(self, key_id: str, period: str) -> float:
+        found: float = await self.off_loop(self._spent, key_id, period)
+        return found
+
+    def _charge(self, key_id: str, period: str, amount: float) -> None:
+        # One statement: atomic across the front processes.
+        self.conn().execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (key_id, period) "
+                            "DO UPDATE SET spent = spent + excluded.spent",
+                            (key_id, period, amount))
+
+    async def charge(self, key_id: str, period: str, amount: float) -> None:
+        await self.off_loop(self._charge, key_id, period, amount)
 
 
 def _text(value: bytes | str) -> str:
@@ -211,6 +233,14 @@ class RedisStore:
         keys, argv = redis_args(plan, self.prefix)
         reply = await self._acall(self._script(keys=keys, args=argv))
         return redis_decision(plan, reply)
+
+    async def spent(self, key_id: str, period: str) -> float:
+        found = await self._acall(self.aclient().hget(self.prefix + "usage:" + key_id, period))
+        return float(found) if found else 0.0
+
+    async def charge(self, key_id: str, period: str, amount: float) -> None:
+        await self._acall(self.aclient().hincrbyfloat(self.prefix + "usage:" + key_id, period,
+                                                      amount))
 
     async def release(self, plan: Plan) -> None:
         if plan.slots:

@@ -21,6 +21,7 @@ def keyed_config(**extra: Any) -> dict[str, Any]:
 
 def ready(gw: Gateway) -> Gateway:
     """Once every configured endpoint is READY."""
+    gw.wait_ready(60)
     for name in gw.servers()["SERVERS"]:
         gw.wait_state(name, "READY", timeout=60)
     return gw
