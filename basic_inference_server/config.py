@@ -283,6 +283,9 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "as for QUEUE.",
                 lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
                 else "must be a redis://, rediss:// or unix:// URL", secret_ref=True),
+        Setting("TENANTS_FAIL_OPEN", bool, False,
+                "When TENANTS_REDIS does not answer: false answers 503; true serves keys "
+                "already cached, counts limits and quota charges in memory until it is back."),
     ]
 }
 

@@ -122,7 +122,7 @@ class Front:
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
                                        thread_name_prefix="bis-front")
         if self.key_gate is not None:
-            self.key_gate.store.claim_row(self.board.row)
+            self.key_gate.claim_row(self.board.row)
 
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)

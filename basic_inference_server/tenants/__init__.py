@@ -22,6 +22,7 @@ class TenantsSpec:
     enabled: bool
     db: str
     redis: str | None = None
+    fail_open: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -30,4 +31,5 @@ class TenantsSpec:
 def tenants_spec(config: Any, cache_dir: str | Path) -> dict[str, Any]:
     """The front's tenants spec from the gateway settings (a GatewayConfig)."""
     return TenantsSpec(enabled=bool(config["API_KEYS"]), db=str(Path(cache_dir) / DB_FILE),
-                       redis=config["TENANTS_REDIS"]).to_dict()
+                       redis=config["TENANTS_REDIS"],
+                       fail_open=bool(config["TENANTS_FAIL_OPEN"])).to_dict()

@@ -5,6 +5,11 @@ The cache is dropped whenever the store's change stamp moves, and the stamp is r
 at most every ``CHECK_EVERY`` seconds: a revoked key is refused by every front
 process within that time (plus one store round trip), with no store call per request
 for the key itself.
+
+When the store (Redis) does not answer, ``TENANTS_FAIL_OPEN`` decides: false (the
+default) answers 503; true serves keys already cached (a key never seen still gets
+503: it cannot be checked), takes limits from memory shared by this gateway's front
+processes, and keeps quota charges in memory until the store answers again.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from . import TenantsSpec
 from .keys import ApiKey, digest, presented
 from .limits import Decision, Plan, RateLimited
+from .shared import SharedLimits
 from .store import KeyStore, OffLoop, StoreDown, open_store
 from .usage import exceeded, period
 
@@ -38,15 +44,27 @@ class TenantGate:
     def __init__(self, spec: TenantsSpec, off_loop: OffLoop, processes: int) -> None:
         self.spec = spec
         self.store: KeyStore = open_store(spec.redis, spec.db, off_loop, processes)
+        # Fail open: limits counted here, charges owed, while the store is down.
+        self.local = SharedLimits(processes) if spec.fail_open and spec.redis else None
+        self._owed: dict[tuple[str, str], float] = {}
         self._cache: dict[str, ApiKey | None] = {}
         self._stamp: Any = object()
         self._checked = -1.0
 
-    async def _guard(self, coro: Any) -> Any:
+    async def _guard(self, coro: Any, fallback: Any = None) -> Any:
+        """The store's answer; when it is down, ``fallback`` (fail open) or a 503."""
         try:
             return await coro
         except StoreDown as exc:
+            if self.local is not None and fallback is not None:
+                return fallback()
             raise Unavailable(f"the key store is not reachable: {exc}", retry_after=1) from None
+
+    def claim_row(self, row: int) -> None:
+        """In a new front process (see :meth:`.shared.SharedLimits.claim_row`)."""
+        self.store.claim_row(row)
+        if self.local is not None:
+            self.local.claim_row(row)
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ApiKey:
         """The request's key (401 without a valid one; 400 when it claims a customer)."""
@@ -61,7 +79,7 @@ class TenantGate:
         now = time.monotonic()
         if now - self._checked >= CHECK_EVERY:
             self._checked = now
-            stamp = await self._guard(self.store.stamp())
+            stamp = await self._guard(self.store.stamp(), lambda: self._stamp)
             if stamp != self._stamp:
                 self._cache.clear()
                 self._stamp = stamp
@@ -89,7 +107,7 @@ class TenantGate:
             buckets.append((key.id + ":" + endpoint, own.rate, own.burst))
         plan = Plan(buckets, (key.id + ":slots", key.max_concurrent) if key.max_concurrent
                     else None)
-        decision: Decision = await self._guard(self.store.take(plan))
+        decision: Decision = await self._guard(self.store.take(plan), lambda: self._local(plan))
         if not decision.allowed:
             which = ("MAX_CONCURRENT" if decision.refused_by > len(buckets)
                      else "the endpoint's rate limit" if decision.refused_by == 2
@@ -99,8 +117,16 @@ class TenantGate:
                               SIGNATURE=endpoint)
         return (plan if plan.slots else None), decision
 
+    def _local(self, plan: Plan) -> Decision:
+        assert self.local is not None
+        plan.token = "local"
+        return self.local.take(plan)
+
     async def release(self, plan: Plan) -> None:
         """Give back a concurrency slot."""
+        if plan.token == "local" and self.local is not None:
+            self.local.release(plan)
+            return
         try:
             await self.store.release(plan)
         except StoreDown:
@@ -111,7 +137,9 @@ class TenantGate:
         if key.quota is None:
             return
         now = time.time()
-        spent: float = await self._guard(self.store.spent(key.id, period(key.quota.per, now)[0]))
+        label = period(key.quota.per, now)[0]
+        spent: float = await self._guard(self.store.spent(key.id, label), lambda: 0.0)
+        spent += self._owed.get((key.id, label), 0.0)
         if spent >= key.quota.amount:
             raise exceeded(key.quota, spent, now)
 
@@ -122,7 +150,14 @@ class TenantGate:
         amount = 1.0 if key.quota.unit == "requests" else units
         if amount:
             label = period(key.quota.per, time.time())[0]
-            await self._guard(self.store.charge(key.id, label, amount))
+            owed = self._owed.pop((key.id, label), 0.0) + amount
+            try:
+                await self.store.charge(key.id, label, owed)
+            except StoreDown as exc:
+                if self.local is None:
+                    raise Unavailable(f"the key store is not reachable: {exc}",
+                                      retry_after=1) from None
+                self._owed[(key.id, label)] = owed
 
     async def usage(self, key: ApiKey) -> dict[str, Any]:
         """``GET /usage``: the key's own counters and limits."""

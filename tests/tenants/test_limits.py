@@ -98,3 +98,23 @@ def test_unreachable_redis_fails_closed(gateways):
     refused = call(gw, "bis_any-key")
     assert assert_error(refused, 503)["ERROR_TYPE"] == "unavailable"
     assert refused.headers["Retry-After"] == "1"
+
+
+def test_unreachable_redis_fails_open_when_asked(gateways, tmp_path):
+    from tests.services import start_redis
+
+    (tmp_path / "redis").mkdir()
+    service, url = start_redis(tmp_path / "redis")
+    try:
+        gw = ready(gateways(limited_config(TENANTS_REDIS=url, TENANTS_FAIL_OPEN=True)))
+        key = make_key(gw, RATE="1/hour", BURST=3, QUOTA={"REQUESTS": 100})["KEY"]
+        assert_ok(call(gw, key))
+        for _ in range(10):  # both front processes have the key cached
+            call(gw, key)
+    finally:
+        service.stop()
+    # Redis is gone: the cached key is served, its limit counted in memory (full again).
+    statuses = [call(gw, key).status_code for _ in range(6)]
+    assert statuses == [200, 200, 200, 429, 429, 429], statuses
+    # A key never seen cannot be checked: 503 even when failing open.
+    assert assert_error(call(gw, "bis_never-seen"), 503)["ERROR_TYPE"] == "unavailable"
