@@ -207,6 +207,9 @@ class Front:
             if isinstance(err, NotFound):
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
             metrics.REQUESTS.labels(label, str(err.status)).inc()
+            if req.key is not None:
+                self.gate.record(req.key, label, err.status, 0.0,  # type: ignore[union-attr]
+                                 time.perf_counter() - started)
             return error_answer(err, self.meta())
         finally:
             if slot is not None:
@@ -214,6 +217,8 @@ class Front:
         elapsed = time.perf_counter() - started
         metrics.REQUESTS.labels(label, str(resp.status)).inc()
         metrics.LATENCY.labels(label).observe(elapsed)
+        if req.key is not None:
+            self.gate.record(req.key, label, resp.status, units, elapsed)  # type: ignore[union-attr]
         if self.spec.access_log:
             # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
             access_log.info("%s %d %.2f ms worker %s id %s", label, resp.status, elapsed * 1000,

@@ -80,6 +80,8 @@ API: dict[str, tuple[tuple[str, ...], bool, str]] = {
     "/keys/revoke": (("POST",), True, "revoke an API key: {KEY_ID}"),
     "/keys/rotate": (("POST",), True, "new key for the same tenant: {KEY_ID, GRACE seconds}"),
     "/usage": (("GET",), False, "with API_KEYS: the calling key's limits, quota and spending"),
+    "/usage/tenants": (("GET",), True, "metering per tenant and endpoint of a day: ?DAY=YYYY-MM-DD, "
+                                       "&FORMAT=csv"),
 }
 
 

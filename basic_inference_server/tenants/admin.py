@@ -1,4 +1,5 @@
-"""The admin API of keys: ``/keys`` (create, list), ``/keys/revoke``, ``/keys/rotate``.
+"""The admin API of keys: ``/keys`` (create, list), ``/keys/revoke``, ``/keys/rotate``;
+and of metering: ``/usage/tenants`` (a day's usage per tenant and endpoint, JSON or CSV).
 
 Behind the admin credential like every management route. A key's secret appears once,
 in the answer that creates it (create or rotate); lists never show it.
@@ -7,6 +8,7 @@ in the answer that creates it (create or rotate); lists never show it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -17,9 +19,11 @@ from flask import Flask, Response, request
 from .. import protocol
 from ..errors import BadRequest, NotFound, Unavailable
 from .keys import ApiKey, digest, grace_of, key_from_request, new_secret
+from .metering import table, to_csv
 from .store import KeyStore, StoreDown
 
 Reply = Callable[..., Response]
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _body() -> dict[str, Any]:
@@ -60,6 +64,18 @@ def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
         key, secret = key_from_request(_body())
         stored(lambda: store().add(key))
         return reply(201, {"KEY": secret, **key.public()})
+
+    @app.get("/usage/tenants")
+    def metered() -> Response:
+        admin_only()
+        day = request.args.get("DAY") or time.strftime("%Y-%m-%d", time.gmtime())
+        if not DAY.fullmatch(day):
+            raise BadRequest(f"DAY must be YYYY-MM-DD, got {day!r}")
+        rows = table(stored(lambda: store().metered(day)))
+        if request.args.get("FORMAT") == "csv":
+            return Response(to_csv(rows), mimetype="text/csv", headers=[
+                ("Content-Disposition", f'attachment; filename="usage-{day}.csv"')])
+        return reply(200, {"DAY": day, "ROWS": rows, "COUNT": len(rows)})
 
     @app.post("/keys/revoke")
     def revoke() -> Response:

@@ -14,6 +14,7 @@ processes, and keeps quota charges in memory until the store answers again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from . import TenantsSpec
 from .keys import ApiKey, digest, presented
 from .limits import Decision, Plan, RateLimited
+from .metering import FLUSH_EVERY, Meter
 from .shared import SharedLimits
 from .store import KeyStore, OffLoop, StoreDown, open_store
 from .usage import exceeded, period
@@ -47,6 +49,8 @@ class TenantGate:
         # Fail open: limits counted here, charges owed, while the store is down.
         self.local = SharedLimits(processes) if spec.fail_open and spec.redis else None
         self._owed: dict[tuple[str, str], float] = {}
+        self.meter = Meter()
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._cache: dict[str, ApiKey | None] = {}
         self._stamp: Any = object()
         self._checked = -1.0
@@ -169,6 +173,28 @@ class TenantGate:
                             "SPENT": await self._guard(self.store.spent(key.id, label)),
                             "RESET_AT": reset}
         return out
+
+    def record(self, key: ApiKey, endpoint: str, status: int, units: float,
+               latency: float) -> None:
+        """Meter one request; its batch is written ``FLUSH_EVERY`` seconds after the
+        first count of it (in the background)."""
+        self.meter.record(key.tenant, endpoint, status, units, latency)
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._due)
+
+    def _due(self) -> None:
+        self._flush_timer = None
+        asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        rows = self.meter.take()
+        try:
+            await self.store.meter(rows)
+        except StoreDown:
+            for tenant, endpoint, _day, *counts in rows:  # kept for the next flush
+                into = self.meter.counts.setdefault((tenant, endpoint), [0.0] * 4)
+                for i, value in enumerate(counts):
+                    into[i] += value
 
     @staticmethod
     def may_read(key: ApiKey, record: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ import redis.asyncio as aredis
 from ..privfiles import create_private, write_private
 from .keys import ApiKey
 from .limits import LUA, Decision, Plan, redis_args, redis_decision
+from .metering import COLUMNS, Row
 from .shared import SharedLimits
 
 OffLoop = Callable[..., Awaitable[Any]]
@@ -49,6 +50,8 @@ class KeyStore(Protocol):
     async def release(self, plan: Plan) -> None: ...
     async def spent(self, key_id: str, period: str) -> float: ...
     async def charge(self, key_id: str, period: str, amount: float) -> None: ...
+    async def meter(self, rows: list[Row]) -> None: ...
+    def metered(self, day: str) -> list[dict[str, Any]]: ...
 
 
 class SqliteStore:
@@ -59,6 +62,10 @@ class SqliteStore:
                                      tenant TEXT NOT NULL, record TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS usage (key_id TEXT NOT NULL, period TEXT NOT NULL,
                                       spent REAL NOT NULL, PRIMARY KEY (key_id, period));
+    CREATE TABLE IF NOT EXISTS metering (tenant TEXT NOT NULL, endpoint TEXT NOT NULL,
+                                         day TEXT NOT NULL, requests REAL, errors REAL,
+                                         units REAL, latency_s REAL,
+                                         PRIMARY KEY (tenant, endpoint, day));
     """
 
     def __init__(self, path: str | Path, off_loop: OffLoop, limits: SharedLimits) -> None:
@@ -144,6 +151,31 @@ class SqliteStore:
 
     async def charge(self, key_id: str, period: str, amount: float) -> None:
         await self.off_loop(self._charge, key_id, period, amount)
+
+    def _meter(self, rows: list[Row]) -> None:
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO metering VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, endpoint, day) DO UPDATE SET "
+                "requests = requests + excluded.requests, errors = errors + excluded.errors, "
+                "units = units + excluded.units, latency_s = latency_s + excluded.latency_s",
+                rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def meter(self, rows: list[Row]) -> None:
+        await self.off_loop(self._meter, rows)
+
+    def metered(self, day: str) -> list[dict[str, Any]]:
+        cursor = self.conn().execute(
+            "SELECT tenant, endpoint, day, requests, errors, units, latency_s FROM metering "
+            "WHERE day = ? ORDER BY tenant, endpoint", (day,))
+        return [dict(zip(("tenant", "endpoint", "day", *COLUMNS), r, strict=True))
+                for r in cursor]
 
 
 def _text(value: bytes | str) -> str:
@@ -241,6 +273,27 @@ class RedisStore:
     async def charge(self, key_id: str, period: str, amount: float) -> None:
         await self._acall(self.aclient().hincrbyfloat(self.prefix + "usage:" + key_id, period,
                                                       amount))
+
+    async def meter(self, rows: list[Row]) -> None:
+        async def write() -> None:
+            pipe = self.aclient().pipeline(transaction=True)
+            for tenant, endpoint, day, *counts in rows:
+                for column, value in zip(COLUMNS, counts, strict=True):
+                    pipe.hincrbyfloat(self.prefix + "meter:" + day,
+                                      f"{tenant}\t{endpoint}\t{column}", value)
+                pipe.expire(self.prefix + "meter:" + day, 400 * 86400)
+            await pipe.execute()
+        await self._acall(write())
+
+    def metered(self, day: str) -> list[dict[str, Any]]:
+        raw = self._call(lambda: self.client().hgetall(self.prefix + "meter:" + day))
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for field_name, value in raw.items():
+            tenant, endpoint, column = _text(field_name).split("\t")
+            row = rows.setdefault((tenant, endpoint), {"tenant": tenant, "endpoint": endpoint,
+                                                       "day": day, **dict.fromkeys(COLUMNS, 0.0)})
+            row[column] = float(value)
+        return [rows[k] for k in sorted(rows)]
 
     async def release(self, plan: Plan) -> None:
         if plan.slots:

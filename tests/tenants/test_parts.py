@@ -62,3 +62,20 @@ def test_keys_are_random_and_presented_either_way():
     assert presented([(b"authorization", b"Basic k3")]) is None
     with pytest.raises(BadRequest):
         key_from_request({"TENANT": "acme", "ENDPOINT_LIMITS": {"x": {"RATE": 1, "EXTRA": 1}}})
+
+
+def test_tenant_labels_are_bounded():
+    from prometheus_client import REGISTRY
+
+    from basic_inference_server.tenants.metering import TOP_TENANTS, Meter
+
+    meter = Meter()
+    for i in range(TOP_TENANTS + 5):
+        meter.record(f"t{i}", "ep-card", 200, 1.0, 0.01)
+    assert len(meter.named) == TOP_TENANTS
+    assert REGISTRY.get_sample_value("bis_tenant_requests_total", {
+        "tenant": "other", "endpoint": "ep-card", "status": "2xx"}) == 5
+    assert REGISTRY.get_sample_value("bis_tenant_requests_total", {
+        "tenant": "t0", "endpoint": "ep-card", "status": "2xx"}) == 1
+    rows = meter.take()
+    assert len(rows) == TOP_TENANTS + 5 and not meter.counts
