@@ -258,9 +258,9 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 _at_least(1, 365 * 86400)),
         # The front's connections (gateway/connection.py, gateway/worker.py).
         Setting("HEADER_TIMEOUT", (int, float), 60,
-                "Seconds a client has to send a request's headers, from its first byte "
-                "(nginx's client_header_timeout); then the connection is closed.",
-                _at_least(0.1, 3600)),
+                "Seconds a client has to send a request's headers (from connecting, or from the "
+                "request's first byte on a kept-alive connection; nginx's "
+                "client_header_timeout); then the connection is closed.", _at_least(0.1, 3600)),
         Setting("BODY_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's body once its headers are in.",
                 _at_least(0.1, 3600)),

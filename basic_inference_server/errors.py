@@ -66,8 +66,18 @@ class NotFound(ServingError):
 
 
 class MethodNotAllowed(ServingError):
+    """A method the path does not take; ``allow`` names those it does (RFC 9110: ``Allow``)."""
+
     status = 405
     kind = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...] | list[str] = (),
+                 **details: Any) -> None:
+        super().__init__(message, **details)
+        self.allow = list(allow)
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), ("Allow", ", ".join(self.allow))]
 
 
 class Conflict(ServingError):

@@ -32,8 +32,9 @@ def install_json_errors(app: Flask, reply: Reply, where: str) -> None:
         return serving_error(NotFound(f"no route {request.path} {where}"))
 
     @app.errorhandler(405)
-    def bad_method(_exc: Exception) -> Response:
-        return serving_error(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+    def bad_method(exc: Exception) -> Response:
+        return serving_error(MethodNotAllowed(f"{request.method} is not allowed on {request.path}",
+                                              allow=getattr(exc, "valid_methods", None) or ()))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:

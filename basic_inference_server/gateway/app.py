@@ -18,6 +18,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from ..tenants.keys import ApiKey
 from ..tenants.store import KeyStore
 from ..tenants.usage import strip_usage
 from . import metrics
+from .api_table import NATIVE
 from .connection import Answer, Limits, Request, call_wsgi, error_answer
 from .jobs import JobsFront
 from .loadboard import LoadBoard
@@ -116,6 +118,9 @@ class Front:
         # Loaded in the master, before the fork: a bad certificate stops the start.
         self.tls = tls_context(spec.tls_cert, spec.tls_key)
         self.pool: ThreadPoolExecutor | None = None
+        # The routes answered here, not by the Flask app (the API table names them).
+        self.native: dict[str, Callable[[Request], Awaitable[Answer]]] = {
+            path: getattr(self, handler) for path, handler in NATIVE.items()}
 
     def start(self) -> None:
         """In each front process, after the fork: the thread pool for blocking work."""
@@ -138,21 +143,9 @@ class Front:
 
     # -- dispatch -----------------------------------------------------------------
     async def handle(self, req: Request) -> Answer:
-        if req.path == "/run":
-            return await self.run(req)
-        if req.path == "/jobs":
-            if req.method != "POST":
-                return error_answer(MethodNotAllowed(
-                    f"{req.method} is not allowed on /jobs; POST a job, GET /jobs/<id>"),
-                    self.meta())
-            return await self._submit(req)
-        if self.gate is not None and req.path == "/usage":
-            try:
-                key = await self.gate.authenticate(req.headers)
-                return Answer(200, [("Content-Type", protocol.JSON)],
-                              protocol.dumps({**await self.gate.usage(key), **self.meta()}))
-            except ServingError as err:
-                return error_answer(err, self.meta())
+        native = self.native.get(req.path)
+        if native is not None:
+            return await native(req)
         if self.gate is not None and req.path.startswith("/jobs/") \
                 and req.path not in ("/jobs/dead", "/jobs/requeue"):
             try:
@@ -162,8 +155,27 @@ class Front:
         answer: Answer = await self.off_loop(self.wsgi, req)
         return answer
 
+    async def on_usage(self, req: Request) -> Answer:
+        """``GET /usage``: the calling key's limits, quota and spending."""
+        try:
+            if self.gate is None:
+                raise NotFound("GET /usage needs API keys (API_KEYS)")
+            key = await self.gate.authenticate(req.headers)
+            return Answer(200, [("Content-Type", protocol.JSON)],
+                          protocol.dumps({**await self.gate.usage(key), **self.meta()}))
+        except ServingError as err:
+            return error_answer(err, self.meta())
+
+    async def on_jobs(self, req: Request) -> Answer:
+        """``POST /jobs``: submit a job."""
+        if req.method != "POST":
+            return error_answer(MethodNotAllowed(
+                f"{req.method} is not allowed on /jobs; POST a job, GET /jobs/<id>",
+                allow=("POST",)), self.meta())
+        return await self._submit(req)
+
     # -- /run ---------------------------------------------------------------------
-    async def run(self, req: Request) -> Answer:
+    async def on_run(self, req: Request) -> Answer:
         """``/run``: route by SIGNATURE, forward, pass the answer through.
 
         With ``"ASYNC": true`` the request becomes a job instead (POST only: a GET
@@ -186,11 +198,12 @@ class Front:
                 query = dict(parse_qsl(req.query))
                 if query.get("ASYNC") in ASYNC_TRUE:
                     raise MethodNotAllowed("jobs are submitted with POST /run or POST /jobs; "
-                                           "GET /run only runs a request")
+                                           "GET /run only runs a request", allow=("POST",))
                 name = protocol.signature_of(query)  # type: ignore[arg-type]
                 raw = protocol.dumps(query)
             else:
-                raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST")
+                raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST",
+                                       allow=("GET", "POST"))
             label = name
             if req.key is not None:
                 slot, req.limits = await self.gate.admit(req.key, name)  # type: ignore[union-attr]

@@ -133,7 +133,9 @@ def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
         if close is not None:
             close()
     status = int(started[0].split(" ", 1)[0])
-    skip = ("content-length", "connection", "x-request-id")
+    # HEAD: the app's Content-Length is the one of the body a GET would get.
+    skip = ("connection", "x-request-id") if req.method == "HEAD" else \
+        ("content-length", "connection", "x-request-id")
     return Answer(status, [(k, v) for k, v in started[1] if k.lower() not in skip], body)
 
 
@@ -340,7 +342,9 @@ class HttpConnection(asyncio.Protocol):
         parts = [status_line(answer.status)]
         for name, value in answer.headers:
             parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        parts.append(b"Content-Length: %d\r\nX-Request-ID: %s\r\n" % (len(answer.body), request_id))
+        if not head_only or not any(n.lower() == "content-length" for n, _v in answer.headers):
+            parts.append(b"Content-Length: %d\r\n" % len(answer.body))
+        parts.append(b"X-Request-ID: %s\r\n" % request_id)
         if not keep_alive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")

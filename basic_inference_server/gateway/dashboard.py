@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, send_from_directory
+from flask import Flask, Response, request, send_from_directory
 
 STATIC = Path(__file__).with_name("static")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -30,22 +30,29 @@ SECURITY_HEADERS = {
 }
 
 
-def install_dashboard(app: Flask, check_host: Callable[[], None]) -> None:
-    """Serve ``/dashboard`` and its files under ``/dashboard/static/``.
+def dashboard_views(app: Flask, check_host: Callable[[], None]) -> dict[str, Callable[..., Response]]:
+    """The views of ``/dashboard`` and its files (their routes: the API table).
 
-    ``check_host`` runs before each of them (the Host allow-list: DNS rebinding).
+    ``check_host`` runs before each of them (the Host allow-list: DNS rebinding), and
+    their answers, errors included, carry :data:`SECURITY_HEADERS`.
     """
-    bp = Blueprint("dashboard", __name__, static_folder=str(STATIC),
-                   static_url_path="/dashboard/static")
-    bp.before_request(check_host)
+    views = ("dashboard", "dashboard_static")
 
-    @bp.after_request
+    @app.before_request
+    def host_allowed() -> None:
+        if request.endpoint in views:
+            check_host()
+
+    @app.after_request
     def secure(resp: Response) -> Response:
-        resp.headers.update(SECURITY_HEADERS)
+        if request.endpoint in views:
+            resp.headers.update(SECURITY_HEADERS)
         return resp
 
-    @bp.get("/dashboard")
     def page() -> Response:
         return send_from_directory(STATIC, "dashboard.html", max_age=0)
 
-    app.register_blueprint(bp)
+    def static_file(filename: str) -> Response:
+        return send_from_directory(STATIC, filename)
+
+    return dict(zip(views, (page, static_file), strict=True))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Response, request
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import protocol
@@ -180,9 +180,10 @@ class QueueCollector:
         yield from (depth, oldest)
 
 
-def install_job_routes(app: Flask, jobs: JobsFront, reply: Reply,
-                       check_admin: Callable[[], None]) -> None:
-    """``GET /jobs/<id>``, ``GET /jobs/dead`` and ``POST /jobs/requeue`` on the front's Flask app."""
+def job_views(jobs: JobsFront, reply: Reply,
+              check_admin: Callable[[], None]) -> dict[str, Callable[..., Response]]:
+    """The views of ``GET /jobs/<id>``, ``GET /jobs/dead`` and ``POST /jobs/requeue``
+    (their routes: the API table)."""
 
     def signature_arg(args: dict[str, Any]) -> str:
         name = args.get("SIGNATURE")
@@ -190,7 +191,6 @@ def install_job_routes(app: Flask, jobs: JobsFront, reply: Reply,
             raise BadRequest("SIGNATURE (the endpoint name) is required")
         return name
 
-    @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
         record = jobs.record(job_id)
         key = request.environ.get("bis.api_key")
@@ -200,7 +200,6 @@ def install_job_routes(app: Flask, jobs: JobsFront, reply: Reply,
                            JOB_ID=job_id)
         return reply(200, record)
 
-    @app.get("/jobs/dead")
     def dead_letters() -> Response:
         check_admin()
         name = signature_arg(request.args.to_dict())
@@ -211,16 +210,17 @@ def install_job_routes(app: Flask, jobs: JobsFront, reply: Reply,
         dead = jobs.dead(name, max(1, min(limit, 10000)))
         return reply(200, {"SIGNATURE": name, "DEAD_LETTERS": dead, "COUNT": len(dead)})
 
-    @app.post("/jobs/requeue")
     def requeue() -> Response:
         check_admin()
         raw = request.get_data(cache=False)
         args = protocol.parse_body(raw) if raw else {}
         name = signature_arg(args)
         job_id = args.get("JOB_ID")
-        if job_id is not None and not isinstance(job_id, str):
+        if "JOB_ID" in args and not isinstance(job_id, str):
             raise BadRequest("JOB_ID must be a string (omit it to requeue every dead letter)")
         ids = jobs.requeue(name, job_id)
         if job_id is not None and not ids:
             raise NotFound(f"no dead letter {job_id!r} for {name}", JOB_ID=job_id)
         return reply(200, {"SIGNATURE": name, "REQUEUED": ids, "COUNT": len(ids)})
+
+    return {"job_status": job_status, "dead_letters": dead_letters, "requeue": requeue}

@@ -4,7 +4,7 @@ Everything but ``/run`` and ``POST /jobs`` (the data path, in :mod:`.app`) lands
 the control commands forwarded to the manager, health, metrics, the dashboard and the
 job inspection routes. None of it is on the hot path.
 
-Who may call what: every route marked admin in :data:`API` needs ``Authorization:
+Who may call what: every route marked admin in :data:`.api_table.ROUTES` needs ``Authorization:
 Bearer <admin token>``, from loopback too (a same-host proxy, sidecar or browser tab is
 loopback as well); its POSTs take only ``application/json`` bodies (a cross-site form
 cannot send that without a preflight); and its ``Host`` header, like the dashboard's,
@@ -38,10 +38,12 @@ from ..errors import (
 )
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call, peer_args
-from ..tenants.admin import install_key_routes
+from ..tenants.admin import key_views
 from . import metrics
-from .dashboard import install_dashboard
-from .jobs import install_job_routes
+from .api_table import Route, paths_listing, register
+from .dashboard import dashboard_views
+from .jobs import job_views
+from .openapi import document_text
 from .readiness import waiting_for
 
 if TYPE_CHECKING:
@@ -51,39 +53,6 @@ READY = "READY"
 SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 # Management bodies are a few settings: far less than MAX_REQUEST_SIZE, which is for /run.
 MAX_MANAGEMENT_BODY = 1024 * 1024
-
-# path -> (methods, needs admin rights, description); /get_paths lists this table.
-API: dict[str, tuple[tuple[str, ...], bool, str]] = {
-    "/run": (("POST", "GET"), False, "run an endpoint: body {SIGNATURE, ...}"),
-    "/list_servers": (("GET", "POST"), True, "endpoints with state, workers, port, errors"),
-    "/system_status": (("GET", "POST"), True, "memory, disk, GPU, alerts (SYSTEM_STATUS)"),
-    "/history": (("GET",), True, "rolling window of health samples and events: ?samples=N"),
-    "/notifications": (("GET", "POST"), True, "recent notifications from workers"),
-    "/get_paths": (("GET", "POST"), False, "this list"),
-    "/support_update_status": (("POST",), False, "where support processes report"),
-    "/health/live": (("GET",), False, "200 while the gateway and its manager answer"),
-    "/metrics": (("GET",), False, "Prometheus metrics"),
-    "/health/ready": (("GET",), False, "200 when the endpoints READY_POLICY names are READY"),
-    "/dashboard": (("GET",), False, "web page (asks for the admin token): endpoints, alerts, "
-                                    "memory and GPU charts, actions"),
-    "/start_server": (("POST",), True, "start an endpoint: {SIGNATURE, ...settings}"),
-    "/kill_server": (("POST",), True, "stop an endpoint: {SIGNATURE}"),
-    "/update_workers": (("POST",), True, "change NR_WORKERS: {SIGNATURE, NR_WORKERS}"),
-    "/reload_server": (("POST",), True, "zero-downtime code reload: {SIGNATURE}"),
-    "/shutdown": (("POST",), True, "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}"),
-    "/jobs": (("POST",), False, "submit an async job (as /run with ASYNC true): 202 + JOB_ID"),
-    "/jobs/<id>": (("GET",), False, "status, attempts, timestamps and result of a job"),
-    "/jobs/dead": (("GET",), True, "dead letters of an endpoint: ?SIGNATURE=name"),
-    "/jobs/requeue": (("POST",), True, "requeue dead letters: {SIGNATURE, JOB_ID (or all)}"),
-    "/keys": (("GET", "POST"), True, "API keys: list (?TENANT=) or create {TENANT, ENDPOINTS, "
-                                     "RATE, BURST, ...}; the key is shown once"),
-    "/keys/revoke": (("POST",), True, "revoke an API key: {KEY_ID}"),
-    "/keys/rotate": (("POST",), True, "new key for the same tenant: {KEY_ID, GRACE seconds}"),
-    "/usage": (("GET",), False, "with API_KEYS: the calling key's limits, quota and spending"),
-    "/usage/tenants": (("GET",), True, "metering per tenant and endpoint of a day: ?DAY=YYYY-MM-DD, "
-                                       "&FORMAT=csv"),
-}
-
 
 def _wire_bytes(text: str) -> bytes:
     """A WSGI header value as the bytes that came on the wire (PEP 3333: latin-1)."""
@@ -206,34 +175,28 @@ def build_management_app(front: Front) -> Flask:
             body["QUEUES"] = front.jobs.status(front.routes.names())
         return reply(status, body, [("Retry-After", "1")] if status == 503 else [])
 
-    def make_view(path: str, admin: bool) -> Callable[[], Response]:
-        cmd = path.strip("/")
-
+    def command_view(route: Route) -> Callable[[], Response]:
         def view() -> Response:
-            if admin:
+            if route.admin:
                 admin_only()
             args = args_of()
-            if path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
+            if route.path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
                 raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
-            if path == "/support_update_status":
+            if route.path == "/support_update_status":
                 args = {**args, **peer_args(request.environ)}
-            return forward(cmd, args)
+            return forward(route.command, args)
 
         return view
 
-    for path, (methods, admin, _desc) in API.items():
-        if path in ("/run", "/get_paths", "/metrics", "/dashboard") \
-                or path.startswith(("/health/", "/jobs", "/keys", "/usage")):
-            continue
-        app.add_url_rule(path, endpoint=path, view_func=make_view(path, admin),
-                         methods=list(methods))
+    listing = {"AVAIL_PATHS": paths_listing()}
+    openapi = document_text()
 
-    @app.route("/get_paths", methods=["GET", "POST"])
     def get_paths() -> Response:
-        return reply(200, {"AVAIL_PATHS": {p: {"methods": list(m), "admin": a, "info": d}
-                                           for p, (m, a, d) in API.items()}})
+        return reply(200, listing)
 
-    @app.get("/metrics")
+    def openapi_json() -> Response:
+        return Response(openapi, mimetype=protocol.JSON)
+
     def prometheus() -> Response:
         try:
             body = control_call(front.spec.control, {"cmd": "metrics", "args": {}})["body"]
@@ -243,7 +206,6 @@ def build_management_app(front: Front) -> Flask:
         return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues),
                         mimetype=CONTENT_TYPE_LATEST)
 
-    @app.get("/health/live")
     def live() -> Response:
         # Alive means the control plane answers too: a stuck manager restarts nothing,
         # so an orchestrator should restart the container.
@@ -254,7 +216,6 @@ def build_management_app(front: Front) -> Flask:
                               retry_after=1) from None
         return reply(200, {"status": "alive"})
 
-    @app.get("/health/ready")
     def ready() -> Response:
         table = front.routes.table()
         states = {n: r["state"] for n, r in table["endpoints"].items()}
@@ -264,9 +225,12 @@ def build_management_app(front: Front) -> Flask:
         return reply(status, {"status": "ready" if status == 200 else "not ready",
                               "endpoints": states}, headers)
 
-    install_dashboard(app, lambda: check_host(request.environ, front.spec.allowed_hosts))
-    install_job_routes(app, front.jobs, reply, admin_only)
-    install_key_routes(app, lambda: front.key_store(), reply, admin_only)
+    views = {"get_paths": get_paths, "openapi": openapi_json, "metrics": prometheus,
+             "live": live, "ready": ready,
+             **dashboard_views(app, lambda: check_host(request.environ, front.spec.allowed_hosts)),
+             **job_views(front.jobs, reply, admin_only),
+             **key_views(lambda: front.key_store(), reply, admin_only)}
+    register(app, views, command_view)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
 
     return app

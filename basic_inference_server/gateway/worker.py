@@ -67,7 +67,7 @@ class LoopWorker(Worker):
         self.alive = False
         # Wake the loop's once-a-second wait now: a stop starts at once.
         waker = getattr(self, "waker", None)
-        if waker is not None:
+        if waker is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(waker.set)
 
     # -- what HttpConnection asks of its server -----------------------------------

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Response, request
 
 from .. import protocol
 from ..errors import BadRequest, NotFound, Unavailable
@@ -38,9 +38,10 @@ def _key_id(args: dict[str, Any]) -> str:
     return key_id
 
 
-def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
-                       admin_only: Callable[[], None]) -> None:
-    """Register the key routes on the management app."""
+def key_views(store: Callable[[], KeyStore], reply: Reply,
+              admin_only: Callable[[], None]) -> dict[str, Callable[..., Response]]:
+    """The views of ``/keys``, ``/keys/revoke``, ``/keys/rotate`` and ``/usage/tenants``
+    (their routes: the API table)."""
 
     def stored(call: Callable[[], Any]) -> Any:
         try:
@@ -54,7 +55,6 @@ def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
             raise NotFound(f"no API key {key_id!r}", KEY_ID=key_id)
         return key  # type: ignore[no-any-return]
 
-    @app.route("/keys", methods=["GET", "POST"])
     def keys() -> Response:
         admin_only()
         if request.method == "GET":
@@ -65,7 +65,6 @@ def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
         stored(lambda: store().add(key))
         return reply(201, {"KEY": secret, **key.public()})
 
-    @app.get("/usage/tenants")
     def metered() -> Response:
         admin_only()
         day = request.args.get("DAY") or time.strftime("%Y-%m-%d", time.gmtime())
@@ -77,7 +76,6 @@ def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
                 ("Content-Disposition", f'attachment; filename="usage-{day}.csv"')])
         return reply(200, {"DAY": day, "ROWS": rows, "COUNT": len(rows)})
 
-    @app.post("/keys/revoke")
     def revoke() -> Response:
         admin_only()
         key = existing(_key_id(_body()))
@@ -86,7 +84,6 @@ def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
             stored(lambda: store().save(key))
         return reply(200, key.public())
 
-    @app.post("/keys/rotate")
     def rotate() -> Response:
         admin_only()
         args = _body()
@@ -104,3 +101,5 @@ def install_key_routes(app: Flask, store: Callable[[], KeyStore], reply: Reply,
         stored(lambda: store().save(old))
         return reply(201, {"KEY": secret, **new.public(), "ROTATED_FROM": old.id,
                            "OLD_KEY_EXPIRES": old.expires})
+
+    return {"keys": keys, "keys_revoke": revoke, "keys_rotate": rotate, "usage_tenants": metered}

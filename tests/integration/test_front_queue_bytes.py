@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REDIS_URL, assert_error
+from tests.conftest import assert_error
 
 LIMIT = 20_000
 PAD = "x" * 4000
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_queue_bytes_are_capped_for_a_stopped_endpoint_too(gateways, backend, redis_prefix):
-    queue = "sqlite" if backend == "sqlite" else f"{REDIS_URL}?prefix={redis_prefix}"
+def test_queue_bytes_are_capped_for_a_stopped_endpoint_too(gateways, backend, request):
+    if backend == "sqlite":
+        queue = "sqlite"
+    else:
+        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        queue = f"{url}?prefix={prefix}"
     gw = gateways({"QUEUE": queue, "CONFIG_ENDPOINTS": {
         # Stopped: nothing consumes its jobs, they only pile up.
         "q": {"SERVER_CLASS": "jobs_noop", "DISABLED": True, "MAX_QUEUE_BYTES": LIMIT},

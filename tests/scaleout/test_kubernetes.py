@@ -22,7 +22,7 @@ import yaml
 
 from basic_inference_server.cli import build_parser as gateway_parser
 from basic_inference_server.config import GatewayConfig, parse_config
-from basic_inference_server.gateway.management import API
+from basic_inference_server.gateway.api_table import PATHS as API
 from basic_inference_server.queues.redis import GROUP
 from basic_inference_server.server.standalone import build_parser as server_parser
 from tests.conftest import FIXTURES, ROOT

@@ -1,0 +1,253 @@
+"""The gateway's routes, declared once.
+
+Each :class:`Route` says what a path is: its methods, who may call it, what it takes,
+what it answers and with which statuses. From this table the management Flask app
+registers its routes (:func:`register`), ``/get_paths`` answers, the event-loop front
+finds its own routes (``NATIVE``) and :mod:`.openapi` writes the OpenAPI document; a
+route exists in all of them or in none.
+
+To add a route, add one ``Route`` to :data:`ROUTES` and give its view to
+:func:`register` under the route's ``view`` name (a manager command needs no view: its
+``view`` is :data:`COMMAND`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flask import Flask
+
+from ..config import NAME_RULE
+
+Auth = Literal["admin", "open", "data"]
+Schema = dict[str, Any]
+
+# The view of a route the manager answers: the path, without its slash, is the command.
+COMMAND = "command"
+# The view of a route the event-loop front answers itself (never through Flask).
+FRONT = "front"
+
+OBJECT: Schema = {"type": "object"}
+STRING: Schema = {"type": "string"}
+SIGNATURE: Schema = {"type": "string", "minLength": 1,
+                     "description": "the endpoint's name (its file name without .py)"}
+
+
+def body(required: tuple[str, ...] = (), **props: Schema) -> Schema:
+    """A JSON object body with these properties; others are allowed."""
+    schema: Schema = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query or path parameter (always a string on the wire; ``schema`` says more)."""
+
+    name: str
+    schema: Schema = field(default_factory=lambda: dict(STRING))
+    required: bool = False
+    where: Literal["query", "path"] = "query"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One gateway path: what it takes, what it answers, who may call it.
+
+    ``auth``: ``admin`` needs the admin bearer token (and a JSON body on POST);
+    ``open`` needs nothing; ``data`` is the data plane (anonymous today; an API key
+    header is reserved for it). ``statuses`` are the route's own; those every request
+    may get (a malformed request, a full gateway...) are added by :mod:`.openapi`.
+    ``bodies`` overrides the body of a status (the default: the route's ``response``
+    for a success, the error body otherwise).
+    """
+
+    path: str  # Flask rule syntax: /jobs/<job_id>
+    methods: tuple[str, ...]
+    auth: Auth
+    summary: str
+    statuses: tuple[int, ...]
+    view: str = COMMAND
+    request: Schema | None = None  # the JSON body of a POST
+    params: tuple[Param, ...] = ()
+    response: Schema = field(default_factory=lambda: dict(OBJECT))
+    media: str = "application/json"  # of a success
+    bodies: dict[int, Schema] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def admin(self) -> bool:
+        return self.auth == "admin"
+
+    @property
+    def shown(self) -> str:
+        """The path without converters: ``/jobs/<job_id>``."""
+        return re.sub(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>", r"<\1>", self.path)
+
+    @property
+    def command(self) -> str:
+        return self.path.strip("/")
+
+
+JOB_ACCEPTED = body(("JOB_ID", "STATUS", "SIGNATURE", "STATUS_URL"),
+                    JOB_ID=STRING, STATUS={"const": "queued"}, SIGNATURE=STRING,
+                    STATUS_URL=STRING)
+RESULT = body(("RESULT",), RESULT=STRING)
+ENDPOINT_RESULT = body(("RESULT",), RESULT=STRING, state=STRING)
+READINESS = body(("status", "endpoints"), status={"enum": ["ready", "not ready"]},
+                 endpoints={"type": "object", "additionalProperties": STRING})
+RUN_REQUEST = body(("SIGNATURE",), SIGNATURE=SIGNATURE, ASYNC={
+    "type": "boolean", "description": "true: answer 202 at once and run it as a job"})
+# The framework's envelope around an endpoint's own answer (which adds its own fields).
+RUN_ANSWER = body((), ver=STRING, app_ver=STRING, time=STRING, host=STRING, server=STRING,
+                  call_id={"type": "integer"}, worker_id=STRING,
+                  worker_pid={"type": "integer"}, signature=STRING)
+
+# API keys (tenants/admin.py): a key as listed, and as created (with its secret, once).
+KEY = body(("KEY_ID", "TENANT"), KEY_ID=STRING, TENANT=STRING)
+KEY_CREATED = body(("KEY", "KEY_ID", "TENANT"), KEY=STRING, KEY_ID=STRING, TENANT=STRING)
+KEY_REQUEST = body(("TENANT",), TENANT={**STRING, "pattern": f"^{NAME_RULE.pattern}$"},
+                   ENDPOINTS={"type": "array", "items": STRING}, READ_ALL_JOBS={"type": "boolean"},
+                   RATE={"type": ["number", "string"]}, BURST={"type": "integer", "minimum": 1},
+                   ENDPOINT_LIMITS=OBJECT, MAX_CONCURRENT={"type": "integer", "minimum": 1},
+                   QUOTA=OBJECT, NAME=STRING)
+
+ROUTES: tuple[Route, ...] = (
+    Route("/run", ("POST", "GET"), "data", "run an endpoint: body {SIGNATURE, ...}",
+          (200, 202, 400, 404, 405, 413, 429, 500, 503, 504), view=FRONT,
+          request=RUN_REQUEST, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED},
+          params=(Param("SIGNATURE", SIGNATURE, required=True,
+                        description="GET only: the endpoint; other query fields are its inputs"),),
+          description="The answer is the endpoint's own JSON plus the metadata fields "
+                      "listed. A 400 or 500 raised by the endpoint's code carries "
+                      "EXCEPTION, ERROR_MESSAGE, ERROR_FILE and ERROR_LINE. GET /run "
+                      "never submits a job (405)."),
+    Route("/list_servers", ("GET", "POST"), "admin",
+          "endpoints with state, workers, port, errors", (200,),
+          response=body(("AVAIL_SERVERS", "SERVERS"), AVAIL_SERVERS={
+              "type": "array", "items": STRING}, SERVERS=OBJECT)),
+    Route("/system_status", ("GET", "POST"), "admin", "memory, disk, GPU, alerts (SYSTEM_STATUS)",
+          (200, 503), response=body(("SYSTEM_STATUS",), SYSTEM_STATUS=OBJECT)),
+    Route("/history", ("GET",), "admin",
+          "rolling window of health samples and events: ?samples=N", (200, 400),
+          params=(Param("samples", {"type": "string", "pattern": "^[0-9]+$"},
+                        description="how many samples, the newest"),),
+          response=body(("samples",), samples={"type": "array"})),
+    Route("/notifications", ("GET", "POST"), "admin", "recent notifications from workers",
+          (200,), response=body(("NOTIFICATIONS",), NOTIFICATIONS={"type": "array"})),
+    Route("/get_paths", ("GET", "POST"), "open", "this list", (200,), view="get_paths",
+          response=body(("AVAIL_PATHS",), AVAIL_PATHS=OBJECT)),
+    Route("/openapi.json", ("GET",), "open", "this API as an OpenAPI 3.1 document", (200,),
+          view="openapi", response=body(("openapi", "paths"), openapi=STRING, paths=OBJECT)),
+    Route("/support_update_status", ("POST",), "open",
+          "where support processes report (the manager checks the caller)",
+          (200, 400, 403, 404, 413, 415), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
+          response=RESULT),
+    Route("/health/live", ("GET",), "open", "200 while the gateway and its manager answer",
+          (200, 503), view="live", response=body(("status",), status={"const": "alive"})),
+    Route("/metrics", ("GET",), "open", "Prometheus metrics", (200,), view="metrics",
+          response=STRING, media="text/plain"),
+    Route("/health/ready", ("GET",), "open",
+          "200 when the endpoints READY_POLICY names are READY", (200, 503), view="ready",
+          response=READINESS, bodies={503: READINESS}),
+    Route("/dashboard", ("GET",), "open",
+          "web page (asks for the admin token): endpoints, alerts, memory and GPU charts, "
+          "actions", (200, 403), view="dashboard", response=STRING, media="text/html"),
+    Route("/dashboard/static/<path:filename>", ("GET",), "open", "the dashboard's files",
+          (200, 403, 404), view="dashboard_static", response=STRING, media="*/*",
+          params=(Param("filename", required=True, where="path"),)),
+    Route("/start_server", ("POST",), "admin", "start an endpoint: {SIGNATURE, ...settings}",
+          (200, 400, 404, 409), request=body(("SIGNATURE",), SIGNATURE={
+              **SIGNATURE, "pattern": f"^{NAME_RULE.pattern}$"}),
+          response=ENDPOINT_RESULT),
+    Route("/kill_server", ("POST",), "admin", "stop an endpoint: {SIGNATURE}",
+          (200, 400, 404), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
+          response=ENDPOINT_RESULT),
+    Route("/update_workers", ("POST",), "admin", "change NR_WORKERS: {SIGNATURE, NR_WORKERS}",
+          (200, 400, 404), request=body(("SIGNATURE", "NR_WORKERS"), SIGNATURE=SIGNATURE,
+                                        NR_WORKERS={"type": "integer", "minimum": 1}),
+          response=ENDPOINT_RESULT),
+    Route("/reload_server", ("POST",), "admin", "zero-downtime code reload: {SIGNATURE}",
+          (200, 400, 404, 409), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
+          response=RESULT),
+    Route("/shutdown", ("POST",), "admin", "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}",
+          (200, 400), request=body(("SIGNATURE",), SIGNATURE={"const": "SAFE_KILL_SERVER_CMD"}),
+          response=RESULT),
+    Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
+          (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
+          response=JOB_ACCEPTED),
+    # A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
+    Route("/jobs/<string(length=32):job_id>", ("GET",), "open",
+          "status, attempts, timestamps and result of a job", (200, 404, 503), view="job_status",
+          params=(Param("job_id", {"type": "string", "minLength": 32, "maxLength": 32,
+                                   "pattern": "^[^/]*$"}, required=True, where="path"),),
+          response=body(("STATUS",), STATUS=STRING)),
+    Route("/jobs/dead", ("GET",), "admin", "dead letters of an endpoint: ?SIGNATURE=name",
+          (200, 400, 503), view="dead_letters",
+          params=(Param("SIGNATURE", SIGNATURE, required=True),
+                  Param("LIMIT", {"type": "string", "pattern": "^[0-9]+$"})),
+          response=body(("SIGNATURE", "DEAD_LETTERS", "COUNT"), SIGNATURE=STRING,
+                        DEAD_LETTERS={"type": "array"}, COUNT={"type": "integer"})),
+    Route("/jobs/requeue", ("POST",), "admin", "requeue dead letters: {SIGNATURE, JOB_ID (or all)}",
+          (200, 400, 404, 503), view="requeue",
+          request=body(("SIGNATURE",), SIGNATURE=SIGNATURE, JOB_ID=STRING),
+          response=body(("SIGNATURE", "REQUEUED", "COUNT"), SIGNATURE=STRING,
+                        REQUEUED={"type": "array", "items": STRING}, COUNT={"type": "integer"})),
+    Route("/keys", ("GET", "POST"), "admin",
+          "API keys: list (?TENANT=) or create {TENANT, ENDPOINTS, RATE, BURST, ...}; the key "
+          "is shown once", (200, 201, 400, 503), view="keys", request=KEY_REQUEST,
+          params=(Param("TENANT", description="GET: only this tenant's keys"),),
+          response=body(("KEYS", "COUNT"), KEYS={"type": "array"}, COUNT={"type": "integer"}),
+          bodies={201: KEY_CREATED}),
+    Route("/keys/revoke", ("POST",), "admin", "revoke an API key: {KEY_ID}", (200, 400, 404, 503),
+          view="keys_revoke", request=body(("KEY_ID",), KEY_ID=STRING), response=KEY),
+    Route("/keys/rotate", ("POST",), "admin",
+          "a new key for the same tenant; the old one works GRACE more seconds: {KEY_ID, GRACE}",
+          (201, 400, 404, 503), view="keys_rotate",
+          request=body(("KEY_ID",), KEY_ID=STRING, GRACE={"type": "number", "minimum": 0}),
+          response=KEY_CREATED),
+    Route("/usage", ("GET",), "data", "with API_KEYS: the calling key's limits, quota and spending",
+          (200, 400, 401, 404, 503), view=FRONT, response=KEY),
+    Route("/usage/tenants", ("GET",), "admin",
+          "metering per tenant and endpoint of a day: ?DAY=YYYY-MM-DD, &FORMAT=csv",
+          (200, 400, 503), view="usage_tenants",
+          params=(Param("DAY", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}),
+                  Param("FORMAT", {"enum": ["json", "csv"]})),
+          response=body(("DAY", "ROWS", "COUNT"), DAY=STRING, ROWS={"type": "array"},
+                        COUNT={"type": "integer"})),
+)
+
+PATHS: frozenset[str] = frozenset(r.path for r in ROUTES)
+# The paths the event-loop front answers without Flask, and the name of its handler.
+NATIVE: dict[str, str] = {r.path: "on_" + r.command for r in ROUTES if r.view == FRONT}
+
+
+def paths_listing() -> dict[str, Any]:
+    """``/get_paths``' AVAIL_PATHS: path -> methods, admin flag, summary."""
+    return {r.shown: {"methods": list(r.methods), "admin": r.admin, "info": r.summary}
+            for r in ROUTES}
+
+
+def register(app: Flask, views: dict[str, Callable[..., Any]],
+             command_view: Callable[[Route], Callable[..., Any]]) -> None:
+    """Add every route the Flask app answers, each with its view.
+
+    ``views`` maps a route's ``view`` name to its function (a Blueprint's routes name
+    it ``blueprint.function``); manager commands get ``command_view(route)``. A view
+    without a route, or a route without a view, is an error at start.
+    """
+    unused = set(views)
+    for route in ROUTES:
+        if route.view == FRONT:
+            continue
+        func = command_view(route) if route.view == COMMAND else views[route.view]
+        unused.discard(route.view)
+        app.add_url_rule(route.path, endpoint=route.view if route.view != COMMAND else route.path,
+                         view_func=func, methods=list(route.methods))
+    if unused:
+        raise RuntimeError(f"views without a route in the API table: {sorted(unused)}")

@@ -1,0 +1,165 @@
+"""The gateway's OpenAPI 3.1 document, written from the route table (:mod:`.api_table`).
+
+Served at ``/openapi.json`` and checked in as ``docs/openapi.json``
+(``python scripts/update_openapi.py`` rewrites it; a unit test compares them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .. import errors
+from ..version import __version__
+from .api_table import ROUTES, Route, Schema
+
+# Kinds set aside for later work (rate limits, quotas, circuit breakers): clients may
+# meet them, so the document lists them already.
+RESERVED_KINDS = {429: ("rate_limited", "quota_exceeded"), 503: ("circuit_open",)}
+# Statuses any request may get: a malformed request (400), a body over the limit (413,
+# checked before routing), a full gateway (503).
+EVERY_REQUEST = (400, 413, 503)
+REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+           403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+           413: "Payload Too Large", 415: "Unsupported Media Type",
+           429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable", 504: "Gateway Timeout"}
+META: dict[str, Schema] = {
+    "ver": {"type": "string", "description": "the framework's version"},
+    "app_ver": {"type": "string", "description": "the gateway's APP_VERSION"},
+    "time": {"type": "string", "description": "when the answer was made"},
+    "host": {"type": "string", "description": "the answering machine's host name"},
+    "server": {"type": "string", "description": "the gateway's SERVER_NAME"},
+}
+SECURITY_SCHEMES = {
+    "adminToken": {"type": "http", "scheme": "bearer",
+                   "description": "the admin token (ADMIN_TOKEN, BIS_ADMIN_TOKEN, "
+                                  "BIS_ADMIN_TOKEN_FILE, or the admin_token file the "
+                                  "gateway writes into its cache folder)"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "a tenant's API key on the data plane, with API_KEYS on "
+                              "(or as Authorization: Bearer); see docs/tenants.md"},
+}
+
+
+def error_kinds() -> dict[int, list[str]]:
+    """``ERROR_TYPE`` values per status: every :class:`errors.ServingError` and the reserved."""
+    kinds: dict[int, set[str]] = {}
+    todo: list[type[errors.ServingError]] = [errors.ServingError]
+    while todo:
+        cls = todo.pop()
+        kinds.setdefault(cls.status, set()).add(cls.kind)
+        todo.extend(cls.__subclasses__())
+    for status, reserved in RESERVED_KINDS.items():
+        kinds.setdefault(status, set()).update(reserved)
+    return {status: sorted(names) for status, names in sorted(kinds.items())}
+
+
+def statuses(route: Route) -> list[int]:
+    """Every status the route may answer: its own and those its kind of route adds."""
+    extra = set(EVERY_REQUEST)
+    if route.admin:
+        extra.update((401, 403))
+        if "POST" in route.methods:
+            extra.add(415)
+    return sorted(set(route.statuses) | extra)
+
+
+def _error_schema(kinds: list[str]) -> Schema:
+    return {"allOf": [{"$ref": "#/components/schemas/Error"},
+                      {"properties": {"ERROR_TYPE": {"enum": kinds}}}]}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if status in (429, 503):
+        headers["Retry-After"] = {"$ref": "#/components/headers/RetryAfter"}
+    if status == 401:
+        headers["WWW-Authenticate"] = {"schema": {"type": "string"},
+                                       "description": "the scheme to use: Bearer"}
+    schema = {"$ref": f"#/components/schemas/Error{status}"}
+    answer: dict[str, Any] = {"description": REASONS.get(status, "Error"),
+                              "content": {"application/json": {"schema": schema}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def _operation(route: Route, method: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", route.path).rstrip("_"),
+        "summary": route.summary,
+        "security": [{"adminToken": []}] if route.admin else [],
+        "tags": [route.auth],
+    }
+    if route.description:
+        op["description"] = route.description
+    params = [p for p in route.params if p.where == "path" or method == "GET"]
+    if params:
+        op["parameters"] = [{"name": p.name, "in": p.where, "required": p.required,
+                             "schema": p.schema, **({"description": p.description}
+                                                    if p.description else {})}
+                            for p in params]
+    if method == "POST" and (route.request is not None or route.admin):
+        op["requestBody"] = {"required": route.request is not None or route.admin,
+                             "content": {"application/json": {
+                                 "schema": route.request or {"type": "object"}}}}
+    responses: dict[str, Any] = {}
+    for status in statuses(route):
+        if status < 300:
+            schema = route.bodies.get(status, route.response)
+            responses[str(status)] = {"description": REASONS[status],
+                                      "content": {route.media: {"schema": schema}}}
+        elif status in route.bodies:
+            error = {"$ref": f"#/components/schemas/Error{status}"}
+            responses[str(status)] = {
+                "description": REASONS[status],
+                "content": {"application/json": {"schema": {"anyOf": [route.bodies[status],
+                                                                      error]}}}}
+        else:
+            responses[str(status)] = {"$ref": f"#/components/responses/E{status}"}
+    op["responses"] = responses
+    return op
+
+
+def openapi_path(route: Route) -> str:
+    """The route's path as OpenAPI writes it: ``/jobs/{job_id}``."""
+    return re.sub(r"<(\w+)>", r"{\1}", route.shown)
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every gateway route."""
+    kinds = error_kinds()
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths[openapi_path(route)] = {m.lower(): _operation(route, m) for m in route.methods}
+    used = sorted({s for r in ROUTES for s in statuses(r) if s >= 300})
+    every_kind = sorted({k for names in kinds.values() for k in names})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "basic_inference_server gateway", "version": __version__,
+                 "description": "Every answer is JSON (but /metrics, /dashboard and its "
+                                "files) and carries the metadata fields ver, app_ver, "
+                                "time, host and server. Every error carries ERROR (a "
+                                "message) and ERROR_TYPE. Routes tagged admin need the "
+                                "admin token; their POST bodies must be application/json."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": SECURITY_SCHEMES,
+            "headers": {"RetryAfter": {"description": "seconds before trying again",
+                                       "schema": {"type": "string", "pattern": "^[0-9]+$"}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["ERROR", "ERROR_TYPE"],
+                          "properties": {"ERROR": {"type": "string"},
+                                         "ERROR_TYPE": {"enum": every_kind}, **META}},
+                **{f"Error{status}": _error_schema(kinds.get(
+                    status, [errors.kind_for_status(status)])) for status in used}},
+            "responses": {f"E{status}": _error_response(status) for status in used},
+        },
+    }
+
+
+def document_text() -> str:
+    """The document as checked in: sorted keys, two-space indents, a final newline."""
+    return json.dumps(document(), indent=2, sort_keys=True) + "\n"
