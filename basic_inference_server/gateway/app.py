@@ -158,6 +158,9 @@ class Front:
     async def on_usage(self, req: Request) -> Answer:
         """``GET /usage``: the calling key's limits, quota and spending."""
         try:
+            if req.method != "GET":
+                raise MethodNotAllowed(f"{req.method} is not allowed on /usage; use GET",
+                                       allow=("GET",))
             if self.gate is None:
                 raise NotFound("GET /usage needs API keys (API_KEYS)")
             key = await self.gate.authenticate(req.headers)

@@ -1,5 +1,6 @@
 """The admin API of keys: ``/keys`` (create, list), ``/keys/revoke``, ``/keys/rotate``;
-and of metering: ``/usage/tenants`` (a day's usage per tenant and endpoint, JSON or CSV).
+and of metering: ``/usage/tenants`` and ``/usage/tenants.csv`` (a day's usage per tenant
+and endpoint).
 
 Behind the admin credential like every management route. A key's secret appears once,
 in the answer that creates it (create or rotate); lists never show it.
@@ -23,7 +24,7 @@ from .metering import table, to_csv
 from .store import KeyStore, StoreDown
 
 Reply = Callable[..., Response]
-DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _body() -> dict[str, Any]:
@@ -65,16 +66,21 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
         stored(lambda: store().add(key))
         return reply(201, {"KEY": secret, **key.public()})
 
-    def metered() -> Response:
+    def metered_day() -> tuple[str, list[dict[str, Any]]]:
         admin_only()
         day = request.args.get("DAY") or time.strftime("%Y-%m-%d", time.gmtime())
         if not DAY.fullmatch(day):
             raise BadRequest(f"DAY must be YYYY-MM-DD, got {day!r}")
-        rows = table(stored(lambda: store().metered(day)))
-        if request.args.get("FORMAT") == "csv":
-            return Response(to_csv(rows), mimetype="text/csv", headers=[
-                ("Content-Disposition", f'attachment; filename="usage-{day}.csv"')])
+        return day, table(stored(lambda: store().metered(day)))
+
+    def metered() -> Response:
+        day, rows = metered_day()
         return reply(200, {"DAY": day, "ROWS": rows, "COUNT": len(rows)})
+
+    def metered_csv() -> Response:
+        day, rows = metered_day()
+        return Response(to_csv(rows), mimetype="text/csv", headers=[
+            ("Content-Disposition", f'attachment; filename="usage-{day}.csv"')])
 
     def revoke() -> Response:
         admin_only()
@@ -102,4 +108,5 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
         return reply(201, {"KEY": secret, **new.public(), "ROTATED_FROM": old.id,
                            "OLD_KEY_EXPIRES": old.expires})
 
-    return {"keys": keys, "keys_revoke": revoke, "keys_rotate": rotate, "usage_tenants": metered}
+    return {"keys": keys, "keys_revoke": revoke, "keys_rotate": rotate, "usage_tenants": metered,
+            "usage_tenants_csv": metered_csv}

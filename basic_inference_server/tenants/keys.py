@@ -24,7 +24,9 @@ PREFIX = "bis_"
 # Tenants are customer ids: the same rule as endpoint names (they appear in headers,
 # metrics labels and CSV files).
 TENANT_RULE = "1 to 64 letters, digits, '_' or '-', not starting with a digit or '-'"
-RATE_TEXT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(second|minute|hour|day)\s*$")
+# A rate as text; its whole part is not zero (the API table's schema says the same).
+RATE_PATTERN = r"^\s*([0-9]*[1-9][0-9]*(?:\.[0-9]+)?)\s*/\s*(second|minute|hour|day)\s*$"
+RATE_TEXT = re.compile(RATE_PATTERN)
 PER = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 MAX_GRACE = 30 * 86400
 
@@ -152,8 +154,8 @@ def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
     if not isinstance(read_all, bool):
         raise BadRequest("READ_ALL_JOBS must be true or false")
     name = args.get("NAME", "")
-    if not isinstance(name, str) or len(name) > 200 or not name.isprintable():
-        raise BadRequest("NAME must be printable text of at most 200 characters")
+    if not isinstance(name, str) or len(name) > 200:
+        raise BadRequest("NAME must be text of at most 200 characters")
     limit = _bucket({k: args[k] for k in ("RATE", "BURST") if k in args}, "RATE/BURST") \
         if "RATE" in args or "BURST" in args else None
     per_endpoint = args.get("ENDPOINT_LIMITS", {})

@@ -32,7 +32,7 @@ def test_metering_per_tenant_and_endpoint(gateways):
     assert got[("globex", "echo")]["REQUESTS"] == 3
     assert got[("globex", "unknown")]["ERRORS"] == 1
     assert got[("acme", "echo")]["LATENCY_MS_AVG"] > 0
-    text = gw.get("/usage/tenants", params={"FORMAT": "csv"}).text
+    text = gw.get("/usage/tenants.csv").text
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert {(r["TENANT"], r["ENDPOINT"], r["REQUESTS"]) for r in parsed} >= {("acme", "echo", "5")}
     assert_error(gw.get("/usage/tenants", token=None), 401)
