@@ -229,7 +229,7 @@ ROUTES: tuple[Route, ...] = (
           view="keys_revoke", request=body(("KEY_ID",), KEY_ID=KEY_ID), response=KEY),
     Route("/keys/rotate", ("POST",), "admin",
           "a new key for the same tenant; the old one works GRACE more seconds: {KEY_ID, GRACE}",
-          (201, 400, 404, 503), view="keys_rotate",
+          (201, 400, 404, 409, 503), view="keys_rotate",
           request=body(("KEY_ID",), KEY_ID=KEY_ID,
                        GRACE={"type": "number", "minimum": 0, "maximum": MAX_GRACE}),
           response=KEY_CREATED),

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Response, request
 
 from .. import protocol
-from ..errors import BadRequest, NotFound, Unavailable
+from ..errors import BadRequest, Conflict, NotFound, Unavailable
 from .keys import ApiKey, digest, grace_of, key_from_request, new_secret
 from .metering import table, to_csv
 from .store import KeyStore, StoreDown
@@ -68,7 +68,7 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
 
     def metered_day() -> tuple[str, list[dict[str, Any]]]:
         admin_only()
-        day = request.args.get("DAY") or time.strftime("%Y-%m-%d", time.gmtime())
+        day = request.args.get("DAY", time.strftime("%Y-%m-%d", time.gmtime()))
         if not DAY.fullmatch(day):
             raise BadRequest(f"DAY must be YYYY-MM-DD, got {day!r}")
         return day, table(stored(lambda: store().metered(day)))
@@ -97,8 +97,8 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
         grace = grace_of({k: v for k, v in args.items() if k != "KEY_ID"})
         now = time.time()
         if not old.usable(now):
-            raise BadRequest(f"API key {old.id} is revoked or expired; create a new one",
-                             KEY_ID=old.id)
+            raise Conflict(f"API key {old.id} is revoked or expired; create a new one",
+                           KEY_ID=old.id)
         secret = new_secret()
         new = dataclasses.replace(old, id="key_" + secrets.token_hex(8), hash=digest(secret),
                                   created=now, revoked=None, expires=None)

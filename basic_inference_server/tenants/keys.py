@@ -125,13 +125,22 @@ def _rate(value: Any, what: str) -> float:
                      f"'100/minute' (second, minute, hour, day), got {value!r}")
 
 
+def _count(value: Any, low: int, high: int) -> int | None:
+    """An integer within bounds (JSON's 66.0 is 66), else None."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
 def _bucket(spec: Any, what: str) -> Bucket:
     if not isinstance(spec, dict) or set(spec) - {"RATE", "BURST"} or "RATE" not in spec:
         raise BadRequest(f"{what} must be {{\"RATE\": ..., \"BURST\": n}}")
     rate = _rate(spec["RATE"], f"{what}.RATE")
-    burst = spec.get("BURST", max(1, round(rate)))
-    if not isinstance(burst, int) or isinstance(burst, bool) or not 1 <= burst <= 10**9:
-        raise BadRequest(f"{what}.BURST must be an integer from 1 to 10**9, got {burst!r}")
+    burst = _count(spec.get("BURST", max(1, round(rate))), 1, 10**9)
+    if burst is None:
+        raise BadRequest(f"{what}.BURST must be an integer from 1 to 10**9, got {spec['BURST']!r}")
     return Bucket(rate, burst)
 
 
@@ -161,9 +170,8 @@ def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
     per_endpoint = args.get("ENDPOINT_LIMITS", {})
     if not isinstance(per_endpoint, dict) or not all(is_name(e) for e in per_endpoint):
         raise BadRequest("ENDPOINT_LIMITS must map endpoint names to {RATE, BURST}")
-    concurrent = args.get("MAX_CONCURRENT")
-    if concurrent is not None and (not isinstance(concurrent, int) or isinstance(concurrent, bool)
-                                   or not 1 <= concurrent <= 10**6):
+    concurrent = _count(args["MAX_CONCURRENT"], 1, 10**6) if "MAX_CONCURRENT" in args else None
+    if "MAX_CONCURRENT" in args and concurrent is None:
         raise BadRequest("MAX_CONCURRENT must be an integer from 1 to 10**6 (or absent)")
     secret = new_secret()
     key = ApiKey(id="key_" + secrets.token_hex(8), tenant=tenant, hash=digest(secret),

@@ -111,7 +111,7 @@ def test_rotation_keeps_the_old_key_through_its_grace(gw):
                message="the old key stops after its grace")
     assert time.time() >= new["OLD_KEY_EXPIRES"]
     assert_ok(call(gw, new["KEY"]))
-    assert_error(gw.post("/keys/rotate", {"KEY_ID": made["KEY_ID"]}), 400)
+    assert_error(gw.post("/keys/rotate", {"KEY_ID": made["KEY_ID"]}), 409)
 
 
 def test_jobs_are_readable_by_their_tenant_only(gw):
