@@ -138,9 +138,10 @@ def _bucket(spec: Any, what: str) -> Bucket:
     if not isinstance(spec, dict) or set(spec) - {"RATE", "BURST"} or "RATE" not in spec:
         raise BadRequest(f"{what} must be {{\"RATE\": ..., \"BURST\": n}}")
     rate = _rate(spec["RATE"], f"{what}.RATE")
-    burst = _count(spec.get("BURST", max(1, round(rate))), 1, 10**9)
+    given = spec.get("BURST", min(max(1, round(rate)), 10**9))
+    burst = _count(given, 1, 10**9)
     if burst is None:
-        raise BadRequest(f"{what}.BURST must be an integer from 1 to 10**9, got {spec['BURST']!r}")
+        raise BadRequest(f"{what}.BURST must be an integer from 1 to 10**9, got {given!r}")
     return Bucket(rate, burst)
 
 

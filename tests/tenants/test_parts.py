@@ -62,6 +62,12 @@ def test_keys_are_random_and_presented_either_way():
     assert presented([(b"authorization", b"Basic k3")]) is None
     with pytest.raises(BadRequest):
         key_from_request({"TENANT": "acme", "ENDPOINT_LIMITS": {"x": {"RATE": 1, "EXTRA": 1}}})
+    # A huge rate as text: its default burst stays within bounds (no 500).
+    huge, _ = key_from_request({"TENANT": "acme", "RATE": "11231857438179798065469/day"})
+    assert huge.limit is not None and huge.limit.burst == 10**9
+    counted, _ = key_from_request({"TENANT": "acme", "MAX_CONCURRENT": 3.0, "RATE": 1,
+                                   "BURST": 66.0})
+    assert counted.max_concurrent == 3 and counted.limit is not None and counted.limit.burst == 66
 
 
 def test_tenant_labels_are_bounded():
