@@ -219,6 +219,19 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "PEM certificate chain file: the gateway serves HTTPS (with TLS_KEY)."),
         Setting("TLS_KEY", (str, type(None)), None,
                 "PEM private key file of TLS_CERT (omit when TLS_CERT holds the key)."),
+        # Tenants (basic_inference_server/tenants, docs/tenants.md).
+        Setting("API_KEYS", bool, False,
+                "Data-plane requests (/run, /jobs) need an API key (created with POST /keys); "
+                "the key's tenant reaches endpoints as X-Customer-ID."),
+        Setting("TENANTS_REDIS", (str, type(None)), None,
+                "Redis URL holding API keys and rate-limit state, shared by several gateways "
+                "(null: SQLite in the cache folder); `?prefix=` names its keys; `env:VAR` or `file:PATH` "
+                "as for QUEUE.",
+                lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
+                else "must be a redis://, rediss:// or unix:// URL", secret_ref=True),
+        Setting("TENANTS_FAIL_OPEN", bool, False,
+                "When TENANTS_REDIS does not answer: false answers 503; true serves keys "
+                "already cached, counts limits and quota charges in memory until it is back."),
     ]
 }
 

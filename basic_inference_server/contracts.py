@@ -66,6 +66,7 @@ class FrontSpec:
     max_connections: int = _default("MAX_CONNECTIONS")
     tls_cert: str | None = _default("TLS_CERT")
     tls_key: str | None = _default("TLS_KEY")
+    tenants: dict[str, Any] | None = None  # tenants.TenantsSpec: API keys, limits, quotas
 
 
 @dataclass

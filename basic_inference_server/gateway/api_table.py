@@ -21,6 +21,7 @@ from typing import Any, Literal
 from flask import Flask
 
 from ..config import NAME_RULE
+from ..tenants.keys import MAX_GRACE, RATE_PATTERN
 
 Auth = Literal["admin", "open", "data"]
 Schema = dict[str, Any]
@@ -108,6 +109,35 @@ RUN_ANSWER = body((), ver=STRING, app_ver=STRING, time=STRING, host=STRING, serv
                   call_id={"type": "integer"}, worker_id=STRING,
                   worker_pid={"type": "integer"}, signature=STRING)
 
+# API keys (tenants/admin.py): a key as listed, and as created (with its secret, once).
+KEY = body(("KEY_ID", "TENANT"), KEY_ID=STRING, TENANT=STRING)
+KEY_CREATED = body(("KEY", "KEY_ID", "TENANT"), KEY=STRING, KEY_ID=STRING, TENANT=STRING)
+NAME: Schema = {"type": "string", "pattern": f"^{NAME_RULE.pattern}$"}
+RATE: Schema = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1e9},
+                          {"type": "string", "pattern": RATE_PATTERN}],
+                "description": "requests a second, or text: 100/minute (second, minute, hour, day)"}
+BURST: Schema = {"type": "integer", "minimum": 1, "maximum": 10**9}
+
+
+def _quota(unit: str) -> Schema:
+    return {"type": "object", "required": [unit], "additionalProperties": False,
+            "properties": {unit: {"type": "number", "exclusiveMinimum": 0, "maximum": 1e15},
+                           "PER": {"enum": ["day", "month"]}}}
+
+
+KEY_REQUEST: Schema = {
+    **body(("TENANT",), TENANT=NAME, ENDPOINTS={"type": "array", "items": NAME},
+           READ_ALL_JOBS={"type": "boolean"}, RATE=RATE, BURST=BURST,
+           ENDPOINT_LIMITS={"type": "object", "propertyNames": NAME, "additionalProperties": {
+               "type": "object", "required": ["RATE"], "additionalProperties": False,
+               "properties": {"RATE": RATE, "BURST": BURST}}},
+           MAX_CONCURRENT={"type": "integer", "minimum": 1, "maximum": 10**6},
+           QUOTA={"oneOf": [_quota("REQUESTS"), _quota("UNITS")]},
+           NAME={"type": "string", "maxLength": 200}),
+    "additionalProperties": False, "dependentRequired": {"BURST": ["RATE"]}}
+KEY_ID: Schema = {"type": "string", "minLength": 1}
+DAY: Schema = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+
 ROUTES: tuple[Route, ...] = (
     Route("/run", ("POST", "GET"), "data", "run an endpoint: body {SIGNATURE, ...}",
           (200, 202, 400, 404, 405, 413, 429, 500, 503, 504), view=FRONT,
@@ -189,6 +219,30 @@ ROUTES: tuple[Route, ...] = (
           request=body(("SIGNATURE",), SIGNATURE=SIGNATURE, JOB_ID=STRING),
           response=body(("SIGNATURE", "REQUEUED", "COUNT"), SIGNATURE=STRING,
                         REQUEUED={"type": "array", "items": STRING}, COUNT={"type": "integer"})),
+    Route("/keys", ("GET", "POST"), "admin",
+          "API keys: list (?TENANT=) or create {TENANT, ENDPOINTS, RATE, BURST, ...}; the key "
+          "is shown once", (200, 201, 400, 503), view="keys", request=KEY_REQUEST,
+          params=(Param("TENANT", description="GET: only this tenant's keys"),),
+          response=body(("KEYS", "COUNT"), KEYS={"type": "array"}, COUNT={"type": "integer"}),
+          bodies={201: KEY_CREATED}),
+    Route("/keys/revoke", ("POST",), "admin", "revoke an API key: {KEY_ID}", (200, 400, 404, 503),
+          view="keys_revoke", request=body(("KEY_ID",), KEY_ID=KEY_ID), response=KEY),
+    Route("/keys/rotate", ("POST",), "admin",
+          "a new key for the same tenant; the old one works GRACE more seconds: {KEY_ID, GRACE}",
+          (201, 400, 404, 409, 503), view="keys_rotate",
+          request=body(("KEY_ID",), KEY_ID=KEY_ID,
+                       GRACE={"type": "number", "minimum": 0, "maximum": MAX_GRACE}),
+          response=KEY_CREATED),
+    Route("/usage", ("GET",), "data", "with API_KEYS: the calling key's limits, quota and spending",
+          (200, 400, 401, 404, 503), view=FRONT, response=KEY),
+    Route("/usage/tenants", ("GET",), "admin",
+          "metering per tenant and endpoint of a day: ?DAY=YYYY-MM-DD (default today, UTC)",
+          (200, 400, 503), view="usage_tenants", params=(Param("DAY", DAY),),
+          response=body(("DAY", "ROWS", "COUNT"), DAY=STRING, ROWS={"type": "array"},
+                        COUNT={"type": "integer"})),
+    Route("/usage/tenants.csv", ("GET",), "admin", "the same as CSV: ?DAY=YYYY-MM-DD",
+          (200, 400, 503), view="usage_tenants_csv", params=(Param("DAY", DAY),),
+          response=STRING, media="text/csv"),
 )
 
 PATHS: frozenset[str] = frozenset(r.path for r in ROUTES)

@@ -35,6 +35,11 @@ from ..errors import (
 )
 from ..queues import JobsSpec
 from ..serving.connection import Answer, Limits, Request, call_wsgi, error_answer
+from ..tenants import TenantsSpec
+from ..tenants.gate import TenantGate
+from ..tenants.keys import ApiKey
+from ..tenants.store import KeyStore
+from ..tenants.usage import strip_usage
 from . import metrics
 from .api_table import NATIVE
 from .jobs import JobsFront
@@ -53,6 +58,14 @@ DECODE_SMALL = 64 * 1024
 # Scanning a body this large takes a while: it is done off the event loop.
 SCAN_OFF_LOOP = 1024 * 1024
 
+
+
+def _is_async(raw: bytes) -> bool:
+    """Whether a ``/run`` body asks to become a job (``"ASYNC": true``)."""
+    if b'"ASYNC"' not in raw:
+        return False
+    found, flag = protocol.peek_field(raw, "ASYNC")
+    return found and flag in ASYNC_TRUE
 
 
 def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
@@ -77,6 +90,10 @@ class Front:
         self.board = LoadBoard(rows=spec.workers)
         self.upstream = Upstream(self.board)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
+        # The key store always (the admin API); the checks only with API_KEYS on.
+        tenants = TenantsSpec(**spec.tenants) if spec.tenants else None
+        self.key_gate = TenantGate(tenants, self.off_loop, spec.workers) if tenants else None
+        self.gate = self.key_gate if tenants and tenants.enabled else None
         self.flask = build_management_app(self)
         self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
                              keepalive_timeout=spec.keepalive_timeout,
@@ -93,6 +110,8 @@ class Front:
         """In each front process, after the fork: the thread pool for blocking work."""
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
                                        thread_name_prefix="bis-front")
+        if self.key_gate is not None:
+            self.key_gate.claim_row(self.board.row)
 
     async def off_loop(self, func: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, func, *args)
@@ -100,13 +119,39 @@ class Front:
     def meta(self) -> dict[str, Any]:
         return protocol.base_meta(self.spec.server_name, self.spec.app_version)
 
+    def key_store(self) -> KeyStore:
+        """Where the admin API keeps API keys."""
+        if self.key_gate is None:
+            raise Unavailable("API keys are not configured on this gateway")
+        return self.key_gate.store
+
     # -- dispatch -----------------------------------------------------------------
     async def handle(self, req: Request) -> Answer:
         native = self.native.get(req.path)
         if native is not None:
             return await native(req)
+        if self.gate is not None and req.path.startswith("/jobs/") \
+                and req.path not in ("/jobs/dead", "/jobs/requeue"):
+            try:
+                req.key = await self.gate.authenticate(req.headers)
+            except ServingError as err:
+                return error_answer(err, self.meta())
         answer: Answer = await self.off_loop(self.wsgi, req)
         return answer
+
+    async def on_usage(self, req: Request) -> Answer:
+        """``GET /usage``: the calling key's limits, quota and spending."""
+        try:
+            if req.method != "GET":
+                raise MethodNotAllowed(f"{req.method} is not allowed on /usage; use GET",
+                                       allow=("GET",))
+            if self.gate is None:
+                raise NotFound("GET /usage needs API keys (API_KEYS)")
+            key = await self.gate.authenticate(req.headers)
+            return Answer(200, [("Content-Type", protocol.JSON)],
+                          protocol.dumps({**await self.gate.usage(key), **self.meta()}))
+        except ServingError as err:
+            return error_answer(err, self.meta())
 
     async def on_jobs(self, req: Request) -> Answer:
         """``POST /jobs``: submit a job."""
@@ -125,35 +170,61 @@ class Front:
         """
         started = time.perf_counter()
         label = "-"  # the endpoint label until a valid SIGNATURE is read
+        slot = None
         try:
-            if req.method == "POST":
-                raw = req.body
-                if b'"ASYNC"' in raw:
-                    found, flag = protocol.peek_field(raw, "ASYNC")
-                    if found and flag in ASYNC_TRUE:
-                        return await self._submit(req)
-                name = await self._signature(raw)
-            elif req.method == "GET":
-                query = dict(parse_qsl(req.query))
-                if query.get("ASYNC") in ASYNC_TRUE:
-                    raise MethodNotAllowed("jobs are submitted with POST /run or POST /jobs; "
-                                           "GET /run only runs a request", allow=("POST",))
-                name = protocol.signature_of(query)  # type: ignore[arg-type]
-                raw = protocol.dumps(query)
-            else:
-                raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST",
-                                       allow=("GET", "POST"))
+            if self.gate is not None:
+                req.key = await self.gate.authenticate(req.headers)
+            if req.method == "POST" and _is_async(req.body):
+                return await self._submit(req)
+            name, raw = await self._target(req)
             label = name
-            route = await self._resolve(name)
-            resp = await self._forward(route, name, raw, req)
+            if req.key is not None:
+                slot, req.limits = await self.gate.admit(req.key, name)  # type: ignore[union-attr]
+                await self.gate.check_quota(req.key)  # type: ignore[union-attr]
+            resp = await self._forward(await self._resolve(name), name, raw, req)
+            units = await self._charge(req, resp)
         except ServingError as err:
             if isinstance(err, NotFound):
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
             metrics.REQUESTS.labels(label, str(err.status)).inc()
+            if req.key is not None:
+                self.gate.record(req.key, label, err.status, 0.0,  # type: ignore[union-attr]
+                                 time.perf_counter() - started)
             return error_answer(err, self.meta())
-        elapsed = time.perf_counter() - started
+        finally:
+            if slot is not None:
+                await self.gate.release(slot)  # type: ignore[union-attr]
+        return self._answered(req, resp, label, units, time.perf_counter() - started)
+
+    async def _target(self, req: Request) -> tuple[str, bytes]:
+        """The endpoint a ``/run`` names and the body to forward to it."""
+        if req.method == "POST":
+            return await self._signature(req.body), req.body
+        if req.method == "GET":
+            query = dict(parse_qsl(req.query))
+            if query.get("ASYNC") in ASYNC_TRUE:
+                raise MethodNotAllowed("jobs are submitted with POST /run or POST /jobs; "
+                                       "GET /run only runs a request", allow=("POST",))
+            return protocol.signature_of(query), protocol.dumps(query)  # type: ignore[arg-type]
+        raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST",
+                               allow=("GET", "POST"))
+
+    async def _charge(self, req: Request, resp: Any) -> float:
+        """Strip the endpoint's ``USAGE`` from the answer and charge it to the request's key."""
+        units = 0.0
+        if self.gate is not None and b'"USAGE"' in resp.body:
+            resp.body, units = strip_usage(resp.body)
+        if req.key is not None and resp.status == 200:
+            await self.gate.charge(req.key, units)  # type: ignore[union-attr]
+        return units
+
+    def _answered(self, req: Request, resp: Any, label: str, units: float,
+                  elapsed: float) -> Answer:
+        """Count, meter and log a forwarded answer, then pass it through."""
         metrics.REQUESTS.labels(label, str(resp.status)).inc()
         metrics.LATENCY.labels(label).observe(elapsed)
+        if req.key is not None:
+            self.gate.record(req.key, label, resp.status, units, elapsed)  # type: ignore[union-attr]
         if self.spec.access_log:
             # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
             access_log.info("%s %d %.2f ms worker %s id %s", label, resp.status, elapsed * 1000,
@@ -161,8 +232,10 @@ class Front:
                                 "endpoint": label, "status": resp.status,
                                 "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker,
                                 "request_id": req.request_id}})
-        return Answer(resp.status, [(k.decode("latin-1"), v.decode("latin-1"))
-                                    for k, v in resp.headers], resp.body)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
+        if req.limits is not None:
+            headers += req.limits.headers()
+        return Answer(resp.status, headers, resp.body)
 
     async def _signature(self, raw: bytes) -> str:
         """The body's SIGNATURE, read without decoding the body (400 when unusable)."""
@@ -188,6 +261,8 @@ class Front:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
         head = b"X-Request-ID: " + req.request_id.encode() + b"\r\n"
+        if req.key is not None:  # with API keys, the tenant is the key's (never the client's)
+            head += b"X-Customer-ID: " + req.key.tenant.encode() + b"\r\n"
         for header, value in req.headers:
             if header == b"x-customer-id":
                 head += b"X-Customer-ID: " + value + b"\r\n"
@@ -227,17 +302,31 @@ class Front:
 
     # -- jobs ---------------------------------------------------------------------
     async def _submit(self, req: Request) -> Answer:
-        answer: Answer = await self.off_loop(self.submit_job, req.body)
+        key: ApiKey | None = None
+        if self.gate is not None:
+            # Limits apply at submit time: one request, its concurrency slot given back
+            # once the job is queued.
+            try:
+                key = req.key or await self.gate.authenticate(req.headers)
+                slot, _ = await self.gate.admit(key, await self._signature(req.body))
+                await self.gate.check_quota(key)
+                await self.gate.charge(key, 0.0)  # requests at submit; units when it runs
+            except ServingError as err:
+                return error_answer(err, self.meta())
+            if slot is not None:
+                await self.gate.release(slot)
+        answer: Answer = await self.off_loop(self.submit_job, req.body, key)
         return answer
 
-    def submit_job(self, raw: bytes) -> Answer:
+    def submit_job(self, raw: bytes, key: ApiKey | None = None) -> Answer:
         """``POST /jobs`` (or ``/run`` with ``ASYNC``): decode, check, enqueue; in the pool."""
         label = "-"
         try:
             body = protocol.parse_body(raw)
             name = label = protocol.signature_of(body)
             route = self.routes.get(name) or self.routes.get(name, fresh=True)
-            status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta())
+            status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
+                                                       key.tenant if key else None)
         except ServingError as err:
             metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label,
                                     str(err.status)).inc()

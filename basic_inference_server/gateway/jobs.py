@@ -72,9 +72,10 @@ class JobsFront:
 
     # -- submit (from the front's /run and POST /jobs, in its thread pool) ---------------
     def submit(self, name: str, body: dict[str, Any], size: int, route: dict[str, Any] | None,
-               meta: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Record and enqueue one request (``size``: its body's bytes); answer 202 with its
-        job id, as status, headers and body."""
+               meta: dict[str, Any], tenant: str | None = None
+               ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Record and enqueue one request (``size``: its body's bytes; ``tenant``: its API
+        key's, with API_KEYS on); answer 202 with its job id, as status, headers and body."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self._backends()
@@ -92,6 +93,8 @@ class JobsFront:
 
         def enqueue() -> bool:
             results.create(job)
+            if tenant is not None:
+                results.update(job.id, {"TENANT": tenant})
             try:
                 accepted = queue.enqueue(job, max_depth)
             except Exception:
@@ -189,7 +192,13 @@ def job_views(jobs: JobsFront, reply: Reply,
         return name
 
     def job_status(job_id: str) -> Response:
-        return reply(200, jobs.record(job_id))
+        record = jobs.record(job_id)
+        key = request.environ.get("bis.api_key")
+        if key is not None and not (key.read_all_jobs or record.get("TENANT") == key.tenant):
+            # As an unknown id: a key learns nothing of other tenants' jobs.
+            raise NotFound(f"no job {job_id!r} (unknown, or its result has expired)",
+                           JOB_ID=job_id)
+        return reply(200, record)
 
     def dead_letters() -> Response:
         check_admin()

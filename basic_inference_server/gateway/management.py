@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call, peer_args
+from ..tenants.admin import key_views
 from . import metrics
 from .api_table import Route, paths_listing, register
 from .dashboard import dashboard_views
@@ -227,7 +228,8 @@ def build_management_app(front: Front) -> Flask:
     views = {"get_paths": get_paths, "openapi": openapi_json, "metrics": prometheus,
              "live": live, "ready": ready,
              **dashboard_views(app, lambda: check_host(request.environ, front.spec.allowed_hosts)),
-             **job_views(front.jobs, reply, admin_only)}
+             **job_views(front.jobs, reply, admin_only),
+             **key_views(lambda: front.key_store(), reply, admin_only)}
     register(app, views, command_view)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
 

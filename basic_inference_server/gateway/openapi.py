@@ -20,7 +20,7 @@ RESERVED_KINDS = {429: ("rate_limited", "quota_exceeded"), 503: ("circuit_open",
 # Statuses any request may get: a malformed request (400), a body over the limit (413,
 # checked before routing), a full gateway (503).
 EVERY_REQUEST = (400, 413, 503)
-REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            413: "Payload Too Large", 415: "Unsupported Media Type",
            429: "Too Many Requests", 500: "Internal Server Error",
@@ -38,8 +38,8 @@ SECURITY_SCHEMES = {
                                   "BIS_ADMIN_TOKEN_FILE, or the admin_token file the "
                                   "gateway writes into its cache folder)"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-               "description": "reserved for per-tenant keys on the data plane; not "
-                              "checked yet"},
+               "description": "a tenant's API key on the data plane, with API_KEYS on "
+                              "(or as Authorization: Bearer); see docs/tenants.md"},
 }
 
 

@@ -36,6 +36,7 @@ from ..ipc import MAX_MESSAGE
 from ..privfiles import private_dir
 from ..procutil import free_port
 from ..queues import jobs_spec
+from ..tenants import tenants_spec
 from .children import Child, Service, spawn, spawn_script
 from .control import ControlServer, json_depth
 from .listeners import admin_token, listen_tcp, listen_unix, sweep_stale_run_dirs
@@ -244,7 +245,8 @@ class Core:
         # A fresh folder per front: counters of dead front processes start over with it.
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir()
-        spec = front_spec(self.config, self.paths, self.admin_token, self.jobs.to_dict())
+        spec = front_spec(self.config, self.paths, self.admin_token, self.jobs.to_dict(),
+                          tenants_spec(self.config, self.cache_dir))
         return spawn("front", "gateway", FRONT_MODULE, spec,
                      fds=(self.front_listener.fileno(),),
                      env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),

@@ -24,7 +24,7 @@ class Paths:
 
 
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
-               jobs: dict[str, Any]) -> FrontSpec:
+               jobs: dict[str, Any], tenants: dict[str, Any]) -> FrontSpec:
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
         threads=config["GATEWAY_THREADS"], max_request_size=config["MAX_REQUEST_SIZE"],
@@ -34,7 +34,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         keepalive_timeout=config["KEEPALIVE_TIMEOUT"],
         max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
-        tls_key=config["TLS_KEY"])
+        tls_key=config["TLS_KEY"], tenants=tenants)
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,

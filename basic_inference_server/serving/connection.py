@@ -64,6 +64,8 @@ class Request:
     peer: tuple[str, int]
     tls: bool = False
     customer: bytes | None = None
+    key: Any = None  # tenants.keys.ApiKey, with API_KEYS on
+    limits: Any = None  # tenants.limits.Decision: RateLimit-* headers of the answer
 
 
 @dataclass
@@ -102,6 +104,7 @@ def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
         "bis.request_id": req.request_id,
+        "bis.api_key": req.key,
     }
     for name, value in req.headers:
         key = name.decode("latin-1").upper().replace("-", "_")

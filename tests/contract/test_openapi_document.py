@@ -39,7 +39,7 @@ def test_flask_registers_exactly_the_table_routes_the_front_does_not_answer():
 
 
 def test_the_front_answers_the_table_native_routes_itself():
-    assert set(NATIVE) == {r.path for r in ROUTES if r.view == FRONT} == {"/run", "/jobs"}
+    assert set(NATIVE) == {r.path for r in ROUTES if r.view == FRONT} == {"/run", "/jobs", "/usage"}
     for handler in NATIVE.values():
         assert callable(getattr(Front, handler))
 

@@ -18,6 +18,7 @@ from basic_inference_server.manager.core import ENDPOINT_EVENTS
 from basic_inference_server.manager.manager import Manager
 from basic_inference_server.manager.specs import front_spec, server_spec, supervisor_spec
 from basic_inference_server.manager.state import State
+from basic_inference_server.tenants import tenants_spec
 from tests.unit.test_manager_state import child
 
 PACKAGE = Path(contracts.__file__).parent
@@ -124,7 +125,8 @@ def test_commands_without_processes(manager):
 
 def test_specs_are_the_contract_dataclasses_with_the_settings_defaults(manager):
     ep = serving(manager)
-    front = front_spec(manager.config, manager.paths, manager.admin_token, {"q": 1})
+    front = front_spec(manager.config, manager.paths, manager.admin_token, {"q": 1},
+                       tenants_spec(manager.config, manager.cache_dir))
     server = server_spec(manager.config, manager.paths, ep, {"q": 1})
     sup = supervisor_spec(manager.config, manager.paths, "/")
     # What travels is JSON; the child rebuilds the same dataclass from it.

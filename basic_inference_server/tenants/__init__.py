@@ -1,0 +1,35 @@
+"""Tenants of a shared gateway: API keys, rate limits (see docs/tenants.md).
+
+With ``API_KEYS`` on, every data-plane request (``/run``, ``/jobs``) presents a key;
+the key names its tenant (the customer id endpoints see as ``X-Customer-ID``), the
+endpoints it may call, and its limits. Keys and limit state live in SQLite under the
+cache folder, or in Redis (``TENANTS_REDIS``) when several gateways share them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DB_FILE = "tenants.db"
+
+
+@dataclass
+class TenantsSpec:
+    """What the manager tells the front about tenants."""
+
+    enabled: bool
+    db: str
+    redis: str | None = None
+    fail_open: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tenants_spec(config: Any, cache_dir: str | Path) -> dict[str, Any]:
+    """The front's tenants spec from the gateway settings (a GatewayConfig)."""
+    return TenantsSpec(enabled=bool(config["API_KEYS"]), db=str(Path(cache_dir) / DB_FILE),
+                       redis=config["TENANTS_REDIS"],
+                       fail_open=bool(config["TENANTS_FAIL_OPEN"])).to_dict()

@@ -1,0 +1,202 @@
+"""The front's check of every data-plane request: who is calling, may it, is it within
+its limits. Runs on the event loop; keys are cached in memory.
+
+The cache is dropped whenever the store's change stamp moves, and the stamp is read
+at most every ``CHECK_EVERY`` seconds: a revoked key is refused by every front
+process within that time (plus one store round trip), with no store call per request
+for the key itself.
+
+When the store (Redis) does not answer, ``TENANTS_FAIL_OPEN`` decides: false (the
+default) answers 503; true serves keys already cached (a key never seen still gets
+503: it cannot be checked), takes limits from memory shared by this gateway's front
+processes, and keeps quota charges in memory until the store answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
+from . import TenantsSpec
+from .keys import ApiKey, digest, presented
+from .limits import Decision, Plan, RateLimited
+from .metering import FLUSH_EVERY, Meter
+from .shared import SharedLimits
+from .store import KeyStore, OffLoop, StoreDown, open_store
+from .usage import exceeded, period
+
+CHECK_EVERY = 0.25
+# Keys held in memory per front process; past it the cache starts over (a flood of
+# unknown keys must not grow it without bound).
+MAX_CACHED = 10000
+
+
+class KeyRequired(Unauthorized):
+    """A data-plane request without a valid API key."""
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", 'Bearer realm="api"')]
+
+
+class TenantGate:
+    """Authenticates keys and admits requests under their limits."""
+
+    def __init__(self, spec: TenantsSpec, off_loop: OffLoop, processes: int) -> None:
+        self.spec = spec
+        self.store: KeyStore = open_store(spec.redis, spec.db, off_loop, processes)
+        # Fail open: limits counted here, charges owed, while the store is down.
+        self.local = SharedLimits(processes) if spec.fail_open and spec.redis else None
+        self._owed: dict[tuple[str, str], float] = {}
+        self.meter = Meter()
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._cache: dict[str, ApiKey | None] = {}
+        self._stamp: Any = object()
+        self._checked = -1.0
+
+    async def _guard(self, coro: Any, fallback: Any = None) -> Any:
+        """The store's answer; when it is down, ``fallback`` (fail open) or a 503."""
+        try:
+            return await coro
+        except StoreDown as exc:
+            if self.local is not None and fallback is not None:
+                return fallback()
+            raise Unavailable(f"the key store is not reachable: {exc}", retry_after=1) from None
+
+    def claim_row(self, row: int) -> None:
+        """In a new front process (see :meth:`.shared.SharedLimits.claim_row`)."""
+        self.store.claim_row(row)
+        if self.local is not None:
+            self.local.claim_row(row)
+
+    async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ApiKey:
+        """The request's key (401 without a valid one; 400 when it claims a customer)."""
+        given = presented(headers)
+        for name, _value in headers:
+            if name == b"x-customer-id":
+                raise BadRequest("X-Customer-ID is set by the gateway from the API key; "
+                                 "do not send it")
+        if not given:
+            raise KeyRequired("this gateway needs an API key: 'Authorization: Bearer <key>' "
+                              "or 'X-API-Key: <key>'")
+        now = time.monotonic()
+        if now - self._checked >= CHECK_EVERY:
+            self._checked = now
+            stamp = await self._guard(self.store.stamp(), lambda: self._stamp)
+            if stamp != self._stamp:
+                self._cache.clear()
+                self._stamp = stamp
+        hashed = digest(given)
+        try:
+            key = self._cache[hashed]
+        except KeyError:
+            key = await self._guard(self.store.find(hashed))
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[hashed] = key
+        if key is None or not key.usable(time.time()):
+            raise KeyRequired("unknown, revoked or expired API key")
+        return key
+
+    async def admit(self, key: ApiKey, endpoint: str) -> tuple[Plan | None, Decision | None]:
+        """Check the key's scope (403) and take its limits (429); what to release after."""
+        if not key.allows(endpoint):
+            raise Forbidden(f"this API key may not call {endpoint!r}", SIGNATURE=endpoint)
+        if not key.limited:
+            return None, None
+        buckets = [(key.id, key.limit.rate, key.limit.burst)] if key.limit else []
+        own = key.endpoint_limits.get(endpoint)
+        if own is not None:
+            buckets.append((key.id + ":" + endpoint, own.rate, own.burst))
+        plan = Plan(buckets, (key.id + ":slots", key.max_concurrent) if key.max_concurrent
+                    else None)
+        decision: Decision = await self._guard(self.store.take(plan), lambda: self._local(plan))
+        if not decision.allowed:
+            which = ("MAX_CONCURRENT" if decision.refused_by > len(buckets)
+                     else "the endpoint's rate limit" if decision.refused_by == 2
+                     else "the key's rate limit" if key.limit else "the endpoint's rate limit")
+            raise RateLimited(f"this API key is over {which}; retry after "
+                              f"{max(1, round(decision.retry_after))} s", decision,
+                              SIGNATURE=endpoint)
+        return (plan if plan.slots else None), decision
+
+    def _local(self, plan: Plan) -> Decision:
+        assert self.local is not None
+        plan.token = "local"
+        return self.local.take(plan)
+
+    async def release(self, plan: Plan) -> None:
+        """Give back a concurrency slot."""
+        if plan.token == "local" and self.local is not None:
+            self.local.release(plan)
+            return
+        try:
+            await self.store.release(plan)
+        except StoreDown:
+            pass  # the slot's lease lapses on its own
+
+    async def check_quota(self, key: ApiKey) -> None:
+        """429 ``quota_exceeded`` once the key spent its quota for the period."""
+        if key.quota is None:
+            return
+        now = time.time()
+        label = period(key.quota.per, now)[0]
+        spent: float = await self._guard(self.store.spent(key.id, label), lambda: 0.0)
+        spent += self._owed.get((key.id, label), 0.0)
+        if spent >= key.quota.amount:
+            raise exceeded(key.quota, spent, now)
+
+    async def charge(self, key: ApiKey, units: float) -> None:
+        """Count one request (or the units it reported) against the key's quota."""
+        if key.quota is None:
+            return
+        amount = 1.0 if key.quota.unit == "requests" else units
+        if amount:
+            label = period(key.quota.per, time.time())[0]
+            owed = self._owed.pop((key.id, label), 0.0) + amount
+            try:
+                await self.store.charge(key.id, label, owed)
+            except StoreDown as exc:
+                if self.local is None:
+                    raise Unavailable(f"the key store is not reachable: {exc}",
+                                      retry_after=1) from None
+                self._owed[(key.id, label)] = owed
+
+    async def usage(self, key: ApiKey) -> dict[str, Any]:
+        """``GET /usage``: the key's own counters and limits."""
+        out: dict[str, Any] = {k: v for k, v in key.public().items()
+                               if k not in ("CREATED", "REVOKED", "NAME")}
+        if key.quota is not None:
+            label, reset = period(key.quota.per, time.time())
+            out["USAGE"] = {"PERIOD": label, "UNIT": key.quota.unit, "QUOTA": key.quota.amount,
+                            "SPENT": await self._guard(self.store.spent(key.id, label)),
+                            "RESET_AT": reset}
+        return out
+
+    def record(self, key: ApiKey, endpoint: str, status: int, units: float,
+               latency: float) -> None:
+        """Meter one request; its batch is written ``FLUSH_EVERY`` seconds after the
+        first count of it (in the background)."""
+        self.meter.record(key.tenant, endpoint, status, units, latency)
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._due)
+
+    def _due(self) -> None:
+        self._flush_timer = None
+        asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        rows = self.meter.take()
+        try:
+            await self.store.meter(rows)
+        except StoreDown:
+            for tenant, endpoint, _day, *counts in rows:  # kept for the next flush
+                into = self.meter.counts.setdefault((tenant, endpoint), [0.0] * 4)
+                for i, value in enumerate(counts):
+                    into[i] += value
+
+    @staticmethod
+    def may_read(key: ApiKey, record: dict[str, Any]) -> bool:
+        """Whether a key may read a job: its tenant's, or any with READ_ALL_JOBS."""
+        return key.read_all_jobs or record.get("TENANT") == key.tenant

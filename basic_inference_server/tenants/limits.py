@@ -1,0 +1,138 @@
+"""Rate limits: token buckets and a concurrency cap, taken all at once or not at all.
+
+A request of a key takes one token from the key's bucket and one from its bucket for
+the endpoint, and one of its ``MAX_CONCURRENT`` slots, in one atomic step: a Lua
+script in Redis (exact across gateways; the clock is Redis's, so gateways' clocks may
+differ), or one step under a lock in memory shared by the front processes of one
+gateway (:mod:`.shared`). Nothing is read and then written back in two steps.
+
+In Redis a slot is a lease: a gateway killed mid-request leaves one that lapses after
+``LEASE`` seconds instead of holding the key's capacity forever.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from ..errors import ServingError
+
+LEASE = 3600.0
+
+
+class RateLimited(ServingError):
+    """A key's rate limit, endpoint rate limit or concurrency cap is reached."""
+
+    status = 429
+    kind = "rate_limited"
+
+    def __init__(self, message: str, decision: Decision, **details: object) -> None:
+        super().__init__(message, retry_after=decision.retry_after, **details)
+        self.decision = decision
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [*super().headers(), *self.decision.headers()]
+
+
+@dataclass
+class Plan:
+    """What one request takes: ``buckets`` as (id, rate, burst); a slot when ``slots``."""
+
+    buckets: list[tuple[str, float, int]]
+    slots: tuple[str, int] | None = None  # (id, MAX_CONCURRENT)
+    token: str = ""  # names the slot's lease in Redis
+
+
+@dataclass
+class Decision:
+    """The outcome, and the IETF draft's ``RateLimit-*`` numbers of the tightest bucket."""
+
+    allowed: bool
+    refused_by: int = 0  # 1-based index of the bucket that refused; len(buckets)+1: the slots
+    limit: int = 0
+    remaining: int = 0
+    reset: float = 0.0
+    retry_after: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> list[tuple[str, str]]:
+        if not self.limit:
+            return []
+        return [("RateLimit-Limit", str(self.limit)), ("RateLimit-Remaining", str(self.remaining)),
+                ("RateLimit-Reset", str(max(0, math.ceil(self.reset))))]
+
+
+def decide(levels: list[tuple[float, float, int]], refused: int, retry: float) -> Decision:
+    """The decision from each bucket's (tokens before, rate, burst)."""
+    if not levels:
+        return Decision(refused == 0, refused, retry_after=retry)
+    if refused and refused <= len(levels):
+        tokens, rate, burst = levels[refused - 1]
+        return Decision(False, refused, burst, 0, (burst - tokens) / rate, (1 - tokens) / rate)
+    # Allowed (or refused by the slots): report the bucket with the fewest tokens left.
+    tokens, rate, burst = min(levels, key=lambda lv: lv[0])
+    left = tokens - (0 if refused else 1)
+    return Decision(refused == 0, refused, burst, max(0, math.floor(left)),
+                    (burst - left) / rate, retry)
+
+
+# KEYS: the buckets, then the slot set. ARGV: number of buckets, MAX_CONCURRENT (0: none),
+# lease, token, then rate and burst of each bucket. Returns: refused (0: allowed), then
+# each bucket's tokens before this request (as text: Lua numbers come back truncated).
+LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local n = tonumber(ARGV[1])
+local out = {0}
+local levels = {}
+for i = 1, n do
+  local rate = tonumber(ARGV[3 + 2 * i])
+  local burst = tonumber(ARGV[4 + 2 * i])
+  local s = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens = tonumber(s[1]) or burst
+  local ts = tonumber(s[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  levels[i] = tokens
+  out[i + 1] = tostring(tokens)
+  if tokens < 1 and out[1] == 0 then out[1] = i end
+end
+if out[1] ~= 0 then return out end
+local most = tonumber(ARGV[2])
+if most > 0 then
+  local slots = KEYS[n + 1]
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  if redis.call('ZCARD', slots) >= most then
+    out[1] = n + 1
+    return out
+  end
+  redis.call('ZADD', slots, now + tonumber(ARGV[3]), ARGV[4])
+  redis.call('EXPIRE', slots, math.ceil(tonumber(ARGV[3])))
+end
+for i = 1, n do
+  local rate = tonumber(ARGV[3 + 2 * i])
+  local burst = tonumber(ARGV[4 + 2 * i])
+  redis.call('HSET', KEYS[i], 'tokens', levels[i] - 1, 'ts', now)
+  redis.call('EXPIRE', KEYS[i], math.ceil(burst / rate) + 1)
+end
+return out
+"""
+
+
+def redis_args(plan: Plan, prefix: str) -> tuple[list[str], list[str]]:
+    if plan.slots and not plan.token:
+        plan.token = os.urandom(8).hex()
+    keys = [prefix + "bucket:" + b[0] for b in plan.buckets]
+    keys.append(prefix + (plan.slots[0] if plan.slots else "-"))
+    argv = [str(len(plan.buckets)), str(plan.slots[1] if plan.slots else 0), str(LEASE),
+            plan.token]
+    for _id, rate, burst in plan.buckets:
+        argv += [repr(rate), str(burst)]
+    return keys, argv
+
+
+def redis_decision(plan: Plan, reply: list[object]) -> Decision:
+    refused = int(reply[0])  # type: ignore[call-overload]
+    levels = [(float(reply[i + 1]), rate, burst)  # type: ignore[arg-type]
+              for i, (_id, rate, burst) in enumerate(plan.buckets)]
+    return decide(levels, refused, 1.0)

@@ -1,0 +1,312 @@
+"""Where keys and rate-limit state live: SQLite in the cache folder, or Redis.
+
+Both stores offer the same calls. The admin API's (create, list, revoke, rotate) are
+blocking: they run in the front's thread pool. The request path's (``find``,
+``stamp``, ``take``, ``release``) are coroutines: Redis through ``redis.asyncio``,
+SQLite in the pool, so the event loop never waits on either.
+
+``stamp`` changes whenever a key does: the front caches keys in memory and drops its
+cache when the stamp moves (a file replaced for SQLite, a counter for Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio as aredis
+
+from ..privfiles import create_private, write_private
+from .keys import ApiKey
+from .limits import LUA, Decision, Plan, redis_args, redis_decision
+from .metering import COLUMNS, Row
+from .shared import SharedLimits
+
+OffLoop = Callable[..., Awaitable[Any]]
+
+
+class StoreDown(Exception):
+    """The store did not answer (Redis unreachable)."""
+
+
+class KeyStore(Protocol):
+    def claim_row(self, row: int) -> None: ...
+    def add(self, key: ApiKey) -> None: ...
+    def get(self, key_id: str) -> ApiKey | None: ...
+    def keys(self, tenant: str | None = None) -> list[ApiKey]: ...
+    def save(self, key: ApiKey) -> None: ...
+    async def find(self, digest: str) -> ApiKey | None: ...
+    async def stamp(self) -> Any: ...
+    async def take(self, plan: Plan) -> Decision: ...
+    async def release(self, plan: Plan) -> None: ...
+    async def spent(self, key_id: str, period: str) -> float: ...
+    async def charge(self, key_id: str, period: str, amount: float) -> None: ...
+    async def meter(self, rows: list[Row]) -> None: ...
+    def metered(self, day: str) -> list[dict[str, Any]]: ...
+
+
+class SqliteStore:
+    """Keys in ``tenants.db`` (0600) under the cache folder; limits in shared memory."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
+                                     tenant TEXT NOT NULL, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS usage (key_id TEXT NOT NULL, period TEXT NOT NULL,
+                                      spent REAL NOT NULL, PRIMARY KEY (key_id, period));
+    CREATE TABLE IF NOT EXISTS metering (tenant TEXT NOT NULL, endpoint TEXT NOT NULL,
+                                         day TEXT NOT NULL, requests REAL, errors REAL,
+                                         units REAL, latency_s REAL,
+                                         PRIMARY KEY (tenant, endpoint, day));
+    """
+
+    def __init__(self, path: str | Path, off_loop: OffLoop, limits: SharedLimits) -> None:
+        self.path = str(path)
+        self.stamp_path = self.path + ".stamp"
+        self.off_loop = off_loop
+        self.limits = limits
+        self._local = threading.local()
+
+    def claim_row(self, row: int) -> None:
+        self.limits.claim_row(row)
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            create_private(self.path)
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(self.SCHEMA)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _changed(self) -> None:
+        write_private(self.stamp_path, repr(time.time()))
+
+    def add(self, key: ApiKey) -> None:
+        self.conn().execute("INSERT INTO keys VALUES (?, ?, ?, ?)",
+                            (key.id, key.hash, key.tenant, json.dumps(key.to_dict())))
+        self._changed()
+
+    def save(self, key: ApiKey) -> None:
+        self.conn().execute("UPDATE keys SET record = ? WHERE id = ?",
+                            (json.dumps(key.to_dict()), key.id))
+        self._changed()
+
+    def get(self, key_id: str) -> ApiKey | None:
+        row = self.conn().execute("SELECT record FROM keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else ApiKey.from_dict(json.loads(row[0]))
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        rows = self.conn().execute(
+            "SELECT record FROM keys WHERE ? IS NULL OR tenant = ? ORDER BY rowid",
+            (tenant, tenant)).fetchall()
+        return [ApiKey.from_dict(json.loads(r[0])) for r in rows]
+
+    def _find(self, digest: str) -> ApiKey | None:
+        row = self.conn().execute("SELECT record FROM keys WHERE hash = ?", (digest,)).fetchone()
+        return None if row is None else ApiKey.from_dict(json.loads(row[0]))
+
+    async def find(self, digest: str) -> ApiKey | None:
+        found: ApiKey | None = await self.off_loop(self._find, digest)
+        return found
+
+    async def stamp(self) -> Any:
+        try:
+            info = os.stat(self.stamp_path)
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns)
+
+    async def take(self, plan: Plan) -> Decision:
+        return self.limits.take(plan)
+
+    async def release(self, plan: Plan) -> None:
+        self.limits.release(plan)
+
+    def _spent(self, key_id: str, period: str) -> float:
+        row = self.conn().execute("SELECT spent FROM usage WHERE key_id = ? AND period = ?",
+                                  (key_id, period)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def spent(self, key_id: str, period: str) -> float:
+        found: float = await self.off_loop(self._spent, key_id, period)
+        return found
+
+    def _charge(self, key_id: str, period: str, amount: float) -> None:
+        # One statement: atomic across the front processes.
+        self.conn().execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (key_id, period) "
+                            "DO UPDATE SET spent = spent + excluded.spent",
+                            (key_id, period, amount))
+
+    async def charge(self, key_id: str, period: str, amount: float) -> None:
+        await self.off_loop(self._charge, key_id, period, amount)
+
+    def _meter(self, rows: list[Row]) -> None:
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO metering VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, endpoint, day) DO UPDATE SET "
+                "requests = requests + excluded.requests, errors = errors + excluded.errors, "
+                "units = units + excluded.units, latency_s = latency_s + excluded.latency_s",
+                rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    async def meter(self, rows: list[Row]) -> None:
+        await self.off_loop(self._meter, rows)
+
+    def metered(self, day: str) -> list[dict[str, Any]]:
+        cursor = self.conn().execute(
+            "SELECT tenant, endpoint, day, requests, errors, units, latency_s FROM metering "
+            "WHERE day = ? ORDER BY tenant, endpoint", (day,))
+        return [dict(zip(("tenant", "endpoint", "day", *COLUMNS), r, strict=True))
+                for r in cursor]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """Keys and buckets in Redis, shared by every gateway that names the same server."""
+
+    def __init__(self, url: str, prefix: str = "bis:tenants:") -> None:
+        self.url = url
+        self.prefix = prefix
+        self._sync: redis.Redis | None = None
+        self._async: aredis.Redis | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._script: Any = None
+
+    def claim_row(self, row: int) -> None:
+        """Nothing per process: slots are leases in Redis."""
+
+    def client(self) -> redis.Redis:
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
+        return self._sync
+
+    def aclient(self) -> aredis.Redis:
+        """This loop's client (one per front process, made after the fork)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._loop is not loop:
+            self._async = aredis.Redis.from_url(self.url, socket_timeout=2,
+                                                socket_connect_timeout=1)
+            self._script = self._async.register_script(LUA)
+            self._loop = loop
+        return self._async
+
+    def _call(self, func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except redis.RedisError as exc:
+            raise StoreDown(str(exc)) from None
+
+    async def _acall(self, coro: Awaitable[Any]) -> Any:
+        try:
+            return await coro
+        except (redis.RedisError, OSError) as exc:
+            raise StoreDown(str(exc)) from None
+
+    def add(self, key: ApiKey) -> None:
+        def add() -> None:
+            pipe = self.client().pipeline()
+            pipe.set(self.prefix + "key:" + key.hash, json.dumps(key.to_dict()))
+            pipe.hset(self.prefix + "ids", key.id, key.hash)
+            pipe.incr(self.prefix + "stamp")
+            pipe.execute()
+        self._call(add)
+
+    save = add
+
+    def get(self, key_id: str) -> ApiKey | None:
+        def get() -> ApiKey | None:
+            digest = self.client().hget(self.prefix + "ids", key_id)
+            raw = self.client().get(self.prefix + "key:" + _text(digest)) if digest else None
+            return ApiKey.from_dict(json.loads(raw)) if raw else None  # type: ignore[arg-type]
+        found: ApiKey | None = self._call(get)
+        return found
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        def keys() -> list[ApiKey]:
+            digests = self.client().hvals(self.prefix + "ids")  # type: ignore[misc]
+            raws = self.client().mget([self.prefix + "key:" + _text(d) for d in digests]) \
+                if digests else []
+            found = [ApiKey.from_dict(json.loads(r)) for r in raws if r]  # type: ignore[union-attr]
+            return sorted((k for k in found if tenant is None or k.tenant == tenant),
+                          key=lambda k: k.created)
+        listed: list[ApiKey] = self._call(keys)
+        return listed
+
+    async def find(self, digest: str) -> ApiKey | None:
+        raw = await self._acall(self.aclient().get(self.prefix + "key:" + digest))
+        return ApiKey.from_dict(json.loads(raw)) if raw else None
+
+    async def stamp(self) -> Any:
+        return await self._acall(self.aclient().get(self.prefix + "stamp"))
+
+    async def take(self, plan: Plan) -> Decision:
+        self.aclient()
+        keys, argv = redis_args(plan, self.prefix)
+        reply = await self._acall(self._script(keys=keys, args=argv))
+        return redis_decision(plan, reply)
+
+    async def spent(self, key_id: str, period: str) -> float:
+        found = await self._acall(self.aclient().hget(self.prefix + "usage:" + key_id, period))
+        return float(found) if found else 0.0
+
+    async def charge(self, key_id: str, period: str, amount: float) -> None:
+        await self._acall(self.aclient().hincrbyfloat(self.prefix + "usage:" + key_id, period,
+                                                      amount))
+
+    async def meter(self, rows: list[Row]) -> None:
+        async def write() -> None:
+            pipe = self.aclient().pipeline(transaction=True)
+            for tenant, endpoint, day, *counts in rows:
+                for column, value in zip(COLUMNS, counts, strict=True):
+                    pipe.hincrbyfloat(self.prefix + "meter:" + day,
+                                      f"{tenant}\t{endpoint}\t{column}", value)
+                pipe.expire(self.prefix + "meter:" + day, 400 * 86400)
+            await pipe.execute()
+        await self._acall(write())
+
+    def metered(self, day: str) -> list[dict[str, Any]]:
+        raw = self._call(lambda: self.client().hgetall(self.prefix + "meter:" + day))
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for field_name, value in raw.items():
+            tenant, endpoint, column = _text(field_name).split("\t")
+            row = rows.setdefault((tenant, endpoint), {"tenant": tenant, "endpoint": endpoint,
+                                                       "day": day, **dict.fromkeys(COLUMNS, 0.0)})
+            row[column] = float(value)
+        return [rows[k] for k in sorted(rows)]
+
+    async def release(self, plan: Plan) -> None:
+        if plan.slots:
+            await self._acall(self.aclient().zrem(self.prefix + plan.slots[0], plan.token))
+
+
+def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop, rows: int) -> KeyStore:
+    """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``."""
+    if redis_url:
+        parts = urlsplit(redis_url)
+        query = parse_qsl(parts.query)
+        prefix = next((v for k, v in query if k == "prefix"), "bis")
+        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+        return RedisStore(urlunsplit(parts._replace(query=rest)), prefix + ":tenants:")
+    # Made before the front forks: the shared memory is every front process's.
+    return SqliteStore(db_path, off_loop, SharedLimits(rows))

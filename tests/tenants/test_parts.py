@@ -1,0 +1,87 @@
+"""The tenant package's pieces without a gateway: periods, USAGE, buckets, key parsing."""
+
+from __future__ import annotations
+
+import calendar
+
+import orjson
+import pytest
+
+from basic_inference_server.errors import BadRequest
+from basic_inference_server.tenants.keys import digest, key_from_request, presented
+from basic_inference_server.tenants.limits import Plan
+from basic_inference_server.tenants.shared import SharedLimits
+from basic_inference_server.tenants.usage import period, strip_usage
+
+
+def test_periods_end_at_the_next_utc_day_and_month():
+    dec = calendar.timegm((2026, 12, 31, 23, 59, 0))
+    assert period("day", dec) == ("2026-12-31", calendar.timegm((2027, 1, 1, 0, 0, 0)))
+    assert period("month", dec) == ("2026-12", calendar.timegm((2027, 1, 1, 0, 0, 0)))
+    feb = calendar.timegm((2028, 2, 10, 5, 0, 0))
+    assert period("month", feb) == ("2028-02", calendar.timegm((2028, 3, 1, 0, 0, 0)))
+
+
+def test_usage_is_stripped_and_only_numbers_count():
+    body, units = strip_usage(orjson.dumps({"a": 1, "USAGE": 7.5}))
+    assert orjson.loads(body) == {"a": 1} and units == 7.5
+    assert strip_usage(orjson.dumps({"USAGE": "lots"}))[1] == 0.0
+    assert strip_usage(orjson.dumps({"USAGE": -3}))[1] == 0.0
+    assert strip_usage(b'{"text": "the word \\"USAGE\\" only"}')[1] == 0.0
+    assert strip_usage(b"not json")[0] == b"not json"
+
+
+def test_bucket_refuses_past_burst_and_reports_headers():
+    limits = SharedLimits(rows=2, slots=64)
+    plan = Plan([("k", 1 / 60, 3)])
+    decisions = [limits.take(plan) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert decisions[0].headers() == [("RateLimit-Limit", "3"), ("RateLimit-Remaining", "2"),
+                                      ("RateLimit-Reset", "60")]
+    assert 59 <= decisions[3].retry_after <= 60
+
+
+def test_slots_come_back_and_a_new_process_clears_its_row():
+    limits = SharedLimits(rows=2, slots=64)
+    plan = Plan([], ("k:slots", 2))
+    assert limits.take(plan).allowed and limits.take(plan).allowed
+    assert not limits.take(plan).allowed
+    limits.release(plan)
+    assert limits.take(plan).allowed
+    limits.claim_row(0)  # the process holding them died; its successor starts
+    assert limits.take(plan).allowed
+
+
+def test_keys_are_random_and_presented_either_way():
+    key, secret = key_from_request({"TENANT": "acme", "RATE": "120/minute"})
+    other, second = key_from_request({"TENANT": "acme"})
+    assert secret != second and key.hash == digest(secret) and key.id != other.id
+    assert key.limit is not None and key.limit.rate == 2.0 and key.limit.burst == 2
+    assert presented([(b"x-api-key", b" k1 ")]) == b"k1"
+    assert presented([(b"authorization", b"Bearer k2")]) == b"k2"
+    assert presented([(b"authorization", b"Basic k3")]) is None
+    with pytest.raises(BadRequest):
+        key_from_request({"TENANT": "acme", "ENDPOINT_LIMITS": {"x": {"RATE": 1, "EXTRA": 1}}})
+    # A huge rate as text: its default burst stays within bounds (no 500).
+    huge, _ = key_from_request({"TENANT": "acme", "RATE": "11231857438179798065469/day"})
+    assert huge.limit is not None and huge.limit.burst == 10**9
+    counted, _ = key_from_request({"TENANT": "acme", "MAX_CONCURRENT": 3.0, "RATE": 1,
+                                   "BURST": 66.0})
+    assert counted.max_concurrent == 3 and counted.limit is not None and counted.limit.burst == 66
+
+
+def test_tenant_labels_are_bounded():
+    from prometheus_client import REGISTRY
+
+    from basic_inference_server.tenants.metering import TOP_TENANTS, Meter
+
+    meter = Meter()
+    for i in range(TOP_TENANTS + 5):
+        meter.record(f"t{i}", "ep-card", 200, 1.0, 0.01)
+    assert len(meter.named) == TOP_TENANTS
+    assert REGISTRY.get_sample_value("bis_tenant_requests_total", {
+        "tenant": "other", "endpoint": "ep-card", "status": "2xx"}) == 5
+    assert REGISTRY.get_sample_value("bis_tenant_requests_total", {
+        "tenant": "t0", "endpoint": "ep-card", "status": "2xx"}) == 1
+    rows = meter.take()
+    assert len(rows) == TOP_TENANTS + 5 and not meter.counts
