@@ -15,6 +15,7 @@ manager drives servers by signals.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -177,6 +178,7 @@ class EndpointWorker(LoopWorker):
 
     spec: ServerSpec
     pool: ThreadPoolExecutor
+    dropped = 0  # requests whose client went away before they ran
 
     def started(self) -> None:
         self.spec = self.app.spec
@@ -203,6 +205,15 @@ class EndpointWorker(LoopWorker):
     async def handle(self, request: Request) -> Answer:
         # self.wsgi: the Flask app, whose /run is a plain WSGI handler ahead of Flask
         # (see app.py), maybe guarded by the job consumer (see consumer.py).
-        answer: Answer = await self.loop.run_in_executor(self.pool, call_wsgi, self.wsgi,
-                                                         request)
-        return answer
+        work = self.pool.submit(call_wsgi, self.wsgi, request)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            # The connection closed (the client went away): a request still waiting for
+            # the thread never runs; one running finishes (user code is never
+            # interrupted) and its answer is dropped.
+            if work.cancel():
+                self.dropped += 1
+                log.debug("request %s dropped before it ran: its client went away "
+                          "(%d so far)", request.request_id, self.dropped)
+            raise

@@ -6,7 +6,10 @@ connection for the first request, of its first byte for later ones), the body wi
 last answer. A client that misses one is disconnected, so slow clients cost a socket
 and a few hundred bytes, never a thread. A body over the route's limit is refused (413)
 from its ``Content-Length`` before it is read. Requests on one connection are answered
-in order; reading pauses while one is served.
+in order. Reading goes on while one is served, so a client that goes away is seen at
+once: its request is cancelled (an endpoint server drops it unless it already runs, the
+front frees its slot and closes the upstream connection). Reading pauses only when a
+pipelined request waits behind the one being served.
 """
 
 from __future__ import annotations
@@ -154,6 +157,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.queue: deque[Request] = deque()
         self.busy = False
+        self.task: asyncio.Task[None] | None = None
         self.closing = False
         # Parsing state of the request being read.
         self.url = b""
@@ -186,6 +190,8 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.closing = True
+        if self.busy and self.task is not None:
+            self.task.cancel()  # the client is gone: nobody would read the answer
         self.server.connection_closed(self)
 
     def _arm(self, seconds: float) -> None:
@@ -264,7 +270,8 @@ class HttpConnection(asyncio.Protocol):
                                           f"{self.limit} bytes", MAX_REQUEST_SIZE=self.limit)
                 # Filled in place: a large body is held once, never joined from pieces.
                 self.body = bytearray(size)
-            elif name == b"expect" and value.lower() == b"100-continue":
+            elif name == b"expect" and value.lower() == b"100-continue" and not self.busy:
+                # (Not while an answer is due first: the client sends its body unasked.)
                 assert self.transport is not None
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self._arm(self.limits.body_timeout)
@@ -300,11 +307,12 @@ class HttpConnection(asyncio.Protocol):
         self.body = bytearray()
         self.size = 0
         self.queue.append(request)
-        if not self.busy:
-            self.busy = True
+        if self.busy:
             assert self.transport is not None
             self.transport.pause_reading()
-            self.loop.create_task(self._serve())
+        else:
+            self.busy = True
+            self.task = self.loop.create_task(self._serve())
 
     def _refuse(self, err: ServingError) -> None:
         """Answer an error about the request being read, then close: its bytes are unread."""
@@ -333,7 +341,9 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self.busy = False
         if not self.closing and self.transport is not None:
-            self._arm(self.limits.keepalive_timeout)
+            if not self.in_headers and not self.size:
+                # Else the next request's own header or body deadline is running.
+                self._arm(self.limits.keepalive_timeout)
             self.transport.resume_reading()
 
     def _write(self, answer: Answer, request_id: bytes, keep_alive: bool,
