@@ -94,7 +94,26 @@ def start_redis(folder: Path) -> tuple[Service, str]:
     return service, url
 
 
-def start_rabbitmq(folder: Path) -> tuple[Service, str]:
+def start_rabbitmq(folder: Path, attempts: int = 3) -> tuple[Service, str]:
+    """A RabbitMQ node of its own, on fresh free ports; returns it and its URL.
+
+    The node takes seconds to boot before it binds its AMQP port, long enough for another
+    process to take that port meanwhile: a start that fails on a port in use is tried
+    again on new ports.
+    """
+    attempt = 1
+    while True:
+        node = folder / f"node{attempt}"
+        node.mkdir()
+        try:
+            return _start_rabbitmq(node)
+        except AssertionError as exc:
+            if "eaddrinuse" not in str(exc) or attempt == attempts:
+                raise
+        attempt += 1
+
+
+def _start_rabbitmq(folder: Path) -> tuple[Service, str]:
     """A RabbitMQ node of its own beside any other one on the machine; returns it and its URL.
 
     Its own epmd port (epmd runs in the foreground here, so it cannot outlive the
@@ -136,5 +155,9 @@ def start_rabbitmq(folder: Path) -> tuple[Service, str]:
         pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1")).close()
         return True
 
-    service.wait_ready(connect, timeout=120)
+    try:
+        service.wait_ready(connect, timeout=120)
+    except AssertionError:
+        service.stop()
+        raise
     return service, url

@@ -88,4 +88,5 @@ def test_get_paths_marks_the_admin_routes(gw):
     admin = {p for p, info in paths.items() if info["admin"]}
     assert {"/list_servers", "/system_status", "/history", "/notifications", "/start_server",
             "/kill_server", "/update_workers", "/reload_server", "/shutdown", "/jobs/dead",
-            "/jobs/requeue"} == admin
+            "/jobs/requeue", "/keys", "/keys/revoke", "/keys/rotate", "/usage/tenants",
+            "/usage/tenants.csv"} == admin
