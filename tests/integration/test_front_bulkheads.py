@@ -7,11 +7,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import assert_ok, wait_until
 
 STUCK = 120
 
+
+
+def in_flight(gw, endpoint: str) -> float:
+    """The front's ``bis_in_flight`` gauge of ``endpoint``."""
+    for family in text_string_to_metric_families(gw.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "bis_in_flight" and sample.labels.get("endpoint") == endpoint:
+                return sample.value
+    return 0.0
 
 def test_a_stuck_endpoint_does_not_starve_a_healthy_one(gateways):
     gw = gateways({"CONFIG_ENDPOINTS": {"stuck": {"SERVER_CLASS": "slow", "NR_WORKERS": 1},
@@ -61,7 +71,7 @@ def test_max_in_flight_setting(gateways):
     with ThreadPoolExecutor(max_workers=2) as pool:
         held = [pool.submit(requests.post, gw.url("/run"),
                             json={"SIGNATURE": "one", "SECONDS": 2}, timeout=10) for _ in range(2)]
-        time.sleep(0.5)
+        wait_until(lambda: in_flight(gw, "one") >= 2, timeout=30, message="two requests held")
         resp = requests.post(gw.url("/run"), json={"SIGNATURE": "one", "SECONDS": 0}, timeout=5)
         assert resp.status_code == 503 and resp.json()["ERROR_TYPE"] == "overloaded", resp.text
         for future in held:

@@ -20,6 +20,7 @@ class Slowloris:
         self.socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
         self.stop = threading.Event()
         self.closed = 0
+        self.rounds = 0  # drip rounds sent to every connection
         for sock in self.socks:
             sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\n")
         self.thread = threading.Thread(target=self._drip, daemon=True)
@@ -34,6 +35,7 @@ class Slowloris:
                     sock.sendall(b"X-Drip-%d: %d\r\n" % (i, i))
                 except OSError:
                     pass
+            self.rounds = i
 
     def close(self) -> None:
         self.stop.set()
@@ -56,7 +58,9 @@ def test_slow_header_clients_do_not_starve_run(gateways):
     slow_front = Slowloris(gw.port, SLOW)
     slow_server = Slowloris(port, SLOW)
     try:
-        time.sleep(2.5)  # let every slow connection be accepted and start dripping
+        # Every slow connection is accepted and has dripped twice: they all hold the front.
+        wait_until(lambda: slow_front.rounds >= 2 and slow_server.rounds >= 2, timeout=30,
+                   message="the slow clients are dripping")
         for _ in range(5):
             assert timed_run(gw.url("/run"), {"SIGNATURE": "echo", "X": 1}) < 1.0
             # Straight to the endpoint server's own port too.
