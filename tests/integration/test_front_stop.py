@@ -36,10 +36,12 @@ def test_one_worker_server_stops_within_3_s_after_load(gateways):
     time.sleep(max(0.0, 6 - (time.monotonic() - connected)))
     # One request in flight when the stop comes: it still gets its answer.
     answer: list[requests.Response] = []
+    marker = gw.workdir / "in-flight.marker"
     slow = threading.Thread(target=lambda: answer.append(requests.post(
-        f"http://127.0.0.1:{port}/run", json={"SECONDS": 1.0}, timeout=10)))
+        f"http://127.0.0.1:{port}/run", json={"SECONDS": 1.0, "MARKER": str(marker)},
+        timeout=10)))
     slow.start()
-    time.sleep(0.3)
+    wait_until(marker.exists, timeout=30, message="the request is running")
     master = psutil.Process(info["pid"])
     tree = [master, *master.children(recursive=True)]
     started = time.monotonic()
