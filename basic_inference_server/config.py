@@ -16,8 +16,6 @@ import difflib
 import json
 import math
 import os
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,73 +23,22 @@ from typing import Any
 from .errors import ConfigError
 from .hosts import NO_HOST, check_host
 from .queues import check_url
-from .refs import REF_PREFIXES, resolve_ref
+from .refs import resolve_ref
+from .setting import (
+    MAX_WORKERS,
+    NAME_RULE_TEXT,
+    Setting,
+    at_least,
+    check_name,
+    is_name,
+)
+from .traffic.settings import TRAFFIC_SETTINGS, check_policy
 
-# One rule for endpoint names and SERVER_CLASS (a file name in the endpoints folder),
-# always applied with fullmatch: "$" would let a trailing newline through.
-NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
-NAME_RULE_TEXT = "1 to 64 letters, digits, '_' or '-', not starting with a digit or '-'"
-# One bound on worker processes per endpoint, wherever a count is set.
-MAX_WORKERS = 256
-# Longest wait, timeout or interval a setting may ask for (a week).
-MAX_SECONDS = 7 * 86400
 # Where the admin token may come from besides the ADMIN_TOKEN setting (names of
 # environment variables). Children never inherit them.
 ADMIN_TOKEN_ENV = "BIS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "BIS_ADMIN_TOKEN_FILE"
 SECRET_ENV = (ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One configuration key: its type, default, validity check and description."""
-
-    name: str
-    kind: type | tuple[type, ...]
-    default: Any
-    desc: str
-    check: Callable[[Any], str | None] | None = None
-    # The value may be ``env:NAME`` or ``file:PATH``, read at start (see resolve_ref).
-    secret_ref: bool = False
-
-    def validate(self, value: Any, where: str, refs: bool = True) -> Any:
-        """The checked value; ``refs`` False refuses ``env:``/``file:`` references (they
-        are the operator's, read from the configuration file, never from a request)."""
-        if self.secret_ref and isinstance(value, str) and value.startswith(REF_PREFIXES):
-            if not refs:
-                raise ConfigError(f"{where}: {self.name} references (env:, file:) are read "
-                                  f"from the configuration file only")
-            value = resolve_ref(value, f"{where}: {self.name}")
-        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-        # bool is an int in Python; an int setting must not accept true/false.
-        bad_bool = isinstance(value, bool) and bool not in kinds
-        if bad_bool or not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(
-                f"{where}: {self.name} must be {names}, got {type(value).__name__} {value!r}"
-            )
-        if self.check is not None:
-            problem = self.check(value)
-            if problem:
-                raise ConfigError(f"{where}: {self.name} {problem}, got {value!r}")
-        return value
-
-
-def _at_least(low: float, high: float = MAX_SECONDS) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        ok = (isinstance(v, int) or math.isfinite(v)) and low <= v <= high
-        return None if ok else f"must be >= {low} and <= {high}"
-
-    return check
-
-
-def is_name(value: Any) -> bool:
-    """The one name rule of endpoint names and SERVER_CLASS."""
-    return isinstance(value, str) and NAME_RULE.fullmatch(value) is not None
-
-
-def _name(v: str | None) -> str | None:
-    return None if v is None or is_name(v) else f"must be {NAME_RULE_TEXT}"
 
 
 def _positive_or_null(v: float | None) -> str | None:
@@ -154,9 +101,9 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _workers),
         Setting("GATEWAY_THREADS", int, 32,
                 "Threads per gateway worker for blocking work (management calls, job "
-                "submission); requests waiting on endpoints hold none.", _at_least(1, 10000)),
+                "submission); requests waiting on endpoints hold none.", at_least(1, 10000)),
         Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
-                "Largest accepted request body in bytes (413 above).", _at_least(1, 1 << 40)),
+                "Largest accepted request body in bytes (413 above).", at_least(1, 1 << 40)),
         Setting("ADMIN_TOKEN", (str, type(None)), None,
                 "Bearer token every management call must present (env BIS_ADMIN_TOKEN or "
                 "BIS_ADMIN_TOKEN_FILE override it; with none, one is generated into "
@@ -166,20 +113,20 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "is logged at every start)."),
         Setting("STOP_TIMEOUT", (int, float), 30,
                 "Seconds a stopping process may take to finish in-flight work before it is killed.",
-                _at_least(0)),
+                at_least(0)),
         Setting("HEALTH_SAMPLE_INTERVAL", (int, float), 5,
                 "Seconds between health samples (memory, disk, CPU, GPU) taken by the supervisor.",
-                _at_least(0.1)),
+                at_least(0.1)),
         Setting("ALERT_MEM_AVAIL_PCT", (int, float), 15,
                 "Alert when available system memory falls under this percentage.",
-                _at_least(0, 100)),
+                at_least(0, 100)),
         Setting("ALERT_DISK_FREE_PCT", (int, float), 10,
-                "Alert when free disk space falls under this percentage.", _at_least(0, 100)),
+                "Alert when free disk space falls under this percentage.", at_least(0, 100)),
         Setting("ALERT_GPU_MEM_PCT", (int, float), 90,
-                "Alert when a GPU's memory use rises over this percentage.", _at_least(0, 100)),
+                "Alert when a GPU's memory use rises over this percentage.", at_least(0, 100)),
         Setting("ALERT_RESTARTS", int, 3,
                 "Alert when an endpoint restarts this many times within 10 minutes.",
-                _at_least(1, 1_000_000)),
+                at_least(1, 1_000_000)),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
         Setting("ALLOWED_HOSTS", list, [],
@@ -201,20 +148,20 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 lambda v: None if v is None else check_url(v), secret_ref=True),
         Setting("JOB_TTL", (int, float), 86400,
                 "Seconds a finished job's result stays readable at /jobs/<id>.",
-                _at_least(1, 365 * 86400)),
+                at_least(1, 365 * 86400)),
         # The front's connections (serving/connection.py, serving/worker.py).
         Setting("HEADER_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's headers (from connecting, or from the "
                 "request's first byte on a kept-alive connection; nginx's "
-                "client_header_timeout); then the connection is closed.", _at_least(0.1, 3600)),
+                "client_header_timeout); then the connection is closed.", at_least(0.1, 3600)),
         Setting("BODY_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's body once its headers are in.",
-                _at_least(0.1, 3600)),
+                at_least(0.1, 3600)),
         Setting("KEEPALIVE_TIMEOUT", (int, float), 30,
-                "Seconds an idle kept-alive client connection stays open.", _at_least(0.1, 3600)),
+                "Seconds an idle kept-alive client connection stays open.", at_least(0.1, 3600)),
         Setting("MAX_CONNECTIONS", int, 10000,
                 "Open client connections of the gateway (all front processes); past it a new "
-                "one gets 503 too_many_connections.", _at_least(1, 1_000_000)),
+                "one gets 503 too_many_connections.", at_least(1, 1_000_000)),
         Setting("TLS_CERT", (str, type(None)), None,
                 "PEM certificate chain file: the gateway serves HTTPS (with TLS_KEY)."),
         Setting("TLS_KEY", (str, type(None)), None,
@@ -250,20 +197,20 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         Setting("DISABLED", bool, False, "Configured but not started (start it with /start_server)."),
         Setting("SERVER_CLASS", (str, type(None)), None,
                 "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name.",
-                _name),
+                check_name),
         Setting("DESCRIPTION", str, "", "Free text shown by /list_servers."),
         Setting("PING_INTERVAL", (int, float), 5,
-                "Seconds between the supervisor's health probes of each worker.", _at_least(0.1)),
+                "Seconds between the supervisor's health probes of each worker.", at_least(0.1)),
         Setting("PING_TIMEOUT", (int, float), 2,
-                "Seconds a worker has to answer a probe (at most PING_INTERVAL).", _at_least(0.05)),
+                "Seconds a worker has to answer a probe (at most PING_INTERVAL).", at_least(0.05)),
         Setting("PING_MISSES", int, 2,
                 "Probes missed in a row before a worker (or, all missing, the server) is killed "
-                "and replaced.", _at_least(1, 1000)),
+                "and replaced.", at_least(1, 1000)),
         Setting("RETRY_ON_CRASH", bool, False,
                 "Retry a request once on another worker when its worker dies running it "
                 "(only for endpoints whose requests are safe to run twice)."),
         Setting("TIMEOUT", (int, float), 60,
-                "Seconds the gateway waits for an answer before replying 504.", _at_least(0.01)),
+                "Seconds the gateway waits for an answer before replying 504.", at_least(0.01)),
         Setting("BASE64_KEYS", list, [],
                 "Input fields that arrive base64-encoded; decoded to bytes before _pre_process.",
                 _str_list),
@@ -272,23 +219,23 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         # Async jobs of this endpoint.
         Setting("MAX_QUEUE_DEPTH", int, 10000,
                 "Jobs waiting or running beyond which a submit answers 429.",
-                _at_least(1, 1 << 40)),
+                at_least(1, 1 << 40)),
         Setting("MAX_QUEUE_BYTES", int, 1024 * 1024 * 1024,
                 "Bytes of job bodies waiting or running beyond which a submit answers 429.",
-                _at_least(1, 1 << 50)),
+                at_least(1, 1 << 50)),
         Setting("MAX_IN_FLIGHT", (int, type(None)), None,
                 "Requests the gateway lets wait on or run in this endpoint at once; past it "
                 "503 overloaded. null: live workers x MAX_BATCH_SIZE x 32.",
-                lambda v: None if v is None else _at_least(1, 1_000_000)(v)),
+                lambda v: None if v is None else at_least(1, 1_000_000)(v)),
         Setting("MAX_ATTEMPTS", int, 3,
                 "Runs of a failing job before it goes to the dead-letter queue.",
-                _at_least(1, 1000)),
+                at_least(1, 1000)),
         Setting("RETRY_BACKOFF", (int, float), 1,
                 "Seconds before the first retry of a failed job; doubles each time, up to 60.",
-                _at_least(0)),
+                at_least(0)),
         Setting("VISIBILITY_TIMEOUT", (int, float), 300,
                 "Seconds a claimed job stays hidden; if its worker dies, another takes it after "
-                "that. Longer than the slowest job.", _at_least(0.1)),
+                "that. Longer than the slowest job.", at_least(0.1)),
         # Model manager (basic_inference_server/models/)
         Setting("MODELS", dict, {},
                 "Models the endpoint may load: name -> spec handed to the worker's _build_model "
@@ -316,24 +263,24 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "visible, else the machine's RAM.", _positive_or_null),
         Setting("MODEL_LOAD_WAIT", (int, float), 0,
                 "Seconds a load that does not fit waits (first come, first served) for references "
-                "to be released; 0 answers 429 at once.", _at_least(0)),
+                "to be released; 0 answers 429 at once.", at_least(0)),
         Setting("MODEL_LEASE", (int, float), 30,
                 "Seconds a reference in MODEL_STATE_URL outlives its holder's last renewal.",
-                _at_least(0.1)),
+                at_least(0.1)),
         Setting("MODEL_IDLE_UNLOAD", (int, float, type(None)), None,
                 "Unload models unreferenced for this many seconds (checked periodically); "
                 "null: never.", _positive_or_null),
         Setting("MODEL_THRASH_LIMIT", int, 10,
                 "Alert when a model is loaded or unloaded more than this many times in "
-                "MODEL_THRASH_WINDOW.", _at_least(1, 1_000_000)),
+                "MODEL_THRASH_WINDOW.", at_least(1, 1_000_000)),
         Setting("MODEL_THRASH_WINDOW", (int, float), 300, "Seconds of the thrash alert's window.",
-                _at_least(1)),
+                at_least(1)),
         # Dynamic batching (server/batching.py)
         Setting("MAX_BATCH_SIZE", int, 1,
                 "Requests grouped into one _predict_batch call; 1 turns batching off.",
-                _at_least(1, 100_000)),
+                at_least(1, 100_000)),
         Setting("MAX_BATCH_DELAY_MS", (int, float), 5,
-                "Milliseconds a batch waits for more requests after its first.", _at_least(0)),
+                "Milliseconds a batch waits for more requests after its first.", at_least(0)),
         # Device placement
         Setting("GPUS", (list, type(None)), None,
                 "GPU indices the workers are spread over (worker i -> GPUS[i mod n]); [] runs on "
@@ -341,7 +288,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 lambda v: None if v is None or all(
                     isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1024 for x in v)
                 else "must be a list of GPU indices"),
-    ]
+    ] + TRAFFIC_SETTINGS
 }
 
 
@@ -422,6 +369,9 @@ def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> Endpoi
     given = frozenset(settings)
     for key, spec in ENDPOINT_SETTINGS.items():
         settings.setdefault(key, spec.default)
+    problem = check_policy(settings)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     return EndpointConfig(name=name, settings=settings, extra=extra, given=given)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from flask import Flask
 
-from ..config import NAME_RULE
+from ..setting import NAME_RULE
 from ..tenants.keys import MAX_GRACE, RATE_PATTERN
 
 Auth = Literal["admin", "open", "data"]
@@ -199,6 +199,14 @@ ROUTES: tuple[Route, ...] = (
     Route("/shutdown", ("POST",), "admin", "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}",
           (200, 400), request=body(("SIGNATURE",), SIGNATURE={"const": "SAFE_KILL_SERVER_CMD"}),
           response=RESULT),
+    Route("/traffic", ("GET", "POST"), "admin",
+          "versions and weights: GET the policies (?SIGNATURE=name: one); POST {SIGNATURE, "
+          "WEIGHTS} changes an endpoint's weights (kept across restarts)", (200, 400, 404, 409),
+          request=body(("SIGNATURE", "WEIGHTS"), SIGNATURE=SIGNATURE, WEIGHTS={
+              "type": "object", "propertyNames": NAME, "additionalProperties": {
+                  "type": "number", "minimum": 0, "maximum": 100}}),
+          params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),),
+          response=OBJECT),
     Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
           (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
           response=JOB_ACCEPTED),

@@ -40,6 +40,8 @@ from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
 from ..tenants.store import KeyStore
 from ..tenants.usage import strip_usage
+from ..traffic.router import choose
+from ..traffic.settings import split_target
 from . import metrics
 from .api_table import NATIVE
 from .jobs import JobsFront
@@ -170,23 +172,26 @@ class Front:
         """
         started = time.perf_counter()
         label = "-"  # the endpoint label until a valid SIGNATURE is read
+        version: str | None = None
         slot = None
         try:
             if self.gate is not None:
                 req.key = await self.gate.authenticate(req.headers)
             if req.method == "POST" and _is_async(req.body):
                 return await self._submit(req)
-            name, raw = await self._target(req)
-            label = name
+            signature, raw = await self._target(req)
+            label, version = split_target(signature)
+            target = self._pick(signature, version, raw, req)
+            version = split_target(target)[1]
             if req.key is not None:
-                slot, req.limits = await self.gate.admit(req.key, name)  # type: ignore[union-attr]
+                slot, req.limits = await self.gate.admit(req.key, label)  # type: ignore[union-attr]
                 await self.gate.check_quota(req.key)  # type: ignore[union-attr]
-            resp = await self._forward(await self._resolve(name), name, raw, req)
+            resp = await self._forward(await self._resolve(target), target, raw, req)
             units = await self._charge(req, resp)
         except ServingError as err:
             if isinstance(err, NotFound):
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
-            metrics.REQUESTS.labels(label, str(err.status)).inc()
+            metrics.REQUESTS.labels(label, version or "", str(err.status)).inc()
             if req.key is not None:
                 self.gate.record(req.key, label, err.status, 0.0,  # type: ignore[union-attr]
                                  time.perf_counter() - started)
@@ -194,7 +199,25 @@ class Front:
         finally:
             if slot is not None:
                 await self.gate.release(slot)  # type: ignore[union-attr]
-        return self._answered(req, resp, label, units, time.perf_counter() - started)
+        return self._answered(req, resp, label, version, units, time.perf_counter() - started)
+
+    def _pick(self, signature: str, pinned: str | None, raw: bytes, req: Request) -> str:
+        """The route a ``/run`` goes to: a pinned version as named, else the version the
+        endpoint's traffic policy picks (``signature`` itself when it has no versions)."""
+        policy = None if pinned else self.routes.table().get("traffic", {}).get(signature)
+        if policy is None:
+            return signature
+        key = None
+        if policy["sticky_field"]:
+            found, value = protocol.peek_field(raw, policy["sticky_field"])
+            if found and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                key = str(value)
+        elif req.key is not None:
+            key = req.key.tenant
+        else:
+            key = next((v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"),
+                       None)
+        return str(policy["versions"][choose(policy, key)])
 
     async def _target(self, req: Request) -> tuple[str, bytes]:
         """The endpoint a ``/run`` names and the body to forward to it."""
@@ -218,11 +241,12 @@ class Front:
             await self.gate.charge(req.key, units)  # type: ignore[union-attr]
         return units
 
-    def _answered(self, req: Request, resp: Any, label: str, units: float,
-                  elapsed: float) -> Answer:
-        """Count, meter and log a forwarded answer, then pass it through."""
-        metrics.REQUESTS.labels(label, str(resp.status)).inc()
-        metrics.LATENCY.labels(label).observe(elapsed)
+    def _answered(self, req: Request, resp: Any, label: str, version: str | None,
+                  units: float, elapsed: float) -> Answer:
+        """Count, meter and log a forwarded answer, then pass it through (saying which
+        version served it)."""
+        metrics.REQUESTS.labels(label, version or "", str(resp.status)).inc()
+        metrics.LATENCY.labels(label, version or "").observe(elapsed)
         if req.key is not None:
             self.gate.record(req.key, label, resp.status, units, elapsed)  # type: ignore[union-attr]
         if self.spec.access_log:
@@ -235,6 +259,8 @@ class Front:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
         if req.limits is not None:
             headers += req.limits.headers()
+        if version is not None:
+            headers.append(("X-Endpoint-Version", version))
         return Answer(resp.status, headers, resp.body)
 
     async def _signature(self, raw: bytes) -> str:
@@ -328,7 +354,7 @@ class Front:
             status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
                                                        key.tenant if key else None)
         except ServingError as err:
-            metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label,
+            metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label, "",
                                     str(err.status)).inc()
             return error_answer(err, self.meta())
         return Answer(status, headers, answer)

@@ -17,9 +17,11 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
-REQUESTS = Counter("bis_requests_total", "/run requests by endpoint and status",
-                   ["endpoint", "status"])
-LATENCY = Histogram("bis_request_seconds", "/run latency through the gateway", ["endpoint"],
+# ``version``: the label of the version that served (empty for an endpoint without VERSIONS).
+REQUESTS = Counter("bis_requests_total", "/run requests by endpoint, version and status",
+                   ["endpoint", "version", "status"])
+LATENCY = Histogram("bis_request_seconds", "/run latency through the gateway",
+                    ["endpoint", "version"],
                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                              1, 2.5, 5, 10, 30, 60))
 IN_FLIGHT = Gauge("bis_in_flight", "/run requests being served", ["endpoint"],

@@ -17,6 +17,7 @@ from ..config import MAX_WORKERS, parse_endpoint
 from ..contracts import probe_path
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
+from ..traffic.settings import TRAFFIC_KEYS
 from .control import Reply, error
 from .core import EXIT_OK, Core
 from .listeners import check_resolves
@@ -58,6 +59,7 @@ class EndpointCommands(Core):
         return 200, {"AVAIL_SERVERS": avail,
                      "DEFAULT_SERVER": self.config["DEFAULT_SERVER"],
                      "SERVERS": {n: self.endpoints[n].describe() for n in names},
+                     "TRAFFIC": self.traffic.policies(),
                      "GATEWAY": {"pid": os.getpid(), "port": self.port,
                                  "front_pid": self.front.child.pid if self.front.child else None,
                                  "supervisor_pid": (self.supervisor.child.pid
@@ -86,12 +88,18 @@ class EndpointCommands(Core):
             return 200, {"RESULT": f"{name} is already {ep.state.value}; nothing changed",
                          **ep.describe()}
         try:
+            policy = sorted(set(overrides) & set(TRAFFIC_KEYS))
+            if policy:
+                raise ConfigError(f"{', '.join(policy)} are set in the configuration file only")
             raw = overrides
             if ep is not None:
                 raw = {**ep.config.worker_config(), **overrides}
                 raw.pop("DISABLED", None)
-            cfg = parse_endpoint(name, raw, f"start_server {name}", refs=False)
-            endpoint_file(self.paths.endpoints_dir, cfg.module_name)
+            # A version ("name@label") starts again as configured: its name is not a section's.
+            cfg = ep.config if ep is not None and not overrides else parse_endpoint(
+                name, raw, f"start_server {name}", refs=False)
+            if not (cfg.settings["URLS"] or cfg.settings["PIPELINE"]):
+                endpoint_file(self.paths.endpoints_dir, cfg.module_name)
             if not cfg.is_support:
                 check_resolves(cfg.settings["HOST"])
         except ConfigError as exc:

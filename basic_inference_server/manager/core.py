@@ -37,11 +37,13 @@ from ..privfiles import private_dir
 from ..procutil import free_port
 from ..queues import jobs_spec
 from ..tenants import tenants_spec
+from ..traffic.versions import expand
 from .children import Child, Service, spawn, spawn_script
 from .control import ControlServer, json_depth
 from .listeners import admin_token, listen_tcp, listen_unix, sweep_stale_run_dirs
 from .specs import Paths, front_spec, server_spec, supervisor_spec, support_payload
 from .state import STABLE_AFTER, Change, Endpoint, State, write_routes
+from .traffic import TrafficTable
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +90,12 @@ class Core:
         # Endpoint servers' metrics (model manager), merged into the front's /metrics.
         self.server_metrics = self.run_dir / "metrics-servers"
         self.server_metrics.mkdir()
+        # An endpoint with VERSIONS runs one server per version ("name@label").
         self.endpoints: dict[str, Endpoint] = {
             name: Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
-            for name, cfg in config.endpoints.items()}
+            for section in config.endpoints.values()
+            for name, cfg in expand(section, config.source).items()}
+        self.traffic = TrafficTable(config.endpoints, self.cache_dir)
         self.front_listener: socket.socket | None = None
         self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
         self.supervisor = Service("supervisor", self._spawn_supervisor, STABLE_AFTER)
@@ -236,7 +241,8 @@ class Core:
             self._publish()
 
     def _publish(self) -> None:
-        write_routes(Path(self.paths.routes), self.endpoints, self.config.settings)
+        write_routes(Path(self.paths.routes), self.endpoints, self.config.settings,
+                     self.traffic.policies())
 
     # -- children -----------------------------------------------------------------------
     def _spawn_front(self) -> Child:
@@ -293,6 +299,9 @@ class Core:
 
     def _start_endpoint(self, ep: Endpoint) -> None:
         """Spawn the endpoint's process; a server becomes READY when a worker reports in."""
+        if ep.is_virtual:
+            self.apply(ep, ep.virtual_started(self.clock()))
+            return
         try:
             if ep.is_support:
                 script = endpoint_file(self.paths.endpoints_dir, ep.config.module_name)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EndpointConfig
+from ..traffic.settings import split_target
 from .children import BACKOFF_FIRST, Child, backoff
 
 # A server that ran this long before dying is not in a crash loop: restart at once.
@@ -89,6 +90,17 @@ class Endpoint:
     def is_support(self) -> bool:
         return self.config.is_support
 
+    @property
+    def is_virtual(self) -> bool:
+        """A remote endpoint or a pipeline: routed by the front, no local process."""
+        s = self.config.settings
+        return bool(s["URLS"] or s["PIPELINE"])
+
+    @property
+    def version(self) -> str | None:
+        """The version label of ``<endpoint>@<label>``; None for an unversioned endpoint."""
+        return split_target(self.name)[1]
+
     def children(self) -> list[Child]:
         """Every live child of the endpoint: serving, loading and draining."""
         return [c for c in (self.child, self.pending) if c] + self.draining
@@ -124,6 +136,11 @@ class Endpoint:
             self.state, self.ready_since = State.READY, now
             return Change()
         self.state = State.STARTING
+        return Change(publish=True)
+
+    def virtual_started(self, now: float) -> Change:
+        """A remote endpoint or a pipeline is routable at once: nothing to spawn."""
+        self.state, self.ready_since, self.last_error = State.READY, now, None
         return Change(publish=True)
 
     def start_failed(self, error: str) -> Change:
@@ -297,7 +314,8 @@ class Endpoint:
         s = self.config.settings
         return {
             "state": self.state.value,
-            "kind": "support" if self.config.is_support else "server",
+            "kind": self.kind(),
+            "version": self.version,
             "port": self.port,
             "host": s["HOST"],
             "nr_workers": self.target_workers,
@@ -315,9 +333,25 @@ class Endpoint:
             "module": self.config.module_name,
         }
 
+    def kind(self) -> str:
+        s = self.config.settings
+        if self.is_support:
+            return "support"
+        return "remote" if s["URLS"] else "pipeline" if s["PIPELINE"] else "server"
+
     def route(self) -> dict[str, Any]:
         """What the front needs to forward a request."""
+        s = self.config.settings
+        extra: dict[str, Any] = {}
+        if s["URLS"]:
+            extra["remote"] = {"urls": s["URLS"], "signature": s["REMOTE_SIGNATURE"],
+                               "api_key": s["REMOTE_API_KEY"]}
+        elif s["PIPELINE"]:
+            extra["pipeline"] = s["PIPELINE"]
         return {
+            **extra,
+            "version": self.version,
+            "breaker": s["BREAKER"],
             "state": self.state.value,
             "socket": self.socket_path,
             "workers": sorted(self.worker_sockets.values()),
@@ -336,6 +370,9 @@ class Endpoint:
         s = self.config.settings
         if s["MAX_IN_FLIGHT"] is not None:
             return int(s["MAX_IN_FLIGHT"])
+        if self.is_virtual:
+            # Its capacity is another's (a remote gateway, the steps' endpoints).
+            return IN_FLIGHT_FACTOR * IN_FLIGHT_FACTOR
         return max(1, len(self.ready_pids)) * int(s["MAX_BATCH_SIZE"]) * IN_FLIGHT_FACTOR
 
     def retry_after(self) -> float:
@@ -344,10 +381,13 @@ class Endpoint:
         return 1.0
 
 
-def write_routes(path: Path, endpoints: dict[str, Endpoint], settings: dict[str, Any]) -> None:
-    """Publish the route table atomically (readers never see half a file)."""
+def write_routes(path: Path, endpoints: dict[str, Endpoint], settings: dict[str, Any],
+                 traffic: dict[str, Any]) -> None:
+    """Publish the route table atomically (readers never see half a file); ``traffic``:
+    the policy of each endpoint with versions."""
     table = {
         "endpoints": {n: e.route() for n, e in endpoints.items() if not e.config.is_support},
+        "traffic": traffic,
         "no_startup_wait": settings["NO_STARTUP_WAIT"],
         "ready_policy": settings["READY_POLICY"],
         "written_at": time.time(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import re
 import sys
@@ -30,6 +31,8 @@ import httptools
 
 from .. import protocol
 from ..errors import BadRequest, PayloadTooLarge, ServingError, TooManyConnections
+
+log = logging.getLogger(__name__)
 
 # Larger headers than this are refused: nothing the API takes needs more.
 MAX_HEADER_BYTES = 64 * 1024
@@ -66,7 +69,6 @@ class Request:
     keep_alive: bool
     peer: tuple[str, int]
     tls: bool = False
-    customer: bytes | None = None
     key: Any = None  # tenants.keys.ApiKey, with API_KEYS on
     limits: Any = None  # tenants.limits.Decision: RateLimit-* headers of the answer
 
@@ -331,7 +333,12 @@ class HttpConnection(asyncio.Protocol):
         try:
             while self.queue and not self.closing:
                 request = self.queue.popleft()
-                answer = await self.server.handle(request)
+                try:
+                    answer = await self.server.handle(request)
+                except Exception:  # noqa: BLE001 - a handler's bug must not leave a caller hanging
+                    log.exception("error answering %s %s", request.method, request.path[:200])
+                    answer = error_answer(ServingError("internal error in the server; see its "
+                                                       "log"), {})
                 keep = request.keep_alive and self.server.alive
                 self._write(answer, request.request_id.encode(), keep,
                             head_only=request.method == "HEAD")

@@ -28,11 +28,11 @@ def test_metrics_count_requests_and_report_workers(gateways):
     assert_error(gw.run("nope"), 404)
     assert_error(gw.post("/run", data=b"[1]"), 400)
     got = samples(gw)
-    ok = got[("bis_requests_total", (("endpoint", "echo"), ("status", "200")))]
+    ok = got[("bis_requests_total", (("endpoint", "echo"), ("status", "200"), ("version", "")))]
     assert ok == 20  # summed over both front processes
-    assert got[("bis_requests_total", (("endpoint", "unknown"), ("status", "404")))] == 1
-    assert got[("bis_requests_total", (("endpoint", "-"), ("status", "400")))] == 1
-    assert got[("bis_request_seconds_count", (("endpoint", "echo"),))] == 20
+    assert got[("bis_requests_total", (("endpoint", "unknown"), ("status", "404"), ("version", "")))] == 1
+    assert got[("bis_requests_total", (("endpoint", "-"), ("status", "400"), ("version", "")))] == 1
+    assert got[("bis_request_seconds_count", (("endpoint", "echo"), ("version", "")))] == 20
     assert got[("bis_workers", (("endpoint", "echo"),))] == 2
     assert got[("bis_endpoint_ready", (("endpoint", "echo"),))] == 1
     assert got[("bis_in_flight", (("endpoint", "echo"),))] == 0
