@@ -11,7 +11,9 @@ from playwright.sync_api import Page, expect, sync_playwright
 from tests.conftest import ADMIN_TOKEN, wait_until
 
 CONFIG = {"HEALTH_SAMPLE_INTERVAL": 0.5,
-          "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}, "slow": {"NR_WORKERS": 1}}}
+          "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}, "slow": {"NR_WORKERS": 1},
+                               "clf": {"SERVER_CLASS": "echo", "VERSIONS": {"v1": {}, "v2": {}},
+                                       "TRAFFIC": {"v1": 75, "v2": 25}}}}
 # Flags for a sandboxed, offline machine: no first-run or background network traffic.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
@@ -63,6 +65,9 @@ def test_dashboard_lists_endpoints_draws_charts_and_scales(gateways, tmp_path: P
             expect(row(page, "echo").locator("td.state")).to_have_text("READY")
             expect(row(page, "slow").locator("td.state")).to_have_text("READY")
             expect(row(page, "echo").locator("td.workers")).to_have_text("1 / 1")
+            # Each version is a row with its share of the endpoint's traffic.
+            expect(row(page, "clf@v1").locator("td.traffic")).to_have_text("v1 75%")
+            expect(row(page, "clf@v2").locator("td.traffic")).to_have_text("v2 25%")
 
             # The memory chart has series with points, and pixels on its canvas.
             points = page.evaluate("""() => {

@@ -102,7 +102,16 @@ function actions(td, name, info) {
   button(td, "stop", () => act("stop " + name, "kill_server", sig));
 }
 
-function drawEndpoints(servers) {
+// A version's share of its endpoint's traffic, as a percentage ("" without versions).
+function share(name, info, traffic) {
+  const policy = info.version ? traffic[name.split("@")[0]] : null;
+  if (!policy) return "";
+  const total = Object.values(policy.weights).reduce((a, b) => a + b, 0);
+  const pct = Math.round(1000 * policy.weights[info.version] / total) / 10;
+  return info.version + " " + pct + "%" + (policy.rollout ? " (rollout)" : "");
+}
+
+function drawEndpoints(servers, traffic) {
   const body = $("endpoints").tBodies[0];
   body.replaceChildren();
   for (const [name, info] of Object.entries(servers)) {
@@ -110,7 +119,8 @@ function drawEndpoints(servers) {
     row.dataset.endpoint = name;
     cell(row, name);
     cell(row, info.state, "state " + info.state);
-    cell(row, info.kind === "server" ? info.workers_ready + " / " + info.nr_workers : "support",
+    cell(row, share(name, info, traffic), "traffic");
+    cell(row, info.kind === "server" ? info.workers_ready + " / " + info.nr_workers : info.kind,
          "workers");
     cell(row, info.port);
     cell(row, duration(info.uptime_s));
@@ -217,7 +227,7 @@ async function refresh() {
     const [servers, status, history] = await Promise.all([
       api("list_servers"), api("system_status"), api("history?samples=" + HISTORY_SAMPLES)]);
     $("server-name").textContent = servers.server ? "on " + servers.server : "";
-    drawEndpoints(servers.SERVERS);
+    drawEndpoints(servers.SERVERS, servers.TRAFFIC || {});
     drawAlerts(status.SYSTEM_ALERTS);
     drawSystem(status.SYSTEM_STATUS);
     drawEvents(history.events);
