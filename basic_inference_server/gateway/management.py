@@ -180,6 +180,10 @@ def build_management_app(front: Front) -> Flask:
             if route.admin:
                 admin_only()
             args = args_of()
+            if request.method == "POST" and route.request is not None:
+                missing = [k for k in route.request.get("required", ()) if k not in args]
+                if missing:
+                    raise BadRequest(f"POST {route.path} needs {', '.join(missing)}")
             if route.path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
                 raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
             if route.path == "/support_update_status":

@@ -11,7 +11,15 @@ import requests
 
 from basic_inference_server.config import parse_config
 from basic_inference_server.errors import ConfigError
-from tests.conftest import Gateway, GatewayPool, assert_error, assert_ok, spawn_gateway, with_test_defaults
+from tests.conftest import (
+    Gateway,
+    GatewayPool,
+    assert_error,
+    assert_ok,
+    spawn_gateway,
+    wait_until,
+    with_test_defaults,
+)
 
 # One endpoint file, two versions: v2 differs by a key the echo worker reports (TAG).
 CLF = {"SERVER_CLASS": "echo", "VERSIONS": {"v1": {}, "v2": {"TAG": "two"}},
@@ -90,6 +98,9 @@ def test_weights_change_at_runtime_and_survive_a_restart(gateways: GatewayPool) 
     gw = ready(gateways(CONFIG))
     resp = gw.post("/traffic", {"SIGNATURE": "clf", "WEIGHTS": {"v2": 100}})
     assert assert_ok(resp)["weights"] == {"v1": 0, "v2": 100}
+    # Each front process reads the new table within CHECK_EVERY (50 ms).
+    wait_until(lambda: all(gw.run("clf", X=i).headers["X-Endpoint-Version"] == "v2"
+                           for i in range(10)), timeout=5, message="every front routes to v2")
     assert {gw.run("clf", X=i).headers["X-Endpoint-Version"] for i in range(30)} == {"v2"}
     assert gw.get("/traffic").json()["TRAFFIC"]["clf"]["weights"] == {"v1": 0, "v2": 100}
     history = gw.get("/history").json()
@@ -114,6 +125,7 @@ def test_weights_change_at_runtime_and_survive_a_restart(gateways: GatewayPool) 
 ])
 def test_bad_weights_are_refused_and_change_nothing(gw: Gateway, body: Any, status: int) -> None:
     assert_error(gw.post("/traffic", body), status)
+    assert_error(gw.post("/traffic", {"SIGNATURE": "clf"}), 400)
     assert gw.get("/traffic?SIGNATURE=clf").json()["weights"] == {"v1": 90, "v2": 10}
 
 
