@@ -133,8 +133,11 @@ def _forget_dead_workers(path: str) -> None:
 SHADOW_REQUESTS = Counter("bis_shadow_requests_total", "Mirrored requests by endpoint, shadow "
                           "version and result (agree, disagree, error, dropped)",
                           ["endpoint", "version", "result"])
+# A shadow is usually a candidate model, seldom faster than the version it shadows.
 SHADOW_LATENCY = Histogram("bis_shadow_latency_seconds", "Latency of the shadow version's answers",
-                           ["endpoint", "version"], buckets=LATENCY._upper_bounds)
+                           ["endpoint", "version"],
+                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                    30, 60))
 
 
 def record_shadow(endpoint: str, version: str, result: Result, latency: float | None) -> None:

@@ -17,10 +17,8 @@ handed to the ``record`` function with the shadow's latency.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -28,6 +26,7 @@ from typing import Any, Protocol
 from ..errors import Overloaded, ServingError
 from .compare import Result, judge, with_defaults
 from .hooks import Hooks
+from .router import point
 
 log = logging.getLogger("bis.shadow")
 # Mirrors in flight per endpoint and front process.
@@ -41,8 +40,9 @@ class Reply(Protocol):
     body: bytes
 
 
-# (target, request head lines, body) -> the target's answer; raises ServingError.
-Forward = Callable[[str, bytes, bytes], Awaitable[Reply]]
+# (target, body, the caller's request) -> the target's answer; raises ServingError. The
+# front forwards the copy as it forwards any request (same headers, MAX_IN_FLIGHT).
+Forward = Callable[[str, bytes, Any], Awaitable[Reply]]
 # (endpoint, shadow version label, result, the shadow's latency in seconds or None).
 Record = Callable[[str, str, Result, float | None], None]
 OffLoop = Callable[..., Awaitable[Any]]
@@ -52,12 +52,7 @@ def sampled(request_id: str | None, fraction: float) -> bool:
     """Whether a request is in the mirrored ``fraction``: by its id when it has one."""
     if fraction >= 1:
         return True
-    if fraction <= 0:
-        return False
-    if not request_id:
-        return random.random() < fraction
-    digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0 ** 64 < fraction
+    return fraction > 0 and point(request_id or None) < fraction
 
 
 def wanted(policy: dict[str, Any] | None, source_version: str | None) -> bool:
@@ -83,9 +78,10 @@ class Shadow:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def maybe_mirror(self, endpoint: str, traffic: dict[str, Any], source_version: str | None,
-                     raw: bytes, head: bytes, request_id: str | None, primary: Reply) -> bool:
+                     raw: bytes, request: Any, request_id: str | None, primary: Reply) -> bool:
         """Mirror one request of ``endpoint`` (its route table ``traffic`` entry) served by
-        ``source_version`` with answer ``primary``, if the policy says so; never waits."""
+        ``source_version`` with answer ``primary``, if the policy says so; never waits.
+        ``request`` is handed to the forwarding function as it is."""
         policy = traffic.get("shadow")
         if not wanted(policy, source_version):
             return False
@@ -100,7 +96,7 @@ class Shadow:
         self.busy[endpoint] = self.busy.get(endpoint, 0) + 1
         # The answer as it is now: the front may still rewrite the response object.
         task = asyncio.get_running_loop().create_task(self._mirror(
-            endpoint, policy, target, raw, head, (primary.status, primary.body)))
+            endpoint, policy, target, raw, request, (primary.status, primary.body)))
         self.tasks.add(task)
         task.add_done_callback(lambda done: self._done(endpoint, done))
         return True
@@ -116,11 +112,11 @@ class Shadow:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _mirror(self, endpoint: str, policy: dict[str, Any], target: str, raw: bytes,
-                      head: bytes, primary: tuple[int, bytes]) -> None:
+                      request: Any, primary: tuple[int, bytes]) -> None:
         latency: float | None = None
         started = time.perf_counter()
         try:
-            reply = await self.forward(target, head, raw)
+            reply = await self.forward(target, raw, request)
             latency = time.perf_counter() - started
             result = await self._compare(policy, primary, (reply.status, reply.body))
         except Overloaded:

@@ -19,7 +19,7 @@ from basic_inference_server.traffic.shadow import Shadow, quantile, sampled, sum
 TRAFFIC = {"versions": {"v1": "clf@v1", "v2": "clf@v2"}, "weights": {"v1": 100, "v2": 0},
            "shadow": {"VERSION": "v2"}}
 BODY = b'{"SIGNATURE": "clf", "x": 1}'
-HEAD = b"X-Request-ID: r1\r\n"
+REQUEST = object()  # the caller's request: the mirror hands it on untouched
 
 
 @dataclass
@@ -36,10 +36,10 @@ class FakeUpstream:
         self.gate = asyncio.Event()
         if open_:
             self.gate.set()
-        self.calls: list[tuple[str, bytes, bytes]] = []
+        self.calls: list[tuple[str, bytes, object]] = []
 
-    async def forward(self, target: str, head: bytes, raw: bytes) -> Reply:
-        self.calls.append((target, head, raw))
+    async def forward(self, target: str, raw: bytes, request: object) -> Reply:
+        self.calls.append((target, raw, request))
         await self.gate.wait()
         if isinstance(self.reply, BaseException):
             raise self.reply
@@ -55,7 +55,7 @@ class Recorder(list):
 
 
 def mirror(shadow: Shadow, traffic=TRAFFIC, source="v1", request_id="r1", primary=None) -> bool:
-    return shadow.maybe_mirror("clf", traffic, source, BODY, HEAD, request_id, primary or Reply())
+    return shadow.maybe_mirror("clf", traffic, source, BODY, REQUEST, request_id, primary or Reply())
 
 
 def with_shadow(**keys) -> dict:
@@ -71,7 +71,7 @@ def test_a_mirrored_request_goes_to_the_shadow_version_and_is_compared():
         return upstream, record
 
     upstream, record = asyncio.run(main())
-    assert upstream.calls == [("clf@v2", HEAD, BODY)]
+    assert upstream.calls == [("clf@v2", BODY, REQUEST)]
     [(endpoint, version, result, latency)] = record
     assert (endpoint, version, result) == ("clf", "v2", Result.AGREE) and latency >= 0
 
