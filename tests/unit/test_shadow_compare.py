@@ -8,6 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from basic_inference_server.config import parse_config
+from basic_inference_server.errors import ConfigError
 from basic_inference_server.traffic.compare import (
     ComparatorError,
     Result,
@@ -175,3 +177,14 @@ def test_a_hook_file_linked_from_outside_the_folder_is_refused(tmp_path: Path):
     (folder / "linked.py").symlink_to(outside)
     with pytest.raises(ComparatorError, match="outside"):
         Hooks(folder).get("linked:compare")
+
+
+@pytest.mark.parametrize(("shadow", "message"), [
+    ({"VERSION": "v2", "FRACTION": 2}, "SHADOW FRACTION must be a number from 0 to 1"),
+    ({"VERSION": "v3"}, "SHADOW.VERSION must be one of VERSIONS"),
+    ({"VERSION": "v2", "FROM": "v9"}, "SHADOW.FROM must be null or one of VERSIONS"),
+])
+def test_the_configuration_refuses_a_bad_shadow(shadow, message):
+    section = {"SERVER_CLASS": "echo", "VERSIONS": {"v1": {}, "v2": {}}, "SHADOW": shadow}
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"CONFIG_ENDPOINTS": {"clf": section}})
