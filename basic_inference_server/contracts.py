@@ -67,6 +67,7 @@ class FrontSpec:
     tls_cert: str | None = _default("TLS_CERT")
     tls_key: str | None = _default("TLS_KEY")
     tenants: dict[str, Any] | None = None  # tenants.TenantsSpec: API keys, limits, quotas
+    endpoints_dir: str | None = None  # where SHADOW.HOOK modules are found
 
 
 @dataclass

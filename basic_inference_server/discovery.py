@@ -21,25 +21,26 @@ def expected_class_name(module_name: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in parts if p) + "Worker"
 
 
-def endpoint_file(endpoints_dir: str | Path, module_name: str) -> Path:
+def endpoint_file(endpoints_dir: str | Path, module_name: str, setting: str = "SERVER_CLASS") -> Path:
     """Path of ``<endpoints_dir>/<module_name>.py``; an error lists what exists.
 
     A name outside the name rule is a :class:`ConfigError` (it never reaches the file
     system); a file that resolves outside the folder (a link out of it) is refused
-    too: only the operator's endpoint files ever run.
+    too: only the operator's endpoint files ever run. ``setting`` names the setting
+    the name came from, in errors.
     """
     if not is_name(module_name):
-        raise ConfigError(f"SERVER_CLASS {module_name!r} must be {NAME_RULE_TEXT}")
+        raise ConfigError(f"{setting} {module_name!r} must be {NAME_RULE_TEXT}")
     folder = Path(endpoints_dir)
     path = folder / f"{module_name}.py"
     if path.exists() and not path.resolve().is_relative_to(folder.resolve()):
-        raise DiscoveryError(f"SERVER_CLASS {module_name!r}: {path} resolves outside {folder}; "
+        raise DiscoveryError(f"{setting} {module_name!r}: {path} resolves outside {folder}; "
                              f"endpoint files must lie inside the endpoints folder")
     if not path.is_file():
         present = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
         raise DiscoveryError(
             f"endpoint file {path} not found; files in {folder}: {', '.join(present) or 'none'}. "
-            f"Create {path} or set SERVER_CLASS to one of those names."
+            f"Create {path} or set {setting} to one of those names."
         )
     return path
 

@@ -40,8 +40,10 @@ from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
 from ..tenants.store import KeyStore
 from ..tenants.usage import strip_usage
+from ..traffic.hooks import Hooks
 from ..traffic.router import choose
 from ..traffic.settings import split_target
+from ..traffic.shadow import Shadow
 from . import metrics
 from .api_table import NATIVE
 from .jobs import JobsFront
@@ -92,6 +94,8 @@ class Front:
         self.board = LoadBoard(rows=spec.workers)
         self.upstream = Upstream(self.board)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
+        self.shadow = Shadow(self._shadow_forward, metrics.record_shadow,
+                             hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
         # The key store always (the admin API); the checks only with API_KEYS on.
         tenants = TenantsSpec(**spec.tenants) if spec.tenants else None
         self.key_gate = TenantGate(tenants, self.off_loop, spec.workers) if tenants else None
@@ -199,7 +203,19 @@ class Front:
         finally:
             if slot is not None:
                 await self.gate.release(slot)  # type: ignore[union-attr]
+        self._mirror(label, version, raw, req, resp)
         return self._answered(req, resp, label, version, units, time.perf_counter() - started)
+
+    def _mirror(self, name: str, version: str | None, raw: bytes, req: Request, resp: Any) -> None:
+        """Hand a copy of the request to the endpoint's shadow version, if it has one: a
+        task of this loop; the caller's answer goes out at once (traffic/shadow.py)."""
+        policy = self.routes.table().get("traffic", {}).get(name)
+        if policy is not None and policy.get("shadow"):
+            self.shadow.maybe_mirror(name, policy, version, raw, req, req.request_id, resp)
+
+    async def _shadow_forward(self, target: str, raw: bytes, req: Request) -> Any:
+        """Forward a shadow's copy as any request to ``target`` is forwarded."""
+        return await self._forward(await self._resolve(target), target, raw, req)
 
     def _pick(self, signature: str, pinned: str | None, raw: bytes, req: Request) -> str:
         """The route a ``/run`` goes to: a pinned version as named, else the version the

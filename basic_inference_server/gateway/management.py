@@ -173,6 +173,9 @@ def build_management_app(front: Front) -> Flask:
             body["ERROR_TYPE"] = kind_for_status(status)
         if cmd == "system_status" and status == 200:
             body["QUEUES"] = front.jobs.status(front.routes.names())
+        if cmd == "list_servers" and status == 200:
+            # Counted by every front process: read from the files /metrics merges.
+            body["SHADOW"] = metrics.shadow_summary()
         return reply(status, body, [("Retry-After", "1")] if status == 503 else [])
 
     def command_view(route: Route) -> Callable[[], Response]:

@@ -14,8 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
+
+from ..traffic.compare import Result
+from ..traffic.shadow import summarize
 
 # ``version``: the label of the version that served (empty for an endpoint without VERSIONS).
 REQUESTS = Counter("bis_requests_total", "/run requests by endpoint, version and status",
@@ -116,3 +127,43 @@ def _forget_dead_workers(path: str) -> None:
         pid = live.stem.rpartition("_")[2]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             multiprocess.mark_process_dead(int(pid), path)
+
+
+# -- shadow traffic (traffic/shadow.py) --------------------------------------------------
+SHADOW_REQUESTS = Counter("bis_shadow_requests_total", "Mirrored requests by endpoint, shadow "
+                          "version and result (agree, disagree, error, dropped)",
+                          ["endpoint", "version", "result"])
+# A shadow is usually a candidate model, seldom faster than the version it shadows.
+SHADOW_LATENCY = Histogram("bis_shadow_latency_seconds", "Latency of the shadow version's answers",
+                           ["endpoint", "version"],
+                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                    30, 60))
+
+
+def record_shadow(endpoint: str, version: str, result: Result, latency: float | None) -> None:
+    """Count one mirror's result (and the shadow's latency when it answered)."""
+    SHADOW_REQUESTS.labels(endpoint, version, result.value).inc()
+    if latency is not None:
+        SHADOW_LATENCY.labels(endpoint, version).observe(latency)
+
+
+def shadow_summary() -> dict[str, Any]:
+    """``{endpoint: {version: counts, disagreement rate, p50/p99}}`` over every front process
+    (read from the same multiprocess files as ``/metrics``)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        families = registry.collect()
+    else:
+        families = REGISTRY.collect()
+    counts: dict[tuple[str, str, str], float] = {}
+    buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for family in families:
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "bis_shadow_requests_total":
+                counts[(labels["endpoint"], labels["version"], labels["result"])] = sample.value
+            elif sample.name == "bis_shadow_latency_seconds_bucket":
+                buckets.setdefault((labels["endpoint"], labels["version"]), []).append(
+                    (float(labels["le"]), sample.value))
+    return summarize(counts, buckets)

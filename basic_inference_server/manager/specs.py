@@ -34,7 +34,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         keepalive_timeout=config["KEEPALIVE_TIMEOUT"],
         max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
-        tls_key=config["TLS_KEY"], tenants=tenants)
+        tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir)
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ..setting import NAME_RULE_TEXT, Setting, check_name, is_name
+from .compare import validate_shadow
 
 # An endpoint's version is addressed as "<endpoint>@<label>"; both sides follow the name rule.
 VERSION_SEP = "@"
@@ -70,7 +71,7 @@ TRAFFIC_SETTINGS: list[Setting] = [
             "the API key or X-Customer-ID; no tenant: by weight at random).", _field),
     Setting("SHADOW", (dict, type(None)), None,
             "Mirror a fraction of requests to a shadow version and compare the answers "
-            "(docs/traffic.md).", _object_or_null),
+            "(docs/traffic.md).", validate_shadow),
     Setting("BREAKER", (dict, type(None)), None,
             "Circuit breaker of the endpoint (of each version): null turns it off "
             "(docs/traffic.md).", _object_or_null),
@@ -117,6 +118,8 @@ def check_policy(settings: dict[str, Any]) -> str | None:
     shadow = settings["SHADOW"]
     if shadow and shadow.get("VERSION") not in versions:
         return f"SHADOW.VERSION must be one of VERSIONS ({', '.join(versions)})"
+    if shadow and shadow.get("FROM") not in (None, *versions):
+        return f"SHADOW.FROM must be null or one of VERSIONS ({', '.join(versions)})"
     return None
 
 
