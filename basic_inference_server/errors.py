@@ -162,6 +162,18 @@ class UpstreamTimeout(ServingError):
     kind = "timeout"
 
 
+class StepFailed(ServingError):
+    """A pipeline step failed; the answer names the step (``STEP``). The status follows
+    the step's: see :func:`..traffic.pipeline.failure_status`."""
+
+    kind = "step_failed"
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None,
+                 **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.status = status
+
+
 # The kind of each status's own class: the ERROR_TYPE of an error that arrives without one
 # (the manager's answers, werkzeug's own HTTP errors).
 _KIND_BY_STATUS = {cls.status: cls.kind for cls in (
