@@ -7,48 +7,26 @@ served, and a request that arrives while a job runs waits for it, like a request
 behind another request. No dispatcher pushes work: every worker of every server,
 on this box or another, pulls from the endpoint's queue when it is free.
 
-A job's run ends one of four ways: the pipeline answered 200 (result stored as
-``done``, acked); it rejected the input (4xx: ``failed``, acked, no retry); it failed
-otherwise (retried after ``RETRY_BACKOFF`` doubling, up to ``MAX_ATTEMPTS``, then moved
-to the dead-letter queue with its last error); or the worker stopped before starting
-it (released, not counted). Results are stored before the ack: a crash in between runs
-the job again and overwrites the same result, it never loses it.
+How a job ends (stored, retried, dead-lettered) is the queues' shared consumer's
+(:mod:`..queues.consumer`); a 4xx is for good, a 5xx is retried.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
-from ..queues.base import DEAD, DONE, FAILED, QUEUED, RUNNING, Claim
-from ..redact import mask_text, mask_url
+from ..queues import JobsSpec
+from ..queues.consumer import CLAIM_WAIT, JobWorker, RetryPolicy
 from ..worker import FileOutput
 from .app import Outcome
 
-log = logging.getLogger(__name__)
-
-# Longest a claim waits for a job; also how long a stop may wait for the claim to return.
-CLAIM_WAIT = 1.0
-BACKOFF_CAP = 60.0
-# Pause after the queue backend failed, before trying it again.
-BACKEND_PAUSE = 1.0
-
 Execute = Callable[[dict[str, Any]], Outcome]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-def retry_delay(base: float, attempts: int) -> float:
-    """Backoff before the next attempt: ``base``, then doubled per attempt, capped."""
-    return float(min(BACKOFF_CAP, base * 2 ** max(0, attempts - 1)))
 
 
 def _storable(body: dict[str, Any] | FileOutput) -> dict[str, Any]:
@@ -60,7 +38,7 @@ def _storable(body: dict[str, Any] | FileOutput) -> dict[str, Any]:
                      "base64": base64.b64encode(data).decode("ascii")}}
 
 
-class JobConsumer:
+class JobConsumer(JobWorker):
     """Pulls the jobs of ``endpoint`` and runs them with ``execute`` while the worker is idle."""
 
     def __init__(self, endpoint: str, execute: Execute, jobs: JobsSpec,
@@ -68,13 +46,8 @@ class JobConsumer:
         """With batching (``MAX_BATCH_SIZE`` > 1) requests and jobs all go through the
         batcher, which already runs the model on one thread: the gate would only keep
         requests from forming batches, so there is none."""
-        self.endpoint = endpoint
+        super().__init__(endpoint, self._execute, jobs, RetryPolicy.of(settings))
         self.execute = execute
-        self.jobs = jobs
-        self.max_attempts = int(settings["MAX_ATTEMPTS"])
-        self.backoff = float(settings["RETRY_BACKOFF"])
-        self.visibility = float(settings["VISIBILITY_TIMEOUT"])
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
         batching = int(settings.get("MAX_BATCH_SIZE") or 1) > 1
         self.gate: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if batching else threading.Lock())
@@ -83,10 +56,12 @@ class JobConsumer:
         self._count = threading.Lock()
         self.idle = threading.Event()
         self.idle.set()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name=f"bis-jobs-{endpoint}", daemon=True)
-        self.queue: JobQueue | None = None
-        self.results: ResultStore | None = None
+        self.thread = threading.Thread(target=self.serve, name=f"bis-jobs-{endpoint}",
+                                       daemon=True)
+
+    def _execute(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        status, answer, _headers = self.execute(body)
+        return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------
     def guard(self, app: WSGIApp) -> WSGIApp:
@@ -123,98 +98,20 @@ class JobConsumer:
             self.thread.join(timeout)
 
     # -- the consumer thread ------------------------------------------------------------
-    def _loop(self) -> None:
-        try:
-            self.queue = open_queue(self.jobs.queue)
-            self.results = open_results(self.jobs.results)
-        except Exception:  # noqa: BLE001 - the worker keeps serving HTTP without jobs
-            log.exception("%s: cannot open the job queue %s; not consuming jobs",
-                          self.endpoint, mask_url(self.jobs.queue))
-            return
-        log.info("%s: consuming jobs from %s", self.endpoint,
-                 mask_url(self.jobs.queue.split("?")[0]))
-        try:
-            while not self.stopping.is_set():
-                try:
-                    self.run_once()
-                except Exception:  # noqa: BLE001 - a backend hiccup must not end the loop
-                    log.exception("%s: job queue error; trying again", self.endpoint)
-                    self.stopping.wait(BACKEND_PAUSE)
-        finally:
-            self.queue.close()
-            self.results.close()
-
     def run_once(self, wait: float = CLAIM_WAIT) -> bool:
         """Claim one job when the worker is idle and run it; False when there was none."""
         assert self.queue is not None
         if not self.idle.wait(wait):
             return False
-        claim = self.queue.claim(self.endpoint, self.name, wait, self.visibility)
+        claim = self.claim(wait)
         if claim is None:
             return False
         with self.gate:
             if self.stopping.is_set():
                 self.queue.release(claim)
                 return False
-            self._run(claim)
+            self.process(claim)
         return True
-
-    def _run(self, claim: Claim) -> None:
-        assert self.queue is not None and self.results is not None
-        job = claim.job
-        if job.undecodable is not None:
-            self._attempt_failed(claim, f"the queue message cannot be decoded: "
-                                        f"{mask_text(job.undecodable[:500])}")
-            return
-        if job.attempts > self.max_attempts:
-            # Claimed again and again without an answer: it kills or hangs its worker.
-            error = f"no answer after {job.attempts - 1} runs (its worker died or hung)"
-            if job.last_error:
-                error += f"; last error: {job.last_error}"
-            self._dead(claim, error)
-            return
-        self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
-                                     "STARTED_AT": time.time(), "WORKER": self.name})
-        try:
-            status, body, _headers = self.execute(dict(job.body))
-            stored = _storable(body)
-        except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's error
-            log.exception("%s: job %s failed outside the pipeline", self.endpoint, job.id)
-            status, stored = 500, {"ERROR": f"{type(exc).__name__}: {exc}"}
-        if status < 500:
-            # ATTEMPTS again: a requeue may have reset the record while this ran.
-            self.results.update(job.id, {"STATUS": DONE if status < 400 else FAILED,
-                                         "HTTP_STATUS": status, "RESULT": stored,
-                                         "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
-                                ttl=self.jobs.ttl)
-            self.queue.ack(claim)
-            return
-        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored)
-
-    def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None) -> None:
-        """Retry after the backoff, or dead-letter once ``MAX_ATTEMPTS`` runs have failed."""
-        assert self.queue is not None and self.results is not None
-        job = claim.job
-        if job.attempts >= self.max_attempts:
-            self._dead(claim, error, body)
-            return
-        delay = retry_delay(self.backoff, job.attempts)
-        self.queue.retry_later(claim, delay, error)
-        self.results.update(job.id, {"STATUS": QUEUED, "LAST_ERROR": error,
-                                     "ATTEMPTS": job.attempts, "RETRY_AT": time.time() + delay})
-        log.warning("%s: job %s attempt %d failed (%s); retry in %.1f s", self.endpoint, job.id,
-                    job.attempts, error, delay)
-
-    def _dead(self, claim: Claim, error: str, body: dict[str, Any] | None = None) -> None:
-        assert self.queue is not None and self.results is not None
-        self.queue.dead_letter(claim, error)
-        fields: dict[str, Any] = {"STATUS": DEAD, "LAST_ERROR": error, "FINISHED_AT": time.time(),
-                                  "ATTEMPTS": min(claim.job.attempts, self.max_attempts)}
-        if body is not None:
-            fields.update(HTTP_STATUS=500, RESULT=body)
-        self.results.update(claim.job.id, fields)
-        log.error("%s: job %s dead after %d attempts: %s", self.endpoint, claim.job.id,
-                  claim.job.attempts, error)
 
 
 # The consumer of this worker process, if any (gunicorn hooks reach it here).

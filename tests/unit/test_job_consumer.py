@@ -9,7 +9,8 @@ import pytest
 
 from basic_inference_server.queues import Job, JobsSpec, jobs_spec, open_queue, open_results
 from basic_inference_server.queues.base import DEAD, DONE, FAILED, QUEUED
-from basic_inference_server.server.consumer import JobConsumer, retry_delay
+from basic_inference_server.queues.consumer import retry_delay
+from basic_inference_server.server.consumer import JobConsumer
 from basic_inference_server.worker import FileOutput
 
 SETTINGS = {"MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30}
