@@ -2,7 +2,7 @@
 
 The manager builds a spec, :func:`~basic_inference_server.manager.children.spawn` sends
 it as JSON, and the child rebuilds the same dataclass from it. A process package
-(gateway, server, manager, supervisor, support) imports another's contract from here,
+(gateway, server, manager, supervisor, support, jobrunner) imports another's contract from here,
 never from that package. Defaults come from the settings table, so that a spec built
 without a key means what the configuration's default means.
 """
@@ -20,6 +20,7 @@ FRONT_MODULE = "basic_inference_server.gateway"
 SERVER_MODULE = "basic_inference_server.server"
 SUPERVISOR_MODULE = "basic_inference_server.supervisor"
 SUPPORT_LAUNCHER = "basic_inference_server.support.launch"
+JOBRUNNER_MODULE = "basic_inference_server.jobrunner"
 
 # A worker's health probe listens beside the worker's own socket, with this suffix.
 PROBE_SUFFIX = ".ping"
@@ -68,6 +69,9 @@ class FrontSpec:
     tls_key: str | None = _default("TLS_KEY")
     tenants: dict[str, Any] | None = None  # tenants.TenantsSpec: API keys, limits, quotas
     endpoints_dir: str | None = None  # where SHADOW.HOOK modules are found
+    # The job runner's credential: a /run that presents it needs no API key and names
+    # its tenant with X-Customer-ID (see JobRunnerSpec).
+    internal_token: str | None = None
 
 
 @dataclass
@@ -102,3 +106,20 @@ class SupervisorSpec:
     control: str
     sample_interval: float = _default("HEALTH_SAMPLE_INTERVAL")
     disk_path: str = "/"
+
+
+@dataclass
+class JobRunnerSpec:
+    """What the manager tells the job runner: where the front is and how to call it.
+
+    ``credential`` is the front's ``internal_token``: with API keys on, it lets the job
+    runner call ``/run`` for a job's tenant (X-Customer-ID). It is made anew by each
+    manager and travels only in the specs of the front and the job runner.
+    """
+
+    control: str
+    front_url: str
+    credential: str
+    jobs: dict[str, Any]  # queues.JobsSpec
+    threads: int = 4  # jobs of one endpoint run at once
+    stop_timeout: float = _default("STOP_TIMEOUT")

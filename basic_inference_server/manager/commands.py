@@ -21,6 +21,7 @@ from ..traffic.settings import TRAFFIC_KEYS
 from .control import Reply, error
 from .core import EXIT_OK, Core
 from .listeners import check_resolves
+from .specs import job_targets
 from .state import Endpoint, State
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ class EndpointCommands(Core):
                      "GATEWAY": {"pid": os.getpid(), "port": self.port,
                                  "front_pid": self.front.child.pid if self.front.child else None,
                                  "supervisor_pid": (self.supervisor.child.pid
-                                                    if self.supervisor.child else None)}}
+                                                    if self.supervisor.child else None),
+                                 "jobrunner_pid": (self.jobrunner.child.pid
+                                                   if self.jobrunner.child else None)}}
 
     def cmd_metrics(self, args: dict[str, Any]) -> Reply:
         """What /metrics exposes besides the front's own counters."""
@@ -157,6 +160,10 @@ class EndpointCommands(Core):
                 "workers": {pid: probe_path(path) for pid, path in ep.worker_sockets.items()},
             }
         return 200, {"endpoints": targets, "trees": self._trees()}
+
+    def cmd_job_targets(self, _args: dict[str, Any]) -> Reply:
+        """What the job runner serves: endpoints whose jobs run through the front."""
+        return 200, {"endpoints": {} if self.shutting_down else job_targets(self.endpoints)}
 
     def cmd_report_hung(self, args: dict[str, Any]) -> Reply:
         """The supervisor found a server, or some of its workers, stuck: replace them."""

@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import GatewayConfig
-from ..contracts import FRONT_MODULE, SERVER_MODULE, SUPERVISOR_MODULE, Event
+from ..contracts import FRONT_MODULE, JOBRUNNER_MODULE, SERVER_MODULE, SUPERVISOR_MODULE, Event
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..health.alerts import AlertTracker, Thresholds
@@ -41,7 +42,16 @@ from ..traffic.versions import expand
 from .children import Child, Service, spawn, spawn_script
 from .control import ControlServer, json_depth
 from .listeners import admin_token, listen_tcp, listen_unix, sweep_stale_run_dirs
-from .specs import Paths, front_spec, server_spec, supervisor_spec, support_payload
+from .specs import (
+    Paths,
+    front_spec,
+    front_url,
+    jobrunner_spec,
+    runs_jobs_elsewhere,
+    server_spec,
+    supervisor_spec,
+    support_payload,
+)
 from .state import STABLE_AFTER, Change, Endpoint, State, write_routes
 from .traffic import TrafficTable
 
@@ -79,6 +89,8 @@ class Core:
         # image ran as root) is an error that says how to fix it.
         self.cache_dir = private_dir(cache_dir).resolve()
         self.admin_token = admin_token(config, self.cache_dir)
+        # The job runner's credential for the front's /run (never on disk or argv).
+        self.internal_token = secrets.token_urlsafe(32)
         self.host = host
         self.port = port
         sweep_stale_run_dirs()
@@ -99,6 +111,8 @@ class Core:
         self.front_listener: socket.socket | None = None
         self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
         self.supervisor = Service("supervisor", self._spawn_supervisor, STABLE_AFTER)
+        # Started once an endpoint has no server of its own to run its jobs.
+        self.jobrunner = Service("job runner", self._spawn_jobrunner, STABLE_AFTER)
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.alerts = AlertTracker(Thresholds(
             mem_avail_pct_min=config["ALERT_MEM_AVAIL_PCT"],
@@ -171,20 +185,24 @@ class Core:
     def _next_timeout(self) -> float:
         deadlines = [ep.restart_at for ep in self.endpoints.values() if ep.restart_at]
         deadlines += [c.stop_deadline for c in self._children() if c.stop_deadline]
-        deadlines += [s.restart_at for s in (self.front, self.supervisor) if s.restart_at]
+        deadlines += [s.restart_at for s in self.services() if s.restart_at]
         if not deadlines:
             return 5.0
         return max(0.0, min(deadlines) - self.clock())
 
+    def services(self) -> tuple[Service, ...]:
+        """The children of which there is one: front, supervisor, job runner."""
+        return self.front, self.supervisor, self.jobrunner
+
     def _children(self) -> list[Child]:
-        out = [s.child for s in (self.front, self.supervisor) if s.child]
+        out = [s.child for s in self.services() if s.child]
         for ep in self.endpoints.values():
             out += ep.children()
         return out
 
     def _trees(self) -> dict[str, list[int]]:
         """The process trees to account: the gateway's own, and one per endpoint."""
-        gateway = [os.getpid()] + [s.child.pid for s in (self.front, self.supervisor) if s.child]
+        gateway = [os.getpid()] + [s.child.pid for s in self.services() if s.child]
         servers = {n: [c.pid for c in e.children()] for n, e in self.endpoints.items()}
         return {GATEWAY_TREE: gateway, **servers}
 
@@ -197,9 +215,12 @@ class Core:
         for ep in self.endpoints.values():
             if ep.restart_due(now):
                 self._start_endpoint(ep)
-        for service in (self.front, self.supervisor):
+        for service in self.services():
             if service.due(now):
                 service.launch()
+        if self.jobrunner.child is None and self.jobrunner.restart_at is None \
+                and any(runs_jobs_elsewhere(ep) for ep in self.endpoints.values()):
+            self.jobrunner.launch()
 
     def _read_signals(self, sock: socket.socket) -> None:
         try:
@@ -252,7 +273,7 @@ class Core:
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir()
         spec = front_spec(self.config, self.paths, self.admin_token, self.jobs.to_dict(),
-                          tenants_spec(self.config, self.cache_dir))
+                          tenants_spec(self.config, self.cache_dir), self.internal_token)
         return spawn("front", "gateway", FRONT_MODULE, spec,
                      fds=(self.front_listener.fileno(),),
                      env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),
@@ -261,6 +282,12 @@ class Core:
     def _spawn_supervisor(self) -> Child:
         spec = supervisor_spec(self.config, self.paths, str(self.cache_dir))
         return spawn("supervisor", "supervisor", SUPERVISOR_MODULE, spec)
+
+    def _spawn_jobrunner(self) -> Child:
+        url = front_url(self.host, self.port, bool(self.config["TLS_CERT"]))
+        spec = jobrunner_spec(self.config, self.paths, self.jobs.to_dict(), url,
+                              self.internal_token)
+        return spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec)
 
     def _spawn_server(self, ep: Endpoint) -> Child:
         spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict())
@@ -329,7 +356,7 @@ class Core:
         self.apply(ep, ep.stop())
 
     def _reap(self) -> None:
-        for service in (self.front, self.supervisor):
+        for service in self.services():
             if service.child and service.child.poll() is not None:
                 self._service_exited(service)
         for ep in self.endpoints.values():
@@ -403,8 +430,9 @@ class Core:
         if self.supervisor.child is not None:
             # Nothing to watch any more: draining servers are busy, not hung.
             self.supervisor.child.terminate(5)
-        if self.front.child is not None:
-            self.front.child.terminate(self.config["STOP_TIMEOUT"] + 5)
+        for service in (self.front, self.jobrunner):
+            if service.child is not None:
+                service.child.terminate(self.config["STOP_TIMEOUT"] + 5)
         if self.front_listener is not None:
             # Our copy of the gateway socket would keep accepting connections into its
             # backlog while the front drains; once the front's copies close too, new

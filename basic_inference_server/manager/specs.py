@@ -6,11 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ENDPOINT_SETTINGS, GatewayConfig
-from ..contracts import FrontSpec, ServerSpec, SupervisorSpec
+from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
 from ..redact import mask_url
 from .state import Endpoint
 
 SUPPORT_PATH = "/support_update_status"
+# Settings that leave an endpoint without a server of its own to run its jobs: the job
+# runner runs them through the front.
+NO_SERVER_SETTINGS = ("PIPELINE", "URLS", "VERSIONS")
+# What the job runner needs of each endpoint it serves.
+JOB_SETTINGS = ("MAX_ATTEMPTS", "RETRY_BACKOFF", "VISIBILITY_TIMEOUT", "TIMEOUT")
 
 
 @dataclass
@@ -24,7 +29,8 @@ class Paths:
 
 
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
-               jobs: dict[str, Any], tenants: dict[str, Any]) -> FrontSpec:
+               jobs: dict[str, Any], tenants: dict[str, Any],
+               internal_token: str | None = None) -> FrontSpec:
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
         threads=config["GATEWAY_THREADS"], max_request_size=config["MAX_REQUEST_SIZE"],
@@ -34,7 +40,8 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         keepalive_timeout=config["KEEPALIVE_TIMEOUT"],
         max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
-        tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir)
+        tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir,
+        internal_token=internal_token)
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
@@ -53,6 +60,31 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:
     return SupervisorSpec(control=paths.control,
                           sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path)
+
+
+def front_url(host: str, port: int, tls: bool) -> str:
+    """The front's own address, as a client on this box reaches it."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def jobrunner_spec(config: GatewayConfig, paths: Paths, jobs: dict[str, Any], url: str,
+                   credential: str) -> JobRunnerSpec:
+    return JobRunnerSpec(control=paths.control, front_url=url, credential=credential,
+                         jobs=jobs, stop_timeout=config["STOP_TIMEOUT"])
+
+
+def runs_jobs_elsewhere(ep: Endpoint) -> bool:
+    """Whether the job runner, not a server of the endpoint's own, runs its jobs."""
+    return any(ep.config.settings.get(key) for key in NO_SERVER_SETTINGS)
+
+
+def job_targets(endpoints: dict[str, Endpoint]) -> dict[str, dict[str, Any]]:
+    """The endpoints whose jobs the job runner runs, with the settings it needs."""
+    return {name: {key: ep.config.settings[key] for key in JOB_SETTINGS}
+            for name, ep in endpoints.items() if runs_jobs_elsewhere(ep)}
 
 
 def support_payload(ep: Endpoint, gateway_host: str, gateway_port: int) -> dict[str, Any]:

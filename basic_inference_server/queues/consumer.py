@@ -26,7 +26,7 @@ from typing import Any
 
 from ..redact import mask_text, mask_url
 from . import JobQueue, JobsSpec, ResultStore, open_queue, open_results
-from .base import DEAD, DONE, FAILED, QUEUED, RUNNING, Claim
+from .base import DEAD, DONE, FAILED, QUEUED, RUNNING, Claim, Job
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,13 @@ BACKOFF_CAP = 60.0
 # Pause after the queue backend failed, before trying it again.
 BACKEND_PAUSE = 1.0
 
-# A job's body -> (HTTP status, its JSON answer).
-Run = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+# A job -> (HTTP status, its JSON answer); raises NotRun when it could not be started.
+Run = Callable[[Job], tuple[int, dict[str, Any]]]
+
+
+class NotRun(Exception):
+    """The job could not be started (what runs it is unreachable): it is given back,
+    and the attempt does not count."""
 
 
 def retry_delay(base: float, attempts: int) -> float:
@@ -137,7 +142,13 @@ class JobWorker:
         self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
                                      "STARTED_AT": time.time(), "WORKER": self.name})
         try:
-            status, stored = self.run(dict(job.body))
+            status, stored = self.run(job)
+        except NotRun as exc:
+            log.warning("%s: job %s not started (%s); given back", self.endpoint, job.id, exc)
+            self.results.update(job.id, {"STATUS": QUEUED})
+            self.queue.release(claim)
+            self.stopping.wait(BACKEND_PAUSE)
+            return
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's error
             log.exception("%s: job %s failed outside the pipeline", self.endpoint, job.id)
             status, stored = 500, {"ERROR": f"{type(exc).__name__}: {exc}"}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..queues import JobsSpec
+from ..queues import Job, JobsSpec
 from ..queues.consumer import CLAIM_WAIT, JobWorker, RetryPolicy
 from ..worker import FileOutput
 from .app import Outcome
@@ -59,8 +59,8 @@ class JobConsumer(JobWorker):
         self.thread = threading.Thread(target=self.serve, name=f"bis-jobs-{endpoint}",
                                        daemon=True)
 
-    def _execute(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        status, answer, _headers = self.execute(body)
+    def _execute(self, job: Job) -> tuple[int, dict[str, Any]]:
+        status, answer, _headers = self.execute(dict(job.body))
         return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------

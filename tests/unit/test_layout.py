@@ -11,7 +11,7 @@ PACKAGE = Path(basic_inference_server.__file__).parent
 NAME = PACKAGE.name
 # One package per process role; they share only basic_inference_server.contracts and
 # the libraries outside these packages (config, ipc, serving, health, queues, ...).
-PROCESS_PACKAGES = {"gateway", "server", "manager", "supervisor", "support"}
+PROCESS_PACKAGES = {"gateway", "server", "manager", "supervisor", "support", "jobrunner"}
 MAX_LINES = 500
 
 

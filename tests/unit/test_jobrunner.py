@@ -1,0 +1,186 @@
+"""The job runner without a gateway: a real SQLite queue and a small HTTP server as the front."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from basic_inference_server.contracts import JobRunnerSpec
+from basic_inference_server.jobrunner.runner import JobRunner
+from basic_inference_server.queues import Job, JobsSpec, open_queue, open_results
+from basic_inference_server.queues.base import DEAD, DONE, FAILED
+from tests.conftest import free_port, wait_until
+
+TARGET = {"MAX_ATTEMPTS": 2, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30, "TIMEOUT": 5}
+CREDENTIAL = "internal-credential-for-tests"
+
+
+class Front(ThreadingHTTPServer):
+    """Answers POST /run with ``self.answer(body)``; records what it received."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
+        self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.answer: Any = lambda body: (200, {"ran": body})
+        self.lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Front
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            self.server.seen.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        status, answer = self.server.answer(body)
+        raw, kind = (answer, "image/png") if isinstance(answer, bytes) else \
+            (json.dumps(answer).encode(), "application/json")
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        if kind == "image/png":
+            self.send_header("Content-Disposition", 'attachment; filename="x.png"')
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve(port: int = 0) -> Front:
+    server = Front(port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def front() -> Iterator[Front]:
+    server = serve()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> JobsSpec:
+    url = f"sqlite://{tmp_path / 'jobs.sqlite3'}"
+    return JobsSpec(queue=url, results=url, ttl=60)
+
+
+class Runner:
+    """A JobRunner whose manager is a dict the test edits."""
+
+    def __init__(self, url: str, jobs: JobsSpec) -> None:
+        self.targets: dict[str, dict[str, Any]] = {"pipe": TARGET}
+        spec = JobRunnerSpec(control="/nonexistent", front_url=url, credential=CREDENTIAL,
+                             jobs=jobs.to_dict(), threads=2, stop_timeout=5)
+        self.runner = JobRunner(spec, targets=lambda: dict(self.targets))
+        self.queue, self.results = open_queue(jobs.queue), open_results(jobs.results)
+
+    def submit(self, tenant: str | None = None, **body: Any) -> str:
+        job = Job(endpoint="pipe", body={"SIGNATURE": "pipe", **body})
+        self.results.create(job)
+        if tenant:
+            self.results.update(job.id, {"TENANT": tenant})
+        assert self.queue.enqueue(job)
+        return job.id
+
+    def finished(self, job_id: str, status: str) -> dict[str, Any]:
+        return wait_until(lambda: (r := self.results.get(job_id)) and r["STATUS"] == status
+                          and r, timeout=15, message=f"job {job_id} {status}")
+
+
+@pytest.fixture
+def runner(front: Front, jobs: JobsSpec) -> Iterator[Runner]:
+    made = Runner(f"http://127.0.0.1:{front.server_address[1]}", jobs)
+    yield made
+    made.runner.stop(5)
+    made.queue.close()
+    made.results.close()
+
+
+def test_jobs_run_through_the_front_with_the_credential_and_tenant(runner: Runner,
+                                                                    front: Front) -> None:
+    runner.runner.refresh()
+    job_id = runner.submit(tenant="acme", TEXT="hi")
+    record = runner.finished(job_id, DONE)
+    assert record["RESULT"] == {"ran": {"SIGNATURE": "pipe", "TEXT": "hi"}}
+    assert record["HTTP_STATUS"] == 200 and record["ATTEMPTS"] == 1
+    headers, body = front.seen[0]
+    assert headers["authorization"] == f"Bearer {CREDENTIAL}"
+    assert headers["x-customer-id"] == "acme"
+    assert headers["x-request-id"] == f"job-{job_id}"
+    untenanted = runner.submit(TEXT="x")
+    runner.finished(untenanted, DONE)
+    assert "x-customer-id" not in front.seen[1][0]
+
+
+def test_statuses_decide_failed_retried_or_dead(runner: Runner, front: Front) -> None:
+    answers = {"bad": (400, {"ERROR": "no", "ERROR_TYPE": "bad_request"}),
+               "later": (429, {"ERROR": "busy", "ERROR_TYPE": "step_failed"}),
+               "broken": (502, {"ERROR": "step 'b' failed", "ERROR_TYPE": "step_failed"})}
+    front.answer = lambda body: answers[body["KIND"]]
+    runner.runner.refresh()
+    bad = runner.submit(KIND="bad")
+    later = runner.submit(KIND="later")
+    broken = runner.submit(KIND="broken")
+    assert runner.finished(bad, FAILED)["HTTP_STATUS"] == 400
+    for job_id in (later, broken):  # retried, then dead after MAX_ATTEMPTS (2)
+        record = runner.finished(job_id, DEAD)
+        assert record["ATTEMPTS"] == 2 and record["RESULT"]["ERROR_TYPE"] == "step_failed"
+    assert [b["KIND"] for _h, b in front.seen].count("later") == 2
+    assert {j.id for j in runner.queue.dead_letters("pipe")} == {later, broken}
+
+
+def test_a_file_answer_is_stored_base64(runner: Runner, front: Front) -> None:
+    front.answer = lambda body: (200, b"\x89PNG")
+    runner.runner.refresh()
+    record = runner.finished(runner.submit(), DONE)
+    assert record["RESULT"] == {"FILE": {"filename": "x.png", "mimetype": "image/png",
+                                         "base64": "iVBORw=="}}
+
+
+def test_an_unreachable_front_gives_the_job_back_uncounted(
+        jobs: JobsSpec, caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    made = Runner(f"http://127.0.0.1:{port}", jobs)
+    try:
+        made.runner.refresh()
+        job_id = made.submit()
+        # Claimed, not sent, given back: more times than MAX_ATTEMPTS, never dead.
+        wait_until(lambda: caplog.text.count("given back") > TARGET["MAX_ATTEMPTS"], timeout=15)
+        assert not made.queue.dead_letters("pipe")
+        late = serve(port)
+        try:
+            record = made.finished(job_id, DONE)
+        finally:
+            late.shutdown()
+            late.server_close()
+        assert record["ATTEMPTS"] == 1
+    finally:
+        made.runner.stop(5)
+
+
+def test_endpoints_come_and_go_with_the_managers_answer(runner: Runner, front: Front) -> None:
+    runner.runner.refresh()
+    workers = runner.runner.endpoints["pipe"]
+    assert len(workers) == 2 and all(w.thread.is_alive() for w in workers)
+    runner.targets = {"pipe": {**TARGET, "TIMEOUT": 9}}
+    runner.runner.refresh()
+    assert runner.runner.endpoints["pipe"] is workers and workers[0].timeout == 9
+    runner.targets = {}
+    runner.runner.refresh()
+    assert "pipe" not in runner.runner.endpoints
+    wait_until(lambda: not any(w.thread.is_alive() for w in workers), timeout=10)
+    job_id = runner.submit()
+    runner.targets = {"pipe": TARGET}
+    runner.runner.refresh()
+    runner.finished(job_id, DONE)
