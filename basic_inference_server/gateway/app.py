@@ -47,9 +47,10 @@ from ..traffic.settings import split_target
 from ..traffic.shadow import Shadow
 from . import metrics
 from .api_table import NATIVE
-from .jobs import JobsFront
+from .jobs import JobsFront, job_route
 from .loadboard import LoadBoard
 from .management import READY, build_management_app
+from .pipelines import run_route
 from .routes import RouteTable
 from .upstream import Upstream
 
@@ -324,6 +325,8 @@ class Front:
         gauge.inc()
         self.board.add(key, 1)
         try:
+            if "pipeline" in route:
+                return await run_route(self, route, name, raw, req)
             return await self.upstream.forward(route, name, head, raw)
         finally:
             self.board.add(key, -1)
@@ -378,7 +381,8 @@ class Front:
         try:
             body = protocol.parse_body(raw)
             name = label = protocol.signature_of(body)
-            route = self.routes.get(name) or self.routes.get(name, fresh=True)
+            route = job_route(self.routes.table(), name) \
+                or job_route(self.routes.table(fresh=True), name)
             status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
                                                        key.tenant if key else None)
         except ServingError as err:

@@ -3,7 +3,9 @@
 ``POST /run`` with ``"ASYNC": true`` and ``POST /jobs`` are the same call: the request
 is checked as ``/run`` checks it (body, ``SIGNATURE``, size, known endpoint), recorded
 as ``queued``, enqueued, and answered ``202`` with its ``JOB_ID`` at once. The
-endpoint's workers pull it when they are free (see ``server/consumer.py``).
+endpoint's workers pull it when they are free (see ``server/consumer.py``); the jobs
+of endpoints without a server of their own (pipelines, remote endpoints, endpoints
+with VERSIONS) are pulled by the job runner, which runs them through ``/run``.
 ``GET /jobs/<id>`` reads the record; ``/jobs/dead`` and ``/jobs/requeue`` (admin) list
 and requeue dead letters.
 
@@ -160,6 +162,24 @@ class JobsFront:
 
     def collector(self, names: list[str]) -> QueueCollector:
         return QueueCollector(self.status(names))
+
+
+def job_route(table: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The route that bounds ``name``'s job queue: its own, or for an endpoint with
+    VERSIONS (its jobs follow the traffic policy when they run) the tightest limits of
+    its versions; None for an unknown name."""
+    endpoints = table.get("endpoints", {})
+    route: dict[str, Any] | None = endpoints.get(name)
+    policy = table.get("traffic", {}).get(name)
+    if route is not None or policy is None:
+        return route
+    routes = [endpoints[t] for t in policy["versions"].values() if t in endpoints]
+
+    def tightest(key: str) -> Any:
+        return min((r[key] for r in routes if r.get(key) is not None), default=None)
+
+    return {"max_queue_depth": tightest("max_queue_depth"),
+            "max_queue_bytes": tightest("max_queue_bytes")}
 
 
 class QueueCollector:

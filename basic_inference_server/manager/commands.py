@@ -163,7 +163,9 @@ class EndpointCommands(Core):
 
     def cmd_job_targets(self, _args: dict[str, Any]) -> Reply:
         """What the job runner serves: endpoints whose jobs run through the front."""
-        return 200, {"endpoints": {} if self.shutting_down else job_targets(self.endpoints)}
+        if self.shutting_down:
+            return 200, {"endpoints": {}}
+        return 200, {"endpoints": job_targets(self.endpoints, self.traffic.sections)}
 
     def cmd_report_hung(self, args: dict[str, Any]) -> Reply:
         """The supervisor found a server, or some of its workers, stuck: replace them."""

@@ -47,7 +47,6 @@ from .specs import (
     front_spec,
     front_url,
     jobrunner_spec,
-    runs_jobs_elsewhere,
     server_spec,
     supervisor_spec,
     support_payload,
@@ -172,6 +171,9 @@ class Core:
         self._publish()
         self.supervisor.launch()
         self.front.launch()
+        if self.traffic.sections or any(ep.is_virtual for ep in self.endpoints.values()):
+            # Endpoints without a server of their own: their jobs need the job runner.
+            self.jobrunner.launch()
         try:
             while not self.done:
                 for key, _ in self.sel.select(self._next_timeout()):
@@ -218,9 +220,7 @@ class Core:
         for service in self.services():
             if service.due(now):
                 service.launch()
-        if self.jobrunner.child is None and self.jobrunner.restart_at is None \
-                and any(runs_jobs_elsewhere(ep) for ep in self.endpoints.values()):
-            self.jobrunner.launch()
+
 
     def _read_signals(self, sock: socket.socket) -> None:
         try:

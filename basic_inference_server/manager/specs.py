@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ENDPOINT_SETTINGS, GatewayConfig
+from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
 from ..redact import mask_url
-from .state import Endpoint
+from ..traffic.settings import split_target
+from .state import Endpoint, State
 
 SUPPORT_PATH = "/support_update_status"
-# Settings that leave an endpoint without a server of its own to run its jobs: the job
-# runner runs them through the front.
-NO_SERVER_SETTINGS = ("PIPELINE", "URLS", "VERSIONS")
 # What the job runner needs of each endpoint it serves.
 JOB_SETTINGS = ("MAX_ATTEMPTS", "RETRY_BACKOFF", "VISIBILITY_TIMEOUT", "TIMEOUT")
 
@@ -76,15 +74,18 @@ def jobrunner_spec(config: GatewayConfig, paths: Paths, jobs: dict[str, Any], ur
                          jobs=jobs, stop_timeout=config["STOP_TIMEOUT"])
 
 
-def runs_jobs_elsewhere(ep: Endpoint) -> bool:
-    """Whether the job runner, not a server of the endpoint's own, runs its jobs."""
-    return any(ep.config.settings.get(key) for key in NO_SERVER_SETTINGS)
-
-
-def job_targets(endpoints: dict[str, Endpoint]) -> dict[str, dict[str, Any]]:
-    """The endpoints whose jobs the job runner runs, with the settings it needs."""
-    return {name: {key: ep.config.settings[key] for key in JOB_SETTINGS}
-            for name, ep in endpoints.items() if runs_jobs_elsewhere(ep)}
+def job_targets(endpoints: dict[str, Endpoint],
+                sections: dict[str, EndpointConfig]) -> dict[str, dict[str, Any]]:
+    """The endpoints whose jobs the job runner runs, with the settings it needs: READY
+    pipelines and remote endpoints (no server of their own), and endpoints with VERSIONS
+    (``sections``) one of whose versions is READY (their jobs follow the traffic policy
+    when they run; a job pinned to one version is that version's server's)."""
+    out = {name: {key: ep.config.settings[key] for key in JOB_SETTINGS}
+           for name, ep in endpoints.items() if ep.is_virtual and ep.state == State.READY}
+    ready = {split_target(name)[0] for name, ep in endpoints.items() if ep.state == State.READY}
+    out.update({name: {key: cfg.settings[key] for key in JOB_SETTINGS}
+                for name, cfg in sections.items() if name in ready})
+    return out
 
 
 def support_payload(ep: Endpoint, gateway_host: str, gateway_port: int) -> dict[str, Any]:

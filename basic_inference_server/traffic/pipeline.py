@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import NAME_RULE_TEXT, is_name
 from ..errors import BadRequest, ServingError, StepFailed
+from ..setting import NAME_RULE_TEXT, is_name
 
 MAX_STEPS = 32
 # Nesting of one template, and values in all of a pipeline's templates together.
@@ -94,14 +94,6 @@ def failure_status(step_status: int) -> int:
     Gateway: the pipeline, a gateway to its steps, got an unusable answer.
     """
     return step_status if step_status in PASSED_THROUGH else BAD_GATEWAY
-
-
-def is_signature(value: Any) -> bool:
-    """``name`` or ``name@label``, each side following the endpoint-name rule."""
-    if not isinstance(value, str):
-        return False
-    name, at, label = value.partition("@")
-    return is_name(name) and (not at or is_name(label))
 
 
 # -- validation -------------------------------------------------------------------------
@@ -180,7 +172,10 @@ def _step(raw: Any, where: str, compiler: _Compiler) -> Step:
     step_id, signature = raw.get("ID"), raw.get("SIGNATURE")
     if not is_name(step_id):
         raise PipelineError(f"{where}.ID must be {NAME_RULE_TEXT}, got {step_id!r}")
-    if not is_signature(signature):
+    # Imported here: the settings module imports this one for the PIPELINE check.
+    from .settings import is_target
+
+    if not is_target(signature):
         raise PipelineError(f"{where}.SIGNATURE must be an endpoint name ({NAME_RULE_TEXT}), "
                             f"optionally @<version label>, got {signature!r}")
     template = raw.get("INPUT", "$input")

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..setting import NAME_RULE_TEXT, Setting, check_name, is_name
 from .compare import validate_shadow
+from .pipeline import validate_pipeline
 
 # An endpoint's version is addressed as "<endpoint>@<label>"; both sides follow the name rule.
 VERSION_SEP = "@"
@@ -86,7 +87,7 @@ TRAFFIC_SETTINGS: list[Setting] = [
             _secret_ref),
     Setting("PIPELINE", (dict, type(None)), None,
             "A pipeline endpoint: steps calling other endpoints (docs/pipelines.md).",
-            _object_or_null),
+            validate_pipeline),
 ]
 
 
