@@ -164,8 +164,10 @@ class UpstreamTimeout(ServingError):
 
 class StepFailed(ServingError):
     """A pipeline step failed; the answer names the step (``STEP``). The status follows
-    the step's: see :func:`..traffic.pipeline.failure_status`."""
+    the step's (see :func:`..traffic.pipeline.failure_status`): 502 Bad Gateway unless
+    the step's own status says more."""
 
+    status = 502
     kind = "step_failed"
 
     def __init__(self, message: str, *, status: int, retry_after: float | None = None,

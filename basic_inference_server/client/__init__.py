@@ -36,6 +36,7 @@ from .errors import (
     QueueFull,
     QuotaExceeded,
     RateLimited,
+    StepFailed,
     Timeout,
     TooManyConnections,
     Unauthorized,
@@ -51,6 +52,6 @@ __all__ = [
     "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError", "JobFailed",
     "JobPending", "MethodNotAllowed", "ModelsUnavailable", "NO_RETRY", "NotFound", "Overloaded",
     "PayloadTooLarge", "PollPolicy", "QueueFull", "QuotaExceeded", "RateLimited", "RetryPolicy",
-    "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
+    "StepFailed", "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
     "WaitTimeout", "resolve",
 ]

@@ -122,6 +122,12 @@ class InternalError(BisError):
     kind = "internal_error"
 
 
+class StepFailed(BisError):
+    """A pipeline step failed (``body["STEP"]`` names it); earlier steps may have run."""
+
+    kind = "step_failed"
+
+
 class ConnectFailed(BisError):
     """The gateway could not be reached: the request was never sent."""
 
@@ -157,7 +163,7 @@ ERROR_TYPES: dict[str, type[BisError]] = {
     cls.kind: cls for cls in (
         BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, PayloadTooLarge,
         QueueFull, ModelsUnavailable, RateLimited, QuotaExceeded, Unavailable, Overloaded,
-        TooManyConnections, CircuitOpen, UpstreamDropped, Timeout, InternalError)
+        TooManyConnections, CircuitOpen, UpstreamDropped, Timeout, InternalError, StepFailed)
 }
 # Answers without a known ERROR_TYPE (a proxy's page, an older gateway) go by status.
 BY_STATUS: dict[int, type[BisError]] = {

@@ -140,7 +140,7 @@ DAY: Schema = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 
 ROUTES: tuple[Route, ...] = (
     Route("/run", ("POST", "GET"), "data", "run an endpoint: body {SIGNATURE, ...}",
-          (200, 202, 400, 404, 405, 413, 429, 500, 503, 504), view=FRONT,
+          (200, 202, 400, 404, 405, 413, 429, 500, 502, 503, 504), view=FRONT,
           request=RUN_REQUEST, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED},
           params=(Param("SIGNATURE", SIGNATURE, required=True,
                         description="GET only: the endpoint; other query fields are its inputs"),),

@@ -16,14 +16,18 @@ from .api_table import ROUTES, Route, Schema
 
 # Kinds set aside for later work (rate limits, quotas, circuit breakers): clients may
 # meet them, so the document lists them already.
-RESERVED_KINDS = {429: ("rate_limited", "quota_exceeded"), 503: ("circuit_open",)}
+# A failed pipeline step (step_failed) answers the step's status where it says more
+# than 502 Bad Gateway (traffic/pipeline.py: failure_status).
+RESERVED_KINDS = {400: ("step_failed",), 413: ("step_failed",),
+                  429: ("rate_limited", "quota_exceeded", "step_failed"),
+                  503: ("circuit_open", "step_failed"), 504: ("step_failed",)}
 # Statuses any request may get: a malformed request (400), a body over the limit (413,
 # checked before routing), a full gateway (503).
 EVERY_REQUEST = (400, 413, 503)
 REASONS = {200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            413: "Payload Too Large", 415: "Unsupported Media Type",
-           429: "Too Many Requests", 500: "Internal Server Error",
+           429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 META: dict[str, Schema] = {
     "ver": {"type": "string", "description": "the framework's version"},

@@ -43,7 +43,7 @@ PIPELINE_KEYS = ("STEPS", "OUTPUT")
 # INPUT may not set them either (the step's SIGNATURE is its own, and steps never queue).
 RESERVED = ("SIGNATURE", "ASYNC")
 # A failing step's status the pipeline answers with as it is (see failure_status).
-PASSED_THROUGH = frozenset({400, 413, 422, 429, 503, 504})
+PASSED_THROUGH = frozenset({400, 413, 429, 503, 504})
 COME_BACK_LATER = frozenset({429, 503})
 BAD_GATEWAY = 502
 
@@ -87,7 +87,7 @@ class Pipeline:
 def failure_status(step_status: int) -> int:
     """What the pipeline answers when a step answered ``step_status``.
 
-    A refused input (400, 413, 422) keeps its status: the caller's input, passed on by
+    A refused input (400, 413) keeps its status: the caller's input, passed on by
     the templates, was refused, and running it again would not help. "Come back later"
     (429, 503) and a step's timeout (504) keep theirs too. Anything else (a 500, or a
     401/403/404/405/409 that the pipeline's own configuration caused) is 502 Bad

@@ -213,7 +213,7 @@ def test_a_failing_step_is_named_and_stops_the_rest() -> None:
 
 
 @pytest.mark.parametrize(("step_status", "status", "retry_after"), [
-    (400, 400, None), (413, 413, None), (422, 422, None), (429, 429, 1), (503, 503, 1),
+    (400, 400, None), (413, 413, None), (422, 502, None), (429, 429, 1), (503, 503, 1),
     (504, 504, None), (500, 502, None), (404, 502, None), (401, 502, None), (409, 502, None),
     (201, 502, None),
 ])
