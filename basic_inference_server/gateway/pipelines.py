@@ -3,10 +3,10 @@ routing and forwarding (:mod:`..traffic.pipeline` does the running).
 
 A step is a request like any other to its endpoint: the traffic policy picks its
 version (sticky by the caller's tenant, or the step body's ``STICKY_FIELD``), its
-``MAX_IN_FLIGHT`` and ``TIMEOUT`` apply, and it is counted in the metrics under its
-own endpoint. It carries the pipeline request's ``X-Request-ID`` and tenant. The
-caller's API key is checked (scope, limits, quota) once, for the pipeline; units the
-steps report (``USAGE``) add up to the pipeline's.
+``MAX_IN_FLIGHT`` and ``TIMEOUT`` apply, its shadow (if any) gets a copy, and it is
+counted in the metrics under its own endpoint. It carries the pipeline request's
+``X-Request-ID`` and tenant. The caller's API key is checked (scope, limits, quota)
+once, for the pipeline; units the steps report (``USAGE``) add up to the pipeline's.
 
 A pipeline may call another pipeline, but not itself: a chain of nested pipelines
 that comes back to one already running, or goes deeper than ``MAX_NESTING``, fails.
@@ -79,6 +79,7 @@ class PipelineRun:
             return err.status, err.to_dict()
         metrics.REQUESTS.labels(label, version or "", str(resp.status)).inc()
         metrics.LATENCY.labels(label, version or "").observe(time.perf_counter() - started)
+        self.front._mirror(label, version, raw, self.req, resp)
         status, answer = _answer_of(resp)
         units = answer.pop("USAGE", None) if status == 200 else None
         if isinstance(units, (int, float)) and not isinstance(units, bool) and units >= 0:
