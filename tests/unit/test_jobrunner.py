@@ -1,4 +1,5 @@
-"""The job runner without a gateway: a real SQLite queue and a small HTTP server as the front."""
+"""The job runner without a gateway: a real SQLite queue and a small HTTP server as the
+front; which endpoints it serves; how their jobs' queues are bounded."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from typing import Any
 
 import pytest
 
+from basic_inference_server.config import parse_config
 from basic_inference_server.contracts import JobRunnerSpec
+from basic_inference_server.gateway.jobs import job_route
 from basic_inference_server.jobrunner.runner import JobRunner
+from basic_inference_server.manager.specs import front_url, job_targets
+from basic_inference_server.manager.state import Endpoint, State
 from basic_inference_server.queues import Job, JobsSpec, open_queue, open_results
 from basic_inference_server.queues.base import DEAD, DONE, FAILED
+from basic_inference_server.traffic.versions import expand
 from tests.conftest import free_port, wait_until
 
 TARGET = {"MAX_ATTEMPTS": 2, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30, "TIMEOUT": 5}
@@ -184,3 +190,36 @@ def test_endpoints_come_and_go_with_the_managers_answer(runner: Runner, front: F
     runner.targets = {"pipe": TARGET}
     runner.runner.refresh()
     runner.finished(job_id, DONE)
+
+
+def test_the_front_url_is_the_gateways_own_address() -> None:
+    assert front_url("0.0.0.0", 5002, False) == "http://127.0.0.1:5002"
+    assert front_url("::", 5002, True) == "https://[::1]:5002"
+    assert front_url("10.1.2.3", 80, False) == "http://10.1.2.3:80"
+
+
+def test_which_endpoints_the_job_runner_serves() -> None:
+    config = parse_config({"CONFIG_ENDPOINTS": {
+        "plain": {}, "rem": {"URLS": ["http://127.0.0.1:1"], "MAX_ATTEMPTS": 7},
+        "pipe": {"PIPELINE": {"STEPS": [{"ID": "a", "SIGNATURE": "plain"}]}},
+        "clf": {"SERVER_CLASS": "echo", "VERSIONS": {"v1": {}, "v2": {}}, "TIMEOUT": 9}}})
+    endpoints = {name: Endpoint(config=cfg, target_workers=1)
+                 for section in config.endpoints.values()
+                 for name, cfg in expand(section).items()}
+    sections = {n: c for n, c in config.endpoints.items() if c.settings["VERSIONS"]}
+    assert job_targets(endpoints, sections) == {}  # nothing READY yet
+    for name in ("plain", "rem", "pipe", "clf@v2"):
+        endpoints[name].state = State.READY
+    targets = job_targets(endpoints, sections)
+    assert sorted(targets) == ["clf", "pipe", "rem"]  # never "plain" nor "clf@v2": servers
+    assert targets["rem"]["MAX_ATTEMPTS"] == 7 and targets["clf"]["TIMEOUT"] == 9
+
+
+def test_a_versioned_endpoints_queue_is_bounded_by_its_tightest_version() -> None:
+    table = {"endpoints": {"clf@v1": {"max_queue_depth": 10, "max_queue_bytes": 500},
+                           "clf@v2": {"max_queue_depth": 4, "max_queue_bytes": None},
+                           "pipe": {"max_queue_depth": 1}},
+             "traffic": {"clf": {"versions": {"v1": "clf@v1", "v2": "clf@v2"}}}}
+    assert job_route(table, "clf") == {"max_queue_depth": 4, "max_queue_bytes": 500}
+    assert job_route(table, "pipe") == {"max_queue_depth": 1}
+    assert job_route(table, "nope") is None
