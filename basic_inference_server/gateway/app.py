@@ -50,6 +50,7 @@ from .jobs import JobsFront
 from .loadboard import LoadBoard
 from .management import READY, build_management_app
 from .routes import RouteTable
+from .traffic_hooks import TrafficHooks
 from .upstream import Upstream
 
 access_log = logging.getLogger("bis.access")
@@ -93,6 +94,7 @@ class Front:
         # in flight per endpoint) and "#connections".
         self.board = LoadBoard(rows=spec.workers)
         self.upstream = Upstream(self.board)
+        self.traffic = TrafficHooks(spec.control)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
         self.shadow = Shadow(self._shadow_forward, metrics.record_shadow,
                              hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
@@ -113,9 +115,11 @@ class Front:
             path: getattr(self, handler) for path, handler in NATIVE.items()}
 
     def start(self) -> None:
-        """In each front process, after the fork: the thread pool for blocking work."""
+        """In each front process, after the fork, on its loop: the thread pool for
+        blocking work, the traffic reports to the manager."""
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
                                        thread_name_prefix="bis-front")
+        self.traffic.start()
         if self.key_gate is not None:
             self.key_gate.claim_row(self.board.row)
 
@@ -190,7 +194,10 @@ class Front:
             if req.key is not None:
                 slot, req.limits = await self.gate.admit(req.key, label)  # type: ignore[union-attr]
                 await self.gate.check_quota(req.key)  # type: ignore[union-attr]
-            resp = await self._forward(await self._resolve(target), target, raw, req)
+            route = await self._resolve(target)
+            with self.traffic.guard(target, route) as outcome:  # the breaker; the stats
+                resp = await self._forward(route, target, raw, req)
+                outcome.status = resp.status
             units = await self._charge(req, resp)
         except ServingError as err:
             if isinstance(err, NotFound):
@@ -233,7 +240,7 @@ class Front:
         else:
             key = next((v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"),
                        None)
-        return str(policy["versions"][choose(policy, key)])
+        return str(policy["versions"][choose(policy, key, self.traffic.allowed)])
 
     async def _target(self, req: Request) -> tuple[str, bytes]:
         """The endpoint a ``/run`` names and the body to forward to it."""

@@ -38,6 +38,9 @@ STATES = (RUNNING, PROMOTED, FAILED, ABORTED)
 MAX_STEPS = 20
 MAX_HISTORY = 200
 MAX_SECONDS = 7 * 86400
+# After a rollout ends, its totals keep counting this long: the requests in flight at the
+# decision, and the front processes' last reports, still land in them.
+SETTLE_S = 10.0
 # The request body of POST /rollout: its optional keys, their defaults and their rules.
 PLAN_DEFAULTS: dict[str, Any] = {"STEPS": [5, 25, 50, 100], "DWELL_S": 60, "MIN_REQUESTS": 100,
                                  "MAX_ERROR_RATE_DELTA": 0.05, "MAX_P99_RATIO": 1.5,
@@ -131,6 +134,7 @@ class Rollout:
     canary_total: Counts = field(default_factory=Counts)  # since the rollout began
     stable_total: Counts = field(default_factory=Counts)
     history: list[dict[str, Any]] = field(default_factory=list)
+    ended: float | None = None
 
     @classmethod
     def begin(cls, endpoint: str, plan: Plan, now: float) -> Rollout:
@@ -158,15 +162,17 @@ class Rollout:
         return {self.plan.canary: _plain(share), self.plan.stable: _plain(100.0 - share)}
 
     # -- what the manager feeds it ----------------------------------------------------
-    def observe(self, canary: Counts | None, stable: Counts | None) -> None:
+    def observe(self, canary: Counts | None, stable: Counts | None, now: float) -> None:
         """Requests both versions served since the last report (None: none)."""
-        if not self.active:
+        settling = self.ended is not None and now - self.ended <= SETTLE_S
+        if not (self.active or settling):
             return
         for step, total, counts in ((self.canary, self.canary_total, canary),
                                     (self.stable, self.stable_total, stable)):
             if counts:
-                step.add(counts)
                 total.add(counts)
+                if self.active:
+                    step.add(counts)
 
     def breaker_opened(self, now: float, reason: str) -> bool:
         """The canary's breaker opened: the step fails (True when this ended the rollout)."""
@@ -239,7 +245,7 @@ class Rollout:
 
     # -- records -----------------------------------------------------------------------
     def _end(self, now: float, state: str, reason: str) -> None:
-        self.state, self.reason = state, reason
+        self.state, self.reason, self.ended = state, reason, now
         self._event(now, state, reason)
 
     def _step_text(self) -> str:
@@ -260,7 +266,7 @@ class Rollout:
         return {"SIGNATURE": self.endpoint, "state": self.state, "reason": self.reason,
                 "canary": self.plan.canary, "stable": self.plan.stable,
                 "step": self.step, "steps": list(self.plan.steps), "weights": self.weights(),
-                "started": self.started, "step_started": self.step_started,
+                "started": self.started, "step_started": self.step_started, "ended": self.ended,
                 "holding": self.holding(now) if self.active else "",
                 "plan": _plan_body(self.plan),
                 "stats": {"canary": self.canary.summary(), "stable": self.stable.summary(),
@@ -272,7 +278,7 @@ class Rollout:
         """The rollout as saved (see :meth:`from_json`)."""
         return {"endpoint": self.endpoint, "plan": asdict(self.plan), "started": self.started,
                 "state": self.state, "step": self.step, "step_started": self.step_started,
-                "reason": self.reason, "history": self.history,
+                "reason": self.reason, "history": self.history, "ended": self.ended,
                 "counts": {k: getattr(self, k).to_json()
                            for k in ("canary", "stable", "canary_total", "stable_total")}}
 
@@ -287,7 +293,8 @@ class Rollout:
         counts = {k: Counts.from_json(v) for k, v in data["counts"].items()}
         return cls(endpoint=str(data["endpoint"]), plan=plan, started=float(data["started"]),
                    state=state, step=step, step_started=float(data["step_started"]),
-                   reason=str(data["reason"]), history=list(data["history"]), **counts)
+                   reason=str(data["reason"]), history=list(data["history"]),
+                   ended=None if data.get("ended") is None else float(data["ended"]), **counts)
 
 
 def _plain(value: float) -> float:

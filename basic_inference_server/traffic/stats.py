@@ -158,10 +158,15 @@ class Recorder:
         counts.observe(failed, seconds)
         return failed
 
-    def take(self) -> dict[str, dict[str, Any]]:
-        """The deltas since the last take, in wire form, and start again from zero."""
+    def take(self) -> dict[str, Counts]:
+        """The deltas since the last take; counting starts again from zero."""
         pending, self.pending = self.pending, {}
-        return {target: counts.to_json() for target, counts in pending.items() if counts}
+        return {target: counts for target, counts in pending.items() if counts}
+
+    def restore(self, taken: dict[str, Counts]) -> None:
+        """Put back deltas that could not be delivered (they go with the next take)."""
+        for target, counts in taken.items():
+            self.pending.setdefault(target, Counts()).add(counts)
 
 
 class Rolling:

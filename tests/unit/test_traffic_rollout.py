@@ -40,7 +40,7 @@ def test_a_healthy_canary_goes_through_every_step_to_promotion():
     now = 1000.0
     while r.active:
         now += 1
-        r.observe(counts(5), counts(20))
+        r.observe(counts(5), counts(20), 1000.0)
         event = r.evaluate(now)
         if event:
             shares.append((event, r.canary_share()))
@@ -52,10 +52,10 @@ def test_a_healthy_canary_goes_through_every_step_to_promotion():
 
 def test_a_step_waits_for_its_dwell_and_its_minimum_of_requests():
     r = start()
-    r.observe(counts(19), counts(100))
+    r.observe(counts(19), counts(100), 1000.0)
     assert r.evaluate(1011.0) is None
     assert r.holding(1011.0) == "waiting for 1 more canary request(s)"
-    r.observe(counts(1), None)
+    r.observe(counts(1), None, 1000.0)
     assert r.holding(1005.0).startswith("dwelling 5.0 s")
     assert r.evaluate(1005.0) is None
     assert r.evaluate(1011.0) == "advanced"
@@ -63,9 +63,9 @@ def test_a_step_waits_for_its_dwell_and_its_minimum_of_requests():
 
 def test_a_failing_canary_fails_at_any_time_in_the_step():
     r = start()
-    r.observe(counts(19, failures=6), counts(100, failures=1))
+    r.observe(counts(19, failures=6), counts(100, failures=1), 1000.0)
     assert r.evaluate(1001.0) is None  # too few requests to tell
-    r.observe(counts(1), None)
+    r.observe(counts(1), None, 1000.0)
     assert r.evaluate(1001.5) == FAILED
     assert r.weights() == {"v2": 0, "v1": 100}
     assert "error rate 30.0% over 20 requests exceeds stable's 1.0% + 5.0%" in r.reason
@@ -73,28 +73,30 @@ def test_a_failing_canary_fails_at_any_time_in_the_step():
     assert last["event"] == "failed" and last["time"] == 1001.5
     assert last["canary_total"]["failures"] == 6
     assert r.evaluate(2000.0) is None  # over: nothing changes any more
-    r.observe(counts(5), None)
-    assert r.canary_total.requests == 20
+    r.observe(counts(5, failures=2), None, 1005.0)  # in flight at the decision: counted
+    r.observe(counts(5), None, 1020.0)  # settled: no longer
+    assert (r.canary_total.requests, r.canary_total.failures) == (25, 8)
+    assert r.canary.requests == 20 and r.history[-1]["canary_total"]["failures"] == 6
 
 
 def test_a_slow_canary_fails_on_p99():
     r = start()
-    r.observe(counts(20, seconds=0.05), counts(20, seconds=0.01))
+    r.observe(counts(20, seconds=0.05), counts(20, seconds=0.01), 1000.0)
     assert r.evaluate(1001.0) == FAILED
     assert "p99" in r.reason
 
 
 def test_within_margins_is_not_a_failure():
     r = start()
-    r.observe(counts(100, failures=5, seconds=0.02), counts(100, failures=1, seconds=0.01))
+    r.observe(counts(100, failures=5, seconds=0.02), counts(100, failures=1, seconds=0.01), 1000.0)
     assert r.evaluate(1001.0) is None  # 5% <= 1% + 5%; 20 ms <= 10 x 1.5 + 10
 
 
 def test_at_a_full_step_stable_is_judged_on_the_whole_rollout():
     r = start(STEPS=[50, 100], MIN_REQUESTS=10)
-    r.observe(counts(10, failures=2), counts(10, failures=2))  # both 20%
+    r.observe(counts(10, failures=2), counts(10, failures=2), 1000.0)  # both 20%
     assert r.evaluate(1011.0) == "advanced"
-    r.observe(counts(10, failures=2), None)  # stable serves nothing at 100%
+    r.observe(counts(10, failures=2), None, 1000.0)  # stable serves nothing at 100%
     assert r.baseline() is r.stable_total
     assert r.evaluate(1012.0) is None  # 20% <= 20% + 5%, not 20% > 0% + 5%
 
@@ -118,7 +120,7 @@ def test_manual_promote_and_abort():
 
 def test_saved_and_loaded_it_carries_on():
     r = start()
-    r.observe(counts(30, failures=1), counts(30))
+    r.observe(counts(30, failures=1), counts(30), 1000.0)
     r.evaluate(1011.0)
     again = Rollout.from_json(json.loads(json.dumps(r.to_json())))
     assert again.describe(1012.0) == r.describe(1012.0)
