@@ -80,6 +80,8 @@ class Route:
     media: str = "application/json"  # of a success
     bodies: dict[int, Schema] = field(default_factory=dict)
     description: str = ""
+    # The manager command of a GET when it is not the POST's (a GET must change nothing).
+    get_command: str | None = None
 
     @property
     def admin(self) -> bool:
@@ -225,7 +227,7 @@ ROUTES: tuple[Route, ...] = (
           "MAX_ERROR_RATE_DELTA, MAX_P99_RATIO, P99_MARGIN_MS} starts one; GET ?SIGNATURE=name "
           "shows its state and history", (200, 400, 404, 409), request=ROLLOUT_REQUEST,
           params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),),
-          response=OBJECT),
+          response=OBJECT, get_command="rollout_state"),
     Route("/rollout/promote", ("POST",), "admin",
           "end a rollout: the canary takes all traffic now: {SIGNATURE, REASON}",
           (200, 400, 404, 409), request=ROLLOUT_END, response=ROLLOUT_ENDED),

@@ -192,7 +192,8 @@ def build_management_app(front: Front) -> Flask:
                 raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
             if route.path == "/support_update_status":
                 args = {**args, **peer_args(request.environ)}
-            return forward(route.command, args)
+            cmd = (route.get_command or route.command) if request.method == "GET" else route.command
+            return forward(cmd, args)
 
         return view
 

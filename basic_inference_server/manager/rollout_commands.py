@@ -1,6 +1,7 @@
 """Management commands of rollouts, and the front processes' traffic reports.
 
-``/rollout`` starts one (POST) or shows one (GET ?SIGNATURE=name); ``/rollout/promote``
+``/rollout`` starts one (POST, ``rollout``) or shows one (GET ?SIGNATURE=name,
+``rollout_state``); ``/rollout/promote``
 and ``/rollout/abort`` end one by hand. ``traffic_report`` is no HTTP route: each front
 process sends it over the control socket (:mod:`..gateway.traffic_hooks`).
 """
@@ -38,10 +39,11 @@ class RolloutCommands(Core):
         return 200, {"RESULT": "report received"}
 
     def cmd_rollout(self, args: dict[str, Any]) -> Reply:
-        """POST {SIGNATURE, CANARY, ...plan}: start a rollout; GET ?SIGNATURE=: show one
-        (without SIGNATURE: every endpoint's latest)."""
-        if set(args) - {"SIGNATURE"}:
-            return self._start_rollout(args)
+        """POST {SIGNATURE, CANARY, ...plan}: start a rollout."""
+        return self._start_rollout(args)
+
+    def cmd_rollout_state(self, args: dict[str, Any]) -> Reply:
+        """GET ?SIGNATURE=name: an endpoint's latest rollout (without it: every one's)."""
         name = args.get("SIGNATURE")
         if name is None:
             now = self.rollouts.clock()
@@ -89,6 +91,10 @@ class RolloutCommands(Core):
             plan = parse_plan(args, list(weights), stable)
         except PlanError as exc:
             return error(400, str(exc))
+        if not weights[plan.stable]:
+            return error(400, f"the stable version {plan.stable} serves no traffic now (weights "
+                              f"{weights}): a rollout moves traffic away from a version that "
+                              f"serves it; name another STABLE")
         ep = self.endpoints.get(f"{name}{VERSION_SEP}{plan.canary}")
         if ep is None or ep.state != State.READY:
             state = ep.state.value if ep is not None else "unknown"
