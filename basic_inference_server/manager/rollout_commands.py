@@ -34,9 +34,17 @@ class RolloutCommands(Core):
                 raise ValueError("pid must be an integer and breakers an object of objects")
         except ValueError as exc:
             return error(400, f"bad traffic report: {exc}")
-        for rollout, event in self.rollouts.report(pid, stats, breakers):
+        for rollout, event in self.rollouts.report(pid, stats, breakers, self._not_serving):
             self._rollout_event(rollout, event)
         return 200, {"RESULT": "report received"}
+
+    def _not_serving(self, target: str) -> str | None:
+        """Why a version's requests fail before reaching it (it is not READY), or None."""
+        ep = self.endpoints.get(target)
+        if ep is None or ep.state == State.READY:
+            return None
+        return (f"the canary {target} is {ep.state.value}"
+                + (f": {ep.last_error}" if ep.last_error else ""))
 
     def cmd_rollout(self, args: dict[str, Any]) -> Reply:
         """POST {SIGNATURE, CANARY, ...plan}: start a rollout."""
@@ -118,20 +126,15 @@ class RolloutCommands(Core):
                               + (f" (the last one is {latest.state})" if latest else ""))
         reason = args.get("REASON")
         text = str(reason)[:500] if reason else ("promoted" if promote else "aborted") + " by hand"
-        now = self.rollouts.clock()
-        if promote:
-            rollout.promote(now, text)
-        else:
-            rollout.abort(now, text)
-        self.rollouts.apply_weights(rollout)
+        self.rollouts.end_by_hand(rollout, promote, text)
         self._rollout_event(rollout, rollout.state)
-        return 200, {"RESULT": f"{name}: rollout {rollout.state}", **rollout.describe(now)}
+        return 200, {"RESULT": f"{name}: rollout {rollout.state}",
+                     **rollout.describe(self.rollouts.clock())}
 
     def _rollout_event(self, rollout: Rollout, event: str) -> None:
         """Publish the rollout's weights and record what happened: the log, the
         history, and a notification when the rollout ends."""
         self._publish()
-        self.rollouts.save()
         name, last = rollout.endpoint, rollout.history[-1]
         level = logging.ERROR if event == "failed" else logging.INFO
         log.log(level, "rollout of %s: %s (%s); weights %s", name, event, last["reason"],

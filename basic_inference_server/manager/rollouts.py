@@ -88,7 +88,17 @@ class RolloutController:
         """Begin a rollout of ``name`` (checked by the caller: versioned, none active)."""
         rollout = self.rollouts[name] = Rollout.begin(name, plan, self.clock())
         self.apply_weights(rollout)
+        self.save()
         return rollout
+
+    def end_by_hand(self, rollout: Rollout, promote: bool, reason: str) -> None:
+        """A person's promote or abort of a running rollout."""
+        if promote:
+            rollout.promote(self.clock(), reason)
+        else:
+            rollout.abort(self.clock(), reason)
+        self.apply_weights(rollout)
+        self.save()
 
     def apply_weights(self, rollout: Rollout) -> None:
         """Set the endpoint's weights to the rollout's (others versions get 0), and its
@@ -103,14 +113,13 @@ class RolloutController:
                 "steps": list(plan.steps), "state": rollout.state}
         else:
             self.traffic.rollouts.pop(rollout.endpoint, None)
-            if rollout.state == FAILED:
-                self.rollbacks[rollout.endpoint] = self.rollbacks.get(rollout.endpoint, 0) + 1
 
     # -- reports of the front processes ---------------------------------------------------
-    def report(self, pid: int, stats: dict[str, Counts],
-               breakers: dict[str, dict[str, Any]]) -> list[tuple[Rollout, str]]:
+    def report(self, pid: int, stats: dict[str, Counts], breakers: dict[str, dict[str, Any]],
+               down: Callable[[str], str | None]) -> list[tuple[Rollout, str]]:
         """Take one front process's report; returns the rollouts it changed, each with
-        its event ("advanced", "promoted", "failed")."""
+        its event ("advanced", "promoted", "failed"). ``down(target)``: why a version
+        serves nothing now (not READY), or None."""
         mono, now = self.monotonic(), self.clock()
         previous = self.views.get(pid, (0.0, {}))[1]
         self.views[pid] = (mono, breakers)
@@ -123,13 +132,17 @@ class RolloutController:
             if not rollout.active:
                 continue
             opened = _opened(breakers.get(canary), previous.get(canary))
-            if opened is not None and rollout.breaker_opened(now, opened):
+            stopped = down(canary)
+            if opened is not None and rollout.breaker_opened(now, opened) \
+                    or stopped is not None and rollout.fail(now, stopped):
                 event: str | None = FAILED
             else:
                 event = rollout.evaluate(now)
             if event:
                 self.apply_weights(rollout)
                 changed.append((rollout, event))
+            if event == FAILED:
+                self.rollbacks[name] = self.rollbacks.get(name, 0) + 1
         if changed or (self.rollouts and mono - self._saved_at >= SAVE_EVERY
                        and any(r.active for r in self.rollouts.values())):
             self.save()

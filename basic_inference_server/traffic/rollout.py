@@ -9,7 +9,8 @@ and the canary's breaker openings, and asks it, on every report, what to do:
   requests in the step and its error rate exceeds the stable version's by more than
   ``MAX_ERROR_RATE_DELTA``, or its p99 latency exceeds the stable one's times
   ``MAX_P99_RATIO`` plus ``P99_MARGIN_MS``; or at once when the canary's breaker
-  opens. All traffic goes back to stable.
+  opens, or the canary stops serving (the manager's call). All traffic goes back to
+  stable.
 - **advance** once the step has lasted ``DWELL_S`` and the canary has served
   ``MIN_REQUESTS`` within the margins; after the last step, **promote**: the canary
   takes all traffic.
@@ -176,9 +177,13 @@ class Rollout:
 
     def breaker_opened(self, now: float, reason: str) -> bool:
         """The canary's breaker opened: the step fails (True when this ended the rollout)."""
+        return self.fail(now, f"the canary's circuit breaker opened: {reason}")
+
+    def fail(self, now: float, reason: str) -> bool:
+        """The canary failed for ``reason`` (True when this ended the rollout)."""
         if not self.active:
             return False
-        self._end(now, FAILED, f"the canary's circuit breaker opened: {reason}")
+        self._end(now, FAILED, reason)
         return True
 
     def evaluate(self, now: float) -> str | None:

@@ -207,3 +207,9 @@ def test_rollout_commands_check_their_input_and_a_restart_keeps_the_rollout(
     served = lambda: {again.run("clf").headers["X-Endpoint-Version"] for _ in range(20)}  # noqa: E731
     wait_until(lambda: served() == {"v2"}, timeout=5, message="the front routes by the new table")
     assert served() == {"v2"}
+    # A canary that stops serving fails its rollout (the fronts report even when idle).
+    assert_ok(again.post("/rollout", {**plan, "CANARY": "v1"}))
+    assert_ok(again.post("/kill_server", {"SIGNATURE": "clf@v1"}))
+    wait_until(lambda: rollout(again)["state"] == "failed", timeout=10,
+               message="the rollout fails")
+    assert "the canary clf@v1 is STOP" in rollout(again)["reason"]
