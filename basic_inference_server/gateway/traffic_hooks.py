@@ -56,7 +56,7 @@ class TrafficHooks:
         self.breakers = Breakers()
         self.recorder = Recorder()
         self._task: asyncio.Task[None] | None = None
-        self._last_view: dict[str, Any] = {}
+        self._last_states: dict[str, Any] = {}
         self._last_sent = 0.0
 
     def allowed(self, target: str) -> bool:
@@ -112,7 +112,7 @@ class TrafficHooks:
         view = self.breakers.describe(now)
         states = {t: v["state"] for t, v in view.items()}
         taken = self.recorder.take()
-        if not taken and states == self._last_view and now - self._last_sent < HEARTBEAT_EVERY:
+        if not taken and states == self._last_states and now - self._last_sent < HEARTBEAT_EVERY:
             return
         payload = {"cmd": "traffic_report", "args": {
             "pid": os.getpid(), "stats": {t: c.to_json() for t, c in taken.items()},
@@ -123,7 +123,7 @@ class TrafficHooks:
             log.debug("traffic report not delivered (%s); kept for the next one", exc)
             self.recorder.restore(taken)
             return
-        self._last_view, self._last_sent = states, now
+        self._last_states, self._last_sent = states, now
 
     async def _send(self, data: bytes) -> None:
         if len(data) > MAX_MESSAGE:
