@@ -143,6 +143,12 @@ class Overloaded(Unavailable):
     kind = "overloaded"
 
 
+class CircuitOpen(Unavailable):
+    """The target's circuit breaker is open: the request never reached it."""
+
+    kind = "circuit_open"
+
+
 class TooManyConnections(Unavailable):
     """The gateway holds its ``MAX_CONNECTIONS`` open connections: the request never ran."""
 

@@ -80,6 +80,8 @@ class Route:
     media: str = "application/json"  # of a success
     bodies: dict[int, Schema] = field(default_factory=dict)
     description: str = ""
+    # The manager command of a GET when it is not the POST's (a GET must change nothing).
+    get_command: str | None = None
 
     @property
     def admin(self) -> bool:
@@ -92,7 +94,8 @@ class Route:
 
     @property
     def command(self) -> str:
-        return self.path.strip("/")
+        """The manager command (``/rollout/abort``: ``rollout_abort``)."""
+        return self.path.strip("/").replace("/", "_")
 
 
 JOB_ACCEPTED = body(("JOB_ID", "STATUS", "SIGNATURE", "STATUS_URL"),
@@ -117,6 +120,18 @@ RATE: Schema = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1
                           {"type": "string", "pattern": RATE_PATTERN}],
                 "description": "requests a second, or text: 100/minute (second, minute, hour, day)"}
 BURST: Schema = {"type": "integer", "minimum": 1, "maximum": 10**9}
+# Rollouts (traffic/rollout.py checks the same again, with the endpoint's versions).
+_NUMBER = {"type": "number", "minimum": 0}
+ROLLOUT_REQUEST = body(
+    ("SIGNATURE", "CANARY"), SIGNATURE=SIGNATURE, CANARY=NAME, STABLE=NAME,
+    STEPS={"type": "array", "minItems": 1, "maxItems": 20,
+           "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}},
+    DWELL_S=_NUMBER, MIN_REQUESTS={"type": "integer", "minimum": 1},
+    MAX_ERROR_RATE_DELTA={"type": "number", "minimum": 0, "maximum": 1},
+    MAX_P99_RATIO={"type": "number", "minimum": 1}, P99_MARGIN_MS=_NUMBER)
+ROLLOUT_END = body(("SIGNATURE",), SIGNATURE=SIGNATURE, REASON=STRING)
+ROLLOUT_ENDED = body(("RESULT", "state", "weights", "history"), RESULT=STRING, state=STRING,
+                     weights=OBJECT, history={"type": "array"})
 
 
 def _quota(unit: str) -> Schema:
@@ -207,6 +222,18 @@ ROUTES: tuple[Route, ...] = (
                   "type": "number", "minimum": 0, "maximum": 100}}),
           params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),),
           response=OBJECT),
+    Route("/rollout", ("GET", "POST"), "admin",
+          "progressive rollout: POST {SIGNATURE, CANARY, STABLE, STEPS, DWELL_S, MIN_REQUESTS, "
+          "MAX_ERROR_RATE_DELTA, MAX_P99_RATIO, P99_MARGIN_MS} starts one; GET ?SIGNATURE=name "
+          "shows its state and history", (200, 400, 404, 409), request=ROLLOUT_REQUEST,
+          params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),),
+          response=OBJECT, get_command="rollout_state"),
+    Route("/rollout/promote", ("POST",), "admin",
+          "end a rollout: the canary takes all traffic now: {SIGNATURE, REASON}",
+          (200, 400, 404, 409), request=ROLLOUT_END, response=ROLLOUT_ENDED),
+    Route("/rollout/abort", ("POST",), "admin",
+          "end a rollout: all traffic back to the stable version now: {SIGNATURE, REASON}",
+          (200, 400, 404, 409), request=ROLLOUT_END, response=ROLLOUT_ENDED),
     Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
           (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
           response=JOB_ACCEPTED),

@@ -52,6 +52,7 @@ from .loadboard import LoadBoard
 from .management import READY, build_management_app
 from .pipelines import run_route
 from .routes import RouteTable
+from .traffic_hooks import TrafficHooks
 from .upstream import Upstream
 
 access_log = logging.getLogger("bis.access")
@@ -95,6 +96,7 @@ class Front:
         # in flight per endpoint) and "#connections".
         self.board = LoadBoard(rows=spec.workers)
         self.upstream = Upstream(self.board)
+        self.traffic = TrafficHooks(spec.control)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
         self.shadow = Shadow(self._shadow_forward, metrics.record_shadow,
                              hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
@@ -115,9 +117,11 @@ class Front:
             path: getattr(self, handler) for path, handler in NATIVE.items()}
 
     def start(self) -> None:
-        """In each front process, after the fork: the thread pool for blocking work."""
+        """In each front process, after the fork, on its loop: the thread pool for
+        blocking work, the traffic reports to the manager."""
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
                                        thread_name_prefix="bis-front")
+        self.traffic.start()
         if self.key_gate is not None:
             self.key_gate.claim_row(self.board.row)
 
@@ -192,7 +196,10 @@ class Front:
             if req.key is not None:
                 slot, req.limits = await self.gate.admit(req.key, label)  # type: ignore[union-attr]
                 await self.gate.check_quota(req.key)  # type: ignore[union-attr]
-            resp = await self._forward(await self._resolve(target), target, raw, req)
+            route = await self._resolve(target)
+            with self.traffic.guard(target, route) as outcome:  # the breaker; the stats
+                resp = await self._forward(route, target, raw, req)
+                outcome.status = resp.status
             units = await self._charge(req, resp)
         except ServingError as err:
             if isinstance(err, NotFound):
@@ -235,7 +242,7 @@ class Front:
         else:
             key = next((v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"),
                        None)
-        return str(policy["versions"][choose(policy, key)])
+        return str(policy["versions"][choose(policy, key, self.traffic.allowed)])
 
     def _internal(self, req: Request) -> bool:
         """A call of the job runner (the manager's internal credential): it needs no API

@@ -45,6 +45,7 @@ from .dashboard import dashboard_views
 from .jobs import job_views
 from .openapi import document_text
 from .readiness import waiting_for
+from .traffic_metrics import TrafficCollector
 
 if TYPE_CHECKING:
     from .app import Front
@@ -191,7 +192,8 @@ def build_management_app(front: Front) -> Flask:
                 raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
             if route.path == "/support_update_status":
                 args = {**args, **peer_args(request.environ)}
-            return forward(route.command, args)
+            cmd = (route.get_command or route.command) if request.method == "GET" else route.command
+            return forward(cmd, args)
 
         return view
 
@@ -210,7 +212,8 @@ def build_management_app(front: Front) -> Flask:
         except ControlUnavailable:
             body = {}
         queues = front.jobs.collector(front.routes.names())
-        return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues),
+        traffic = TrafficCollector(body.get("TRAFFIC_STATE"))
+        return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues, traffic),
                         mimetype=CONTENT_TYPE_LATEST)
 
     def live() -> Response:

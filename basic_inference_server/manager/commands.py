@@ -59,8 +59,10 @@ class EndpointCommands(Core):
                  and self.endpoints[n].state not in (State.STOPPED, State.STOPPING)]
         return 200, {"AVAIL_SERVERS": avail,
                      "DEFAULT_SERVER": self.config["DEFAULT_SERVER"],
-                     "SERVERS": {n: self.endpoints[n].describe() for n in names},
+                     "SERVERS": self.rollouts.annotated({n: self.endpoints[n].describe()
+                                                         for n in names}),
                      "TRAFFIC": self.traffic.policies(),
+                     "ROLLOUTS": self.rollouts.listing(),
                      "GATEWAY": {"pid": os.getpid(), "port": self.port,
                                  "front_pid": self.front.child.pid if self.front.child else None,
                                  "supervisor_pid": (self.supervisor.child.pid
@@ -71,7 +73,8 @@ class EndpointCommands(Core):
     def cmd_metrics(self, args: dict[str, Any]) -> Reply:
         """What /metrics exposes besides the front's own counters."""
         _, servers = self.cmd_list_servers(args)
-        return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.health}
+        return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.health,
+                     "TRAFFIC_STATE": self.rollouts.metrics()}
 
     def cmd_start_server(self, args: dict[str, Any]) -> Reply:
         """Start an endpoint, with new settings when given; every input is validated

@@ -42,6 +42,7 @@ from ..traffic.versions import expand
 from .children import Child, Service, spawn, spawn_script
 from .control import ControlServer, json_depth
 from .listeners import admin_token, listen_tcp, listen_unix, sweep_stale_run_dirs
+from .rollouts import RolloutController
 from .specs import (
     Paths,
     front_spec,
@@ -107,6 +108,7 @@ class Core:
             for section in config.endpoints.values()
             for name, cfg in expand(section, config.source).items()}
         self.traffic = TrafficTable(config.endpoints, self.cache_dir)
+        self.rollouts = RolloutController(self.traffic, self.cache_dir)
         self.front_listener: socket.socket | None = None
         self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
         self.supervisor = Service("supervisor", self._spawn_supervisor, STABLE_AFTER)

@@ -10,10 +10,11 @@ from __future__ import annotations
 from .commands import EndpointCommands
 from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK
 from .reports import ReportCommands
+from .rollout_commands import RolloutCommands
 from .traffic_commands import TrafficCommands
 
 __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_OK", "Manager"]
 
 
-class Manager(EndpointCommands, ReportCommands, TrafficCommands):
+class Manager(EndpointCommands, ReportCommands, TrafficCommands, RolloutCommands):
     """Owns the process tree of one gateway and answers its management commands."""

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from ..setting import NAME_RULE_TEXT, Setting, check_name, is_name
+from .breaker import validate_breaker
 from .compare import validate_shadow
 from .pipeline import validate_pipeline
 
@@ -74,8 +75,10 @@ TRAFFIC_SETTINGS: list[Setting] = [
             "Mirror a fraction of requests to a shadow version and compare the answers "
             "(docs/traffic.md).", validate_shadow),
     Setting("BREAKER", (dict, type(None)), None,
-            "Circuit breaker of the endpoint (of each version): null turns it off "
-            "(docs/traffic.md).", _object_or_null),
+            "Circuit breaker of the endpoint (of each version): null turns it off; else "
+            "{CONSECUTIVE_ERRORS: 5, ERROR_RATE: 0.5, MIN_REQUESTS: 20, WINDOW: 10, "
+            "OPEN_SECONDS: 5, MAX_OPEN_SECONDS: 300, HALF_OPEN_SUCCESSES: 5}, keys left out "
+            "taking these defaults (docs/traffic.md).", validate_breaker),
     Setting("URLS", list, [],
             "A remote endpoint: base URLs of servers elsewhere (`http://host:port`), "
             "balanced; nothing is started here (docs/remote.md).",

@@ -89,4 +89,5 @@ def test_get_paths_marks_the_admin_routes(gw):
     assert {"/list_servers", "/system_status", "/history", "/notifications", "/start_server",
             "/kill_server", "/update_workers", "/reload_server", "/shutdown", "/jobs/dead",
             "/jobs/requeue", "/keys", "/keys/revoke", "/keys/rotate", "/usage/tenants",
-            "/usage/tenants.csv", "/traffic"} == admin
+            "/usage/tenants.csv", "/traffic", "/rollout", "/rollout/promote",
+            "/rollout/abort"} == admin
