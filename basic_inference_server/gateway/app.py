@@ -98,7 +98,7 @@ class Front:
         self.upstream = Upstream(self.board)
         self.traffic = TrafficHooks(spec.control)
         self.jobs = JobsFront(JobsSpec(**spec.jobs) if spec.jobs else None)
-        self.shadow = Shadow(self._shadow_forward, metrics.record_shadow,
+        self.shadow = Shadow(self.dispatch, metrics.record_shadow,
                              hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
         # The key store always (the admin API); the checks only with API_KEYS on.
         tenants = TenantsSpec(**spec.tenants) if spec.tenants else None
@@ -196,10 +196,7 @@ class Front:
             if req.key is not None:
                 slot, req.limits = await self.gate.admit(req.key, label)  # type: ignore[union-attr]
                 await self.gate.check_quota(req.key)  # type: ignore[union-attr]
-            route = await self._resolve(target)
-            with self.traffic.guard(target, route) as outcome:  # the breaker; the stats
-                resp = await self._forward(route, target, raw, req)
-                outcome.status = resp.status
+            resp = await self.dispatch(target, raw, req)
             units = await self._charge(req, resp)
         except ServingError as err:
             if isinstance(err, NotFound):
@@ -222,9 +219,19 @@ class Front:
         if policy is not None and policy.get("shadow"):
             self.shadow.maybe_mirror(name, policy, version, raw, req, req.request_id, resp)
 
-    async def _shadow_forward(self, target: str, raw: bytes, req: Request) -> Any:
-        """Forward a shadow's copy as any request to ``target`` is forwarded."""
-        return await self._forward(await self._resolve(target), target, raw, req)
+    async def dispatch(self, target: str, raw: bytes, req: Request) -> Any:
+        """Send a request to the route ``target`` through its breaker, recording its
+        outcome (breaker, rollout stats): a ``/run``, a pipeline's step, a shadow's copy."""
+        route = await self._resolve(target)
+        with self.traffic.guard(target, route) as outcome:
+            resp = await self._forward(route, target, raw, req)
+            outcome.status = resp.status
+        return resp
+
+    def may_take(self, target: str) -> bool:
+        """Whether a version may get unpinned requests now: READY, its breaker not open."""
+        route = self.routes.get(target)
+        return route is not None and route["state"] == READY and self.traffic.allowed(target)
 
     def _pick(self, signature: str, pinned: str | None, raw: bytes, req: Request) -> str:
         """The route a ``/run`` goes to: a pinned version as named, else the version the
@@ -242,7 +249,7 @@ class Front:
         else:
             key = next((v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"),
                        None)
-        return str(policy["versions"][choose(policy, key, self.traffic.allowed)])
+        return str(policy["versions"][choose(policy, key, self.may_take)])
 
     def _internal(self, req: Request) -> bool:
         """A call of the job runner (the manager's internal credential): it needs no API

@@ -72,8 +72,7 @@ class PipelineRun:
         try:
             target = self.front._pick(signature, version, raw, self.req)
             version = split_target(target)[1]
-            resp = await self.front._forward(await self.front._resolve(target), target, raw,
-                                             self.req)
+            resp = await self.front.dispatch(target, raw, self.req)
         except ServingError as err:
             metrics.REQUESTS.labels(label, version or "", str(err.status)).inc()
             return err.status, err.to_dict()

@@ -153,3 +153,18 @@ def test_the_request_metric_has_a_version_label(gw: Gateway) -> None:
 def test_bad_version_settings_stop_the_start(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({"CONFIG_ENDPOINTS": {"clf": {"SERVER_CLASS": "echo", **section}}})
+
+
+def test_a_stopped_version_gives_its_share_to_the_others(gw: Gateway) -> None:
+    assert_ok(gw.post("/kill_server", {"SIGNATURE": "clf@v2"}))
+    gw.wait_state("clf@v2", "STOPPED")
+    try:
+        wait_until(lambda: gw.run("clf", X=0).status_code == 200, timeout=5)
+        answers = [gw.post("/run", {"SIGNATURE": "clf"}, headers={"X-Customer-ID": f"t{i}"})
+                   for i in range(100)]
+        assert {r.status_code for r in answers} == {200}
+        assert {r.headers["X-Endpoint-Version"] for r in answers} == {"v1"}
+        assert_error(gw.run("clf@v2"), 503)  # a pin still names the stopped version
+    finally:
+        assert_ok(gw.post("/start_server", {"SIGNATURE": "clf@v2"}))
+        gw.wait_state("clf@v2", "READY", timeout=60)
