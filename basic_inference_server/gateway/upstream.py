@@ -1,17 +1,22 @@
-"""Persistent connections from the front's event loop to the endpoint servers' Unix sockets.
+"""Persistent connections from the front's event loop to the endpoint servers.
 
-The front is on every request's path, so this client is lean: a LIFO pool of idle
-connections per worker socket, each request written in one ``write`` and the answer
-parsed by ``httptools`` (llhttp, the parser uvicorn uses) as it arrives. Waiting for an
-answer holds no thread: a stuck endpoint costs the front a socket per request, nothing
-more, and the endpoint's ``MAX_IN_FLIGHT`` bounds even that (see :mod:`.app`).
+Local endpoints are reached on their servers' Unix sockets, remote ones (``URLS``) over
+TCP, or TLS for ``https://``, both the same way. The front is on every request's path,
+so this client is lean: a LIFO pool of idle connections per worker socket or URL, each
+request written in one ``write`` and the answer parsed by ``httptools`` (llhttp, the
+parser uvicorn uses) as it arrives. Waiting for an answer holds no thread: a stuck
+endpoint costs the front a socket per request, nothing more, and the endpoint's
+``MAX_IN_FLIGHT`` bounds even that (see :mod:`.app`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
+import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -19,6 +24,7 @@ from typing import Any
 import httptools
 
 from ..errors import ServingError, Unavailable, UpstreamDropped, UpstreamTimeout
+from ..traffic.remote import Credentials, RemoteURL, parse_url
 from .loadboard import LoadBoard
 
 PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
@@ -28,6 +34,12 @@ MAX_IDLE = 64
 IDLE_S = 60.0
 # Bodies larger than this are written in slices of this size.
 WRITE_SLICE = 256 * 1024
+# The request line and Host header of a local server's /run.
+LOCAL_LEAD = b"POST /run HTTP/1.1\r\nHost: localhost\r\n"
+# Seconds a TCP (and TLS) connection to a remote URL may take: a host that is down
+# often drops packets instead of refusing, and the request must not wait its whole
+# TIMEOUT for that. A connection that is not made means the request never ran.
+CONNECT_S = 3.0
 
 
 @dataclass
@@ -116,7 +128,7 @@ class _Closed(Exception):
 
 
 class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to a server's Unix socket, one request at a time."""
+    """One keep-alive HTTP/1.1 connection to a server, one request at a time."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -210,6 +222,10 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _local_lead(_path: str) -> bytes:
+    return LOCAL_LEAD
+
+
 class Upstream:
     """Forwards requests to endpoint servers over pooled keep-alive connections."""
 
@@ -217,11 +233,16 @@ class Upstream:
         self.board = board or LoadBoard(rows=1)
         self._idle: dict[str, list[Connection]] = {}
         self._turn = itertools.count()
+        # Remote URLs met so far, parsed once: a pool key found here is TCP, else a socket.
+        self._remote: dict[str, RemoteURL] = {}
+        self._tls: ssl.SSLContext | None = None
+        self.credentials = Credentials()
 
-    def _by_load(self, sockets: list[str]) -> list[str]:
-        """Worker sockets, least busy first (counted over all front processes); ties rotate."""
-        start = next(self._turn) % len(sockets)
-        rotated = sockets[start:] + sockets[:start]
+    def _by_load(self, targets: list[str]) -> list[str]:
+        """Worker sockets (or URLs), least busy first (counted over all front processes);
+        ties rotate."""
+        start = next(self._turn) % len(targets)
+        rotated = targets[start:] + targets[:start]
         return sorted(rotated, key=self.board.load)
 
     async def forward(self, route: dict[str, Any], name: str, head: bytes,
@@ -233,25 +254,56 @@ class Upstream:
         front balances requests itself (least outstanding requests). Whether a failed
         attempt goes again, and where, is :func:`resend`'s call.
         """
-        data = (b"POST /run HTTP/1.1\r\nHost: localhost\r\n" + head
-                + b"Content-Type: application/json\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n")
         sockets = route.get("workers") or []
-        timeout = float(route["timeout"])
-        crash_resends = 1 if route.get("retry_on_crash") else 0
         candidates = (self._by_load(sockets) if len(sockets) > 1 else list(sockets))[:2]
         # Last, the shared socket: every live worker of the endpoint, of any generation,
         # accepts there, so the request still finds one while the route table lags a
         # reload or a scale-down (whose stopping workers no longer accept).
         shared = route["socket"]
         candidates.append(shared)
+        resp, path = await self._send(candidates, _local_lead, name, _tail(head, body),
+                                      body, route)
+        if path != shared:
+            resp.worker = path.rsplit(".", 1)[-1]
+        return resp
+
+    async def forward_remote(self, route: dict[str, Any], name: str, head: bytes,
+                             body: bytes) -> UpstreamResponse:
+        """Send a ``/run`` to the least busy URL of a remote endpoint (``route["remote"]``).
+
+        ``body`` already names the remote's SIGNATURE. With ``api_key`` the request
+        carries ``Authorization: Bearer``. A URL that refuses the connection is
+        skipped for the next one, as a local worker socket is.
+        """
+        remote = route["remote"]
+        urls: list[str] = remote["urls"]
+        for url in urls:
+            if url not in self._remote:
+                self._remote[url] = parse_url(url)
+        if remote.get("api_key"):
+            head += self.credentials.header(remote["api_key"], name)
+        candidates = self._by_load(urls) if len(urls) > 1 else list(urls)
+        resp, url = await self._send(candidates, self._lead, name, _tail(head, body), body,
+                                     route)
+        resp.worker = url
+        return resp
+
+    def _lead(self, url: str) -> bytes:
+        return self._remote[url].lead
+
+    async def _send(self, candidates: list[str], lead: Callable[[str], bytes], name: str,
+                    head: bytes, body: bytes,
+                    route: dict[str, Any]) -> tuple[UpstreamResponse, str]:
+        """Try ``candidates`` in turn as :func:`resend` says; the answer and who gave it."""
+        timeout = float(route["timeout"])
+        crash_resends = 1 if route.get("retry_on_crash") else 0
         i, pooled = 0, True
         while True:
             path = candidates[i]
             # One event loop per process writes this process's row: no lock needed.
             self.board.add(path, 1)
             try:
-                resp = await self.attempt(path, name, data, body, timeout, pooled)
+                resp = await self.attempt(path, name, lead(path) + head, body, timeout, pooled)
             except AttemptFailed as failed:
                 step = resend(failed.failure, last=i == len(candidates) - 1,
                               crash_resends=crash_resends)
@@ -267,9 +319,7 @@ class Upstream:
                 continue
             finally:
                 self.board.add(path, -1)
-            if path != shared:
-                resp.worker = path.rsplit(".", 1)[-1]
-            return resp
+            return resp, path
 
     async def attempt(self, path: str, name: str, head: bytes, body: bytes, timeout: float,
                       pooled: bool = True) -> UpstreamResponse:
@@ -279,7 +329,7 @@ class Upstream:
         reused = conn is not None
         try:
             if conn is None:
-                conn = await self._connect(path)
+                conn = await self._connect(path, timeout)
             resp = await asyncio.wait_for(conn.send(head, body), timeout)
         except (OSError, _Reset, _Closed, httptools.HttpParserError) as exc:
             if conn is not None:
@@ -329,7 +379,32 @@ class Upstream:
             else:
                 del self._idle[path]
 
-    async def _connect(self, path: str) -> Connection:
+    async def _connect(self, path: str, timeout: float) -> Connection:
         loop = asyncio.get_running_loop()
-        _transport, conn = await loop.create_unix_connection(Connection, path)
+        remote = self._remote.get(path)
+        if remote is None:
+            _transport, conn = await loop.create_unix_connection(Connection, path)
+            return conn
+        tls = self._client_tls() if remote.tls else None
+        limit = min(CONNECT_S, timeout)
+        try:
+            _transport, conn = await asyncio.wait_for(loop.create_connection(
+                Connection, remote.host, remote.port, ssl=tls,
+                server_hostname=remote.host if tls else None), limit)
+        except TimeoutError:
+            # Not a TimeoutError for classify(): no connection, so the request never ran.
+            raise ConnectionError(errno.ETIMEDOUT, f"no connection within {limit:g} s") from None
         return conn
+
+    def _client_tls(self) -> ssl.SSLContext:
+        """The client TLS context of https URLs: the system's CAs (and SSL_CERT_FILE)."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            self._tls.set_alpn_protocols(["http/1.1"])
+        return self._tls
+
+
+def _tail(head: bytes, body: bytes) -> bytes:
+    """The header lines after the request line and Host, through the blank line."""
+    return (head + b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n")
