@@ -32,6 +32,9 @@ class Setting:
     check: Callable[[Any], str | None] | None = None
     # The value may be ``env:NAME`` or ``file:PATH``, read at start (see resolve_ref).
     secret_ref: bool = False
+    # A wrong value may hold a secret (a key instead of its reference, a URL's password):
+    # errors never repeat it; the check's own message says what is wrong.
+    secret: bool = False
 
     def validate(self, value: Any, where: str, refs: bool = True) -> Any:
         """The checked value; ``refs`` False refuses ``env:``/``file:`` references (they
@@ -46,13 +49,15 @@ class Setting:
         bad_bool = isinstance(value, bool) and bool not in kinds
         if bad_bool or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
+            shown = "" if self.secret else f" {value!r}"
             raise ConfigError(
-                f"{where}: {self.name} must be {names}, got {type(value).__name__} {value!r}"
+                f"{where}: {self.name} must be {names}, got {type(value).__name__}{shown}"
             )
         if self.check is not None:
             problem = self.check(value)
             if problem:
-                raise ConfigError(f"{where}: {self.name} {problem}, got {value!r}")
+                shown = "" if self.secret else f", got {value!r}"
+                raise ConfigError(f"{where}: {self.name} {problem}{shown}")
         return value
 
 

@@ -42,6 +42,7 @@ from ..tenants.keys import ApiKey
 from ..tenants.store import KeyStore
 from ..tenants.usage import strip_usage
 from ..traffic.hooks import Hooks
+from ..traffic.remote import remote_body
 from ..traffic.router import choose
 from ..traffic.settings import split_target
 from ..traffic.shadow import Shadow
@@ -330,21 +331,38 @@ class Front:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
         head = b"X-Request-ID: " + req.request_id.encode() + b"\r\n"
-        if req.key is not None:  # with API keys, the tenant is the key's (never the client's)
-            head += b"X-Customer-ID: " + req.key.tenant.encode() + b"\r\n"
-        for header, value in req.headers:
-            if header == b"x-customer-id":
-                head += b"X-Customer-ID: " + value + b"\r\n"
+        remote = route.get("remote")
+        # A remote called with a key of its own takes the tenant from that key (and
+        # refuses an X-Customer-ID beside it).
+        if remote is None or not remote["api_key"]:
+            if req.key is not None:  # with API keys, the tenant is the key's (never the client's)
+                head += b"X-Customer-ID: " + req.key.tenant.encode() + b"\r\n"
+            for header, value in req.headers:
+                if header == b"x-customer-id":
+                    head += b"X-Customer-ID: " + value + b"\r\n"
         gauge = metrics.IN_FLIGHT.labels(name)
         gauge.inc()
         self.board.add(key, 1)
         try:
             if "pipeline" in route:
                 return await run_route(self, route, name, raw, req)
+            if remote is not None:
+                return await self._forward_remote(route, name, head, raw)
             return await self.upstream.forward(route, name, head, raw)
         finally:
             self.board.add(key, -1)
             gauge.dec()
+
+    async def _forward_remote(self, route: dict[str, Any], name: str, head: bytes,
+                              raw: bytes) -> Any:
+        """A remote endpoint (``URLS``): the body names the remote's SIGNATURE (by default
+        this endpoint's name, without a version label), then goes over TCP."""
+        signature = route["remote"]["signature"] or split_target(name)[0]
+        if len(raw) > SCAN_OFF_LOOP:
+            raw = await self.off_loop(remote_body, raw, signature)
+        else:
+            raw = remote_body(raw, signature)
+        return await self.upstream.forward_remote(route, name, head, raw)
 
     async def _resolve(self, name: str) -> dict[str, Any]:
         """The route of a READY endpoint, or the error to answer with."""

@@ -58,12 +58,16 @@ class ManagerCollector:
         workers = _gauge("bis_workers", "Worker processes ready", ["endpoint"])
         target = _gauge("bis_workers_target", "NR_WORKERS asked for", ["endpoint"])
         restarts = _gauge("bis_restarts", "Restarts since the gateway started", ["endpoint"])
+        remote_up = _gauge("bis_remote_up", "1 while a remote endpoint's URL answers its "
+                           "health probe", ["endpoint", "url"])
         for name, info in self.servers.items():
             ready.add_metric([name], 1.0 if info["state"] == "READY" else 0.0)
             workers.add_metric([name], float(info["workers_ready"]))
             target.add_metric([name], float(info["nr_workers"]))
             restarts.add_metric([name], float(info["restarts"]))
-        yield from (ready, workers, target, restarts)
+            for url, seen in info.get("remote", {}).get("urls", {}).items():
+                remote_up.add_metric([name, url], 0.0 if seen["reachable"] is False else 1.0)
+        yield from (ready, workers, target, restarts, remote_up)
         if self.health:
             yield from self._health()
 

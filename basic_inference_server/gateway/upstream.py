@@ -273,7 +273,8 @@ class Upstream:
 
         ``body`` already names the remote's SIGNATURE. With ``api_key`` the request
         carries ``Authorization: Bearer``. A URL that refuses the connection is
-        skipped for the next one, as a local worker socket is.
+        skipped for the next one, as a local worker socket is; those the health probes
+        found ``down`` come last.
         """
         remote = route["remote"]
         urls: list[str] = remote["urls"]
@@ -282,9 +283,14 @@ class Upstream:
                 self._remote[url] = parse_url(url)
         if remote.get("api_key"):
             head += self.credentials.header(remote["api_key"], name)
-        candidates = self._by_load(urls) if len(urls) > 1 else list(urls)
+        down = remote.get("down") or []
+        up = [u for u in urls if u not in down] if down else urls
+        candidates = (self._by_load(up) if len(up) > 1 else list(up)) + down
         resp, url = await self._send(candidates, self._lead, name, _tail(head, body), body,
                                      route)
+        if resp.status == 401 and remote.get("api_key"):
+            # The key may have been rotated: the next request reads it again.
+            self.credentials.forget(remote["api_key"])
         resp.worker = url
         return resp
 

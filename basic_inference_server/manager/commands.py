@@ -21,6 +21,7 @@ from ..traffic.settings import TRAFFIC_KEYS
 from .control import Reply, error
 from .core import EXIT_OK, Core
 from .listeners import check_resolves
+from .remote_commands import remote_targets
 from .specs import job_targets
 from .state import Endpoint, State
 
@@ -162,7 +163,8 @@ class EndpointCommands(Core):
                 "ping_misses": s["PING_MISSES"],
                 "workers": {pid: probe_path(path) for pid, path in ep.worker_sockets.items()},
             }
-        return 200, {"endpoints": targets, "trees": self._trees()}
+        remotes = {} if self.shutting_down else remote_targets(self.endpoints)
+        return 200, {"endpoints": targets, "remotes": remotes, "trees": self._trees()}
 
     def cmd_job_targets(self, _args: dict[str, Any]) -> Reply:
         """What the job runner serves: endpoints whose jobs run through the front."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .commands import EndpointCommands
 from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK
+from .remote_commands import RemoteCommands
 from .reports import ReportCommands
 from .rollout_commands import RolloutCommands
 from .traffic_commands import TrafficCommands
@@ -16,5 +17,6 @@ from .traffic_commands import TrafficCommands
 __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_OK", "Manager"]
 
 
-class Manager(EndpointCommands, ReportCommands, TrafficCommands, RolloutCommands):
+class Manager(EndpointCommands, ReportCommands, TrafficCommands, RolloutCommands,
+              RemoteCommands):
     """Owns the process tree of one gateway and answers its management commands."""

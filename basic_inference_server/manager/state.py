@@ -22,6 +22,7 @@ from typing import Any
 from ..config import EndpointConfig
 from ..traffic.settings import split_target
 from .children import BACKOFF_FIRST, Child, backoff
+from .remote_health import UrlHealth
 
 # A server that ran this long before dying is not in a crash loop: restart at once.
 STABLE_AFTER = 30.0
@@ -41,6 +42,8 @@ class State(str, Enum):
     FAILED = "FAILED"
     CRASHLOOP = "CRASHLOOP"
     STOPPING = "STOPPING"
+    # A remote endpoint none of whose URLS answers its health probe.
+    UNREACHABLE = "UNREACHABLE"
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Endpoint:
     restart_at: float | None = None
     ready_since: float | None = None
     support_status: dict[str, Any] | None = None
+    remote: UrlHealth = field(default_factory=UrlHealth)  # a remote endpoint's URLs
 
     @property
     def name(self) -> str:
@@ -141,7 +145,29 @@ class Endpoint:
     def virtual_started(self, now: float) -> Change:
         """A remote endpoint or a pipeline is routable at once: nothing to spawn."""
         self.state, self.ready_since, self.last_error = State.READY, now, None
+        self.remote.reset()
         return Change(publish=True)
+
+    def remote_checked(self, results: dict[str, Any], now: float, wall: float) -> Change:
+        """The supervisor probed a remote endpoint's URLs: READY while one of them
+        answers, UNREACHABLE (the front answers 503 at once) while none does."""
+        if self.state not in (State.READY, State.UNREACHABLE):
+            return Change()  # stopped meanwhile
+        urls = self.config.settings["URLS"]
+        results = {u: r for u, r in results.items() if u in urls and isinstance(r, dict)}
+        if not self.remote.observe(results, self.config.settings["PING_MISSES"], wall):
+            return Change()
+        if self.remote.down(urls) != urls:
+            if self.state == State.READY:
+                return Change(publish=True)  # the front tries the URLs found down last
+            self.state, self.ready_since, self.last_error = State.READY, now, None
+            return Change(publish=True, info="is reachable again",
+                          event=("remote_reachable", {"endpoint": self.name}))
+        self.state, self.ready_since = State.UNREACHABLE, None
+        self.last_error = self.remote.reason(urls)
+        return Change(publish=True, log=self.last_error,
+                      event=("remote_unreachable", {"endpoint": self.name,
+                                                    "reason": self.last_error}))
 
     def start_failed(self, error: str) -> Change:
         """Nothing could be spawned (the port is taken, the script is gone)."""
@@ -331,6 +357,9 @@ class Endpoint:
                            if self.restart_at else None),
             "description": s["DESCRIPTION"],
             "module": self.config.module_name,
+            **({"remote": {"urls": self.remote.describe(s["URLS"]),
+                           "signature": s["REMOTE_SIGNATURE"] or split_target(self.name)[0]}}
+               if s["URLS"] else {}),
         }
 
     def kind(self) -> str:
@@ -345,7 +374,7 @@ class Endpoint:
         extra: dict[str, Any] = {}
         if s["URLS"]:
             extra["remote"] = {"urls": s["URLS"], "signature": s["REMOTE_SIGNATURE"],
-                               "api_key": s["REMOTE_API_KEY"]}
+                               "api_key": s["REMOTE_API_KEY"], "down": self.remote.down(s["URLS"])}
         elif s["PIPELINE"]:
             extra["pipeline"] = s["PIPELINE"]
         return {
@@ -378,6 +407,8 @@ class Endpoint:
     def retry_after(self) -> float:
         if self.restart_at is not None:
             return max(1.0, self.restart_at - time.monotonic())
+        if self.state == State.UNREACHABLE:  # the next probe may find it back
+            return max(1.0, float(self.config.settings["PING_INTERVAL"]))
         return 1.0
 
 

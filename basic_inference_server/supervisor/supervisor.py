@@ -22,7 +22,7 @@ from ..contracts import SupervisorSpec
 from ..health.sampler import collect_sample
 from ..ipc import ControlUnavailable, control_call
 from .hangs import MASTER, HangDetector, Verdict
-from .probe import Outcome, ping
+from .probe import Outcome, ping, probe_url
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +50,19 @@ class Supervisor:
     def __init__(self, spec: SupervisorSpec, *, clock: Callable[[], float] = time.monotonic,
                  call: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
                  pinger: Callable[[str, float], Outcome] = ping,
+                 url_prober: Callable[[str, float], dict[str, Any]] = probe_url,
                  master: Callable[[int], Outcome] = master_outcome,
                  sampler: Callable[..., dict[str, Any]] = collect_sample) -> None:
         self.spec = spec
         self.clock = clock
         self.call = call or (lambda path, req: control_call(path, req, timeout=5.0))
         self.pinger = pinger
+        self.url_prober = url_prober
         self.master = master
         self.sampler = sampler
         self.detector = HangDetector()
         self.next_ping: dict[str, float] = {}
+        self.next_remote: dict[str, float] = {}
         self.next_sample = 0.0
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bis-probe")
 
@@ -88,21 +91,37 @@ class Supervisor:
         for name in [n for n in self.next_ping if n not in endpoints]:
             del self.next_ping[name]
             self.detector.forget(name)
-        due = {n: t for n, t in endpoints.items() if now >= self.next_ping.get(n, now)}
-        for name, target in due.items():
-            self.next_ping[name] = now + float(target["ping_interval"])
+        due = self._due(self.next_ping, endpoints, now)
+        remote_due = self._due(self.next_remote, targets.get("remotes", {}), now)
+        # Remote URLs are probed while the workers are: a slow host costs no extra round.
+        remote_probes = {(name, url): self.pool.submit(self.url_prober, url,
+                                                       float(t["ping_timeout"]))
+                         for name, t in remote_due.items() for url in t["urls"]}
         for name, outcomes in self._probe(due).items():
             target = due[name]
             verdict = self.detector.observe(name, target["generation"], outcomes,
                                             int(target["ping_misses"]))
             if verdict:
                 self._report(name, target, verdict, outcomes)
+        for name in remote_due:
+            urls = {url: probe.result() for (n, url), probe in remote_probes.items() if n == name}
+            self._manager("remote_health", {"SIGNATURE": name, "URLS": urls})
         if now >= self.next_sample:
             self.next_sample = now + self.spec.sample_interval
             sample = self.sampler(targets.get("trees", {}), self.spec.disk_path)
             self._manager("health_sample", {**sample, "taken_at": time.time()})
-        upcoming = [*self.next_ping.values(), self.next_sample]
+        upcoming = [*self.next_ping.values(), *self.next_remote.values(), self.next_sample]
         return max(0.0, min(MAX_WAIT, min(upcoming) - self.clock()))
+
+    @staticmethod
+    def _due(schedule: dict[str, float], targets: dict[str, Any], now: float) -> dict[str, Any]:
+        """The targets whose probe is due, scheduled again; ``schedule`` forgets the gone."""
+        for name in [n for n in schedule if n not in targets]:
+            del schedule[name]
+        due = {n: t for n, t in targets.items() if now >= schedule.get(n, now)}
+        for name, target in due.items():
+            schedule[name] = now + float(target["ping_interval"])
+        return due
 
     def _probe(self, due: dict[str, Any]) -> dict[str, dict[int, Outcome]]:
         """Every worker of every due server at once: a stuck one costs one deadline, not N."""

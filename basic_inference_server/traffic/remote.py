@@ -17,11 +17,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import protocol
-from ..config import NAME_RULE_TEXT, is_name
 from ..errors import ConfigError, Unavailable
 from ..hosts import check_host
 from ..redact import mask_text, mask_url
 from ..refs import resolve_ref
+from ..setting import NAME_RULE_TEXT, is_name
 
 SCHEMES = ("http", "https")
 MAX_URLS = 64
@@ -84,11 +84,12 @@ def parse_url(url: Any) -> RemoteURL:
 
 
 def validate_urls(value: Any) -> str | None:
-    """The check of ``URLS``: null, or 1 to 64 distinct ``http(s)://host:port`` URLs."""
-    if value is None:
+    """The check of ``URLS``: none (a local endpoint), or up to 64 distinct
+    ``http(s)://host:port`` URLs."""
+    if not value:
         return None
-    if not isinstance(value, list) or not 1 <= len(value) <= MAX_URLS:
-        return f"must be a list of 1 to {MAX_URLS} URLs (http://host:port or https://host:port)"
+    if not isinstance(value, list) or len(value) > MAX_URLS:
+        return f"must be a list of at most {MAX_URLS} URLs (http://host:port or https://host:port)"
     seen: set[str] = set()
     for url in value:
         try:
@@ -151,6 +152,17 @@ class Credentials:
         line = b"Authorization: Bearer " + key.encode("ascii") + b"\r\n"
         self._lines[ref] = (now + self.ttl, line)
         return line
+
+    def forget(self, ref: str) -> None:
+        """Read ``ref`` again on its next use (the remote refused the key)."""
+        self._lines.pop(ref, None)
+
+
+def remote_body(raw: bytes, signature: str) -> bytes:
+    """The body to send: ``raw`` itself when it already names ``signature``, else
+    :func:`rewrite_signature`'s."""
+    found, value = protocol.peek_field(raw, "SIGNATURE")
+    return raw if found and value == signature else rewrite_signature(raw, signature)
 
 
 def rewrite_signature(raw: bytes, signature: str) -> bytes:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..setting import NAME_RULE_TEXT, Setting, check_name, is_name
+from ..setting import NAME_RULE_TEXT, Setting, is_name
 from .breaker import validate_breaker
 from .compare import validate_shadow
 from .pipeline import validate_pipeline
+from .remote import validate_api_key, validate_signature, validate_urls
 
 # An endpoint's version is addressed as "<endpoint>@<label>"; both sides follow the name rule.
 VERSION_SEP = "@"
@@ -54,11 +55,6 @@ def _object_or_null(v: Any) -> str | None:
     return None if v is None or isinstance(v, dict) else "must be an object or null"
 
 
-def _secret_ref(v: str | None) -> str | None:
-    ok = v is None or (v.startswith(("env:", "file:")) and len(v) > 5)
-    return None if ok else "must be env:VARIABLE or file:PATH (the key itself never sits in the file)"
-
-
 TRAFFIC_SETTINGS: list[Setting] = [
     Setting("VERSIONS", dict, {},
             "Versions served side by side: label -> settings overriding the section's "
@@ -81,13 +77,13 @@ TRAFFIC_SETTINGS: list[Setting] = [
             "taking these defaults (docs/traffic.md).", validate_breaker),
     Setting("URLS", list, [],
             "A remote endpoint: base URLs of servers elsewhere (`http://host:port`), "
-            "balanced; nothing is started here (docs/remote.md).",
-            lambda v: None if all(isinstance(u, str) for u in v) else "must be a list of URLs"),
+            "balanced; nothing is started here (docs/remote.md).", validate_urls, secret=True),
     Setting("REMOTE_SIGNATURE", (str, type(None)), None,
-            "SIGNATURE of the endpoint at the remote (null: the same name).", check_name),
+            "SIGNATURE of the endpoint at the remote, `name` or `name@version` (null: this "
+            "endpoint's name).", validate_signature),
     Setting("REMOTE_API_KEY", (str, type(None)), None,
-            "Credential sent to the remote as a bearer token: `env:VAR` or `file:PATH`.",
-            _secret_ref),
+            "Credential sent to the remote as a bearer token: `env:VAR` or `file:PATH`, "
+            "read by the front (docs/remote.md).", validate_api_key, secret=True),
     Setting("PIPELINE", (dict, type(None)), None,
             "A pipeline endpoint: steps calling other endpoints (docs/pipelines.md).",
             validate_pipeline),

@@ -57,10 +57,10 @@ def test_credentials_in_a_url_are_refused_and_never_echoed():
 
 
 def test_validate_urls_list_rules():
-    assert validate_urls(None) is None
+    assert validate_urls(None) is None and validate_urls([]) is None  # a local endpoint
     assert validate_urls(["http://a:1", "https://b:2/"]) is None
-    assert "list of 1 to" in validate_urls([])
-    assert "list of 1 to" in validate_urls("http://a:1")
+    assert "list of at most" in validate_urls("http://a:1")
+    assert "list of at most" in validate_urls([f"http://h:{p}" for p in range(1, 66)])
     assert "names a:1 twice" in validate_urls(["http://a:1", "http://a:1/"])
 
 
@@ -127,3 +127,13 @@ def test_rewrite_signature_keeps_every_other_field():
 def test_rewrite_signature_refuses_what_the_front_would():
     with pytest.raises(BadRequest):
         rewrite_signature(b"[1]", "x")
+
+
+def test_a_forgotten_credential_is_read_again(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("bis_first\n")
+    creds = Credentials(ttl=60)
+    creds.header(f"file:{key}", "rem")
+    key.write_text("bis_rotated\n")
+    creds.forget(f"file:{key}")
+    assert creds.header(f"file:{key}", "rem") == b"Authorization: Bearer bis_rotated\r\n"

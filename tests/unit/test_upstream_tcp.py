@@ -280,3 +280,19 @@ def test_a_connection_the_remote_closed_while_idle_is_not_reused():
     server, first, second = asyncio.run(main())
     assert first.status == 200 and second.status == 200
     assert server.connections == 2 and len(server.heads) == 2
+
+
+def test_urls_the_probes_found_down_are_tried_last():
+    async def main():
+        a, b = await TcpServer().start(), await TcpServer().start()
+        up = Upstream()
+        rt = route(a.url, b.url)
+        rt["remote"]["down"] = [a.url]
+        answers = [await forward(up, rt) for _ in range(4)]
+        up.close_idle(0)
+        for s in (a, b):
+            await s.stop()
+        return [len(s.heads) for s in (a, b)], answers
+
+    counts, answers = asyncio.run(main())
+    assert counts == [0, 4] and all(r.status == 200 for r in answers)

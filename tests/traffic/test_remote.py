@@ -1,0 +1,133 @@
+"""Remote endpoints: a second gateway on another port serves an endpoint of the first.
+
+Gateway B serves ``echo`` with API keys on; gateway A's endpoint ``rem`` has
+``URLS: [B]``, ``REMOTE_SIGNATURE: echo`` and B's key in a file (``REMOTE_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.conftest import (
+    Gateway,
+    GatewayPool,
+    assert_error,
+    assert_ok,
+    free_port,
+    spawn_gateway,
+    wait_until,
+    with_test_defaults,
+)
+from tests.tenants.conftest import make_key
+
+B_CONFIG = {"API_KEYS": True, "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2}}}
+
+
+def remote_b(gateways: GatewayPool, port: int, key_file: Path | None = None) -> Gateway:
+    """Gateway B on ``port``; with ``key_file``, a key of B's written there (0600)."""
+    gw = gateways(B_CONFIG, port=port)
+    gw.wait_state("echo", "READY", timeout=60)
+    if key_file is not None:
+        key_file.write_text(make_key(gw, TENANT="gateway-a")["KEY"] + "\n")
+        os.chmod(key_file, 0o600)
+    return gw
+
+
+def restart(gateways: GatewayPool, b: Gateway) -> Gateway:
+    """B again: the same folder (its key store) and port."""
+    again = spawn_gateway(b.workdir, with_test_defaults(B_CONFIG), port=b.port)
+    gateways.started.append(again)
+    again.wait_state("echo", "READY", timeout=60)
+    return again
+
+
+def gateway_a(gateways: GatewayPool, urls: list[str], key_file: Path, **rem: Any) -> Gateway:
+    section = {"URLS": urls, "REMOTE_SIGNATURE": "echo", "REMOTE_API_KEY": f"file:{key_file}",
+               "TIMEOUT": 10, **rem}
+    gw = gateways({"CONFIG_ENDPOINTS": {"rem": section}})
+    gw.wait_state("rem", "READY", timeout=30)
+    return gw
+
+
+def reachable(gw: Gateway, url: str) -> bool | None:
+    return gw.server("rem")["remote"]["urls"][url]["reachable"]  # type: ignore[no-any-return]
+
+
+def test_requests_pass_through_with_the_remotes_key(gateways, tmp_path):
+    key_file = tmp_path / "b_key"
+    b = remote_b(gateways, free_port(), key_file)
+    url = f"http://127.0.0.1:{b.port}"
+    a = gateway_a(gateways, [url], key_file, PING_INTERVAL=0.5)
+    with requests.Session() as session:
+        for i in range(5):
+            resp = session.post(a.url("/run"), json={"SIGNATURE": "rem", "i": i},
+                                headers={"X-Customer-ID": "someone"}, timeout=10)
+            assert assert_ok(resp)["echo"] == {"i": i}
+    info = a.server("rem")
+    assert info["kind"] == "remote" and info["remote"]["signature"] == "echo"
+    wait_until(lambda: reachable(a, url) is True, timeout=10, message="B probed reachable")
+    metrics = a.get("/metrics").text
+    assert 'bis_requests_total{endpoint="rem",status="200",version=""} 5.0' in metrics
+    assert f'bis_remote_up{{endpoint="rem",url="{url}"}} 1.0' in metrics
+    # The key never shows: not in /list_servers, not in the logs.
+    key = key_file.read_text().strip()
+    assert key not in str(a.servers()) and key not in a.log_text()
+
+
+def test_a_wrong_key_is_the_remotes_401(gateways, tmp_path):
+    b = remote_b(gateways, free_port())
+    wrong = tmp_path / "wrong_key"
+    wrong.write_text("bis_not_a_key_of_b\n")
+    a = gateway_a(gateways, [f"http://127.0.0.1:{b.port}"], wrong)
+    body = assert_error(a.run("rem", i=1), 401)
+    assert body["ERROR_TYPE"] == "unauthorized"
+
+
+def test_a_remote_nobody_answers_is_unreachable_then_ready_again(gateways, tmp_path):
+    key_file = tmp_path / "b_key"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    b = remote_b(gateways, port, key_file)
+    a = gateway_a(gateways, [url], key_file, PING_INTERVAL=0.3, PING_TIMEOUT=0.3, PING_MISSES=2)
+    assert_ok(a.run("rem", i=1))
+    b.stop()
+    info = a.wait_state("rem", "UNREACHABLE", timeout=15)
+    assert "no URL answers GET /health/live" in info["last_error"]
+    started = time.perf_counter()
+    resp = a.run("rem", i=2)
+    took = time.perf_counter() - started
+    body = assert_error(resp, 503)
+    assert body["STATE"] == "UNREACHABLE" and int(resp.headers["Retry-After"]) >= 1
+    assert took < 0.5, f"the answer took {took:.3f} s"
+    restart(gateways, b)
+    a.wait_state("rem", "READY", timeout=15)
+    assert assert_ok(a.run("rem", i=3))["echo"] == {"i": 3}
+
+
+def served(gw: Gateway) -> float:
+    """How many /run requests ``gw`` answered with 200 (its own metrics)."""
+    line = 'bis_requests_total{endpoint="echo",status="200",version=""} '
+    found = [ln for ln in gw.get("/metrics").text.splitlines() if ln.startswith(line)]
+    return float(found[0][len(line):]) if found else 0.0
+
+
+def test_balanced_over_two_remotes_and_one_gone_is_skipped(gateways):
+    plain = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}}
+    b1, b2 = gateways(plain), gateways(plain)
+    urls = [f"http://127.0.0.1:{b.port}" for b in (b1, b2)]
+    a = gateways({"CONFIG_ENDPOINTS": {"rem": {"URLS": urls, "REMOTE_SIGNATURE": "echo",
+                                               "PING_INTERVAL": 60}}})
+    a.wait_state("rem", "READY", timeout=30)
+    for i in range(20):
+        assert assert_ok(a.run("rem", i=i))["echo"] == {"i": i}
+    assert served(b1) >= 5 and served(b2) >= 5 and served(b1) + served(b2) == 20
+    # B1 gone: its URL refuses, and every request goes on to B2 before any probe says so.
+    b1.stop()
+    for i in range(10):
+        assert_ok(a.run("rem", i=i))
+    assert served(b2) >= 15
