@@ -56,16 +56,18 @@ class Child:
         signal_group(self.pid, signal.SIGKILL)
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None, hide: tuple[str, ...] = ()) -> dict[str, str]:
     """Our environment without the admin credential (children get what they need in
-    their spec; endpoint code never sees it), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    their spec; endpoint code never sees it) and the variables ``hide`` names, plus
+    ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV and k not in hide}
     env.update(extra or {})
     return env
 
 
 def spawn(role: str, name: str, module: str, spec: Any, *, fds: tuple[int, ...] = (),
-          generation: int = 0, env: dict[str, str] | None = None) -> Child:
+          generation: int = 0, env: dict[str, str] | None = None,
+          hide: tuple[str, ...] = ()) -> Child:
     """Start ``python -m <module> --spec-fd N`` as a child that dies with us.
 
 ``spec`` is one of the dataclasses of :mod:`basic_inference_server.contracts`.
@@ -83,16 +85,16 @@ def spawn(role: str, name: str, module: str, spec: Any, *, fds: tuple[int, ...] 
         if fds:
             argv += ["--fds", ",".join(str(fd) for fd in fds)]
         proc = subprocess.Popen(argv, pass_fds=(*fds, spec_fd), start_new_session=True,
-                                stdin=subprocess.DEVNULL, env=child_env(env))
+                                stdin=subprocess.DEVNULL, env=child_env(env, hide))
     return Child(role=role, name=name, proc=proc, generation=generation)
 
 
-def spawn_script(name: str, script: str, args: list[str]) -> Child:
+def spawn_script(name: str, script: str, args: list[str], hide: tuple[str, ...] = ()) -> Child:
     """Start a plain script (a support process) through the die-with-parent launcher."""
     argv = [sys.executable, "-m", SUPPORT_LAUNCHER,
             "--parent", str(os.getpid()), script, *args]
     proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
-                            env=child_env())
+                            env=child_env(hide=hide))
     return Child(role="support", name=name, proc=proc)
 
 

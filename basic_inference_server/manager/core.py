@@ -295,7 +295,14 @@ class Core:
         spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict())
         return spawn("server", ep.name, SERVER_MODULE, spec,
                      fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
-                     env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
+                     env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)},
+                     hide=self._remote_key_vars())
+
+    def _remote_key_vars(self) -> tuple[str, ...]:
+        """Variables holding remote endpoints' keys (``REMOTE_API_KEY: env:VAR``): only
+        the front reads them, endpoint code never sees them."""
+        refs = (ep.config.settings["REMOTE_API_KEY"] or "" for ep in self.endpoints.values())
+        return tuple(ref[4:] for ref in refs if ref.startswith("env:"))
 
     def _allocate_port(self, ep: Endpoint) -> int:
         if ep.config.settings["PORT"] is not None:

@@ -7,6 +7,7 @@ Gateway B serves ``echo`` with API keys on; gateway A's endpoint ``rem`` has
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,17 @@ from typing import Any
 import requests
 
 from tests.conftest import (
+    FIXTURE_ENDPOINTS,
     Gateway,
     GatewayPool,
     assert_error,
     assert_ok,
     free_port,
+    gateway_env,
     spawn_gateway,
     wait_until,
     with_test_defaults,
+    write_endpoint,
 )
 from tests.tenants.conftest import make_key
 
@@ -58,13 +62,43 @@ def reachable(gw: Gateway, url: str) -> bool | None:
     return gw.server("rem")["remote"]["urls"][url]["reachable"]  # type: ignore[no-any-return]
 
 
+# A local endpoint of gateway A that reports an environment variable of its worker.
+ENV_PROBE = """
+import os
+
+from basic_inference_server import FlaskWorker
+
+
+class EnvProbe(FlaskWorker):
+    def _pre_process(self, inputs):
+        return inputs["NAME"]
+
+    def _predict(self, name):
+        return os.environ.get(name)
+
+    def _post_process(self, value):
+        return {"value": value}
+"""
+
+
 def test_requests_pass_through_with_the_remotes_key(gateways, tmp_path):
-    key_file = tmp_path / "b_key"
-    b = remote_b(gateways, free_port(), key_file)
+    """REMOTE_API_KEY from the environment: the front sends it, endpoint code never sees it."""
+    b = remote_b(gateways, free_port())
+    key = make_key(b, TENANT="gateway-a")["KEY"]
     url = f"http://127.0.0.1:{b.port}"
-    a = gateway_a(gateways, [url], key_file, PING_INTERVAL=0.5)
+    endpoints = tmp_path / "a_endpoints"
+    shutil.copytree(FIXTURE_ENDPOINTS, endpoints, ignore=shutil.ignore_patterns("__pycache__"))
+    write_endpoint(endpoints, "env_probe", ENV_PROBE)
+    a = gateways({"CONFIG_ENDPOINTS": {
+        "rem": {"URLS": [url], "REMOTE_SIGNATURE": "echo", "REMOTE_API_KEY": "env:B_KEY",
+                "PING_INTERVAL": 0.5},
+        "env_probe": {"NR_WORKERS": 1}}},
+        endpoints=endpoints, env=gateway_env(B_KEY=key))
+    a.wait_state("rem", "READY", timeout=30)
     with requests.Session() as session:
         for i in range(5):
+            # X-Customer-ID is not passed on: B takes the tenant from A's key (and would
+            # refuse the header beside a key).
             resp = session.post(a.url("/run"), json={"SIGNATURE": "rem", "i": i},
                                 headers={"X-Customer-ID": "someone"}, timeout=10)
             assert assert_ok(resp)["echo"] == {"i": i}
@@ -74,8 +108,10 @@ def test_requests_pass_through_with_the_remotes_key(gateways, tmp_path):
     metrics = a.get("/metrics").text
     assert 'bis_requests_total{endpoint="rem",status="200",version=""} 5.0' in metrics
     assert f'bis_remote_up{{endpoint="rem",url="{url}"}} 1.0' in metrics
+    a.wait_state("env_probe", "READY", timeout=60)
+    assert assert_ok(a.run("env_probe", NAME="B_KEY"))["value"] is None
+    assert assert_ok(a.run("env_probe", NAME="PATH"))["value"]  # the rest is there
     # The key never shows: not in /list_servers, not in the logs.
-    key = key_file.read_text().strip()
     assert key not in str(a.servers()) and key not in a.log_text()
 
 
