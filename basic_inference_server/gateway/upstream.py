@@ -32,6 +32,9 @@ PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
 # the servers' keep-alive (120 s), so the front, not the server, closes them.
 MAX_IDLE = 64
 IDLE_S = 60.0
+# Idle connections to remote URLs are kept a shorter while: under the front's default
+# KEEPALIVE_TIMEOUT (30 s), so a remote gateway rarely closes one as a request is sent.
+REMOTE_IDLE_S = 20.0
 # Bodies larger than this are written in slices of this size.
 WRITE_SLICE = 256 * 1024
 # The request line and Host header of a local server's /run.
@@ -376,7 +379,8 @@ class Upstream:
         """Close pooled connections idle longer than ``older_than`` seconds (0: all)."""
         now = time.monotonic()
         for path, idle in list(self._idle.items()):
-            keep = [c for c in idle if c.open and now - c.idle_since < older_than]
+            limit = min(older_than, REMOTE_IDLE_S) if path in self._remote else older_than
+            keep = [c for c in idle if c.open and now - c.idle_since < limit]
             for conn in idle:
                 if conn not in keep:
                     conn.close()

@@ -80,7 +80,7 @@ TRAFFIC_SETTINGS: list[Setting] = [
             "balanced; nothing is started here (docs/remote.md).", validate_urls, secret=True),
     Setting("REMOTE_SIGNATURE", (str, type(None)), None,
             "SIGNATURE of the endpoint at the remote, `name` or `name@version` (null: this "
-            "endpoint's name).", validate_signature),
+            "endpoint's name, without a version label).", validate_signature),
     Setting("REMOTE_API_KEY", (str, type(None)), None,
             "Credential sent to the remote as a bearer token: `env:VAR` or `file:PATH`, "
             "read by the front (docs/remote.md).", validate_api_key, secret=True),

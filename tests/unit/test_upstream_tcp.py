@@ -18,6 +18,8 @@ from tests.integration.test_front_tls import self_signed
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Type: application/json\r\n\r\n{\"ok\":true}"
 
+DENIED = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
 
 def unused_port() -> int:
     """A port nothing listens on (bound, then released)."""
@@ -27,8 +29,8 @@ def unused_port() -> int:
 
 
 class TcpServer:
-    """A TCP (or TLS) server that answers (``once``: then closes), drops after reading, or
-    holds each request."""
+    """A TCP (or TLS) server that answers (``once``: then closes; ``deny``: 401), drops
+    after reading, or holds each request."""
 
     def __init__(self, mode: str = "ok", tls=None) -> None:
         self.mode, self.tls = mode, tls
@@ -60,7 +62,7 @@ class TcpServer:
                     return
                 if self.mode == "hold":
                     await self.release.wait()
-                writer.write(OK)
+                writer.write(DENIED if self.mode == "deny" else OK)
                 await writer.drain()
                 if self.mode == "once":
                     return
@@ -296,3 +298,45 @@ def test_urls_the_probes_found_down_are_tried_last():
 
     counts, answers = asyncio.run(main())
     assert counts == [0, 4] and all(r.status == 200 for r in answers)
+
+
+def test_idle_remote_connections_are_closed_before_a_remote_gateway_would():
+    async def main():
+        server = await TcpServer().start()
+        up = Upstream()
+        await forward(up, route(server.url))
+        [conn] = up._idle[server.url]
+        conn.idle_since -= upstream_module.REMOTE_IDLE_S - 1
+        up.close_idle()
+        kept = list(up._idle.get(server.url, []))
+        conn.idle_since -= 2
+        up.close_idle()
+        gone = server.url not in up._idle and not conn.open
+        await server.stop()
+        return kept, gone
+
+    kept, gone = asyncio.run(main())
+    assert len(kept) == 1 and gone
+    assert upstream_module.REMOTE_IDLE_S < 30 <= upstream_module.IDLE_S  # 30: KEEPALIVE_TIMEOUT
+
+
+def test_a_refused_key_is_read_again_for_the_next_request(tmp_path):
+    key = tmp_path / "remote_key"
+    key.write_text("bis_old\n")
+
+    async def main():
+        server = await TcpServer("deny").start()
+        up = Upstream()
+        rt = route(server.url, api_key=f"file:{key}")
+        first = await forward(up, rt)
+        key.write_text("bis_rotated\n")
+        server.mode = "ok"
+        second = await forward(up, rt)
+        up.close_idle(0)
+        await server.stop()
+        return server, first, second
+
+    server, first, second = asyncio.run(main())
+    assert first.status == 401 and second.status == 200
+    assert [headers(h)["authorization"] for h in server.heads] == ["Bearer bis_old",
+                                                                  "Bearer bis_rotated"]
