@@ -132,14 +132,16 @@ class EndpointCommands(Core):
         count = args.get("NR_WORKERS")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
             return error(400, f"NR_WORKERS must be an integer from 1 to {MAX_WORKERS}")
-        if ep.is_support:
-            return error(400, f"{ep.name} is a support process and has no workers")
+        if ep.is_support or ep.is_virtual:
+            return error(400, f"{ep.name} is a {ep.kind()} endpoint and has no workers here")
         previous = ep.target_workers
         self.apply(ep, ep.scale(count))
         return 200, {"RESULT": f"{ep.name}: NR_WORKERS {previous} -> {count}", **ep.describe()}
 
     @on_endpoint
     def cmd_reload_server(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
+        if ep.is_virtual:
+            return error(400, f"{ep.name} is a {ep.kind()} endpoint: no code runs here to reload")
         if ep.is_support or ep.state != State.READY:
             return error(409, f"{ep.name} is {ep.state.value}; only a READY server reloads")
         if ep.pending is not None:

@@ -124,6 +124,25 @@ def test_a_wrong_key_is_the_remotes_401(gateways, tmp_path):
     assert body["ERROR_TYPE"] == "unauthorized"
 
 
+def test_management_of_a_remote_endpoint(gateways):
+    b = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+    a = gateways({"CONFIG_ENDPOINTS": {"rem": {"URLS": [f"http://127.0.0.1:{b.port}"],
+                                               "REMOTE_SIGNATURE": "echo"}}})
+    a.wait_state("rem", "READY", timeout=30)
+    # Nothing runs here: no workers to scale, no code to reload.
+    for path, body in (("/update_workers", {"SIGNATURE": "rem", "NR_WORKERS": 2}),
+                       ("/reload_server", {"SIGNATURE": "rem"})):
+        assert "remote endpoint" in assert_error(a.post(path, body), 400)["ERROR"]
+    assert_ok(a.post("/kill_server", {"SIGNATURE": "rem"}))
+    a.wait_state("rem", "STOPPED")
+    # The front reads the route table again within 50 ms.
+    wait_until(lambda: a.run("rem").status_code == 503, timeout=5, message="503 when stopped")
+    assert assert_error(a.run("rem"), 503)["STATE"] == "STOPPED"
+    assert_ok(a.post("/start_server", {"SIGNATURE": "rem"}))
+    a.wait_state("rem", "READY")
+    assert assert_ok(a.run("rem", i=1))["echo"] == {"i": 1}
+
+
 def test_a_remote_nobody_answers_is_unreachable_then_ready_again(gateways, tmp_path):
     key_file = tmp_path / "b_key"
     port = free_port()
@@ -167,3 +186,4 @@ def test_balanced_over_two_remotes_and_one_gone_is_skipped(gateways):
     for i in range(10):
         assert_ok(a.run("rem", i=i))
     assert served(b2) >= 15
+
