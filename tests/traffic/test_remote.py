@@ -27,6 +27,7 @@ from tests.conftest import (
     with_test_defaults,
     write_endpoint,
 )
+from tests.integration.test_front_tls import self_signed
 from tests.tenants.conftest import make_key
 
 B_CONFIG = {"API_KEYS": True, "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2}}}
@@ -187,3 +188,23 @@ def test_balanced_over_two_remotes_and_one_gone_is_skipped(gateways):
         assert_ok(a.run("rem", i=i))
     assert served(b2) >= 15
 
+
+
+def test_https_remote_checked_against_a_private_ca(gateways, tmp_path):
+    cert, key = self_signed(tmp_path)
+    b = gateways({"TLS_CERT": cert, "TLS_KEY": key,
+                  "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}}, wait=None)
+    url = f"https://127.0.0.1:{b.port}"
+    wait_until(lambda: requests.get(url + "/health/ready", verify=cert, timeout=2).ok,
+               timeout=30, message="B serves HTTPS")
+    section = {"URLS": [url], "REMOTE_SIGNATURE": "echo", "PING_INTERVAL": 0.5}
+    # B's certificate is trusted through SSL_CERT_FILE, by the front and the probes alike.
+    a = gateways({"CONFIG_ENDPOINTS": {"rem": section}}, env=gateway_env(SSL_CERT_FILE=cert))
+    a.wait_state("rem", "READY", timeout=30)
+    assert assert_ok(a.run("rem", i=1))["echo"] == {"i": 1}
+    wait_until(lambda: reachable(a, url) is True, timeout=10, message="B probed over HTTPS")
+    # Without it, the certificate is refused: no request is sent in clear or unchecked.
+    untrusting = gateways({"CONFIG_ENDPOINTS": {"rem": section}})
+    body = assert_error(untrusting.run("rem", i=2), 503)
+    assert "CERTIFICATE_VERIFY_FAILED" in body["ERROR"]
+    untrusting.wait_state("rem", "UNREACHABLE", timeout=15)
