@@ -136,9 +136,10 @@ def test_management_of_a_remote_endpoint(gateways):
         assert "remote endpoint" in assert_error(a.post(path, body), 400)["ERROR"]
     assert_ok(a.post("/kill_server", {"SIGNATURE": "rem"}))
     a.wait_state("rem", "STOPPED")
-    # The front reads the route table again within 50 ms.
-    wait_until(lambda: a.run("rem").status_code == 503, timeout=5, message="503 when stopped")
-    assert assert_error(a.run("rem"), 503)["STATE"] == "STOPPED"
+    # Each front process reads the route table again within 50 ms.
+    [refused] = wait_until(lambda: [r for r in [a.run("rem")] if r.status_code == 503],
+                           timeout=5, message="503 when stopped")
+    assert assert_error(refused, 503)["STATE"] == "STOPPED"
     assert_ok(a.post("/start_server", {"SIGNATURE": "rem"}))
     a.wait_state("rem", "READY")
     assert assert_ok(a.run("rem", i=1))["echo"] == {"i": 1}
@@ -154,12 +155,23 @@ def test_a_remote_nobody_answers_is_unreachable_then_ready_again(gateways, tmp_p
     b.stop()
     info = a.wait_state("rem", "UNREACHABLE", timeout=15)
     assert "no URL answers GET /health/live" in info["last_error"]
-    started = time.perf_counter()
-    resp = a.run("rem", i=2)
-    took = time.perf_counter() - started
-    body = assert_error(resp, 503)
-    assert body["STATE"] == "UNREACHABLE" and int(resp.headers["Retry-After"]) >= 1
-    assert took < 0.5, f"the answer took {took:.3f} s"
+
+    def refused_at_once() -> list[float] | None:
+        """Five requests in a row answered 503 UNREACHABLE (every front process has read
+        the route table again, within 50 ms): their durations."""
+        took = []
+        for _ in range(5):
+            started = time.perf_counter()
+            resp = a.run("rem", i=2)
+            took.append(time.perf_counter() - started)
+            body = assert_error(resp, 503)
+            if body.get("STATE") != "UNREACHABLE":
+                return None
+            assert int(resp.headers["Retry-After"]) >= 1
+        return took
+
+    took = wait_until(refused_at_once, timeout=5, message="503 UNREACHABLE at once")
+    assert sorted(took)[2] < 0.5, took
     restart(gateways, b)
     a.wait_state("rem", "READY", timeout=15)
     assert assert_ok(a.run("rem", i=3))["echo"] == {"i": 3}
