@@ -87,7 +87,12 @@ class FrontClient:
             # Sent, then the connection failed: the job may have run.
             return 503, {"ERROR": f"the gateway front dropped the request: {exc}",
                          "ERROR_TYPE": "upstream_dropped"}
-        return resp.status_code, _stored(resp)
+        answer = _stored(resp)
+        version = resp.headers.get("x-endpoint-version")
+        if version:
+            # The version that ran the job, as X-Endpoint-Version says it for a /run.
+            answer["ENDPOINT_VERSION"] = version
+        return resp.status_code, answer
 
     def close(self) -> None:
         self.http.close()

@@ -151,6 +151,7 @@ def test_failing_pipeline_jobs_end_failed_or_dead_with_the_step_named(gw: Gatewa
 def test_jobs_of_a_versioned_endpoint_follow_the_policy_when_they_run(gw: Gateway) -> None:
     record = job_result(gw, gw.run("clf", ASYNC=True, X=1))
     assert record["RESULT"]["tag"] == "two"  # v2 holds all the weight
+    assert record["RESULT"]["ENDPOINT_VERSION"] == "v2"
     pinned = job_result(gw, gw.run("clf@v1", ASYNC=True, X=1))
     assert pinned["RESULT"]["tag"] == "from-_CONFIG"
     assert not pinned["WORKER"].endswith(f":{gw.servers()['GATEWAY']['jobrunner_pid']}")
