@@ -13,6 +13,11 @@ otherwise (retried after ``RETRY_BACKOFF`` doubling, up to ``MAX_ATTEMPTS``, the
 to the dead-letter queue with its last error); or the worker stopped before starting
 it (released, not counted). Results are stored before the ack: a crash in between runs
 the job again and overwrites the same result, it never loses it.
+
+A job runs with its tenant as the customer id (``X-Customer-ID`` of a request), so
+``CUSTOMER_MODELS`` serve jobs as they serve requests. With API keys on, the consumer
+takes ``USAGE`` out of the stored result and charges the run to the job's key (see
+:mod:`..tenants.ledger`) once the job is done, failed or dead.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from typing import Any
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import DEAD, DONE, FAILED, QUEUED, RUNNING, Claim
 from ..redact import mask_text, mask_url
+from ..tenants import TenantsSpec
+from ..tenants.ledger import JobLedger
+from ..tenants.usage import take_usage
 from ..worker import FileOutput
 from .app import Outcome
 
@@ -42,7 +50,7 @@ BACKOFF_CAP = 60.0
 # Pause after the queue backend failed, before trying it again.
 BACKEND_PAUSE = 1.0
 
-Execute = Callable[[dict[str, Any]], Outcome]
+Execute = Callable[[dict[str, Any], str | None], Outcome]  # inputs, customer id
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -64,10 +72,11 @@ class JobConsumer:
     """Pulls the jobs of ``endpoint`` and runs them with ``execute`` while the worker is idle."""
 
     def __init__(self, endpoint: str, execute: Execute, jobs: JobsSpec,
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any], tenants: TenantsSpec | None = None) -> None:
         """With batching (``MAX_BATCH_SIZE`` > 1) requests and jobs all go through the
         batcher, which already runs the model on one thread: the gate would only keep
-        requests from forming batches, so there is none."""
+        requests from forming batches, so there is none. ``tenants``: with API keys on,
+        where the runs are charged."""
         self.endpoint = endpoint
         self.execute = execute
         self.jobs = jobs
@@ -87,6 +96,7 @@ class JobConsumer:
         self.thread = threading.Thread(target=self._loop, name=f"bis-jobs-{endpoint}", daemon=True)
         self.queue: JobQueue | None = None
         self.results: ResultStore | None = None
+        self.ledger = JobLedger(tenants) if tenants is not None and tenants.enabled else None
 
     # -- the request side ---------------------------------------------------------------
     def guard(self, app: WSGIApp) -> WSGIApp:
@@ -140,7 +150,11 @@ class JobConsumer:
                 except Exception:  # noqa: BLE001 - a backend hiccup must not end the loop
                     log.exception("%s: job queue error; trying again", self.endpoint)
                     self.stopping.wait(BACKEND_PAUSE)
+                if self.ledger is not None:
+                    self.ledger.flush()
         finally:
+            if self.ledger is not None:
+                self.ledger.flush(final=True)
             self.queue.close()
             self.results.close()
 
@@ -175,12 +189,16 @@ class JobConsumer:
             return
         self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
                                      "STARTED_AT": time.time(), "WORKER": self.name})
+        started = time.perf_counter()
         try:
-            status, body, _headers = self.execute(dict(job.body))
+            status, body, _headers = self.execute(dict(job.body), job.tenant)
             stored = _storable(body)
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's error
             log.exception("%s: job %s failed outside the pipeline", self.endpoint, job.id)
             status, stored = 500, {"ERROR": f"{type(exc).__name__}: {exc}"}
+        elapsed = time.perf_counter() - started
+        # With API keys on, clients never see USAGE: in a result as in an answer.
+        units = take_usage(stored) if self.ledger is not None else 0.0
         if status < 500:
             # ATTEMPTS again: a requeue may have reset the record while this ran.
             self.results.update(job.id, {"STATUS": DONE if status < 400 else FAILED,
@@ -188,15 +206,18 @@ class JobConsumer:
                                          "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
                                 ttl=self.jobs.ttl)
             self.queue.ack(claim)
+            if self.ledger is not None:
+                self.ledger.ran(job, status, units, elapsed)
             return
-        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored)
+        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored, elapsed)
 
-    def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None) -> None:
+    def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None,
+                        elapsed: float = 0.0) -> None:
         """Retry after the backoff, or dead-letter once ``MAX_ATTEMPTS`` runs have failed."""
         assert self.queue is not None and self.results is not None
         job = claim.job
         if job.attempts >= self.max_attempts:
-            self._dead(claim, error, body)
+            self._dead(claim, error, body, elapsed)
             return
         delay = retry_delay(self.backoff, job.attempts)
         self.queue.retry_later(claim, delay, error)
@@ -205,7 +226,8 @@ class JobConsumer:
         log.warning("%s: job %s attempt %d failed (%s); retry in %.1f s", self.endpoint, job.id,
                     job.attempts, error, delay)
 
-    def _dead(self, claim: Claim, error: str, body: dict[str, Any] | None = None) -> None:
+    def _dead(self, claim: Claim, error: str, body: dict[str, Any] | None = None,
+              elapsed: float = 0.0) -> None:
         assert self.queue is not None and self.results is not None
         self.queue.dead_letter(claim, error)
         fields: dict[str, Any] = {"STATUS": DEAD, "LAST_ERROR": error, "FINISHED_AT": time.time(),
@@ -213,6 +235,8 @@ class JobConsumer:
         if body is not None:
             fields.update(HTTP_STATUS=500, RESULT=body)
         self.results.update(claim.job.id, fields)
+        if self.ledger is not None:
+            self.ledger.ran(claim.job, 500, 0.0, elapsed)
         log.error("%s: job %s dead after %d attempts: %s", self.endpoint, claim.job.id,
                   claim.job.attempts, error)
 
@@ -221,12 +245,14 @@ class JobConsumer:
 _current: dict[str, JobConsumer] = {}
 
 
-def start_consumer(worker: Any, endpoint: str, jobs: dict[str, Any] | None) -> JobConsumer | None:
+def start_consumer(worker: Any, endpoint: str, jobs: dict[str, Any] | None,
+                   tenants: dict[str, Any] | None = None) -> JobConsumer | None:
     """gunicorn ``post_worker_init``: guard the worker's app and start its consumer."""
     if jobs is None:
         return None
     hooks = worker.wsgi.extensions["bis"]
-    consumer = JobConsumer(endpoint, hooks["execute"], JobsSpec(**jobs), hooks["config"])
+    consumer = JobConsumer(endpoint, hooks["execute"], JobsSpec(**jobs), hooks["config"],
+                           TenantsSpec(**tenants) if tenants else None)
     worker.wsgi = consumer.guard(worker.wsgi)
     consumer.start()
     _current["consumer"] = consumer

@@ -7,6 +7,10 @@ SQLite in the pool, so the event loop never waits on either.
 
 ``stamp`` changes whenever a key does: the front caches keys in memory and drops its
 cache when the stamp moves (a file replaced for SQLite, a counter for Redis).
+
+``charge_now`` and ``meter_now`` are the blocking forms of ``charge`` and ``meter``:
+the job consumer of an endpoint worker charges the jobs it runs with them (see
+:mod:`.ledger`).
 """
 
 from __future__ import annotations
@@ -52,10 +56,13 @@ class KeyStore(Protocol):
     async def charge(self, key_id: str, period: str, amount: float) -> None: ...
     async def meter(self, rows: list[Row]) -> None: ...
     def metered(self, day: str) -> list[dict[str, Any]]: ...
+    def charge_now(self, key_id: str, period: str, amount: float) -> None: ...
+    def meter_now(self, rows: list[Row]) -> None: ...
 
 
 class SqliteStore:
-    """Keys in ``tenants.db`` (0600) under the cache folder; limits in shared memory."""
+    """Keys in ``tenants.db`` (0600) under the cache folder; limits in shared memory
+    (``limits`` None: a store that only charges, for a job consumer)."""
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
@@ -68,7 +75,8 @@ class SqliteStore:
                                          PRIMARY KEY (tenant, endpoint, day));
     """
 
-    def __init__(self, path: str | Path, off_loop: OffLoop, limits: SharedLimits) -> None:
+    def __init__(self, path: str | Path, off_loop: OffLoop | None,
+                 limits: SharedLimits | None) -> None:
         self.path = str(path)
         self.stamp_path = self.path + ".stamp"
         self.off_loop = off_loop
@@ -76,7 +84,12 @@ class SqliteStore:
         self._local = threading.local()
 
     def claim_row(self, row: int) -> None:
-        self.limits.claim_row(row)
+        if self.limits is not None:
+            self.limits.claim_row(row)
+
+    async def _pooled(self, func: Callable[..., Any], *args: Any) -> Any:
+        assert self.off_loop is not None
+        return await self.off_loop(func, *args)
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (a new one after a fork)."""
@@ -118,7 +131,7 @@ class SqliteStore:
         return None if row is None else ApiKey.from_dict(json.loads(row[0]))
 
     async def find(self, digest: str) -> ApiKey | None:
-        found: ApiKey | None = await self.off_loop(self._find, digest)
+        found: ApiKey | None = await self._pooled(self._find, digest)
         return found
 
     async def stamp(self) -> Any:
@@ -129,9 +142,11 @@ class SqliteStore:
         return (info.st_ino, info.st_mtime_ns)
 
     async def take(self, plan: Plan) -> Decision:
+        assert self.limits is not None
         return self.limits.take(plan)
 
     async def release(self, plan: Plan) -> None:
+        assert self.limits is not None
         self.limits.release(plan)
 
     def _spent(self, key_id: str, period: str) -> float:
@@ -140,19 +155,19 @@ class SqliteStore:
         return float(row[0]) if row else 0.0
 
     async def spent(self, key_id: str, period: str) -> float:
-        found: float = await self.off_loop(self._spent, key_id, period)
+        found: float = await self._pooled(self._spent, key_id, period)
         return found
 
-    def _charge(self, key_id: str, period: str, amount: float) -> None:
+    def charge_now(self, key_id: str, period: str, amount: float) -> None:
         # One statement: atomic across the front processes.
         self.conn().execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (key_id, period) "
                             "DO UPDATE SET spent = spent + excluded.spent",
                             (key_id, period, amount))
 
     async def charge(self, key_id: str, period: str, amount: float) -> None:
-        await self.off_loop(self._charge, key_id, period, amount)
+        await self._pooled(self.charge_now, key_id, period, amount)
 
-    def _meter(self, rows: list[Row]) -> None:
+    def meter_now(self, rows: list[Row]) -> None:
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -168,7 +183,7 @@ class SqliteStore:
             raise
 
     async def meter(self, rows: list[Row]) -> None:
-        await self.off_loop(self._meter, rows)
+        await self._pooled(self.meter_now, rows)
 
     def metered(self, day: str) -> list[dict[str, Any]]:
         cursor = self.conn().execute(
@@ -274,16 +289,26 @@ class RedisStore:
         await self._acall(self.aclient().hincrbyfloat(self.prefix + "usage:" + key_id, period,
                                                       amount))
 
+    def charge_now(self, key_id: str, period: str, amount: float) -> None:
+        self._call(lambda: self.client().hincrbyfloat(self.prefix + "usage:" + key_id, period,
+                                                      amount))
+
+    def _metering(self, pipe: Any, rows: list[Row]) -> Any:
+        """``pipe`` (sync or async) with the writes of ``rows`` queued."""
+        for tenant, endpoint, day, *counts in rows:
+            for column, value in zip(COLUMNS, counts, strict=True):
+                pipe.hincrbyfloat(self.prefix + "meter:" + day,
+                                  f"{tenant}\t{endpoint}\t{column}", value)
+            pipe.expire(self.prefix + "meter:" + day, 400 * 86400)
+        return pipe
+
     async def meter(self, rows: list[Row]) -> None:
-        async def write() -> None:
-            pipe = self.aclient().pipeline(transaction=True)
-            for tenant, endpoint, day, *counts in rows:
-                for column, value in zip(COLUMNS, counts, strict=True):
-                    pipe.hincrbyfloat(self.prefix + "meter:" + day,
-                                      f"{tenant}\t{endpoint}\t{column}", value)
-                pipe.expire(self.prefix + "meter:" + day, 400 * 86400)
-            await pipe.execute()
-        await self._acall(write())
+        pipe = self._metering(self.aclient().pipeline(transaction=True), rows)
+        await self._acall(pipe.execute())
+
+    def meter_now(self, rows: list[Row]) -> None:
+        pipe = self._metering(self.client().pipeline(transaction=True), rows)
+        self._call(pipe.execute)
 
     def metered(self, day: str) -> list[dict[str, Any]]:
         raw = self._call(lambda: self.client().hgetall(self.prefix + "meter:" + day))
@@ -300,8 +325,11 @@ class RedisStore:
             await self._acall(self.aclient().zrem(self.prefix + plan.slots[0], plan.token))
 
 
-def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop, rows: int) -> KeyStore:
-    """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``."""
+def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = None,
+               rows: int = 0) -> KeyStore:
+    """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``
+    with its limits in memory shared by ``rows`` front processes (0: no limits: a store
+    that only charges, for a job consumer)."""
     if redis_url:
         parts = urlsplit(redis_url)
         query = parse_qsl(parts.query)
@@ -309,4 +337,4 @@ def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop, rows: int
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         return RedisStore(urlunsplit(parts._replace(query=rest)), prefix + ":tenants:")
     # Made before the front forks: the shared memory is every front process's.
-    return SqliteStore(db_path, off_loop, SharedLimits(rows))
+    return SqliteStore(db_path, off_loop, SharedLimits(rows) if rows else None)
