@@ -12,6 +12,7 @@ In Redis a slot is a lease: a gateway killed mid-request leaves one that lapses 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -119,9 +120,14 @@ return out
 """
 
 
+# Slot tokens: unique per gateway (random), process and request, and cheap to make.
+_TOKEN_BASE = os.urandom(6).hex()
+_tokens = itertools.count()
+
+
 def redis_args(plan: Plan, prefix: str) -> tuple[list[str], list[str]]:
     if plan.slots and not plan.token:
-        plan.token = os.urandom(8).hex()
+        plan.token = f"{_TOKEN_BASE}:{os.getpid()}:{next(_tokens)}"
     keys = [prefix + "bucket:" + b[0] for b in plan.buckets]
     keys.append(prefix + (plan.slots[0] if plan.slots else "-"))
     argv = [str(len(plan.buckets)), str(plan.slots[1] if plan.slots else 0), str(LEASE),

@@ -16,6 +16,7 @@ the job consumer of an endpoint worker charges the jobs it runs with them (see
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sqlite3
@@ -27,12 +28,12 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-import redis.asyncio as aredis
 
 from ..privfiles import create_private, write_private
 from .keys import ApiKey
 from .limits import LUA, Decision, Plan, redis_args, redis_decision
 from .metering import COLUMNS, Row
+from .resp import RespClient, RespError
 from .shared import SharedLimits
 
 OffLoop = Callable[..., Awaitable[Any]]
@@ -198,15 +199,20 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisStore:
-    """Keys and buckets in Redis, shared by every gateway that names the same server."""
+    """Keys and buckets in Redis, shared by every gateway that names the same server.
+
+    The request path's calls go through :class:`.resp.RespClient` (one pipelined
+    connection per front process); the admin API's and the job ledger's through
+    ``redis-py``.
+    """
+
+    SCRIPT_SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
     def __init__(self, url: str, prefix: str = "bis:tenants:") -> None:
         self.url = url
         self.prefix = prefix
         self._sync: redis.Redis | None = None
-        self._async: aredis.Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._script: Any = None
+        self.lean = RespClient(url, timeout=2, connect_timeout=1)
 
     def claim_row(self, row: int) -> None:
         """Nothing per process: slots are leases in Redis."""
@@ -215,16 +221,6 @@ class RedisStore:
         if self._sync is None:
             self._sync = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
         return self._sync
-
-    def aclient(self) -> aredis.Redis:
-        """This loop's client (one per front process, made after the fork)."""
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._loop is not loop:
-            self._async = aredis.Redis.from_url(self.url, socket_timeout=2,
-                                                socket_connect_timeout=1)
-            self._script = self._async.register_script(LUA)
-            self._loop = loop
-        return self._async
 
     def _call(self, func: Callable[[], Any]) -> Any:
         try:
@@ -235,8 +231,8 @@ class RedisStore:
     async def _acall(self, coro: Awaitable[Any]) -> Any:
         try:
             return await coro
-        except (redis.RedisError, OSError) as exc:
-            raise StoreDown(str(exc)) from None
+        except (RespError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreDown(str(exc) or type(exc).__name__) from None
 
     def add(self, key: ApiKey) -> None:
         def add() -> None:
@@ -269,46 +265,56 @@ class RedisStore:
         return listed
 
     async def find(self, digest: str) -> ApiKey | None:
-        raw = await self._acall(self.aclient().get(self.prefix + "key:" + digest))
+        raw = await self._acall(self.lean.call("GET", self.prefix + "key:" + digest))
         return ApiKey.from_dict(json.loads(raw)) if raw else None
 
     async def stamp(self) -> Any:
-        return await self._acall(self.aclient().get(self.prefix + "stamp"))
+        return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
     async def take(self, plan: Plan) -> Decision:
-        self.aclient()
         keys, argv = redis_args(plan, self.prefix)
-        reply = await self._acall(self._script(keys=keys, args=argv))
+        try:
+            reply = await self._acall(self.lean.call("EVALSHA", self.SCRIPT_SHA, len(keys),
+                                                     *keys, *argv))
+        except StoreDown as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # The first call on this server (or after SCRIPT FLUSH): send the script.
+            reply = await self._acall(self.lean.call("EVAL", LUA, len(keys), *keys, *argv))
         return redis_decision(plan, reply)
 
     async def spent(self, key_id: str, period: str) -> float:
-        found = await self._acall(self.aclient().hget(self.prefix + "usage:" + key_id, period))
+        found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + key_id, period))
         return float(found) if found else 0.0
 
     async def charge(self, key_id: str, period: str, amount: float) -> None:
-        await self._acall(self.aclient().hincrbyfloat(self.prefix + "usage:" + key_id, period,
-                                                      amount))
+        await self._acall(self.lean.call("HINCRBYFLOAT", self.prefix + "usage:" + key_id,
+                                         period, repr(amount)))
 
     def charge_now(self, key_id: str, period: str, amount: float) -> None:
         self._call(lambda: self.client().hincrbyfloat(self.prefix + "usage:" + key_id, period,
                                                       amount))
 
-    def _metering(self, pipe: Any, rows: list[Row]) -> Any:
-        """``pipe`` (sync or async) with the writes of ``rows`` queued."""
+    def _metering(self, rows: list[Row]) -> list[tuple[Any, ...]]:
+        """The commands writing ``rows``."""
+        out: list[tuple[Any, ...]] = []
         for tenant, endpoint, day, *counts in rows:
             for column, value in zip(COLUMNS, counts, strict=True):
-                pipe.hincrbyfloat(self.prefix + "meter:" + day,
-                                  f"{tenant}\t{endpoint}\t{column}", value)
-            pipe.expire(self.prefix + "meter:" + day, 400 * 86400)
-        return pipe
+                out.append(("HINCRBYFLOAT", self.prefix + "meter:" + day,
+                            f"{tenant}\t{endpoint}\t{column}", repr(value)))
+            out.append(("EXPIRE", self.prefix + "meter:" + day, 400 * 86400))
+        return out
 
     async def meter(self, rows: list[Row]) -> None:
-        pipe = self._metering(self.aclient().pipeline(transaction=True), rows)
-        await self._acall(pipe.execute())
+        await self._acall(self.lean.calls(("MULTI",), *self._metering(rows), ("EXEC",)))
 
     def meter_now(self, rows: list[Row]) -> None:
-        pipe = self._metering(self.client().pipeline(transaction=True), rows)
-        self._call(pipe.execute)
+        def write() -> None:
+            pipe = self.client().pipeline(transaction=True)
+            for command in self._metering(rows):
+                pipe.execute_command(*command)
+            pipe.execute()
+        self._call(write)
 
     def metered(self, day: str) -> list[dict[str, Any]]:
         raw = self._call(lambda: self.client().hgetall(self.prefix + "meter:" + day))
@@ -322,7 +328,7 @@ class RedisStore:
 
     async def release(self, plan: Plan) -> None:
         if plan.slots:
-            await self._acall(self.aclient().zrem(self.prefix + plan.slots[0], plan.token))
+            await self._acall(self.lean.call("ZREM", self.prefix + plan.slots[0], plan.token))
 
 
 def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = None,
