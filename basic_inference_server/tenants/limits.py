@@ -125,9 +125,15 @@ _TOKEN_BASE = os.urandom(6).hex()
 _tokens = itertools.count()
 
 
+def slot_token() -> str:
+    """A name for one request's concurrency slot (its lease in Redis)."""
+    return f"{_TOKEN_BASE}:{os.getpid()}:{next(_tokens)}"
+
+
 def redis_args(plan: Plan, prefix: str) -> tuple[list[str], list[str]]:
+    """The script's KEYS and ARGV for ``plan`` (its slot token made if it needs one)."""
     if plan.slots and not plan.token:
-        plan.token = f"{_TOKEN_BASE}:{os.getpid()}:{next(_tokens)}"
+        plan.token = slot_token()
     keys = [prefix + "bucket:" + b[0] for b in plan.buckets]
     keys.append(prefix + (plan.slots[0] if plan.slots else "-"))
     argv = [str(len(plan.buckets)), str(plan.slots[1] if plan.slots else 0), str(LEASE),

@@ -33,13 +33,18 @@ class Incomplete(Exception):
     """The buffer ends inside a reply."""
 
 
-def encode(args: tuple[Any, ...]) -> bytes:
-    """A command as RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(args)]
+def bulks(args: tuple[Any, ...]) -> bytes:
+    """Arguments as RESP bulk strings (a command is an array of them)."""
+    out = []
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def encode(args: tuple[Any, ...]) -> bytes:
+    """A command as RESP."""
+    return b"*%d\r\n" % len(args) + bulks(args)
 
 
 def parse(buf: bytearray, pos: int) -> tuple[Any, int]:
@@ -81,7 +86,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
-        self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # Futures of the commands written, first to answer first (None: reply ignored).
+        self.waiting: collections.deque[tuple[asyncio.Future[Any] | None, float]] = \
+            collections.deque()
         self.buf = bytearray()
         self.out: list[bytes] = []
         self.closed: Exception | None = None
@@ -98,13 +105,18 @@ class _Protocol(asyncio.Protocol):
         if self.closed is not None:
             future.set_exception(self.closed)
             return future
+        self.push(data, future, loop)
+        return future
+
+    def push(self, data: bytes, future: asyncio.Future[Any] | None,
+             loop: asyncio.AbstractEventLoop) -> None:
+        """Queue ``data``; its reply goes to ``future`` (None: dropped)."""
         if not self.out:
             loop.call_soon(self._flush)
         self.out.append(data)
         self.waiting.append((future, time.monotonic()))
         if self._watch is None:
             self._watch = loop.call_later(self.timeout, self._check)
-        return future
 
     def _flush(self) -> None:
         data, self.out = b"".join(self.out), []
@@ -130,7 +142,7 @@ class _Protocol(asyncio.Protocol):
             while self.waiting and pos < len(self.buf):
                 value, pos = parse(self.buf, pos)
                 future = self.waiting.popleft()[0]
-                if future.done():
+                if future is None or future.done():
                     continue
                 if isinstance(value, RespError):
                     future.set_exception(value)
@@ -153,7 +165,7 @@ class _Protocol(asyncio.Protocol):
         self.closed = self.closed or exc
         while self.waiting:
             future = self.waiting.popleft()[0]
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_exception(exc)
         if self._watch is not None:
             self._watch.cancel()
@@ -184,10 +196,23 @@ class RespClient:
     async def call(self, *args: Any) -> Any:
         """One command's reply (RespError for an error reply; OSError, ConnectionError or
         TimeoutError when Redis does not answer)."""
+        return await self.call_encoded(encode(args))
+
+    async def call_encoded(self, command: bytes) -> Any:
+        """:meth:`call` with the command already encoded (:func:`encode`)."""
         conn, loop = self._conn, asyncio.get_running_loop()
         if conn is None or conn.closed is not None or self._loop is not loop:
             conn = await self._connected()
-        return await conn.send(encode(args), loop)
+        return await conn.send(command, loop)
+
+    async def send(self, *args: Any) -> None:
+        """Send a command whose reply does not matter: not waited for, whatever it is,
+        when the connection is up (else it is made, as for :meth:`call`)."""
+        conn, loop = self._conn, asyncio.get_running_loop()
+        if conn is None or conn.closed is not None or self._loop is not loop:
+            await self.call(*args)
+        else:
+            conn.push(encode(args), None, loop)
 
     async def calls(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Several commands written together, back to back (a MULTI ... EXEC block stays

@@ -31,9 +31,9 @@ import redis
 
 from ..privfiles import create_private, write_private
 from .keys import ApiKey
-from .limits import LUA, Decision, Plan, redis_args, redis_decision
+from .limits import LUA, Decision, Plan, redis_args, redis_decision, slot_token
 from .metering import COLUMNS, Row
-from .resp import RespClient, RespError
+from .resp import RespClient, RespError, bulks
 from .shared import SharedLimits
 
 OffLoop = Callable[..., Awaitable[Any]]
@@ -213,6 +213,8 @@ class RedisStore:
         self.prefix = prefix
         self._sync: redis.Redis | None = None
         self.lean = RespClient(url, timeout=2, connect_timeout=1)
+        # Per plan shape: its EVALSHA encoded, before and after the slot token.
+        self._commands: dict[Any, tuple[bytes, bytes]] = {}
 
     def claim_row(self, row: int) -> None:
         """Nothing per process: slots are leases in Redis."""
@@ -271,15 +273,31 @@ class RedisStore:
     async def stamp(self) -> Any:
         return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
+    def _take_command(self, plan: Plan) -> bytes:
+        """The plan's EVALSHA, encoded. All of it but the slot token is the same for
+        every request of a key to an endpoint: that part is encoded once."""
+        shape = (tuple(plan.buckets), plan.slots)
+        parts = self._commands.get(shape)
+        if plan.slots and not plan.token:
+            plan.token = slot_token()
+        if parts is None:
+            keys, argv = redis_args(plan, self.prefix)
+            args = ("EVALSHA", self.SCRIPT_SHA, len(keys), *keys, *argv)
+            at = 3 + len(keys) + 3  # the token's place (see redis_args)
+            parts = (b"*%d\r\n" % len(args) + bulks(args[:at]), bulks(args[at + 1:]))
+            if len(self._commands) >= 10000:
+                self._commands.clear()
+            self._commands[shape] = parts
+        return parts[0] + bulks((plan.token,)) + parts[1]
+
     async def take(self, plan: Plan) -> Decision:
-        keys, argv = redis_args(plan, self.prefix)
         try:
-            reply = await self._acall(self.lean.call("EVALSHA", self.SCRIPT_SHA, len(keys),
-                                                     *keys, *argv))
+            reply = await self._acall(self.lean.call_encoded(self._take_command(plan)))
         except StoreDown as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             # The first call on this server (or after SCRIPT FLUSH): send the script.
+            keys, argv = redis_args(plan, self.prefix)
             reply = await self._acall(self.lean.call("EVAL", LUA, len(keys), *keys, *argv))
         return redis_decision(plan, reply)
 
@@ -328,7 +346,8 @@ class RedisStore:
 
     async def release(self, plan: Plan) -> None:
         if plan.slots:
-            await self._acall(self.lean.call("ZREM", self.prefix + plan.slots[0], plan.token))
+            # Its answer does not matter: the request's answer does not wait for it.
+            await self._acall(self.lean.send("ZREM", self.prefix + plan.slots[0], plan.token))
 
 
 def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = None,

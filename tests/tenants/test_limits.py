@@ -65,6 +65,15 @@ def test_endpoint_bucket_is_its_own(gw):
 
 
 def test_max_concurrent(gw):
+    check_max_concurrent(gw)
+
+
+def test_max_concurrent_in_redis(gateways, redis_url):
+    url = f"{redis_url}?prefix=bis-test-{os.urandom(4).hex()}"
+    check_max_concurrent(ready(gateways(limited_config(TENANTS_REDIS=url))))
+
+
+def check_max_concurrent(gw):
     key = make_key(gw, MAX_CONCURRENT=2)["KEY"]
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda _i: call(gw, key, "slow", SECONDS=2).status_code,

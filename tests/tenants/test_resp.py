@@ -34,6 +34,9 @@ def test_pipelined_commands_get_their_own_replies(redis_url, redis_prefix):
     async def run():
         # Issued in one loop turn: one write; each caller gets its own INCR's value.
         got = await asyncio.gather(*(client.call("INCR", key) for _ in range(200)))
+        # A command sent without waiting: its reply is dropped, the next one is the next's.
+        await client.send("INCRBY", key, 1000)
+        assert await client.call("INCRBY", key, -1000) == 200
         with pytest.raises(RespError, match="WRONGTYPE"):
             await client.call("HGET", key, "field")
         block = await client.calls(("MULTI",), ("INCRBY", key, 5), ("GET", key), ("EXEC",))
