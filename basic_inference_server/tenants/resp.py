@@ -21,8 +21,7 @@ import collections
 import ssl
 import time
 from typing import Any
-
-from redis.connection import parse_url
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 
 class RespError(Exception):
@@ -172,6 +171,26 @@ class _Protocol(asyncio.Protocol):
             self._watch = None
 
 
+def parse_url(url: str) -> dict[str, Any]:
+    """What a ``redis://``, ``rediss://`` or ``unix://`` URL names: ``host`` and ``port``
+    or ``path``, ``username``, ``password``, ``db`` and the ``ssl_*`` options."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    options: dict[str, Any] = {k: v for k, v in query.items() if k.startswith("ssl_")}
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    if parts.scheme == "unix":
+        options["path"] = unquote(parts.path)
+        db = query.get("db", "0")
+    else:
+        options.update(host=parts.hostname or "localhost", port=parts.port or 6379)
+        db = parts.path.lstrip("/") or query.get("db", "0")
+    options["db"] = int(db)
+    return options
+
+
 def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
     reqs = str(options.get("ssl_cert_reqs", "required")).lower()
@@ -266,7 +285,7 @@ class RespClient:
             _transport, conn = await loop.create_unix_connection(make, options["path"])
         else:
             _transport, conn = await loop.create_connection(
-                make, options.get("host", "localhost"), int(options.get("port", 6379)),
+                make, options["host"], options["port"],
                 ssl=_ssl_context(options) if self.tls else None)
         hello: list[tuple[Any, ...]] = []
         if options.get("password"):

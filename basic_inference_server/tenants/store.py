@@ -2,8 +2,9 @@
 
 Both stores offer the same calls. The admin API's (create, list, revoke, rotate) are
 blocking: they run in the front's thread pool. The request path's (``find``,
-``stamp``, ``take``, ``release``) are coroutines: Redis through ``redis.asyncio``,
-SQLite in the pool, so the event loop never waits on either.
+``stamp``, ``take``, ``release``) are coroutines: Redis through :mod:`.resp`, SQLite
+in the pool, so the event loop never waits on either. ``redis-py`` (the ``redis``
+extra) is imported only when a Redis store is used.
 
 ``stamp`` changes whenever a key does: the front caches keys in memory and drops its
 cache when the stamp moves (a file replaced for SQLite, a counter for Redis).
@@ -24,10 +25,8 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import redis
 
 from ..privfiles import create_private, write_private
 from .keys import ApiKey
@@ -35,6 +34,9 @@ from .limits import LUA, Decision, Plan, redis_args, redis_decision, slot_token
 from .metering import COLUMNS, Row
 from .resp import RespClient, RespError, bulks
 from .shared import SharedLimits
+
+if TYPE_CHECKING:
+    import redis
 
 OffLoop = Callable[..., Awaitable[Any]]
 
@@ -220,11 +222,15 @@ class RedisStore:
         """Nothing per process: slots are leases in Redis."""
 
     def client(self) -> redis.Redis:
+        import redis
+
         if self._sync is None:
             self._sync = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
         return self._sync
 
     def _call(self, func: Callable[[], Any]) -> Any:
+        import redis
+
         try:
             return func()
         except redis.RedisError as exc:

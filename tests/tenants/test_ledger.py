@@ -92,3 +92,5 @@ def test_charges_wait_in_memory_while_redis_is_down(tmp_path):
             again.stop()
     finally:
         consumer.queue.close()
+        for client in (store.client(), consumer.ledger.store.client()):
+            client.close()

@@ -52,23 +52,29 @@ def test_pipelined_commands_get_their_own_replies(redis_url, redis_prefix):
 def test_password_and_database_from_the_url(tmp_path):
     port = free_port()
     service = Service("redis", tmp_path)
+    sock = tmp_path / "redis.sock"
     service.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)])
+                   "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path),
+                   "--unixsocket", str(sock)])
     url = f"redis://:s3cret@127.0.0.1:{port}/3"
     try:
-        service.wait_ready(lambda: redis.Redis.from_url(url).ping(), timeout=30)
+        direct = redis.Redis.from_url(url)
+        service.wait_ready(direct.ping, timeout=30)
 
-        async def run(url):
+        async def run(url, value="v"):
             client = RespClient(url)
             try:
-                return await client.call("SET", "k", "v")
+                return await client.call("SET", "k", value)
             finally:
                 client.close()
 
         assert asyncio.run(run(url)) == b"OK"
-        assert redis.Redis.from_url(url).get("k") == b"v"  # in database 3
+        assert direct.get("k") == b"v"  # in database 3
+        assert asyncio.run(run(f"unix://:s3cret@{sock}?db=3", "u")) == b"OK"
+        assert direct.get("k") == b"u"
         with pytest.raises(RespError):
             asyncio.run(run(f"redis://:wrong@127.0.0.1:{port}/3"))
+        direct.close()
     finally:
         service.stop()
 
