@@ -67,10 +67,11 @@ def test_job_units_are_charged_and_metered_when_the_job_runs(store, gateways, tm
     def metered():
         rows = assert_ok(gw.get("/usage/tenants"))["ROWS"]
         row = next((r for r in rows if (r["TENANT"], r["ENDPOINT"]) == ("acme", "metered")), None)
-        return row if row and row["REQUESTS"] == 3 else None
+        return row if row and row["REQUESTS"] == 4 else None
 
+    # The 3 jobs, metered by the worker that ran them, and the refused /run, by the front.
     row = wait_until(metered, timeout=20, message="the jobs are metered")
-    assert row["UNITS"] == 12 and row["ERRORS"] == 0 and row["LATENCY_MS_AVG"] > 0
+    assert row["UNITS"] == 12 and row["ERRORS"] == 1 and row["LATENCY_MS_AVG"] > 0
     text = gw.get("/metrics").text
     assert 'bis_tenant_units_total{endpoint="metered",tenant="acme"} 12.0' in text
 
