@@ -23,6 +23,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+# How long a command whose reply nobody waits for (a slot given back) may wait to go out
+# in the same write as the next command.
+LAZY = 0.002
+
 
 class RespError(Exception):
     """An error reply of Redis (``-ERR ...``)."""
@@ -90,6 +94,8 @@ class _Protocol(asyncio.Protocol):
             collections.deque()
         self.buf = bytearray()
         self.out: list[bytes] = []
+        self._soon = False  # a write is due this loop turn
+        self._lazy: asyncio.TimerHandle | None = None  # a write is due in LAZY seconds
         self.closed: Exception | None = None
         self._watch: asyncio.TimerHandle | None = None
 
@@ -109,17 +115,26 @@ class _Protocol(asyncio.Protocol):
 
     def push(self, data: bytes, future: asyncio.Future[Any] | None,
              loop: asyncio.AbstractEventLoop) -> None:
-        """Queue ``data``; its reply goes to ``future`` (None: dropped)."""
-        if not self.out:
-            loop.call_soon(self._flush)
+        """Queue ``data``; its reply goes to ``future`` (None: dropped). A command nobody
+        waits for waits up to ``LAZY`` seconds to go out with the next one."""
         self.out.append(data)
         self.waiting.append((future, time.monotonic()))
+        if future is not None:
+            if not self._soon:
+                self._soon = True
+                loop.call_soon(self._flush)
+        elif self._lazy is None and not self._soon:
+            self._lazy = loop.call_later(LAZY, self._flush)
         if self._watch is None:
             self._watch = loop.call_later(self.timeout, self._check)
 
     def _flush(self) -> None:
+        self._soon = False
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         data, self.out = b"".join(self.out), []
-        if self.transport is not None and self.closed is None:
+        if data and self.transport is not None and self.closed is None:
             self.transport.write(data)
 
     def _check(self) -> None:
@@ -226,7 +241,8 @@ class RespClient:
 
     async def send(self, *args: Any) -> None:
         """Send a command whose reply does not matter: not waited for, whatever it is,
-        when the connection is up (else it is made, as for :meth:`call`)."""
+        when the connection is up (else it is made, as for :meth:`call`); it goes out
+        with the next command, or within ``LAZY`` seconds."""
         conn, loop = self._conn, asyncio.get_running_loop()
         if conn is None or conn.closed is not None or self._loop is not loop:
             await self.call(*args)
