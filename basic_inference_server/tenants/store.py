@@ -17,7 +17,6 @@ the job consumer of an endpoint worker charges the jobs it runs with them (see
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import sqlite3
@@ -29,10 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..privfiles import create_private, write_private
+from .allot import RedisLimits
 from .keys import ApiKey
-from .limits import LUA, Decision, Plan, redis_args, redis_decision, slot_token
+from .limits import Decision, Plan
 from .metering import COLUMNS, Row
-from .resp import RespClient, RespError, bulks
+from .resp import RespClient, RespError
 from .shared import SharedLimits
 
 if TYPE_CHECKING:
@@ -204,19 +204,17 @@ class RedisStore:
     """Keys and buckets in Redis, shared by every gateway that names the same server.
 
     The request path's calls go through :class:`.resp.RespClient` (one pipelined
-    connection per front process); the admin API's and the job ledger's through
+    connection per front process), its limits through :class:`.allot.RedisLimits`
+    (tokens and slots taken ahead); the admin API's and the job ledger's through
     ``redis-py``.
     """
-
-    SCRIPT_SHA = hashlib.sha1(LUA.encode()).hexdigest()
 
     def __init__(self, url: str, prefix: str = "bis:tenants:") -> None:
         self.url = url
         self.prefix = prefix
         self._sync: redis.Redis | None = None
         self.lean = RespClient(url, timeout=2, connect_timeout=1)
-        # Per plan shape: its EVALSHA encoded, before and after the slot token.
-        self._commands: dict[Any, tuple[bytes, bytes]] = {}
+        self.limits = RedisLimits(self.lean, prefix)
 
     def claim_row(self, row: int) -> None:
         """Nothing per process: slots are leases in Redis."""
@@ -279,33 +277,9 @@ class RedisStore:
     async def stamp(self) -> Any:
         return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
-    def _take_command(self, plan: Plan) -> bytes:
-        """The plan's EVALSHA, encoded. All of it but the slot token is the same for
-        every request of a key to an endpoint: that part is encoded once."""
-        shape = (tuple(plan.buckets), plan.slots)
-        parts = self._commands.get(shape)
-        if plan.slots and not plan.token:
-            plan.token = slot_token()
-        if parts is None:
-            keys, argv = redis_args(plan, self.prefix)
-            args = ("EVALSHA", self.SCRIPT_SHA, len(keys), *keys, *argv)
-            at = 3 + len(keys) + 3  # the token's place (see redis_args)
-            parts = (b"*%d\r\n" % len(args) + bulks(args[:at]), bulks(args[at + 1:]))
-            if len(self._commands) >= 10000:
-                self._commands.clear()
-            self._commands[shape] = parts
-        return parts[0] + bulks((plan.token,)) + parts[1]
-
     async def take(self, plan: Plan) -> Decision:
-        try:
-            reply = await self._acall(self.lean.call_encoded(self._take_command(plan)))
-        except StoreDown as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            # The first call on this server (or after SCRIPT FLUSH): send the script.
-            keys, argv = redis_args(plan, self.prefix)
-            reply = await self._acall(self.lean.call("EVAL", LUA, len(keys), *keys, *argv))
-        return redis_decision(plan, reply)
+        found: Decision = await self._acall(self.limits.take(plan))
+        return found
 
     async def spent(self, key_id: str, period: str) -> float:
         found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + key_id, period))
@@ -351,9 +325,7 @@ class RedisStore:
         return [rows[k] for k in sorted(rows)]
 
     async def release(self, plan: Plan) -> None:
-        if plan.slots:
-            # Its answer does not matter: the request's answer does not wait for it.
-            await self._acall(self.lean.send("ZREM", self.prefix + plan.slots[0], plan.token))
+        await self._acall(self.limits.release(plan))
 
 
 def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = None,
