@@ -7,7 +7,8 @@ differ), or one step under a lock in memory shared by the front processes of one
 gateway (:mod:`.shared`). Nothing is read and then written back in two steps.
 
 In Redis a slot is a lease: a gateway killed mid-request leaves one that lapses after
-``LEASE`` seconds instead of holding the key's capacity forever.
+``LEASE`` seconds instead of holding the key's capacity forever. A front process takes
+tokens and slots from Redis a few at a time while they are plentiful (:mod:`.allot`).
 """
 
 from __future__ import annotations
