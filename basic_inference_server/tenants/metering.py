@@ -50,6 +50,8 @@ class Meter:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], list[float]] = {}
+        # Prometheus children per tenant, endpoint and status class: labels() is not free.
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     def record(self, tenant: str, endpoint: str, status: int, units: float,
                latency: float) -> None:
@@ -62,7 +64,11 @@ class Meter:
             counts[1] += 1
         counts[2] += units
         counts[3] += latency
-        TENANT_REQUESTS.labels(tenant, endpoint, f"{status // 100}xx").inc()
+        counter = self._counters.get((tenant, endpoint, status // 100))
+        if counter is None:
+            counter = self._counters[(tenant, endpoint, status // 100)] = \
+                TENANT_REQUESTS.labels(tenant, endpoint, f"{status // 100}xx")
+        counter.inc()
         if units:
             TENANT_UNITS.labels(tenant, endpoint).inc(units)
 

@@ -278,8 +278,10 @@ class RedisStore:
         return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
     async def take(self, plan: Plan) -> Decision:
-        found: Decision = await self._acall(self.limits.take(plan))
-        return found
+        try:  # (not through _acall: one coroutine less on every request)
+            return await self.limits.take(plan)
+        except (RespError, OSError) as exc:
+            raise StoreDown(str(exc) or type(exc).__name__) from None
 
     async def spent(self, key_id: str, period: str) -> float:
         found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + key_id, period))
