@@ -6,10 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
+import redis
 import requests
 
+from basic_inference_server.procutil import free_port
 from tests.conftest import FIXTURE_ENDPOINTS, assert_error, assert_ok, wait_until, with_test_defaults
+from tests.services import Service
 from tests.tenants.conftest import POOL, call, keyed_config, make_key, ready
 
 HERE = Path(__file__).parent
@@ -105,3 +109,43 @@ def test_without_keys_jobs_run_with_the_client_customer(gateways):
     job = submit(gw, None, "pool", headers={"X-Customer-ID": "globex"})
     record = finished(gw, None, job)
     assert record["RESULT"]["loaded"] == ["base", "globex_model"] and "TENANT" not in record
+
+
+def test_the_store_password_reaches_consumers_in_their_spec_only(gateways, tmp_path):
+    """The consumer charges through a Redis with a password, read from a file: no
+    process of the tree has it on its command line or in its environment."""
+    password = "pw-" + os.urandom(8).hex()
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    service = Service("redis", tmp_path / "redis")
+    service.spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--requirepass", password,
+                   "--dir", str(tmp_path / "redis")])
+    url_file = tmp_path / "tenants_url"
+    url_file.write_text(f"redis://:{password}@127.0.0.1:{port}/0\n")
+    try:
+        direct = redis.Redis.from_url(url_file.read_text().strip())
+        service.wait_ready(direct.ping, timeout=30)
+        config = keyed_config(CONFIG_ENDPOINTS={"metered": {"SERVER_CLASS": "metered"}},
+                              TENANTS_REDIS=f"file:{url_file}")
+        gw = ready(gateways(with_test_defaults(config),
+                            endpoints=endpoints_with_metered(tmp_path)))
+        key = make_key(gw, QUOTA={"UNITS": 100, "PER": "day"})["KEY"]
+        assert finished(gw, key, submit(gw, key, "metered", n=5))["STATUS"] == "done"
+
+        def spent():
+            seen = assert_ok(requests.get(gw.url("/usage"), headers={"X-API-Key": key},
+                                          timeout=10))
+            return seen["USAGE"]["SPENT"] == 5
+
+        wait_until(spent, timeout=10, message="the job's units are charged in Redis")
+        for proc in gw.tree():
+            try:
+                argv, env = " ".join(proc.cmdline()), proc.environ()
+            except psutil.Error:
+                continue
+            assert password not in argv, argv
+            assert not [k for k, v in env.items() if password in v], proc.pid
+        direct.close()
+    finally:
+        service.stop()
