@@ -97,6 +97,8 @@ class ServerSpec:
     header_timeout: float = _default("HEADER_TIMEOUT")
     body_timeout: float = _default("BODY_TIMEOUT")
     jobs: dict[str, Any] | None = None  # queues.JobsSpec: consume this endpoint's async jobs
+    # tenants.TenantsSpec, with API keys on: where the consumer charges the jobs it runs.
+    tenants: dict[str, Any] | None = None
 
 
 @dataclass

@@ -404,10 +404,15 @@ class Front:
                 return error_answer(err, self.meta())
             if slot is not None:
                 await self.gate.release(slot)
-        answer: Answer = await self.off_loop(self.submit_job, req.body, key)
+        # The job runs with the tenant as X-Customer-ID, as a /run would: the key's, or
+        # without keys the one the client sent.
+        customer = key.tenant if key else next(
+            (v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"), None)
+        answer: Answer = await self.off_loop(self.submit_job, req.body, key, customer)
         return answer
 
-    def submit_job(self, raw: bytes, key: ApiKey | None = None) -> Answer:
+    def submit_job(self, raw: bytes, key: ApiKey | None = None,
+                   customer: str | None = None) -> Answer:
         """``POST /jobs`` (or ``/run`` with ``ASYNC``): decode, check, enqueue; in the pool."""
         label = "-"
         try:
@@ -416,7 +421,7 @@ class Front:
             route = job_route(self.routes.table(), name) \
                 or job_route(self.routes.table(fresh=True), name)
             status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
-                                                       key.tenant if key else None)
+                                                       customer, key.id if key else None)
         except ServingError as err:
             metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label, "",
                                     str(err.status)).inc()

@@ -74,15 +74,17 @@ class JobsFront:
 
     # -- submit (from the front's /run and POST /jobs, in its thread pool) ---------------
     def submit(self, name: str, body: dict[str, Any], size: int, route: dict[str, Any] | None,
-               meta: dict[str, Any], tenant: str | None = None
+               meta: dict[str, Any], tenant: str | None = None, key_id: str | None = None
                ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Record and enqueue one request (``size``: its body's bytes; ``tenant``: its API
-        key's, with API_KEYS on); answer 202 with its job id, as status, headers and body."""
+        """Record and enqueue one request; answer 202 with its job id, as status, headers
+        and body. ``size``: its body's bytes; ``tenant``: the customer id the endpoint
+        gets when the job runs (its API key's, with API_KEYS on); ``key_id``: that key,
+        charged for the run."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self._backends()
         body = {k: v for k, v in body.items() if k != "ASYNC"}
-        job = Job(endpoint=name, body=body)
+        job = Job(endpoint=name, body=body, tenant=tenant, key_id=key_id)
         max_depth = route.get("max_queue_depth")
         max_bytes = route.get("max_queue_bytes")
         if max_bytes is not None:
@@ -95,7 +97,7 @@ class JobsFront:
 
         def enqueue() -> bool:
             results.create(job)
-            if tenant is not None:
+            if key_id is not None:  # with API keys: the job is its tenant's only
                 results.update(job.id, {"TENANT": tenant})
             try:
                 accepted = queue.enqueue(job, max_depth)

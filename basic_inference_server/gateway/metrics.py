@@ -4,7 +4,7 @@ Request metrics are recorded by every front process into ``PROMETHEUS_MULTIPROC_
 (set by the manager) and merged at scrape time; the state of endpoints and workers,
 and the supervisor's latest health sample (memory, disk, GPUs, alerts), come from the
 manager when ``/metrics`` is scraped. The endpoint servers' workers (model manager
-metrics) write to ``BIS_SERVER_METRICS_DIR``, merged the same way.
+metrics, their jobs' tenants) write to ``BIS_SERVER_METRICS_DIR``, merged the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from ..tenants.metering import TopTenants
 from ..traffic.compare import Result
 from ..traffic.shadow import summarize
 
@@ -112,13 +113,16 @@ def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra
     scrape time (the job queues).
     """
     registry = CollectorRegistry()
+    sources = []
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+        sources.append(multiprocess.MultiProcessCollector(None))
     server_dir = os.environ.get("BIS_SERVER_METRICS_DIR")
     if server_dir:
-        # The endpoint servers' workers (model manager metrics) write there.
+        # The endpoint servers' workers (model manager metrics, jobs' tenants) write there.
         _forget_dead_workers(server_dir)
-        multiprocess.MultiProcessCollector(registry, path=server_dir)
+        sources.append(multiprocess.MultiProcessCollector(None, path=server_dir))
+    # Both count per tenant: merged, and bounded to the top tenants.
+    registry.register(TopTenants(*sources))
     registry.register(ManagerCollector(servers, health))
     for collector in extra:
         registry.register(collector)

@@ -292,7 +292,8 @@ class Core:
         return spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec)
 
     def _spawn_server(self, ep: Endpoint) -> Child:
-        spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict())
+        spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict(),
+                           tenants_spec(self.config, self.cache_dir))
         return spawn("server", ep.name, SERVER_MODULE, spec,
                      fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
                      env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)},

@@ -43,7 +43,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
-                jobs: dict[str, Any]) -> ServerSpec:
+                jobs: dict[str, Any], tenants: dict[str, Any] | None = None) -> ServerSpec:
     assert ep.port is not None and ep.socket_path is not None
     return ServerSpec(
         name=ep.name, module=ep.config.module_name, endpoints_dir=paths.endpoints_dir,
@@ -52,7 +52,8 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         notify=paths.notify, server_name=config["SERVER_NAME"],
         app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
         generation=ep.generation, jobs=jobs, max_request_size=config["MAX_REQUEST_SIZE"],
-        header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"])
+        header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
+        tenants=tenants if config["API_KEYS"] else None)
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:

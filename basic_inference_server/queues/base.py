@@ -43,6 +43,9 @@ class Job:
     ``undecodable`` is set on the stand-in for a queue message that could not be
     decoded: why, and the message's text. It is never run; each claim counts as a
     failed attempt, so it reaches the dead letters after ``MAX_ATTEMPTS``.
+
+    ``tenant`` is the customer id the endpoint gets as ``X-Customer-ID`` when the job
+    runs; ``key_id`` the API key whose quota and metering its run is charged to.
     """
 
     endpoint: str
@@ -52,11 +55,14 @@ class Job:
     attempts: int = 0
     last_error: str | None = None
     undecodable: str | None = None
+    tenant: str | None = None
+    key_id: str | None = None
 
     def encode(self) -> bytes:
         data = asdict(self)
-        if data["undecodable"] is None:
-            del data["undecodable"]  # the wire format of every decodable job stays as it was
+        for name in ("undecodable", "tenant", "key_id"):
+            if data[name] is None:
+                del data[name]  # the wire format of a job without them stays as it was
         return orjson.dumps(data)
 
     @classmethod
@@ -68,7 +74,8 @@ class Job:
         job = cls(**data)
         fields_ok = (isinstance(job.endpoint, str) and isinstance(job.body, dict)
                      and isinstance(job.id, str) and type(job.attempts) is int
-                     and isinstance(job.submitted_at, (int, float)))
+                     and isinstance(job.submitted_at, (int, float))
+                     and all(v is None or isinstance(v, str) for v in (job.tenant, job.key_id)))
         if not fields_ok:
             raise ValueError("a job field has the wrong type")
         return job

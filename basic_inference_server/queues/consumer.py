@@ -141,6 +141,7 @@ class JobWorker:
             return
         self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
                                      "STARTED_AT": time.time(), "WORKER": self.name})
+        started = time.perf_counter()
         try:
             status, stored = self.run(job)
         except NotRun as exc:
@@ -159,16 +160,22 @@ class JobWorker:
                                          "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
                                 ttl=self.jobs.ttl)
             self.queue.ack(claim)
+            self.ended(job, status, time.perf_counter() - started)
             return
-        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored, status)
+        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored, status,
+                             time.perf_counter() - started)
+
+    def ended(self, job: Job, status: int, seconds: float) -> None:
+        """A job's last run is over (``status``: 500 for a dead letter): for subclasses
+        that account for it (the servers charge the job's tenant)."""
 
     def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None,
-                        status: int = 500) -> None:
+                        status: int = 500, seconds: float = 0.0) -> None:
         """Retry after the backoff, or dead-letter once ``MAX_ATTEMPTS`` runs have failed."""
         assert self.queue is not None and self.results is not None
         job = claim.job
         if job.attempts >= self.policy.max_attempts:
-            self._dead(claim, error, body, status)
+            self._dead(claim, error, body, status, seconds)
             return
         delay = retry_delay(self.policy.backoff, job.attempts)
         self.queue.retry_later(claim, delay, error)
@@ -178,7 +185,7 @@ class JobWorker:
                     job.attempts, error, delay)
 
     def _dead(self, claim: Claim, error: str, body: dict[str, Any] | None = None,
-              status: int = 500) -> None:
+              status: int = 500, seconds: float = 0.0) -> None:
         assert self.queue is not None and self.results is not None
         self.queue.dead_letter(claim, error)
         fields: dict[str, Any] = {"STATUS": DEAD, "LAST_ERROR": error, "FINISHED_AT": time.time(),
@@ -186,5 +193,6 @@ class JobWorker:
         if body is not None:
             fields.update(HTTP_STATUS=status, RESULT=body)
         self.results.update(claim.job.id, fields)
+        self.ended(claim.job, 500, seconds)
         log.error("%s: job %s dead after %d attempts: %s", self.endpoint, claim.job.id,
                   claim.job.attempts, error)

@@ -9,6 +9,11 @@ on this box or another, pulls from the endpoint's queue when it is free.
 
 How a job ends (stored, retried, dead-lettered) is the queues' shared consumer's
 (:mod:`..queues.consumer`); a 4xx is for good, a 5xx is retried.
+
+A job runs with its tenant as the customer id (``X-Customer-ID`` of a request), so
+``CUSTOMER_MODELS`` serve jobs as they serve requests. With API keys on, the consumer
+takes ``USAGE`` out of the stored result and charges the run to the job's key (see
+:mod:`..tenants.ledger`) once the job is done, failed or dead.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from typing import Any
 
 from ..queues import Job, JobsSpec
 from ..queues.consumer import CLAIM_WAIT, JobWorker, RetryPolicy
+from ..tenants import TenantsSpec
+from ..tenants.ledger import JobLedger
+from ..tenants.usage import take_usage
 from ..worker import FileOutput
 from .app import Outcome
 
-Execute = Callable[[dict[str, Any]], Outcome]
+Execute = Callable[[dict[str, Any], str | None], Outcome]  # inputs, customer id
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -42,12 +50,16 @@ class JobConsumer(JobWorker):
     """Pulls the jobs of ``endpoint`` and runs them with ``execute`` while the worker is idle."""
 
     def __init__(self, endpoint: str, execute: Execute, jobs: JobsSpec,
-                 settings: dict[str, Any]) -> None:
+                 settings: dict[str, Any], tenants: TenantsSpec | None = None) -> None:
         """With batching (``MAX_BATCH_SIZE`` > 1) requests and jobs all go through the
         batcher, which already runs the model on one thread: the gate would only keep
-        requests from forming batches, so there is none."""
+        requests from forming batches, so there is none. ``tenants``: with API keys on,
+        where the runs are charged."""
         super().__init__(endpoint, self._execute, jobs, RetryPolicy.of(settings))
         self.execute = execute
+        self.ledger = JobLedger(tenants) if tenants is not None and tenants.enabled else None
+        # The units the job in hand reported (one job at a time per consumer thread).
+        self._units = 0.0
         batching = int(settings.get("MAX_BATCH_SIZE") or 1) > 1
         self.gate: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if batching else threading.Lock())
@@ -60,8 +72,23 @@ class JobConsumer(JobWorker):
                                        daemon=True)
 
     def _execute(self, job: Job) -> tuple[int, dict[str, Any]]:
-        status, answer, _headers = self.execute(dict(job.body))
-        return status, _storable(answer)
+        status, answer, _headers = self.execute(dict(job.body), job.tenant)
+        stored = _storable(answer)
+        # With API keys on, clients never see USAGE: in a result as in an answer.
+        self._units = take_usage(stored) if self.ledger is not None else 0.0
+        return status, stored
+
+    def ended(self, job: Job, status: int, seconds: float) -> None:
+        if self.ledger is not None:
+            self.ledger.ran(job, status, self._units if status == 200 else 0.0, seconds)
+            self._units = 0.0
+
+    def serve(self) -> None:
+        try:
+            super().serve()
+        finally:
+            if self.ledger is not None:
+                self.ledger.flush(final=True)
 
     # -- the request side ---------------------------------------------------------------
     def guard(self, app: WSGIApp) -> WSGIApp:
@@ -101,6 +128,8 @@ class JobConsumer(JobWorker):
     def run_once(self, wait: float = CLAIM_WAIT) -> bool:
         """Claim one job when the worker is idle and run it; False when there was none."""
         assert self.queue is not None
+        if self.ledger is not None:
+            self.ledger.flush()  # batched: a write at most every few seconds
         if not self.idle.wait(wait):
             return False
         claim = self.claim(wait)
@@ -118,12 +147,14 @@ class JobConsumer(JobWorker):
 _current: dict[str, JobConsumer] = {}
 
 
-def start_consumer(worker: Any, endpoint: str, jobs: dict[str, Any] | None) -> JobConsumer | None:
+def start_consumer(worker: Any, endpoint: str, jobs: dict[str, Any] | None,
+                   tenants: dict[str, Any] | None = None) -> JobConsumer | None:
     """gunicorn ``post_worker_init``: guard the worker's app and start its consumer."""
     if jobs is None:
         return None
     hooks = worker.wsgi.extensions["bis"]
-    consumer = JobConsumer(endpoint, hooks["execute"], JobsSpec(**jobs), hooks["config"])
+    consumer = JobConsumer(endpoint, hooks["execute"], JobsSpec(**jobs), hooks["config"],
+                           TenantsSpec(**tenants) if tenants else None)
     worker.wsgi = consumer.guard(worker.wsgi)
     consumer.start()
     _current["consumer"] = consumer

@@ -115,7 +115,7 @@ class EndpointServer(BaseApplication):
                     stop(signum, frame)
 
             signal.signal(signal.SIGTERM, on_term)
-            start_consumer(worker, spec.name, spec.jobs)
+            start_consumer(worker, spec.name, spec.jobs, spec.tenants)
             notifier.send(Event.WORKER_READY, endpoint=spec.name, pid=os.getpid(),
                           slot=worker.bis_slot, socket=path, generation=spec.generation)
 

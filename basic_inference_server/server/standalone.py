@@ -27,6 +27,7 @@ from ..logger import setup_logging
 from ..queues import jobs_spec
 from ..redact import mask_url
 from ..refs import REF_PREFIXES, resolve_ref
+from ..tenants import tenants_spec
 from .gunicorn_app import EndpointServer
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,11 @@ def build_spec(args: argparse.Namespace) -> ServerSpec:
         socket=str(Path(run_dir) / "server.sock"), nr_workers=endpoint.settings["NR_WORKERS"],
         worker_config=endpoint.worker_config(), server_name=config["SERVER_NAME"],
         app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
-        jobs=jobs.to_dict())
+        jobs=jobs.to_dict(),
+        # Jobs are charged where the gateways keep keys: a shared Redis (a tenants.db in
+        # this box's cache would be no gateway's).
+        tenants=tenants_spec(config, args.cache)
+        if config["API_KEYS"] and config["TENANTS_REDIS"] else None)
 
 
 def main(argv: list[str] | None = None) -> int:

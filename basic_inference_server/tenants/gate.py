@@ -191,10 +191,7 @@ class TenantGate:
         try:
             await self.store.meter(rows)
         except StoreDown:
-            for tenant, endpoint, _day, *counts in rows:  # kept for the next flush
-                into = self.meter.counts.setdefault((tenant, endpoint), [0.0] * 4)
-                for i, value in enumerate(counts):
-                    into[i] += value
+            self.meter.restore(rows)  # kept for the next flush
 
     @staticmethod
     def may_read(key: ApiKey, record: dict[str, Any]) -> bool:

@@ -6,9 +6,12 @@ billing pattern: one write per interval, not one per request), readable per UTC 
 through the admin API (JSON or CSV). What a front process counted in its last interval is lost if it is
 killed (at most ``FLUSH_EVERY`` seconds of metering; quotas are charged apart).
 
-Prometheus gets ``bis_tenant_requests_total`` and ``bis_tenant_units_total`` with a
-``tenant`` label bounded per front process: the first ``TOP_TENANTS`` tenants it
-serves keep their name, every later one is counted as ``other``.
+Prometheus gets ``bis_tenant_requests_total`` and ``bis_tenant_units_total``. Each
+process counts with the real tenant (tenants exist only as keys an admin made, so the
+series a process keeps are bounded by the keys), and :class:`TopTenants` bounds what is
+exported: at scrape time, over every front process and endpoint worker, the
+``TOP_TENANTS`` tenants with the most requests keep their name and the rest are summed
+as ``other``.
 """
 
 from __future__ import annotations
@@ -16,19 +19,28 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, Metric
 
 FLUSH_EVERY = 2.0
 TOP_TENANTS = 20
 COLUMNS = ("requests", "errors", "units", "latency_s")
 
-TENANT_REQUESTS = Counter("bis_tenant_requests_total", "Data-plane requests per tenant "
-                          "(bounded: then 'other'), endpoint and status class",
-                          ["tenant", "endpoint", "status"])
-TENANT_UNITS = Counter("bis_tenant_units_total", "Units endpoints reported (USAGE) per tenant "
-                       "(bounded: then 'other') and endpoint", ["tenant", "endpoint"])
+OTHER = "other"
+# Per family: its help text and labels.
+TENANT_FAMILIES = {
+    "bis_tenant_requests": (f"Data-plane requests and jobs per tenant (the {TOP_TENANTS} with "
+                            "the most requests, then 'other'), endpoint and status class",
+                            ["tenant", "endpoint", "status"]),
+    "bis_tenant_units": (f"Units endpoints reported (USAGE) per tenant (the {TOP_TENANTS} with "
+                         "the most requests, then 'other') and endpoint", ["tenant", "endpoint"]),
+}
+TENANT_REQUESTS = Counter("bis_tenant_requests_total", *TENANT_FAMILIES["bis_tenant_requests"])
+TENANT_UNITS = Counter("bis_tenant_units_total", *TENANT_FAMILIES["bis_tenant_units"])
 
 Row = tuple[str, str, str, float, float, float, float]  # tenant, endpoint, day, *COLUMNS
 
@@ -38,7 +50,8 @@ class Meter:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], list[float]] = {}
-        self.named: set[str] = set()
+        # Prometheus children per tenant, endpoint and status class: labels() is not free.
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     def record(self, tenant: str, endpoint: str, status: int, units: float,
                latency: float) -> None:
@@ -51,12 +64,13 @@ class Meter:
             counts[1] += 1
         counts[2] += units
         counts[3] += latency
-        if tenant not in self.named and len(self.named) < TOP_TENANTS:
-            self.named.add(tenant)
-        label = tenant if tenant in self.named else "other"
-        TENANT_REQUESTS.labels(label, endpoint, f"{status // 100}xx").inc()
+        counter = self._counters.get((tenant, endpoint, status // 100))
+        if counter is None:
+            counter = self._counters[(tenant, endpoint, status // 100)] = \
+                TENANT_REQUESTS.labels(tenant, endpoint, f"{status // 100}xx")
+        counter.inc()
         if units:
-            TENANT_UNITS.labels(label, endpoint).inc(units)
+            TENANT_UNITS.labels(tenant, endpoint).inc(units)
 
     def take(self) -> list[Row]:
         """The counts to write, as rows of today (UTC); the meter starts over."""
@@ -64,6 +78,56 @@ class Meter:
         rows = [(t, e, day, *c) for (t, e), c in self.counts.items()]
         self.counts = {}
         return rows  # type: ignore[return-value]
+
+    def restore(self, rows: list[Row]) -> None:
+        """Count again what :meth:`take` gave and could not be written (the next batch's)."""
+        for tenant, endpoint, _day, *counts in rows:
+            into = self.counts.setdefault((tenant, endpoint), [0.0] * len(COLUMNS))
+            for i, value in enumerate(counts):
+                into[i] += value
+
+
+class TopTenants:
+    """The metrics of ``sources`` (collectors), with the per-tenant families merged
+    across them and bounded: the ``top`` tenants with the most requests (over the
+    counters' lifetime) keep their name, the others are summed as ``other``.
+
+    Ranked again at each scrape: when a tenant enters the top, its count leaves
+    ``other``, which drops (Prometheus reads that as a counter reset).
+    """
+
+    def __init__(self, *sources: Any, top: int = TOP_TENANTS) -> None:
+        self.sources = sources
+        self.top = top
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, dict[tuple[tuple[str, str], ...], float]] = {
+            name: defaultdict(float) for name in TENANT_FAMILIES}
+        for source in self.sources:
+            for family in source.collect():
+                if family.name not in merged:
+                    yield family
+                    continue
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        merged[family.name][tuple(sorted(sample.labels.items()))] += sample.value
+        totals: dict[str, float] = defaultdict(float)
+        for labels, value in merged["bis_tenant_requests"].items():
+            totals[dict(labels)["tenant"]] += value
+        named = set(sorted(totals, key=lambda t: (-totals[t], t))[:self.top])
+        for name, (doc, labelnames) in TENANT_FAMILIES.items():
+            if not merged[name]:
+                continue
+            folded: dict[tuple[str, ...], float] = defaultdict(float)
+            for labels, value in merged[name].items():
+                values = dict(labels)
+                if values["tenant"] not in named:
+                    values["tenant"] = OTHER
+                folded[tuple(values[label] for label in labelnames)] += value
+            family = CounterMetricFamily(name, doc, labels=labelnames)
+            for values_, value in sorted(folded.items()):
+                family.add_metric(list(values_), value)
+            yield family
 
 
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

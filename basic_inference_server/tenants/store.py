@@ -2,11 +2,16 @@
 
 Both stores offer the same calls. The admin API's (create, list, revoke, rotate) are
 blocking: they run in the front's thread pool. The request path's (``find``,
-``stamp``, ``take``, ``release``) are coroutines: Redis through ``redis.asyncio``,
-SQLite in the pool, so the event loop never waits on either.
+``stamp``, ``take``, ``release``) are coroutines: Redis through :mod:`.resp`, SQLite
+in the pool, so the event loop never waits on either. ``redis-py`` (the ``redis``
+extra) is imported only when a Redis store is used.
 
 ``stamp`` changes whenever a key does: the front caches keys in memory and drops its
 cache when the stamp moves (a file replaced for SQLite, a counter for Redis).
+
+``charge_now`` and ``meter_now`` are the blocking forms of ``charge`` and ``meter``:
+the job consumer of an endpoint worker charges the jobs it runs with them (see
+:mod:`.ledger`).
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import redis
-import redis.asyncio as aredis
-
 from ..privfiles import create_private, write_private
+from .allot import RedisLimits
 from .keys import ApiKey
-from .limits import LUA, Decision, Plan, redis_args, redis_decision
+from .limits import Decision, Plan
 from .metering import COLUMNS, Row
+from .resp import RespClient, RespError
 from .shared import SharedLimits
+
+if TYPE_CHECKING:
+    import redis
 
 OffLoop = Callable[..., Awaitable[Any]]
 
@@ -52,10 +59,13 @@ class KeyStore(Protocol):
     async def charge(self, key_id: str, period: str, amount: float) -> None: ...
     async def meter(self, rows: list[Row]) -> None: ...
     def metered(self, day: str) -> list[dict[str, Any]]: ...
+    def charge_now(self, key_id: str, period: str, amount: float) -> None: ...
+    def meter_now(self, rows: list[Row]) -> None: ...
 
 
 class SqliteStore:
-    """Keys in ``tenants.db`` (0600) under the cache folder; limits in shared memory."""
+    """Keys in ``tenants.db`` (0600) under the cache folder; limits in shared memory
+    (``limits`` None: a store that only charges, for a job consumer)."""
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
@@ -68,7 +78,8 @@ class SqliteStore:
                                          PRIMARY KEY (tenant, endpoint, day));
     """
 
-    def __init__(self, path: str | Path, off_loop: OffLoop, limits: SharedLimits) -> None:
+    def __init__(self, path: str | Path, off_loop: OffLoop | None,
+                 limits: SharedLimits | None) -> None:
         self.path = str(path)
         self.stamp_path = self.path + ".stamp"
         self.off_loop = off_loop
@@ -76,7 +87,12 @@ class SqliteStore:
         self._local = threading.local()
 
     def claim_row(self, row: int) -> None:
-        self.limits.claim_row(row)
+        if self.limits is not None:
+            self.limits.claim_row(row)
+
+    async def _pooled(self, func: Callable[..., Any], *args: Any) -> Any:
+        assert self.off_loop is not None
+        return await self.off_loop(func, *args)
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (a new one after a fork)."""
@@ -118,7 +134,7 @@ class SqliteStore:
         return None if row is None else ApiKey.from_dict(json.loads(row[0]))
 
     async def find(self, digest: str) -> ApiKey | None:
-        found: ApiKey | None = await self.off_loop(self._find, digest)
+        found: ApiKey | None = await self._pooled(self._find, digest)
         return found
 
     async def stamp(self) -> Any:
@@ -129,9 +145,11 @@ class SqliteStore:
         return (info.st_ino, info.st_mtime_ns)
 
     async def take(self, plan: Plan) -> Decision:
+        assert self.limits is not None
         return self.limits.take(plan)
 
     async def release(self, plan: Plan) -> None:
+        assert self.limits is not None
         self.limits.release(plan)
 
     def _spent(self, key_id: str, period: str) -> float:
@@ -140,19 +158,19 @@ class SqliteStore:
         return float(row[0]) if row else 0.0
 
     async def spent(self, key_id: str, period: str) -> float:
-        found: float = await self.off_loop(self._spent, key_id, period)
+        found: float = await self._pooled(self._spent, key_id, period)
         return found
 
-    def _charge(self, key_id: str, period: str, amount: float) -> None:
+    def charge_now(self, key_id: str, period: str, amount: float) -> None:
         # One statement: atomic across the front processes.
         self.conn().execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (key_id, period) "
                             "DO UPDATE SET spent = spent + excluded.spent",
                             (key_id, period, amount))
 
     async def charge(self, key_id: str, period: str, amount: float) -> None:
-        await self.off_loop(self._charge, key_id, period, amount)
+        await self._pooled(self.charge_now, key_id, period, amount)
 
-    def _meter(self, rows: list[Row]) -> None:
+    def meter_now(self, rows: list[Row]) -> None:
         conn = self.conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -168,7 +186,7 @@ class SqliteStore:
             raise
 
     async def meter(self, rows: list[Row]) -> None:
-        await self.off_loop(self._meter, rows)
+        await self._pooled(self.meter_now, rows)
 
     def metered(self, day: str) -> list[dict[str, Any]]:
         cursor = self.conn().execute(
@@ -183,35 +201,34 @@ def _text(value: bytes | str) -> str:
 
 
 class RedisStore:
-    """Keys and buckets in Redis, shared by every gateway that names the same server."""
+    """Keys and buckets in Redis, shared by every gateway that names the same server.
+
+    The request path's calls go through :class:`.resp.RespClient` (one pipelined
+    connection per front process), its limits through :class:`.allot.RedisLimits`
+    (tokens and slots taken ahead); the admin API's and the job ledger's through
+    ``redis-py``.
+    """
 
     def __init__(self, url: str, prefix: str = "bis:tenants:") -> None:
         self.url = url
         self.prefix = prefix
         self._sync: redis.Redis | None = None
-        self._async: aredis.Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._script: Any = None
+        self.lean = RespClient(url, timeout=2, connect_timeout=1)
+        self.limits = RedisLimits(self.lean, prefix)
 
     def claim_row(self, row: int) -> None:
         """Nothing per process: slots are leases in Redis."""
 
     def client(self) -> redis.Redis:
+        import redis
+
         if self._sync is None:
             self._sync = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
         return self._sync
 
-    def aclient(self) -> aredis.Redis:
-        """This loop's client (one per front process, made after the fork)."""
-        loop = asyncio.get_running_loop()
-        if self._async is None or self._loop is not loop:
-            self._async = aredis.Redis.from_url(self.url, socket_timeout=2,
-                                                socket_connect_timeout=1)
-            self._script = self._async.register_script(LUA)
-            self._loop = loop
-        return self._async
-
     def _call(self, func: Callable[[], Any]) -> Any:
+        import redis
+
         try:
             return func()
         except redis.RedisError as exc:
@@ -220,8 +237,8 @@ class RedisStore:
     async def _acall(self, coro: Awaitable[Any]) -> Any:
         try:
             return await coro
-        except (redis.RedisError, OSError) as exc:
-            raise StoreDown(str(exc)) from None
+        except (RespError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreDown(str(exc) or type(exc).__name__) from None
 
     def add(self, key: ApiKey) -> None:
         def add() -> None:
@@ -254,36 +271,50 @@ class RedisStore:
         return listed
 
     async def find(self, digest: str) -> ApiKey | None:
-        raw = await self._acall(self.aclient().get(self.prefix + "key:" + digest))
+        raw = await self._acall(self.lean.call("GET", self.prefix + "key:" + digest))
         return ApiKey.from_dict(json.loads(raw)) if raw else None
 
     async def stamp(self) -> Any:
-        return await self._acall(self.aclient().get(self.prefix + "stamp"))
+        return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
     async def take(self, plan: Plan) -> Decision:
-        self.aclient()
-        keys, argv = redis_args(plan, self.prefix)
-        reply = await self._acall(self._script(keys=keys, args=argv))
-        return redis_decision(plan, reply)
+        try:  # (not through _acall: one coroutine less on every request)
+            return await self.limits.take(plan)
+        except (RespError, OSError) as exc:
+            raise StoreDown(str(exc) or type(exc).__name__) from None
 
     async def spent(self, key_id: str, period: str) -> float:
-        found = await self._acall(self.aclient().hget(self.prefix + "usage:" + key_id, period))
+        found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + key_id, period))
         return float(found) if found else 0.0
 
     async def charge(self, key_id: str, period: str, amount: float) -> None:
-        await self._acall(self.aclient().hincrbyfloat(self.prefix + "usage:" + key_id, period,
+        await self._acall(self.lean.call("HINCRBYFLOAT", self.prefix + "usage:" + key_id,
+                                         period, repr(amount)))
+
+    def charge_now(self, key_id: str, period: str, amount: float) -> None:
+        self._call(lambda: self.client().hincrbyfloat(self.prefix + "usage:" + key_id, period,
                                                       amount))
 
+    def _metering(self, rows: list[Row]) -> list[tuple[Any, ...]]:
+        """The commands writing ``rows``."""
+        out: list[tuple[Any, ...]] = []
+        for tenant, endpoint, day, *counts in rows:
+            for column, value in zip(COLUMNS, counts, strict=True):
+                out.append(("HINCRBYFLOAT", self.prefix + "meter:" + day,
+                            f"{tenant}\t{endpoint}\t{column}", repr(value)))
+            out.append(("EXPIRE", self.prefix + "meter:" + day, 400 * 86400))
+        return out
+
     async def meter(self, rows: list[Row]) -> None:
-        async def write() -> None:
-            pipe = self.aclient().pipeline(transaction=True)
-            for tenant, endpoint, day, *counts in rows:
-                for column, value in zip(COLUMNS, counts, strict=True):
-                    pipe.hincrbyfloat(self.prefix + "meter:" + day,
-                                      f"{tenant}\t{endpoint}\t{column}", value)
-                pipe.expire(self.prefix + "meter:" + day, 400 * 86400)
-            await pipe.execute()
-        await self._acall(write())
+        await self._acall(self.lean.calls(("MULTI",), *self._metering(rows), ("EXEC",)))
+
+    def meter_now(self, rows: list[Row]) -> None:
+        def write() -> None:
+            pipe = self.client().pipeline(transaction=True)
+            for command in self._metering(rows):
+                pipe.execute_command(*command)
+            pipe.execute()
+        self._call(write)
 
     def metered(self, day: str) -> list[dict[str, Any]]:
         raw = self._call(lambda: self.client().hgetall(self.prefix + "meter:" + day))
@@ -296,12 +327,14 @@ class RedisStore:
         return [rows[k] for k in sorted(rows)]
 
     async def release(self, plan: Plan) -> None:
-        if plan.slots:
-            await self._acall(self.aclient().zrem(self.prefix + plan.slots[0], plan.token))
+        await self._acall(self.limits.release(plan))
 
 
-def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop, rows: int) -> KeyStore:
-    """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``."""
+def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = None,
+               rows: int = 0) -> KeyStore:
+    """Redis when a URL is set (``?prefix=`` names its keys), else SQLite at ``db_path``
+    with its limits in memory shared by ``rows`` front processes (0: no limits: a store
+    that only charges, for a job consumer)."""
     if redis_url:
         parts = urlsplit(redis_url)
         query = parse_qsl(parts.query)
@@ -309,4 +342,4 @@ def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop, rows: int
         rest = urlencode([(k, v) for k, v in query if k != "prefix"])
         return RedisStore(urlunsplit(parts._replace(query=rest)), prefix + ":tenants:")
     # Made before the front forks: the shared memory is every front process's.
-    return SqliteStore(db_path, off_loop, SharedLimits(rows))
+    return SqliteStore(db_path, off_loop, SharedLimits(rows) if rows else None)

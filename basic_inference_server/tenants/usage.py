@@ -11,6 +11,7 @@ charged in full.
 from __future__ import annotations
 
 import calendar
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,13 @@ def strip_usage(body: bytes) -> tuple[bytes, float]:
         return body, 0.0
     if not isinstance(data, dict) or "USAGE" not in data:
         return body, 0.0
-    units = data.pop("USAGE")
-    valid = isinstance(units, (int, float)) and not isinstance(units, bool) and units >= 0
-    return orjson.dumps(data), float(units) if valid else 0.0
+    units = take_usage(data)
+    return orjson.dumps(data), units
+
+
+def take_usage(data: dict[str, Any]) -> float:
+    """Remove ``USAGE`` from an answer; the units it reported (0 without, or not a number)."""
+    units = data.pop("USAGE", 0.0)
+    valid = (isinstance(units, (int, float)) and not isinstance(units, bool)
+             and 0 <= units < math.inf)
+    return float(units) if valid else 0.0

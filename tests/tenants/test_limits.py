@@ -65,6 +65,15 @@ def test_endpoint_bucket_is_its_own(gw):
 
 
 def test_max_concurrent(gw):
+    check_max_concurrent(gw)
+
+
+def test_max_concurrent_in_redis(gateways, redis_url):
+    url = f"{redis_url}?prefix=bis-test-{os.urandom(4).hex()}"
+    check_max_concurrent(ready(gateways(limited_config(TENANTS_REDIS=url))))
+
+
+def check_max_concurrent(gw):
     key = make_key(gw, MAX_CONCURRENT=2)["KEY"]
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda _i: call(gw, key, "slow", SECONDS=2).status_code,
@@ -109,8 +118,9 @@ def test_unreachable_redis_fails_open_when_asked(gateways, tmp_path):
         gw = ready(gateways(limited_config(TENANTS_REDIS=url, TENANTS_FAIL_OPEN=True)))
         key = make_key(gw, RATE="1/hour", BURST=3, QUOTA={"REQUESTS": 100})["KEY"]
         assert_ok(call(gw, key))
-        for _ in range(10):  # both front processes have the key cached
-            call(gw, key)
+        # Both front processes cache the key: concurrent connections reach both.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _i: call(gw, key), range(24)))
     finally:
         service.stop()
     # Redis is gone: the cached key is served, its limit counted in memory (full again).

@@ -70,18 +70,34 @@ def test_keys_are_random_and_presented_either_way():
     assert counted.max_concurrent == 3 and counted.limit is not None and counted.limit.burst == 66
 
 
-def test_tenant_labels_are_bounded():
-    from prometheus_client import REGISTRY
+def test_tenant_labels_are_the_top_n_by_requests_then_other():
+    from prometheus_client import CollectorRegistry, Counter
 
-    from basic_inference_server.tenants.metering import TOP_TENANTS, Meter
+    from basic_inference_server.tenants.metering import TENANT_FAMILIES, TopTenants
 
-    meter = Meter()
-    for i in range(TOP_TENANTS + 5):
-        meter.record(f"t{i}", "ep-card", 200, 1.0, 0.01)
-    assert len(meter.named) == TOP_TENANTS
-    assert REGISTRY.get_sample_value("bis_tenant_requests_total", {
-        "tenant": "other", "endpoint": "ep-card", "status": "2xx"}) == 5
-    assert REGISTRY.get_sample_value("bis_tenant_requests_total", {
-        "tenant": "t0", "endpoint": "ep-card", "status": "2xx"}) == 1
-    rows = meter.take()
-    assert len(rows) == TOP_TENANTS + 5 and not meter.counts
+    def source(counts):
+        """A registry of per-tenant counters, as one metrics folder holds them."""
+        registry = CollectorRegistry()
+        requests = Counter("bis_tenant_requests_total", "r", TENANT_FAMILIES[
+            "bis_tenant_requests"][1], registry=registry)
+        units = Counter("bis_tenant_units_total", "u", ["tenant", "endpoint"], registry=registry)
+        Counter("bis_unrelated_total", "x", registry=registry).inc()
+        for tenant, n in counts.items():
+            requests.labels(tenant, "ep", "2xx").inc(n)
+            units.labels(tenant, "ep").inc(10 * n)
+        return registry
+
+    # The front's folder and the endpoint workers' (jobs) are merged before ranking:
+    # "late" came last but has the most requests in all; "t0", the first seen, is not kept.
+    front = source({"t0": 3, "t1": 2, "t2": 1})
+    jobs = source({"late": 5, "t2": 3})
+    families = {f.name: f for f in TopTenants(front, jobs, top=2).collect()}
+    requests = {s.labels["tenant"]: s.value for s in families["bis_tenant_requests"].samples}
+    assert requests == {"late": 5, "t2": 4, "other": 5}
+    units = {s.labels["tenant"]: s.value for s in families["bis_tenant_units"].samples}
+    assert units == {"late": 50, "t2": 40, "other": 50}
+    assert "bis_unrelated" in families
+    # Ties: by name, so the labels do not flap between scrapes.
+    tied = TopTenants(source({"b": 1, "a": 1, "c": 1}), top=1).collect()
+    assert {s.labels["tenant"] for f in tied if f.name == "bis_tenant_requests"
+            for s in f.samples} == {"a", "other"}

@@ -1,0 +1,73 @@
+"""What async jobs spend, charged where they run: the endpoint worker's job consumer.
+
+A job's request was charged (and its rate limits taken) when it was submitted, at the
+gateway. Its units are known only once it has run, in an endpoint worker: the worker's
+job consumer takes ``USAGE`` out of the stored result and hands the run to its
+:class:`JobLedger`. The ledger writes to the tenants store itself, with the store's
+address from the server's spec (never from the environment, which endpoint code
+shares): the units go to the key's quota counter at once when the key's quota is in
+units, and the run is metered per tenant and endpoint in batches, like the front's
+requests.
+
+The job has run by then: there is nothing left to refuse. When the store does not
+answer, charges and counts stay in memory and are written at the next try.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+from ..queues.base import Job
+from . import TenantsSpec
+from .metering import FLUSH_EVERY, Meter
+from .store import KeyStore, StoreDown, open_store
+from .usage import period
+
+log = logging.getLogger(__name__)
+
+
+class JobLedger:
+    """Charges and meters the jobs one consumer runs (used from its thread only)."""
+
+    def __init__(self, spec: TenantsSpec) -> None:
+        self.store: KeyStore = open_store(spec.redis, spec.db)
+        self.meter = Meter()
+        self.charges: list[tuple[str, float, float]] = []  # key id, units, when
+        self._due: float | None = None  # when the meter's batch is to be written
+
+    def ran(self, job: Job, status: int, units: float, seconds: float) -> None:
+        """A job finished (``status`` of its last run): meter it, charge its units."""
+        if job.key_id is None or job.tenant is None:
+            return  # submitted without a key: no tenant to charge
+        self.meter.record(job.tenant, job.endpoint, status, units, seconds)
+        if self._due is None:
+            self._due = time.monotonic() + FLUSH_EVERY
+        if status == 200 and units:
+            self.charges.append((job.key_id, units, time.time()))
+        self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Write the charges waiting, and the meter's batch once due (``final``: now)."""
+        try:
+            while self.charges:
+                self._charge(*self.charges[0])
+                self.charges.pop(0)
+            if self._due is not None and (final or time.monotonic() >= self._due):
+                rows = self.meter.take()
+                try:
+                    self.store.meter_now(rows)
+                except BaseException:
+                    self.meter.restore(rows)
+                    raise
+                self._due = None
+        except (StoreDown, sqlite3.Error) as exc:
+            log.warning("the tenants store did not take the jobs' usage (%s); kept for the "
+                        "next try", exc)
+
+    def _charge(self, key_id: str, units: float, when: float) -> None:
+        key = self.store.get(key_id)
+        if key is None or key.quota is None or key.quota.unit != "units":
+            return  # a requests quota was charged at submit
+        self.store.charge_now(key_id, period(key.quota.per, when)[0], units)
