@@ -202,7 +202,7 @@ class Front:
         except ServingError as err:
             if isinstance(err, NotFound):
                 label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
-            metrics.REQUESTS.labels(label, version or "", str(err.status)).inc()
+            metrics.count_request(label, version, err.status)
             if req.key is not None:
                 self.gate.record(req.key, label, err.status, 0.0,  # type: ignore[union-attr]
                                  time.perf_counter() - started)
@@ -289,8 +289,8 @@ class Front:
                   units: float, elapsed: float) -> Answer:
         """Count, meter and log a forwarded answer, then pass it through (saying which
         version served it)."""
-        metrics.REQUESTS.labels(label, version or "", str(resp.status)).inc()
-        metrics.LATENCY.labels(label, version or "").observe(elapsed)
+        metrics.count_request(label, version, resp.status)
+        metrics.time_request(label, version, elapsed)
         if req.key is not None:
             self.gate.record(req.key, label, resp.status, units, elapsed)  # type: ignore[union-attr]
         if self.spec.access_log:
@@ -340,7 +340,7 @@ class Front:
             for header, value in req.headers:
                 if header == b"x-customer-id":
                     head += b"X-Customer-ID: " + value + b"\r\n"
-        gauge = metrics.IN_FLIGHT.labels(name)
+        gauge = metrics.in_flight(name)
         gauge.inc()
         self.board.add(key, 1)
         try:
@@ -423,8 +423,8 @@ class Front:
             status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
                                                        customer, key.id if key else None)
         except ServingError as err:
-            metrics.REQUESTS.labels("unknown" if isinstance(err, NotFound) else label, "",
-                                    str(err.status)).inc()
+            metrics.count_request("unknown" if isinstance(err, NotFound) else label, None,
+                                  err.status)
             return error_answer(err, self.meta())
         return Answer(status, headers, answer)
 

@@ -112,7 +112,7 @@ class JobsFront:
             raise QueueFull(f"the job queue of {name} holds {max_depth} jobs (MAX_QUEUE_DEPTH); "
                             "try again later", retry_after=1, SIGNATURE=name,
                             MAX_QUEUE_DEPTH=max_depth)
-        metrics.REQUESTS.labels(name, "", "202").inc()
+        metrics.count_request(name, None, 202)
         location = f"/jobs/{job.id}"
         answer = protocol.dumps({"JOB_ID": job.id, "STATUS": QUEUED, "SIGNATURE": name,
                                  "STATUS_URL": location, **meta})

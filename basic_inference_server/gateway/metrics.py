@@ -39,6 +39,33 @@ LATENCY = Histogram("bis_request_seconds", "/run latency through the gateway",
 IN_FLIGHT = Gauge("bis_in_flight", "/run requests being served", ["endpoint"],
                   multiprocess_mode="livesum")
 
+# Children of the request metrics by label values: labels() costs microseconds a call,
+# and the values are bounded (route names, "unknown", "-"; statuses).
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
+def count_request(endpoint: str, version: str | None, status: int) -> None:
+    """One answer to a ``/run`` (or a job submission): ``bis_requests_total``."""
+    _child(REQUESTS, endpoint, version or "", str(status)).inc()
+
+
+def time_request(endpoint: str, version: str | None, seconds: float) -> None:
+    """``bis_request_seconds`` of one forwarded ``/run``."""
+    _child(LATENCY, endpoint, version or "").observe(seconds)
+
+
+def in_flight(endpoint: str) -> Any:
+    """The ``bis_in_flight`` gauge of an endpoint (inc when forwarding, dec after)."""
+    return _child(IN_FLIGHT, endpoint)
+
 
 GB = 1024 ** 3
 

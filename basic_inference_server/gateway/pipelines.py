@@ -74,10 +74,10 @@ class PipelineRun:
             version = split_target(target)[1]
             resp = await self.front.dispatch(target, raw, self.req)
         except ServingError as err:
-            metrics.REQUESTS.labels(label, version or "", str(err.status)).inc()
+            metrics.count_request(label, version, err.status)
             return err.status, err.to_dict()
-        metrics.REQUESTS.labels(label, version or "", str(resp.status)).inc()
-        metrics.LATENCY.labels(label, version or "").observe(time.perf_counter() - started)
+        metrics.count_request(label, version, resp.status)
+        metrics.time_request(label, version, time.perf_counter() - started)
         self.front._mirror(label, version, raw, self.req, resp)
         status, answer = _answer_of(resp)
         units = answer.pop("USAGE", None) if status == 200 else None
