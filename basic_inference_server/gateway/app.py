@@ -224,6 +224,9 @@ class Front:
         """Send a request to the route ``target`` through its breaker, recording its
         outcome (breaker, rollout stats): a ``/run``, a pipeline's step, a shadow's copy."""
         route = await self._resolve(target)
+        if route.get("breaker") is None and route.get("version") is None:
+            # Nothing judges this target (no breaker, no rollout): no bookkeeping to pay.
+            return await self._forward(route, target, raw, req)
         with self.traffic.guard(target, route) as outcome:
             resp = await self._forward(route, target, raw, req)
             outcome.status = resp.status
