@@ -200,6 +200,10 @@ class Connection(asyncio.Protocol):
         the transport never holds a copy of the whole body.
         """
         assert self.transport is not None
+        if not self.open or self.transport.is_closing():
+            # Closed (its worker died, the server dropped it) before a byte of this
+            # request went out: it never ran.
+            raise _Reset()
         self.resp = UpstreamResponse()
         self.chunks = []
         self.received = False

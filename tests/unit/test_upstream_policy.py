@@ -121,3 +121,29 @@ def test_nothing_reachable_is_503(tmp_path):
     servers, err = asyncio.run(run(tmp_path, ["absent", "absent"], retry_on_crash=True))
     assert isinstance(err, Unavailable) and not isinstance(err, UpstreamDropped)
     assert "not accepting connections" in str(err)
+
+
+def test_a_connection_closed_before_the_request_is_written_never_runs_it(tmp_path):
+    """Its worker died between the connect (or the pool) and the write: the request is
+    handed to the next worker instead of failing with the transport's error."""
+
+    async def main() -> tuple[list[Server], object]:
+        servers = [Server(str(tmp_path / f"w{i}.sock"), "ok") for i in range(2)]
+        for s in servers:
+            await s.start()
+        upstream = Upstream()
+        upstream._by_load = lambda sockets: list(sockets)  # type: ignore[method-assign]
+        route = {"workers": [servers[0].path], "socket": servers[1].path, "timeout": 5}
+        first = await upstream.forward(route, "e", b"", b"{}")
+        pooled = upstream._idle[servers[0].path][-1]
+        pooled.transport.close()  # closed; the pool has not heard of it yet
+        pooled.open = True
+        second = await upstream.forward(route, "e", b"", b"{}")
+        upstream.close_idle(0)
+        for s in servers:
+            await s.stop()
+        return servers, (first, second)
+
+    servers, (first, second) = asyncio.run(main())
+    assert first.status == second.status == 200
+    assert sum(s.requests for s in servers) == 2
