@@ -196,7 +196,8 @@ class Front:
             version = split_target(target)[1]
             if req.key is not None:
                 slot, req.limits = await self.gate.admit(req.key, label)  # type: ignore[union-attr]
-                await self.gate.check_quota(req.key)  # type: ignore[union-attr]
+                if req.key.quota is not None:
+                    await self.gate.check_quota(req.key)  # type: ignore[union-attr]
             resp = await self.dispatch(target, raw, req)
             units = await self._charge(req, resp)
         except ServingError as err:
@@ -284,7 +285,7 @@ class Front:
         units = 0.0
         if self.gate is not None and b'"USAGE"' in resp.body:
             resp.body, units = strip_usage(resp.body)
-        if req.key is not None and resp.status == 200:
+        if req.key is not None and req.key.quota is not None and resp.status == 200:
             await self.gate.charge(req.key, units)  # type: ignore[union-attr]
         return units
 

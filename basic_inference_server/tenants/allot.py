@@ -1,12 +1,12 @@
-"""Tokens and concurrency slots a front process takes from Redis ahead of its requests.
+"""Tokens and concurrency slots a front process takes ahead of its requests.
 
-With ``TENANTS_REDIS`` a limited request would cost a Redis round trip: a round trip
-of latency and about 20 µs of the front's CPU however lean the client, over the 10 %
-the limits may cost. So while a bucket is far from empty a front process takes a few
-of its tokens at once, and serves the next requests of the key from them; slots
-likewise. What it holds is the bucket's and the key's, taken in Redis by the same
-atomic script: no key ever gets more than its limits, across any number of front
-processes and gateways.
+Taking a key's limits costs a lock in shared memory (SQLite store) or a Redis round
+trip (``TENANTS_REDIS``): on every request, more of the front's CPU than the 10 % the
+limits may cost. So while a bucket is far from empty a front process takes a few of
+its tokens at once, and serves the next requests of the key from them, with no lock
+and no round trip; slots likewise. What it holds is the bucket's and the key's, taken
+by the same atomic step as a single token: no key ever gets more than its limits,
+across any number of front processes and gateways.
 
 - A grant is one token, plus up to ``CHUNK - 1`` ahead while the bucket holds at
   least ``RESERVE`` times the grant. Near empty, grants are of one: the last tokens of
@@ -15,20 +15,22 @@ processes and gateways.
   (at most ``CHUNK - 1`` per bucket and process); a process gives back what it has not
   used after ``IDLE`` seconds without a request of that key.
 - A slot taken ahead returns to the process's pool when its request ends, while the
-  key had ``RESERVE`` times the grant free; else, and once idle, it goes back to Redis.
-  A pooled slot is used only in the first half of its lease.
+  key had ``RESERVE`` times the grant free; else, and once idle, it goes back to the
+  source. A pooled slot with a lease (Redis) is used only in the first half of it.
+
+Where the tokens come from is a :class:`Source`: :class:`.shared.SharedLimits` or
+:class:`.redis_limits.RedisSource`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .limits import LEASE, LUA, LUA_GIVE_BACK, Decision, Plan, decide, redis_args, slot_token
-from .resp import RespClient, RespError, bulks
+from .limits import Decision, Plan, StoreDown, decide, slot_token
 
 CHUNK = 16
 RESERVE = 8
@@ -42,7 +44,7 @@ class Held:
     rate: float
     burst: int
     tokens: int = 0
-    level: float = 0.0  # the bucket in Redis after the last grant (for RateLimit-*)
+    level: float = 0.0  # the bucket at the source after the last grant (for RateLimit-*)
     used: float = 0.0
 
 
@@ -58,16 +60,33 @@ class Pool:
 
 @dataclass
 class Ticket:
-    """What a request took here, and what it asks Redis for (0: nothing)."""
+    """What a request took here, and what it asks the source for (0: nothing)."""
 
     wants: list[int]
     slot_want: int
 
 
+class Source(Protocol):
+    """Where tokens and slots come from, atomically.
+
+    ``grant`` answers as :data:`.redis_limits.LUA` does: refused (0: allowed; the
+    1-based index of the bucket, or buckets + 1 for the slots), slots granted, slots
+    free, then per bucket its tokens before the call and the tokens granted. Errors are
+    :class:`.limits.StoreDown`.
+    """
+
+    lease: float  # how long a slot stays the process's (inf: until the process ends)
+
+    async def grant(self, plan: Plan, ticket: Ticket, name: str) -> Sequence[Any]: ...
+    async def give_back(self, bucket: str, held: Held) -> None: ...
+    async def drop_slots(self, slots: str, names: list[str]) -> None: ...
+
+
 class Holdings:
     """One front process's tokens and slots taken ahead (used on its event loop only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
         self.buckets: dict[str, Held] = {}
         self.pools: dict[str, Pool] = {}
 
@@ -88,7 +107,7 @@ class Holdings:
             pool = self.pools.get(plan.slots[0])
             while pool is not None and pool.free:
                 token = pool.free.pop()
-                if now - pool.leased[token] < LEASE / 2:
+                if now - pool.leased[token] < self.lease / 2:
                     plan.token, pool.used = token, now
                     break
                 del pool.leased[token]  # its lease lapses in Redis on its own
@@ -97,7 +116,8 @@ class Holdings:
         return Ticket(wants, slot_want)
 
     def unclaim(self, plan: Plan, ticket: Ticket) -> None:
-        """The request was refused, or Redis did not answer: give back what it took here."""
+        """The request was refused, or the source did not answer: give back what it
+        took here."""
         for (bid, _rate, _burst), want in zip(plan.buckets, ticket.wants, strict=True):
             if not want:
                 self.buckets[bid].tokens += 1
@@ -113,15 +133,15 @@ class Holdings:
             levels.append((held.level + held.tokens + 1, rate, burst))
         return decide(levels, 0, 1.0)
 
-    def granted(self, plan: Plan, ticket: Ticket, reply: list[object], base: str) -> Decision:
-        """Redis's answer (see :data:`.limits.LUA`): keep the grants, decide."""
-        refused = int(reply[0])  # type: ignore[call-overload]
+    def granted(self, plan: Plan, ticket: Ticket, reply: Sequence[Any], base: str) -> Decision:
+        """The source's answer: keep the grants, decide."""
+        refused = int(reply[0])
         now = time.monotonic()
         levels = []
         for i, ((bid, rate, burst), want) in enumerate(zip(plan.buckets, ticket.wants,
                                                            strict=True)):
-            level = float(reply[3 + 2 * i])  # type: ignore[arg-type]
-            grant = int(reply[4 + 2 * i])  # type: ignore[call-overload]
+            level = float(reply[3 + 2 * i])
+            grant = int(reply[4 + 2 * i])
             held = self.buckets.get(bid)
             if held is None:
                 held = self.buckets[bid] = Held(rate, burst)
@@ -135,7 +155,7 @@ class Holdings:
             self.unclaim(plan, ticket)
             return decide(levels, refused, 1.0)
         if ticket.slot_want and plan.slots:
-            grant = int(reply[1])  # type: ignore[call-overload]
+            grant = int(reply[1])
             pool = self.pools.setdefault(plan.slots[0], Pool())
             tokens = [f"{base}:{j}" for j in range(1, grant + 1)]
             pool.leased.update(dict.fromkeys(tokens, now))
@@ -145,7 +165,7 @@ class Holdings:
 
     def release(self, plan: Plan) -> bool:
         """A request ended: keep its slot for the next one (True), or give it back to
-        Redis (False)."""
+        the source (False)."""
         assert plan.slots is not None
         pool = self.pools.get(plan.slots[0])
         if pool is None or plan.token not in pool.leased:
@@ -157,8 +177,8 @@ class Holdings:
         return False
 
     def idle(self) -> tuple[list[tuple[str, Held]], list[tuple[str, list[str]]]]:
-        """What has not been used for ``IDLE`` seconds, taken out to go back to Redis:
-        tokens per bucket, and free slots per key."""
+        """What has not been used for ``IDLE`` seconds, taken out to go back to the
+        source: tokens per bucket, and free slots per key."""
         now = time.monotonic()
         tokens = [(bid, held) for bid, held in self.buckets.items() if now - held.used >= IDLE]
         for bid, _held in tokens:
@@ -178,70 +198,44 @@ class Holdings:
         return bool(self.buckets or self.pools)
 
 
-class RedisLimits:
-    """The limits of the request path in Redis, with what this process holds ahead.
+class Ahead:
+    """The limits of the request path: from what this process holds, else from the
+    source (which then grants a few ahead while it can)."""
 
-    Errors are the client's (:class:`.resp.RespError`, OSError, TimeoutError): the store
-    turns them into ``StoreDown``.
-    """
-
-    SCRIPT_SHA = hashlib.sha1(LUA.encode()).hexdigest()
-
-    def __init__(self, lean: RespClient, prefix: str) -> None:
-        self.lean = lean
-        self.prefix = prefix
-        self.held = Holdings()
-        # Per plan shape and wants: the script's call encoded, before and after the name.
-        self._commands: dict[Any, tuple[bytes, bytes]] = {}
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.held = Holdings(source.lease)
         self._sweep: asyncio.TimerHandle | None = None
 
-    def _command(self, plan: Plan, ticket: Ticket, name: str) -> bytes:
-        """The plan's EVALSHA, encoded. All of it but the slots' name is the same for
-        every request of a key to an endpoint: that part is encoded once."""
-        shape = (tuple(plan.buckets), plan.slots, tuple(ticket.wants), ticket.slot_want)
-        parts = self._commands.get(shape)
-        if parts is None:
-            keys, argv = redis_args(plan, self.prefix, ticket.wants, ticket.slot_want, name,
-                                    RESERVE)
-            args = ("EVALSHA", self.SCRIPT_SHA, len(keys), *keys, *argv)
-            at = 3 + len(keys) + 3  # the name's place (see redis_args)
-            parts = (b"*%d\r\n" % len(args) + bulks(args[:at]), bulks(args[at + 1:]))
-            if len(self._commands) >= 10000:
-                self._commands.clear()
-            self._commands[shape] = parts
-        return parts[0] + bulks((name,)) + parts[1]
-
-    async def take(self, plan: Plan) -> Decision:
-        """Take one token of each bucket and a slot: from what is held, else from Redis."""
+    def claim(self, plan: Plan) -> Decision | Ticket:
+        """The decision when what is held covers the request (no await); else the
+        ticket to :meth:`fetch` the rest with."""
         ticket = self.held.claim(plan)
-        self._sweep_later()
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(IDLE, self._swept)
         if not any(ticket.wants) and not ticket.slot_want:
             return self.held.local(plan)
+        return ticket
+
+    async def fetch(self, plan: Plan, ticket: Ticket) -> Decision:
+        """Ask the source for what the ticket misses (StoreDown: nothing is taken)."""
         name = slot_token()
         try:
-            try:
-                reply = await self.lean.call_encoded(self._command(plan, ticket, name))
-            except RespError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                # The first call on this server (or after SCRIPT FLUSH): send the script.
-                keys, argv = redis_args(plan, self.prefix, ticket.wants, ticket.slot_want,
-                                        name, RESERVE)
-                reply = await self.lean.call("EVAL", LUA, len(keys), *keys, *argv)
+            reply = await self.source.grant(plan, ticket, name)
         except BaseException:
             self.held.unclaim(plan, ticket)
             raise
         return self.held.granted(plan, ticket, reply, name)
 
-    async def release(self, plan: Plan) -> None:
-        """A request ended: its slot to this process's pool, or back to Redis (a command
-        not waited for)."""
-        if plan.slots and not self.held.release(plan):
-            await self.lean.send("ZREM", self.prefix + plan.slots[0], plan.token)
+    async def take(self, plan: Plan) -> Decision:
+        """Take one token of each bucket and a slot."""
+        got = self.claim(plan)
+        return got if isinstance(got, Decision) else await self.fetch(plan, got)
 
-    def _sweep_later(self) -> None:
-        if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(IDLE, self._swept)
+    async def release(self, plan: Plan) -> None:
+        """A request ended: its slot to this process's pool, or back to the source."""
+        if plan.slots and not self.held.release(plan):
+            await self.source.drop_slots(plan.slots[0], [plan.token])
 
     def _swept(self) -> None:
         self._sweep = None
@@ -249,15 +243,14 @@ class RedisLimits:
         if tokens or slots:
             asyncio.get_running_loop().create_task(self._give_back(tokens, slots))
         if self.held:
-            self._sweep_later()
+            self._sweep = asyncio.get_running_loop().call_later(IDLE, self._swept)
 
     async def _give_back(self, tokens: list[tuple[str, Held]],
                          slots: list[tuple[str, list[str]]]) -> None:
         try:
             for bid, held in tokens:
-                await self.lean.send("EVAL", LUA_GIVE_BACK, 1, self.prefix + "bucket:" + bid,
-                                     repr(held.rate), held.burst, held.tokens)
+                await self.source.give_back(bid, held)
             for key, names in slots:
-                await self.lean.send("ZREM", self.prefix + key, *names)
-        except (RespError, OSError):
+                await self.source.drop_slots(key, names)
+        except StoreDown:
             pass  # tokens come back as the bucket refills; slots' leases lapse

@@ -6,6 +6,10 @@ at most every ``CHECK_EVERY`` seconds: a revoked key is refused by every front
 process within that time (plus one store round trip), with no store call per request
 for the key itself.
 
+Rate limits are taken from what this process took ahead, and from the store only
+every few requests (:mod:`.allot`): most limited requests take no lock and make no
+round trip.
+
 When the store (Redis) does not answer, ``TENANTS_FAIL_OPEN`` decides: false (the
 default) answers 503; true serves keys already cached (a key never seen still gets
 503: it cannot be checked), takes limits from memory shared by this gateway's front
@@ -20,11 +24,12 @@ from typing import Any
 
 from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from . import TenantsSpec
+from .allot import Ahead, Ticket
 from .keys import ApiKey, digest, presented
-from .limits import Decision, Plan, RateLimited
+from .limits import Decision, Plan, RateLimited, StoreDown
 from .metering import FLUSH_EVERY, Meter
 from .shared import SharedLimits
-from .store import KeyStore, OffLoop, StoreDown, open_store
+from .store import KeyStore, OffLoop, open_store
 from .usage import exceeded, period
 
 CHECK_EVERY = 0.25
@@ -46,12 +51,18 @@ class TenantGate:
     def __init__(self, spec: TenantsSpec, off_loop: OffLoop, processes: int) -> None:
         self.spec = spec
         self.store: KeyStore = open_store(spec.redis, spec.db, off_loop, processes)
+        assert self.store.limits is not None
+        self.limits: Ahead = self.store.limits
         # Fail open: limits counted here, charges owed, while the store is down.
-        self.local = SharedLimits(processes) if spec.fail_open and spec.redis else None
+        self.shared = SharedLimits(processes) if spec.fail_open and spec.redis else None
+        self.local = Ahead(self.shared) if self.shared is not None else None
         self._owed: dict[tuple[str, str], float] = {}
         self.meter = Meter()
         self._flush_timer: asyncio.TimerHandle | None = None
         self._cache: dict[str, ApiKey | None] = {}
+        # Per key id and endpoint: its plan's buckets and slots (see _plan).
+        self._plans: dict[tuple[str, str], tuple[list[tuple[str, float, int]],
+                                                 tuple[str, int] | None]] = {}
         self._stamp: Any = object()
         self._checked = -1.0
 
@@ -67,8 +78,8 @@ class TenantGate:
     def claim_row(self, row: int) -> None:
         """In a new front process (see :meth:`.shared.SharedLimits.claim_row`)."""
         self.store.claim_row(row)
-        if self.local is not None:
-            self.local.claim_row(row)
+        if self.shared is not None:
+            self.shared.claim_row(row)
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ApiKey:
         """The request's key (401 without a valid one; 400 when it claims a customer)."""
@@ -86,6 +97,7 @@ class TenantGate:
             stamp = await self._guard(self.store.stamp(), lambda: self._stamp)
             if stamp != self._stamp:
                 self._cache.clear()
+                self._plans.clear()
                 self._stamp = stamp
         hashed = digest(given)
         try:
@@ -105,15 +117,11 @@ class TenantGate:
             raise Forbidden(f"this API key may not call {endpoint!r}", SIGNATURE=endpoint)
         if not key.limited:
             return None, None
-        buckets = [(key.id, key.limit.rate, key.limit.burst)] if key.limit else []
-        own = key.endpoint_limits.get(endpoint)
-        if own is not None:
-            buckets.append((key.id + ":" + endpoint, own.rate, own.burst))
-        plan = Plan(buckets, (key.id + ":slots", key.max_concurrent) if key.max_concurrent
-                    else None)
-        decision: Decision = await self._guard(self.store.take(plan), lambda: self._local(plan))
+        plan = self._plan(key, endpoint)
+        got = self.limits.claim(plan)
+        decision = got if isinstance(got, Decision) else await self._fetch(plan, got)
         if not decision.allowed:
-            which = ("MAX_CONCURRENT" if decision.refused_by > len(buckets)
+            which = ("MAX_CONCURRENT" if decision.refused_by > len(plan.buckets)
                      else "the endpoint's rate limit" if decision.refused_by == 2
                      else "the key's rate limit" if key.limit else "the endpoint's rate limit")
             raise RateLimited(f"this API key is over {which}; retry after "
@@ -121,18 +129,36 @@ class TenantGate:
                               SIGNATURE=endpoint)
         return (plan if plan.slots else None), decision
 
-    def _local(self, plan: Plan) -> Decision:
-        assert self.local is not None
-        plan.token = "local"
-        return self.local.take(plan)
+    def _plan(self, key: ApiKey, endpoint: str) -> Plan:
+        """What a request of ``key`` to ``endpoint`` takes (its parts kept per key)."""
+        parts = self._plans.get((key.id, endpoint))
+        if parts is None:
+            buckets = [(key.id, key.limit.rate, key.limit.burst)] if key.limit else []
+            own = key.endpoint_limits.get(endpoint)
+            if own is not None:
+                buckets.append((key.id + ":" + endpoint, own.rate, own.burst))
+            if len(self._plans) >= MAX_CACHED:
+                self._plans.clear()
+            parts = self._plans[(key.id, endpoint)] = (
+                buckets, (key.id + ":slots", key.max_concurrent) if key.max_concurrent else None)
+        return Plan(*parts)
+
+    async def _fetch(self, plan: Plan, ticket: Ticket) -> Decision:
+        """The rest of a plan from the store; from this gateway's memory while the store
+        is down and ``TENANTS_FAIL_OPEN`` is on."""
+        try:
+            return await self.limits.fetch(plan, ticket)
+        except StoreDown as exc:
+            if self.local is None:
+                raise Unavailable(f"the key store is not reachable: {exc}",
+                                  retry_after=1) from None
+            plan.local = True
+            return await self.local.take(plan)
 
     async def release(self, plan: Plan) -> None:
         """Give back a concurrency slot."""
-        if plan.token == "local" and self.local is not None:
-            self.local.release(plan)
-            return
         try:
-            await self.store.release(plan)
+            await (self.local if plan.local and self.local else self.limits).release(plan)
         except StoreDown:
             pass  # the slot's lease lapses on its own
 

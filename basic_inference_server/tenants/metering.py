@@ -6,8 +6,9 @@ billing pattern: one write per interval, not one per request), readable per UTC 
 through the admin API (JSON or CSV). What a front process counted in its last interval is lost if it is
 killed (at most ``FLUSH_EVERY`` seconds of metering; quotas are charged apart).
 
-Prometheus gets ``bis_tenant_requests_total`` and ``bis_tenant_units_total``. Each
-process counts with the real tenant (tenants exist only as keys an admin made, so the
+Prometheus gets ``bis_tenant_requests_total`` and ``bis_tenant_units_total``, added
+with each batch (a counter's increment costs a write to its metrics file: too much for
+every request). Each process counts with the real tenant (tenants exist only as keys an admin made, so the
 series a process keeps are bounded by the keys), and :class:`TopTenants` bounds what is
 exported: at scrape time, over every front process and endpoint worker, the
 ``TOP_TENANTS`` tenants with the most requests keep their name and the rest are summed
@@ -46,12 +47,14 @@ Row = tuple[str, str, str, float, float, float, float]  # tenant, endpoint, day,
 
 
 class Meter:
-    """One front process's counts since its last flush."""
+    """One process's counts since its last batch."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], list[float]] = {}
-        # Prometheus children per tenant, endpoint and status class: labels() is not free.
-        self._counters: dict[tuple[str, str, int], Any] = {}
+        # For Prometheus: requests per tenant, endpoint and status class; units per
+        # tenant and endpoint.
+        self._statuses: dict[tuple[str, str, int], int] = {}
+        self._units: dict[tuple[str, str], float] = {}
 
     def record(self, tenant: str, endpoint: str, status: int, units: float,
                latency: float) -> None:
@@ -64,23 +67,27 @@ class Meter:
             counts[1] += 1
         counts[2] += units
         counts[3] += latency
-        counter = self._counters.get((tenant, endpoint, status // 100))
-        if counter is None:
-            counter = self._counters[(tenant, endpoint, status // 100)] = \
-                TENANT_REQUESTS.labels(tenant, endpoint, f"{status // 100}xx")
-        counter.inc()
+        cls = (tenant, endpoint, status // 100)
+        self._statuses[cls] = self._statuses.get(cls, 0) + 1
         if units:
-            TENANT_UNITS.labels(tenant, endpoint).inc(units)
+            self._units[(tenant, endpoint)] = self._units.get((tenant, endpoint), 0.0) + units
 
     def take(self) -> list[Row]:
-        """The counts to write, as rows of today (UTC); the meter starts over."""
+        """The counts to write, as rows of today (UTC), once added to Prometheus; the
+        meter starts over."""
+        for (tenant, endpoint, cls), n in self._statuses.items():
+            TENANT_REQUESTS.labels(tenant, endpoint, f"{cls}xx").inc(n)
+        for (tenant, endpoint), units in self._units.items():
+            TENANT_UNITS.labels(tenant, endpoint).inc(units)
+        self._statuses, self._units = {}, {}
         day = time.strftime("%Y-%m-%d", time.gmtime())
         rows = [(t, e, day, *c) for (t, e), c in self.counts.items()]
         self.counts = {}
         return rows  # type: ignore[return-value]
 
     def restore(self, rows: list[Row]) -> None:
-        """Count again what :meth:`take` gave and could not be written (the next batch's)."""
+        """Count again what :meth:`take` gave and could not be written (the next batch's;
+        Prometheus has it already)."""
         for tenant, endpoint, _day, *counts in rows:
             into = self.counts.setdefault((tenant, endpoint), [0.0] * len(COLUMNS))
             for i, value in enumerate(counts):

@@ -12,17 +12,24 @@ bucket has refilled and whose key holds no concurrency slot carries no informati
 is reused. Concurrency slots are counted per front process (one row each, as the load
 board does): a process that dies has its row cleared when its successor starts.
 Bucket levels start full again when the gateway restarts.
+
+It grants as the Redis script does (:mod:`.redis_limits`), and front processes take
+from it ahead of their requests the same way (:mod:`.allot`): most requests take no
+lock at all.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import multiprocessing
 import time
+from typing import Any
 
 from ..errors import Unavailable
-from .limits import Decision, Plan, decide
+from .allot import RESERVE, Held, Ticket
+from .limits import Plan
 
 SLOTS = 1 << 16
 PROBES = 16
@@ -34,7 +41,10 @@ def slot_hash(name: str) -> int:
 
 
 class SharedLimits:
-    """Token buckets and concurrency counts of every key, shared by the front processes."""
+    """Token buckets and concurrency counts of every key, shared by the front processes:
+    the :class:`.allot.Source` of the SQLite store (and of Redis's fail-open mode)."""
+
+    lease = math.inf  # a slot is counted in its process's row until it dies
 
     def __init__(self, rows: int, slots: int = SLOTS) -> None:
         self.rows = max(1, rows)
@@ -59,8 +69,9 @@ class SharedLimits:
     def _held_total(self, index: int) -> int:
         return sum(self._held[r * self.slots + index] for r in range(self.rows))
 
-    def _entry(self, name: str, now: float) -> int:
-        """The entry of ``name`` (claimed if new); under the lock."""
+    def _entry(self, name: str, now: float, create: bool = True) -> int:
+        """The entry of ``name`` (claimed if new; -1 if new and not ``create``); under
+        the lock."""
         known = self._hashes.get(name)
         if known is None:
             if len(self._hashes) > SLOTS:
@@ -69,11 +80,12 @@ class SharedLimits:
         ident, hint = known
         if hint >= 0 and self._ids[hint] == ident:
             return hint
-        index = self._probe(ident, now)
-        self._hashes[name] = (ident, index)
+        index = self._probe(ident, now, create)
+        if index >= 0:
+            self._hashes[name] = (ident, index)
         return index
 
-    def _probe(self, ident: int, now: float) -> int:
+    def _probe(self, ident: int, now: float, create: bool) -> int:
         free = -1
         for probe in range(PROBES):
             index = (ident + probe) % self.slots
@@ -83,6 +95,8 @@ class SharedLimits:
             if free < 0 and (held == 0 or (self._full_at[index] <= now
                                            and not self._held_total(index))):
                 free = index
+        if not create:
+            return -1
         if free < 0:
             raise Unavailable("the gateway's rate-limit table is full; retry shortly",
                               retry_after=1)
@@ -92,40 +106,64 @@ class SharedLimits:
             self._held[r * self.slots + free] = 0
         return free
 
-    def take(self, plan: Plan) -> Decision:
+    def _level(self, index: int, rate: float, burst: int, now: float) -> float:
+        last = self._stamp[index]
+        return burst if last < 0 else min(burst, self._tokens[index] + max(0.0, now - last) * rate)
+
+    def _set(self, index: int, tokens: float, rate: float, burst: int, now: float) -> None:
+        self._tokens[index] = tokens
+        self._stamp[index] = now
+        self._full_at[index] = now + (burst - tokens) / rate
+
+    def grant_now(self, plan: Plan, ticket: Ticket) -> list[Any]:
+        """What the Redis script does (see :class:`.allot.Source`), under the lock."""
         now = time.time()
+        n = len(plan.buckets)
+        out: list[Any] = [0, 0, 0] + [0.0, 0] * n
         with self._lock:
             entries = [self._entry(bid, now) for bid, _rate, _burst in plan.buckets]
-            levels: list[tuple[float, float, int]] = []
-            refused = 0
+            levels = []
             for i, (index, (_bid, rate, burst)) in enumerate(zip(entries, plan.buckets,
-                                                                 strict=True), 1):
-                last = self._stamp[index]
-                tokens = burst if last < 0 else min(burst, self._tokens[index]
-                                                    + max(0.0, now - last) * rate)
-                levels.append((tokens, rate, burst))
-                if tokens < 1 and not refused:
-                    refused = i
-            slot = -1
-            if not refused and plan.slots:
+                                                                 strict=True)):
+                tokens = self._level(index, rate, burst, now)
+                levels.append(tokens)
+                out[3 + 2 * i] = tokens
+                if ticket.wants[i] and tokens < 1 and not out[0]:
+                    out[0] = i + 1
+            if out[0]:
+                return out
+            if ticket.slot_want and plan.slots:
                 slot = self._entry(plan.slots[0], now)
-                if self._held_total(slot) >= plan.slots[1]:
-                    refused = len(plan.buckets) + 1
-            if not refused:
-                if slot >= 0:
-                    self._held[self.row * self.slots + slot] += 1
-                    self._full_at[slot] = max(self._full_at[slot], now)
-                for index, (tokens, rate, burst) in zip(entries, levels, strict=True):
-                    self._tokens[index] = tokens - 1
-                    self._stamp[index] = now
-                    self._full_at[index] = now + (burst - tokens + 1) / rate
-        return decide(levels, refused, 1.0)
+                free = plan.slots[1] - self._held_total(slot)
+                out[2] = free
+                if free < 1:
+                    out[0] = n + 1
+                    return out
+                out[1] = max(1, min(ticket.slot_want, free // RESERVE))
+                self._held[self.row * self.slots + slot] += out[1]
+                self._full_at[slot] = max(self._full_at[slot], now)
+            for i, (index, (_bid, rate, burst)) in enumerate(zip(entries, plan.buckets,
+                                                                 strict=True)):
+                if ticket.wants[i]:
+                    out[4 + 2 * i] = max(1, min(ticket.wants[i], int(levels[i] // RESERVE)))
+                    self._set(index, levels[i] - out[4 + 2 * i], rate, burst, now)
+        return out
 
-    def release(self, plan: Plan) -> None:
-        if not plan.slots:
-            return
+    async def grant(self, plan: Plan, ticket: Ticket, name: str) -> list[Any]:
+        return self.grant_now(plan, ticket)
+
+    async def give_back(self, bucket: str, held: Held) -> None:
+        now = time.time()
         with self._lock:
-            slot = self._entry(plan.slots[0], time.time())
-            cell = self.row * self.slots + slot
-            if self._held[cell] > 0:
-                self._held[cell] -= 1
+            index = self._entry(bucket, now, create=False)
+            if index >= 0 and self._stamp[index] >= 0:
+                level = self._level(index, held.rate, held.burst, now)
+                self._set(index, min(held.burst, level + held.tokens), held.rate, held.burst,
+                          now)
+
+    async def drop_slots(self, slots: str, names: list[str]) -> None:
+        with self._lock:
+            index = self._entry(slots, time.time(), create=False)
+            if index >= 0:
+                cell = self.row * self.slots + index
+                self._held[cell] = max(0, self._held[cell] - len(names))

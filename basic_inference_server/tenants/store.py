@@ -2,8 +2,10 @@
 
 Both stores offer the same calls. The admin API's (create, list, revoke, rotate) are
 blocking: they run in the front's thread pool. The request path's (``find``,
-``stamp``, ``take``, ``release``) are coroutines: Redis through :mod:`.resp`, SQLite
-in the pool, so the event loop never waits on either. ``redis-py`` (the ``redis``
+``stamp``, ``spent``, ``charge``, ``meter``) are coroutines: Redis through
+:mod:`.resp`, SQLite in the pool, so the event loop never waits on either. Rate limits
+are each store's ``limits`` (:class:`.allot.Ahead`): memory shared by the front
+processes for SQLite, a Lua script for Redis. ``redis-py`` (the ``redis``
 extra) is imported only when a Redis store is used.
 
 ``stamp`` changes whenever a key does: the front caches keys in memory and drops its
@@ -28,10 +30,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..privfiles import create_private, write_private
-from .allot import RedisLimits
+from .allot import Ahead
 from .keys import ApiKey
-from .limits import Decision, Plan
+from .limits import StoreDown
 from .metering import COLUMNS, Row
+from .redis_limits import RedisSource
 from .resp import RespClient, RespError
 from .shared import SharedLimits
 
@@ -41,11 +44,12 @@ if TYPE_CHECKING:
 OffLoop = Callable[..., Awaitable[Any]]
 
 
-class StoreDown(Exception):
-    """The store did not answer (Redis unreachable)."""
+__all__ = ["KeyStore", "OffLoop", "StoreDown", "open_store"]
 
 
 class KeyStore(Protocol):
+    limits: Ahead | None  # the request path's rate limits (None: a store that only charges)
+
     def claim_row(self, row: int) -> None: ...
     def add(self, key: ApiKey) -> None: ...
     def get(self, key_id: str) -> ApiKey | None: ...
@@ -53,8 +57,6 @@ class KeyStore(Protocol):
     def save(self, key: ApiKey) -> None: ...
     async def find(self, digest: str) -> ApiKey | None: ...
     async def stamp(self) -> Any: ...
-    async def take(self, plan: Plan) -> Decision: ...
-    async def release(self, plan: Plan) -> None: ...
     async def spent(self, key_id: str, period: str) -> float: ...
     async def charge(self, key_id: str, period: str, amount: float) -> None: ...
     async def meter(self, rows: list[Row]) -> None: ...
@@ -83,12 +85,13 @@ class SqliteStore:
         self.path = str(path)
         self.stamp_path = self.path + ".stamp"
         self.off_loop = off_loop
-        self.limits = limits
+        self.shared = limits
+        self.limits = Ahead(limits) if limits is not None else None
         self._local = threading.local()
 
     def claim_row(self, row: int) -> None:
-        if self.limits is not None:
-            self.limits.claim_row(row)
+        if self.shared is not None:
+            self.shared.claim_row(row)
 
     async def _pooled(self, func: Callable[..., Any], *args: Any) -> Any:
         assert self.off_loop is not None
@@ -144,14 +147,6 @@ class SqliteStore:
             return None
         return (info.st_ino, info.st_mtime_ns)
 
-    async def take(self, plan: Plan) -> Decision:
-        assert self.limits is not None
-        return self.limits.take(plan)
-
-    async def release(self, plan: Plan) -> None:
-        assert self.limits is not None
-        self.limits.release(plan)
-
     def _spent(self, key_id: str, period: str) -> float:
         row = self.conn().execute("SELECT spent FROM usage WHERE key_id = ? AND period = ?",
                                   (key_id, period)).fetchone()
@@ -204,7 +199,7 @@ class RedisStore:
     """Keys and buckets in Redis, shared by every gateway that names the same server.
 
     The request path's calls go through :class:`.resp.RespClient` (one pipelined
-    connection per front process), its limits through :class:`.allot.RedisLimits`
+    connection per front process), its limits through :class:`.redis_limits.RedisSource`
     (tokens and slots taken ahead); the admin API's and the job ledger's through
     ``redis-py``.
     """
@@ -214,7 +209,7 @@ class RedisStore:
         self.prefix = prefix
         self._sync: redis.Redis | None = None
         self.lean = RespClient(url, timeout=2, connect_timeout=1)
-        self.limits = RedisLimits(self.lean, prefix)
+        self.limits: Ahead | None = Ahead(RedisSource(self.lean, prefix))
 
     def claim_row(self, row: int) -> None:
         """Nothing per process: slots are leases in Redis."""
@@ -277,12 +272,6 @@ class RedisStore:
     async def stamp(self) -> Any:
         return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
-    async def take(self, plan: Plan) -> Decision:
-        try:  # (not through _acall: one coroutine less on every request)
-            return await self.limits.take(plan)
-        except (RespError, OSError) as exc:
-            raise StoreDown(str(exc) or type(exc).__name__) from None
-
     async def spent(self, key_id: str, period: str) -> float:
         found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + key_id, period))
         return float(found) if found else 0.0
@@ -325,9 +314,6 @@ class RedisStore:
                                                        "day": day, **dict.fromkeys(COLUMNS, 0.0)})
             row[column] = float(value)
         return [rows[k] for k in sorted(rows)]
-
-    async def release(self, plan: Plan) -> None:
-        await self._acall(self.limits.release(plan))
 
 
 def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = None,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 
 import orjson
 import pytest
 
 from basic_inference_server.errors import BadRequest
+from basic_inference_server.tenants.allot import Ahead
 from basic_inference_server.tenants.keys import digest, key_from_request, presented
 from basic_inference_server.tenants.limits import Plan
 from basic_inference_server.tenants.shared import SharedLimits
@@ -32,9 +34,12 @@ def test_usage_is_stripped_and_only_numbers_count():
 
 
 def test_bucket_refuses_past_burst_and_reports_headers():
-    limits = SharedLimits(rows=2, slots=64)
-    plan = Plan([("k", 1 / 60, 3)])
-    decisions = [limits.take(plan) for _ in range(4)]
+    limits = Ahead(SharedLimits(rows=2, slots=64))
+
+    async def run():
+        return [await limits.take(Plan([("k", 1 / 60, 3)])) for _ in range(4)]
+
+    decisions = asyncio.run(run())
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert decisions[0].headers() == [("RateLimit-Limit", "3"), ("RateLimit-Remaining", "2"),
                                       ("RateLimit-Reset", "60")]
@@ -42,14 +47,19 @@ def test_bucket_refuses_past_burst_and_reports_headers():
 
 
 def test_slots_come_back_and_a_new_process_clears_its_row():
-    limits = SharedLimits(rows=2, slots=64)
-    plan = Plan([], ("k:slots", 2))
-    assert limits.take(plan).allowed and limits.take(plan).allowed
-    assert not limits.take(plan).allowed
-    limits.release(plan)
-    assert limits.take(plan).allowed
-    limits.claim_row(0)  # the process holding them died; its successor starts
-    assert limits.take(plan).allowed
+    shared = SharedLimits(rows=2, slots=64)
+    limits = Ahead(shared)
+
+    async def run():
+        first, second, third = (Plan([], ("k:slots", 2)) for _ in range(3))
+        assert (await limits.take(first)).allowed and (await limits.take(second)).allowed
+        assert not (await limits.take(third)).allowed
+        await limits.release(first)
+        assert (await limits.take(Plan([], ("k:slots", 2)))).allowed
+        shared.claim_row(0)  # the process holding them died; its successor starts
+        assert (await Ahead(shared).take(Plan([], ("k:slots", 2)))).allowed
+
+    asyncio.run(run())
 
 
 def test_keys_are_random_and_presented_either_way():
