@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What API keys and rate limits cost per request, against keys off, in one run.
 
-    python bench/bench_tenants.py [--modes off,keys,limits] [--rounds 5] [--duration 6] \\
+    python bench/bench_tenants.py [--modes off,keys,limits] [--rounds 11] [--duration 4] \\
         [--conc 16] [--redis redis://127.0.0.1:PORT/0] [--json out.json]
 
 Modes: ``off`` (API_KEYS false: the baseline), ``keys`` (API_KEYS on, a key without
@@ -9,11 +9,13 @@ limits), ``limits`` (API_KEYS on, a key with a rate limit, an endpoint rate limi
 MAX_CONCURRENT, all far above the load: every request takes its tokens). With
 ``--redis`` the keys and limits live in that Redis (TENANTS_REDIS), else in SQLite.
 
-Each round starts this checkout's gateway once per mode (odd rounds in the given
-order, even rounds reversed) on the peer harness's ``noop`` endpoint, loads ``POST
-/run`` with wrk, and reads the CPU time of the whole process tree during the measured
-seconds. It prints CPU ms per request per mode and round, then the medians and each
-mode's ratio to ``off``. The issue's bar: ``limits`` / ``off`` <= 1.10.
+It starts this checkout's gateway once per mode, all at once, on the peer harness's
+``noop`` endpoint. Each round then loads each gateway in turn (odd rounds in the given
+order, even rounds reversed) with wrk on ``POST /run``, and reads the CPU time of its
+whole process tree during the measured seconds: the modes of one round are measured
+seconds apart, so the machine's drift over minutes moves them together. It prints CPU
+ms per request per mode and round, then the medians, each mode's ratio to ``off``, and
+the median of the rounds' own ratios (``paired``). The bar: ``limits`` / ``off`` <= 1.10.
 
 On a busy machine the whole-tree figures move by more than the 10 % being judged, so
 the script also times the added work alone, in this process: the front's key check
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -102,33 +105,38 @@ def wait_ready(port: int, key: str | None) -> None:
     raise RuntimeError(f"gateway on {port} not ready")
 
 
-def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as cache:
-        proc = start(mode, args, port, cache)
-        try:
-            key = make_key(mode, port)
-            wait_ready(port, key)
-            with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-                fh.write(LUA % (f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""))
-            try:
-                wrk(port, args.conc, args.warmup, fh.name)
-                before = cpu_by_role(proc.pid)
-                result = wrk(port, args.conc, args.duration, fh.name)
-                after = cpu_by_role(proc.pid)
-            finally:
-                os.unlink(fh.name)
-        finally:
-            stop(proc)
-    n = max(1, result["requests"])
-    roles = {k: (after[k] - before.get(k, 0.0)) * 1000 / n for k in after}
-    out = {"rps": result["rps"], "p50_ms": result["p50_ms"], "errors": result["errors"],
-           "cpu_ms": sum(roles.values()), "front_ms": roles.get("front worker", 0.0),
-           "server_ms": roles.get("server worker", 0.0)}
-    print(f"  {mode:>7} {out['rps']:8.0f} req/s  p50 {out['p50_ms']:6.3f} ms  "
-          f"CPU {out['cpu_ms']:.4f} ms/req (front workers {out['front_ms']:.4f}, server "
-          f"workers {out['server_ms']:.4f})  non-2xx {out['errors']}", flush=True)
-    return out
+class Gateway:
+    """One mode's gateway, started once for the whole run, with its key and wrk script."""
+
+    def __init__(self, mode: str, args: argparse.Namespace, cache: str) -> None:
+        self.mode = mode
+        self.port = free_port()
+        self.proc = start(mode, args, self.port, cache)
+        key = make_key(mode, self.port)
+        wait_ready(self.port, key)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+            fh.write(LUA % (f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""))
+        self.lua = fh.name
+
+    def burst(self, args: argparse.Namespace) -> dict[str, float]:
+        """Load it: a warm-up, then ``args.duration`` seconds measured."""
+        wrk(self.port, args.conc, args.warmup, self.lua)
+        before = cpu_by_role(self.proc.pid)
+        result = wrk(self.port, args.conc, args.duration, self.lua)
+        after = cpu_by_role(self.proc.pid)
+        n = max(1, result["requests"])
+        roles = {k: (after[k] - before.get(k, 0.0)) * 1000 / n for k in after}
+        out = {"rps": result["rps"], "p50_ms": result["p50_ms"], "errors": result["errors"],
+               "cpu_ms": sum(roles.values()), "front_ms": roles.get("front worker", 0.0),
+               "server_ms": roles.get("server worker", 0.0)}
+        print(f"  {self.mode:>7} {out['rps']:8.0f} req/s  p50 {out['p50_ms']:6.3f} ms  "
+              f"CPU {out['cpu_ms']:.4f} ms/req (front workers {out['front_ms']:.4f}, server "
+              f"workers {out['server_ms']:.4f})  non-2xx {out['errors']}", flush=True)
+        return out
+
+    def close(self) -> None:
+        os.unlink(self.lua)
+        stop(self.proc)
 
 
 async def _gate_cost(n: int, conc: int, redis_url: str | None) -> dict[str, float]:
@@ -172,18 +180,24 @@ def main() -> int:
     parser.add_argument("--modes", default="off,keys,limits")
     parser.add_argument("--app", type=Path, default=DEFAULT_APP)
     parser.add_argument("--redis", default=None, help="TENANTS_REDIS URL (default: SQLite)")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--duration", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--conc", type=int, default=16)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     modes = args.modes.split(",")
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-    for rnd in range(args.rounds):
-        print(f"round {rnd + 1}", flush=True)
-        for mode in (modes if rnd % 2 == 0 else modes[::-1]):
-            runs[mode].append(measure(mode, args))
+    with contextlib.ExitStack() as stack:
+        gateways = {}
+        for mode in modes:
+            cache = stack.enter_context(tempfile.TemporaryDirectory())
+            gateways[mode] = Gateway(mode, args, cache)
+            stack.callback(gateways[mode].close)
+        for rnd in range(args.rounds):
+            print(f"round {rnd + 1}", flush=True)
+            for mode in (modes if rnd % 2 == 0 else modes[::-1]):
+                runs[mode].append(gateways[mode].burst(args))
     print(f"\nmedians over {args.rounds} rounds (c={args.conc}, store "
           f"{'redis' if args.redis else 'sqlite'})")
     base = statistics.median(r["cpu_ms"] for r in runs[modes[0]])
@@ -192,10 +206,14 @@ def main() -> int:
         med = {k: statistics.median(r[k] for r in results)
                for k in ("rps", "p50_ms", "cpu_ms", "front_ms", "server_ms")}
         med["cpu_ratio"] = med["cpu_ms"] / base
+        # Each round's ratio to the first mode's burst of the same round (seconds apart).
+        med["paired_ratio"] = statistics.median(
+            r["cpu_ms"] / b["cpu_ms"] for r, b in zip(results, runs[modes[0]], strict=True))
         summary[mode] = med
         print(f"  {mode:>7} {med['rps']:8.0f} req/s  p50 {med['p50_ms']:6.3f} ms  "
-              f"CPU {med['cpu_ms']:.4f} ms/req  x{med['cpu_ratio']:.3f} of {modes[0]}  "
-              f"(front workers {med['front_ms']:.4f}, server workers {med['server_ms']:.4f})")
+              f"CPU {med['cpu_ms']:.4f} ms/req  x{med['cpu_ratio']:.3f} of {modes[0]}, "
+              f"paired x{med['paired_ratio']:.3f}  (front workers {med['front_ms']:.4f}, "
+              f"server workers {med['server_ms']:.4f})")
     costs = asyncio.run(_gate_cost(20000, args.conc, args.redis))
     print("\nthe added work alone, CPU per request (in this process)")
     for mode, micros in costs.items():

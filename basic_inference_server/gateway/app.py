@@ -105,6 +105,8 @@ class Front:
         tenants = TenantsSpec(**spec.tenants) if spec.tenants else None
         self.key_gate = TenantGate(tenants, self.off_loop, spec.workers) if tenants else None
         self.gate = self.key_gate if tenants and tenants.enabled else None
+        self._internal_auth = (b"Bearer " + spec.internal_token.encode()
+                               if spec.internal_token else b"")
         self.flask = build_management_app(self)
         self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
                              keepalive_timeout=spec.keepalive_timeout,
@@ -187,7 +189,8 @@ class Front:
         slot = None
         try:
             if self.gate is not None and not self._internal(req):
-                req.key = await self.gate.authenticate(req.headers)
+                req.key = self.gate.cached(req.headers) or await self.gate.authenticate(
+                    req.headers)
             if req.method == "POST" and _is_async(req.body):
                 return await self._submit(req)
             signature, raw = await self._target(req)
@@ -195,7 +198,8 @@ class Front:
             target = self._pick(signature, version, raw, req)
             version = split_target(target)[1]
             if req.key is not None:
-                slot, req.limits = await self.gate.admit(req.key, label)  # type: ignore[union-attr]
+                slot, req.limits = (self.gate.admit_held(req.key, label)  # type: ignore[union-attr]
+                                    or await self.gate.admit(req.key, label))  # type: ignore[union-attr]
                 if req.key.quota is not None:
                     await self.gate.check_quota(req.key)  # type: ignore[union-attr]
             resp = await self.dispatch(target, raw, req)
@@ -260,11 +264,10 @@ class Front:
         """A call of the job runner (the manager's internal credential): it needs no API
         key, the job's limits were taken when it was submitted, and it names the job's
         tenant with X-Customer-ID."""
-        token = self.spec.internal_token
-        if token:
+        if self._internal_auth:
             for header, value in req.headers:
                 if header == b"authorization":
-                    return hmac.compare_digest(value, b"Bearer " + token.encode())
+                    return hmac.compare_digest(value, self._internal_auth)
         return False
 
     async def _target(self, req: Request) -> tuple[str, bytes]:

@@ -25,6 +25,7 @@ Where the tokens come from is a :class:`Source`: :class:`.shared.SharedLimits` o
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,34 @@ class Holdings:
         self.lease = lease
         self.buckets: dict[str, Held] = {}
         self.pools: dict[str, Pool] = {}
+
+    def quick(self, plan: Plan) -> Decision | None:
+        """The decision when what is held covers the whole request (taken here); None,
+        with nothing taken, when it does not."""
+        helds = []
+        for bid, _rate, _burst in plan.buckets:
+            held = self.buckets.get(bid)
+            if held is None or held.tokens < 1:
+                return None
+            helds.append(held)
+        now = time.monotonic()
+        if plan.slots:
+            pool = self.pools.get(plan.slots[0])
+            if pool is None or not pool.free \
+                    or now - pool.leased[pool.free[-1]] >= self.lease / 2:
+                return None
+            plan.token, pool.used = pool.free.pop(), now
+        tightest = None
+        for held in helds:
+            held.tokens -= 1
+            held.used = now
+            if tightest is None or held.level + held.tokens < tightest.level + tightest.tokens:
+                tightest = held
+        if tightest is None:
+            return Decision(True, retry_after=1.0)
+        left = tightest.level + tightest.tokens
+        return Decision(True, 0, tightest.burst, max(0, math.floor(left)),
+                        (tightest.burst - left) / tightest.rate, 1.0)
 
     def claim(self, plan: Plan) -> Ticket:
         """Take what the request needs from what is held; say what is missing."""

@@ -42,15 +42,15 @@ def digest(secret: str | bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def presented(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The key a request presents: ``X-API-Key`` or ``Authorization: Bearer`` (None: none)."""
-    for name, value in headers:
-        if name == b"x-api-key":
-            return value.strip()
-        if name == b"authorization":
-            scheme, _, given = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return given.strip()
+def presented(name: bytes, value: bytes) -> bytes | None:
+    """The key a request header presents: ``X-API-Key``, or ``Authorization: Bearer``
+    (None: it presents none)."""
+    if name == b"x-api-key":
+        return value.strip()
+    if name == b"authorization":
+        scheme, _, given = value.partition(b" ")
+        if scheme.lower() == b"bearer":
+            return given.strip()
     return None
 
 

@@ -52,7 +52,7 @@ class Plan:
     local: bool = False  # taken from the gateway's own memory while Redis was down
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """The outcome, and the IETF draft's ``RateLimit-*`` numbers of the tightest bucket."""
 

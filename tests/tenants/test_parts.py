@@ -67,9 +67,10 @@ def test_keys_are_random_and_presented_either_way():
     other, second = key_from_request({"TENANT": "acme"})
     assert secret != second and key.hash == digest(secret) and key.id != other.id
     assert key.limit is not None and key.limit.rate == 2.0 and key.limit.burst == 2
-    assert presented([(b"x-api-key", b" k1 ")]) == b"k1"
-    assert presented([(b"authorization", b"Bearer k2")]) == b"k2"
-    assert presented([(b"authorization", b"Basic k3")]) is None
+    assert presented(b"x-api-key", b" k1 ") == b"k1"
+    assert presented(b"authorization", b"Bearer k2") == b"k2"
+    assert presented(b"authorization", b"Basic k3") is None
+    assert presented(b"host", b"Bearer k4") is None
     with pytest.raises(BadRequest):
         key_from_request({"TENANT": "acme", "ENDPOINT_LIMITS": {"x": {"RATE": 1, "EXTRA": 1}}})
     # A huge rate as text: its default burst stays within bounds (no 500).
