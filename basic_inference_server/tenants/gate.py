@@ -92,7 +92,7 @@ class TenantGate:
             if name == b"x-customer-id":
                 raise BadRequest("X-Customer-ID is set by the gateway from the API key; "
                                  "do not send it")
-            if given is None:
+            if given is None and (name == b"x-api-key" or name == b"authorization"):
                 given = presented(name, value)
         if not given:
             raise KeyRequired("this gateway needs an API key: 'Authorization: Bearer <key>' "
@@ -190,6 +190,11 @@ class TenantGate:
                                   retry_after=1) from None
             plan.local = True
             return await self.local.take(plan)
+
+    def release_held(self, plan: Plan) -> bool:
+        """Keep a concurrency slot for this process's next request when it may (True,
+        no await); else :meth:`release` gives it back."""
+        return not plan.local and self.limits.held.release(plan)
 
     async def release(self, plan: Plan) -> None:
         """Give back a concurrency slot."""

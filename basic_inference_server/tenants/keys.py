@@ -14,6 +14,7 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..config import is_name
@@ -86,7 +87,7 @@ class ApiKey:
     def allows(self, endpoint: str) -> bool:
         return not self.endpoints or endpoint in self.endpoints
 
-    @property
+    @cached_property
     def limited(self) -> bool:
         return bool(self.limit or self.endpoint_limits or self.max_concurrent)
 
