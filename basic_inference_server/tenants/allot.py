@@ -38,7 +38,7 @@ RESERVE = 8
 IDLE = 0.2
 
 
-@dataclass
+@dataclass(slots=True)
 class Held:
     """Tokens of one bucket this process took ahead."""
 
@@ -49,7 +49,7 @@ class Held:
     used: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Pool:
     """Slots of one key this process holds: each slot's token and when it was granted."""
 
@@ -59,7 +59,7 @@ class Pool:
     used: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Ticket:
     """What a request took here, and what it asks the source for (0: nothing)."""
 

@@ -42,7 +42,7 @@ class RateLimited(ServingError):
         return [*super().headers(), *self.decision.headers()]
 
 
-@dataclass
+@dataclass(slots=True)
 class Plan:
     """What one request takes: ``buckets`` as (id, rate, burst); a slot when ``slots``."""
 
