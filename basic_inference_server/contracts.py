@@ -124,4 +124,6 @@ class JobRunnerSpec:
     credential: str
     jobs: dict[str, Any]  # queues.JobsSpec
     threads: int = 4  # jobs of one endpoint run at once
+    # tenants.TenantsSpec, with API keys on: where the runner charges the jobs it runs.
+    tenants: dict[str, Any] | None = None
     stop_timeout: float = _default("STOP_TIMEOUT")

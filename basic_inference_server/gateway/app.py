@@ -284,9 +284,10 @@ class Front:
                                allow=("GET", "POST"))
 
     async def _charge(self, req: Request, resp: Any) -> float:
-        """Strip the endpoint's ``USAGE`` from the answer and charge it to the request's key."""
+        """Strip the endpoint's ``USAGE`` from the answer and charge it to the request's key.
+        The job runner's calls (no key) keep it: the runner charges the job's key."""
         units = 0.0
-        if self.gate is not None and b'"USAGE"' in resp.body:
+        if req.key is not None and b'"USAGE"' in resp.body:
             resp.body, units = strip_usage(resp.body)
         if req.key is not None and req.key.quota is not None and resp.status == 200:
             await self.gate.charge(req.key, units)  # type: ignore[union-attr]

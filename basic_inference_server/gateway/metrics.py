@@ -4,7 +4,8 @@ Request metrics are recorded by every front process into ``PROMETHEUS_MULTIPROC_
 (set by the manager) and merged at scrape time; the state of endpoints and workers,
 and the supervisor's latest health sample (memory, disk, GPUs, alerts), come from the
 manager when ``/metrics`` is scraped. The endpoint servers' workers (model manager
-metrics, their jobs' tenants) write to ``BIS_SERVER_METRICS_DIR``, merged the same way.
+metrics, their jobs' tenants) and the job runner (its jobs' tenants) write to
+``BIS_SERVER_METRICS_DIR``, merged the same way.
 """
 
 from __future__ import annotations

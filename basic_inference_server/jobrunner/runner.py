@@ -7,7 +7,9 @@ endpoints' jobs are its own, with their ``MAX_ATTEMPTS``, ``RETRY_BACKOFF``,
 at a time through the front; an endpoint that goes away has its threads finish the job
 in hand and stop. Retries, backoff and dead letters are the servers' own
 (:mod:`..queues.consumer`), except that a 429 is retried too: the job is run later, by
-then the step or version that asked to come back later may take it.
+then the step or version that asked to come back later may take it. With API keys on,
+each job's units (``USAGE``, which the front leaves in its answers to the runner) are
+charged to the job's key, and its run is metered for its tenant, as the servers do.
 
 SIGTERM stops claiming; jobs in hand finish within ``stop_timeout``. A job cut off by
 the end of the process is claimed again (at once on SQLite, after its visibility
@@ -28,6 +30,8 @@ from ..ipc import ControlUnavailable, control_call
 from ..queues import JobsSpec
 from ..queues.base import Job
 from ..queues.consumer import JobWorker, RetryPolicy
+from ..tenants import TenantsSpec
+from ..tenants.ledger import JobLedger
 from .front import FrontClient
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,8 @@ class EndpointJobs(JobWorker):
     def __init__(self, name: str, target: dict[str, Any], spec: JobRunnerSpec,
                  jobs: JobsSpec) -> None:
         super().__init__(name, self._through_front, jobs, RetryPolicy.of(target),
-                         retryable=worth_retrying)
+                         retryable=worth_retrying, ledger=JobLedger.of(
+                             TenantsSpec(**spec.tenants) if spec.tenants else None))
         self.timeout = float(target["TIMEOUT"])
         self.front = FrontClient(spec.front_url, spec.credential)
         self.thread = threading.Thread(target=self._serve, name=f"bis-jobs-{name}", daemon=True)

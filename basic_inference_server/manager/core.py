@@ -288,8 +288,10 @@ class Core:
     def _spawn_jobrunner(self) -> Child:
         url = front_url(self.host, self.port, bool(self.config["TLS_CERT"]))
         spec = jobrunner_spec(self.config, self.paths, self.jobs.to_dict(), url,
-                              self.internal_token)
-        return spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec)
+                              self.internal_token, tenants_spec(self.config, self.cache_dir))
+        # Its jobs' per-tenant counters are merged with the servers' at scrape time.
+        return spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec,
+                     env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
 
     def _spawn_server(self, ep: Endpoint) -> Child:
         spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict(),

@@ -70,9 +70,10 @@ def front_url(host: str, port: int, tls: bool) -> str:
 
 
 def jobrunner_spec(config: GatewayConfig, paths: Paths, jobs: dict[str, Any], url: str,
-                   credential: str) -> JobRunnerSpec:
+                   credential: str, tenants: dict[str, Any]) -> JobRunnerSpec:
     return JobRunnerSpec(control=paths.control, front_url=url, credential=credential,
-                         jobs=jobs, stop_timeout=config["STOP_TIMEOUT"])
+                         jobs=jobs, stop_timeout=config["STOP_TIMEOUT"],
+                         tenants=tenants if config["API_KEYS"] else None)
 
 
 def job_targets(endpoints: dict[str, Endpoint],

@@ -11,6 +11,10 @@ overwrites the same result, it never loses it.
 
 Backend connections are per thread (pika's are not thread-safe), so a job is claimed,
 run and acked on one thread.
+
+With API keys on, a :class:`Ledger` (:class:`..tenants.ledger.JobLedger`) takes the
+units a job reported (``USAGE``) out of its result before it is stored, and charges and
+meters each job's last run to its key and tenant.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..redact import mask_text, mask_url
 from . import JobQueue, JobsSpec, ResultStore, open_queue, open_results
@@ -38,6 +42,14 @@ BACKEND_PAUSE = 1.0
 
 # A job -> (HTTP status, its JSON answer); raises NotRun when it could not be started.
 Run = Callable[[Job], tuple[int, dict[str, Any]]]
+
+
+class Ledger(Protocol):
+    """Where the jobs' runs are charged (used from the consumer's thread only)."""
+
+    def take_units(self, result: dict[str, Any]) -> float: ...
+    def ran(self, job: Job, status: int, units: float, seconds: float) -> None: ...
+    def flush(self, final: bool = False) -> None: ...
 
 
 class NotRun(Exception):
@@ -74,12 +86,14 @@ class JobWorker:
     """Claims the jobs of ``endpoint`` and runs each with ``run``, on the calling thread."""
 
     def __init__(self, endpoint: str, run: Run, jobs: JobsSpec, policy: RetryPolicy, *,
-                 retryable: Callable[[int], bool] = server_error) -> None:
+                 retryable: Callable[[int], bool] = server_error,
+                 ledger: Ledger | None = None) -> None:
         self.endpoint = endpoint
         self.run = run
         self.jobs = jobs
         self.policy = policy
         self.retryable = retryable
+        self.ledger = ledger
         # host:pid, the form the SQLite backend recognises to free a dead consumer's claims.
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.stopping = threading.Event()
@@ -99,6 +113,8 @@ class JobWorker:
                  mask_url(self.jobs.queue.split("?")[0]))
         try:
             while not self.stopping.is_set():
+                if self.ledger is not None:
+                    self.ledger.flush()  # batched: a write at most every few seconds
                 try:
                     self.run_once()
                 except Exception:  # noqa: BLE001 - a backend hiccup must not end the loop
@@ -107,6 +123,8 @@ class JobWorker:
         finally:
             self.queue.close()
             self.results.close()
+            if self.ledger is not None:
+                self.ledger.flush(final=True)
 
     def claim(self, wait: float) -> Claim | None:
         assert self.queue is not None
@@ -153,6 +171,8 @@ class JobWorker:
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's error
             log.exception("%s: job %s failed outside the pipeline", self.endpoint, job.id)
             status, stored = 500, {"ERROR": f"{type(exc).__name__}: {exc}"}
+        # With API keys on, clients never see USAGE: in a result as in an answer.
+        units = self.ledger.take_units(stored) if self.ledger is not None else 0.0
         if not self.retryable(status):
             # ATTEMPTS again: a requeue may have reset the record while this ran.
             self.results.update(job.id, {"STATUS": DONE if status < 400 else FAILED,
@@ -160,14 +180,15 @@ class JobWorker:
                                          "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
                                 ttl=self.jobs.ttl)
             self.queue.ack(claim)
-            self.ended(job, status, time.perf_counter() - started)
+            self.ended(job, status, time.perf_counter() - started, units)
             return
         self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored, status,
                              time.perf_counter() - started)
 
-    def ended(self, job: Job, status: int, seconds: float) -> None:
-        """A job's last run is over (``status``: 500 for a dead letter): for subclasses
-        that account for it (the servers charge the job's tenant)."""
+    def ended(self, job: Job, status: int, seconds: float, units: float = 0.0) -> None:
+        """A job's last run is over (``status``: 500 for a dead letter): charge it."""
+        if self.ledger is not None:
+            self.ledger.ran(job, status, units if status == 200 else 0.0, seconds)
 
     def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None,
                         status: int = 500, seconds: float = 0.0) -> None:

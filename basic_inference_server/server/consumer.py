@@ -29,7 +29,6 @@ from ..queues import Job, JobsSpec
 from ..queues.consumer import CLAIM_WAIT, JobWorker, RetryPolicy
 from ..tenants import TenantsSpec
 from ..tenants.ledger import JobLedger
-from ..tenants.usage import take_usage
 from ..worker import FileOutput
 from .app import Outcome
 
@@ -55,11 +54,9 @@ class JobConsumer(JobWorker):
         batcher, which already runs the model on one thread: the gate would only keep
         requests from forming batches, so there is none. ``tenants``: with API keys on,
         where the runs are charged."""
-        super().__init__(endpoint, self._execute, jobs, RetryPolicy.of(settings))
+        super().__init__(endpoint, self._execute, jobs, RetryPolicy.of(settings),
+                         ledger=JobLedger.of(tenants))
         self.execute = execute
-        self.ledger = JobLedger(tenants) if tenants is not None and tenants.enabled else None
-        # The units the job in hand reported (one job at a time per consumer thread).
-        self._units = 0.0
         batching = int(settings.get("MAX_BATCH_SIZE") or 1) > 1
         self.gate: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if batching else threading.Lock())
@@ -73,22 +70,7 @@ class JobConsumer(JobWorker):
 
     def _execute(self, job: Job) -> tuple[int, dict[str, Any]]:
         status, answer, _headers = self.execute(dict(job.body), job.tenant)
-        stored = _storable(answer)
-        # With API keys on, clients never see USAGE: in a result as in an answer.
-        self._units = take_usage(stored) if self.ledger is not None else 0.0
-        return status, stored
-
-    def ended(self, job: Job, status: int, seconds: float) -> None:
-        if self.ledger is not None:
-            self.ledger.ran(job, status, self._units if status == 200 else 0.0, seconds)
-            self._units = 0.0
-
-    def serve(self) -> None:
-        try:
-            super().serve()
-        finally:
-            if self.ledger is not None:
-                self.ledger.flush(final=True)
+        return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------
     def guard(self, app: WSGIApp) -> WSGIApp:
@@ -128,8 +110,6 @@ class JobConsumer(JobWorker):
     def run_once(self, wait: float = CLAIM_WAIT) -> bool:
         """Claim one job when the worker is idle and run it; False when there was none."""
         assert self.queue is not None
-        if self.ledger is not None:
-            self.ledger.flush()  # batched: a write at most every few seconds
         if not self.idle.wait(wait):
             return False
         claim = self.claim(wait)

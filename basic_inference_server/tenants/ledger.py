@@ -1,9 +1,11 @@
-"""What async jobs spend, charged where they run: the endpoint worker's job consumer.
+"""What async jobs spend, charged where they run: an endpoint worker's job consumer, or
+the job runner (jobs of versioned, remote and pipeline endpoints).
 
 A job's request was charged (and its rate limits taken) when it was submitted, at the
-gateway. Its units are known only once it has run, in an endpoint worker: the worker's
-job consumer takes ``USAGE`` out of the stored result and hands the run to its
-:class:`JobLedger`. The ledger writes to the tenants store itself, with the store's
+gateway. Its units are known only once it has run: the consumer that ran it takes
+``USAGE`` out of the stored result and hands the run to its :class:`JobLedger`
+(:mod:`..queues.consumer`). The front leaves ``USAGE`` in its answers to the job
+runner, and only to it, for that. The ledger writes to the tenants store itself, with the store's
 address from the server's spec (never from the environment, which endpoint code
 shares): the units go to the key's quota counter at once when the key's quota is in
 units, and the run is metered per tenant and endpoint in batches, like the front's
@@ -18,18 +20,29 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from typing import Any
 
 from ..queues.base import Job
 from . import TenantsSpec
 from .metering import FLUSH_EVERY, Meter
 from .store import KeyStore, StoreDown, open_store
-from .usage import period
+from .usage import period, take_usage
 
 log = logging.getLogger(__name__)
 
 
 class JobLedger:
     """Charges and meters the jobs one consumer runs (used from its thread only)."""
+
+    @classmethod
+    def of(cls, spec: TenantsSpec | None) -> JobLedger | None:
+        """A ledger with API keys on; None without."""
+        return cls(spec) if spec is not None and spec.enabled else None
+
+    @staticmethod
+    def take_units(result: dict[str, Any]) -> float:
+        """Remove ``USAGE`` from a job's result; the units it reported."""
+        return take_usage(result)
 
     def __init__(self, spec: TenantsSpec) -> None:
         self.store: KeyStore = open_store(spec.redis, spec.db)

@@ -42,14 +42,19 @@ def finished(gw, key: str | None, job: str) -> dict:
     return dict(wait_until(read, timeout=30, message=f"job {job} finished"))
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_job_units_are_charged_and_metered_when_the_job_runs(store, gateways, tmp_path,
-                                                             request):
+# With VERSIONS, the job runner runs the jobs (through the front), not the servers.
+@pytest.mark.parametrize(("store", "versions"), [("sqlite", False), ("redis", False),
+                                                 ("sqlite", True)])
+def test_job_units_are_charged_and_metered_when_the_job_runs(store, versions, gateways,
+                                                             tmp_path, request):
     extra = {}
     if store == "redis":
         url = request.getfixturevalue("redis_url")
         extra["TENANTS_REDIS"] = f"{url}?prefix=bis-test-{os.urandom(4).hex()}"
-    config = keyed_config(CONFIG_ENDPOINTS={"metered": {"SERVER_CLASS": "metered"}}, **extra)
+    section = {"SERVER_CLASS": "metered"}
+    if versions:
+        section.update(VERSIONS={"v1": {}, "v2": {}}, TRAFFIC={"v1": 50, "v2": 50})
+    config = keyed_config(CONFIG_ENDPOINTS={"metered": section}, **extra)
     gw = ready(gateways(with_test_defaults(config), endpoints=endpoints_with_metered(tmp_path)))
     key = make_key(gw, QUOTA={"UNITS": 10, "PER": "day"})["KEY"]
     jobs = [submit(gw, key, "metered", n=4) for _ in range(3)]
@@ -112,8 +117,8 @@ def test_without_keys_jobs_run_with_the_client_customer(gateways):
 
 
 def test_the_store_password_reaches_consumers_in_their_spec_only(gateways, tmp_path):
-    """The consumer charges through a Redis with a password, read from a file: no
-    process of the tree has it on its command line or in its environment."""
+    """The consumer and the job runner charge through a Redis with a password, read from
+    a file: no process of the tree has it on its command line or in its environment."""
     password = "pw-" + os.urandom(8).hex()
     port = free_port()
     (tmp_path / "redis").mkdir()
@@ -126,17 +131,21 @@ def test_the_store_password_reaches_consumers_in_their_spec_only(gateways, tmp_p
     try:
         direct = redis.Redis.from_url(url_file.read_text().strip())
         service.wait_ready(direct.ping, timeout=30)
-        config = keyed_config(CONFIG_ENDPOINTS={"metered": {"SERVER_CLASS": "metered"}},
-                              TENANTS_REDIS=f"file:{url_file}")
+        # The versioned endpoint's jobs are the job runner's.
+        config = keyed_config(CONFIG_ENDPOINTS={
+            "metered": {"SERVER_CLASS": "metered"},
+            "versioned": {"SERVER_CLASS": "metered", "VERSIONS": {"v1": {}}}},
+            TENANTS_REDIS=f"file:{url_file}")
         gw = ready(gateways(with_test_defaults(config),
                             endpoints=endpoints_with_metered(tmp_path)))
         key = make_key(gw, QUOTA={"UNITS": 100, "PER": "day"})["KEY"]
         assert finished(gw, key, submit(gw, key, "metered", n=5))["STATUS"] == "done"
+        assert finished(gw, key, submit(gw, key, "versioned", n=2))["STATUS"] == "done"
 
         def spent():
             seen = assert_ok(requests.get(gw.url("/usage"), headers={"X-API-Key": key},
                                           timeout=10))
-            return seen["USAGE"]["SPENT"] == 5
+            return seen["USAGE"]["SPENT"] == 7
 
         wait_until(spent, timeout=10, message="the job's units are charged in Redis")
         for proc in gw.tree():
