@@ -50,48 +50,50 @@ class Meter:
     """One process's counts since its last batch."""
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], list[float]] = {}
-        # For Prometheus: requests per tenant, endpoint and status class; units per
-        # tenant and endpoint.
-        self._statuses: dict[tuple[str, str, int], int] = {}
-        self._units: dict[tuple[str, str], float] = {}
+        # Per tenant, endpoint and status class: requests, units, latency.
+        self.counts: dict[tuple[str, str, int], list[float]] = {}
+        # Rows taken and not written (the store did not answer): the next batch's.
+        self._carried: dict[tuple[str, str], list[float]] = {}
 
     def record(self, tenant: str, endpoint: str, status: int, units: float,
                latency: float) -> None:
         """Count one request."""
-        counts = self.counts.get((tenant, endpoint))
+        cell = (tenant, endpoint, status // 100)
+        counts = self.counts.get(cell)
         if counts is None:
-            counts = self.counts[(tenant, endpoint)] = [0.0, 0.0, 0.0, 0.0]
+            counts = self.counts[cell] = [0.0, 0.0, 0.0]
         counts[0] += 1
-        if status >= 400:
-            counts[1] += 1
-        counts[2] += units
-        counts[3] += latency
-        cls = (tenant, endpoint, status // 100)
-        self._statuses[cls] = self._statuses.get(cls, 0) + 1
-        if units:
-            self._units[(tenant, endpoint)] = self._units.get((tenant, endpoint), 0.0) + units
+        counts[1] += units
+        counts[2] += latency
 
     def take(self) -> list[Row]:
         """The counts to write, as rows of today (UTC), once added to Prometheus; the
         meter starts over."""
-        for (tenant, endpoint, cls), n in self._statuses.items():
+        rows, self._carried = self._carried, {}
+        for (tenant, endpoint, cls), (n, units, latency) in self.counts.items():
             TENANT_REQUESTS.labels(tenant, endpoint, f"{cls}xx").inc(n)
-        for (tenant, endpoint), units in self._units.items():
-            TENANT_UNITS.labels(tenant, endpoint).inc(units)
-        self._statuses, self._units = {}, {}
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        rows = [(t, e, day, *c) for (t, e), c in self.counts.items()]
+            if units:
+                TENANT_UNITS.labels(tenant, endpoint).inc(units)
+            row = rows.setdefault((tenant, endpoint), [0.0] * len(COLUMNS))
+            row[0] += n
+            row[1] += n if cls >= 4 else 0
+            row[2] += units
+            row[3] += latency
         self.counts = {}
-        return rows  # type: ignore[return-value]
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        return [(t, e, day, *c) for (t, e), c in rows.items()]  # type: ignore[misc]
 
     def restore(self, rows: list[Row]) -> None:
         """Count again what :meth:`take` gave and could not be written (the next batch's;
         Prometheus has it already)."""
         for tenant, endpoint, _day, *counts in rows:
-            into = self.counts.setdefault((tenant, endpoint), [0.0] * len(COLUMNS))
+            into = self._carried.setdefault((tenant, endpoint), [0.0] * len(COLUMNS))
             for i, value in enumerate(counts):
                 into[i] += value
+
+    def __bool__(self) -> bool:
+        """Whether anything is left to write."""
+        return bool(self.counts or self._carried)
 
 
 class TopTenants:

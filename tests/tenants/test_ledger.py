@@ -74,7 +74,7 @@ def test_charges_wait_in_memory_while_redis_is_down(tmp_path):
         service.stop()
         submit(consumer, "acme", key.id)
         assert consumer.run_once(wait=1)  # the job is done: it ran, whatever the store says
-        assert consumer.ledger.charges and consumer.ledger.meter.counts
+        assert consumer.ledger.charges and consumer.ledger.meter
         again = Service("redis", tmp_path / "r2")
         port = str(urlsplit(url).port)
         again.spawn(["redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
@@ -83,7 +83,7 @@ def test_charges_wait_in_memory_while_redis_is_down(tmp_path):
             again.wait_ready(lambda: store.client().ping(), timeout=30)
             store.add(key)  # nothing was persisted: the key is back, its counters are not
             consumer.ledger.flush(final=True)
-            assert not consumer.ledger.charges and not consumer.ledger.meter.counts
+            assert not consumer.ledger.charges and not consumer.ledger.meter
             day = period("day", time.time())[0]
             assert store.client().hget(f"bis:tenants:usage:{key.id}", day) == b"3"
             rows = store.metered(time.strftime("%Y-%m-%d", time.gmtime()))
