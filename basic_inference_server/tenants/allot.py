@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from .limits import Decision, Plan, StoreDown, decide, slot_token
 
-CHUNK = 16
+CHUNK = 32
 RESERVE = 8
 IDLE = 0.2
 
