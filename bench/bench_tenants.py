@@ -19,7 +19,8 @@ the median of the rounds' own ratios (``paired``). The bar: ``limits`` / ``off``
 
 On a busy machine the whole-tree figures move by more than the 10 % being judged, so
 the script also times the added work alone, in this process: the front's key check
-(``TenantGate.authenticate``) and limit step (``admit`` and ``release``) on the same
+(``TenantGate.cached``, else ``authenticate``) and limit step (``admit_held``, else
+``admit``; ``release_held``, else ``release``) on the same
 key shapes and the same store (SQLite and shared-memory limits, or the Redis of
 ``--redis``), from ``--conc`` concurrent callers, as CPU microseconds per request, and
 prints them against the ``off`` median of the same run. (Redis's own CPU is not
@@ -161,10 +162,12 @@ async def _gate_cost(n: int, conc: int, redis_url: str | None) -> dict[str, floa
             await gate.authenticate(headers)
 
             async def caller(count: int, headers: list[tuple[bytes, bytes]] = headers) -> None:
+                # The calls of the front's /run (gateway/app.py), in its order.
                 for _ in range(count):
-                    found = await gate.authenticate(headers)
-                    slot, decision = await gate.admit(found, "noop")
-                    if slot is not None:
+                    found = gate.cached(headers) or await gate.authenticate(headers)
+                    slot, decision = (gate.admit_held(found, "noop")
+                                      or await gate.admit(found, "noop"))
+                    if slot is not None and not gate.release_held(slot):
                         await gate.release(slot)
                     if decision is not None:
                         decision.headers()
