@@ -20,7 +20,7 @@ the median of the rounds' own ratios (``paired``). The bar: ``limits`` / ``off``
 On a busy machine the whole-tree figures move by more than the 10 % being judged, so
 the script also times the added work alone, in this process: the front's key check
 (``TenantGate.cached``, else ``authenticate``) and limit step (``admit_held``, else
-``admit``; ``release_held``, else ``release``) on the same
+``admit``; ``release_held``, else ``give_back``) on the same
 key shapes and the same store (SQLite and shared-memory limits, or the Redis of
 ``--redis``), from ``--conc`` concurrent callers, as CPU microseconds per request, and
 prints them against the ``off`` median of the same run. (Redis's own CPU is not
@@ -168,7 +168,7 @@ async def _gate_cost(n: int, conc: int, redis_url: str | None) -> dict[str, floa
                     slot, decision = (gate.admit_held(found, "noop")
                                       or await gate.admit(found, "noop"))
                     if slot is not None and not gate.release_held(slot):
-                        await gate.release(slot)
+                        await gate.give_back(slot)
                     if decision is not None:
                         decision.headers()
 

@@ -214,7 +214,7 @@ class Front:
             return error_answer(err, self.meta())
         finally:
             if slot is not None and not self.gate.release_held(slot):  # type: ignore[union-attr]
-                await self.gate.release(slot)  # type: ignore[union-attr]
+                await self.gate.give_back(slot)  # type: ignore[union-attr]
         self._mirror(label, version, raw, req, resp)
         return self._answered(req, resp, label, version, units, time.perf_counter() - started)
 

@@ -264,6 +264,11 @@ class Ahead:
     async def release(self, plan: Plan) -> None:
         """A request ended: its slot to this process's pool, or back to the source."""
         if plan.slots and not self.held.release(plan):
+            await self.drop(plan)
+
+    async def drop(self, plan: Plan) -> None:
+        """Return a request's slot to the source (not to this process's pool)."""
+        if plan.slots:
             await self.source.drop_slots(plan.slots[0], [plan.token])
 
     def _swept(self) -> None:

@@ -193,15 +193,23 @@ class TenantGate:
 
     def release_held(self, plan: Plan) -> bool:
         """Keep a concurrency slot for this process's next request when it may (True,
-        no await); else :meth:`release` gives it back."""
+        no await); else :meth:`give_back` returns it to the store."""
         return not plan.local and self.limits.held.release(plan)
 
-    async def release(self, plan: Plan) -> None:
-        """Give back a concurrency slot."""
+    async def give_back(self, plan: Plan) -> None:
+        """Return a concurrency slot that :meth:`release_held` did not keep."""
         try:
-            await (self.local if plan.local and self.local else self.limits).release(plan)
+            if plan.local and self.local is not None:
+                await self.local.release(plan)
+            else:
+                await self.limits.drop(plan)
         except StoreDown:
             pass  # the slot's lease lapses on its own
+
+    async def release(self, plan: Plan) -> None:
+        """Give back a concurrency slot: kept here when it may, else to the store."""
+        if not self.release_held(plan):
+            await self.give_back(plan)
 
     async def check_quota(self, key: ApiKey) -> None:
         """429 ``quota_exceeded`` once the key spent its quota for the period."""
