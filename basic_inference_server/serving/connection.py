@@ -1,4 +1,5 @@
-"""One client connection of the front: HTTP/1.1 parsed by ``httptools`` on the event loop.
+"""One client connection of the front and the endpoint servers: HTTP/1.1 parsed by
+``httptools`` on the event loop.
 
 Every read has a deadline: a request's headers within ``HEADER_TIMEOUT`` (of the
 connection for the first request, of its first byte for later ones), the body within
@@ -10,147 +11,83 @@ in order. Reading goes on while one is served, so a client that goes away is see
 once: its request is cancelled (an endpoint server drops it unless it already runs, the
 front frees its slot and closes the upstream connection). Reading pauses only when a
 pipelined request waits behind the one being served.
+
+Memory follows the bytes a client sends, never the ones it announces: a body's buffer
+doubles as its bytes come, up to its ``Content-Length``, and the bodies being received
+in one process share a budget (:class:`BodyBudget`; past it 503 ``overloaded``). A
+client that leaves its answers unread gets no further one served: past the transport's
+high-water mark the connection waits, and is dropped when ``send_timeout`` passes with
+nothing taken. At most :data:`PIPELINE_DEPTH` parsed requests wait behind the one
+served; the rest of a read stays unparsed, with reading paused, until they are answered.
+After a request that ends the connection (``Connection: close``, HTTP/1.0) the requests
+before it are answered and any further bytes are ignored.
+
+Paths are taken as sent, never decoded: one with a ``%`` escape, an empty, ``.`` or
+``..`` segment is refused (404), so routing and every check made on a path see one
+string.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import re
-import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, cast
-from urllib.parse import unquote
 
 import httptools
 
-from .. import protocol
-from ..errors import BadRequest, PayloadTooLarge, ServingError, TooManyConnections
+from ..errors import (
+    BadRequest,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+    TooManyConnections,
+)
+from .message import (
+    Answer,
+    BodyBudget,
+    Handler,
+    Limits,
+    Request,
+    call_wsgi,
+    canonical,
+    error_answer,
+    not_canonical,
+    status_line,
+)
+
+# The request and answer types live in .message; importable from here as well.
+__all__ = ["Answer", "BodyBudget", "Handler", "HttpConnection", "Limits", "Request",
+           "call_wsgi", "error_answer", "status_line"]
 
 log = logging.getLogger(__name__)
 
 # Larger headers than this are refused: nothing the API takes needs more.
 MAX_HEADER_BYTES = 64 * 1024
+# A body's buffer starts at this (or its Content-Length if smaller) and doubles. What a
+# buffer holds past it counts against the process's BodyBudget, so a small request is
+# never refused for the memory that large ones hold.
+SMALL_BODY = 64 * 1024
+# Parsed requests that may wait behind the one being served. A read is parsed in slices
+# of PARSE_SLICE bytes, so one read of tiny requests adds at most a slice's worth
+# (a request line takes 16 bytes or more) past the depth.
+PIPELINE_DEPTH = 16
+PARSE_SLICE = 4096
+# Answer bytes a connection may leave unsent before it stops serving (uvicorn's
+# HIGH_WATER_LIMIT); the transport resumes it under a quarter of this.
+HIGH_WATER = 64 * 1024
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-
-
-def status_line(status: int) -> bytes:
-    return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
-
-
-@dataclass
-class Limits:
-    """Deadlines and sizes every connection of the front obeys."""
-
-    header_timeout: float = 60.0
-    body_timeout: float = 60.0
-    keepalive_timeout: float = 30.0
-    max_body: int = 64 * 1024 * 1024
-    # Body limit of every route but the data path (management calls are small).
-    max_other_body: int = 1024 * 1024
-
-
-@dataclass
-class Request:
-    """One parsed request; ``head`` keeps the header lines worth passing upstream."""
-
-    method: str
-    path: str
-    query: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    request_id: str
-    keep_alive: bool
-    peer: tuple[str, int]
-    tls: bool = False
-    key: Any = None  # tenants.keys.ApiKey, with API_KEYS on
-    limits: Any = None  # tenants.limits.Decision: RateLimit-* headers of the answer
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-
-
-Handler = Callable[[Request], Awaitable[Answer]]
-
-
-def error_answer(err: ServingError, meta: dict[str, Any]) -> Answer:
-    return Answer(err.status, [("Content-Type", protocol.JSON), *err.headers()],
-                  protocol.error_body(err, meta))
-
-
-def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
-    """Run a WSGI app on one complete request (blocking: call it off the loop)."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": req.method,
-        "SCRIPT_NAME": "",
-        "PATH_INFO": unquote(req.path, "latin-1"),
-        "QUERY_STRING": req.query,
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "0",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": req.peer[0],
-        "REMOTE_PORT": str(req.peer[1]),
-        "CONTENT_LENGTH": str(len(req.body)),
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "https" if req.tls else "http",
-        "wsgi.input": io.BytesIO(req.body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-        "bis.request_id": req.request_id,
-        "bis.api_key": req.key,
-    }
-    for name, value in req.headers:
-        key = name.decode("latin-1").upper().replace("-", "_")
-        text = value.decode("latin-1")
-        if key == "CONTENT_TYPE":
-            environ["CONTENT_TYPE"] = text
-        elif key == "CONTENT_LENGTH":
-            continue
-        elif key == "HOST":
-            environ["HTTP_HOST"] = text
-            environ["SERVER_NAME"] = text.rsplit(":", 1)[0]
-        else:
-            http_key = "HTTP_" + key
-            environ[http_key] = f"{environ[http_key]},{text}" if http_key in environ else text
-    started: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        started[:] = [status, headers]
-        return lambda _data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    status = int(started[0].split(" ", 1)[0])
-    # HEAD: the app's Content-Length is the one of the body a GET would get.
-    skip = ("connection", "x-request-id") if req.method == "HEAD" else \
-        ("content-length", "connection", "x-request-id")
-    return Answer(status, [(k, v) for k, v in started[1] if k.lower() not in skip], body)
-
-
 class HttpConnection(asyncio.Protocol):
     """Parses requests, enforces deadlines and limits, writes answers in order."""
 
     def __init__(self, server: Any) -> None:
-        # server: the worker (limits, handler, meta, connection bookkeeping); see worker.py
+        # server: the worker (limits, body budget, handler, meta, connection bookkeeping);
+        # see worker.py
         self.server = server
         self.limits: Limits = server.limits
+        self.bodies: BodyBudget = server.bodies
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -161,11 +98,21 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self.task: asyncio.Task[None] | None = None
         self.closing = False
+        # False once no further request will be parsed: after one that ends the
+        # connection, or a refusal (whose answer waits in ``refusal`` behind the queue).
+        self.reading = True
+        self.refusal: tuple[ServingError, bytes] | None = None
+        # The unparsed rest of a read, while PIPELINE_DEPTH requests wait.
+        self.held: memoryview | None = None
+        self.write_paused = False
+        self.writable: asyncio.Future[None] | None = None
         # Parsing state of the request being read.
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.body = bytearray()
+        self.body: bytes | bytearray = b""
         self.size = 0
+        self.expected = -1  # its Content-Length; -1: none (chunked)
+        self.charged = 0  # bytes of its buffer reserved on the process's BodyBudget
         self.head_bytes = 0
         self.in_headers = False
         self.limit = 0
@@ -173,6 +120,7 @@ class HttpConnection(asyncio.Protocol):
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[union-attr]
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
         self.tls = transport.get_extra_info("sslcontext") is not None
@@ -184,6 +132,7 @@ class HttpConnection(asyncio.Protocol):
             # Closed after a moment, not at once: closing with the client's request unread
             # would reset the connection before the client reads the answer.
             self.closing = True
+            self.reading = False
             self.timer = self.loop.call_later(1.0, transport.close)
             return
         # As nginx: a new connection has HEADER_TIMEOUT to send its first request.
@@ -192,9 +141,21 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.closing = True
+        self.reading = False
+        self.held = None
+        self._release()
         if self.busy and self.task is not None:
             self.task.cancel()  # the client is gone: nobody would read the answer
         self.server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        # The transport holds HIGH_WATER unsent bytes: no further answer until it drains.
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -207,23 +168,59 @@ class HttpConnection(asyncio.Protocol):
 
     def _expired(self) -> None:
         # A missed read deadline (or an idle keep-alive connection): nginx closes too.
+        # A closed connection whose last answers were not taken in time is dropped.
         self.timer = None
-        self.close()
+        if self.closing and self.transport is not None:
+            self.transport.abort()
+        else:
+            self.close()
 
     def close(self) -> None:
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # The transport closes once the client took the rest, or at this deadline.
+                self._arm(self.limits.send_timeout)
 
     @property
     def idle(self) -> bool:
         """No request being read or served: safe to close at once on a stop."""
-        return not self.busy and not self.queue and not self.in_headers and not self.size
+        return (not self.busy and not self.queue and not self.in_headers and not self.size
+                and self.held is None)
 
     # -- reading ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if not self.reading:
+            return  # after the last request, or a refusal: nothing more is parsed
+        if self.held is not None:
+            # Reading is paused, but a transport may still hand over what it had.
+            self.held = memoryview(self.held.tobytes() + data)
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        """Feed the parser one read, a slice at a time, holding back the rest while
+        ``PIPELINE_DEPTH`` requests wait (one read may carry thousands)."""
+        if len(data) <= PARSE_SLICE:
+            self._feed(data)
+            return
+        view = memoryview(data)
+        start, end = 0, len(view)
+        while start < end and self.reading:
+            if len(self.queue) >= PIPELINE_DEPTH:
+                self.held = view[start:]
+                assert self.transport is not None
+                self.transport.pause_reading()
+                return
+            step = PARSE_SLICE
+            if self.expected > 0 and not self.in_headers:
+                # Within a body of known length: its bytes cannot hold requests.
+                step = max(step, self.expected - self.size)
+            self._feed(view[start:start + step])
+            start += step
+
+    def _feed(self, data: bytes | memoryview) -> None:
         if self.in_headers or not self.size:
             self.head_bytes += len(data)
         try:
@@ -231,12 +228,12 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(BadRequest("protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
+            if not self.reading:
+                return  # bytes after a request that ends the connection: ignored
             # A callback's own error (413 ...) reaches here wrapped by the parser.
             cause = exc.__context__
-            if isinstance(cause, ServingError):
-                self._refuse(cause)
-            elif not self.closing:
-                self._refuse(BadRequest(f"malformed HTTP request: {exc}"))
+            self._refuse(cause if isinstance(cause, ServingError)
+                         else BadRequest(f"malformed HTTP request: {exc}"))
         else:
             if self.in_headers and self.head_bytes > MAX_HEADER_BYTES:
                 self._refuse(BadRequest(f"request headers over {MAX_HEADER_BYTES} bytes"))
@@ -244,8 +241,9 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
-        self.body = bytearray()
+        self.body = b""
         self.size = 0
+        self.expected = -1
         self.in_headers = True
         self._arm(self.limits.header_timeout)
 
@@ -270,8 +268,8 @@ class HttpConnection(asyncio.Protocol):
                 if size > self.limit:
                     raise PayloadTooLarge(f"body of {size} bytes is over the limit of "
                                           f"{self.limit} bytes", MAX_REQUEST_SIZE=self.limit)
-                # Filled in place: a large body is held once, never joined from pieces.
-                self.body = bytearray(size)
+                # Only noted: memory is taken as the body's bytes come (see _grow).
+                self.expected = size
             elif name == b"expect" and value.lower() == b"100-continue" and not self.busy:
                 # (Not while an answer is due first: the client sends its body unasked.)
                 assert self.transport is not None
@@ -280,34 +278,69 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         start = self.size
-        self.size += len(body)
-        if self.size > self.limit:
+        size = start + len(body)
+        if size > self.limit:
             raise PayloadTooLarge(f"body is over the limit of {self.limit} bytes",
                                   MAX_REQUEST_SIZE=self.limit)
-        if self.size <= len(self.body):
-            self.body[start:self.size] = body
+        if not start and size == self.expected:
+            self.body = body  # the whole body in one piece: kept as it came
         else:
-            self.body += body  # chunked: no length known in advance
+            if size > len(self.body):
+                self._grow(size)
+            self.body[start:size] = body  # type: ignore[index]  # a bytearray by now
+        self.size = size
+
+    def _grow(self, need: int) -> None:
+        """Room for ``need`` bytes: the buffer doubles (from SMALL_BODY), never past the
+        body's Content-Length; what passes SMALL_BODY is taken from the process's budget."""
+        have = len(self.body)
+        cap = self.expected if self.expected >= 0 else self.limit
+        new = min(cap, max(need, 2 * have, SMALL_BODY))
+        charge = max(0, new - SMALL_BODY) - max(0, have - SMALL_BODY)
+        if charge:
+            if not self.bodies.take(charge):
+                raise Overloaded(
+                    f"this process holds its budget of {self.bodies.limit} bytes of request "
+                    "bodies being received; retry shortly", retry_after=1)
+            self.charged += charge
+        if isinstance(self.body, bytearray):
+            self.body += bytes(new - have)
+        else:
+            self.body = bytearray(new)
+
+    def _release(self) -> None:
+        """Give the budget back what the body being read reserved."""
+        if self.charged:
+            self.bodies.give(self.charged)
+            self.charged = 0
 
     def on_message_complete(self) -> None:
         self._disarm()
         parsed = httptools.parse_url(self.url)
         rid = next((v for n, v in self.headers if n == b"x-request-id"), None)
+        body = self.body
+        if len(body) > self.size and isinstance(body, bytearray):
+            del body[self.size:]  # a chunked body's buffer past its end
+        keep_alive = bool(self.parser.should_keep_alive())
         request = Request(
             method=self.parser.get_method().decode("ascii", "replace"),
             path=(parsed.path or b"/").decode("latin-1"),
             query=(parsed.query or b"").decode("latin-1"),
             headers=self.headers,
             # Filled in place and only read from now on; bytes-like wherever it goes.
-            body=cast(bytes, self.body),
+            body=cast(bytes, body),
             request_id=(rid.decode() if rid is not None and REQUEST_ID.match(rid)
                         else os.urandom(8).hex()),
-            keep_alive=bool(self.parser.should_keep_alive()),
+            keep_alive=keep_alive,
             peer=self.peer,
             tls=self.tls,
         )
-        self.body = bytearray()
+        self.body = b""
         self.size = 0
+        self.expected = -1
+        self._release()  # a complete body is the request's: no longer "being received"
+        if not keep_alive:
+            self.reading = False  # the last request of this connection
         self.queue.append(request)
         if self.busy:
             assert self.transport is not None
@@ -317,24 +350,40 @@ class HttpConnection(asyncio.Protocol):
             self.task = self.loop.create_task(self._serve())
 
     def _refuse(self, err: ServingError) -> None:
-        """Answer an error about the request being read, then close: its bytes are unread."""
+        """Answer an error about the request being read, after the answers due before
+        it, then close: its bytes are unread."""
         self._disarm()
-        self.closing = True
-        if not self.busy:
-            rid = next((v for n, v in self.headers if n == b"x-request-id"), None)
-            ok = rid is not None and REQUEST_ID.match(rid)
-            self._write(error_answer(err, self.server.meta()),
-                        rid if ok and rid else os.urandom(8).hex().encode(), keep_alive=False)
+        self.reading = False
+        self.held = None
+        self.body = b""
+        self._release()
+        rid = next((v for n, v in self.headers if n == b"x-request-id"), None)
+        request_id = rid if rid is not None and REQUEST_ID.match(rid) else \
+            os.urandom(8).hex().encode()
         assert self.transport is not None
-        self.transport.close()
+        if self.busy:
+            self.refusal = (err, request_id)  # written by _serve once the queue is answered
+            self.transport.pause_reading()
+            return
+        self._write(error_answer(err, self.server.meta()), request_id, keep_alive=False)
+        self.close()
 
     # -- answering ----------------------------------------------------------------
     async def _serve(self) -> None:
         try:
-            while self.queue and not self.closing:
+            while not self.closing:
+                if not self.queue:
+                    if self.held is None:
+                        break
+                    held, self.held = self.held, None
+                    self._parse(held)  # the rest of a read held back: may queue requests
+                    continue
+                if self.write_paused and not await self._writable():
+                    return
                 request = self.queue.popleft()
                 try:
-                    answer = await self.server.handle(request)
+                    answer = (await self.server.handle(request) if canonical(request.path)
+                              else not_canonical(request.path, self.server.meta()))
                 except Exception:  # noqa: BLE001 - a handler's bug must not leave a caller hanging
                     log.exception("error answering %s %s", request.method, request.path[:200])
                     answer = error_answer(ServingError("internal error in the server; see its "
@@ -345,6 +394,11 @@ class HttpConnection(asyncio.Protocol):
                 if not keep:
                     self.close()
                     return
+            if self.refusal is not None and not self.closing:
+                err, request_id = self.refusal
+                self._write(error_answer(err, self.server.meta()), request_id, keep_alive=False)
+                self.close()
+                return
         finally:
             self.busy = False
         if not self.closing and self.transport is not None:
@@ -352,6 +406,21 @@ class HttpConnection(asyncio.Protocol):
                 # Else the next request's own header or body deadline is running.
                 self._arm(self.limits.keepalive_timeout)
             self.transport.resume_reading()
+
+    async def _writable(self) -> bool:
+        """Wait until the client takes the answers written; False when it took too little
+        for ``send_timeout``: the connection is then dropped with them."""
+        self.writable = self.loop.create_future()
+        try:
+            await asyncio.wait_for(self.writable, self.limits.send_timeout)
+        except TimeoutError:
+            self.closing = True
+            assert self.transport is not None
+            self.transport.abort()
+            return False
+        finally:
+            self.writable = None
+        return True
 
     def _write(self, answer: Answer, request_id: bytes, keep_alive: bool,
                head_only: bool = False) -> None:

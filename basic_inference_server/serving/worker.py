@@ -24,7 +24,7 @@ import uvloop
 from gunicorn.workers.base import Worker
 from prometheus_client import multiprocess
 
-from .connection import Answer, HttpConnection, Limits, Request
+from .connection import Answer, BodyBudget, HttpConnection, Limits, Request
 
 
 class LoopWorker(Worker):
@@ -36,6 +36,7 @@ class LoopWorker(Worker):
 
     loop: asyncio.AbstractEventLoop
     limits: Limits
+    bodies: BodyBudget  # what the bodies being received on all its connections hold
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -106,6 +107,7 @@ class LoopWorker(Worker):
     async def _serve(self) -> None:
         self.waker = asyncio.Event()
         self.started()
+        self.bodies = BodyBudget(self.limits.body_budget)
         # gunicorn's listeners wrap a socket; a hook may add plain sockets too.
         servers = [await self.loop.create_server(lambda: HttpConnection(self),
                                                  sock=getattr(s, "sock", s), ssl=self.tls(),

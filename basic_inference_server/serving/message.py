@@ -1,0 +1,173 @@
+"""What a connection of the front or an endpoint server hands over and gets back: the
+limits it obeys, a parsed request, an answer, and the WSGI bridge (:func:`call_wsgi`).
+
+The connection itself is :mod:`.connection`.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from .. import protocol
+from ..errors import NotFound, ServingError
+
+_STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+
+
+def status_line(status: int) -> bytes:
+    return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+@dataclass
+class Limits:
+    """Deadlines and sizes every connection of the front obeys."""
+
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 30.0
+    max_body: int = 64 * 1024 * 1024
+    # Body limit of every route but the data path (management calls are small).
+    max_other_body: int = 1024 * 1024
+    # Bytes of bodies being received that one process holds (past each body's first
+    # SMALL_BODY); 0: room for four bodies of max_body, at least 256 MiB.
+    body_budget: int = 0
+    # How long the answers may stay unread past HIGH_WATER before the connection is
+    # dropped (nginx's send_timeout); 0: body_timeout.
+    send_timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.body_budget = self.body_budget or max(4 * self.max_body, 256 * 1024 * 1024)
+        self.send_timeout = self.send_timeout or self.body_timeout
+
+
+class BodyBudget:
+    """Bytes of request bodies being received in one process, past each one's first
+    :data:`.connection.SMALL_BODY`: the most that clients sending bodies at once can
+    make it hold."""
+
+    __slots__ = ("limit", "held")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes; False (nothing reserved) when that would pass the limit."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return bytes reserved by :meth:`take`."""
+        self.held -= size
+
+
+@dataclass
+class Request:
+    """One parsed request; ``head`` keeps the header lines worth passing upstream."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    request_id: str
+    keep_alive: bool
+    peer: tuple[str, int]
+    tls: bool = False
+    key: Any = None  # tenants.keys.ApiKey, with API_KEYS on
+    limits: Any = None  # tenants.limits.Decision: RateLimit-* headers of the answer
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+Handler = Callable[[Request], Awaitable[Answer]]
+
+
+def error_answer(err: ServingError, meta: dict[str, Any]) -> Answer:
+    return Answer(err.status, [("Content-Type", protocol.JSON), *err.headers()],
+                  protocol.error_body(err, meta))
+
+
+def canonical(path: str) -> bool:
+    """Whether a path is taken as sent: no ``%`` escape, no empty, ``.`` or ``..`` segment."""
+    if "%" in path or "//" in path:
+        return False
+    return "/." not in path or not any(part in (".", "..") for part in path.split("/"))
+
+
+def not_canonical(path: str, meta: dict[str, Any]) -> Answer:
+    """The 404 of a path that :func:`canonical` refuses."""
+    return error_answer(NotFound(
+        f"no route {path[:200]}: paths are taken as sent, without %-escapes and without "
+        "empty, '.' or '..' segments; see /get_paths"), meta)
+
+
+def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
+    """Run a WSGI app on one complete request (blocking: call it off the loop)."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": req.method,
+        "SCRIPT_NAME": "",
+        # As sent: a path with an escape never gets here (see canonical).
+        "PATH_INFO": req.path,
+        "QUERY_STRING": req.query,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": req.peer[0],
+        "REMOTE_PORT": str(req.peer[1]),
+        "CONTENT_LENGTH": str(len(req.body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "https" if req.tls else "http",
+        "wsgi.input": io.BytesIO(req.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "bis.request_id": req.request_id,
+        "bis.api_key": req.key,
+    }
+    for name, value in req.headers:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = text
+        elif key == "CONTENT_LENGTH":
+            continue
+        elif key == "HOST":
+            environ["HTTP_HOST"] = text
+            environ["SERVER_NAME"] = text.rsplit(":", 1)[0]
+        else:
+            http_key = "HTTP_" + key
+            environ[http_key] = f"{environ[http_key]},{text}" if http_key in environ else text
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda _data: None
+
+    result = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status = int(started[0].split(" ", 1)[0])
+    # HEAD: the app's Content-Length is the one of the body a GET would get.
+    skip = ("connection", "x-request-id") if req.method == "HEAD" else \
+        ("content-length", "connection", "x-request-id")
+    return Answer(status, [(k, v) for k, v in started[1] if k.lower() not in skip], body)
+
+
