@@ -111,6 +111,13 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("INSECURE_NO_ADMIN_AUTH", bool, False,
                 "Development only: management calls need no credential at all (a warning "
                 "is logged at every start)."),
+        Setting("METRICS_TOKEN", (str, type(None)), None,
+                "Bearer token that reads /metrics and nothing else (a Prometheus scrape "
+                "credential; the admin token reads /metrics too); `env:VAR` or `file:PATH` "
+                "reads it from there.", _token, secret_ref=True, secret=True),
+        Setting("METRICS_TENANT_LABELS", bool, True,
+                "/metrics names tenants in the per-tenant counters (the 20 with the most "
+                "requests, then `other`); false sums those counters over tenants."),
         Setting("STOP_TIMEOUT", (int, float), 30,
                 "Seconds a stopping process may take to finish in-flight work before it is killed.",
                 at_least(0)),

@@ -55,6 +55,8 @@ class FrontSpec:
     threads: int = _default("GATEWAY_THREADS")
     max_request_size: int = _default("MAX_REQUEST_SIZE")
     admin_token: str | None = None  # None only with INSECURE_NO_ADMIN_AUTH
+    metrics_token: str | None = None  # METRICS_TOKEN: reads /metrics only
+    metrics_tenant_labels: bool = _default("METRICS_TENANT_LABELS")
     allowed_hosts: list[str] | None = None  # ALLOWED_HOSTS
     server_name: str = _default("SERVER_NAME")
     app_version: str = _default("APP_VERSION")

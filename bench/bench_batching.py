@@ -32,6 +32,7 @@ from typing import Any
 
 import psutil
 from bench_gateway import (
+    ADMIN_TOKEN,
     BenchError,
     Gateway,
     Wrk,
@@ -165,7 +166,9 @@ def model_ceiling(args: argparse.Namespace) -> dict[str, Any]:
 
 def mean_batch(gw: Gateway, name: str) -> float:
     """Mean inputs per _predict_batch call of endpoint ``name``, from the gateway's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{gw.port}/metrics", timeout=10) as resp:
+    scrape = urllib.request.Request(f"http://127.0.0.1:{gw.port}/metrics",
+                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(scrape, timeout=10) as resp:
         text = resp.read().decode()
     got = {(s.name, s.labels.get("endpoint")): s.value
            for family in text_string_to_metric_families(text) for s in family.samples}

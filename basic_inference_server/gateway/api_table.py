@@ -23,7 +23,7 @@ from flask import Flask
 from ..setting import NAME_RULE
 from ..tenants.keys import MAX_GRACE, RATE_PATTERN
 
-Auth = Literal["admin", "open", "data"]
+Auth = Literal["admin", "metrics", "open", "data"]
 Schema = dict[str, Any]
 
 # The view of a route the manager answers: the path, without its slash, is the command.
@@ -61,6 +61,7 @@ class Route:
     """One gateway path: what it takes, what it answers, who may call it.
 
     ``auth``: ``admin`` needs the admin bearer token (and a JSON body on POST);
+    ``metrics`` the admin token or the scrape token (METRICS_TOKEN);
     ``open`` needs nothing; ``data`` is the data plane (anonymous today; an API key
     header is reserved for it). ``statuses`` are the route's own; those every request
     may get (a malformed request, a full gateway...) are added by :mod:`.openapi`.
@@ -186,8 +187,9 @@ ROUTES: tuple[Route, ...] = (
           response=RESULT),
     Route("/health/live", ("GET",), "open", "200 while the gateway and its manager answer",
           (200, 503), view="live", response=body(("status",), status={"const": "alive"})),
-    Route("/metrics", ("GET",), "open", "Prometheus metrics", (200,), view="metrics",
-          response=STRING, media="text/plain"),
+    Route("/metrics", ("GET",), "metrics",
+          "Prometheus metrics: the admin token or METRICS_TOKEN (which reads nothing else)",
+          (200, 401), view="metrics", response=STRING, media="text/plain"),
     Route("/health/ready", ("GET",), "open",
           "200 when the endpoints READY_POLICY names are READY", (200, 503), view="ready",
           response=READINESS, bodies={503: READINESS}),

@@ -9,10 +9,11 @@ Bearer <admin token>``, from loopback too (a same-host proxy, sidecar or browser
 loopback as well); its POSTs take only ``application/json`` bodies (a cross-site form
 cannot send that without a preflight); and its ``Host`` header, like the dashboard's,
 must be one the gateway answers to (DNS rebinding). Open: ``/get_paths`` (this static
-table), the probes ``/health/live`` and ``/health/ready``, ``/metrics`` (Prometheus
-counters: no configuration, no secrets), the dashboard's static page (it fetches its
-data with the token), ``GET /jobs/<id>`` (the id is the capability) and
+table), the probes ``/health/live`` and ``/health/ready``, the dashboard's static page
+(it fetches its data with the token), ``GET /jobs/<id>`` (the id is the capability) and
 ``/support_update_status`` (the manager checks that the caller is the support process).
+``/metrics`` names tenants and their usage: it takes the admin token or the scrape token
+(METRICS_TOKEN), which opens nothing else.
 """
 
 from __future__ import annotations
@@ -63,23 +64,26 @@ def _wire_bytes(text: str) -> bytes:
         return text.encode("utf-8", "surrogateescape")
 
 
-def check_admin(environ: dict[str, Any], token: str | None) -> None:
+def check_admin(environ: dict[str, Any], token: str | None, also: str | None = None,
+                what: str = "management calls need", name: str = "admin token") -> None:
     """Management calls: ``Authorization: Bearer <token>``, whoever the caller is.
 
     ``token`` None is the INSECURE_NO_ADMIN_AUTH development mode: no check at all.
-    The comparison is constant-time over bytes, so any header value is a clean 401.
+    ``also``: a second token accepted here (METRICS_TOKEN on /metrics). Every token is
+    compared, constant-time over bytes, so any header value is a clean 401.
     """
     if token is None:
         return
     header = environ.get("HTTP_AUTHORIZATION")
     if not header:
-        raise Unauthorized("management calls need 'Authorization: Bearer <admin token>' "
+        raise Unauthorized(f"{what} 'Authorization: Bearer <{name}>' "
                            "(ADMIN_TOKEN, BIS_ADMIN_TOKEN, or the admin_token file the "
                            "gateway writes into its cache folder)")
     scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not token \
-            or not hmac.compare_digest(_wire_bytes(given), token.encode("utf-8")):
-        raise Unauthorized("invalid admin token")
+    wire = _wire_bytes(given)
+    matches = [hmac.compare_digest(wire, t.encode("utf-8")) for t in (token, also) if t]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise Unauthorized(f"invalid {name}")
 
 
 def host_name(header: str) -> str:
@@ -207,13 +211,17 @@ def build_management_app(front: Front) -> Flask:
         return Response(openapi, mimetype=protocol.JSON)
 
     def prometheus() -> Response:
+        # Tenant names and usage: the admin token or the scrape token, never anonymous.
+        check_admin(request.environ, front.spec.admin_token, front.spec.metrics_token,
+                    "/metrics needs", "admin token or METRICS_TOKEN")
         try:
             body = control_call(front.spec.control, {"cmd": "metrics", "args": {}})["body"]
         except ControlUnavailable:
             body = {}
         queues = front.jobs.collector(front.routes.names())
         traffic = TrafficCollector(body.get("TRAFFIC_STATE"))
-        return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues, traffic),
+        return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues, traffic,
+                                       tenant_labels=front.spec.metrics_tenant_labels),
                         mimetype=CONTENT_TYPE_LATEST)
 
     def live() -> Response:

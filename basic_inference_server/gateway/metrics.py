@@ -134,11 +134,13 @@ class ManagerCollector:
         yield alerts
 
 
-def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra: Any) -> bytes:
+def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra: Any,
+           tenant_labels: bool = True) -> bytes:
     """The text exposition of every front process's metrics plus the manager's view.
 
     ``health``: the supervisor's latest sample; ``extra``: more collectors read at
-    scrape time (the job queues).
+    scrape time (the job queues); ``tenant_labels`` False: the per-tenant counters are
+    summed over tenants (METRICS_TENANT_LABELS).
     """
     registry = CollectorRegistry()
     sources = []
@@ -150,7 +152,7 @@ def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra
         _forget_dead_workers(server_dir)
         sources.append(multiprocess.MultiProcessCollector(None, path=server_dir))
     # Both count per tenant: merged, and bounded to the top tenants.
-    registry.register(TopTenants(*sources))
+    registry.register(TopTenants(*sources, tenant_labels=tenant_labels))
     registry.register(ManagerCollector(servers, health))
     for collector in extra:
         registry.register(collector)

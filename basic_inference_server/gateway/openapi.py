@@ -41,10 +41,16 @@ SECURITY_SCHEMES = {
                    "description": "the admin token (ADMIN_TOKEN, BIS_ADMIN_TOKEN, "
                                   "BIS_ADMIN_TOKEN_FILE, or the admin_token file the "
                                   "gateway writes into its cache folder)"},
+    "metricsToken": {"type": "http", "scheme": "bearer",
+                     "description": "the scrape token (METRICS_TOKEN): reads /metrics only"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                "description": "a tenant's API key on the data plane, with API_KEYS on "
                               "(or as Authorization: Bearer); see docs/tenants.md"},
 }
+
+# Who may call a route, by its ``auth`` (any one of the schemes listed).
+SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "admin": [{"adminToken": []}], "metrics": [{"adminToken": []}, {"metricsToken": []}]}
 
 
 def error_kinds() -> dict[int, list[str]]:
@@ -94,7 +100,7 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", route.path).rstrip("_"),
         "summary": route.summary,
-        "security": [{"adminToken": []}] if route.admin else [],
+        "security": SECURITY.get(route.auth, []),
         "tags": [route.auth],
     }
     if route.description:
@@ -147,7 +153,9 @@ def document() -> dict[str, Any]:
                                 "files) and carries the metadata fields ver, app_ver, "
                                 "time, host and server. Every error carries ERROR (a "
                                 "message) and ERROR_TYPE. Routes tagged admin need the "
-                                "admin token; their POST bodies must be application/json."},
+                                "admin token; their POST bodies must be application/json. "
+                                "The route tagged metrics takes the admin token or the "
+                                "scrape token (METRICS_TOKEN)."},
         "paths": paths,
         "components": {
             "securitySchemes": SECURITY_SCHEMES,

@@ -102,12 +102,15 @@ class TopTenants:
     counters' lifetime) keep their name, the others are summed as ``other``.
 
     Ranked again at each scrape: when a tenant enters the top, its count leaves
-    ``other``, which drops (Prometheus reads that as a counter reset).
+    ``other``, which drops (Prometheus reads that as a counter reset). With
+    ``tenant_labels`` False no tenant is named: the families lose their ``tenant`` label
+    and are summed over tenants (METRICS_TENANT_LABELS).
     """
 
-    def __init__(self, *sources: Any, top: int = TOP_TENANTS) -> None:
+    def __init__(self, *sources: Any, top: int = TOP_TENANTS, tenant_labels: bool = True) -> None:
         self.sources = sources
         self.top = top
+        self.tenant_labels = tenant_labels
 
     def collect(self) -> Iterator[Metric]:
         merged: dict[str, dict[tuple[tuple[str, str], ...], float]] = {
@@ -127,6 +130,9 @@ class TopTenants:
         for name, (doc, labelnames) in TENANT_FAMILIES.items():
             if not merged[name]:
                 continue
+            if not self.tenant_labels:
+                labelnames = [label for label in labelnames if label != "tenant"]
+                doc += " (summed over tenants: METRICS_TENANT_LABELS is off)"
             folded: dict[tuple[str, ...], float] = defaultdict(float)
             for labels, value in merged[name].items():
                 values = dict(labels)

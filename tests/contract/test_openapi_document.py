@@ -66,9 +66,12 @@ def test_admin_operations_need_the_token_and_list_its_refusals():
                 assert {"401", "403"} <= codes
                 if method == "POST":
                     assert {"413", "415"} <= codes and op["requestBody"]["required"]
+            elif route.auth == "metrics":
+                assert op["security"] == [{"adminToken": []}, {"metricsToken": []}]
+                assert "401" in codes
             else:
                 assert op["security"] == []
-    assert set(doc["components"]["securitySchemes"]) == {"adminToken", "apiKey"}
+    assert set(doc["components"]["securitySchemes"]) == {"adminToken", "apiKey", "metricsToken"}
 
 
 def test_every_error_kind_is_in_the_document_under_its_status():

@@ -52,6 +52,15 @@ def test_wrong_token_is_401_even_from_loopback(addr, header):
     assert info.value.status == 401
 
 
+def test_a_second_token_is_accepted_only_where_it_is_passed():
+    check_admin(env("10.0.0.7", "Bearer scrape-token"), TOKEN, "scrape-token")
+    check_admin(env("10.0.0.7", f"Bearer {TOKEN}"), TOKEN, "scrape-token")
+    with pytest.raises(Unauthorized):
+        check_admin(env("10.0.0.7", "Bearer scrape-token"), TOKEN)
+    with pytest.raises(Unauthorized):
+        check_admin(env("10.0.0.7", "Bearer other"), TOKEN, "scrape-token")
+
+
 def test_a_non_ascii_token_matches_its_utf8_bytes():
     token = "t\u00e9st-\u65e5"
     on_the_wire = token.encode("utf-8").decode("latin-1")  # what a WSGI server hands over
