@@ -31,7 +31,9 @@ from tests.scaleout.kustomize_lite import build, real_kustomize, render
 DEPLOY = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ["cpu", "gpu"]
 K8S_VERSIONS = ["1.28.0", kubernetes_validate.latest_version()]
-SECRET_KEYS = {"admin_token", "redis_password"}
+SECRET_KEYS = {"admin_token", "metrics_token", "redis_password"}
+# Keys of bis-secrets only the gateway's pods mount.
+GATEWAY_SECRETS = {"admin_token", "metrics_token"}
 PRESTOP_PAUSE = 5
 
 
@@ -220,7 +222,8 @@ def test_secrets_are_files_and_the_admin_token_stays_on_the_gateway(overlay):
                 for item in v["secret"]["items"]}
         assert all(v["secret"]["secretName"] == "bis-secrets" for v in pod["volumes"] if "secret" in v)
         assert keys <= SECRET_KEYS
-        assert ("admin_token" in keys) == (obj["metadata"]["name"] == "bis-gateway")
+        on_gateway = obj["metadata"]["name"] == "bis-gateway"
+        assert (keys >= GATEWAY_SECRETS) if on_gateway else not keys & GATEWAY_SECRETS
         for container in pod["containers"]:
             assert "valueFrom" not in str(container.get("env", []))  # no secret in the environment
             security = container["securityContext"]
@@ -229,11 +232,26 @@ def test_secrets_are_files_and_the_admin_token_stays_on_the_gateway(overlay):
         assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_the_service_monitor_scrapes_the_gateway_metrics(overlay):
-    monitor = one(overlay[1], "ServiceMonitor", "bis-gateway")
+def test_the_service_monitor_scrapes_the_gateway_metrics_with_the_scrape_token(overlay, tmp_path):
+    objects = overlay[1]
+    monitor = one(objects, "ServiceMonitor", "bis-gateway")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    service = one(overlay[1], "Service", "bis-gateway")
+    service = one(objects, "Service", "bis-gateway")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics" in API
+    # /metrics takes a bearer token: the scrape token, never the admin token. Prometheus reads
+    # it from the Secret in the monitor's namespace; the gateway pods mount the same key and
+    # configure it as METRICS_TOKEN.
+    auth = endpoint["authorization"]
+    assert auth["type"] == "Bearer" and set(auth) == {"type", "credentials"}
+    secret = auth["credentials"]
+    assert secret == {"name": "bis-secrets", "key": "metrics_token"}
+    assert monitor["metadata"]["namespace"] == service["metadata"]["namespace"]
+    pod = one(objects, "Deployment", "bis-gateway")["spec"]["template"]["spec"]
+    mounted = {item["key"] for v in pod["volumes"] if v.get("secret", {}).get("secretName")
+               == secret["name"] for item in v["secret"]["items"]}
+    assert secret["key"] in mounted
+    config, _ = pod_config(objects, pod["containers"][0], tmp_path)
+    assert config["METRICS_TOKEN"] == f"dummy-{secret['key']}" != config.admin_token()
