@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 import socket
 import time
-from itertools import accumulate
-from operator import sub
+from itertools import accumulate, islice, repeat
+from operator import eq, sub
 from typing import Any
 
 import orjson
@@ -22,9 +22,18 @@ _DUMP_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 # and status pages a few levels down: a body between the two limits would be accepted,
 # then break every later answer that carries it. 64 is far beyond any real payload.
 MAX_JSON_DEPTH = 64
+# Most values (objects, arrays, strings, numbers...) a decoded body may hold. A decoded
+# value takes up to 30-80 times the bytes it is written with ("{}" becomes a dict of 64
+# bytes): a body's count of values, not its size, bounds what decoding it costs. A million
+# values decode to about 100 MB at most, no more than the largest body (MAX_REQUEST_SIZE,
+# 64 MiB) of one string costs decoded; arrays larger than that travel as base64.
+MAX_JSON_ELEMENTS = 1_000_000
 _RUNS = re.compile(rb"\[+|\]+")
 _SHAPE = bytes.maketrans(b"{}", b"[]")
 _NOT_SHAPE = bytes(b for b in range(256) if b not in b'[]{}"')
+_NOT_COUNTED = bytes(b for b in range(256) if b not in b'[{,"')
+# Strings once escaped quotes are neutralised (see _plain): no escape left to skip.
+_QUOTED = re.compile(rb'"[^"]*"')
 
 
 def _fallback(obj: Any) -> Any:
@@ -84,17 +93,53 @@ def _nesting(shape: bytes, limit: int) -> int:
     return peeled + max(accumulate(map(sub, lengths[0::2], [0, *lengths[1::2]])))
 
 
+def _plain(raw: bytes) -> bytes:
+    r"""``raw`` with every escaped quote made harmless, the same length: each ``"`` left
+    delimits a string, each backslash left starts an escape.
+
+    Escapes pair up from the left in a run of backslashes (``\\`` then ``\"``), so two
+    ``replace`` passes find them all: ``\\`` becomes ``\_``, then ``\"`` becomes ``\'``.
+    """
+    if b"\\" not in raw:
+        return raw
+    return raw.replace(b"\\\\", b"\\_").replace(b'\\"', b"\\'")
+
+
+def _strings_dropped(shape: bytes) -> bytes:
+    """A shape (quotes, brackets, marks) without its strings' contents."""
+    return _QUOTED.sub(b"", shape) if b'"' in shape else shape
+
+
+def json_elements_over(raw: bytes, limit: int = MAX_JSON_ELEMENTS) -> bool:
+    """True when ``raw`` holds more than ``limit`` values, counted from the bytes.
+
+    Every value but the outermost follows a comma or opens its array or object, so
+    commas plus opening brackets plus one bound the count from above. Counted over the
+    whole body first (three C-speed counts); only a body over the limit by that count
+    has its strings (whose commas and brackets are text) dropped and is counted again.
+    """
+    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") < limit:
+        return False
+    shape = _strings_dropped(_plain(raw).translate(None, _NOT_COUNTED))
+    return shape.count(b",") + shape.count(b"[") + shape.count(b"{") >= limit
+
+
 def parse_body(raw: bytes, max_size: int | None = None) -> dict[str, Any]:
     """Decode a request body that must be a JSON object: the one JSON policy.
 
     400 unless it is a JSON object nested at most :data:`MAX_JSON_DEPTH` levels;
-    413 when it is longer than ``max_size`` bytes (where the caller has a limit).
+    413 when it is longer than ``max_size`` bytes (where the caller has a limit), or
+    holds more than :data:`MAX_JSON_ELEMENTS` values (checked before decoding).
     """
     if max_size is not None and len(raw) > max_size:
         raise PayloadTooLarge(f"body of {len(raw)} bytes is over the limit of {max_size} bytes",
                               MAX_REQUEST_SIZE=max_size)
     if not raw:
         raise BadRequest("empty body: send a JSON object with a SIGNATURE field")
+    if json_elements_over(raw):
+        raise PayloadTooLarge(f"body holds more than {MAX_JSON_ELEMENTS} values (objects, "
+                              "arrays, strings, numbers...); send large arrays as base64",
+                              MAX_JSON_ELEMENTS=MAX_JSON_ELEMENTS)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -136,10 +181,19 @@ def error_body(err: ServingError, meta: dict[str, Any] | None = None) -> bytes:
 
 
 # -- routing without parsing: the front reads SIGNATURE (and ASYNC) from the raw bytes ----
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_SCALAR = rb'\s*:\s*("[^"\\]*(?:\\.[^"\\]*)*"|true|false|null|-?[0-9][0-9.eE+-]*|[\[{])'
-_FIELD_RES: dict[str, re.Pattern[bytes]] = {}
+# Every scan below is a few C-speed passes over the bytes (``replace``, ``translate``,
+# ``count``, ``split`` and regexes that never scan the same bytes twice), so its time grows
+# with the body's size, whatever the body holds: no Python loop runs per string or value.
 _OBJECT_START = re.compile(rb"\s*\{")
+# A top-level field's value: a scalar, or (looked ahead at, not taken) an object or array.
+_VALUE = rb'\s*:\s*("[^"]*"|true|false|null|-?[0-9][0-9.eE+-]*|(?=[\[{]))'
+# A key holding an escape (a backslash) in _plain text.
+_ESCAPED_KEY = re.compile(rb'"[^"\\]*\\[^"]*"\s*:')
+_FIELD_RES: dict[str, re.Pattern[bytes]] = {}
+# Stands for each match in the text whose depth is measured: NUL never appears in valid
+# JSON (raw control characters are refused inside strings and outside them).
+_MARK = b"\x00"
+_NOT_SHAPE_OR_MARK = bytes(b for b in range(256) if b not in b'[]{}"\x00')
 # Marks a top-level field whose value is an object or an array.
 CONTAINER = object()
 
@@ -149,9 +203,68 @@ def looks_like_object(raw: bytes) -> bool:
     return _OBJECT_START.match(raw) is not None
 
 
-def _brackets(raw: bytes, start: int, stop: int) -> int:
-    return (raw.count(b"{", start, stop) + raw.count(b"[", start, stop)
-            - raw.count(b"}", start, stop) - raw.count(b"]", start, stop))
+def _top_level(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, int]:
+    """How many matches of ``pattern`` in the ``_plain`` text of an object stand at its
+    top level, and the index (among all matches) of the last of them (-1: none).
+
+    Each match is replaced by a mark; everything but brackets, quotes and marks is
+    dropped, then the strings; what is left between two marks is brackets only, and
+    the running sum of their balance is each mark's depth (C iterators, no Python loop).
+    """
+    shape = _strings_dropped(pattern.sub(_MARK, text).translate(_SHAPE, _NOT_SHAPE_OR_MARK))
+    pieces = shape.split(_MARK)
+    depths = accumulate(map(sub, map(bytes.count, pieces, repeat(b"[")),
+                            map(bytes.count, pieces, repeat(b"]"))))
+    top = bytes(map(eq, islice(depths, len(pieces) - 1), repeat(1)))
+    return top.count(1), top.rfind(1)
+
+
+def _field_pattern(key: str) -> re.Pattern[bytes]:
+    pattern = _FIELD_RES.get(key)
+    if pattern is None:
+        pattern = _FIELD_RES[key] = re.compile(b'"' + re.escape(key.encode()) + b'"' + _VALUE)
+    return pattern
+
+
+def _lone_match(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, re.Match[bytes] | None]:
+    """The common case at the cost of two searches: no match, or a single one, whose
+    depth the brackets before it tell (-1: several matches, measure them all)."""
+    first = pattern.search(text)
+    if first is None:
+        return 0, None
+    if pattern.search(text, first.end()) is not None:
+        return -1, None
+    shape = _strings_dropped(text[:first.start()].translate(_SHAPE, _NOT_SHAPE))
+    return (1, first) if shape.count(b"[") - shape.count(b"]") == 1 else (0, None)
+
+
+def _field(raw: bytes, key: str, once: bool = False) -> re.Match[bytes] | None:
+    """The last top-level match of ``key`` in the object ``raw`` (its value in group 1);
+    with ``once``, a body where it stands twice at the top level is refused (400)."""
+    if not looks_like_object(raw) or _MARK in raw:
+        return None
+    text = _plain(raw)
+    pattern = _field_pattern(key)
+    count, match = _lone_match(text, pattern)
+    if count >= 0:
+        return match
+    count, last = _top_level(text, pattern)
+    if once and count > 1:
+        raise BadRequest(f"{key} appears {count} times at the top level of the body; "
+                         "send it once", FIELD=key)
+    return next(islice(pattern.finditer(text), last, None)) if count else None
+
+
+def _value(raw: bytes, match: re.Match[bytes] | None) -> tuple[bool, Any]:
+    if match is None:
+        return False, None
+    token = raw[match.start(1):match.end(1)]
+    if not token:
+        return True, CONTAINER
+    try:
+        return True, orjson.loads(token)
+    except orjson.JSONDecodeError:
+        return False, None  # not valid JSON: the server, which decodes it, answers 400
 
 
 def peek_field(raw: bytes, key: str) -> tuple[bool, Any]:
@@ -159,40 +272,57 @@ def peek_field(raw: bytes, key: str) -> tuple[bool, Any]:
 
     Returns ``(found, value)``: a string, number, bool or None is decoded;
     :data:`CONTAINER` stands for an object or array value. The last top-level
-    occurrence wins, as when the body is decoded. Strings are skipped by a regex and
-    brackets between them counted by ``bytes.count``, in one pass: no document is
-    built, so memory stays within the body's size (decoding 12 MB of tiny objects
-    takes hundreds of MB). A body that is not valid JSON may still yield a field: the
-    server, which decodes it, answers 400.
+    occurrence wins, as when the body is decoded. No document is built, so memory
+    stays within a few copies of the body (decoding 12 MB of tiny objects takes
+    hundreds of MB), and the time is linear in its size. A body that is not valid JSON
+    may still yield a field: the server, which decodes it, answers 400.
     """
-    pattern = _FIELD_RES.get(key)
-    if pattern is None:
-        pattern = _FIELD_RES[key] = re.compile(b'"' + re.escape(key.encode()) + b'"' + _SCALAR)
-    if not looks_like_object(raw):
-        return False, None
-    found: tuple[bool, Any] = (False, None)
-    strings = _STRING.finditer(raw)
-    string = next(strings, None)
-    depth = pos = 0
-    for match in pattern.finditer(raw):
-        stop = match.start()
-        inside = False
-        while string is not None and string.start() < stop:
-            if string.end() > stop:
-                inside = True  # this "key" is text inside a string value
-                break
-            depth += _brackets(raw, pos, string.start())
-            pos = string.end()
-            string = next(strings, None)
-        if inside:
-            continue
-        depth += _brackets(raw, pos, stop)
-        pos = stop
-        if depth != 1:
-            continue
-        token = match.group(1)
-        try:
-            found = (True, CONTAINER if token in (b"[", b"{") else orjson.loads(token))
-        except orjson.JSONDecodeError:
-            continue
-    return found
+    return _value(raw, _field(raw, key))
+
+
+def escaped_top_level_key(raw: bytes) -> bool:
+    """Whether a key of the object ``raw``'s top level holds an escape (``\\``): it may
+    decode to a name the bytes do not show (``"SIGN\\u0041TURE"``)."""
+    if b"\\" not in raw or not looks_like_object(raw) or _MARK in raw:
+        return False
+    text = _plain(raw)
+    return _ESCAPED_KEY.search(text) is not None and _top_level(text, _ESCAPED_KEY)[0] > 0
+
+
+def route_field(raw: bytes, key: str = "SIGNATURE") -> tuple[bool, Any]:
+    """:func:`peek_field` for a field that routes a request: what the bytes show must be
+    what decoding reads, so a body is refused (400) when ``key`` stands twice at its
+    top level, or a top-level key holds an escape."""
+    match = _field(raw, key, once=True)
+    if escaped_top_level_key(raw):
+        raise BadRequest("a key at the top level of the body holds an escape (\\); write "
+                         "the top-level keys as plain text", FIELD=key)
+    return _value(raw, match)
+
+
+_COMMA_AFTER = re.compile(rb"\s*,")
+
+
+def cut_field(raw: bytes, key: str) -> tuple[bytes, bool, Any]:
+    """``raw`` without its top-level field ``key``, and ``(found, value)`` as
+    :func:`peek_field` reads them, never decoding the document.
+
+    Only a field that stands once with a scalar value is cut; an object or array value,
+    or a key standing twice, leaves ``raw`` as it is.
+    """
+    try:
+        match = _field(raw, key, once=True)
+    except BadRequest:
+        return raw, False, None
+    found, value = _value(raw, match)
+    if match is None or not found or value is CONTAINER:
+        return raw, found, value
+    start, end = match.start(), match.end()
+    comma = _COMMA_AFTER.match(raw, end)
+    if comma is not None:
+        end = comma.end()  # a field follows: take the comma after this one
+    else:
+        before = raw.rfind(b",", 0, start)  # the last field: take the comma before it
+        if before >= 0 and not raw[before + 1:start].strip():
+            start = before
+    return raw[:start] + raw[end:], True, value

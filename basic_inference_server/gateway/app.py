@@ -44,7 +44,7 @@ from ..tenants.usage import strip_usage
 from ..traffic.hooks import Hooks
 from ..traffic.remote import remote_body
 from ..traffic.router import choose
-from ..traffic.settings import split_target
+from ..traffic.settings import VERSION_SEP, split_target
 from ..traffic.shadow import Shadow
 from . import metrics
 from .api_table import NATIVE
@@ -58,6 +58,8 @@ from .upstream import Upstream
 
 access_log = logging.getLogger("bis.access")
 WAITABLE = ("STARTING", "RESTARTING")
+# The one label of requests for an endpoint or version the route table does not know.
+UNKNOWN = "unknown"
 # Values of a request's ASYNC field that make it a job (a query string carries text).
 ASYNC_TRUE = (True, "true", "True", "1")
 # Bodies up to this size are decoded when the raw scan finds no usable SIGNATURE, so the
@@ -205,8 +207,7 @@ class Front:
             resp = await self.dispatch(target, raw, req)
             units = await self._charge(req, resp)
         except ServingError as err:
-            if isinstance(err, NotFound):
-                label = "unknown"  # one label for every unknown SIGNATURE: bounded cardinality
+            label, version = self._series(label, version)
             metrics.count_request(label, version, err.status)
             if req.key is not None:
                 self.gate.record(req.key, label, err.status, 0.0,  # type: ignore[union-attr]
@@ -316,11 +317,13 @@ class Front:
         return Answer(resp.status, headers, resp.body)
 
     async def _signature(self, raw: bytes) -> str:
-        """The body's SIGNATURE, read without decoding the body (400 when unusable)."""
+        """The body's SIGNATURE, read without decoding the body; 400 when unusable, or
+        when the bytes might not say what decoding reads (SIGNATURE twice at the top
+        level, an escape in a top-level key: see :func:`..protocol.route_field`)."""
         if len(raw) > SCAN_OFF_LOOP:
-            found, value = await self.off_loop(protocol.peek_field, raw, "SIGNATURE")
+            found, value = await self.off_loop(protocol.route_field, raw)
         else:
-            found, value = protocol.peek_field(raw, "SIGNATURE")
+            found, value = protocol.route_field(raw)
         if found and isinstance(value, str) and value:
             return value
         if len(raw) <= DECODE_SMALL:
@@ -399,42 +402,70 @@ class Front:
 
     # -- jobs ---------------------------------------------------------------------
     async def _submit(self, req: Request) -> Answer:
+        """``POST /jobs`` (or ``/run`` with ``ASYNC``): decode the body, check the key
+        against the endpoint it names, enqueue. The decoded body decides scope, limits
+        and the queue, as it decides what runs: its bytes are not scanned here."""
         key: ApiKey | None = None
-        if self.gate is not None:
-            # Limits apply at submit time: one request, its concurrency slot given back
-            # once the job is queued.
-            try:
+        label = "-"  # the endpoint label until a valid SIGNATURE is read
+        try:
+            if self.gate is not None:
                 key = req.key or await self.gate.authenticate(req.headers)
-                slot, _ = await self.gate.admit(key, await self._signature(req.body))
-                await self.gate.check_quota(key)
-                await self.gate.charge(key, 0.0)  # requests at submit; units when it runs
-            except ServingError as err:
-                return error_answer(err, self.meta())
-            if slot is not None:
-                await self.gate.release(slot)
+            body = await self.off_loop(protocol.parse_body, req.body) \
+                if len(req.body) > DECODE_SMALL else protocol.parse_body(req.body)
+            name = protocol.signature_of(body)
+            label = split_target(name)[0]
+            if key is not None:
+                await self._admit_job(key, label)
+        except ServingError as err:
+            metrics.count_request(*self._series(label, None), err.status)
+            return error_answer(err, self.meta())
         # The job runs with the tenant as X-Customer-ID, as a /run would: the key's, or
         # without keys the one the client sent.
         customer = key.tenant if key else next(
             (v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"), None)
-        answer: Answer = await self.off_loop(self.submit_job, req.body, key, customer)
+        answer: Answer = await self.off_loop(self.submit_job, name, body, len(req.body), key,
+                                             customer)
         return answer
 
-    def submit_job(self, raw: bytes, key: ApiKey | None = None,
-                   customer: str | None = None) -> Answer:
-        """``POST /jobs`` (or ``/run`` with ``ASYNC``): decode, check, enqueue; in the pool."""
-        label = "-"
+    async def _admit_job(self, key: ApiKey, label: str) -> None:
+        """A job's key check at submit time, by its endpoint's label (as a ``/run``'s)."""
+        assert self.gate is not None
+        # Limits apply at submit time: one request, its concurrency slot given back
+        # once the job is admitted.
+        slot = None
         try:
-            body = protocol.parse_body(raw)
-            name = label = protocol.signature_of(body)
+            slot, _ = await self.gate.admit(key, label)
+            await self.gate.check_quota(key)
+            await self.gate.charge(key, 0.0)  # requests at submit; units when it runs
+        finally:
+            if slot is not None:
+                await self.gate.release(slot)
+
+    def submit_job(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
+                   customer: str | None = None) -> Answer:
+        """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes); in the pool."""
+        try:
             route = job_route(self.routes.table(), name) \
                 or job_route(self.routes.table(fresh=True), name)
-            status, headers, answer = self.jobs.submit(name, body, len(raw), route, self.meta(),
+            status, headers, answer = self.jobs.submit(name, body, size, route, self.meta(),
                                                        customer, key.id if key else None)
         except ServingError as err:
-            metrics.count_request("unknown" if isinstance(err, NotFound) else label, None,
-                                  err.status)
+            metrics.count_request(*self._series(*split_target(name)), err.status)
             return error_answer(err, self.meta())
         return Answer(status, headers, answer)
+
+    def _series(self, label: str, version: str | None) -> tuple[str, str | None]:
+        """The labels a request is counted under, in metrics and metering: its endpoint
+        and version when the route table knows them, else one fixed label (no caller
+        can make new series or rows by naming what does not exist)."""
+        if label == "-":
+            return label, None
+        table = self.routes.table()
+        endpoints = table.get("endpoints", {})
+        if (label in endpoints or label in table.get("traffic", {})) and (
+                version is None or f"{label}{VERSION_SEP}{version}" in endpoints):
+            return label, version
+        return UNKNOWN, None
 
     # -- the management app -------------------------------------------------------
     def wsgi(self, req: Request) -> Answer:

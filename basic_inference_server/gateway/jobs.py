@@ -30,6 +30,7 @@ from ..errors import BadRequest, NotFound, QueueFull, ServingError, Unavailable
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import QUEUED, Job
 from ..redact import mask_text
+from ..traffic.settings import split_target
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class JobsFront:
             raise QueueFull(f"the job queue of {name} holds {max_depth} jobs (MAX_QUEUE_DEPTH); "
                             "try again later", retry_after=1, SIGNATURE=name,
                             MAX_QUEUE_DEPTH=max_depth)
-        metrics.count_request(name, None, 202)
+        metrics.count_request(*split_target(name), 202)
         location = f"/jobs/{job.id}"
         answer = protocol.dumps({"JOB_ID": job.id, "STATUS": QUEUED, "SIGNATURE": name,
                                  "STATUS_URL": location, **meta})
