@@ -41,7 +41,13 @@ JSON_HEADERS = [(b"content-type", protocol.JSON.encode())]
 
 
 def _answer_of(resp: UpstreamResponse) -> tuple[int, dict[str, Any]]:
-    """A step's status and decoded answer; a 200 that is not a JSON object is a 502."""
+    """A step's status and decoded answer; a 200 that is not a JSON object, or holds more
+    values than a request may (:data:`..protocol.MAX_JSON_ELEMENTS`), is a 502."""
+    if protocol.json_elements_over(resp.body):
+        return BAD_GATEWAY, {"ERROR": f"the step answered more than {protocol.MAX_JSON_ELEMENTS} "
+                                      "values, more than a pipeline decodes",
+                             "ERROR_TYPE": "internal_error",
+                             "MAX_JSON_ELEMENTS": protocol.MAX_JSON_ELEMENTS}
     try:
         answer = orjson.loads(resp.body)
     except orjson.JSONDecodeError:

@@ -21,19 +21,57 @@ from .. import protocol
 from ..config import endpoint_defaults
 from ..contracts import ServerSpec
 from ..discovery import load_worker_class
-from ..errors import ServingError
+from ..errors import BadRequest, ServingError
 from ..flask_errors import install_json_errors
 from ..ipc import Notifier
 from ..models.setup import RequestModels, build_manager
+from ..traffic.settings import split_target
 from ..worker import FileOutput, FlaskWorker
 from .batching import Batcher
-from .pipeline import decode_base64_fields, encode_base64_fields, run_pipeline
+from .pipeline import StageError, decode_base64_fields, encode_base64_fields, run_pipeline
 
 log = logging.getLogger(__name__)
 
 # Status, body (or a file to send) and extra headers of one /run answer.
 Outcome = tuple[int, dict[str, Any] | FileOutput, list[tuple[str, str]]]
 _STATUS = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+
+
+def log_failure(endpoint: str, err: ServingError, request_id: str | None) -> None:
+    """Log a request the endpoint's code failed: once, with the traceback, when it is the
+    code's fault (``_predict``, ``_post_process``: a 500); one line when ``_pre_process``
+    refused the caller's input (a 400, the caller's fault)."""
+    if not isinstance(err, StageError):
+        return
+    if err.status < 500:
+        log.info("%s: request %s refused by %s: %s", endpoint, request_id or "-", err.stage,
+                 err.message)
+        return
+    log.error("%s: request %s failed in %s", endpoint, request_id or "-", err.stage,
+              exc_info=(type(err.cause), err.cause, err.cause.__traceback__))
+
+
+class AnswerMeta:
+    """Adds the framework's metadata to an endpoint's answer without losing its keys.
+
+    The endpoint's own value of a key wins: the framework's value is dropped, with a
+    warning logged once per key (and worker process).
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.warned: set[str] = set()
+
+    def add(self, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        clash = meta.keys() & result.keys()
+        if not clash:
+            return {**result, **meta}
+        for key in sorted(clash - self.warned):
+            self.warned.add(key)
+            log.warning("%s: the answer has its own %r, which the server's metadata of that "
+                        "name would replace; the endpoint's value is kept and the metadata "
+                        "dropped (logged once)", self.endpoint, key)
+        return {**result, **{k: v for k, v in meta.items() if k not in clash}}
 
 
 
@@ -69,6 +107,8 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
     signature = f"{type(worker).__name__}:{worker.worker_id}"
     pid = os.getpid()
     models = RequestModels.for_worker(worker)
+    own = AnswerMeta(spec.name)
+    label = split_target(spec.name)[0]
     batch_size = int(cfg.get("MAX_BATCH_SIZE") or 1)
     if batch_size > 1:
         compute = Batcher(worker, batch_size, float(cfg.get("MAX_BATCH_DELAY_MS", 5)) / 1000).run
@@ -85,7 +125,20 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         return Response(protocol.dumps(body), status=status, headers=list(headers),
                         mimetype=protocol.JSON)
 
-    def execute(inputs: dict[str, Any], customer: str | None = None) -> Outcome:
+    def routed(inputs: dict[str, Any]) -> dict[str, Any]:
+        """A ``/run``'s fields, once they name this endpoint (400 otherwise).
+
+        The front routes by the body's bytes; what runs is what they decode to, so a body
+        decoding to another endpoint's SIGNATURE never runs here. Any version of this
+        endpoint may be named: a shadow copy or a version's pinned request."""
+        signature = inputs.get("SIGNATURE")
+        if not isinstance(signature, str) or split_target(signature)[0] != label:
+            raise BadRequest(f"this server runs {spec.name}; the body's SIGNATURE is "
+                             f"{repr(signature)[:80]}", SERVER_SIGNATURE=spec.name)
+        return inputs
+
+    def execute(inputs: dict[str, Any], customer: str | None = None,
+                request_id: str | None = None) -> Outcome:
         """Run the pipeline on a request's fields: what ``/run`` answers (or a file).
 
         The models the request needs (see :mod:`..models`) are held while it runs.
@@ -99,24 +152,26 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
                 with models.hold(inputs, customer):
                     result = compute(inputs)
         except ServingError as err:
+            log_failure(spec.name, err, request_id)
             return err.status, {**err.to_dict(), **meta(call_id)}, err.headers()
         if isinstance(result, FileOutput):
             return 200, result, []
         if not isinstance(result, dict):
             result = {"result": result}
         encode_base64_fields(result, b64_out)
-        return 200, {**result, **meta(call_id)}, []
+        return 200, own.add(result, meta(call_id)), []
 
     @app.route("/run", methods=["GET", "POST"])
     def run() -> Response:
         try:
             if request.method == "GET":
-                inputs: dict[str, Any] = request.args.to_dict()
+                inputs: dict[str, Any] = routed(request.args.to_dict())
             else:
-                inputs = protocol.parse_body(request.get_data(cache=False))
+                inputs = routed(protocol.parse_body(request.get_data(cache=False)))
         except ServingError as err:
             return answer(err.status, {**err.to_dict(), **meta(next(counter))}, err.headers())
-        status, body, headers = execute(inputs, request.headers.get("X-Customer-ID"))
+        status, body, headers = execute(inputs, request.headers.get("X-Customer-ID"),
+                                        request.headers.get("X-Request-ID"))
         if isinstance(body, FileOutput):
             return _file_answer(body)
         return answer(status, body, headers)
@@ -131,8 +186,9 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         try:
             size = int(environ.get("CONTENT_LENGTH") or 0)
             raw = environ["wsgi.input"].read(size) if size > 0 else b""
-            status, body, headers = execute(protocol.parse_body(raw),
-                                            environ.get("HTTP_X_CUSTOMER_ID"))
+            status, body, headers = execute(routed(protocol.parse_body(raw)),
+                                            environ.get("HTTP_X_CUSTOMER_ID"),
+                                            environ.get("HTTP_X_REQUEST_ID"))
         except ServingError as err:
             status, body, headers = err.status, {**err.to_dict(), **meta(next(counter))}, \
                 err.headers()

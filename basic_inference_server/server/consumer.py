@@ -32,7 +32,8 @@ from ..tenants.ledger import JobLedger
 from ..worker import FileOutput
 from .app import Outcome
 
-Execute = Callable[[dict[str, Any], str | None], Outcome]  # inputs, customer id
+# inputs, customer id, request id (the job's, as the job runner names it)
+Execute = Callable[[dict[str, Any], str | None, str | None], Outcome]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -69,7 +70,7 @@ class JobConsumer(JobWorker):
                                        daemon=True)
 
     def _execute(self, job: Job) -> tuple[int, dict[str, Any]]:
-        status, answer, _headers = self.execute(dict(job.body), job.tenant)
+        status, answer, _headers = self.execute(dict(job.body), job.tenant, f"job-{job.id}")
         return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------

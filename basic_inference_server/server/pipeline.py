@@ -25,6 +25,8 @@ class StageError(ServingError):
             ERROR_FILE=last.filename if last else None,
             ERROR_LINE=last.lineno if last else None,
         )
+        self.stage = stage
+        self.cause = exc  # its traceback is logged by the server (the caller gets the summary)
         # _pre_process checks the caller's input: its failures are the caller's fault.
         self.status = 400 if stage == "_pre_process" else 500
         self.kind = "bad_request" if self.status == 400 else "endpoint_error"
