@@ -39,6 +39,7 @@ from ..serving.connection import Answer, Limits, Request, call_wsgi, error_answe
 from ..tenants import TenantsSpec
 from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
+from ..tenants.quotas import Reservation
 from ..tenants.store import KeyStore
 from ..tenants.usage import strip_usage
 from ..traffic.hooks import Hooks
@@ -189,6 +190,7 @@ class Front:
         label = "-"  # the endpoint label until a valid SIGNATURE is read
         version: str | None = None
         slot = None
+        held: Reservation | None = None  # a requests quota's request, reserved
         try:
             if self.gate is not None and not self._internal(req):
                 req.key = self.gate.cached(req.headers) or await self.gate.authenticate(
@@ -203,9 +205,9 @@ class Front:
                 slot, req.limits = (self.gate.admit_held(req.key, label)  # type: ignore[union-attr]
                                     or await self.gate.admit(req.key, label))  # type: ignore[union-attr]
                 if req.key.quota is not None:
-                    await self.gate.check_quota(req.key)  # type: ignore[union-attr]
+                    held = await self.gate.take_quota(req.key)  # type: ignore[union-attr]
             resp = await self.dispatch(target, raw, req)
-            units = await self._charge(req, resp)
+            units = await self._charge(req, resp, held)
         except ServingError as err:
             label, version = self._series(label, version)
             metrics.count_request(label, version, err.status)
@@ -216,6 +218,8 @@ class Front:
         finally:
             if slot is not None and not self.gate.release_held(slot):  # type: ignore[union-attr]
                 await self.gate.give_back(slot)  # type: ignore[union-attr]
+            if held is not None and not held.kept:  # not answered 200: not charged
+                await self.gate.release_quota(held)  # type: ignore[union-attr]
         self._mirror(label, version, raw, req, resp)
         return self._answered(req, resp, label, version, units, time.perf_counter() - started)
 
@@ -284,14 +288,15 @@ class Front:
         raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST",
                                allow=("GET", "POST"))
 
-    async def _charge(self, req: Request, resp: Any) -> float:
-        """Strip the endpoint's ``USAGE`` from the answer and charge it to the request's key.
-        The job runner's calls (no key) keep it: the runner charges the job's key."""
+    async def _charge(self, req: Request, resp: Any, held: Reservation | None) -> float:
+        """Strip the endpoint's ``USAGE`` from the answer and charge it to the request's key
+        (a 200 keeps its reserved request). The job runner's calls (no key) keep it: the
+        runner charges the job's key."""
         units = 0.0
         if req.key is not None and b'"USAGE"' in resp.body:
             resp.body, units = strip_usage(resp.body)
         if req.key is not None and req.key.quota is not None and resp.status == 200:
-            await self.gate.charge(req.key, units)  # type: ignore[union-attr]
+            await self.gate.charge(req.key, units, held)  # type: ignore[union-attr]
         return units
 
     def _answered(self, req: Request, resp: Any, label: str, version: str | None,
@@ -406,6 +411,7 @@ class Front:
         against the endpoint it names, enqueue. The decoded body decides scope, limits
         and the queue, as it decides what runs: its bytes are not scanned here."""
         key: ApiKey | None = None
+        held: Reservation | None = None
         label = "-"  # the endpoint label until a valid SIGNATURE is read
         try:
             if self.gate is not None:
@@ -415,7 +421,7 @@ class Front:
             name = protocol.signature_of(body)
             label = split_target(name)[0]
             if key is not None:
-                await self._admit_job(key, label)
+                held = await self._admit_job(key, label)
         except ServingError as err:
             metrics.count_request(*self._series(label, None), err.status)
             return error_answer(err, self.meta())
@@ -423,23 +429,30 @@ class Front:
         # without keys the one the client sent.
         customer = key.tenant if key else next(
             (v.decode("latin-1") for h, v in req.headers if h == b"x-customer-id"), None)
-        answer: Answer = await self.off_loop(self.submit_job, name, body, len(req.body), key,
-                                             customer)
+        answer: Answer | None = None
+        try:
+            answer = await self.off_loop(self.submit_job, name, body, len(req.body), key,
+                                         customer)
+        finally:
+            if held is not None and (answer is None or answer.status != 202):
+                await self.gate.release_quota(held)  # type: ignore[union-attr]  # not queued
         return answer
 
-    async def _admit_job(self, key: ApiKey, label: str) -> None:
+    async def _admit_job(self, key: ApiKey, label: str) -> Reservation | None:
         """A job's key check at submit time, by its endpoint's label (as a ``/run``'s)."""
         assert self.gate is not None
         # Limits apply at submit time: one request, its concurrency slot given back
-        # once the job is admitted.
+        # once it is admitted. A requests quota's request is reserved here, kept once
+        # the job is queued (the job's consumer gives it back if the job does not end
+        # with a 200); a units quota is checked, its units charged when the job runs.
         slot = None
         try:
             slot, _ = await self.gate.admit(key, label)
-            await self.gate.check_quota(key)
-            await self.gate.charge(key, 0.0)  # requests at submit; units when it runs
+            held: Reservation | None = await self.gate.take_quota(key)
         finally:
             if slot is not None:
                 await self.gate.release(slot)
+        return held
 
     def submit_job(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
                    customer: str | None = None) -> Answer:

@@ -100,8 +100,9 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
             raise Conflict(f"API key {old.id} is revoked or expired; create a new one",
                            KEY_ID=old.id)
         secret = new_secret()
+        # The same lineage: the new key goes on with the old one's quota and limits.
         new = dataclasses.replace(old, id="key_" + secrets.token_hex(8), hash=digest(secret),
-                                  created=now, revoked=None, expires=None)
+                                  created=now, revoked=None, expires=None, lineage=old.lineage)
         stored(lambda: store().add(new))
         old.expires = now + grace
         stored(lambda: store().save(old))

@@ -3,8 +3,10 @@ its limits. Runs on the event loop; keys are cached in memory.
 
 The cache is dropped whenever the store's change stamp moves, and the stamp is read
 at most every ``CHECK_EVERY`` seconds: a revoked key is refused by every front
-process within that time (plus one store round trip), with no store call per request
-for the key itself.
+process within that time of the revoke, with no store call per request for the key
+itself. The cache counts as checked from when a stamp read was sent, once its answer
+is in: requests that come while it is on its way wait for it (one read for all of
+them), never for a cache that was last checked before it.
 
 Rate limits are taken from what this process took ahead, and from the store only
 every few requests (:mod:`.allot`): most limited requests take no lock and make no
@@ -30,9 +32,10 @@ from .allot import Ahead, Ticket
 from .keys import ApiKey, digest, presented
 from .limits import Decision, Plan, RateLimited, StoreDown
 from .metering import FLUSH_EVERY, Meter
+from .quotas import QuotaBook, Reservation
 from .shared import SharedLimits
 from .store import KeyStore, OffLoop, open_store
-from .usage import exceeded, period
+from .usage import period
 
 CHECK_EVERY = 0.25
 # Keys held in memory per front process; past it the cache starts over (a flood of
@@ -55,10 +58,10 @@ class TenantGate:
         self.store: KeyStore = open_store(spec.redis, spec.db, off_loop, processes)
         assert self.store.limits is not None
         self.limits: Ahead = self.store.limits
-        # Fail open: limits counted here, charges owed, while the store is down.
+        # Fail open: limits counted here, quotas kept in memory, while the store is down.
         self.shared = SharedLimits(processes) if spec.fail_open and spec.redis else None
         self.local = Ahead(self.shared) if self.shared is not None else None
-        self._owed: dict[tuple[str, str], float] = {}
+        self.quotas = QuotaBook(self.store, self.local is not None)
         self.meter = Meter()
         self._flush_timer: asyncio.TimerHandle | None = None
         self._cache: dict[bytes, ApiKey | None] = {}
@@ -67,7 +70,9 @@ class TenantGate:
         self._plans: dict[tuple[str, str], tuple[list[tuple[str, float, int]],
                                                  tuple[str, int] | None]] = {}
         self._stamp: Any = object()
-        self._checked = -1.0
+        self._checked = -1.0  # when the stamp read that last confirmed the cache was sent
+        self._reading: asyncio.Task[None] | None = None  # the stamp read on its way
+        self._generation = 0  # moves when the cache is dropped
 
     async def _guard(self, coro: Any, fallback: Any = None) -> Any:
         """The store's answer; when it is down, ``fallback`` (fail open) or a 503."""
@@ -115,25 +120,39 @@ class TenantGate:
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> ApiKey:
         """The request's key (401 without a valid one; 400 when it claims a customer)."""
         given = self._given(headers)
-        now = time.monotonic()
-        if now - self._checked >= CHECK_EVERY:
-            self._checked = now
-            stamp = await self._guard(self.store.stamp(), lambda: self._stamp)
-            if stamp != self._stamp:
-                self._cache.clear()
-                self._plans.clear()
-                self._stamp = stamp
+        if time.monotonic() - self._checked >= CHECK_EVERY:
+            if self._reading is None:
+                self._reading = asyncio.get_running_loop().create_task(self._read_stamp())
+            # Shielded: a request that goes away does not stop the read the others wait for.
+            await asyncio.shield(self._reading)
         mark = self._mark(given)
         try:
             key = self._cache[mark]
         except KeyError:
+            generation = self._generation
             key = await self._guard(self.store.find(digest(given)))
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.clear()
-            self._cache[mark] = key
+            if generation == self._generation:  # else the record may predate the new stamp
+                if len(self._cache) >= MAX_CACHED:
+                    self._cache.clear()
+                self._cache[mark] = key
         if key is None or not key.usable(time.time()):
             raise KeyRequired("unknown, revoked or expired API key")
         return key
+
+    async def _read_stamp(self) -> None:
+        """Read the store's stamp; drop the cache when it moved. The cache is fresh from
+        when the read was sent (the answer is at least that recent), not before."""
+        try:
+            sent = time.monotonic()
+            stamp = await self._guard(self.store.stamp(), lambda: self._stamp)
+            if stamp != self._stamp:
+                self._cache.clear()
+                self._plans.clear()
+                self._generation += 1
+                self._stamp = stamp
+            self._checked = sent
+        finally:
+            self._reading = None
 
     def admit_held(self, key: ApiKey, endpoint: str
                    ) -> tuple[Plan | None, Decision | None] | None:
@@ -169,14 +188,16 @@ class TenantGate:
         """What a request of ``key`` to ``endpoint`` takes (its parts kept per key)."""
         parts = self._plans.get((key.id, endpoint))
         if parts is None:
-            buckets = [(key.id, key.limit.rate, key.limit.burst)] if key.limit else []
+            # Named by the key's lineage: a rotated key goes on with its buckets and slots.
+            line = key.lineage
+            buckets = [(line, key.limit.rate, key.limit.burst)] if key.limit else []
             own = key.endpoint_limits.get(endpoint)
             if own is not None:
-                buckets.append((key.id + ":" + endpoint, own.rate, own.burst))
+                buckets.append((line + ":" + endpoint, own.rate, own.burst))
             if len(self._plans) >= MAX_CACHED:
                 self._plans.clear()
             parts = self._plans[(key.id, endpoint)] = (
-                buckets, (key.id + ":slots", key.max_concurrent) if key.max_concurrent else None)
+                buckets, (line + ":slots", key.max_concurrent) if key.max_concurrent else None)
         return Plan(*parts)
 
     async def _fetch(self, plan: Plan, ticket: Ticket) -> Decision:
@@ -211,32 +232,23 @@ class TenantGate:
         if not self.release_held(plan):
             await self.give_back(plan)
 
-    async def check_quota(self, key: ApiKey) -> None:
-        """429 ``quota_exceeded`` once the key spent its quota for the period."""
-        if key.quota is None:
-            return
-        now = time.time()
-        label = period(key.quota.per, now)[0]
-        spent: float = await self._guard(self.store.spent(key.id, label), lambda: 0.0)
-        spent += self._owed.get((key.id, label), 0.0)
-        if spent >= key.quota.amount:
-            raise exceeded(key.quota, spent, now)
+    async def take_quota(self, key: ApiKey) -> Reservation | None:
+        """At admission (429 ``quota_exceeded`` when the key has spent its quota): a
+        requests quota reserves one request, to :meth:`charge` (a 200) or
+        :meth:`release_quota`; a units quota is checked (its units are charged after)."""
+        return await self.quotas.take(key)
 
-    async def charge(self, key: ApiKey, units: float) -> None:
-        """Count one request (or the units it reported) against the key's quota."""
-        if key.quota is None:
-            return
-        amount = 1.0 if key.quota.unit == "requests" else units
-        if amount:
-            label = period(key.quota.per, time.time())[0]
-            owed = self._owed.pop((key.id, label), 0.0) + amount
-            try:
-                await self.store.charge(key.id, label, owed)
-            except StoreDown as exc:
-                if self.local is None:
-                    raise Unavailable(f"the key store is not reachable: {exc}",
-                                      retry_after=1) from None
-                self._owed[(key.id, label)] = owed
+    async def charge(self, key: ApiKey, units: float, held: Reservation | None) -> None:
+        """A request answered 200: its reservation stays spent; a units quota is
+        charged the units it reported."""
+        if held is not None:
+            held.kept = True
+        else:
+            await self.quotas.charge(key, units)
+
+    async def release_quota(self, held: Reservation) -> None:
+        """Give back a reservation whose request was not answered 200."""
+        await self.quotas.release(held)
 
     async def usage(self, key: ApiKey) -> dict[str, Any]:
         """``GET /usage``: the key's own counters and limits."""
@@ -245,7 +257,7 @@ class TenantGate:
         if key.quota is not None:
             label, reset = period(key.quota.per, time.time())
             out["USAGE"] = {"PERIOD": label, "UNIT": key.quota.unit, "QUOTA": key.quota.amount,
-                            "SPENT": await self._guard(self.store.spent(key.id, label)),
+                            "SPENT": await self._guard(self.store.spent(key.lineage, label)),
                             "RESET_AT": reset}
         return out
 

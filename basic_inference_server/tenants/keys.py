@@ -5,6 +5,11 @@ keeps only its SHA-256: the key has 256 bits of entropy, so no dictionary or bru
 force reaches it and a slow KDF (bcrypt, scrypt) would add nothing but CPU time on
 every request. Each key belongs to one tenant (the customer id passed to endpoints as
 ``X-Customer-ID``) and carries its scopes and limits.
+
+A key's counters (quota spent, rate buckets, concurrency slots) are its **lineage**'s:
+the id of the first key of its rotation chain, which a rotated key inherits, so a
+rotation neither resets nor doubles them. A key stored before lineages existed is its
+own lineage.
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ class ApiKey:
     created: float = field(default_factory=time.time)
     revoked: float | None = None
     expires: float | None = None  # end of a rotation's grace period
+    lineage: str = ""  # the first key of its rotation chain: whose counters it uses
+
+    def __post_init__(self) -> None:
+        if not self.lineage:
+            self.lineage = self.id
 
     def usable(self, now: float) -> bool:
         return self.revoked is None and (self.expires is None or now < self.expires)
@@ -111,7 +121,7 @@ class ApiKey:
                 "ENDPOINT_LIMITS": {k: asdict(v) for k, v in self.endpoint_limits.items()},
                 "MAX_CONCURRENT": self.max_concurrent,
                 "QUOTA": asdict(self.quota) if self.quota else None, "CREATED": self.created,
-                "REVOKED": self.revoked, "EXPIRES": self.expires}
+                "REVOKED": self.revoked, "EXPIRES": self.expires, "LINEAGE": self.lineage}
 
 
 def _rate(value: Any, what: str) -> float:

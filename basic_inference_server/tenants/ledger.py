@@ -1,15 +1,17 @@
 """What async jobs spend, charged where they run: an endpoint worker's job consumer, or
 the job runner (jobs of versioned, remote and pipeline endpoints).
 
-A job's request was charged (and its rate limits taken) when it was submitted, at the
-gateway. Its units are known only once it has run: the consumer that ran it takes
-``USAGE`` out of the stored result and hands the run to its :class:`JobLedger`
-(:mod:`..queues.consumer`). The front leaves ``USAGE`` in its answers to the job
-runner, and only to it, for that. The ledger writes to the tenants store itself, with the store's
-address from the server's spec (never from the environment, which endpoint code
-shares): the units go to the key's quota counter at once when the key's quota is in
-units, and the run is metered per tenant and endpoint in batches, like the front's
-requests.
+A job's rate limits were taken when it was submitted, at the gateway, and for a
+requests quota its request was reserved there. Its units are known only once it has
+run: the consumer that ran it takes ``USAGE`` out of the stored result and hands the
+run to its :class:`JobLedger` (:mod:`..queues.consumer`). The front leaves ``USAGE`` in
+its answers to the job runner, and only to it, for that. The ledger writes to the
+tenants store itself, with the store's address from the server's spec (never from the
+environment, which endpoint code shares): a job that ends with a 200 has its units
+added to the key's counter when its quota is in units; one that does not gives back
+the request reserved at submit when its quota is in requests (only 200s are charged,
+as for ``/run``). Counters are the key's lineage's (:mod:`.keys`). The run is metered
+per tenant and endpoint in batches, like the front's requests.
 
 The job has run by then: there is nothing left to refuse. When the store does not
 answer, charges and counts stay in memory and are written at the next try.
@@ -47,7 +49,8 @@ class JobLedger:
     def __init__(self, spec: TenantsSpec) -> None:
         self.store: KeyStore = open_store(spec.redis, spec.db)
         self.meter = Meter()
-        self.charges: list[tuple[str, float, float]] = []  # key id, units, when
+        # Key id, the quota unit it is for, the amount, and when (its period).
+        self.charges: list[tuple[str, str, float, float]] = []
         self._due: float | None = None  # when the meter's batch is to be written
 
     def ran(self, job: Job, status: int, units: float, seconds: float) -> None:
@@ -57,8 +60,12 @@ class JobLedger:
         self.meter.record(job.tenant, job.endpoint, status, units, seconds)
         if self._due is None:
             self._due = time.monotonic() + FLUSH_EVERY
-        if status == 200 and units:
-            self.charges.append((job.key_id, units, time.time()))
+        if status != 200:
+            # The request reserved at submit, in the period of the submission (the
+            # reservation was taken a moment before the job was made).
+            self.charges.append((job.key_id, "requests", -1.0, job.submitted_at))
+        elif units:
+            self.charges.append((job.key_id, "units", units, time.time()))
         self.flush()
 
     def flush(self, final: bool = False) -> None:
@@ -79,8 +86,8 @@ class JobLedger:
             log.warning("the tenants store did not take the jobs' usage (%s); kept for the "
                         "next try", exc)
 
-    def _charge(self, key_id: str, units: float, when: float) -> None:
+    def _charge(self, key_id: str, unit: str, amount: float, when: float) -> None:
         key = self.store.get(key_id)
-        if key is None or key.quota is None or key.quota.unit != "units":
-            return  # a requests quota was charged at submit
-        self.store.charge_now(key_id, period(key.quota.per, when)[0], units)
+        if key is None or key.quota is None or key.quota.unit != unit:
+            return  # no quota of this unit: nothing to charge or give back
+        self.store.charge_now(key.lineage, period(key.quota.per, when)[0], amount)

@@ -239,6 +239,16 @@ class RespClient:
             conn = await self._connected()
         return await conn.send(command, loop)
 
+    async def script(self, source: str, sha: str, keys: list[Any], args: list[Any]) -> Any:
+        """A Lua script's reply: EVALSHA, and the whole script (EVAL) when the server does
+        not have it yet (its first call there, or after SCRIPT FLUSH)."""
+        try:
+            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self.call("EVAL", source, len(keys), *keys, *args)
+
     async def send(self, *args: Any) -> None:
         """Send a command whose reply does not matter: not waited for, whatever it is,
         when the connection is up (else it is made, as for :meth:`call`); it goes out

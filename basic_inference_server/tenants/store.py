@@ -11,6 +11,12 @@ extra) is imported only when a Redis store is used.
 ``stamp`` changes whenever a key does: the front caches keys in memory and drops its
 cache when the stamp moves (a file replaced for SQLite, a counter for Redis).
 
+Quota counters are per key lineage (:mod:`.keys`) and period. ``reserve`` takes an
+amount only while the quota has room for it, in one store operation (a conditional
+UPSERT in SQLite, a Lua script in Redis): concurrent requests never pass a requests
+quota. ``charge`` adds to a counter whatever it holds (units after a request, or a
+negative amount: a reservation given back).
+
 ``charge_now`` and ``meter_now`` are the blocking forms of ``charge`` and ``meter``:
 the job consumer of an endpoint worker charges the jobs it runs with them (see
 :mod:`.ledger`).
@@ -19,6 +25,7 @@ the job consumer of an endpoint worker charges the jobs it runs with them (see
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import sqlite3
@@ -57,11 +64,13 @@ class KeyStore(Protocol):
     def save(self, key: ApiKey) -> None: ...
     async def find(self, digest: str) -> ApiKey | None: ...
     async def stamp(self) -> Any: ...
-    async def spent(self, key_id: str, period: str) -> float: ...
-    async def charge(self, key_id: str, period: str, amount: float) -> None: ...
+    async def spent(self, lineage: str, period: str) -> float: ...
+    async def reserve(self, lineage: str, period: str, amount: float,
+                      limit: float) -> tuple[bool, float]: ...
+    async def charge(self, lineage: str, period: str, amount: float) -> None: ...
     async def meter(self, rows: list[Row]) -> None: ...
     def metered(self, day: str) -> list[dict[str, Any]]: ...
-    def charge_now(self, key_id: str, period: str, amount: float) -> None: ...
+    def charge_now(self, lineage: str, period: str, amount: float) -> None: ...
     def meter_now(self, rows: list[Row]) -> None: ...
 
 
@@ -72,6 +81,7 @@ class SqliteStore:
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, hash TEXT UNIQUE NOT NULL,
                                      tenant TEXT NOT NULL, record TEXT NOT NULL);
+    -- usage.key_id: the key's lineage (the id of the first key of its rotation chain).
     CREATE TABLE IF NOT EXISTS usage (key_id TEXT NOT NULL, period TEXT NOT NULL,
                                       spent REAL NOT NULL, PRIMARY KEY (key_id, period));
     CREATE TABLE IF NOT EXISTS metering (tenant TEXT NOT NULL, endpoint TEXT NOT NULL,
@@ -147,23 +157,39 @@ class SqliteStore:
             return None
         return (info.st_ino, info.st_mtime_ns)
 
-    def _spent(self, key_id: str, period: str) -> float:
+    def _spent(self, lineage: str, period: str) -> float:
         row = self.conn().execute("SELECT spent FROM usage WHERE key_id = ? AND period = ?",
-                                  (key_id, period)).fetchone()
+                                  (lineage, period)).fetchone()
         return float(row[0]) if row else 0.0
 
-    async def spent(self, key_id: str, period: str) -> float:
-        found: float = await self._pooled(self._spent, key_id, period)
+    async def spent(self, lineage: str, period: str) -> float:
+        found: float = await self._pooled(self._spent, lineage, period)
         return found
 
-    def charge_now(self, key_id: str, period: str, amount: float) -> None:
+    def _reserve(self, lineage: str, period: str, amount: float,
+                 limit: float) -> tuple[bool, float]:
+        # One statement: it adds only while the quota has room, atomically across the
+        # front processes (the WHERE of the SELECT also keeps the UPSERT unambiguous).
+        rows = self.conn().execute(
+            "INSERT INTO usage SELECT ?, ?, ? WHERE ? <= ? ON CONFLICT (key_id, period) "
+            "DO UPDATE SET spent = spent + excluded.spent WHERE spent + excluded.spent <= ? "
+            "RETURNING spent", (lineage, period, amount, amount, limit, limit)).fetchall()
+        return (True, float(rows[0][0])) if rows else (False, self._spent(lineage, period))
+
+    async def reserve(self, lineage: str, period: str, amount: float,
+                      limit: float) -> tuple[bool, float]:
+        found: tuple[bool, float] = await self._pooled(self._reserve, lineage, period, amount,
+                                                       limit)
+        return found
+
+    def charge_now(self, lineage: str, period: str, amount: float) -> None:
         # One statement: atomic across the front processes.
         self.conn().execute("INSERT INTO usage VALUES (?, ?, ?) ON CONFLICT (key_id, period) "
                             "DO UPDATE SET spent = spent + excluded.spent",
-                            (key_id, period, amount))
+                            (lineage, period, amount))
 
-    async def charge(self, key_id: str, period: str, amount: float) -> None:
-        await self._pooled(self.charge_now, key_id, period, amount)
+    async def charge(self, lineage: str, period: str, amount: float) -> None:
+        await self._pooled(self.charge_now, lineage, period, amount)
 
     def meter_now(self, rows: list[Row]) -> None:
         conn = self.conn()
@@ -189,6 +215,18 @@ class SqliteStore:
             "WHERE day = ? ORDER BY tenant, endpoint", (day,))
         return [dict(zip(("tenant", "endpoint", "day", *COLUMNS), r, strict=True))
                 for r in cursor]
+
+
+# Takes an amount from a quota counter only while it has room. KEYS: the counter (a
+# hash per lineage). ARGV: the period (its field), the amount, the quota. Returns: 1 if
+# taken (else 0), and what the counter holds after (as text: Lua numbers come back
+# truncated).
+LUA_RESERVE = """
+local spent = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if spent + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return {0, tostring(spent)} end
+return {1, redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])}
+"""
+LUA_RESERVE_SHA = hashlib.sha1(LUA_RESERVE.encode()).hexdigest()
 
 
 def _text(value: bytes | str) -> str:
@@ -272,16 +310,24 @@ class RedisStore:
     async def stamp(self) -> Any:
         return await self._acall(self.lean.call("GET", self.prefix + "stamp"))
 
-    async def spent(self, key_id: str, period: str) -> float:
-        found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + key_id, period))
+    async def spent(self, lineage: str, period: str) -> float:
+        found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + lineage,
+                                                 period))
         return float(found) if found else 0.0
 
-    async def charge(self, key_id: str, period: str, amount: float) -> None:
-        await self._acall(self.lean.call("HINCRBYFLOAT", self.prefix + "usage:" + key_id,
+    async def reserve(self, lineage: str, period: str, amount: float,
+                      limit: float) -> tuple[bool, float]:
+        taken, spent = await self._acall(self.lean.script(
+            LUA_RESERVE, LUA_RESERVE_SHA, [self.prefix + "usage:" + lineage],
+            [period, repr(amount), repr(limit)]))
+        return bool(taken), float(spent)
+
+    async def charge(self, lineage: str, period: str, amount: float) -> None:
+        await self._acall(self.lean.call("HINCRBYFLOAT", self.prefix + "usage:" + lineage,
                                          period, repr(amount)))
 
-    def charge_now(self, key_id: str, period: str, amount: float) -> None:
-        self._call(lambda: self.client().hincrbyfloat(self.prefix + "usage:" + key_id, period,
+    def charge_now(self, lineage: str, period: str, amount: float) -> None:
+        self._call(lambda: self.client().hincrbyfloat(self.prefix + "usage:" + lineage, period,
                                                       amount))
 
     def _metering(self, rows: list[Row]) -> list[tuple[Any, ...]]:
