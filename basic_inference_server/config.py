@@ -96,7 +96,8 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Name of this box, reported as `server` in every response."),
         Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
         Setting("FIRST_SERVER_PORT", (int, type(None)), None,
-                "Port of the first endpoint server (null: gateway port + 1); 0 picks free ports.",
+                "Port of the first endpoint server with TCP_PORT (null: gateway port + 1); 0 "
+                "picks free ports.",
                 _port_or_null),
         Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _workers),
         Setting("GATEWAY_THREADS", int, 32,
@@ -195,12 +196,17 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         Setting("NR_WORKERS", int, 1,
                 f"Worker processes of the endpoint server (1 to {MAX_WORKERS}).", _workers),
         Setting("HOST", str, "127.0.0.1",
-                "Address the endpoint server listens on (loopback by default: its port has none "
-                "of the gateway's checks; another address is logged as a warning); NO_HOST "
-                "makes it a support process.", check_host),
+                "Address of the endpoint server's TCP port, with TCP_PORT (loopback by default; "
+                "another address is logged as a warning); NO_HOST makes it a support process.",
+                check_host),
         Setting("PORT", (int, type(None)), None,
-                "Port of the endpoint server (default: assigned from FIRST_SERVER_PORT).",
-                _port_or_null),
+                "Port of the endpoint server, with TCP_PORT (default: assigned from "
+                "FIRST_SERVER_PORT).", _port_or_null),
+        Setting("TCP_PORT", bool, False,
+                "The endpoint server also listens on HOST:PORT over TCP. The gateway reaches "
+                "its servers over Unix sockets; this port has none of its checks (API key, "
+                "scopes, quotas, admin token): any local user, and with another HOST anyone "
+                "who reaches it, calls the endpoint directly."),
         Setting("DISABLED", bool, False, "Configured but not started (start it with /start_server)."),
         Setting("SERVER_CLASS", (str, type(None)), None,
                 "Endpoint file (endpoints/<SERVER_CLASS>.py) to run, when it differs from the name.",

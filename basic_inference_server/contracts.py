@@ -84,7 +84,7 @@ class ServerSpec:
     module: str
     endpoints_dir: str
     host: str
-    port: int
+    port: int | None  # None: no TCP port, the Unix socket only (TCP_PORT off)
     socket: str
     nr_workers: int
     worker_config: dict[str, Any]

@@ -506,7 +506,7 @@ def role_of(p: psutil.Process, root_pid: int) -> str:
 
 def memory_section(workdir: Path, args: argparse.Namespace,
                    results: dict[str, Any]) -> dict[str, Any]:
-    config = bench_config({"echo": {"NR_WORKERS": 2, "HOST": "127.0.0.1"}})
+    config = bench_config({"echo": {"NR_WORKERS": 2, "HOST": "127.0.0.1", "TCP_PORT": True}})
     gw = Gateway("memory", config, workdir)
     try:
         gw.start()
@@ -791,8 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.skip_echo and args.skip_cpu):
             def load_sections() -> None:
                 config = bench_config({
-                    "echo": {"NR_WORKERS": 2, "HOST": "127.0.0.1"},
-                    "cpu_bound": {"NR_WORKERS": 1, "HOST": "127.0.0.1"},
+                    "echo": {"NR_WORKERS": 2, "HOST": "127.0.0.1", "TCP_PORT": True},
+                    "cpu_bound": {"NR_WORKERS": 1, "HOST": "127.0.0.1", "TCP_PORT": True},
                 })
                 gw = Gateway("load", config, workdir)
                 try:

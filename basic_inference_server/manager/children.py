@@ -89,10 +89,12 @@ def spawn(role: str, name: str, module: str, spec: Any, *, fds: tuple[int, ...] 
     return Child(role=role, name=name, proc=proc, generation=generation)
 
 
-def spawn_script(name: str, script: str, args: list[str], hide: tuple[str, ...] = ()) -> Child:
-    """Start a plain script (a support process) through the die-with-parent launcher."""
+def spawn_script(name: str, script: str, args: list[str], hide: tuple[str, ...] = (),
+                 launcher: tuple[str, ...] = ()) -> Child:
+    """Start a plain script (a support process) through the die-with-parent launcher
+    (``launcher``: its own options, see :mod:`..support.launch`)."""
     argv = [sys.executable, "-m", SUPPORT_LAUNCHER,
-            "--parent", str(os.getpid()), script, *args]
+            "--parent", str(os.getpid()), *launcher, script, *args]
     proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
                             env=child_env(hide=hide))
     return Child(role="support", name=name, proc=proc)

@@ -40,8 +40,14 @@ from ..queues import jobs_spec
 from ..tenants import tenants_spec
 from ..traffic.versions import expand
 from .children import Child, Service, spawn, spawn_script
-from .control import ControlServer, json_depth
-from .listeners import admin_token, listen_tcp, listen_unix, sweep_stale_run_dirs
+from .control import LOOKUPS_PER_S, REFUSALS_PER_S, Budget, ControlServer, json_depth
+from .listeners import (
+    admin_token,
+    listen_tcp,
+    listen_unix,
+    reach_address,
+    sweep_stale_run_dirs,
+)
 from .rollouts import RolloutController
 from .specs import (
     Paths,
@@ -50,6 +56,7 @@ from .specs import (
     jobrunner_spec,
     server_spec,
     supervisor_spec,
+    support_launcher,
     support_payload,
 )
 from .state import STABLE_AFTER, Change, Endpoint, State, write_routes
@@ -110,6 +117,11 @@ class Core:
         self.traffic = TrafficTable(config.endpoints, self.cache_dir)
         self.rollouts = RolloutController(self.traffic, self.cache_dir)
         self.front_listener: socket.socket | None = None
+        self.control_server: ControlServer | None = None
+        # Where processes of this box reach the front (set once it listens).
+        self.local_address: str | None = None
+        self.refusals = Budget(REFUSALS_PER_S, 2 * REFUSALS_PER_S, clock())
+        self.lookups = Budget(LOOKUPS_PER_S, 2 * LOOKUPS_PER_S, clock())
         self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
         self.supervisor = Service("supervisor", self._spawn_supervisor, STABLE_AFTER)
         # Started once an endpoint has no server of its own to run its jobs.
@@ -137,11 +149,13 @@ class Core:
         self.front_listener = listen_tcp(self.host, self.port)
         if self.port == 0:
             self.port = self.front_listener.getsockname()[1]
+        self.local_address = reach_address(self.front_listener)
         control = socket.socket(socket.AF_UNIX)
         control.bind(self.paths.control)
         control.listen(64)
         control.setblocking(False)
-        self.sel.register(control, selectors.EVENT_READ, ControlServer(self).accept)
+        self.control_server = ControlServer(self, self.sel)
+        self.sel.register(control, selectors.EVENT_READ, self.control_server.accept)
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(self.paths.notify)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
@@ -276,34 +290,44 @@ class Core:
         metrics.mkdir()
         spec = front_spec(self.config, self.paths, self.admin_token, self.jobs.to_dict(),
                           tenants_spec(self.config, self.cache_dir), self.internal_token)
-        return spawn("front", "gateway", FRONT_MODULE, spec,
-                     fds=(self.front_listener.fileno(),),
-                     env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),
-                          "BIS_SERVER_METRICS_DIR": str(self.server_metrics)})
+        return self._spawn("front", "gateway", FRONT_MODULE, spec,
+                           fds=(self.front_listener.fileno(),),
+                           env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),
+                                "BIS_SERVER_METRICS_DIR": str(self.server_metrics)})
 
     def _spawn_supervisor(self) -> Child:
         spec = supervisor_spec(self.config, self.paths, str(self.cache_dir))
-        return spawn("supervisor", "supervisor", SUPERVISOR_MODULE, spec)
+        return self._spawn("supervisor", "supervisor", SUPERVISOR_MODULE, spec)
 
     def _spawn_jobrunner(self) -> Child:
         url = front_url(self.host, self.port, bool(self.config["TLS_CERT"]))
         spec = jobrunner_spec(self.config, self.paths, self.jobs.to_dict(), url,
                               self.internal_token, tenants_spec(self.config, self.cache_dir))
         # Its jobs' per-tenant counters are merged with the servers' at scrape time.
-        return spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec,
-                     env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
+        return self._spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec,
+                           env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
 
     def _spawn_server(self, ep: Endpoint) -> Child:
         spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict(),
                            tenants_spec(self.config, self.cache_dir))
-        return spawn("server", ep.name, SERVER_MODULE, spec,
-                     fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
-                     env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)},
-                     hide=self._remote_key_vars())
+        return self._spawn("server", ep.name, SERVER_MODULE, spec,
+                           fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
+                           env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
 
-    def _remote_key_vars(self) -> tuple[str, ...]:
-        """Variables holding remote endpoints' keys (``REMOTE_API_KEY: env:VAR``): only
-        the front reads them, endpoint code never sees them."""
+    def _spawn(self, role: str, name: str, module: str, spec: Any, **kw: Any) -> Child:
+        return spawn(role, name, module, spec, hide=self._hidden_env(role), **kw)
+
+    def _hidden_env(self, role: str) -> tuple[str, ...]:
+        """Variables of our environment a child of ``role`` does not get (besides the
+        admin token's, which no child gets: :func:`.children.child_env`).
+
+        The one place that decides it for every child. The variables holding remote
+        endpoints' keys (``REMOTE_API_KEY: env:VAR``) reach the front alone, which
+        calls the remotes; endpoint code, support scripts, the supervisor and the job
+        runner never see them.
+        """
+        if role == "front":
+            return ()
         refs = (ep.config.settings["REMOTE_API_KEY"] or "" for ep in self.endpoints.values())
         return tuple(ref[4:] for ref in refs if ref.startswith("env:"))
 
@@ -317,17 +341,26 @@ class Core:
         return port
 
     def _open_listeners(self, ep: Endpoint) -> None:
+        """The server's Unix socket (the front's way in, private to our user) and, only
+        when ``TCP_PORT`` asks for it, a TCP port: that one has none of the gateway's
+        checks, so any local user could call the endpoint through it."""
         if ep.listeners:
+            return
+        ep.socket_path = str(self.run_dir / f"srv-{ep.name}.sock")
+        ep.listeners = [listen_unix(ep.socket_path)]
+        if not ep.config.settings["TCP_PORT"]:
+            ep.port = None
             return
         host = ep.config.settings["HOST"]
         ep.port = ep.port or self._allocate_port(ep)
-        tcp = listen_tcp(host, ep.port)
-        if not is_loopback_host(host):
-            log.warning("%s: endpoint server listens on %s:%d, beyond loopback: callers there "
-                        "bypass the gateway's checks (credential, Host, limits)",
-                        ep.name, host, ep.port)
-        ep.socket_path = str(self.run_dir / f"srv-{ep.name}.sock")
-        ep.listeners = [tcp, listen_unix(ep.socket_path)]
+        try:
+            ep.listeners.insert(0, listen_tcp(host, ep.port))
+        except ConfigError:
+            self._close_listeners(ep)
+            raise
+        log.warning("%s: endpoint server listens on %s:%d (TCP_PORT): callers there bypass "
+                    "the gateway's checks (API key, scopes, quotas)%s", ep.name, host, ep.port,
+                    "" if is_loopback_host(host) else ", from beyond loopback too")
 
     def _close_listeners(self, ep: Endpoint) -> None:
         for sock in ep.listeners:
@@ -345,9 +378,13 @@ class Core:
             if ep.is_support:
                 script = endpoint_file(self.paths.endpoints_dir, ep.config.module_name)
                 ep.next_generation()
-                payload = support_payload(ep, self.host, self.port)
+                assert self.local_address is not None
+                payload = support_payload(ep, self.local_address, self.port)
                 child = spawn_script(ep.name, str(script),
-                                     ["--config_endpoint", json.dumps(payload)])
+                                     ["--config_endpoint", json.dumps(payload)],
+                                     hide=self._hidden_env("support"),
+                                     launcher=support_launcher(self.local_address, self.port,
+                                                               self.config["TLS_CERT"]))
             else:
                 self._open_listeners(ep)
                 ep.next_generation()
@@ -467,6 +504,8 @@ class Core:
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self.sel.close()
+        if self.control_server is not None:
+            self.control_server.close()
         self._wake_r.close()
         self._wake_w.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)

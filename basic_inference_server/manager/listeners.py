@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import shutil
@@ -36,6 +37,15 @@ def listen_tcp(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def reach_address(sock: socket.socket) -> str:
+    """The address a process of this box reaches a listening socket at: the address it
+    is bound to, or loopback for a wildcard (``0.0.0.0``, ``::``)."""
+    addr = str(sock.getsockname()[0])
+    if ipaddress.ip_address(addr.split("%")[0]).is_unspecified:
+        return "::1" if sock.family == socket.AF_INET6 else "127.0.0.1"
+    return addr
 
 
 def listen_unix(path: str) -> socket.socket:

@@ -9,9 +9,9 @@ from typing import Any
 
 from ..health.memory import seed_status
 from ..ipc import PEER_ADDR, PEER_PORT
-from .control import Reply, error, json_depth
+from .control import LOOKUPS_PER_S, REFUSALS_PER_S, Deferred, Reply, error, json_depth
 from .core import Core
-from .peers import peer_in_tree
+from .peers import normal, peer_in_tree
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 # stored can break a later answer (orjson writes at most 254 levels).
 SUPPORT_MAX_BYTES = 64 * 1024
 SUPPORT_MAX_DEPTH = 32
-
 
 class ReportCommands(Core):
     """The commands that take in and hand out what the tree reports."""
@@ -72,11 +71,13 @@ class ReportCommands(Core):
     def cmd_notifications(self, _args: dict[str, Any]) -> Reply:
         return 200, {"NOTIFICATIONS": list(self.notifications)}
 
-    def cmd_support_update_status(self, args: dict[str, Any]) -> Reply:
+    def cmd_support_update_status(self, args: dict[str, Any]) -> Reply | Deferred:
         """A support process reports its status; only that process (or its children) may.
 
         The caller is identified by its connection, which the front passes under
-        reserved keys: the socket must be open in the support process's tree.
+        reserved keys: the socket must be open in the support process's tree. That
+        lookup runs in the control server's thread, off the loop; callers refused before
+        it are counted against :data:`REFUSALS_PER_S`.
         """
         report = {k: v for k, v in args.items() if k not in (PEER_ADDR, PEER_PORT)}
         name = report.get("SIGNATURE")
@@ -84,16 +85,46 @@ class ReportCommands(Core):
         if ep is None:
             ep = next((e for e in self.endpoints.values() if e.is_support), None)
         if ep is None or not ep.is_support:
-            return error(404, f"no support process named {str(name)[:100]!r}")
-        addr, port = args.get(PEER_ADDR), args.get(PEER_PORT)
+            return self._refuse(404, f"no support process named {str(name)[:100]!r}")
+        forbidden = f"only the support process {ep.name} itself may report its status"
         owner = ep.child.pid if ep.child is not None and ep.child.poll() is None else None
+        peer = self._local_peer(args.get(PEER_ADDR), args.get(PEER_PORT))
+        if owner is None or peer is None or self.local_address is None:
+            return self._refuse(403, forbidden)
+        if not self.lookups.take(self.clock()):
+            return error(429, f"too many status reports; at most {LOOKUPS_PER_S:g} a second")
+        server = (self.local_address, self.port)
+
+        def finish(verified: bool) -> Reply:
+            if not verified:
+                return error(403, forbidden)
+            return self._keep_support_report(ep.name, report)
+
+        return Deferred(work=lambda: peer_in_tree(peer, server, owner), finish=finish)
+
+    def _local_peer(self, addr: Any, port: Any) -> tuple[str, int] | None:
+        """The caller's end of the connection, when it can be a process of this box
+        that reached the address the support processes are given; else None."""
+        if not isinstance(addr, str) or self.local_address is None:
+            return None
         try:
-            verified = owner is not None and isinstance(addr, str) and \
-                peer_in_tree(addr, int(port), owner)  # type: ignore[arg-type]
+            ip, ours, number = normal(addr), normal(self.local_address), int(port)
         except (TypeError, ValueError):
-            verified = False
-        if not verified:
-            return error(403, f"only the support process {ep.name} itself may report its status")
+            return None
+        if ip.version != ours.version or not (ip.is_loopback or ip == ours):
+            return None
+        return str(ip), number
+
+    def _refuse(self, status: int, message: str) -> Reply:
+        if self.refusals.take(self.clock()):
+            return error(status, message)
+        return error(429, f"too many refused status reports; at most {REFUSALS_PER_S:g} a "
+                          f"second")
+
+    def _keep_support_report(self, name: str, report: dict[str, Any]) -> Reply:
+        ep = self.endpoints.get(name)
+        if ep is None:
+            return error(404, f"no support process named {name!r}")
         if json_depth(report, SUPPORT_MAX_DEPTH) > SUPPORT_MAX_DEPTH:
             return error(400, f"status report nested deeper than {SUPPORT_MAX_DEPTH} levels")
         size = len(json.dumps(report, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig
@@ -46,7 +47,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
                 jobs: dict[str, Any], tenants: dict[str, Any] | None = None) -> ServerSpec:
-    assert ep.port is not None and ep.socket_path is not None
+    assert ep.socket_path is not None
     return ServerSpec(
         name=ep.name, module=ep.config.module_name, endpoints_dir=paths.endpoints_dir,
         host=ep.config.settings["HOST"], port=ep.port, socket=ep.socket_path,
@@ -92,14 +93,26 @@ def job_targets(endpoints: dict[str, Endpoint],
     return out
 
 
-def support_payload(ep: Endpoint, gateway_host: str, gateway_port: int) -> dict[str, Any]:
+def support_payload(ep: Endpoint, gateway_address: str, gateway_port: int) -> dict[str, Any]:
     """The ``--config_endpoint`` argument of a support script.
 
-    The script's command line is readable by every local user (and the original's
-    scripts print it): URLs go there with their passwords masked.
+    ``gateway_address`` is where processes of this box reach the front (loopback for a
+    wildcard HOST); the original's scripts build ``http://SERVER:SERVER_PORT/...``, so
+    an IPv6 address goes in brackets. The script's command line is readable by every
+    local user (and the original's scripts print it): URLs go there with their
+    passwords masked.
     """
     settings = {k: mask_url(v) if ENDPOINT_SETTINGS[k].secret_ref and isinstance(v, str)
                 else v for k, v in ep.config.settings.items()}
-    host = "127.0.0.1" if gateway_host in ("0.0.0.0", "") else gateway_host
+    host = f"[{gateway_address}]" if ":" in gateway_address else gateway_address
     return {**settings, **ep.config.extra, "SERVER": host, "SERVER_PORT": gateway_port,
             "SERVER_PATH": SUPPORT_PATH, "SUPPORT_NAME": ep.name}
+
+
+def support_launcher(gateway_address: str, gateway_port: int, tls_cert: str | None) -> tuple[str, ...]:
+    """The launcher's options: with TLS on, the script's plain HTTP to the front is
+    carried over TLS (see :mod:`..support.launch`)."""
+    if not tls_cert:
+        return ()
+    host = f"[{gateway_address}]" if ":" in gateway_address else gateway_address
+    return ("--tls-cert", str(Path(tls_cert).resolve()), "--gateway", f"{host}:{gateway_port}")

@@ -188,8 +188,8 @@ class Endpoint:
 
     def reconfigure(self, config: EndpointConfig) -> Change:
         """New settings for a stopped endpoint; a new address frees the old one."""
-        moved = (config.settings["HOST"], config.settings["PORT"]) != \
-            (self.config.settings["HOST"], self.config.settings["PORT"])
+        address = ("HOST", "PORT", "TCP_PORT")
+        moved = [config.settings[k] for k in address] != [self.config.settings[k] for k in address]
         self.config, self.target_workers = config, config.settings["NR_WORKERS"]
         if moved:
             self.port = None
@@ -224,7 +224,8 @@ class Endpoint:
             change.publish = True
         if self.state != State.READY:
             self.state, self.ready_since, self.last_error = State.READY, now, None
-            change.publish, change.info = True, f"ready on port {self.port}"
+            change.publish, change.info = True, "ready" + (f" on port {self.port}"
+                                                           if self.port else "")
         return change
 
     def switch_generation(self) -> Change:

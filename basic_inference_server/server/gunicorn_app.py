@@ -73,6 +73,11 @@ def _listen_unix(path: str) -> socket.socket:
     return sock
 
 
+def tcp_address(host: str, port: int) -> str:
+    """gunicorn's bind form of ``host:port`` (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class EndpointServer(BaseApplication):
     """gunicorn application for one endpoint."""
 
@@ -136,7 +141,10 @@ class EndpointServer(BaseApplication):
                           generation=spec.generation)
 
         settings: dict[str, Any] = {
-            "bind": [f"{spec.host}:{spec.port}", f"unix:{spec.socket}"],
+            # The manager passes the listeners (LISTEN_FDS); gunicorn's bind only names
+            # them. No port: the Unix socket alone (TCP_PORT off).
+            "bind": [*([tcp_address(spec.host, spec.port)] if spec.port is not None else []),
+                     f"unix:{spec.socket}"],
             "workers": spec.nr_workers,
             "worker_class": "basic_inference_server.server.gunicorn_app.EndpointWorker",
             # One request at a time, unless batching: then as many as a batch holds.

@@ -16,7 +16,7 @@ MB = 1024 * 1024
 @pytest.fixture(scope="module")
 def gw(module_gateways):
     return module_gateways({"GATEWAY_WORKERS": 1, "MAX_REQUEST_SIZE": 16 * MB,
-                            "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1}}})
+                            "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1, "TCP_PORT": True}}})
 
 
 def peak_rss(pid: int) -> int:

@@ -10,7 +10,7 @@ from tests.conftest import assert_ok, wait_until
 
 
 def test_request_ids_follow_each_request(gateways):
-    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1, "TCP_PORT": True}}})
     resp = gw.post("/run", {"SIGNATURE": "echo", "A": 1}, headers={"X-Request-ID": "trace-42.a:b"})
     assert_ok(resp)
     assert resp.headers["X-Request-ID"] == "trace-42.a:b"

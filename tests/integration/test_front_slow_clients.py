@@ -53,7 +53,7 @@ def timed_run(url: str, body: dict) -> float:
 
 
 def test_slow_header_clients_do_not_starve_run(gateways):
-    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1, "TCP_PORT": True}}})
     port = gw.server("echo")["port"]
     slow_front = Slowloris(gw.port, SLOW)
     slow_server = Slowloris(port, SLOW)
@@ -73,7 +73,7 @@ def test_slow_header_clients_do_not_starve_run(gateways):
 
 def test_header_deadline_disconnects_a_slow_client(gateways):
     gw = gateways({"HEADER_TIMEOUT": 1, "KEEPALIVE_TIMEOUT": 1,
-                   "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+                   "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1, "TCP_PORT": True}}})
     for port in (gw.port, gw.server("echo")["port"]):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             started = time.monotonic()

@@ -15,7 +15,7 @@ from tests.conftest import Traffic, assert_ok, is_gone, wait_until
 
 def test_one_worker_server_stops_within_3_s_after_load(gateways):
     gw = gateways({"STOP_TIMEOUT": 30,
-                   "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1}}})
+                   "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1, "TCP_PORT": True}}})
     info = gw.server("slow")
     port = info["port"]
     # A client that connected and sent nothing yet: gunicorn's gthread worker parked such

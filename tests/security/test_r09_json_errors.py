@@ -19,7 +19,7 @@ from basic_inference_server.errors import BadRequest, PayloadTooLarge
 from basic_inference_server.protocol import MAX_JSON_DEPTH, json_depth_over, parse_body
 from tests.conftest import assert_error, assert_ok
 
-CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1},
+CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1, "TCP_PORT": True},
                                "stopped_echo": {"SERVER_CLASS": "echo", "DISABLED": True}}}
 JSON_TYPE = {"Content-Type": "application/json"}
 

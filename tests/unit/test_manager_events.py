@@ -121,6 +121,7 @@ def test_commands_without_processes(manager):
     assert control.handle_request(b"[1]")["status"] == 400
     listing = control.handle_command("list_servers", {})["body"]
     assert listing["SERVERS"]["e"]["state"] == "STARTING"
+    control.close()
 
 
 def test_specs_are_the_contract_dataclasses_with_the_settings_defaults(manager):

@@ -1,4 +1,4 @@
-"""Finding the local process at the other end of a TCP connection, through /proc."""
+"""Finding the local process at the other end of a TCP connection (sock_diag, /proc)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from basic_inference_server.manager.control import json_depth
-from basic_inference_server.manager.peers import peer_in_tree, socket_inodes
+from basic_inference_server.manager.peers import peer_in_tree, socket_inode
 from tests.conftest import wait_until
 
 CLIENT = """
@@ -30,14 +30,19 @@ def test_the_owner_of_a_connection_is_found_in_its_tree():
             try:
                 conn, (addr, peer_port) = server.accept()
                 assert child.stdout is not None and int(child.stdout.readline()) == peer_port
-                assert socket_inodes(addr, peer_port)
-                assert peer_in_tree(addr, peer_port, child.pid)
-                assert peer_in_tree("::ffff:127.0.0.1", peer_port, child.pid)
-                # Another process, another address, or no address: not the owner.
+                server_end = ("127.0.0.1", port)
+                assert socket_inode((addr, peer_port), server_end)
+                assert peer_in_tree((addr, peer_port), server_end, child.pid)
+                assert peer_in_tree(("::ffff:127.0.0.1", peer_port), server_end, child.pid)
+                # Another process, another address or port, or no address: not the owner.
                 wait_until(lambda: os.path.exists(f"/proc/{bystander.pid}/fd"))
-                assert not peer_in_tree(addr, peer_port, bystander.pid)
-                assert not peer_in_tree("127.0.0.2", peer_port, child.pid)
-                assert not peer_in_tree("not an address", peer_port, child.pid)
+                assert not peer_in_tree((addr, peer_port), server_end, bystander.pid)
+                assert not peer_in_tree(("127.0.0.2", peer_port), server_end, child.pid)
+                assert not peer_in_tree((addr, peer_port), ("127.0.0.1", port + 1), child.pid)
+                assert not peer_in_tree(("::1", peer_port), server_end, child.pid)
+                assert not peer_in_tree(("not an address", peer_port), server_end, child.pid)
+                # The server's own end is not a client's: a lookup never matches a listener.
+                assert socket_inode(server_end, ("127.0.0.1", 1)) is None
                 conn.close()
             finally:
                 child.kill()

@@ -1,0 +1,83 @@
+"""Row M2: posting ``/support_update_status`` in a flood does not starve the manager.
+
+Each report's caller is looked up (is it the support process?) off the manager's loop,
+with a query that does not read every connection of the box. 24 concurrent posters, on
+a box holding a thousand more idle connections, leave ``/health/live`` (a ping answered
+by the manager's loop) within the probe's bound of its idle latency. Callers refused
+before any lookup are rate-limited (429 once the budget is spent).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import assert_error, wait_until
+from tests.security.hostile import Probe, assert_probe_held
+
+POSTERS = 24
+# Each poster's rate: together (72 a second) twice what a check of 28 ms or more on
+# the loop can take, and well within what the front serves on a small box.
+POSTS_PER_S = 3
+IDLE_CONNECTIONS = 1000
+
+# Run apart from the probe (its own process and GIL): the idle connections, then the
+# posters until stdin closes; prints the status codes it got.
+FLOOD = """
+import collections, json, socket, sys, threading
+import requests
+
+url, port = sys.argv[1], int(sys.argv[2])
+idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(%d)]
+codes = collections.Counter()
+stop = threading.Event()
+
+def post():
+    with requests.Session() as s:
+        while not stop.wait(1 / %d):
+            try:
+                codes[s.post(url, json={"SIGNATURE": "support_process"}, timeout=10).status_code] += 1
+            except requests.RequestException as exc:
+                codes[type(exc).__name__] += 1
+
+threads = [threading.Thread(target=post) for _ in range(%d)]
+for t in threads:
+    t.start()
+print("started", flush=True)
+sys.stdin.read()
+stop.set()
+for t in threads:
+    t.join()
+print(json.dumps(codes), flush=True)
+""" % (IDLE_CONNECTIONS, POSTS_PER_S, POSTERS)
+
+
+def test_posters_do_not_starve_the_manager(gateways):
+    gw = gateways({"CONFIG_ENDPOINTS": {
+        "support_process": {"HOST": "NO_HOST", "PING_INTERVAL": 3600}}})
+    idle = Probe(gw.url("/health/live")).run_for(3)
+    with subprocess.Popen([sys.executable, "-c", FLOOD, gw.url("/support_update_status"),
+                           str(gw.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as flood:
+        assert flood.stdout is not None and flood.stdin is not None
+        assert flood.stdout.readline().strip() == "started"
+        attacked = Probe(gw.url("/health/live")).run_for(6)
+        flood.stdin.close()
+        codes = json.loads(flood.stdout.readline())
+    assert_probe_held(idle, attacked)
+    # Every poster was refused (none of them is the support process), and many were.
+    assert set(codes) <= {"403", "429", "503"}, codes
+    assert sum(codes.values()) > 6 * POSTERS * POSTS_PER_S / 2, codes
+
+
+def test_refusals_without_a_lookup_are_rate_limited(gateways):
+    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {}}})
+    statuses = [gw.post("/support_update_status", {"SIGNATURE": "nobody"}).status_code
+                for _ in range(60)]
+    assert statuses[0] == 404 and 429 in statuses, statuses
+    body = assert_error(gw.post("/support_update_status", {"SIGNATURE": "nobody"}), 429)
+    assert body["ERROR_TYPE"] == "rate_limited"
+    # The budget refills: a later caller is answered again.
+    wait_until(lambda: gw.post("/support_update_status", {"SIGNATURE": "nobody"}).status_code
+               == 404, timeout=10)
