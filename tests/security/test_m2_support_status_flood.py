@@ -28,20 +28,20 @@ FLOOD = """
 import collections, json, socket, sys, threading
 import requests
 
-url, port = sys.argv[1], int(sys.argv[2])
-idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(%d)]
+url, port, idle_count, rate, posters = sys.argv[1], *map(int, sys.argv[2:])
+idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle_count)]
 codes = collections.Counter()
 stop = threading.Event()
 
 def post():
     with requests.Session() as s:
-        while not stop.wait(1 / %d):
+        while not stop.wait(1 / rate):
             try:
                 codes[s.post(url, json={"SIGNATURE": "support_process"}, timeout=10).status_code] += 1
             except requests.RequestException as exc:
                 codes[type(exc).__name__] += 1
 
-threads = [threading.Thread(target=post) for _ in range(%d)]
+threads = [threading.Thread(target=post) for _ in range(posters)]
 for t in threads:
     t.start()
 print("started", flush=True)
@@ -50,16 +50,16 @@ stop.set()
 for t in threads:
     t.join()
 print(json.dumps(codes), flush=True)
-""" % (IDLE_CONNECTIONS, POSTS_PER_S, POSTERS)
+"""
 
 
 def test_posters_do_not_starve_the_manager(gateways):
     gw = gateways({"CONFIG_ENDPOINTS": {
         "support_process": {"HOST": "NO_HOST", "PING_INTERVAL": 3600}}})
     idle = Probe(gw.url("/health/live")).run_for(3)
-    with subprocess.Popen([sys.executable, "-c", FLOOD, gw.url("/support_update_status"),
-                           str(gw.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          text=True) as flood:
+    argv = [gw.url("/support_update_status"), gw.port, IDLE_CONNECTIONS, POSTS_PER_S, POSTERS]
+    with subprocess.Popen([sys.executable, "-c", FLOOD, *map(str, argv)], text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as flood:
         assert flood.stdout is not None and flood.stdin is not None
         assert flood.stdout.readline().strip() == "started"
         attacked = Probe(gw.url("/health/live")).run_for(6)
