@@ -48,7 +48,8 @@ class Ledger(Protocol):
     """Where the jobs' runs are charged (used from the consumer's thread only)."""
 
     def take_units(self, result: dict[str, Any]) -> float: ...
-    def ran(self, job: Job, status: int, units: float, seconds: float) -> None: ...
+    def ran(self, job: Job, status: int, units: float, seconds: float,
+            requeued: bool = False) -> None: ...
     def flush(self, final: bool = False) -> None: ...
 
 
@@ -188,7 +189,11 @@ class JobWorker:
     def ended(self, job: Job, status: int, seconds: float, units: float = 0.0) -> None:
         """A job's last run is over (``status``: 500 for a dead letter): charge it."""
         if self.ledger is not None:
-            self.ledger.ran(job, status, units if status == 200 else 0.0, seconds)
+            # A dead letter an admin requeued gave back its quota when it died: the
+            # ledger must know (one read, for jobs with a key only).
+            requeued = job.key_id is not None and self.results is not None \
+                and "REQUEUED_AT" in (self.results.get(job.id) or {})
+            self.ledger.ran(job, status, units if status == 200 else 0.0, seconds, requeued)
 
     def _attempt_failed(self, claim: Claim, error: str, body: dict[str, Any] | None = None,
                         status: int = 500, seconds: float = 0.0) -> None:

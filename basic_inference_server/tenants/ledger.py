@@ -53,18 +53,23 @@ class JobLedger:
         self.charges: list[tuple[str, str, float, float]] = []
         self._due: float | None = None  # when the meter's batch is to be written
 
-    def ran(self, job: Job, status: int, units: float, seconds: float) -> None:
-        """A job finished (``status`` of its last run): meter it, charge its units."""
+    def ran(self, job: Job, status: int, units: float, seconds: float,
+            requeued: bool = False) -> None:
+        """A job finished (``status`` of its last run): meter it, charge its units; give
+        back its reserved request unless it ended with a 200 (``requeued``: a dead
+        letter run again, whose request was given back when it died)."""
         if job.key_id is None or job.tenant is None:
             return  # submitted without a key: no tenant to charge
         self.meter.record(job.tenant, job.endpoint, status, units, seconds)
         if self._due is None:
             self._due = time.monotonic() + FLUSH_EVERY
-        if status != 200:
-            # The request reserved at submit, in the period of the submission (the
-            # reservation was taken a moment before the job was made).
+        # The request reserved at submit is in the period of the submission (the
+        # reservation was taken a moment before the job was made).
+        if status != 200 and not requeued:
             self.charges.append((job.key_id, "requests", -1.0, job.submitted_at))
-        elif units:
+        elif status == 200 and requeued:  # given back when it died; it ran after all
+            self.charges.append((job.key_id, "requests", 1.0, job.submitted_at))
+        if status == 200 and units:
             self.charges.append((job.key_id, "units", units, time.time()))
         self.flush()
 

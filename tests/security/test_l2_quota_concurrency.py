@@ -5,11 +5,18 @@ jobs take theirs at submit and give it back when they do not end with a 200."""
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
+from basic_inference_server.queues import Job, JobsSpec, open_queue, open_results
+from basic_inference_server.server.consumer import JobConsumer
+from basic_inference_server.tenants import TenantsSpec
+from basic_inference_server.tenants.keys import key_from_request
+from basic_inference_server.tenants.store import open_store
+from basic_inference_server.tenants.usage import period
 from tests.conftest import assert_error, assert_ok, wait_until
 from tests.tenants.conftest import call, keyed_config, make_key, ready
 
@@ -77,3 +84,44 @@ def test_jobs_take_the_quota_at_submit_and_give_back_what_fails(gw):
     other = make_key(gw, QUOTA={"REQUESTS": 1, "PER": "day"})["KEY"]
     assert_error(call(gw, other, "nope", ASYNC=True), 404)
     assert spent(gw, other) == 0
+
+
+def test_a_dead_job_gives_its_request_back_once_and_takes_it_again_if_requeued_and_done(
+        tmp_path):
+    spec = TenantsSpec(enabled=True, db=str(tmp_path / "tenants.db"))
+    store = open_store(None, spec.db)
+    key, _secret = key_from_request({"TENANT": "acme", "QUOTA": {"REQUESTS": 5}})
+    store.add(key)
+    answers = [(500, {"ERROR": "down"}), (500, {"ERROR": "down"}), (200, {"ok": True})]
+
+    def execute(inputs, customer=None, request_id=None):
+        status, body = answers.pop(0)
+        return status, body, []
+
+    url = f"sqlite://{tmp_path / 'jobs.sqlite3'}"
+    consumer = JobConsumer("ep", execute, JobsSpec(queue=url, results=url, ttl=60),
+                           {"MAX_ATTEMPTS": 1, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30},
+                           spec)
+    consumer.queue, consumer.results = open_queue(url), open_results(url)
+    job = Job(endpoint="ep", body={"SIGNATURE": "ep"}, tenant="acme", key_id=key.id)
+    label = period("day", job.submitted_at)[0]
+
+    def spent_now() -> float:
+        return float(store._spent(key.lineage, label))  # type: ignore[attr-defined]
+
+    try:
+        store.charge_now(key.lineage, label, 1.0)  # reserved at submit, as the front does
+        consumer.results.create(job)
+        assert consumer.queue.enqueue(job)
+        for _ in range(3):  # dead, requeued and dead again, requeued and done
+            assert consumer.run_once(wait=1)
+            if answers:
+                assert spent_now() == 0
+                consumer.queue.requeue_dead("ep", job.id)  # as POST /jobs/requeue does
+                consumer.results.update(job.id, {"STATUS": "queued",
+                                                 "REQUEUED_AT": time.time()})
+        assert consumer.results.get(job.id)["STATUS"] == "done"
+        assert spent_now() == 1
+    finally:
+        consumer.queue.close()
+        consumer.results.close()
