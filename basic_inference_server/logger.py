@@ -76,6 +76,7 @@ class Logger:
         self.app_folder = app_folder
         self._log = logging.getLogger(f"bis.{lib_name}")
         self.config_data: dict[str, Any] = {}
+        self.config_file = config_file  # named in configuration errors
         if config_file and os.path.isfile(config_file):
             with open(config_file, encoding="utf-8") as fh:
                 self.config_data = json.load(fh)
