@@ -45,7 +45,8 @@ def _positive_or_null(v: float | None) -> str | None:
     return None if v is None or (math.isfinite(v) and 0 < v <= 1e12) else "must be > 0"
 
 
-def _token(v: str | None) -> str | None:
+def check_token(v: str | None) -> str | None:
+    """What is wrong with a bearer token (None: nothing)."""
     if v is None:
         return None
     ok = 1 <= len(v) <= 1024 and v.isascii() and v.isprintable() and " " not in v
@@ -107,15 +108,16 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Largest accepted request body in bytes (413 above).", at_least(1, 1 << 40)),
         Setting("ADMIN_TOKEN", (str, type(None)), None,
                 "Bearer token every management call must present (env BIS_ADMIN_TOKEN or "
-                "BIS_ADMIN_TOKEN_FILE override it; with none, one is generated into "
-                "<cache>/admin_token).", _token),
+                "BIS_ADMIN_TOKEN_FILE override it; with none, one is generated once into "
+                "<cache>/admin_token and kept there: delete the file to make a new one).",
+                check_token),
         Setting("INSECURE_NO_ADMIN_AUTH", bool, False,
                 "Development only: management calls need no credential at all (a warning "
                 "is logged at every start)."),
         Setting("METRICS_TOKEN", (str, type(None)), None,
                 "Bearer token that reads /metrics and nothing else (a Prometheus scrape "
                 "credential; the admin token reads /metrics too); `env:VAR` or `file:PATH` "
-                "reads it from there.", _token, secret_ref=True, secret=True),
+                "reads it from there.", check_token, secret_ref=True, secret=True),
         Setting("METRICS_TENANT_LABELS", bool, True,
                 "/metrics names tenants in the per-tenant counters (the 20 with the most "
                 "requests, then `other`); false sums those counters over tenants."),
@@ -351,7 +353,7 @@ class GatewayConfig:
             token = resolve_ref(f"file:{path}", ADMIN_TOKEN_FILE_ENV)
         token = token or self.settings["ADMIN_TOKEN"]
         if token is not None:
-            problem = _token(token)
+            problem = check_token(token)
             if problem:
                 raise ConfigError(f"the admin token {problem}")
         return token

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
-from ..config import GatewayConfig
+from ..config import GatewayConfig, check_token
 from ..errors import ConfigError
 from ..hosts import check_host
 from ..privfiles import write_private
@@ -74,18 +76,50 @@ def sweep_stale_run_dirs() -> None:
 
 
 def admin_token(config: GatewayConfig, cache_dir: Path) -> str | None:
-    """The management credential: configured, else generated into the cache folder.
+    """The management credential: configured, else the one kept in the cache folder,
+    else a new one written there (0600) and kept for the next starts.
 
-    The token itself is never logged; its file is 0600.
+    Deleting the file rotates the generated token at the next start; configuring one
+    (ADMIN_TOKEN, BIS_ADMIN_TOKEN, BIS_ADMIN_TOKEN_FILE) removes the file, which would
+    no longer be valid. The token itself is never logged.
     """
     if config["INSECURE_NO_ADMIN_AUTH"]:
         log.warning("INSECURE_NO_ADMIN_AUTH is true: anyone who reaches this gateway can "
                     "start, stop and shut down everything. For development only.")
         return None
+    path = cache_dir / TOKEN_FILE
     token = config.admin_token()
-    if token is None:
-        token = secrets.token_urlsafe(32)
-        path = cache_dir / TOKEN_FILE
-        write_private(path, token + "\n")
-        log.info("admin token generated into %s (send it as 'Authorization: Bearer ...')", path)
+    if token is not None:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            log.info("admin token configured: the generated %s is removed", path)
+        return token
+    token = _kept_token(path)
+    if token is not None:
+        log.info("admin token read from %s (delete the file to make a new one)", path)
+        return token
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    log.info("admin token generated into %s (send it as 'Authorization: Bearer ...'); "
+             "it is kept until the file is deleted", path)
+    return token
+
+
+def _kept_token(path: Path) -> str | None:
+    """The token a previous start generated, when its file is there and sound."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the admin token file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, encoding="ascii", errors="replace") as f:
+        mode = os.fstat(f.fileno()).st_mode
+        token = f.read(2048).strip()
+    if stat.S_IMODE(mode) & 0o077:
+        log.warning("%s is readable by other users: a new admin token is generated", path)
+        return None
+    if check_token(token):
+        log.warning("%s does not hold a valid token: a new one is generated", path)
+        return None
     return token
