@@ -5,7 +5,7 @@ Units are what an endpoint reports: its ``_post_process`` answer may carry a num
 counter and strips from the answer. Units are known only after a request ran, so the
 check is: once the counter reaches the quota the key is refused (429
 ``quota_exceeded``, until the period's end); the request that crosses the line is
-charged in full.
+charged in full. A requests quota is reserved at admission instead (:mod:`.quotas`).
 """
 
 from __future__ import annotations
