@@ -438,6 +438,17 @@ def load_config(path: str | Path) -> GatewayConfig:
     return parse_config(raw, str(path))
 
 
+def file_section(source: str, name: str) -> dict[str, Any] | None:
+    """The section of endpoint ``name`` in the configuration file ``source`` as it is
+    now (the operator may have added it since the start); None when ``source`` is not
+    a file or has no such section. A file that no longer parses is a ConfigError."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    raw = load_config(path).settings["CONFIG_ENDPOINTS"].get(name)
+    return dict(raw) if isinstance(raw, dict) else None
+
+
 def settings_table_markdown() -> str:
     """The configuration table of docs/configuration.md, generated from the settings tables."""
 

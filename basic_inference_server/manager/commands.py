@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ..config import MAX_WORKERS, parse_endpoint
+from ..config import MAX_WORKERS, EndpointConfig, file_section, parse_endpoint
 from ..contracts import probe_path
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
@@ -95,19 +95,10 @@ class EndpointCommands(Core):
             return 200, {"RESULT": f"{name} is already {ep.state.value}; nothing changed",
                          **ep.describe()}
         try:
-            policy = sorted(set(overrides) & set(TRAFFIC_KEYS))
-            if policy:
-                raise ConfigError(f"{', '.join(policy)} are set in the configuration file only")
-            raw = overrides
-            if ep is not None:
-                raw = {**ep.config.worker_config(), **overrides}
-                raw.pop("DISABLED", None)
-            # A version ("name@label") starts again as configured: its name is not a section's.
-            cfg = ep.config if ep is not None and not overrides else parse_endpoint(
-                name, raw, f"start_server {name}", refs=False)
+            cfg = self._start_config(name, ep, overrides)
             if not (cfg.settings["URLS"] or cfg.settings["PIPELINE"]):
                 endpoint_file(self.paths.endpoints_dir, cfg.module_name)
-            if not cfg.is_support:
+            if not cfg.is_support and cfg.settings["TCP_PORT"]:
                 check_resolves(cfg.settings["HOST"])
         except ConfigError as exc:
             return error(400, str(exc))
@@ -121,6 +112,39 @@ class EndpointCommands(Core):
         ep.reset_failures()
         self._start_endpoint(ep)
         return 200, {"RESULT": f"{name} starting", **ep.describe()}
+
+    def _start_config(self, name: str, ep: Endpoint | None,
+                      overrides: dict[str, Any]) -> EndpointConfig:
+        """The settings ``/start_server`` starts ``name`` with (raises ConfigError).
+
+        A known endpoint starts as it ran, the call's settings on top. One the gateway
+        does not know yet starts from its section in the configuration file as the file
+        is now (the operator added it after the start), the call's settings on top.
+        """
+        policy = sorted(set(overrides) & set(TRAFFIC_KEYS))
+        if policy:
+            raise ConfigError(f"{', '.join(policy)} are set in the configuration file only")
+        where = f"start_server {name}"
+        parse_endpoint(name, overrides, where, refs=False)  # the call's own: no env:/file:
+        if ep is not None:
+            if not overrides:
+                # A version ("name@label") starts again as configured: its name is not a
+                # section's.
+                return ep.config
+            raw = {**ep.config.worker_config(), **overrides}
+            raw.pop("DISABLED", None)
+            return parse_endpoint(name, raw, where, refs=False)
+        section = file_section(self.config.source, name) or {}
+        later = sorted(set(section) & set(TRAFFIC_KEYS))
+        if later:
+            raise ConfigError(f"{self.config.source}: {name} has {', '.join(later)}, read at the "
+                              f"gateway's start only: restart the gateway to serve it")
+        section.pop("DISABLED", None)
+        cfg = parse_endpoint(name, {**section, **overrides},
+                             f"{self.config.source}: CONFIG_ENDPOINTS.{name}")
+        if section:
+            log.info("%s: started from its section in %s", name, self.config.source)
+        return cfg
 
     @on_endpoint
     def cmd_kill_server(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
