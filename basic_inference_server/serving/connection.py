@@ -196,8 +196,10 @@ class HttpConnection(asyncio.Protocol):
         if self.held is not None:
             # Reading is paused, but a transport may still hand over what it had.
             self.held = memoryview(self.held.tobytes() + data)
-            return
-        self._parse(data)
+        elif len(data) <= PARSE_SLICE:
+            self._feed(data)
+        else:
+            self._parse(data)
 
     def _parse(self, data: bytes | memoryview) -> None:
         """Feed the parser one read, a slice at a time, holding back the rest while
@@ -338,7 +340,8 @@ class HttpConnection(asyncio.Protocol):
         self.body = b""
         self.size = 0
         self.expected = -1
-        self._release()  # a complete body is the request's: no longer "being received"
+        if self.charged:
+            self._release()  # a complete body is the request's: no longer "being received"
         if not keep_alive:
             self.reading = False  # the last request of this connection
         self.queue.append(request)
