@@ -95,6 +95,9 @@ class ServerSpec:
     # gunicorn's worker timeout while the model loads (the heartbeat starts after).
     load_timeout: float = 300
     generation: int = 0
+    # Failed loads in a row before this start: a failure is logged with its traceback
+    # on the first attempt only.
+    load_attempt: int = 0
     max_request_size: int = _default("MAX_REQUEST_SIZE")
     header_timeout: float = _default("HEADER_TIMEOUT")
     body_timeout: float = _default("BODY_TIMEOUT")

@@ -54,7 +54,8 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         nr_workers=ep.target_workers, worker_config=ep.config.worker_config(),
         notify=paths.notify, server_name=config["SERVER_NAME"],
         app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
-        generation=ep.generation, jobs=jobs, max_request_size=config["MAX_REQUEST_SIZE"],
+        generation=ep.generation, load_attempt=ep.failures, jobs=jobs,
+        max_request_size=config["MAX_REQUEST_SIZE"],
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         tenants=tenants if config["API_KEYS"] else None)
 

@@ -32,6 +32,9 @@ IN_FLIGHT_FACTOR = 32
 CRASHLOOP_AFTER = 3
 # gunicorn's exit codes for "a worker could not load the app": not a crash.
 LOAD_FAILURE_CODES = {3, 4}
+# Loads that fail in a row before the endpoint stays FAILED (no more retries: a broken
+# file or missing weights do not mend themselves; /start_server tries again).
+LOAD_ATTEMPTS = 3
 
 
 class State(str, Enum):
@@ -293,16 +296,22 @@ class Endpoint:
             return Change(publish=True)
         self.failures = 0 if now - child.started_at > STABLE_AFTER else self.failures + 1
         looping = self.failures >= CRASHLOOP_AFTER
+        delay: float | None
         if code in LOAD_FAILURE_CODES and not self.is_support:
-            self.state = State.CRASHLOOP if looping else State.FAILED
+            self.state = State.FAILED
             self.last_error = self.last_error or f"model failed to load (exit code {code})"
+            delay = None if self.failures >= LOAD_ATTEMPTS else self.backoff()
         else:
             self.state = State.CRASHLOOP if looping else State.RESTARTING
             self.last_error = child.kill_reason or f"process exited with code {code}"
-        delay = self.backoff()
-        self.restart_at = now + delay
+            delay = self.backoff()
+        self.restart_at = None if delay is None else now + delay
         self.last_exit = {"reason": self.last_error, "exit_code": code, "at": time.time()}
-        message = f"{self.last_error}; {self.state.value}, restart in {delay:.0f} s"
+        if delay is None:
+            message = (f"{self.last_error}; FAILED after {self.failures} failed loads in a row, "
+                       f"not retried: fix it, then POST /start_server")
+        else:
+            message = f"{self.last_error}; {self.state.value}, restart in {delay:.0f} s"
         return Change(publish=True, log=message, event=("server_exit", {
             "endpoint": self.name, "exit_code": code, "state": self.state.value,
             "reason": self.last_error, "restart_in_s": delay}))

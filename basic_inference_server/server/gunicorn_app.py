@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.errors import AppImportError
 
 from .. import protocol
 from ..childproc import take_slot
@@ -170,14 +171,27 @@ class EndpointServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        """Build the worker (import, model load) in a gunicorn worker process.
+
+        A failure is logged once with its traceback (by the first worker of the first
+        attempt; later ones log one line), reported to the manager, and handed to
+        gunicorn as :class:`AppImportError`: the master stops with "App failed to load"
+        (exit code 4), without a traceback of its own, and the manager decides whether
+        to try again (``LOAD_ATTEMPTS``).
+        """
         slot = _worker_slot["slot"]
         try:
             worker = build_worker(self.spec, slot, self.notifier, self.source)
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the endpoint's code raises
+            error = f"{type(exc).__name__}: {exc}"
             self.notifier.send(Event.LOAD_FAILED, endpoint=self.spec.name, pid=os.getpid(),
-                               error=f"{type(exc).__name__}: {exc}",
-                               generation=self.spec.generation)
-            raise
+                               error=error, generation=self.spec.generation)
+            if slot == 0 and self.spec.load_attempt == 0:
+                log.error("%s: loading failed", self.spec.name, exc_info=exc)
+            else:
+                log.error("%s worker %d: loading failed again (attempt %d): %s", self.spec.name,
+                          slot, self.spec.load_attempt + 1, error)
+            raise AppImportError(f"{self.spec.name}: {error}") from None
         return create_app(self.spec, worker)
 
 

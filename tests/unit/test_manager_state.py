@@ -9,7 +9,7 @@ import pytest
 from basic_inference_server.config import parse_endpoint
 from basic_inference_server.hosts import NO_HOST
 from basic_inference_server.manager.children import BACKOFF_CAP, Child, Service
-from basic_inference_server.manager.state import STABLE_AFTER, Endpoint, State
+from basic_inference_server.manager.state import LOAD_ATTEMPTS, STABLE_AFTER, Endpoint, State
 
 
 class FakeProc:
@@ -96,17 +96,24 @@ def test_crash_restarts_at_once_then_backs_off_into_a_crash_loop():
     assert delays == [0.0, 2.0, 4.0, 8.0]
 
 
-def test_failed_load_waits_then_doubles():
+def test_failed_load_waits_then_doubles_then_gives_up():
     ep = endpoint()
     now, delays = 0.0, []
-    for _ in range(3):
+    for _ in range(LOAD_ATTEMPTS - 1):
         started(ep, now)
         ep.load_failed("ValueError: weights missing")
         ep.exited(3, now + 1, shutting_down=False)
         delays.append(ep.restart_at - (now + 1))
         now = ep.restart_at
-    assert delays == [1.0, 2.0, 4.0]
-    assert ep.state == State.CRASHLOOP and ep.last_error == "ValueError: weights missing"
+    assert delays == [1.0, 2.0]
+    started(ep, now)
+    ep.load_failed("ValueError: weights missing")
+    change = ep.exited(4, now + 1, shutting_down=False)
+    assert ep.restart_at is None and not ep.restart_due(now + 3600)
+    assert ep.state == State.FAILED and ep.last_error == "ValueError: weights missing"
+    assert "not retried" in change.log
+    ep.reset_failures()  # an operator's /start_server
+    assert ep.failures == 0
 
 
 def test_backoff_is_capped_and_a_stable_run_resets_it():
