@@ -6,16 +6,19 @@ The table in docs/configuration.md is generated from these tables (``python -m
 basic_inference_server.config``) and a test keeps the two in step.
 
 Endpoint sections may also carry the endpoint's own keys (those of its ``_CONFIG``);
-they reach the worker as ``self.cfg_<lower key>``. A key that is not ours but looks
-like a misspelling of one of ours is reported, not passed on silently.
+they reach the worker as ``self.cfg_<lower key>``. An unknown key is never refused (it
+may be worker configuration), but one that looks like a misspelling of a setting or of
+a ``_CONFIG`` key is logged as a warning with the likely name (:func:`near_misses`).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,8 @@ from .traffic.settings import TRAFFIC_SETTINGS, check_policy
 ADMIN_TOKEN_ENV = "BIS_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "BIS_ADMIN_TOKEN_FILE"
 SECRET_ENV = (ADMIN_TOKEN_ENV, ADMIN_TOKEN_FILE_ENV)
+
+log = logging.getLogger(__name__)
 
 
 def _positive_or_null(v: float | None) -> str | None:
@@ -364,6 +369,30 @@ def _suggest(key: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def near_misses(section: Mapping[str, Any], own: Mapping[str, Any] | None = None) -> list[str]:
+    """Keys of an endpoint section that are neither a setting nor a key of the endpoint's
+    ``_CONFIG`` (``own``) but look like a misspelling of one (case ignored), each with
+    the likely name: what a warning should say. Such keys still reach the worker."""
+    known = {k.upper(): f"{k} (a setting)" for k in ENDPOINT_SETTINGS}
+    known.update({k.upper(): f"{k} (a key of its _CONFIG)" for k in own or {} if isinstance(k, str)})
+    out = []
+    for key in section:
+        if key in ENDPOINT_SETTINGS or key in (own or {}):
+            continue
+        close = difflib.get_close_matches(str(key).upper(), list(known), n=1, cutoff=0.8)
+        if close:
+            out.append(f"unknown key {key}: did you mean {known[close[0]]}? It is passed to "
+                       f"the worker as it is")
+    return out
+
+
+def warn_near_misses(name: str, section: Mapping[str, Any],
+                     own: Mapping[str, Any] | None = None) -> None:
+    """Log :func:`near_misses` of endpoint ``name``'s section as warnings."""
+    for message in near_misses(section, own):
+        log.warning("endpoint %s: %s", name, message)
+
+
 def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> EndpointConfig:
     """Validate one endpoint section (``refs``: see :meth:`Setting.validate`)."""
     if not is_name(name):
@@ -377,10 +406,7 @@ def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> Endpoi
         if spec is not None:
             settings[key] = spec.validate(value, where, refs)
             continue
-        hint = _suggest(key, list(ENDPOINT_SETTINGS))
-        if hint:
-            raise ConfigError(f"{where}: unknown key {key}{hint}")
-        extra[key] = value
+        extra[key] = value  # the worker's own (near misses: see warn_near_misses)
     given = frozenset(settings)
     for key, spec in ENDPOINT_SETTINGS.items():
         settings.setdefault(key, spec.default)

@@ -19,7 +19,7 @@ from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..traffic.settings import TRAFFIC_KEYS
 from .control import Reply, error
-from .core import EXIT_OK, Core
+from .core import EXIT_OK, Core, warn_unchecked_keys
 from .listeners import check_resolves
 from .remote_commands import remote_targets
 from .specs import job_targets
@@ -144,6 +144,7 @@ class EndpointCommands(Core):
                              f"{self.config.source}: CONFIG_ENDPOINTS.{name}")
         if section:
             log.info("%s: started from its section in %s", name, self.config.source)
+        warn_unchecked_keys(cfg)
         return cfg
 
     @on_endpoint

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import GatewayConfig
+from ..config import EndpointConfig, GatewayConfig, warn_near_misses
 from ..contracts import FRONT_MODULE, JOBRUNNER_MODULE, SERVER_MODULE, SUPERVISOR_MODULE, Event
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
@@ -84,6 +84,14 @@ ENDPOINT_EVENTS: dict[Event, EndpointEvent] = {
 }
 
 
+def warn_unchecked_keys(cfg: EndpointConfig) -> None:
+    """Near misses among the keys of a section whose code the manager never sees imported
+    (support scripts, remote and pipeline endpoints: the settings only). An endpoint
+    server's worker checks its own against the settings and its ``_CONFIG``."""
+    if cfg.is_support or cfg.settings["URLS"] or cfg.settings["PIPELINE"]:
+        warn_near_misses(cfg.name, cfg.extra)
+
+
 class Core:
     """Owns the process tree of one gateway: the loop, the children and the endpoints."""
 
@@ -114,6 +122,8 @@ class Core:
             name: Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
             for section in config.endpoints.values()
             for name, cfg in expand(section, config.source).items()}
+        for cfg in config.endpoints.values():
+            warn_unchecked_keys(cfg)
         self.traffic = TrafficTable(config.endpoints, self.cache_dir)
         self.rollouts = RolloutController(self.traffic, self.cache_dir)
         self.front_listener: socket.socket | None = None

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Response, request, send_file
 
 from .. import protocol
-from ..config import endpoint_defaults
+from ..config import endpoint_defaults, warn_near_misses
 from ..contracts import ServerSpec
 from ..discovery import load_worker_class
 from ..errors import BadRequest, ServingError
@@ -83,6 +83,8 @@ def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
     the endpoint's section of the gateway configuration.
     """
     cls, module_config = load_worker_class(spec.endpoints_dir, spec.module, source)
+    if slot == 0:  # once per server start, not once per worker
+        warn_near_misses(spec.name, spec.worker_config, module_config)
     defaults = {**endpoint_defaults(), **module_config}
     worker = cls(default_config=defaults, upstream_config=spec.worker_config,
                  worker_id=slot, endpoint=spec.name, notifier=notifier)

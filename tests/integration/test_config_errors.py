@@ -45,13 +45,6 @@ def test_wrong_type(tmp_path):
     assert "GATEWAY_WORKERS must be int, got str 'four'" in out
 
 
-def test_typo_in_an_endpoint(tmp_path):
-    config = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKER": 2}}}
-    code, out = run_gateway(tmp_path, json.dumps(config))
-    assert code == EX_CONFIG, out
-    assert "CONFIG_ENDPOINTS.echo: unknown key NR_WORKER (did you mean NR_WORKERS?)" in out
-
-
 @pytest.mark.parametrize("config,fragment", [
     ({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 0}}}, "NR_WORKERS must be >= 1"),
     ({"CONFIG_ENDPOINTS": {"echo": {"TIMEOUT": "60"}}}, "TIMEOUT must be int or float"),

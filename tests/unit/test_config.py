@@ -10,6 +10,7 @@ from basic_inference_server.config import (
     ENDPOINT_SETTINGS,
     GATEWAY_SETTINGS,
     load_config,
+    near_misses,
     parse_config,
     parse_endpoint,
     settings_table_markdown,
@@ -124,9 +125,6 @@ def test_wrong_type_or_value_is_named(key, value, fragment):
 
 
 @pytest.mark.parametrize("section,fragment", [
-    ({"NR_WORKER": 2}, "unknown key NR_WORKER (did you mean NR_WORKERS?)"),
-    ({"TIMEOUTS": 2}, "unknown key TIMEOUTS (did you mean TIMEOUT?)"),
-    ({"DISABLE": True}, "unknown key DISABLE (did you mean DISABLED?)"),
     ({"NR_WORKERS": "2"}, "NR_WORKERS must be int, got str"),
     ({"NR_WORKERS": True}, "NR_WORKERS must be int, got bool"),
     ({"NR_WORKERS": 0}, "NR_WORKERS must be >= 1"),
@@ -177,3 +175,18 @@ def test_settings_table_lists_every_key():
 
 def test_first_server_port_may_be_written_as_its_documented_default_null():
     assert parse_config({"FIRST_SERVER_PORT": None}).settings["FIRST_SERVER_PORT"] is None
+
+
+def test_near_miss_keys_are_kept_and_named_with_the_likely_key():
+    section = {"NR_WORKER": 2, "nr_workers": 2, "TIMEOUTS": 2, "THRESHHOLD": 0.3,
+               "THRESHOLD": 0.5, "MY_OWN_KEY": 1}
+    cfg = parse_config({"CONFIG_ENDPOINTS": {"model_a": section}}).endpoints["model_a"]
+    assert cfg.extra == section  # never refused: they reach the worker as they are
+    found = near_misses(section, own={"THRESHOLD": 0.9, "TIMEOUTS": 1})
+    assert found == [
+        "unknown key NR_WORKER: did you mean NR_WORKERS (a setting)? It is passed to the "
+        "worker as it is",
+        "unknown key nr_workers: did you mean NR_WORKERS (a setting)? It is passed to the "
+        "worker as it is",
+        "unknown key THRESHHOLD: did you mean THRESHOLD (a key of its _CONFIG)? It is passed "
+        "to the worker as it is"]
