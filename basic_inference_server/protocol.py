@@ -34,6 +34,9 @@ _NOT_SHAPE = bytes(b for b in range(256) if b not in b'[]{}"')
 _NOT_COUNTED = bytes(b for b in range(256) if b not in b'[{,"')
 # Strings once escaped quotes are neutralised (see _plain): no escape left to skip.
 _QUOTED = re.compile(rb'"[^"]*"')
+# Passes over large bodies are cut into calls over this many bytes: each call holds the
+# GIL, and a scan in the front's thread pool must leave its event loop a turn often.
+_CHUNK = 1 << 20
 
 
 def _fallback(obj: Any) -> Any:
@@ -105,6 +108,24 @@ def _plain(raw: bytes) -> bytes:
     return raw.replace(b"\\\\", b"\\_").replace(b'\\"', b"\\'")
 
 
+def _count(text: bytes, chars: tuple[bytes, ...], stop: int | None = None) -> int:
+    """How many of ``chars`` ``text[:stop]`` holds (``bytes.count``, by chunks)."""
+    stop = len(text) if stop is None else stop
+    if stop <= _CHUNK:
+        return sum(text.count(char, 0, stop) for char in chars)
+    return sum(text.count(char, i, min(i + _CHUNK, stop))
+               for char in chars for i in range(0, stop, _CHUNK))
+
+
+def _kept(text: bytes, delete: bytes, stop: int | None = None) -> bytes:
+    """``text[:stop]`` without the bytes in ``delete``, ``{}`` read as ``[]`` (by chunks)."""
+    stop = len(text) if stop is None else stop
+    if stop <= _CHUNK:
+        return text[:stop].translate(_SHAPE, delete)
+    return b"".join(text[i:min(i + _CHUNK, stop)].translate(_SHAPE, delete)
+                    for i in range(0, stop, _CHUNK))
+
+
 def _strings_dropped(shape: bytes) -> bytes:
     """A shape (quotes, brackets, marks) without its strings' contents."""
     return _QUOTED.sub(b"", shape) if b'"' in shape else shape
@@ -118,10 +139,10 @@ def json_elements_over(raw: bytes, limit: int = MAX_JSON_ELEMENTS) -> bool:
     whole body first (three C-speed counts); only a body over the limit by that count
     has its strings (whose commas and brackets are text) dropped and is counted again.
     """
-    if raw.count(b",") + raw.count(b"[") + raw.count(b"{") < limit:
+    if _count(raw, (b",", b"[", b"{")) < limit:
         return False
-    shape = _strings_dropped(_plain(raw).translate(None, _NOT_COUNTED))
-    return shape.count(b",") + shape.count(b"[") + shape.count(b"{") >= limit
+    shape = _strings_dropped(_kept(_plain(raw), _NOT_COUNTED))
+    return _count(shape, (b",", b"[")) >= limit
 
 
 def parse_body(raw: bytes, max_size: int | None = None) -> dict[str, Any]:
@@ -211,7 +232,7 @@ def _top_level(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, int]:
     dropped, then the strings; what is left between two marks is brackets only, and
     the running sum of their balance is each mark's depth (C iterators, no Python loop).
     """
-    shape = _strings_dropped(pattern.sub(_MARK, text).translate(_SHAPE, _NOT_SHAPE_OR_MARK))
+    shape = _strings_dropped(_kept(pattern.sub(_MARK, text), _NOT_SHAPE_OR_MARK))
     pieces = shape.split(_MARK)
     depths = accumulate(map(sub, map(bytes.count, pieces, repeat(b"[")),
                             map(bytes.count, pieces, repeat(b"]"))))
@@ -234,8 +255,8 @@ def _lone_match(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, re.Match[
         return 0, None
     if pattern.search(text, first.end()) is not None:
         return -1, None
-    shape = _strings_dropped(text[:first.start()].translate(_SHAPE, _NOT_SHAPE))
-    return (1, first) if shape.count(b"[") - shape.count(b"]") == 1 else (0, None)
+    shape = _strings_dropped(_kept(text, _NOT_SHAPE, first.start()))
+    return (1, first) if _count(shape, (b"[",)) - _count(shape, (b"]",)) == 1 else (0, None)
 
 
 def _field(raw: bytes, key: str, once: bool = False) -> re.Match[bytes] | None:

@@ -294,7 +294,8 @@ class Front:
         runner charges the job's key."""
         units = 0.0
         if req.key is not None and b'"USAGE"' in resp.body:
-            resp.body, units = strip_usage(resp.body)
+            resp.body, units = await self.off_loop(strip_usage, resp.body) \
+                if len(resp.body) > SCAN_OFF_LOOP else strip_usage(resp.body)
         if req.key is not None and req.key.quota is not None and resp.status == 200:
             await self.gate.charge(req.key, units, held)  # type: ignore[union-attr]
         return units
