@@ -26,7 +26,7 @@ EXECUTION_PATH = "/run"
 
 def get_packages() -> list[str]:
     """The installed distributions as ``name==version``, sorted by name."""
-    found = {f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata["Name"]}
+    found = {f"{d.name}=={d.version}" for d in distributions() if d.name}
     return sorted(found, key=str.lower)
 
 
