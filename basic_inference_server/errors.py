@@ -88,7 +88,7 @@ class Conflict(ServingError):
 
 
 class PayloadTooLarge(ServingError):
-    """The body is over ``MAX_REQUEST_SIZE``."""
+    """The body is over ``MAX_REQUEST_SIZE``, or holds more than ``MAX_JSON_ELEMENTS`` values."""
 
     status = 413
     kind = "payload_too_large"
