@@ -41,7 +41,7 @@ class BadRequest(ServingError):
 
 
 class Unauthorized(ServingError):
-    """A management call without an acceptable admin token."""
+    """A call without an acceptable credential (the admin token, an API key, the scrape token)."""
 
     status = 401
     kind = "unauthorized"
@@ -52,7 +52,7 @@ class Unauthorized(ServingError):
 
 
 class Forbidden(ServingError):
-    """A request the gateway refuses whoever sends it (a Host not in ``ALLOWED_HOSTS``)."""
+    """A request its credential does not cover (a key's endpoints), or a Host not in ``ALLOWED_HOSTS``."""
 
     status = 403
     kind = "forbidden"

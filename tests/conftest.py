@@ -422,14 +422,14 @@ class Traffic:
 # -- services and markers ----------------------------------------------------------------
 # Test tiers by folder, from cheap to costly; `pytest -m unit` runs without any service.
 TIERS = ("unit", "integration", "jobs", "security", "client", "scaleout", "multihost", "bench", "e2e",
-         "contract", "tenants", "traffic")
+         "contract", "tenants", "traffic", "docs")
 # Tests that take ten seconds or more each on a busy 2-core box (load runs, backoffs,
 # hundreds of jobs, model loads); `-m "not slow"` leaves them out, CI runs them.
 SLOW = ("tests/bench/", "tests/e2e/", "tests/integration/test_backoff.py",
         "tests/integration/test_embeddings.py", "tests/integration/test_models_http.py",
         "tests/integration/test_shutdown.py", "tests/integration/test_startup_time.py",
         "tests/jobs/test_jobs_crash.py", "tests/jobs/test_scaleout.py", "tests/multihost/",
-        "tests/contract/test_schemathesis.py")
+        "tests/contract/test_schemathesis.py", "tests/docs/test_examples.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,9 +62,10 @@ class Route:
 
     ``auth``: ``admin`` needs the admin bearer token (and a JSON body on POST);
     ``metrics`` the admin token or the scrape token (METRICS_TOKEN);
-    ``open`` needs nothing; ``data`` is the data plane (anonymous today; an API key
-    header is reserved for it). ``statuses`` are the route's own; those every request
-    may get (a malformed request, a full gateway...) are added by :mod:`.openapi`.
+    ``open`` needs nothing; ``data`` is the data plane: an API key (``X-API-Key`` or
+    ``Authorization: Bearer``) with ``API_KEYS`` on, nothing with it off.
+    ``statuses`` are the route's own; those every request may get (a malformed
+    request, a full gateway...) are added by :mod:`.openapi`.
     ``bodies`` overrides the body of a status (the default: the route's ``response``
     for a success, the error body otherwise).
     """
@@ -108,6 +109,11 @@ READINESS = body(("status", "endpoints"), status={"enum": ["ready", "not ready"]
                  endpoints={"type": "object", "additionalProperties": STRING})
 RUN_REQUEST = body(("SIGNATURE",), SIGNATURE=SIGNATURE, ASYNC={
     "type": "boolean", "description": "true: answer 202 at once and run it as a job"})
+# /run reads its fields from the raw bytes: a top-level key written with an escape
+# (a backslash, as a JSON encoder writes a quote, a control or a non-ASCII character)
+# is refused; keys of printable ASCII but " and \ never need one.
+RUN_BODY: Schema = {**RUN_REQUEST, "propertyNames": {"type": "string",
+                                                     "pattern": "^[ !#-\\[\\]-~]*$"}}
 # The framework's envelope around an endpoint's own answer (which adds its own fields).
 RUN_ANSWER = body((), ver=STRING, app_ver=STRING, time=STRING, host=STRING, server=STRING,
                   call_id={"type": "integer"}, worker_id=STRING,
@@ -157,7 +163,7 @@ DAY: Schema = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 ROUTES: tuple[Route, ...] = (
     Route("/run", ("POST", "GET"), "data", "run an endpoint: body {SIGNATURE, ...}",
           (200, 202, 400, 404, 405, 413, 429, 500, 502, 503, 504), view=FRONT,
-          request=RUN_REQUEST, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED},
+          request=RUN_BODY, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED},
           params=(Param("SIGNATURE", SIGNATURE, required=True,
                         description="GET only: the endpoint; other query fields are its inputs"),),
           description="The answer is the endpoint's own JSON plus the metadata fields "
@@ -240,7 +246,7 @@ ROUTES: tuple[Route, ...] = (
           (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
           response=JOB_ACCEPTED),
     # A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
-    Route("/jobs/<string(length=32):job_id>", ("GET",), "open",
+    Route("/jobs/<string(length=32):job_id>", ("GET",), "data",
           "status, attempts, timestamps and result of a job", (200, 404, 503), view="job_status",
           params=(Param("job_id", {"type": "string", "minLength": 32, "maxLength": 32,
                                    "pattern": "^[^/]*$"}, required=True, where="path"),),

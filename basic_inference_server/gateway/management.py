@@ -202,13 +202,13 @@ def build_management_app(front: Front) -> Flask:
         return view
 
     listing = {"AVAIL_PATHS": paths_listing()}
-    openapi = document_text()
 
     def get_paths() -> Response:
         return reply(200, listing)
 
     def openapi_json() -> Response:
-        return Response(openapi, mimetype=protocol.JSON)
+        # Made at the first call (the error kinds are read from the source), then kept.
+        return Response(document_text(), mimetype=protocol.JSON)
 
     def prometheus() -> Response:
         # Tenant names and usage: the admin token or the scrape token, never anonymous.

@@ -1,26 +1,22 @@
 """The gateway's OpenAPI 3.1 document, written from the route table (:mod:`.api_table`).
 
 Served at ``/openapi.json`` and checked in as ``docs/openapi.json``
-(``python scripts/update_openapi.py`` rewrites it; a unit test compares them).
+(``python scripts/update_api_docs.py`` rewrites it; a unit test compares them). The
+error kinds are every one the code can answer (:mod:`.error_kinds`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from .. import errors
 from ..version import __version__
 from .api_table import ROUTES, Route, Schema
+from .error_kinds import kinds_by_status
 
-# Kinds set aside for later work (rate limits, quotas, circuit breakers): clients may
-# meet them, so the document lists them already.
-# A failed pipeline step (step_failed) answers the step's status where it says more
-# than 502 Bad Gateway (traffic/pipeline.py: failure_status).
-RESERVED_KINDS = {400: ("step_failed",), 413: ("step_failed",),
-                  429: ("rate_limited", "quota_exceeded", "step_failed"),
-                  503: ("circuit_open", "step_failed"), 504: ("step_failed",)}
 # Statuses any request may get: a malformed request (400), a body over the limit (413,
 # checked before routing), a full gateway (503).
 EVERY_REQUEST = (400, 413, 503)
@@ -48,28 +44,22 @@ SECURITY_SCHEMES = {
                               "(or as Authorization: Bearer); see docs/tenants.md"},
 }
 
-# Who may call a route, by its ``auth`` (any one of the schemes listed).
+# Who may call a route, by its ``auth`` (any one of the schemes listed; ``{}``: none,
+# as the data plane with API_KEYS off).
 SECURITY: dict[str, list[dict[str, list[str]]]] = {
-    "admin": [{"adminToken": []}], "metrics": [{"adminToken": []}, {"metricsToken": []}]}
+    "admin": [{"adminToken": []}], "metrics": [{"adminToken": []}, {"metricsToken": []}],
+    "data": [{}, {"apiKey": []}]}
 
 
 def error_kinds() -> dict[int, list[str]]:
-    """``ERROR_TYPE`` values per status: every :class:`errors.ServingError` and the reserved."""
-    kinds: dict[int, set[str]] = {}
-    todo: list[type[errors.ServingError]] = [errors.ServingError]
-    while todo:
-        cls = todo.pop()
-        kinds.setdefault(cls.status, set()).add(cls.kind)
-        todo.extend(cls.__subclasses__())
-    for status, reserved in RESERVED_KINDS.items():
-        kinds.setdefault(status, set()).update(reserved)
-    return {status: sorted(names) for status, names in sorted(kinds.items())}
+    """``ERROR_TYPE`` values per status: every kind the code can answer."""
+    return kinds_by_status()
 
 
 def statuses(route: Route) -> list[int]:
     """Every status the route may answer: its own and those its kind of route adds."""
     extra = set(EVERY_REQUEST)
-    if route.admin:
+    if route.admin or route.auth == "data":  # data: a missing or wrong key, a key's scope
         extra.update((401, 403))
         if "POST" in route.methods:
             extra.add(415)
@@ -172,6 +162,7 @@ def document() -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=1)
 def document_text() -> str:
     """The document as checked in: sorted keys, two-space indents, a final newline."""
     return json.dumps(document(), indent=2, sort_keys=True) + "\n"

@@ -1,6 +1,6 @@
 """The route table is the one source: Flask's routes, the front's own routes,
 ``/get_paths`` and the OpenAPI document all come from it, and docs/openapi.json is
-the document as generated (``python scripts/update_openapi.py`` rewrites it)."""
+the document as generated (``python scripts/update_api_docs.py`` rewrites it)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CHECKED_IN = ROOT / "docs" / "openapi.json"
 
 def test_the_checked_in_document_is_the_generated_one():
     assert CHECKED_IN.read_text(encoding="utf-8") == document_text(), \
-        "docs/openapi.json is stale: run python scripts/update_openapi.py"
+        "docs/openapi.json is stale: run python scripts/update_api_docs.py"
 
 
 def test_the_document_is_valid_openapi_3_1():
@@ -69,6 +69,9 @@ def test_admin_operations_need_the_token_and_list_its_refusals():
             elif route.auth == "metrics":
                 assert op["security"] == [{"adminToken": []}, {"metricsToken": []}]
                 assert "401" in codes
+            elif route.auth == "data":  # a key with API_KEYS on, nothing with it off
+                assert op["security"] == [{}, {"apiKey": []}]
+                assert {"401", "403"} <= codes
             else:
                 assert op["security"] == []
     assert set(doc["components"]["securitySchemes"]) == {"adminToken", "apiKey", "metricsToken"}

@@ -1,4 +1,4 @@
-"""The docs stay true: the settings table, the README's two commands and CI, the links."""
+"""The docs stay true: the settings and API tables, the README's two commands and CI, the links."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def test_config_doc_table_is_generated_from_settings() -> None:
     assert match, "docs/configuration.md lost its settings-table markers"
     assert match.group(1).strip() == settings_table_markdown().strip(), (
         "the settings table in docs/configuration.md is stale: python scripts/update_settings_doc.py")
+
+
+def test_http_api_tables_are_generated_from_the_routes_and_the_error_kinds() -> None:
+    from basic_inference_server.gateway.api_docs import with_tables
+
+    doc = (ROOT / "docs" / "http-api.md").read_text()
+    assert with_tables(doc) == doc, (
+        "the tables in docs/http-api.md are stale: python scripts/update_api_docs.py")
 
 
 def test_every_setting_is_in_the_config_doc() -> None:
