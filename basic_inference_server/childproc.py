@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from gunicorn import glogging
+
 from .logger import setup_logging
 from .procutil import adopt_listeners, die_with_parent
 
@@ -36,6 +38,22 @@ def child_main(prog: str, serve: Callable[[dict[str, Any]], None],
     sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
     serve(spec)
     return 0
+
+
+# gunicorn's ``logger_class`` setting for our gunicorn masters (front and servers).
+GUNICORN_LOGGER = "basic_inference_server.childproc.GunicornLogger"
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own log lines (``gunicorn.error``, ``gunicorn.access``) through the root
+    logger's handler, so they take the same format as ours: one JSON object a line with
+    ``BIS_LOG_JSON=1``, passwords in URLs masked (gunicorn's ``logger_class``)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            logger.handlers[:] = []
+            logger.propagate = True
 
 
 def read_spec(fd: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from ..childproc import take_slot
+from ..childproc import GUNICORN_LOGGER, take_slot
 from ..contracts import FrontSpec
 from ..procutil import die_with_parent
 from ..serving.worker import mark_dead
@@ -37,6 +37,7 @@ class GatewayFront(BaseApplication):
             "proc_name": "bis-gateway",
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": GUNICORN_LOGGER,
             "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
             "pre_fork": take_slot,
             "post_fork": self._post_fork,

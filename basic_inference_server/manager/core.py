@@ -32,7 +32,6 @@ from ..errors import ConfigError, DiscoveryError
 from ..health.alerts import AlertTracker, Thresholds
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE
-from ..hosts import is_loopback_host
 from ..ipc import MAX_MESSAGE
 from ..privfiles import private_dir
 from ..procutil import free_port
@@ -43,8 +42,9 @@ from .children import Child, Service, spawn, spawn_script
 from .control import LOOKUPS_PER_S, REFUSALS_PER_S, Budget, ControlServer, json_depth
 from .listeners import (
     admin_token,
+    close_server_listeners,
     listen_tcp,
-    listen_unix,
+    open_server_listeners,
     reach_address,
     sweep_stale_run_dirs,
 )
@@ -78,7 +78,8 @@ ENDPOINT_EVENTS: dict[Event, EndpointEvent] = {
         msg.get("generation"), int(msg["pid"]), msg.get("socket"), now),
     Event.WORKER_EXIT: lambda ep, msg, _now: ep.worker_exit(msg.get("generation"),
                                                             int(msg["pid"])),
-    Event.LOAD_FAILED: lambda ep, msg, _now: ep.load_failed(msg.get("error")),
+    Event.LOAD_FAILED: lambda ep, msg, _now: ep.load_failed(msg.get("generation"),
+                                                            msg.get("error")),
     Event.NWORKERS: lambda ep, msg, _now: ep.workers_reported(msg.get("generation"),
                                                              int(msg["value"])),
 }
@@ -280,7 +281,7 @@ class Core:
         if change.signal is not None and ep.child is not None:
             os.kill(ep.child.pid, change.signal)
         if change.close_listeners:
-            self._close_listeners(ep)
+            close_server_listeners(ep)
         if change.event is not None:
             kind, fields = change.event
             self.history.add_event(kind, **fields)
@@ -351,33 +352,8 @@ class Core:
         return port
 
     def _open_listeners(self, ep: Endpoint) -> None:
-        """The server's Unix socket (the front's way in, private to our user) and, only
-        when ``TCP_PORT`` asks for it, a TCP port: that one has none of the gateway's
-        checks, so any local user could call the endpoint through it."""
-        if ep.listeners:
-            return
-        ep.socket_path = str(self.run_dir / f"srv-{ep.name}.sock")
-        ep.listeners = [listen_unix(ep.socket_path)]
-        if not ep.config.settings["TCP_PORT"]:
-            ep.port = None
-            return
-        host = ep.config.settings["HOST"]
-        ep.port = ep.port or self._allocate_port(ep)
-        try:
-            ep.listeners.insert(0, listen_tcp(host, ep.port))
-        except ConfigError:
-            self._close_listeners(ep)
-            raise
-        log.warning("%s: endpoint server listens on %s:%d (TCP_PORT): callers there bypass "
-                    "the gateway's checks (API key, scopes, quotas)%s", ep.name, host, ep.port,
-                    "" if is_loopback_host(host) else ", from beyond loopback too")
-
-    def _close_listeners(self, ep: Endpoint) -> None:
-        for sock in ep.listeners:
-            sock.close()
-        ep.listeners = []
-        if ep.socket_path and os.path.exists(ep.socket_path):
-            os.unlink(ep.socket_path)
+        if not ep.listeners:
+            open_server_listeners(ep, self.run_dir, self._allocate_port)
 
     def _start_endpoint(self, ep: Endpoint) -> None:
         """Spawn the endpoint's process; a server becomes READY when a worker reports in."""
@@ -508,7 +484,7 @@ class Core:
             child.kill_group()
         signal.set_wakeup_fd(-1)
         for ep in self.endpoints.values():
-            self._close_listeners(ep)
+            close_server_listeners(ep)
         if self.front_listener is not None:
             self.front_listener.close()
         for key in list(self.sel.get_map().values()):

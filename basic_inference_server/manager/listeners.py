@@ -10,13 +10,18 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import GatewayConfig, check_token
 from ..errors import ConfigError
-from ..hosts import check_host
+from ..hosts import check_host, is_loopback_host
 from ..privfiles import write_private
 from ..procutil import pid_alive
+
+if TYPE_CHECKING:
+    from .state import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,36 @@ def listen_unix(path: str) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def open_server_listeners(ep: Endpoint, run_dir: Path, allocate_port: Callable[[Endpoint], int]
+                          ) -> None:
+    """An endpoint server's Unix socket (the front's way in, in our private run folder)
+    and, only when ``TCP_PORT`` asks for it, a TCP port: that one has none of the
+    gateway's checks, so any local user could call the endpoint through it."""
+    ep.socket_path = str(run_dir / f"srv-{ep.name}.sock")
+    ep.listeners = [listen_unix(ep.socket_path)]
+    if not ep.config.settings["TCP_PORT"]:
+        ep.port = None
+        return
+    host = ep.config.settings["HOST"]
+    ep.port = ep.port or allocate_port(ep)
+    try:
+        ep.listeners.insert(0, listen_tcp(host, ep.port))
+    except ConfigError:
+        close_server_listeners(ep)
+        raise
+    log.warning("%s: endpoint server listens on %s:%d (TCP_PORT): callers there bypass the "
+                "gateway's checks (API key, scopes, quotas)%s", ep.name, host, ep.port,
+                "" if is_loopback_host(host) else ", from beyond loopback too")
+
+
+def close_server_listeners(ep: Endpoint) -> None:
+    for sock in ep.listeners:
+        sock.close()
+    ep.listeners = []
+    if ep.socket_path and os.path.exists(ep.socket_path):
+        os.unlink(ep.socket_path)
 
 
 def check_resolves(host: str) -> None:

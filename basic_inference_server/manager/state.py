@@ -82,6 +82,8 @@ class Endpoint:
     last_error: str | None = None
     # Why the server last died, kept after it recovers (last_error is cleared then).
     last_exit: dict[str, Any] | None = None
+    # Why the last reload failed (the serving generation went on): not a last_error.
+    reload_error: dict[str, Any] | None = None
     failures: int = 0
     restarts: int = 0
     restart_at: float | None = None
@@ -235,7 +237,8 @@ class Endpoint:
         """The pending generation serves; the old one drains."""
         old, self.child, self.pending = self.child, self.pending, None
         self._forget_workers()
-        self.last_error = None  # the new generation loaded: an earlier failure is history
+        # The new generation loaded: earlier failures are history.
+        self.last_error = self.reload_error = None
         change = Change(event=("reload", {"endpoint": self.name, "generation": self.generation}),
                         info=f"reloaded: generation {self.generation} serving")
         if old is not None:
@@ -249,8 +252,13 @@ class Endpoint:
         self.ready_pids.discard(pid)
         return Change(publish=self.worker_sockets.pop(pid, None) is not None)
 
-    def load_failed(self, error: Any) -> Change:
-        self.last_error = str(error) if error is not None else None
+    def load_failed(self, generation: Any, error: Any) -> Change:
+        """A worker could not load; a reload's failure leaves the serving one's state."""
+        text = str(error) if error is not None else None
+        if self.pending is not None and generation == self.pending.generation:
+            self.reload_error = {"error": text, "at": time.time()}
+        else:
+            self.last_error = text
         return Change()
 
     def workers_reported(self, generation: Any, count: int) -> Change:
@@ -317,13 +325,17 @@ class Endpoint:
             "reason": self.last_error, "restart_in_s": delay}))
 
     def pending_exited(self, code: int | None) -> Change:
-        """A reload's new generation died before it served: keep the old one."""
-        self.last_error = self.last_error or f"reload failed (exit code {code})"
+        """A reload's new generation died before it served: keep the old one (READY
+        as it was: the failure shows as ``reload_error``, not as ``last_error``)."""
+        error = (self.reload_error or {}).get("error") or f"reload failed (exit code {code})"
+        self.reload_error = {"error": error, "exit_code": code, "at": time.time()}
         self.pending = None
         if self.child is not None:
             # Events carry their generation: listen to the one still serving again.
             self.generation = self.child.generation
-        return Change(log=f"new generation exited with {code}; keeping the old one")
+        return Change(log=f"reload failed ({error}); keeping the serving generation",
+                      event=("reload_failed", {"endpoint": self.name, "exit_code": code,
+                                               "reason": error}))
 
     def drained(self, child: Child, shutting_down: bool) -> Change:
         """A stopping child exited; the last one of a stop makes the endpoint STOPPED."""
@@ -362,6 +374,7 @@ class Endpoint:
             "restarts": self.restarts,
             "last_error": self.last_error,
             "last_exit": self.last_exit,
+            "reload_error": self.reload_error,
             "uptime_s": round(time.monotonic() - self.ready_since, 1) if self.ready_since else None,
             "retry_in_s": (round(max(0.0, self.restart_at - time.monotonic()), 1)
                            if self.restart_at else None),

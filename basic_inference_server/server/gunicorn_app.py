@@ -24,10 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from gunicorn.errors import AppImportError
+from gunicorn.arbiter import Arbiter
 
 from .. import protocol
-from ..childproc import take_slot
+from ..childproc import GUNICORN_LOGGER, take_slot
 from ..contracts import Event, ServerSpec, probe_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
@@ -159,6 +159,7 @@ class EndpointServer(BaseApplication):
             "proc_name": f"bis-server:{spec.name}",
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": GUNICORN_LOGGER,
             "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
             "pre_fork": take_slot,
             "post_fork": post_fork,
@@ -174,10 +175,10 @@ class EndpointServer(BaseApplication):
         """Build the worker (import, model load) in a gunicorn worker process.
 
         A failure is logged once with its traceback (by the first worker of the first
-        attempt; later ones log one line), reported to the manager, and handed to
-        gunicorn as :class:`AppImportError`: the master stops with "App failed to load"
-        (exit code 4), without a traceback of its own, and the manager decides whether
-        to try again (``LOAD_ATTEMPTS``).
+        attempt; later ones log one line) and reported to the manager; the worker exits
+        with gunicorn's "app failed to load" code, so its master stops (exit code 4)
+        without a traceback of its own, and the manager decides whether to try again
+        (``LOAD_ATTEMPTS``).
         """
         slot = _worker_slot["slot"]
         try:
@@ -191,7 +192,9 @@ class EndpointServer(BaseApplication):
             else:
                 log.error("%s worker %d: loading failed again (attempt %d): %s", self.spec.name,
                           slot, self.spec.load_attempt + 1, error)
-            raise AppImportError(f"{self.spec.name}: {error}") from None
+            # gunicorn's code for "the app failed to load": its master stops with it,
+            # and logs the reason in one line (an AppImportError would print it again).
+            raise SystemExit(Arbiter.APP_LOAD_ERROR) from None
         return create_app(self.spec, worker)
 
 

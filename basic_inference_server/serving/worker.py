@@ -96,7 +96,17 @@ class LoopWorker(Worker):
             self.loop.run_until_complete(self._serve())
         finally:
             self.stopped()
+            self._cancel_tasks()
             self.loop.close()
+
+    def _cancel_tasks(self) -> None:
+        """Cancel the tasks still pending (periodic reports) and let them end, as
+        ``asyncio.run`` does: a pending task destroyed with its loop is logged as an error."""
+        tasks = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
     def started(self) -> None:
         """On the loop, before the first connection."""

@@ -74,13 +74,15 @@ def test_reload_that_fails_to_load_keeps_the_old_generation(gw):
     set_version(gw, "v3", extra="\n\nraise RuntimeError('v3 is broken on purpose')\n")
     resp = gw.post("/reload_server", {"SIGNATURE": "echo"})
     assert resp.status_code == 200, resp.text
-    info = wait_until(lambda: (i := gw.server("echo"))["last_error"] and i, timeout=20,
-                      message="the failed reload is reported")
-    assert "v3 is broken on purpose" in info["last_error"]
     # The failure is reported by the failing worker; its generation exits just after.
-    wait_until(lambda: "new generation exited" in gw.log_text(), timeout=20,
-               message="the failed generation is gone")
+    info = wait_until(lambda: (i := gw.server("echo"))["reload_error"]
+                      and "exit_code" in i["reload_error"] and i, timeout=20,
+                      message="the failed reload is reported")
+    assert "v3 is broken on purpose" in info["reload_error"]["error"]
+    assert "reload failed" in gw.log_text()
+    # The serving generation is READY as before: the reload's error is not its last_error.
     assert info["state"] == "READY" and info["pid"] == before["pid"]
+    assert info["last_error"] is None
     assert assert_ok(gw.run("echo"))["version"] == "v2"
     # Fix the file first: a worker the serving generation adds imports the file from disk
     # (and a worker that fails to boot halts its whole gunicorn server).
@@ -98,7 +100,7 @@ def test_reload_that_fails_to_load_keeps_the_old_generation(gw):
     # Fixed code reloads.
     reload_and_wait(gw, "echo")
     assert assert_ok(gw.run("echo"))["version"] == "v4"
-    assert gw.server("echo")["last_error"] is None
+    assert gw.server("echo")["last_error"] is None and gw.server("echo")["reload_error"] is None
 
 
 def test_reload_while_reloading_is_refused(gw):

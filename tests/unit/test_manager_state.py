@@ -101,13 +101,13 @@ def test_failed_load_waits_then_doubles_then_gives_up():
     now, delays = 0.0, []
     for _ in range(LOAD_ATTEMPTS - 1):
         started(ep, now)
-        ep.load_failed("ValueError: weights missing")
+        ep.load_failed(ep.generation, "ValueError: weights missing")
         ep.exited(3, now + 1, shutting_down=False)
         delays.append(ep.restart_at - (now + 1))
         now = ep.restart_at
     assert delays == [1.0, 2.0]
     started(ep, now)
-    ep.load_failed("ValueError: weights missing")
+    ep.load_failed(ep.generation, "ValueError: weights missing")
     change = ep.exited(4, now + 1, shutting_down=False)
     assert ep.restart_at is None and not ep.restart_due(now + 3600)
     assert ep.state == State.FAILED and ep.last_error == "ValueError: weights missing"
@@ -162,7 +162,9 @@ def test_reload_failure_keeps_the_old_generation():
     ep.reload_started(child(ep.next_generation(), pid=200))
     change = ep.pending_exited(3)
     assert ep.pending is None and ep.child is old and ep.state == State.READY
-    assert ep.generation == old.generation and "reload failed" in ep.last_error and change.log
+    assert ep.generation == old.generation and change.log
+    # READY as before: the failure shows apart, not as the serving one's last_error.
+    assert ep.last_error is None and "reload failed" in ep.describe()["reload_error"]["error"]
     assert ep.serves(old.generation)
 
 
