@@ -9,13 +9,19 @@ does not understand, and on commands hidden in a block that is not a shell block
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
 from basic_inference_server.client.cli import build_parser
 from tests.conftest import ROOT
 from tests.docs.markdown import ALLOWED_REASONS, Block, directive, expectations, pages, read_blocks
+from tests.docs.shell import check, run_script
 
 BLOCKS = [block for page in pages(ROOT) for block in read_blocks(ROOT / page, page)]
 ILLUSTRATIVE = [block for block in BLOCKS if block.illustrative is not None]
@@ -92,3 +98,54 @@ def test_the_readme_and_endpoints_page_show_the_same_first_endpoint() -> None:
                     "class SentimentWorker" in b.text)
 
     assert sentiment("docs/endpoints.md") == sentiment("README.md")
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[int]:
+    """An HTTP server that answers every request 401 with a JSON error."""
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b'{"ERROR": "no token", "ERROR_TYPE": "unauthorized"}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("script", "problem"), [
+    ("curl -s URL\n", "got HTTP 401, which the doc does not show"),
+    ("curl -s URL   # 401 unauthorized\n", None),
+    ("curl -s URL\n# {\"ERROR\": \"...\", \"ERROR_TYPE\": \"unauthorized\"}\n", None),
+    ("curl -s URL\n# {\"ERROR_TYPE\": \"forbidden\", \"KEY\": \"...\"}\n",
+     "ERROR_TYPE is 'unauthorized', the doc shows 'forbidden'"),
+    ("curl -si URL\n# HTTP/1.1 200 OK\n# Retry-After: 3\n", "the doc shows 200"),
+    ("curl -sf URL || echo refused\n", None),
+    ("X=1\nfalse\n", "exit status 1"),
+])
+def test_a_block_fails_where_its_output_differs_from_the_doc(
+        script: str, problem: str | None, refusing_server: int, tmp_path: Path) -> None:
+    script = script.replace("URL", f"localhost:{refusing_server}/list_servers")
+    ran = run_script(script, tmp_path, tmp_path, dict(os.environ), timeout=30)
+    problems = ([f"exit status {ran.code}"] if ran.code else []) + check(ran, expectations(script))
+    if problem is None:
+        assert not problems, (problems, ran.output())
+    else:
+        assert any(problem in p for p in problems), (problems, ran.output())
+
+
+def test_a_page_session_keeps_its_variables_from_block_to_block(tmp_path: Path) -> None:
+    first = run_script('KEY=$(echo bis_x)\nexport URL="a b"\n', tmp_path, tmp_path,
+                       dict(os.environ), timeout=30)
+    second = run_script('echo "$KEY $URL"\n', tmp_path, tmp_path, dict(os.environ), timeout=30)
+    assert (first.code, second.code, second.stdout) == (0, 0, "bis_x a b\n")
