@@ -188,8 +188,9 @@ ROUTES: tuple[Route, ...] = (
     Route("/openapi.json", ("GET",), "open", "this API as an OpenAPI 3.1 document", (200,),
           view="openapi", response=body(("openapi", "paths"), openapi=STRING, paths=OBJECT)),
     Route("/support_update_status", ("POST",), "open",
-          "where support processes report (the manager checks the caller)",
-          (200, 400, 403, 404, 413, 415), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
+          "where support processes report (the manager checks the caller; refusals and "
+          "checks are rate-limited: 429)",
+          (200, 400, 403, 404, 413, 415, 429, 503), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
           response=RESULT),
     Route("/health/live", ("GET",), "open", "200 while the gateway and its manager answer",
           (200, 503), view="live", response=body(("status",), status={"const": "alive"})),
