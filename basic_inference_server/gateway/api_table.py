@@ -167,7 +167,8 @@ ROUTES: tuple[Route, ...] = (
           params=(Param("SIGNATURE", SIGNATURE, required=True,
                         description="GET only: the endpoint; other query fields are its inputs"),),
           description="The answer is the endpoint's own JSON plus the metadata fields "
-                      "listed. A 400 or 500 raised by the endpoint's code carries "
+                      "listed. What the endpoint's code raises is a 400 bad_request "
+                      "from _pre_process, else a 500 endpoint_error; both carry "
                       "EXCEPTION, ERROR_MESSAGE, ERROR_FILE and ERROR_LINE. GET /run "
                       "never submits a job (405)."),
     Route("/list_servers", ("GET", "POST"), "admin",
