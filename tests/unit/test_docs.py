@@ -37,6 +37,19 @@ def test_http_api_tables_are_generated_from_the_routes_and_the_error_kinds() -> 
         "the tables in docs/http-api.md are stale: python scripts/update_api_docs.py")
 
 
+def test_http_api_paths_table_says_who_may_call_each_path() -> None:
+    doc = (ROOT / "docs" / "http-api.md").read_text()
+    rows = dict(re.findall(r"^\| `(/[^`]*)` \| [A-Z, ]+ \| ([^|]+) \|", doc, re.M))
+    for path in ("/list_servers", "/system_status", "/history", "/notifications",
+                 "/start_server", "/shutdown", "/traffic", "/rollout", "/rollout/promote",
+                 "/rollout/abort", "/keys", "/keys/revoke", "/keys/rotate", "/usage/tenants",
+                 "/usage/tenants.csv"):
+        assert rows.get(path, "").strip() == "admin token", path
+    assert "API key" in rows["/run"] and "API key" in rows["/usage"]
+    management = doc[doc.index("## Management"):]
+    assert "loopback included" in management and "not checked yet" not in doc
+
+
 def test_every_setting_is_in_the_config_doc() -> None:
     from basic_inference_server.config import ENDPOINT_SETTINGS, GATEWAY_SETTINGS
 
