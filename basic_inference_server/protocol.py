@@ -31,7 +31,9 @@ MAX_JSON_ELEMENTS = 1_000_000
 _RUNS = re.compile(rb"\[+|\]+")
 _SHAPE = bytes.maketrans(b"{}", b"[]")
 _NOT_SHAPE = bytes(b for b in range(256) if b not in b'[]{}"')
-_NOT_COUNTED = bytes(b for b in range(256) if b not in b'[{,"')
+# For counting values: whitespace dropped, each byte of a scalar (or string) read as "0".
+_COUNTED = bytes(b if b in b'[]{},"' else ord("0") for b in range(256))
+_BLANKS = b" \t\r\n"
 # Strings once escaped quotes are neutralised (see _plain): no escape left to skip.
 _QUOTED = re.compile(rb'"[^"]*"')
 # Passes over large bodies are cut into calls over this many bytes: each call holds the
@@ -109,20 +111,25 @@ def _plain(raw: bytes) -> bytes:
 
 
 def _count(text: bytes, chars: tuple[bytes, ...], stop: int | None = None) -> int:
-    """How many of ``chars`` ``text[:stop]`` holds (``bytes.count``, by chunks)."""
+    """How many of ``chars`` (of one or two bytes) ``text[:stop]`` holds (``bytes.count``,
+    by chunks)."""
     stop = len(text) if stop is None else stop
     if stop <= _CHUNK:
         return sum(text.count(char, 0, stop) for char in chars)
-    return sum(text.count(char, i, min(i + _CHUNK, stop))
-               for char in chars for i in range(0, stop, _CHUNK))
+    cuts = range(_CHUNK, stop, _CHUNK)
+    # A pair of bytes (``[]``) may straddle a cut between chunks: counted there.
+    return (sum(text.count(char, i, min(i + _CHUNK, stop))
+                for char in chars for i in range(0, stop, _CHUNK))
+            + sum(text.startswith(char, i - 1) for char in chars if len(char) == 2 for i in cuts))
 
 
-def _kept(text: bytes, delete: bytes, stop: int | None = None) -> bytes:
-    """``text[:stop]`` without the bytes in ``delete``, ``{}`` read as ``[]`` (by chunks)."""
+def _kept(text: bytes, delete: bytes, stop: int | None = None, table: bytes = _SHAPE) -> bytes:
+    """``text[:stop]`` without the bytes in ``delete``, the others mapped by ``table``
+    (by default ``{}`` read as ``[]``), by chunks."""
     stop = len(text) if stop is None else stop
     if stop <= _CHUNK:
-        return text[:stop].translate(_SHAPE, delete)
-    return b"".join(text[i:min(i + _CHUNK, stop)].translate(_SHAPE, delete)
+        return text[:stop].translate(table, delete)
+    return b"".join(text[i:min(i + _CHUNK, stop)].translate(table, delete)
                     for i in range(0, stop, _CHUNK))
 
 
@@ -134,15 +141,19 @@ def _strings_dropped(shape: bytes) -> bytes:
 def json_elements_over(raw: bytes, limit: int = MAX_JSON_ELEMENTS) -> bool:
     """True when ``raw`` holds more than ``limit`` values, counted from the bytes.
 
-    Every value but the outermost follows a comma or opens its array or object, so
-    commas plus opening brackets plus one bound the count from above. Counted over the
-    whole body first (three C-speed counts); only a body over the limit by that count
-    has its strings (whose commas and brackets are text) dropped and is counted again.
+    Each value but the outermost follows a comma, or opens a non-empty array or object
+    as its first item: values = commas + non-empty containers + 1. All commas and
+    opening brackets bound that from above (three C-speed counts: most bodies stop
+    there); over the limit by that bound, the body is counted exactly: without its
+    blanks, each string read as one scalar (its commas and brackets are text), the empty
+    containers (``[]``, ``{}``) taken off.
     """
     if _count(raw, (b",", b"[", b"{")) < limit:
         return False
-    shape = _strings_dropped(_kept(_plain(raw), _NOT_COUNTED))
-    return _count(shape, (b",", b"[")) >= limit
+    shape = _kept(_plain(raw), _BLANKS, table=_COUNTED)
+    if b'"' in shape:
+        shape = _QUOTED.sub(b"0", shape)
+    return _count(shape, (b",", b"[", b"{")) - _count(shape, (b"[]", b"{}")) >= limit
 
 
 def parse_body(raw: bytes, max_size: int | None = None) -> dict[str, Any]:
@@ -207,10 +218,10 @@ def error_body(err: ServingError, meta: dict[str, Any] | None = None) -> bytes:
 # with the body's size, whatever the body holds: no Python loop runs per string or value.
 _OBJECT_START = re.compile(rb"\s*\{")
 # A top-level field's value: a scalar, or (looked ahead at, not taken) an object or array.
-_VALUE = rb'\s*:\s*("[^"]*"|true|false|null|-?[0-9][0-9.eE+-]*|(?=[\[{]))'
+_VALUE = rb'\s*:\s*(?P<value>"[^"]*"|true|false|null|-?[0-9][0-9.eE+-]*|(?=[\[{]))'
 # A key holding an escape (a backslash) in _plain text.
 _ESCAPED_KEY = re.compile(rb'"[^"\\]*\\[^"]*"\s*:')
-_FIELD_RES: dict[str, re.Pattern[bytes]] = {}
+_FIELD_RES: dict[str, _Key] = {}
 # Stands for each match in the text whose depth is measured: NUL never appears in valid
 # JSON (raw control characters are refused inside strings and outside them).
 _MARK = b"\x00"
@@ -240,11 +251,23 @@ def _top_level(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, int]:
     return top.count(1), top.rfind(1)
 
 
-def _field_pattern(key: str) -> re.Pattern[bytes]:
-    pattern = _FIELD_RES.get(key)
-    if pattern is None:
-        pattern = _FIELD_RES[key] = re.compile(b'"' + re.escape(key.encode()) + b'"' + _VALUE)
-    return pattern
+class _Key:
+    """The patterns that find one key: anywhere, and as the object's first key."""
+
+    __slots__ = ("anywhere", "first", "quoted")
+
+    def __init__(self, key: str) -> None:
+        self.quoted = b'"' + key.encode() + b'"'
+        named = b"(?P<key>" + re.escape(self.quoted) + b")"
+        self.anywhere = re.compile(named + _VALUE)
+        self.first = re.compile(rb"\s*\{\s*" + named + _VALUE)
+
+
+def _key(key: str) -> _Key:
+    found = _FIELD_RES.get(key)
+    if found is None:
+        found = _FIELD_RES[key] = _Key(key)
+    return found
 
 
 def _lone_match(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, re.Match[bytes] | None]:
@@ -256,30 +279,38 @@ def _lone_match(text: bytes, pattern: re.Pattern[bytes]) -> tuple[int, re.Match[
     if pattern.search(text, first.end()) is not None:
         return -1, None
     shape = _strings_dropped(_kept(text, _NOT_SHAPE, first.start()))
-    return (1, first) if _count(shape, (b"[",)) - _count(shape, (b"]",)) == 1 else (0, None)
+    if len(shape) <= _CHUNK:
+        depth = shape.count(b"[") - shape.count(b"]")
+    else:
+        depth = _count(shape, (b"[",)) - _count(shape, (b"]",))
+    return (1, first) if depth == 1 else (0, None)
 
 
 def _field(raw: bytes, key: str, once: bool = False) -> re.Match[bytes] | None:
-    """The last top-level match of ``key`` in the object ``raw`` (its value in group 1);
+    """The last top-level match of ``key`` in the object ``raw`` (groups ``key``, ``value``);
     with ``once``, a body where it stands twice at the top level is refused (400)."""
+    text = _plain(raw)
+    patterns = _key(key)
+    # Most often the key comes first and once: one match and one search.
+    first = patterns.first.match(text)
+    if first is not None and text.find(patterns.quoted, first.end()) < 0:
+        return first
     if not looks_like_object(raw) or _MARK in raw:
         return None
-    text = _plain(raw)
-    pattern = _field_pattern(key)
-    count, match = _lone_match(text, pattern)
+    count, match = _lone_match(text, patterns.anywhere)
     if count >= 0:
         return match
-    count, last = _top_level(text, pattern)
+    count, last = _top_level(text, patterns.anywhere)
     if once and count > 1:
         raise BadRequest(f"{key} appears {count} times at the top level of the body; "
                          "send it once", FIELD=key)
-    return next(islice(pattern.finditer(text), last, None)) if count else None
+    return next(islice(patterns.anywhere.finditer(text), last, None)) if count else None
 
 
 def _value(raw: bytes, match: re.Match[bytes] | None) -> tuple[bool, Any]:
     if match is None:
         return False, None
-    token = raw[match.start(1):match.end(1)]
+    token = raw[match.start("value"):match.end("value")]
     if not token:
         return True, CONTAINER
     try:
@@ -338,7 +369,7 @@ def cut_field(raw: bytes, key: str) -> tuple[bytes, bool, Any]:
     found, value = _value(raw, match)
     if match is None or not found or value is CONTAINER:
         return raw, found, value
-    start, end = match.start(), match.end()
+    start, end = match.start("key"), match.end()
     comma = _COMMA_AFTER.match(raw, end)
     if comma is not None:
         end = comma.end()  # a field follows: take the comma after this one

@@ -1,8 +1,10 @@
 """The gateway front: routes ``/run`` by ``SIGNATURE``; the rest goes to the manager.
 
 ``/run`` is served on the event loop (see :mod:`.worker`): ``SIGNATURE`` is read from
-the raw body without decoding it (:func:`..protocol.peek_field`), the body bytes are
-forwarded as they came to the least busy worker, and the answer is passed through.
+the raw body without decoding it (:func:`..protocol.route_field`, which refuses a body
+whose bytes might not say what decoding reads), the body bytes are forwarded as they
+came to the least busy worker, and the answer is passed through. Jobs are decoded
+first: the decoded body names the endpoint checked, limited and queued.
 Each endpoint may hold at most ``MAX_IN_FLIGHT`` requests at once, counted over all
 front processes; past it the front answers 503 ``overloaded`` at once, so one stuck
 endpoint can never hold the front's capacity.
