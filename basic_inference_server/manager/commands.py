@@ -124,13 +124,13 @@ class EndpointCommands(Core):
         policy = sorted(set(overrides) & set(TRAFFIC_KEYS))
         if policy:
             raise ConfigError(f"{', '.join(policy)} are set in the configuration file only")
+        if ep is not None and not overrides:
+            # A version ("name@label") starts again as configured: its name is not a
+            # section's.
+            return ep.config
         where = f"start_server {name}"
         parse_endpoint(name, overrides, where, refs=False)  # the call's own: no env:/file:
         if ep is not None:
-            if not overrides:
-                # A version ("name@label") starts again as configured: its name is not a
-                # section's.
-                return ep.config
             raw = {**ep.config.worker_config(), **overrides}
             raw.pop("DISABLED", None)
             return parse_endpoint(name, raw, where, refs=False)
