@@ -141,14 +141,15 @@ def _strings_dropped(shape: bytes) -> bytes:
 def json_elements_over(raw: bytes, limit: int = MAX_JSON_ELEMENTS) -> bool:
     """True when ``raw`` holds more than ``limit`` values, counted from the bytes.
 
-    Each value but the outermost follows a comma, or opens a non-empty array or object
-    as its first item: values = commas + non-empty containers + 1. All commas and
-    opening brackets bound that from above (three C-speed counts: most bodies stop
-    there); over the limit by that bound, the body is counted exactly: without its
-    blanks, each string read as one scalar (its commas and brackets are text), the empty
-    containers (``[]``, ``{}``) taken off.
+    Each value but the outermost follows a comma or is the first item of a non-empty
+    array or object: values = commas + non-empty containers + 1. A body no longer than
+    the limit cannot be over it (a value takes a byte at least); commas plus opening
+    brackets bound the count from above (three C-speed counts): most bodies stop there.
+    Over the limit by that bound, the body is counted exactly: without its blanks, each
+    string read as one value (its commas and brackets are text), empty containers
+    (``[]``, ``{}``) taken off.
     """
-    if _count(raw, (b",", b"[", b"{")) < limit:
+    if len(raw) <= limit or _count(raw, (b",", b"[", b"{")) < limit:
         return False
     shape = _kept(_plain(raw), _BLANKS, table=_COUNTED)
     if b'"' in shape:
