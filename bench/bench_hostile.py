@@ -59,6 +59,7 @@ class NoopWorker(FlaskWorker):
 '''
 RUN_BODY = b'{"SIGNATURE":"noop","INPUT_VALUE":42}'
 JSON = {"Content-Type": "application/json"}
+FRONT_WORKERS = 2
 
 
 def free_port() -> int:
@@ -74,7 +75,7 @@ class Gateway:
         self.port = free_port()
         (folder / "endpoints").mkdir()
         (folder / "endpoints" / "noop.py").write_text(NOOP)
-        config = {"FIRST_SERVER_PORT": 0, "ACCESS_LOG": False, "GATEWAY_WORKERS": 2,
+        config = {"FIRST_SERVER_PORT": 0, "ACCESS_LOG": False, "GATEWAY_WORKERS": FRONT_WORKERS,
                   "CONFIG_ENDPOINTS": {"noop": {"NR_WORKERS": 2}}}
         (folder / "config_gateway.json").write_text(json.dumps(config))
         env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -101,9 +102,10 @@ class Gateway:
         deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             try:
-                if self.request("POST", "/run", RUN_BODY, timeout=2) == 200:
+                if (self.request("POST", "/run", RUN_BODY, timeout=2) == 200
+                        and len(self.front_workers()) == FRONT_WORKERS):
                     return
-            except OSError:
+            except (OSError, psutil.Error):
                 pass
             if self.proc.poll() is not None:
                 break
