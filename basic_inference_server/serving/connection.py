@@ -79,6 +79,8 @@ PARSE_SLICE = 4096
 # HIGH_WATER_LIMIT); the transport resumes it under a quarter of this.
 HIGH_WATER = 64 * 1024
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
 class HttpConnection(asyncio.Protocol):
     """Parses requests, enforces deadlines and limits, writes answers in order."""
 
