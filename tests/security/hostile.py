@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import requests
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, wait_until
 
 MIB = 1024 * 1024
 
@@ -91,16 +91,26 @@ def assert_probe_held(idle: Probe, attacked: Probe) -> None:
         f"failures: {attacked.failures[:5]}")
 
 
-def front_workers(gw: Gateway) -> list[psutil.Process]:
-    """The gateway front's worker processes (children of the front's gunicorn master)."""
+def front_workers(gw: Gateway, count: int = 2) -> list[psutil.Process]:
+    """The gateway front's ``count`` worker processes (children of its gunicorn master).
+
+    A gateway answers once one front worker serves; gunicorn may fork the others a
+    moment later, so this waits for all of them (the app is preloaded: a forked worker
+    holds it already).
+    """
     def is_front(p: psutil.Process) -> bool:
         try:
             return "basic_inference_server.gateway" in " ".join(p.cmdline())
         except psutil.Error:
             return False
 
-    return [p for p in gw.tree() if is_front(p) and p.parent() is not None
-            and is_front(p.parent())]
+    def workers() -> list[psutil.Process]:
+        found = [p for p in gw.tree() if is_front(p) and p.parent() is not None
+                 and is_front(p.parent())]
+        return found if len(found) == count else []
+
+    return wait_until(workers, timeout=30, message=f"{count} front workers",
+                      ignore=(psutil.Error,))
 
 
 def rss(procs: list[psutil.Process]) -> int:

@@ -23,7 +23,7 @@ class Endpoint:
         self.outcomes = list(outcomes)
         self.calls = []
 
-    def __call__(self, inputs, customer=None):
+    def __call__(self, inputs, customer=None, request_id=None):
         self.calls.append(inputs)
         outcome = self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]
         if isinstance(outcome, Exception):
