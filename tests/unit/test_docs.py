@@ -94,3 +94,14 @@ def anchors(markdown: str) -> set[str]:
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
     headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), re.M)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_security_md_names_a_test_for_each_defence_and_each_security_test() -> None:
+    """SECURITY.md's table of defences and ``tests/security/`` list the same test files."""
+    doc = (ROOT / "SECURITY.md").read_text()
+    table = doc[doc.index("## Defences and their tests"):]
+    table = table[:table.index("\n## ")]
+    named = set(re.findall(r"`(test_\w+\.py)`", table))
+    present = {p.name for p in (ROOT / "tests" / "security").glob("test_*.py")}
+    assert named == present, (f"named in SECURITY.md but missing: {sorted(named - present)}; "
+                              f"tests not in its table: {sorted(present - named)}")
