@@ -277,9 +277,24 @@ def main() -> int:
                   f"CPU {med['cpu_ms_total']:.3f} ms/req  "
                   + "  ".join(f"{k} {v:.3f}" for k, v in med_roles.items() if v > 0.0005))
         print(f"  {name:>8} stop: {[r['stop_s'] for r in results]} s")
+    if len(runs) == 2:
+        print_paired(runs, args.conc)
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
     return 0
+
+
+def print_paired(runs: dict[str, list[dict[str, Any]]], concs: list[int]) -> None:
+    """The median of each round's own ratio, second checkout over first: the figure that
+    survives a machine whose speed drifts between rounds."""
+    (first, before), (second, after) = runs.items()
+    print(f"\npaired ratios {second}/{first}, median over rounds")
+    for conc in concs:
+        for key in ("cpu_ms_total", "rps"):
+            ratios = [a["points"][conc][key] / b["points"][conc][key]
+                      for a, b in zip(after, before, strict=True) if b["points"][conc][key]]
+            print(f"  c={conc:<3} {key:<13} {statistics.median(ratios):.3f}  "
+                  f"(rounds: {' '.join(f'{r:.3f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
