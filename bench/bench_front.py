@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 # The peer harness's app folder, beside the checkout (../shared) or one level up.
 DEFAULT_APP = next((p / "shared" / "peer-bench" / "ours_app" for p in REPO.parents
                     if (p / "shared" / "peer-bench" / "ours_app").is_dir()), REPO)
-BODY = b'{"SIGNATURE":"noop","INPUT_VALUE":42}'
 LUA = """wrk.method = "POST"
 wrk.body = '{"SIGNATURE":"%s","INPUT_VALUE":42}'
 wrk.headers["Content-Type"] = "application/json"
@@ -77,12 +76,16 @@ def cpu_by_role(manager: int) -> dict[str, float]:
     return out
 
 
-def start(checkout: Path, app: Path, python: str, port: int, cache: str) -> subprocess.Popen:
+def start(checkout: Path, app: Path, python: str, port: int, cache: str,
+          endpoint: str) -> subprocess.Popen:
     # The harness's peers/ folder holds burnlib, which its cpu endpoint imports.
     env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{app.parent / 'peers'}"}
     # Free ports for the servers: the ports after the gateway's may be taken on a shared box.
     config = json.loads((app / "config_gateway.json").read_text())
     config["FIRST_SERVER_PORT"] = 0
+    # The measured endpoint alone: another one loading its model (the harness's embed
+    # imports transformers for seconds) would be counted in the measured seconds.
+    config["CONFIG_ENDPOINTS"] = {endpoint: config["CONFIG_ENDPOINTS"][endpoint]}
     config_path = Path(cache) / "config_gateway.json"
     config_path.write_text(json.dumps(config))
     return subprocess.Popen(
@@ -92,11 +95,12 @@ def start(checkout: Path, app: Path, python: str, port: int, cache: str) -> subp
         start_new_session=True)
 
 
-def wait_ready(port: int, deadline_s: float = 90) -> None:
+def wait_ready(port: int, endpoint: str, deadline_s: float = 90) -> None:
+    body = b'{"SIGNATURE":"%s","INPUT_VALUE":42}' % endpoint.encode()
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/run", data=BODY,
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/run", data=body,
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=2) as resp:
                 if resp.status == 200:
@@ -190,9 +194,9 @@ def top_frames(path: Path, n: int = 12) -> list[tuple[str, float]]:
 def measure(name: str, checkout: Path, args: argparse.Namespace, lua: str) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory() as cache:
-        proc = start(checkout, args.app, args.python, port, cache)
+        proc = start(checkout, args.app, args.python, port, cache, args.endpoint)
         try:
-            wait_ready(port)
+            wait_ready(port, args.endpoint)
             time.sleep(1)
             points = {}
             for conc in args.conc:
