@@ -8,6 +8,7 @@ the shared load board); past the cap a new connection gets a 503
 from __future__ import annotations
 
 import ssl
+import sys
 from typing import Any
 
 from ..serving.connection import Answer, HttpConnection, Request
@@ -15,6 +16,10 @@ from ..serving.worker import LoopWorker
 from .app import Front
 
 CONNECTIONS = "#connections"
+# How long a thread of the front's pool may keep the GIL while the loop asks for it.
+# Scans of large bodies run there in C calls of a MiB or less; Python's default (5 ms)
+# would let each keep the loop, and every request on it, waiting that long.
+GIL_SWITCH_S = 0.0005
 
 
 class FrontWorker(LoopWorker):
@@ -23,6 +28,7 @@ class FrontWorker(LoopWorker):
     front: Front
 
     def started(self) -> None:
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.front = self.wsgi
         self.limits = self.front.limits
         self.front.start()
