@@ -324,6 +324,17 @@ def with_test_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stop_all(gateways: list[Gateway]) -> None:
+    """Stop every gateway, then fail with what each one's stop found wrong (orphans...)."""
+    errors = []
+    for gw in gateways:
+        try:
+            gw.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)
+
+
 class GatewayPool:
     """Starts gateways under one folder and tears them all down (asserting the tree dies)."""
 
@@ -343,13 +354,7 @@ class GatewayPool:
         return gw
 
     def close(self) -> None:
-        errors = []
-        for gw in self.started:
-            try:
-                gw.stop()
-            except AssertionError as exc:
-                errors.append(str(exc))
-        assert not errors, "\n".join(errors)
+        stop_all(self.started)
 
 
 @pytest.fixture

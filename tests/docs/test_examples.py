@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Gateway, free_port, wait_until
+from tests.conftest import ROOT, Gateway, free_port, stop_all, wait_until
 from tests.docs.markdown import (
     Block,
     Directive,
@@ -113,13 +113,7 @@ class DemoGateways:
         return gw
 
     def close(self) -> None:
-        errors = []
-        for gw in self.started:
-            try:
-                gw.stop()
-            except AssertionError as exc:
-                errors.append(str(exc))
-        assert not errors, "\n".join(errors)
+        stop_all(self.started)
 
 
 @pytest.fixture(scope="module")

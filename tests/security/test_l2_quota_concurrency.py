@@ -4,7 +4,6 @@ jobs take theirs at submit and give it back when they do not end with a 200."""
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,17 +17,14 @@ from basic_inference_server.tenants.keys import key_from_request
 from basic_inference_server.tenants.store import open_store
 from basic_inference_server.tenants.usage import period
 from tests.conftest import assert_error, assert_ok, wait_until
-from tests.tenants.conftest import call, keyed_config, make_key, ready
+from tests.tenants.conftest import call, keyed_config, make_key, ready, store_overlay
 
 CONCURRENT = 20
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def gw(request, module_gateways):
-    extra = {}
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        extra["TENANTS_REDIS"] = f"{url}?prefix=bis-test-{os.urandom(4).hex()}"
+    extra = store_overlay(request.param, request)
     return ready(module_gateways(keyed_config(CONFIG_ENDPOINTS={
         "slow": {"SERVER_CLASS": "slow", "NR_WORKERS": 2},
         "flaky": {"SERVER_CLASS": "flaky", "MAX_ATTEMPTS": 1}}, **extra)))

@@ -5,7 +5,6 @@ and on Redis; a key stored before lineages existed is its own lineage."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 
@@ -19,15 +18,12 @@ from basic_inference_server.tenants.keys import key_from_request
 from basic_inference_server.tenants.store import open_store
 from basic_inference_server.tenants.usage import period
 from tests.conftest import assert_error, assert_ok, wait_until
-from tests.tenants.conftest import call, keyed_config, make_key, ready
+from tests.tenants.conftest import call, keyed_config, make_key, ready, store_overlay
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def gw(request, module_gateways):
-    extra = {}
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-        extra["TENANTS_REDIS"] = f"{url}?prefix=bis-test-{os.urandom(4).hex()}"
+    extra = store_overlay(request.param, request)
     return ready(module_gateways(keyed_config(CONFIG_ENDPOINTS={
         "echo": {"SERVER_CLASS": "echo"}, "slow": {"SERVER_CLASS": "slow", "NR_WORKERS": 2}},
         **extra)))

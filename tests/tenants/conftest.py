@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import Gateway
@@ -12,6 +14,15 @@ from tests.conftest import Gateway
 POOL = {"SERVER_CLASS": "model_pool", "NR_WORKERS": 1,
         "MODELS": {"base": {"units": 4}, "globex_model": {"units": 4}},
         "REQUIRED_MODELS": ["base"], "CUSTOMER_MODELS": {"globex": ["globex_model"]}}
+
+
+def store_overlay(store: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings that put the tenants store on ``store`` ("sqlite": the default, or
+    "redis": the session's Redis under a prefix of its own)."""
+    if store != "redis":
+        return {}
+    url = request.getfixturevalue("redis_url")
+    return {"TENANTS_REDIS": f"{url}?prefix=bis-test-{os.urandom(4).hex()}"}
 
 
 def keyed_config(**extra: Any) -> dict[str, Any]:

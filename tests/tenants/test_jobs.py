@@ -14,7 +14,7 @@ import requests
 from basic_inference_server.procutil import free_port
 from tests.conftest import FIXTURE_ENDPOINTS, assert_error, assert_ok, wait_until, with_test_defaults
 from tests.services import Service
-from tests.tenants.conftest import POOL, call, keyed_config, make_key, ready
+from tests.tenants.conftest import POOL, call, keyed_config, make_key, ready, store_overlay
 
 HERE = Path(__file__).parent
 
@@ -47,10 +47,7 @@ def finished(gw, key: str | None, job: str) -> dict:
                                                  ("sqlite", True)])
 def test_job_units_are_charged_and_metered_when_the_job_runs(store, versions, gateways,
                                                              tmp_path, request):
-    extra = {}
-    if store == "redis":
-        url = request.getfixturevalue("redis_url")
-        extra["TENANTS_REDIS"] = f"{url}?prefix=bis-test-{os.urandom(4).hex()}"
+    extra = store_overlay(store, request)
     section = {"SERVER_CLASS": "metered"}
     if versions:
         section.update(VERSIONS={"v1": {}, "v2": {}}, TRAFFIC={"v1": 50, "v2": 50})
