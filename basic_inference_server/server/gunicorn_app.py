@@ -230,7 +230,8 @@ class EndpointWorker(LoopWorker):
     async def handle(self, request: Request) -> Answer:
         # self.wsgi: the Flask app, whose /run is a plain WSGI handler ahead of Flask
         # (see app.py), maybe guarded by the job consumer (see consumer.py).
-        work = self.pool.submit(call_wsgi, self.wsgi, request)
+        # A streamed answer's chunks are made in the same pool, one at a time.
+        work = self.pool.submit(call_wsgi, self.wsgi, request, self.pool)
         try:
             return await asyncio.wrap_future(work)
         except asyncio.CancelledError:
