@@ -172,13 +172,14 @@ BY_STATUS: dict[int, type[BisError]] = {
 }
 
 
-def error_for(status: int, body: Any, retry_after: float | None) -> BisError:
-    """The typed error of one error answer."""
+def error_for(status: int | None, body: Any, retry_after: float | None) -> BisError:
+    """The typed error of one error answer (or of a stream's ``error`` event: no status)."""
     if not isinstance(body, dict):
         body = {}
     kind = body.get("ERROR_TYPE")
     cls = ERROR_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        cls = BY_STATUS.get(status, InternalError)
-    message = body.get("ERROR") or f"HTTP {status} without an error message"
+        cls = BY_STATUS.get(status, InternalError) if status else InternalError
+    message = body.get("ERROR") or (f"HTTP {status} without an error message" if status
+                                    else "an error event without a message")
     return cls(str(message), status=status, body=body, retry_after=retry_after)
