@@ -23,6 +23,7 @@ from basic_inference_server.client import (
     RetryPolicy,
     Timeout,
     Unavailable,
+    cli,
 )
 from basic_inference_server.streams import CHUNK, DONE, ERROR, Format
 
@@ -260,3 +261,41 @@ def test_the_async_stream_raises_error_events_and_closes_early():
 
     asyncio.run(main())
     assert failing.closed
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, gw: Gateway, *argv: str) -> int:
+    """``bis`` in this process, its client talking to ``gw``."""
+    monkeypatch.setattr(cli, "Client", lambda url, **options: client(gw, **options))
+    for name in ("BIS_URL", "BIS_ADMIN_TOKEN", "BIS_ADMIN_TOKEN_FILE", "BIS_API_KEY",
+                 "BIS_API_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BIS_API_KEY", "key-2")
+    return cli.main(list(argv))
+
+
+def test_bis_run_stream_prints_one_json_line_per_chunk_then_done_on_stderr(monkeypatch, capsys):
+    gw = Gateway(stream_answer(Pieces(sse(*tokens(3), (DONE, DONE_DATA)))))
+    assert run_cli(monkeypatch, gw, "run", "--stream", "gen", "MAX=3") == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"TOKEN": "t0"}, {"TOKEN": "t1"}, {"TOKEN": "t2"}]
+    assert json.loads(err) == DONE_DATA
+    assert json.loads(gw.requests[0].content) == {"MAX": 3, "SIGNATURE": "gen"}
+    assert gw.requests[0].headers["x-api-key"] == "key-2"
+
+
+def test_bis_run_stream_exits_1_with_the_error_event(monkeypatch, capsys):
+    error = {"ERROR": "idle for 1 s", "ERROR_TYPE": "timeout"}
+    gw = Gateway(stream_answer(Pieces(sse(*tokens(1), (ERROR, error)))))
+    assert run_cli(monkeypatch, gw, "run", "--stream", "gen") == cli.EXIT_ERROR
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ['{"TOKEN": "t0"}']
+    assert json.loads(err) == {"ERROR": "idle for 1 s", "ERROR_TYPE": "timeout", "STATUS": None,
+                               "ATTEMPTS": 1}
+
+
+def test_bis_run_stream_and_async_do_not_go_together(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as caught:
+        run_cli(monkeypatch, Gateway(), "run", "--stream", "--async", "gen")
+    assert caught.value.code == cli.EXIT_USAGE
+    assert "not allowed with" in capsys.readouterr().err
