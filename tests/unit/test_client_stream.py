@@ -28,7 +28,7 @@ from basic_inference_server.client import (
 from basic_inference_server.streams import CHUNK, DONE, ERROR, Format
 
 SSE = {"content-type": Format.SSE.content_type, "x-request-id": "req-7"}
-DONE_DATA = {"CHUNKS": 3, "USAGE": {"UNITS": 3}, "ver": "1", "signature": "gen"}
+DONE_DATA = {"CHUNKS": 3, "USAGE": 3, "ver": "1", "signature": "gen"}
 
 
 def sse(*events: tuple[str, dict[str, Any]]) -> list[bytes]:
@@ -106,7 +106,7 @@ def test_chunks_come_in_order_and_done_keeps_the_last_events_data():
         stream = bis.stream("gen", {"PROMPT": "hi"}, MAX=3)
         assert gw.requests == []  # sent when the iteration starts
         assert list(stream) == [{"TOKEN": "t0"}, {"TOKEN": "t1"}, {"TOKEN": "t2"}]
-    assert stream.done == DONE_DATA and stream.usage == {"UNITS": 3}
+    assert stream.done == DONE_DATA and stream.usage == 3
     assert (stream.chunks, stream.status, stream.request_id) == (3, 200, "req-7")
     assert body.closed
     (request,) = gw.requests
@@ -193,13 +193,13 @@ def test_an_error_answer_before_the_stream_raises_as_run_does():
 
 
 def test_a_whole_json_answer_reads_as_its_chunks():
-    gathered = {"CHUNKS": [{"T": "a"}, {"T": "b"}], "USAGE": {"UNITS": 2}, "ver": "1"}
+    gathered = {"CHUNKS": [{"T": "a"}, {"T": "b"}], "USAGE": 2, "ver": "1"}
     plain = {"RESULT": 42, "ver": "1"}
     gw = Gateway(httpx.Response(200, json=gathered), httpx.Response(200, json=plain))
     with client(gw) as bis:
         first = bis.stream("gen")
         assert list(first) == [{"T": "a"}, {"T": "b"}]
-        assert first.done == {"CHUNKS": 2, "USAGE": {"UNITS": 2}, "ver": "1"}
+        assert first.done == {"CHUNKS": 2, "USAGE": 2, "ver": "1"}
         second = bis.stream("echo")
         assert list(second) == [plain] and second.done == {"CHUNKS": 1}
 
