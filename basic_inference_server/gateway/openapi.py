@@ -63,9 +63,10 @@ STREAM_ANSWER = (
     "A streaming endpoint answers events (chunk..., then done or error, ids 1, 2, ...), "
     "each as it comes: Server-Sent Events with Accept: text/event-stream or STREAM true "
     "(id: n, event: chunk|done|error, data: the event's JSON object, a blank line); one "
-    "JSON object a line with Accept: application/x-ndjson ({event, id, data}); else the "
-    "chunks gathered into one JSON answer, {CHUNKS: [...], <done's fields>}. An error "
-    "before the first event is an error answer; after it, an error event.")
+    "JSON object a line with Accept: application/x-ndjson ({event, id, data}); else (and "
+    "always on GET) the chunks gathered into one JSON answer, {CHUNKS: [...], <done's "
+    "fields>}. An error before the first chunk is an error answer; after it, an error "
+    "event. An endpoint that does not stream answers JSON whatever was asked.")
 
 
 def stream_schemas() -> dict[str, Schema]:
@@ -81,19 +82,21 @@ def stream_schemas() -> dict[str, Schema]:
             "StreamEvent": {"oneOf": lines}, "StreamGathered": gathered}
 
 
-def _success(route: Route, status: int) -> dict[str, Any]:
+def _success(route: Route, status: int, method: str) -> dict[str, Any]:
     schema = route.bodies.get(status, route.response)
     answer: dict[str, Any] = {"description": REASONS[status],
                               "content": {route.media: {"schema": schema}}}
-    if route.streams and status == 200:
+    if not (route.streams and status == 200):
+        return answer
+    gathered = {"anyOf": [schema, {"$ref": "#/components/schemas/StreamGathered"}]}
+    answer["content"] = {route.media: {"schema": gathered}}
+    if method == "POST":  # a GET gets the chunks gathered
         answer["description"] = f"{REASONS[status]}. {STREAM_ANSWER}"
-        answer["content"] = {
-            route.media: {"schema": {"anyOf": [schema, {
-                "$ref": "#/components/schemas/StreamGathered"}]}},
+        answer["content"].update({
             streams.SSE_TYPE: {"schema": {"type": "string", "description":
                                           "events: id, event and data (one JSON object) "
                                           "lines, each event ended by a blank line"}},
-            streams.NDJSON_TYPE: {"schema": {"$ref": "#/components/schemas/StreamEvent"}}}
+            streams.NDJSON_TYPE: {"schema": {"$ref": "#/components/schemas/StreamEvent"}}})
     return answer
 
 
@@ -161,7 +164,7 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in statuses(route):
         if status < 300:
-            responses[str(status)] = _success(route, status)
+            responses[str(status)] = _success(route, status, method)
         elif status in route.bodies:
             error = {"$ref": f"#/components/schemas/Error{status}"}
             responses[str(status)] = {
