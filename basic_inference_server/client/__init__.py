@@ -29,6 +29,7 @@ from .errors import (
     ConnectionLost,
     Forbidden,
     InternalError,
+    InvalidStream,
     JobFailed,
     JobPending,
     MethodNotAllowed,
@@ -40,6 +41,7 @@ from .errors import (
     QuotaExceeded,
     RateLimited,
     StepFailed,
+    StreamTimeout,
     Timeout,
     TooManyConnections,
     Unauthorized,
@@ -52,10 +54,11 @@ from .streaming import AsyncStream, Stream
 from .sync import Client
 
 __all__ = [
-    "AsyncClient", "AsyncStream", "BadRequest", "BisError", "CircuitOpen", "Client", "Conflict",
-    "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError", "JobFailed",
-    "JobPending", "MethodNotAllowed", "ModelsUnavailable", "NO_RETRY", "NotFound", "Overloaded",
-    "PayloadTooLarge", "PollPolicy", "QueueFull", "QuotaExceeded", "RateLimited", "RetryPolicy",
-    "StepFailed", "Stream", "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
+    "AsyncClient", "AsyncStream", "BadRequest", "BisError", "CircuitOpen", "Client",
+    "Conflict", "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError",
+    "InvalidStream", "JobFailed", "JobPending", "MethodNotAllowed", "ModelsUnavailable",
+    "NO_RETRY", "NotFound", "Overloaded", "PayloadTooLarge", "PollPolicy", "QueueFull",
+    "QuotaExceeded", "RateLimited", "RetryPolicy", "StepFailed", "Stream", "StreamTimeout",
+    "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
     "WaitTimeout", "resolve",
 ]

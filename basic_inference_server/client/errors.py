@@ -118,6 +118,18 @@ class Timeout(BisError):
     kind = "timeout"
 
 
+class StreamTimeout(Timeout):
+    """A stream passed one of its endpoint's stream timeouts (first chunk, idle, total)."""
+
+    kind = "stream_timeout"
+
+
+class InvalidStream(BisError):
+    """A streaming endpoint sent an event too large to carry, or ended without ``done``."""
+
+    kind = "invalid_stream"
+
+
 class InternalError(BisError):
     kind = "internal_error"
 
@@ -163,7 +175,8 @@ ERROR_TYPES: dict[str, type[BisError]] = {
     cls.kind: cls for cls in (
         BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, PayloadTooLarge,
         QueueFull, ModelsUnavailable, RateLimited, QuotaExceeded, Unavailable, Overloaded,
-        TooManyConnections, CircuitOpen, UpstreamDropped, Timeout, InternalError, StepFailed)
+        TooManyConnections, CircuitOpen, UpstreamDropped, Timeout, StreamTimeout, InvalidStream,
+        InternalError, StepFailed)
 }
 # Answers without a known ERROR_TYPE (a proxy's page, an older gateway) go by status.
 BY_STATUS: dict[int, type[BisError]] = {

@@ -19,10 +19,13 @@ from basic_inference_server.client import (
     Client,
     ConnectionLost,
     InternalError,
+    InvalidStream,
     NotFound,
     RetryPolicy,
+    StreamTimeout,
     Timeout,
     Unavailable,
+    UpstreamDropped,
     cli,
 )
 from basic_inference_server.streams import CHUNK, DONE, ERROR, Format
@@ -132,22 +135,26 @@ def test_an_empty_chunk_is_a_chunk_and_unknown_events_are_skipped():
 
 
 def test_an_error_event_raises_its_typed_error_after_the_chunks_before_it():
-    error = {"ERROR": "no chunk for 2 s", "ERROR_TYPE": "timeout", "ver": "1"}
+    error = {"ERROR": "no chunk for 2 s", "ERROR_TYPE": "stream_timeout", "ver": "1"}
     body = Pieces(sse(*tokens(2), (ERROR, error)))
     got: list[dict[str, Any]] = []
-    with client(Gateway(stream_answer(body))) as bis, pytest.raises(Timeout) as caught:
+    with client(Gateway(stream_answer(body))) as bis, pytest.raises(StreamTimeout) as caught:
         for chunk in bis.stream("gen"):
             got.append(chunk)
     assert got == [{"TOKEN": "t0"}, {"TOKEN": "t1"}]
     assert caught.value.message == "no chunk for 2 s" and caught.value.body == error
-    assert caught.value.status is None
+    assert caught.value.status is None and isinstance(caught.value, Timeout)
     assert body.closed
 
 
-def test_an_error_event_of_an_unknown_kind_is_an_internal_error():
-    body = Pieces(sse((ERROR, {"ERROR": "boom", "ERROR_TYPE": "endpoint_error"})))
-    with client(Gateway(stream_answer(body))) as bis, pytest.raises(InternalError):
+@pytest.mark.parametrize(("kind", "cls"), [("endpoint_error", InternalError),
+                                          ("invalid_stream", InvalidStream),
+                                          ("upstream_dropped", UpstreamDropped)])
+def test_an_error_event_maps_as_an_error_answer_does(kind, cls):
+    body = Pieces(sse((ERROR, {"ERROR": "boom", "ERROR_TYPE": kind})))
+    with client(Gateway(stream_answer(body))) as bis, pytest.raises(cls) as caught:
         list(bis.stream("gen"))
+    assert caught.value.kind == (kind if cls is not InternalError else "internal_error")
 
 
 def test_a_stream_cut_before_done_is_a_lost_connection():
