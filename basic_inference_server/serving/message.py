@@ -216,12 +216,15 @@ def wsgi_environ(req: Request) -> dict[str, Any]:
     return environ
 
 
-def call_wsgi(app: Callable[..., Any], req: Request, executor: Executor | None = None) -> Answer:
+def call_wsgi(app: Callable[..., Any], req: Request, executor: Executor | None = None,
+              cancel: Any = None) -> Answer:
     """Run a WSGI app on one complete request (blocking: call it off the loop).
 
     A :class:`Streamed` result becomes the answer's ``stream``, its chunks made in
-    ``executor``; any other result is read whole."""
+    ``executor``; any other result is read whole. ``cancel`` (environ ``bis.cancel``): the
+    request's flag, set by the caller when the client goes away while the app runs."""
     environ = wsgi_environ(req)
+    environ["bis.cancel"] = cancel
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
