@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,14 +25,15 @@ from basic_inference_server.server.consumer import JobConsumer
 from basic_inference_server.server.pipeline import END, run_pipeline
 from basic_inference_server.serving.message import Answer, Request, Streamed, call_wsgi
 from basic_inference_server.worker import CancelFlag, FlaskWorker, run_as
-from tests.conftest import FIXTURE_ENDPOINTS, wait_until
+from tests.conftest import FIXTURE_ENDPOINTS, ROOT, wait_until
 
 META = ("ver", "app_ver", "time", "call_id", "worker_id", "worker_pid", "signature", "host",
         "server")
 
 
-def make_app(module: str = "streamer", **worker_config: Any) -> Any:
-    spec = ServerSpec(name=module, module=module, endpoints_dir=str(FIXTURE_ENDPOINTS),
+def make_app(module: str = "streamer", endpoints: Path = FIXTURE_ENDPOINTS,
+             **worker_config: Any) -> Any:
+    spec = ServerSpec(name=module, module=module, endpoints_dir=str(endpoints),
                       host="127.0.0.1", port=0, socket="", nr_workers=1,
                       worker_config=worker_config, server_name="unit-box", app_version="9.9")
     return create_app(spec, build_worker(spec, 0, Notifier(None)))
@@ -144,6 +146,20 @@ def test_an_error_after_the_first_chunk_is_an_error_event_logged_once(accept, ca
     error = got[-1][2]
     assert error["ERROR_TYPE"] == "endpoint_error" and error["EXCEPTION"] == "RuntimeError"
     assert "failed before chunk 2" in error["ERROR"] and "call_id" in error
+
+
+def test_the_demo_endpoint_streams_the_words_and_bounds_its_input():
+    app = make_app("words", ROOT / "endpoints")
+    _answer, chunks = call(app, {"TEXT": "the quick  brown fox", "DELAY_MS": 1}, streams.SSE_TYPE)
+    got = events(streams.Format.SSE, chunks)
+    assert [d.get("word") for n, _i, d in got] == ["the", "quick", "brown", "fox", None]
+    assert got[-1][2]["CHUNKS"] == 4 and got[-1][2]["USAGE"] == 4
+    body = json.loads(call(app, {})[0].body)
+    assert body["CHUNKS"] == [] and body["ver"]
+    for fields in ({"TEXT": 5}, {"TEXT": "x" * 10_001}, {"TEXT": "a", "DELAY_MS": -1},
+                   {"TEXT": "a", "DELAY_MS": True}, {"TEXT": "a " * 61, "DELAY_MS": 1000}):
+        answer, chunks = call(app, fields, streams.SSE_TYPE)
+        assert answer.status == 400 and not chunks, fields
 
 
 def test_jobs_of_a_streaming_endpoint_get_the_gathered_answer():
