@@ -169,7 +169,7 @@ def _forget_dead_workers(path: str) -> None:
 
 # -- shadow traffic (traffic/shadow.py) --------------------------------------------------
 SHADOW_REQUESTS = Counter("bis_shadow_requests_total", "Mirrored requests by endpoint, shadow "
-                          "version and result (agree, disagree, error, dropped)",
+                          "version and result (agree, disagree, error, dropped, skipped: a stream)",
                           ["endpoint", "version", "result"])
 # A shadow is usually a candidate model, seldom faster than the version it shadows.
 SHADOW_LATENCY = Histogram("bis_shadow_latency_seconds", "Latency of the shadow version's answers",
