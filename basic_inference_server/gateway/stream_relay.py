@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,9 @@ class Relay(AsyncGenerator[bytes, None]):
         self.total_end = begun + deadlines.total
         self.step_end = begun + deadlines.first
         metrics.stream_started(label)
+
+    def __anext__(self) -> Coroutine[Any, Any, bytes]:
+        return self.asend(None)  # (no extra coroutine a chunk, as the mixin's would be)
 
     async def asend(self, value: None) -> bytes:
         """The next chunk for the caller; StopAsyncIteration after the last."""

@@ -13,11 +13,19 @@ import json
 import pytest
 
 from basic_inference_server import streams
-from basic_inference_server.errors import UpstreamDropped
+from basic_inference_server.errors import StreamTimeout, UpstreamDropped
 from basic_inference_server.gateway import stream_relay
 from basic_inference_server.gateway.stream_relay import MAX_CARRY, Deadlines, Relay
+from basic_inference_server.gateway.traffic_hooks import TrafficHooks
 from basic_inference_server.gateway.upstream import Upstream
-from basic_inference_server.gateway.upstream_conn import READ_AHEAD
+from basic_inference_server.gateway.upstream_conn import (
+    CLIENT_GONE,
+    DONE,
+    ERROR,
+    READ_AHEAD,
+    TIMEOUT,
+    StreamEnd,
+)
 from basic_inference_server.streams import Format
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
@@ -365,3 +373,37 @@ def test_a_route_without_stream_settings_takes_the_defaults():
     assert Deadlines.of({"timeout": 7, "stream": {"first_chunk": None, "idle": 2,
                                                   "total": 9}}) == Deadlines(7, 2, 9)
     assert json.dumps(Deadlines.of({"timeout": 1, "stream": {"first_chunk": 3}}).first) == "3.0"
+
+
+# -- breakers: a stream is judged when it ends ---------------------------------------------
+BREAKER = {"breaker": {"CONSECUTIVE_ERRORS": 2, "OPEN_SECONDS": 5, "HALF_OPEN_SUCCESSES": 1}}
+
+
+def stream_answer(hooks: TrafficHooks, end: StreamEnd) -> None:
+    with hooks.guard("gen", BREAKER) as outcome:
+        outcome.status = 200  # the head said 200
+        judge = hooks.later("gen", BREAKER, outcome)
+    assert hooks.allowed("gen"), "nothing is judged before the stream ends"
+    judge(end)
+
+
+@pytest.mark.parametrize("end, fails", [
+    (StreamEnd(DONE, 200), False),
+    (StreamEnd(ERROR, 500), True),  # the endpoint's error event
+    (StreamEnd(ERROR, 503, UpstreamDropped("cut")), True),
+    (StreamEnd(TIMEOUT, 504, StreamTimeout("slow")), True),
+])
+def test_a_stream_counts_for_its_breaker_by_how_it_ended(end, fails):
+    hooks = TrafficHooks("/nonexistent")
+    stream_answer(hooks, end)
+    stream_answer(hooks, end)
+    assert hooks.allowed("gen") is not fails
+    counts = hooks.recorder.take()["gen"]
+    assert (counts.requests, counts.failures) == (2, 2 if fails else 0)
+
+
+def test_a_stream_its_caller_left_counts_neither_way():
+    hooks = TrafficHooks("/nonexistent")
+    for _ in range(3):
+        stream_answer(hooks, StreamEnd(CLIENT_GONE))
+    assert hooks.allowed("gen") and not hooks.recorder.take()
