@@ -96,6 +96,7 @@ class Connection(asyncio.Protocol):
         self.streaming = False
         self.pending: deque[bytes] = deque()
         self.pending_size = 0
+        self.paused = False  # reading stopped: READ_AHEAD bytes wait to be read
         self.ended = False
         self.reader: asyncio.Future[None] | None = None
 
@@ -142,7 +143,8 @@ class Connection(asyncio.Protocol):
             return
         self.pending.append(body)
         self.pending_size += len(body)
-        if self.pending_size > READ_AHEAD and self.transport is not None:
+        if self.pending_size > READ_AHEAD and not self.paused and self.transport is not None:
+            self.paused = True
             self.transport.pause_reading()
         self._wake()
 
@@ -188,8 +190,10 @@ class Connection(asyncio.Protocol):
                     timer.cancel()
         piece = self.pending.popleft() if len(self.pending) == 1 else b"".join(self.pending)
         self.pending.clear()
-        if self.pending_size > READ_AHEAD and self.open and self.transport is not None:
-            self.transport.resume_reading()
+        if self.paused:
+            self.paused = False
+            if self.open and self.transport is not None:
+                self.transport.resume_reading()
         self.pending_size = 0
         return piece
 
