@@ -4,7 +4,9 @@ Each gunicorn worker serves HTTP on one thread; the consumer is a second thread 
 same process. Both run the user's code only under one lock (the *gate*), so the model
 never sees two calls at once. The consumer claims a job only when no request is being
 served, and a request that arrives while a job runs waits for it, like a request
-behind another request. No dispatcher pushes work: every worker of every server,
+behind another request. A stream counts as a request being served until it is closed;
+the gate is held while each of its chunks is made, so a job claimed as it began runs
+between two of its chunks. No dispatcher pushes work: every worker of every server,
 on this box or another, pulls from the endpoint's queue when it is free.
 
 How a job ends (stored, retried, dead-lettered) is the queues' shared consumer's

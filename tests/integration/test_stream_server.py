@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from httpx_sse import connect_sse
 
 from basic_inference_server import streams
 from tests.conftest import Gateway, wait_until
+from tests.jobs.jobs_client import submit, wait_finished
 
 MORE_CHUNKS = 2  # the most a producer makes after its client left: the chunk in the
 #                  making, and one written to the socket before the drop was seen
@@ -110,6 +112,27 @@ def send_raw(url: str, fields: dict[str, Any]) -> socket.socket:
     sock.sendall(b"POST /run HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
     return sock
+
+
+def test_jobs_get_the_chunks_gathered_and_none_is_claimed_while_a_stream_is_open(gateway,
+                                                                                 server):
+    body = {"SIGNATURE": "streamer", "N": 5, "DELAY_MS": 300}
+    with httpx.Client(timeout=30) as client, \
+            connect_sse(client, "POST", server, json=body) as source:
+        got = source.iter_sse()
+        next(got)
+        # The first may be taken by a claim that was waiting when the stream began; it
+        # then runs between two chunks. The second waits for the stream's end.
+        first, second = (submit(gateway, "streamer", N=3, USAGE=True) for _ in range(2))
+        for event in got:
+            if event.id == "4":
+                fourth = time.time()  # the fifth chunk is still to be made
+        assert event.event == "done"
+    for job_id in (first, second):
+        job = wait_finished(gateway, job_id)
+        assert job["STATUS"] == "done" and job["RESULT"]["USAGE"] == 3
+        assert job["RESULT"]["CHUNKS"] == [{"i": i, "cancelled": False} for i in range(3)]
+    assert job["STARTED_AT"] >= fourth
 
 
 def drop_after_first_chunk(url: str, counter: Path) -> None:
