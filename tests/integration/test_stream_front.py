@@ -252,3 +252,21 @@ def test_pipelines_gather_their_steps_and_refuse_to_stream(gw):
     assert "not a stream" in refused.json()["ERROR"]
     failed = gw.run("pipe_bad")
     assert failed.status_code == 502 and "answered a stream" in failed.text, failed.text
+
+
+def test_a_remote_endpoints_stream_passes_through_and_a_leaving_client_stops_it(gateways,
+                                                                                 tmp_path):
+    b = gateways({"GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {"ticks": TICKS}})
+    a = gateways({"GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {"far": {
+        "URLS": [b.base], "REMOTE_SIGNATURE": "ticks"}}})
+    resp, got = sse(a, "far", N=30)
+    assert [(n, i) for n, i, _ in got] == [("chunk", str(i)) for i in range(1, 31)] + [
+        ("done", "31")]
+    counter = tmp_path / "made"
+    with httpx.Client(timeout=60) as client, connect_sse(
+            client, "POST", a.url("/run"), json={"SIGNATURE": "far", "N": 1000, "DELAY_MS": 10,
+                                                 "COUNTER": str(counter)}) as source:
+        assert next(source.iter_sse()).event == "chunk"
+    state, made = wait_until(lambda: ended(counter), timeout=20,
+                             message="the remote's producer was closed")
+    assert state == "exit" and made <= 1 + 2 * MORE_CHUNKS, (state, made)
