@@ -106,8 +106,10 @@ class BaseClient:
         to begin and between two chunks. A refusal before the first event is retried as
         :meth:`run`'s; an ``error`` event raises its typed error (never resent).
         """
-        return self._stream(self.flows.open_stream(signature, {**(payload or {}), **fields},
-                                                   timeout, retry))
+        fields = {**(payload or {}), **fields}
+        if fields.get("ASYNC"):  # the gateway would answer 202 with a job, not a stream
+            raise ValueError("stream() runs now: submit() a job instead of ASYNC true")
+        return self._stream(self.flows.open_stream(signature, fields, timeout, retry))
 
     def submit(self, signature: str, payload: Mapping[str, Any] | None = None, *,
                retry: RetryPolicy | None = None) -> Any:

@@ -223,6 +223,13 @@ def test_leaving_the_loop_early_closes_the_response_and_reads_no_further():
         assert list(stream) == []  # a closed stream ends
 
 
+def test_a_stream_is_never_a_job():
+    gw = Gateway()
+    with client(gw) as bis, pytest.raises(ValueError, match="submit"):
+        bis.stream("gen", {"ASYNC": True})
+    assert gw.requests == []
+
+
 def test_closing_a_stream_never_started_sends_nothing():
     gw = Gateway()
     with client(gw) as bis:
