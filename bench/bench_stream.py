@@ -371,14 +371,18 @@ def concurrency_section(systems: list[System], args: argparse.Namespace) -> dict
                 f"{res['whole_in_order']}/{args.conc}  slowest/fastest {spread} "
                 f"({res['slowest_s']:.2f} / {res['fastest_s']:.2f} s)  "
                 f"{res['chunks_per_s']:8.0f} chunks/s in all")
-    for system in systems:
-        row = out[system.name]
-        spreads = [r["spread"] for r in row["rounds"] if r["spread"] is not None]
-        row["errors"] = sum(r["errors"] for r in row["rounds"])
-        row["whole_in_order"] = sum(r["whole_in_order"] for r in row["rounds"])
-        row["streams"] = args.conc * len(row["rounds"])
-        row["median_spread"] = statistics.median(spreads) if spreads else None
+    for row in out.values():
+        _conc_summary(row, args.conc)
     return out
+
+
+def _conc_summary(row: dict[str, Any], conc: int) -> None:
+    """One system's rounds of concurrent streams, summed (errors) or their median."""
+    spreads = [r["spread"] for r in row["rounds"] if r["spread"] is not None]
+    row["errors"] = sum(r["errors"] for r in row["rounds"])
+    row["whole_in_order"] = sum(r["whole_in_order"] for r in row["rounds"])
+    row["streams"] = conc * len(row["rounds"])
+    row["median_spread"] = statistics.median(spreads) if spreads else None
 
 
 def _drop_once(client: httpx.Client, system: System, counters: Counters, tag: str,
@@ -532,7 +536,7 @@ def print_table(rows: list[tuple[str, str, str, str, str]]) -> None:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
     for row in [head, tuple("-" * w for w in widths), *rows]:
         log("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                             for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip())
 
 
 def ours_broken(res: dict[str, Any]) -> list[str]:

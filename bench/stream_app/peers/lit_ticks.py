@@ -24,8 +24,7 @@ class TicksAPI(ls.LitAPI):
         yield from ticks(*prep)
 
     def encode_response(self, outputs):
-        for chunk in outputs:
-            yield chunk
+        yield from outputs
 
 
 if __name__ == "__main__":
