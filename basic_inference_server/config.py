@@ -35,6 +35,7 @@ from .setting import (
     check_name,
     is_name,
 )
+from .stream_settings import STREAM_SETTINGS
 from .traffic.settings import TRAFFIC_SETTINGS, check_policy
 
 # Where the admin token may come from besides the ADMIN_TOKEN setting (names of
@@ -308,7 +309,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 lambda v: None if v is None or all(
                     isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1024 for x in v)
                 else "must be a list of GPU indices"),
-    ] + TRAFFIC_SETTINGS
+    ] + TRAFFIC_SETTINGS + STREAM_SETTINGS
 }
 
 

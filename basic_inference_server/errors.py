@@ -168,6 +168,23 @@ class UpstreamTimeout(ServingError):
     kind = "timeout"
 
 
+class StreamTimeout(UpstreamTimeout):
+    """A stream passed one of its endpoint's stream timeouts (``STREAM_FIRST_CHUNK_TIMEOUT``,
+    ``STREAM_IDLE_TIMEOUT``, ``STREAM_TIMEOUT``): the ``ERROR_TYPE`` of its last event,
+    an ``error`` event, after which the front closes the endpoint's connection."""
+
+    kind = "stream_timeout"
+
+
+class StreamInvalid(ServingError):
+    """A streaming endpoint sent an event larger than the front carries (1 MiB), or ended
+    its stream without a ``done`` or ``error`` event: the ``ERROR_TYPE`` of the stream's
+    last event."""
+
+    status = 502
+    kind = "invalid_stream"
+
+
 class StepFailed(ServingError):
     """A pipeline step failed; the answer names the step (``STEP``). The status follows
     the step's (see :func:`..traffic.pipeline.failure_status`): 502 Bad Gateway unless

@@ -13,6 +13,11 @@ With ``MAX_BATCH_SIZE`` above 1, requests arriving together are grouped: each ru
 ``_predict_batch`` with the list of their ``_pre_process`` results (see
 :mod:`basic_inference_server.server.batching`).
 
+**Streaming.** A ``_predict`` that returns an iterator (a generator) or an async
+generator streams: each item it yields goes through ``_post_process`` and becomes one
+chunk of the answer (see :mod:`basic_inference_server.server.streaming`). A long
+``_predict`` can stop early when its caller went away: see :meth:`FlaskWorker.cancelled`.
+
 ``self.models`` is the worker's :class:`~basic_inference_server.models.manager.ModelManager`:
 ``with self.models.use(name) as model:`` loads (or reuses) a model declared in the
 endpoint's ``MODELS`` through ``_build_model`` and holds it for the block.
@@ -26,6 +31,7 @@ publishes a notification readable through ``/notifications``.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +42,35 @@ from .logger import PrefixedLog
 
 if TYPE_CHECKING:
     from .models.manager import ModelManager
+
+
+class CancelFlag:
+    """Set once a request's client went away; any thread may set or read it."""
+
+    __slots__ = ("is_set",)
+
+    def __init__(self) -> None:
+        self.is_set = False
+
+    def set(self) -> None:
+        self.is_set = True
+
+
+# The flag of the request the calling thread runs: the framework sets it around each
+# call of the endpoint's code (a stream's chunks may be made in any request thread).
+_running = threading.local()
+
+
+def run_as(flag: CancelFlag | None) -> CancelFlag | None:
+    """Make ``flag`` the calling thread's current request's; returns the one it replaces."""
+    previous: CancelFlag | None = getattr(_running, "flag", None)
+    _running.flag = flag
+    return previous
+
+
+def running_flag() -> CancelFlag | None:
+    """The flag of the request the calling thread runs (None outside a request)."""
+    return getattr(_running, "flag", None)
 
 
 @dataclass
@@ -122,6 +157,18 @@ class FlaskWorker:
         raise NotImplementedError(f"{type(self).__name__} must implement _post_process")
 
     # -- services for the endpoint ----------------------------------------------------
+    def cancelled(self) -> bool:
+        """True once the client of the request being run went away.
+
+        A long ``_predict`` may poll it and stop early (return or raise: nobody reads the
+        answer). A streaming ``_predict`` need not: its generator is closed
+        (``GeneratorExit`` at its ``yield``) after the chunk in the making. Always False
+        outside a request's own thread, in ``_predict_batch`` for one (a request whose
+        client left before its batch formed is dropped from the batch instead).
+        """
+        flag: CancelFlag | None = getattr(_running, "flag", None)
+        return flag is not None and flag.is_set
+
     def _create_notification(self, notif: str = "log", msg: str = "", **info: Any) -> None:
         """Publish a notification; the gateway lists recent ones at ``/notifications``."""
         self._notifier.send(Event.NOTIFICATION, endpoint=self.endpoint, worker_id=self.worker_id,

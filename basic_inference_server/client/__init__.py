@@ -5,6 +5,9 @@
     with Client("http://gateway:5002", admin_token=token) as bis:
         answer = bis.run("sentiment", {"INPUT_VALUE": "great"})
         job = bis.submit("sentiment", {"INPUT_VALUE": "later"})
+        with bis.stream("generate", PROMPT="once") as tokens:   # a streaming endpoint
+            for chunk in tokens:
+                print(chunk)
         print(bis.wait(job, timeout=60))
 
 ``AsyncClient`` is the same, awaited. Requests the gateway says never ran (429, 503 of
@@ -26,6 +29,7 @@ from .errors import (
     ConnectionLost,
     Forbidden,
     InternalError,
+    InvalidStream,
     JobFailed,
     JobPending,
     MethodNotAllowed,
@@ -37,6 +41,7 @@ from .errors import (
     QuotaExceeded,
     RateLimited,
     StepFailed,
+    StreamTimeout,
     Timeout,
     TooManyConnections,
     Unauthorized,
@@ -45,13 +50,15 @@ from .errors import (
     WaitTimeout,
 )
 from .retry import NO_RETRY, PollPolicy, RetryPolicy
+from .streaming import AsyncStream, Stream
 from .sync import Client
 
 __all__ = [
-    "AsyncClient", "BadRequest", "BisError", "CircuitOpen", "Client", "Conflict",
-    "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError", "JobFailed",
-    "JobPending", "MethodNotAllowed", "ModelsUnavailable", "NO_RETRY", "NotFound", "Overloaded",
-    "PayloadTooLarge", "PollPolicy", "QueueFull", "QuotaExceeded", "RateLimited", "RetryPolicy",
-    "StepFailed", "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
+    "AsyncClient", "AsyncStream", "BadRequest", "BisError", "CircuitOpen", "Client",
+    "Conflict", "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError",
+    "InvalidStream", "JobFailed", "JobPending", "MethodNotAllowed", "ModelsUnavailable",
+    "NO_RETRY", "NotFound", "Overloaded", "PayloadTooLarge", "PollPolicy", "QueueFull",
+    "QuotaExceeded", "RateLimited", "RetryPolicy", "StepFailed", "Stream", "StreamTimeout",
+    "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
     "WaitTimeout", "resolve",
 ]

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 
 from .api import BaseClient
-from .flows import Call, Flow, Sleep
+from .flows import Answer, Call, Flow, Sleep
+from .streaming import AsyncStream
 
 
 class AsyncClient(BaseClient):
@@ -20,9 +21,26 @@ class AsyncClient(BaseClient):
 
     async def _send(self, call: Call) -> Any:
         try:
+            if call.stream:
+                return await self._open(call)
             return self._answer(await self._http.request(**self._request_args(call)))
         except httpx.TransportError as exc:
             raise self._transport_error(call, exc) from exc
+
+    async def _open(self, call: Call) -> Answer:
+        """A stream call's answer: an event stream left open as the body, else read whole."""
+        request = self._http.build_request(**self._request_args(call))
+        resp = await self._http.send(request, stream=True)
+        if self._streaming(resp):
+            return Answer(resp.status_code, resp, resp.headers)
+        try:
+            await resp.aread()
+        finally:
+            await resp.aclose()
+        return self._answer(resp)
+
+    def _stream(self, flow: Flow[Answer]) -> AsyncStream:
+        return AsyncStream(lambda: self._drive(flow))
 
     async def _drive(self, flow: Flow[Any]) -> Any:
         try:

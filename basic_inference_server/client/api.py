@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from .. import streams
 from .errors import BisError, ConnectFailed, ConnectionLost
 from .flows import Answer, Call, Flow, Flows
 from .retry import PollPolicy, RetryPolicy
@@ -45,7 +46,7 @@ class BaseClient:
 
     # -- for the drivers -----------------------------------------------------------------
     def _request_args(self, call: Call) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": streams.SSE_TYPE if call.stream else "application/json"}
         # The admin token goes with every call but the data path's when an API key is set:
         # which read-only routes need it is the gateway's choice, not the client's.
         if self._admin_token and (call.admin or not self._api_key):
@@ -67,11 +68,20 @@ class BaseClient:
         return Answer(resp.status_code, body, resp.headers)
 
     @staticmethod
+    def _streaming(resp: httpx.Response) -> bool:
+        """Whether an answer to a stream call is an event stream to read as it comes."""
+        return resp.status_code < 300 and \
+            streams.format_of(resp.headers.get("content-type")) is streams.Format.SSE
+
+    @staticmethod
     def _transport_error(call: Call, exc: httpx.TransportError) -> BisError:
         cls = ConnectFailed if isinstance(exc, NOT_SENT) else ConnectionLost
         return cls(f"{call.method} {call.path}: {type(exc).__name__}: {exc}")
 
     def _drive(self, flow: Flow[Any]) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, flow: Flow[Answer]) -> Any:
         raise NotImplementedError
 
     # -- data path ---------------------------------------------------------------------
@@ -83,6 +93,23 @@ class BaseClient:
         ``idempotent``: the request may be sent again after its worker died running it.
         """
         return self._drive(self.flows.run(signature, payload, idempotent, timeout, retry))
+
+    def stream(self, signature: str, payload: Mapping[str, Any] | None = None, /, *,
+               timeout: float | None = None, retry: RetryPolicy | None = None,
+               **fields: Any) -> Any:
+        """Call a streaming endpoint; an iterator of its chunks (dicts), read as they come.
+
+        A :class:`~.streaming.Stream` (``AsyncStream`` from the async client): the request
+        is sent when the iteration starts; ``done`` holds the last event's data once it
+        ends; closing it closes the response, which stops the work. The fields are
+        ``payload`` and ``fields`` together. ``timeout``: the longest wait for the answer
+        to begin and between two chunks. A refusal before the first event is retried as
+        :meth:`run`'s; an ``error`` event raises its typed error (never resent).
+        """
+        fields = {**(payload or {}), **fields}
+        if fields.get("ASYNC"):  # the gateway would answer 202 with a job, not a stream
+            raise ValueError("stream() runs now: submit() a job instead of ASYNC true")
+        return self._stream(self.flows.open_stream(signature, fields, timeout, retry))
 
     def submit(self, signature: str, payload: Mapping[str, Any] | None = None, *,
                retry: RetryPolicy | None = None) -> Any:

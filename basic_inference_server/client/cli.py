@@ -1,6 +1,7 @@
 """``bis``: the gateway from a shell, built on :class:`~.Client`.
 
     bis run echo text=hello            bis jobs submit echo text=later
+    bis run --stream generate n=5
     bis jobs wait <id>                 bis servers
     bis scale echo 4                   bis reload echo
     bis shutdown --yes
@@ -9,13 +10,16 @@ The URL comes from ``--url`` or ``BIS_URL``; the admin token from ``--token-file
 ``BIS_ADMIN_TOKEN``, ``BIS_ADMIN_TOKEN_FILE`` or ``_cache/admin_token``; an API key
 from ``--api-key-file``, ``BIS_API_KEY`` or ``BIS_API_KEY_FILE``. Answers print as
 JSON on stdout; an error prints its ``ERROR`` / ``ERROR_TYPE`` JSON on stderr and
-exits 1 (2: bad usage or credentials).
+exits 1 (2: bad usage or credentials). ``run --stream`` prints each chunk as one JSON
+line as it comes, then the ``done`` event's data on stderr; an ``error`` event exits 1
+as an error answer does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +32,7 @@ from .sync import Client
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def parse_fields(items: list[str]) -> dict[str, Any]:
@@ -90,8 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     fields_args(run)
     run.add_argument("--idempotent", action="store_true",
                      help="the request may run twice: resend it if its worker died running it")
-    run.add_argument("--async", dest="as_job", action="store_true",
+    how = run.add_mutually_exclusive_group()
+    how.add_argument("--async", dest="as_job", action="store_true",
                      help="submit as a job, wait for it and print its answer")
+    how.add_argument("--stream", action="store_true",
+                     help="print each chunk of a streaming endpoint as one JSON line as it "
+                          "comes; the done event's data goes to stderr")
 
     jobs = sub.add_parser("jobs", help="async jobs").add_subparsers(dest="jobs_cmd", required=True,
                                                                       metavar="ACTION")
@@ -126,14 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_stream(bis: Client, args: argparse.Namespace) -> None:
+    """``run --stream``: the chunks on stdout as they come, then the done data on stderr.
+
+    A reader that goes away (``| head``) or Ctrl-C closes the stream, which stops the
+    work on the server.
+    """
+    with bis.stream(args.signature, payload_of(args)) as chunks:
+        try:
+            for chunk in chunks:
+                print(json.dumps(chunk, sort_keys=True), flush=True)
+        except BrokenPipeError:
+            # Python would complain again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+    print(json.dumps(chunks.done, sort_keys=True), file=sys.stderr)
+
+
 def dispatch(bis: Client, args: argparse.Namespace) -> Any:
-    """Run the command; the value to print (str as is, anything else as JSON)."""
+    """Run the command; the value to print (str as is, None: nothing, else as JSON)."""
     commands: dict[str, Callable[[], Any]] = {
         "scale": lambda: bis.scale(args.signature, args.workers),
         "reload": lambda: bis.reload(args.signature),
         "shutdown": bis.shutdown,
     }
     if args.command == "run":
+        if args.stream:
+            return print_stream(bis, args)
         if args.as_job:
             return bis.wait(bis.submit(args.signature, payload_of(args)))
         return bis.run(args.signature, payload_of(args), idempotent=args.idempotent)
@@ -178,5 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     except (argparse.ArgumentTypeError, OSError, ValueError) as exc:
         print(f"bis: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(out if isinstance(out, str) else json.dumps(out, indent=2, sort_keys=True))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if out is not None:
+        print(out if isinstance(out, str) else json.dumps(out, indent=2, sort_keys=True))
     return 0

@@ -118,6 +118,18 @@ class Timeout(BisError):
     kind = "timeout"
 
 
+class StreamTimeout(Timeout):
+    """A stream passed one of its endpoint's stream timeouts (first chunk, idle, total)."""
+
+    kind = "stream_timeout"
+
+
+class InvalidStream(BisError):
+    """A streaming endpoint sent an event too large to carry, or ended without ``done``."""
+
+    kind = "invalid_stream"
+
+
 class InternalError(BisError):
     kind = "internal_error"
 
@@ -163,7 +175,8 @@ ERROR_TYPES: dict[str, type[BisError]] = {
     cls.kind: cls for cls in (
         BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, PayloadTooLarge,
         QueueFull, ModelsUnavailable, RateLimited, QuotaExceeded, Unavailable, Overloaded,
-        TooManyConnections, CircuitOpen, UpstreamDropped, Timeout, InternalError, StepFailed)
+        TooManyConnections, CircuitOpen, UpstreamDropped, Timeout, StreamTimeout, InvalidStream,
+        InternalError, StepFailed)
 }
 # Answers without a known ERROR_TYPE (a proxy's page, an older gateway) go by status.
 BY_STATUS: dict[int, type[BisError]] = {
@@ -172,13 +185,14 @@ BY_STATUS: dict[int, type[BisError]] = {
 }
 
 
-def error_for(status: int, body: Any, retry_after: float | None) -> BisError:
-    """The typed error of one error answer."""
+def error_for(status: int | None, body: Any, retry_after: float | None) -> BisError:
+    """The typed error of one error answer (or of a stream's ``error`` event: no status)."""
     if not isinstance(body, dict):
         body = {}
     kind = body.get("ERROR_TYPE")
     cls = ERROR_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        cls = BY_STATUS.get(status, InternalError)
-    message = body.get("ERROR") or f"HTTP {status} without an error message"
+        cls = BY_STATUS.get(status, InternalError) if status else InternalError
+    message = body.get("ERROR") or (f"HTTP {status} without an error message" if status
+                                    else "an error event without a message")
     return cls(str(message), status=status, body=body, retry_after=retry_after)

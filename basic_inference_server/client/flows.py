@@ -26,7 +26,10 @@ SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request. ``admin``: a management call (the admin token, never the API key)."""
+    """One HTTP request. ``admin``: a management call (the admin token, never the API key).
+
+    ``stream``: ask for Server-Sent Events; a 2xx stream comes back open, as the body.
+    """
 
     method: str
     path: str
@@ -34,6 +37,7 @@ class Call:
     params: dict[str, Any] | None = None
     admin: bool = False
     timeout: float | None = None
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ def send(call: Call, retry: RetryPolicy, idempotent: bool = False,
         try:
             answer: Answer = yield call
             if answer.status < 400:
-                if not isinstance(answer.body, dict):
+                if not (call.stream or isinstance(answer.body, dict)):
                     raise InternalError(f"{call.path} answered {answer.status} without a JSON "
                                         "object", status=answer.status)
                 return answer
@@ -112,6 +116,13 @@ class Flows:
         call = Call("POST", "/run", json={**(payload or {}), "SIGNATURE": signature},
                     timeout=timeout)
         return (yield from self.body(call, idempotent, retry))
+
+    def open_stream(self, signature: str, payload: Mapping[str, Any], timeout: float | None,
+                    retry: RetryPolicy | None) -> Flow[Answer]:
+        """A stream's answer, its events unread; refusals retried as :meth:`run`'s."""
+        call = Call("POST", "/run", json={**payload, "SIGNATURE": signature}, timeout=timeout,
+                    stream=True)
+        return (yield from send(call, retry or self.retry, clock=self.clock))
 
     def submit(self, signature: str, payload: Mapping[str, Any] | None,
                retry: RetryPolicy | None) -> Flow[str]:

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 
 from .api import BaseClient
-from .flows import Call, Flow, Sleep
+from .flows import Answer, Call, Flow, Sleep
+from .streaming import Stream
 
 
 class Client(BaseClient):
@@ -24,9 +25,25 @@ class Client(BaseClient):
 
     def _send(self, call: Call) -> Any:
         try:
+            if call.stream:
+                return self._open(call)
             return self._answer(self._http.request(**self._request_args(call)))
         except httpx.TransportError as exc:
             raise self._transport_error(call, exc) from exc
+
+    def _open(self, call: Call) -> Answer:
+        """A stream call's answer: an event stream left open as the body, else read whole."""
+        resp = self._http.send(self._http.build_request(**self._request_args(call)), stream=True)
+        if self._streaming(resp):
+            return Answer(resp.status_code, resp, resp.headers)
+        try:
+            resp.read()
+        finally:
+            resp.close()
+        return self._answer(resp)
+
+    def _stream(self, flow: Flow[Answer]) -> Stream:
+        return Stream(lambda: self._drive(flow))
 
     def _drive(self, flow: Flow[Any]) -> Any:
         try:

@@ -84,6 +84,8 @@ class Route:
     description: str = ""
     # The manager command of a GET when it is not the POST's (a GET must change nothing).
     get_command: str | None = None
+    # A streaming endpoint's answer may come as events (basic_inference_server.streams).
+    streams: bool = False
 
     @property
     def admin(self) -> bool:
@@ -113,7 +115,10 @@ RUN_REQUEST = body(("SIGNATURE",), SIGNATURE=SIGNATURE, ASYNC={
 # (a backslash, as a JSON encoder writes a quote, a control or a non-ASCII character)
 # is refused; keys of printable ASCII but " and \ never need one.
 RUN_BODY: Schema = {**RUN_REQUEST, "propertyNames": {"type": "string",
-                                                     "pattern": "^[ !#-\\[\\]-~]*$"}}
+                                                     "pattern": "^[ !#-\\[\\]-~]*$"},
+                    "properties": {**RUN_REQUEST["properties"], "STREAM": {
+                        "type": "boolean", "description": "true: a streaming endpoint answers "
+                        "Server-Sent Events (as with Accept: text/event-stream)"}}}
 # The framework's envelope around an endpoint's own answer (which adds its own fields).
 RUN_ANSWER = body((), ver=STRING, app_ver=STRING, time=STRING, host=STRING, server=STRING,
                   call_id={"type": "integer"}, worker_id=STRING,
@@ -163,7 +168,7 @@ DAY: Schema = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 ROUTES: tuple[Route, ...] = (
     Route("/run", ("POST", "GET"), "data", "run an endpoint: body {SIGNATURE, ...}",
           (200, 202, 400, 404, 405, 413, 429, 500, 502, 503, 504), view=FRONT,
-          request=RUN_BODY, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED},
+          request=RUN_BODY, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED}, streams=True,
           params=(Param("SIGNATURE", SIGNATURE, required=True,
                         description="GET only: the endpoint; other query fields are its inputs"),),
           description="The answer is the endpoint's own JSON plus the metadata fields "

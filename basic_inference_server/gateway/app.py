@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,7 @@ from ..serving.connection import Answer, Limits, Request, call_wsgi, error_answe
 from ..tenants import TenantsSpec
 from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
+from ..tenants.limits import Plan
 from ..tenants.quotas import Reservation
 from ..tenants.store import KeyStore
 from ..tenants.usage import strip_usage
@@ -56,8 +56,10 @@ from .loadboard import LoadBoard
 from .management import READY, build_management_app
 from .pipelines import run_route
 from .routes import RouteTable
+from .stream_relay import hold_tenant, in_flight_until_end, skip_mirror, stream_answer
+from .tls import tls_context
 from .traffic_hooks import TrafficHooks
-from .upstream import Upstream
+from .upstream import Upstream, UpstreamStream, head_lines
 
 access_log = logging.getLogger("bis.access")
 WAITABLE = ("STARTING", "RESTARTING")
@@ -72,24 +74,12 @@ DECODE_SMALL = 64 * 1024
 SCAN_OFF_LOOP = 1024 * 1024
 
 
-
 def _is_async(raw: bytes) -> bool:
     """Whether a ``/run`` body asks to become a job (``"ASYNC": true``)."""
     if b'"ASYNC"' not in raw:
         return False
     found, flag = protocol.peek_field(raw, "ASYNC")
     return found and flag in ASYNC_TRUE
-
-
-def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
-    """The server TLS context of ``TLS_CERT`` / ``TLS_KEY`` (None: plain HTTP)."""
-    if not cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key or None)
-    context.set_alpn_protocols(["http/1.1"])
-    return context
 
 
 class Front:
@@ -209,6 +199,8 @@ class Front:
                 if req.key.quota is not None:
                     held = await self.gate.take_quota(req.key)  # type: ignore[union-attr]
             resp = await self.dispatch(target, raw, req)
+            if resp.stream is not None:
+                slot, held = self._held_by_stream(req, resp.stream, label, slot, held, started)
             units = await self._charge(req, resp, held)
         except ServingError as err:
             label, version = self._series(label, version)
@@ -225,11 +217,22 @@ class Front:
         self._mirror(label, version, raw, req, resp)
         return self._answered(req, resp, label, version, units, time.perf_counter() - started)
 
+    def _held_by_stream(self, req: Request, stream: UpstreamStream, label: str, slot: Plan | None,
+                        held: Reservation | None,
+                        started: float) -> tuple[Plan | None, Reservation | None]:
+        """A key's concurrency slot and quota reservation, held until the stream ends."""
+        if self.gate is not None and req.key is not None:
+            stream.hold(hold_tenant(self.gate, req, label, slot, held, started))
+            return None, None
+        return slot, held  # (None without a key)
+
     def _mirror(self, name: str, version: str | None, raw: bytes, req: Request, resp: Any) -> None:
         """Hand a copy of the request to the endpoint's shadow version, if it has one: a
         task of this loop; the caller's answer goes out at once (traffic/shadow.py)."""
         policy = self.routes.table().get("traffic", {}).get(name)
         if policy is not None and policy.get("shadow"):
+            if resp.stream is not None:  # not mirrored (docs/traffic.md)
+                return skip_mirror(name, policy["shadow"], version, req.request_id)
             self.shadow.maybe_mirror(name, policy, version, raw, req, req.request_id, resp)
 
     async def dispatch(self, target: str, raw: bytes, req: Request) -> Any:
@@ -242,6 +245,8 @@ class Front:
         with self.traffic.guard(target, route) as outcome:
             resp = await self._forward(route, target, raw, req)
             outcome.status = resp.status
+            if resp.stream is not None:  # judged by how the stream ends
+                resp.stream.hold(self.traffic.later(target, route, outcome))
         return resp
 
     def may_take(self, target: str) -> bool:
@@ -290,10 +295,12 @@ class Front:
         raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST",
                                allow=("GET", "POST"))
 
-    async def _charge(self, req: Request, resp: Any, held: Reservation | None) -> float:
+    async def _charge(self, req: Request, resp: Any, held: Reservation | None) -> float | None:
         """Strip the endpoint's ``USAGE`` from the answer and charge it to the request's key
         (a 200 keeps its reserved request). The job runner's calls (no key) keep it: the
-        runner charges the job's key."""
+        runner charges the job's key. A stream's: when it ends (None)."""
+        if resp.stream is not None:
+            return None
         units = 0.0
         if req.key is not None and b'"USAGE"' in resp.body:
             resp.body, units = await self.off_loop(strip_usage, resp.body) \
@@ -303,12 +310,12 @@ class Front:
         return units
 
     def _answered(self, req: Request, resp: Any, label: str, version: str | None,
-                  units: float, elapsed: float) -> Answer:
+                  units: float | None, elapsed: float) -> Answer:
         """Count, meter and log a forwarded answer, then pass it through (saying which
         version served it)."""
         metrics.count_request(label, version, resp.status)
         metrics.time_request(label, version, elapsed)
-        if req.key is not None:
+        if req.key is not None and units is not None:  # (a stream's: at its end)
             self.gate.record(req.key, label, resp.status, units, elapsed)  # type: ignore[union-attr]
         if self.spec.access_log:
             # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
@@ -322,6 +329,9 @@ class Front:
             headers += req.limits.headers()
         if version is not None:
             headers.append(("X-Endpoint-Version", version))
+        if resp.stream is not None:
+            return stream_answer(Answer(resp.status, headers), resp.stream, label, self.meta(),
+                                 time.perf_counter() - elapsed, req.key is not None)
         return Answer(resp.status, headers, resp.body)
 
     async def _signature(self, raw: bytes) -> str:
@@ -349,28 +359,26 @@ class Front:
         if limit and self.board.load(key) >= limit:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
-        head = b"X-Request-ID: " + req.request_id.encode() + b"\r\n"
         remote = route.get("remote")
-        # A remote called with a key of its own takes the tenant from that key (and
-        # refuses an X-Customer-ID beside it).
-        if remote is None or not remote["api_key"]:
-            if req.key is not None:  # with API keys, the tenant is the key's (never the client's)
-                head += b"X-Customer-ID: " + req.key.tenant.encode() + b"\r\n"
-            for header, value in req.headers:
-                if header == b"x-customer-id":
-                    head += b"X-Customer-ID: " + value + b"\r\n"
+        head = head_lines(req, remote)
         gauge = metrics.in_flight(name)
         gauge.inc()
         self.board.add(key, 1)
+        resp = None
         try:
             if "pipeline" in route:
-                return await run_route(self, route, name, raw, req)
-            if remote is not None:
-                return await self._forward_remote(route, name, head, raw)
-            return await self.upstream.forward(route, name, head, raw)
+                resp = await run_route(self, route, name, raw, req)
+            elif remote is not None:
+                resp = await self._forward_remote(route, name, head, raw)
+            else:
+                resp = await self.upstream.forward(route, name, head, raw)
+            return resp
         finally:
-            self.board.add(key, -1)
-            gauge.dec()
+            if resp is not None and resp.stream is not None:  # in flight until it ends
+                resp.stream.hold(in_flight_until_end(self.board, key, gauge))
+            else:
+                self.board.add(key, -1)
+                gauge.dec()
 
     async def _forward_remote(self, route: dict[str, Any], name: str, head: bytes,
                               raw: bytes) -> Any:

@@ -169,7 +169,7 @@ def _forget_dead_workers(path: str) -> None:
 
 # -- shadow traffic (traffic/shadow.py) --------------------------------------------------
 SHADOW_REQUESTS = Counter("bis_shadow_requests_total", "Mirrored requests by endpoint, shadow "
-                          "version and result (agree, disagree, error, dropped)",
+                          "version and result (agree, disagree, error, dropped, skipped: a stream)",
                           ["endpoint", "version", "result"])
 # A shadow is usually a candidate model, seldom faster than the version it shadows.
 SHADOW_LATENCY = Histogram("bis_shadow_latency_seconds", "Latency of the shadow version's answers",
@@ -205,3 +205,39 @@ def shadow_summary() -> dict[str, Any]:
                 buckets.setdefault((labels["endpoint"], labels["version"]), []).append(
                     (float(labels["le"]), sample.value))
     return summarize(counts, buckets)
+
+
+# -- streamed answers (gateway/stream_relay.py) -------------------------------------------
+FIRST_CHUNK = Histogram("bis_stream_first_chunk_seconds", "Time from a streamed /run's arrival "
+                        "to its first event through the gateway", ["endpoint"],
+                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                 0.5, 1, 2.5, 5, 10, 30, 60))
+CHUNKS = Counter("bis_stream_chunks_total", "Chunk events passed on in streamed answers",
+                 ["endpoint"])
+STREAMS = Gauge("bis_streams_in_flight", "Streamed answers being passed on", ["endpoint"],
+                multiprocess_mode="livesum")
+ENDED = Counter("bis_streams_ended_total", "Streamed answers by how they ended (done, error, "
+                "client_gone, timeout)", ["endpoint", "reason"])
+
+
+def stream_started(endpoint: str) -> None:
+    """A streamed answer begins: ``bis_streams_in_flight`` + 1."""
+    _child(STREAMS, endpoint).inc()
+
+
+def stream_first_chunk(endpoint: str, seconds: float) -> None:
+    """``bis_stream_first_chunk_seconds`` of one stream."""
+    _child(FIRST_CHUNK, endpoint).observe(seconds)
+
+
+def stream_ended(endpoint: str, reason: str, chunks: int) -> None:
+    """A streamed answer ended: its chunks, its reason, one stream fewer in flight."""
+    _child(STREAMS, endpoint).dec()
+    if chunks:
+        _child(CHUNKS, endpoint).inc(chunks)
+    _child(ENDED, endpoint, reason).inc()
+
+
+def skip_shadow(endpoint: str, version: str) -> None:
+    """A streamed request its shadow would have mirrored: not mirrored (``skipped``)."""
+    _child(SHADOW_REQUESTS, endpoint, version, "skipped").inc()

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from .. import errors
+from .. import errors, streams
 from ..version import __version__
 from .api_table import ROUTES, Route, Schema
 from .error_kinds import kinds_by_status
@@ -43,6 +43,62 @@ SECURITY_SCHEMES = {
                "description": "a tenant's API key on the data plane, with API_KEYS on "
                               "(or as Authorization: Bearer); see docs/tenants.md"},
 }
+
+# The events of a streamed answer (:mod:`basic_inference_server.streams`), by name.
+EVENT_DATA: dict[str, Schema] = {
+    streams.CHUNK: {"type": "object",
+                    "description": "one item the endpoint's _predict yielded, after "
+                                   "_post_process"},
+    streams.DONE: {"type": "object", "required": ["CHUNKS"],
+                   "description": "the last event of a stream that ended well",
+                   "properties": {"CHUNKS": {"type": "integer", "minimum": 0,
+                                             "description": "how many chunks were sent"},
+                                  "USAGE": {"type": "number", "description":
+                                            "the units the endpoint reported (not with "
+                                            "API_KEYS on: charged to the key)"}, **META}},
+    streams.ERROR: {"$ref": "#/components/schemas/Error"},
+}
+EVENT_SCHEMAS = {name: f"Stream{name.capitalize()}" for name in EVENT_DATA}
+STREAM_ANSWER = (
+    "A streaming endpoint answers events (chunk..., then done or error, ids 1, 2, ...), "
+    "each as it comes: Server-Sent Events with Accept: text/event-stream or STREAM true "
+    "(id: n, event: chunk|done|error, data: the event's JSON object, a blank line); one "
+    "JSON object a line with Accept: application/x-ndjson ({event, id, data}); else (and "
+    "always on GET) the chunks gathered into one JSON answer, {CHUNKS: [...], <done's "
+    "fields>}. An error before the first chunk is an error answer; after it, an error "
+    "event. An endpoint that does not stream answers JSON whatever was asked.")
+
+
+def stream_schemas() -> dict[str, Schema]:
+    """The data of each event, the NDJSON line and the gathered answer."""
+    lines = [{"type": "object", "required": ["event", "id", "data"],
+              "properties": {"event": {"const": name}, "id": {"type": "integer", "minimum": 1},
+                             "data": {"$ref": f"#/components/schemas/{ref}"}}}
+             for name, ref in EVENT_SCHEMAS.items()]
+    gathered = {**EVENT_DATA[streams.DONE], "description": "a stream's chunks gathered",
+                "properties": {**EVENT_DATA[streams.DONE]["properties"], "CHUNKS": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/StreamChunk"}}}}
+    return {**{EVENT_SCHEMAS[name]: data for name, data in EVENT_DATA.items()},
+            "StreamEvent": {"oneOf": lines}, "StreamGathered": gathered}
+
+
+def _success(route: Route, status: int, method: str) -> dict[str, Any]:
+    schema = route.bodies.get(status, route.response)
+    answer: dict[str, Any] = {"description": REASONS[status],
+                              "content": {route.media: {"schema": schema}}}
+    if not (route.streams and status == 200):
+        return answer
+    gathered = {"anyOf": [schema, {"$ref": "#/components/schemas/StreamGathered"}]}
+    answer["content"] = {route.media: {"schema": gathered}}
+    if method == "POST":  # a GET gets the chunks gathered
+        answer["description"] = f"{REASONS[status]}. {STREAM_ANSWER}"
+        answer["content"].update({
+            streams.SSE_TYPE: {"schema": {"type": "string", "description":
+                                          "events: id, event and data (one JSON object) "
+                                          "lines, each event ended by a blank line"}},
+            streams.NDJSON_TYPE: {"schema": {"$ref": "#/components/schemas/StreamEvent"}}})
+    return answer
+
 
 # Who may call a route, by its ``auth`` (any one of the schemes listed; ``{}``: none,
 # as the data plane with API_KEYS off).
@@ -108,9 +164,7 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in statuses(route):
         if status < 300:
-            schema = route.bodies.get(status, route.response)
-            responses[str(status)] = {"description": REASONS[status],
-                                      "content": {route.media: {"schema": schema}}}
+            responses[str(status)] = _success(route, status, method)
         elif status in route.bodies:
             error = {"$ref": f"#/components/schemas/Error{status}"}
             responses[str(status)] = {
@@ -156,7 +210,8 @@ def document() -> dict[str, Any]:
                           "properties": {"ERROR": {"type": "string"},
                                          "ERROR_TYPE": {"enum": every_kind}, **META}},
                 **{f"Error{status}": _error_schema(kinds.get(
-                    status, [errors.kind_for_status(status)])) for status in used}},
+                    status, [errors.kind_for_status(status)])) for status in used},
+                **stream_schemas()},
             "responses": {f"E{status}": _error_response(status) for status in used},
         },
     }

@@ -10,6 +10,12 @@ once, for the pipeline; units the steps report (``USAGE``) add up to the pipelin
 
 A pipeline may call another pipeline, but not itself: a chain of nested pipelines
 that comes back to one already running, or goes deeper than ``MAX_NESTING``, fails.
+
+A pipeline answers one JSON object: a caller that asks it for a stream (``Accept:
+text/event-stream`` or ``application/x-ndjson``, ``"STREAM": true``) gets 400, and a
+step that answers with a stream (its body asked for one) fails the pipeline (502). A
+streaming endpoint called as a step without asking gives its chunks gathered
+(``CHUNKS``), which later steps can use.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .. import protocol
-from ..errors import ServingError, StepFailed, UpstreamTimeout
+from .. import protocol, streams
+from ..errors import BadRequest, ServingError, StepFailed, UpstreamTimeout
 from ..serving.connection import Request
 from ..traffic.pipeline import BAD_GATEWAY, run_pipeline
 from ..traffic.settings import split_target
@@ -82,6 +88,12 @@ class PipelineRun:
         except ServingError as err:
             metrics.count_request(label, version, err.status)
             return err.status, err.to_dict()
+        if resp.stream is not None:
+            await resp.stream.aclose()  # closes the step's connection: its work stops
+            metrics.count_request(label, version, BAD_GATEWAY)
+            return BAD_GATEWAY, {"ERROR": "the step answered a stream: a pipeline passes whole "
+                                          "JSON answers between steps (leave STREAM out of its "
+                                          "body)", "ERROR_TYPE": "internal_error"}
         metrics.count_request(label, version, resp.status)
         metrics.time_request(label, version, time.perf_counter() - started)
         self.front._mirror(label, version, raw, self.req, resp)
@@ -102,6 +114,11 @@ async def run_route(front: Front, route: dict[str, Any], name: str, raw: bytes,
                          f"than {MAX_NESTING}: {path}", status=BAD_GATEWAY, CHAIN=[*chain, name])
     body = await front.off_loop(protocol.parse_body, raw) if len(raw) > DECODE_OFF_LOOP \
         else protocol.parse_body(raw)
+    accept = next((v.decode("latin-1") for h, v in req.headers if h == b"accept"), None)
+    if streams.wanted(accept, body.get("STREAM")) is not streams.Format.GATHERED:
+        raise BadRequest(f"pipeline {name} answers one JSON object, not a stream: ask without "
+                         "Accept: text/event-stream or application/x-ndjson and without "
+                         '"STREAM": true', SIGNATURE=name)
     run = PipelineRun(front, req)
     timeout = float(route["timeout"])
     token = _CHAIN.set((*chain, name))

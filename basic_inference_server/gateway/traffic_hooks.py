@@ -11,6 +11,10 @@ Every :data:`REPORT_EVERY` seconds the process sends the manager, over the contr
 socket, its counts since the last report and its breakers' states (command
 ``traffic_report``): rollouts are judged on them, ``/list_servers`` and ``/metrics``
 show them.
+
+A streamed answer is judged when it ends (:meth:`TrafficHooks.later`): a stream that
+ends in an ``error`` event, is cut by its endpoint or passes a stream timeout is a
+failure; one its caller left counts neither way.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +34,7 @@ from ..ipc import MAX_MESSAGE
 from ..traffic.breaker import Breakers
 from ..traffic.outcome import Origin, origin_of
 from ..traffic.stats import Recorder
+from .upstream_conn import CLIENT_GONE, StreamEnd
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class Outcome:
     """What :meth:`TrafficHooks.guard` yields: set ``status`` once the target answered."""
 
     status: int | None = None
+    started: float = 0.0
+    deferred: bool = False  # a stream: judged when it ends (TrafficHooks.later)
 
 
 class TrafficHooks:
@@ -71,8 +78,8 @@ class TrafficHooks:
         if not self.breakers.allow(target, cfg, self.clock()):
             self.recorder.record(target, 503, Origin.FRONT, 0.0)
             raise self._refusal(target)
-        outcome = Outcome()
-        started = self.clock()
+        outcome = Outcome(started=self.clock())
+        started = outcome.started
         failed: bool | None = None
         try:
             yield outcome
@@ -82,11 +89,29 @@ class TrafficHooks:
             failed = None if origin is Origin.FRONT else counted
             raise
         finally:
-            if outcome.status is not None:
-                failed = self.recorder.record(target, outcome.status, Origin.ENDPOINT,
-                                              self.clock() - started)
-            # None (cancelled, or refused on the front's side): only the probe slot returns.
-            self.breakers.record(target, cfg, failed, self.clock())
+            if not outcome.deferred:
+                if outcome.status is not None:
+                    failed = self.recorder.record(target, outcome.status, Origin.ENDPOINT,
+                                                  self.clock() - started)
+                # None (cancelled, or refused on the front's side): only the probe slot
+                # returns.
+                self.breakers.record(target, cfg, failed, self.clock())
+
+    def later(self, target: str, route: dict[str, Any],
+              outcome: Outcome) -> Callable[[StreamEnd], None]:
+        """Judge a stream when it ends, not when its head came (what :meth:`guard` does
+        for a whole answer): the release to hold on the stream."""
+        outcome.deferred = True
+
+        def judge(end: StreamEnd) -> None:
+            failed: bool | None = None
+            if end.reason != CLIENT_GONE:
+                origin = origin_of(end.error) if end.error is not None else Origin.ENDPOINT
+                failed = self.recorder.record(target, end.status, origin,
+                                              self.clock() - outcome.started)
+            self.breakers.record(target, route.get("breaker"), failed, self.clock())
+
+        return judge
 
     def _refusal(self, target: str) -> CircuitOpen:
         now = self.clock()

@@ -7,6 +7,15 @@ request written in one ``write`` and the answer parsed by ``httptools`` (llhttp,
 parser uvicorn uses) as it arrives. Waiting for an answer holds no thread: a stuck
 endpoint costs the front a socket per request, nothing more, and the endpoint's
 ``MAX_IN_FLIGHT`` bounds even that (see :mod:`.app`).
+
+An answer in a stream format (``text/event-stream``, ``application/x-ndjson``), or one
+sent chunked without a length, comes back as soon as its head is read, with an
+:class:`UpstreamStream` instead of a body: its bytes as they arrive. The connection is
+the stream's for its whole life: it goes back to the pool only once the stream ended
+cleanly, and is closed when the stream is closed early, so the endpoint server sees the
+disconnect and stops the work. Past :data:`.upstream_conn.READ_AHEAD` unread bytes the connection stops
+reading, so a slow caller pauses the endpoint's producer. A request is resent only
+before any byte of its answer came.
 """
 
 from __future__ import annotations
@@ -17,17 +26,32 @@ import itertools
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import httptools
 
 from ..errors import ServingError, Unavailable, UpstreamDropped, UpstreamTimeout
+from ..serving.message import Request
 from ..traffic.remote import Credentials, RemoteURL, parse_url
 from .loadboard import LoadBoard
+from .upstream_conn import (
+    CLIENT_GONE,
+    DONE,
+    ERROR,
+    TIMEOUT,
+    Connection,
+    StreamEnd,
+    UpstreamResponse,
+    UpstreamStream,
+    _Closed,
+    _Reset,
+)
 
-PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
+__all__ = ["CLIENT_GONE", "DONE", "ERROR", "TIMEOUT", "AttemptFailed",
+           "Connection", "Failure", "Resend", "StreamEnd", "Upstream", "UpstreamResponse",
+           "UpstreamStream", "_Closed", "_Reset", "classify", "resend"]
+
 # Idle connections kept per worker socket, and how long one may stay idle: shorter than
 # the servers' keep-alive (120 s), so the front, not the server, closes them.
 MAX_IDLE = 64
@@ -35,25 +59,12 @@ IDLE_S = 60.0
 # Idle connections to remote URLs are kept a shorter while: under the front's default
 # KEEPALIVE_TIMEOUT (30 s), so a remote gateway rarely closes one as a request is sent.
 REMOTE_IDLE_S = 20.0
-# Bodies larger than this are written in slices of this size.
-WRITE_SLICE = 256 * 1024
 # The request line and Host header of a local server's /run.
 LOCAL_LEAD = b"POST /run HTTP/1.1\r\nHost: localhost\r\n"
 # Seconds a TCP (and TLS) connection to a remote URL may take: a host that is down
 # often drops packets instead of refusing, and the request must not wait its whole
 # TIMEOUT for that. A connection that is not made means the request never ran.
 CONNECT_S = 3.0
-
-
-@dataclass
-class UpstreamResponse:
-    """A complete answer of an endpoint server."""
-
-    status: int = 0
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: bytes = b""
-    # Which worker answered: "g<generation>w<slot>" of its own socket, or "any" (shared).
-    worker: str = "any"
 
 
 class Failure(Enum):
@@ -120,113 +131,6 @@ def classify(exc: BaseException, reused: bool, name: str, timeout: float) -> Att
     assert isinstance(exc, OSError)
     return AttemptFailed(Failure.UNREACHABLE, f"endpoint {name} is not accepting "
                                               f"connections: {exc.strerror or exc}")
-
-
-class _Reset(Exception):
-    """The server reset the connection without reading the request (it never ran)."""
-
-
-class _Closed(Exception):
-    """The server closed the connection after reading the request, before answering it."""
-
-
-class Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to a server, one request at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[UpstreamResponse] | None = None
-        self.resp = UpstreamResponse()
-        self.chunks: list[bytes] = []
-        self.received = False
-        self.open = False
-        self.keep_alive = False
-        self.idle_since = 0.0
-        self.drained: asyncio.Future[None] | None = None
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.open = True
-
-    def data_received(self, data: bytes) -> None:
-        self.received = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.open = False
-        if isinstance(exc, (ConnectionResetError, BrokenPipeError)) and not self.received:
-            self._fail(_Reset())
-        else:
-            self._fail(_Closed())
-
-    # httptools callbacks
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in PASS_HEADERS:
-            self.resp.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        # llhttp answers should_keep_alive() correctly only inside this callback.
-        self.resp.status = self.parser.get_status_code()
-        self.keep_alive = bool(self.parser.should_keep_alive())
-        self.resp.body = b"".join(self.chunks)
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(self.resp)
-
-    def _fail(self, exc: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        self.close()
-
-    def pause_writing(self) -> None:
-        self.drained = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self.drained is not None and not self.drained.done():
-            self.drained.set_result(None)
-        self.drained = None
-
-    async def send(self, head: bytes, body: bytes) -> UpstreamResponse:
-        """Write one request and wait for its answer.
-
-        A large body is written in slices, each when the socket has taken the last:
-        the transport never holds a copy of the whole body.
-        """
-        assert self.transport is not None
-        if not self.open or self.transport.is_closing():
-            # Closed (its worker died, the server dropped it) before a byte of this
-            # request went out: it never ran.
-            raise _Reset()
-        self.resp = UpstreamResponse()
-        self.chunks = []
-        self.received = False
-        self.keep_alive = False
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        if len(body) <= WRITE_SLICE:
-            self.transport.write(head + body)
-        else:
-            self.transport.write(head)
-            view = memoryview(body)
-            for start in range(0, len(body), WRITE_SLICE):
-                if self.drained is not None:
-                    await asyncio.wait([self.drained, waiter],
-                                       return_when=asyncio.FIRST_COMPLETED)
-                if waiter.done() or not self.open:
-                    break  # answered (an error) or closed early: stop sending
-                self.transport.write(view[start:start + WRITE_SLICE])
-        return await waiter
-
-    def close(self) -> None:
-        self.open = False
-        if self.transport is not None:
-            self.transport.close()
 
 
 def _local_lead(_path: str) -> bytes:
@@ -332,6 +236,8 @@ class Upstream:
                 continue
             finally:
                 self.board.add(path, -1)
+            if resp.stream is not None:
+                resp.stream.route = route
             return resp, path
 
     async def attempt(self, path: str, name: str, head: bytes, body: bytes, timeout: float,
@@ -352,6 +258,9 @@ class Upstream:
             if conn is not None:
                 conn.close()
             raise
+        if conn.streaming:
+            resp.stream = UpstreamStream(self, path, conn, name)
+            return resp
         if conn.keep_alive and conn.open:
             self._give_back(path, conn)
         else:
@@ -416,6 +325,22 @@ class Upstream:
             self._tls = ssl.create_default_context()
             self._tls.set_alpn_protocols(["http/1.1"])
         return self._tls
+
+
+def head_lines(req: Request, remote: dict[str, Any] | None) -> bytes:
+    """The header lines a ``/run`` passes on: its id, tenant and wanted stream format."""
+    head = b"X-Request-ID: " + req.request_id.encode() + b"\r\n"
+    # A remote called with a key of its own takes the tenant from that key (and refuses
+    # an X-Customer-ID beside it).
+    customer = remote is None or not remote["api_key"]
+    if customer and req.key is not None:  # with API keys, the tenant is the key's
+        head += b"X-Customer-ID: " + req.key.tenant.encode() + b"\r\n"
+    for header, value in req.headers:
+        if header == b"x-customer-id" and customer:
+            head += b"X-Customer-ID: " + value + b"\r\n"
+        elif header == b"accept":  # the stream format asked for
+            head += b"Accept: " + value + b"\r\n"
+    return head
 
 
 def _tail(head: bytes, body: bytes) -> bytes:

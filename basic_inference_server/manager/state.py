@@ -409,6 +409,8 @@ class Endpoint:
             "workers": sorted(self.worker_sockets.values()),
             "timeout": self.config.settings["TIMEOUT"],
             "retry_on_crash": self.config.settings["RETRY_ON_CRASH"],
+            "stream": {"first_chunk": s["STREAM_FIRST_CHUNK_TIMEOUT"],
+                       "idle": s["STREAM_IDLE_TIMEOUT"], "total": s["STREAM_TIMEOUT"]},
             "last_error": self.last_error,
             "retry_after": self.retry_after(),
             "max_queue_depth": self.config.settings["MAX_QUEUE_DEPTH"],

@@ -6,6 +6,7 @@ worker once and loads its model once. Each request then runs the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
@@ -25,10 +26,13 @@ from ..errors import BadRequest, ServingError
 from ..flask_errors import install_json_errors
 from ..ipc import Notifier
 from ..models.setup import RequestModels, build_manager
+from ..serving.message import Streamed
+from ..streams import STREAM_HEADERS, Format, wanted
 from ..traffic.settings import split_target
-from ..worker import FileOutput, FlaskWorker
+from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
 from .batching import Batcher
-from .pipeline import StageError, decode_base64_fields, encode_base64_fields, run_pipeline
+from .pipeline import Chunks, StageError, decode_base64_fields, encode_base64_fields, run_pipeline
+from .streaming import ChunkStream, gathered, streamed
 
 log = logging.getLogger(__name__)
 
@@ -141,29 +145,77 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
                              f"{repr(signature)[:80]}", SERVER_SIGNATURE=spec.name)
         return inputs
 
+    def held(inputs: dict[str, Any], customer: str | None) -> Any:
+        """``compute`` with the models the request needs held: until it is answered, or
+        for a stream until the stream is closed."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(models.hold(inputs, customer))  # type: ignore[union-attr]
+            result = compute(inputs)
+            if isinstance(result, Chunks):
+                result.release = stack.pop_all().close
+            return result
+
+    def run_request(inputs: dict[str, Any], customer: str | None, request_id: str | None,
+                    flag: CancelFlag | None) -> tuple[int, Any, list[tuple[str, str]], int]:
+        """Run the pipeline: the answer's status, body (a dict, a :class:`FileOutput`, or
+        the :class:`ChunkStream` of a streaming endpoint), extra headers and call id."""
+        call_id = next(counter)
+        previous = run_as(flag)
+        try:
+            decode_base64_fields(inputs, b64_in)
+            result = compute(inputs) if models is None else held(inputs, customer)
+        except ServingError as err:
+            return (*failed(call_id, request_id, err), call_id)
+        finally:
+            run_as(previous)
+        if not isinstance(result, dict):
+            if isinstance(result, Chunks):
+                return 200, ChunkStream(result, b64_out), [], call_id
+            if isinstance(result, FileOutput):
+                return 200, result, [], call_id
+            result = {"result": result}
+        encode_base64_fields(result, b64_out)
+        return 200, own.add(result, meta(call_id)), [], call_id
+
+    def failed(call_id: int, request_id: str | None, err: ServingError) -> Outcome:
+        """The error answer of a request the pipeline failed (logged once)."""
+        log_failure(spec.name, err, request_id)
+        return err.status, {**err.to_dict(), **meta(call_id)}, err.headers()
+
+    def gather_answer(stream: ChunkStream, call_id: int, request_id: str | None) -> Outcome:
+        """A streaming endpoint's chunks in one answer (see :func:`.streaming.gathered`)."""
+        try:
+            return 200, gathered(stream, lambda: meta(call_id)), []
+        except ServingError as err:
+            return failed(call_id, request_id, err)
+
     def execute(inputs: dict[str, Any], customer: str | None = None,
                 request_id: str | None = None) -> Outcome:
-        """Run the pipeline on a request's fields: what ``/run`` answers (or a file).
+        """Run the pipeline on a request's fields: what ``/run`` answers (or a file); a
+        streaming endpoint's chunks gathered (see :mod:`.streaming`).
 
         The models the request needs (see :mod:`..models`) are held while it runs.
         """
-        call_id = next(counter)
+        status, body, headers, call_id = run_request(inputs, customer, request_id, None)
+        if isinstance(body, ChunkStream):
+            return gather_answer(body, call_id, request_id)
+        return status, body, headers
+
+    def stream_answer(stream: ChunkStream, fmt: Format, call_id: int,
+                      request_id: str | None) -> Outcome | Streamed:
+        """A streaming endpoint's answer: its first chunk taken here, in the request's
+        thread (an error until then is a whole error answer), or all of them gathered."""
+        if fmt is Format.GATHERED:
+            return gather_answer(stream, call_id, request_id)
         try:
-            decode_base64_fields(inputs, b64_in)
-            if models is None:
-                result = compute(inputs)
-            else:
-                with models.hold(inputs, customer):
-                    result = compute(inputs)
-        except ServingError as err:
-            log_failure(spec.name, err, request_id)
-            return err.status, {**err.to_dict(), **meta(call_id)}, err.headers()
-        if isinstance(result, FileOutput):
-            return 200, result, []
-        if not isinstance(result, dict):
-            result = {"result": result}
-        encode_base64_fields(result, b64_out)
-        return 200, own.add(result, meta(call_id)), []
+            first = stream.take()
+        except BaseException as exc:
+            stream.close()
+            if isinstance(exc, ServingError):
+                return failed(call_id, request_id, exc)
+            raise
+        return streamed(stream, fmt, first, lambda: meta(call_id),
+                        lambda err: log_failure(spec.name, err, request_id))
 
     @app.route("/run", methods=["GET", "POST"])
     def run() -> Response:
@@ -187,18 +239,27 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         routing or request object. The body is decoded once (``protocol.parse_body``)."""
         if environ.get("PATH_INFO") != "/run" or environ["REQUEST_METHOD"] != "POST":
             return flask_wsgi(environ, start_response)  # type: ignore[no-any-return]
+        request_id = environ.get("HTTP_X_REQUEST_ID")
         try:
             size = int(environ.get("CONTENT_LENGTH") or 0)
             raw = environ["wsgi.input"].read(size) if size > 0 else b""
-            status, body, headers = execute(routed(protocol.parse_body(raw)),
-                                            environ.get("HTTP_X_CUSTOMER_ID"),
-                                            environ.get("HTTP_X_REQUEST_ID"))
+            inputs = routed(protocol.parse_body(raw))
+            status, body, headers, call_id = run_request(
+                inputs, environ.get("HTTP_X_CUSTOMER_ID"), request_id, environ.get("bis.cancel"))
+            if isinstance(body, ChunkStream):
+                fmt = wanted(environ.get("HTTP_ACCEPT"), inputs.get("STREAM"))
+                answered = stream_answer(body, fmt, call_id, request_id)
+                if isinstance(answered, Streamed):
+                    start_response("200 OK", [("Content-Type", fmt.content_type),
+                                              *STREAM_HEADERS])
+                    return answered
+                status, body, headers = answered
         except ServingError as err:
             status, body, headers = err.status, {**err.to_dict(), **meta(next(counter))}, \
                 err.headers()
         except Exception as exc:  # noqa: BLE001 - a bug of ours: a 500 that names it
             log.exception("%s: unexpected error while answering request %s", spec.name,
-                          environ.get("HTTP_X_REQUEST_ID", "-"))
+                          request_id or "-")
             failure = ServingError(f"{type(exc).__name__}: {exc}", EXCEPTION=type(exc).__name__)
             status, body, headers = failure.status, failure.to_dict(), []
         if isinstance(body, FileOutput):

@@ -11,6 +11,10 @@ thread, which runs ``_post_process``.
 Errors stay per request: a result that is an ``Exception`` instance fails its own
 request; if ``_predict_batch`` raises for a batch of several, each input is run again
 alone so that only the ones that fail by themselves get a 500.
+
+Streams: a result that is an iterator (or an async iterator) streams its own request's
+chunks, stepped in that request's thread (see :mod:`.streaming`). A request whose
+client went away before its batch formed is dropped from the batch.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from typing import Any
 from prometheus_client import Histogram
 
 from ..errors import ServingError
-from ..worker import FlaskWorker
-from .pipeline import StageError
+from ..worker import CancelFlag, FlaskWorker, running_flag
+from .pipeline import StageError, post_process
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = Histogram("bis_batch_size", "Inputs per _predict_batch call", ["endpoint"],
@@ -33,13 +37,18 @@ BATCH_SIZE = Histogram("bis_batch_size", "Inputs per _predict_batch call", ["end
 
 
 class _Item:
-    __slots__ = ("prep", "result", "error", "done")
+    __slots__ = ("prep", "flag", "result", "error", "done")
 
-    def __init__(self, prep: Any) -> None:
+    def __init__(self, prep: Any, flag: CancelFlag | None) -> None:
         self.prep = prep
+        self.flag = flag  # set when the request's client went away
         self.result: Any = None
         self.error: ServingError | None = None
         self.done = threading.Event()
+
+    @property
+    def gone(self) -> bool:
+        return self.flag is not None and self.flag.is_set
 
 
 class Batcher:
@@ -53,6 +62,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._active = 0  # requests inside run(), queued or not
         self._last = 1  # size of the last batch
+        self.dropped = 0  # inputs whose client went away before their batch formed
         self._sizes = BATCH_SIZE.labels(worker.endpoint)
         self._thread = threading.Thread(target=self._loop, name="bis-batcher", daemon=True)
         self._thread.start()
@@ -68,19 +78,14 @@ class Batcher:
                 raise
             except Exception as exc:
                 raise StageError("_pre_process", exc) from exc
-            item = _Item(prep)
+            item = _Item(prep, running_flag())
             with self._cond:
                 self._queue.append(item)
                 self._cond.notify_all()
             item.done.wait()
             if item.error is not None:
                 raise item.error
-            try:
-                return self.worker._post_process(item.result)
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise StageError("_post_process", exc) from exc
+            return post_process(self.worker, item.result)
         finally:
             with self._cond:
                 self._active -= 1
@@ -88,7 +93,7 @@ class Batcher:
 
     def _next_batch(self) -> list[_Item]:
         with self._cond:
-            while not self._queue:
+            while not self._drop_gone():
                 self._cond.wait()
             deadline = time.monotonic() + self.max_delay_s
             # Wait for more while more are likely: other requests are in the worker (pre-
@@ -101,13 +106,28 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._drop_gone()
             n = min(self.max_size, len(self._queue))
             self._last = n
             return [self._queue.popleft() for _ in range(n)]
 
+    def _drop_gone(self) -> int:
+        """Answer the waiting inputs whose client went away (nobody reads it) without
+        running them; how many are left. Called with the lock held."""
+        if any(item.gone for item in self._queue):
+            for item in [item for item in self._queue if item.gone]:
+                self._queue.remove(item)
+                # Its request's answer, which nobody reads.
+                item.error = ServingError("the client went away before the batch formed")
+                item.done.set()
+                self.dropped += 1
+        return len(self._queue)
+
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
+            if not batch:
+                continue
             self._sizes.observe(len(batch))
             try:
                 self._predict(batch)

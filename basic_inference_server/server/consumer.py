@@ -4,7 +4,9 @@ Each gunicorn worker serves HTTP on one thread; the consumer is a second thread 
 same process. Both run the user's code only under one lock (the *gate*), so the model
 never sees two calls at once. The consumer claims a job only when no request is being
 served, and a request that arrives while a job runs waits for it, like a request
-behind another request. No dispatcher pushes work: every worker of every server,
+behind another request. A stream counts as a request being served until it is closed;
+the gate is held while each of its chunks is made, so a job claimed as it began runs
+between two of its chunks. No dispatcher pushes work: every worker of every server,
 on this box or another, pulls from the endpoint's queue when it is free.
 
 How a job ends (stored, retried, dead-lettered) is the queues' shared consumer's
@@ -21,12 +23,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
 from ..queues import Job, JobsSpec
 from ..queues.consumer import CLAIM_WAIT, JobWorker, RetryPolicy
+from ..serving.message import Streamed
 from ..tenants import TenantsSpec
 from ..tenants.ledger import JobLedger
 from ..worker import FileOutput
@@ -75,24 +78,58 @@ class JobConsumer(JobWorker):
 
     # -- the request side ---------------------------------------------------------------
     def guard(self, app: WSGIApp) -> WSGIApp:
-        """Wrap the worker's WSGI app: ``/run`` holds the gate while it runs."""
+        """Wrap the worker's WSGI app: ``/run`` holds the gate while it runs. A streamed
+        answer counts as in flight until it is closed, and holds the gate while each of
+        its chunks is made."""
 
         def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO") != "/run":
                 return app(environ, start_response)
-            with self._count:
-                self.in_flight += 1
-                self.idle.clear()
+            self._enter()
             try:
                 with self.gate:
-                    return app(environ, start_response)
-            finally:
-                with self._count:
-                    self.in_flight -= 1
-                    if not self.in_flight:
-                        self.idle.set()
+                    result = app(environ, start_response)
+            except BaseException:
+                self._leave()
+                raise
+            if isinstance(result, Streamed):
+                return self._gated(result)
+            self._leave()
+            return result
 
         return guarded
+
+    def _enter(self) -> None:
+        with self._count:
+            self.in_flight += 1
+            self.idle.clear()
+
+    def _leave(self) -> None:
+        with self._count:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+    def _gated(self, streamed: Streamed) -> Streamed:
+        def chunks() -> Generator[bytes, None, None]:
+            while True:
+                with self.gate:
+                    chunk = next(streamed.chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+
+        gated = chunks()
+
+        def close() -> None:
+            gated.close()
+            try:
+                with self.gate:
+                    streamed.close()
+            finally:
+                self._leave()
+
+        return Streamed(gated, cancel=streamed.cancel, close=close)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:

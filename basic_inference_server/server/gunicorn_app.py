@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -35,6 +35,7 @@ from ..ipc import Notifier
 from ..procutil import die_with_parent
 from ..serving.connection import Answer, HttpConnection, Limits, Request, call_wsgi
 from ..serving.worker import LoopWorker, mark_dead
+from ..worker import CancelFlag
 from .app import build_worker, create_app
 from .consumer import start_consumer, stop_consumer
 from .placement import place_worker
@@ -204,11 +205,13 @@ class EndpointWorker(LoopWorker):
     spec: ServerSpec
     pool: ThreadPoolExecutor
     dropped = 0  # requests whose client went away before they ran
+    discarding: set[asyncio.Task[None]]  # streams made for clients already gone, closing
 
     def started(self) -> None:
         self.spec = self.app.spec
         self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads,
                                        thread_name_prefix="bis-request")
+        self.discarding = set()
         self.limits = Limits(header_timeout=self.spec.header_timeout,
                              body_timeout=self.spec.body_timeout,
                              keepalive_timeout=self.cfg.keepalive,
@@ -230,15 +233,44 @@ class EndpointWorker(LoopWorker):
     async def handle(self, request: Request) -> Answer:
         # self.wsgi: the Flask app, whose /run is a plain WSGI handler ahead of Flask
         # (see app.py), maybe guarded by the job consumer (see consumer.py).
-        work = self.pool.submit(call_wsgi, self.wsgi, request)
+        # A streamed answer's chunks are made in the same pool, one at a time.
+        flag = CancelFlag()
+        work = self.pool.submit(call_wsgi, self.wsgi, request, self.pool, flag)
         try:
             return await asyncio.wrap_future(work)
         except asyncio.CancelledError:
             # The connection closed (the client went away): a request still waiting for
-            # the thread never runs; one running finishes (user code is never
-            # interrupted) and its answer is dropped.
+            # the thread never runs; one running is told (FlaskWorker.cancelled) and its
+            # answer dropped; a stream it made is closed.
+            flag.set()
             if work.cancel():
                 self.dropped += 1
                 log.debug("request %s dropped before it ran: its client went away "
                           "(%d so far)", request.request_id, self.dropped)
+            else:
+                work.add_done_callback(self._close_unsent)
             raise
+
+    def _close_unsent(self, work: Future[Answer]) -> None:
+        """A streamed answer made for a client already gone: closed, so that what it holds
+        (the producer, its models, the job consumer's count) is let go."""
+        if work.exception() is None and work.result().stream is not None \
+                and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._discard, work.result())
+
+    def _discard(self, answer: Answer) -> None:
+        task = self.loop.create_task(_drain_closed(answer))
+        self.discarding.add(task)
+        task.add_done_callback(self.discarding.discard)
+
+
+async def _drain_closed(answer: Answer) -> None:
+    """Close a stream never sent. Its close runs in its body (``threaded_chunks``), which
+    must start for it: its first step only writes the chunk taken before answering, and
+    the stream ends there (its client is gone)."""
+    assert answer.stream is not None
+    try:
+        async for _chunk in answer.stream:
+            break
+    finally:
+        await answer.stream.aclose()

@@ -22,6 +22,13 @@ served; the rest of a read stays unparsed, with reading paused, until they are a
 After a request that ends the connection (``Connection: close``, HTTP/1.0) the requests
 before it are answered and any further bytes are ignored.
 
+A streamed answer (:attr:`Answer.stream`) is written chunk by chunk as it is made, with
+chunked transfer encoding (raw and ended by closing for an HTTP/1.0 client). The next
+chunk is asked for only when the transport is under its high-water mark, so a slow
+reader pauses the producer and a stream holds at most about ``HIGH_WATER`` bytes here.
+A client that goes away cancels the stream (its ``aclose`` runs): the producer stops
+within one chunk.
+
 Paths are taken as sent, never decoded: one with a ``%`` escape, an empty, ``.`` or
 ``..`` segment is refused (404), so routing and every check made on a path see one
 string.
@@ -34,6 +41,7 @@ import logging
 import os
 import re
 from collections import deque
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import httptools
@@ -338,6 +346,7 @@ class HttpConnection(asyncio.Protocol):
             keep_alive=keep_alive,
             peer=self.peer,
             tls=self.tls,
+            http10=self.parser.get_http_version() == "1.0",
         )
         self.body = b""
         self.size = 0
@@ -394,8 +403,13 @@ class HttpConnection(asyncio.Protocol):
                     answer = error_answer(ServingError("internal error in the server; see its "
                                                        "log"), {})
                 keep = request.keep_alive and self.server.alive
-                self._write(answer, request.request_id.encode(), keep,
-                            head_only=request.method == "HEAD")
+                if answer.stream is None:
+                    self._write(answer, request.request_id.encode(), keep,
+                                head_only=request.method == "HEAD")
+                else:
+                    keep = keep and not request.http10
+                    if not await self._write_stream(answer, keep, request):
+                        return
                 if not keep:
                     self.close()
                     return
@@ -427,19 +441,60 @@ class HttpConnection(asyncio.Protocol):
             self.writable = None
         return True
 
-    def _write(self, answer: Answer, request_id: bytes, keep_alive: bool,
-               head_only: bool = False) -> None:
-        assert self.transport is not None
+    def _head(self, answer: Answer, request_id: bytes, keep_alive: bool,
+              length: bytes | None) -> list[bytes]:
+        """The status line and headers; ``length`` is the framing header's line."""
         parts = [status_line(answer.status)]
         for name, value in answer.headers:
             parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if not head_only or not any(n.lower() == "content-length" for n, _v in answer.headers):
-            parts.append(b"Content-Length: %d\r\n" % len(answer.body))
+        if length is not None:
+            parts.append(length)
         parts.append(b"X-Request-ID: %s\r\n" % request_id)
         if not keep_alive:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
+        return parts
+
+    def _write(self, answer: Answer, request_id: bytes, keep_alive: bool,
+               head_only: bool = False) -> None:
+        assert self.transport is not None
+        length = None
+        if not head_only or not any(n.lower() == "content-length" for n, _v in answer.headers):
+            length = b"Content-Length: %d\r\n" % len(answer.body)
+        parts = self._head(answer, request_id, keep_alive, length)
         if not head_only:
             parts.append(answer.body)
         self.transport.write(b"".join(parts))
 
+    async def _write_stream(self, answer: Answer, keep_alive: bool, request: Request) -> bool:
+        """Write a streamed answer as its chunks come; False when the connection was
+        dropped on the way (the client took nothing for ``send_timeout``)."""
+        assert self.transport is not None and answer.stream is not None
+        chunked = not request.http10
+        self.transport.write(b"".join(self._head(
+            answer, request.request_id.encode(), keep_alive,
+            b"Transfer-Encoding: chunked\r\n" if chunked else None)))
+        try:
+            if request.method != "HEAD" and not await self._send_chunks(answer.stream, chunked):
+                return False
+        except Exception:  # noqa: BLE001 - a producer's bug: the client sees a cut stream
+            # The producers (endpoint servers, the front) turn their errors into error
+            # events; what escapes them can only be told by not ending the stream.
+            log.exception("stream of request %s failed", request.request_id)
+            self.closing = True
+            self.transport.abort()
+            return False
+        finally:
+            await answer.stream.aclose()
+        return True
+
+    async def _send_chunks(self, stream: AsyncGenerator[bytes, None], chunked: bool) -> bool:
+        assert self.transport is not None
+        async for chunk in stream:
+            if chunk:  # (an empty chunk would end the answer)
+                self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if self.write_paused and not await self._writable():
+                return False
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
+        return True

@@ -1,14 +1,18 @@
 """What a connection of the front or an endpoint server hands over and gets back: the
-limits it obeys, a parsed request, an answer, and the WSGI bridge (:func:`call_wsgi`).
+limits it obeys, a parsed request, an answer (whole, or streamed as it is made), and the
+WSGI bridge (:func:`call_wsgi`).
 
 The connection itself is :mod:`.connection`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import io
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -81,15 +85,73 @@ class Request:
     keep_alive: bool
     peer: tuple[str, int]
     tls: bool = False
+    # An HTTP/1.0 client reads no chunked transfer encoding: a stream is sent raw and
+    # ended by closing the connection.
+    http10: bool = False
     key: Any = None  # tenants.keys.ApiKey, with API_KEYS on
     limits: Any = None  # tenants.limits.Decision: RateLimit-* headers of the answer
 
 
 @dataclass
 class Answer:
+    """An answer: ``body`` whole, or ``stream``, whose chunks the connection writes as
+    they come (chunked transfer encoding), waiting while the client's reads lag, and
+    closes (``aclose``) when the client goes away or the answer ends."""
+
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    stream: AsyncGenerator[bytes, None] | None = None
+
+
+class Streamed:
+    """A WSGI result to send as it is made: an iterator of byte chunks that blocks
+    (endpoint code producing them), so each one is taken off the loop
+    (:func:`threaded_chunks`).
+
+    ``cancel`` is called on the loop as soon as the client goes away, while a chunk may
+    still be in the making (it tells the producer to stop: ``FlaskWorker.cancelled``);
+    ``close`` ends the iterator in a thread, once no chunk is in the making (a generator
+    cannot be closed while it runs), which raises ``GeneratorExit`` at its ``yield``.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], cancel: Callable[[], None] = lambda: None,
+                 close: Callable[[], None] | None = None) -> None:
+        self.chunks = chunks
+        self.cancel = cancel
+        self.close = close if close is not None else getattr(chunks, "close", lambda: None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+
+_END = object()
+
+
+def _close_after(pending: concurrent.futures.Future[Any] | None, streamed: Streamed) -> None:
+    if pending is not None:
+        concurrent.futures.wait([pending])
+    streamed.close()
+
+
+async def threaded_chunks(streamed: Streamed, executor: Executor) -> AsyncGenerator[bytes, None]:
+    """The chunks of ``streamed``, each made in ``executor``: the next one is asked for
+    only once the connection took the last (a slow reader pauses the producer)."""
+    pending: concurrent.futures.Future[Any] | None = None
+    finished = False
+    try:
+        while True:
+            pending = executor.submit(next, streamed.chunks, _END)
+            chunk = await asyncio.wrap_future(pending)
+            if chunk is _END:
+                finished = True
+                return
+            pending = None
+            yield chunk
+    finally:
+        if not finished:
+            streamed.cancel()
+        executor.submit(_close_after, pending, streamed)
 
 
 Handler = Callable[[Request], Awaitable[Answer]]
@@ -114,8 +176,8 @@ def not_canonical(path: str, meta: dict[str, Any]) -> Answer:
         "empty, '.' or '..' segments; see /get_paths"), meta)
 
 
-def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
-    """Run a WSGI app on one complete request (blocking: call it off the loop)."""
+def wsgi_environ(req: Request) -> dict[str, Any]:
+    """The WSGI environ of one complete request."""
     environ: dict[str, Any] = {
         "REQUEST_METHOD": req.method,
         "SCRIPT_NAME": "",
@@ -151,6 +213,18 @@ def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
         else:
             http_key = "HTTP_" + key
             environ[http_key] = f"{environ[http_key]},{text}" if http_key in environ else text
+    return environ
+
+
+def call_wsgi(app: Callable[..., Any], req: Request, executor: Executor | None = None,
+              cancel: Any = None) -> Answer:
+    """Run a WSGI app on one complete request (blocking: call it off the loop).
+
+    A :class:`Streamed` result becomes the answer's ``stream``, its chunks made in
+    ``executor``; any other result is read whole. ``cancel`` (environ ``bis.cancel``): the
+    request's flag, set by the caller when the client goes away while the app runs."""
+    environ = wsgi_environ(req)
+    environ["bis.cancel"] = cancel
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -158,16 +232,21 @@ def call_wsgi(app: Callable[..., Any], req: Request) -> Answer:
         return lambda _data: None
 
     result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+    stream = None
+    if isinstance(result, Streamed) and executor is not None:
+        body, stream = b"", threaded_chunks(result, executor)
+    else:
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
     status = int(started[0].split(" ", 1)[0])
     # HEAD: the app's Content-Length is the one of the body a GET would get.
     skip = ("connection", "x-request-id") if req.method == "HEAD" else \
-        ("content-length", "connection", "x-request-id")
-    return Answer(status, [(k, v) for k, v in started[1] if k.lower() not in skip], body)
+        ("content-length", "connection", "x-request-id", "transfer-encoding")
+    return Answer(status, [(k, v) for k, v in started[1] if k.lower() not in skip], body,
+                  stream)
 
 

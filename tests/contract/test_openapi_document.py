@@ -95,3 +95,21 @@ def test_every_error_kind_is_in_the_document_under_its_status():
         set(schemas["Error429"]["allOf"][1]["properties"]["ERROR_TYPE"]["enum"])
     run = next(r for r in ROUTES if r.path == "/run")
     assert {400, 404, 413, 429, 500, 503, 504} <= set(statuses(run))
+
+
+def test_run_documents_its_streamed_answers_on_post_only():
+    doc = document()
+    post = doc["paths"]["/run"]["post"]
+    content = post["responses"]["200"]["content"]
+    assert set(content) == {"application/json", "text/event-stream", "application/x-ndjson"}
+    assert post["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "STREAM"]["type"] == "boolean"
+    schemas = doc["components"]["schemas"]
+    events = {line["properties"]["event"]["const"]: line["properties"]["data"]["$ref"]
+              for line in schemas["StreamEvent"]["oneOf"]}
+    assert events == {"chunk": "#/components/schemas/StreamChunk",
+                      "done": "#/components/schemas/StreamDone",
+                      "error": "#/components/schemas/StreamError"}
+    assert schemas["StreamDone"]["required"] == ["CHUNKS"]
+    assert set(doc["paths"]["/run"]["get"]["responses"]["200"]["content"]) == {"application/json"}
+    assert "STREAM" not in json.dumps(doc["paths"]["/jobs"]["post"]["requestBody"])

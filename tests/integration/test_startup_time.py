@@ -36,6 +36,7 @@ def test_demo_endpoints_answer_soon_after_start(tmp_path):
         "echo": {"INPUT_VALUE": "hi"},
         "cpu_bound": {"LIMIT": 1000},
         "torch_mlp": {"INPUT_VALUE": [0.5] * 16},
+        "words": {"TEXT": "hi there"},
     }
     assert set(calls) == {n for n, s in config["CONFIG_ENDPOINTS"].items()
                           if s.get("HOST") != "NO_HOST" and not s.get("DISABLED")}
