@@ -4,12 +4,14 @@ and come back without missing or repeating one, and refused to other tenants' ke
 
 from __future__ import annotations
 
+import asyncio
 import random
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from basic_inference_server.client import AsyncClient, Client, Conflict, NotFound
 from tests.conftest import assert_error
 from tests.jobs.jobs_client import submit, wait_finished
 from tests.jobs.sse import ENDS, delete, read_events
@@ -96,3 +98,34 @@ def test_events_and_cancel_need_the_jobs_tenant_key(gateways):
             assert_error(delete(gw, job_id, key), status)
         assert [e[1] for e in read_events(client, job_id, key=acme)][-1] == "done"
     assert delete(gw, job_id, acme).status_code == 409
+
+
+def test_the_client_watches_and_cancels_jobs(gateways, tmp_path):
+    gw = gateways({"CONFIG_ENDPOINTS": {"progress": {}, "streamer": {"NR_WORKERS": 1}}})
+    with Client(gw.base, admin_token=gw.token) as bis:
+        job_id = bis.submit("progress", {"STEPS": STEPS})
+        with bis.job_events(job_id) as watch:
+            events = list(watch)
+        assert [e.id for e in events] == list(range(1, EVENTS_PER_JOB + 1))
+        assert events[-1].last and events[-1].event == "done"
+        assert [e.id for e in bis.job_events(job_id, last_event_id=5)] == [6, 7]
+
+        running = bis.submit("streamer", {"N": 100_000, "DELAY_MS": 10})
+        asked = None
+        for event in bis.job_events(running):
+            if event.event == "chunk" and asked is None:
+                asked = bis.cancel(running)
+            last = event
+        assert asked["STATUS"] == "running" and asked["CANCEL_REQUESTED"]
+        assert last.event == "cancelled" and last.data["RAN"] is True
+        assert bis.status(running)["STATUS"] == "cancelled"
+        with pytest.raises(Conflict):
+            bis.cancel(job_id)
+        with pytest.raises(NotFound):
+            list(bis.job_events("0" * 32))
+
+    async def watch_async() -> list[str]:
+        async with AsyncClient(gw.base) as abis:
+            return [e.event async for e in abis.job_events(job_id)]
+
+    assert asyncio.run(watch_async())[-1] == "done"
