@@ -262,7 +262,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/jobs/<string(length=32):job_id>/events", ("GET",), "data",
           "a job's events as SSE: queued, running, progress, chunk, then done, failed or "
           "cancelled; Last-Event-ID resumes", (200, 400, 404, 503), view=FRONT,
-          params=(JOB_ID_PARAM, Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]+$"},
+          params=(JOB_ID_PARAM, Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,12}$"},
                                       where="header",
                                       description="resume after this event id")),
           response=STRING, media="text/event-stream"),
