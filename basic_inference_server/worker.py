@@ -16,7 +16,8 @@ With ``MAX_BATCH_SIZE`` above 1, requests arriving together are grouped: each ru
 **Streaming.** A ``_predict`` that returns an iterator (a generator) or an async
 generator streams: each item it yields goes through ``_post_process`` and becomes one
 chunk of the answer (see :mod:`basic_inference_server.server.streaming`). A long
-``_predict`` can stop early when its caller went away: see :meth:`FlaskWorker.cancelled`.
+``_predict`` can stop early when its caller went away: see :meth:`FlaskWorker.cancelled`;
+a job reports its progress with :meth:`FlaskWorker.progress`.
 
 ``self.models`` is the worker's :class:`~basic_inference_server.models.manager.ModelManager`:
 ``with self.models.use(name) as model:`` loads (or reuses) a model declared in the
@@ -168,6 +169,15 @@ class FlaskWorker:
         """
         flag: CancelFlag | None = getattr(_running, "flag", None)
         return flag is not None and flag.is_set
+
+    def progress(self, data: dict[str, Any]) -> None:
+        """Report how far a job got: a ``progress`` event of ``GET /jobs/<id>/events``
+        with ``data`` (a dict, at most 64 KiB of JSON). Call it from ``_predict`` (or a
+        streaming ``_predict``'s generator) while a job runs; it does nothing for a
+        ``/run`` request or in ``_predict_batch``."""
+        report = getattr(getattr(_running, "flag", None), "progress", None)
+        if report is not None:
+            report(data)
 
     def _create_notification(self, notif: str = "log", msg: str = "", **info: Any) -> None:
         """Publish a notification; the gateway lists recent ones at ``/notifications``."""

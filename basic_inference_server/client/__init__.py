@@ -8,7 +8,7 @@
         with bis.stream("generate", PROMPT="once") as tokens:   # a streaming endpoint
             for chunk in tokens:
                 print(chunk)
-        print(bis.wait(job, timeout=60))
+        print(bis.wait(job, timeout=60))      # or: for event in bis.job_events(job): ...
 
 ``AsyncClient`` is the same, awaited. Requests the gateway says never ran (429, 503 of
 the retryable kinds) are retried within a budget, honouring ``Retry-After``; errors are
@@ -49,16 +49,17 @@ from .errors import (
     UpstreamDropped,
     WaitTimeout,
 )
+from .job_events import AsyncJobEvents, JobEvent, JobEvents
 from .retry import NO_RETRY, PollPolicy, RetryPolicy
 from .streaming import AsyncStream, Stream
 from .sync import Client
 
 __all__ = [
-    "AsyncClient", "AsyncStream", "BadRequest", "BisError", "CircuitOpen", "Client",
-    "Conflict", "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden", "InternalError",
-    "InvalidStream", "JobFailed", "JobPending", "MethodNotAllowed", "ModelsUnavailable",
-    "NO_RETRY", "NotFound", "Overloaded", "PayloadTooLarge", "PollPolicy", "QueueFull",
-    "QuotaExceeded", "RateLimited", "RetryPolicy", "StepFailed", "Stream", "StreamTimeout",
-    "Timeout", "TooManyConnections", "Unauthorized", "Unavailable", "UpstreamDropped",
-    "WaitTimeout", "resolve",
+    "AsyncClient", "AsyncJobEvents", "AsyncStream", "BadRequest", "BisError", "CircuitOpen",
+    "Client", "Conflict", "ConnectFailed", "ConnectionLost", "Credentials", "Forbidden",
+    "InternalError", "InvalidStream", "JobEvent", "JobEvents", "JobFailed", "JobPending",
+    "MethodNotAllowed", "ModelsUnavailable", "NO_RETRY", "NotFound", "Overloaded",
+    "PayloadTooLarge", "PollPolicy", "QueueFull", "QuotaExceeded", "RateLimited", "resolve",
+    "RetryPolicy", "StepFailed", "Stream", "StreamTimeout", "Timeout", "TooManyConnections",
+    "Unauthorized", "Unavailable", "UpstreamDropped", "WaitTimeout",
 ]

@@ -9,6 +9,7 @@ import httpx
 
 from .api import BaseClient
 from .flows import Answer, Call, Flow, Sleep
+from .job_events import AsyncJobEvents
 from .streaming import AsyncStream
 
 
@@ -41,6 +42,10 @@ class AsyncClient(BaseClient):
 
     def _stream(self, flow: Flow[Answer]) -> AsyncStream:
         return AsyncStream(lambda: self._drive(flow))
+
+    def _job_events(self, job_id: str, after: int) -> AsyncJobEvents:
+        return AsyncJobEvents(lambda last: self._drive(self.flows.open_events(job_id, last)),
+                              after)
 
     async def _drive(self, flow: Flow[Any]) -> Any:
         try:

@@ -53,6 +53,8 @@ class BaseClient:
             headers["Authorization"] = f"Bearer {self._admin_token}"
         if not call.admin and self._api_key:
             headers[self._api_key_header] = self._api_key
+        if call.last_event_id:
+            headers["Last-Event-ID"] = str(call.last_event_id)
         args: dict[str, Any] = {"method": call.method, "url": self.url + call.path,
                                 "headers": headers, "json": call.json, "params": call.params}
         if call.timeout is not None:
@@ -127,6 +129,20 @@ class BaseClient:
     def wait(self, job_id: str, timeout: float | None = None) -> Any:
         """Poll a job, backing off, until it finishes; its answer (dict) or JobFailed."""
         return self._drive(self.flows.wait(job_id, timeout))
+
+    def cancel(self, job_id: str) -> Any:
+        """Cancel a job: its record (dict), ``STATUS`` ``cancelled`` (it waited) or
+        ``running`` with ``CANCEL_REQUESTED`` (it is being stopped); Conflict once over."""
+        return self._drive(self.flows.cancel(job_id))
+
+    def job_events(self, job_id: str, last_event_id: int = 0) -> Any:
+        """A job's events as they come, after ``last_event_id``: an iterator of
+        :class:`~.job_events.JobEvent` (``AsyncJobEvents`` from the async client) that
+        ends after the job's last event and resumes by itself after a dropped connection."""
+        return self._job_events(job_id, last_event_id)
+
+    def _job_events(self, job_id: str, after: int) -> Any:
+        raise NotImplementedError
 
     # -- management ----------------------------------------------------------------------
     def list_servers(self) -> Any:

@@ -38,6 +38,8 @@ class Call:
     admin: bool = False
     timeout: float | None = None
     stream: bool = False
+    # Sent as Last-Event-ID: a stream of events resumed after that one.
+    last_event_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,15 @@ class Flows:
 
     def status(self, job_id: str) -> Flow[dict[str, Any]]:
         return (yield from self.body(Call("GET", f"/jobs/{job_id}"), idempotent=True))
+
+    def cancel(self, job_id: str) -> Flow[dict[str, Any]]:
+        # Cancelling twice is the same as once: safe to resend.
+        return (yield from self.body(Call("DELETE", f"/jobs/{job_id}"), idempotent=True))
+
+    def open_events(self, job_id: str, after: int) -> Flow[Answer]:
+        """A job's event stream, after event ``after``; refusals retried as a read's."""
+        call = Call("GET", f"/jobs/{job_id}/events", stream=True, last_event_id=after)
+        return (yield from send(call, self.retry, idempotent=True, clock=self.clock))
 
     @staticmethod
     def outcome(record: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import httpx
 
 from .api import BaseClient
 from .flows import Answer, Call, Flow, Sleep
+from .job_events import JobEvents
 from .streaming import Stream
 
 
@@ -44,6 +45,9 @@ class Client(BaseClient):
 
     def _stream(self, flow: Flow[Answer]) -> Stream:
         return Stream(lambda: self._drive(flow))
+
+    def _job_events(self, job_id: str, after: int) -> JobEvents:
+        return JobEvents(lambda last: self._drive(self.flows.open_events(job_id, last)), after)
 
     def _drive(self, flow: Flow[Any]) -> Any:
         try:

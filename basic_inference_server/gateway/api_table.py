@@ -47,12 +47,12 @@ def body(required: tuple[str, ...] = (), **props: Schema) -> Schema:
 
 @dataclass(frozen=True)
 class Param:
-    """A query or path parameter (always a string on the wire; ``schema`` says more)."""
+    """A query, path or header parameter (always a string on the wire; ``schema`` says more)."""
 
     name: str
     schema: Schema = field(default_factory=lambda: dict(STRING))
     required: bool = False
-    where: Literal["query", "path"] = "query"
+    where: Literal["query", "path", "header"] = "query"
     description: str = ""
 
 
@@ -102,6 +102,9 @@ class Route:
         return self.path.strip("/").replace("/", "_")
 
 
+# A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
+JOB_ID_PARAM = Param("job_id", {"type": "string", "minLength": 32, "maxLength": 32,
+                                "pattern": "^[^/]*$"}, required=True, where="path")
 JOB_ACCEPTED = body(("JOB_ID", "STATUS", "SIGNATURE", "STATUS_URL"),
                     JOB_ID=STRING, STATUS={"const": "queued"}, SIGNATURE=STRING,
                     STATUS_URL=STRING)
@@ -252,12 +255,17 @@ ROUTES: tuple[Route, ...] = (
     Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
           (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
           response=JOB_ACCEPTED),
-    # A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
-    Route("/jobs/<string(length=32):job_id>", ("GET",), "data",
-          "status, attempts, timestamps and result of a job", (200, 404, 503), view="job_status",
-          params=(Param("job_id", {"type": "string", "minLength": 32, "maxLength": 32,
-                                   "pattern": "^[^/]*$"}, required=True, where="path"),),
-          response=body(("STATUS",), STATUS=STRING)),
+    Route("/jobs/<string(length=32):job_id>", ("GET", "DELETE"), "data",
+          "GET: status, attempts, timestamps and result of a job; DELETE: cancel it (200 "
+          "cancelled; 202 running, stopping; 409 already over)", (200, 202, 404, 409, 503),
+          view="job_status", params=(JOB_ID_PARAM,), response=body(("STATUS",), STATUS=STRING)),
+    Route("/jobs/<string(length=32):job_id>/events", ("GET",), "data",
+          "a job's events as SSE: queued, running, progress, chunk, then done, failed or "
+          "cancelled; Last-Event-ID resumes", (200, 400, 404, 503), view=FRONT,
+          params=(JOB_ID_PARAM, Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,12}$"},
+                                      where="header",
+                                      description="resume after this event id")),
+          response=STRING, media="text/event-stream"),
     Route("/jobs/dead", ("GET",), "admin", "dead letters of an endpoint: ?SIGNATURE=name",
           (200, 400, 503), view="dead_letters",
           params=(Param("SIGNATURE", SIGNATURE, required=True),
@@ -296,8 +304,10 @@ ROUTES: tuple[Route, ...] = (
 )
 
 PATHS: frozenset[str] = frozenset(r.path for r in ROUTES)
-# The paths the event-loop front answers without Flask, and the name of its handler.
-NATIVE: dict[str, str] = {r.path: "on_" + r.command for r in ROUTES if r.view == FRONT}
+# The paths the event-loop front answers without Flask, and the name of its handler
+# (a path with a parameter, /jobs/<id>/events, is matched by its own handler).
+NATIVE: dict[str, str] = {r.path: "on_" + r.command for r in ROUTES
+                          if r.view == FRONT and "<" not in r.path}
 
 
 def paths_listing() -> dict[str, Any]:

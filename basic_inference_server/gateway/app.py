@@ -51,6 +51,7 @@ from ..traffic.settings import VERSION_SEP, split_target
 from ..traffic.shadow import Shadow
 from . import metrics
 from .api_table import NATIVE
+from .job_events import events_job_id, job_events
 from .jobs import JobsFront, job_route
 from .loadboard import LoadBoard
 from .management import READY, build_management_app
@@ -140,6 +141,8 @@ class Front:
         native = self.native.get(req.path)
         if native is not None:
             return await native(req)
+        if (job_id := events_job_id(req.path)) is not None:
+            return await job_events(self.jobs, req, job_id, self.gate, self.off_loop, self.meta())
         if self.gate is not None and req.path.startswith("/jobs/") \
                 and req.path not in ("/jobs/dead", "/jobs/requeue"):
             try:

@@ -6,8 +6,10 @@ as ``queued``, enqueued, and answered ``202`` with its ``JOB_ID`` at once. The
 endpoint's workers pull it when they are free (see ``server/consumer.py``); the jobs
 of endpoints without a server of their own (pipelines, remote endpoints, endpoints
 with VERSIONS) are pulled by the job runner, which runs them through ``/run``.
-``GET /jobs/<id>`` reads the record; ``/jobs/dead`` and ``/jobs/requeue`` (admin) list
-and requeue dead letters.
+``GET /jobs/<id>`` reads the record, ``DELETE /jobs/<id>`` cancels the job (see
+:meth:`JobsFront.cancel`), ``GET /jobs/<id>/events`` streams its events (see
+:mod:`.job_events`); ``/jobs/dead`` and ``/jobs/requeue`` (admin) list and requeue dead
+letters.
 
 The queue and results store are opened lazily, per front process and after the fork:
 connections must not be shared across processes.
@@ -26,9 +28,9 @@ from flask import Response, request
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import protocol
-from ..errors import BadRequest, NotFound, QueueFull, ServingError, Unavailable
+from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Unavailable
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
-from ..queues.base import QUEUED, Job
+from ..queues.base import CANCELLED, QUEUED, STICKY, TERMINAL, Job
 from ..redact import mask_text
 from ..traffic.settings import split_target
 from . import metrics
@@ -100,6 +102,7 @@ class JobsFront:
             results.create(job)
             if key_id is not None:  # with API keys: the job is its tenant's only
                 results.update(job.id, {"TENANT": tenant})
+            results.add_event(job.id, QUEUED, {"SIGNATURE": name}, self._spec().ttl)
             try:
                 accepted = queue.enqueue(job, max_depth)
             except Exception:
@@ -119,14 +122,78 @@ class JobsFront:
                                  "STATUS_URL": location, **meta})
         return 202, [("Content-Type", protocol.JSON), ("Location", location)], answer
 
+    def _spec(self) -> JobsSpec:
+        assert self.spec is not None
+        return self.spec
+
     # -- read ---------------------------------------------------------------------------
-    def record(self, job_id: str) -> dict[str, Any]:
+    def record(self, job_id: str, key: Any = None) -> dict[str, Any]:
+        """The job's record; 404 when unknown, or (``key``: the caller's API key, with
+        API_KEYS on) when it is another tenant's: a key learns nothing of their jobs."""
         _queue, results = self._backends()
         record = self._backend_call("reading a job", lambda: results.get(job_id))
-        if record is None:
+        if record is None or (key is not None and not (key.read_all_jobs
+                                                       or record.get("TENANT") == key.tenant)):
             raise NotFound(f"no job {job_id!r} (unknown, or its result has expired)",
                            JOB_ID=job_id)
         return dict(record)
+
+    def poll(self, job_id: str, after: int, limit: int
+             ) -> tuple[list[tuple[int, str, dict[str, Any]]], str | None]:
+        """The job's events after id ``after`` (at most ``limit``), and when there are
+        none its status (None: the job is gone), read before them: once that status is
+        final, the events read after it include the last one."""
+        _queue, results = self._backends()
+
+        def poll() -> tuple[list[tuple[int, str, dict[str, Any]]], str | None]:
+            record = results.get(job_id)
+            events = results.events(job_id, after, limit)
+            return events, None if record is None else str(record.get("STATUS"))
+
+        found: tuple[list[tuple[int, str, dict[str, Any]]], str | None] = \
+            self._backend_call("reading a job's events", poll)
+        return found
+
+    # -- cancel ---------------------------------------------------------------------------
+    def cancel(self, job_id: str, key: Any = None) -> tuple[int, dict[str, Any]]:
+        """``DELETE /jobs/<id>``: a waiting job is cancelled at once (never run: its
+        consumer moves it to the dead letters, or the queue does now where it can reach
+        it), 200; a running one is asked to stop (its consumer sees it within a poll and
+        ends it ``cancelled``), 202. A finished job: 409. Cancelling again changes nothing."""
+        queue, results = self._backends()
+        record = self.record(job_id, key)
+
+        def cancel() -> tuple[int, dict[str, Any]]:
+            status = record.get("STATUS")
+            if status == CANCELLED:
+                return 200, record
+            if status in TERMINAL:
+                raise Conflict(f"job {job_id} is already over ({status}): there is nothing "
+                               "to cancel", JOB_ID=job_id, STATUS=status)
+            now = time.time()
+            if status != QUEUED:  # running: its consumer ends it
+                results.update(job_id, {"CANCEL_REQUESTED": now})
+                return 202, {**record, "CANCEL_REQUESTED": now}
+            results.add_event(job_id, CANCELLED, {"STATUS": CANCELLED, "RAN": False},
+                              self._spec().ttl)
+            if not results.update(job_id, {"STATUS": CANCELLED, "CANCEL_REQUESTED": now,
+                                           "FINISHED_AT": now}, ttl=self._spec().ttl):
+                return self._already(job_id, results)
+            queue.cancel_waiting(job_id)
+            return 200, results.get(job_id) or record
+
+        answer: tuple[int, dict[str, Any]] = self._backend_call("cancelling a job", cancel)
+        return answer
+
+    @staticmethod
+    def _already(job_id: str, results: ResultStore) -> tuple[int, dict[str, Any]]:
+        """The answer to a cancel that lost the race with the job's end."""
+        record = results.get(job_id) or {}
+        status = record.get("STATUS")
+        if status in STICKY and status != CANCELLED:
+            raise Conflict(f"job {job_id} is already over ({status}): there is nothing to "
+                           "cancel", JOB_ID=job_id, STATUS=status)
+        return 200, record
 
     def dead(self, name: str, limit: int) -> list[dict[str, Any]]:
         queue, _results = self._backends()
@@ -215,13 +282,11 @@ def job_views(jobs: JobsFront, reply: Reply,
         return name
 
     def job_status(job_id: str) -> Response:
-        record = jobs.record(job_id)
+        """GET: the job's record; DELETE: cancel it (see :meth:`JobsFront.cancel`)."""
         key = request.environ.get("bis.api_key")
-        if key is not None and not (key.read_all_jobs or record.get("TENANT") == key.tenant):
-            # As an unknown id: a key learns nothing of other tenants' jobs.
-            raise NotFound(f"no job {job_id!r} (unknown, or its result has expired)",
-                           JOB_ID=job_id)
-        return reply(200, record)
+        if request.method == "DELETE":
+            return reply(*jobs.cancel(job_id, key))
+        return reply(200, jobs.record(job_id, key))
 
     def dead_letters() -> Response:
         check_admin()

@@ -29,7 +29,7 @@ from ..contracts import JobRunnerSpec
 from ..ipc import ControlUnavailable, control_call
 from ..queues import JobsSpec
 from ..queues.base import Job
-from ..queues.consumer import JobWorker, RetryPolicy
+from ..queues.consumer import JobRun, JobWorker, RetryPolicy
 from ..tenants import TenantsSpec
 from ..tenants.ledger import JobLedger
 from .front import FrontClient
@@ -70,7 +70,9 @@ class EndpointJobs(JobWorker):
         finally:
             self.front.close()
 
-    def _through_front(self, job: Job) -> tuple[int, dict[str, Any]]:
+    def _through_front(self, job: Job, _flag: JobRun) -> tuple[int, dict[str, Any]]:
+        """Run the job through ``/run``. Cancelled while it runs, its answer is dropped
+        when it comes (the call itself is not cut short)."""
         assert self.results is not None
         tenant = (self.results.get(job.id) or {}).get("TENANT")
         return self.front.run(job, tenant if isinstance(tenant, str) else None, self.timeout)

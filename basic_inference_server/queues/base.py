@@ -25,7 +25,22 @@ RUNNING = "running"    # claimed by a worker
 DONE = "done"          # the endpoint answered 200; the answer is stored
 FAILED = "failed"      # the endpoint rejected the input (4xx): retrying would not help
 DEAD = "dead"          # failed MAX_ATTEMPTS times; in the dead-letter queue
-TERMINAL = (DONE, FAILED, DEAD)
+CANCELLED = "cancelled"  # DELETE /jobs/<id>: never run (a dead letter), or stopped
+TERMINAL = (DONE, FAILED, DEAD, CANCELLED)
+# States a record keeps once in them: a late update of another run cannot undo them.
+STICKY = (DONE, CANCELLED)
+
+# The events of a job (GET /jobs/<id>/events), ids 1, 2, ... per job: ``queued``,
+# ``running``, ``progress`` (the worker reports it), ``chunk`` (a streaming endpoint's),
+# and last one of ``done``, ``failed`` (a dead letter too: its STATUS says ``dead``) or
+# ``cancelled``. Nothing is stored after the last one.
+EVENT_ENDS = (DONE, FAILED, CANCELLED)
+# The dead letters' LAST_ERROR of a cancelled job.
+CANCELLED_ERROR = "cancelled (DELETE /jobs/<id>)"
+# At most this many events per job: past it only the last one is stored.
+MAX_EVENTS = 10_000
+# How the record's status names the last event.
+END_EVENT = {DONE: DONE, FAILED: FAILED, DEAD: FAILED, CANCELLED: CANCELLED}
 
 
 def new_job_id() -> str:
@@ -117,6 +132,12 @@ class JobQueue(ABC):
         ``MAX_QUEUE_DEPTH`` x ``MAX_REQUEST_SIZE`` is what bounds them."""
         return None
 
+    def cancel_waiting(self, job_id: str) -> bool:
+        """Move a waiting (not claimed) job to the dead letters as cancelled, where the
+        backend can reach one message by its job id; False where it cannot (the
+        consumer that claims it dead-letters it instead, unrun)."""
+        return False
+
     @abstractmethod
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:
@@ -168,11 +189,22 @@ class ResultStore(ABC):
         """Record a job as queued (before it is enqueued)."""
 
     @abstractmethod
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> None:
-        """Merge ``fields`` into the record; a record already ``done`` stays done.
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
+        """Merge ``fields`` into the record; a record already ``done`` or ``cancelled``
+        keeps that status (True when the update was made).
 
         ``ttl``: the record expires that many seconds from now (terminal states).
         """
+
+    @abstractmethod
+    def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
+        """Store the job's next event; its id, or 0 when it is not stored (the job's last
+        event is already there, or it has :data:`MAX_EVENTS` and this is not its last).
+        The job's events expire ``ttl`` seconds after the latest."""
+
+    @abstractmethod
+    def events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Up to ``limit`` of the job's events after id ``after``: (id, name, data)."""
 
     @abstractmethod
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -189,6 +221,13 @@ class ResultStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release this thread's connections."""
+
+
+def may_add_event(count: int, last: str | None, name: str) -> bool:
+    """Whether a job's event ``name`` is stored after ``count`` events, the last ``last``."""
+    if last in EVENT_ENDS:
+        return False
+    return name in EVENT_ENDS or count < MAX_EVENTS - 1
 
 
 def record_of(job: Job) -> dict[str, Any]:

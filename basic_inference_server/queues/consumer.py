@@ -9,6 +9,16 @@ with its last error); or the consumer stopped before starting it (released, not
 counted). Results are stored before the ack: a crash in between runs the job again and
 overwrites the same result, it never loses it.
 
+Cancelled jobs (``DELETE /jobs/<id>``): a job whose record says it was cancelled before
+it started is moved to the dead letters unrun. While a job runs, a watcher thread reads
+its record every :data:`CANCEL_POLL` seconds; once it is cancelled the job's flag is
+set (:meth:`FlaskWorker.cancelled` turns true, a streaming endpoint's generator is
+closed after the chunk in the making) and the job ends ``cancelled``, its answer dropped.
+
+Each step is also an event of the job (``GET /jobs/<id>/events``), stored in the
+results store: ``queued`` (a retry), ``running``, ``progress`` and ``chunk`` while it
+runs (see :class:`JobRun`), and its end, stored before its record says so.
+
 Backend connections are per thread (pika's are not thread-safe), so a job is claimed,
 run and acked on one thread.
 
@@ -28,9 +38,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from ..redact import mask_text, mask_url
+from ..worker import CancelFlag
 from . import JobQueue, JobsSpec, ResultStore, open_queue, open_results
-from .base import DEAD, DONE, FAILED, QUEUED, RUNNING, Claim, Job
+from .base import (
+    CANCELLED,
+    CANCELLED_ERROR,
+    DEAD,
+    DONE,
+    END_EVENT,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    Claim,
+    Job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +64,92 @@ BACKOFF_CAP = 60.0
 # Pause after the queue backend failed, before trying it again.
 BACKEND_PAUSE = 1.0
 
-# A job -> (HTTP status, its JSON answer); raises NotRun when it could not be started.
-Run = Callable[[Job], tuple[int, dict[str, Any]]]
+# How often the record of a running job is read to see whether it was cancelled.
+CANCEL_POLL = 0.25
+# The largest ``progress`` event a worker may report, in bytes of JSON.
+MAX_PROGRESS = 64 * 1024
+# An event's name and data -> its id (0: not stored).
+Emit = Callable[[str, dict[str, Any]], int]
+
+
+class JobRun(CancelFlag):
+    """The flag of a running job (set once it is cancelled: :meth:`FlaskWorker.cancelled`)
+    and where its ``progress`` and ``chunk`` events go."""
+
+    __slots__ = ("emit",)
+
+    def __init__(self, emit: Emit) -> None:
+        super().__init__()
+        self.emit = emit
+
+    def progress(self, data: dict[str, Any]) -> None:
+        """A ``progress`` event (:meth:`FlaskWorker.progress`)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"progress takes a dict, not {type(data).__name__}")
+        if len(orjson.dumps(data, default=str)) > MAX_PROGRESS:
+            raise ValueError(f"a progress event is at most {MAX_PROGRESS} bytes of JSON")
+        self.emit("progress", data)
+
+    def chunk(self, data: dict[str, Any]) -> None:
+        """A ``chunk`` event: one chunk of a streaming endpoint's job."""
+        self.emit("chunk", data)
+
+
+# A job and its flag -> (HTTP status, its JSON answer); raises NotRun when it could not
+# be started.
+Run = Callable[[Job, JobRun], tuple[int, dict[str, Any]]]
+
+
+def cancel_asked(record: dict[str, Any] | None) -> bool:
+    """Whether a job's record says it was cancelled (``DELETE /jobs/<id>``)."""
+    return record is not None and (record.get("STATUS") == CANCELLED
+                                   or bool(record.get("CANCEL_REQUESTED")))
+
+
+class CancelWatch:
+    """A thread that reads the record of the job running now every :data:`CANCEL_POLL`
+    seconds, and sets its flag once it was cancelled; idle while no job runs."""
+
+    def __init__(self, results_url: str, endpoint: str) -> None:
+        self.url = results_url
+        self.current: tuple[str, JobRun] | None = None
+        self.wake = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name=f"bis-cancel-{endpoint}",
+                                       daemon=True)
+        self.thread.start()
+
+    def watch(self, job_id: str, flag: JobRun) -> None:
+        self.current = (job_id, flag)
+        self.wake.set()
+
+    def unwatch(self) -> None:
+        self.current = None
+
+    def stop(self) -> None:
+        self.done.set()
+        self.wake.set()
+
+    def _serve(self) -> None:
+        results = open_results(self.url)  # its own connections: they are per thread
+        try:
+            while not self.done.is_set():
+                current = self.current
+                if current is None:
+                    self.wake.wait(CLAIM_WAIT)
+                    self.wake.clear()
+                    continue
+                self._check(results, *current)
+                self.done.wait(CANCEL_POLL)
+        finally:
+            results.close()
+
+    def _check(self, results: ResultStore, job_id: str, flag: JobRun) -> None:
+        try:
+            if cancel_asked(results.get(job_id)):
+                flag.set()
+        except Exception as exc:  # noqa: BLE001 - the store may be back at the next poll
+            log.warning("cannot read job %s to see whether it was cancelled: %s", job_id, exc)
 
 
 class Ledger(Protocol):
@@ -100,6 +208,7 @@ class JobWorker:
         self.stopping = threading.Event()
         self.queue: JobQueue | None = None
         self.results: ResultStore | None = None
+        self.watch: CancelWatch | None = None
 
     def serve(self) -> None:
         """Open this thread's backend connections and run jobs until :attr:`stopping`."""
@@ -112,6 +221,7 @@ class JobWorker:
             return
         log.info("%s: consuming jobs from %s", self.endpoint,
                  mask_url(self.jobs.queue.split("?")[0]))
+        self.watch = CancelWatch(self.jobs.results, self.endpoint)
         try:
             while not self.stopping.is_set():
                 if self.ledger is not None:
@@ -122,6 +232,7 @@ class JobWorker:
                     log.exception("%s: job queue error; trying again", self.endpoint)
                     self.stopping.wait(BACKEND_PAUSE)
         finally:
+            self.watch.stop()
             self.queue.close()
             self.results.close()
             if self.ledger is not None:
@@ -144,47 +255,113 @@ class JobWorker:
         return True
 
     def process(self, claim: Claim) -> None:
-        """Run one claimed job to one of its four ends."""
+        """Run one claimed job to one of its ends."""
         assert self.queue is not None and self.results is not None
+        job = claim.job
+        if self._not_to_run(claim):
+            return
+        if self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
+                                        "STARTED_AT": time.time(), "WORKER": self.name}):
+            self.event(job.id, RUNNING, {"ATTEMPTS": job.attempts, "WORKER": self.name})
+        flag = JobRun(lambda name, data: self.event(job.id, name, data, quiet=True))
+        started = time.perf_counter()
+        try:
+            status, stored = self._run_watched(job, flag)
+        except NotRun as exc:
+            log.warning("%s: job %s not started (%s); given back", self.endpoint, job.id, exc)
+            self.results.update(job.id, {"STATUS": QUEUED})
+            self.event(job.id, QUEUED, {"ATTEMPTS": job.attempts - 1})
+            self.queue.release(claim)
+            self.stopping.wait(BACKEND_PAUSE)
+            return
+        # With API keys on, clients never see USAGE: in a result as in an answer.
+        units = self.ledger.take_units(stored) if self.ledger is not None else 0.0
+        seconds = time.perf_counter() - started
+        if flag.is_set:
+            self._cancelled(claim, ran=True, seconds=seconds)
+        elif not self.retryable(status):
+            self._finished(claim, status, stored, seconds, units)
+        else:
+            self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored,
+                                 status, seconds)
+
+    def _not_to_run(self, claim: Claim) -> bool:
+        """End a job that must not run (undecodable, hanging its runners, cancelled)."""
         job = claim.job
         if job.undecodable is not None:
             self._attempt_failed(claim, f"the queue message cannot be decoded: "
                                         f"{mask_text(job.undecodable[:500])}")
-            return
+            return True
         if job.attempts > self.policy.max_attempts:
             # Claimed again and again without an answer: it kills or hangs its runner.
             error = f"no answer after {job.attempts - 1} runs (its worker died or hung)"
             if job.last_error:
                 error += f"; last error: {job.last_error}"
             self._dead(claim, error)
-            return
-        self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
-                                     "STARTED_AT": time.time(), "WORKER": self.name})
-        started = time.perf_counter()
+            return True
+        assert self.results is not None
+        if cancel_asked(self.results.get(job.id)):
+            self._cancelled(claim, ran=False)
+            return True
+        return False
+
+    def _finished(self, claim: Claim, status: int, stored: dict[str, Any], seconds: float,
+                  units: float) -> None:
+        """The job ended for good (done, or failed without retry): store it, ack it."""
+        assert self.queue is not None and self.results is not None
+        job = claim.job
+        ended = DONE if status < 400 else FAILED
+        self.event(job.id, END_EVENT[ended], {"STATUS": ended, "HTTP_STATUS": status,
+                                              "RESULT": stored})
+        # ATTEMPTS again: a requeue may have reset the record while this ran.
+        self.results.update(job.id, {"STATUS": ended, "HTTP_STATUS": status, "RESULT": stored,
+                                     "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
+                            ttl=self.jobs.ttl)
+        self.queue.ack(claim)
+        self.ended(job, status, seconds, units)
+
+    def _run_watched(self, job: Job, flag: JobRun) -> tuple[int, dict[str, Any]]:
+        """Run the job while the watcher looks for its cancellation."""
+        if self.watch is not None:
+            self.watch.watch(job.id, flag)
         try:
-            status, stored = self.run(job)
-        except NotRun as exc:
-            log.warning("%s: job %s not started (%s); given back", self.endpoint, job.id, exc)
-            self.results.update(job.id, {"STATUS": QUEUED})
-            self.queue.release(claim)
-            self.stopping.wait(BACKEND_PAUSE)
-            return
+            return self.run(job, flag)
+        except NotRun:
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever it is, it is this attempt's error
             log.exception("%s: job %s failed outside the pipeline", self.endpoint, job.id)
-            status, stored = 500, {"ERROR": f"{type(exc).__name__}: {exc}"}
-        # With API keys on, clients never see USAGE: in a result as in an answer.
-        units = self.ledger.take_units(stored) if self.ledger is not None else 0.0
-        if not self.retryable(status):
-            # ATTEMPTS again: a requeue may have reset the record while this ran.
-            self.results.update(job.id, {"STATUS": DONE if status < 400 else FAILED,
-                                         "HTTP_STATUS": status, "RESULT": stored,
-                                         "ATTEMPTS": job.attempts, "FINISHED_AT": time.time()},
-                                ttl=self.jobs.ttl)
+            return 500, {"ERROR": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if self.watch is not None:
+                self.watch.unwatch()
+
+    def event(self, job_id: str, name: str, data: dict[str, Any], quiet: bool = False) -> int:
+        """Store one event of the job; its id (0: not stored). ``quiet``: a failing store
+        is logged, not raised (a worker's progress report must not fail its job)."""
+        assert self.results is not None
+        try:
+            return self.results.add_event(job_id, name, data, self.jobs.ttl)
+        except Exception as exc:  # noqa: BLE001 - see quiet
+            if not quiet:
+                raise
+            log.warning("%s: job %s: cannot store its %s event: %s", self.endpoint, job_id,
+                        name, exc)
+            return 0
+
+    def _cancelled(self, claim: Claim, ran: bool, seconds: float = 0.0) -> None:
+        """End a cancelled job: stopped while it ran (acked), or never run (a dead letter)."""
+        assert self.queue is not None and self.results is not None
+        job = claim.job
+        self.event(job.id, CANCELLED, {"STATUS": CANCELLED, "RAN": ran})
+        self.results.update(job.id, {"STATUS": CANCELLED, "FINISHED_AT": time.time()},
+                            ttl=self.jobs.ttl)
+        if ran:
             self.queue.ack(claim)
-            self.ended(job, status, time.perf_counter() - started, units)
-            return
-        self._attempt_failed(claim, str(stored.get("ERROR", f"HTTP {status}")), stored, status,
-                             time.perf_counter() - started)
+            self.ended(job, 499, seconds)
+        else:
+            self.queue.dead_letter(claim, CANCELLED_ERROR)
+        log.info("%s: job %s cancelled (%s)", self.endpoint, job.id,
+                 "stopped while it ran" if ran else "never run")
 
     def ended(self, job: Job, status: int, seconds: float, units: float = 0.0) -> None:
         """A job's last run is over (``status``: 500 for a dead letter): charge it."""
@@ -205,8 +382,9 @@ class JobWorker:
             return
         delay = retry_delay(self.policy.backoff, job.attempts)
         self.queue.retry_later(claim, delay, error)
-        self.results.update(job.id, {"STATUS": QUEUED, "LAST_ERROR": error,
-                                     "ATTEMPTS": job.attempts, "RETRY_AT": time.time() + delay})
+        retry = {"LAST_ERROR": error, "ATTEMPTS": job.attempts, "RETRY_AT": time.time() + delay}
+        if self.results.update(job.id, {"STATUS": QUEUED, **retry}):
+            self.event(job.id, QUEUED, retry)
         log.warning("%s: job %s attempt %d failed (%s); retry in %.1f s", self.endpoint, job.id,
                     job.attempts, error, delay)
 
@@ -218,6 +396,8 @@ class JobWorker:
                                   "ATTEMPTS": min(claim.job.attempts, self.policy.max_attempts)}
         if body is not None:
             fields.update(HTTP_STATUS=status, RESULT=body)
+        self.event(claim.job.id, END_EVENT[DEAD], {k: v for k, v in fields.items()
+                                                   if k != "FINISHED_AT"})
         self.results.update(claim.job.id, fields)
         self.ended(claim.job, 500, seconds)
         log.error("%s: job %s dead after %d attempts: %s", self.endpoint, claim.job.id,

@@ -8,6 +8,7 @@ Keys (``prefix`` from the URL's ``?prefix=``, default ``bis``):
 * ``<prefix>:dead:<endpoint>``    stream of dead letters, each with its last error
 * ``<prefix>:job:<id>``           hash: the job's record (expires ``JOB_TTL`` after it ends)
 * ``<prefix>:pending:<endpoint>`` sorted set of unfinished job ids by submission time
+* ``<prefix>:events:<id>``        list: the job's events, ``<name> <json>`` (id: index + 1)
 
 A claimed entry stays in the group's pending list until acked; an entry idle there for
 longer than the visibility timeout (its consumer died) is taken over with XAUTOCLAIM.
@@ -25,7 +26,17 @@ import orjson
 import redis
 
 from . import url_options
-from .base import QUEUED, TERMINAL, Claim, Job, JobQueue, ResultStore, record_of
+from .base import (
+    EVENT_ENDS,
+    MAX_EVENTS,
+    QUEUED,
+    TERMINAL,
+    Claim,
+    Job,
+    JobQueue,
+    ResultStore,
+    record_of,
+)
 
 GROUP = "workers"
 # Longer than any blocking read (the consumer waits at most a few seconds per claim).
@@ -51,7 +62,8 @@ return #due
 # pending op ('add' / 'rem' / ''), field, value, field, value ...
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] ~= '' and ARGV[1] ~= '"done"' and redis.call('HGET', KEYS[1], 'STATUS') == '"done"' then
+local status = redis.call('HGET', KEYS[1], 'STATUS')
+if ARGV[1] ~= '' and ARGV[1] ~= status and (status == '"done"' or status == '"cancelled"') then
   return 0
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
@@ -61,6 +73,20 @@ if ARGV[4] == 'add' then
   redis.call('ZADD', KEYS[2], cjson.decode(redis.call('HGET', KEYS[1], 'SUBMITTED_AT')), ARGV[3])
 end
 return 1
+"""
+
+# KEYS: the events list. ARGV: name, data (JSON), MAX_EVENTS, ttl, the names that end.
+_ADD_EVENT = """
+local n = redis.call('LLEN', KEYS[1])
+local function ends(name)
+  for i = 5, #ARGV do if name == ARGV[i] then return true end end
+  return false
+end
+if n > 0 and ends(string.match(redis.call('LINDEX', KEYS[1], -1), '^(%S+)')) then return 0 end
+if not ends(ARGV[1]) and n >= tonumber(ARGV[3]) - 1 then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return n + 1
 """
 
 
@@ -218,9 +244,13 @@ class RedisResults(ResultStore):
     def __init__(self, url: str) -> None:
         self.r, self.prefix = connect(url)
         self._update = self.r.register_script(_UPDATE)
+        self._add_event = self.r.register_script(_ADD_EVENT)
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    def _events(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
 
     def _pending(self, endpoint: str) -> str:
         return f"{self.prefix}:pending:{endpoint}"
@@ -232,18 +262,32 @@ class RedisResults(ResultStore):
         pipe.zadd(self._pending(job.endpoint), {job.id: job.submitted_at})
         pipe.execute()
 
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> None:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
         status = fields.get("STATUS")
         op = "" if status is None else "rem" if status in TERMINAL else "add" if status == QUEUED else ""
         endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
         if endpoint is None:
-            return
+            return False
         pairs: list[Any] = []
         for key, value in fields.items():
             pairs += [key, orjson.dumps(value)]
-        self._update(keys=[self._key(job_id), self._pending(orjson.loads(endpoint))],
-                     args=[orjson.dumps(status) if status is not None else "",
-                           max(1, int(ttl)) if ttl is not None else "", job_id, op, *pairs])
+        return bool(self._update(
+            keys=[self._key(job_id), self._pending(orjson.loads(endpoint))],
+            args=[orjson.dumps(status) if status is not None else "",
+                  max(1, int(ttl)) if ttl is not None else "", job_id, op, *pairs]))
+
+    def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
+        return int(self._add_event(keys=[self._events(job_id)],
+                                   args=[name, orjson.dumps(data), MAX_EVENTS,
+                                         max(1, int(ttl)), *EVENT_ENDS]))
+
+    def events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        out = []
+        for seq, raw in enumerate(self.r.lrange(self._events(job_id), after, after + limit - 1),
+                                  start=after + 1):
+            name, _, data = _text(raw).partition(" ")
+            out.append((seq, name, orjson.loads(data)))
+        return out
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self.r.hgetall(self._key(job_id))
@@ -254,7 +298,7 @@ class RedisResults(ResultStore):
     def delete(self, job_id: str) -> None:
         endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(self._key(job_id))
+        pipe.delete(self._key(job_id), self._events(job_id))
         if endpoint is not None:
             pipe.zrem(self._pending(orjson.loads(endpoint)), job_id)
         pipe.execute()

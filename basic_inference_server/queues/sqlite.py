@@ -24,7 +24,20 @@ import orjson
 
 from ..privfiles import create_private
 from ..procutil import pid_alive
-from .base import DONE, QUEUED, RUNNING, TERMINAL, Claim, Job, JobQueue, ResultStore, record_of
+from .base import (
+    CANCELLED_ERROR,
+    EVENT_ENDS,
+    QUEUED,
+    RUNNING,
+    STICKY,
+    TERMINAL,
+    Claim,
+    Job,
+    JobQueue,
+    ResultStore,
+    may_add_event,
+    record_of,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -48,6 +61,15 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_pending ON results (endpoint, status, submitted_at);
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 """
 _NEXT_JOB = ("SELECT id, payload, attempts, last_error FROM jobs "
              "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? ORDER BY visible_at LIMIT 1")
@@ -175,6 +197,13 @@ class SqliteQueue(JobQueue):
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(POLL_CAP, pause * 2)
 
+    def cancel_waiting(self, job_id: str) -> bool:
+        with self.db.write() as conn:
+            cursor = conn.execute("UPDATE jobs SET dead = 1, last_error = ? "
+                                  "WHERE id = ? AND dead = 0 AND token IS NULL",
+                                  (CANCELLED_ERROR, job_id))
+        return cursor.rowcount > 0
+
     def ack(self, claim: Claim) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM jobs WHERE id = ?", (claim.job.id,))
@@ -247,21 +276,46 @@ class SqliteResults(ResultStore):
                          "VALUES (?, ?, ?, ?, ?)",
                          (job.id, job.endpoint, QUEUED, job.submitted_at, orjson.dumps(record_of(job))))
 
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> None:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
         now = time.time()
         with self.db.write() as conn:
             row = conn.execute("SELECT record FROM results WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return
+                return False
             record = orjson.loads(row[0])
-            if record.get("STATUS") == DONE and fields.get("STATUS", DONE) != DONE:
-                return
+            status = record.get("STATUS")
+            if status in STICKY and fields.get("STATUS", status) != status:
+                return False
             record.update(fields)
             expires = now + ttl if ttl is not None else None
             conn.execute("UPDATE results SET status = ?, record = ?, expires_at = ? WHERE id = ?",
                          (record["STATUS"], orjson.dumps(record), expires, job_id))
             if record["STATUS"] in TERMINAL:
                 conn.execute("DELETE FROM results WHERE expires_at < ?", (now,))
+        return True
+
+    def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute("SELECT seq, name FROM events WHERE job_id = ? "
+                               "ORDER BY seq DESC LIMIT 1", (job_id,)).fetchone()
+            count, last = (row[0], row[1]) if row else (0, None)
+            if not may_add_event(count, last, name):
+                return 0
+            conn.execute("INSERT INTO events (job_id, seq, name, data, expires_at) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (job_id, count + 1, name, orjson.dumps(data), now + ttl))
+            if name in EVENT_ENDS:  # the job's events expire together, and others' go
+                conn.execute("UPDATE events SET expires_at = ? WHERE job_id = ?",
+                             (now + ttl, job_id))
+                conn.execute("DELETE FROM events WHERE expires_at < ?", (now,))
+        return int(count + 1)
+
+    def events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        rows = self.db.conn().execute(
+            "SELECT seq, name, data FROM events WHERE job_id = ? AND seq > ? AND expires_at >= ? "
+            "ORDER BY seq LIMIT ?", (job_id, after, time.time(), limit)).fetchall()
+        return [(int(seq), str(name), orjson.loads(data)) for seq, name, data in rows]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         row = self.db.conn().execute(
@@ -272,6 +326,7 @@ class SqliteResults(ResultStore):
     def delete(self, job_id: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM results WHERE id = ?", (job_id,))
+            conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
 
     def oldest_pending(self, endpoint: str) -> float | None:
         row = self.db.conn().execute(

@@ -182,23 +182,26 @@ def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:
         log_failure(spec.name, err, request_id)
         return err.status, {**err.to_dict(), **meta(call_id)}, err.headers()
 
-    def gather_answer(stream: ChunkStream, call_id: int, request_id: str | None) -> Outcome:
+    def gather_answer(stream: ChunkStream, call_id: int, request_id: str | None,
+                      each: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
         """A streaming endpoint's chunks in one answer (see :func:`.streaming.gathered`)."""
         try:
-            return 200, gathered(stream, lambda: meta(call_id)), []
+            return 200, gathered(stream, lambda: meta(call_id), each), []
         except ServingError as err:
             return failed(call_id, request_id, err)
 
     def execute(inputs: dict[str, Any], customer: str | None = None,
-                request_id: str | None = None) -> Outcome:
+                request_id: str | None = None, flag: CancelFlag | None = None,
+                each: Callable[[dict[str, Any]], None] | None = None) -> Outcome:
         """Run the pipeline on a request's fields: what ``/run`` answers (or a file); a
-        streaming endpoint's chunks gathered (see :mod:`.streaming`).
+        streaming endpoint's chunks gathered (see :mod:`.streaming`), each also given to
+        ``each`` as it comes. ``flag``: the request's (a job's: it may be cancelled).
 
         The models the request needs (see :mod:`..models`) are held while it runs.
         """
-        status, body, headers, call_id = run_request(inputs, customer, request_id, None)
+        status, body, headers, call_id = run_request(inputs, customer, request_id, flag)
         if isinstance(body, ChunkStream):
-            return gather_answer(body, call_id, request_id)
+            return gather_answer(body, call_id, request_id, each)
         return status, body, headers
 
     def stream_answer(stream: ChunkStream, fmt: Format, call_id: int,

@@ -16,6 +16,11 @@ A job runs with its tenant as the customer id (``X-Customer-ID`` of a request), 
 ``CUSTOMER_MODELS`` serve jobs as they serve requests. With API keys on, the consumer
 takes ``USAGE`` out of the stored result and charges the run to the job's key (see
 :mod:`..tenants.ledger`) once the job is done, failed or dead.
+
+A job runs with a :class:`..queues.consumer.JobRun` as its request's cancel flag: a
+cancelled job's ``_predict`` sees :meth:`FlaskWorker.cancelled` turn true, a streaming
+endpoint's generator is closed after the chunk in the making, and ``self.progress()``
+reports its progress.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from ..queues import Job, JobsSpec
-from ..queues.consumer import CLAIM_WAIT, JobWorker, RetryPolicy
+from ..queues.consumer import CLAIM_WAIT, JobRun, JobWorker, RetryPolicy
 from ..serving.message import Streamed
 from ..tenants import TenantsSpec
 from ..tenants.ledger import JobLedger
-from ..worker import FileOutput
+from ..worker import CancelFlag, FileOutput
 from .app import Outcome
 
-# inputs, customer id, request id (the job's, as the job runner names it)
-Execute = Callable[[dict[str, Any], str | None, str | None], Outcome]
+# inputs, customer id, request id (the job's, as the job runner names it), the job's
+# flag (cancelled, progress) and what takes each chunk of a streaming endpoint
+Execute = Callable[[dict[str, Any], str | None, str | None, CancelFlag | None,
+                    Callable[[dict[str, Any]], None] | None], Outcome]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -72,8 +79,11 @@ class JobConsumer(JobWorker):
         self.thread = threading.Thread(target=self.serve, name=f"bis-jobs-{endpoint}",
                                        daemon=True)
 
-    def _execute(self, job: Job) -> tuple[int, dict[str, Any]]:
-        status, answer, _headers = self.execute(dict(job.body), job.tenant, f"job-{job.id}")
+    def _execute(self, job: Job, flag: JobRun) -> tuple[int, dict[str, Any]]:
+        """Run a job as its flag's request: a streaming endpoint's chunks are each a
+        ``chunk`` event as they come, then gathered into its result."""
+        status, answer, _headers = self.execute(dict(job.body), job.tenant, f"job-{job.id}",
+                                                flag, flag.chunk)
         return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------

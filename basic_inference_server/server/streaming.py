@@ -69,13 +69,17 @@ class ChunkStream:
         self.chunks.close()
 
 
-def gathered(stream: ChunkStream, meta: Meta) -> dict[str, Any]:
+def gathered(stream: ChunkStream, meta: Meta,
+             each: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every chunk in one answer, ``{"CHUNKS": [...], "USAGE"?: ..., <meta>}``; raises
-    the stream's :class:`ServingError`. The stream is closed."""
+    the stream's :class:`ServingError`. The stream is closed; no chunk is taken once its
+    request is cancelled. ``each`` gets each chunk as it comes (a job's events)."""
     try:
         chunks = []
-        while (data := stream.take()) is not None:
+        while not stream.gone and (data := stream.take()) is not None:
             chunks.append(data)
+            if each is not None:
+                each(data)
     finally:
         stream.close()
     return stream.ending({"CHUNKS": chunks}, meta())

@@ -90,7 +90,7 @@ def test_a_dead_job_gives_its_request_back_once_and_takes_it_again_if_requeued_a
     store.add(key)
     answers = [(500, {"ERROR": "down"}), (500, {"ERROR": "down"}), (200, {"ok": True})]
 
-    def execute(inputs, customer=None, request_id=None):
+    def execute(inputs, customer=None, request_id=None, *_job):
         status, body = answers.pop(0)
         return status, body, []
 

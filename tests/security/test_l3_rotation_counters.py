@@ -121,7 +121,7 @@ def test_a_job_of_a_rotated_key_is_charged_to_its_lineage(tmp_path):
     new.lineage = old.id
     store.add(new)
 
-    def execute(inputs, customer=None, request_id=None):
+    def execute(inputs, customer=None, request_id=None, *_job):
         return 200, {"USAGE": 7}, []
 
     url = f"sqlite://{tmp_path / 'jobs.sqlite3'}"

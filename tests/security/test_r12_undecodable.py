@@ -56,7 +56,7 @@ def test_undecodable_message_is_dead_lettered_after_max_attempts(kind: str, tmp_
     results_url = f"sqlite://{tmp_path / 'results.sqlite3'}"
     calls: list[dict] = []
 
-    def execute(inputs, customer=None):
+    def execute(inputs, customer=None, *_rest):
         calls.append(inputs)
         return 200, {"ran": True}, []
 

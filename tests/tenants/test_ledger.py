@@ -19,7 +19,7 @@ SETTINGS = {"MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30}
 def consumer_for(tmp_path, tenants: TenantsSpec, answer: dict) -> tuple[JobConsumer, list]:
     seen: list = []
 
-    def execute(inputs, customer=None, request_id=None):
+    def execute(inputs, customer=None, request_id=None, *_job):
         seen.append(customer)
         return 200, dict(answer), []
 

@@ -7,11 +7,12 @@ import threading
 
 import pytest
 
-from basic_inference_server.queues import Job, JobsSpec, jobs_spec, open_queue, open_results
-from basic_inference_server.queues.base import DEAD, DONE, FAILED, QUEUED
-from basic_inference_server.queues.consumer import retry_delay
+from basic_inference_server.queues import Job, JobsSpec, base, jobs_spec, open_queue, open_results
+from basic_inference_server.queues.base import CANCELLED, CANCELLED_ERROR, DEAD, DONE, FAILED, QUEUED
+from basic_inference_server.queues.consumer import MAX_PROGRESS, CancelWatch, JobRun, retry_delay
 from basic_inference_server.server.consumer import JobConsumer
 from basic_inference_server.worker import FileOutput
+from tests.conftest import wait_until
 
 SETTINGS = {"MAX_ATTEMPTS": 3, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30}
 
@@ -23,7 +24,7 @@ class Endpoint:
         self.outcomes = list(outcomes)
         self.calls = []
 
-    def __call__(self, inputs, customer=None, request_id=None):
+    def __call__(self, inputs, customer=None, request_id=None, flag=None, each=None):
         self.calls.append(inputs)
         outcome = self.outcomes[min(len(self.calls), len(self.outcomes)) - 1]
         if isinstance(outcome, Exception):
@@ -164,3 +165,86 @@ def test_jobs_spec_resolves_sqlite_in_the_cache(tmp_path):
     assert spec.results == spec.queue
     spec = jobs_spec("amqp://h/%2F", None, 10, tmp_path)
     assert spec.results.startswith("sqlite://")
+
+
+# -- cancellation and events ---------------------------------------------------------
+
+
+def events(consumer, job_id, after=0):
+    return [(seq, name) for seq, name, _data in consumer.results.events(job_id, after, 100)]
+
+
+def test_a_job_cancelled_before_it_runs_is_a_dead_letter_never_run(make):
+    ep = Endpoint((200, {"answer": 42}, []))
+    consumer = make(ep)
+    job_id = submit(consumer, X=1)
+    assert consumer.results.update(job_id, {"STATUS": CANCELLED})
+    assert consumer.run_once(wait=1)
+    assert ep.calls == []
+    assert consumer.results.get(job_id)["STATUS"] == CANCELLED
+    dead = consumer.queue.dead_letters("ep")
+    assert [(d.id, d.last_error) for d in dead] == [(job_id, CANCELLED_ERROR)]
+    assert events(consumer, job_id) == [(1, "cancelled")]
+    # A cancelled record keeps its status: a late update of a run cannot undo it.
+    assert not consumer.results.update(job_id, {"STATUS": DONE})
+
+
+def test_a_running_job_sees_its_cancel_and_ends_cancelled(make):
+    flags = []
+
+    def execute(inputs, customer=None, request_id=None, flag=None, each=None):
+        flags.append(flag)
+        consumer.results.update(job_id, {"CANCEL_REQUESTED": 1.0})
+        # The watcher reads the record and sets the job's flag (FlaskWorker.cancelled).
+        wait_until(lambda: flag.is_set, timeout=10, message="the watcher saw the cancel")
+        return 200, {"answer": "dropped"}, []
+
+    consumer = make(execute)
+    consumer.watch = CancelWatch(consumer.jobs.results, "ep")
+    try:
+        job_id = submit(consumer)
+        assert consumer.run_once(wait=1)
+    finally:
+        consumer.watch.stop()
+    record = consumer.results.get(job_id)
+    assert record["STATUS"] == CANCELLED and "RESULT" not in record
+    assert consumer.queue.depth("ep") == 0 and consumer.queue.dead_letters("ep") == []
+    assert events(consumer, job_id) == [(1, "running"), (2, "cancelled")]
+    assert len(flags) == 1
+
+
+def test_progress_and_chunks_are_events_in_order_and_nothing_follows_the_last(make):
+    def execute(inputs, customer=None, request_id=None, flag=None, each=None):
+        flag.progress({"done": 0.5})
+        each({"i": 0})
+        each({"i": 1})
+        return 200, {"CHUNKS": [{"i": 0}, {"i": 1}]}, []
+
+    consumer = make(execute)
+    job_id = submit(consumer)
+    assert consumer.run_once(wait=1)
+    got = consumer.results.events(job_id, 0, 100)
+    assert [(s, n) for s, n, _ in got] == [(1, "running"), (2, "progress"), (3, "chunk"),
+                                           (4, "chunk"), (5, "done")]
+    assert got[1][2] == {"done": 0.5} and got[3][2] == {"i": 1}
+    assert got[4][2]["STATUS"] == DONE and got[4][2]["RESULT"]["CHUNKS"][1] == {"i": 1}
+    assert consumer.results.add_event(job_id, "chunk", {}, 60) == 0
+    assert events(consumer, job_id, after=3) == [(4, "chunk"), (5, "done")]
+
+
+def test_a_job_stores_at_most_max_events_and_always_its_last(make, monkeypatch):
+    monkeypatch.setattr(base, "MAX_EVENTS", 4)
+    consumer = make(Endpoint((200, {}, [])))
+    results = consumer.results
+    ids = [results.add_event("j" * 32, "chunk", {"i": i}, 60) for i in range(5)]
+    assert ids == [1, 2, 3, 0, 0]
+    assert results.add_event("j" * 32, "done", {}, 60) == 4
+    assert [n for _, n, _ in results.events("j" * 32, 0, 10)] == ["chunk"] * 3 + ["done"]
+
+
+def test_progress_takes_a_bounded_dict():
+    flag = JobRun(lambda name, data: 1)
+    with pytest.raises(TypeError):
+        flag.progress([1, 2])
+    with pytest.raises(ValueError):
+        flag.progress({"x": "y" * (MAX_PROGRESS + 1)})
