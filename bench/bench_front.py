@@ -77,15 +77,16 @@ def cpu_by_role(manager: int) -> dict[str, float]:
 
 
 def start(checkout: Path, app: Path, python: str, port: int, cache: str,
-          endpoint: str) -> subprocess.Popen:
+          endpoint: str | None = None) -> subprocess.Popen:
     # The harness's peers/ folder holds burnlib, which its cpu endpoint imports.
     env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{app.parent / 'peers'}"}
     # Free ports for the servers: the ports after the gateway's may be taken on a shared box.
     config = json.loads((app / "config_gateway.json").read_text())
     config["FIRST_SERVER_PORT"] = 0
-    # The measured endpoint alone: another one loading its model (the harness's embed
-    # imports transformers for seconds) would be counted in the measured seconds.
-    config["CONFIG_ENDPOINTS"] = {endpoint: config["CONFIG_ENDPOINTS"][endpoint]}
+    if endpoint is not None:
+        # The measured endpoint alone: another one loading its model (the harness's embed
+        # imports transformers for seconds) would be counted in the measured seconds.
+        config["CONFIG_ENDPOINTS"] = {endpoint: config["CONFIG_ENDPOINTS"][endpoint]}
     config_path = Path(cache) / "config_gateway.json"
     config_path.write_text(json.dumps(config))
     return subprocess.Popen(
