@@ -36,8 +36,13 @@ def reload_and_wait(gw, name):
                 and info["state"] == "READY" and len(info["worker_pids"]) == 2 and info)
 
     after = wait_until(switched, timeout=20, message=f"{name}'s new generation serves")
-    wait_until(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-                           for p in old_procs), timeout=15,
+    def gone(p: psutil.Process) -> bool:
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # it exited between the two reads
+            return True
+
+    wait_until(lambda: all(gone(p) for p in old_procs), timeout=15,
                message="the old generation's processes exit")
     return before, after
 
