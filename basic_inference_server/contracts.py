@@ -9,7 +9,7 @@ without a key means what the configuration's default means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -132,3 +132,142 @@ class JobRunnerSpec:
     # tenants.TenantsSpec, with API keys on: where the runner charges the jobs it runs.
     tenants: dict[str, Any] | None = None
     stop_timeout: float = _default("STOP_TIMEOUT")
+
+
+# -- the route table: written by the manager, read by every front process ----------------
+
+
+class EndpointState(str, Enum):
+    """An endpoint's state, as the manager keeps it and the route table publishes it."""
+
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    READY = "READY"
+    RESTARTING = "RESTARTING"
+    FAILED = "FAILED"
+    CRASHLOOP = "CRASHLOOP"
+    STOPPING = "STOPPING"
+    # A remote endpoint none of whose URLS answers its health probe.
+    UNREACHABLE = "UNREACHABLE"
+
+
+# States a request may wait out (unless NO_STARTUP_WAIT): the endpoint is on its way up.
+WAITABLE_STATES = frozenset({EndpointState.STARTING, EndpointState.RESTARTING})
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a front needs to send a request to one route (an endpoint or a version).
+
+    ``record`` is the route as published (JSON): the forwarding code reads its sockets,
+    remote URLs and stream timeouts from it; on the manager's side it is made by
+    :meth:`to_json`.
+    """
+
+    name: str
+    state: EndpointState
+    timeout: float
+    version: str | None = None
+    breaker: dict[str, Any] | None = None
+    socket: str | None = None
+    workers: tuple[str, ...] = ()
+    retry_on_crash: bool = False
+    stream: dict[str, Any] = field(default_factory=dict)
+    last_error: str | None = None
+    retry_after: float = 1.0
+    max_queue_depth: int | None = None
+    max_queue_bytes: int | None = None
+    max_in_flight: int = 0
+    remote: dict[str, Any] | None = None  # a remote endpoint: urls, signature, api_key, down
+    pipeline: dict[str, Any] | None = None  # a pipeline: its PIPELINE setting
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def judged(self) -> bool:
+        """Whether the front keeps books on this route's outcomes (a breaker, or a
+        version a rollout is judged on)."""
+        return self.breaker is not None or self.version is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The route as the route file holds it."""
+        out: dict[str, Any] = {}
+        if self.remote is not None:
+            out["remote"] = self.remote
+        elif self.pipeline is not None:
+            out["pipeline"] = self.pipeline
+        out.update(version=self.version, breaker=self.breaker, state=self.state.value,
+                   socket=self.socket, workers=list(self.workers), timeout=self.timeout,
+                   retry_on_crash=self.retry_on_crash, stream=self.stream,
+                   last_error=self.last_error, retry_after=self.retry_after,
+                   max_queue_depth=self.max_queue_depth, max_queue_bytes=self.max_queue_bytes,
+                   max_in_flight=self.max_in_flight)
+        return out
+
+    @classmethod
+    def of(cls, name: str, record: dict[str, Any]) -> Route:
+        """A route read from the route file."""
+        return cls(name=name, state=EndpointState(record["state"]),
+                   timeout=float(record["timeout"]), version=record.get("version"),
+                   breaker=record.get("breaker"), socket=record.get("socket"),
+                   workers=tuple(record.get("workers") or ()),
+                   retry_on_crash=bool(record.get("retry_on_crash")),
+                   stream=record.get("stream") or {}, last_error=record.get("last_error"),
+                   retry_after=float(record.get("retry_after", 1)),
+                   max_queue_depth=record.get("max_queue_depth"),
+                   max_queue_bytes=record.get("max_queue_bytes"),
+                   max_in_flight=int(record.get("max_in_flight") or 0),
+                   remote=record.get("remote"), pipeline=record.get("pipeline"), record=record)
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """How the requests of an endpoint with versions are shared among them."""
+
+    versions: dict[str, str]  # label -> route name (``<endpoint>@<label>``)
+    weights: dict[str, float]
+    sticky_field: str | None = None
+    shadow: dict[str, Any] | None = None  # the SHADOW setting
+    rollout: dict[str, Any] | None = None
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The policy as the route file holds it."""
+        return {"versions": self.versions, "weights": self.weights,
+                "sticky_field": self.sticky_field, "shadow": self.shadow,
+                "rollout": self.rollout}
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> TrafficPolicy:
+        """A policy read from the route file (or handed over by the manager)."""
+        return cls(versions=dict(record["versions"]), weights=dict(record["weights"]),
+                   sticky_field=record.get("sticky_field"), shadow=record.get("shadow"),
+                   rollout=record.get("rollout"), record=record)
+
+
+@dataclass(frozen=True)
+class RouteSnapshot:
+    """The whole route table at one moment."""
+
+    endpoints: dict[str, Route] = field(default_factory=dict)
+    traffic: dict[str, TrafficPolicy] = field(default_factory=dict)
+    no_startup_wait: bool = True
+    ready_policy: str | list[str] = "all"
+    written_at: float = 0.0
+    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The table as the route file holds it."""
+        return {"endpoints": {n: r.to_json() for n, r in self.endpoints.items()},
+                "traffic": {n: p.to_json() for n, p in self.traffic.items()},
+                "no_startup_wait": self.no_startup_wait, "ready_policy": self.ready_policy,
+                "written_at": self.written_at}
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> RouteSnapshot:
+        """A table read from the route file."""
+        return cls(endpoints={n: Route.of(n, r) for n, r in record["endpoints"].items()},
+                   traffic={n: TrafficPolicy.of(p)
+                            for n, p in (record.get("traffic") or {}).items()},
+                   no_startup_wait=bool(record.get("no_startup_wait", True)),
+                   ready_policy=record.get("ready_policy", "all"),
+                   written_at=float(record.get("written_at", 0.0)), record=record)

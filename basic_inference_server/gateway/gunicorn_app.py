@@ -20,6 +20,8 @@ from .app import Front
 
 
 class GatewayFront(BaseApplication):
+    """The gunicorn application of the front: its settings, and the front it serves."""
+
     def __init__(self, spec: FrontSpec) -> None:
         self.spec = spec
         super().__init__()
@@ -49,7 +51,15 @@ class GatewayFront(BaseApplication):
     @staticmethod
     def _post_fork(server: Any, worker: Any) -> None:
         die_with_parent(signal.SIGKILL)
-        server.app.wsgi().board.claim_row(worker.bis_slot)
+        server.app.front().board.claim_row(worker.bis_slot)
 
     def load(self) -> Front:
+        """gunicorn's hook: build the loaded "application", here the front."""
         return Front(self.spec)
+
+    def front(self) -> Front:
+        """The front, built once (gunicorn keeps what :meth:`load` built and calls it
+        "wsgi": the front is no WSGI app)."""
+        front = self.wsgi()
+        assert isinstance(front, Front)
+        return front

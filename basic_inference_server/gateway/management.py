@@ -51,7 +51,6 @@ from .traffic_metrics import TrafficCollector
 if TYPE_CHECKING:
     from .app import Front
 
-READY = "READY"
 SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 # Management bodies are a few settings: far less than MAX_REQUEST_SIZE, which is for /run.
 MAX_MANAGEMENT_BODY = 1024 * 1024
@@ -236,8 +235,8 @@ def build_management_app(front: Front) -> Flask:
 
     def ready() -> Response:
         table = front.routes.table()
-        states = {n: r["state"] for n, r in table["endpoints"].items()}
-        waiting = waiting_for(states, table.get("ready_policy", "all"))
+        states = {n: r.state.value for n, r in table.endpoints.items()}
+        waiting = waiting_for(states, table.ready_policy)
         status = 503 if waiting else 200
         headers = [("Retry-After", "1")] if waiting else []
         return reply(status, {"status": "ready" if status == 200 else "not ready",

@@ -11,16 +11,20 @@ once, for the pipeline; units the steps report (``USAGE``) add up to the pipelin
 A pipeline may call another pipeline, but not itself: a chain of nested pipelines
 that comes back to one already running, or goes deeper than ``MAX_NESTING``, fails.
 
-A pipeline answers one JSON object: a caller that asks it for a stream (``Accept:
-text/event-stream`` or ``application/x-ndjson``, ``"STREAM": true``) gets 400, and a
-step that answers with a stream (its body asked for one) fails the pipeline (502). A
-streaming endpoint called as a step without asking gives its chunks gathered
-(``CHUNKS``), which later steps can use.
+A pipeline answers one JSON object, unless its caller asks for a stream (``Accept:
+text/event-stream`` or ``application/x-ndjson``, ``"STREAM": true``): then the steps
+before the final one run as always, the final step (the last of STEPS, which no other
+step may need) is asked for a stream, and its stream is relayed to the caller as it
+comes (OUTPUT does not apply to it). A final step whose endpoint answers whole gives
+the pipeline's usual JSON answer. Any other step that answers with a stream (its body
+asked for one) fails the pipeline (502). A streaming endpoint called as a step without
+asking gives its chunks gathered (``CHUNKS``), which later steps can use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -28,15 +32,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import protocol, streams
+from ..contracts import Route
 from ..errors import BadRequest, ServingError, StepFailed, UpstreamTimeout
-from ..serving.connection import Request
-from ..traffic.pipeline import BAD_GATEWAY, run_pipeline
-from ..traffic.settings import split_target
+from ..serving.message import Request
+from ..traffic.pipeline import BAD_GATEWAY, Execution, Pipeline, Step, parse_pipeline
 from . import metrics
-from .upstream import UpstreamResponse
+from .run_plan import wanted_format
+from .upstream_conn import UpstreamResponse
 
 if TYPE_CHECKING:
-    from .app import Front
+    from .run_flow import RunFlow
 
 MAX_NESTING = 8
 # Bodies this large are decoded off the event loop.
@@ -44,6 +49,10 @@ DECODE_OFF_LOOP = 1024 * 1024
 # The pipelines running in this task, outermost first (steps' tasks inherit it).
 _CHAIN: ContextVar[tuple[str, ...]] = ContextVar("bis_pipeline_chain", default=())
 JSON_HEADERS = [(b"content-type", protocol.JSON.encode())]
+# What a step that answered a stream where it may not counts as.
+STREAMED = (BAD_GATEWAY, {"ERROR": "the step answered a stream: a pipeline passes whole JSON "
+                                   "answers between steps (leave STREAM out of its body)",
+                          "ERROR_TYPE": "internal_error"})
 
 
 def _answer_of(resp: UpstreamResponse) -> tuple[int, dict[str, Any]]:
@@ -68,69 +77,130 @@ def _answer_of(resp: UpstreamResponse) -> tuple[int, dict[str, Any]]:
                          "ERROR_TYPE": "internal_error"}
 
 
-class PipelineRun:
-    """One pipeline request: runs its steps through ``front`` and adds up their units."""
+def _without_accept(req: Request) -> Request:
+    """The request as its steps before the final one see it: no stream asked for."""
+    return dataclasses.replace(req, headers=[(h, v) for h, v in req.headers if h != b"accept"])
 
-    def __init__(self, front: Front, req: Request) -> None:
-        self.front = front
+
+class PipelineRun:
+    """One pipeline request: runs its steps through ``flow`` and adds up their units."""
+
+    def __init__(self, flow: RunFlow, req: Request, streams: bool = False) -> None:
+        self.flow = flow
         self.req = req
+        self.streams = streams  # its steps may answer with a stream (the final one)
         self.units: float | None = None
 
-    async def call(self, signature: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Run one step as the front runs a ``/run``: pick the version, resolve, forward."""
+    async def step(self, signature: str, body: dict[str, Any]) -> UpstreamResponse | None:
+        """Run one step as a ``/run`` runs (pick the version, resolve, forward) and count
+        it; its answer, whole or (where :attr:`streams`) a stream; None: a stream where
+        it may not answer one."""
         raw = protocol.dumps({**body, "SIGNATURE": signature})
-        label, version = split_target(signature)
         started = time.perf_counter()
+        plan = self.flow.plan(signature, raw, self.req)
         try:
-            target = self.front._pick(signature, version, raw, self.req)
-            version = split_target(target)[1]
-            resp = await self.front.dispatch(target, raw, self.req)
+            resp = await self.flow.dispatcher.dispatch(plan.target, raw, self.req)
         except ServingError as err:
-            metrics.count_request(label, version, err.status)
-            return err.status, err.to_dict()
-        if resp.stream is not None:
+            metrics.count_request(plan.label, plan.version, err.status)
+            raise
+        if resp.stream is not None and not self.streams:
             await resp.stream.aclose()  # closes the step's connection: its work stops
-            metrics.count_request(label, version, BAD_GATEWAY)
-            return BAD_GATEWAY, {"ERROR": "the step answered a stream: a pipeline passes whole "
-                                          "JSON answers between steps (leave STREAM out of its "
-                                          "body)", "ERROR_TYPE": "internal_error"}
-        metrics.count_request(label, version, resp.status)
-        metrics.time_request(label, version, time.perf_counter() - started)
-        self.front._mirror(label, version, raw, self.req, resp)
+            metrics.count_request(plan.label, plan.version, BAD_GATEWAY)
+            return None
+        metrics.count_request(plan.label, plan.version, resp.status)
+        if resp.stream is None:
+            metrics.time_request(plan.label, plan.version, time.perf_counter() - started)
+        self.flow.mirror(plan, raw, self.req, resp)
+        return resp
+
+    async def call(self, signature: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Run one step that must answer whole: its status and decoded answer."""
+        try:
+            resp = await self.step(signature, body)
+        except ServingError as err:
+            return err.status, err.to_dict()
+        return STREAMED if resp is None else self.took(resp)
+
+    def took(self, resp: UpstreamResponse) -> tuple[int, dict[str, Any]]:
+        """A whole answer's status and decoded answer; its units added up."""
         status, answer = _answer_of(resp)
         units = answer.pop("USAGE", None) if status == 200 else None
         if isinstance(units, (int, float)) and not isinstance(units, bool) and units >= 0:
             self.units = (self.units or 0.0) + units
         return status, answer
 
+    def answer(self, execution: Execution) -> UpstreamResponse:
+        """The pipeline's whole answer: OUTPUT, the steps' timings and units."""
+        answer = execution.result().answer()
+        if self.units is not None:
+            answer["USAGE"] = self.units
+        return UpstreamResponse(status=200, headers=list(JSON_HEADERS),
+                                body=protocol.dumps(answer), worker="pipeline")
 
-async def run_route(front: Front, route: dict[str, Any], name: str, raw: bytes,
-                    req: Request) -> UpstreamResponse:
-    """Answer a ``/run`` of the pipeline ``name`` (its route holds the PIPELINE)."""
-    chain = _CHAIN.get()
-    if name in chain or len(chain) >= MAX_NESTING:
-        path = " -> ".join((*chain, name))
-        raise StepFailed(f"pipeline {name} is called by its own steps, or pipelines nest deeper "
-                         f"than {MAX_NESTING}: {path}", status=BAD_GATEWAY, CHAIN=[*chain, name])
-    body = await front.off_loop(protocol.parse_body, raw) if len(raw) > DECODE_OFF_LOOP \
-        else protocol.parse_body(raw)
-    accept = next((v.decode("latin-1") for h, v in req.headers if h == b"accept"), None)
-    if streams.wanted(accept, body.get("STREAM")) is not streams.Format.GATHERED:
-        raise BadRequest(f"pipeline {name} answers one JSON object, not a stream: ask without "
-                         "Accept: text/event-stream or application/x-ndjson and without "
-                         '"STREAM": true', SIGNATURE=name)
-    run = PipelineRun(front, req)
-    timeout = float(route["timeout"])
-    token = _CHAIN.set((*chain, name))
-    try:
-        result = await asyncio.wait_for(run_pipeline(route["pipeline"], body, run.call), timeout)
-    except asyncio.TimeoutError:
-        raise UpstreamTimeout(f"pipeline {name} did not finish within its TIMEOUT of "
-                              f"{timeout:g} s", SIGNATURE=name, TIMEOUT=timeout) from None
-    finally:
-        _CHAIN.reset(token)
-    answer = result.answer()
-    if run.units is not None:
-        answer["USAGE"] = run.units
-    return UpstreamResponse(status=200, headers=list(JSON_HEADERS),
-                            body=protocol.dumps(answer), worker="pipeline")
+
+class Pipelines:
+    """Answers the ``/run`` of a pipeline route, each step through the run flow."""
+
+    def __init__(self, flow: RunFlow) -> None:
+        self.flow = flow
+
+    async def run(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+        """Answer a ``/run`` of the pipeline ``route``."""
+        name = route.name
+        chain = _CHAIN.get()
+        if name in chain or len(chain) >= MAX_NESTING:
+            path = " -> ".join((*chain, name))
+            raise StepFailed(f"pipeline {name} is called by its own steps, or pipelines nest "
+                             f"deeper than {MAX_NESTING}: {path}", status=BAD_GATEWAY,
+                             CHAIN=[*chain, name])
+        body = await self.flow.off_loop(protocol.parse_body, raw) \
+            if len(raw) > DECODE_OFF_LOOP else protocol.parse_body(raw)
+        assert route.pipeline is not None
+        pipeline = parse_pipeline(route.pipeline)
+        final = None
+        if wanted_format(req, body.get("STREAM")) is not streams.Format.GATHERED:
+            final = pipeline.final_step()
+            if final is None:
+                raise BadRequest(f"pipeline {name} cannot stream: its last step's answer is "
+                                 "needed by another step", SIGNATURE=name)
+        token = _CHAIN.set((*chain, name))
+        try:
+            return await asyncio.wait_for(self._run(pipeline, body, req, final), route.timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"pipeline {name} did not finish within its TIMEOUT of "
+                                  f"{route.timeout:g} s", SIGNATURE=name,
+                                  TIMEOUT=route.timeout) from None
+        finally:
+            _CHAIN.reset(token)
+
+    async def _run(self, pipeline: Pipeline, body: dict[str, Any], req: Request,
+                   final: Step | None) -> UpstreamResponse:
+        """Run the steps; with a ``final`` step to stream, the others first, then it."""
+        if final is None:
+            run = PipelineRun(self.flow, req)
+            execution = Execution(pipeline, body, run.call)
+            await execution.run_steps(pipeline.steps)
+            return run.answer(execution)
+        run = PipelineRun(self.flow, _without_accept(req))
+        execution = Execution(pipeline, body, run.call)
+        await execution.run_steps(pipeline.steps[:-1])
+        return await self._final(run, execution, final, req)
+
+    async def _final(self, run: PipelineRun, execution: Execution, final: Step,
+                     req: Request) -> UpstreamResponse:
+        """Call the final step asking for a stream: its stream, passed on, or (an
+        endpoint that answers whole) the pipeline's usual answer."""
+        began = execution.clock()
+        step_body = {**execution.input_of(final), "STREAM": True}
+        try:
+            resp = await PipelineRun(self.flow, req, streams=True).step(final.signature,
+                                                                        step_body)
+        except ServingError as err:
+            execution.timed(final, err.status, began)
+            raise execution.failure(final, err.status, err.to_dict()) from None
+        assert resp is not None  # (a final step may stream)
+        execution.timed(final, resp.status, began)
+        if resp.stream is not None:
+            return resp
+        execution.answered(final, *run.took(resp))
+        return run.answer(execution)

@@ -8,9 +8,11 @@ list names the endpoints the box cannot serve without.
 
 from __future__ import annotations
 
-READY = "READY"
+from ..contracts import EndpointState
+
+READY = EndpointState.READY.value
 # An endpoint nobody started (DISABLED, or stopped by /kill_server) is no reason to wait.
-IDLE = ("STOPPED",)
+IDLE = (EndpointState.STOPPED.value,)
 
 
 def waiting_for(states: dict[str, str], policy: str | list[str]) -> dict[str, str]:

@@ -1,11 +1,12 @@
-"""The front's view of the route table the manager publishes."""
+"""The front's view of the route table the manager publishes (:class:`..contracts.RouteSnapshot`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Any
+
+from ..contracts import Route, RouteSnapshot, TrafficPolicy
 
 # How stale the front's view may be. A server that died meanwhile is still caught at
 # once (its socket refuses the connection); only 503 texts may lag this much.
@@ -24,9 +25,10 @@ class RouteTable:
         self._stamp: tuple[int, int, int] = (-1, -1, -1)
         self._checked = 0.0
         self._read = 0.0
-        self._table: dict[str, Any] = {"endpoints": {}, "no_startup_wait": True}
+        self._table = RouteSnapshot()
 
-    def table(self, fresh: bool = False) -> dict[str, Any]:
+    def table(self, fresh: bool = False) -> RouteSnapshot:
+        """The table as last read; read again first when it may have changed."""
         now = time.monotonic()
         if not fresh and now - self._checked < CHECK_EVERY:
             return self._table
@@ -39,17 +41,22 @@ class RouteTable:
         if fresh or stamp != self._stamp or now - self._read > READ_EVERY:
             try:
                 with open(self.path, encoding="utf-8") as fh:
-                    self._table = json.load(fh)
+                    self._table = RouteSnapshot.of(json.load(fh))
                 self._stamp = stamp
                 self._read = now
-            except (OSError, ValueError):
+            except (OSError, ValueError, KeyError, TypeError):
                 # Caught mid-replace on an exotic filesystem: keep the last good table.
                 pass
         return self._table
 
-    def get(self, name: str, fresh: bool = False) -> dict[str, Any] | None:
-        route: dict[str, Any] | None = self.table(fresh)["endpoints"].get(name)
-        return route
+    def get(self, name: str, fresh: bool = False) -> Route | None:
+        """The route named ``name`` (an endpoint, or a version ``<endpoint>@<label>``)."""
+        return self.table(fresh).endpoints.get(name)
+
+    def policy(self, endpoint: str) -> TrafficPolicy | None:
+        """The traffic policy of an endpoint with versions."""
+        return self.table().traffic.get(endpoint)
 
     def names(self) -> list[str]:
-        return sorted(self.table()["endpoints"])
+        """Every route's name, sorted."""
+        return sorted(self.table().endpoints)

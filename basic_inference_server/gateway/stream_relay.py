@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from .. import streams
 from ..errors import ServingError, StreamInvalid, StreamTimeout
-from ..serving.message import Answer, Request
+from ..serving.message import Answer
 from ..streams import Format
-from ..tenants.gate import Plan, TenantGate
-from ..tenants.quotas import Reservation
 from ..tenants.usage import take_usage
 from ..traffic.compare import with_defaults
 from ..traffic.shadow import sampled, wanted
@@ -222,25 +220,6 @@ class Relay(AsyncGenerator[bytes, None]):
         self.events += 1
         self.last = streams.ERROR
         return streams.event(self.fmt, streams.ERROR, self.events, {**err.to_dict(), **self.meta})
-
-
-def hold_tenant(gate: TenantGate, req: Request, label: str, slot: Plan | None,
-                held: Reservation | None, started: float) -> Callable[[StreamEnd], Awaitable[None]]:
-    """What a key's stream releases at its end: its concurrency slot, then its charge
-    (a 200: a requests quota's reservation stays spent; a units quota is charged the
-    done event's ``USAGE``) and its metering row."""
-    key = req.key
-
-    async def release(end: StreamEnd) -> None:
-        try:
-            if slot is not None and not gate.release_held(slot):
-                await gate.give_back(slot)
-        finally:
-            if key.quota is not None:
-                await gate.charge(key, end.units, held)
-            gate.record(key, label, 200, end.units, time.perf_counter() - started)
-
-    return release
 
 
 def stream_answer(answer: Answer, up: UpstreamStream, label: str, meta: dict[str, Any],

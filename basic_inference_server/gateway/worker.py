@@ -27,9 +27,12 @@ class FrontWorker(LoopWorker):
 
     front: Front
 
+    def load_wsgi(self) -> None:
+        """gunicorn's hook to take the loaded app: the front, kept as ``front``."""
+        self.front = self.app.front()
+
     def started(self) -> None:
         sys.setswitchinterval(GIL_SWITCH_S)
-        self.front = self.wsgi
         self.limits = self.front.limits
         self.front.start()
 

@@ -15,11 +15,12 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from ..config import EndpointConfig
+from ..contracts import EndpointState as State
+from ..contracts import Route, RouteSnapshot, TrafficPolicy
 from ..traffic.settings import split_target
 from .children import BACKOFF_FIRST, Child, backoff
 from .remote_health import UrlHealth
@@ -35,18 +36,6 @@ LOAD_FAILURE_CODES = {3, 4}
 # Loads that fail in a row before the endpoint stays FAILED (no more retries: a broken
 # file or missing weights do not mend themselves; /start_server tries again).
 LOAD_ATTEMPTS = 3
-
-
-class State(str, Enum):
-    STOPPED = "STOPPED"
-    STARTING = "STARTING"
-    READY = "READY"
-    RESTARTING = "RESTARTING"
-    FAILED = "FAILED"
-    CRASHLOOP = "CRASHLOOP"
-    STOPPING = "STOPPING"
-    # A remote endpoint none of whose URLS answers its health probe.
-    UNREACHABLE = "UNREACHABLE"
 
 
 @dataclass
@@ -391,32 +380,24 @@ class Endpoint:
             return "support"
         return "remote" if s["URLS"] else "pipeline" if s["PIPELINE"] else "server"
 
-    def route(self) -> dict[str, Any]:
+    def route(self) -> Route:
         """What the front needs to forward a request."""
         s = self.config.settings
-        extra: dict[str, Any] = {}
+        remote = None
         if s["URLS"]:
-            extra["remote"] = {"urls": s["URLS"], "signature": s["REMOTE_SIGNATURE"],
-                               "api_key": s["REMOTE_API_KEY"], "down": self.remote.down(s["URLS"])}
-        elif s["PIPELINE"]:
-            extra["pipeline"] = s["PIPELINE"]
-        return {
-            **extra,
-            "version": self.version,
-            "breaker": s["BREAKER"],
-            "state": self.state.value,
-            "socket": self.socket_path,
-            "workers": sorted(self.worker_sockets.values()),
-            "timeout": self.config.settings["TIMEOUT"],
-            "retry_on_crash": self.config.settings["RETRY_ON_CRASH"],
-            "stream": {"first_chunk": s["STREAM_FIRST_CHUNK_TIMEOUT"],
-                       "idle": s["STREAM_IDLE_TIMEOUT"], "total": s["STREAM_TIMEOUT"]},
-            "last_error": self.last_error,
-            "retry_after": self.retry_after(),
-            "max_queue_depth": self.config.settings["MAX_QUEUE_DEPTH"],
-            "max_queue_bytes": self.config.settings["MAX_QUEUE_BYTES"],
-            "max_in_flight": self.max_in_flight(),
-        }
+            remote = {"urls": s["URLS"], "signature": s["REMOTE_SIGNATURE"],
+                      "api_key": s["REMOTE_API_KEY"], "down": self.remote.down(s["URLS"])}
+        return Route(
+            name=self.name, state=self.state, timeout=s["TIMEOUT"], version=self.version,
+            breaker=s["BREAKER"], socket=self.socket_path,
+            workers=tuple(sorted(self.worker_sockets.values())),
+            retry_on_crash=s["RETRY_ON_CRASH"],
+            stream={"first_chunk": s["STREAM_FIRST_CHUNK_TIMEOUT"],
+                    "idle": s["STREAM_IDLE_TIMEOUT"], "total": s["STREAM_TIMEOUT"]},
+            last_error=self.last_error, retry_after=self.retry_after(),
+            max_queue_depth=s["MAX_QUEUE_DEPTH"], max_queue_bytes=s["MAX_QUEUE_BYTES"],
+            max_in_flight=self.max_in_flight(), remote=remote,
+            pipeline=None if remote else s["PIPELINE"] or None)
 
     def max_in_flight(self) -> int:
         """The front's bulkhead: ``MAX_IN_FLIGHT``, else what the live workers can hold
@@ -441,13 +422,11 @@ def write_routes(path: Path, endpoints: dict[str, Endpoint], settings: dict[str,
                  traffic: dict[str, Any]) -> None:
     """Publish the route table atomically (readers never see half a file); ``traffic``:
     the policy of each endpoint with versions."""
-    table = {
-        "endpoints": {n: e.route() for n, e in endpoints.items() if not e.config.is_support},
-        "traffic": traffic,
-        "no_startup_wait": settings["NO_STARTUP_WAIT"],
-        "ready_policy": settings["READY_POLICY"],
-        "written_at": time.time(),
-    }
+    table = RouteSnapshot(
+        endpoints={n: e.route() for n, e in endpoints.items() if not e.config.is_support},
+        traffic={n: TrafficPolicy.of(p) for n, p in traffic.items()},
+        no_startup_wait=settings["NO_STARTUP_WAIT"], ready_policy=settings["READY_POLICY"],
+        written_at=time.time())
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table))
+    tmp.write_text(json.dumps(table.to_json()))
     os.replace(tmp, path)

@@ -83,6 +83,12 @@ class Pipeline:
     steps: tuple[Step, ...]
     output: Any
 
+    def final_step(self) -> Step | None:
+        """The step that runs last, which a stream may come from: the last of STEPS,
+        when no other step needs its answer."""
+        last = self.steps[-1]
+        return None if any(last.id in s.needs for s in self.steps[:-1]) else last
+
 
 def failure_status(step_status: int) -> int:
     """What the pipeline answers when a step answered ``step_status``.
@@ -294,11 +300,11 @@ class PipelineResult:
                                             "ELAPSED_MS": self.elapsed_ms}}
 
 
-class _Run:
+class Execution:
     """One run of a pipeline: the answers so far and the steps' timings."""
 
     def __init__(self, pipeline: Pipeline, body: dict[str, Any], call: Call,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.pipeline = pipeline
         self.given = {k: v for k, v in body.items() if k not in RESERVED}
         self.call = call
@@ -313,6 +319,10 @@ class _Run:
     def report(self) -> list[dict[str, Any]]:
         """The timings of the steps that ran, in STEPS order."""
         return [self.timings[s.id] for s in self.pipeline.steps if s.id in self.timings]
+
+    def input_of(self, step: Step) -> dict[str, Any]:
+        """The body ``step`` is called with, from the request and the answers so far."""
+        return self._object(step.input, step)
 
     def _object(self, node: Any, step: Step | None) -> dict[str, Any]:
         """A template resolved to an object, or the error that names what is missing."""
@@ -345,12 +355,23 @@ class _Run:
             status, answer = await self.call(step.signature, body)
         except ServingError as err:
             status, answer = err.status, err.to_dict()
+        self.timed(step, status, began)
+        return status, answer
+
+    def timed(self, step: Step, status: int, began: float) -> None:
+        """Note when ``step`` ran (it started at ``began``) and how it answered."""
         self.timings[step.id] = {"ID": step.id, "SIGNATURE": step.signature, "STATUS": status,
                                  "STARTED_MS": self._ms(began),
                                  "ELAPSED_MS": round((self.clock() - began) * 1000, 3)}
-        return status, answer
 
-    def _failed(self, step: Step, status: int, answer: dict[str, Any]) -> StepFailed:
+    def answered(self, step: Step, status: int, answer: dict[str, Any]) -> None:
+        """Keep a step's answer; a status other than 200 fails the pipeline."""
+        if status != 200:
+            raise self.failure(step, status, answer)
+        self.answers[step.id] = answer
+
+    def failure(self, step: Step, status: int, answer: dict[str, Any]) -> StepFailed:
+        """The error that fails the pipeline when ``step`` answered ``status``."""
         error, kind = answer.get("ERROR"), answer.get("ERROR_TYPE")
         code = failure_status(status)
         return StepFailed(
@@ -362,8 +383,14 @@ class _Run:
             STEPS=self.report())
 
     async def run(self) -> PipelineResult:
+        """Run every step; the pipeline's answer."""
+        await self.run_steps(self.pipeline.steps)
+        return self.result()
+
+    async def run_steps(self, steps: tuple[Step, ...]) -> None:
+        """Run ``steps`` (each as soon as the steps it needs have answered)."""
         order = {s.id: i for i, s in enumerate(self.pipeline.steps)}
-        waiting = list(self.pipeline.steps)
+        waiting = list(steps)
         running: dict[asyncio.Future[tuple[int, dict[str, Any]]], Step] = {}
         try:
             while waiting or running:
@@ -374,16 +401,16 @@ class _Run:
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in sorted(done, key=lambda t: order[running[t].id]):
                     step = running.pop(task)
-                    status, answer = task.result()
-                    if status != 200:
-                        raise self._failed(step, status, answer)
-                    self.answers[step.id] = answer
+                    self.answered(step, *task.result())
         finally:
             # A failed step (or a cancelled pipeline) stops the steps still running.
             for task in running:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    def result(self) -> PipelineResult:
+        """The resolved OUTPUT and the steps' timings, once every step answered."""
         output = self._object(self.pipeline.output, None)
         return PipelineResult(output=output, steps=self.report(),
                               elapsed_ms=self._ms(self.clock()))
@@ -397,4 +424,4 @@ async def run_pipeline(spec: dict[str, Any] | Pipeline, body: dict[str, Any], ca
     :class:`..errors.BadRequest` when the request lacks a field a template needs).
     """
     pipeline = spec if isinstance(spec, Pipeline) else parse_pipeline(spec)
-    return await _Run(pipeline, body, call, clock).run()
+    return await Execution(pipeline, body, call, clock).run()

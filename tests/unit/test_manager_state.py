@@ -47,10 +47,10 @@ def test_start_then_first_worker_makes_it_ready():
     assert ep.state == State.READY and ep.ready_since == 1.0
     assert change.publish and change.info and not change.stop
     assert ep.ready_pids == {11} and ep.worker_sockets == {11: "/run/w11"}
-    assert ep.route()["workers"] == ["/run/w11"]
+    assert ep.route().workers == ("/run/w11",)
     # A second worker adds its socket; the state stays.
     assert ep.worker_ready(c.generation, 12, "/run/w12", now=2.0).publish
-    assert ep.ready_since == 1.0 and len(ep.route()["workers"]) == 2
+    assert ep.ready_since == 1.0 and len(ep.route().workers) == 2
 
 
 def test_events_of_another_generation_change_nothing():

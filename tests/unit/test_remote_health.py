@@ -31,11 +31,11 @@ def remote(**settings: Any) -> Endpoint:
 
 def test_a_remote_is_ready_at_once_and_stays_ready_while_one_url_answers():
     ep = remote()
-    assert ep.state == State.READY and ep.route()["remote"]["down"] == []
+    assert ep.state == State.READY and ep.route().remote["down"] == []
     assert not ep.remote_checked({A: DOWN, B: UP}, 1.0, 1.0).publish  # one miss: not yet down
     change = ep.remote_checked({A: DOWN, B: UP}, 2.0, 2.0)
     assert change.publish and ep.state == State.READY
-    assert ep.route()["remote"]["down"] == [A]  # the front tries it last
+    assert ep.route().remote["down"] == [A]  # the front tries it last
     urls = ep.describe()["remote"]["urls"]
     assert urls[A]["reachable"] is False and "refused" in urls[A]["error"]
     assert urls[B] == {"reachable": True, "error": None, "latency_ms": 1.5, "checked_at": 2.0}
@@ -48,11 +48,11 @@ def test_no_url_answering_is_unreachable_then_one_answer_is_ready_again():
     assert ep.state == State.UNREACHABLE and change.publish and change.event[0] == "remote_unreachable"
     assert "no URL answers GET /health/live" in ep.last_error and A in ep.last_error
     route = ep.route()
-    assert route["state"] == "UNREACHABLE" and route["retry_after"] >= 1
+    assert route.state == State.UNREACHABLE and route.retry_after >= 1
     assert not ep.remote_checked({A: DOWN, B: DOWN}, 3.0, 3.0).publish
     change = ep.remote_checked({A: DOWN, B: UP}, 4.0, 4.0)
     assert ep.state == State.READY and ep.last_error is None and change.event[0] == "remote_reachable"
-    assert ep.route()["remote"]["down"] == [A]
+    assert ep.route().remote["down"] == [A]
 
 
 def test_reports_for_a_stopped_remote_or_unknown_urls_change_nothing():

@@ -1,0 +1,156 @@
+"""Sending one request to one route: a ``/run``'s, a pipeline step's, a shadow's copy.
+
+:meth:`Dispatcher.dispatch` resolves the route (waiting for an endpoint on its way up
+unless ``NO_STARTUP_WAIT``), passes it through its breaker, holds a place of its
+``MAX_IN_FLIGHT`` (past it: 503 ``overloaded`` at once, so one stuck endpoint can never
+hold the front's capacity), and forwards it: to a local server, a remote gateway
+(``URLS``) or, for a pipeline, through its steps. A streamed answer holds its place,
+and is judged by the breaker, until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ..contracts import WAITABLE_STATES, EndpointState, Route
+from ..errors import NotFound, Overloaded, Unavailable
+from ..serving.message import Request
+from ..traffic.remote import remote_body
+from ..traffic.settings import split_target
+from . import metrics
+from .loadboard import LoadBoard
+from .routes import RouteTable
+from .stream_relay import in_flight_until_end
+from .traffic_hooks import TrafficHooks
+from .upstream import head_lines
+from .upstream_conn import UpstreamResponse
+
+# Bodies this large are rewritten for a remote off the event loop.
+SCAN_OFF_LOOP = 1024 * 1024
+# How often a request waiting for its endpoint to start reads the route file again.
+WAIT_POLL_S = 0.02
+OffLoop = Callable[..., Awaitable[Any]]
+
+
+class Upstreams(Protocol):
+    """Where requests go: the endpoint servers and remote gateways (:class:`.upstream.Upstream`)."""
+
+    async def forward(self, route: dict[str, Any], name: str, head: bytes,
+                      body: bytes) -> UpstreamResponse:
+        """Send a request to a local endpoint's least busy worker."""
+
+    async def forward_remote(self, route: dict[str, Any], name: str, head: bytes,
+                             body: bytes) -> UpstreamResponse:
+        """Send a request to a remote endpoint's least busy URL."""
+
+
+class PipelineRoutes(Protocol):
+    """How a pipeline route is answered (:class:`.pipelines.Pipelines`)."""
+
+    async def run(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+        """Run the pipeline ``route`` on a request."""
+
+
+class Dispatcher:
+    """Resolves, guards and forwards requests to routes of the route table."""
+
+    pipelines: PipelineRoutes  # set once the run flow that runs the steps exists
+
+    def __init__(self, routes: RouteTable, board: LoadBoard, upstream: Upstreams,
+                 traffic: TrafficHooks, off_loop: OffLoop) -> None:
+        self.routes = routes
+        self.board = board
+        self.upstream = upstream
+        self.traffic = traffic
+        self.off_loop = off_loop
+
+    def may_take(self, target: str) -> bool:
+        """Whether a version may get unpinned requests now: READY, its breaker not open."""
+        route = self.routes.get(target)
+        return route is not None and route.state is EndpointState.READY \
+            and self.traffic.allowed(target)
+
+    async def dispatch(self, target: str, raw: bytes, req: Request) -> UpstreamResponse:
+        """Send a request to the route ``target`` through its breaker, recording its
+        outcome (breaker, rollout stats)."""
+        route = await self.resolve(target)
+        if not route.judged:
+            # Nothing judges this target (no breaker, no rollout): no bookkeeping to pay.
+            return await self._forward(route, raw, req)
+        with self.traffic.guard(target, route.record) as outcome:
+            resp = await self._forward(route, raw, req)
+            outcome.status = resp.status
+            if resp.stream is not None:  # judged by how the stream ends
+                resp.stream.hold(self.traffic.later(target, route.record, outcome))
+        return resp
+
+    async def _forward(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+        name = route.name
+        column = "@" + name
+        limit = route.max_in_flight
+        if limit and self.board.load(column) >= limit:
+            raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
+                             "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
+        gauge = metrics.in_flight(name)
+        gauge.inc()
+        self.board.add(column, 1)
+        resp = None
+        try:
+            if route.pipeline is not None:
+                resp = await self.pipelines.run(route, raw, req)
+            elif route.remote is not None:
+                resp = await self._forward_remote(route, raw, req)
+            else:
+                resp = await self.upstream.forward(route.record, name, head_lines(req, None), raw)
+            return resp
+        finally:
+            if resp is not None and resp.stream is not None:  # in flight until it ends
+                resp.stream.hold(in_flight_until_end(self.board, column, gauge))
+            else:
+                self.board.add(column, -1)
+                gauge.dec()
+
+    async def _forward_remote(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+        """A remote endpoint (``URLS``): the body names the remote's SIGNATURE (by default
+        this endpoint's name, without a version label), then goes over TCP."""
+        remote = route.remote
+        assert remote is not None
+        signature = remote["signature"] or split_target(route.name)[0]
+        if len(raw) > SCAN_OFF_LOOP:
+            raw = await self.off_loop(remote_body, raw, signature)
+        else:
+            raw = remote_body(raw, signature)
+        return await self.upstream.forward_remote(route.record, route.name,
+                                                  head_lines(req, remote), raw)
+
+    async def resolve(self, name: str) -> Route:
+        """The route of a READY endpoint, or the error to answer with."""
+        route = self.routes.get(name)
+        if route is None or route.state is not EndpointState.READY:
+            # The cached table may be 50 ms old: before an error, read the current one (an
+            # endpoint /start_server has just started must not be unknown or STOPPED).
+            route = self.routes.get(name, fresh=True)
+        if route is None:
+            raise NotFound(f"unknown SIGNATURE {name!r}", AVAIL_SERVERS=self.routes.names())
+        if route.state is EndpointState.READY:
+            return route
+        if route.state in WAITABLE_STATES and not self.routes.table().no_startup_wait:
+            route = await self._wait_ready(route)
+            if route.state is EndpointState.READY:
+                return route
+        raise Unavailable(
+            f"endpoint {name} is {route.state.value}"
+            + (f": {route.last_error}" if route.last_error else ""),
+            retry_after=route.retry_after, SIGNATURE=name, STATE=route.state.value)
+
+    async def _wait_ready(self, route: Route) -> Route:
+        """Poll the route file (a stat) until the endpoint is ready, has failed (no use
+        waiting for a model that did not load), or its TIMEOUT is up."""
+        deadline = time.monotonic() + route.timeout
+        while time.monotonic() < deadline and route.state in WAITABLE_STATES:
+            await asyncio.sleep(WAIT_POLL_S)
+            route = self.routes.get(route.name, fresh=True) or route
+        return route

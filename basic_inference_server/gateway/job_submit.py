@@ -1,0 +1,97 @@
+"""Job submission at the front: ``POST /jobs``, or ``/run`` with ``"ASYNC": true``.
+
+The body is decoded first: the decoded body names the endpoint checked, limited and
+queued (its bytes are not scanned here). The caller's key is checked against that
+endpoint at submit time, as a ``/run``'s would be; the queue I/O runs in the front's
+thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import protocol
+from ..errors import ServingError
+from ..serving.message import Answer, Request, error_answer
+from ..tenants.keys import ApiKey
+from ..tenants.quotas import Reservation
+from ..traffic.settings import split_target
+from . import metrics
+from .jobs import JobsFront, job_route
+from .routes import RouteTable
+from .run_plan import NO_LABEL, header, series
+from .tenancy import NO_HOLD, Tenancy, TenantHold
+
+# Bodies this large are decoded off the event loop.
+DECODE_SMALL = 64 * 1024
+OffLoop = Callable[..., Awaitable[Any]]
+Meta = Callable[[], dict[str, Any]]
+
+
+class JobSubmitter:
+    """Checks, limits and enqueues the jobs of one front process."""
+
+    def __init__(self, jobs: JobsFront, routes: RouteTable, tenancy: Tenancy,
+                 off_loop: OffLoop, meta: Meta) -> None:
+        self.jobs = jobs
+        self.routes = routes
+        self.tenancy = tenancy
+        self.off_loop = off_loop
+        self.meta = meta
+
+    async def submit(self, req: Request) -> Answer:
+        """Decode the body, check the key against the endpoint it names, enqueue."""
+        label = NO_LABEL  # the endpoint label until a valid SIGNATURE is read
+        held: Reservation | None = None
+        try:
+            # (no internal call submits jobs: a job always has its caller's key)
+            if not self.tenancy.identify_now(req, internal=False):
+                await self.tenancy.identify(req)
+            body = await self.off_loop(protocol.parse_body, req.body) \
+                if len(req.body) > DECODE_SMALL else protocol.parse_body(req.body)
+            name = protocol.signature_of(body)
+            label = split_target(name)[0]
+            held = await self._admit(req, label)
+        except ServingError as err:
+            metrics.count_request(*series(self.routes.table(), label, None), err.status)
+            return error_answer(err, self.meta())
+        key: ApiKey | None = req.key
+        # The job runs with the tenant as X-Customer-ID, as a /run would: the key's, or
+        # without keys the one the client sent.
+        customer = key.tenant if key else header(req, b"x-customer-id")
+        answer: Answer | None = None
+        try:
+            answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer)
+        finally:
+            if held is not None and (answer is None or answer.status != 202):
+                await self.tenancy.release(TenantHold(reservation=held))  # not queued
+        return answer
+
+    async def _admit(self, req: Request, label: str) -> Reservation | None:
+        """A job's key check at submit time, by its endpoint's label (as a ``/run``'s).
+
+        Limits apply at submit time: one request, its concurrency slot given back once
+        it is admitted. A requests quota's request is reserved here, kept once the job
+        is queued (the job's consumer gives it back if the job does not end with a
+        200); a units quota is checked, its units charged when the job runs."""
+        hold = self.tenancy.admit_now(req, label) or await self.tenancy.admit(req, label)
+        if hold is NO_HOLD:
+            return None
+        reservation, hold.reservation = hold.reservation, None
+        if not self.tenancy.release_now(hold):
+            await self.tenancy.release(hold)
+        return reservation
+
+    def enqueue(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
+                customer: str | None = None) -> Answer:
+        """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes); in the pool."""
+        try:
+            route = job_route(self.routes.table().record, name) \
+                or job_route(self.routes.table(fresh=True).record, name)
+            status, headers, answer = self.jobs.submit(name, body, size, route, self.meta(),
+                                                       customer, key.id if key else None)
+        except ServingError as err:
+            metrics.count_request(*series(self.routes.table(), *split_target(name)), err.status)
+            return error_answer(err, self.meta())
+        return Answer(status, headers, answer)

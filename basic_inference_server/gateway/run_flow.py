@@ -1,0 +1,170 @@
+"""The ``/run`` flow: read the target, plan, admit the caller's key, dispatch, answer.
+
+``SIGNATURE`` is read from the raw body without decoding it
+(:func:`..protocol.route_field`, which refuses a body whose bytes might not say what
+decoding reads), :func:`.run_plan.plan_run` decides where the request goes, the
+caller's key is admitted (:mod:`.tenancy`), the body bytes are forwarded as they came
+(:class:`.dispatch.Dispatcher`) and the answer is passed through: whole, or relayed
+event by event (:mod:`.stream_relay`). A pipeline's steps come through
+:meth:`RunFlow.call` the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .. import protocol
+from ..errors import BadRequest, MethodNotAllowed, ServingError
+from ..serving.message import Answer, Request, error_answer
+from ..traffic.shadow import Shadow
+from . import metrics
+from .dispatch import Dispatcher
+from .routes import RouteTable
+from .run_plan import ASYNC_TRUE, NO_LABEL, RunPlan, is_async, plan_run, series
+from .stream_relay import skip_mirror, stream_answer
+from .tenancy import NO_HOLD, Tenancy
+from .upstream_conn import UpstreamResponse
+
+access_log = logging.getLogger("bis.access")
+# Bodies up to this size are decoded when the raw scan finds no usable SIGNATURE, so the
+# caller gets the decoder's exact complaint; larger ones get a short one.
+DECODE_SMALL = 64 * 1024
+# Scanning a body this large takes a while: it is done off the event loop.
+SCAN_OFF_LOOP = 1024 * 1024
+OffLoop = Callable[..., Awaitable[Any]]
+Submit = Callable[[Request], Awaitable[Answer]]
+Meta = Callable[[], dict[str, Any]]
+
+
+class RunFlow:
+    """``/run`` requests of one front process, and the steps of its pipelines."""
+
+    def __init__(self, dispatcher: Dispatcher, tenancy: Tenancy, shadow: Shadow,
+                 meta: Meta, off_loop: OffLoop, submit: Submit, access: bool = False) -> None:
+        self.dispatcher = dispatcher
+        self.routes: RouteTable = dispatcher.routes
+        self.tenancy = tenancy
+        self.shadow = shadow
+        self.meta = meta
+        self.off_loop = off_loop
+        self.submit = submit  # a job (``"ASYNC": true``)
+        self.access = access
+
+    async def run(self, req: Request) -> Answer:
+        """``/run``: route by SIGNATURE, forward, pass the answer through. With
+        ``"ASYNC": true`` the request becomes a job instead (POST only: a GET never
+        creates anything)."""
+        started = time.perf_counter()
+        plan: RunPlan | None = None
+        hold = NO_HOLD
+        tenancy = self.tenancy
+        try:
+            if not tenancy.identify_now(req):
+                await tenancy.identify(req)
+            if req.method == "POST" and is_async(req.body):
+                return await self.submit(req)
+            signature, raw = await self.target(req)
+            plan = self.plan(signature, raw, req)
+            hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
+            req.limits = hold.limits
+            resp = await self.dispatcher.dispatch(plan.target, raw, req)
+            hold = tenancy.stream_held(hold, resp, started)
+            units = None
+            if resp.stream is None:
+                units = tenancy.charge_now(hold, resp)
+                if units is None:
+                    units = await tenancy.charge(hold, resp)
+        except ServingError as err:
+            return self._failed(err, req, plan, started)
+        finally:
+            if hold is not NO_HOLD and not tenancy.release_now(hold):
+                await tenancy.release(hold)
+        self.mirror(plan, raw, req, resp)
+        return self._answered(req, resp, plan, units, time.perf_counter() - started)
+
+    def plan(self, signature: str, raw: bytes, req: Request) -> RunPlan:
+        """Where a request naming ``signature`` goes (see :func:`.run_plan.plan_run`)."""
+        return plan_run(signature, raw, req, self.routes.table(), self.dispatcher.may_take)
+
+    def mirror(self, plan: RunPlan, raw: bytes, req: Request, resp: UpstreamResponse) -> None:
+        """Hand a copy of the request to the endpoint's shadow version, if it has one: a
+        task of this loop; the caller's answer goes out at once (traffic/shadow.py)."""
+        policy = plan.shadow
+        if policy is None or policy.shadow is None:
+            return
+        if resp.stream is not None:  # not mirrored (docs/traffic.md)
+            skip_mirror(plan.label, policy.shadow, plan.version, req.request_id)
+            return
+        self.shadow.maybe_mirror(plan.label, policy.record, plan.version, raw, req,
+                                 req.request_id, resp)
+
+    async def target(self, req: Request) -> tuple[str, bytes]:
+        """The endpoint a ``/run`` names and the body to forward to it."""
+        if req.method == "POST":
+            return await self._signature(req.body), req.body
+        if req.method == "GET":
+            query: dict[str, Any] = dict(parse_qsl(req.query))
+            if query.get("ASYNC") in ASYNC_TRUE:
+                raise MethodNotAllowed("jobs are submitted with POST /run or POST /jobs; "
+                                       "GET /run only runs a request", allow=("POST",))
+            return protocol.signature_of(query), protocol.dumps(query)
+        raise MethodNotAllowed(f"{req.method} is not allowed on /run; use POST",
+                               allow=("GET", "POST"))
+
+    async def _signature(self, raw: bytes) -> str:
+        """The body's SIGNATURE, read without decoding the body; 400 when unusable, or
+        when the bytes might not say what decoding reads (SIGNATURE twice at the top
+        level, an escape in a top-level key: see :func:`..protocol.route_field`)."""
+        if len(raw) > SCAN_OFF_LOOP:
+            found, value = await self.off_loop(protocol.route_field, raw)
+        else:
+            found, value = protocol.route_field(raw)
+        if found and isinstance(value, str) and value:
+            return value
+        if len(raw) <= DECODE_SMALL:
+            return protocol.signature_of(protocol.parse_body(raw))
+        if not protocol.looks_like_object(raw):
+            raise BadRequest("body must be a JSON object with a SIGNATURE field")
+        if found and value is protocol.CONTAINER:
+            raise BadRequest("SIGNATURE must be a non-empty string, got an object or array")
+        return protocol.signature_of({"SIGNATURE": value} if found else {})
+
+    def _failed(self, err: ServingError, req: Request, plan: RunPlan | None,
+                started: float) -> Answer:
+        """Count and meter a refused or failed request; its error answer."""
+        label, version = (plan.label, plan.version) if plan is not None else (NO_LABEL, None)
+        label, version = series(self.routes.table(), label, version)
+        metrics.count_request(label, version, err.status)
+        self.tenancy.record(req.key, label, err.status, 0.0, time.perf_counter() - started)
+        return error_answer(err, self.meta())
+
+    def _answered(self, req: Request, resp: UpstreamResponse, plan: RunPlan,
+                  units: float | None, elapsed: float) -> Answer:
+        """Count, meter and log a forwarded answer, then pass it through (saying which
+        version served it)."""
+        label, version = plan.label, plan.version
+        metrics.count_request(label, version, resp.status)
+        metrics.time_request(label, version, elapsed)
+        if units is not None:  # (a stream's: at its end)
+            self.tenancy.record(req.key, label, resp.status, units, elapsed)
+        if self.access:
+            # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
+            access_log.info("%s %d %.2f ms worker %s id %s", label, resp.status, elapsed * 1000,
+                            resp.worker, req.request_id, extra={"access": {
+                                "endpoint": label, "status": resp.status,
+                                "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker,
+                                "request_id": req.request_id}})
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
+        if req.limits is not None:
+            headers += req.limits.headers()
+        if version is not None:
+            headers.append(("X-Endpoint-Version", version))
+        if resp.stream is not None:
+            return stream_answer(Answer(resp.status, headers), resp.stream, label, self.meta(),
+                                 time.perf_counter() - elapsed, req.key is not None)
+        return Answer(resp.status, headers, resp.body)
+
