@@ -34,6 +34,13 @@ TIGHT = {**TICKS, "TIMEOUT": 20, "STREAM_FIRST_CHUNK_TIMEOUT": 1, "STREAM_IDLE_T
 
 PIPE = {"PIPELINE": {"STEPS": [{"ID": "t", "SIGNATURE": "ticks", "INPUT": {"N": "$input.N"}}],
                      "OUTPUT": {"CHUNKS": "$steps.t.CHUNKS"}}}
+# The first step answers whole (its chunks gathered), the final one may stream.
+PIPE_TWO = {"PIPELINE": {"STEPS": [
+    {"ID": "first", "SIGNATURE": "ticks", "INPUT": {"N": 2}},
+    {"ID": "t", "SIGNATURE": "ticks", "INPUT": {"N": "$input.N", "FROM": "$steps.first.CHUNKS"}}]}}
+PIPE_NEEDS_LAST = {"PIPELINE": {"STEPS": [
+    {"ID": "b", "SIGNATURE": "ticks", "INPUT": {"N": "$steps.a.CHUNKS"}},
+    {"ID": "a", "SIGNATURE": "ticks", "INPUT": {"N": 1}}]}}
 PIPE_STREAMING_STEP = {"PIPELINE": {
     "STEPS": [{"ID": "t", "SIGNATURE": "ticks", "INPUT": {"N": 2, "STREAM": True}}],
     "OUTPUT": {"CHUNKS": "$steps.t.CHUNKS"}}}
@@ -42,7 +49,8 @@ PIPE_STREAMING_STEP = {"PIPELINE": {
 @pytest.fixture(scope="module")
 def gw(module_gateways):
     return ready(module_gateways({"GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {
-        "ticks": TICKS, "tight": TIGHT, "pipe": PIPE, "pipe_bad": PIPE_STREAMING_STEP}}))
+        "ticks": TICKS, "tight": TIGHT, "pipe": PIPE, "pipe_bad": PIPE_STREAMING_STEP,
+        "pipe_two": PIPE_TWO, "pipe_needs_last": PIPE_NEEDS_LAST}}))
 
 
 def sse(gw, signature: str, headers: dict[str, str] | None = None,
@@ -242,16 +250,36 @@ def test_a_stream_holds_its_keys_slot_and_is_charged_its_usage(keyed, tmp_path):
         assert again.status_code == 200, "the slot came back when the stream ended"
 
 
-def test_pipelines_gather_their_steps_and_refuse_to_stream(gw):
+def test_pipelines_gather_their_steps_unless_asked_for_a_stream(gw):
     whole = gw.run("pipe", N=3)
     assert whole.status_code == 200, whole.text
     assert [c["i"] for c in whole.json()["CHUNKS"]] == [0, 1, 2], "a step's chunks, gathered"
-    refused = httpx.post(gw.url("/run"), json={"SIGNATURE": "pipe", "N": 3}, timeout=30,
-                         headers={"Accept": streams.SSE_TYPE})
-    assert assert_error(refused, 400)["ERROR_TYPE"] == "bad_request"
-    assert "not a stream" in refused.json()["ERROR"]
     failed = gw.run("pipe_bad")
     assert failed.status_code == 502 and "answered a stream" in failed.text, failed.text
+
+
+@pytest.mark.parametrize("ask", [{"headers": {"Accept": streams.SSE_TYPE}}, {"STREAM": True}])
+def test_a_pipeline_asked_for_a_stream_relays_its_final_steps_stream(gw, ask):
+    resp, got = sse(gw, "pipe_two", headers=ask.get("headers"), N=3,
+                    **({"STREAM": True} if "STREAM" in ask else {}))
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == streams.Format.SSE.content_type
+    assert [(n, i) for n, i, _ in got] == [("chunk", "1"), ("chunk", "2"), ("chunk", "3"),
+                                           ("done", "4")]
+    assert got[-1][2]["CHUNKS"] == 3
+
+
+def test_a_pipeline_streams_ndjson_when_asked_and_refuses_when_its_last_step_is_needed(gw):
+    resp = httpx.post(gw.url("/run"), json={"SIGNATURE": "pipe_two", "N": 2}, timeout=30,
+                      headers={"Accept": streams.NDJSON_TYPE})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith(
+        streams.NDJSON_TYPE)
+    assert [json.loads(line)["event"] for line in resp.text.splitlines()] == [
+        "chunk", "chunk", "done"]
+    refused = httpx.post(gw.url("/run"), json={"SIGNATURE": "pipe_needs_last", "N": 2},
+                         timeout=30, headers={"Accept": streams.SSE_TYPE})
+    assert assert_error(refused, 400)["ERROR_TYPE"] == "bad_request"
+    assert "cannot stream" in refused.json()["ERROR"]
 
 
 def test_a_remote_endpoints_stream_passes_through_and_a_leaving_client_stops_it(gateways,
