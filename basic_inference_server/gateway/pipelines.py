@@ -99,7 +99,7 @@ class PipelineRun:
         started = time.perf_counter()
         plan = self.flow.plan(signature, raw, self.req)
         try:
-            resp = await self.flow.dispatcher.dispatch(plan.target, raw, self.req)
+            resp = await self.flow.send(plan, raw, self.req)
         except ServingError as err:
             metrics.count_request(plan.label, plan.version, err.status)
             raise

@@ -90,6 +90,10 @@ class RunFlow:
         """Where a request naming ``signature`` goes (see :func:`.run_plan.plan_run`)."""
         return plan_run(signature, raw, req, self.routes.table(), self.dispatcher.may_take)
 
+    async def send(self, plan: RunPlan, raw: bytes, req: Request) -> UpstreamResponse:
+        """Carry out a plan for a request already admitted (a pipeline's step): its answer."""
+        return await self.dispatcher.dispatch(plan.target, raw, req)
+
     def mirror(self, plan: RunPlan, raw: bytes, req: Request, resp: UpstreamResponse) -> None:
         """Hand a copy of the request to the endpoint's shadow version, if it has one: a
         task of this loop; the caller's answer goes out at once (traffic/shadow.py)."""
