@@ -80,11 +80,11 @@ class Dispatcher:
         if not route.judged:
             # Nothing judges this target (no breaker, no rollout): no bookkeeping to pay.
             return await self._forward(route, raw, req)
-        with self.traffic.guard(target, route.record) as outcome:
+        with self.traffic.guard(target, route.breaker) as outcome:
             resp = await self._forward(route, raw, req)
             outcome.status = resp.status
             if resp.stream is not None:  # judged by how the stream ends
-                resp.stream.hold(self.traffic.later(target, route.record, outcome))
+                resp.stream.hold(self.traffic.later(target, route.breaker, outcome))
         return resp
 
     async def _forward(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:

@@ -103,7 +103,7 @@ class RunFlow:
         if resp.stream is not None:  # not mirrored (docs/traffic.md)
             skip_mirror(plan.label, policy.shadow, plan.version, req.request_id)
             return
-        self.shadow.maybe_mirror(plan.label, policy.record, plan.version, raw, req,
+        self.shadow.maybe_mirror(plan.label, policy, plan.version, raw, req,
                                  req.request_id, resp)
 
     async def target(self, req: Request) -> tuple[str, bytes]:

@@ -75,7 +75,7 @@ def plan_run(signature: str, raw: bytes, req: Request, routes: RouteSnapshot,
     if policy is None:
         return RunPlan(label, signature, pinned)
     if pinned is None:
-        signature = policy.versions[choose(policy.record, sticky_key(policy, raw, req), may_take)]
+        signature = policy.versions[choose(policy, sticky_key(policy, raw, req), may_take)]
         pinned = split_target(signature)[1]
     return RunPlan(label, signature, pinned, policy if policy.shadow else None)
 

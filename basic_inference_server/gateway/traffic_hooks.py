@@ -71,10 +71,10 @@ class TrafficHooks:
         return not self.breakers.blocked(target, self.clock())
 
     @contextmanager
-    def guard(self, target: str, route: dict[str, Any]) -> Iterator[Outcome]:
-        """Admit a request to ``target`` or raise :class:`CircuitOpen`; then record its
-        outcome: the status set on the yielded :class:`Outcome`, else the error raised."""
-        cfg = route.get("breaker")
+    def guard(self, target: str, cfg: dict[str, Any] | None) -> Iterator[Outcome]:
+        """Admit a request to ``target`` (its breaker's settings ``cfg``, None: none) or
+        raise :class:`CircuitOpen`; then record its outcome: the status set on the
+        yielded :class:`Outcome`, else the error raised."""
         if not self.breakers.allow(target, cfg, self.clock()):
             self.recorder.record(target, 503, Origin.FRONT, 0.0)
             raise self._refusal(target)
@@ -97,7 +97,7 @@ class TrafficHooks:
                 # returns.
                 self.breakers.record(target, cfg, failed, self.clock())
 
-    def later(self, target: str, route: dict[str, Any],
+    def later(self, target: str, cfg: dict[str, Any] | None,
               outcome: Outcome) -> Callable[[StreamEnd], None]:
         """Judge a stream when it ends, not when its head came (what :meth:`guard` does
         for a whole answer): the release to hold on the stream."""
@@ -109,7 +109,7 @@ class TrafficHooks:
                 origin = origin_of(end.error) if end.error is not None else Origin.ENDPOINT
                 failed = self.recorder.record(target, end.status, origin,
                                               self.clock() - outcome.started)
-            self.breakers.record(target, route.get("breaker"), failed, self.clock())
+            self.breakers.record(target, cfg, failed, self.clock())
 
         return judge
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..contracts import TrafficPolicy
 
 Allowed = Callable[[str], bool]
 
@@ -26,16 +29,15 @@ def point(key: str | None) -> float:
     return int.from_bytes(digest, "big") / 2.0 ** 64
 
 
-def choose(policy: dict[str, Any], key: str | None, allowed: Allowed | None = None) -> str:
+def choose(policy: TrafficPolicy, key: str | None, allowed: Allowed | None = None) -> str:
     """The label of the version that serves a caller with ``key`` under ``policy``.
 
     ``allowed(target)`` says whether a version's route may take a request now; when
     none may, the choice ignores it (the caller then gets that version's refusal).
     """
-    weights: dict[str, float] = policy["weights"]
-    live = [(label, w) for label, w in weights.items() if w > 0]
+    live = [(label, w) for label, w in policy.weights.items() if w > 0]
     if allowed is not None and len(live) > 1:
-        open_ = [(label, w) for label, w in live if allowed(policy["versions"][label])]
+        open_ = [(label, w) for label, w in live if allowed(policy.versions[label])]
         live = open_ or live
     at = point(key) * sum(w for _, w in live)
     for label, weight in live:

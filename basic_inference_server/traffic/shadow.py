@@ -21,12 +21,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Overloaded, ServingError
 from .compare import Result, judge, with_defaults
 from .hooks import Hooks
 from .router import point
+
+if TYPE_CHECKING:
+    from ..contracts import TrafficPolicy
 
 log = logging.getLogger("bis.shadow")
 # Mirrors in flight per endpoint and front process.
@@ -77,12 +80,12 @@ class Shadow:
         # The running mirrors: asyncio keeps only weak references to tasks.
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def maybe_mirror(self, endpoint: str, traffic: dict[str, Any], source_version: str | None,
+    def maybe_mirror(self, endpoint: str, traffic: TrafficPolicy, source_version: str | None,
                      raw: bytes, request: Any, request_id: str | None, primary: Reply) -> bool:
-        """Mirror one request of ``endpoint`` (its route table ``traffic`` entry) served by
+        """Mirror one request of ``endpoint`` (its traffic policy) served by
         ``source_version`` with answer ``primary``, if the policy says so; never waits.
         ``request`` is handed to the forwarding function as it is."""
-        policy = traffic.get("shadow")
+        policy = traffic.shadow
         if not wanted(policy, source_version):
             return False
         policy = with_defaults(policy)  # type: ignore[arg-type]
@@ -92,7 +95,7 @@ class Shadow:
         if self.busy.get(endpoint, 0) >= self.limit:
             self.record(endpoint, label, Result.DROPPED, None)
             return False
-        target = traffic.get("versions", {}).get(label) or f"{endpoint}@{label}"
+        target = traffic.versions.get(label) or f"{endpoint}@{label}"
         self.busy[endpoint] = self.busy.get(endpoint, 0) + 1
         # The answer as it is now: the front may still rewrite the response object.
         task = asyncio.get_running_loop().create_task(self._mirror(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from basic_inference_server.contracts import TrafficPolicy
 from basic_inference_server.errors import Overloaded, UpstreamTimeout
 from basic_inference_server.gateway import metrics
 from basic_inference_server.traffic.compare import Result
@@ -55,7 +56,8 @@ class Recorder(list):
 
 
 def mirror(shadow: Shadow, traffic=TRAFFIC, source="v1", request_id="r1", primary=None) -> bool:
-    return shadow.maybe_mirror("clf", traffic, source, BODY, REQUEST, request_id, primary or Reply())
+    return shadow.maybe_mirror("clf", TrafficPolicy.of(traffic), source, BODY, REQUEST, request_id,
+                               primary or Reply())
 
 
 def with_shadow(**keys) -> dict:

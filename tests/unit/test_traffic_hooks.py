@@ -12,7 +12,7 @@ from basic_inference_server.errors import CircuitOpen, Overloaded, UpstreamTimeo
 from basic_inference_server.gateway.traffic_hooks import TrafficHooks
 from basic_inference_server.traffic.stats import Counts
 
-ROUTE = {"breaker": {"CONSECUTIVE_ERRORS": 2, "OPEN_SECONDS": 5, "HALF_OPEN_SUCCESSES": 1}}
+BREAKER = {"CONSECUTIVE_ERRORS": 2, "OPEN_SECONDS": 5, "HALF_OPEN_SUCCESSES": 1}
 
 
 class Clock:
@@ -23,7 +23,7 @@ class Clock:
 
 
 def answer(hooks: TrafficHooks, status: int) -> None:
-    with hooks.guard("clf@v2", ROUTE) as outcome:
+    with hooks.guard("clf@v2", BREAKER) as outcome:
         outcome.status = status
 
 
@@ -31,11 +31,11 @@ def test_endpoint_failures_open_it_and_it_refuses_without_forwarding() -> None:
     clock = Clock()
     hooks = TrafficHooks("/nonexistent", clock=clock)
     answer(hooks, 500)
-    with pytest.raises(UpstreamTimeout), hooks.guard("clf@v2", ROUTE):
+    with pytest.raises(UpstreamTimeout), hooks.guard("clf@v2", BREAKER):
         raise UpstreamTimeout("slow")
     assert not hooks.allowed("clf@v2")
     forwarded = []
-    with pytest.raises(CircuitOpen) as refused, hooks.guard("clf@v2", ROUTE):
+    with pytest.raises(CircuitOpen) as refused, hooks.guard("clf@v2", BREAKER):
         forwarded.append(1)
     assert not forwarded and refused.value.headers() == [("Retry-After", "5")]
     assert refused.value.to_dict()["ERROR_TYPE"] == "circuit_open"
@@ -49,7 +49,7 @@ def test_the_fronts_own_refusal_gives_the_probe_back_and_a_success_closes_it() -
     answer(hooks, 503)
     answer(hooks, 502)
     clock.now += 5
-    with pytest.raises(Overloaded), hooks.guard("clf@v2", ROUTE):
+    with pytest.raises(Overloaded), hooks.guard("clf@v2", BREAKER):
         raise Overloaded("bulkhead full")  # the probe never reached the endpoint
     assert hooks.allowed("clf@v2")
     answer(hooks, 404)  # a client error is an answer: the endpoint works
@@ -59,7 +59,7 @@ def test_the_fronts_own_refusal_gives_the_probe_back_and_a_success_closes_it() -
 def test_no_breaker_configured_still_counts() -> None:
     hooks = TrafficHooks("/nonexistent", clock=Clock())
     for _ in range(10):
-        with hooks.guard("echo", {"breaker": None}) as outcome:
+        with hooks.guard("echo", None) as outcome:
             outcome.status = 500
     assert hooks.allowed("echo") and hooks.recorder.take()["echo"].failures == 10
 

@@ -376,7 +376,7 @@ def test_a_route_without_stream_settings_takes_the_defaults():
 
 
 # -- breakers: a stream is judged when it ends ---------------------------------------------
-BREAKER = {"breaker": {"CONSECUTIVE_ERRORS": 2, "OPEN_SECONDS": 5, "HALF_OPEN_SUCCESSES": 1}}
+BREAKER = {"CONSECUTIVE_ERRORS": 2, "OPEN_SECONDS": 5, "HALF_OPEN_SUCCESSES": 1}
 
 
 def stream_answer(hooks: TrafficHooks, end: StreamEnd) -> None:
