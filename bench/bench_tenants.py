@@ -162,7 +162,7 @@ async def _gate_cost(n: int, conc: int, redis_url: str | None) -> dict[str, floa
             await gate.authenticate(headers)
 
             async def caller(count: int, headers: list[tuple[bytes, bytes]] = headers) -> None:
-                # The calls of the front's /run (gateway/app.py), in its order.
+                # The gate calls of the front's /run (gateway/tenancy.py, KeyTenancy), in its order.
                 for _ in range(count):
                     found = gate.cached(headers) or await gate.authenticate(headers)
                     slot, decision = (gate.admit_held(found, "noop")
