@@ -35,7 +35,15 @@ from .. import protocol, streams
 from ..contracts import Route
 from ..errors import BadRequest, ServingError, StepFailed, UpstreamTimeout
 from ..serving.message import Request
-from ..traffic.pipeline import BAD_GATEWAY, Execution, Pipeline, Step, parse_pipeline
+from ..traffic.pipeline import (
+    BAD_GATEWAY,
+    Execution,
+    Pipeline,
+    PipelineResult,
+    Step,
+    parse_pipeline,
+    run_pipeline,
+)
 from . import metrics
 from .run_plan import wanted_format
 from .upstream_conn import UpstreamResponse
@@ -129,9 +137,9 @@ class PipelineRun:
             self.units = (self.units or 0.0) + units
         return status, answer
 
-    def answer(self, execution: Execution) -> UpstreamResponse:
+    def answer(self, result: PipelineResult) -> UpstreamResponse:
         """The pipeline's whole answer: OUTPUT, the steps' timings and units."""
-        answer = execution.result().answer()
+        answer = result.answer()
         if self.units is not None:
             answer["USAGE"] = self.units
         return UpstreamResponse(status=200, headers=list(JSON_HEADERS),
@@ -178,9 +186,7 @@ class Pipelines:
         """Run the steps; with a ``final`` step to stream, the others first, then it."""
         if final is None:
             run = PipelineRun(self.flow, req)
-            execution = Execution(pipeline, body, run.call)
-            await execution.run_steps(pipeline.steps)
-            return run.answer(execution)
+            return run.answer(await run_pipeline(pipeline, body, run.call))
         run = PipelineRun(self.flow, _without_accept(req))
         execution = Execution(pipeline, body, run.call)
         await execution.run_steps(pipeline.steps[:-1])
@@ -203,4 +209,4 @@ class Pipelines:
         if resp.stream is not None:
             return resp
         execution.answered(final, *run.took(resp))
-        return run.answer(execution)
+        return run.answer(execution.result())
