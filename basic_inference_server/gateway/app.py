@@ -129,9 +129,10 @@ class Front:
         answer: Answer = await self.off_loop(self.call_management, req)
         return answer
 
-    async def on_run(self, req: Request) -> Answer:
-        """``/run``: see :mod:`.run_flow`."""
-        return await self.flow.run(req)
+    def on_run(self, req: Request) -> Awaitable[Answer]:
+        """``/run``: the run flow's (:mod:`.run_flow`), handed on without a coroutine of
+        its own around it."""
+        return self.flow.run(req)
 
     async def on_usage(self, req: Request) -> Answer:
         """``GET /usage``: the calling key's limits, quota and spending."""

@@ -68,13 +68,13 @@ class RunFlow:
             if req.method == "POST" and is_async(req.body):
                 return await self.submit(req)
             signature, raw = await self.target(req)
-            plan = self.plan(signature, raw, req)
+            plan = plan_run(signature, raw, req, self.routes.table(), self.dispatcher.may_take)
             hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
             req.limits = hold.limits
             resp = await self.dispatcher.dispatch(plan.target, raw, req)
-            hold = tenancy.stream_held(hold, resp, started)
-            units = None
-            if resp.stream is None:
+            if resp.stream is not None:  # charged when it ends
+                hold, units = tenancy.stream_held(hold, resp, started), None
+            else:
                 units = tenancy.charge_now(hold, resp)
                 if units is None:
                     units = await tenancy.charge(hold, resp)
