@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import time
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -83,6 +84,13 @@ def _answer_of(resp: UpstreamResponse) -> tuple[int, dict[str, Any]]:
                              "ERROR_TYPE": "internal_error"}
     return resp.status, {"ERROR": f"HTTP {resp.status} without a JSON error",
                          "ERROR_TYPE": "internal_error"}
+
+
+@dataclass
+class StreamedPipeline(UpstreamResponse):
+    """A pipeline's final step's stream, with the units its earlier steps reported."""
+
+    units_before: float = 0.0
 
 
 def _without_accept(req: Request) -> Request:
@@ -207,6 +215,7 @@ class Pipelines:
         assert resp is not None  # (a final step may stream)
         execution.timed(final, resp.status, began)
         if resp.stream is not None:
-            return resp
+            return StreamedPipeline(resp.status, resp.headers, resp.body, resp.worker,
+                                    resp.stream, run.units or 0.0)
         execution.answered(final, *run.took(resp))
         return run.answer(execution.result())

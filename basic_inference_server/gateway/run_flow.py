@@ -23,6 +23,7 @@ from ..serving.message import Answer, Request, error_answer
 from ..traffic.shadow import Shadow
 from . import metrics
 from .dispatch import Dispatcher
+from .pipelines import StreamedPipeline
 from .routes import RouteTable
 from .run_plan import ASYNC_TRUE, NO_LABEL, RunPlan, is_async, plan_run, series
 from .stream_relay import skip_mirror, stream_answer
@@ -168,7 +169,8 @@ class RunFlow:
         if version is not None:
             headers.append(("X-Endpoint-Version", version))
         if resp.stream is not None:
+            before = resp.units_before if isinstance(resp, StreamedPipeline) else 0.0
             return stream_answer(Answer(resp.status, headers), resp.stream, label, self.meta(),
-                                 time.perf_counter() - elapsed, req.key is not None)
+                                 time.perf_counter() - elapsed, req.key is not None, before)
         return Answer(resp.status, headers, resp.body)
 

@@ -69,7 +69,8 @@ class Relay(AsyncGenerator[bytes, None]):
     ends the stream). Closing it, started or not, closes the endpoint's stream."""
 
     def __init__(self, up: UpstreamStream, fmt: Format | None, deadlines: Deadlines,
-                 label: str, meta: dict[str, Any], started: float, strip: bool) -> None:
+                 label: str, meta: dict[str, Any], started: float, strip: bool,
+                 units: float = 0.0) -> None:
         self.up = up
         self.fmt = fmt
         self.deadlines = deadlines
@@ -81,7 +82,7 @@ class Relay(AsyncGenerator[bytes, None]):
         self.carry = b""
         self.events = 0  # events passed on
         self.last: str | None = None  # the name of the final event passed on
-        self.end = StreamEnd()
+        self.end = StreamEnd(units=units)  # units: what the request used before the stream
         self.over = False
         self.first = True
         now = asyncio.get_running_loop().time()
@@ -181,7 +182,7 @@ class Relay(AsyncGenerator[bytes, None]):
             elif "USAGE" in data:
                 # Read for the charge; without API keys (a job runner's call) it stays.
                 copy = dict(data)
-                self.end.units = take_usage(copy)
+                self.end.units += take_usage(copy)
                 if self.strip:
                     parts[i] = streams.event(self.fmt, name, event_id, copy)[:-len(self.sep)]
         return self.sep.join(parts) + self.sep
@@ -223,12 +224,13 @@ class Relay(AsyncGenerator[bytes, None]):
 
 
 def stream_answer(answer: Answer, up: UpstreamStream, label: str, meta: dict[str, Any],
-                  started: float, strip: bool) -> Answer:
-    """``answer`` (the head the front made) with the endpoint's stream as its body."""
+                  started: float, strip: bool, units: float = 0.0) -> Answer:
+    """``answer`` (the head the front made) with the endpoint's stream as its body
+    (``units``: used before the stream, charged with its own at its end)."""
     content_type = next((v for k, v in answer.headers if k.lower() == "content-type"), None)
     answer.headers += streams.STREAM_HEADERS
     answer.stream = Relay(up, streams.format_of(content_type), Deadlines.of(up.route), label,
-                          meta, started, strip)
+                          meta, started, strip, units)
     return answer
 
 

@@ -24,10 +24,11 @@ from basic_inference_server.gateway.pipelines import Pipelines
 from basic_inference_server.gateway.routes import RouteTable
 from basic_inference_server.gateway.run_flow import RunFlow
 from basic_inference_server.gateway.run_plan import plan_run
-from basic_inference_server.gateway.tenancy import NO_HOLD, NoTenancy, TenantHold
+from basic_inference_server.gateway.tenancy import NO_HOLD, KeyTenancy, NoTenancy, TenantHold
 from basic_inference_server.gateway.traffic_hooks import TrafficHooks
 from basic_inference_server.gateway.upstream_conn import StreamEnd, UpstreamResponse
 from basic_inference_server.serving.message import Answer, Request
+from basic_inference_server.tenants.keys import ApiKey
 from basic_inference_server.traffic.shadow import Shadow
 
 BREAKER = {"CONSECUTIVE_ERRORS": 1, "OPEN_SECONDS": 30, "HALF_OPEN_SUCCESSES": 1}
@@ -99,7 +100,7 @@ def echo(name: str, body: dict[str, Any]) -> UpstreamResponse:
                                 b'{"ERROR": "boom", "ERROR_TYPE": "internal_error"}')
     if body.get("STREAM"):
         events = streams.event(streams.Format.SSE, "chunk", 1, {"FROM": name}) + \
-            streams.event(streams.Format.SSE, "done", 2, {})
+            streams.event(streams.Format.SSE, "done", 2, {"USAGE": 3})
         return UpstreamResponse(200, list(SSE), stream=FakeStream(name, [events]))  # type: ignore[arg-type]
     return UpstreamResponse(200, [(b"content-type", b"application/json")],
                             orjson.dumps({**body, "SERVED_BY": name}))
@@ -130,10 +131,10 @@ class Flow:
                             lambda: {"SERVER": "test"}, off_loop, submit)
         self.dispatcher.pipelines = Pipelines(self.flow)
 
-    def run(self, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
-            ) -> tuple[Answer, dict[str, Any]]:
+    def run(self, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None,
+            key: ApiKey | None = None) -> tuple[Answer, dict[str, Any]]:
         req = Request("POST", "/run", "", headers or [], orjson.dumps(body), "rid-1", True,
-                      ("127.0.0.1", 1))
+                      ("127.0.0.1", 1), key=key)
 
         async def go() -> tuple[Answer, dict[str, Any]]:
             answer = await self.flow.run(req)
@@ -251,6 +252,36 @@ def test_a_pipeline_asked_for_a_stream_relays_its_final_steps(tmp_path: Path) ->
     assert (first, last) == ("echo", "words")
     assert b"Accept" not in first_head and "STREAM" not in first_body, "earlier steps: whole"
     assert last_body["STREAM"] is True and b"Accept: text/event-stream" in last_head
+
+
+class MeteringGate:
+    """A key store's gate that admits every key and notes what each request is metered."""
+
+    def __init__(self) -> None:
+        self.metered: list[tuple[str, int, float]] = []
+
+    def admit_held(self, key: ApiKey, endpoint: str) -> tuple[None, None]:
+        return None, None
+
+    def record(self, key: ApiKey, endpoint: str, status: int, units: float,
+               latency: float) -> None:
+        self.metered.append((endpoint, status, units))
+
+
+def test_a_streamed_pipeline_is_charged_every_steps_units(tmp_path: Path) -> None:
+    async def off_loop(func: Any, *args: Any) -> Any:
+        return func(*args)
+
+    gate = MeteringGate()
+    keys = KeyTenancy(gate, off_loop, None)  # type: ignore[arg-type]
+    pipe = {"STEPS": [{"ID": "a", "SIGNATURE": "echo", "INPUT": {"USAGE": 2}},
+                      {"ID": "b", "SIGNATURE": "words", "INPUT": {}}]}
+    flow = Flow(table(tmp_path, [route("echo"), route("words"), route("pipe", pipeline=pipe)]),
+                tenancy=keys)
+    answer, body = flow.run({"SIGNATURE": "pipe", "STREAM": True},
+                            key=ApiKey(id="k", tenant="t", hash="h"))
+    assert answer.status == 200 and "USAGE" not in body["STREAMED"], "taken out with keys"
+    assert gate.metered == [("pipe", 200, 5.0)], "2 from the first step, 3 from the stream"
 
 
 @pytest.mark.parametrize(("body", "status", "kind"), [
