@@ -38,6 +38,9 @@ PIPE = {"PIPELINE": {"STEPS": [{"ID": "t", "SIGNATURE": "ticks", "INPUT": {"N": 
 PIPE_TWO = {"PIPELINE": {"STEPS": [
     {"ID": "first", "SIGNATURE": "ticks", "INPUT": {"N": 2}},
     {"ID": "t", "SIGNATURE": "ticks", "INPUT": {"N": "$input.N", "FROM": "$steps.first.CHUNKS"}}]}}
+PIPE_USAGE = {"PIPELINE": {"STEPS": [
+    {"ID": "first", "SIGNATURE": "ticks", "INPUT": {"N": 1, "USAGE": 4}},
+    {"ID": "t", "SIGNATURE": "ticks", "INPUT": {"N": 2, "USAGE": 7, "AFTER": "$steps.first.CHUNKS"}}]}}
 PIPE_NEEDS_LAST = {"PIPELINE": {"STEPS": [
     {"ID": "b", "SIGNATURE": "ticks", "INPUT": {"N": "$steps.a.CHUNKS"}},
     {"ID": "a", "SIGNATURE": "ticks", "INPUT": {"N": 1}}]}}
@@ -222,7 +225,7 @@ def test_a_slow_reader_pauses_the_producer_and_the_front_holds_little(gw, tmp_pa
 @pytest.fixture(scope="module")
 def keyed(module_gateways):
     return ready(module_gateways({"API_KEYS": True, "GATEWAY_WORKERS": 1,
-                                  "CONFIG_ENDPOINTS": {"ticks": TICKS}}))
+                                  "CONFIG_ENDPOINTS": {"ticks": TICKS, "pipe_usage": PIPE_USAGE}}))
 
 
 def test_a_stream_holds_its_keys_slot_and_is_charged_its_usage(keyed, tmp_path):
@@ -248,6 +251,19 @@ def test_a_stream_holds_its_keys_slot_and_is_charged_its_usage(keyed, tmp_path):
         wait_until(lambda: spent() == 7, timeout=10, message="the stream's USAGE is charged")
         again = client.post(keyed.url("/run"), headers=auth, json={"SIGNATURE": "ticks", "N": 1})
         assert again.status_code == 200, "the slot came back when the stream ended"
+
+
+def test_a_streamed_pipeline_is_charged_the_units_of_all_its_steps(keyed):
+    key = make_key(keyed, QUOTA={"UNITS": 1000, "PER": "day"})["KEY"]
+    auth = {"Authorization": f"Bearer {key}"}
+    resp, got = sse(keyed, "pipe_usage", headers=auth)
+    assert resp.status_code == 200 and [n for n, _, _ in got] == ["chunk", "chunk", "done"]
+    assert "USAGE" not in got[-1][2], "USAGE is taken out"
+
+    def spent() -> float:
+        return httpx.get(keyed.url("/usage"), headers=auth, timeout=30).json()["USAGE"]["SPENT"]
+
+    wait_until(lambda: spent() == 11, timeout=10, message="4 from the first step, 7 streamed")
 
 
 def test_pipelines_gather_their_steps_unless_asked_for_a_stream(gw):
