@@ -228,7 +228,6 @@ class TrafficPolicy:
     sticky_field: str | None = None
     shadow: dict[str, Any] | None = None  # the SHADOW setting
     rollout: dict[str, Any] | None = None
-    record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The policy as the route file holds it."""
@@ -241,7 +240,7 @@ class TrafficPolicy:
         """A policy read from the route file (or handed over by the manager)."""
         return cls(versions=dict(record["versions"]), weights=dict(record["weights"]),
                    sticky_field=record.get("sticky_field"), shadow=record.get("shadow"),
-                   rollout=record.get("rollout"), record=record)
+                   rollout=record.get("rollout"))
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,7 @@ def table(tmp_path: Path, routes: list[Route], traffic: dict[str, TrafficPolicy]
 
 def versions(name: str, weights: dict[str, float], **fields: Any) -> TrafficPolicy:
     return TrafficPolicy(versions={v: f"{name}@{v}" for v in weights}, weights=weights,
-                         record={"versions": {v: f"{name}@{v}" for v in weights},
-                                 "weights": weights, **fields}, **fields)
+                         **fields)
 
 
 class FakeStream:
