@@ -3,8 +3,11 @@
 :func:`plan_run` names the route a request goes to (a pinned version as named, else
 the version its endpoint's traffic policy picks: sticky by the body's
 ``STICKY_FIELD``, the caller's tenant or ``X-Customer-ID``, avoiding versions whose
-breaker is open), the labels it is counted under, whether it wants a stream and
-whether its endpoint's shadow may get a copy. :mod:`.run_flow` carries the plan out.
+breaker is open), the labels it is counted under and whether its endpoint's shadow
+may get a copy. :mod:`.run_flow` carries the plan out. What the plan leaves to others:
+whether the answer streams (the endpoint's choice, from the caller's ``Accept`` and
+``STREAM`` that the front passes on; a pipeline's, see :mod:`.pipelines`) and whether
+a breaker refuses (its state changes as requests end: :mod:`.dispatch` asks it).
 """
 
 from __future__ import annotations
