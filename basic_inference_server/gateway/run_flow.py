@@ -25,7 +25,7 @@ from . import metrics
 from .dispatch import Dispatcher
 from .pipelines import StreamedPipeline
 from .routes import RouteTable
-from .run_plan import ASYNC_TRUE, NO_LABEL, RunPlan, is_async, plan_run, series
+from .run_plan import ASYNC_TRUE, NO_LABEL, Planner, RunPlan, is_async, series
 from .stream_relay import skip_mirror, stream_answer
 from .tenancy import NO_HOLD, Tenancy
 from .upstream_conn import UpstreamResponse
@@ -54,6 +54,7 @@ class RunFlow:
         self.off_loop = off_loop
         self.submit = submit  # a job (``"ASYNC": true``)
         self.access = access
+        self.planner = Planner()
 
     async def run(self, req: Request) -> Answer:
         """``/run``: route by SIGNATURE, forward, pass the answer through. With
@@ -69,7 +70,8 @@ class RunFlow:
             if req.method == "POST" and is_async(req.body):
                 return await self.submit(req)
             signature, raw = await self.target(req)
-            plan = plan_run(signature, raw, req, self.routes.table(), self.dispatcher.may_take)
+            plan = self.planner.plan(signature, raw, req, self.routes.table(),
+                                     self.dispatcher.may_take)
             hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
             req.limits = hold.limits
             resp = await self.dispatcher.dispatch(plan.target, raw, req)
@@ -89,7 +91,8 @@ class RunFlow:
 
     def plan(self, signature: str, raw: bytes, req: Request) -> RunPlan:
         """Where a request naming ``signature`` goes (see :func:`.run_plan.plan_run`)."""
-        return plan_run(signature, raw, req, self.routes.table(), self.dispatcher.may_take)
+        return self.planner.plan(signature, raw, req, self.routes.table(),
+                                 self.dispatcher.may_take)
 
     async def send(self, plan: RunPlan, raw: bytes, req: Request) -> UpstreamResponse:
         """Carry out a plan for a request already admitted (a pipeline's step): its answer."""

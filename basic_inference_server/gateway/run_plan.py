@@ -83,6 +83,28 @@ def plan_run(signature: str, raw: bytes, req: Request, routes: RouteSnapshot,
     return RunPlan(label, signature, pinned, policy if policy.shadow else None)
 
 
+class Planner:
+    """:func:`plan_run` with the plans of whole routes kept for as long as the route table
+    is the same: a request naming a route (not an endpoint with versions, whose pick
+    varies) always gets the same plan, and making one costs more than finding it."""
+
+    def __init__(self) -> None:
+        self._table: RouteSnapshot | None = None
+        self._plans: dict[str, RunPlan] = {}  # at most one per route of the table
+
+    def plan(self, signature: str, raw: bytes, req: Request, routes: RouteSnapshot,
+             may_take: Allowed) -> RunPlan:
+        """The plan of a request naming ``signature`` (see :func:`plan_run`)."""
+        if routes is not self._table:
+            self._table, self._plans = routes, {}
+        plan = self._plans.get(signature)
+        if plan is None:
+            plan = plan_run(signature, raw, req, routes, may_take)
+            if signature in routes.endpoints:
+                self._plans[signature] = plan
+        return plan
+
+
 def series(routes: RouteSnapshot, label: str, version: str | None) -> tuple[str, str | None]:
     """The labels a request is counted under, in metrics and metering: its endpoint
     and version when the route table knows them, else one fixed label (no caller can

@@ -23,7 +23,7 @@ from basic_inference_server.gateway.loadboard import LoadBoard
 from basic_inference_server.gateway.pipelines import Pipelines
 from basic_inference_server.gateway.routes import RouteTable
 from basic_inference_server.gateway.run_flow import RunFlow
-from basic_inference_server.gateway.run_plan import plan_run
+from basic_inference_server.gateway.run_plan import Planner, plan_run
 from basic_inference_server.gateway.tenancy import NO_HOLD, KeyTenancy, NoTenancy, TenantHold
 from basic_inference_server.gateway.traffic_hooks import TrafficHooks
 from basic_inference_server.gateway.upstream_conn import StreamEnd, UpstreamResponse
@@ -311,3 +311,19 @@ def test_a_shadow_gets_a_copy(tmp_path: Path) -> None:
     answer, body = flow.run({"SIGNATURE": "clf"})
     assert body["SERVED_BY"] == "clf@v1"
     assert sorted(name for name, _, _ in flow.upstream.sent) == ["clf@v1", "clf@v2"]
+
+
+def test_the_planner_keeps_the_plans_of_whole_routes_for_one_table(tmp_path: Path) -> None:
+    routes = table(tmp_path, [route("echo"), route("clf@a", version="a"),
+                              route("clf@b", version="b")],
+                   {"clf": versions("clf", {"a": 50, "b": 50})})
+    planner = Planner()
+    req = Request("POST", "/run", "", [], b"{}", "r", True, ("127.0.0.1", 1))
+    snapshot = routes.table()
+    first = planner.plan("echo", b"{}", req, snapshot, lambda _t: True)
+    assert planner.plan("echo", b"{}", req, snapshot, lambda _t: True) is first
+    picked = {planner.plan("clf", b"{}", req, snapshot, lambda _t: True).version
+              for _ in range(100)}
+    assert picked == {"a", "b"}, "an endpoint with versions is picked anew each time"
+    again = planner.plan("echo", b"{}", req, routes.table(fresh=True), lambda _t: True)
+    assert again == first and again is not first, "a new table, new plans"
