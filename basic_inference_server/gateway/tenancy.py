@@ -129,8 +129,8 @@ class KeyTenancy:
     """API keys on: every request but the job runner's carries a key the gate checks."""
 
     def __init__(self, gate: TenantGate, off_loop: OffLoop, internal_token: str | None) -> None:
-        self.gate: TenantGate | None = gate
-        self.keys = gate
+        self.gate: TenantGate | None = gate  # (the interface's view: None with keys off)
+        self.keys = gate  # the same gate, typed as never None
         self.off_loop = off_loop
         self._internal = b"Bearer " + internal_token.encode() if internal_token else b""
 
