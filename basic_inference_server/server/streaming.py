@@ -20,10 +20,30 @@ import orjson
 from .. import protocol, streams
 from ..errors import ServingError
 from ..serving.message import Streamed
-from ..worker import FileOutput
-from .pipeline import END, Chunks, StageError, encode_base64_fields
+from ..worker import FileOutput, FlaskWorker
+from .stages import END, Chunks, StageError, encode_base64_fields, pre_process
 
 Meta = Callable[[], dict[str, Any]]
+
+
+class StreamingCompute:
+    """The compute strategy (see :mod:`.compute`) of a ``_predict`` that is a generator
+    or async generator function: every request streams, its items the chunks."""
+
+    concurrency = 1
+
+    def __init__(self, worker: FlaskWorker) -> None:
+        self.worker = worker
+
+    def run(self, inputs: dict[str, Any]) -> Chunks:
+        prep = pre_process(self.worker, inputs)
+        try:
+            produced = self.worker._predict(prep)
+        except ServingError:
+            raise
+        except Exception as exc:  # a generator function's call runs none of its body
+            raise StageError("_predict", exc) from exc
+        return Chunks(self.worker, produced)
 
 
 class ChunkStream:

@@ -22,7 +22,7 @@ from basic_inference_server.queues import Job, JobsSpec, open_queue, open_result
 from basic_inference_server.server.app import build_worker, create_app
 from basic_inference_server.server.batching import Batcher
 from basic_inference_server.server.consumer import JobConsumer
-from basic_inference_server.server.pipeline import END, run_pipeline
+from basic_inference_server.server.stages import END, run_stages
 from basic_inference_server.serving.message import Answer, Request, Streamed, call_wsgi
 from basic_inference_server.worker import CancelFlag, FlaskWorker, run_as
 from tests.conftest import FIXTURE_ENDPOINTS, ROOT, wait_until
@@ -224,7 +224,7 @@ def test_a_streams_chunks_see_their_own_requests_flag_in_any_thread():
     flag = CancelFlag()
     run_as(flag)
     try:
-        chunks = run_pipeline(Watcher(), {})
+        chunks = run_stages(Watcher(), {})
     finally:
         run_as(None)
     with ThreadPoolExecutor(1) as other:
