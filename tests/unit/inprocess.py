@@ -19,8 +19,10 @@ from basic_inference_server.worker import CancelFlag
 from tests.conftest import FIXTURE_ENDPOINTS
 
 
-def build(module: str, endpoints: Path = FIXTURE_ENDPOINTS, **worker_config: Any) -> WorkerApp:
-    spec = ServerSpec(name=module, module=module, endpoints_dir=str(endpoints),
+def build(module: str, endpoints: Path = FIXTURE_ENDPOINTS, name: str | None = None,
+          **worker_config: Any) -> WorkerApp:
+    """The app of endpoint ``name`` (default: the module's name) running ``module``."""
+    spec = ServerSpec(name=name or module, module=module, endpoints_dir=str(endpoints),
                       host="127.0.0.1", port=0, socket="", nr_workers=1,
                       worker_config=worker_config, server_name="unit-box", app_version="9.9")
     return build_app(spec, build_worker(spec, 0, Notifier(None)))
