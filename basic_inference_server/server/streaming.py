@@ -107,7 +107,7 @@ def gathered(stream: ChunkStream, meta: Meta,
 
 def streamed(stream: ChunkStream, fmt: streams.Format, first: dict[str, Any] | None,
              meta: Meta, failed: Callable[[ServingError], None]) -> Streamed:
-    """The WSGI result sending ``first`` and the chunks after it as events of ``fmt``.
+    """The :class:`Streamed` answer sending ``first`` and the chunks after it as events of ``fmt``.
 
     Its ``cancel`` marks the request's client gone (:meth:`FlaskWorker.cancelled`; no chunk
     is asked for after); its ``close`` closes the producer whether or not it started."""
