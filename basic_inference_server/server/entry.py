@@ -14,7 +14,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import parse_qsl
@@ -85,7 +85,7 @@ def _header(request: Request, name: bytes) -> str | None:
     return ",".join(values) if values else None
 
 
-def _json(status: int, body: dict[str, Any], headers: list[tuple[str, str]] = ()) -> Answer:  # type: ignore[assignment]
+def _json(status: int, body: dict[str, Any], headers: Sequence[tuple[str, str]] = ()) -> Answer:
     return Answer(status, [("Content-Type", protocol.JSON), *headers], protocol.dumps(body))
 
 
