@@ -29,7 +29,7 @@ from prometheus_client import Histogram
 
 from ..errors import ServingError
 from ..worker import CancelFlag, FlaskWorker, running_flag
-from .pipeline import StageError, post_process
+from .stages import StageError, post_process, pre_process
 
 log = logging.getLogger(__name__)
 BATCH_SIZE = Histogram("bis_batch_size", "Inputs per _predict_batch call", ["endpoint"],
@@ -52,11 +52,12 @@ class _Item:
 
 
 class Batcher:
-    """Groups the inputs of concurrent requests into ``_predict_batch`` calls."""
+    """Groups the inputs of concurrent requests into ``_predict_batch`` calls: the batched
+    compute strategy (see :mod:`.compute`), taking ``max_size`` requests at once."""
 
     def __init__(self, worker: FlaskWorker, max_size: int, max_delay_s: float) -> None:
         self.worker = worker
-        self.max_size = max_size
+        self.max_size = self.concurrency = max_size
         self.max_delay_s = max_delay_s
         self._cond = threading.Condition()
         self._queue: deque[_Item] = deque()
@@ -68,16 +69,11 @@ class Batcher:
         self._thread.start()
 
     def run(self, inputs: dict[str, Any]) -> Any:
-        """The pipeline for one request, its ``_predict`` done in a batch."""
+        """The stages of one request, its ``_predict`` done in a batch."""
         with self._cond:
             self._active += 1
         try:
-            try:
-                prep = self.worker._pre_process(inputs)
-            except ServingError:
-                raise
-            except Exception as exc:
-                raise StageError("_pre_process", exc) from exc
+            prep = pre_process(self.worker, inputs)
             item = _Item(prep, running_flag())
             with self._cond:
                 self._queue.append(item)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,12 @@ from ..serving.message import Streamed
 from ..tenants import TenantsSpec
 from ..tenants.ledger import JobLedger
 from ..worker import CancelFlag, FileOutput
-from .app import Outcome
+from .entry import Outcome
 
 # inputs, customer id, request id (the job's, as the job runner names it), the job's
 # flag (cancelled, progress) and what takes each chunk of a streaming endpoint
 Execute = Callable[[dict[str, Any], str | None, str | None, CancelFlag | None,
                     Callable[[dict[str, Any]], None] | None], Outcome]
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _storable(body: dict[str, Any] | FileOutput) -> dict[str, Any]:
@@ -87,27 +86,21 @@ class JobConsumer(JobWorker):
         return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------
-    def guard(self, app: WSGIApp) -> WSGIApp:
-        """Wrap the worker's WSGI app: ``/run`` holds the gate while it runs. A streamed
-        answer counts as in flight until it is closed, and holds the gate while each of
-        its chunks is made."""
-
-        def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") != "/run":
-                return app(environ, start_response)
-            self._enter()
-            try:
-                with self.gate:
-                    result = app(environ, start_response)
-            except BaseException:
-                self._leave()
-                raise
-            if isinstance(result, Streamed):
-                return self._gated(result)
+    def guard(self, run: Callable[[], Any]) -> Any:
+        """Run a ``/run`` request (``run``) holding the gate. A :class:`Streamed` answer
+        counts as in flight until it is closed, and holds the gate while each of its
+        chunks is made."""
+        self._enter()
+        try:
+            with self.gate:
+                result = run()
+        except BaseException:
             self._leave()
-            return result
-
-        return guarded
+            raise
+        if isinstance(result, Streamed):
+            return self._gated(result)
+        self._leave()
+        return result
 
     def _enter(self) -> None:
         with self._count:
@@ -175,15 +168,15 @@ class JobConsumer(JobWorker):
 _current: dict[str, JobConsumer] = {}
 
 
-def start_consumer(worker: Any, endpoint: str, jobs: dict[str, Any] | None,
+def start_consumer(execute: Execute, settings: dict[str, Any], endpoint: str,
+                   jobs: dict[str, Any] | None,
                    tenants: dict[str, Any] | None = None) -> JobConsumer | None:
-    """gunicorn ``post_worker_init``: guard the worker's app and start its consumer."""
+    """gunicorn ``post_worker_init``: start the worker's consumer (the caller runs its
+    ``/run`` requests through :meth:`JobConsumer.guard`)."""
     if jobs is None:
         return None
-    hooks = worker.wsgi.extensions["bis"]
-    consumer = JobConsumer(endpoint, hooks["execute"], JobsSpec(**jobs), hooks["config"],
+    consumer = JobConsumer(endpoint, execute, JobsSpec(**jobs), settings,
                            TenantsSpec(**tenants) if tenants else None)
-    worker.wsgi = consumer.guard(worker.wsgi)
     consumer.start()
     _current["consumer"] = consumer
     return consumer

@@ -6,11 +6,12 @@ are read on an event loop (:class:`..serving.connection.HttpConnection`, as in t
 with its header and body deadlines and body limit), and a complete request is handed
 to a pool of one thread, so user code never runs concurrently in one process (with
 ``MAX_BATCH_SIZE`` n > 1 the pool has n threads, and one batch thread runs the model:
-see ``batching.py``). A slow or idle client costs a socket, never the worker's thread,
-and a stop closes idle kept-alive connections at once. gunicorn's "dirty arbiter" pool
-is not used: it would add an IPC hop with JSON re-encoding to every request, and our
-workers already are dedicated model processes. Its control socket is disabled: the
-manager drives servers by signals.
+see ``batching.py``). A ``/run`` goes straight to the process's
+:class:`.entry.RunEntry`; other paths (``/health``) go to its Flask app. A slow or idle
+client costs a socket, never the worker's thread, and a stop closes idle kept-alive
+connections at once. gunicorn's "dirty arbiter" pool is not used: it would add an IPC
+hop with JSON re-encoding to every request, and our workers already are dedicated model
+processes. Its control socket is disabled: the manager drives servers by signals.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from ..procutil import die_with_parent
 from ..serving.connection import Answer, HttpConnection, Limits, Request, call_wsgi
 from ..serving.worker import LoopWorker, mark_dead
 from ..worker import CancelFlag
-from .app import build_worker, create_app
+from .app import WorkerApp, build_app, build_worker
 from .consumer import start_consumer, stop_consumer
+from .entry import RunEntry
 from .placement import place_worker
 from .probe import ProbeListener
 
@@ -122,7 +124,11 @@ class EndpointServer(BaseApplication):
                     stop(signum, frame)
 
             signal.signal(signal.SIGTERM, on_term)
-            start_consumer(worker, spec.name, spec.jobs, spec.tenants)
+            entry = worker.entry
+            consumer = start_consumer(entry.execute, entry.config, spec.name, spec.jobs,
+                                      spec.tenants)
+            if consumer is not None:
+                entry.guard = consumer.guard
             notifier.send(Event.WORKER_READY, endpoint=spec.name, pid=os.getpid(),
                           slot=worker.bis_slot, socket=path, generation=spec.generation)
 
@@ -149,8 +155,6 @@ class EndpointServer(BaseApplication):
                      f"unix:{spec.socket}"],
             "workers": spec.nr_workers,
             "worker_class": "basic_inference_server.server.gunicorn_app.EndpointWorker",
-            # One request at a time, unless batching: then as many as a batch holds.
-            "threads": max(1, int(spec.worker_config.get("MAX_BATCH_SIZE", 1))),
             # Longer than the front's idle pool lifetime: the front closes first.
             "keepalive": 120,
             # Model loading runs before the worker's heartbeat loop starts.
@@ -172,7 +176,7 @@ class EndpointServer(BaseApplication):
         for key, value in settings.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Any:
+    def load(self) -> WorkerApp:
         """Build the worker (import, model load) in a gunicorn worker process.
 
         A failure is logged once with its traceback (by the first worker of the first
@@ -196,20 +200,29 @@ class EndpointServer(BaseApplication):
             # gunicorn's code for "the app failed to load": its master stops with it,
             # and logs the reason in one line (an AppImportError would print it again).
             raise SystemExit(Arbiter.APP_LOAD_ERROR) from None
-        return create_app(self.spec, worker)
+        return build_app(self.spec, worker)
 
 
 class EndpointWorker(LoopWorker):
     """A worker process of an endpoint server (see the module's docstring)."""
 
     spec: ServerSpec
+    entry: RunEntry
     pool: ThreadPoolExecutor
     dropped = 0  # requests whose client went away before they ran
     discarding: set[asyncio.Task[None]]  # streams made for clients already gone, closing
 
+    def load_wsgi(self) -> None:
+        """gunicorn's ``wsgi`` is what :meth:`EndpointServer.load` built: the ``/run``
+        entry is kept apart, ``self.wsgi`` is the Flask app of the other paths."""
+        super().load_wsgi()
+        served: WorkerApp = self.wsgi  # type: ignore[has-type]
+        self.entry, self.wsgi = served.entry, served.flask
+
     def started(self) -> None:
         self.spec = self.app.spec
-        self.pool = ThreadPoolExecutor(max_workers=self.cfg.threads,
+        # One request at a time, unless the strategy takes more (a batch's worth).
+        self.pool = ThreadPoolExecutor(max_workers=self.entry.compute.concurrency,
                                        thread_name_prefix="bis-request")
         self.discarding = set()
         self.limits = Limits(header_timeout=self.spec.header_timeout,
@@ -231,11 +244,12 @@ class EndpointWorker(LoopWorker):
         return super().connection_opened(conn)
 
     async def handle(self, request: Request) -> Answer:
-        # self.wsgi: the Flask app, whose /run is a plain WSGI handler ahead of Flask
-        # (see app.py), maybe guarded by the job consumer (see consumer.py).
         # A streamed answer's chunks are made in the same pool, one at a time.
         flag = CancelFlag()
-        work = self.pool.submit(call_wsgi, self.wsgi, request, self.pool, flag)
+        if request.path == "/run":
+            work = self.pool.submit(self.entry.answer, request, flag, self.pool)
+        else:
+            work = self.pool.submit(call_wsgi, self.wsgi, request, self.pool, flag)
         try:
             return await asyncio.wrap_future(work)
         except asyncio.CancelledError:

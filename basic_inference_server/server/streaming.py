@@ -20,10 +20,30 @@ import orjson
 from .. import protocol, streams
 from ..errors import ServingError
 from ..serving.message import Streamed
-from ..worker import FileOutput
-from .pipeline import END, Chunks, StageError, encode_base64_fields
+from ..worker import FileOutput, FlaskWorker
+from .stages import END, Chunks, StageError, encode_base64_fields, pre_process
 
 Meta = Callable[[], dict[str, Any]]
+
+
+class StreamingCompute:
+    """The compute strategy (see :mod:`.compute`) of a ``_predict`` that is a generator
+    or async generator function: every request streams, its items the chunks."""
+
+    concurrency = 1
+
+    def __init__(self, worker: FlaskWorker) -> None:
+        self.worker = worker
+
+    def run(self, inputs: dict[str, Any]) -> Chunks:
+        prep = pre_process(self.worker, inputs)
+        try:
+            produced = self.worker._predict(prep)
+        except ServingError:
+            raise
+        except Exception as exc:  # a generator function's call runs none of its body
+            raise StageError("_predict", exc) from exc
+        return Chunks(self.worker, produced)
 
 
 class ChunkStream:
@@ -87,7 +107,7 @@ def gathered(stream: ChunkStream, meta: Meta,
 
 def streamed(stream: ChunkStream, fmt: streams.Format, first: dict[str, Any] | None,
              meta: Meta, failed: Callable[[ServingError], None]) -> Streamed:
-    """The WSGI result sending ``first`` and the chunks after it as events of ``fmt``.
+    """The :class:`Streamed` answer sending ``first`` and the chunks after it as events of ``fmt``.
 
     Its ``cancel`` marks the request's client gone (:meth:`FlaskWorker.cancelled`; no chunk
     is asked for after); its ``close`` closes the producer whether or not it started."""

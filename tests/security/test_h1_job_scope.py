@@ -11,15 +11,14 @@ an endpoint server refuses a body naming another endpoint.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 import requests
 
-from basic_inference_server.contracts import ServerSpec
-from basic_inference_server.ipc import Notifier
-from basic_inference_server.server.app import build_worker, create_app
 from tests.conftest import FIXTURE_ENDPOINTS, assert_error, wait_until, write_endpoint
+from tests.unit.inprocess import build, call, request
 
 RECORDER = '''
 from basic_inference_server import FlaskWorker
@@ -123,17 +122,15 @@ def test_limits_hold_for_the_endpoint_the_body_decodes_to(gw):
 
 
 def test_the_endpoint_server_refuses_a_body_naming_another_endpoint():
-    spec = ServerSpec(name="echo@v2", module="echo", endpoints_dir=str(FIXTURE_ENDPOINTS),
-                      host="127.0.0.1", port=0, socket="", nr_workers=1, worker_config={})
-    client = create_app(spec, build_worker(spec, 0, Notifier(None))).test_client()
+    app = build("echo", name="echo@v2")
     for body in (SCOPE_ESCAPED, b'{"SIGNATURE": "victim"}', b'{"SIGNATURE": "echox@v2"}',
                  b'{"SIGNATURE": 5}'):
-        resp = client.post("/run", data=body, content_type="application/json")
-        assert resp.status_code == 400 and resp.get_json()["SERVER_SIGNATURE"] == "echo@v2"
-    assert client.get("/run?SIGNATURE=victim").status_code == 400
+        answer, _chunks = call(app, request(body=body))
+        assert answer.status == 400 and json.loads(answer.body)["SERVER_SIGNATURE"] == "echo@v2"
+    assert call(app, request(method="GET", query="SIGNATURE=victim"))[0].status == 400
     # Its own name, its endpoint's (a shadow copy), another version's (a pinned request
     # mirrored), or none (a direct call of a standalone server) run.
     for body in (b'{"SIGNATURE": "echo@v2"}', b'{"SIGNATURE": "echo"}',
                  b'{"SIGNATURE": "echo@v1", "A": 1}', b'{"A": 1}'):
-        resp = client.post("/run", data=body, content_type="application/json")
-        assert resp.status_code == 200, resp.get_json()
+        answer, _chunks = call(app, request(body=body))
+        assert answer.status == 200, answer.body

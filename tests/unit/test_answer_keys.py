@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from basic_inference_server.contracts import ServerSpec
-from basic_inference_server.ipc import Notifier
-from basic_inference_server.server.app import build_worker, create_app
 from tests.conftest import write_endpoint
+from tests.unit.inprocess import build, post
 
 OWN_KEYS = '''
 from basic_inference_server import FlaskWorker
@@ -33,13 +31,9 @@ class OwnKeysWorker(FlaskWorker):
 
 def test_the_endpoints_own_keys_win_and_the_clash_is_logged_once(tmp_path, caplog):
     write_endpoint(tmp_path, "own_keys", OWN_KEYS)
-    spec = ServerSpec(name="own_keys", module="own_keys", endpoints_dir=str(tmp_path),
-                      host="127.0.0.1", port=0, socket="", nr_workers=1, worker_config={},
-                      server_name="unit-box")
-    client = create_app(spec, build_worker(spec, 0, Notifier(None))).test_client()
-    with caplog.at_level(logging.WARNING, logger="basic_inference_server.server.app"):
-        answers = [client.post("/run", json={"SIGNATURE": "own_keys", "N": n}).get_json()
-                   for n in range(3)]
+    app = build("own_keys", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="basic_inference_server.server.entry"):
+        answers = [post(app, {"SIGNATURE": "own_keys", "N": n})[1] for n in range(3)]
     for n, body in enumerate(answers):
         assert (body["host"], body["time"], body["signature"], body["call_id"]) == (
             "my-host", 12.5, "mine", None)

@@ -20,11 +20,11 @@ from basic_inference_server.errors import (
 from basic_inference_server.manager.children import BACKOFF_CAP
 from basic_inference_server.manager.state import Endpoint, State
 from basic_inference_server.protocol import base_meta, dumps, parse_body, signature_of
-from basic_inference_server.server.pipeline import (
+from basic_inference_server.server.stages import (
     StageError,
     decode_base64_fields,
     encode_base64_fields,
-    run_pipeline,
+    run_stages,
 )
 from basic_inference_server.version import __version__
 
@@ -123,7 +123,7 @@ class Recorder(FlaskWorker):
 
 
 def test_pipeline_runs_the_three_hooks():
-    assert run_pipeline(Recorder(), {"x": 21}) == {"y": 42}
+    assert run_stages(Recorder(), {"x": 21}) == {"y": 42}
 
 
 @pytest.mark.parametrize("stage,status,exc", [
@@ -132,7 +132,7 @@ def test_pipeline_runs_the_three_hooks():
 ])
 def test_pipeline_errors_say_where(stage, status, exc):
     with pytest.raises(StageError) as info:
-        run_pipeline(Recorder(fail_in=stage), {"x": 1})
+        run_stages(Recorder(fail_in=stage), {"x": 1})
     err = info.value
     body = err.to_dict()
     assert err.status == status

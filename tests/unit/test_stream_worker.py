@@ -1,5 +1,5 @@
-"""Streaming endpoints in one process: the endpoint server's app called through the
-WSGI bridge the server uses (``call_wsgi``, chunks made in a thread pool), no sockets."""
+"""Streaming endpoints in one process: the endpoint server's ``/run`` entry called as the
+event-loop worker calls it (chunks made in a thread pool), no sockets."""
 
 from __future__ import annotations
 
@@ -15,59 +15,35 @@ from typing import Any
 import pytest
 
 from basic_inference_server import streams
-from basic_inference_server.contracts import ServerSpec
 from basic_inference_server.errors import ServingError
-from basic_inference_server.ipc import Notifier
 from basic_inference_server.queues import Job, JobsSpec, open_queue, open_results
-from basic_inference_server.server.app import build_worker, create_app
+from basic_inference_server.server.app import WorkerApp
 from basic_inference_server.server.batching import Batcher
 from basic_inference_server.server.consumer import JobConsumer
-from basic_inference_server.server.pipeline import END, run_pipeline
-from basic_inference_server.serving.message import Answer, Request, Streamed, call_wsgi
+from basic_inference_server.server.stages import END, run_stages
+from basic_inference_server.serving.message import Answer, Streamed
 from basic_inference_server.worker import CancelFlag, FlaskWorker, run_as
 from tests.conftest import FIXTURE_ENDPOINTS, ROOT, wait_until
+from tests.unit import inprocess
+from tests.unit.inprocess import build, header, request
 
 META = ("ver", "app_ver", "time", "call_id", "worker_id", "worker_pid", "signature", "host",
         "server")
 
 
 def make_app(module: str = "streamer", endpoints: Path = FIXTURE_ENDPOINTS,
-             **worker_config: Any) -> Any:
-    spec = ServerSpec(name=module, module=module, endpoints_dir=str(endpoints),
-                      host="127.0.0.1", port=0, socket="", nr_workers=1,
-                      worker_config=worker_config, server_name="unit-box", app_version="9.9")
-    return create_app(spec, build_worker(spec, 0, Notifier(None)))
+             **worker_config: Any) -> WorkerApp:
+    return build(module, endpoints, **worker_config)
 
 
-def request(fields: dict[str, Any], accept: str | None = None) -> Request:
-    headers = [(b"content-type", b"application/json")]
-    if accept:
-        headers.append((b"accept", accept.encode()))
-    return Request("POST", "/run", "", headers, json.dumps(fields).encode(), "rid-1", True,
-                   ("127.0.0.1", 1))
-
-
-def call(app: Any, fields: dict[str, Any], accept: str | None = None,
+def call(app: WorkerApp, fields: dict[str, Any], accept: str | None = None,
          flag: CancelFlag | None = None) -> tuple[Answer, list[bytes]]:
-    """The answer and, for a stream, every chunk of it (the stream then closed)."""
-    with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(call_wsgi, app, request(fields, accept), pool, flag).result()
-        chunks: list[bytes] = []
-        if answer.stream is not None:
-            async def drain() -> None:
-                assert answer.stream is not None
-                chunks.extend([c async for c in answer.stream])
-            asyncio.run(drain())
-    return answer, chunks
+    return inprocess.call(app, request(fields, accept), flag)
 
 
 def events(fmt: streams.Format, chunks: list[bytes]) -> list[tuple[str, int, dict[str, Any]]]:
     assert all(c.endswith(streams.end_of_event(fmt)) for c in chunks)  # one event a chunk
     return [streams.parse_event(fmt, c) for c in chunks]
-
-
-def header(answer: Answer, name: str) -> str | None:
-    return next((v for k, v in answer.headers if k.lower() == name.lower()), None)
 
 
 @pytest.mark.parametrize("fields,accept,fmt", [
@@ -163,7 +139,7 @@ def test_the_demo_endpoint_streams_the_words_and_bounds_its_input():
 
 
 def test_jobs_of_a_streaming_endpoint_get_the_gathered_answer():
-    execute = make_app().extensions["bis"]["execute"]
+    execute = make_app().entry.execute
     status, body, _headers = execute({"N": 2, "USAGE": True}, None, "job-1")
     assert status == 200 and [c["i"] for c in body["CHUNKS"]] == [0, 1] and body["USAGE"] == 2
 
@@ -173,9 +149,9 @@ def test_a_client_that_leaves_closes_the_generator_after_the_chunk_in_making(is_
     counter = tmp_path / "counter"
     flag = CancelFlag()
     with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(call_wsgi, make_app(), request(
+        answer = pool.submit(make_app().entry.answer, request(
             {"N": 1000, "DELAY_MS": 5, "ASYNC": is_async, "COUNTER": str(counter)},
-            streams.SSE_TYPE), pool, flag).result()
+            streams.SSE_TYPE), flag, pool).result()
 
         async def take_two_and_leave() -> list[bytes]:
             assert answer.stream is not None
@@ -194,8 +170,8 @@ def test_no_chunk_is_made_once_the_client_left(tmp_path):
     counter = tmp_path / "counter"
     flag = CancelFlag()
     with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(call_wsgi, make_app(), request(
-            {"N": 10, "COUNTER": str(counter)}, streams.SSE_TYPE), pool, flag).result()
+        answer = pool.submit(make_app().entry.answer, request(
+            {"N": 10, "COUNTER": str(counter)}, streams.SSE_TYPE), flag, pool).result()
 
         async def main() -> list[bytes]:
             assert answer.stream is not None
@@ -224,7 +200,7 @@ def test_a_streams_chunks_see_their_own_requests_flag_in_any_thread():
     flag = CancelFlag()
     run_as(flag)
     try:
-        chunks = run_pipeline(Watcher(), {})
+        chunks = run_stages(Watcher(), {})
     finally:
         run_as(None)
     with ThreadPoolExecutor(1) as other:
@@ -239,8 +215,8 @@ def test_a_long_predict_sees_its_client_gone_through_cancelled(tmp_path):
     counter = tmp_path / "counter"
     flag = CancelFlag()
     with ThreadPoolExecutor(1) as pool:
-        work = pool.submit(call_wsgi, make_app(), request(
-            {"POLL_MS": 1, "COUNTER": str(counter)}), pool, flag)
+        work = pool.submit(make_app().entry.answer, request(
+            {"POLL_MS": 1, "COUNTER": str(counter)}), flag, pool)
         while not counter.exists():
             assert not work.done()
         flag.set()
@@ -342,11 +318,11 @@ def test_the_job_gate_is_held_for_each_chunk_and_in_flight_until_the_stream_clos
             held.append(consumer.gate.locked())  # type: ignore[attr-defined]
             yield b"%d" % i
 
-    def app(environ, start_response):
+    def run():
         return Streamed(produce(), close=lambda: closed.append(consumer.gate.locked()))  # type: ignore[attr-defined]
 
     try:
-        result = consumer.guard(app)({"PATH_INFO": "/run"}, None)
+        result = consumer.guard(run)
         assert isinstance(result, Streamed) and consumer.in_flight == 1
         assert next(result.chunks) == b"0" and held == [True]
         # Between chunks the gate is free, but no job is claimed while the stream is open.

@@ -1,7 +1,7 @@
-"""The request pipeline: one place calls the worker's hooks and classifies errors.
+"""The stages of one request: one place calls the worker's hooks and classifies errors.
 
-A ``_predict`` that returns an iterator or an async iterator streams: the pipeline then
-gives :class:`Chunks`, whose items go through ``_post_process`` one by one as they are
+A ``_predict`` that returns an iterator or an async iterator streams: the stages then
+give :class:`Chunks`, whose items go through ``_post_process`` one by one as they are
 taken.
 """
 
@@ -81,7 +81,7 @@ def encode_base64_fields(result: dict[str, Any], keys: list[str]) -> None:
             result[key] = base64.b64encode(value).decode("ascii")
 
 
-def run_pipeline(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
+def run_stages(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
     """``_pre_process -> _predict -> _post_process``; raises :class:`StageError`.
 
     :class:`Chunks` when ``_predict`` streams."""
@@ -98,6 +98,16 @@ def run_pipeline(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
         raise  # already an answer (a model the request needs is unavailable: 429)
     except Exception as exc:
         raise StageError(stage, exc) from exc
+
+
+def pre_process(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
+    """``_pre_process`` of one request's fields; raises :class:`StageError` (a 400)."""
+    try:
+        return worker._pre_process(inputs)
+    except ServingError:
+        raise
+    except Exception as exc:
+        raise StageError("_pre_process", exc) from exc
 
 
 def post_process(worker: FlaskWorker, pred: Any) -> Any:
