@@ -40,5 +40,4 @@ class LoadBoard:
         self._counts[self.row * self.columns + self._column(path)] += delta
 
     def load(self, path: str) -> int:
-        col = self._column(path)
-        return sum(self._counts[r * self.columns + col] for r in range(self.rows))
+        return sum(self._counts[self._column(path)::self.columns])  # its column, every row
