@@ -77,7 +77,10 @@ def cpu_by_role(manager: int) -> dict[str, float]:
 
 
 def start(checkout: Path, app: Path, python: str, port: int, cache: str,
-          endpoint: str | None = None) -> subprocess.Popen:
+          endpoint: str | None = None,
+          settings: dict[str, Any] | None = None) -> subprocess.Popen:
+    """Start ``run_gateway.py`` of ``checkout`` on ``app``; ``settings`` are added to the
+    section of ``endpoint`` (``TCP_PORT`` and ``PORT`` to call its server directly)."""
     # The harness's peers/ folder holds burnlib, which its cpu endpoint imports.
     env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{app.parent / 'peers'}"}
     # Free ports for the servers: the ports after the gateway's may be taken on a shared box.
@@ -86,7 +89,8 @@ def start(checkout: Path, app: Path, python: str, port: int, cache: str,
     if endpoint is not None:
         # The measured endpoint alone: another one loading its model (the harness's embed
         # imports transformers for seconds) would be counted in the measured seconds.
-        config["CONFIG_ENDPOINTS"] = {endpoint: config["CONFIG_ENDPOINTS"][endpoint]}
+        config["CONFIG_ENDPOINTS"] = {endpoint: {**config["CONFIG_ENDPOINTS"][endpoint],
+                                                 **(settings or {})}}
     config_path = Path(cache) / "config_gateway.json"
     config_path.write_text(json.dumps(config))
     return subprocess.Popen(

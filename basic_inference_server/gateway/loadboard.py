@@ -19,6 +19,8 @@ class LoadBoard:
         self.columns = columns
         self.row = 0
         self._counts = multiprocessing.RawArray(ctypes.c_int32, self.rows * columns)
+        # Columns of the names met so far: a /run reads and writes several each.
+        self._columns: dict[str, int] = {}
 
     def claim_row(self, row: int) -> None:
         """Called in a new front process: take a row and clear what a dead one left."""
@@ -27,11 +29,15 @@ class LoadBoard:
         ctypes.memset(ctypes.addressof(self._counts) + start * 4, 0, self.columns * 4)
 
     def _column(self, path: str) -> int:
-        return zlib.crc32(path.encode()) % self.columns
+        col = self._columns.get(path)
+        if col is None:
+            if len(self._columns) >= self.columns:
+                self._columns.clear()  # (bounded, whatever names come)
+            col = self._columns[path] = zlib.crc32(path.encode()) % self.columns
+        return col
 
     def add(self, path: str, delta: int) -> None:
         self._counts[self.row * self.columns + self._column(path)] += delta
 
     def load(self, path: str) -> int:
-        col = self._column(path)
-        return sum(self._counts[r * self.columns + col] for r in range(self.rows))
+        return sum(self._counts[self._column(path)::self.columns])  # its column, every row

@@ -249,7 +249,7 @@ class Upstream:
         try:
             if conn is None:
                 conn = await self._connect(path, timeout)
-            resp = await asyncio.wait_for(conn.send(head, body), timeout)
+            resp = await conn.send(head, body, timeout)
         except (OSError, _Reset, _Closed, httptools.HttpParserError) as exc:
             if conn is not None:
                 conn.close()

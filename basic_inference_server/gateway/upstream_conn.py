@@ -80,6 +80,9 @@ class Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection to a server, one request at a time."""
 
     def __init__(self) -> None:
+        # Made by its loop's connect (the loop is asked once per connection, not per
+        # request: asking costs a system call).
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[UpstreamResponse] | None = None
@@ -179,9 +182,8 @@ class Connection(asyncio.Protocol):
                 return None
             if not self.open:
                 raise _Closed()
-            loop = asyncio.get_running_loop()
-            reader = self.reader = loop.create_future()
-            timer = None if timeout is None else loop.call_later(timeout, _expire, reader)
+            reader = self.reader = self.loop.create_future()
+            timer = None if timeout is None else self.loop.call_later(timeout, _expire, reader)
             try:
                 await reader
             finally:
@@ -198,18 +200,21 @@ class Connection(asyncio.Protocol):
         return piece
 
     def pause_writing(self) -> None:
-        self.drained = asyncio.get_running_loop().create_future()
+        self.drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
         self.drained = None
 
-    async def send(self, head: bytes, body: bytes) -> UpstreamResponse:
-        """Write one request and wait for its answer.
+    async def send(self, head: bytes, body: bytes, timeout: float) -> UpstreamResponse:
+        """Write one request and wait for its answer (or, for a stream, its head) at most
+        ``timeout`` seconds: TimeoutError past it.
 
         A large body is written in slices, each when the socket has taken the last:
-        the transport never holds a copy of the whole body.
+        the transport never holds a copy of the whole body. The deadline is one timer on
+        the answer's future, not ``asyncio.wait_for``, which would run the send as a
+        task of its own: the front pays that on every request.
         """
         assert self.transport is not None
         if not self.open or self.transport.is_closing():
@@ -223,20 +228,24 @@ class Connection(asyncio.Protocol):
         self.content_type = b""
         self.chunked = False
         self.streaming = self.ended = False
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
-        if len(body) <= WRITE_SLICE:
-            self.transport.write(head + body)
-        else:
-            self.transport.write(head)
-            view = memoryview(body)
-            for start in range(0, len(body), WRITE_SLICE):
-                if self.drained is not None:
-                    await asyncio.wait([self.drained, waiter],
-                                       return_when=asyncio.FIRST_COMPLETED)
-                if waiter.done() or not self.open:
-                    break  # answered (an error) or closed early: stop sending
-                self.transport.write(view[start:start + WRITE_SLICE])
-        return await waiter
+        waiter = self.waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            if len(body) <= WRITE_SLICE:
+                self.transport.write(head + body)
+            else:
+                self.transport.write(head)
+                view = memoryview(body)
+                for start in range(0, len(body), WRITE_SLICE):
+                    if self.drained is not None:
+                        await asyncio.wait([self.drained, waiter],
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    if waiter.done() or not self.open:
+                        break  # answered (an error), timed out or closed early: stop sending
+                    self.transport.write(view[start:start + WRITE_SLICE])
+            return await waiter
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         self.open = False
@@ -244,9 +253,9 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _expire(reader: asyncio.Future[None]) -> None:
-    if not reader.done():
-        reader.set_exception(TimeoutError())
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class UpstreamStream:

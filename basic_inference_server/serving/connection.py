@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -53,6 +52,7 @@ from ..errors import (
     ServingError,
     TooManyConnections,
 )
+from .deadline import Deadline
 from .message import (
     Answer,
     BodyBudget,
@@ -62,6 +62,7 @@ from .message import (
     call_wsgi,
     canonical,
     error_answer,
+    new_request_id,
     not_canonical,
     status_line,
 )
@@ -103,7 +104,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.peer: tuple[str, int] = ("", 0)
         self.tls = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = Deadline(self.loop, self._expired)
         self.queue: deque[Request] = deque()
         self.busy = False
         self.task: asyncio.Task[None] | None = None
@@ -137,19 +138,19 @@ class HttpConnection(asyncio.Protocol):
         if not self.server.connection_opened(self):
             err = TooManyConnections("the gateway holds its maximum of open connections; "
                                      "retry shortly", retry_after=1)
-            self._write(error_answer(err, self.server.meta()), os.urandom(8).hex().encode(),
+            self._write(error_answer(err, self.server.meta()), new_request_id().encode(),
                         keep_alive=False)
             # Closed after a moment, not at once: closing with the client's request unread
             # would reset the connection before the client reads the answer.
             self.closing = True
             self.reading = False
-            self.timer = self.loop.call_later(1.0, transport.close)
+            self.loop.call_later(1.0, transport.close)
             return
         # As nginx: a new connection has HEADER_TIMEOUT to send its first request.
         self._arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self.deadline.cancel()
         self.closing = True
         self.reading = False
         self.held = None
@@ -168,18 +169,14 @@ class HttpConnection(asyncio.Protocol):
             self.writable.set_result(None)
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, self._expired)
+        self.deadline.set(seconds)
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline.clear()
 
     def _expired(self) -> None:
         # A missed read deadline (or an idle keep-alive connection): nginx closes too.
         # A closed connection whose last answers were not taken in time is dropped.
-        self.timer = None
         if self.closing and self.transport is not None:
             self.transport.abort()
         else:
@@ -342,7 +339,7 @@ class HttpConnection(asyncio.Protocol):
             # Filled in place and only read from now on; bytes-like wherever it goes.
             body=cast(bytes, body),
             request_id=(rid.decode() if rid is not None and REQUEST_ID.match(rid)
-                        else os.urandom(8).hex()),
+                        else new_request_id()),
             keep_alive=keep_alive,
             peer=self.peer,
             tls=self.tls,
@@ -373,7 +370,7 @@ class HttpConnection(asyncio.Protocol):
         self._release()
         rid = next((v for n, v in self.headers if n == b"x-request-id"), None)
         request_id = rid if rid is not None and REQUEST_ID.match(rid) else \
-            os.urandom(8).hex().encode()
+            new_request_id().encode()
         assert self.transport is not None
         if self.busy:
             self.refusal = (err, request_id)  # written by _serve once the queue is answered

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import random
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
@@ -25,6 +26,16 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 
 def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
+
+
+def new_request_id() -> str:
+    """The id of a request that brings none: 16 hex digits.
+
+    From :mod:`random` (whose generator every forked process reseeds), not ``os.urandom``:
+    an id is a label, not a secret, and a system call per request shows in the front's
+    profile.
+    """
+    return f"{random.getrandbits(64):016x}"
 
 
 @dataclass

@@ -20,3 +20,28 @@ def test_live_gauges_of_dead_processes_are_forgotten(tmp_path):
     _forget_dead_workers(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"counter_{dead}.db",
                                                           f"gauge_livesum_{alive}.db"]
+
+
+def test_multiprocess_values_read_the_pid_once_per_fork(tmp_path, monkeypatch):
+    # prometheus_client's values learn a fork from the pid read after it, not from a
+    # getpid() per update: a forked process still writes its own file.
+    from prometheus_client import values
+
+    from basic_inference_server.gateway.metrics import pid_once_per_fork
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    value_class = values.MultiProcessValue()
+    assert pid_once_per_fork(value_class)
+    value = value_class("counter", "bench_hits", "bench_hits_total", (), (), "hits")
+    value.inc(1)
+    child = os.fork()
+    if child == 0:
+        try:
+            value.inc(1)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    value.inc(1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{os.getpid()}.db", f"counter_{child}.db"])
+    assert value.get() == 2.0
