@@ -28,6 +28,7 @@ from flask import Response, request
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import protocol
+from ..cancellations import JOB_WAITING, count_cancelled
 from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Unavailable
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import CANCELLED, QUEUED, STICKY, TERMINAL, Job
@@ -179,7 +180,8 @@ class JobsFront:
             if not results.update(job_id, {"STATUS": CANCELLED, "CANCEL_REQUESTED": now,
                                            "FINISHED_AT": now}, ttl=self._spec().ttl):
                 return self._already(job_id, results)
-            queue.cancel_waiting(job_id)
+            queue.cancel_waiting(job_id, str(record["SIGNATURE"]))
+            count_cancelled(str(record["SIGNATURE"]), JOB_WAITING)
             return 200, results.get(job_id) or record
 
         answer: tuple[int, dict[str, Any]] = self._backend_call("cancelling a job", cancel)

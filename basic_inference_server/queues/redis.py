@@ -9,10 +9,14 @@ Keys (``prefix`` from the URL's ``?prefix=``, default ``bis``):
 * ``<prefix>:job:<id>``           hash: the job's record (expires ``JOB_TTL`` after it ends)
 * ``<prefix>:pending:<endpoint>`` sorted set of unfinished job ids by submission time
 * ``<prefix>:events:<id>``        list: the job's events, ``<name> <json>`` (id: index + 1)
+* ``<prefix>:entries:<endpoint>`` hash: job id -> the stream entry that holds it
 
 A claimed entry stays in the group's pending list until acked; an entry idle there for
 longer than the visibility timeout (its consumer died) is taken over with XAUTOCLAIM.
 Every move between keys is one transaction, so a job is always in exactly one place.
+The ``entries`` hash lets a cancel take a waiting job out of the stream by its id (an
+entry no consumer holds: ``XDEL``, then into the dead letters); a job waiting for a
+retry stays in the sorted set, and its consumer dead-letters it when it comes up.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import redis
 
 from . import url_options
 from .base import (
+    CANCELLED_ERROR,
     EVENT_ENDS,
     MAX_EVENTS,
     QUEUED,
@@ -42,21 +47,51 @@ GROUP = "workers"
 # Longer than any blocking read (the consumer waits at most a few seconds per claim).
 SOCKET_TIMEOUT = 30.0
 
+# KEYS: stream, delayed set, entries hash. ARGV: depth limit, job, job id.
 _ENQUEUE = """
 local limit = tonumber(ARGV[1])
 if limit >= 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= limit then
   return 0
 end
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[3], redis.call('XADD', KEYS[1], '*', 'job', ARGV[2]))
 return 1
 """
+# KEYS: stream, entries hash. ARGV: job, job id.
+_ADD = """
+redis.call('HSET', KEYS[2], ARGV[2], redis.call('XADD', KEYS[1], '*', 'job', ARGV[1]))
+"""
+# KEYS: delayed set, stream, entries hash. ARGV: now.
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, payload in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'job', payload)
+  local mid = redis.call('XADD', KEYS[2], '*', 'job', payload)
+  local ok, job = pcall(cjson.decode, payload)
+  if ok and type(job) == 'table' and type(job.id) == 'string' then
+    redis.call('HSET', KEYS[3], job.id, mid)
+  end
   redis.call('ZREM', KEYS[1], payload)
 end
 return #due
+"""
+# KEYS: stream, entries hash, dead stream. ARGV: job id, the dead letter's error.
+# 1 when the job was waiting in the stream, unclaimed, and is a dead letter now.
+_CANCEL = """
+local mid = redis.call('HGET', KEYS[2], ARGV[1])
+if not mid then return 0 end
+local held = redis.pcall('XPENDING', KEYS[1], 'workers', mid, mid, 1)
+if type(held) == 'table' and held.err == nil and #held > 0 then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], mid, mid)
+redis.call('HDEL', KEYS[2], ARGV[1])
+if #entry == 0 then return 0 end
+local fields = entry[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 'job' then
+    redis.call('XDEL', KEYS[1], mid)
+    redis.call('XADD', KEYS[3], '*', 'job', fields[i + 1], 'error', ARGV[2])
+    return 1
+  end
+end
+return 0
 """
 # KEYS: record hash, pending set. ARGV: new status (JSON or ''), ttl or '', job id,
 # pending op ('add' / 'rem' / ''), field, value, field, value ...
@@ -116,12 +151,17 @@ class RedisQueue(JobQueue):
     def __init__(self, url: str) -> None:
         self.r, self.prefix = connect(url)
         self._enqueue = self.r.register_script(_ENQUEUE)
+        self._add = self.r.register_script(_ADD)
         self._promote = self.r.register_script(_PROMOTE)
+        self._cancel = self.r.register_script(_CANCEL)
         self._groups: set[str] = set()
 
     def _keys(self, endpoint: str) -> tuple[str, str, str]:
         p = self.prefix
         return f"{p}:jobs:{endpoint}", f"{p}:delayed:{endpoint}", f"{p}:dead:{endpoint}"
+
+    def _entries(self, endpoint: str) -> str:
+        return f"{self.prefix}:entries:{endpoint}"
 
     def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
@@ -136,7 +176,13 @@ class RedisQueue(JobQueue):
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
         stream, delayed, _dead = self._keys(job.endpoint)
         limit = -1 if max_depth is None else max_depth
-        return bool(self._enqueue(keys=[stream, delayed], args=[limit, job.encode()]))
+        return bool(self._enqueue(keys=[stream, delayed, self._entries(job.endpoint)],
+                                  args=[limit, job.encode(), job.id]))
+
+    def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
+        stream, _delayed, dead = self._keys(endpoint)
+        return bool(self._cancel(keys=[stream, self._entries(endpoint), dead],
+                                 args=[job_id, CANCELLED_ERROR]))
 
     def stored_bytes(self, endpoint: str) -> int:
         # Redis's own estimate (sampled): cheap on a stream of any length.
@@ -147,7 +193,7 @@ class RedisQueue(JobQueue):
               visibility_timeout: float) -> Claim | None:
         stream, delayed, _dead = self._keys(endpoint)
         self._ensure_group(stream)
-        self._promote(keys=[delayed, stream], args=[time.time()])
+        self._promote(keys=[delayed, stream, self._entries(endpoint)], args=[time.time()])
         try:
             return self._claim(endpoint, stream, consumer, wait, visibility_timeout)
         except redis.ResponseError as exc:
@@ -180,9 +226,13 @@ class RedisQueue(JobQueue):
     def _settle(self, claim: Claim, *also: tuple[str, str, Any]) -> None:
         """Ack and delete the claimed entry, doing ``also`` in the same transaction."""
         stream, mid = claim.receipt
+        entries = self._entries(claim.job.endpoint)
         pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(entries, claim.job.id)
         for op, key, arg in also:
-            if op == "xadd":
+            if op == "add":  # back in the stream, found by its id again
+                self._add(keys=[key, entries], args=[arg, claim.job.id], client=pipe)
+            elif op == "xadd":
                 pipe.xadd(key, {"job": arg})
             else:
                 pipe.zadd(key, arg)
@@ -195,7 +245,7 @@ class RedisQueue(JobQueue):
 
     def release(self, claim: Claim) -> None:
         job = replace(claim.job, attempts=claim.job.attempts - 1)
-        self._settle(claim, ("xadd", claim.receipt[0], job.encode()))
+        self._settle(claim, ("add", claim.receipt[0], job.encode()))
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
         job = replace(claim.job, last_error=error)
@@ -214,21 +264,30 @@ class RedisQueue(JobQueue):
         pipe.zcard(delayed)
         return int(sum(pipe.execute()))
 
+    @staticmethod
+    def _dead_job(endpoint: str, mid: bytes, fields: dict[bytes, bytes]) -> Job:
+        """A dead letter's job; a cancel's entry carries its error beside the job."""
+        job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+        if b"error" in fields:
+            job.last_error = _text(fields[b"error"])
+        return job
+
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         _stream, _delayed, dead = self._keys(endpoint)
-        return [Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+        return [self._dead_job(endpoint, mid, fields)
                 for mid, fields in self.r.xrange(dead, count=limit)]
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
         stream, _delayed, dead = self._keys(endpoint)
         ids = []
         for mid, fields in self.r.xrange(dead):
-            job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+            job = self._dead_job(endpoint, mid, fields)
             if job_id is not None and job.id != job_id:
                 continue
             job.attempts = 0
             pipe = self.r.pipeline(transaction=True)
-            pipe.xadd(stream, {"job": job.encode()})
+            self._add(keys=[stream, self._entries(endpoint)], args=[job.encode(), job.id],
+                      client=pipe)
             pipe.xdel(dead, mid)
             pipe.execute()
             ids.append(job.id)

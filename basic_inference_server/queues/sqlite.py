@@ -197,7 +197,7 @@ class SqliteQueue(JobQueue):
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(POLL_CAP, pause * 2)
 
-    def cancel_waiting(self, job_id: str) -> bool:
+    def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
         with self.db.write() as conn:
             cursor = conn.execute("UPDATE jobs SET dead = 1, last_error = ? "
                                   "WHERE id = ? AND dead = 0 AND token IS NULL",

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from basic_inference_server.queues import Job, open_queue, open_results
-from basic_inference_server.queues.base import DEAD, DONE, QUEUED, RUNNING
+from basic_inference_server.queues.base import CANCELLED_ERROR, DEAD, DONE, QUEUED, RUNNING
 from tests.conftest import wait_until
 
 ALL = ["sqlite", "redis", "rabbitmq", "sqs"]
@@ -96,6 +96,36 @@ def test_dead_letter_list_and_requeue(queue):
     assert queue.requeue_dead(EP) == [other.id]
     assert queue.dead_letters(EP) == []
     queue.ack(claim_soon(queue))
+
+
+# Backends that take a cancelled waiting job out of the queue at once; the others leave
+# it for the consumer that claims it (it dead-letters it unrun).
+REMOVES = {"sqlite": True, "redis": True, "rabbitmq": False, "sqs": False}
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_cancel_waiting_takes_out_an_unclaimed_job_where_the_backend_can(queue, request):
+    removes = REMOVES[request.node.callspec.params["queue_url"]]
+    held, waiting, last = job(1), job(2), job(3)
+    for j in (held, waiting, last):
+        queue.enqueue(j)
+    claimed = claim_soon(queue)
+    assert claimed.job.id == held.id
+    assert not queue.cancel_waiting(held.id, EP)  # claimed: its consumer ends it
+    assert queue.cancel_waiting(waiting.id, EP) is removes
+    assert not queue.cancel_waiting(waiting.id, EP)  # once
+    if removes:
+        assert wait_until(lambda: queue.depth(EP) == 2, timeout=5)  # held and last
+        dead = wait_until(lambda: queue.dead_letters(EP), timeout=5)
+        assert [(d.id, d.last_error) for d in dead] == [(waiting.id, CANCELLED_ERROR)]
+        assert claim_soon(queue).job.id == last.id
+    # A job given back, or requeued from the dead letters, can be taken out again.
+    queue.release(claimed)
+    if removes:
+        assert queue.cancel_waiting(held.id, EP)
+        assert queue.requeue_dead(EP, waiting.id) == [waiting.id]
+        assert queue.cancel_waiting(waiting.id, EP)
+        assert wait_until(lambda: queue.depth(EP) == 1, timeout=5)  # the claimed last
 
 
 @pytest.mark.parametrize("queue_url", ALL, indirect=True)
