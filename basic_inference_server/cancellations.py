@@ -6,12 +6,15 @@ waited (``DELETE /jobs/<id>``); the job consumers (endpoint servers, job runner)
 the jobs stopped while they ran. Every process writes to its multiprocess metrics
 folder, merged at scrape time. The ``endpoint`` label is always a configured endpoint's
 name (a route the front resolved, an endpoint a consumer serves, a job's recorded
-endpoint): never a name a caller made up.
+endpoint): never a name a caller made up; a version's work counts under its endpoint
+(``clf@v2`` as ``clf``), as the stream metrics do.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter
+
+from .traffic.settings import split_target
 
 # A /run (streamed or not) whose caller closed its connection before the answer ended.
 CLIENT_GONE = "client_gone"
@@ -27,8 +30,9 @@ CANCELLED = Counter("bis_cancelled_total", "Work stopped before its end, by endp
                     f"({', '.join(REASONS)})", ["endpoint", "reason"])
 
 
-def count_cancelled(endpoint: str, reason: str) -> None:
-    """One piece of work of ``endpoint`` (a configured name) stopped for ``reason``."""
+def count_cancelled(target: str, reason: str) -> None:
+    """One piece of work of ``target`` (a configured endpoint, or one of its versions)
+    stopped for ``reason``."""
     if reason not in REASONS:
         raise ValueError(f"unknown cancel reason {reason!r}")
-    CANCELLED.labels(endpoint, reason).inc()
+    CANCELLED.labels(split_target(target)[0], reason).inc()

@@ -29,7 +29,6 @@ from prometheus_client.core import GaugeMetricFamily
 from ..cancellations import CLIENT_GONE, TIMEOUT, count_cancelled
 from ..tenants.metering import TopTenants
 from ..traffic.compare import Result
-from ..traffic.settings import split_target
 from ..traffic.shadow import summarize
 
 # ``version``: the label of the version that served (empty for an endpoint without VERSIONS).
@@ -246,7 +245,7 @@ def request_cancelled(target: str) -> None:
     """A request to the route ``target`` whose caller left before its answer came (the
     front closed the endpoint's connection): ``bis_cancelled_total{reason="client_gone"}``
     under its endpoint. A stream's leaving is counted when it ends (:func:`stream_ended`)."""
-    count_cancelled(split_target(target)[0], CLIENT_GONE)
+    count_cancelled(target, CLIENT_GONE)
 
 
 def skip_shadow(endpoint: str, version: str) -> None:

@@ -165,3 +165,22 @@ def test_cancel_reaches_a_job_the_job_runner_runs(queue_url, gateways, tmp_path)
     # Counted as jobs stopped while they ran, and as the front's calls whose caller left.
     counted = samples(gw, "bis_cancelled_total", "streamer")
     assert counted["job_running"] == 2 and counted["client_gone"] >= 2, counted
+
+
+def test_cancel_reaches_a_remote_endpoints_job_on_the_other_gateway(gateways, tmp_path):
+    remote = gateways({"CONFIG_ENDPOINTS": {"streamer": {"NR_WORKERS": 1}}})
+    here = gateways({"CONFIG_ENDPOINTS": {"rem": {"URLS": [f"http://127.0.0.1:{remote.port}"],
+                                                  "REMOTE_SIGNATURE": "streamer"}}})
+    here.wait_state("rem", "READY", timeout=30)
+    polling = tmp_path / "polling"
+    job_id = submit(here, "rem", POLL_MS=10, MAX_POLLS=100_000, COUNTER=str(polling))
+    wait_until(lambda: counter(polling)[1] >= 3, timeout=60, message="the job runs")
+    assert delete(here, job_id).status_code == 202
+    _word, polls_at_cancel = counter(polling)
+    word, polls = wait_until(lambda: (c := counter(polling))[0] == "stopped" and c, timeout=30,
+                             message="the remote endpoint's _predict saw self.cancelled()")
+    assert polls - polls_at_cancel <= MAX_POLLS_AFTER_CANCEL
+    assert "RESULT" not in wait_status(here, job_id, "cancelled")
+    assert samples(here, "bis_cancelled_total", "rem")["job_running"] == 1
+    # On the remote gateway it was a /run whose caller left.
+    assert samples(remote, "bis_cancelled_total", "streamer") == {"client_gone": 1.0}
