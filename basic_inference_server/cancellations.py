@@ -16,7 +16,8 @@ from prometheus_client import Counter
 
 from .traffic.settings import split_target
 
-# A /run (streamed or not) whose caller closed its connection before the answer ended.
+# A /run (streamed or not) whose caller closed its connection before the answer ended;
+# also a pipeline's step the front stopped because another step failed.
 CLIENT_GONE = "client_gone"
 # A stream cut by STREAM_FIRST_CHUNK_TIMEOUT, STREAM_IDLE_TIMEOUT or STREAM_TIMEOUT.
 TIMEOUT = "timeout"

@@ -180,8 +180,8 @@ class JobsFront:
             if not results.update(job_id, {"STATUS": CANCELLED, "CANCEL_REQUESTED": now,
                                            "FINISHED_AT": now}, ttl=self._spec().ttl):
                 return self._already(job_id, results)
-            queue.cancel_waiting(job_id, str(record["SIGNATURE"]))
             count_cancelled(str(record["SIGNATURE"]), JOB_WAITING)
+            queue.cancel_waiting(job_id, str(record["SIGNATURE"]))
             return 200, results.get(job_id) or record
 
         answer: tuple[int, dict[str, Any]] = self._backend_call("cancelling a job", cancel)

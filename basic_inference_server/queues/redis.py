@@ -73,12 +73,13 @@ for _, payload in ipairs(due) do
 end
 return #due
 """
-# KEYS: stream, entries hash, dead stream. ARGV: job id, the dead letter's error.
-# 1 when the job was waiting in the stream, unclaimed, and is a dead letter now.
+# KEYS: stream, entries hash, dead stream. ARGV: job id, the dead letter's error, group.
+# 1 when the job was waiting in the stream, unclaimed, and is a dead letter now. (No
+# group yet: no consumer ever read the stream, so nothing in it is held.)
 _CANCEL = """
 local mid = redis.call('HGET', KEYS[2], ARGV[1])
 if not mid then return 0 end
-local held = redis.pcall('XPENDING', KEYS[1], 'workers', mid, mid, 1)
+local held = redis.pcall('XPENDING', KEYS[1], ARGV[3], mid, mid, 1)
 if type(held) == 'table' and held.err == nil and #held > 0 then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], mid, mid)
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -182,7 +183,7 @@ class RedisQueue(JobQueue):
     def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
         stream, _delayed, dead = self._keys(endpoint)
         return bool(self._cancel(keys=[stream, self._entries(endpoint), dead],
-                                 args=[job_id, CANCELLED_ERROR]))
+                                 args=[job_id, CANCELLED_ERROR, GROUP]))
 
     def stored_bytes(self, endpoint: str) -> int:
         # Redis's own estimate (sampled): cheap on a stream of any length.
