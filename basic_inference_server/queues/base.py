@@ -190,11 +190,14 @@ class ResultStore(ABC):
         """Record a job as queued (before it is enqueued)."""
 
     @abstractmethod
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
+               only_if: str | None = None) -> bool:
         """Merge ``fields`` into the record; a record already ``done`` or ``cancelled``
         keeps that status (True when the update was made).
 
         ``ttl``: the record expires that many seconds from now (terminal states).
+        ``only_if``: make the update only while the record's status is this one (a
+        cancel that must find the job still waiting).
         """
 
     @abstractmethod

@@ -95,14 +95,16 @@ end
 return 0
 """
 # KEYS: record hash, pending set. ARGV: new status (JSON or ''), ttl or '', job id,
-# pending op ('add' / 'rem' / ''), field, value, field, value ...
+# pending op ('add' / 'rem' / ''), the status the record must have (JSON or ''), field,
+# value, field, value ...
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local status = redis.call('HGET', KEYS[1], 'STATUS')
 if ARGV[1] ~= '' and ARGV[1] ~= status and (status == '"done"' or status == '"cancelled"') then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if ARGV[5] ~= '' and ARGV[5] ~= status then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 if ARGV[2] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
 if ARGV[4] == 'rem' then redis.call('ZREM', KEYS[2], ARGV[3]) end
 if ARGV[4] == 'add' then
@@ -322,7 +324,8 @@ class RedisResults(ResultStore):
         pipe.zadd(self._pending(job.endpoint), {job.id: job.submitted_at})
         pipe.execute()
 
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
+               only_if: str | None = None) -> bool:
         status = fields.get("STATUS")
         op = "" if status is None else "rem" if status in TERMINAL else "add" if status == QUEUED else ""
         endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
@@ -334,7 +337,8 @@ class RedisResults(ResultStore):
         return bool(self._update(
             keys=[self._key(job_id), self._pending(orjson.loads(endpoint))],
             args=[orjson.dumps(status) if status is not None else "",
-                  max(1, int(ttl)) if ttl is not None else "", job_id, op, *pairs]))
+                  max(1, int(ttl)) if ttl is not None else "", job_id, op,
+                  orjson.dumps(only_if) if only_if is not None else "", *pairs]))
 
     def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
         return int(self._add_event(keys=[self._events(job_id)],

@@ -13,7 +13,14 @@ import time
 import pytest
 
 from basic_inference_server.queues import Job, open_queue, open_results
-from basic_inference_server.queues.base import CANCELLED_ERROR, DEAD, DONE, QUEUED, RUNNING
+from basic_inference_server.queues.base import (
+    CANCELLED,
+    CANCELLED_ERROR,
+    DEAD,
+    DONE,
+    QUEUED,
+    RUNNING,
+)
 from tests.conftest import wait_until
 
 ALL = ["sqlite", "redis", "rabbitmq", "sqs"]
@@ -180,6 +187,23 @@ def test_results_store(queue_url):
         assert store.get(k.id) is None and store.oldest_pending(EP) is None
         assert store.get("nope") is None
         wait_until(lambda: store.get(j.id) is None, timeout=5, message="the result expires")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
+def test_an_update_only_if_makes_it_only_from_that_status(queue_url):
+    store = open_results(queue_url)
+    try:
+        j = job(1)
+        store.create(j)
+        assert store.update(j.id, {"STATUS": RUNNING}, only_if=QUEUED)
+        # A cancel that must find the job waiting: it is running now, nothing changes.
+        assert not store.update(j.id, {"STATUS": CANCELLED, "X": 1}, only_if=QUEUED)
+        record = store.get(j.id)
+        assert record["STATUS"] == RUNNING and "X" not in record
+        assert store.update(j.id, {"X": 2}, only_if=RUNNING)
+        assert store.get(j.id)["X"] == 2
     finally:
         store.close()
 
