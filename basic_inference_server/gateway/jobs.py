@@ -159,8 +159,9 @@ class JobsFront:
     def cancel(self, job_id: str, key: Any = None) -> tuple[int, dict[str, Any]]:
         """``DELETE /jobs/<id>``: a waiting job is cancelled at once (never run: its
         consumer moves it to the dead letters, or the queue does now where it can reach
-        it), 200; a running one is asked to stop (its consumer sees it within a poll and
-        ends it ``cancelled``), 202. A finished job: 409. Cancelling again changes nothing."""
+        it), 200; a running one (also one a consumer started since the record was read)
+        is asked to stop (its consumer sees it within a poll and ends it ``cancelled``),
+        202. A finished job: 409. Cancelling again changes nothing."""
         queue, results = self._backends()
         record = self.record(job_id, key)
 
