@@ -5,7 +5,8 @@ The events live in the results store (see :mod:`..queues.base`: ``queued``, ``ru
 (1, 2, ... per job), written as :mod:`..streams` writes a streamed answer's events. The
 front reads them by polling the store every :data:`POLL` seconds (one read off the loop
 per poll, no thread held between polls); the stream ends after the job's last event, or
-at once when the job is over and that event was sent before. A watcher that sends
+when the job is over and that event was sent before, after one more poll (a cancel
+writes the record a moment before its end event). A watcher that sends
 ``Last-Event-ID: n`` gets the events after ``n``, each once.
 
 Bounds: a watcher is held at most the jobs' TTL (``JOB_TTL``); while no event comes, a
@@ -84,6 +85,7 @@ async def _stream(jobs: JobsFront, job_id: str, after: int, ttl: float,
     """The job's events after ``after``, until its last one (or the TTL)."""
     now = time.monotonic()
     deadline, quiet_since = now + ttl, now
+    over = False  # the record said the job is over, and no event came since
     while time.monotonic() < deadline:
         try:
             batch, status = await off_loop(jobs.poll, job_id, after, BATCH)
@@ -95,10 +97,12 @@ async def _stream(jobs: JobsFront, job_id: str, after: int, ttl: float,
             if name in EVENT_ENDS:
                 return
         if batch:
-            quiet_since = time.monotonic()
+            quiet_since, over = time.monotonic(), False
             continue
-        if status is None or status in TERMINAL:
+        if status is None or (over and status in TERMINAL):
             return  # gone (expired), or over with its last event sent before
+        # A cancel writes the record a moment before the end event: one more look.
+        over = status in TERMINAL
         if time.monotonic() - quiet_since >= KEEPALIVE:
             yield KEEPALIVE_COMMENT
             quiet_since = time.monotonic()

@@ -28,9 +28,10 @@ from flask import Response, request
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import protocol
+from ..cancellations import JOB_WAITING, count_cancelled
 from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Unavailable
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
-from ..queues.base import CANCELLED, QUEUED, STICKY, TERMINAL, Job
+from ..queues.base import CANCELLED, QUEUED, TERMINAL, Job
 from ..redact import mask_text
 from ..traffic.settings import split_target
 from . import metrics
@@ -158,42 +159,40 @@ class JobsFront:
     def cancel(self, job_id: str, key: Any = None) -> tuple[int, dict[str, Any]]:
         """``DELETE /jobs/<id>``: a waiting job is cancelled at once (never run: its
         consumer moves it to the dead letters, or the queue does now where it can reach
-        it), 200; a running one is asked to stop (its consumer sees it within a poll and
-        ends it ``cancelled``), 202. A finished job: 409. Cancelling again changes nothing."""
+        it), 200; a running one (also one a consumer started since the record was read)
+        is asked to stop (its consumer sees it within a poll and ends it ``cancelled``),
+        202. A finished job: 409. Cancelling again changes nothing."""
         queue, results = self._backends()
         record = self.record(job_id, key)
 
         def cancel() -> tuple[int, dict[str, Any]]:
-            status = record.get("STATUS")
+            current, ttl = record, self._spec().ttl
+            if current.get("STATUS") == QUEUED:
+                now = time.time()
+                # Only while it still waits: a consumer that marked it running first
+                # stops it instead (below), so a job cancelled here never runs.
+                if results.update(job_id, {"STATUS": CANCELLED, "CANCEL_REQUESTED": now,
+                                           "FINISHED_AT": now}, ttl=ttl, only_if=QUEUED):
+                    # Its end event follows the record at once (a watcher that reads the
+                    # record in between looks once more: see job_events).
+                    results.add_event(job_id, CANCELLED, {"STATUS": CANCELLED, "RAN": False},
+                                      ttl)
+                    count_cancelled(str(record["SIGNATURE"]), JOB_WAITING)
+                    queue.cancel_waiting(job_id, str(record["SIGNATURE"]))
+                    return 200, results.get(job_id) or record
+                current = self.record(job_id, key)  # claimed, or over, meanwhile
+            status = current.get("STATUS")
             if status == CANCELLED:
-                return 200, record
+                return 200, current
             if status in TERMINAL:
                 raise Conflict(f"job {job_id} is already over ({status}): there is nothing "
                                "to cancel", JOB_ID=job_id, STATUS=status)
-            now = time.time()
-            if status != QUEUED:  # running: its consumer ends it
-                results.update(job_id, {"CANCEL_REQUESTED": now})
-                return 202, {**record, "CANCEL_REQUESTED": now}
-            results.add_event(job_id, CANCELLED, {"STATUS": CANCELLED, "RAN": False},
-                              self._spec().ttl)
-            if not results.update(job_id, {"STATUS": CANCELLED, "CANCEL_REQUESTED": now,
-                                           "FINISHED_AT": now}, ttl=self._spec().ttl):
-                return self._already(job_id, results)
-            queue.cancel_waiting(job_id)
-            return 200, results.get(job_id) or record
+            now = time.time()  # running: its consumer ends it
+            results.update(job_id, {"CANCEL_REQUESTED": now})
+            return 202, {**current, "CANCEL_REQUESTED": now}
 
         answer: tuple[int, dict[str, Any]] = self._backend_call("cancelling a job", cancel)
         return answer
-
-    @staticmethod
-    def _already(job_id: str, results: ResultStore) -> tuple[int, dict[str, Any]]:
-        """The answer to a cancel that lost the race with the job's end."""
-        record = results.get(job_id) or {}
-        status = record.get("STATUS")
-        if status in STICKY and status != CANCELLED:
-            raise Conflict(f"job {job_id} is already over ({status}): there is nothing to "
-                           "cancel", JOB_ID=job_id, STATUS=status)
-        return 200, record
 
     def dead(self, name: str, limit: int) -> list[dict[str, Any]]:
         queue, _results = self._backends()

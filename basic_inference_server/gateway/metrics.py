@@ -27,6 +27,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from ..cancellations import CLIENT_GONE, TIMEOUT, count_cancelled
 from ..tenants.metering import TopTenants
 from ..traffic.compare import Result
 from ..traffic.shadow import summarize
@@ -275,6 +276,15 @@ def stream_ended(endpoint: str, reason: str, chunks: int) -> None:
     if chunks:
         _child(CHUNKS, endpoint).inc(chunks)
     _child(ENDED, endpoint, reason).inc()
+    if reason in (CLIENT_GONE, TIMEOUT):
+        count_cancelled(endpoint, reason)
+
+
+def request_cancelled(target: str) -> None:
+    """A request to the route ``target`` whose caller left before its answer came (the
+    front closed the endpoint's connection): ``bis_cancelled_total{reason="client_gone"}``
+    under its endpoint. A stream's leaving is counted when it ends (:func:`stream_ended`)."""
+    count_cancelled(target, CLIENT_GONE)
 
 
 def skip_shadow(endpoint: str, version: str) -> None:

@@ -34,6 +34,7 @@ import httptools
 from ..errors import ServingError, Unavailable, UpstreamDropped, UpstreamTimeout
 from ..serving.message import Request
 from ..traffic.remote import Credentials, RemoteURL, parse_url
+from . import metrics
 from .loadboard import LoadBoard
 from .upstream_conn import (
     CLIENT_GONE,
@@ -254,9 +255,10 @@ class Upstream:
             if conn is not None:
                 conn.close()
             raise classify(exc, reused, name, timeout) from None
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the caller left: the endpoint sees the close
             if conn is not None:
                 conn.close()
+            metrics.request_cancelled(name)
             raise
         if conn.streaming:
             resp.stream = UpstreamStream(self, path, conn, name)

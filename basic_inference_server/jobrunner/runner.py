@@ -70,12 +70,14 @@ class EndpointJobs(JobWorker):
         finally:
             self.front.close()
 
-    def _through_front(self, job: Job, _flag: JobRun) -> tuple[int, dict[str, Any]]:
-        """Run the job through ``/run``. Cancelled while it runs, its answer is dropped
-        when it comes (the call itself is not cut short)."""
+    def _through_front(self, job: Job, flag: JobRun) -> tuple[int, dict[str, Any]]:
+        """Run the job through ``/run``. Cancelled while it runs (the consumer's watcher
+        sets its flag), the call is cut short: its connection to the front is closed,
+        which stops the work as a caller that leaves does."""
         assert self.results is not None
         tenant = (self.results.get(job.id) or {}).get("TENANT")
-        return self.front.run(job, tenant if isinstance(tenant, str) else None, self.timeout)
+        return self.front.run(job, tenant if isinstance(tenant, str) else None, self.timeout,
+                              cancelled=lambda: flag.is_set)
 
 
 class JobRunner:

@@ -132,10 +132,11 @@ class JobQueue(ABC):
         ``MAX_QUEUE_DEPTH`` x ``MAX_REQUEST_SIZE`` is what bounds them."""
         return None
 
-    def cancel_waiting(self, job_id: str) -> bool:
-        """Move a waiting (not claimed) job to the dead letters as cancelled, where the
-        backend can reach one message by its job id; False where it cannot (the
-        consumer that claims it dead-letters it instead, unrun)."""
+    def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
+        """Move a waiting (not claimed) job of ``endpoint`` to the dead letters as
+        cancelled, where the backend can take one message out by its job id; False
+        where it cannot, or the job is not waiting there (the consumer that claims it
+        dead-letters it instead, unrun)."""
         return False
 
     @abstractmethod
@@ -189,11 +190,14 @@ class ResultStore(ABC):
         """Record a job as queued (before it is enqueued)."""
 
     @abstractmethod
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
+               only_if: str | None = None) -> bool:
         """Merge ``fields`` into the record; a record already ``done`` or ``cancelled``
         keeps that status (True when the update was made).
 
         ``ttl``: the record expires that many seconds from now (terminal states).
+        ``only_if``: make the update only while the record's status is this one (a
+        cancel that must find the job still waiting).
         """
 
     @abstractmethod

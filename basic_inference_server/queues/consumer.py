@@ -13,7 +13,9 @@ Cancelled jobs (``DELETE /jobs/<id>``): a job whose record says it was cancelled
 it started is moved to the dead letters unrun. While a job runs, a watcher thread reads
 its record every :data:`CANCEL_POLL` seconds; once it is cancelled the job's flag is
 set (:meth:`FlaskWorker.cancelled` turns true, a streaming endpoint's generator is
-closed after the chunk in the making) and the job ends ``cancelled``, its answer dropped.
+closed after the chunk in the making; the job runner closes its call to the front) and
+the job ends ``cancelled``, its answer dropped, counted in ``bis_cancelled_total``
+(``job_running``; the front counts the ``job_waiting`` ones).
 
 Each step is also an event of the job (``GET /jobs/<id>/events``), stored in the
 results store: ``queued`` (a retry), ``running``, ``progress`` and ``chunk`` while it
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..cancellations import JOB_RUNNING, count_cancelled
 from ..redact import mask_text, mask_url
 from ..worker import CancelFlag
 from . import JobQueue, JobsSpec, ResultStore, open_queue, open_results
@@ -263,6 +266,9 @@ class JobWorker:
         if self.results.update(job.id, {"STATUS": RUNNING, "ATTEMPTS": job.attempts,
                                         "STARTED_AT": time.time(), "WORKER": self.name}):
             self.event(job.id, RUNNING, {"ATTEMPTS": job.attempts, "WORKER": self.name})
+        elif cancel_asked(self.results.get(job.id)):  # cancelled since the look above
+            self._cancelled(claim, ran=False)
+            return
         flag = JobRun(lambda name, data: self.event(job.id, name, data, quiet=True))
         started = time.perf_counter()
         try:
@@ -357,6 +363,7 @@ class JobWorker:
                             ttl=self.jobs.ttl)
         if ran:
             self.queue.ack(claim)
+            count_cancelled(self.endpoint, JOB_RUNNING)
             self.ended(job, 499, seconds)
         else:
             self.queue.dead_letter(claim, CANCELLED_ERROR)

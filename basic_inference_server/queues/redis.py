@@ -9,10 +9,14 @@ Keys (``prefix`` from the URL's ``?prefix=``, default ``bis``):
 * ``<prefix>:job:<id>``           hash: the job's record (expires ``JOB_TTL`` after it ends)
 * ``<prefix>:pending:<endpoint>`` sorted set of unfinished job ids by submission time
 * ``<prefix>:events:<id>``        list: the job's events, ``<name> <json>`` (id: index + 1)
+* ``<prefix>:entries:<endpoint>`` hash: job id -> the stream entry that holds it
 
 A claimed entry stays in the group's pending list until acked; an entry idle there for
 longer than the visibility timeout (its consumer died) is taken over with XAUTOCLAIM.
 Every move between keys is one transaction, so a job is always in exactly one place.
+The ``entries`` hash lets a cancel take a waiting job out of the stream by its id (an
+entry no consumer holds: ``XDEL``, then into the dead letters); a job waiting for a
+retry stays in the sorted set, and its consumer dead-letters it when it comes up.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import redis
 
 from . import url_options
 from .base import (
+    CANCELLED_ERROR,
     EVENT_ENDS,
     MAX_EVENTS,
     QUEUED,
@@ -42,31 +47,64 @@ GROUP = "workers"
 # Longer than any blocking read (the consumer waits at most a few seconds per claim).
 SOCKET_TIMEOUT = 30.0
 
+# KEYS: stream, delayed set, entries hash. ARGV: depth limit, job, job id.
 _ENQUEUE = """
 local limit = tonumber(ARGV[1])
 if limit >= 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= limit then
   return 0
 end
-redis.call('XADD', KEYS[1], '*', 'job', ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[3], redis.call('XADD', KEYS[1], '*', 'job', ARGV[2]))
 return 1
 """
+# KEYS: stream, entries hash. ARGV: job, job id.
+_ADD = """
+redis.call('HSET', KEYS[2], ARGV[2], redis.call('XADD', KEYS[1], '*', 'job', ARGV[1]))
+"""
+# KEYS: delayed set, stream, entries hash. ARGV: now.
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, payload in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'job', payload)
+  local mid = redis.call('XADD', KEYS[2], '*', 'job', payload)
+  local ok, job = pcall(cjson.decode, payload)
+  if ok and type(job) == 'table' and type(job.id) == 'string' then
+    redis.call('HSET', KEYS[3], job.id, mid)
+  end
   redis.call('ZREM', KEYS[1], payload)
 end
 return #due
 """
+# KEYS: stream, entries hash, dead stream. ARGV: job id, the dead letter's error, group.
+# 1 when the job was waiting in the stream, unclaimed, and is a dead letter now. (No
+# group yet: no consumer ever read the stream, so nothing in it is held.)
+_CANCEL = """
+local mid = redis.call('HGET', KEYS[2], ARGV[1])
+if not mid then return 0 end
+local held = redis.pcall('XPENDING', KEYS[1], ARGV[3], mid, mid, 1)
+if type(held) == 'table' and held.err == nil and #held > 0 then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], mid, mid)
+redis.call('HDEL', KEYS[2], ARGV[1])
+if #entry == 0 then return 0 end
+local fields = entry[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 'job' then
+    redis.call('XDEL', KEYS[1], mid)
+    redis.call('XADD', KEYS[3], '*', 'job', fields[i + 1], 'error', ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
 # KEYS: record hash, pending set. ARGV: new status (JSON or ''), ttl or '', job id,
-# pending op ('add' / 'rem' / ''), field, value, field, value ...
+# pending op ('add' / 'rem' / ''), the status the record must have (JSON or ''), field,
+# value, field, value ...
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local status = redis.call('HGET', KEYS[1], 'STATUS')
 if ARGV[1] ~= '' and ARGV[1] ~= status and (status == '"done"' or status == '"cancelled"') then
   return 0
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if ARGV[5] ~= '' and ARGV[5] ~= status then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 if ARGV[2] ~= '' then redis.call('EXPIRE', KEYS[1], ARGV[2]) else redis.call('PERSIST', KEYS[1]) end
 if ARGV[4] == 'rem' then redis.call('ZREM', KEYS[2], ARGV[3]) end
 if ARGV[4] == 'add' then
@@ -116,12 +154,17 @@ class RedisQueue(JobQueue):
     def __init__(self, url: str) -> None:
         self.r, self.prefix = connect(url)
         self._enqueue = self.r.register_script(_ENQUEUE)
+        self._add = self.r.register_script(_ADD)
         self._promote = self.r.register_script(_PROMOTE)
+        self._cancel = self.r.register_script(_CANCEL)
         self._groups: set[str] = set()
 
     def _keys(self, endpoint: str) -> tuple[str, str, str]:
         p = self.prefix
         return f"{p}:jobs:{endpoint}", f"{p}:delayed:{endpoint}", f"{p}:dead:{endpoint}"
+
+    def _entries(self, endpoint: str) -> str:
+        return f"{self.prefix}:entries:{endpoint}"
 
     def _ensure_group(self, stream: str) -> None:
         if stream in self._groups:
@@ -136,7 +179,13 @@ class RedisQueue(JobQueue):
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
         stream, delayed, _dead = self._keys(job.endpoint)
         limit = -1 if max_depth is None else max_depth
-        return bool(self._enqueue(keys=[stream, delayed], args=[limit, job.encode()]))
+        return bool(self._enqueue(keys=[stream, delayed, self._entries(job.endpoint)],
+                                  args=[limit, job.encode(), job.id]))
+
+    def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
+        stream, _delayed, dead = self._keys(endpoint)
+        return bool(self._cancel(keys=[stream, self._entries(endpoint), dead],
+                                 args=[job_id, CANCELLED_ERROR, GROUP]))
 
     def stored_bytes(self, endpoint: str) -> int:
         # Redis's own estimate (sampled): cheap on a stream of any length.
@@ -147,7 +196,7 @@ class RedisQueue(JobQueue):
               visibility_timeout: float) -> Claim | None:
         stream, delayed, _dead = self._keys(endpoint)
         self._ensure_group(stream)
-        self._promote(keys=[delayed, stream], args=[time.time()])
+        self._promote(keys=[delayed, stream, self._entries(endpoint)], args=[time.time()])
         try:
             return self._claim(endpoint, stream, consumer, wait, visibility_timeout)
         except redis.ResponseError as exc:
@@ -180,9 +229,13 @@ class RedisQueue(JobQueue):
     def _settle(self, claim: Claim, *also: tuple[str, str, Any]) -> None:
         """Ack and delete the claimed entry, doing ``also`` in the same transaction."""
         stream, mid = claim.receipt
+        entries = self._entries(claim.job.endpoint)
         pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(entries, claim.job.id)
         for op, key, arg in also:
-            if op == "xadd":
+            if op == "add":  # back in the stream, found by its id again
+                self._add(keys=[key, entries], args=[arg, claim.job.id], client=pipe)
+            elif op == "xadd":
                 pipe.xadd(key, {"job": arg})
             else:
                 pipe.zadd(key, arg)
@@ -195,7 +248,7 @@ class RedisQueue(JobQueue):
 
     def release(self, claim: Claim) -> None:
         job = replace(claim.job, attempts=claim.job.attempts - 1)
-        self._settle(claim, ("xadd", claim.receipt[0], job.encode()))
+        self._settle(claim, ("add", claim.receipt[0], job.encode()))
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
         job = replace(claim.job, last_error=error)
@@ -214,21 +267,30 @@ class RedisQueue(JobQueue):
         pipe.zcard(delayed)
         return int(sum(pipe.execute()))
 
+    @staticmethod
+    def _dead_job(endpoint: str, mid: bytes, fields: dict[bytes, bytes]) -> Job:
+        """A dead letter's job; a cancel's entry carries its error beside the job."""
+        job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+        if b"error" in fields:
+            job.last_error = _text(fields[b"error"])
+        return job
+
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
         _stream, _delayed, dead = self._keys(endpoint)
-        return [Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+        return [self._dead_job(endpoint, mid, fields)
                 for mid, fields in self.r.xrange(dead, count=limit)]
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
         stream, _delayed, dead = self._keys(endpoint)
         ids = []
         for mid, fields in self.r.xrange(dead):
-            job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
+            job = self._dead_job(endpoint, mid, fields)
             if job_id is not None and job.id != job_id:
                 continue
             job.attempts = 0
             pipe = self.r.pipeline(transaction=True)
-            pipe.xadd(stream, {"job": job.encode()})
+            self._add(keys=[stream, self._entries(endpoint)], args=[job.encode(), job.id],
+                      client=pipe)
             pipe.xdel(dead, mid)
             pipe.execute()
             ids.append(job.id)
@@ -262,7 +324,8 @@ class RedisResults(ResultStore):
         pipe.zadd(self._pending(job.endpoint), {job.id: job.submitted_at})
         pipe.execute()
 
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
+               only_if: str | None = None) -> bool:
         status = fields.get("STATUS")
         op = "" if status is None else "rem" if status in TERMINAL else "add" if status == QUEUED else ""
         endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
@@ -274,7 +337,8 @@ class RedisResults(ResultStore):
         return bool(self._update(
             keys=[self._key(job_id), self._pending(orjson.loads(endpoint))],
             args=[orjson.dumps(status) if status is not None else "",
-                  max(1, int(ttl)) if ttl is not None else "", job_id, op, *pairs]))
+                  max(1, int(ttl)) if ttl is not None else "", job_id, op,
+                  orjson.dumps(only_if) if only_if is not None else "", *pairs]))
 
     def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
         return int(self._add_event(keys=[self._events(job_id)],

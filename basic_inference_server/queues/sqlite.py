@@ -197,7 +197,7 @@ class SqliteQueue(JobQueue):
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(POLL_CAP, pause * 2)
 
-    def cancel_waiting(self, job_id: str) -> bool:
+    def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
         with self.db.write() as conn:
             cursor = conn.execute("UPDATE jobs SET dead = 1, last_error = ? "
                                   "WHERE id = ? AND dead = 0 AND token IS NULL",
@@ -276,7 +276,8 @@ class SqliteResults(ResultStore):
                          "VALUES (?, ?, ?, ?, ?)",
                          (job.id, job.endpoint, QUEUED, job.submitted_at, orjson.dumps(record_of(job))))
 
-    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None) -> bool:
+    def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
+               only_if: str | None = None) -> bool:
         now = time.time()
         with self.db.write() as conn:
             row = conn.execute("SELECT record FROM results WHERE id = ?", (job_id,)).fetchone()
@@ -285,6 +286,8 @@ class SqliteResults(ResultStore):
             record = orjson.loads(row[0])
             status = record.get("STATUS")
             if status in STICKY and fields.get("STATUS", status) != status:
+                return False
+            if only_if is not None and status != only_if:
                 return False
             record.update(fields)
             expires = now + ttl if ttl is not None else None

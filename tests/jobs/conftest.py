@@ -22,7 +22,7 @@ import requests
 from tests.conftest import free_port, wait_until
 
 # Endpoint names the job tests use: RabbitMQ and SQS queues are deleted by name.
-ENDPOINTS = ("echo", "jobs_noop", "bad_predict", "slow", "bad_pre")
+ENDPOINTS = ("echo", "jobs_noop", "bad_predict", "slow", "bad_pre", "streamer", "progress")
 SQS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
 

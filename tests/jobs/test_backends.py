@@ -13,7 +13,14 @@ import time
 import pytest
 
 from basic_inference_server.queues import Job, open_queue, open_results
-from basic_inference_server.queues.base import DEAD, DONE, QUEUED, RUNNING
+from basic_inference_server.queues.base import (
+    CANCELLED,
+    CANCELLED_ERROR,
+    DEAD,
+    DONE,
+    QUEUED,
+    RUNNING,
+)
 from tests.conftest import wait_until
 
 ALL = ["sqlite", "redis", "rabbitmq", "sqs"]
@@ -98,6 +105,36 @@ def test_dead_letter_list_and_requeue(queue):
     queue.ack(claim_soon(queue))
 
 
+# Backends that take a cancelled waiting job out of the queue at once; the others leave
+# it for the consumer that claims it (it dead-letters it unrun).
+REMOVES = {"sqlite": True, "redis": True, "rabbitmq": False, "sqs": False}
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_cancel_waiting_takes_out_an_unclaimed_job_where_the_backend_can(queue, request):
+    removes = REMOVES[request.node.callspec.params["queue_url"]]
+    held, waiting, last = job(1), job(2), job(3)
+    for j in (held, waiting, last):
+        queue.enqueue(j)
+    claimed = claim_soon(queue)
+    assert claimed.job.id == held.id
+    assert not queue.cancel_waiting(held.id, EP)  # claimed: its consumer ends it
+    assert queue.cancel_waiting(waiting.id, EP) is removes
+    assert not queue.cancel_waiting(waiting.id, EP)  # once
+    if removes:
+        assert wait_until(lambda: queue.depth(EP) == 2, timeout=5)  # held and last
+        dead = wait_until(lambda: queue.dead_letters(EP), timeout=5)
+        assert [(d.id, d.last_error) for d in dead] == [(waiting.id, CANCELLED_ERROR)]
+        assert claim_soon(queue).job.id == last.id
+    # A job given back, or requeued from the dead letters, can be taken out again.
+    queue.release(claimed)
+    if removes:
+        assert queue.cancel_waiting(held.id, EP)
+        assert queue.requeue_dead(EP, waiting.id) == [waiting.id]
+        assert queue.cancel_waiting(waiting.id, EP)
+        assert wait_until(lambda: queue.depth(EP) == 1, timeout=5)  # the claimed last
+
+
 @pytest.mark.parametrize("queue_url", ALL, indirect=True)
 def test_release_gives_the_job_back_uncounted(queue):
     queue.enqueue(job(3))
@@ -150,6 +187,23 @@ def test_results_store(queue_url):
         assert store.get(k.id) is None and store.oldest_pending(EP) is None
         assert store.get("nope") is None
         wait_until(lambda: store.get(j.id) is None, timeout=5, message="the result expires")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
+def test_an_update_only_if_makes_it_only_from_that_status(queue_url):
+    store = open_results(queue_url)
+    try:
+        j = job(1)
+        store.create(j)
+        assert store.update(j.id, {"STATUS": RUNNING}, only_if=QUEUED)
+        # A cancel that must find the job waiting: it is running now, nothing changes.
+        assert not store.update(j.id, {"STATUS": CANCELLED, "X": 1}, only_if=QUEUED)
+        record = store.get(j.id)
+        assert record["STATUS"] == RUNNING and "X" not in record
+        assert store.update(j.id, {"X": 2}, only_if=RUNNING)
+        assert store.get(j.id)["X"] == 2
     finally:
         store.close()
 

@@ -184,6 +184,25 @@ def test_a_job_cancelled_before_it_runs_is_a_dead_letter_never_run(make):
     assert not consumer.results.update(job_id, {"STATUS": DONE})
 
 
+def test_a_job_cancelled_as_it_is_claimed_is_a_dead_letter_never_run(make, monkeypatch):
+    ep = Endpoint((200, {"answer": 42}, []))
+    consumer = make(ep)
+    job_id = submit(consumer)
+    store_update = consumer.results.update
+
+    def cancelled_first(one, fields, ttl=None):
+        # The cancel lands between the consumer's look at the record and its RUNNING.
+        if fields.get("STATUS") == "running":
+            store_update(one, {"STATUS": CANCELLED})
+        return store_update(one, fields, ttl)
+
+    monkeypatch.setattr(consumer.results, "update", cancelled_first)
+    assert consumer.run_once(wait=1)
+    assert ep.calls == []
+    assert [d.id for d in consumer.queue.dead_letters("ep")] == [job_id]
+    assert events(consumer, job_id) == [(1, "cancelled")]
+
+
 def test_a_running_job_sees_its_cancel_and_ends_cancelled(make):
     flags = []
 

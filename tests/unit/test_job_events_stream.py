@@ -64,7 +64,7 @@ def test_events_come_in_order_and_the_stream_ends_after_the_last(monkeypatch):
     assert [(i, n) for n, i, _ in parsed] == [(1, "queued"), (2, "running"), (3, "progress"),
                                               (4, "done")]
     assert parsed[2][2] == {"step": 1}
-    # Resumed after 2: the rest once; after the last: nothing, at once.
+    # Resumed after 2: the rest once; after the last: nothing.
     assert [parse_event(Format.SSE, p)[1] for p in asyncio.run(collect(jobs, 2, 60))] == [3, 4]
     assert asyncio.run(collect(jobs, 4, 60)) == []
 
@@ -82,7 +82,26 @@ def test_an_expired_job_or_one_over_without_more_events_ends_the_stream(monkeypa
     monkeypatch.setattr(job_events, "POLL", 0.001)
     assert asyncio.run(collect(FakeJobs(status=None), 0, 60)) == []
     over = FakeJobs(status="dead")
-    assert asyncio.run(collect(over, 0, 60)) == [] and over.polls == 1
+    # One more look: a cancel writes the record a moment before its end event.
+    assert asyncio.run(collect(over, 0, 60)) == [] and over.polls == 2
+
+
+class CancelledFirst(FakeJobs):
+    """A waiting job's cancel: the record says ``cancelled`` one poll before the event."""
+
+    def poll(self, job_id: str, after: int, limit: int):
+        found = super().poll(job_id, after, limit)
+        if self.polls == 1:
+            self.add("cancelled", STATUS="cancelled", RAN=False)
+        return found
+
+
+def test_the_end_event_written_just_after_the_record_is_sent(monkeypatch):
+    monkeypatch.setattr(job_events, "POLL", 0.001)
+    jobs = CancelledFirst(status="cancelled")
+    jobs.add("queued")
+    pieces = asyncio.run(collect(jobs, 1, 60))
+    assert [parse_event(Format.SSE, p)[0] for p in pieces] == ["cancelled"]
 
 
 def request(headers: list[tuple[bytes, bytes]]) -> Request:

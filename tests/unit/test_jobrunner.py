@@ -19,7 +19,7 @@ from basic_inference_server.jobrunner.runner import JobRunner
 from basic_inference_server.manager.specs import front_url, job_targets
 from basic_inference_server.manager.state import Endpoint, State
 from basic_inference_server.queues import Job, JobsSpec, open_queue, open_results
-from basic_inference_server.queues.base import DEAD, DONE, FAILED
+from basic_inference_server.queues.base import CANCELLED, DEAD, DONE, FAILED
 from basic_inference_server.traffic.versions import expand
 from tests.conftest import free_port, wait_until
 
@@ -37,6 +37,9 @@ class Front(ThreadingHTTPServer):
         self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.answer: Any = lambda body: (200, {"ran": body})
         self.lock = threading.Lock()
+        # A body with HOLD is never answered: it waits for its caller to leave.
+        self.holding = threading.Event()
+        self.left = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,6 +49,12 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
             self.server.seen.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        if body.get("HOLD"):
+            self.connection.settimeout(30)
+            self.server.holding.set()
+            if self.rfile.read(1) == b"":  # the caller closed its connection
+                self.server.left.set()
+            return
         status, answer = self.server.answer(body)
         raw, kind = (answer, "image/png") if isinstance(answer, bytes) else \
             (json.dumps(answer).encode(), "application/json")
@@ -127,6 +136,21 @@ def test_jobs_run_through_the_front_with_the_credential_and_tenant(runner: Runne
     untenanted = runner.submit(TEXT="x")
     runner.finished(untenanted, DONE)
     assert "x-customer-id" not in front.seen[1][0]
+
+
+def test_a_job_cancelled_while_it_runs_closes_its_call_to_the_front(
+        runner: Runner, front: Front) -> None:
+    runner.runner.refresh()
+    job_id = runner.submit(HOLD=True)
+    assert front.holding.wait(15), "the job's call reached the front"
+    runner.results.update(job_id, {"CANCEL_REQUESTED": 1.0})
+    assert front.left.wait(15), "the job runner closed its connection"
+    record = runner.finished(job_id, CANCELLED)
+    assert "RESULT" not in record
+    assert [name for _seq, name, _data in runner.results.events(job_id, 0, 100)][-1:] == \
+        [CANCELLED]
+    # The thread goes on with the next job, on a new connection.
+    runner.finished(runner.submit(TEXT="next"), DONE)
 
 
 def test_statuses_decide_failed_retried_or_dead(runner: Runner, front: Front) -> None:
