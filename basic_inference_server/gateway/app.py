@@ -49,7 +49,7 @@ from ..traffic.remote import remote_body
 from ..traffic.router import choose
 from ..traffic.settings import VERSION_SEP, split_target
 from ..traffic.shadow import Shadow
-from . import metrics
+from . import dashboard_events, metrics
 from .api_table import NATIVE
 from .job_events import events_job_id, job_events
 from .jobs import JobsFront, job_route
@@ -114,6 +114,9 @@ class Front:
         # The routes answered here, not by the Flask app (the API table names them).
         self.native: dict[str, Callable[[Request], Awaitable[Answer]]] = {
             path: getattr(self, handler) for path, handler in NATIVE.items()}
+
+    # ``GET /dashboard/events``: the dashboard's live state (its own module).
+    on_dashboard_events = dashboard_events.answer
 
     def start(self) -> None:
         """In each front process, after the fork, on its loop: the thread pool for
