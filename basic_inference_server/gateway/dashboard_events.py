@@ -91,7 +91,7 @@ class Cursor:
     @classmethod
     def parse(cls, text: str) -> Cursor:
         """A ``Last-Event-ID``; 400 when it is not one this stream wrote."""
-        match = CURSOR.match(text.strip())
+        match = CURSOR.fullmatch(text.strip())
         if match is None:
             raise BadRequest("Last-Event-ID must be the id of a dashboard event "
                              "(<state>.<sample>.<event>)")
