@@ -85,6 +85,7 @@ def _is_async(raw: bytes) -> bool:
 
 class Front:
     """The gateway front's request handling, shared by every connection of a process."""
+    on_dashboard_events = dashboard_events.answer  # GET /dashboard/events: its own module
 
     def __init__(self, spec: FrontSpec) -> None:
         self.spec = spec
@@ -114,9 +115,6 @@ class Front:
         # The routes answered here, not by the Flask app (the API table names them).
         self.native: dict[str, Callable[[Request], Awaitable[Answer]]] = {
             path: getattr(self, handler) for path, handler in NATIVE.items()}
-
-    # ``GET /dashboard/events``: the dashboard's live state (its own module).
-    on_dashboard_events = dashboard_events.answer
 
     def start(self) -> None:
         """In each front process, after the fork, on its loop: the thread pool for
@@ -152,8 +150,7 @@ class Front:
                 req.key = await self.gate.authenticate(req.headers)
             except ServingError as err:
                 return error_answer(err, self.meta())
-        answer: Answer = await self.off_loop(self.wsgi, req)
-        return answer
+        return await self.off_loop(self.wsgi, req)
 
     async def on_usage(self, req: Request) -> Answer:
         """``GET /usage``: the calling key's limits, quota and spending."""
