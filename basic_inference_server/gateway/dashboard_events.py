@@ -167,11 +167,15 @@ def read_manager(control: str, last: Snapshot | None) -> Snapshot:
         status.pop("HISTORY", None)  # the events come as events
         if code != 200:
             status = {"SYSTEM_ERROR": status.get("ERROR", "")}
+        newest = _ms(samples[-1]) if samples else 0
         _, history = _body(control, "history", {"samples": FEW_SAMPLES if samples else SAMPLES})
+        fetched = history.get("samples", [])
+        if samples and len(fetched) == FEW_SAMPLES and _ms(fetched[0]) > newest:
+            # More samples were taken since the last read than a few: read the window.
+            _, history = _body(control, "history", {"samples": SAMPLES})
     except ControlUnavailable as exc:
         return Snapshot({"ERROR": f"the gateway manager is not answering: {exc}"},
                         tuple(samples), events)
-    newest = _ms(samples[-1]) if samples else 0
     samples += [s for s in history.get("samples", []) if _ms(s) > newest]
     return Snapshot({**servers, **status}, tuple(samples[-SAMPLES:]),
                     tuple(history.get("events", [])[-EVENTS:]))

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from basic_inference_server.errors import BadRequest
+from basic_inference_server.gateway import dashboard_events
 from basic_inference_server.gateway.dashboard_events import (
     Cursor,
     Feed,
@@ -173,3 +174,51 @@ def test_a_failed_read_is_retried_and_the_watchers_get_the_next_one():
         await events_.aclose()
 
     asyncio.run(main())
+
+
+class Control:
+    """The manager's answers to the feed's commands, and the commands asked."""
+
+    def __init__(self, taken: int, up: bool = True) -> None:
+        self.taken = taken  # samples taken so far, one a second from ts 1
+        self.up = up
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, _path: str, request: dict[str, Any]) -> dict[str, Any]:
+        cmd, args = request["cmd"], request["args"]
+        self.asked.append((cmd, args))
+        if not self.up:
+            raise dashboard_events.ControlUnavailable("refused")
+        if cmd == "list_servers":
+            return {"status": 200, "body": state(echo="READY")}
+        if cmd == "system_status":
+            return {"status": 503, "body": {"ERROR": "the first health sample is not taken yet"}}
+        window = samples(*range(1, self.taken + 1))[-int(args["samples"]):]
+        return {"status": 200, "body": {"samples": list(window), "events": list(events(0.5))}}
+
+
+def test_the_manager_is_read_for_a_window_then_a_few_samples_a_time(monkeypatch):
+    control = Control(taken=300)
+    monkeypatch.setattr(dashboard_events, "control_call", control)
+    first = dashboard_events.read_manager("ctl", None)
+    assert len(first.samples) == dashboard_events.SAMPLES
+    assert first.samples[-1]["ts"] == 300 and first.events == events(0.5)
+    assert first.state["SERVERS"]["echo"]["state"] == "READY"
+    assert first.state["SYSTEM_ERROR"].startswith("the first health sample")
+
+    control.taken, control.asked = 302, []
+    second = dashboard_events.read_manager("ctl", first)
+    assert [s["ts"] for s in second.samples[-3:]] == [300, 301, 302]
+    assert len(second.samples) == dashboard_events.SAMPLES
+    assert control.asked[-1] == ("history", {"samples": dashboard_events.FEW_SAMPLES})
+
+    control.taken, control.asked = 400, []  # more than a few since: the window again
+    third = dashboard_events.read_manager("ctl", second)
+    assert [a["samples"] for c, a in control.asked if c == "history"] == [
+        dashboard_events.FEW_SAMPLES, dashboard_events.SAMPLES]
+    assert [s["ts"] for s in third.samples] == list(range(221, 401))
+
+    control.up = False  # the manager away: its error, and the windows kept
+    away = dashboard_events.read_manager("ctl", third)
+    assert away.state["ERROR"].startswith("the gateway manager is not answering")
+    assert away.samples == third.samples and away.events == third.events
