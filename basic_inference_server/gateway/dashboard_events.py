@@ -40,7 +40,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -133,15 +133,15 @@ class Snapshot:
     def news(self, cursor: Cursor) -> Iterator[tuple[str, dict[str, Any], Cursor]]:
         """The events a reader at ``cursor`` lacks, each with the cursor after it."""
         if self.state_digest != cursor.state:
-            cursor = Cursor(self.state_digest, cursor.sample, cursor.event)
+            cursor = replace(cursor, state=self.state_digest)
             yield "state", self.state, cursor
         samples = [s for s in self.samples if _ms(s) > cursor.sample]
         if samples:
-            cursor = Cursor(cursor.state, _ms(samples[-1]), cursor.event)
+            cursor = replace(cursor, sample=_ms(samples[-1]))
             yield "samples", {"samples": samples}, cursor
         events = [e for e in self.events if _ms(e) > cursor.event]
         if events:
-            cursor = Cursor(cursor.state, cursor.sample, _ms(events[-1]))
+            cursor = replace(cursor, event=_ms(events[-1]))
             yield "events", {"events": events}, cursor
 
 

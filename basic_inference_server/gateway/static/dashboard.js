@@ -279,6 +279,7 @@ function drawState(state) {
   drawEndpoints(state.SERVERS || {}, state.TRAFFIC || {});
   drawAlerts(state.SYSTEM_ALERTS || []);
   if (state.SYSTEM_STATUS) drawSystem(state.SYSTEM_STATUS);
+  else $("system").textContent = state.SYSTEM_ERROR || "";
 }
 
 function onEvent(name, data, id) {
@@ -304,6 +305,11 @@ function onEvent(name, data, id) {
   if (live.state && live.sampled) document.body.dataset.loaded = "true";
 }
 
+// What the stream sent so far: the next stream starts from nothing.
+function forgetEvents() {
+  Object.assign(live, {lastId: "", state: null, samples: [], events: [], sampled: false});
+}
+
 function disconnect() {
   clearTimeout(live.timer);
   if (live.controller) live.controller.abort();
@@ -314,8 +320,10 @@ function disconnect() {
 // what changed since), waiting longer after each failure. fresh: forget what was drawn.
 async function connect(fresh) {
   disconnect();
-  if (fresh) Object.assign(live, {lastId: "", state: null, samples: [], events: [],
-                                  sampled: false, retryMs: RETRY_MIN_MS});
+  if (fresh) {
+    forgetEvents();
+    live.retryMs = RETRY_MIN_MS;
+  }
   if (!token()) {
     needToken();
     return;
@@ -335,7 +343,7 @@ async function connect(fresh) {
     }
     if (!resp.ok) {
       const data = await resp.json().catch(() => ({}));
-      if (resp.status === 400) live.lastId = "";  // a cursor the gateway cannot read
+      if (resp.status === 400) forgetEvents();  // a cursor the gateway cannot read
       throw new Error(data.ERROR || (resp.status + " " + resp.statusText));
     }
     document.body.dataset.auth = "ok";
