@@ -8,7 +8,7 @@ checks that each of them refuses a call without it).
 
 Left out, and only these: a valid ``/shutdown`` (the operation is run in negative
 mode only), ``/kill_server`` of the endpoint the run needs (st_hooks.py) and
-``/dashboard/events``, a stream that lasts minutes (tests/e2e/test_dashboard_events.py
+``/dashboard/events``, a stream that lasts minutes (tests/integration/test_dashboard_events.py
 checks it against the document).
 """
 
