@@ -166,6 +166,8 @@ KEY_REQUEST: Schema = {
            NAME={"type": "string", "maxLength": 200}),
     "additionalProperties": False, "dependentRequired": {"BURST": ["RATE"]}}
 KEY_ID: Schema = {"type": "string", "minLength": 1}
+# A dashboard event's id: <state digest or ->.<newest sample ms>.<newest event ms>.
+DASHBOARD_CURSOR = r"^(?:([0-9a-f]{16})|-)\.([0-9]{1,15})\.([0-9]{1,15})$"
 DAY: Schema = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 
 ROUTES: tuple[Route, ...] = (
@@ -212,6 +214,12 @@ ROUTES: tuple[Route, ...] = (
     Route("/dashboard", ("GET",), "open",
           "web page (asks for the admin token): endpoints, alerts, memory and GPU charts, "
           "actions", (200, 403), view="dashboard", response=STRING, media="text/html"),
+    Route("/dashboard/events", ("GET",), "admin",
+          "the dashboard's live state as SSE: state (endpoints, system, alerts), samples, "
+          "events; Last-Event-ID resumes", (200, 400, 503), view=FRONT,
+          params=(Param("Last-Event-ID", {"type": "string", "pattern": DASHBOARD_CURSOR},
+                        where="header", description="resume after this event id"),),
+          response=STRING, media="text/event-stream"),
     Route("/dashboard/static/<path:filename>", ("GET",), "open", "the dashboard's files",
           (200, 403, 404), view="dashboard_static", response=STRING, media="*/*",
           params=(Param("filename", required=True, where="path"),)),

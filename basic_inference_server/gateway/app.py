@@ -29,7 +29,7 @@ from ..tenants.gate import TenantGate
 from ..tenants.store import KeyStore
 from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
-from . import metrics
+from . import dashboard_events, metrics
 from .api_table import NATIVE
 from .dispatch import Dispatcher
 from .job_events import events_job_id, job_events
@@ -51,6 +51,7 @@ ADMIN_JOB_PATHS = ("/jobs/dead", "/jobs/requeue")
 
 class Front:
     """The gateway front's request handling, shared by every connection of a process."""
+    on_dashboard_events = dashboard_events.answer  # GET /dashboard/events: its own module
 
     def __init__(self, spec: FrontSpec) -> None:
         self.spec = spec
@@ -126,8 +127,7 @@ class Front:
                     await self.tenancy.identify(req)
             except ServingError as err:
                 return error_answer(err, self.meta())
-        answer: Answer = await self.off_loop(self.call_management, req)
-        return answer
+        return await self.off_loop(self.call_management, req)
 
     def on_run(self, req: Request) -> Awaitable[Answer]:
         """``/run``: the run flow's (:mod:`.run_flow`), handed on without a coroutine of

@@ -1,11 +1,14 @@
 """The dashboard page: static HTML, CSS and JS over the gateway's own JSON API.
 
-The page holds no logic the API does not have: it polls ``/list_servers``,
-``/system_status`` and ``/history`` and draws them (charts by Chart.js, vendored under
-``static/vendor`` so the page works without internet access), and its buttons call the
-management paths. Those need the admin token: the page asks for it, keeps it in the
-tab's ``sessionStorage`` (never a cookie, so no other site's page can ride on it) and
-sends it as ``Authorization: Bearer`` on every call.
+The page holds no logic the API does not have: it reads one live stream,
+``/dashboard/events`` (:mod:`.dashboard_events`: what ``/list_servers``,
+``/system_status`` and ``/history`` answer, sent as it changes), and draws it (charts by
+Chart.js, vendored under ``static/vendor`` so the page works without internet access);
+its buttons call the management paths. Both need the admin token: the page asks for
+it, keeps it in the tab's ``sessionStorage`` (never a cookie, so no other site's page
+can ride on it) and sends it as ``Authorization: Bearer`` on every call; the stream is
+read with ``fetch()``, since ``EventSource`` sends no header (the token would go in the
+URL).
 
 The page and its files carry ``X-Frame-Options: DENY`` and a CSP that allows nothing
 but this origin's own files (no inline script, no framing): its buttons cannot be

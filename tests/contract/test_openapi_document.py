@@ -39,7 +39,7 @@ def test_flask_registers_exactly_the_table_routes_the_front_does_not_answer():
 
 
 def test_the_front_answers_the_table_native_routes_itself():
-    assert set(NATIVE) == {"/run", "/jobs", "/usage"}
+    assert set(NATIVE) == {"/run", "/jobs", "/usage", "/dashboard/events"}
     # A path with a parameter is matched by its own handler (gateway/job_events.py).
     assert {r.path for r in ROUTES if r.view == FRONT} - set(NATIVE) == \
         {"/jobs/<string(length=32):job_id>/events"}

@@ -7,7 +7,9 @@ token is sent, so the admin routes are explored past their 401 (``ignored_auth``
 checks that each of them refuses a call without it).
 
 Left out, and only these: a valid ``/shutdown`` (the operation is run in negative
-mode only) and ``/kill_server`` of the endpoint the run needs (st_hooks.py).
+mode only), ``/kill_server`` of the endpoint the run needs (st_hooks.py) and
+``/dashboard/events``, a stream that lasts minutes (tests/integration/test_dashboard_events.py
+checks it against the document).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "500", "503"
 [[operations]]
 include-path = "/shutdown"
 generation.mode = "negative"
+
+[[operations]]
+include-path = "/dashboard/events"
+enabled = false
 """
 
 

@@ -1,14 +1,19 @@
 """The dashboard in a real headless Chromium: it asks for the admin token, then lists
-endpoints, draws charts, scales, stops and starts an endpoint, under its strict CSP."""
+endpoints, draws charts, scales, stops and starts an endpoint, under its strict CSP; it
+reads one live stream (fetch with the token as a header), never polls, and resumes the
+stream after a drop."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
-from playwright.sync_api import Page, expect, sync_playwright
+import psutil
+from playwright.sync_api import Page, Request, expect, sync_playwright
 
-from tests.conftest import ADMIN_TOKEN, wait_until
+from basic_inference_server.gateway.dashboard_events import Cursor
+from tests.conftest import ADMIN_TOKEN, Gateway, wait_until
 
 CONFIG = {"HEALTH_SAMPLE_INTERVAL": 0.5,
           "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}, "slow": {"NR_WORKERS": 1},
@@ -113,5 +118,79 @@ def test_dashboard_lists_endpoints_draws_charts_and_scales(gateways, tmp_path: P
             expect(page.locator("body")).to_have_attribute("data-auth", "needed", timeout=10000)
             assert page.evaluate("() => sessionStorage.getItem('bis-admin-token')") is None
             assert not errors, errors
+        finally:
+            browser.close()
+
+
+def api_calls(requests: list[Request]) -> list[Request]:
+    """The page's calls of the gateway's API: all but the page and its files."""
+    return [r for r in requests if "/dashboard/static/" not in r.url
+            and not r.url.endswith("/dashboard")]
+
+
+def drop_connections(gw: Gateway) -> None:
+    """Kill the front processes holding client connections (the front starts new ones):
+    the page's stream drops as it would with a crash or a network cut."""
+    killed = 0
+    for proc in gw.tree():
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == gw.port
+                   for c in proc.net_connections(kind="tcp")):
+                proc.kill()
+                killed += 1
+    assert killed, "no front process holds a connection"
+
+
+def test_dashboard_shows_live_changes_from_one_stream_without_polling(gateways):
+    gw = gateways({"HEALTH_SAMPLE_INTERVAL": 0.5,
+                   "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}, "slow": {"NR_WORKERS": 1}}})
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            requests: list[Request] = []
+            page.on("request", lambda request: requests.append(request))
+            page.goto(gw.url("/dashboard"))
+            expect(page.locator("body")).to_have_attribute("data-auth", "needed", timeout=15000)
+            assert api_calls(requests) == []  # no token: nothing asked
+            page.locator("#token").fill(ADMIN_TOKEN)
+            page.get_by_role("button", name="use").click()
+            expect(page.locator("body")).to_have_attribute("data-loaded", "true", timeout=15000)
+            expect(row(page, "slow").locator("td.state")).to_have_text("READY")
+
+            # Changes made elsewhere show up, each sent by the gateway as it happens.
+            assert gw.post("/kill_server", {"SIGNATURE": "slow"}).status_code == 200
+            expect(row(page, "slow").locator("td.state")).to_have_text("STOPPED", timeout=15000)
+            assert gw.post("/start_server", {"SIGNATURE": "slow"}).status_code == 200
+            expect(row(page, "slow").locator("td.state")).to_have_text("READY", timeout=30000)
+            samples = page.evaluate("() => Chart.getChart('memory-chart').data.datasets[0]"
+                                    ".data.length")
+            wait_until(lambda: page.evaluate("() => Chart.getChart('memory-chart').data"
+                                             ".datasets[0].data.length") > samples,
+                       timeout=15, message="a new health sample charted from the stream")
+
+            # All that came over one request: the stream, with the token in its header
+            # (no token in any URL, no cookie).
+            calls = api_calls(requests)
+            assert [(r.method, r.url) for r in calls] == [("GET", gw.url("/dashboard/events"))]
+            headers = calls[0].all_headers()
+            assert headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
+            assert "cookie" not in headers and "last-event-id" not in headers
+            assert all(ADMIN_TOKEN not in r.url for r in requests)
+            assert context.cookies() == []
+
+            # A drop: the page reconnects, resuming with the id of the last event it had.
+            with page.expect_request(lambda r: r.url == gw.url("/dashboard/events"),
+                                     timeout=30000) as reopened:
+                drop_connections(gw)
+            again = reopened.value.all_headers()
+            assert again["authorization"] == f"Bearer {ADMIN_TOKEN}"
+            Cursor.parse(again["last-event-id"])
+            expect(page.locator("#updated")).to_contain_text("live", timeout=30000)
+            assert gw.post("/kill_server", {"SIGNATURE": "slow"}).status_code == 200
+            expect(row(page, "slow").locator("td.state")).to_have_text("STOPPED", timeout=15000)
+            assert {(r.method, r.url) for r in api_calls(requests)} == {
+                ("GET", gw.url("/dashboard/events"))}
         finally:
             browser.close()

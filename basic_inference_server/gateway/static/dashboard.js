@@ -1,12 +1,23 @@
-// The dashboard: polls the gateway's own API and draws it; management buttons call the
-// same admin paths as any client. Every call carries the admin token as a Bearer header;
-// the token lives in this tab's sessionStorage only (never a cookie).
+// The dashboard: draws the gateway's live state, read from one stream (GET
+// dashboard/events, Server-Sent Events: docs/operations.md#dashboard); its buttons call
+// the same admin paths as any client. Every call carries the admin token as a Bearer
+// header; the token lives in this tab's sessionStorage only (never a cookie, never a URL).
+//
+// The stream is read with fetch(), not EventSource: EventSource cannot send a header, so
+// the token would have to travel in the URL or a cookie. Nor is a library used to parse
+// it: the page runs only its own files (its CSP), and what this stream sends of the SSE
+// format (id, event and data lines; comments) takes a few lines, where a library would
+// be one more vendored file to keep up to date.
 "use strict";
 
-const REFRESH_MS = 2000;
-const HISTORY_SAMPLES = 180;
+const SAMPLES = 180;  // the charts' window (as the gateway sends at first)
+const EVENTS = 100;
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 30000;
 const TOKEN_KEY = "bis-admin-token";
 const charts = {};
+const live = {controller: null, lastId: "", retryMs: RETRY_MIN_MS, timer: null,
+              state: null, samples: [], events: [], sampled: false};
 
 function $(id) { return document.getElementById(id); }
 
@@ -38,12 +49,20 @@ function useToken(event) {
   const value = $("token").value.trim();
   $("token").value = "";
   if (value) sessionStorage.setItem(TOKEN_KEY, value);
-  refresh();
+  connect(true);
 }
 
 function forgetToken() {
   sessionStorage.removeItem(TOKEN_KEY);
-  refresh();
+  disconnect();
+  needToken();
+}
+
+// No token, or a wrong one: say so, and show no stale data or buttons.
+function needToken() {
+  document.body.dataset.auth = "needed";
+  $("updated").textContent = "the admin token is missing or wrong: enter it above";
+  $("endpoints").tBodies[0].replaceChildren();
 }
 
 function say(text, bad) {
@@ -75,7 +94,6 @@ async function act(label, path, body) {
   } catch (err) {
     say(label + " failed: " + err.message, true);
   }
-  refresh();
 }
 
 function button(td, text, handler) {
@@ -222,27 +240,124 @@ function drawCharts(samples, gpu) {
   lineChart("gpu-chart", gpuSets, gapMs);
 }
 
-async function refresh() {
-  try {
-    const [servers, status, history] = await Promise.all([
-      api("list_servers"), api("system_status"), api("history?samples=" + HISTORY_SAMPLES)]);
-    $("server-name").textContent = servers.server ? "on " + servers.server : "";
-    drawEndpoints(servers.SERVERS, servers.TRAFFIC || {});
-    drawAlerts(status.SYSTEM_ALERTS);
-    drawSystem(status.SYSTEM_STATUS);
-    drawEvents(history.events);
-    drawCharts(history.samples, status.SYSTEM_STATUS.gpu);
-    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
-    document.body.dataset.loaded = "true";
-  } catch (err) {
-    $("updated").textContent = "update failed: " + err.message;
-    if (document.body.dataset.auth === "needed") {
-      $("endpoints").tBodies[0].replaceChildren();  // no stale buttons without a token
+// -- the live stream ------------------------------------------------------------------
+
+// Reads Server-Sent Events from a response body: onEvent(name, data, id) for each event,
+// onEvent(null) for a comment (the gateway's keepalive). The gateway ends lines with
+// "\n" only; "\r\n" is taken too.
+async function readEvents(body, onEvent) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, {stream: true}).replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message", id = null;
+      const data = [];
+      for (const line of block.split("\n")) {
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+        if (field === "data") data.push(text);
+        else if (field === "event") name = text;
+        else if (field === "id") id = text;
+      }
+      if (data.length) onEvent(name, data.join("\n"), id);
+      else onEvent(null);
     }
   }
 }
 
+function drawState(state) {
+  if (state.ERROR) return;  // the manager does not answer: the last drawing stays
+  $("server-name").textContent = state.server ? "on " + state.server : "";
+  drawEndpoints(state.SERVERS || {}, state.TRAFFIC || {});
+  drawAlerts(state.SYSTEM_ALERTS || []);
+  if (state.SYSTEM_STATUS) drawSystem(state.SYSTEM_STATUS);
+  else $("system").textContent = state.SYSTEM_ERROR || "";
+}
+
+function onEvent(name, data, id) {
+  if (name === "state") {
+    live.state = JSON.parse(data);
+    drawState(live.state);
+  } else if (name === "samples") {
+    live.samples = live.samples.concat(JSON.parse(data).samples).slice(-SAMPLES);
+    live.sampled = true;
+  } else if (name === "events") {
+    live.events = live.events.concat(JSON.parse(data).events).slice(-EVENTS);
+    drawEvents(live.events);
+  }
+  if (name === "state" || name === "samples") {
+    const status = (live.state || {}).SYSTEM_STATUS;
+    if (status && live.sampled) drawCharts(live.samples, status.gpu);
+  }
+  if (id) live.lastId = id;
+  if (name) live.retryMs = RETRY_MIN_MS;  // the stream works: the next drop retries soon
+  const error = (live.state || {}).ERROR;
+  $("updated").textContent = error ? "update failed: " + error
+    : "live \u00b7 " + new Date().toLocaleTimeString();
+  if (live.state && live.sampled) document.body.dataset.loaded = "true";
+}
+
+// What the stream sent so far: the next stream starts from nothing.
+function forgetEvents() {
+  Object.assign(live, {lastId: "", state: null, samples: [], events: [], sampled: false});
+}
+
+function disconnect() {
+  clearTimeout(live.timer);
+  if (live.controller) live.controller.abort();
+  live.controller = null;
+}
+
+// Open the stream; after a drop, open it again with Last-Event-ID (the gateway sends only
+// what changed since), waiting longer after each failure. fresh: forget what was drawn.
+async function connect(fresh) {
+  disconnect();
+  if (fresh) {
+    forgetEvents();
+    live.retryMs = RETRY_MIN_MS;
+  }
+  if (!token()) {
+    needToken();
+    return;
+  }
+  const controller = new AbortController();
+  live.controller = controller;
+  const headers = {"Authorization": "Bearer " + token(), "Accept": "text/event-stream"};
+  if (live.lastId) headers["Last-Event-ID"] = live.lastId;
+  let reason = "the stream ended";
+  try {
+    const resp = await fetch("dashboard/events", {headers, cache: "no-store",
+                                                  credentials: "omit", signal: controller.signal});
+    if (resp.status === 401) {
+      live.controller = null;
+      needToken();
+      return;
+    }
+    if (!resp.ok) {
+      const data = await resp.json().catch(() => ({}));
+      if (resp.status === 400) forgetEvents();  // a cursor the gateway cannot read
+      throw new Error(data.ERROR || (resp.status + " " + resp.statusText));
+    }
+    document.body.dataset.auth = "ok";
+    await readEvents(resp.body, onEvent);
+  } catch (err) {
+    reason = err.message;
+  }
+  if (live.controller !== controller) return;  // given up on purpose (a new token, forget)
+  const wait = live.retryMs;
+  live.retryMs = Math.min(RETRY_MAX_MS, live.retryMs * 2);
+  $("updated").textContent = "reconnecting in " + Math.round(wait / 1000) + " s: " + reason;
+  live.timer = setTimeout(() => connect(false), wait);
+}
+
 $("token-form").addEventListener("submit", useToken);
 $("forget").addEventListener("click", forgetToken);
-refresh();
-setInterval(refresh, REFRESH_MS);
+connect(true);
