@@ -146,7 +146,7 @@ def test_max_in_flight_follows_live_workers_and_batch_size():
     assert ep.max_in_flight() == 1 * 4 * 32  # no worker ready yet: counted as one
     ep.ready_pids = {1, 2, 3}
     assert ep.max_in_flight() == 3 * 4 * 32
-    assert ep.route()["max_in_flight"] == 3 * 4 * 32
+    assert ep.route().max_in_flight == 3 * 4 * 32
     fixed = Endpoint(config=parse_endpoint("f", {"MAX_IN_FLIGHT": 7}, "test"))
     fixed.ready_pids = {1, 2}
     assert fixed.max_in_flight() == 7
