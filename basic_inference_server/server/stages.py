@@ -102,12 +102,7 @@ def run_stages(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
 
 def pre_process(worker: FlaskWorker, inputs: dict[str, Any]) -> Any:
     """``_pre_process`` of one request's fields; raises :class:`StageError` (a 400)."""
-    try:
-        return worker._pre_process(inputs)
-    except ServingError:
-        raise
-    except Exception as exc:
-        raise StageError("_pre_process", exc) from exc
+    return _in_stage("_pre_process", worker._pre_process, inputs)
 
 
 def post_process(worker: FlaskWorker, pred: Any) -> Any:
@@ -115,12 +110,18 @@ def post_process(worker: FlaskWorker, pred: Any) -> Any:
     :class:`StageError`."""
     if is_stream(pred):
         return Chunks(worker, pred)
+    return _in_stage("_post_process", worker._post_process, pred)
+
+
+def _in_stage(stage: str, hook: Callable[[Any], Any], value: Any) -> Any:
+    """``hook(value)``, an exception of endpoint code becoming the stage's
+    :class:`StageError` (a :class:`ServingError` is already an answer)."""
     try:
-        return worker._post_process(pred)
+        return hook(value)
     except ServingError:
         raise
     except Exception as exc:
-        raise StageError("_post_process", exc) from exc
+        raise StageError(stage, exc) from exc
 
 
 class Chunks:
