@@ -165,7 +165,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("JOB_TTL", (int, float), 86400,
                 "Seconds a finished job's result stays readable at /jobs/<id>.",
                 at_least(1, 365 * 86400)),
-        # The front's connections (serving/connection.py, serving/worker.py).
+        # The front's connections (wire/connection.py, wire/worker.py).
         Setting("HEADER_TIMEOUT", (int, float), 60,
                 "Seconds a client has to send a request's headers (from connecting, or from the "
                 "request's first byte on a kept-alive connection; nginx's "

@@ -23,12 +23,12 @@ from .. import protocol
 from ..contracts import FrontSpec
 from ..errors import MethodNotAllowed, NotFound, ServingError, Unavailable
 from ..queues import JobsSpec
-from ..serving.connection import Answer, Limits, Request, call_wsgi, error_answer
 from ..tenants import TenantsSpec
 from ..tenants.gate import TenantGate
 from ..tenants.store import KeyStore
 from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
+from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import dashboard_events, metrics
 from .api_table import NATIVE
 from .dispatch import Dispatcher

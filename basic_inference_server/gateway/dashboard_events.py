@@ -47,8 +47,8 @@ import orjson
 
 from ..errors import BadRequest, MethodNotAllowed, Overloaded, ServingError
 from ..ipc import ControlUnavailable, control_call
-from ..serving.message import Answer, Request, error_answer
 from ..streams import STREAM_HEADERS, Format
+from ..wire.message import Answer, Request, error_answer
 from .api_table import DASHBOARD_CURSOR
 from .job_events import KEEPALIVE, KEEPALIVE_COMMENT
 from .management import check_admin, check_host

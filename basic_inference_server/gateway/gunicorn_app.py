@@ -15,7 +15,7 @@ from gunicorn.app.base import BaseApplication
 from ..childproc import GUNICORN_LOGGER, take_slot
 from ..contracts import FrontSpec
 from ..procutil import die_with_parent
-from ..serving.worker import mark_dead
+from ..wire.worker import mark_dead
 from .app import Front
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from ..errors import BadRequest, MethodNotAllowed, ServingError
 from ..queues.base import EVENT_ENDS, TERMINAL
-from ..serving.message import Answer, Request, error_answer
 from ..streams import STREAM_HEADERS, Format, event
 from ..tenants.gate import TenantGate
+from ..wire.message import Answer, Request, error_answer
 from .jobs import JobsFront
 
 # How often a watcher's store is read while nothing comes.

@@ -13,10 +13,10 @@ from typing import Any
 
 from .. import protocol
 from ..errors import ServingError
-from ..serving.message import Answer, Request, error_answer
 from ..tenants.keys import ApiKey
 from ..tenants.quotas import Reservation
 from ..traffic.settings import split_target
+from ..wire.message import Answer, Request, error_answer
 from . import metrics
 from .jobs import JobsFront, job_route
 from .routes import RouteTable

@@ -35,7 +35,6 @@ import orjson
 from .. import protocol, streams
 from ..contracts import Route
 from ..errors import BadRequest, ServingError, StepFailed, UpstreamTimeout
-from ..serving.message import Request
 from ..traffic.pipeline import (
     BAD_GATEWAY,
     Execution,
@@ -45,6 +44,7 @@ from ..traffic.pipeline import (
     parse_pipeline,
     run_pipeline,
 )
+from ..wire.message import Request
 from . import metrics
 from .run_plan import wanted_format
 from .upstream_conn import UpstreamResponse

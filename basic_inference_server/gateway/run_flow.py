@@ -19,8 +19,8 @@ from urllib.parse import parse_qsl
 
 from .. import protocol
 from ..errors import BadRequest, MethodNotAllowed, ServingError
-from ..serving.message import Answer, Request, error_answer
 from ..traffic.shadow import Shadow
+from ..wire.message import Answer, Request, error_answer
 from . import metrics
 from .dispatch import Dispatcher
 from .pipelines import StreamedPipeline

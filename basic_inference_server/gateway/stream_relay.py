@@ -25,11 +25,11 @@ from typing import Any
 
 from .. import streams
 from ..errors import ServingError, StreamInvalid, StreamTimeout
-from ..serving.message import Answer
 from ..streams import Format
 from ..tenants.usage import take_usage
 from ..traffic.compare import with_defaults
 from ..traffic.shadow import sampled, wanted
+from ..wire.message import Answer
 from . import metrics
 from .loadboard import LoadBoard
 from .upstream_conn import DONE, ERROR, TIMEOUT, StreamEnd, UpstreamStream

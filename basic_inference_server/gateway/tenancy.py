@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..serving.message import Request
 from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
 from ..tenants.limits import Decision, Plan
 from ..tenants.quotas import Reservation
 from ..tenants.usage import strip_usage
+from ..wire.message import Request
 from .upstream_conn import StreamEnd, UpstreamResponse
 
 # Answers this large have their USAGE taken out off the event loop.

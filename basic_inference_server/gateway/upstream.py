@@ -32,8 +32,8 @@ from typing import Any
 import httptools
 
 from ..errors import ServingError, Unavailable, UpstreamDropped, UpstreamTimeout
-from ..serving.message import Request
 from ..traffic.remote import Credentials, RemoteURL, parse_url
+from ..wire.message import Request
 from . import metrics
 from .loadboard import LoadBoard
 from .upstream_conn import (

@@ -11,8 +11,8 @@ import ssl
 import sys
 from typing import Any
 
-from ..serving.connection import Answer, HttpConnection, Request
-from ..serving.worker import LoopWorker
+from ..wire.connection import Answer, HttpConnection, Request
+from ..wire.worker import LoopWorker
 from .app import Front
 
 CONNECTIONS = "#connections"

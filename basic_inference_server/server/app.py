@@ -25,7 +25,7 @@ from ..errors import ServingError
 from ..flask_errors import install_json_errors
 from ..ipc import Notifier
 from ..models.setup import build_manager
-from ..serving.message import Answer, Request, call_wsgi
+from ..wire.message import Answer, Request, call_wsgi
 from ..worker import FileOutput, FlaskWorker
 from .compute import choose_compute
 from .entry import FileAnswer, RunEntry

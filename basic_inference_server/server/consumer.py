@@ -34,9 +34,9 @@ from typing import Any
 
 from ..queues import Job, JobsSpec
 from ..queues.consumer import CLAIM_WAIT, JobRun, JobWorker, RetryPolicy
-from ..serving.message import Streamed
 from ..tenants import TenantsSpec
 from ..tenants.ledger import JobLedger
+from ..wire.message import Streamed
 from ..worker import CancelFlag, FileOutput
 from .entry import Outcome
 

@@ -23,9 +23,9 @@ from .. import protocol
 from ..contracts import ServerSpec
 from ..errors import BadRequest, MethodNotAllowed, ServingError
 from ..models.setup import RequestModels
-from ..serving.message import Answer, Request, Streamed, threaded_chunks
 from ..streams import STREAM_HEADERS, Format, wanted
 from ..traffic.settings import split_target
+from ..wire.message import Answer, Request, Streamed, threaded_chunks
 from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
 from .compute import Compute
 from .stages import Chunks, StageError, decode_base64_fields, encode_base64_fields

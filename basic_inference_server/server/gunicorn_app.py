@@ -2,7 +2,7 @@
 
 gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the worker
 count and graceful stops. Each worker is an :class:`EndpointWorker`: its connections
-are read on an event loop (:class:`..serving.connection.HttpConnection`, as in the front,
+are read on an event loop (:class:`..wire.connection.HttpConnection`, as in the front,
 with its header and body deadlines and body limit), and a complete request is handed
 to a pool of one thread, so user code never runs concurrently in one process (with
 ``MAX_BATCH_SIZE`` n > 1 the pool has n threads, and one batch thread runs the model:
@@ -34,8 +34,8 @@ from ..discovery import endpoint_file
 from ..errors import DiscoveryError
 from ..ipc import Notifier
 from ..procutil import die_with_parent
-from ..serving.connection import Answer, HttpConnection, Limits, Request, call_wsgi
-from ..serving.worker import LoopWorker, mark_dead
+from ..wire.connection import Answer, HttpConnection, Limits, Request, call_wsgi
+from ..wire.worker import LoopWorker, mark_dead
 from ..worker import CancelFlag
 from .app import WorkerApp, build_app, build_worker
 from .consumer import start_consumer, stop_consumer

@@ -19,7 +19,7 @@ import orjson
 
 from .. import protocol, streams
 from ..errors import ServingError
-from ..serving.message import Streamed
+from ..wire.message import Streamed
 from ..worker import FileOutput, FlaskWorker
 from .stages import END, Chunks, StageError, encode_base64_fields, pre_process
 

@@ -14,7 +14,7 @@ from typing import Any
 from basic_inference_server.contracts import ServerSpec
 from basic_inference_server.ipc import Notifier
 from basic_inference_server.server.app import WorkerApp, build_app, build_worker
-from basic_inference_server.serving.message import Answer, Request
+from basic_inference_server.wire.message import Answer, Request
 from basic_inference_server.worker import CancelFlag
 from tests.conftest import FIXTURE_ENDPOINTS
 

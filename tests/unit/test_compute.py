@@ -18,7 +18,7 @@ from basic_inference_server.server.compute import SingleCompute, choose_compute
 from basic_inference_server.server.entry import RunEntry
 from basic_inference_server.server.stages import END, Chunks, StageError
 from basic_inference_server.server.streaming import StreamingCompute
-from basic_inference_server.serving.message import Answer, Request, Streamed
+from basic_inference_server.wire.message import Answer, Request, Streamed
 from basic_inference_server.worker import FileOutput, FlaskWorker
 from tests.unit.inprocess import request
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from basic_inference_server.serving.connection import (
+from basic_inference_server.wire.connection import (
     HIGH_WATER,
     PARSE_SLICE,
     PIPELINE_DEPTH,
@@ -20,7 +20,7 @@ from basic_inference_server.serving.connection import (
     Limits,
     Request,
 )
-from basic_inference_server.serving.message import canonical
+from basic_inference_server.wire.message import canonical
 
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 

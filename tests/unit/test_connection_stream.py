@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httptools
 
-from basic_inference_server.serving.connection import HIGH_WATER, Answer, Request
-from basic_inference_server.serving.message import Streamed, threaded_chunks
+from basic_inference_server.wire.connection import HIGH_WATER, Answer, Request
+from basic_inference_server.wire.message import Streamed, threaded_chunks
 from tests.unit.test_connection import Server, connect, run, settle
 
 GET = b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n"

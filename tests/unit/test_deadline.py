@@ -1,10 +1,10 @@
-"""A connection's one timer for its successive deadlines (serving/deadline.py)."""
+"""A connection's one timer for its successive deadlines (wire/deadline.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from basic_inference_server.serving.deadline import Deadline
+from basic_inference_server.wire.deadline import Deadline
 
 
 def run(coro):

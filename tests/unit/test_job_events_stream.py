@@ -12,8 +12,8 @@ import pytest
 from basic_inference_server.errors import BadRequest
 from basic_inference_server.gateway import job_events
 from basic_inference_server.gateway.job_events import KEEPALIVE_COMMENT, events_job_id, last_event_id
-from basic_inference_server.serving.message import Request
 from basic_inference_server.streams import Format, parse_event
+from basic_inference_server.wire.message import Request
 
 JOB = "a" * 32
 

@@ -10,7 +10,7 @@ import basic_inference_server
 PACKAGE = Path(basic_inference_server.__file__).parent
 NAME = PACKAGE.name
 # One package per process role; they share only basic_inference_server.contracts and
-# the libraries outside these packages (config, ipc, serving, health, queues, ...).
+# the libraries outside these packages (config, ipc, wire, health, queues, ...).
 PROCESS_PACKAGES = {"gateway", "server", "manager", "supervisor", "support", "jobrunner"}
 MAX_LINES = 500
 

@@ -27,9 +27,9 @@ from basic_inference_server.gateway.run_plan import Planner, plan_run
 from basic_inference_server.gateway.tenancy import NO_HOLD, KeyTenancy, NoTenancy, TenantHold
 from basic_inference_server.gateway.traffic_hooks import TrafficHooks
 from basic_inference_server.gateway.upstream_conn import StreamEnd, UpstreamResponse
-from basic_inference_server.serving.message import Answer, Request
 from basic_inference_server.tenants.keys import ApiKey
 from basic_inference_server.traffic.shadow import Shadow
+from basic_inference_server.wire.message import Answer, Request
 
 BREAKER = {"CONSECUTIVE_ERRORS": 1, "OPEN_SECONDS": 30, "HALF_OPEN_SUCCESSES": 1}
 SSE = [(b"content-type", streams.SSE_TYPE.encode())]

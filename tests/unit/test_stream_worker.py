@@ -21,7 +21,7 @@ from basic_inference_server.server.app import WorkerApp
 from basic_inference_server.server.batching import Batcher
 from basic_inference_server.server.consumer import JobConsumer
 from basic_inference_server.server.stages import END, run_stages
-from basic_inference_server.serving.message import Answer, Streamed
+from basic_inference_server.wire.message import Answer, Streamed
 from basic_inference_server.worker import CancelFlag, FlaskWorker, run_as
 from tests.conftest import FIXTURE_ENDPOINTS, ROOT, wait_until
 from tests.unit import inprocess

@@ -8,11 +8,11 @@ from typing import Any
 
 from basic_inference_server.gateway.tenancy import NO_HOLD, KeyTenancy, TenantHold
 from basic_inference_server.gateway.upstream_conn import UpstreamResponse
-from basic_inference_server.serving.message import Request
 from basic_inference_server.tenants.keys import ApiKey
 from basic_inference_server.tenants.limits import Plan
 from basic_inference_server.tenants.quotas import Reservation
 from basic_inference_server.tenants.usage import Quota
+from basic_inference_server.wire.message import Request
 
 SLOT = Plan(buckets=[], slots=("k:slots", 1))
 
