@@ -4,8 +4,8 @@ gunicorn gives us pre-fork, re-spawn of dead workers, TTIN/TTOU to change the wo
 count and graceful stops. Each worker is an :class:`EndpointWorker`: its connections
 are read on an event loop (:class:`..wire.connection.HttpConnection`, as in the front,
 with its header and body deadlines and body limit), and a complete request is handed
-to a pool of one thread, so user code never runs concurrently in one process (with
-``MAX_BATCH_SIZE`` n > 1 the pool has n threads, and one batch thread runs the model:
+to one request thread (:mod:`..wire.handoff`), so user code never runs concurrently in
+one process (with ``MAX_BATCH_SIZE`` n > 1 there are n, and one batch thread runs the model:
 see ``batching.py``). A ``/run`` goes straight to the process's
 :class:`.entry.RunEntry`; other paths (``/health``) go to its Flask app. A slow or idle
 client costs a socket, never the worker's thread, and a stop closes idle kept-alive
@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import socket
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -35,6 +34,7 @@ from ..errors import DiscoveryError
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from ..wire.connection import Answer, HttpConnection, Limits, Request, call_wsgi
+from ..wire.handoff import Handoff
 from ..wire.worker import LoopWorker, mark_dead
 from ..worker import CancelFlag
 from .app import WorkerApp, build_app, build_worker
@@ -208,7 +208,7 @@ class EndpointWorker(LoopWorker):
 
     spec: ServerSpec
     entry: RunEntry
-    pool: ThreadPoolExecutor
+    pool: Handoff
     dropped = 0  # requests whose client went away before they ran
     discarding: set[asyncio.Task[None]]  # streams made for clients already gone, closing
 
@@ -222,8 +222,7 @@ class EndpointWorker(LoopWorker):
     def started(self) -> None:
         self.spec = self.app.spec
         # One request at a time, unless the strategy takes more (a batch's worth).
-        self.pool = ThreadPoolExecutor(max_workers=self.entry.compute.concurrency,
-                                       thread_name_prefix="bis-request")
+        self.pool = Handoff(self.loop, self.entry.compute.concurrency, "bis-request")
         self.discarding = set()
         self.limits = Limits(header_timeout=self.spec.header_timeout,
                              body_timeout=self.spec.body_timeout,
@@ -244,38 +243,32 @@ class EndpointWorker(LoopWorker):
         return super().connection_opened(conn)
 
     async def handle(self, request: Request) -> Answer:
-        # A streamed answer's chunks are made in the same pool, one at a time.
+        # A streamed answer's chunks are made on the same threads, one at a time.
         flag = CancelFlag()
         if request.path == "/run":
-            work = self.pool.submit(self.entry.answer, request, flag, self.pool)
+            work = self.pool.call(self.entry.answer, request, flag, self.pool)
         else:
-            work = self.pool.submit(call_wsgi, self.wsgi, request, self.pool, flag)
+            work = self.pool.call(call_wsgi, self.wsgi, request, self.pool, flag)
         try:
-            return await asyncio.wrap_future(work)
+            return await work.future
         except asyncio.CancelledError:
             # The connection closed (the client went away): a request still waiting for
-            # the thread never runs; one running is told (FlaskWorker.cancelled) and its
+            # its thread never runs; one running is told (FlaskWorker.cancelled) and its
             # answer dropped; a stream it made is closed.
             flag.set()
-            if work.cancel():
+            if work.cancel(self._close_unsent):
                 self.dropped += 1
                 log.debug("request %s dropped before it ran: its client went away "
                           "(%d so far)", request.request_id, self.dropped)
-            else:
-                work.add_done_callback(self._close_unsent)
             raise
 
-    def _close_unsent(self, work: Future[Answer]) -> None:
+    def _close_unsent(self, answer: Answer) -> None:
         """A streamed answer made for a client already gone: closed, so that what it holds
         (the producer, its models, the job consumer's count) is let go."""
-        if work.exception() is None and work.result().stream is not None \
-                and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._discard, work.result())
-
-    def _discard(self, answer: Answer) -> None:
-        task = self.loop.create_task(_drain_closed(answer))
-        self.discarding.add(task)
-        task.add_done_callback(self.discarding.discard)
+        if answer.stream is not None and not self.loop.is_closed():
+            task = self.loop.create_task(_drain_closed(answer))
+            self.discarding.add(task)
+            task.add_done_callback(self.discarding.discard)
 
 
 async def _drain_closed(answer: Answer) -> None:

@@ -204,8 +204,16 @@ def test_a_slow_reader_pauses_the_producer_and_the_front_holds_little(gw, tmp_pa
                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(body), body))
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        # The producer fills what the pipes hold, then waits for the reader.
-        wait_until(lambda: counted(counter)[1] > 0, timeout=20)
+        # The producer fills what the pipes hold, then waits for the reader: its count
+        # stops moving (read twice, a second apart; on a busy machine filling takes a while).
+        last = [-1]
+
+        def settled() -> bool:
+            made_now = counted(counter)[1]
+            same, last[0] = made_now == last[0] and made_now > 0, made_now
+            return same
+
+        wait_until(settled, timeout=60, interval=1.0, message="the producer filled the pipes")
         start_rss = rss(front)
         made = []
         for _ in range(8):  # one chunk (about 1 KB) a second
