@@ -27,14 +27,7 @@ from .errors import ConfigError
 from .hosts import NO_HOST, check_host
 from .queues import check_url
 from .refs import resolve_ref
-from .setting import (
-    MAX_WORKERS,
-    NAME_RULE_TEXT,
-    Setting,
-    at_least,
-    check_name,
-    is_name,
-)
+from .setting import MAX_WORKERS, NAME_RULE_TEXT, Setting, at_least, check_name, is_name
 from .stream_settings import STREAM_SETTINGS
 from .traffic.settings import TRAFFIC_SETTINGS, check_policy
 
@@ -110,6 +103,9 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("GATEWAY_THREADS", int, 32,
                 "Threads per gateway worker for blocking work (management calls, job "
                 "submission); requests waiting on endpoints hold none.", at_least(1, 10000)),
+        Setting("SCHED_BATCH", bool, True, "Front and server workers run under Linux's "
+                "SCHED_BATCH: a woken worker does not preempt a running one, so fewer CPU "
+                "switches per request (bench/README.md). false: the default policy."),
         Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
                 "Largest accepted request body in bytes (413 above).", at_least(1, 1 << 40)),
         Setting("ADMIN_TOKEN", (str, type(None)), None,

@@ -53,6 +53,7 @@ class FrontSpec:
     control: str
     workers: int = _default("GATEWAY_WORKERS")
     threads: int = _default("GATEWAY_THREADS")
+    sched_batch: bool = _default("SCHED_BATCH")
     max_request_size: int = _default("MAX_REQUEST_SIZE")
     admin_token: str | None = None  # None only with INSECURE_NO_ADMIN_AUTH
     metrics_token: str | None = None  # METRICS_TOKEN: reads /metrics only
@@ -104,6 +105,7 @@ class ServerSpec:
     jobs: dict[str, Any] | None = None  # queues.JobsSpec: consume this endpoint's async jobs
     # tenants.TenantsSpec, with API keys on: where the consumer charges the jobs it runs.
     tenants: dict[str, Any] | None = None
+    sched_batch: bool = _default("SCHED_BATCH")
 
 
 @dataclass

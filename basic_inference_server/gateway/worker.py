@@ -31,6 +31,9 @@ class FrontWorker(LoopWorker):
         """gunicorn's hook to take the loaded app: the front, kept as ``front``."""
         self.front = self.app.front()
 
+    def sched_batch(self) -> bool:
+        return self.app.spec.sched_batch
+
     def started(self) -> None:
         sys.setswitchinterval(GIL_SWITCH_S)
         self.limits = self.front.limits

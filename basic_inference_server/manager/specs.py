@@ -32,7 +32,8 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
                internal_token: str | None = None) -> FrontSpec:
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
-        threads=config["GATEWAY_THREADS"], max_request_size=config["MAX_REQUEST_SIZE"],
+        threads=config["GATEWAY_THREADS"], sched_batch=config["SCHED_BATCH"],
+        max_request_size=config["MAX_REQUEST_SIZE"],
         admin_token=admin_token, allowed_hosts=config["ALLOWED_HOSTS"],
         metrics_token=config["METRICS_TOKEN"],
         metrics_tenant_labels=config["METRICS_TENANT_LABELS"],
@@ -57,7 +58,7 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         generation=ep.generation, load_attempt=ep.failures, jobs=jobs,
         max_request_size=config["MAX_REQUEST_SIZE"],
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
-        tenants=tenants if config["API_KEYS"] else None)
+        tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"])
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:

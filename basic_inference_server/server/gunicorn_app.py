@@ -219,6 +219,9 @@ class EndpointWorker(LoopWorker):
         served: WorkerApp = self.wsgi  # type: ignore[has-type]
         self.entry, self.wsgi = served.entry, served.flask
 
+    def sched_batch(self) -> bool:
+        return self.app.spec.sched_batch
+
     def started(self) -> None:
         self.spec = self.app.spec
         # One request at a time, unless the strategy takes more (a batch's worth).

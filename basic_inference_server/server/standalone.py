@@ -82,7 +82,7 @@ def build_spec(args: argparse.Namespace) -> ServerSpec:
         socket=str(Path(run_dir) / "server.sock"), nr_workers=endpoint.settings["NR_WORKERS"],
         worker_config=endpoint.worker_config(), server_name=config["SERVER_NAME"],
         app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
-        jobs=jobs.to_dict(),
+        jobs=jobs.to_dict(), sched_batch=config["SCHED_BATCH"],
         # Jobs are charged where the gateways keep keys: a shared Redis (a tenants.db in
         # this box's cache would be no gateway's).
         tenants=tenants_spec(config, args.cache)

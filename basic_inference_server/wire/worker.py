@@ -24,6 +24,7 @@ import uvloop
 from gunicorn.workers.base import Worker
 from prometheus_client import multiprocess
 
+from ..procutil import batch_scheduling
 from .connection import Answer, BodyBudget, HttpConnection, Limits, Request
 
 
@@ -44,6 +45,8 @@ class LoopWorker(Worker):
         self.quick = False
 
     def init_process(self) -> None:
+        if self.sched_batch():
+            batch_scheduling()
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         super().init_process()
@@ -70,6 +73,10 @@ class LoopWorker(Worker):
             self.loop.call_soon_threadsafe(waker.set)
 
     # -- what HttpConnection asks of its server -----------------------------------
+    def sched_batch(self) -> bool:
+        """Whether this worker's threads run under SCHED_BATCH (its spec says)."""
+        return False
+
     def meta(self) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -113,6 +113,18 @@ def front_workers(gw: Gateway, count: int = 2) -> list[psutil.Process]:
                       ignore=(psutil.Error,))
 
 
+def server_workers(gw: Gateway) -> list[psutil.Process]:
+    """The endpoint servers' worker processes (children of a server's gunicorn master)."""
+    def server_of(p: psutil.Process) -> bool:
+        try:
+            return "basic_inference_server.server" in " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+
+    return [p for p in gw.tree() if server_of(p) and p.parent() is not None
+            and server_of(p.parent())]
+
+
 def rss(procs: list[psutil.Process]) -> int:
     """The summed resident memory of ``procs`` (those gone count 0)."""
     total = 0

@@ -9,15 +9,14 @@ high-water mark) and at most a few parsed requests wait; the rest stays unread.
 
 from __future__ import annotations
 
-import psutil
-
-from tests.conftest import Gateway, assert_ok
+from tests.conftest import assert_ok
 from tests.security.hostile import (
     MIB,
     Probe,
     assert_probe_held,
     front_workers,
     rss_bound,
+    server_workers,
 )
 from tests.security.manager_socket import run_dir
 from tests.security.raw_client import PeakRss, read_answers, send_all_or_stall, tcp, unix
@@ -44,18 +43,6 @@ def test_front_pipelining_without_reading(gateways):
     sock.settimeout(5)
     assert read_answers(sock, 20) == [200] * 20
     sock.close()
-
-
-def server_workers(gw: Gateway) -> list[psutil.Process]:
-    """The endpoint servers' worker processes (children of a server's gunicorn master)."""
-    def server_of(p: psutil.Process) -> bool:
-        try:
-            return "basic_inference_server.server" in " ".join(p.cmdline())
-        except psutil.Error:
-            return False
-
-    return [p for p in gw.tree() if server_of(p) and p.parent() is not None
-            and server_of(p.parent())]
 
 
 def test_endpoint_server_pipelining_without_reading(gateways):
