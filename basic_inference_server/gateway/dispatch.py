@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..contracts import WAITABLE_STATES, EndpointState, Route
@@ -56,18 +57,16 @@ class PipelineRoutes(Protocol):
         """Run the pipeline ``route`` on a request."""
 
 
+@dataclass
 class Dispatcher:
     """Resolves, guards and forwards requests to routes of the route table."""
 
-    pipelines: PipelineRoutes  # set once the run flow that runs the steps exists
-
-    def __init__(self, routes: RouteTable, board: LoadBoard, upstream: Upstreams,
-                 traffic: TrafficHooks, off_loop: OffLoop) -> None:
-        self.routes = routes
-        self.board = board
-        self.upstream = upstream
-        self.traffic = traffic
-        self.off_loop = off_loop
+    routes: RouteTable
+    board: LoadBoard
+    upstream: Upstreams
+    traffic: TrafficHooks
+    off_loop: OffLoop
+    pipelines: PipelineRoutes = field(init=False)  # set once the run flow that runs the steps exists
 
     def may_take(self, target: str) -> bool:
         """Whether a version may get unpinned requests now: READY, its breaker not open."""

@@ -9,6 +9,7 @@ thread pool.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
@@ -29,16 +30,15 @@ OffLoop = Callable[..., Awaitable[Any]]
 Meta = Callable[[], dict[str, Any]]
 
 
+@dataclass
 class JobSubmitter:
     """Checks, limits and enqueues the jobs of one front process."""
 
-    def __init__(self, jobs: JobsFront, routes: RouteTable, tenancy: Tenancy,
-                 off_loop: OffLoop, meta: Meta) -> None:
-        self.jobs = jobs
-        self.routes = routes
-        self.tenancy = tenancy
-        self.off_loop = off_loop
-        self.meta = meta
+    jobs: JobsFront
+    routes: RouteTable
+    tenancy: Tenancy
+    off_loop: OffLoop
+    meta: Meta
 
     async def submit(self, req: Request) -> Answer:
         """Decode the body, check the key against the endpoint it names, enqueue."""
