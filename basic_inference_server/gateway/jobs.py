@@ -30,10 +30,10 @@ from prometheus_client.core import GaugeMetricFamily
 from .. import protocol
 from ..cancellations import JOB_WAITING, count_cancelled
 from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Unavailable
+from ..names import split_target
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import CANCELLED, QUEUED, TERMINAL, Job
 from ..redact import mask_text
-from ..traffic.settings import split_target
 from . import metrics
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..traffic.settings import split_target
+from ..names import split_target
 
 BREAKER_LEVEL = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 

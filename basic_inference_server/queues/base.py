@@ -16,6 +16,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -239,3 +240,10 @@ def record_of(job: Job) -> dict[str, Any]:
     return {"JOB_ID": job.id, "SIGNATURE": job.endpoint, "STATUS": QUEUED, "ATTEMPTS": 0,
             "SUBMITTED_AT": job.submitted_at, "STARTED_AT": None, "FINISHED_AT": None,
             "LAST_ERROR": None}
+
+
+def url_options(url: str) -> tuple[str, dict[str, str]]:
+    """A backend URL without its query, and the query as single values (``?prefix=``...)."""
+    parts = urlsplit(url)
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return parts._replace(query="").geturl(), options

@@ -27,8 +27,7 @@ from urllib.parse import urlencode
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import url_options
-from .base import Claim, Job, JobQueue
+from .base import Claim, Job, JobQueue, url_options
 
 POLL_FIRST, POLL_CAP = 0.005, 0.1
 _PERSISTENT = 2

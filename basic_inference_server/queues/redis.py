@@ -29,7 +29,6 @@ from urllib.parse import urlencode
 import orjson
 import redis
 
-from . import url_options
 from .base import (
     CANCELLED_ERROR,
     EVENT_ENDS,
@@ -41,6 +40,7 @@ from .base import (
     JobQueue,
     ResultStore,
     record_of,
+    url_options,
 )
 
 GROUP = "workers"

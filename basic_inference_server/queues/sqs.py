@@ -21,8 +21,7 @@ from typing import Any
 
 import boto3
 
-from . import url_options
-from .base import Claim, Job, JobQueue
+from .base import Claim, Job, JobQueue, url_options
 
 MAX_WAIT = 20  # SQS long polling limit, seconds
 MAX_DELAY = 900  # SQS DelaySeconds limit

@@ -23,8 +23,8 @@ from .. import protocol
 from ..contracts import ServerSpec
 from ..errors import BadRequest, MethodNotAllowed, ServingError
 from ..models.setup import RequestModels
+from ..names import split_target
 from ..streams import STREAM_HEADERS, Format, wanted
-from ..traffic.settings import split_target
 from ..wire.message import Answer, Request, Streamed, threaded_chunks
 from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
 from .compute import Compute

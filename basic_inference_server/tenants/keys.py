@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ..config import is_name
 from ..errors import BadRequest
+from ..names import is_name
 from .usage import Quota, quota_from_request
 
 PREFIX = "bis_"
