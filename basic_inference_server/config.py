@@ -185,10 +185,12 @@ class EndpointConfig:
 
     @property
     def is_support(self) -> bool:
+        """Whether the endpoint is a support process (``HOST`` is ``NO_HOST``): no server."""
         return self.settings["HOST"] == NO_HOST
 
     @property
     def module_name(self) -> str:
+        """The endpoint file's name: ``SERVER_CLASS`` or the endpoint's own."""
         return self.settings["SERVER_CLASS"] or self.name
 
     def worker_config(self) -> dict[str, Any]:

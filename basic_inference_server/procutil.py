@@ -47,6 +47,7 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

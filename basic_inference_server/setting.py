@@ -58,6 +58,7 @@ class Setting:
 
 
 def at_least(low: float, high: float = MAX_SECONDS) -> Callable[[Any], str | None]:
+    """Settings-table check: a number from ``low`` to ``high``."""
     def check(v: Any) -> str | None:
         ok = (isinstance(v, int) or math.isfinite(v)) and low <= v <= high
         return None if ok else f"must be >= {low} and <= {high}"

@@ -54,6 +54,7 @@ class CancelFlag:
         self.is_set = False
 
     def set(self) -> None:
+        """Mark the request cancelled."""
         self.is_set = True
 
 

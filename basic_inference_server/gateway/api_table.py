@@ -89,6 +89,7 @@ class Route:
 
     @property
     def admin(self) -> bool:
+        """Whether the route needs the admin token."""
         return self.auth == "admin"
 
     @property

@@ -28,6 +28,7 @@ class TrafficCollector:
         self.state = state or {}
 
     def collect(self) -> Iterator[Metric]:
+        """The breakers' state and open counts, per endpoint and version."""
         state = GaugeMetricFamily("bis_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                                   "2 open (the worst of the front processes)",
                                   labels=["endpoint", "version"])

@@ -36,6 +36,7 @@ class JobsSpec:
     ttl: float = 86400.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict (what crosses to other processes)."""
         return asdict(self)
 
 

@@ -45,6 +45,7 @@ END_EVENT = {DONE: DONE, FAILED: FAILED, DEAD: FAILED, CANCELLED: CANCELLED}
 
 
 def new_job_id() -> str:
+    """A new, unique job id."""
     return uuid.uuid4().hex
 
 
@@ -75,6 +76,7 @@ class Job:
     key_id: str | None = None
 
     def encode(self) -> bytes:
+        """The job as stored in a queue (JSON)."""
         data = asdict(self)
         for name in ("undecodable", "tenant", "key_id"):
             if data[name] is None:

@@ -68,6 +68,7 @@ class AnswerMeta:
         self.warned: set[str] = set()
 
     def add(self, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        """``result`` with the server's metadata added; a key of the endpoint's own wins."""
         clash = meta.keys() & result.keys()
         if not clash:
             return {**result, **meta}
