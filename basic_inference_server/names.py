@@ -1,7 +1,8 @@
 """The names every process shares: the name rule and the target syntax ``name@version``.
 
-At the bottom of the import graph (it imports nothing of the library): the endpoint
-worker, the front and the manager all read these words from here.
+At the bottom of the import graph (it imports nothing of the library), so that any
+process, an endpoint worker included, reads these words without loading the code that
+uses them.
 """
 
 from __future__ import annotations
