@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
-from .traffic.settings import split_target
+from .names import split_target
 
 # A /run (streamed or not) whose caller closed its connection before the answer ended;
 # also a pipeline's step the front stopped because another step failed.

@@ -50,6 +50,7 @@ class GunicornLogger(glogging.Logger):
     ``BIS_LOG_JSON=1``, passwords in URLs masked (gunicorn's ``logger_class``)."""
 
     def setup(self, cfg: Any) -> None:
+        """Send gunicorn's error and access logs to the root logger."""
         super().setup(cfg)
         for logger in (self.error_log, self.access_log):
             logger.handlers[:] = []

@@ -22,6 +22,7 @@ ORIGINAL_CONFIG_FILE = "config_gateway.txt"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``run_gateway``."""
     parser = argparse.ArgumentParser(
         prog="run_gateway",
         description="Serve the endpoints of config_gateway.json behind one gateway.")

@@ -1,7 +1,8 @@
 """Gateway configuration: one declarative table of settings, validated at start.
 
-Every key the framework reads is declared once in :data:`GATEWAY_SETTINGS` or
-:data:`ENDPOINT_SETTINGS` with its type, default, check and one-line description.
+Every key the framework reads is declared once in :data:`GATEWAY_SETTINGS` (the top
+level, in :mod:`~basic_inference_server.gateway_settings`) or :data:`ENDPOINT_SETTINGS`
+with its type, default, check and one-line description.
 The table in docs/configuration.md is generated from these tables (``python -m
 basic_inference_server.config``) and a test keeps the two in step.
 
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .gateway_settings import GATEWAY_SETTINGS, check_token
 from .hosts import NO_HOST, check_host
-from .queues import check_url
+from .names import NAME_RULE_TEXT, is_name
 from .refs import resolve_ref
-from .setting import MAX_WORKERS, NAME_RULE_TEXT, Setting, at_least, check_name, is_name
+from .setting import MAX_WORKERS, Setting, at_least, check_name, check_port_or_null, check_workers
 from .stream_settings import STREAM_SETTINGS
 from .traffic.settings import TRAFFIC_SETTINGS, check_policy
 
@@ -44,26 +46,6 @@ def _positive_or_null(v: float | None) -> str | None:
     return None if v is None or (math.isfinite(v) and 0 < v <= 1e12) else "must be > 0"
 
 
-def check_token(v: str | None) -> str | None:
-    """What is wrong with a bearer token (None: nothing)."""
-    if v is None:
-        return None
-    ok = 1 <= len(v) <= 1024 and v.isascii() and v.isprintable() and " " not in v
-    return None if ok else "must be 1 to 1024 printable ASCII characters without spaces"
-
-
-def _workers(v: int) -> str | None:
-    return None if 1 <= v <= MAX_WORKERS else f"must be >= 1 and <= {MAX_WORKERS}"
-
-
-def _port(v: int) -> str | None:
-    return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
-
-
-def _port_or_null(v: int | None) -> str | None:
-    return None if v is None else _port(v)
-
-
 def _str_list(v: list) -> str | None:
     return None if all(isinstance(x, str) for x in v) else "must be a list of strings"
 
@@ -77,135 +59,18 @@ def _customer_models(v: dict) -> str | None:
     return None if ok else "must map customer ids to lists of model names"
 
 
-GATEWAY_SETTINGS: dict[str, Setting] = {
-    s.name: s
-    for s in [
-        Setting("CONFIG_ENDPOINTS", dict, {}, "Endpoints to serve: name -> endpoint settings."),
-        Setting("DEFAULT_SERVER", (str, type(None)), None,
-                "Endpoint listed first by /list_servers; requests still name a SIGNATURE."),
-        Setting("NO_STARTUP_WAIT", bool, True,
-                "true: /run to a starting endpoint answers 503 at once; "
-                "false: it waits (up to TIMEOUT) for the endpoint to be ready."),
-        Setting("READY_POLICY", (str, list), "all",
-                "When /health/ready answers 200: `all` started endpoints READY, `any` one of "
-                "them, or a list of the endpoints that must be READY (probes: see docs/scale-out.md).",
-                lambda v: None if v in ("all", "any") or (isinstance(v, list) and v and all(
-                    isinstance(x, str) and x for x in v))
-                else 'must be "all", "any" or a non-empty list of endpoint names'),
-        Setting("SERVER_NAME", str, "basic_inference_server",
-                "Name of this box, reported as `server` in every response."),
-        Setting("APP_VERSION", str, "0.0.0", "Version of your application, reported as `app_ver`."),
-        Setting("FIRST_SERVER_PORT", (int, type(None)), None,
-                "Port of the first endpoint server with TCP_PORT (null: gateway port + 1); 0 "
-                "picks free ports.",
-                _port_or_null),
-        Setting("GATEWAY_WORKERS", int, 2, "Worker processes of the gateway front.", _workers),
-        Setting("GATEWAY_THREADS", int, 32,
-                "Threads per gateway worker for blocking work (management calls, job "
-                "submission); requests waiting on endpoints hold none.", at_least(1, 10000)),
-        Setting("SCHED_BATCH", bool, True, "Front and server workers run under Linux's "
-                "SCHED_BATCH: a woken worker does not preempt a running one, so fewer CPU "
-                "switches per request (bench/README.md). false: the default policy."),
-        Setting("MAX_REQUEST_SIZE", int, 64 * 1024 * 1024,
-                "Largest accepted request body in bytes (413 above).", at_least(1, 1 << 40)),
-        Setting("ADMIN_TOKEN", (str, type(None)), None,
-                "Bearer token every management call must present (env BIS_ADMIN_TOKEN or "
-                "BIS_ADMIN_TOKEN_FILE override it; with none, one is generated once into "
-                "<cache>/admin_token and kept there: delete the file to make a new one).",
-                check_token),
-        Setting("INSECURE_NO_ADMIN_AUTH", bool, False,
-                "Development only: management calls need no credential at all (a warning "
-                "is logged at every start)."),
-        Setting("METRICS_TOKEN", (str, type(None)), None,
-                "Bearer token that reads /metrics and nothing else (a Prometheus scrape "
-                "credential; the admin token reads /metrics too); `env:VAR` or `file:PATH` "
-                "reads it from there.", check_token, secret_ref=True, secret=True),
-        Setting("METRICS_TENANT_LABELS", bool, True,
-                "/metrics names tenants in the per-tenant counters (the 20 with the most "
-                "requests, then `other`); false sums those counters over tenants."),
-        Setting("STOP_TIMEOUT", (int, float), 30,
-                "Seconds a stopping process may take to finish in-flight work before it is killed.",
-                at_least(0)),
-        Setting("HEALTH_SAMPLE_INTERVAL", (int, float), 5,
-                "Seconds between health samples (memory, disk, CPU, GPU) taken by the supervisor.",
-                at_least(0.1)),
-        Setting("ALERT_MEM_AVAIL_PCT", (int, float), 15,
-                "Alert when available system memory falls under this percentage.",
-                at_least(0, 100)),
-        Setting("ALERT_DISK_FREE_PCT", (int, float), 10,
-                "Alert when free disk space falls under this percentage.", at_least(0, 100)),
-        Setting("ALERT_GPU_MEM_PCT", (int, float), 90,
-                "Alert when a GPU's memory use rises over this percentage.", at_least(0, 100)),
-        Setting("ALERT_RESTARTS", int, 3,
-                "Alert when an endpoint restarts this many times within 10 minutes.",
-                at_least(1, 1_000_000)),
-        Setting("ACCESS_LOG", bool, True,
-                "Log one line per /run request (endpoint, status, latency, worker)."),
-        Setting("ALLOWED_HOSTS", list, [],
-                "Host names the management routes and the dashboard answer to, besides IP "
-                "addresses, `localhost` and this machine's names (DNS rebinding guard); "
-                "entries may be `*.domain` or `*`.",
-                lambda v: None if all(isinstance(x, str) and x and x.isascii() and " " not in x
-                                      for x in v) else "must be a list of host names"),
-        # Async jobs (basic_inference_server/queues).
-        Setting("QUEUE", str, "sqlite",
-                "Job queue: `sqlite` (in _cache/), `sqlite:///path`, `redis://...`, `amqp://...` "
-                "or `sqs://...`; `?prefix=` names its keys or queues; `env:VAR` or `file:PATH` "
-                "reads the URL from there (keeps passwords out of the file).", check_url,
-                secret_ref=True),
-        Setting("RESULTS", (str, type(None)), None,
-                "Where job status and results live: `sqlite...` or `redis://...` "
-                "(default: the queue's Redis, else SQLite in _cache/); `env:VAR` or `file:PATH` "
-                "as for QUEUE.",
-                lambda v: None if v is None else check_url(v), secret_ref=True),
-        Setting("JOB_TTL", (int, float), 86400,
-                "Seconds a finished job's result stays readable at /jobs/<id>.",
-                at_least(1, 365 * 86400)),
-        # The front's connections (wire/connection.py, wire/worker.py).
-        Setting("HEADER_TIMEOUT", (int, float), 60,
-                "Seconds a client has to send a request's headers (from connecting, or from the "
-                "request's first byte on a kept-alive connection; nginx's "
-                "client_header_timeout); then the connection is closed.", at_least(0.1, 3600)),
-        Setting("BODY_TIMEOUT", (int, float), 60,
-                "Seconds a client has to send a request's body once its headers are in.",
-                at_least(0.1, 3600)),
-        Setting("KEEPALIVE_TIMEOUT", (int, float), 30,
-                "Seconds an idle kept-alive client connection stays open.", at_least(0.1, 3600)),
-        Setting("MAX_CONNECTIONS", int, 10000,
-                "Open client connections of the gateway (all front processes); past it a new "
-                "one gets 503 too_many_connections.", at_least(1, 1_000_000)),
-        Setting("TLS_CERT", (str, type(None)), None,
-                "PEM certificate chain file: the gateway serves HTTPS (with TLS_KEY)."),
-        Setting("TLS_KEY", (str, type(None)), None,
-                "PEM private key file of TLS_CERT (omit when TLS_CERT holds the key)."),
-        # Tenants (basic_inference_server/tenants, docs/tenants.md).
-        Setting("API_KEYS", bool, False,
-                "Data-plane requests (/run, /jobs) need an API key (created with POST /keys); "
-                "the key's tenant reaches endpoints as X-Customer-ID."),
-        Setting("TENANTS_REDIS", (str, type(None)), None,
-                "Redis URL holding API keys and rate-limit state, shared by several gateways "
-                "(null: SQLite in the cache folder); `?prefix=` names its keys; `env:VAR` or `file:PATH` "
-                "as for QUEUE.",
-                lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
-                else "must be a redis://, rediss:// or unix:// URL", secret_ref=True),
-        Setting("TENANTS_FAIL_OPEN", bool, False,
-                "When TENANTS_REDIS does not answer: false answers 503; true serves keys "
-                "already cached, counts limits and quota charges in memory until it is back."),
-    ]
-}
-
 ENDPOINT_SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
         Setting("NR_WORKERS", int, 1,
-                f"Worker processes of the endpoint server (1 to {MAX_WORKERS}).", _workers),
+                f"Worker processes of the endpoint server (1 to {MAX_WORKERS}).", check_workers),
         Setting("HOST", str, "127.0.0.1",
                 "Address of the endpoint server's TCP port, with TCP_PORT (loopback by default; "
                 "another address is logged as a warning); NO_HOST makes it a support process.",
                 check_host),
         Setting("PORT", (int, type(None)), None,
                 "Port of the endpoint server, with TCP_PORT (default: assigned from "
-                "FIRST_SERVER_PORT).", _port_or_null),
+                "FIRST_SERVER_PORT).", check_port_or_null),
         Setting("TCP_PORT", bool, False,
                 "The endpoint server also listens on HOST:PORT over TCP. The gateway reaches "
                 "its servers over Unix sockets; this port has none of its checks (API key, "
@@ -320,10 +185,12 @@ class EndpointConfig:
 
     @property
     def is_support(self) -> bool:
+        """Whether the endpoint is a support process (``HOST`` is ``NO_HOST``): no server."""
         return self.settings["HOST"] == NO_HOST
 
     @property
     def module_name(self) -> str:
+        """The endpoint file's name: ``SERVER_CLASS`` or the endpoint's own."""
         return self.settings["SERVER_CLASS"] or self.name
 
     def worker_config(self) -> dict[str, Any]:

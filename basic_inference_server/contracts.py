@@ -3,8 +3,10 @@
 The manager builds a spec, :func:`~basic_inference_server.manager.children.spawn` sends
 it as JSON, and the child rebuilds the same dataclass from it. A process package
 (gateway, server, manager, supervisor, support, jobrunner) imports another's contract from here,
-never from that package. Defaults come from the settings table, so that a spec built
-without a key means what the configuration's default means.
+never from that package. Defaults come from the top-level settings table, so that a spec
+built without a key means what the configuration's default means. The notify socket's
+:class:`Event` names live at the bottom of the import graph (:mod:`.events`), where an
+endpoint worker reads them without loading these specs; they are named here too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .config import GATEWAY_SETTINGS
+from .events import Event as Event  # re-exported: one of the contracts
+from .gateway_settings import GATEWAY_SETTINGS
 
 # The modules the manager runs as ``python -m <module> --spec-fd N``.
 FRONT_MODULE = "basic_inference_server.gateway"
@@ -33,16 +36,6 @@ def probe_path(worker_socket: str) -> str:
 
 def _default(key: str) -> Any:
     return GATEWAY_SETTINGS[key].default
-
-
-class Event(str, Enum):
-    """Datagrams of the notify socket (endpoint servers and workers to the manager)."""
-
-    WORKER_READY = "worker_ready"  # pid, slot, socket, generation
-    WORKER_EXIT = "worker_exit"  # pid, generation
-    NWORKERS = "nworkers"  # value, generation: gunicorn's worker count changed
-    LOAD_FAILED = "load_failed"  # pid, error, generation
-    NOTIFICATION = "notification"  # worker_id, notif, msg, info, time (FlaskWorker)
 
 
 @dataclass

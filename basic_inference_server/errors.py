@@ -47,6 +47,7 @@ class Unauthorized(ServingError):
     kind = "unauthorized"
 
     def headers(self) -> list[tuple[str, str]]:
+        """With ``WWW-Authenticate``: the scheme to use."""
         # RFC 6750: a 401 names the scheme the caller must use.
         return [*super().headers(), ("WWW-Authenticate", 'Bearer realm="management"')]
 
@@ -77,6 +78,7 @@ class MethodNotAllowed(ServingError):
         self.allow = list(allow)
 
     def headers(self) -> list[tuple[str, str]]:
+        """With ``Allow``: the methods the route takes."""
         return [*super().headers(), ("Allow", ", ".join(self.allow))]
 
 
@@ -124,6 +126,7 @@ class ModelsUnavailable(ServingError):
         self.models = list(models)
 
     def to_dict(self) -> dict[str, Any]:
+        """The body, with the model manager's fields (``unavailable_models`` ...)."""
         return {**super().to_dict(), "error": "Required models unavailable",
                 "unavailable_models": self.models,
                 "message": "The server is currently unable to handle the request due to a "

@@ -12,7 +12,7 @@ import json
 import socket
 from typing import Any
 
-from .contracts import Event
+from .events import Event
 
 MAX_MESSAGE = 1 << 20
 

@@ -25,6 +25,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
             "level": record.levelname,
@@ -48,6 +49,7 @@ class MaskingFormatter(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
+        """The inner formatter's line, with secrets masked."""
         return mask_text(self.inner.format(record))
 
 
@@ -86,9 +88,11 @@ class Logger:
         self._log.log(_COLOR_LEVELS.get(color or "", logging.INFO), "%s", msg)
 
     def update_config_data(self, new_data: dict[str, Any]) -> None:
+        """Merge ``new_data`` into ``config_data``."""
         self.config_data.update(new_data)
 
     def get_data_folder(self) -> str:
+        """The data folder: ``<base_folder>/<app_folder>``."""
         return os.path.join(self.base_folder, self.app_folder)
 
 
@@ -100,5 +104,6 @@ class PrefixedLog:
         self.prefix = prefix
 
     def P(self, msg: Any, color: str | None = None, **_ignored: Any) -> None:  # noqa: N802
+        """Log ``msg`` at the level its ``color`` stands for (INFO by default)."""
         text = f"{self.prefix} {msg}" if self.prefix else str(msg)
         self._log.log(_COLOR_LEVELS.get(color or "", logging.INFO), "%s", text)

@@ -197,6 +197,7 @@ def signature_of(body: dict[str, Any]) -> str:
 
 
 def now_text() -> str:
+    """The local time as the original project's ``time`` fields write it."""
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -207,6 +208,7 @@ def base_meta(server_name: str, app_version: str) -> dict[str, Any]:
 
 
 def error_body(err: ServingError, meta: dict[str, Any] | None = None) -> bytes:
+    """The JSON body of an error answer, with ``meta`` added."""
     body = err.to_dict()
     if meta:
         body.update(meta)

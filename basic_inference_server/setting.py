@@ -1,20 +1,16 @@
-"""One configuration key, and the name rule shared by endpoints, versions and files."""
+"""One configuration key, and the checks several settings tables share."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .names import NAME_RULE_TEXT, is_name
 from .refs import REF_PREFIXES, resolve_ref
 
-# One rule for endpoint names and SERVER_CLASS (a file name in the endpoints folder),
-# always applied with fullmatch: "$" would let a trailing newline through.
-NAME_RULE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}")
-NAME_RULE_TEXT = "1 to 64 letters, digits, '_' or '-', not starting with a digit or '-'"
 # One bound on worker processes per endpoint, wherever a count is set.
 MAX_WORKERS = 256
 # Longest wait, timeout or interval a setting may ask for (a week).
@@ -62,6 +58,7 @@ class Setting:
 
 
 def at_least(low: float, high: float = MAX_SECONDS) -> Callable[[Any], str | None]:
+    """Settings-table check: a number from ``low`` to ``high``."""
     def check(v: Any) -> str | None:
         ok = (isinstance(v, int) or math.isfinite(v)) and low <= v <= high
         return None if ok else f"must be >= {low} and <= {high}"
@@ -69,12 +66,18 @@ def at_least(low: float, high: float = MAX_SECONDS) -> Callable[[Any], str | Non
     return check
 
 
-def is_name(value: Any) -> bool:
-    """The one name rule of endpoint names and SERVER_CLASS."""
-    return isinstance(value, str) and NAME_RULE.fullmatch(value) is not None
-
-
 def check_name(v: str | None) -> str | None:
+    """Settings-table check: null or a name (:data:`~basic_inference_server.names.NAME_RULE`)."""
     return None if v is None or is_name(v) else f"must be {NAME_RULE_TEXT}"
+
+
+def check_workers(v: int) -> str | None:
+    """Settings-table check: a count of worker processes."""
+    return None if 1 <= v <= MAX_WORKERS else f"must be >= 1 and <= {MAX_WORKERS}"
+
+
+def check_port_or_null(v: int | None) -> str | None:
+    """Settings-table check: null or a TCP port number (0 picks a free one)."""
+    return None if v is None or 0 <= v <= 65535 else "must be a port number (0-65535)"
 
 

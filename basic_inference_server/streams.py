@@ -43,6 +43,7 @@ class Format(Enum):
 
     @property
     def content_type(self) -> str:
+        """The Content-Type of an answer in this format."""
         return f"{self.value}; charset=utf-8" if self is Format.SSE else self.value
 
 

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .contracts import Event
+from .events import Event
 from .ipc import Notifier
 from .logger import PrefixedLog
 
@@ -54,6 +54,7 @@ class CancelFlag:
         self.is_set = False
 
     def set(self) -> None:
+        """Mark the request cancelled."""
         self.is_set = True
 
 

@@ -426,8 +426,8 @@ class Traffic:
 
 # -- services and markers ----------------------------------------------------------------
 # Test tiers by folder, from cheap to costly; `pytest -m unit` runs without any service.
-TIERS = ("unit", "integration", "jobs", "security", "client", "scaleout", "multihost", "bench", "e2e",
-         "contract", "tenants", "traffic", "docs")
+TIERS = ("unit", "static", "integration", "jobs", "security", "client", "scaleout", "multihost",
+         "bench", "e2e", "contract", "tenants", "traffic", "docs")
 # Tests that take ten seconds or more each on a busy 2-core box (load runs, backoffs,
 # hundreds of jobs, model loads); `-m "not slow"` leaves them out, CI runs them.
 SLOW = ("tests/bench/", "tests/e2e/", "tests/integration/test_backoff.py",

@@ -65,6 +65,7 @@ class AsyncClient(BaseClient):
             return stop.value
 
     async def close(self) -> None:
+        """Close the HTTP connections."""
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:

@@ -50,6 +50,7 @@ def parse_fields(items: list[str]) -> dict[str, Any]:
 
 
 def payload_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The request body the arguments give (``--input``, then ``key=value`` pairs)."""
     payload: dict[str, Any] = {}
     if args.input:
         text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text("utf-8")
@@ -74,6 +75,7 @@ def _servers_table(body: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``bis``."""
     parser = argparse.ArgumentParser(prog="bis", description="Talk to a basic_inference_server "
                                      "gateway (admin token and API key from files or env only).")
     parser.add_argument("--url", help="gateway URL (env BIS_URL; default http://127.0.0.1:5002)")
@@ -186,6 +188,7 @@ def dispatch(bis: Client, args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``bis`` with ``argv``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -37,6 +37,8 @@ def read_secret(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class Credentials:
+    """Where the gateway is and the secrets that call it (never shown by repr)."""
+
     url: str
     admin_token: str | None
     api_key: str | None

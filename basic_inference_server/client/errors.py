@@ -34,26 +34,38 @@ class BisError(Exception):
 
 
 class BadRequest(BisError):
+    """The request is malformed (400): fix it before sending again."""
+
     kind = "bad_request"
 
 
 class Unauthorized(BisError):
+    """No valid credential was presented (401)."""
+
     kind = "unauthorized"
 
 
 class Forbidden(BisError):
+    """The credential may not do this (403)."""
+
     kind = "forbidden"
 
 
 class NotFound(BisError):
+    """No such endpoint, job or route (404)."""
+
     kind = "not_found"
 
 
 class MethodNotAllowed(BisError):
+    """The route does not take this HTTP method (405)."""
+
     kind = "method_not_allowed"
 
 
 class PayloadTooLarge(BisError):
+    """The request body passes MAX_REQUEST_SIZE (413)."""
+
     kind = "payload_too_large"
 
 
@@ -64,16 +76,22 @@ class Conflict(BisError):
 
 
 class QueueFull(BisError):
+    """The endpoint's job queue is full (429): the job was not recorded."""
+
     kind = "queue_full"
     never_ran = True
 
 
 class ModelsUnavailable(BisError):
+    """The models the request needs cannot be loaded now (429): the request never ran."""
+
     kind = "models_unavailable"
     never_ran = True
 
 
 class RateLimited(BisError):
+    """Over a rate limit: the request never ran; it may be sent again later."""
+
     kind = "rate_limited"
     never_ran = True
 
@@ -92,16 +110,22 @@ class Unavailable(BisError):
 
 
 class Overloaded(BisError):
+    """The endpoint has as many requests as it takes (503): the request never ran."""
+
     kind = "overloaded"
     never_ran = True
 
 
 class TooManyConnections(BisError):
+    """The gateway holds as many connections as it takes (503)."""
+
     kind = "too_many_connections"
     never_ran = True
 
 
 class CircuitOpen(BisError):
+    """The endpoint's circuit breaker is open (503): the request never ran."""
+
     kind = "circuit_open"
     never_ran = True
 
@@ -131,6 +155,8 @@ class InvalidStream(BisError):
 
 
 class InternalError(BisError):
+    """The gateway or the endpoint failed (500)."""
+
     kind = "internal_error"
 
 

@@ -44,11 +44,15 @@ class Call:
 
 @dataclass(frozen=True)
 class Sleep:
+    """A step of a flow: wait this long before the next one."""
+
     seconds: float
 
 
 @dataclass(frozen=True)
 class Answer:
+    """What the driver sends back into a flow for a :class:`Call`."""
+
     status: int
     body: Any
     headers: Mapping[str, str]
@@ -108,6 +112,7 @@ class Flows:
 
     def body(self, call: Call, idempotent: bool = False,
              retry: RetryPolicy | None = None) -> Flow[dict[str, Any]]:
+        """Send ``call`` (retried by the policy) and return its JSON body."""
         answer = yield from send(call, retry or self.retry, idempotent, self.clock)
         body: dict[str, Any] = answer.body
         return body
@@ -115,6 +120,7 @@ class Flows:
     # -- data path ---------------------------------------------------------------------
     def run(self, signature: str, payload: Mapping[str, Any] | None, idempotent: bool,
             timeout: float | None, retry: RetryPolicy | None) -> Flow[dict[str, Any]]:
+        """``POST /run``: the endpoint's answer."""
         call = Call("POST", "/run", json={**(payload or {}), "SIGNATURE": signature},
                     timeout=timeout)
         return (yield from self.body(call, idempotent, retry))
@@ -128,15 +134,18 @@ class Flows:
 
     def submit(self, signature: str, payload: Mapping[str, Any] | None,
                retry: RetryPolicy | None) -> Flow[str]:
+        """``POST /jobs``: the new job's id."""
         # Resending a refused submission is safe: a 429 or 503 recorded no job.
         call = Call("POST", "/jobs", json={**(payload or {}), "SIGNATURE": signature})
         body = yield from self.body(call, retry=retry)
         return str(body["JOB_ID"])
 
     def status(self, job_id: str) -> Flow[dict[str, Any]]:
+        """``GET /jobs/<id>``: the job's record."""
         return (yield from self.body(Call("GET", f"/jobs/{job_id}"), idempotent=True))
 
     def cancel(self, job_id: str) -> Flow[dict[str, Any]]:
+        """``DELETE /jobs/<id>``: cancel the job."""
         # Cancelling twice is the same as once: safe to resend.
         return (yield from self.body(Call("DELETE", f"/jobs/{job_id}"), idempotent=True))
 
@@ -158,9 +167,11 @@ class Flows:
         raise JobPending(f"job {record.get('JOB_ID')} is {state}", body=record)
 
     def result(self, job_id: str) -> Flow[dict[str, Any]]:
+        """The answer of a finished job (JobFailed or JobPending otherwise)."""
         return self.outcome((yield from self.status(job_id)))
 
     def wait(self, job_id: str, timeout: float | None) -> Flow[dict[str, Any]]:
+        """Poll the job until it ends, up to ``timeout`` seconds; its answer."""
         deadline = None if timeout is None else self.clock() + timeout
         delays = self.poll.delays()
         while True:
@@ -180,15 +191,18 @@ class Flows:
     def admin(self, method: str, path: str, json: dict[str, Any] | None = None,
               params: dict[str, Any] | None = None,
               idempotent: bool = True) -> Flow[dict[str, Any]]:
+        """A management call (admin token), retried when ``idempotent``."""
         call = Call(method, path, json=json, params=params, admin=True)
         return (yield from self.body(call, idempotent))
 
     def ready(self) -> Flow[bool]:
+        """``GET /health/ready``: whether the gateway is ready (503 is "no", not an error)."""
         # 503 is the answer "not ready", not a failure: no retry.
         call = Call("GET", "/health/ready")
         answer = yield call
         return bool(answer.status == 200)
 
     def shutdown(self) -> Flow[dict[str, Any]]:
+        """Stop the gateway (``SAFE_KILL_SERVER_CMD``); never resent."""
         return (yield from self.admin("POST", "/shutdown", {"SIGNATURE": SHUTDOWN_CMD},
                                       idempotent=False))

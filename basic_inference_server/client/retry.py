@@ -57,6 +57,7 @@ class PollPolicy:
     cap: float = 2.0
 
     def delays(self) -> PollDelays:
+        """The waits between polls, from ``first`` up to ``cap``."""
         return PollDelays(self)
 
 

@@ -67,6 +67,7 @@ class Client(BaseClient):
             return stop.value
 
     def close(self) -> None:
+        """Close the HTTP connections."""
         self._http.close()
 
     def __enter__(self) -> Client:

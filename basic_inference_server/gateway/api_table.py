@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from flask import Flask
 
-from ..setting import NAME_RULE
+from ..names import NAME_RULE
 from ..tenants.keys import MAX_GRACE, RATE_PATTERN
 
 Auth = Literal["admin", "metrics", "open", "data"]
@@ -89,6 +89,7 @@ class Route:
 
     @property
     def admin(self) -> bool:
+        """Whether the route needs the admin token."""
         return self.auth == "admin"
 
     @property

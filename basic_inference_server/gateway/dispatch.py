@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from ..contracts import WAITABLE_STATES, EndpointState, Route
 from ..errors import NotFound, Overloaded, Unavailable
+from ..names import split_target
 from ..traffic.remote import remote_body
-from ..traffic.settings import split_target
 from ..wire.message import Request
 from . import metrics
 from .loadboard import LoadBoard

@@ -14,9 +14,9 @@ from typing import Any
 
 from .. import protocol
 from ..errors import ServingError
+from ..names import split_target
 from ..tenants.keys import ApiKey
 from ..tenants.quotas import Reservation
-from ..traffic.settings import split_target
 from ..wire.message import Answer, Request, error_answer
 from . import metrics
 from .jobs import JobsFront, job_route

@@ -30,10 +30,10 @@ from prometheus_client.core import GaugeMetricFamily
 from .. import protocol
 from ..cancellations import JOB_WAITING, count_cancelled
 from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Unavailable
+from ..names import split_target
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import CANCELLED, QUEUED, TERMINAL, Job
 from ..redact import mask_text
-from ..traffic.settings import split_target
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,7 @@ class JobsFront:
         return answer
 
     def dead(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The endpoint's dead letters, up to ``limit``, as ``/dead_letters`` lists them."""
         queue, _results = self._backends()
         jobs = self._backend_call("listing dead letters", lambda: queue.dead_letters(name, limit))
         return [{"JOB_ID": j.id, "SIGNATURE": j.endpoint, "ATTEMPTS": j.attempts,
@@ -202,6 +203,7 @@ class JobsFront:
                 for j in jobs]
 
     def requeue(self, name: str, job_id: str | None) -> list[str]:
+        """Put the endpoint's dead letters (one, or all) back in its queue; their ids."""
         queue, results = self._backends()
 
         def requeue() -> list[str]:
@@ -230,6 +232,7 @@ class JobsFront:
             return {"error": mask_text(f"job queue not available: {exc}")}
 
     def collector(self, names: list[str]) -> QueueCollector:
+        """A Prometheus collector of the queues of ``names``, read now."""
         return QueueCollector(self.status(names))
 
 
@@ -258,6 +261,7 @@ class QueueCollector:
         self.status = status
 
     def collect(self) -> Any:
+        """The two gauges, one sample per endpoint."""
         depth = GaugeMetricFamily("bis_queue_depth", "Async jobs waiting or running",
                                   labels=["endpoint"])
         oldest = GaugeMetricFamily("bis_queue_oldest_seconds",

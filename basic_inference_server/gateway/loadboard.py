@@ -14,6 +14,8 @@ import zlib
 
 
 class LoadBoard:
+    """In-flight requests per worker socket, shared by the front's processes (a row each)."""
+
     def __init__(self, rows: int, columns: int = 4096) -> None:
         self.rows = max(1, rows)
         self.columns = columns
@@ -37,7 +39,9 @@ class LoadBoard:
         return col
 
     def add(self, path: str, delta: int) -> None:
+        """Count ``delta`` more requests in flight to socket ``path`` (this process's row)."""
         self._counts[self.row * self.columns + self._column(path)] += delta
 
     def load(self, path: str) -> int:
+        """Requests in flight to socket ``path``, over every process."""
         return sum(self._counts[self._column(path)::self.columns])  # its column, every row

@@ -127,6 +127,7 @@ def host_allowed(header: str | None, allowed: list[str] | None) -> bool:
 
 
 def check_host(environ: dict[str, Any], allowed: list[str] | None) -> None:
+    """Refuse (403) a management call whose Host is not one this gateway answers to."""
     header = environ.get("HTTP_HOST")
     if not host_allowed(header, allowed):
         raise Forbidden(f"Host {header!r} is not one this gateway answers to; add it to "

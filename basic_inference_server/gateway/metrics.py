@@ -123,6 +123,7 @@ class ManagerCollector:
         self.health = health or {}
 
     def collect(self) -> Any:
+        """The endpoints' gauges and the health figures, from the manager's report."""
         ready = _gauge("bis_endpoint_ready", "1 when the endpoint is READY", ["endpoint"])
         workers = _gauge("bis_workers", "Worker processes ready", ["endpoint"])
         target = _gauge("bis_workers_target", "NR_WORKERS asked for", ["endpoint"])

@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 from .. import protocol, streams
 from ..contracts import RouteSnapshot, TrafficPolicy
+from ..names import VERSION_SEP, split_target
 from ..traffic.router import Allowed, choose
-from ..traffic.settings import VERSION_SEP, split_target
 from ..wire.message import Request
 
 # The one label of requests for an endpoint or version the route table does not know.

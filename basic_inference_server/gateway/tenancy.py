@@ -93,35 +93,45 @@ class NoTenancy:
     gate: TenantGate | None = None
 
     def identify_now(self, req: Request, internal: bool = True) -> bool:
+        """Keys off: nothing to identify."""
         return True
 
     async def identify(self, req: Request) -> None:
+        """Keys off: nothing to authenticate."""
         return None
 
     def admit_now(self, req: Request, label: str) -> TenantHold | None:
+        """Keys off: admitted, holding nothing."""
         return NO_HOLD
 
     async def admit(self, req: Request, label: str) -> TenantHold:
+        """Keys off: admitted, holding nothing."""
         return NO_HOLD
 
     def charge_now(self, hold: TenantHold, resp: UpstreamResponse) -> float | None:
+        """Keys off: nothing is charged."""
         return 0.0
 
     async def charge(self, hold: TenantHold, resp: UpstreamResponse) -> float:
+        """Keys off: nothing is charged."""
         return 0.0
 
     def release_now(self, hold: TenantHold) -> bool:
+        """Keys off: nothing to give back."""
         return True
 
     async def release(self, hold: TenantHold) -> None:
+        """Keys off: nothing to give back."""
         return None
 
     def stream_held(self, hold: TenantHold, resp: UpstreamResponse,
                     started: float) -> TenantHold:
+        """Keys off: the stream holds nothing."""
         return hold
 
     def record(self, key: ApiKey | None, label: str, status: int, units: float,
                elapsed: float) -> None:
+        """Keys off: nothing is metered."""
         return None
 
 
@@ -145,15 +155,18 @@ class KeyTenancy:
         return False
 
     def identify_now(self, req: Request, internal: bool = True) -> bool:
+        """Set ``req.key`` when no wait is needed; False: :meth:`identify` must run."""
         if req.key is not None or (internal and self.internal(req)):
             return True
         req.key = self.keys.cached(req.headers)
         return req.key is not None
 
     async def identify(self, req: Request) -> None:
+        """Authenticate the request's key (401 when missing or unknown)."""
         req.key = await self.keys.authenticate(req.headers)
 
     def admit_now(self, req: Request, label: str) -> TenantHold | None:
+        """Admit the request to ``label`` without waiting, or None: :meth:`admit`."""
         key = req.key
         if key is None:
             return NO_HOLD
@@ -163,6 +176,7 @@ class KeyTenancy:
         return None if got is None else TenantHold(key, label, *got)
 
     async def admit(self, req: Request, label: str) -> TenantHold:
+        """Check the key's scope (403), limits (429) and quota (429)."""
         key = req.key
         assert key is not None  # (admit_now answers a request without one)
         slot, limits = self.keys.admit_held(key, label) or await self.keys.admit(key, label)
@@ -177,6 +191,7 @@ class KeyTenancy:
         return hold
 
     def charge_now(self, hold: TenantHold, resp: UpstreamResponse) -> float | None:
+        """The units a whole answer is charged, when no wait is needed; else None."""
         key = hold.key
         if key is None:
             return 0.0
@@ -185,6 +200,7 @@ class KeyTenancy:
         return 0.0
 
     async def charge(self, hold: TenantHold, resp: UpstreamResponse) -> float:
+        """Take the answer's USAGE out and charge it to the key (a 200 only)."""
         key = hold.key
         assert key is not None  # (charge_now answers a request without one)
         units = 0.0
@@ -196,12 +212,14 @@ class KeyTenancy:
         return units
 
     def release_now(self, hold: TenantHold) -> bool:
+        """Give back what the request held when no wait is needed; False: :meth:`release`."""
         if hold.slot is not None and not self.keys.release_held(hold.slot):
             return False
         hold.slot = None
         return hold.reservation is None or hold.reservation.kept
 
     async def release(self, hold: TenantHold) -> None:
+        """Give back the slot, and the reservation of a request not answered 200."""
         try:
             if hold.slot is not None:  # (release_now could not keep it)
                 await self.keys.give_back(hold.slot)
@@ -211,6 +229,7 @@ class KeyTenancy:
 
     def stream_held(self, hold: TenantHold, resp: UpstreamResponse,
                     started: float) -> TenantHold:
+        """Hand what ``hold`` holds over to the answer's stream, released when it ends."""
         if hold.key is None or resp.stream is None:
             return hold
         resp.stream.hold(self._at_stream_end(hold, started))
@@ -237,5 +256,6 @@ class KeyTenancy:
 
     def record(self, key: ApiKey | None, label: str, status: int, units: float,
                elapsed: float) -> None:
+        """Meter one request of ``key``."""
         if key is not None:
             self.keys.record(key, label, status, units, elapsed)

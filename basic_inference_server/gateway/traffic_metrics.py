@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..traffic.settings import split_target
+from ..names import split_target
 
 BREAKER_LEVEL = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
@@ -28,6 +28,7 @@ class TrafficCollector:
         self.state = state or {}
 
     def collect(self) -> Iterator[Metric]:
+        """The breakers' state and open counts, per endpoint and version."""
         state = GaugeMetricFamily("bis_breaker_state", "Circuit breaker: 0 closed, 1 half-open, "
                                   "2 open (the worst of the front processes)",
                                   labels=["endpoint", "version"])

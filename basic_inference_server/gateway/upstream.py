@@ -79,6 +79,8 @@ class Failure(Enum):
 
 
 class Resend(Enum):
+    """Whether a failed attempt may be sent again, and where."""
+
     NO = "no"
     SAME = "same"  # the same worker socket, on a new connection
     NEXT = "next"  # the next candidate socket

@@ -105,10 +105,12 @@ class Connection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio: the connection is open."""
         self.transport = transport  # type: ignore[assignment]
         self.open = True
 
     def data_received(self, data: bytes) -> None:
+        """asyncio: feed the answer's bytes to the parser."""
         self.received = True
         try:
             self.parser.feed_data(data)
@@ -116,6 +118,7 @@ class Connection(asyncio.Protocol):
             self._fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """asyncio: the connection closed; a reset before any byte is a resend."""
         self.open = False
         if isinstance(exc, (ConnectionResetError, BrokenPipeError)) and not self.received:
             self._fail(_Reset())
@@ -124,6 +127,7 @@ class Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools: keep the headers passed to the client."""
         lower = name.lower()
         if lower in PASS_HEADERS:
             self.resp.headers.append((name, value))
@@ -133,6 +137,7 @@ class Connection(asyncio.Protocol):
             self.chunked = b"chunked" in value.lower()
 
     def on_headers_complete(self) -> None:
+        """httptools: the head is in; a stream's answer starts now."""
         if self.chunked or self.content_type.lower().startswith(STREAM_TYPES):
             # A stream: its head is the answer's start; its body comes to read().
             self.streaming = True
@@ -141,6 +146,7 @@ class Connection(asyncio.Protocol):
                 self.waiter.set_result(self.resp)
 
     def on_body(self, body: bytes) -> None:
+        """httptools: keep a body chunk (a stream's, paused past the read-ahead)."""
         if not self.streaming:
             self.chunks.append(body)
             return
@@ -152,6 +158,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        """httptools: the answer is complete."""
         # llhttp answers should_keep_alive() correctly only inside this callback.
         self.keep_alive = bool(self.parser.should_keep_alive())
         if self.streaming:
@@ -200,9 +207,11 @@ class Connection(asyncio.Protocol):
         return piece
 
     def pause_writing(self) -> None:
+        """asyncio: the socket's buffer is full; writes wait for the drain."""
         self.drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
+        """asyncio: the buffer drained; writes go on."""
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
         self.drained = None
@@ -248,6 +257,7 @@ class Connection(asyncio.Protocol):
             timer.cancel()
 
     def close(self) -> None:
+        """Close the connection."""
         self.open = False
         if self.transport is not None:
             self.transport.close()

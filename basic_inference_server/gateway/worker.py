@@ -32,20 +32,25 @@ class FrontWorker(LoopWorker):
         self.front = self.app.front()
 
     def sched_batch(self) -> bool:
+        """SCHED_BATCH, as the front's spec says."""
         return self.app.spec.sched_batch
 
     def started(self) -> None:
+        """Start the front on this worker's loop."""
         sys.setswitchinterval(GIL_SWITCH_S)
         self.limits = self.front.limits
         self.front.start()
 
     def tls(self) -> ssl.SSLContext | None:
+        """The front's TLS context (None: plain HTTP)."""
         return self.front.tls
 
     def meta(self) -> dict[str, Any]:
+        """The front's metadata of every answer."""
         return self.front.meta()
 
     async def handle(self, request: Request) -> Answer:
+        """The front's answer to ``request``."""
         return await self.front.handle(request)
 
     def connection_opened(self, conn: HttpConnection) -> bool:
@@ -56,14 +61,17 @@ class FrontWorker(LoopWorker):
         return super().connection_opened(conn)
 
     def connection_closed(self, conn: HttpConnection) -> None:
+        """Uncount a connection counted by :meth:`connection_opened`."""
         if conn in self.connections:
             self.front.board.add(CONNECTIONS, -1)
         super().connection_closed(conn)
 
     def tick(self) -> None:
+        """Close upstream connections idle too long."""
         self.front.upstream.close_idle()
 
     def stopped(self) -> None:
+        """Close every upstream connection and the thread pool."""
         self.front.upstream.close_idle(0)
         if self.front.pool is not None:
             self.front.pool.shutdown(wait=False, cancel_futures=True)

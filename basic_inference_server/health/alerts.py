@@ -63,6 +63,7 @@ class AlertUpdate:
 
     @property
     def changed(self) -> bool:
+        """Whether any alert was raised or cleared."""
         return bool(self.raised or self.cleared)
 
 

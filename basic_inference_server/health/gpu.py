@@ -51,17 +51,23 @@ class GpuProcess(NamedTuple):
 class NvmlApi(Protocol):
     """The NVML calls the sampler needs; any of them may raise ``pynvml.NVMLError``."""
 
-    def init(self) -> None: ...
+    def init(self) -> None:
+        """Start NVML (calls nest: each needs its shutdown)."""
 
-    def shutdown(self) -> None: ...
+    def shutdown(self) -> None:
+        """Stop NVML (one init's worth)."""
 
-    def device_count(self) -> int: ...
+    def device_count(self) -> int:
+        """How many GPUs NVML sees."""
 
-    def name(self, index: int) -> str: ...
+    def name(self, index: int) -> str:
+        """The product name of GPU ``index``."""
 
-    def memory(self, index: int) -> GpuMemory: ...
+    def memory(self, index: int) -> GpuMemory:
+        """Memory of GPU ``index``, in bytes."""
 
-    def utilization(self, index: int) -> GpuUtilization: ...
+    def utilization(self, index: int) -> GpuUtilization:
+        """Utilisation of GPU ``index`` (compute and memory), in percent."""
 
     def temperature(self, index: int) -> int:
         """Core temperature in degrees C."""
@@ -71,7 +77,8 @@ class NvmlApi(Protocol):
         """Power draw in milliwatts."""
         ...
 
-    def compute_processes(self, index: int) -> list[GpuProcess]: ...
+    def compute_processes(self, index: int) -> list[GpuProcess]:
+        """The compute processes running on GPU ``index``."""
 
 
 class PynvmlApi:
@@ -81,10 +88,12 @@ class PynvmlApi:
         self._handles: dict[int, Any] = {}
 
     def init(self) -> None:
+        """``nvmlInit``."""
         pynvml.nvmlInit()
         self._handles = {}
 
     def shutdown(self) -> None:
+        """``nvmlShutdown`` (device handles are dropped first)."""
         # Handles are only valid while NVML is initialised.
         self._handles = {}
         pynvml.nvmlShutdown()
@@ -96,28 +105,35 @@ class PynvmlApi:
         return handle
 
     def device_count(self) -> int:
+        """``nvmlDeviceGetCount``."""
         return int(pynvml.nvmlDeviceGetCount())
 
     def name(self, index: int) -> str:
+        """``nvmlDeviceGetName``, as text."""
         name = pynvml.nvmlDeviceGetName(self._handle(index))
         # Older nvidia-ml-py releases return bytes.
         return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
 
     def memory(self, index: int) -> GpuMemory:
+        """``nvmlDeviceGetMemoryInfo``."""
         info = pynvml.nvmlDeviceGetMemoryInfo(self._handle(index))
         return GpuMemory(int(info.total), int(info.used), int(info.free))
 
     def utilization(self, index: int) -> GpuUtilization:
+        """``nvmlDeviceGetUtilizationRates``."""
         rates = pynvml.nvmlDeviceGetUtilizationRates(self._handle(index))
         return GpuUtilization(int(rates.gpu), int(rates.memory))
 
     def temperature(self, index: int) -> int:
+        """``nvmlDeviceGetTemperature`` of the GPU die, in degrees C."""
         return int(pynvml.nvmlDeviceGetTemperature(self._handle(index), pynvml.NVML_TEMPERATURE_GPU))
 
     def power_mw(self, index: int) -> int:
+        """``nvmlDeviceGetPowerUsage``, in milliwatts."""
         return int(pynvml.nvmlDeviceGetPowerUsage(self._handle(index)))
 
     def compute_processes(self, index: int) -> list[GpuProcess]:
+        """``nvmlDeviceGetComputeRunningProcesses``."""
         procs = pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle(index))
         return [GpuProcess(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
                 for p in procs]
@@ -156,6 +172,7 @@ class RecordedNvml:
 
     @classmethod
     def from_file(cls, path: str | Path) -> RecordedNvml:
+        """A recording read from a JSON file."""
         return cls(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def _value(self, index: int, key: str) -> Any:
@@ -168,39 +185,48 @@ class RecordedNvml:
         return value
 
     def init(self) -> None:
+        """Raise the recorded ``init_error``, if any; count the init."""
         if self.data.get("init_error"):
             raise nvml_error(self.data["init_error"])
         self.initialised += 1
 
     def shutdown(self) -> None:
+        """Count the shutdown; one without an init is NVML's error."""
         if self.initialised <= 0:
             raise nvml_error("NVML_ERROR_UNINITIALIZED")
         self.initialised -= 1
 
     def device_count(self) -> int:
+        """The recorded ``device_count`` (default: the devices listed)."""
         value = self.data.get("device_count", len(self.data.get("devices", [])))
         if isinstance(value, Mapping) and "nvml_error" in value:
             raise nvml_error(value["nvml_error"])
         return int(value)
 
     def name(self, index: int) -> str:
+        """The recorded ``name``."""
         return str(self._value(index, "name"))
 
     def memory(self, index: int) -> GpuMemory:
+        """The recorded ``memory``."""
         mem = self._value(index, "memory")
         return GpuMemory(int(mem["total"]), int(mem["used"]), int(mem["free"]))
 
     def utilization(self, index: int) -> GpuUtilization:
+        """The recorded ``utilization``."""
         util = self._value(index, "utilization")
         return GpuUtilization(int(util["gpu"]), int(util["memory"]))
 
     def temperature(self, index: int) -> int:
+        """The recorded ``temperature``."""
         return int(self._value(index, "temperature"))
 
     def power_mw(self, index: int) -> int:
+        """The recorded ``power_usage``, in milliwatts."""
         return int(self._value(index, "power_usage"))
 
     def compute_processes(self, index: int) -> list[GpuProcess]:
+        """The recorded ``compute_processes``."""
         return [GpuProcess(int(p["pid"]), None if p.get("usedGpuMemory") is None else int(p["usedGpuMemory"]))
                 for p in self._value(index, "compute_processes")]
 

@@ -129,6 +129,7 @@ class FrontClient:
         return resp.status_code, answer
 
     def close(self) -> None:
+        """Close the HTTP client, then its event loop."""
         try:
             self.loop.run(self.http.aclose())
         finally:

@@ -25,6 +25,8 @@ MB = 1024 * 1024
 
 
 class MemoryUse(NamedTuple):
+    """Bytes in use and in all, of one memory."""
+
     used: int
     total: int
 
@@ -34,7 +36,8 @@ class MemoryProbe(Protocol):
 
     device: str
 
-    def sample(self) -> MemoryUse: ...
+    def sample(self) -> MemoryUse:
+        """The memory's use now."""
 
 
 class BudgetProbe:
@@ -47,6 +50,7 @@ class BudgetProbe:
         self.held = held
 
     def sample(self) -> MemoryUse:
+        """The models' bytes held against the budget."""
         return MemoryUse(self.held(), self.total)
 
 
@@ -56,6 +60,7 @@ class SystemProbe:
     device = "cpu"
 
     def sample(self) -> MemoryUse:
+        """The machine's RAM in use (total less available)."""
         vm = psutil.virtual_memory()
         return MemoryUse(int(vm.total - vm.available), int(vm.total))
 
@@ -69,6 +74,7 @@ class GpuProbe:
         self.api = api or PynvmlApi()
 
     def sample(self) -> MemoryUse:
+        """GPU memory in use, read through NVML."""
         self.api.init()
         try:
             mem = self.api.memory(self.index)
@@ -83,6 +89,7 @@ class CudaProbe:
     device = "cuda"
 
     def sample(self) -> MemoryUse:
+        """The current CUDA device's memory in use, as torch reports it."""
         import torch
 
         free, total = torch.cuda.mem_get_info()
@@ -134,4 +141,5 @@ def footprint(model: Any) -> int | None:
 
 
 def process_rss() -> int:
+    """This process's resident memory, in bytes."""
     return int(psutil.Process().memory_info().rss)

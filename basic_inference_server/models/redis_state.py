@@ -149,6 +149,7 @@ class RedisState:
                 f"{p}model_holders_{name}", f"{p}models"]
 
     def lock_key(self, name: str) -> str:
+        """The Redis key of model ``name``'s load lock."""
         return f"{self.prefix}model_lock_{name}"
 
     @contextmanager
@@ -183,6 +184,7 @@ class RedisState:
 
     # -- ModelState --------------------------------------------------------------------
     def acquire(self, name: str, path: str) -> str:
+        """Hold model ``name``; returns the reference that releases it."""
         ref = f"{self.owner}|{next(self._ids)}"
         with self._guard:
             self._mine.setdefault(name, set()).add(ref)
@@ -195,11 +197,13 @@ class RedisState:
         return ref
 
     def release(self, name: str, ref: str) -> None:
+        """Let go of the hold ``ref`` on model ``name``."""
         with self._guard:
             self._mine.get(name, set()).discard(ref)
         self._run("release", name, ref)
 
     def add_copy(self, name: str, path: str, size_bytes: int, device: str) -> None:
+        """Record that this process holds a loaded copy of model ``name``."""
         holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "device": device,
                              "loaded_at": time.time()})
         with self._guard:
@@ -207,6 +211,7 @@ class RedisState:
         self._run("add_copy", name, self.owner, self.lease_ms, path, size_bytes, holder)
 
     def remove_copy(self, name: str) -> bool:
+        """Forget this process's copy of ``name``; False while a request holds it."""
         if self._run("remove_copy", name, self.owner) == -2:
             return False
         with self._guard:
@@ -214,6 +219,7 @@ class RedisState:
         return True
 
     def size_hint(self, name: str) -> int | None:
+        """The model's last recorded size in bytes (None: never loaded)."""
         with self._reachable():
             value = self.redis.hget(self._keys(name)[0], "size_bytes")
         return int(value) if value is not None else None
@@ -234,6 +240,7 @@ class RedisState:
                 "copies": sorted(copies, key=lambda c: c["owner"])}
 
     def usage(self) -> dict[str, dict[str, Any]]:
+        """Every model's record: holds, copies, sizes."""
         with self._reachable():
             members: set[bytes] = self.redis.smembers(self._keys("")[4])  # type: ignore[assignment]
         names = sorted(n.decode() for n in members)
@@ -262,6 +269,7 @@ class RedisState:
                 log.warning("model leases not renewed: %s", exc)
 
     def close(self) -> None:
+        """Stop renewing leases and close the connection."""
         self._stop.set()
         self._renewer.join(timeout=5)
         self.redis.close()

@@ -80,6 +80,7 @@ class LocalState:
         return rec
 
     def acquire(self, name: str, path: str) -> str:
+        """Hold model ``name``; returns the reference that releases it."""
         with self._lock:
             rec = self._record(name, path)
             rec["ref_count"] += 1
@@ -90,6 +91,7 @@ class LocalState:
             return ref
 
     def release(self, name: str, ref: str) -> None:
+        """Let go of the hold ``ref`` on model ``name``."""
         with self._lock:
             if self._refs.pop(ref, None) is None:
                 return
@@ -99,6 +101,7 @@ class LocalState:
                 self._drop_if_idle(name, rec)
 
     def add_copy(self, name: str, path: str, size_bytes: int, device: str) -> None:
+        """Record that this process holds a loaded copy of model ``name``."""
         host, _, pid = self.owner.rpartition(":")
         with self._lock:
             rec = self._record(name, path)
@@ -110,6 +113,7 @@ class LocalState:
             self._sizes[name] = size_bytes
 
     def remove_copy(self, name: str) -> bool:
+        """Forget this process's copy of ``name``; False while a request holds it."""
         with self._lock:
             if any(n == name for n in self._refs.values()):
                 return False
@@ -124,9 +128,11 @@ class LocalState:
             del self._records[name]
 
     def size_hint(self, name: str) -> int | None:
+        """The model's last recorded size in bytes (None: never loaded)."""
         return self._sizes.get(name)
 
     def usage(self) -> dict[str, dict[str, Any]]:
+        """Every model's record: holds, copies, sizes."""
         with self._lock:
             return {name: {**rec, "copies": [dict(c) for c in rec["copies"]]}
                     for name, rec in self._records.items()}

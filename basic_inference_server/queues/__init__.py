@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from .base import Claim, Job, JobQueue, QueueError, ResultStore
 
@@ -36,6 +36,7 @@ class JobsSpec:
     ttl: float = 86400.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict (what crosses to other processes)."""
         return asdict(self)
 
 
@@ -67,13 +68,6 @@ def jobs_spec(queue: str, results: str | None, ttl: float, cache_dir: str | Path
     if scheme_of(results) == "sqlite":
         results = _sqlite_url(results, cache_dir)
     return JobsSpec(queue=queue, results=results, ttl=float(ttl))
-
-
-def url_options(url: str) -> tuple[str, dict[str, str]]:
-    """The URL without its query, and the query as single values."""
-    parts = urlsplit(url)
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    return parts._replace(query="").geturl(), options
 
 
 def open_queue(url: str) -> JobQueue:

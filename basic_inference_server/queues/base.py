@@ -16,6 +16,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -44,6 +45,7 @@ END_EVENT = {DONE: DONE, FAILED: FAILED, DEAD: FAILED, CANCELLED: CANCELLED}
 
 
 def new_job_id() -> str:
+    """A new, unique job id."""
     return uuid.uuid4().hex
 
 
@@ -74,6 +76,7 @@ class Job:
     key_id: str | None = None
 
     def encode(self) -> bytes:
+        """The job as stored in a queue (JSON)."""
         data = asdict(self)
         for name in ("undecodable", "tenant", "key_id"):
             if data[name] is None:
@@ -239,3 +242,10 @@ def record_of(job: Job) -> dict[str, Any]:
     return {"JOB_ID": job.id, "SIGNATURE": job.endpoint, "STATUS": QUEUED, "ATTEMPTS": 0,
             "SUBMITTED_AT": job.submitted_at, "STARTED_AT": None, "FINISHED_AT": None,
             "LAST_ERROR": None}
+
+
+def url_options(url: str) -> tuple[str, dict[str, str]]:
+    """A backend URL without its query, and the query as single values (``?prefix=``...)."""
+    parts = urlsplit(url)
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    return parts._replace(query="").geturl(), options

@@ -123,13 +123,16 @@ class CancelWatch:
         self.thread.start()
 
     def watch(self, job_id: str, flag: JobRun) -> None:
+        """Watch job ``job_id``'s cancellation while ``flag``'s run lasts."""
         self.current = (job_id, flag)
         self.wake.set()
 
     def unwatch(self) -> None:
+        """Stop watching: the job's run is over."""
         self.current = None
 
     def stop(self) -> None:
+        """Stop the watcher thread."""
         self.done.set()
         self.wake.set()
 
@@ -158,10 +161,15 @@ class CancelWatch:
 class Ledger(Protocol):
     """Where the jobs' runs are charged (used from the consumer's thread only)."""
 
-    def take_units(self, result: dict[str, Any]) -> float: ...
+    def take_units(self, result: dict[str, Any]) -> float:
+        """The units a job's answer is charged (its ``usage``)."""
+
     def ran(self, job: Job, status: int, units: float, seconds: float,
-            requeued: bool = False) -> None: ...
-    def flush(self, final: bool = False) -> None: ...
+            requeued: bool = False) -> None:
+        """Charge one run of ``job``; ``requeued``: it is given back to run again."""
+
+    def flush(self, final: bool = False) -> None:
+        """Write what was counted; ``final`` at the consumer's stop."""
 
 
 class NotRun(Exception):
@@ -189,6 +197,7 @@ class RetryPolicy:
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> RetryPolicy:
+        """The policy an endpoint's settings give."""
         return cls(max_attempts=int(settings["MAX_ATTEMPTS"]),
                    backoff=float(settings["RETRY_BACKOFF"]),
                    visibility=float(settings["VISIBILITY_TIMEOUT"]))
@@ -242,6 +251,7 @@ class JobWorker:
                 self.ledger.flush(final=True)
 
     def claim(self, wait: float) -> Claim | None:
+        """The next job of this endpoint, waiting up to ``wait`` seconds."""
         assert self.queue is not None
         return self.queue.claim(self.endpoint, self.name, wait, self.policy.visibility)
 

@@ -27,8 +27,7 @@ from urllib.parse import urlencode
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import url_options
-from .base import Claim, Job, JobQueue
+from .base import Claim, Job, JobQueue, url_options
 
 POLL_FIRST, POLL_CAP = 0.005, 0.1
 _PERSISTENT = 2
@@ -94,6 +93,7 @@ class RabbitQueue(JobQueue):
 
     # -- the interface --------------------------------------------------------------------
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        """Add a job."""
         def act(channel: BlockingChannel, main: str, retry: str, _dead: str) -> bool:
             if max_depth is not None and self._count(channel, main, retry) >= max_depth:
                 return False
@@ -104,6 +104,7 @@ class RabbitQueue(JobQueue):
 
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:
+        """Take the next job, waiting up to ``wait`` seconds."""
         deadline = time.monotonic() + wait
         pause = POLL_FIRST
         while True:
@@ -128,18 +129,22 @@ class RabbitQueue(JobQueue):
         channel.basic_ack(tag)
 
     def ack(self, claim: Claim) -> None:
+        """The job finished (its result is stored)."""
         self._settle(claim, None)
 
     def release(self, claim: Claim) -> None:
+        """Give back a job that was not started."""
         main, _retry, _dead = self._names(claim.job.endpoint)
         job = replace(claim.job, attempts=claim.job.attempts - 1)
         self._settle(claim, ("", main, job, None))
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        """The attempt failed: make the job claimable again after ``delay`` seconds."""
         _main, retry, _dead = self._names(claim.job.endpoint)
         self._settle(claim, ("", retry, replace(claim.job, last_error=error), delay))
 
     def dead_letter(self, claim: Claim, error: str) -> None:
+        """Move the job to the endpoint's dead-letter queue with its last error."""
         _main, _retry, dead = self._names(claim.job.endpoint)
         job = replace(claim.job, last_error=error)
         self._settle(claim, (f"{self.prefix}.dlx", dead, job, None))
@@ -166,6 +171,7 @@ class RabbitQueue(JobQueue):
         return out
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        """Jobs in the dead-letter queue, oldest first, with ``last_error``."""
         def act(channel: BlockingChannel, _m: str, _r: str, dead: str) -> list[Job]:
             taken = self._drain(channel, endpoint, dead, limit)
             if taken:
@@ -176,6 +182,7 @@ class RabbitQueue(JobQueue):
         return jobs
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        """Put dead jobs (one, or all when ``job_id`` is None) back in the queue with their attempts reset."""
         def act(channel: BlockingChannel, main: str, _r: str, dead: str) -> list[str]:
             ids, others = [], []
             # Drain first, give back the others at the end: a message given back at once
@@ -195,6 +202,7 @@ class RabbitQueue(JobQueue):
         return ids
 
     def close(self) -> None:
+        """Release this thread's connections."""
         channel = getattr(self._local, "channel", None)
         self._local.channel = None
         if channel is not None and channel.connection.is_open:

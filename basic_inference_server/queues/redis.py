@@ -29,7 +29,6 @@ from urllib.parse import urlencode
 import orjson
 import redis
 
-from . import url_options
 from .base import (
     CANCELLED_ERROR,
     EVENT_ENDS,
@@ -41,6 +40,7 @@ from .base import (
     JobQueue,
     ResultStore,
     record_of,
+    url_options,
 )
 
 GROUP = "workers"
@@ -177,23 +177,27 @@ class RedisQueue(JobQueue):
         self._groups.add(stream)
 
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        """Add a job."""
         stream, delayed, _dead = self._keys(job.endpoint)
         limit = -1 if max_depth is None else max_depth
         return bool(self._enqueue(keys=[stream, delayed, self._entries(job.endpoint)],
                                   args=[limit, job.encode(), job.id]))
 
     def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
+        """Cancel a waiting (not claimed) job: move it to the dead letters; False where it cannot."""
         stream, _delayed, dead = self._keys(endpoint)
         return bool(self._cancel(keys=[stream, self._entries(endpoint), dead],
                                  args=[job_id, CANCELLED_ERROR, GROUP]))
 
     def stored_bytes(self, endpoint: str) -> int:
+        """Bytes the endpoint's waiting and running jobs take in the queue (``MAX_QUEUE_BYTES``)."""
         # Redis's own estimate (sampled): cheap on a stream of any length.
         stream, delayed, _dead = self._keys(endpoint)
         return sum(int(self.r.memory_usage(key) or 0) for key in (stream, delayed))
 
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:
+        """Take the next job, waiting up to ``wait`` seconds."""
         stream, delayed, _dead = self._keys(endpoint)
         self._ensure_group(stream)
         self._promote(keys=[delayed, stream, self._entries(endpoint)], args=[time.time()])
@@ -244,23 +248,28 @@ class RedisQueue(JobQueue):
         pipe.execute()
 
     def ack(self, claim: Claim) -> None:
+        """The job finished (its result is stored)."""
         self._settle(claim)
 
     def release(self, claim: Claim) -> None:
+        """Give back a job that was not started."""
         job = replace(claim.job, attempts=claim.job.attempts - 1)
         self._settle(claim, ("add", claim.receipt[0], job.encode()))
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        """The attempt failed: make the job claimable again after ``delay`` seconds."""
         job = replace(claim.job, last_error=error)
         _stream, delayed, _dead = self._keys(job.endpoint)
         self._settle(claim, ("zadd", delayed, {job.encode(): time.time() + delay}))
 
     def dead_letter(self, claim: Claim, error: str) -> None:
+        """Move the job to the endpoint's dead-letter queue with its last error."""
         job = replace(claim.job, last_error=error)
         _stream, _delayed, dead = self._keys(job.endpoint)
         self._settle(claim, ("xadd", dead, job.encode()))
 
     def depth(self, endpoint: str) -> int:
+        """Jobs accepted and not finished."""
         stream, delayed, _dead = self._keys(endpoint)
         pipe = self.r.pipeline(transaction=False)
         pipe.xlen(stream)
@@ -276,11 +285,13 @@ class RedisQueue(JobQueue):
         return job
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        """Jobs in the dead-letter queue, oldest first, with ``last_error``."""
         _stream, _delayed, dead = self._keys(endpoint)
         return [self._dead_job(endpoint, mid, fields)
                 for mid, fields in self.r.xrange(dead, count=limit)]
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        """Put dead jobs (one, or all when ``job_id`` is None) back in the queue with their attempts reset."""
         stream, _delayed, dead = self._keys(endpoint)
         ids = []
         for mid, fields in self.r.xrange(dead):
@@ -297,6 +308,7 @@ class RedisQueue(JobQueue):
         return ids
 
     def close(self) -> None:
+        """Release this thread's connections."""
         self.r.close()
 
 
@@ -318,6 +330,7 @@ class RedisResults(ResultStore):
         return f"{self.prefix}:pending:{endpoint}"
 
     def create(self, job: Job) -> None:
+        """Record a job as queued (before it is enqueued)."""
         record = {k: orjson.dumps(v) for k, v in record_of(job).items()}
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self._key(job.id), mapping=record)
@@ -326,6 +339,7 @@ class RedisResults(ResultStore):
 
     def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
                only_if: str | None = None) -> bool:
+        """Merge ``fields`` into the record."""
         status = fields.get("STATUS")
         op = "" if status is None else "rem" if status in TERMINAL else "add" if status == QUEUED else ""
         endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
@@ -341,11 +355,13 @@ class RedisResults(ResultStore):
                   orjson.dumps(only_if) if only_if is not None else "", *pairs]))
 
     def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
+        """Store the job's next event."""
         return int(self._add_event(keys=[self._events(job_id)],
                                    args=[name, orjson.dumps(data), MAX_EVENTS,
                                          max(1, int(ttl)), *EVENT_ENDS]))
 
     def events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Up to ``limit`` of the job's events after id ``after``."""
         out = []
         for seq, raw in enumerate(self.r.lrange(self._events(job_id), after, after + limit - 1),
                                   start=after + 1):
@@ -354,12 +370,14 @@ class RedisResults(ResultStore):
         return out
 
     def get(self, job_id: str) -> dict[str, Any] | None:
+        """The record, or None when unknown or expired."""
         raw = self.r.hgetall(self._key(job_id))
         if not raw:
             return None
         return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
     def delete(self, job_id: str) -> None:
+        """Forget a record (a submission that was refused)."""
         endpoint = self.r.hget(self._key(job_id), "SIGNATURE")
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(self._key(job_id), self._events(job_id))
@@ -368,8 +386,10 @@ class RedisResults(ResultStore):
         pipe.execute()
 
     def oldest_pending(self, endpoint: str) -> float | None:
+        """Submission time of the oldest job of ``endpoint`` not finished yet."""
         first = self.r.zrange(self._pending(endpoint), 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     def close(self) -> None:
+        """Release this thread's connections."""
         self.r.close()

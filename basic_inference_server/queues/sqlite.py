@@ -105,6 +105,7 @@ class SqliteDB:
         self.conn().executescript(SCHEMA)
 
     def conn(self) -> sqlite3.Connection:
+        """This thread's connection to the database (opened on first use, in WAL mode)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
@@ -129,6 +130,7 @@ class SqliteDB:
         conn.execute("COMMIT")
 
     def close(self) -> None:
+        """Close this thread's connection."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
@@ -143,6 +145,7 @@ class SqliteQueue(JobQueue):
         self._next_sweep: dict[str, float] = {}
 
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        """Add a job."""
         with self.db.write() as conn:
             if max_depth is not None and self._depth(conn, job.endpoint) >= max_depth:
                 return False
@@ -187,6 +190,7 @@ class SqliteQueue(JobQueue):
 
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:
+        """Take the next job, waiting up to ``wait`` seconds."""
         deadline = time.monotonic() + wait
         pause = POLL_FIRST
         while True:
@@ -198,6 +202,7 @@ class SqliteQueue(JobQueue):
             pause = min(POLL_CAP, pause * 2)
 
     def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
+        """Cancel a waiting (not claimed) job: move it to the dead letters; False where it cannot."""
         with self.db.write() as conn:
             cursor = conn.execute("UPDATE jobs SET dead = 1, last_error = ? "
                                   "WHERE id = ? AND dead = 0 AND token IS NULL",
@@ -205,21 +210,25 @@ class SqliteQueue(JobQueue):
         return cursor.rowcount > 0
 
     def ack(self, claim: Claim) -> None:
+        """The job finished (its result is stored)."""
         with self.db.write() as conn:
             conn.execute("DELETE FROM jobs WHERE id = ?", (claim.job.id,))
 
     def release(self, claim: Claim) -> None:
+        """Give back a job that was not started."""
         with self.db.write() as conn:
             conn.execute("UPDATE jobs SET attempts = attempts - 1, visible_at = ?, token = NULL "
                          "WHERE id = ? AND token = ?", (time.time(), claim.job.id, claim.receipt))
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        """The attempt failed: make the job claimable again after ``delay`` seconds."""
         with self.db.write() as conn:
             conn.execute("UPDATE jobs SET visible_at = ?, token = NULL, last_error = ? "
                          "WHERE id = ? AND token = ?",
                          (time.time() + delay, error, claim.job.id, claim.receipt))
 
     def dead_letter(self, claim: Claim, error: str) -> None:
+        """Move the job to the endpoint's dead-letter queue with its last error."""
         with self.db.write() as conn:
             conn.execute("UPDATE jobs SET dead = 1, token = NULL, last_error = ? WHERE id = ?",
                          (error, claim.job.id))
@@ -231,15 +240,18 @@ class SqliteQueue(JobQueue):
         return int(row[0])
 
     def depth(self, endpoint: str) -> int:
+        """Jobs accepted and not finished."""
         return self._depth(self.db.conn(), endpoint)
 
     def stored_bytes(self, endpoint: str) -> int:
+        """Bytes the endpoint's waiting and running jobs take in the queue (``MAX_QUEUE_BYTES``)."""
         row = self.db.conn().execute(
             "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM jobs WHERE endpoint = ? AND dead = 0",
             (endpoint,)).fetchone()
         return int(row[0])
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        """Jobs in the dead-letter queue, oldest first, with ``last_error``."""
         rows = self.db.conn().execute(
             "SELECT id, payload, attempts, last_error FROM jobs WHERE endpoint = ? AND dead = 1 "
             "ORDER BY rowid LIMIT ?", (endpoint, limit)).fetchall()
@@ -251,6 +263,7 @@ class SqliteQueue(JobQueue):
         return out
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        """Put dead jobs (one, or all when ``job_id`` is None) back in the queue with their attempts reset."""
         where, args = "endpoint = ? AND dead = 1", [endpoint]
         if job_id is not None:
             where, args = where + " AND id = ?", [endpoint, job_id]
@@ -261,6 +274,7 @@ class SqliteQueue(JobQueue):
         return ids
 
     def close(self) -> None:
+        """Release this thread's connections."""
         self.db.close()
 
 
@@ -271,6 +285,7 @@ class SqliteResults(ResultStore):
         self.db = db
 
     def create(self, job: Job) -> None:
+        """Record a job as queued (before it is enqueued)."""
         with self.db.write() as conn:
             conn.execute("INSERT OR REPLACE INTO results (id, endpoint, status, submitted_at, record) "
                          "VALUES (?, ?, ?, ?, ?)",
@@ -278,6 +293,7 @@ class SqliteResults(ResultStore):
 
     def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
                only_if: str | None = None) -> bool:
+        """Merge ``fields`` into the record."""
         now = time.time()
         with self.db.write() as conn:
             row = conn.execute("SELECT record FROM results WHERE id = ?", (job_id,)).fetchone()
@@ -298,6 +314,7 @@ class SqliteResults(ResultStore):
         return True
 
     def add_event(self, job_id: str, name: str, data: dict[str, Any], ttl: float) -> int:
+        """Store the job's next event."""
         now = time.time()
         with self.db.write() as conn:
             row = conn.execute("SELECT seq, name FROM events WHERE job_id = ? "
@@ -315,29 +332,34 @@ class SqliteResults(ResultStore):
         return int(count + 1)
 
     def events(self, job_id: str, after: int, limit: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """Up to ``limit`` of the job's events after id ``after``."""
         rows = self.db.conn().execute(
             "SELECT seq, name, data FROM events WHERE job_id = ? AND seq > ? AND expires_at >= ? "
             "ORDER BY seq LIMIT ?", (job_id, after, time.time(), limit)).fetchall()
         return [(int(seq), str(name), orjson.loads(data)) for seq, name, data in rows]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
+        """The record, or None when unknown or expired."""
         row = self.db.conn().execute(
             "SELECT record FROM results WHERE id = ? AND (expires_at IS NULL OR expires_at >= ?)",
             (job_id, time.time())).fetchone()
         return None if row is None else dict(orjson.loads(row[0]))
 
     def delete(self, job_id: str) -> None:
+        """Forget a record (a submission that was refused)."""
         with self.db.write() as conn:
             conn.execute("DELETE FROM results WHERE id = ?", (job_id,))
             conn.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
 
     def oldest_pending(self, endpoint: str) -> float | None:
+        """Submission time of the oldest job of ``endpoint`` not finished yet."""
         row = self.db.conn().execute(
             "SELECT MIN(submitted_at) FROM results WHERE endpoint = ? AND status IN (?, ?)",
             (endpoint, QUEUED, RUNNING)).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def close(self) -> None:
+        """Release this thread's connections."""
         self.db.close()
 
 

@@ -21,8 +21,7 @@ from typing import Any
 
 import boto3
 
-from . import url_options
-from .base import Claim, Job, JobQueue
+from .base import Claim, Job, JobQueue, url_options
 
 MAX_WAIT = 20  # SQS long polling limit, seconds
 MAX_DELAY = 900  # SQS DelaySeconds limit
@@ -70,6 +69,7 @@ class SqsQueue(JobQueue):
         return messages
 
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
+        """Add a job."""
         main, _dead = self._queues(job.endpoint)
         if max_depth is not None and self._count(main) >= max_depth:
             return False
@@ -78,6 +78,7 @@ class SqsQueue(JobQueue):
 
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:
+        """Take the next job, waiting up to ``wait`` seconds."""
         main, _dead = self._queues(endpoint)
         messages = self._receive(main, 1, wait, visibility_timeout)
         if not messages:
@@ -92,23 +93,28 @@ class SqsQueue(JobQueue):
         self.client.delete_message(QueueUrl=queue_url, ReceiptHandle=handle)
 
     def ack(self, claim: Claim) -> None:
+        """The job finished (its result is stored)."""
         self._delete(claim)
 
     def release(self, claim: Claim) -> None:
+        """Give back a job that was not started."""
         # A new message rather than a visibility change: the receive count would keep the run.
         self._send(claim.receipt[0], replace(claim.job, attempts=claim.job.attempts - 1))
         self._delete(claim)
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
+        """The attempt failed: make the job claimable again after ``delay`` seconds."""
         self._send(claim.receipt[0], replace(claim.job, last_error=error), delay)
         self._delete(claim)
 
     def dead_letter(self, claim: Claim, error: str) -> None:
+        """Move the job to the endpoint's dead-letter queue with its last error."""
         _main, dead = self._queues(claim.job.endpoint)
         self._send(dead, replace(claim.job, last_error=error))
         self._delete(claim)
 
     def depth(self, endpoint: str) -> int:
+        """Jobs accepted and not finished."""
         main, _dead = self._queues(endpoint)
         return self._count(main)
 
@@ -129,11 +135,13 @@ class SqsQueue(JobQueue):
                                                   VisibilityTimeout=0)
 
     def dead_letters(self, endpoint: str, limit: int = 100) -> list[Job]:
+        """Jobs in the dead-letter queue, oldest first, with ``last_error``."""
         dead, taken = self._drain_dead(endpoint, limit)
         self._show(dead, taken)
         return [Job.decode_or_stand_in(msg["Body"], endpoint, msg["MessageId"]) for msg in taken]
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
+        """Put dead jobs (one, or all when ``job_id`` is None) back in the queue with their attempts reset."""
         main, _dead = self._queues(endpoint)
         dead, taken = self._drain_dead(endpoint, 1_000_000)
         ids, others = [], []
@@ -149,4 +157,5 @@ class SqsQueue(JobQueue):
         return ids
 
     def close(self) -> None:
+        """Release this thread's connections."""
         self.client.close()

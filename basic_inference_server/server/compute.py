@@ -45,6 +45,7 @@ class SingleCompute:
         self.worker = worker
 
     def run(self, inputs: dict[str, Any]) -> Any:
+        """The result of one request's fields (see the module's docstring)."""
         return run_stages(self.worker, inputs)
 
 

@@ -136,6 +136,7 @@ class JobConsumer(JobWorker):
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
+        """Start consuming jobs in a thread of its own."""
         self.thread.start()
 
     def stop(self) -> None:
@@ -143,6 +144,7 @@ class JobConsumer(JobWorker):
         self.stopping.set()
 
     def join(self, timeout: float) -> None:
+        """Stop consuming; wait up to ``timeout`` seconds for the job in hand."""
         self.stopping.set()
         if self.thread.is_alive():
             self.thread.join(timeout)

@@ -23,8 +23,8 @@ from .. import protocol
 from ..contracts import ServerSpec
 from ..errors import BadRequest, MethodNotAllowed, ServingError
 from ..models.setup import RequestModels
+from ..names import split_target
 from ..streams import STREAM_HEADERS, Format, wanted
-from ..traffic.settings import split_target
 from ..wire.message import Answer, Request, Streamed, threaded_chunks
 from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
 from .compute import Compute
@@ -68,6 +68,7 @@ class AnswerMeta:
         self.warned: set[str] = set()
 
     def add(self, result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        """``result`` with the server's metadata added; a key of the endpoint's own wins."""
         clash = meta.keys() & result.keys()
         if not clash:
             return {**result, **meta}

@@ -34,6 +34,7 @@ class ProbeListener:
         self._sock.listen(16)
 
     def start(self) -> None:
+        """Answer probes in a daemon thread."""
         threading.Thread(target=self._serve, name="bis-probe", daemon=True).start()
 
     def _serve(self) -> None:

@@ -75,6 +75,7 @@ def decode_base64_fields(inputs: dict[str, Any], keys: list[str]) -> None:
 
 
 def encode_base64_fields(result: dict[str, Any], keys: list[str]) -> None:
+    """Base64-encode the bytes of ``result``'s fields ``keys`` (BASE64_OUTPUTS), in place."""
     for key in keys:
         value = result.get(key)
         if isinstance(value, (bytes, bytearray)):

@@ -35,6 +35,7 @@ EXIT_CONFIG = 78
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m basic_inference_server.server``."""
     parser = argparse.ArgumentParser(
         prog="python -m basic_inference_server.server",
         description="Serve one endpoint and pull its async jobs from a shared queue.")
@@ -90,6 +91,7 @@ def build_spec(args: argparse.Namespace) -> ServerSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve one endpoint as the command line asks; returns the exit code."""
     args = build_parser().parse_args(argv)
     setup_logging()
     try:

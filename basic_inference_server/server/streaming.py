@@ -36,6 +36,7 @@ class StreamingCompute:
         self.worker = worker
 
     def run(self, inputs: dict[str, Any]) -> Chunks:
+        """The chunks of one streamed answer (see the module's docstring)."""
         prep = pre_process(self.worker, inputs)
         try:
             produced = self.worker._predict(prep)
@@ -86,6 +87,7 @@ class ChunkStream:
         return body
 
     def close(self) -> None:
+        """Close the stream (its generator's ``finally`` runs)."""
         self.chunks.close()
 
 

@@ -54,5 +54,6 @@ class HangDetector:
         return Verdict(workers=sorted(hung))
 
     def forget(self, endpoint: str) -> None:
+        """Forget the missed probes of ``endpoint``'s workers."""
         for key in [k for k in self._missed if k[0] == endpoint]:
             del self._missed[key]

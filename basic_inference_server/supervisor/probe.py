@@ -14,6 +14,8 @@ from ..traffic.remote import parse_url
 
 
 class Outcome(str, Enum):
+    """What one health probe of a worker found."""
+
     OK = "ok"
     # Connected (the kernel queued us) but no answer in time: the process is stuck.
     TIMEOUT = "timeout"

@@ -87,6 +87,7 @@ def _gateway(text: str) -> tuple[str, int]:
 
 
 def main() -> None:
+    """Run a support script as the manager asks (``python -m ...support.launch``)."""
     parser = argparse.ArgumentParser(prog="python -m basic_inference_server.support.launch")
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--tls-cert", help="the gateway's certificate: it serves HTTPS")

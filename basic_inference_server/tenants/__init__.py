@@ -25,6 +25,7 @@ class TenantsSpec:
     fail_open: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-ready dict (what crosses to other processes)."""
         return asdict(self)
 
 

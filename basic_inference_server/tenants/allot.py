@@ -78,9 +78,14 @@ class Source(Protocol):
 
     lease: float  # how long a slot stays the process's (inf: until the process ends)
 
-    async def grant(self, plan: Plan, ticket: Ticket, name: str) -> Sequence[Any]: ...
-    async def give_back(self, bucket: str, held: Held) -> None: ...
-    async def drop_slots(self, slots: str, names: list[str]) -> None: ...
+    async def grant(self, plan: Plan, ticket: Ticket, name: str) -> Sequence[Any]:
+        """Take the plan's tokens and slot for ``name`` if all are there (see above)."""
+
+    async def give_back(self, bucket: str, held: Held) -> None:
+        """Return the tokens ``held`` to ``bucket`` (a request refused further on)."""
+
+    async def drop_slots(self, slots: str, names: list[str]) -> None:
+        """Give back the slots ``names`` hold in ``slots``."""
 
 
 class Holdings:

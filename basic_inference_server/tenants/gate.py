@@ -47,6 +47,7 @@ class KeyRequired(Unauthorized):
     """A data-plane request without a valid API key."""
 
     def headers(self) -> list[tuple[str, str]]:
+        """With ``WWW-Authenticate``: the scheme to use."""
         return [("WWW-Authenticate", 'Bearer realm="api"')]
 
 

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ..config import is_name
 from ..errors import BadRequest
+from ..names import is_name
 from .usage import Quota, quota_from_request
 
 PREFIX = "bis_"
@@ -92,20 +92,25 @@ class ApiKey:
             self.lineage = self.id
 
     def usable(self, now: float) -> bool:
+        """Whether the key works at ``now``: not revoked, not expired."""
         return self.revoked is None and (self.expires is None or now < self.expires)
 
     def allows(self, endpoint: str) -> bool:
+        """Whether the key may call ``endpoint``."""
         return not self.endpoints or endpoint in self.endpoints
 
     @cached_property
     def limited(self) -> bool:
+        """Whether any rate or concurrency limit applies to the key."""
         return bool(self.limit or self.endpoint_limits or self.max_concurrent)
 
     def to_dict(self) -> dict[str, Any]:
+        """The key as stored (JSON-ready)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ApiKey:
+        """A key read from the store."""
         data = dict(data)
         data["limit"] = Bucket(**data["limit"]) if data.get("limit") else None
         data["endpoint_limits"] = {k: Bucket(**v) for k, v in
@@ -207,6 +212,7 @@ def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
 
 
 def grace_of(args: dict[str, Any]) -> float:
+    """The ``GRACE`` argument of a rotation: seconds the old key keeps working."""
     grace = args.get("GRACE", 3600)
     if not isinstance(grace, (int, float)) or isinstance(grace, bool) \
             or not 0 <= grace <= MAX_GRACE:

@@ -39,6 +39,7 @@ class RateLimited(ServingError):
         self.decision = decision
 
     def headers(self) -> list[tuple[str, str]]:
+        """With the ``RateLimit-*`` headers."""
         return [*super().headers(), *self.decision.headers()]
 
 
@@ -64,6 +65,7 @@ class Decision:
     retry_after: float = 0.0
 
     def headers(self) -> list[tuple[str, str]]:
+        """The ``RateLimit-*`` headers (none without a limit)."""
         if not self.limit:
             return []
         return [("RateLimit-Limit", str(self.limit)), ("RateLimit-Remaining", str(self.remaining)),

@@ -113,6 +113,7 @@ class TopTenants:
         self.tenant_labels = tenant_labels
 
     def collect(self) -> Iterator[Metric]:
+        """The tenant families summed over sources; the others as they come."""
         merged: dict[str, dict[tuple[tuple[str, str], ...], float]] = {
             name: defaultdict(float) for name in TENANT_FAMILIES}
         for source in self.sources:
@@ -154,6 +155,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Metering rows as CSV, one line per tenant, endpoint and day."""
     out = io.StringIO()
     writer = csv.writer(out)
     columns = ["TENANT", "ENDPOINT", "DAY", "REQUESTS", "ERRORS", "UNITS", "LATENCY_MS_AVG"]

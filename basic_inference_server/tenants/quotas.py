@@ -35,6 +35,7 @@ Counter = tuple[str, str]  # lineage, period
 
 
 def unavailable(exc: StoreDown) -> Unavailable:
+    """The 503 of a request the key store could not answer."""
     return Unavailable(f"the key store is not reachable: {exc}", retry_after=1)
 
 

@@ -131,6 +131,7 @@ class RedisSource:
         return parts[0] + bulks((name,)) + parts[1]
 
     async def grant(self, plan: Plan, ticket: Ticket, name: str) -> list[Any]:
+        """Run the plan's script in Redis (see :class:`.allot.Source`)."""
         try:
             try:
                 reply: list[Any] = await self.lean.call_encoded(
@@ -147,6 +148,7 @@ class RedisSource:
         return reply
 
     async def give_back(self, bucket: str, held: Held) -> None:
+        """Return the tokens ``held`` to ``bucket``."""
         await self._send("EVAL", LUA_GIVE_BACK, 1, self.prefix + "bucket:" + bucket,
                          repr(held.rate), held.burst, held.tokens)
 

@@ -150,9 +150,11 @@ class SharedLimits:
         return out
 
     async def grant(self, plan: Plan, ticket: Ticket, name: str) -> list[Any]:
+        """:meth:`grant_now`, as the :class:`.allot.Source` interface asks."""
         return self.grant_now(plan, ticket)
 
     async def give_back(self, bucket: str, held: Held) -> None:
+        """Return the tokens ``held`` to ``bucket``."""
         now = time.time()
         with self._lock:
             index = self._entry(bucket, now, create=False)
@@ -162,6 +164,7 @@ class SharedLimits:
                           now)
 
     async def drop_slots(self, slots: str, names: list[str]) -> None:
+        """Give back the slots ``names`` hold in ``slots``."""
         with self._lock:
             index = self._entry(slots, time.time(), create=False)
             if index >= 0:

@@ -55,23 +55,52 @@ __all__ = ["KeyStore", "OffLoop", "StoreDown", "open_store"]
 
 
 class KeyStore(Protocol):
+    """Where API keys, quota counters and metering live: SQLite or Redis."""
+
     limits: Ahead | None  # the request path's rate limits (None: a store that only charges)
 
-    def claim_row(self, row: int) -> None: ...
-    def add(self, key: ApiKey) -> None: ...
-    def get(self, key_id: str) -> ApiKey | None: ...
-    def keys(self, tenant: str | None = None) -> list[ApiKey]: ...
-    def save(self, key: ApiKey) -> None: ...
-    async def find(self, digest: str) -> ApiKey | None: ...
-    async def stamp(self) -> Any: ...
-    async def spent(self, lineage: str, period: str) -> float: ...
+    def claim_row(self, row: int) -> None:
+        """In a new front process: take row ``row`` of the shared limits."""
+
+    def add(self, key: ApiKey) -> None:
+        """Store a new key."""
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """The key of id ``key_id``, or None."""
+
+    def keys(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of ``tenant``), oldest first."""
+
+    def save(self, key: ApiKey) -> None:
+        """Store a changed key (revoked, rotated)."""
+
+    async def find(self, digest: str) -> ApiKey | None:
+        """The key whose secret hashes to ``digest``, or None."""
+
+    async def stamp(self) -> Any:
+        """What changes whenever a key does: cached keys are read again when it does."""
+
+    async def spent(self, lineage: str, period: str) -> float:
+        """Units the keys of ``lineage`` (a key and its rotations) spent in ``period``."""
+
     async def reserve(self, lineage: str, period: str, amount: float,
-                      limit: float) -> tuple[bool, float]: ...
-    async def charge(self, lineage: str, period: str, amount: float) -> None: ...
-    async def meter(self, rows: list[Row]) -> None: ...
-    def metered(self, day: str) -> list[dict[str, Any]]: ...
-    def charge_now(self, lineage: str, period: str, amount: float) -> None: ...
-    def meter_now(self, rows: list[Row]) -> None: ...
+                      limit: float) -> tuple[bool, float]:
+        """Take ``amount`` while the quota keeps under ``limit``: (taken, spent now)."""
+
+    async def charge(self, lineage: str, period: str, amount: float) -> None:
+        """Add ``amount`` to what the keys of ``lineage`` spent in ``period``."""
+
+    async def meter(self, rows: list[Row]) -> None:
+        """Add the metering ``rows`` (per tenant, endpoint and day)."""
+
+    def metered(self, day: str) -> list[dict[str, Any]]:
+        """The metering of ``day``, per tenant and endpoint."""
+
+    def charge_now(self, lineage: str, period: str, amount: float) -> None:
+        """:meth:`charge`, from a thread that may block."""
+
+    def meter_now(self, rows: list[Row]) -> None:
+        """:meth:`meter`, from a thread that may block."""
 
 
 class SqliteStore:

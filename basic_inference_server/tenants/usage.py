@@ -72,6 +72,7 @@ class QuotaExceeded(ServingError):
 
 
 def exceeded(quota: Quota, spent: float, now: float) -> QuotaExceeded:
+    """The 429 of a request over the key's quota."""
     label, reset = period(quota.per, now)
     return QuotaExceeded(
         f"this API key spent its quota of {quota.amount:g} {quota.unit} for {label}; it "

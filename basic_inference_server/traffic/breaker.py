@@ -37,6 +37,8 @@ MAX_SECONDS = 7 * 86400
 
 
 class State(Enum):
+    """A circuit breaker's state."""
+
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -94,6 +96,7 @@ class Window:
             self.buckets.popleft()
 
     def add(self, now: float, failed: bool) -> None:
+        """Count one request's outcome at ``now``."""
         index = math.floor(now * BUCKETS / self.seconds)
         self._trim(index)
         if not self.buckets or self.buckets[-1][0] != index:
@@ -203,6 +206,7 @@ class Breaker:
         return 1.0 if self.blocked(now) else 0.0
 
     def describe(self, now: float) -> dict[str, Any]:
+        """The breaker's state and window, for ``/list_servers`` and ``/metrics``."""
         requests, failures = self.window.totals(now)
         return {"state": self.state.value, "opens": self.opens, "reason": self.reason,
                 "retry_after": round(self.retry_after(now), 3),
@@ -259,10 +263,12 @@ class Breakers:
             breaker.record(failed, now)
 
     def retry_after(self, target: str, now: float) -> float:
+        """Seconds until ``target``'s breaker may admit a request (0: now, or none)."""
         breaker = self._by_target.get(target)
         return 0.0 if breaker is None else breaker.retry_after(now)
 
     def reason(self, target: str) -> str:
+        """Why ``target``'s breaker opened ("" when it has none)."""
         breaker = self._by_target.get(target)
         return "" if breaker is None else breaker.reason
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from ..setting import NAME_RULE_TEXT, is_name
+from ..names import NAME_RULE_TEXT, is_name
 
 # Metadata of every answer (protocol.base_meta, the endpoint server's meta(), the usage
 # the front strips): they name the time, the host, the worker and the call, never the

@@ -1,7 +1,7 @@
 """The operator's comparator functions of shadow traffic (``SHADOW.HOOK``).
 
 A hook is ``"module:function"``: ``module`` is a file of the endpoints folder, found
-under the same rules as an endpoint file (:func:`..discovery.endpoint_file`: the name
+under the same rules as an endpoint file (:func:`..endpoint_files.endpoint_file`: the name
 rule, and no link out of the folder), imported as an endpoint file is. It is imported
 again when the file changes, so an edited hook takes effect without a restart. It runs
 in the gateway front, beside the request path's code: keep it to comparing.
@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..discovery import endpoint_file, import_endpoint
+from ..endpoint_files import endpoint_file, import_endpoint
 from ..errors import ConfigError, DiscoveryError
 from .compare import ComparatorError, Hook
 

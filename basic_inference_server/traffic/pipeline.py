@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest, ServingError, StepFailed
-from ..setting import NAME_RULE_TEXT, is_name
+from ..names import NAME_RULE_TEXT, is_name, is_target
 
 MAX_STEPS = 32
 # Nesting of one template, and values in all of a pipeline's templates together.
@@ -178,9 +178,6 @@ def _step(raw: Any, where: str, compiler: _Compiler) -> Step:
     step_id, signature = raw.get("ID"), raw.get("SIGNATURE")
     if not is_name(step_id):
         raise PipelineError(f"{where}.ID must be {NAME_RULE_TEXT}, got {step_id!r}")
-    # Imported here: the settings module imports this one for the PIPELINE check.
-    from .settings import is_target
-
     if not is_target(signature):
         raise PipelineError(f"{where}.SIGNATURE must be an endpoint name ({NAME_RULE_TEXT}), "
                             f"optionally @<version label>, got {signature!r}")

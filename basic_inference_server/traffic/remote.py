@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 from .. import protocol
 from ..errors import ConfigError, Unavailable
 from ..hosts import check_host
+from ..names import NAME_RULE_TEXT, is_name
 from ..redact import mask_text, mask_url
 from ..refs import resolve_ref
-from ..setting import NAME_RULE_TEXT, is_name
 
 SCHEMES = ("http", "https")
 MAX_URLS = 64

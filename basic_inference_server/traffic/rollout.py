@@ -147,6 +147,7 @@ class Rollout:
 
     @property
     def active(self) -> bool:
+        """Whether the rollout is running."""
         return self.state == RUNNING
 
     def canary_share(self) -> float:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..setting import NAME_RULE_TEXT, Setting, is_name
+from ..names import NAME_RULE_TEXT, is_name
+
+# Re-exported: the target syntax, where the manager's modules read it.
+from ..names import VERSION_SEP as VERSION_SEP
+from ..names import split_target as split_target
+from ..setting import Setting
 from .breaker import validate_breaker
 from .compare import validate_shadow
 from .pipeline import validate_pipeline
 from .remote import validate_api_key, validate_signature, validate_urls
 
-# An endpoint's version is addressed as "<endpoint>@<label>"; both sides follow the name rule.
-VERSION_SEP = "@"
 # Keys of an endpoint section that describe its traffic as a whole: a version's
 # overrides may not set them, and they do not reach the versions' workers.
 POLICY_KEYS = ("VERSIONS", "TRAFFIC", "STICKY_FIELD", "SHADOW")
@@ -88,20 +91,6 @@ TRAFFIC_SETTINGS: list[Setting] = [
             "A pipeline endpoint: steps calling other endpoints (docs/pipelines.md).",
             validate_pipeline),
 ]
-
-
-def split_target(name: str) -> tuple[str, str | None]:
-    """``"clf@v2"`` -> ``("clf", "v2")``; ``"clf"`` -> ``("clf", None)``."""
-    base, sep, label = name.partition(VERSION_SEP)
-    return (base, label) if sep else (name, None)
-
-
-def is_target(name: Any) -> bool:
-    """A routable name: an endpoint name, or ``endpoint@label`` with both sides names."""
-    if not isinstance(name, str):
-        return False
-    base, label = split_target(name)
-    return is_name(base) and (label is None or is_name(label))
 
 
 def check_policy(settings: dict[str, Any]) -> str | None:

@@ -71,6 +71,7 @@ class Counts:
         return bool(self.requests or self.rejected)
 
     def error_rate(self) -> float:
+        """Failures over requests (0 without requests)."""
         return self.failures / self.requests if self.requests else 0.0
 
     def quantile(self, q: float) -> float | None:
@@ -86,6 +87,7 @@ class Counts:
         return bucket_value(max(self.latency))
 
     def p99_ms(self) -> float | None:
+        """The 99th percentile latency in milliseconds (None without samples)."""
         p99 = self.quantile(0.99)
         return None if p99 is None else p99 * 1000
 
@@ -99,6 +101,7 @@ class Counts:
                 "p99_ms": None if p99 is None else round(p99, 3)}
 
     def to_json(self) -> dict[str, Any]:
+        """The counts as JSON."""
         return {"requests": self.requests, "failures": self.failures, "rejected": self.rejected,
                 "latency": {str(i): c for i, c in self.latency.items()}}
 
@@ -177,6 +180,7 @@ class Rolling:
         self.slots: dict[str, deque[tuple[int, Counts]]] = {}
 
     def add(self, deltas: dict[str, Counts], now: float) -> None:
+        """Add each target's counts to the current second's slot."""
         second = int(now)
         for target, counts in deltas.items():
             slots = self.slots.setdefault(target, deque())

@@ -45,13 +45,7 @@ from typing import Any, cast
 
 import httptools
 
-from ..errors import (
-    BadRequest,
-    Overloaded,
-    PayloadTooLarge,
-    ServingError,
-    TooManyConnections,
-)
+from ..errors import BadRequest, Overloaded, PayloadTooLarge, ServingError, TooManyConnections
 from .deadline import Deadline
 from .message import (
     Answer,
@@ -94,8 +88,7 @@ class HttpConnection(asyncio.Protocol):
     """Parses requests, enforces deadlines and limits, writes answers in order."""
 
     def __init__(self, server: Any) -> None:
-        # server: the worker (limits, body budget, handler, meta, connection bookkeeping);
-        # see worker.py
+        # server: the worker (limits, body budget, handler, meta, connections); see worker.py
         self.server = server
         self.limits: Limits = server.limits
         self.bodies: BodyBudget = server.bodies
@@ -130,6 +123,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """asyncio: a client connected; refused past the connection cap."""
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(HIGH_WATER)  # type: ignore[union-attr]
         peer = transport.get_extra_info("peername")
@@ -150,6 +144,7 @@ class HttpConnection(asyncio.Protocol):
         self._arm(self.limits.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """asyncio: the client is gone; cancel what it asked for."""
         self.deadline.cancel()
         self.closing = True
         self.reading = False
@@ -160,10 +155,12 @@ class HttpConnection(asyncio.Protocol):
         self.server.connection_closed(self)
 
     def pause_writing(self) -> None:
+        """asyncio: the client reads slower than we write; answers wait."""
         # The transport holds HIGH_WATER unsent bytes: no further answer until it drains.
         self.write_paused = True
 
     def resume_writing(self) -> None:
+        """asyncio: the client caught up; answers go on."""
         self.write_paused = False
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
@@ -183,6 +180,7 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        """Close the connection once the client took what was written."""
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -198,6 +196,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- reading ------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        """asyncio: parse the client's bytes (held while reading is paused)."""
         if not self.reading:
             return  # after the last request, or a refusal: nothing more is parsed
         if self.held is not None:
@@ -248,6 +247,7 @@ class HttpConnection(asyncio.Protocol):
                 self._refuse(BadRequest(f"request headers over {MAX_HEADER_BYTES} bytes"))
 
     def on_message_begin(self) -> None:
+        """httptools: a request starts; its header timeout runs."""
         self.url = b""
         self.headers = []
         self.body = b""
@@ -257,17 +257,19 @@ class HttpConnection(asyncio.Protocol):
         self._arm(self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
+        """httptools: a piece of the request's URL."""
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools: one header, its name lower-cased."""
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        """httptools: the head is in; check the body's announced size."""
         self.in_headers = False
         self.head_bytes = 0
         path = self.url.split(b"?", 1)[0]
-        self.limit = (self.limits.max_body if path in (b"/run", b"/jobs")
-                      else self.limits.max_other_body)
+        self.limit = self.limits.max_body if path in (b"/run", b"/jobs") else self.limits.max_other_body
         for name, value in self.headers:
             if name == b"content-length":
                 try:
@@ -286,11 +288,11 @@ class HttpConnection(asyncio.Protocol):
         self._arm(self.limits.body_timeout)
 
     def on_body(self, body: bytes) -> None:
+        """httptools: a piece of the body, refused (413) past the limit."""
         start = self.size
         size = start + len(body)
         if size > self.limit:
-            raise PayloadTooLarge(f"body is over the limit of {self.limit} bytes",
-                                  MAX_REQUEST_SIZE=self.limit)
+            raise PayloadTooLarge(f"body is over the limit of {self.limit} bytes", MAX_REQUEST_SIZE=self.limit)
         if not start and size == self.expected:
             self.body = body  # the whole body in one piece: kept as it came
         else:
@@ -324,6 +326,7 @@ class HttpConnection(asyncio.Protocol):
             self.charged = 0
 
     def on_message_complete(self) -> None:
+        """httptools: the request is complete; hand it on."""
         self._disarm()
         parsed = httptools.parse_url(self.url)
         rid = next((v for n, v in self.headers if n == b"x-request-id"), None)
@@ -369,8 +372,7 @@ class HttpConnection(asyncio.Protocol):
         self.body = b""
         self._release()
         rid = next((v for n, v in self.headers if n == b"x-request-id"), None)
-        request_id = rid if rid is not None and REQUEST_ID.match(rid) else \
-            new_request_id().encode()
+        request_id = rid if rid is not None and REQUEST_ID.match(rid) else new_request_id().encode()
         assert self.transport is not None
         if self.busy:
             self.refusal = (err, request_id)  # written by _serve once the queue is answered
@@ -397,8 +399,7 @@ class HttpConnection(asyncio.Protocol):
                               else not_canonical(request.path, self.server.meta()))
                 except Exception:  # noqa: BLE001 - a handler's bug must not leave a caller hanging
                     log.exception("error answering %s %s", request.method, request.path[:200])
-                    answer = error_answer(ServingError("internal error in the server; see its "
-                                                       "log"), {})
+                    answer = error_answer(ServingError("internal error in the server; see its log"), {})
                 keep = request.keep_alive and self.server.alive
                 if answer.stream is None:
                     self._write(answer, request.request_id.encode(), keep,

@@ -25,6 +25,7 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 
 
 def status_line(status: int) -> bytes:
+    """The HTTP/1.1 status line of ``status``."""
     return _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()
 
 
@@ -169,6 +170,7 @@ Handler = Callable[[Request], Awaitable[Answer]]
 
 
 def error_answer(err: ServingError, meta: dict[str, Any]) -> Answer:
+    """The JSON error answer of ``err``, with the server's metadata."""
     return Answer(err.status, [("Content-Type", protocol.JSON), *err.headers()],
                   protocol.error_body(err, meta))
 

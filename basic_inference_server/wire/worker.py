@@ -45,6 +45,7 @@ class LoopWorker(Worker):
         self.quick = False
 
     def init_process(self) -> None:
+        """Run this worker on a uvloop event loop (under SCHED_BATCH if its spec says)."""
         if self.sched_batch():
             batch_scheduling()
         self.loop = uvloop.new_event_loop()
@@ -52,16 +53,19 @@ class LoopWorker(Worker):
         super().init_process()
 
     def init_signals(self) -> None:
+        """SIGTERM stops gracefully, once the loop sees it."""
         # Plain handlers (not the loop's): hooks may wrap them with signal.getsignal.
         # The loop wakes every second at most, and that is when a stop is seen.
         super().init_signals()
         signal.signal(signal.SIGTERM, self._graceful)
 
     def handle_quit(self, sig: int, frame: Any) -> None:
+        """SIGQUIT or SIGINT: stop quickly."""
         self.quick = True
         self._graceful(sig, frame)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        """gunicorn's exit handler: stop gracefully."""
         self._graceful(sig, frame)
 
     def _graceful(self, _sig: int, _frame: Any) -> None:
@@ -78,12 +82,15 @@ class LoopWorker(Worker):
         return False
 
     def meta(self) -> dict[str, Any]:
+        """The metadata every answer carries."""
         raise NotImplementedError
 
     async def handle(self, request: Request) -> Answer:
+        """The answer to ``request``."""
         raise NotImplementedError
 
     def tls(self) -> ssl.SSLContext | None:
+        """The TLS context to serve with (None: plain HTTP)."""
         return None
 
     def connection_opened(self, conn: HttpConnection) -> bool:
@@ -92,6 +99,7 @@ class LoopWorker(Worker):
         return True
 
     def connection_closed(self, conn: HttpConnection) -> None:
+        """Forget a closed connection."""
         self.connections.discard(conn)
 
     def tick(self) -> None:
@@ -99,6 +107,7 @@ class LoopWorker(Worker):
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> None:
+        """Serve until stopped, then close the loop."""
         try:
             self.loop.run_until_complete(self._serve())
         finally:
