@@ -103,6 +103,14 @@ class UnsupportedMediaType(ServingError):
     kind = "unsupported_media_type"
 
 
+class TooManyRequests(ServingError):
+    """Too many calls for the caller's limit (a key's rate, the manager's status reports):
+    come back later."""
+
+    status = 429
+    kind = "rate_limited"
+
+
 class QueueFull(ServingError):
     """The endpoint's job queue holds ``MAX_QUEUE_DEPTH`` jobs: come back later."""
 
@@ -206,7 +214,7 @@ class StepFailed(ServingError):
 # (the manager's answers, werkzeug's own HTTP errors).
 _KIND_BY_STATUS = {cls.status: cls.kind for cls in (
     BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
-    PayloadTooLarge, UnsupportedMediaType, Unavailable, UpstreamTimeout)}
+    PayloadTooLarge, UnsupportedMediaType, TooManyRequests, Unavailable, UpstreamTimeout)}
 
 
 def kind_for_status(status: int) -> str:

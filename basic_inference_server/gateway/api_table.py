@@ -7,8 +7,9 @@ finds its own routes (``NATIVE``) and :mod:`.openapi` writes the OpenAPI documen
 route exists in all of them or in none.
 
 To add a route, add one ``Route`` to :data:`ROUTES` and give its view to
-:func:`register` under the route's ``view`` name (a manager command needs no view: its
-``view`` is :data:`COMMAND`).
+:func:`register` under the route's ``view`` name. A route the manager answers needs no
+view: :func:`managed` makes it from the commands of :mod:`..control_api` it forwards,
+whose types are its request and its answer.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any, Literal
 
 from flask import Flask
 
+from .. import control_api as api
 from ..names import NAME_RULE
 from ..tenants.keys import MAX_GRACE, RATE_PATTERN
 
 Auth = Literal["admin", "metrics", "open", "data"]
 Schema = dict[str, Any]
 
-# The view of a route the manager answers: the path, without its slash, is the command.
+# The view of a route the manager answers: its ``commands`` say which, by method.
 COMMAND = "command"
 # The view of a route the event-loop front answers itself (never through Flask).
 FRONT = "front"
@@ -82,8 +84,8 @@ class Route:
     media: str = "application/json"  # of a success
     bodies: dict[int, Schema] = field(default_factory=dict)
     description: str = ""
-    # The manager command of a GET when it is not the POST's (a GET must change nothing).
-    get_command: str | None = None
+    # A COMMAND route's manager command by method (a GET's changes nothing).
+    commands: dict[str, str] = field(default_factory=dict)
     # A streaming endpoint's answer may come as events (basic_inference_server.streams).
     streams: bool = False
 
@@ -98,9 +100,23 @@ class Route:
         return re.sub(r"<(?:\w+(?:\([^)]*\))?:)?(\w+)>", r"<\1>", self.path)
 
     @property
-    def command(self) -> str:
-        """The manager command (``/rollout/abort``: ``rollout_abort``)."""
-        return self.path.strip("/").replace("/", "_")
+    def native_handler(self) -> str:
+        """The front's handler of a FRONT route (``/dashboard/events``: ``on_dashboard_events``)."""
+        return "on_" + self.path.strip("/").replace("/", "_")
+
+
+def managed(path: str, summary: str, statuses: tuple[int, ...], *,
+            post: api.Command[Any] | None = None, get: api.Command[Any] | None = None,
+            auth: Auth = "admin", params: tuple[Param, ...] = ()) -> Route:
+    """A route the manager answers: ``post``'s arguments are its body, the command's
+    reply its answer; ``get`` is the command of a GET."""
+    methods = (("GET",) if get else ()) + (("POST",) if post else ())
+    commands = {m: c.name for m, c in (("GET", get), ("POST", post)) if c is not None}
+    shown = post or get
+    assert shown is not None
+    return Route(path, methods, auth, summary, statuses, view=COMMAND,
+                 request=post.schema() if post else None, params=params,
+                 response=shown.reply, commands=commands)
 
 
 # A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
@@ -109,8 +125,6 @@ JOB_ID_PARAM = Param("job_id", {"type": "string", "minLength": 32, "maxLength": 
 JOB_ACCEPTED = body(("JOB_ID", "STATUS", "SIGNATURE", "STATUS_URL"),
                     JOB_ID=STRING, STATUS={"const": "queued"}, SIGNATURE=STRING,
                     STATUS_URL=STRING)
-RESULT = body(("RESULT",), RESULT=STRING)
-ENDPOINT_RESULT = body(("RESULT",), RESULT=STRING, state=STRING)
 READINESS = body(("status", "endpoints"), status={"enum": ["ready", "not ready"]},
                  endpoints={"type": "object", "additionalProperties": STRING})
 RUN_REQUEST = body(("SIGNATURE",), SIGNATURE=SIGNATURE, ASYNC={
@@ -136,18 +150,6 @@ RATE: Schema = {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1
                           {"type": "string", "pattern": RATE_PATTERN}],
                 "description": "requests a second, or text: 100/minute (second, minute, hour, day)"}
 BURST: Schema = {"type": "integer", "minimum": 1, "maximum": 10**9}
-# Rollouts (traffic/rollout.py checks the same again, with the endpoint's versions).
-_NUMBER = {"type": "number", "minimum": 0}
-ROLLOUT_REQUEST = body(
-    ("SIGNATURE", "CANARY"), SIGNATURE=SIGNATURE, CANARY=NAME, STABLE=NAME,
-    STEPS={"type": "array", "minItems": 1, "maxItems": 20,
-           "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}},
-    DWELL_S=_NUMBER, MIN_REQUESTS={"type": "integer", "minimum": 1},
-    MAX_ERROR_RATE_DELTA={"type": "number", "minimum": 0, "maximum": 1},
-    MAX_P99_RATIO={"type": "number", "minimum": 1}, P99_MARGIN_MS=_NUMBER)
-ROLLOUT_END = body(("SIGNATURE",), SIGNATURE=SIGNATURE, REASON=STRING)
-ROLLOUT_ENDED = body(("RESULT", "state", "weights", "history"), RESULT=STRING, state=STRING,
-                     weights=OBJECT, history={"type": "array"})
 
 
 def _quota(unit: str) -> Schema:
@@ -182,28 +184,23 @@ ROUTES: tuple[Route, ...] = (
                       "from _pre_process, else a 500 endpoint_error; both carry "
                       "EXCEPTION, ERROR_MESSAGE, ERROR_FILE and ERROR_LINE. GET /run "
                       "never submits a job (405)."),
-    Route("/list_servers", ("GET", "POST"), "admin",
-          "endpoints with state, workers, port, errors", (200,),
-          response=body(("AVAIL_SERVERS", "SERVERS"), AVAIL_SERVERS={
-              "type": "array", "items": STRING}, SERVERS=OBJECT)),
-    Route("/system_status", ("GET", "POST"), "admin", "memory, disk, GPU, alerts (SYSTEM_STATUS)",
-          (200, 503), response=body(("SYSTEM_STATUS",), SYSTEM_STATUS=OBJECT)),
-    Route("/history", ("GET",), "admin",
-          "rolling window of health samples and events: ?samples=N", (200, 400),
-          params=(Param("samples", {"type": "string", "pattern": "^[0-9]+$"},
-                        description="how many samples, the newest"),),
-          response=body(("samples",), samples={"type": "array"})),
-    Route("/notifications", ("GET", "POST"), "admin", "recent notifications from workers",
-          (200,), response=body(("NOTIFICATIONS",), NOTIFICATIONS={"type": "array"})),
+    managed("/list_servers", "endpoints with state, workers, port, errors", (200,),
+            get=api.LIST_SERVERS, post=api.LIST_SERVERS),
+    managed("/system_status", "memory, disk, GPU, alerts (SYSTEM_STATUS)", (200, 503),
+            get=api.SYSTEM_STATUS, post=api.SYSTEM_STATUS),
+    managed("/history", "rolling window of health samples and events: ?samples=N", (200, 400),
+            get=api.HISTORY, params=(Param("samples", {"type": "string", "pattern": "^[0-9]+$"},
+                                           description="how many samples, the newest"),)),
+    managed("/notifications", "recent notifications from workers", (200,),
+            get=api.NOTIFICATIONS, post=api.NOTIFICATIONS),
     Route("/get_paths", ("GET", "POST"), "open", "this list", (200,), view="get_paths",
           response=body(("AVAIL_PATHS",), AVAIL_PATHS=OBJECT)),
     Route("/openapi.json", ("GET",), "open", "this API as an OpenAPI 3.1 document", (200,),
           view="openapi", response=body(("openapi", "paths"), openapi=STRING, paths=OBJECT)),
-    Route("/support_update_status", ("POST",), "open",
-          "where support processes report (the manager checks the caller; refusals and "
-          "checks are rate-limited: 429)",
-          (200, 400, 403, 404, 413, 415, 429, 503), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
-          response=RESULT),
+    managed("/support_update_status",
+            "where support processes report (the manager checks the caller; refusals and "
+            "checks are rate-limited: 429)", (200, 400, 403, 404, 413, 415, 429, 503),
+            post=api.SUPPORT_STATUS, auth="open"),
     Route("/health/live", ("GET",), "open", "200 while the gateway and its manager answer",
           (200, 503), view="live", response=body(("status",), status={"const": "alive"})),
     Route("/metrics", ("GET",), "metrics",
@@ -224,43 +221,29 @@ ROUTES: tuple[Route, ...] = (
     Route("/dashboard/static/<path:filename>", ("GET",), "open", "the dashboard's files",
           (200, 403, 404), view="dashboard_static", response=STRING, media="*/*",
           params=(Param("filename", required=True, where="path"),)),
-    Route("/start_server", ("POST",), "admin", "start an endpoint: {SIGNATURE, ...settings}",
-          (200, 400, 404, 409), request=body(("SIGNATURE",), SIGNATURE={
-              **SIGNATURE, "pattern": f"^{NAME_RULE.pattern}$"}),
-          response=ENDPOINT_RESULT),
-    Route("/kill_server", ("POST",), "admin", "stop an endpoint: {SIGNATURE}",
-          (200, 400, 404), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
-          response=ENDPOINT_RESULT),
-    Route("/update_workers", ("POST",), "admin", "change NR_WORKERS: {SIGNATURE, NR_WORKERS}",
-          (200, 400, 404), request=body(("SIGNATURE", "NR_WORKERS"), SIGNATURE=SIGNATURE,
-                                        NR_WORKERS={"type": "integer", "minimum": 1}),
-          response=ENDPOINT_RESULT),
-    Route("/reload_server", ("POST",), "admin", "zero-downtime code reload: {SIGNATURE}",
-          (200, 400, 404, 409), request=body(("SIGNATURE",), SIGNATURE=SIGNATURE),
-          response=RESULT),
-    Route("/shutdown", ("POST",), "admin", "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}",
-          (200, 400), request=body(("SIGNATURE",), SIGNATURE={"const": "SAFE_KILL_SERVER_CMD"}),
-          response=RESULT),
-    Route("/traffic", ("GET", "POST"), "admin",
-          "versions and weights: GET the policies (?SIGNATURE=name: one); POST {SIGNATURE, "
-          "WEIGHTS} changes an endpoint's weights (kept across restarts)", (200, 400, 404, 409),
-          request=body(("SIGNATURE", "WEIGHTS"), SIGNATURE=SIGNATURE, WEIGHTS={
-              "type": "object", "propertyNames": NAME, "additionalProperties": {
-                  "type": "number", "minimum": 0, "maximum": 100}}),
-          params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),),
-          response=OBJECT),
-    Route("/rollout", ("GET", "POST"), "admin",
-          "progressive rollout: POST {SIGNATURE, CANARY, STABLE, STEPS, DWELL_S, MIN_REQUESTS, "
-          "MAX_ERROR_RATE_DELTA, MAX_P99_RATIO, P99_MARGIN_MS} starts one; GET ?SIGNATURE=name "
-          "shows its state and history", (200, 400, 404, 409), request=ROLLOUT_REQUEST,
-          params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),),
-          response=OBJECT, get_command="rollout_state"),
-    Route("/rollout/promote", ("POST",), "admin",
-          "end a rollout: the canary takes all traffic now: {SIGNATURE, REASON}",
-          (200, 400, 404, 409), request=ROLLOUT_END, response=ROLLOUT_ENDED),
-    Route("/rollout/abort", ("POST",), "admin",
-          "end a rollout: all traffic back to the stable version now: {SIGNATURE, REASON}",
-          (200, 400, 404, 409), request=ROLLOUT_END, response=ROLLOUT_ENDED),
+    managed("/start_server", "start an endpoint: {SIGNATURE, ...settings}", (200, 400, 404, 409),
+            post=api.START_SERVER),
+    managed("/kill_server", "stop an endpoint: {SIGNATURE}", (200, 400, 404),
+            post=api.KILL_SERVER),
+    managed("/update_workers", "change NR_WORKERS: {SIGNATURE, NR_WORKERS}", (200, 400, 404),
+            post=api.UPDATE_WORKERS),
+    managed("/reload_server", "zero-downtime code reload: {SIGNATURE}", (200, 400, 404, 409),
+            post=api.RELOAD_SERVER),
+    managed("/shutdown", "drain and exit: {SIGNATURE: SAFE_KILL_SERVER_CMD}", (200, 400),
+            post=api.SHUTDOWN),
+    managed("/traffic", "versions and weights: GET the policies (?SIGNATURE=name: one); POST "
+            "{SIGNATURE, WEIGHTS} changes an endpoint's weights (kept across restarts)",
+            (200, 400, 404, 409), get=api.TRAFFIC, post=api.SET_WEIGHTS,
+            params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),)),
+    managed("/rollout", "progressive rollout: POST {SIGNATURE, CANARY, STABLE, STEPS, DWELL_S, "
+            "MIN_REQUESTS, MAX_ERROR_RATE_DELTA, MAX_P99_RATIO, P99_MARGIN_MS} starts one; GET "
+            "?SIGNATURE=name shows its state and history", (200, 400, 404, 409),
+            get=api.ROLLOUT_STATE, post=api.ROLLOUT,
+            params=(Param("SIGNATURE", SIGNATURE, description="one endpoint with VERSIONS"),)),
+    managed("/rollout/promote", "end a rollout: the canary takes all traffic now: {SIGNATURE, "
+            "REASON}", (200, 400, 404, 409), post=api.ROLLOUT_PROMOTE),
+    managed("/rollout/abort", "end a rollout: all traffic back to the stable version now: "
+            "{SIGNATURE, REASON}", (200, 400, 404, 409), post=api.ROLLOUT_ABORT),
     Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
           (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
           response=JOB_ACCEPTED),
@@ -315,7 +298,7 @@ ROUTES: tuple[Route, ...] = (
 PATHS: frozenset[str] = frozenset(r.path for r in ROUTES)
 # The paths the event-loop front answers without Flask, and the name of its handler
 # (a path with a parameter, /jobs/<id>/events, is matched by its own handler).
-NATIVE: dict[str, str] = {r.path: "on_" + r.command for r in ROUTES
+NATIVE: dict[str, str] = {r.path: r.native_handler for r in ROUTES
                           if r.view == FRONT and "<" not in r.path}
 
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..control_api import HISTORY, LIST_SERVERS, SYSTEM_STATUS
 from ..errors import BadRequest, MethodNotAllowed, Overloaded, ServingError
 from ..ipc import ControlUnavailable, control_call
 from ..streams import STREAM_HEADERS, Format
@@ -151,8 +152,8 @@ def frame(name: str, cursor: Cursor, data: dict[str, Any]) -> bytes:
                                                  orjson.dumps(data))
 
 
-def _body(control: str, cmd: str, args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    answer = control_call(control, {"cmd": cmd, "args": args})
+def _body(control: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    answer = control_call(control, request)
     return int(answer["status"]), answer["body"]
 
 
@@ -162,17 +163,17 @@ def read_manager(control: str, last: Snapshot | None) -> Snapshot:
     samples = list(last.samples) if last is not None else []
     events = last.events if last is not None else ()
     try:
-        _, servers = _body(control, "list_servers", {})
-        code, status = _body(control, "system_status", {})
+        _, servers = _body(control, LIST_SERVERS.request({}))
+        code, status = _body(control, SYSTEM_STATUS.request({}))
         status.pop("HISTORY", None)  # the events come as events
         if code != 200:
             status = {"SYSTEM_ERROR": status.get("ERROR", "")}
         newest = _ms(samples[-1]) if samples else 0
-        _, history = _body(control, "history", {"samples": FEW_SAMPLES if samples else SAMPLES})
+        _, history = _body(control, HISTORY.request({"samples": FEW_SAMPLES if samples else SAMPLES}))
         fetched = history.get("samples", [])
         if samples and len(fetched) == FEW_SAMPLES and _ms(fetched[0]) > newest:
             # More samples were taken since the last read than a few: read the window.
-            _, history = _body(control, "history", {"samples": SAMPLES})
+            _, history = _body(control, HISTORY.request({"samples": SAMPLES}))
     except ControlUnavailable as exc:
         return Snapshot({"ERROR": f"the gateway manager is not answering: {exc}"},
                         tuple(samples), events)

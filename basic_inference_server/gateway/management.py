@@ -29,8 +29,8 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import protocol
+from ..control_api import COMMANDS, LIST_SERVERS, METRICS, PING, SYSTEM_STATUS, Command
 from ..errors import (
-    BadRequest,
     Forbidden,
     Unauthorized,
     Unavailable,
@@ -51,7 +51,6 @@ from .traffic_metrics import TrafficCollector
 if TYPE_CHECKING:
     from .app import Front
 
-SHUTDOWN_CMD = "SAFE_KILL_SERVER_CMD"
 # Management bodies are a few settings: far less than MAX_REQUEST_SIZE, which is for /run.
 MAX_MANAGEMENT_BODY = 1024 * 1024
 
@@ -154,21 +153,25 @@ def build_management_app(front: Front) -> Flask:
         return Response(protocol.dumps({**body, **front.meta()}), status=status,
                         headers=list(headers), mimetype=protocol.JSON)
 
-    def args_of() -> dict[str, Any]:
-        if request.method == "GET":
-            return request.args.to_dict()
-        raw = request.get_data(cache=False)
-        return protocol.parse_body(raw, MAX_MANAGEMENT_BODY) if raw else {}
-
     def admin_only() -> None:
         """The checks of every admin route, in order: Host, token, body type."""
         check_host(request.environ, front.spec.allowed_hosts)
         check_admin(request.environ, front.spec.admin_token)
         check_json_post(request.environ)
 
-    def forward(cmd: str, args: dict[str, Any]) -> Response:
+    # What the front adds to a command's answer from what it holds itself.
+    additions: dict[str, Callable[[], dict[str, Any]]] = {
+        SYSTEM_STATUS.name: lambda: {"QUEUES": front.jobs.status(front.routes.names())},
+        # Counted by every front process: read from the files /metrics merges.
+        LIST_SERVERS.name: lambda: {"SHADOW": metrics.shadow_summary()},
+    }
+
+    def forward(command: Command[Any], args: dict[str, Any]) -> Response:
+        """One command to the manager, which checks its arguments; its answer as HTTP."""
+        if command.peer:
+            args = {**args, **peer_args(request.environ)}
         try:
-            answer = control_call(front.spec.control, {"cmd": cmd, "args": args})
+            answer = control_call(front.spec.control, command.request(args))
         except ControlUnavailable as exc:
             raise Unavailable(f"the gateway manager is not answering: {exc}",
                               retry_after=1) from None
@@ -176,28 +179,19 @@ def build_management_app(front: Front) -> Flask:
         body = answer["body"]
         if status >= 400 and "ERROR_TYPE" not in body:
             body["ERROR_TYPE"] = kind_for_status(status)
-        if cmd == "system_status" and status == 200:
-            body["QUEUES"] = front.jobs.status(front.routes.names())
-        if cmd == "list_servers" and status == 200:
-            # Counted by every front process: read from the files /metrics merges.
-            body["SHADOW"] = metrics.shadow_summary()
+        if status == 200 and command.name in additions:
+            body.update(additions[command.name]())
         return reply(status, body, [("Retry-After", "1")] if status == 503 else [])
 
     def command_view(route: Route) -> Callable[[], Response]:
         def view() -> Response:
             if route.admin:
                 admin_only()
-            args = args_of()
-            if request.method == "POST" and route.request is not None:
-                missing = [k for k in route.request.get("required", ()) if k not in args]
-                if missing:
-                    raise BadRequest(f"POST {route.path} needs {', '.join(missing)}")
-            if route.path == "/shutdown" and args.get("SIGNATURE") != SHUTDOWN_CMD:
-                raise BadRequest(f"shutdown needs {{\"SIGNATURE\": \"{SHUTDOWN_CMD}\"}}")
-            if route.path == "/support_update_status":
-                args = {**args, **peer_args(request.environ)}
-            cmd = (route.get_command or route.command) if request.method == "GET" else route.command
-            return forward(cmd, args)
+            command = COMMANDS[route.commands[request.method]]
+            if request.method == "GET":
+                return forward(command, command.from_query(request.args.to_dict()))
+            raw = request.get_data(cache=False)
+            return forward(command, protocol.parse_body(raw, MAX_MANAGEMENT_BODY) if raw else {})
 
         return view
 
@@ -215,7 +209,7 @@ def build_management_app(front: Front) -> Flask:
         check_admin(request.environ, front.spec.admin_token, front.spec.metrics_token,
                     "/metrics needs", "admin token or METRICS_TOKEN")
         try:
-            body = control_call(front.spec.control, {"cmd": "metrics", "args": {}})["body"]
+            body = control_call(front.spec.control, METRICS.request({}))["body"]
         except ControlUnavailable:
             body = {}
         queues = front.jobs.collector(front.routes.names())
@@ -228,7 +222,7 @@ def build_management_app(front: Front) -> Flask:
         # Alive means the control plane answers too: a stuck manager restarts nothing,
         # so an orchestrator should restart the container.
         try:
-            control_call(front.spec.control, {"cmd": "ping", "args": {}}, timeout=2.0)
+            control_call(front.spec.control, PING.request({}), timeout=2.0)
         except ControlUnavailable as exc:
             raise Unavailable(f"the gateway manager is not answering: {exc}",
                               retry_after=1) from None

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ..control_api import TRAFFIC_REPORT
 from ..errors import CircuitOpen, ServingError
 from ..ipc import MAX_MESSAGE
 from ..traffic.breaker import Breakers
@@ -139,9 +140,9 @@ class TrafficHooks:
         taken = self.recorder.take()
         if not taken and states == self._last_states and now - self._last_sent < HEARTBEAT_EVERY:
             return
-        payload = {"cmd": "traffic_report", "args": {
+        payload = TRAFFIC_REPORT.request({
             "pid": os.getpid(), "stats": {t: c.to_json() for t, c in taken.items()},
-            "breakers": view}}
+            "breakers": view})
         try:
             await self._send(json.dumps(payload).encode() + b"\n")
         except (OSError, asyncio.TimeoutError, ValueError) as exc:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..contracts import JobRunnerSpec
+from ..control_api import JOB_TARGETS
 from ..ipc import ControlUnavailable, control_call
 from ..queues import JobsSpec
 from ..queues.base import Job
@@ -94,8 +95,7 @@ class JobRunner:
 
     def _ask_manager(self) -> dict[str, dict[str, Any]] | None:
         try:
-            reply = control_call(self.spec.control, {"cmd": "job_targets", "args": {}},
-                                 timeout=5.0)
+            reply = control_call(self.spec.control, JOB_TARGETS.request({}), timeout=5.0)
         except ControlUnavailable as exc:
             log.warning("manager not answering job_targets: %s", exc)
             return None

@@ -1,7 +1,8 @@
 """Management commands on endpoints: list, start, stop, scale, reload, hang reports.
 
-Each ``cmd_<name>`` answers the control command ``<name>`` (see :mod:`.control`):
-every input is checked before anything acts on it.
+Each handler answers the command of :mod:`..control_api` it is marked with; the
+arguments arrive checked against the command's type, and every other input is
+checked before anything acts on it.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from ..config import MAX_WORKERS, EndpointConfig, file_section, parse_endpoint
+from .. import control_api as api
+from ..config import EndpointConfig, file_section, parse_endpoint
 from ..contracts import probe_path
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..traffic.settings import TRAFFIC_KEYS
-from .control import Reply, error
-from .core import EXIT_OK, Core, warn_unchecked_keys
+from .children import Service
+from .control import Reply, error, handles
+from .core import EXIT_OK, Core
 from .listeners import check_resolves
 from .remote_commands import remote_targets
-from .specs import job_targets
+from .specs import job_targets, warn_unchecked_keys
 from .state import Endpoint, State
 
 log = logging.getLogger(__name__)
@@ -30,88 +33,107 @@ log = logging.getLogger(__name__)
 RESTARTABLE = (State.STOPPED, State.FAILED, State.CRASHLOOP)
 
 
-EndpointCommand = Callable[["EndpointCommands", Endpoint, dict[str, Any]], Reply]
+def _pid(service: Service) -> int | None:
+    return service.child.pid if service.child else None
 
 
-def on_endpoint(method: EndpointCommand) -> Callable[[EndpointCommands, dict[str, Any]], Reply]:
-    """A command on the endpoint ``SIGNATURE`` names: 400 without a name, 404 for an
-    unknown one, else ``method(self, endpoint, args)``."""
+A = TypeVar("A", api.OnEndpoint, api.ScaleArgs)
+EndpointCommand = Callable[["EndpointCommands", Endpoint, A], Reply]
+
+
+def on_endpoint(method: EndpointCommand[A]) -> Callable[[EndpointCommands, A], Reply]:
+    """A command on the endpoint ``SIGNATURE`` names: 404 for an unknown one, else
+    ``method(self, endpoint, args)``."""
 
     @functools.wraps(method)
-    def command(self: EndpointCommands, args: dict[str, Any]) -> Reply:
-        name = args.get("SIGNATURE")
-        if not isinstance(name, str) or not name:
-            return error(400, "SIGNATURE (the endpoint name) is required")
-        ep = self.endpoints.get(name)
+    def command(self: EndpointCommands, args: A) -> Reply:
+        name = args["SIGNATURE"]
+        ep = self.core.endpoints.get(name)
         if ep is None:
             return error(404, f"unknown endpoint {name[:100]!r}",
-                         AVAIL_SERVERS=sorted(self.endpoints))
+                         AVAIL_SERVERS=sorted(self.core.endpoints))
         return method(self, ep, args)
 
     return command
 
 
-class EndpointCommands(Core):
+class EndpointCommands:
     """The commands that act on endpoints and the process tree."""
 
-    def cmd_list_servers(self, _args: dict[str, Any]) -> Reply:
-        names = sorted(self.endpoints, key=lambda n: (n != self.config["DEFAULT_SERVER"], n))
-        avail = [n for n in names if not self.endpoints[n].is_support
-                 and self.endpoints[n].state not in (State.STOPPED, State.STOPPING)]
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @handles(api.LIST_SERVERS)
+    def list_servers(self, _args: api.NoArgs) -> Reply:
+        """Every endpoint with its state, the traffic policies and the gateway's processes."""
+        core = self.core
+        names = sorted(core.endpoints, key=lambda n: (n != core.config["DEFAULT_SERVER"], n))
+        avail = [n for n in names if not core.endpoints[n].is_support
+                 and core.endpoints[n].state not in (State.STOPPED, State.STOPPING)]
         return 200, {"AVAIL_SERVERS": avail,
-                     "DEFAULT_SERVER": self.config["DEFAULT_SERVER"],
-                     "SERVERS": self.rollouts.annotated({n: self.endpoints[n].describe()
+                     "DEFAULT_SERVER": core.config["DEFAULT_SERVER"],
+                     "SERVERS": core.rollouts.annotated({n: core.endpoints[n].describe()
                                                          for n in names}),
-                     "TRAFFIC": self.traffic.policies(),
-                     "ROLLOUTS": self.rollouts.listing(),
-                     "GATEWAY": {"pid": os.getpid(), "port": self.port,
-                                 "front_pid": self.front.child.pid if self.front.child else None,
-                                 "supervisor_pid": (self.supervisor.child.pid
-                                                    if self.supervisor.child else None),
-                                 "jobrunner_pid": (self.jobrunner.child.pid
-                                                   if self.jobrunner.child else None)}}
+                     "TRAFFIC": core.traffic.policies(),
+                     "ROLLOUTS": core.rollouts.listing(),
+                     "GATEWAY": {"pid": os.getpid(), "port": core.port,
+                                 "front_pid": _pid(core.front),
+                                 "supervisor_pid": _pid(core.supervisor),
+                                 "jobrunner_pid": _pid(core.jobrunner)}}
 
-    def cmd_metrics(self, args: dict[str, Any]) -> Reply:
+    @handles(api.METRICS)
+    def metrics(self, args: api.NoArgs) -> Reply:
         """What /metrics exposes besides the front's own counters."""
-        _, servers = self.cmd_list_servers(args)
-        return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.health,
-                     "TRAFFIC_STATE": self.rollouts.metrics()}
+        _, servers = self.list_servers(args)
+        return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.core.health,
+                     "TRAFFIC_STATE": self.core.rollouts.metrics()}
 
-    def cmd_start_server(self, args: dict[str, Any]) -> Reply:
+    @handles(api.START_SERVER)
+    def start_server(self, args: api.StartArgs) -> Reply:
         """Start an endpoint, with new settings when given; every input is validated
         before anything changes, and a running endpoint is left exactly as it is."""
-        name = args.get("SIGNATURE")
-        if not isinstance(name, str) or not name:
-            return error(400, "SIGNATURE (the endpoint name) is required")
+        name = args["SIGNATURE"]
         overrides = {k: v for k, v in args.items() if k != "SIGNATURE"}
-        ep = self.endpoints.get(name)
+        ep = self.core.endpoints.get(name)
         if ep is not None and ep.state not in RESTARTABLE:
-            if overrides:
-                return error(409, f"{name} is already {ep.state.value}: nothing changed, the "
-                                  f"settings {sorted(overrides)} are not applied. Use "
-                                  f"/update_workers to scale, or /kill_server then "
-                                  f"/start_server to start with other settings",
-                             **ep.describe())
-            return 200, {"RESULT": f"{name} is already {ep.state.value}; nothing changed",
-                         **ep.describe()}
+            return self._running(ep, overrides)
         try:
-            cfg = self._start_config(name, ep, overrides)
-            if not (cfg.settings["URLS"] or cfg.settings["PIPELINE"]):
-                endpoint_file(self.paths.endpoints_dir, cfg.module_name)
-            if not cfg.is_support and cfg.settings["TCP_PORT"]:
-                check_resolves(cfg.settings["HOST"])
+            cfg = self._checked_config(name, ep, overrides)
         except ConfigError as exc:
             return error(400, str(exc))
         except DiscoveryError as exc:
             return error(404, str(exc))
         if ep is None:
-            ep = self.endpoints[name] = Endpoint(config=cfg,
-                                                 target_workers=cfg.settings["NR_WORKERS"])
+            ep = self.core.endpoints[name] = Endpoint(config=cfg,
+                                                      target_workers=cfg.settings["NR_WORKERS"])
         elif overrides:
-            self.apply(ep, ep.reconfigure(cfg))
+            self.core.apply(ep, ep.reconfigure(cfg))
         ep.reset_failures()
-        self._start_endpoint(ep)
+        self.core.start_endpoint(ep)
         return 200, {"RESULT": f"{name} starting", **ep.describe()}
+
+    @staticmethod
+    def _running(ep: Endpoint, overrides: dict[str, Any]) -> Reply:
+        """The answer of ``/start_server`` on an endpoint that runs: nothing changes."""
+        if overrides:
+            return error(409, f"{ep.name} is already {ep.state.value}: nothing changed, the "
+                              f"settings {sorted(overrides)} are not applied. Use "
+                              f"/update_workers to scale, or /kill_server then "
+                              f"/start_server to start with other settings",
+                         **ep.describe())
+        return 200, {"RESULT": f"{ep.name} is already {ep.state.value}; nothing changed",
+                     **ep.describe()}
+
+    def _checked_config(self, name: str, ep: Endpoint | None,
+                        overrides: dict[str, Any]) -> EndpointConfig:
+        """The settings to start with, their file found and their host resolved
+        (raises ConfigError or DiscoveryError)."""
+        cfg = self._start_config(name, ep, overrides)
+        if not (cfg.settings["URLS"] or cfg.settings["PIPELINE"]):
+            endpoint_file(self.core.paths.endpoints_dir, cfg.module_name)
+        if not cfg.is_support and cfg.settings["TCP_PORT"]:
+            check_resolves(cfg.settings["HOST"])
+        return cfg
 
     def _start_config(self, name: str, ep: Endpoint | None,
                       overrides: dict[str, Any]) -> EndpointConfig:
@@ -134,37 +156,41 @@ class EndpointCommands(Core):
             raw = {**ep.config.worker_config(), **overrides}
             raw.pop("DISABLED", None)
             return parse_endpoint(name, raw, where, refs=False)
-        section = file_section(self.config.source, name) or {}
+        source = self.core.config.source
+        section = file_section(source, name) or {}
         later = sorted(set(section) & set(TRAFFIC_KEYS))
         if later:
-            raise ConfigError(f"{self.config.source}: {name} has {', '.join(later)}, read at the "
+            raise ConfigError(f"{source}: {name} has {', '.join(later)}, read at the "
                               f"gateway's start only: restart the gateway to serve it")
         section.pop("DISABLED", None)
-        cfg = parse_endpoint(name, {**section, **overrides},
-                             f"{self.config.source}: CONFIG_ENDPOINTS.{name}")
+        cfg = parse_endpoint(name, {**section, **overrides}, f"{source}: CONFIG_ENDPOINTS.{name}")
         if section:
-            log.info("%s: started from its section in %s", name, self.config.source)
+            log.info("%s: started from its section in %s", name, source)
         warn_unchecked_keys(cfg)
         return cfg
 
+    @handles(api.KILL_SERVER)
     @on_endpoint
-    def cmd_kill_server(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
-        self.stop_endpoint(ep)
+    def kill_server(self, ep: Endpoint, _args: api.OnEndpoint) -> Reply:
+        """Stop an endpoint gracefully; it stays stopped until started again."""
+        self.core.stop_endpoint(ep)
         return 200, {"RESULT": f"{ep.name} stopping", **ep.describe()}
 
+    @handles(api.UPDATE_WORKERS)
     @on_endpoint
-    def cmd_update_workers(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
-        count = args.get("NR_WORKERS")
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
-            return error(400, f"NR_WORKERS must be an integer from 1 to {MAX_WORKERS}")
+    def update_workers(self, ep: Endpoint, args: api.ScaleArgs) -> Reply:
+        """Set an endpoint server's worker count (the command's type bounds it)."""
+        count = args["NR_WORKERS"]
         if ep.is_support or ep.is_virtual:
             return error(400, f"{ep.name} is a {ep.kind()} endpoint and has no workers here")
         previous = ep.target_workers
-        self.apply(ep, ep.scale(count))
+        self.core.apply(ep, ep.scale(count))
         return 200, {"RESULT": f"{ep.name}: NR_WORKERS {previous} -> {count}", **ep.describe()}
 
+    @handles(api.RELOAD_SERVER)
     @on_endpoint
-    def cmd_reload_server(self, ep: Endpoint, args: dict[str, Any]) -> Reply:
+    def reload_server(self, ep: Endpoint, _args: api.OnEndpoint) -> Reply:
+        """Start a new generation of a READY server beside the serving one."""
         if ep.is_virtual:
             return error(400, f"{ep.name} is a {ep.kind()} endpoint: no code runs here to reload")
         if ep.is_support or ep.state != State.READY:
@@ -172,14 +198,16 @@ class EndpointCommands(Core):
         if ep.pending is not None:
             return error(409, f"{ep.name} is already reloading (generation "
                               f"{ep.pending.generation}); try again when it is done")
-        self.reload_endpoint(ep)
+        self.core.reload_endpoint(ep)
         return 200, {"RESULT": f"{ep.name}: reloading (generation {ep.generation})"}
 
-    def cmd_supervision(self, _args: dict[str, Any]) -> Reply:
+    @handles(api.SUPERVISION)
+    def supervision(self, _args: api.NoArgs) -> Reply:
         """What the supervisor watches: the serving generation of each endpoint."""
+        core = self.core
         targets = {}
-        for name, ep in self.endpoints.items():
-            if ep.child is None or ep.is_support or self.shutting_down:
+        for name, ep in core.endpoints.items():
+            if ep.child is None or ep.is_support or core.shutting_down:
                 continue
             s = ep.config.settings
             targets[name] = {
@@ -190,27 +218,33 @@ class EndpointCommands(Core):
                 "ping_misses": s["PING_MISSES"],
                 "workers": {pid: probe_path(path) for pid, path in ep.worker_sockets.items()},
             }
-        remotes = {} if self.shutting_down else remote_targets(self.endpoints)
-        return 200, {"endpoints": targets, "remotes": remotes, "trees": self._trees()}
+        remotes = {} if core.shutting_down else remote_targets(core.endpoints)
+        return 200, {"endpoints": targets, "remotes": remotes, "trees": core.trees()}
 
-    def cmd_job_targets(self, _args: dict[str, Any]) -> Reply:
+    @handles(api.JOB_TARGETS)
+    def job_targets(self, _args: api.NoArgs) -> Reply:
         """What the job runner serves: endpoints whose jobs run through the front."""
-        if self.shutting_down:
+        if self.core.shutting_down:
             return 200, {"endpoints": {}}
-        return 200, {"endpoints": job_targets(self.endpoints, self.traffic.sections)}
+        return 200, {"endpoints": job_targets(self.core.endpoints, self.core.traffic.sections)}
 
-    def cmd_report_hung(self, args: dict[str, Any]) -> Reply:
+    @handles(api.REPORT_HUNG)
+    def report_hung(self, args: api.HungReport) -> Reply:
         """The supervisor found a server, or some of its workers, stuck: replace them."""
-        ep = self.endpoints.get(str(args.get("SIGNATURE")))
-        if ep is None or ep.child is None or self.shutting_down \
-                or not ep.serves(args.get("generation")):
+        ep = self.core.endpoints.get(args["SIGNATURE"])
+        if ep is None or ep.child is None or self.core.shutting_down \
+                or not ep.serves(args["generation"]):
             return error(409, "stale report: that generation is no longer serving")
-        reason = str(args.get("reason") or "hung")
+        reason = args.get("reason") or "hung"
         if args.get("server"):
-            self.apply(ep, ep.hung(reason))
+            self.core.apply(ep, ep.hung(reason))
             ep.child.kill_group()
             return 200, {"RESULT": f"{ep.name}: server killed, restarting"}
-        pids = [int(p) for p in args.get("pids") or [] if int(p) in ep.ready_pids]
+        return self._kill_workers(ep, [p for p in args.get("pids", []) if p in ep.ready_pids],
+                                  reason)
+
+    def _kill_workers(self, ep: Endpoint, pids: list[int], reason: str) -> Reply:
+        """Kill stuck workers; their gunicorn master starts new ones."""
         for pid in pids:
             log.error("%s: worker %d %s; killing it", ep.name, pid, reason)
             try:
@@ -218,13 +252,17 @@ class EndpointCommands(Core):
             except ProcessLookupError:
                 pass  # it died meanwhile: replaced all the same
         if pids:
-            self.history.add_event("worker_hung", endpoint=ep.name, pids=pids, reason=reason)
+            self.core.history.add_event("worker_hung", endpoint=ep.name, pids=pids, reason=reason)
         return 200, {"RESULT": f"{ep.name}: killed workers {pids}"}
 
-    def cmd_ping(self, _args: dict[str, Any]) -> Reply:
+    @handles(api.PING)
+    def ping(self, _args: api.NoArgs) -> Reply:
+        """The manager's loop answers (``/health/live``)."""
         return 200, {"RESULT": "pong"}
 
-    def cmd_shutdown(self, _args: dict[str, Any]) -> Reply:
-        self.begin_shutdown()
+    @handles(api.SHUTDOWN)
+    def shutdown(self, _args: api.ShutdownArgs) -> Reply:
+        """Drain and exit: the front first, then the servers."""
+        self.core.begin_shutdown()
         return 200, {"RESULT": "shutting down: draining in-flight requests, then exiting",
                      "EXIT_CODE": EXIT_OK}

@@ -1,7 +1,9 @@
 """The manager's control socket: one JSON request line in, one JSON reply line out.
 
-A request ``{"cmd": NAME, "args": {...}}`` runs the handler ``cmd_NAME`` of the
-manager; every reply carries an HTTP status and a body, which the front passes on.
+A request ``{"cmd": NAME, "args": {...}}`` names a command of
+:data:`..control_api.COMMANDS`; its arguments are checked against the command's type,
+then its handler runs (a method marked :func:`handles`). Every reply carries an HTTP
+status and a body, which the front passes on.
 """
 
 from __future__ import annotations
@@ -11,19 +13,17 @@ import logging
 import queue
 import selectors
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from ..control_api import COMMANDS, Command
+from ..errors import BadRequest, kind_for_status
 from ..ipc import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
-# ERROR_TYPE of the manager's error answers, by HTTP status.
-ERROR_TYPES = {400: "bad_request", 403: "forbidden", 404: "not_found", 409: "conflict",
-               413: "payload_too_large", 429: "rate_limited", 500: "internal_error",
-               503: "unavailable"}
 # Deferred commands waiting for or running in the thread at once; past it, 503.
 MAX_DEFERRED = 8
 # Support status reports refused without a lookup (no such support process, none
@@ -46,7 +46,34 @@ class Deferred:
     finish: Callable[[Any], Reply]
 
 
-Handler = Callable[[dict[str, Any]], "Reply | Deferred"]
+Handler = Callable[[Any], "Reply | Deferred"]
+F = TypeVar("F", bound=Callable[..., Any])
+# The attribute :func:`handles` marks a handler method with.
+_HANDLES = "_handles_command"
+
+
+def handles(command: Command[Any]) -> Callable[[F], F]:
+    """Mark a method as ``command``'s handler (:func:`handlers_of` collects them)."""
+
+    def mark(method: F) -> F:
+        setattr(method, _HANDLES, command.name)
+        return method
+
+    return mark
+
+
+def handlers_of(*objects: object) -> dict[str, Handler]:
+    """The handlers of ``objects``' marked methods, by command; one command, one handler."""
+    found: dict[str, Handler] = {}
+    for obj in objects:
+        for attr in dir(type(obj)):
+            name = getattr(getattr(type(obj), attr), _HANDLES, None)
+            if name is None:
+                continue
+            if name in found:
+                raise RuntimeError(f"two handlers of the command {name}")
+            found[name] = getattr(obj, attr)
+    return found
 
 
 @dataclass
@@ -69,7 +96,7 @@ class Budget:
 
 def error(status: int, message: str, **extra: Any) -> Reply:
     """An error answer of a command: ``ERROR`` and ``ERROR_TYPE``, plus ``extra``."""
-    return status, {"ERROR": message, "ERROR_TYPE": ERROR_TYPES[status], **extra}
+    return status, {"ERROR": message, "ERROR_TYPE": kind_for_status(status), **extra}
 
 
 def json_depth(value: Any, limit: int) -> int:
@@ -85,15 +112,19 @@ def json_depth(value: Any, limit: int) -> int:
 
 
 class ControlServer:
-    """Answers the control socket with the ``cmd_*`` methods of ``target``.
+    """Answers the control socket with ``handlers``: one for each command of the table.
 
     A command answers at once on the loop, or returns a :class:`Deferred`: its blocking
     part then runs in one helper thread, and its connection is answered when that is
     done, while the loop serves everything else (``/health/live``'s ping included).
     """
 
-    def __init__(self, target: object, sel: selectors.BaseSelector | None = None) -> None:
-        self.target = target
+    def __init__(self, handlers: Mapping[str, Handler],
+                 sel: selectors.BaseSelector | None = None) -> None:
+        unhandled = sorted(set(COMMANDS) ^ set(handlers))
+        if unhandled:
+            raise RuntimeError(f"commands and handlers do not match: {unhandled}")
+        self.handlers = handlers
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bis-control")
         self._done: queue.SimpleQueue[tuple[socket.socket, Deferred, Future[Any]]] = \
             queue.SimpleQueue()
@@ -206,19 +237,18 @@ class ControlServer:
         Every command runs behind this boundary: an exception is logged with its
         traceback and answered 500; the manager keeps running.
         """
-        handler: Handler | None = (getattr(self.target, f"cmd_{cmd}", None)
-                                   if isinstance(cmd, str) and cmd.isidentifier() else None)
-        if handler is None:
-            status, body = error(404, f"unknown command {str(cmd)[:100]!r}")
-        elif not isinstance(args, dict):
-            status, body = error(400, "the arguments must be a JSON object")
+        command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
+        if command is None:
+            answer: Reply | Deferred = error(404, f"unknown command {str(cmd)[:100]!r}")
         else:
             try:
-                answer = handler(args)
+                answer = self.handlers[command.name](command.check(args))
+            except BadRequest as exc:  # the arguments do not fit the command's type
+                answer = exc.status, exc.to_dict()
             except Exception as exc:  # noqa: BLE001 - the boundary: log, answer 500, go on
                 log.exception("command %s failed", cmd)
                 answer = error(500, f"command {cmd} failed: {type(exc).__name__}: {exc}")
-            if isinstance(answer, Deferred):
-                return answer
-            status, body = answer
+        if isinstance(answer, Deferred):
+            return answer
+        status, body = answer
         return {"status": status, "body": body}

@@ -11,13 +11,11 @@ wake the loop (``signal.set_wakeup_fd``); the loop acts.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import secrets
 import selectors
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -25,41 +23,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import EndpointConfig, GatewayConfig, warn_near_misses
-from ..contracts import FRONT_MODULE, JOBRUNNER_MODULE, SERVER_MODULE, SUPERVISOR_MODULE, Event
-from ..discovery import endpoint_file
+from ..config import GatewayConfig
 from ..errors import ConfigError, DiscoveryError
-from ..health.alerts import AlertTracker, Thresholds
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE
-from ..ipc import MAX_MESSAGE
 from ..privfiles import private_dir
-from ..procutil import free_port
 from ..queues import jobs_spec
-from ..tenants import tenants_spec
 from ..traffic.versions import expand
-from .children import Child, Service, spawn, spawn_script
-from .control import LOOKUPS_PER_S, REFUSALS_PER_S, Budget, ControlServer, json_depth
+from .children import Child, Service
+from .control import ControlServer, Handler
+from .inbox import Inbox
 from .listeners import (
     admin_token,
     close_server_listeners,
     listen_tcp,
-    open_server_listeners,
     reach_address,
     sweep_stale_run_dirs,
 )
 from .rollouts import RolloutController
-from .specs import (
-    Paths,
-    front_spec,
-    front_url,
-    jobrunner_spec,
-    server_spec,
-    supervisor_spec,
-    support_launcher,
-    support_payload,
-)
-from .state import STABLE_AFTER, Change, Endpoint, State, write_routes
+from .spawner import Spawner
+from .specs import Paths, warn_unchecked_keys
+from .state import STABLE_AFTER, Change, Endpoint, write_routes
 from .traffic import TrafficTable
 
 log = logging.getLogger(__name__)
@@ -67,31 +51,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not help
-# A worker's notification is kept and shown by /notifications: bounded, so that
-# nothing stored can break a later answer (orjson writes at most 254 levels).
-NOTIFICATION_MAX_DEPTH = 32
-
-# The notify socket's events about one endpoint -> the transition each one is.
-EndpointEvent = Callable[[Endpoint, dict[str, Any], float], Change]
-ENDPOINT_EVENTS: dict[Event, EndpointEvent] = {
-    Event.WORKER_READY: lambda ep, msg, now: ep.worker_ready(
-        msg.get("generation"), int(msg["pid"]), msg.get("socket"), now),
-    Event.WORKER_EXIT: lambda ep, msg, _now: ep.worker_exit(msg.get("generation"),
-                                                            int(msg["pid"])),
-    Event.LOAD_FAILED: lambda ep, msg, _now: ep.load_failed(msg.get("generation"),
-                                                            msg.get("error")),
-    Event.NWORKERS: lambda ep, msg, _now: ep.workers_reported(msg.get("generation"),
-                                                             int(msg["value"])),
-}
-
-
-def warn_unchecked_keys(cfg: EndpointConfig) -> None:
-    """Near misses among the keys of a section whose code the manager never sees imported
-    (support scripts, remote and pipeline endpoints: the settings only). An endpoint
-    server's worker checks its own against the settings and its ``_CONFIG``."""
-    if cfg.is_support or cfg.settings["URLS"] or cfg.settings["PIPELINE"]:
-        warn_near_misses(cfg.name, cfg.extra)
-
 
 class Core:
     """Owns the process tree of one gateway: the loop, the children and the endpoints."""
@@ -129,20 +88,16 @@ class Core:
         self.rollouts = RolloutController(self.traffic, self.cache_dir)
         self.front_listener: socket.socket | None = None
         self.control_server: ControlServer | None = None
+        # The control commands' handlers (:class:`.manager.Manager` gives them).
+        self.handlers: dict[str, Handler] = {}
         # Where processes of this box reach the front (set once it listens).
         self.local_address: str | None = None
-        self.refusals = Budget(REFUSALS_PER_S, 2 * REFUSALS_PER_S, clock())
-        self.lookups = Budget(LOOKUPS_PER_S, 2 * LOOKUPS_PER_S, clock())
-        self.front = Service("gateway front", self._spawn_front, STABLE_AFTER)
-        self.supervisor = Service("supervisor", self._spawn_supervisor, STABLE_AFTER)
+        self.spawner = Spawner(self)
+        self.front = Service("gateway front", self.spawner.front, STABLE_AFTER)
+        self.supervisor = Service("supervisor", self.spawner.supervisor, STABLE_AFTER)
         # Started once an endpoint has no server of its own to run its jobs.
-        self.jobrunner = Service("job runner", self._spawn_jobrunner, STABLE_AFTER)
+        self.jobrunner = Service("job runner", self.spawner.jobrunner, STABLE_AFTER)
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
-        self.alerts = AlertTracker(Thresholds(
-            mem_avail_pct_min=config["ALERT_MEM_AVAIL_PCT"],
-            disk_free_pct_min=config["ALERT_DISK_FREE_PCT"],
-            gpu_mem_used_pct_max=config["ALERT_GPU_MEM_PCT"],
-            restarts_max=config["ALERT_RESTARTS"]))
         self.history = History(cache_dir)
         # The supervisor's latest sample, with the status and alerts computed from it.
         self.health: dict[str, Any] | None = None
@@ -151,9 +106,7 @@ class Core:
         self.shutting_down = False
         self.exit_code = EXIT_OK
         self.done = False
-        first = config["FIRST_SERVER_PORT"]
-        self._next_port = port + 1 if first is None else first
-        self._wake_r, self._wake_w = socket.socketpair()
+        self.inbox = Inbox(self)
 
     # -- set-up -------------------------------------------------------------------
     def _setup(self) -> None:
@@ -165,20 +118,9 @@ class Core:
         control.bind(self.paths.control)
         control.listen(64)
         control.setblocking(False)
-        self.control_server = ControlServer(self, self.sel)
+        self.control_server = ControlServer(self.handlers, self.sel)
         self.sel.register(control, selectors.EVENT_READ, self.control_server.accept)
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(self.paths.notify)
-        notify.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        notify.setblocking(False)
-        self.sel.register(notify, selectors.EVENT_READ, self._read_notify)
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, self._read_signals)
-        signal.set_wakeup_fd(self._wake_w.fileno())
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            # The handler does nothing: the wakeup fd carries the signal number to the loop.
-            signal.signal(sig, lambda _s, _f: None)
+        self.inbox.open(self.sel)
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> int:
@@ -194,8 +136,8 @@ class Core:
                                endpoints=sorted(self.endpoints))
         for ep in self.endpoints.values():
             if not ep.config.settings["DISABLED"]:
-                self._start_endpoint(ep)
-        self._publish()
+                self.start_endpoint(ep)
+        self.publish()
         self.supervisor.launch()
         self.front.launch()
         if self.traffic.sections or any(ep.is_virtual for ep in self.endpoints.values()):
@@ -229,11 +171,20 @@ class Core:
             out += ep.children()
         return out
 
-    def _trees(self) -> dict[str, list[int]]:
+    def trees(self) -> dict[str, list[int]]:
         """The process trees to account: the gateway's own, and one per endpoint."""
         gateway = [os.getpid()] + [s.child.pid for s in self.services() if s.child]
         servers = {n: [c.pid for c in e.children()] for n, e in self.endpoints.items()}
         return {GATEWAY_TREE: gateway, **servers}
+
+    def kill_all(self) -> None:
+        """Kill every child's process group now (a second stop signal)."""
+        for child in self._children():
+            child.kill_group()
+
+    def on_event(self, msg: dict[str, Any]) -> None:
+        """One event of the notify socket (see :class:`.inbox.Inbox`)."""
+        self.inbox.on_event(msg)
 
     def _timers(self) -> None:
         now = self.clock()
@@ -243,31 +194,11 @@ class Core:
             return
         for ep in self.endpoints.values():
             if ep.restart_due(now):
-                self._start_endpoint(ep)
+                self.start_endpoint(ep)
         for service in self.services():
             if service.due(now):
                 service.launch()
 
-
-    def _read_signals(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(4096)
-        except BlockingIOError:
-            return
-        for signum in data:
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                if self.shutting_down:
-                    log.warning("second stop signal: killing every child now")
-                    for child in self._children():
-                        child.kill_group()
-                else:
-                    log.info("received %s: draining and shutting down", signal.Signals(signum).name)
-                    self.begin_shutdown()
-            elif signum == signal.SIGHUP:
-                log.info("SIGHUP: reloading every endpoint")
-                for ep in self.endpoints.values():
-                    if ep.state == State.READY and not ep.is_support:
-                        self.reload_endpoint(ep)
 
     # -- doing what a transition asks ---------------------------------------------------
     def apply(self, ep: Endpoint, change: Change) -> None:
@@ -286,95 +217,20 @@ class Core:
             kind, fields = change.event
             self.history.add_event(kind, **fields)
         if change.publish:
-            self._publish()
+            self.publish()
 
-    def _publish(self) -> None:
+    def publish(self) -> None:
         write_routes(Path(self.paths.routes), self.endpoints, self.config.settings,
                      self.traffic.policies())
 
     # -- children -----------------------------------------------------------------------
-    def _spawn_front(self) -> Child:
-        assert self.front_listener is not None
-        metrics = self.run_dir / "metrics"
-        # A fresh folder per front: counters of dead front processes start over with it.
-        shutil.rmtree(metrics, ignore_errors=True)
-        metrics.mkdir()
-        spec = front_spec(self.config, self.paths, self.admin_token, self.jobs.to_dict(),
-                          tenants_spec(self.config, self.cache_dir), self.internal_token)
-        return self._spawn("front", "gateway", FRONT_MODULE, spec,
-                           fds=(self.front_listener.fileno(),),
-                           env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),
-                                "BIS_SERVER_METRICS_DIR": str(self.server_metrics)})
-
-    def _spawn_supervisor(self) -> Child:
-        spec = supervisor_spec(self.config, self.paths, str(self.cache_dir))
-        return self._spawn("supervisor", "supervisor", SUPERVISOR_MODULE, spec)
-
-    def _spawn_jobrunner(self) -> Child:
-        url = front_url(self.host, self.port, bool(self.config["TLS_CERT"]))
-        spec = jobrunner_spec(self.config, self.paths, self.jobs.to_dict(), url,
-                              self.internal_token, tenants_spec(self.config, self.cache_dir))
-        # Its jobs' per-tenant counters are merged with the servers' at scrape time.
-        return self._spawn("jobrunner", "job runner", JOBRUNNER_MODULE, spec,
-                           env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
-
-    def _spawn_server(self, ep: Endpoint) -> Child:
-        spec = server_spec(self.config, self.paths, ep, self.jobs.to_dict(),
-                           tenants_spec(self.config, self.cache_dir))
-        return self._spawn("server", ep.name, SERVER_MODULE, spec,
-                           fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
-                           env={"PROMETHEUS_MULTIPROC_DIR": str(self.server_metrics)})
-
-    def _spawn(self, role: str, name: str, module: str, spec: Any, **kw: Any) -> Child:
-        return spawn(role, name, module, spec, hide=self._hidden_env(role), **kw)
-
-    def _hidden_env(self, role: str) -> tuple[str, ...]:
-        """Variables of our environment a child of ``role`` does not get (besides the
-        admin token's, which no child gets: :func:`.children.child_env`).
-
-        The one place that decides it for every child. The variables holding remote
-        endpoints' keys (``REMOTE_API_KEY: env:VAR``) reach the front alone, which
-        calls the remotes; endpoint code, support scripts, the supervisor and the job
-        runner never see them.
-        """
-        if role == "front":
-            return ()
-        refs = (ep.config.settings["REMOTE_API_KEY"] or "" for ep in self.endpoints.values())
-        return tuple(ref[4:] for ref in refs if ref.startswith("env:"))
-
-    def _allocate_port(self, ep: Endpoint) -> int:
-        if ep.config.settings["PORT"] is not None:
-            return int(ep.config.settings["PORT"])
-        if self._next_port == 0:
-            return free_port(ep.config.settings["HOST"])
-        port = self._next_port
-        self._next_port += 1
-        return port
-
-    def _open_listeners(self, ep: Endpoint) -> None:
-        if not ep.listeners:
-            open_server_listeners(ep, self.run_dir, self._allocate_port)
-
-    def _start_endpoint(self, ep: Endpoint) -> None:
+    def start_endpoint(self, ep: Endpoint) -> None:
         """Spawn the endpoint's process; a server becomes READY when a worker reports in."""
         if ep.is_virtual:
             self.apply(ep, ep.virtual_started(self.clock()))
             return
         try:
-            if ep.is_support:
-                script = endpoint_file(self.paths.endpoints_dir, ep.config.module_name)
-                ep.next_generation()
-                assert self.local_address is not None
-                payload = support_payload(ep, self.local_address, self.port)
-                child = spawn_script(ep.name, str(script),
-                                     ["--config_endpoint", json.dumps(payload)],
-                                     hide=self._hidden_env("support"),
-                                     launcher=support_launcher(self.local_address, self.port,
-                                                               self.config["TLS_CERT"]))
-            else:
-                self._open_listeners(ep)
-                ep.next_generation()
-                child = self._spawn_server(ep)
+            child = self.spawner.support(ep) if ep.is_support else self.spawner.server(ep)
         except (ConfigError, DiscoveryError) as exc:
             self.apply(ep, ep.start_failed(str(exc)))
             return
@@ -384,8 +240,7 @@ class Core:
         """Zero-downtime reload: start a new generation beside the old one, switch when ready."""
         if ep.pending is not None:
             return
-        ep.next_generation()
-        ep.reload_started(self._spawn_server(ep))
+        ep.reload_started(self.spawner.server(ep))
 
     def stop_endpoint(self, ep: Endpoint) -> None:
         self.apply(ep, ep.stop())
@@ -395,15 +250,18 @@ class Core:
             if service.child and service.child.poll() is not None:
                 self._service_exited(service)
         for ep in self.endpoints.values():
-            for child in list(ep.draining):
-                if child.poll() is not None:
-                    self.apply(ep, ep.drained(child, self.shutting_down))
-            if ep.pending and ep.pending.poll() is not None:
-                self.apply(ep, ep.pending_exited(ep.pending.poll()))
-            if ep.child and ep.child.poll() is not None:
-                self.apply(ep, ep.exited(ep.child.poll(), self.clock(), self.shutting_down))
+            self._reap_endpoint(ep)
         if self.shutting_down and not self._children():
             self.done = True
+
+    def _reap_endpoint(self, ep: Endpoint) -> None:
+        for child in list(ep.draining):
+            if child.poll() is not None:
+                self.apply(ep, ep.drained(child, self.shutting_down))
+        if ep.pending and ep.pending.poll() is not None:
+            self.apply(ep, ep.pending_exited(ep.pending.poll()))
+        if ep.child and ep.child.poll() is not None:
+            self.apply(ep, ep.exited(ep.child.poll(), self.clock(), self.shutting_down))
 
     def _service_exited(self, service: Service) -> None:
         assert service.child is not None
@@ -419,39 +277,6 @@ class Core:
         log.error("%s exited with %s; restarting in %.0f s", service.name, code, delay)
         self.history.add_event("service_exit", service=service.name, exit_code=code,
                                restart_in_s=delay)
-
-    # -- events from servers -----------------------------------------------------------
-    def _read_notify(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                data = sock.recv(MAX_MESSAGE)
-            except BlockingIOError:
-                return
-            try:
-                msg = json.loads(data)
-                if isinstance(msg, dict):
-                    self.on_event(msg)
-            except Exception:  # noqa: BLE001 - no event may stop the manager
-                log.exception("bad event on the notify socket: %.200r", data)
-
-    def on_event(self, msg: dict[str, Any]) -> None:
-        """Dispatch one notify-socket event; an unknown one is logged and dropped."""
-        try:
-            event = Event(msg.get("event"))
-        except ValueError:
-            log.warning("unknown event %.100r dropped", msg.get("event"))
-            return
-        if event is Event.NOTIFICATION:
-            if json_depth(msg, NOTIFICATION_MAX_DEPTH) > NOTIFICATION_MAX_DEPTH:
-                log.warning("notification nested deeper than %d levels dropped",
-                            NOTIFICATION_MAX_DEPTH)
-            else:
-                self.notifications.append(msg)
-            return
-        name = msg.get("endpoint")
-        ep = self.endpoints.get(name) if isinstance(name, str) else None
-        if ep is not None:
-            self.apply(ep, ENDPOINT_EVENTS[event](ep, msg, self.clock()))
 
     # -- shutdown ------------------------------------------------------------------------
     def begin_shutdown(self) -> None:
@@ -480,9 +305,7 @@ class Core:
                 self.stop_endpoint(ep)
 
     def _cleanup(self) -> None:
-        for child in self._children():
-            child.kill_group()
-        signal.set_wakeup_fd(-1)
+        self.kill_all()
         for ep in self.endpoints.values():
             close_server_listeners(ep)
         if self.front_listener is not None:
@@ -492,6 +315,5 @@ class Core:
         self.sel.close()
         if self.control_server is not None:
             self.control_server.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self.inbox.close()
         shutil.rmtree(self.run_dir, ignore_errors=True)

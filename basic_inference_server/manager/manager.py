@@ -1,14 +1,19 @@
 """The manager: the control plane. It runs no user code and never waits on HTTP.
 
-:class:`Manager` is the loop and its I/O (:mod:`.core`) with the management commands
-(:mod:`.commands`, :mod:`.reports`) answered on its control socket (:mod:`.control`).
-The endpoints' states and their transitions are in :mod:`.state`.
+:class:`Manager` is the loop and its I/O (:mod:`.core`) given the handlers of the
+management commands (:mod:`.commands`, :mod:`.reports`, :mod:`.traffic_commands`,
+:mod:`.rollout_commands`, :mod:`.remote_commands`), which its control socket
+(:mod:`.control`) answers. The endpoints' states and their transitions are in
+:mod:`.state`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from .commands import EndpointCommands
-from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK
+from .control import handlers_of
+from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, Core
 from .remote_commands import RemoteCommands
 from .reports import ReportCommands
 from .rollout_commands import RolloutCommands
@@ -17,6 +22,11 @@ from .traffic_commands import TrafficCommands
 __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_OK", "Manager"]
 
 
-class Manager(EndpointCommands, ReportCommands, TrafficCommands, RolloutCommands,
-              RemoteCommands):
+class Manager(Core):
     """Owns the process tree of one gateway and answers its management commands."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handlers = handlers_of(EndpointCommands(self), ReportCommands(self),
+                                    TrafficCommands(self), RolloutCommands(self),
+                                    RemoteCommands(self))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .control import Reply, error
+from .. import control_api as api
+from .control import Reply, error, handles
 from .core import Core
 from .state import Endpoint, State
 
@@ -23,14 +24,17 @@ def remote_targets(endpoints: dict[str, Endpoint]) -> dict[str, Any]:
     return targets
 
 
-class RemoteCommands(Core):
+class RemoteCommands:
     """``remote_health``: the supervisor's report on a remote endpoint's URLs."""
 
-    def cmd_remote_health(self, args: dict[str, Any]) -> Reply:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    @handles(api.REMOTE_HEALTH)
+    def remote_health(self, args: api.RemoteHealth) -> Reply:
         """``{SIGNATURE, URLS: {url: {ok, error, latency_ms}}}`` from the supervisor."""
-        ep = self.endpoints.get(str(args.get("SIGNATURE")))
-        results = args.get("URLS")
-        if ep is None or not ep.config.settings["URLS"] or not isinstance(results, dict):
+        ep = self.core.endpoints.get(args["SIGNATURE"])
+        if ep is None or not ep.config.settings["URLS"]:
             return error(409, "stale report: not a remote endpoint of this gateway")
-        self.apply(ep, ep.remote_checked(results, time.monotonic(), time.time()))
+        self.core.apply(ep, ep.remote_checked(args["URLS"], time.monotonic(), time.time()))
         return 200, {"RESULT": ep.state.value}

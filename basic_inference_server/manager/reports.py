@@ -7,9 +7,19 @@ import logging
 import time
 from typing import Any
 
+from .. import control_api as api
+from ..health.alerts import AlertTracker, Thresholds
 from ..health.memory import seed_status
-from ..ipc import PEER_ADDR, PEER_PORT
-from .control import LOOKUPS_PER_S, REFUSALS_PER_S, Deferred, Reply, error, json_depth
+from .control import (
+    LOOKUPS_PER_S,
+    REFUSALS_PER_S,
+    Budget,
+    Deferred,
+    Reply,
+    error,
+    handles,
+    json_depth,
+)
 from .core import Core
 from .peers import normal, peer_in_tree
 from .state import State
@@ -21,57 +31,75 @@ log = logging.getLogger(__name__)
 SUPPORT_MAX_BYTES = 64 * 1024
 SUPPORT_MAX_DEPTH = 32
 
-class ReportCommands(Core):
+
+class ReportCommands:
     """The commands that take in and hand out what the tree reports."""
 
-    def cmd_health_sample(self, sample: dict[str, Any]) -> Reply:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        config = core.config
+        self.alerts = AlertTracker(Thresholds(
+            mem_avail_pct_min=config["ALERT_MEM_AVAIL_PCT"],
+            disk_free_pct_min=config["ALERT_DISK_FREE_PCT"],
+            gpu_mem_used_pct_max=config["ALERT_GPU_MEM_PCT"],
+            restarts_max=config["ALERT_RESTARTS"]))
+        self.refusals = Budget(REFUSALS_PER_S, 2 * REFUSALS_PER_S, core.clock())
+        self.lookups = Budget(LOOKUPS_PER_S, 2 * LOOKUPS_PER_S, core.clock())
+
+    @handles(api.HEALTH_SAMPLE)
+    def health_sample(self, sample: api.HealthSample) -> Reply:
         """A sample from the supervisor: keep it, update alerts, add it to the history."""
         status = seed_status(sample)
         system, gpu = sample["system"], sample["gpu"]
         alerts = self._evaluate_alerts(system, gpu)
-        self.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
-                                 "mem_gateway": status["mem_gateway"], "gpu": gpu})
-        self.health = {"status": {**status, "system": system, "gpu": gpu,
-                                  "sampled_at": sample.get("taken_at")},
-                       "alerts": alerts, "trees": sample["trees"]}
+        self.core.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
+                                      "mem_gateway": status["mem_gateway"], "gpu": gpu})
+        self.core.health = {"status": {**status, "system": system, "gpu": gpu,
+                                       "sampled_at": sample.get("taken_at")},
+                            "alerts": alerts, "trees": sample["trees"]}
         return 200, {"RESULT": "sample received"}
 
-    def cmd_system_status(self, _args: dict[str, Any]) -> Reply:
-        if self.health is None:
+    @handles(api.SYSTEM_STATUS)
+    def system_status(self, _args: api.NoArgs) -> Reply:
+        """The latest health sample, its alerts, the support processes' reports."""
+        core = self.core
+        if core.health is None:
             return error(503, "the first health sample is not taken yet; retry shortly")
-        support = {n: e.support_status for n, e in self.endpoints.items() if e.support_status}
-        return 200, {"SYSTEM_STATUS": self.health["status"],
-                     "SYSTEM_ALERTS": self.health["alerts"], "SUPPORT_STATUS": support,
-                     "HISTORY": {"events": self.history.events(limit=100)}}
+        support = {n: e.support_status for n, e in core.endpoints.items() if e.support_status}
+        return 200, {"SYSTEM_STATUS": core.health["status"],
+                     "SYSTEM_ALERTS": core.health["alerts"], "SUPPORT_STATUS": support,
+                     "HISTORY": {"events": core.history.events(limit=100)}}
 
-    def cmd_history(self, args: dict[str, Any]) -> Reply:
+    @handles(api.HISTORY)
+    def history(self, args: api.HistoryArgs) -> Reply:
         """The rolling window of health samples and events (the dashboard's charts)."""
-        try:
-            limit = max(1, min(1440, int(args.get("samples", 120))))
-        except (TypeError, ValueError):
-            return error(400, "samples must be an integer")
-        return 200, {"samples": self.history.samples(limit=limit),
-                     "events": self.history.events(limit=100)}
+        limit = max(1, min(1440, args.get("samples", 120)))
+        return 200, {"samples": self.core.history.samples(limit=limit),
+                     "events": self.core.history.events(limit=100)}
 
     def _evaluate_alerts(self, system: dict[str, Any], gpu: dict[str, Any]) -> list[dict[str, Any]]:
         """Update the alert state; each raise and clear is logged and recorded once."""
+        endpoints, history = self.core.endpoints, self.core.history
         update = self.alerts.update({
             "system": system, "gpu": gpu,
-            "restarts": {n: e.restarts for n, e in self.endpoints.items()},
-            "crashloops": [n for n, e in self.endpoints.items() if e.state == State.CRASHLOOP],
+            "restarts": {n: e.restarts for n, e in endpoints.items()},
+            "crashloops": [n for n, e in endpoints.items() if e.state == State.CRASHLOOP],
         })
         for alert in update.raised:
             log.warning("alert raised: %s", alert["message"])
-            self.history.add_event("alert_raised", **alert)
+            history.add_event("alert_raised", **alert)
         for alert in update.cleared:
             log.info("alert cleared: %s", alert["name"])
-            self.history.add_event("alert_cleared", **alert)
+            history.add_event("alert_cleared", **alert)
         return update.active
 
-    def cmd_notifications(self, _args: dict[str, Any]) -> Reply:
-        return 200, {"NOTIFICATIONS": list(self.notifications)}
+    @handles(api.NOTIFICATIONS)
+    def notifications(self, _args: api.NoArgs) -> Reply:
+        """The workers' recent notifications, and the rollouts' ends."""
+        return 200, {"NOTIFICATIONS": list(self.core.notifications)}
 
-    def cmd_support_update_status(self, args: dict[str, Any]) -> Reply | Deferred:
+    @handles(api.SUPPORT_STATUS)
+    def support_update_status(self, args: api.SupportReport) -> Reply | Deferred:
         """A support process reports its status; only that process (or its children) may.
 
         The caller is identified by its connection, which the front passes under
@@ -79,21 +107,22 @@ class ReportCommands(Core):
         lookup runs in the control server's thread, off the loop; callers refused before
         it are counted against :data:`REFUSALS_PER_S`.
         """
-        report = {k: v for k, v in args.items() if k not in (PEER_ADDR, PEER_PORT)}
-        name = report.get("SIGNATURE")
-        ep = self.endpoints.get(name) if isinstance(name, str) else None
+        core = self.core
+        report = {k: v for k, v in args.items() if k not in (api.PEER_ADDR, api.PEER_PORT)}
+        name = args["SIGNATURE"]
+        ep = core.endpoints.get(name)
         if ep is None:
-            ep = next((e for e in self.endpoints.values() if e.is_support), None)
+            ep = next((e for e in core.endpoints.values() if e.is_support), None)
         if ep is None or not ep.is_support:
-            return self._refuse(404, f"no support process named {str(name)[:100]!r}")
+            return self._refuse(404, f"no support process named {name[:100]!r}")
         forbidden = f"only the support process {ep.name} itself may report its status"
         owner = ep.child.pid if ep.child is not None and ep.child.poll() is None else None
-        peer = self._local_peer(args.get(PEER_ADDR), args.get(PEER_PORT))
-        if owner is None or peer is None or self.local_address is None:
+        peer = self._local_peer(args.get("__peer_addr__"), args.get("__peer_port__"))
+        if owner is None or peer is None or core.local_address is None:
             return self._refuse(403, forbidden)
-        if not self.lookups.take(self.clock()):
+        if not self.lookups.take(core.clock()):
             return error(429, f"too many status reports; at most {LOOKUPS_PER_S:g} a second")
-        server = (self.local_address, self.port)
+        server = (core.local_address, core.port)
 
         def finish(verified: bool) -> Reply:
             if not verified:
@@ -105,10 +134,11 @@ class ReportCommands(Core):
     def _local_peer(self, addr: Any, port: Any) -> tuple[str, int] | None:
         """The caller's end of the connection, when it can be a process of this box
         that reached the address the support processes are given; else None."""
-        if not isinstance(addr, str) or self.local_address is None:
+        local = self.core.local_address
+        if not isinstance(addr, str) or local is None:
             return None
         try:
-            ip, ours, number = normal(addr), normal(self.local_address), int(port)
+            ip, ours, number = normal(addr), normal(local), int(port)
         except (TypeError, ValueError):
             return None
         if ip.version != ours.version or not (ip.is_loopback or ip == ours):
@@ -116,13 +146,13 @@ class ReportCommands(Core):
         return str(ip), number
 
     def _refuse(self, status: int, message: str) -> Reply:
-        if self.refusals.take(self.clock()):
+        if self.refusals.take(self.core.clock()):
             return error(status, message)
         return error(429, f"too many refused status reports; at most {REFUSALS_PER_S:g} a "
                           f"second")
 
     def _keep_support_report(self, name: str, report: dict[str, Any]) -> Reply:
-        ep = self.endpoints.get(name)
+        ep = self.core.endpoints.get(name)
         if ep is None:
             return error(404, f"no support process named {name!r}")
         if json_depth(report, SUPPORT_MAX_DEPTH) > SUPPORT_MAX_DEPTH:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig
+from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, warn_near_misses
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
 from ..redact import mask_url
 from ..traffic.settings import split_target
@@ -118,3 +118,11 @@ def support_launcher(gateway_address: str, gateway_port: int, tls_cert: str | No
         return ()
     host = f"[{gateway_address}]" if ":" in gateway_address else gateway_address
     return ("--tls-cert", str(Path(tls_cert).resolve()), "--gateway", f"{host}:{gateway_port}")
+
+
+def warn_unchecked_keys(cfg: EndpointConfig) -> None:
+    """Near misses among the keys of a section whose code the manager never sees imported
+    (support scripts, remote and pipeline endpoints: the settings only). An endpoint
+    server's worker checks its own against the settings and its ``_CONFIG``."""
+    if cfg.is_support or cfg.settings["URLS"] or cfg.settings["PIPELINE"]:
+        warn_near_misses(cfg.name, cfg.extra)

@@ -14,11 +14,18 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import psutil
 
 from ..contracts import SupervisorSpec
+from ..control_api import (
+    HEALTH_SAMPLE,
+    REMOTE_HEALTH,
+    REPORT_HUNG,
+    SUPERVISION,
+    HealthSample,
+)
 from ..health.sampler import collect_sample
 from ..ipc import ControlUnavailable, control_call
 from .hangs import MASTER, HangDetector, Verdict
@@ -66,11 +73,13 @@ class Supervisor:
         self.next_sample = 0.0
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bis-probe")
 
-    def _manager(self, cmd: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    def _manager(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Send a command's request (:meth:`..control_api.Command.request`); its reply's
+        body, or None when the manager does not answer."""
         try:
-            reply = self.call(self.spec.control, {"cmd": cmd, "args": args})
+            reply = self.call(self.spec.control, request)
         except ControlUnavailable as exc:
-            log.warning("manager not answering %s: %s", cmd, exc)
+            log.warning("manager not answering %s: %s", request["cmd"], exc)
             return None
         body: dict[str, Any] = reply.get("body", {})
         return body
@@ -83,7 +92,7 @@ class Supervisor:
 
     def run_once(self) -> float:
         """Probe the servers that are due, sample if due; seconds until the next round."""
-        targets = self._manager("supervision", {})
+        targets = self._manager(SUPERVISION.request({}))
         if targets is None:
             return MAX_WAIT
         now = self.clock()
@@ -105,11 +114,13 @@ class Supervisor:
                 self._report(name, target, verdict, outcomes)
         for name in remote_due:
             urls = {url: probe.result() for (n, url), probe in remote_probes.items() if n == name}
-            self._manager("remote_health", {"SIGNATURE": name, "URLS": urls})
+            self._manager(REMOTE_HEALTH.request({"SIGNATURE": name, "URLS": urls}))
         if now >= self.next_sample:
             self.next_sample = now + self.spec.sample_interval
             sample = self.sampler(targets.get("trees", {}), self.spec.disk_path)
-            self._manager("health_sample", {**sample, "taken_at": time.time()})
+            # The sampler's dict is the command's type (collect_sample), stamped here.
+            self._manager(HEALTH_SAMPLE.request(
+                cast(HealthSample, {**sample, "taken_at": time.time()})))
         upcoming = [*self.next_ping.values(), *self.next_remote.values(), self.next_sample]
         return max(0.0, min(MAX_WAIT, min(upcoming) - self.clock()))
 
@@ -143,6 +154,6 @@ class Supervisor:
         else:
             reason = f"hung: missed {misses} health probes in a row"
         log.error("%s: %s", name, reason + ("" if verdict.server else f" (workers {verdict.workers})"))
-        self._manager("report_hung", {"SIGNATURE": name, "generation": target["generation"],
-                                      "server": verdict.server, "pids": verdict.workers,
-                                      "reason": reason})
+        self._manager(REPORT_HUNG.request({
+            "SIGNATURE": name, "generation": target["generation"], "server": verdict.server,
+            "pids": verdict.workers, "reason": reason}))

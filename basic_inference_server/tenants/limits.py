@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from ..errors import ServingError
+from ..errors import TooManyRequests
 
 LEASE = 3600.0
 
@@ -28,11 +28,8 @@ class StoreDown(Exception):
     """The store did not answer (Redis unreachable)."""
 
 
-class RateLimited(ServingError):
+class RateLimited(TooManyRequests):
     """A key's rate limit, endpoint rate limit or concurrency cap is reached."""
-
-    status = 429
-    kind = "rate_limited"
 
     def __init__(self, message: str, decision: Decision, **details: object) -> None:
         super().__init__(message, retry_after=decision.retry_after, **details)

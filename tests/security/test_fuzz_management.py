@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from basic_inference_server.manager.manager import Manager
+from basic_inference_server.control_api import COMMANDS as TABLE
 from tests.conftest import assert_ok
 from tests.security.manager_socket import control_raw, core_pids
 
-COMMANDS = sorted(name[4:] for name in dir(Manager) if name.startswith("cmd_"))
+COMMANDS = sorted(TABLE)
 ENDPOINT = "echo"
 KEYS = ["SIGNATURE", "NR_WORKERS", "HOST", "PORT", "SERVER_CLASS", "TIMEOUT", "DISABLED",
         "PING_INTERVAL", "MODELS", "GPUS", "generation", "pids", "server", "reason", "samples",

@@ -14,7 +14,7 @@ from basic_inference_server import contracts
 from basic_inference_server.config import GATEWAY_SETTINGS, parse_config
 from basic_inference_server.contracts import Event, FrontSpec, ServerSpec, SupervisorSpec
 from basic_inference_server.manager.control import ControlServer
-from basic_inference_server.manager.core import ENDPOINT_EVENTS
+from basic_inference_server.manager.inbox import ENDPOINT_EVENTS
 from basic_inference_server.manager.manager import Manager
 from basic_inference_server.manager.specs import front_spec, server_spec, supervisor_spec
 from basic_inference_server.manager.state import State
@@ -107,7 +107,7 @@ def test_notifications_are_kept_unless_too_deep(manager):
 
 def test_commands_without_processes(manager):
     ep = serving(manager)
-    control = ControlServer(manager)
+    control = ControlServer(manager.handlers)
     reply = control.handle_request(b'{"cmd": "update_workers", "args": '
                                    b'{"SIGNATURE": "e", "NR_WORKERS": 3}}')
     assert reply["status"] == 200 and ep.target_workers == 3
