@@ -29,7 +29,6 @@ from ..health.history import History
 from ..health.memory import GATEWAY_TREE
 from ..privfiles import private_dir
 from ..queues import jobs_spec
-from ..traffic.versions import expand
 from .children import Child, Service
 from .control import ControlServer, Handler
 from .inbox import Inbox
@@ -42,7 +41,7 @@ from .listeners import (
 )
 from .rollouts import RolloutController
 from .spawner import Spawner
-from .specs import Paths, warn_unchecked_keys
+from .specs import Paths, configured_endpoints
 from .state import STABLE_AFTER, Change, Endpoint, write_routes
 from .traffic import TrafficTable
 
@@ -53,7 +52,11 @@ EXIT_ERROR = 1
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not help
 
 class Core:
-    """Owns the process tree of one gateway: the loop, the children and the endpoints."""
+    """Owns the process tree of one gateway: the loop, the children and the endpoints.
+
+    What the management commands do is in their handlers, objects given the core
+    (:mod:`.manager`); they act through its public methods.
+    """
 
     def __init__(self, config: GatewayConfig, endpoints_dir: str | Path, host: str = "0.0.0.0",
                  port: int = 5002, cache_dir: str | Path = "_cache",
@@ -70,20 +73,11 @@ class Core:
         self.port = port
         sweep_stale_run_dirs()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"bis-{os.getpid()}-"))
-        self.paths = Paths(routes=str(self.run_dir / "routes.json"),
-                           control=str(self.run_dir / "control.sock"),
-                           notify=str(self.run_dir / "notify.sock"),
-                           endpoints_dir=str(Path(endpoints_dir).resolve()))
+        self.paths = Paths.in_run_dir(self.run_dir, endpoints_dir)
         # Endpoint servers' metrics (model manager), merged into the front's /metrics.
         self.server_metrics = self.run_dir / "metrics-servers"
         self.server_metrics.mkdir()
-        # An endpoint with VERSIONS runs one server per version ("name@label").
-        self.endpoints: dict[str, Endpoint] = {
-            name: Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
-            for section in config.endpoints.values()
-            for name, cfg in expand(section, config.source).items()}
-        for cfg in config.endpoints.values():
-            warn_unchecked_keys(cfg)
+        self.endpoints = configured_endpoints(config)
         self.traffic = TrafficTable(config.endpoints, self.cache_dir)
         self.rollouts = RolloutController(self.traffic, self.cache_dir)
         self.front_listener: socket.socket | None = None
@@ -110,6 +104,8 @@ class Core:
 
     # -- set-up -------------------------------------------------------------------
     def _setup(self) -> None:
+        """Open the gateway's socket (the port it got, when 0 asked for any), the control
+        socket and the inbox."""
         self.front_listener = listen_tcp(self.host, self.port)
         if self.port == 0:
             self.port = self.front_listener.getsockname()[1]
@@ -154,6 +150,8 @@ class Core:
         return self.exit_code
 
     def _next_timeout(self) -> float:
+        """Seconds the loop may sleep: until the next restart or stop deadline is due,
+        at most 5 s when none is."""
         deadlines = [ep.restart_at for ep in self.endpoints.values() if ep.restart_at]
         deadlines += [c.stop_deadline for c in self._children() if c.stop_deadline]
         deadlines += [s.restart_at for s in self.services() if s.restart_at]
@@ -166,6 +164,8 @@ class Core:
         return self.front, self.supervisor, self.jobrunner
 
     def _children(self) -> list[Child]:
+        """Every process the manager started and has not reaped yet: the services,
+        each endpoint's serving, pending and draining children."""
         out = [s.child for s in self.services() if s.child]
         for ep in self.endpoints.values():
             out += ep.children()
@@ -187,6 +187,8 @@ class Core:
         self.inbox.on_event(msg)
 
     def _timers(self) -> None:
+        """What is due by the clock: stop deadlines enforced (a child past its grace is
+        killed), endpoints and services restarted once their backoff is over."""
         now = self.clock()
         for child in self._children():
             child.enforce(now)
@@ -202,7 +204,11 @@ class Core:
 
     # -- doing what a transition asks ---------------------------------------------------
     def apply(self, ep: Endpoint, change: Change) -> None:
-        """Carry out a transition's Change: the only place endpoint I/O follows from."""
+        """Carry out a transition's Change: the only place endpoint I/O follows from.
+
+        In order: its log lines, the children it stops, the signal to the serving
+        master, the listeners it frees, its history event, and the route table.
+        """
         if change.log:
             log.error("%s: %s", ep.name, change.log)
         if change.info:
@@ -220,12 +226,18 @@ class Core:
             self.publish()
 
     def publish(self) -> None:
+        """Write the route table the front reads: the endpoints, their states and
+        sockets, and the traffic policies."""
         write_routes(Path(self.paths.routes), self.endpoints, self.config.settings,
                      self.traffic.policies())
 
     # -- children -----------------------------------------------------------------------
     def start_endpoint(self, ep: Endpoint) -> None:
-        """Spawn the endpoint's process; a server becomes READY when a worker reports in."""
+        """Spawn the endpoint's process; a server becomes READY when a worker reports in.
+
+        A virtual endpoint (remote, pipeline) has no process: it is started at once. A
+        file that cannot be found or loaded fails the start, with its reason.
+        """
         if ep.is_virtual:
             self.apply(ep, ep.virtual_started(self.clock()))
             return
@@ -243,9 +255,12 @@ class Core:
         ep.reload_started(self.spawner.server(ep))
 
     def stop_endpoint(self, ep: Endpoint) -> None:
+        """Stop an endpoint gracefully: its servers drain, then exit."""
         self.apply(ep, ep.stop())
 
     def _reap(self) -> None:
+        """Account for every child that exited since the last round; the loop ends once
+        a shutdown has no child left."""
         for service in self.services():
             if service.child and service.child.poll() is not None:
                 self._service_exited(service)
@@ -255,6 +270,8 @@ class Core:
             self.done = True
 
     def _reap_endpoint(self, ep: Endpoint) -> None:
+        """An endpoint's exited children: a drained old generation, a reload that failed,
+        the serving server (restarted with backoff unless shutting down)."""
         for child in list(ep.draining):
             if child.poll() is not None:
                 self.apply(ep, ep.drained(child, self.shutting_down))
@@ -264,6 +281,8 @@ class Core:
             self.apply(ep, ep.exited(ep.child.poll(), self.clock(), self.shutting_down))
 
     def _service_exited(self, service: Service) -> None:
+        """A service exited: gone for good while shutting down (the front's end stops
+        the servers), else restarted with backoff."""
         assert service.child is not None
         code = service.child.poll()
         if self.shutting_down:
@@ -280,7 +299,12 @@ class Core:
 
     # -- shutdown ------------------------------------------------------------------------
     def begin_shutdown(self) -> None:
-        """Stop taking work: the front drains first, then servers, then we exit."""
+        """Stop taking work: the front drains first, then servers, then we exit.
+
+        The supervisor goes at once, the front and the job runner get the stop timeout
+        and 5 s more; the servers are stopped when the front is gone (see
+        :meth:`_service_exited`). A second call does nothing.
+        """
         if self.shutting_down:
             return
         self.shutting_down = True
@@ -305,6 +329,8 @@ class Core:
                 self.stop_endpoint(ep)
 
     def _cleanup(self) -> None:
+        """On the way out, whatever happened: kill what is left, close every socket and
+        remove the run folder."""
         self.kill_all()
         for ep in self.endpoints.values():
             close_server_listeners(ep)

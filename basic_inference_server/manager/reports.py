@@ -22,7 +22,7 @@ from .control import (
 )
 from .core import Core
 from .peers import normal, peer_in_tree
-from .state import State
+from .state import Endpoint, State
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,8 @@ class ReportCommands:
         core = self.core
         report = {k: v for k, v in args.items() if k not in (api.PEER_ADDR, api.PEER_PORT)}
         name = args["SIGNATURE"]
-        ep = core.endpoints.get(name)
+        ep = self._support_endpoint(name)
         if ep is None:
-            ep = next((e for e in core.endpoints.values() if e.is_support), None)
-        if ep is None or not ep.is_support:
             return self._refuse(404, f"no support process named {name[:100]!r}")
         forbidden = f"only the support process {ep.name} itself may report its status"
         owner = ep.child.pid if ep.child is not None and ep.child.poll() is None else None
@@ -130,6 +128,16 @@ class ReportCommands:
             return self._keep_support_report(ep.name, report)
 
         return Deferred(work=lambda: peer_in_tree(peer, server, owner), finish=finish)
+
+    def _support_endpoint(self, name: str) -> Endpoint | None:
+        """The support endpoint ``name``; a name of no endpoint is taken for the first
+        support process's; None when ``name`` is another kind of endpoint, or there is
+        no support process."""
+        endpoints = self.core.endpoints
+        ep = endpoints.get(name)
+        if ep is None:
+            ep = next((e for e in endpoints.values() if e.is_support), None)
+        return ep if ep is not None and ep.is_support else None
 
     def _local_peer(self, addr: Any, port: Any) -> tuple[str, int] | None:
         """The caller's end of the connection, when it can be a process of this box

@@ -126,18 +126,7 @@ class RolloutController:
         self.stats.add(stats, mono)
         changed = []
         for name, rollout in self.rollouts.items():
-            canary = f"{name}{VERSION_SEP}{rollout.plan.canary}"
-            stable = f"{name}{VERSION_SEP}{rollout.plan.stable}"
-            rollout.observe(stats.get(canary), stats.get(stable), now)
-            if not rollout.active:
-                continue
-            opened = _opened(breakers.get(canary), previous.get(canary))
-            stopped = down(canary)
-            if opened is not None and rollout.breaker_opened(now, opened) \
-                    or stopped is not None and rollout.fail(now, stopped):
-                event: str | None = FAILED
-            else:
-                event = rollout.evaluate(now)
+            event = self._step(rollout, stats, breakers, previous, down, now)
             if event:
                 self.apply_weights(rollout)
                 changed.append((rollout, event))
@@ -147,6 +136,24 @@ class RolloutController:
                        and any(r.active for r in self.rollouts.values())):
             self.save()
         return changed
+
+    @staticmethod
+    def _step(rollout: Rollout, stats: dict[str, Counts], breakers: dict[str, dict[str, Any]],
+              previous: dict[str, dict[str, Any]], down: Callable[[str], str | None],
+              now: float) -> str | None:
+        """One report's effect on ``rollout``: its event, or None."""
+        name = rollout.endpoint
+        canary = f"{name}{VERSION_SEP}{rollout.plan.canary}"
+        stable = f"{name}{VERSION_SEP}{rollout.plan.stable}"
+        rollout.observe(stats.get(canary), stats.get(stable), now)
+        if not rollout.active:
+            return None
+        opened = _opened(breakers.get(canary), previous.get(canary))
+        stopped = down(canary)
+        if opened is not None and rollout.breaker_opened(now, opened) \
+                or stopped is not None and rollout.fail(now, stopped):
+            return FAILED
+        return rollout.evaluate(now)
 
     def breakers(self) -> dict[str, dict[str, Any]]:
         """The breakers of every live front process, merged (the worst state of each)."""

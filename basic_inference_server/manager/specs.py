@@ -10,6 +10,7 @@ from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, warn_near
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
 from ..redact import mask_url
 from ..traffic.settings import split_target
+from ..traffic.versions import expand
 from .state import Endpoint, State
 
 SUPPORT_PATH = "/support_update_status"
@@ -25,6 +26,13 @@ class Paths:
     control: str
     notify: str
     endpoints_dir: str
+
+    @classmethod
+    def in_run_dir(cls, run_dir: Path, endpoints_dir: str | Path) -> Paths:
+        """The run folder's files, and the endpoints' folder (absolute)."""
+        return cls(routes=str(run_dir / "routes.json"), control=str(run_dir / "control.sock"),
+                   notify=str(run_dir / "notify.sock"),
+                   endpoints_dir=str(Path(endpoints_dir).resolve()))
 
 
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
@@ -126,3 +134,13 @@ def warn_unchecked_keys(cfg: EndpointConfig) -> None:
     server's worker checks its own against the settings and its ``_CONFIG``."""
     if cfg.is_support or cfg.settings["URLS"] or cfg.settings["PIPELINE"]:
         warn_near_misses(cfg.name, cfg.extra)
+
+
+def configured_endpoints(config: GatewayConfig) -> dict[str, Endpoint]:
+    """The configuration's endpoints, by name; an endpoint with VERSIONS runs one server
+    per version ("name@label"). Near misses among unchecked keys are warned of."""
+    for cfg in config.endpoints.values():
+        warn_unchecked_keys(cfg)
+    return {name: Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
+            for section in config.endpoints.values()
+            for name, cfg in expand(section, config.source).items()}
