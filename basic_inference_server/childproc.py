@@ -57,6 +57,35 @@ class GunicornLogger(glogging.Logger):
             logger.propagate = True
 
 
+def configure_gunicorn(cfg: Any, *, proc_name: str, worker_class: str, workers: int,
+                       keepalive: float, timeout: float, graceful_timeout: float,
+                       **own: Any) -> None:
+    """Set a gunicorn master's settings (``cfg``): what every master of the tree shares,
+    then ``own``, its hooks and its other settings.
+
+    Shared: gunicorn logs through our logging, workers take dense slots (``pre_fork``),
+    and no control socket is opened (the manager steers the masters by signals;
+    gunicorn's default socket path would be one for every master of the user).
+    """
+    settings: dict[str, Any] = {
+        "workers": workers,
+        "worker_class": worker_class,
+        "keepalive": keepalive,
+        "timeout": timeout,
+        "graceful_timeout": graceful_timeout,
+        "control_socket_disable": True,
+        "proc_name": proc_name,
+        "accesslog": None,
+        "errorlog": "-",
+        "logger_class": GUNICORN_LOGGER,
+        "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
+        "pre_fork": take_slot,
+        **own,
+    }
+    for key, value in settings.items():
+        cfg.set(key, value)
+
+
 def read_spec(fd: int) -> dict[str, Any]:
     """Read and close the spec file descriptor (before the listeners move to 3, 4, ...)."""
     with os.fdopen(fd, "rb") as f:

@@ -34,6 +34,12 @@ def probe_path(worker_socket: str) -> str:
     return worker_socket + PROBE_SUFFIX
 
 
+def workers_path(server_socket: str, generation: int) -> str:
+    """Where the manager writes the worker count the master of ``generation`` of the
+    server on ``server_socket`` steers to, on the next SIGTTIN or SIGTTOU."""
+    return f"{server_socket}.g{generation}.workers"
+
+
 def _default(key: str) -> Any:
     return GATEWAY_SETTINGS[key].default
 

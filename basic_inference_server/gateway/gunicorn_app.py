@@ -6,13 +6,12 @@ Each worker (see :mod:`.worker`) serves every connection on one event loop, with
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from ..childproc import GUNICORN_LOGGER, take_slot
+from ..childproc import configure_gunicorn
 from ..contracts import FrontSpec
 from ..procutil import die_with_parent
 from ..wire.worker import mark_dead
@@ -27,26 +26,15 @@ class GatewayFront(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        settings: dict[str, Any] = {
-            "workers": self.spec.workers,
-            "worker_class": "basic_inference_server.gateway.worker.FrontWorker",
-            "keepalive": self.spec.keepalive_timeout,
-            "graceful_timeout": self.spec.stop_timeout,
-            "timeout": 60,
+        configure_gunicorn(
+            self.cfg, proc_name="bis-gateway",
+            worker_class="basic_inference_server.gateway.worker.FrontWorker",
+            workers=self.spec.workers, keepalive=self.spec.keepalive_timeout, timeout=60,
+            graceful_timeout=self.spec.stop_timeout,
             # The front runs no user code: load it once in the master, fork ready workers.
-            "preload_app": True,
-            "control_socket_disable": True,
-            "proc_name": "bis-gateway",
-            "accesslog": None,
-            "errorlog": "-",
-            "logger_class": GUNICORN_LOGGER,
-            "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
-            "pre_fork": take_slot,
-            "post_fork": self._post_fork,
-            "child_exit": lambda _server, worker: mark_dead(worker.pid),
-        }
-        for key, value in settings.items():
-            self.cfg.set(key, value)
+            preload_app=True,
+            post_fork=self._post_fork,
+            child_exit=lambda _server, worker: mark_dead(worker.pid))
 
     @staticmethod
     def _post_fork(server: Any, worker: Any) -> None:

@@ -216,7 +216,7 @@ class Core:
         for child in change.stop:
             child.terminate(self.config["STOP_TIMEOUT"])
         if change.signal is not None and ep.child is not None:
-            os.kill(ep.child.pid, change.signal)
+            self.spawner.signal(ep, change.signal, change.workers)
         if change.close_listeners:
             close_server_listeners(ep)
         if change.event is not None:

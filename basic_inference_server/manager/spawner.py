@@ -1,14 +1,22 @@
-"""How the manager starts each kind of child: the specs, the inherited sockets, the
-environment each one gets."""
+"""How the manager starts each kind of child (the specs, the inherited sockets, the
+environment each one gets) and signals a server's master."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import FRONT_MODULE, JOBRUNNER_MODULE, SERVER_MODULE, SUPERVISOR_MODULE
+from ..contracts import (
+    FRONT_MODULE,
+    JOBRUNNER_MODULE,
+    SERVER_MODULE,
+    SUPERVISOR_MODULE,
+    workers_path,
+)
 from ..discovery import endpoint_file
+from ..privfiles import write_private
 from ..procutil import free_port
 from ..tenants import tenants_spec
 from .children import Child, spawn, spawn_script
@@ -87,6 +95,14 @@ class Spawner:
                             hide=self.hidden_env("support"),
                             launcher=support_launcher(core.local_address, core.port,
                                                       core.config["TLS_CERT"]))
+
+    def signal(self, ep: Endpoint, sig: int, workers: int | None) -> None:
+        """Signal ``ep``'s serving master; with ``workers``, the count it steers to is
+        written first (in the private run folder, where only this user reads)."""
+        assert ep.child is not None and ep.socket_path is not None
+        if workers is not None:
+            write_private(workers_path(ep.socket_path, ep.child.generation), str(workers))
+        os.kill(ep.child.pid, sig)
 
     def _spawn(self, role: str, name: str, module: str, spec: Any, **kw: Any) -> Child:
         return spawn(role, name, module, spec, hide=self.hidden_env(role), **kw)

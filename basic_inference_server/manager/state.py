@@ -46,6 +46,7 @@ class Change:
     stop: list[Child] = field(default_factory=list)  # children to stop gracefully
     close_listeners: bool = False  # the endpoint is stopped for good: free its port
     signal: int | None = None  # to send to the serving server's master
+    workers: int | None = None  # the worker count that signal steers the master to
     event: tuple[str, dict[str, Any]] | None = None  # for the history: kind, fields
     log: str | None = None  # an error worth a log line
     info: str | None = None  # news worth a log line
@@ -262,16 +263,17 @@ class Endpoint:
         return self.steer()
 
     def steer(self) -> Change:
-        """One step toward the target worker count.
-
-        One signal at a time: pending signals of one kind merge, so a burst of TTINs
-        could count as one. gunicorn reports each change, which triggers the next step.
-        """
+        """Toward the target worker count, in one step: the master is told the count
+        and signalled once (TTIN for more, TTOU for fewer), and forks or stops the whole
+        difference. Signals that merge lose nothing: each means "go to the count". The
+        master reports its new count, which ends the steering (or steers again, when
+        the target moved meanwhile)."""
         if self.child is None or self.reported_workers is None \
                 or self.reported_workers == self.target_workers:
             return Change()
         up = self.reported_workers < self.target_workers
-        return Change(signal=signal.SIGTTIN if up else signal.SIGTTOU)
+        return Change(signal=signal.SIGTTIN if up else signal.SIGTTOU,
+                      workers=self.target_workers)
 
     def hung(self, reason: str) -> Change:
         """The supervisor found the serving server stuck: it is killed, and its exit

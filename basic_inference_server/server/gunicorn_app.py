@@ -11,7 +11,8 @@ see ``batching.py``). A ``/run`` goes straight to the process's
 client costs a socket, never the worker's thread, and a stop closes idle kept-alive
 connections at once. gunicorn's "dirty arbiter" pool is not used: it would add an IPC
 hop with JSON re-encoding to every request, and our workers already are dedicated model
-processes. Its control socket is disabled: the manager drives servers by signals.
+processes. Its control socket is disabled: the manager steers a server's worker count
+with one signal (:class:`EndpointArbiter`).
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ import logging
 import os
 import signal
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from .. import protocol
-from ..childproc import GUNICORN_LOGGER, take_slot
-from ..contracts import Event, ServerSpec, probe_path
+from ..childproc import configure_gunicorn
+from ..contracts import Event, ServerSpec, probe_path, workers_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
 from ..ipc import Notifier
 from ..procutil import die_with_parent
+from ..setting import MAX_WORKERS
 from ..wire.connection import Answer, HttpConnection, Limits, Request, call_wsgi
 from ..wire.handoff import Handoff
 from ..wire.worker import LoopWorker, mark_dead
@@ -148,33 +152,29 @@ class EndpointServer(BaseApplication):
             notifier.send(Event.NWORKERS, endpoint=spec.name, value=new_value,
                           generation=spec.generation)
 
-        settings: dict[str, Any] = {
+        configure_gunicorn(
+            self.cfg, proc_name=f"bis-server:{spec.name}",
+            worker_class="basic_inference_server.server.gunicorn_app.EndpointWorker",
+            workers=spec.nr_workers,
+            # Longer than the front's idle pool lifetime: the front closes first.
+            keepalive=120,
+            # Model loading runs before the worker's heartbeat loop starts.
+            timeout=spec.load_timeout, graceful_timeout=spec.stop_timeout,
             # The manager passes the listeners (LISTEN_FDS); gunicorn's bind only names
             # them. No port: the Unix socket alone (TCP_PORT off).
-            "bind": [*([tcp_address(spec.host, spec.port)] if spec.port is not None else []),
-                     f"unix:{spec.socket}"],
-            "workers": spec.nr_workers,
-            "worker_class": "basic_inference_server.server.gunicorn_app.EndpointWorker",
-            # Longer than the front's idle pool lifetime: the front closes first.
-            "keepalive": 120,
-            # Model loading runs before the worker's heartbeat loop starts.
-            "timeout": spec.load_timeout,
-            "graceful_timeout": spec.stop_timeout,
-            "control_socket_disable": True,
-            "proc_name": f"bis-server:{spec.name}",
-            "accesslog": None,
-            "errorlog": "-",
-            "logger_class": GUNICORN_LOGGER,
-            "loglevel": os.environ.get("BIS_LOG_LEVEL", "info").lower(),
-            "pre_fork": take_slot,
-            "post_fork": post_fork,
-            "post_worker_init": post_worker_init,
-            "child_exit": child_exit,
-            "worker_exit": worker_exit,
-            "nworkers_changed": nworkers_changed,
-        }
-        for key, value in settings.items():
-            self.cfg.set(key, value)
+            bind=[*([tcp_address(spec.host, spec.port)] if spec.port is not None else []),
+                  f"unix:{spec.socket}"],
+            post_fork=post_fork, post_worker_init=post_worker_init, child_exit=child_exit,
+            worker_exit=worker_exit, nworkers_changed=nworkers_changed)
+
+    def run(self) -> None:
+        """Serve under :class:`EndpointArbiter` (gunicorn's, steered in one signal); a
+        master that cannot start says why and exits 1, as gunicorn's own."""
+        try:
+            EndpointArbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load(self) -> WorkerApp:
         """Build the worker (import, model load) in a gunicorn worker process.
@@ -201,6 +201,48 @@ class EndpointServer(BaseApplication):
             # and logs the reason in one line (an AppImportError would print it again).
             raise SystemExit(Arbiter.APP_LOAD_ERROR) from None
         return build_app(self.spec, worker)
+
+
+class EndpointArbiter(Arbiter):
+    """gunicorn's master, steered to the manager's worker count in one signal.
+
+    The manager writes the count it wants (:func:`..contracts.workers_path`) and sends
+    one SIGTTIN (more) or SIGTTOU (fewer); the master forks, or gracefully stops, the
+    whole difference at once and reports its new count (``nworkers_changed``). Merged
+    signals lose nothing: each means "go to the count". Without a count written, a
+    signal is gunicorn's own step of one.
+    """
+
+    app: EndpointServer
+    num_workers: int  # gunicorn's property: its setter reports the count (nworkers_changed)
+
+    def handle_ttin(self) -> None:
+        if not self._steer():
+            super().handle_ttin()
+
+    def handle_ttou(self) -> None:
+        if not self._steer():
+            super().handle_ttou()
+
+    def _steer(self) -> bool:
+        """Take the manager's count; False when there is none to take."""
+        spec = self.app.spec
+        try:
+            count = int(Path(workers_path(spec.socket, spec.generation)).read_text())
+        except (OSError, ValueError):
+            return False
+        if not 1 <= count <= MAX_WORKERS:
+            return False
+        if count != self.num_workers:
+            self.num_workers = count
+            self.manage_workers()
+        return True
+
+    def spawn_workers(self) -> None:
+        """Fork every missing worker at once: gunicorn's own waits up to 0.1 s after each
+        fork, so the last of N added workers would start N x 50 ms late on average."""
+        for _ in range(self.num_workers - len(self.WORKERS)):
+            self.spawn_worker()
 
 
 class EndpointWorker(LoopWorker):

@@ -204,11 +204,12 @@ def test_shutdown_keeps_listeners_and_counts_no_failure():
 
 @pytest.mark.parametrize(("reported", "target", "sig"), [
     (1, 3, signal.SIGTTIN), (3, 1, signal.SIGTTOU), (2, 2, None)])
-def test_workers_are_steered_one_signal_at_a_time(reported, target, sig):
+def test_workers_are_steered_to_the_target_in_one_signal(reported, target, sig):
     ep = endpoint()
     c = started(ep)
     assert ep.scale(target).signal is None  # no count reported yet: wait for gunicorn's
-    assert ep.workers_reported(c.generation, reported).signal == sig
+    change = ep.workers_reported(c.generation, reported)
+    assert change.signal == sig and change.workers == (target if sig else None)
     assert ep.workers_reported(c.generation + 1, reported).signal is None  # not serving
 
 
