@@ -48,6 +48,7 @@ Schema = dict[str, Any]
 Args = TypeVar("Args", bound=Mapping[str, Any])
 
 OBJECT: Schema = {"type": "object"}
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 STRING: Schema = {"type": "string"}
 
 
@@ -333,7 +334,7 @@ class Command(Generic[Args]):
         """A GET's query fields, an integer field's digits read as the integer (the
         check that follows says what else is wrong)."""
         hints = _hints(self.args)
-        return {k: int(v) if _base(hints.get(k)) is int and v.lstrip("-").isdigit() else v
+        return {k: int(v) if _base(hints.get(k)) is int and _INTEGER.fullmatch(v) else v
                 for k, v in query.items()}
 
 
@@ -350,9 +351,10 @@ class OnEndpoint(TypedDict):
 
 
 class StartArgs(TypedDict):
-    """The endpoint, and settings to start it with (checked as the configuration's)."""
+    """The endpoint (a version of one: ``name@label``), and settings to start it with;
+    both are checked as the configuration's."""
 
-    SIGNATURE: Annotated[Name, Doc("the endpoint's name (its file name without .py)")]
+    SIGNATURE: Signature
 
 
 class ScaleArgs(TypedDict):
@@ -372,7 +374,7 @@ class SupportReport(TypedDict, total=False):
     """A support process's status (its own keys besides), and who sent it (the front).
     A name of no endpoint is taken for the support process's."""
 
-    SIGNATURE: Required[Signature]
+    SIGNATURE: Required[str | None]
     __peer_addr__: str | None
     __peer_port__: int | str | None
 

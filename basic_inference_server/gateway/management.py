@@ -187,8 +187,10 @@ def build_management_app(front: Front) -> Flask:
         def view() -> Response:
             if route.admin:
                 admin_only()
-            command = COMMANDS[route.commands[request.method]]
-            if request.method == "GET":
+            # Flask answers HEAD with the GET's view.
+            method = "GET" if request.method == "HEAD" else request.method
+            command = COMMANDS[route.commands[method]]
+            if method == "GET":
                 return forward(command, command.from_query(request.args.to_dict()))
             raw = request.get_data(cache=False)
             return forward(command, protocol.parse_body(raw, MAX_MANAGEMENT_BODY) if raw else {})

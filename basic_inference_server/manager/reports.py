@@ -109,7 +109,7 @@ class ReportCommands:
         """
         core = self.core
         report = {k: v for k, v in args.items() if k not in (api.PEER_ADDR, api.PEER_PORT)}
-        name = args["SIGNATURE"]
+        name = args["SIGNATURE"] or ""
         ep = self._support_endpoint(name)
         if ep is None:
             return self._refuse(404, f"no support process named {name[:100]!r}")

@@ -79,7 +79,10 @@ def test_bad_control_requests_are_answered_and_survived(gw, raw):
 
 def test_a_failing_command_is_a_500_json(gw):
     before = core_pids(gw)
-    reply = control(gw, "health_sample", {"system": 1})
+    refused = control(gw, "health_sample", {"system": 1})
+    assert refused is not None and refused["status"] == 400, refused  # not its type
+    # Of the command's type, but without the fields the handler reads inside ``system``.
+    reply = control(gw, "health_sample", {"system": {}, "gpu": {}, "trees": {}})
     assert reply is not None and reply["status"] == 500, reply
     assert reply["body"]["ERROR_TYPE"] == "internal_error"
     assert "command health_sample failed" in gw.log_text() and "Traceback" in gw.log_text()

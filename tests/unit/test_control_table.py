@@ -169,6 +169,7 @@ def test_good_arguments_pass_and_keys_beyond_the_type_are_the_handlers():
     assert api.UPDATE_WORKERS.check({"SIGNATURE": "e", "NR_WORKERS": 256})["NR_WORKERS"] == 256
     assert api.START_SERVER.check({"SIGNATURE": "e", "NR_WORKERS": 2})["NR_WORKERS"] == 2
     assert api.HISTORY.from_query({"samples": "12", "x": "y"}) == {"samples": 12, "x": "y"}
+    assert api.HISTORY.from_query({"samples": "--5"}) == {"samples": "--5"}  # checked next
 
 
 def test_the_bounds_are_the_schema_of_the_route():
