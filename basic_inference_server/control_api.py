@@ -48,7 +48,7 @@ Schema = dict[str, Any]
 Args = TypeVar("Args", bound=Mapping[str, Any])
 
 OBJECT: Schema = {"type": "object"}
-_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_INTEGER = re.compile(r"-?[0-9]+")
 STRING: Schema = {"type": "string"}
 
 
@@ -122,6 +122,10 @@ class Doc:
 Name = Annotated[str, Rule(NAME_RULE, NAME_RULE_TEXT)]
 Signature = Annotated[str, Length(1), Doc("the endpoint's name (its file name without .py)")]
 Percent = Annotated[float, Range(0, 100)]
+# An endpoint, or one version of one ("name@label": traffic.settings.VERSION_SEP).
+Target = Annotated[str, Rule(re.compile(f"{NAME_RULE.pattern}(?:@{NAME_RULE.pattern})?"),
+                             f"an endpoint name ({NAME_RULE_TEXT}), or name@version"),
+                   Doc("the endpoint's name (its file name without .py), or name@version")]
 
 
 # -- checking a value against a type -------------------------------------------------------
@@ -334,8 +338,17 @@ class Command(Generic[Args]):
         """A GET's query fields, an integer field's digits read as the integer (the
         check that follows says what else is wrong)."""
         hints = _hints(self.args)
-        return {k: int(v) if _base(hints.get(k)) is int and _INTEGER.fullmatch(v) else v
-                for k, v in query.items()}
+        return {k: _integer(v) if _base(hints.get(k)) is int else v for k, v in query.items()}
+
+
+def _integer(text: str) -> int | str:
+    """``text`` as an integer when it is one (digits, within Python's limit on them)."""
+    if _INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _base(hint: Any) -> Any:
@@ -351,10 +364,10 @@ class OnEndpoint(TypedDict):
 
 
 class StartArgs(TypedDict):
-    """The endpoint (a version of one: ``name@label``), and settings to start it with;
-    both are checked as the configuration's."""
+    """The endpoint (a version of one: ``name@label``), and settings to start it with
+    (checked as the configuration's)."""
 
-    SIGNATURE: Signature
+    SIGNATURE: Target
 
 
 class ScaleArgs(TypedDict):

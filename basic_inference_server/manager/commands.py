@@ -19,7 +19,7 @@ from ..config import EndpointConfig, file_section, parse_endpoint
 from ..contracts import probe_path
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
-from ..traffic.settings import TRAFFIC_KEYS
+from ..traffic.settings import TRAFFIC_KEYS, VERSION_SEP
 from .children import Service
 from .control import Reply, error, handles
 from .core import EXIT_OK, Core
@@ -97,20 +97,34 @@ class EndpointCommands:
         ep = self.core.endpoints.get(name)
         if ep is not None and ep.state not in RESTARTABLE:
             return self._running(ep, overrides)
+        if ep is None and VERSION_SEP in name:
+            return self._unknown_version(name)
         try:
             cfg = self._checked_config(name, ep, overrides)
         except ConfigError as exc:
             return error(400, str(exc))
         except DiscoveryError as exc:
             return error(404, str(exc))
+        ep = self._configured(name, ep, cfg, bool(overrides))
+        self.core.start_endpoint(ep)
+        return 200, {"RESULT": f"{name} starting", **ep.describe()}
+
+    def _configured(self, name: str, ep: Endpoint | None, cfg: EndpointConfig,
+                    changed: bool) -> Endpoint:
+        """The endpoint to start: a new one, or ``ep`` with ``cfg`` when its settings
+        ``changed``; its failures forgotten."""
         if ep is None:
             ep = self.core.endpoints[name] = Endpoint(config=cfg,
                                                       target_workers=cfg.settings["NR_WORKERS"])
-        elif overrides:
+        elif changed:
             self.core.apply(ep, ep.reconfigure(cfg))
         ep.reset_failures()
-        self.core.start_endpoint(ep)
-        return 200, {"RESULT": f"{name} starting", **ep.describe()}
+        return ep
+
+    @staticmethod
+    def _unknown_version(name: str) -> Reply:
+        return error(404, f"unknown version {name[:100]!r}: the versions of an endpoint are "
+                          f"those its VERSIONS name in the configuration file")
 
     @staticmethod
     def _running(ep: Endpoint, overrides: dict[str, Any]) -> Reply:
