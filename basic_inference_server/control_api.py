@@ -1,8 +1,7 @@
 """The manager's control commands, declared once: name, argument type, reply.
 
-A command's arguments are a ``TypedDict``; bounds and rules ride on its fields as
-``Annotated`` metadata (:class:`Range`, :class:`Length`, :class:`Rule`). From that one
-type:
+A command's arguments are a ``TypedDict`` (:mod:`.typed_args`: bounds and rules ride on
+its fields as ``Annotated`` metadata). From that one type:
 
 - the manager checks every request (:meth:`Command.check`), once, before its handler
   runs: a wrong argument is a 400 that names it;
@@ -10,114 +9,38 @@ type:
   OpenAPI document shows;
 - mypy checks what each sender puts in and what each handler reads.
 
-Every sender builds its request with :meth:`Command.request`, which mypy checks against
-the command's type (the front's management
+Every sender builds its request with :meth:`Command.request` (the front's management
 routes, the supervisor, the job runner, the front's traffic reports, the dashboard);
 the manager finds the handler by the command, never by a string convention.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import (
-    Annotated,
-    Any,
-    Generic,
-    Literal,
-    NotRequired,
-    Required,
-    TypedDict,
-    TypeVar,
-    Union,
-    get_args,
-    get_origin,
-    get_type_hints,
-    is_typeddict,
-)
+from typing import Annotated, Any, Generic, Literal, Required, TypedDict, TypeVar, get_args, get_origin
 
-from .errors import BadRequest
 from .ipc import PEER_ADDR, PEER_PORT
 from .setting import MAX_SECONDS, MAX_WORKERS, NAME_RULE, NAME_RULE_TEXT
+from .typed_args import (
+    Doc,
+    Length,
+    Range,
+    Rule,
+    Schema,
+    answer,
+    check_fields,
+    field_hints,
+    fields_schema,
+)
 
-Schema = dict[str, Any]
 # The arguments' type of a command (a TypedDict).
 Args = TypeVar("Args", bound=Mapping[str, Any])
 
 OBJECT: Schema = {"type": "object"}
-_INTEGER = re.compile(r"-?[0-9]+")
 STRING: Schema = {"type": "string"}
-
-
-# -- the rules a field may carry -----------------------------------------------------------
-@dataclass(frozen=True)
-class Range:
-    """A number's bounds (``None``: unbounded); ``above`` makes ``low`` exclusive."""
-
-    low: float | None = None
-    high: float | None = None
-    above: bool = False
-
-    def problem(self, value: float) -> str | None:
-        low_ok = self.low is None or (value > self.low if self.above else value >= self.low)
-        high_ok = self.high is None or value <= self.high
-        if low_ok and high_ok:
-            return None
-        parts = [f"{'>' if self.above else '>='} {self.low:g}" if self.low is not None else "",
-                 f"<= {self.high:g}" if self.high is not None else ""]
-        return "must be " + " and ".join(p for p in parts if p)
-
-    def schema(self) -> Schema:
-        out: Schema = {}
-        if self.low is not None:
-            out["exclusiveMinimum" if self.above else "minimum"] = self.low
-        if self.high is not None:
-            out["maximum"] = self.high
-        return out
-
-
-@dataclass(frozen=True)
-class Length:
-    """How many characters a string, or items a list, may have."""
-
-    low: int = 0
-    high: int | None = None
-
-    def problem(self, value: str | list[Any]) -> str | None:
-        if len(value) >= self.low and (self.high is None or len(value) <= self.high):
-            return None
-        return f"must have {self.low} to {self.high if self.high is not None else 'any'} items" \
-            if isinstance(value, list) else \
-            f"must be {self.low} to {self.high if self.high is not None else 'any'} characters"
-
-    def schema(self, of: str) -> Schema:
-        low, high = ("minItems", "maxItems") if of == "array" else ("minLength", "maxLength")
-        return {low: self.low, **({high: self.high} if self.high is not None else {})}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A string's pattern (matched whole), with what it means in words."""
-
-    pattern: re.Pattern[str]
-    text: str
-
-    def problem(self, value: str) -> str | None:
-        return None if self.pattern.fullmatch(value) else f"must be {self.text}"
-
-    def schema(self) -> Schema:
-        return {"pattern": f"^{self.pattern.pattern}$"}
-
-
-@dataclass(frozen=True)
-class Doc:
-    """What a field is, for the API's documentation."""
-
-    text: str
-
+_INTEGER = re.compile(r"-?[0-9]+")
 
 Name = Annotated[str, Rule(NAME_RULE, NAME_RULE_TEXT)]
 Signature = Annotated[str, Length(1), Doc("the endpoint's name (its file name without .py)")]
@@ -126,182 +49,6 @@ Percent = Annotated[float, Range(0, 100)]
 Target = Annotated[str, Rule(re.compile(f"{NAME_RULE.pattern}(?:@{NAME_RULE.pattern})?"),
                              f"an endpoint name ({NAME_RULE_TEXT}), or name@version"),
                    Doc("the endpoint's name (its file name without .py), or name@version")]
-
-
-# -- checking a value against a type -------------------------------------------------------
-_KINDS: dict[type, str] = {str: "a string", bool: "true or false", int: "an integer",
-                           float: "a number", dict: "an object", list: "an array"}
-
-
-def _fits(value: Any, kind: type) -> bool:
-    """JSON's view of Python types: a bool is no number, an int is a float, and a float
-    without a fraction (``2.0``) is an integer."""
-    if isinstance(value, bool):
-        return kind is bool
-    if kind is float:
-        return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
-    if kind is int and isinstance(value, float):
-        return math.isfinite(value) and value.is_integer()
-    return isinstance(value, kind)
-
-
-def check_value(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as a ``hint`` (an integer sent as ``2.0`` becomes ``2``); raise
-    :class:`..errors.BadRequest` naming ``where`` when it is not one."""
-    origin = get_origin(hint)
-    if hint is Any or (value is None and hint is type(None)):
-        return value
-    if origin is Annotated:
-        return _check_annotated(value, hint, where)
-    if origin is Literal:
-        if not any(value == v and type(value) is type(v) for v in get_args(hint)):
-            raise BadRequest(f"{where} must be one of {list(get_args(hint))}, got {_shown(value)}")
-        return value
-    if origin in (Union, types.UnionType):
-        return _check_union(value, hint, where)
-    if is_typeddict(hint):
-        return check_fields(value, hint, where)
-    return _check_plain(value, hint, where)
-
-
-def _check_annotated(value: Any, hint: Any, where: str) -> Any:
-    base, *rules = get_args(hint)
-    value = check_value(value, base, where)
-    for rule in rules:
-        problem = rule.problem(value) if hasattr(rule, "problem") else None
-        if problem:
-            raise BadRequest(f"{where} {problem}, got {_shown(value)}")
-    return value
-
-
-def _check_union(value: Any, hint: Any, where: str) -> Any:
-    errors = []
-    for option in get_args(hint):
-        try:
-            return check_value(value, option, where)
-        except BadRequest as exc:
-            errors.append(exc.message)
-    raise BadRequest(" or ".join(errors))
-
-
-def _check_plain(value: Any, hint: Any, where: str) -> Any:
-    """A str, bool, int, float, or a list or dict (of typed items when the hint says)."""
-    kind = get_origin(hint) or hint
-    if not _fits(value, kind):
-        raise BadRequest(f"{where} must be {_KINDS.get(kind, kind.__name__)}, got {_shown(value)}")
-    if kind is int:
-        return int(value)
-    if kind is list and get_args(hint):
-        return [check_value(item, get_args(hint)[0], f"{where}[{i}]")
-                for i, item in enumerate(value)]
-    if kind is dict and get_args(hint):
-        keys, values = get_args(hint)
-        return {check_value(key, keys, f"{where} key"):
-                check_value(item, values, f"{where}.{str(key)[:100]}")
-                for key, item in value.items()}
-    return value
-
-
-def check_fields(value: Any, typed: type, where: str = "") -> dict[str, Any]:
-    """``value``, an object holding ``typed``'s required keys, each of its type; other
-    keys are left to the handler (``/start_server``'s settings, a support report)."""
-    if not isinstance(value, dict):
-        raise BadRequest(f"{where or 'the arguments'} must be a JSON object")
-    missing = sorted(required_keys(typed) - set(value))
-    if missing:
-        raise BadRequest(f"{where + ': ' if where else ''}{', '.join(missing)} "
-                         f"{'is' if len(missing) == 1 else 'are'} required")
-    prefix = f"{where}." if where else ""
-    hints = _hints(typed)
-    return {key: check_value(item, hints[key], prefix + key) if key in hints else item
-            for key, item in value.items()}
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-def required_keys(typed: type) -> set[str]:
-    """The keys ``typed`` requires. Read from its hints: with postponed annotations,
-    Python 3.11's ``__required_keys__`` misses ``Required[...]``."""
-    total = getattr(typed, "__total__", True)
-    hints = get_type_hints(typed, include_extras=True)
-    return {k for k, h in hints.items()
-            if get_origin(h) is Required or (total and get_origin(h) is not NotRequired)}
-
-
-def _hints(typed: type) -> dict[str, Any]:
-    hints = get_type_hints(typed, include_extras=True)
-    return {k: get_args(h)[0] if get_origin(h) in (Required, NotRequired) else h
-            for k, h in hints.items()}
-
-
-# -- the same type as JSON Schema ------------------------------------------------------------
-def schema_of(hint: Any) -> Schema:
-    """JSON Schema of a type as :func:`check_value` reads it."""
-    origin = get_origin(hint)
-    if hint is Any:
-        return {}
-    if origin is Annotated:
-        return _annotated_schema(hint)
-    if origin is Literal:
-        values = list(get_args(hint))
-        return {"const": values[0]} if len(values) == 1 else {"enum": values}
-    if origin in (Union, types.UnionType):
-        return {"anyOf": [schema_of(option) for option in get_args(hint)]}
-    if hint is type(None):
-        return {"type": "null"}
-    if is_typeddict(hint):
-        return fields_schema(hint)
-    return _plain_schema(hint)
-
-
-def _annotated_schema(hint: Any) -> Schema:
-    base, *rules = get_args(hint)
-    out = schema_of(base)
-    for rule in rules:
-        if isinstance(rule, Length):
-            out.update(rule.schema(out.get("type", "string")))
-        elif isinstance(rule, Doc):
-            out["description"] = rule.text
-        elif hasattr(rule, "schema"):
-            out.update(rule.schema())
-    return out
-
-
-def _plain_schema(hint: Any) -> Schema:
-    kind = get_origin(hint) or hint
-    out: Schema = {"type": {str: "string", bool: "boolean", int: "integer", float: "number",
-                            dict: "object", list: "array"}[kind]}
-    if kind is list and get_args(hint):
-        out["items"] = schema_of(get_args(hint)[0])
-    elif kind is dict and get_args(hint):
-        keys, values = get_args(hint)
-        names = schema_of(keys)
-        if names != {"type": "string"}:
-            out["propertyNames"] = names
-        if values is not Any:
-            out["additionalProperties"] = schema_of(values)
-    return out
-
-
-def fields_schema(typed: type) -> Schema:
-    """An object with ``typed``'s fields (others are allowed)."""
-    out: Schema = {"type": "object",
-                   "properties": {k: schema_of(h) for k, h in _hints(typed).items()}}
-    required = [k for k in _hints(typed) if k in required_keys(typed)]
-    if required:
-        out["required"] = required
-    return out
-
-
-def answer(required: tuple[str, ...] = (), **props: Schema) -> Schema:
-    """A reply: a JSON object with these properties (others are allowed)."""
-    schema: Schema = {"type": "object", "properties": props}
-    if required:
-        schema["required"] = list(required)
-    return schema
 
 
 # -- the commands ----------------------------------------------------------------------------
@@ -337,7 +84,7 @@ class Command(Generic[Args]):
     def from_query(self, query: Mapping[str, str]) -> dict[str, Any]:
         """A GET's query fields, an integer field's digits read as the integer (the
         check that follows says what else is wrong)."""
-        hints = _hints(self.args)
+        hints = field_hints(self.args)
         return {k: _integer(v) if _base(hints.get(k)) is int else v for k, v in query.items()}
 
 

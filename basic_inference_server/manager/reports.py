@@ -32,6 +32,11 @@ SUPPORT_MAX_BYTES = 64 * 1024
 SUPPORT_MAX_DEPTH = 32
 
 
+def _running_pid(ep: Endpoint) -> int | None:
+    """The pid of ``ep``'s process while it runs."""
+    return ep.child.pid if ep.child is not None and ep.child.poll() is None else None
+
+
 class ReportCommands:
     """The commands that take in and hand out what the tree reports."""
 
@@ -114,7 +119,7 @@ class ReportCommands:
         if ep is None:
             return self._refuse(404, f"no support process named {name[:100]!r}")
         forbidden = f"only the support process {ep.name} itself may report its status"
-        owner = ep.child.pid if ep.child is not None and ep.child.poll() is None else None
+        owner = _running_pid(ep)
         peer = self._local_peer(args.get("__peer_addr__"), args.get("__peer_port__"))
         if owner is None or peer is None or core.local_address is None:
             return self._refuse(403, forbidden)
