@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, Literal, Required, TypedDict, TypeVar, get_args, get_origin
 
 from .ipc import PEER_ADDR, PEER_PORT
-from .setting import MAX_SECONDS, MAX_WORKERS, NAME_RULE, NAME_RULE_TEXT
+from .names import NAME_RULE, NAME_RULE_TEXT, VERSION_SEP
+from .setting import MAX_SECONDS, MAX_WORKERS
 from .typed_args import (
     Doc,
     Length,
@@ -45,8 +46,8 @@ _INTEGER = re.compile(r"-?[0-9]+")
 Name = Annotated[str, Rule(NAME_RULE, NAME_RULE_TEXT)]
 Signature = Annotated[str, Length(1), Doc("the endpoint's name (its file name without .py)")]
 Percent = Annotated[float, Range(0, 100)]
-# An endpoint, or one version of one ("name@label": traffic.settings.VERSION_SEP).
-Target = Annotated[str, Rule(re.compile(f"{NAME_RULE.pattern}(?:@{NAME_RULE.pattern})?"),
+# An endpoint, or one version of one ("name@label").
+Target = Annotated[str, Rule(re.compile(f"{NAME_RULE.pattern}(?:{VERSION_SEP}{NAME_RULE.pattern})?"),
                              f"an endpoint name ({NAME_RULE_TEXT}), or name@version"),
                    Doc("the endpoint's name (its file name without .py), or name@version")]
 

@@ -40,6 +40,7 @@ class Range:
     above: bool = False
 
     def problem(self, value: float) -> str | None:
+        """What is wrong with ``value``, or None."""
         low_ok = self.low is None or (value > self.low if self.above else value >= self.low)
         high_ok = self.high is None or value <= self.high
         if low_ok and high_ok:
@@ -49,6 +50,7 @@ class Range:
         return "must be " + " and ".join(p for p in parts if p)
 
     def schema(self) -> Schema:
+        """The bounds in JSON Schema."""
         out: Schema = {}
         if self.low is not None:
             out["exclusiveMinimum" if self.above else "minimum"] = self.low
@@ -65,6 +67,7 @@ class Length:
     high: int | None = None
 
     def problem(self, value: str | list[Any]) -> str | None:
+        """What is wrong with ``value``, or None."""
         if len(value) >= self.low and (self.high is None or len(value) <= self.high):
             return None
         return f"must have {self.low} to {self.high if self.high is not None else 'any'} items" \
@@ -72,6 +75,7 @@ class Length:
             f"must be {self.low} to {self.high if self.high is not None else 'any'} characters"
 
     def schema(self, of: str) -> Schema:
+        """The length in JSON Schema, of a string or (``of`` "array") a list."""
         low, high = ("minItems", "maxItems") if of == "array" else ("minLength", "maxLength")
         return {low: self.low, **({high: self.high} if self.high is not None else {})}
 
@@ -84,9 +88,11 @@ class Rule:
     text: str
 
     def problem(self, value: str) -> str | None:
+        """What is wrong with ``value``, or None."""
         return None if self.pattern.fullmatch(value) else f"must be {self.text}"
 
     def schema(self) -> Schema:
+        """The pattern in JSON Schema."""
         return {"pattern": f"^{self.pattern.pattern}$"}
 
 

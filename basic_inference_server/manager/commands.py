@@ -19,7 +19,8 @@ from ..config import EndpointConfig, file_section, parse_endpoint
 from ..contracts import probe_path
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
-from ..traffic.settings import TRAFFIC_KEYS, VERSION_SEP
+from ..names import VERSION_SEP
+from ..traffic.settings import TRAFFIC_KEYS
 from .children import Service
 from .control import Reply, error, handles
 from .core import EXIT_OK, Core

@@ -66,6 +66,7 @@ class Inbox:
             signal.signal(sig, lambda _s, _f: None)
 
     def close(self) -> None:
+        """Stop routing the signals; close the wake-up pipe."""
         signal.set_wakeup_fd(-1)
         self._wake_r.close()
         self._wake_w.close()
@@ -92,6 +93,7 @@ class Inbox:
                         core.reload_endpoint(ep)
 
     def read_notify(self, sock: socket.socket) -> None:
+        """Every event waiting on the notify socket; a bad one is logged and dropped."""
         while True:
             try:
                 data = sock.recv(MAX_MESSAGE)

@@ -46,6 +46,7 @@ class Spawner:
         self._next_port = core.port + 1 if first is None else first
 
     def front(self) -> Child:
+        """The gateway front, on the gateway's socket, with a fresh metrics folder."""
         core = self.core
         assert core.front_listener is not None
         metrics = core.run_dir / "metrics"
@@ -60,10 +61,12 @@ class Spawner:
                                 "BIS_SERVER_METRICS_DIR": str(core.server_metrics)})
 
     def supervisor(self) -> Child:
+        """The supervisor."""
         spec = supervisor_spec(self.core.config, self.core.paths, str(self.core.cache_dir))
         return self._spawn("supervisor", "supervisor", SUPERVISOR_MODULE, spec)
 
     def jobrunner(self) -> Child:
+        """The job runner, given the front's address and its own credential."""
         core = self.core
         url = front_url(core.host, core.port, bool(core.config["TLS_CERT"]))
         spec = jobrunner_spec(core.config, core.paths, core.jobs.to_dict(), url,
