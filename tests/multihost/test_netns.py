@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.client.conftest import token_env
-from tests.conftest import FIXTURE_ENDPOINTS, ROOT, RUN_GATEWAY, assert_ok
+from tests.conftest import FIXTURE_ENDPOINTS, ROOT, RUN_GATEWAY, assert_ok, wait_until
 from tests.multihost.driver import payload
 from tests.multihost.netns import Lab, sh
 
@@ -209,11 +209,7 @@ def _strip(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in PER_CALL}
 
 
-def _wait_lines(path: Path, count: int, timeout: float = 60) -> None:
+def _wait_lines(path: Path, count: int) -> None:
     """Until the stream has submitted ``count`` jobs (the stream is the clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the stream did not reach {count} jobs in {timeout} s")
+    wait_until(lambda: path.exists() and len(path.read_text().splitlines()) >= count,
+               timeout=60, message=f"the stream reached {count} jobs")
