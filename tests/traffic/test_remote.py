@@ -223,7 +223,12 @@ def test_https_remote_checked_against_a_private_ca(gateways, tmp_path):
     assert assert_ok(a.run("rem", i=1))["echo"] == {"i": 1}
     wait_until(lambda: reachable(a, url) is True, timeout=10, message="B probed over HTTPS")
     # Without it, the certificate is refused: no request is sent in clear or unchecked.
-    untrusting = gateways({"CONFIG_ENDPOINTS": {"rem": section}})
+    # Its probes may find B unreachable before /health/ready is first asked (that is never
+    # 200 again), so the gateway is awaited up and either. Either way the answer names the
+    # refusal (the forward's, or the probes').
+    untrusting = gateways({"CONFIG_ENDPOINTS": {"rem": section}}, wait=None)
+    untrusting.wait_state("rem", ("READY", "UNREACHABLE"), timeout=30)
     body = assert_error(untrusting.run("rem", i=2), 503)
     assert "CERTIFICATE_VERIFY_FAILED" in body["ERROR"]
-    untrusting.wait_state("rem", "UNREACHABLE", timeout=15)
+    info = untrusting.wait_state("rem", "UNREACHABLE", timeout=15)
+    assert "CERTIFICATE_VERIFY_FAILED" in info["last_error"]
