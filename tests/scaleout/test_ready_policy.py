@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from basic_inference_server.config import parse_config
 from basic_inference_server.errors import ConfigError
 from basic_inference_server.gateway.readiness import waiting_for
-from tests.conftest import assert_ok
+from tests.conftest import FIXTURE_ENDPOINTS, assert_ok, wait_until, write_endpoint
 
 STATES = {"a": "READY", "b": "CRASHLOOP", "c": "STOPPED"}
 
@@ -52,3 +54,79 @@ def test_a_crashlooping_endpoint_keeps_the_box_ready_under_any(gateways):
     assert assert_ok(lenient.get("/health/ready"))["status"] == "ready"
     resp = named.get("/health/ready")
     assert resp.status_code == 503 and resp.json()["status"] == "not ready"
+
+
+# Loads only once the test creates the file named by GATE: the test decides when it is READY.
+GATED = '''
+import time
+from pathlib import Path
+
+from basic_inference_server import FlaskWorker
+
+_CONFIG = {"GATE": ""}
+
+
+class GatedWorker(FlaskWorker):
+    def _load_model(self):
+        deadline = time.monotonic() + 60
+        while not Path(self.cfg_gate).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test never opened the gate")
+            time.sleep(0.02)
+
+    def _pre_process(self, inputs):
+        return inputs
+
+    def _predict(self, prep_inputs):
+        return "loaded"
+
+    def _post_process(self, pred):
+        return {"status": pred}
+'''
+
+
+def poll_ready(gw, answers: list, until) -> None:
+    """GET /health/ready from the gateway's first answer on, each answer kept, until
+    ``until(answers)``; a front not listening yet is not an answer."""
+    def polled():
+        gw._check_alive()
+        resp = gw.get("/health/ready", timeout=2)
+        answers.append((resp.status_code, resp.json()["endpoints"]))
+        return until(answers)
+
+    wait_until(polled, timeout=60, interval=0.01, message="/health/ready answers as expected")
+
+
+# The manager starts (and publishes as STARTING) every enabled endpoint before it launches
+# the front: no answer may count an endpoint not started yet as an idle STOPPED one.
+@pytest.mark.parametrize("policy", ["all", ["gated"]])
+def test_ready_waits_from_the_first_answer_for_every_endpoint_the_policy_names(
+        gateways, tmp_path, policy):
+    endpoints = tmp_path / "endpoints"
+    shutil.copytree(FIXTURE_ENDPOINTS, endpoints, ignore=shutil.ignore_patterns("__pycache__"))
+    write_endpoint(endpoints, "gated", GATED)
+    gate = tmp_path / "gate"
+    configured = {"echo": {}, "gated": {"GATE": str(gate)},
+                  "echo_then_gated": {"PIPELINE": {"STEPS": [
+                      {"ID": "a", "SIGNATURE": "echo", "INPUT": {}},
+                      {"ID": "b", "SIGNATURE": "gated", "INPUT": {}}]}},
+                  "off": {"DISABLED": True}}
+    gw = gateways({"READY_POLICY": policy, "CONFIG_ENDPOINTS": configured}, wait=None,
+                  endpoints=endpoints)
+    answers: list[tuple[int, dict]] = []
+    # Up to the moment the fast endpoints are READY and the gated one still loads.
+    poll_ready(gw, answers, lambda a: a[-1][1].get("echo") == "READY")
+    assert gw.state("gated") == "STARTING"
+    gate.touch()
+    poll_ready(gw, answers, lambda a: a[-1][0] == 200)
+    assert gw.state("gated") == "READY"
+    opened = next(i for i, (_, states) in enumerate(answers) if states["gated"] == "READY")
+    # Not ready before the gated endpoint was; from the first answer on, every enabled
+    # endpoint is in the table, and 200 means each one READY.
+    assert [status for status, _ in answers[:opened]] == [503] * opened
+    for status, states in answers:
+        assert set(states) == {"echo", "gated", "echo_then_gated", "off"}, states
+        assert states["off"] == "STOPPED"
+        if status == 200:
+            assert {s for n, s in states.items() if n != "off"} == {"READY"}, states
+    assert gw.run("echo_then_gated").status_code == 200
