@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from basic_inference_server.config import parse_config
+from basic_inference_server.contracts import RouteSnapshot
 from basic_inference_server.errors import ConfigError
-from basic_inference_server.gateway.readiness import waiting_for
+from basic_inference_server.gateway.readiness import table_waiting, waiting_for
 from tests.conftest import FIXTURE_ENDPOINTS, assert_ok, wait_until, write_endpoint
 
 STATES = {"a": "READY", "b": "CRASHLOOP", "c": "STOPPED"}
@@ -29,6 +30,12 @@ def test_any_needs_one_ready_endpoint_when_some_started():
     assert waiting_for({"a": "STARTING", "b": "FAILED"}, "any") == {"a": "STARTING", "b": "FAILED"}
     assert waiting_for({"a": "STOPPED"}, "any") == {}
     assert waiting_for({}, "all") == {}
+
+
+def test_a_front_that_never_read_the_route_table_is_not_ready():
+    # The empty table a front holds before its first read is not "no endpoint started".
+    assert table_waiting(RouteSnapshot()) == {"route table": "UNREAD"}
+    assert table_waiting(RouteSnapshot(written_at=1.0)) == {}
 
 
 @pytest.mark.parametrize("bad", ["some", [], [1], ["ok", ""], 3])
