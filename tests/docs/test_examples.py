@@ -110,6 +110,11 @@ class DemoGateways:
                    message="the gateway wrote _cache/admin_token")
         gw.token = token.read_text().strip() if token.exists() else None
         gw.wait_ready(timeout=120)
+        # Ready as this gateway's own: a manager that lost its port to another process
+        # exits, and that process may answer /health/ready; it refuses this admin token.
+        resp = gw.get("/list_servers")
+        assert resp.status_code == 200, (f"another process answers on port {port}: "
+                                         f"{resp.status_code} {resp.text}\n{gw.log_tail(30)}")
         return gw
 
     def close(self) -> None:
