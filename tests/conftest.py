@@ -10,6 +10,8 @@ no process of the tree is left: the tree must follow its manager (die-with-paren
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import re
@@ -65,6 +67,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
                 f"not true within {timeout:g} s: {message or getattr(predicate, '__name__', predicate)}"
                 f"{extra}")
         time.sleep(interval)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005,
+                message: str = "") -> Any:
+    """:func:`wait_until` in an event loop (its other tasks run between polls); what
+    ``predicate`` returns is awaited when it is awaitable."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not true within {timeout:g} s: {message or predicate}"
+        await asyncio.sleep(interval)
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ from .api_table import Route, paths_listing, register
 from .dashboard import dashboard_views
 from .jobs import job_views
 from .openapi import document_text
-from .readiness import waiting_for
+from .readiness import table_waiting
 from .traffic_metrics import TrafficCollector
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ def build_management_app(front: Front) -> Flask:
     def ready() -> Response:
         table = front.routes.table()
         states = {n: r.state.value for n, r in table.endpoints.items()}
-        waiting = waiting_for(states, table.ready_policy)
+        waiting = table_waiting(table)
         status = 503 if waiting else 200
         headers = [("Retry-After", "1")] if waiting else []
         return reply(status, {"status": "ready" if status == 200 else "not ready",

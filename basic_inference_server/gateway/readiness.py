@@ -8,7 +8,7 @@ list names the endpoints the box cannot serve without.
 
 from __future__ import annotations
 
-from ..contracts import EndpointState
+from ..contracts import EndpointState, RouteSnapshot
 
 READY = EndpointState.READY.value
 # An endpoint nobody started (DISABLED, or stopped by /kill_server) is no reason to wait.
@@ -24,3 +24,13 @@ def waiting_for(states: dict[str, str], policy: str | list[str]) -> dict[str, st
     if policy == "any":
         return not_ready if started and len(not_ready) == len(started) else {}
     return not_ready
+
+
+def table_waiting(table: RouteSnapshot) -> dict[str, str]:
+    """:func:`waiting_for` over the front's route table. A table never read (the front
+    could not read the manager's file yet) names no endpoint, which would read as "none
+    started": not ready, whatever the policy."""
+    if not table.written_at:
+        return {"route table": "UNREAD"}
+    return waiting_for({n: r.state.value for n, r in table.endpoints.items()},
+                       table.ready_policy)

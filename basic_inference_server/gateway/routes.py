@@ -30,7 +30,10 @@ class RouteTable:
     def table(self, fresh: bool = False) -> RouteSnapshot:
         """The table as last read; read again first when it may have changed."""
         now = time.monotonic()
-        if not fresh and now - self._checked < CHECK_EVERY:
+        # Until a first read succeeds there is no table to serve from the cache: the
+        # check below is marked before the read, so a second thread within 50 ms of the
+        # first caller would get the empty table (no endpoint: /health/ready said 200).
+        if not fresh and self._read and now - self._checked < CHECK_EVERY:
             return self._table
         self._checked = now
         try:

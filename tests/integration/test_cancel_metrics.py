@@ -13,6 +13,7 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import wait_until
+from tests.jobs.sse import leave_after_first_chunk
 
 CONFIG = {"CONFIG_ENDPOINTS": {
     "streamer": {"NR_WORKERS": 1},
@@ -49,11 +50,7 @@ def test_cancelled_work_is_counted_by_endpoint_and_reason(gateways, tmp_path):
 
     # A stream its caller leaves after the first chunk.
     made = tmp_path / "made"
-    with httpx.Client(timeout=60) as client, connect_sse(
-            client, "POST", gw.url("/run"), json={"SIGNATURE": "streamer", "N": 100_000,
-                                                  "DELAY_MS": 10, "COUNTER": str(made)}
-    ) as source:
-        assert next(source.iter_sse()).event == "chunk"
+    leave_after_first_chunk(gw, SIGNATURE="streamer", N=100_000, DELAY_MS=10, COUNTER=str(made))
     wait_until(lambda: word(made) == "exit", timeout=30, message="the generator was closed")
     wait_until(lambda: cancelled(gw) == {("streamer", "client_gone"): 2.0}, timeout=10,
                message="the stream counted as client_gone")

@@ -12,9 +12,11 @@ import requests
 
 from tests.conftest import Traffic, assert_ok, is_gone, wait_until
 
+STOP_TIMEOUT = 30
 
-def test_one_worker_server_stops_within_3_s_after_load(gateways):
-    gw = gateways({"STOP_TIMEOUT": 30,
+
+def test_one_worker_server_stops_at_once_after_load(gateways):
+    gw = gateways({"STOP_TIMEOUT": STOP_TIMEOUT,
                    "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1, "TCP_PORT": True}}})
     info = gw.server("slow")
     port = info["port"]
@@ -33,6 +35,7 @@ def test_one_worker_server_stops_within_3_s_after_load(gateways):
                                        timeout=10))
         wait_until(lambda: traffic.ok > 20, timeout=10)
     assert not traffic.failures, traffic.failures[:3]
+    # The scenario: the silent connection has been idle past gthread's 5 s when the stop comes.
     time.sleep(max(0.0, 6 - (time.monotonic() - connected)))
     # One request in flight when the stop comes: it still gets its answer.
     answer: list[requests.Response] = []
@@ -44,14 +47,12 @@ def test_one_worker_server_stops_within_3_s_after_load(gateways):
     wait_until(marker.exists, timeout=30, message="the request is running")
     master = psutil.Process(info["pid"])
     tree = [master, *master.children(recursive=True)]
-    started = time.monotonic()
     master.send_signal(signal.SIGTERM)
-    wait_until(lambda: all(is_gone(p) for p in tree), timeout=10, interval=0.02,
-               message="the server and its worker exit")
-    took = time.monotonic() - started
+    # A connection that held the stop would hold it until STOP_TIMEOUT ends it by force.
+    wait_until(lambda: all(is_gone(p) for p in tree), timeout=STOP_TIMEOUT / 3, interval=0.02,
+               message="the server and its worker exit long before STOP_TIMEOUT")
     slow.join(10)
     assert answer and answer[0].status_code == 200, answer and answer[0].text
-    assert took < 3.0, f"the stop took {took:.1f} s"
     for session in sessions:
         session.close()
     silent.close()

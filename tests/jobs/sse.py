@@ -1,4 +1,5 @@
-"""Helpers of the job event tests: read ``GET /jobs/<id>/events`` with httpx-sse."""
+"""Server-sent events read with httpx-sse: a job's ``GET /jobs/<id>/events``, and a
+``/run`` stream that its caller leaves."""
 
 from __future__ import annotations
 
@@ -36,3 +37,11 @@ def delete(gw: Gateway, job_id: str, key: str | None = None) -> httpx.Response:
     """``DELETE /jobs/<id>``, with ``key`` (else no Authorization header)."""
     hdrs = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.delete(gw.url(f"/jobs/{job_id}"), headers=hdrs, timeout=30)
+
+
+def leave_after_first_chunk(gw: Gateway, **fields: Any) -> None:
+    """``POST /run`` of ``fields`` as a stream: read its first event (a chunk), then
+    close the connection, as a caller that leaves."""
+    with httpx.Client(timeout=60) as client, connect_sse(
+            client, "POST", gw.url("/run"), json=fields) as source:
+        assert next(source.iter_sse()).event == "chunk"

@@ -135,17 +135,25 @@ VERSIONED = {"streamer": {"NR_WORKERS": 1, "VERSIONS": {"v1": {}}}}
 MAX_POLLS_AFTER_CANCEL = 1000
 
 
+def cancel_a_polling_job(gw, signature: str, polling: Path) -> str:
+    """Submit a job whose ``_predict`` polls ``self.cancelled()`` (its count in the file
+    ``polling``), cancel it once it runs, and check that it stopped polling soon after:
+    the job's id."""
+    job_id = submit(gw, signature, POLL_MS=10, MAX_POLLS=100_000, COUNTER=str(polling))
+    wait_until(lambda: counter(polling)[1] >= 3, timeout=60, message="the job runs")
+    assert delete(gw, job_id).status_code == 202
+    _word, polls_at_cancel = counter(polling)
+    _word, polls = wait_until(lambda: (c := counter(polling))[0] == "stopped" and c, timeout=30,
+                              message=f"{signature}'s _predict saw self.cancelled()")
+    assert polls - polls_at_cancel <= MAX_POLLS_AFTER_CANCEL
+    return job_id
+
+
 @pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
 def test_cancel_reaches_a_job_the_job_runner_runs(queue_url, gateways, tmp_path):
     gw = gateways({"QUEUE": queue_url, "CONFIG_ENDPOINTS": VERSIONED})
     polling, streaming = tmp_path / "polling", tmp_path / "streaming"
-    job_id = submit(gw, "streamer", POLL_MS=10, MAX_POLLS=100_000, COUNTER=str(polling))
-    wait_until(lambda: counter(polling)[1] >= 3, timeout=60, message="the job runs")
-    assert delete(gw, job_id).status_code == 202
-    _word, polls_at_cancel = counter(polling)
-    word, polls = wait_until(lambda: (c := counter(polling))[0] == "stopped" and c, timeout=30,
-                             message="the endpoint's _predict saw self.cancelled()")
-    assert polls - polls_at_cancel <= MAX_POLLS_AFTER_CANCEL
+    job_id = cancel_a_polling_job(gw, "streamer", polling)
     rec = wait_status(gw, job_id, "cancelled")
     assert "RESULT" not in rec
 
@@ -172,14 +180,7 @@ def test_cancel_reaches_a_remote_endpoints_job_on_the_other_gateway(gateways, tm
     here = gateways({"CONFIG_ENDPOINTS": {"rem": {"URLS": [f"http://127.0.0.1:{remote.port}"],
                                                   "REMOTE_SIGNATURE": "streamer"}}})
     here.wait_state("rem", "READY", timeout=30)
-    polling = tmp_path / "polling"
-    job_id = submit(here, "rem", POLL_MS=10, MAX_POLLS=100_000, COUNTER=str(polling))
-    wait_until(lambda: counter(polling)[1] >= 3, timeout=60, message="the job runs")
-    assert delete(here, job_id).status_code == 202
-    _word, polls_at_cancel = counter(polling)
-    word, polls = wait_until(lambda: (c := counter(polling))[0] == "stopped" and c, timeout=30,
-                             message="the remote endpoint's _predict saw self.cancelled()")
-    assert polls - polls_at_cancel <= MAX_POLLS_AFTER_CANCEL
+    job_id = cancel_a_polling_job(here, "rem", tmp_path / "polling")
     assert "RESULT" not in wait_status(here, job_id, "cancelled")
     assert samples(here, "bis_cancelled_total", "rem")["job_running"] == 1
     # On the remote gateway it was a /run whose caller left.

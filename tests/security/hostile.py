@@ -1,10 +1,10 @@
 """What every hostile-input test measures: a probe's latency during an attack, and RSS.
 
-A test runs a :class:`Probe` (10 requests a second to a health path) once idle and once
-during its attack, and asserts that the attack's p99 is at most
-:func:`latency_bound` of the idle one; memory tests read the front processes' RSS
-(:func:`front_workers`, :func:`rss`) before and after and compare the growth with the
-bytes the attacker sent (:func:`rss_bound`).
+A test runs a :class:`Probe` (10 requests a second to a health path) once for a baseline
+(idle, or during benign traffic of the attack's size) and once during its attack, and
+asserts that the attack's p99 is at most :func:`latency_bound` of the baseline's;
+memory tests read the front processes' RSS (:func:`front_workers`, :func:`rss`) before
+and after and compare the growth with the bytes the attacker sent (:func:`rss_bound`).
 """
 
 from __future__ import annotations
@@ -76,18 +76,18 @@ class Probe:
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def latency_bound(idle_p99: float) -> float:
-    """The most an attack may bring a probe's p99 to: max(50 ms, 3x idle)."""
-    return max(0.05, 3 * idle_p99)
+def latency_bound(baseline_p99: float) -> float:
+    """The most an attack may bring a probe's p99 to: max(50 ms, 3x the baseline's)."""
+    return max(0.05, 3 * baseline_p99)
 
 
-def assert_probe_held(idle: Probe, attacked: Probe) -> None:
-    """The attack left the probe's p99 within :func:`latency_bound` of the idle one."""
-    bound = latency_bound(idle.p99())
+def assert_probe_held(baseline: Probe, attacked: Probe) -> None:
+    """The attack left the probe's p99 within :func:`latency_bound` of the baseline's."""
+    bound = latency_bound(baseline.p99())
     assert len(attacked.latencies) >= 5, attacked.latencies
     assert attacked.p99() <= bound, (
         f"probe p99 {attacked.p99() * 1000:.1f} ms during the attack, over "
-        f"{bound * 1000:.1f} ms (idle p99 {idle.p99() * 1000:.1f} ms); "
+        f"{bound * 1000:.1f} ms (baseline p99 {baseline.p99() * 1000:.1f} ms); "
         f"failures: {attacked.failures[:5]}")
 
 

@@ -16,6 +16,7 @@ from basic_inference_server.tenants.limits import Plan
 from basic_inference_server.tenants.redis_limits import RedisSource
 from basic_inference_server.tenants.resp import RespClient
 from basic_inference_server.tenants.shared import SharedLimits
+from tests.conftest import until
 
 DAY = 1 / 86400
 
@@ -70,13 +71,6 @@ def front(request) -> Fronts:
         return Fronts(lambda: Ahead(RedisSource(Counted(url), prefix)))
     shared = CountedShared(rows=4, slots=256)
     return Fronts(lambda: Ahead(shared))
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        assert asyncio.get_running_loop().time() < deadline, "not true in time"
-        await asyncio.sleep(0.02)
 
 
 def test_a_burst_is_exact_across_processes_taking_ahead(front):

@@ -29,9 +29,12 @@ CHAIN = {"STEPS": [{"ID": "count", "SIGNATURE": "primes", "INPUT": {"LIMIT": "$i
                     "TAG": "$steps.say.tag"}}
 BROKEN = {"STEPS": [{"ID": "count", "SIGNATURE": "primes", "INPUT": {"LIMIT": "$input.LIMIT"}},
                     {"ID": "explode", "SIGNATURE": "bad", "INPUT": {"N": "$steps.count.primes"}}]}
-# Two sleeps that need nothing from each other, then a step that needs both.
-FAN = {"STEPS": [{"ID": "left", "SIGNATURE": "slow", "INPUT": {"SECONDS": "$input.SECONDS"}},
-                 {"ID": "right", "SIGNATURE": "slow", "INPUT": {"SECONDS": "$input.SECONDS"}},
+# Two sleeps that need nothing from each other, each waiting for the other to start
+# (slow's MEET), then a step that needs both.
+FAN = {"STEPS": [{"ID": "left", "SIGNATURE": "slow", "INPUT": {
+                     "SECONDS": "$input.SECONDS", "MARKER": "$input.LEFT", "MEET": "$input.RIGHT"}},
+                 {"ID": "right", "SIGNATURE": "slow", "INPUT": {
+                     "SECONDS": "$input.SECONDS", "MARKER": "$input.RIGHT", "MEET": "$input.LEFT"}},
                  {"ID": "join", "SIGNATURE": "echo",
                   "INPUT": {"L": "$steps.left", "R": "$steps.right"}}],
        "OUTPUT": {"LEFT": "$steps.join.echo.L", "RIGHT": "$steps.join.echo.R"}}
@@ -111,11 +114,14 @@ def test_a_refused_input_keeps_its_status_and_names_its_step(gw: Gateway) -> Non
     assert "the request has no LIMIT" in missing["ERROR"]
 
 
-def test_independent_steps_run_in_parallel(gw: Gateway) -> None:
-    """Each sleep's own clock: the two overlap (a serial run could not)."""
-    body = assert_ok(gw.run("fan", SECONDS=1.5, _timeout=30))
+def test_independent_steps_run_in_parallel(gw: Gateway, tmp_path: Path) -> None:
+    """Each step waits for the other to start: they met (a serial run could not), and
+    by their own clocks they overlap."""
+    marks = {side: str(tmp_path / side) for side in ("LEFT", "RIGHT")}
+    body = assert_ok(gw.run("fan", SECONDS=0.2, **marks, _timeout=90))
     left, right = body["LEFT"], body["RIGHT"]
-    assert left["slept"] == right["slept"] == 1.5
+    assert left["met"] is right["met"] is True
+    assert left["slept"] == right["slept"] == 0.2
     assert left["started"] < right["finished"] and right["started"] < left["finished"]
     timings = {s["ID"]: s for s in body["PIPELINE"]["STEPS"]}
     assert timings["join"]["STARTED_MS"] >= max(

@@ -21,6 +21,7 @@ from basic_inference_server.wire.connection import (
     Request,
 )
 from basic_inference_server.wire.message import canonical
+from tests.conftest import until
 
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 
@@ -232,8 +233,8 @@ def test_no_answer_is_made_while_the_client_leaves_the_last_ones_unread() -> Non
         await settle()
         assert len(server.handled) == 2
         # A client that takes nothing more for send_timeout is dropped.
-        await asyncio.sleep(0.4)
-        assert transport.aborted and len(server.handled) == 2
+        await until(lambda: transport.aborted, message="the client is dropped")
+        assert len(server.handled) == 2
 
     run(main())
 

@@ -13,6 +13,7 @@ import httptools
 
 from basic_inference_server.wire.connection import HIGH_WATER, Answer, Request
 from basic_inference_server.wire.message import Streamed, threaded_chunks
+from tests.conftest import until
 from tests.unit.test_connection import Server, connect, run, settle
 
 GET = b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -146,6 +147,7 @@ def test_threaded_chunks_makes_each_chunk_off_the_loop_and_closes_after_the_one_
     threads: set[int] = set()
     steps: list[str] = []
     cancelled = threading.Event()
+    making = threading.Event()
     release = threading.Event()
 
     def produce() -> Iterator[bytes]:
@@ -153,6 +155,7 @@ def test_threaded_chunks_makes_each_chunk_off_the_loop_and_closes_after_the_one_
             for i in range(100):
                 threads.add(threading.get_ident())
                 if i == 2:
+                    making.set()
                     release.wait(5)  # the third chunk is in the making when the client leaves
                 steps.append(f"made {i}")
                 yield b"%d" % i
@@ -164,7 +167,7 @@ def test_threaded_chunks_makes_each_chunk_off_the_loop_and_closes_after_the_one_
             stream = threaded_chunks(Streamed(produce(), cancel=cancelled.set), pool)
             assert [await stream.__anext__(), await stream.__anext__()] == [b"0", b"1"]
             task = asyncio.ensure_future(stream.__anext__())
-            await asyncio.sleep(0.05)
+            await until(making.is_set, message="the third chunk is in the making")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             assert cancelled.is_set()  # told at once, while the chunk is still in the making

@@ -20,6 +20,7 @@ from basic_inference_server.gateway.dashboard_events import (
     stream,
 )
 from basic_inference_server.gateway.job_events import KEEPALIVE_COMMENT
+from tests.conftest import until
 
 
 def state(**servers: str) -> dict[str, Any]:
@@ -89,14 +90,6 @@ class Manager:
     async def read(self, _last: Snapshot | None) -> Snapshot:
         self.reads += 1
         return self.snapshot
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def test_each_change_is_sent_once_and_the_feed_stops_when_unwatched():

@@ -4,6 +4,7 @@ the same JSON as before (other processes read the file)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from basic_inference_server.config import parse_endpoint
@@ -52,3 +53,12 @@ def test_a_front_reads_what_the_manager_wrote(tmp_path: Path) -> None:
     assert snapshot.endpoints["echo"].state is EndpointState.READY
     assert snapshot.endpoints["pipe"].pipeline is not None and not snapshot.no_startup_wait
     assert snapshot.traffic["clf"].versions == {"v1": "clf@v1"}
+
+
+def test_a_table_never_read_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "routes.json"
+    write_routes(path, endpoints(), SETTINGS, {})
+    routes = RouteTable(str(path))
+    # Another thread has just begun the first read: the check is marked, nothing read yet.
+    routes._checked = time.monotonic()
+    assert set(routes.table().endpoints) == {"echo", "pipe", "far"}

@@ -16,6 +16,7 @@ from basic_inference_server.gateway import metrics
 from basic_inference_server.traffic.compare import Result
 from basic_inference_server.traffic.hooks import Hooks
 from basic_inference_server.traffic.shadow import Shadow, quantile, sampled, summarize
+from tests.conftest import until
 
 TRAFFIC = {"versions": {"v1": "clf@v1", "v2": "clf@v2"}, "weights": {"v1": 100, "v2": 0},
            "shadow": {"VERSION": "v2"}}
@@ -83,7 +84,7 @@ def test_the_caller_never_waits_for_the_shadow():
         upstream, record = FakeUpstream(open_=False), Recorder()
         shadow = Shadow(upstream.forward, record)
         assert mirror(shadow)  # returns with the shadow's answer still pending
-        await asyncio.wait_for(_until(lambda: upstream.calls), 5)
+        await until(lambda: upstream.calls)
         pending = (len(shadow.tasks), list(record))
         upstream.gate.set()
         await shadow.drain()
@@ -92,11 +93,6 @@ def test_the_caller_never_waits_for_the_shadow():
     (in_flight, recorded), results = asyncio.run(main())
     assert in_flight == 1 and recorded == []
     assert results == [Result.AGREE]
-
-
-async def _until(predicate) -> None:
-    while not predicate():
-        await asyncio.sleep(0)
 
 
 @pytest.mark.parametrize(("failure", "result"), [

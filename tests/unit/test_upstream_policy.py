@@ -22,6 +22,7 @@ from basic_inference_server.gateway.upstream import (
     classify,
     resend,
 )
+from tests.conftest import until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
 
@@ -55,12 +56,14 @@ class Server:
 
     def __init__(self, path: str, mode: str) -> None:
         self.path, self.mode, self.requests = path, mode, 0
+        self.connections = 0  # open now
 
     async def start(self) -> None:
         if self.mode != "absent":
             self.server = await asyncio.start_unix_server(self.serve, self.path)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -76,6 +79,7 @@ class Server:
             pass  # the client closed its kept-alive connection
         finally:
             writer.close()
+            self.connections -= 1
 
     async def stop(self) -> None:
         if self.mode != "absent":
@@ -97,7 +101,7 @@ async def run(tmp_path, modes: list[str], retry_on_crash: bool) -> tuple[list[Se
     except Exception as exc:  # noqa: BLE001 - the test looks at which error it was
         result = exc
     upstream.close_idle(0)
-    await asyncio.sleep(0.01)  # let the servers see the closes
+    await until(lambda: not any(s.connections for s in servers), message="the servers saw the closes")
     for s in servers:
         await s.stop()
     return servers, result

@@ -27,6 +27,7 @@ from basic_inference_server.gateway.upstream_conn import (
     StreamEnd,
 )
 from basic_inference_server.streams import Format
+from tests.conftest import until
 
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
@@ -143,7 +144,7 @@ def test_aclose_midway_closes_the_upstream_connection(tmp_path):
         for i in range(1, 1000):
             writer.write(chunk(sse("chunk", i, {"n": i})))
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # paced: the stream is still written when the client leaves
 
     async def main():
         server = await FakeServer(str(tmp_path / "s.sock"), script).start()
@@ -198,13 +199,18 @@ def test_a_whole_answer_is_not_a_stream(tmp_path):
 
 def test_an_unread_stream_stops_reading_past_its_read_ahead(tmp_path):
     written = []
+    draining = asyncio.Event()  # the producer waits in drain() for the client to read
 
     async def script(writer):
         writer.write(SSE_HEAD)
         payload = {"x": "y" * 1000}
+        high = writer.transport.get_write_buffer_limits()[1]
         for i in range(1, 10_000):
             writer.write(chunk(sse("chunk", i, payload)))
+            if writer.transport.get_write_buffer_size() > high:
+                draining.set()
             await writer.drain()  # waits once the client stops reading
+            draining.clear()
             written.append(i)
 
     async def main():
@@ -212,11 +218,10 @@ def test_an_unread_stream_stops_reading_past_its_read_ahead(tmp_path):
         up = Upstream()
         resp = await up.forward(route(server.path), "ep", b"", b"{}")
         await resp.stream.read(DEADLINE)
-        # Nothing read for a while: the producer must stall well before its end.
-        before = -1
-        while before != len(written):
-            before = len(written)
-            await asyncio.sleep(0.2)
+        # Nothing read: the connection stops reading past its read-ahead, and the
+        # producer, its buffers full, waits for it, well before its end.
+        await until(lambda: resp.stream.conn.paused and draining.is_set(),
+                    message="the producer waits for the unread stream")
         assert len(written) < 9_000, "the producer is paused by the unread stream"
         assert resp.stream.conn.pending_size <= READ_AHEAD + 256 * 1024
         await resp.stream.aclose()
