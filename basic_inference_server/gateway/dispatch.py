@@ -95,8 +95,7 @@ class Dispatcher:
         if limit and self.board.load(column) >= limit:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
-        gauge = metrics.in_flight(name)
-        gauge.inc()
+        metrics.in_flight(name, 1)
         self.board.add(column, 1)
         resp = None
         try:
@@ -109,10 +108,10 @@ class Dispatcher:
             return resp
         finally:
             if resp is not None and resp.stream is not None:  # in flight until it ends
-                resp.stream.hold(in_flight_until_end(self.board, column, gauge))
+                resp.stream.hold(in_flight_until_end(self.board, column, name))
             else:
                 self.board.add(column, -1)
-                gauge.dec()
+                metrics.in_flight(name, -1)
 
     async def _forward_remote(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
         """A remote endpoint (``URLS``): the body names the remote's SIGNATURE (by default

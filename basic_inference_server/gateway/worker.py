@@ -13,6 +13,7 @@ from typing import Any
 
 from ..wire.connection import Answer, HttpConnection, Request
 from ..wire.worker import LoopWorker
+from . import metrics
 from .app import Front
 
 CONNECTIONS = "#connections"
@@ -71,7 +72,9 @@ class FrontWorker(LoopWorker):
         self.front.upstream.close_idle()
 
     def stopped(self) -> None:
-        """Close every upstream connection and the thread pool."""
+        """Write the request metrics still counted in memory; close every upstream
+        connection and the thread pool."""
+        metrics.flush()
         self.front.upstream.close_idle(0)
         if self.front.pool is not None:
             self.front.pool.shutdown(wait=False, cancel_futures=True)
