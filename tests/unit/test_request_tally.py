@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from basic_inference_server.gateway import metrics
 
@@ -57,3 +57,39 @@ def test_off_the_loop_counts_are_written_at_once():
     assert in_flight("tally-c") == 1.0
     metrics.in_flight("tally-c", -1)
     assert in_flight("tally-c") == 0.0
+
+
+def test_a_batch_of_latencies_lands_where_observe_puts_each():
+    registry = CollectorRegistry()
+    bounds = (0.001, 0.01, 0.1, 1)
+    one_by_one = Histogram("h_each", "h", registry=registry, buckets=bounds)
+    batched = Histogram("h_batch", "h", registry=registry, buckets=bounds)
+    amounts = [0.0, 0.0005, 0.001, 0.002, 0.01, 0.05, 0.1, 0.5, 1, 3, 120]
+    for amount in amounts:
+        one_by_one.observe(amount)
+    metrics._observe_all(batched, amounts)
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        return {(s.name.removeprefix(name), s.labels.get("le", "")): s.value
+                for family in registry.collect() if family.name == name
+                for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples("h_batch") == samples("h_each")
+    assert samples("h_batch")[("_count", "")] == len(amounts)
+
+
+def test_latencies_on_the_loop_are_written_when_the_iteration_ends():
+    def count() -> float:
+        return REGISTRY.get_sample_value("bis_request_seconds_count",
+                                         {"endpoint": "tally-d", "version": ""}) or 0.0
+
+    async def body() -> list[float]:
+        seen = [count()]
+        metrics.time_request("tally-d", None, 0.002)
+        metrics.time_request("tally-d", None, 0.2)
+        seen.append(count())
+        await asyncio.sleep(0)
+        return [*seen, count()]
+
+    before, during, after = asyncio.run(body())
+    assert during == before and after == before + 2
