@@ -101,10 +101,10 @@ class _Tally:
     Every update of a multiprocess metric writes its file under a lock: on a noop
     ``/run`` the request counter, the latency histogram's two values and the in-flight
     gauge's two updates were a seventh of the front's CPU (bench/README.md). Counted
-    here instead, they are written once per
-    event-loop iteration that counted any (``call_soon``): before the loop reads
-    anything more, so a scrape sent once an answer came sees that answer counted.
-    Outside an event loop (a thread), an update is written at once.
+    here instead, they are written once per event-loop iteration that counted any
+    (``call_soon``): before the loop reads anything more, so a scrape sent once an
+    answer came sees that answer counted. Outside an event loop (a thread), an update
+    is written at once.
     """
 
     def __init__(self) -> None:
@@ -134,10 +134,15 @@ class _Tally:
         latency, self.latency = self.latency, {}
         for (endpoint, version), seconds in latency.items():
             _observe_all(_child(LATENCY, endpoint, version), seconds)
-        for endpoint, n in self.in_flight.items():
-            if self.written.get(endpoint) != n:
-                _child(IN_FLIGHT, endpoint).set(n)
-                self.written[endpoint] = n
+        for endpoint in self.in_flight:
+            self.write_in_flight(endpoint)
+
+    def write_in_flight(self, endpoint: str) -> None:
+        """Write ``endpoint``'s in-flight count, if it changed."""
+        n = self.in_flight[endpoint]
+        if self.written.get(endpoint) != n:
+            _child(IN_FLIGHT, endpoint).set(n)
+            self.written[endpoint] = n
 
 
 _tally = _Tally()
@@ -185,7 +190,7 @@ def in_flight(endpoint: str, delta: int) -> None:
     (``bis_in_flight``); counted on the event loop."""
     _tally.in_flight[endpoint] = _tally.in_flight.get(endpoint, 0) + delta
     if not _tally.due():
-        _tally.write()
+        _tally.write_in_flight(endpoint)
 
 
 GB = 1024 ** 3
