@@ -9,8 +9,11 @@ fixed label (``unknown``) otherwise, in metrics and metering alike.
 
 from __future__ import annotations
 
+from typing import Any
+
 import requests
 
+from basic_inference_server.tenants.metering import FLUSH_EVERY
 from tests.conftest import assert_ok, wait_until
 
 CONFIG = {"API_KEYS": True, "CONFIG_ENDPOINTS": {
@@ -35,6 +38,21 @@ def assert_ok_text(resp: requests.Response) -> str:
 def metering_rows(gw) -> dict[tuple[str, str], int]:
     rows = assert_ok(gw.get("/usage/tenants"))["ROWS"]
     return {(r["TENANT"], r["ENDPOINT"]): int(r["REQUESTS"]) for r in rows}
+
+
+def settled(gw) -> tuple[set[str], dict[tuple[str, str], int]]:
+    """The request series and metering rows once no front process holds a batch: the same
+    over a whole metering interval (each process writes its batch ``FLUSH_EVERY`` seconds
+    after the batch's first count, on its own timer)."""
+    last: list[Any] = [None]
+
+    def same() -> Any:
+        now = (request_series(gw), metering_rows(gw))
+        unchanged, last[0] = now == last[0], now
+        return now if unchanged else None
+
+    return wait_until(same, timeout=60, interval=FLUSH_EVERY + 0.5,
+                      message="every front process wrote its metering batch")
 
 
 def hostile_requests(gw, keys: dict[str, str], tag: str) -> list[int]:
@@ -74,7 +92,7 @@ def test_unknown_names_make_no_series_and_no_rows(gateways):
     assert hostile_requests(gw, keys, "first") == expected
     wait_until(lambda: ("tscoped", "unknown") in metering_rows(gw), timeout=15,
                message="the first requests are metered")
-    series, rows = request_series(gw), metering_rows(gw)
+    series, rows = settled(gw)
 
     for i in range(20):
         assert hostile_requests(gw, keys, f"n{i}") == expected
