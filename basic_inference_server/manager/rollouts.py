@@ -81,6 +81,7 @@ class RolloutController:
 
     # -- rollouts --------------------------------------------------------------------------
     def active(self, name: str) -> Rollout | None:
+        """The running rollout of ``name``, if one runs."""
         rollout = self.rollouts.get(name)
         return rollout if rollout is not None and rollout.active else None
 

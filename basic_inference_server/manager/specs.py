@@ -38,6 +38,7 @@ class Paths:
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
                jobs: dict[str, Any], tenants: dict[str, Any],
                internal_token: str | None = None) -> FrontSpec:
+    """The front's start-up spec."""
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
         threads=config["GATEWAY_THREADS"], sched_batch=config["SCHED_BATCH"],
@@ -56,6 +57,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
                 jobs: dict[str, Any], tenants: dict[str, Any] | None = None) -> ServerSpec:
+    """An endpoint server's start-up spec (its listeners already open)."""
     assert ep.socket_path is not None
     return ServerSpec(
         name=ep.name, module=ep.config.module_name, endpoints_dir=paths.endpoints_dir,
@@ -70,6 +72,7 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:
+    """The supervisor's start-up spec."""
     return SupervisorSpec(control=paths.control,
                           sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path)
 
@@ -84,6 +87,7 @@ def front_url(host: str, port: int, tls: bool) -> str:
 
 def jobrunner_spec(config: GatewayConfig, paths: Paths, jobs: dict[str, Any], url: str,
                    credential: str, tenants: dict[str, Any]) -> JobRunnerSpec:
+    """The job runner's start-up spec."""
     return JobRunnerSpec(control=paths.control, front_url=url, credential=credential,
                          jobs=jobs, stop_timeout=config["STOP_TIMEOUT"],
                          tenants=tenants if config["API_KEYS"] else None)

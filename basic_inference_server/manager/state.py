@@ -83,10 +83,12 @@ class Endpoint:
 
     @property
     def name(self) -> str:
+        """The endpoint's name (``<endpoint>@<label>`` for a version)."""
         return self.config.name
 
     @property
     def is_support(self) -> bool:
+        """Whether the endpoint is a support process, not a server."""
         return self.config.is_support
 
     @property
@@ -195,6 +197,7 @@ class Endpoint:
         self.pending = child
 
     def cancel_restart(self) -> None:
+        """Drop a scheduled restart."""
         self.restart_at = None
 
     # -- events of the serving server ----------------------------------------------------
@@ -237,6 +240,7 @@ class Endpoint:
         return change
 
     def worker_exit(self, generation: Any, pid: int) -> Change:
+        """A worker of the serving generation exited: no longer ready, its socket unrouted."""
         if not self.serves(generation):
             return Change()
         self.ready_pids.discard(pid)
@@ -259,6 +263,7 @@ class Endpoint:
         return self.steer()
 
     def scale(self, count: int) -> Change:
+        """A new target worker count: steer toward it."""
         self.target_workers = count
         return self.steer()
 
@@ -377,6 +382,7 @@ class Endpoint:
         }
 
     def kind(self) -> str:
+        """What the endpoint is: server, support, remote or pipeline."""
         s = self.config.settings
         if self.is_support:
             return "support"
@@ -413,6 +419,7 @@ class Endpoint:
         return max(1, len(self.ready_pids)) * int(s["MAX_BATCH_SIZE"]) * IN_FLIGHT_FACTOR
 
     def retry_after(self) -> float:
+        """Seconds a refused caller should wait before trying again."""
         if self.restart_at is not None:
             return max(1.0, self.restart_at - time.monotonic())
         if self.state == State.UNREACHABLE:  # the next probe may find it back

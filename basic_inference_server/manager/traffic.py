@@ -71,4 +71,5 @@ class TrafficTable:
                 "shadow": s["SHADOW"], "rollout": self.rollouts.get(name)}
 
     def policies(self) -> dict[str, dict[str, Any]]:
+        """The policy of every endpoint with VERSIONS."""
         return {name: self.policy(name) for name in self.sections}
