@@ -8,8 +8,8 @@ from typing import Any
 
 from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, warn_near_misses
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
+from ..names import split_target
 from ..redact import mask_url
-from ..traffic.settings import split_target
 from ..traffic.versions import expand
 from .state import Endpoint, State
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..config import EndpointConfig
 from ..contracts import EndpointState as State
 from ..contracts import Route, RouteSnapshot, TrafficPolicy
-from ..traffic.settings import split_target
+from ..names import split_target
 from .children import BACKOFF_FIRST, Child, backoff
 from .remote_health import UrlHealth
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EndpointConfig
+from ..names import VERSION_SEP
 from ..privfiles import write_private
-from ..traffic.settings import VERSION_SEP, check_weights, initial_weights
+from ..traffic.settings import check_weights, initial_weights
 
 log = logging.getLogger(__name__)
 

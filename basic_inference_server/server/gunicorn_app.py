@@ -31,9 +31,10 @@ from gunicorn.arbiter import Arbiter
 
 from .. import protocol
 from ..childproc import configure_gunicorn
-from ..contracts import Event, ServerSpec, probe_path, workers_path
+from ..contracts import ServerSpec, probe_path, workers_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
+from ..events import Event
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from ..setting import MAX_WORKERS

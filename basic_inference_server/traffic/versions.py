@@ -8,7 +8,8 @@ settings and keys, then the version's overrides. The section's traffic keys
 from __future__ import annotations
 
 from ..config import ENDPOINT_SETTINGS, EndpointConfig, parse_endpoint
-from .settings import POLICY_KEYS, VERSION_SEP
+from ..names import VERSION_SEP
+from .settings import POLICY_KEYS
 
 
 def expand(cfg: EndpointConfig, where: str = "config") -> dict[str, EndpointConfig]:
