@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, warn_near_misses
+from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, expand_versions, warn_near_misses
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
 from ..names import split_target
 from ..redact import mask_url
-from ..traffic.versions import expand
 from .state import Endpoint, State
 
 SUPPORT_PATH = "/support_update_status"
@@ -147,4 +146,4 @@ def configured_endpoints(config: GatewayConfig) -> dict[str, Endpoint]:
         warn_unchecked_keys(cfg)
     return {name: Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
             for section in config.endpoints.values()
-            for name, cfg in expand(section, config.source).items()}
+            for name, cfg in expand_versions(section, config.source).items()}
