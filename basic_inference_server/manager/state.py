@@ -299,16 +299,7 @@ class Endpoint:
             self.state = State.STOPPED
             return Change(publish=True)
         self.failures = 0 if now - child.started_at > STABLE_AFTER else self.failures + 1
-        looping = self.failures >= CRASHLOOP_AFTER
-        delay: float | None
-        if code in LOAD_FAILURE_CODES and not self.is_support:
-            self.state = State.FAILED
-            self.last_error = self.last_error or f"model failed to load (exit code {code})"
-            delay = None if self.failures >= LOAD_ATTEMPTS else self.backoff()
-        else:
-            self.state = State.CRASHLOOP if looping else State.RESTARTING
-            self.last_error = child.kill_reason or f"process exited with code {code}"
-            delay = self.backoff()
+        delay = self._failed(code, child)
         self.restart_at = None if delay is None else now + delay
         self.last_exit = {"reason": self.last_error, "exit_code": code, "at": time.time()}
         if delay is None:
@@ -319,6 +310,17 @@ class Endpoint:
         return Change(publish=True, log=message, event=("server_exit", {
             "endpoint": self.name, "exit_code": code, "state": self.state.value,
             "reason": self.last_error, "restart_in_s": delay}))
+
+    def _failed(self, code: int | None, child: Child) -> float | None:
+        """Set the state and the error of an unplanned exit; returns the delay before
+        the next start, None when a load failed too often to try again."""
+        if code in LOAD_FAILURE_CODES and not self.is_support:
+            self.state = State.FAILED
+            self.last_error = self.last_error or f"model failed to load (exit code {code})"
+            return None if self.failures >= LOAD_ATTEMPTS else self.backoff()
+        self.state = State.CRASHLOOP if self.failures >= CRASHLOOP_AFTER else State.RESTARTING
+        self.last_error = child.kill_reason or f"process exited with code {code}"
+        return self.backoff()
 
     def pending_exited(self, code: int | None) -> Change:
         """A reload's new generation died before it served: keep the old one (READY
