@@ -27,11 +27,11 @@ from typing import Any
 from .errors import ConfigError
 from .gateway_settings import GATEWAY_SETTINGS, check_token
 from .hosts import NO_HOST, check_host
-from .names import NAME_RULE_TEXT, is_name
+from .names import NAME_RULE_TEXT, VERSION_SEP, is_name
 from .refs import resolve_ref
 from .setting import MAX_WORKERS, Setting, at_least, check_name, check_port_or_null, check_workers
 from .stream_settings import STREAM_SETTINGS
-from .traffic.settings import TRAFFIC_SETTINGS, check_policy
+from .traffic.settings import POLICY_KEYS, TRAFFIC_SETTINGS, check_policy
 
 # Where the admin token may come from besides the ADMIN_TOKEN setting (names of
 # environment variables). Children never inherit them.
@@ -278,6 +278,31 @@ def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> Endpoi
     if problem:
         raise ConfigError(f"{where}: {problem}")
     return EndpointConfig(name=name, settings=settings, extra=extra, given=given)
+
+
+def expand_versions(cfg: EndpointConfig, where: str = "config") -> dict[str, EndpointConfig]:
+    """The endpoints a section runs: itself, or one per version (raises ConfigError).
+
+    Each version runs as its own server named ``<endpoint>@<label>``: the section's
+    settings and keys, then the version's overrides. The section's traffic keys
+    (``POLICY_KEYS``) describe the endpoint as a whole and stay with it.
+    """
+    versions = cfg.settings["VERSIONS"]
+    if not versions:
+        return {cfg.name: cfg}
+    out: dict[str, EndpointConfig] = {}
+    for label, overrides in versions.items():
+        part = parse_endpoint(cfg.name, overrides, f"{where}: {cfg.name}.VERSIONS.{label}")
+        settings = {**cfg.settings, **{k: part.settings[k] for k in part.given}}
+        # A version runs the section's file unless it names its own.
+        settings["SERVER_CLASS"] = part.settings["SERVER_CLASS"] or cfg.module_name
+        for key in POLICY_KEYS:
+            settings[key] = ENDPOINT_SETTINGS[key].default
+        given = (cfg.given | part.given | {"SERVER_CLASS"}) - set(POLICY_KEYS)
+        name = f"{cfg.name}{VERSION_SEP}{label}"
+        out[name] = EndpointConfig(name=name, settings=settings,
+                                   extra={**cfg.extra, **part.extra}, given=frozenset(given))
+    return out
 
 
 def endpoint_defaults() -> dict[str, Any]:

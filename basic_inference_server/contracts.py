@@ -1,12 +1,12 @@
-"""What the processes of one gateway tell each other: start-up specs and event names.
+"""What the processes of one gateway tell each other: start-up specs and the route table.
 
 The manager builds a spec, :func:`~basic_inference_server.manager.children.spawn` sends
 it as JSON, and the child rebuilds the same dataclass from it. A process package
 (gateway, server, manager, supervisor, support, jobrunner) imports another's contract from here,
 never from that package. Defaults come from the top-level settings table, so that a spec
 built without a key means what the configuration's default means. The notify socket's
-:class:`Event` names live at the bottom of the import graph (:mod:`.events`), where an
-endpoint worker reads them without loading these specs; they are named here too.
+event names are not here but at the bottom of the import graph (:mod:`.events`), where an
+endpoint worker reads them without loading these specs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .events import Event as Event  # re-exported: one of the contracts
 from .gateway_settings import GATEWAY_SETTINGS
 
 # The modules the manager runs as ``python -m <module> --spec-fd N``.

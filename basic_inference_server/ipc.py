@@ -55,7 +55,7 @@ class Notifier:
             self._sock.setblocking(False)
 
     def send(self, event: Event, **fields: Any) -> None:
-        """Send ``event`` with ``fields`` (what each event carries: :class:`.contracts.Event`)."""
+        """Send ``event`` with ``fields`` (what each event carries: :class:`.events.Event`)."""
         if self._sock is None or self.path is None:
             return
         payload = json.dumps({"event": event, **fields}, default=str).encode()

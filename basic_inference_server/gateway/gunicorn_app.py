@@ -26,6 +26,7 @@ class GatewayFront(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        """gunicorn's settings of the front: its workers, timeouts and hooks."""
         configure_gunicorn(
             self.cfg, proc_name="bis-gateway",
             worker_class="basic_inference_server.gateway.worker.FrontWorker",

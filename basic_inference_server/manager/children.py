@@ -37,9 +37,11 @@ class Child:
 
     @property
     def pid(self) -> int:
+        """The child's process id (its process group's too)."""
         return self.proc.pid
 
     def poll(self) -> int | None:
+        """The exit code once the child has exited, else None."""
         return self.proc.poll()
 
     def terminate(self, timeout: float) -> None:
@@ -49,10 +51,12 @@ class Child:
             signal_group(self.pid, signal.SIGTERM)
 
     def enforce(self, now: float) -> None:
+        """Kill the process group once its stop deadline has passed."""
         if self.stop_deadline is not None and now >= self.stop_deadline:
             signal_group(self.pid, signal.SIGKILL)
 
     def kill_group(self) -> None:
+        """Kill the process group at once (SIGKILL)."""
         signal_group(self.pid, signal.SIGKILL)
 
 
@@ -125,6 +129,7 @@ class Service:
     restart_at: float | None = None
 
     def launch(self) -> None:
+        """Start the service's child now."""
         self.restart_at = None
         self.child = self.start()
 
@@ -139,4 +144,5 @@ class Service:
         return delay
 
     def due(self, now: float) -> bool:
+        """Whether a scheduled restart is due at ``now``."""
         return self.restart_at is not None and now >= self.restart_at

@@ -86,6 +86,7 @@ class Budget:
     stamp: float = 0.0
 
     def take(self, now: float) -> bool:
+        """Spend one token; False when none is left."""
         self.tokens = min(2 * self.rate, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens < 1:

@@ -82,8 +82,6 @@ class Core:
         self.rollouts = RolloutController(self.traffic, self.cache_dir)
         self.front_listener: socket.socket | None = None
         self.control_server: ControlServer | None = None
-        # The control commands' handlers (:class:`.manager.Manager` gives them).
-        self.handlers: dict[str, Handler] = {}
         # Where processes of this box reach the front (set once it listens).
         self.local_address: str | None = None
         self.spawner = Spawner(self)
@@ -101,6 +99,12 @@ class Core:
         self.exit_code = EXIT_OK
         self.done = False
         self.inbox = Inbox(self)
+        # Last: a handler may read anything the core holds.
+        self.handlers = self.command_handlers()
+
+    def command_handlers(self) -> dict[str, Handler]:
+        """The control commands' handlers, by command: :class:`.manager.Manager` gives them."""
+        return {}
 
     # -- set-up -------------------------------------------------------------------
     def _setup(self) -> None:

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import Event
+from ..events import Event
 from ..ipc import MAX_MESSAGE
 from .control import json_depth
 from .state import Change, Endpoint, State

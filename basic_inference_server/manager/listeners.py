@@ -56,6 +56,7 @@ def reach_address(sock: socket.socket) -> str:
 
 
 def listen_unix(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, inheritable by a child."""
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(path)
     sock.listen(2048)
@@ -86,6 +87,7 @@ def open_server_listeners(ep: Endpoint, run_dir: Path, allocate_port: Callable[[
 
 
 def close_server_listeners(ep: Endpoint) -> None:
+    """Close an endpoint server's listeners and remove its Unix socket."""
     for sock in ep.listeners:
         sock.close()
     ep.listeners = []

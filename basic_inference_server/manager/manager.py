@@ -9,10 +9,8 @@ management commands (:mod:`.commands`, :mod:`.reports`, :mod:`.traffic_commands`
 
 from __future__ import annotations
 
-from typing import Any
-
 from .commands import EndpointCommands
-from .control import handlers_of
+from .control import Handler, handlers_of
 from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, Core
 from .remote_commands import RemoteCommands
 from .reports import ReportCommands
@@ -25,8 +23,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_OK", "Manager"]
 class Manager(Core):
     """Owns the process tree of one gateway and answers its management commands."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.handlers = handlers_of(EndpointCommands(self), ReportCommands(self),
-                                    TrafficCommands(self), RolloutCommands(self),
-                                    RemoteCommands(self))
+    def command_handlers(self) -> dict[str, Handler]:
+        """The handler of each management command, from the command groups' objects."""
+        return handlers_of(EndpointCommands(self), ReportCommands(self), TrafficCommands(self),
+                           RolloutCommands(self), RemoteCommands(self))

@@ -76,6 +76,12 @@ def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
         nl.settimeout(2.0)
         nl.sendall(_request(ends[0], ends[1]))
         data = nl.recv(65536)
+    return _inode_in(data, (ends[0][1], ends[1][1]))
+
+
+def _inode_in(data: bytes, ports: tuple[int, int]) -> int | None:
+    """The inode in the kernel's answer to :func:`_request`, when it found the socket
+    whose ends have these ``ports``; raises OSError for an error answer."""
     if len(data) < _NLMSG.size:
         return None
     length, kind = _NLMSG.unpack_from(data)[:2]
@@ -88,7 +94,7 @@ def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     if len(record) < _REPLY_SIZE or record[_REPLY_STATE] == TCP_LISTEN:
         return None  # the kernel's lookup falls back to a listener on that port
     sport, dport = _SOCKID.unpack_from(record, _REPLY_SOCKID)[:2]
-    if (sport, dport) != (ends[0][1], ends[1][1]):
+    if (sport, dport) != ports:
         return None
     (inode,) = struct.unpack_from("=I", record, _REPLY_INODE)
     return inode or None

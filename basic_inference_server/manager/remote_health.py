@@ -66,4 +66,5 @@ class UrlHealth:
         return out
 
     def reset(self) -> None:
+        """Forget every URL's status (the next probes start afresh)."""
         self.urls.clear()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from .. import control_api as api
+from ..names import VERSION_SEP
 from ..traffic.rollout import PlanError, Rollout, parse_plan
-from ..traffic.settings import VERSION_SEP
 from ..traffic.stats import parse_report
 from .control import Reply, error, handles
 from .core import Core

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..names import VERSION_SEP
 from ..privfiles import write_private
 from ..traffic.breaker import State, merge_views
 from ..traffic.rollout import FAILED, Plan, Rollout
-from ..traffic.settings import VERSION_SEP
 from ..traffic.stats import Counts, Rolling
 from .traffic import TrafficTable
 
@@ -81,6 +81,7 @@ class RolloutController:
 
     # -- rollouts --------------------------------------------------------------------------
     def active(self, name: str) -> Rollout | None:
+        """The running rollout of ``name``, if one runs."""
         rollout = self.rollouts.get(name)
         return rollout if rollout is not None and rollout.active else None
 

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, warn_near_misses
+from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, expand_versions, warn_near_misses
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
+from ..names import split_target
 from ..redact import mask_url
-from ..traffic.settings import split_target
-from ..traffic.versions import expand
 from .state import Endpoint, State
 
 SUPPORT_PATH = "/support_update_status"
@@ -38,6 +37,7 @@ class Paths:
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
                jobs: dict[str, Any], tenants: dict[str, Any],
                internal_token: str | None = None) -> FrontSpec:
+    """The front's start-up spec."""
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
         threads=config["GATEWAY_THREADS"], sched_batch=config["SCHED_BATCH"],
@@ -56,6 +56,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
                 jobs: dict[str, Any], tenants: dict[str, Any] | None = None) -> ServerSpec:
+    """An endpoint server's start-up spec (its listeners already open)."""
     assert ep.socket_path is not None
     return ServerSpec(
         name=ep.name, module=ep.config.module_name, endpoints_dir=paths.endpoints_dir,
@@ -70,6 +71,7 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:
+    """The supervisor's start-up spec."""
     return SupervisorSpec(control=paths.control,
                           sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path)
 
@@ -84,6 +86,7 @@ def front_url(host: str, port: int, tls: bool) -> str:
 
 def jobrunner_spec(config: GatewayConfig, paths: Paths, jobs: dict[str, Any], url: str,
                    credential: str, tenants: dict[str, Any]) -> JobRunnerSpec:
+    """The job runner's start-up spec."""
     return JobRunnerSpec(control=paths.control, front_url=url, credential=credential,
                          jobs=jobs, stop_timeout=config["STOP_TIMEOUT"],
                          tenants=tenants if config["API_KEYS"] else None)
@@ -143,4 +146,4 @@ def configured_endpoints(config: GatewayConfig) -> dict[str, Endpoint]:
         warn_unchecked_keys(cfg)
     return {name: Endpoint(config=cfg, target_workers=cfg.settings["NR_WORKERS"])
             for section in config.endpoints.values()
-            for name, cfg in expand(section, config.source).items()}
+            for name, cfg in expand_versions(section, config.source).items()}

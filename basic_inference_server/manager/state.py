@@ -21,7 +21,7 @@ from typing import Any
 from ..config import EndpointConfig
 from ..contracts import EndpointState as State
 from ..contracts import Route, RouteSnapshot, TrafficPolicy
-from ..traffic.settings import split_target
+from ..names import split_target
 from .children import BACKOFF_FIRST, Child, backoff
 from .remote_health import UrlHealth
 
@@ -83,10 +83,12 @@ class Endpoint:
 
     @property
     def name(self) -> str:
+        """The endpoint's name (``<endpoint>@<label>`` for a version)."""
         return self.config.name
 
     @property
     def is_support(self) -> bool:
+        """Whether the endpoint is a support process, not a server."""
         return self.config.is_support
 
     @property
@@ -195,6 +197,7 @@ class Endpoint:
         self.pending = child
 
     def cancel_restart(self) -> None:
+        """Drop a scheduled restart."""
         self.restart_at = None
 
     # -- events of the serving server ----------------------------------------------------
@@ -237,6 +240,7 @@ class Endpoint:
         return change
 
     def worker_exit(self, generation: Any, pid: int) -> Change:
+        """A worker of the serving generation exited: no longer ready, its socket unrouted."""
         if not self.serves(generation):
             return Change()
         self.ready_pids.discard(pid)
@@ -259,6 +263,7 @@ class Endpoint:
         return self.steer()
 
     def scale(self, count: int) -> Change:
+        """A new target worker count: steer toward it."""
         self.target_workers = count
         return self.steer()
 
@@ -294,16 +299,7 @@ class Endpoint:
             self.state = State.STOPPED
             return Change(publish=True)
         self.failures = 0 if now - child.started_at > STABLE_AFTER else self.failures + 1
-        looping = self.failures >= CRASHLOOP_AFTER
-        delay: float | None
-        if code in LOAD_FAILURE_CODES and not self.is_support:
-            self.state = State.FAILED
-            self.last_error = self.last_error or f"model failed to load (exit code {code})"
-            delay = None if self.failures >= LOAD_ATTEMPTS else self.backoff()
-        else:
-            self.state = State.CRASHLOOP if looping else State.RESTARTING
-            self.last_error = child.kill_reason or f"process exited with code {code}"
-            delay = self.backoff()
+        delay = self._failed(code, child)
         self.restart_at = None if delay is None else now + delay
         self.last_exit = {"reason": self.last_error, "exit_code": code, "at": time.time()}
         if delay is None:
@@ -314,6 +310,17 @@ class Endpoint:
         return Change(publish=True, log=message, event=("server_exit", {
             "endpoint": self.name, "exit_code": code, "state": self.state.value,
             "reason": self.last_error, "restart_in_s": delay}))
+
+    def _failed(self, code: int | None, child: Child) -> float | None:
+        """Set the state and the error of an unplanned exit; returns the delay before
+        the next start, None when a load failed too often to try again."""
+        if code in LOAD_FAILURE_CODES and not self.is_support:
+            self.state = State.FAILED
+            self.last_error = self.last_error or f"model failed to load (exit code {code})"
+            return None if self.failures >= LOAD_ATTEMPTS else self.backoff()
+        self.state = State.CRASHLOOP if self.failures >= CRASHLOOP_AFTER else State.RESTARTING
+        self.last_error = child.kill_reason or f"process exited with code {code}"
+        return self.backoff()
 
     def pending_exited(self, code: int | None) -> Change:
         """A reload's new generation died before it served: keep the old one (READY
@@ -377,6 +384,7 @@ class Endpoint:
         }
 
     def kind(self) -> str:
+        """What the endpoint is: server, support, remote or pipeline."""
         s = self.config.settings
         if self.is_support:
             return "support"
@@ -413,6 +421,7 @@ class Endpoint:
         return max(1, len(self.ready_pids)) * int(s["MAX_BATCH_SIZE"]) * IN_FLIGHT_FACTOR
 
     def retry_after(self) -> float:
+        """Seconds a refused caller should wait before trying again."""
         if self.restart_at is not None:
             return max(1.0, self.restart_at - time.monotonic())
         if self.state == State.UNREACHABLE:  # the next probe may find it back

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EndpointConfig
+from ..names import VERSION_SEP
 from ..privfiles import write_private
-from ..traffic.settings import VERSION_SEP, check_weights, initial_weights
+from ..traffic.settings import check_weights, initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -71,4 +72,5 @@ class TrafficTable:
                 "shadow": s["SHADOW"], "rollout": self.rollouts.get(name)}
 
     def policies(self) -> dict[str, dict[str, Any]]:
+        """The policy of every endpoint with VERSIONS."""
         return {name: self.policy(name) for name in self.sections}

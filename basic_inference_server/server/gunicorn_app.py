@@ -31,9 +31,10 @@ from gunicorn.arbiter import Arbiter
 
 from .. import protocol
 from ..childproc import configure_gunicorn
-from ..contracts import Event, ServerSpec, probe_path, workers_path
+from ..contracts import ServerSpec, probe_path, workers_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
+from ..events import Event
 from ..ipc import Notifier
 from ..procutil import die_with_parent
 from ..setting import MAX_WORKERS
@@ -102,6 +103,7 @@ class EndpointServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        """gunicorn's settings of the endpoint server: its workers, binds and hooks."""
         spec = self.spec
         notifier = self.notifier
 
@@ -217,10 +219,12 @@ class EndpointArbiter(Arbiter):
     num_workers: int  # gunicorn's property: its setter reports the count (nworkers_changed)
 
     def handle_ttin(self) -> None:
+        """Steer to the manager's worker count; without one, gunicorn's one more worker."""
         if not self._steer():
             super().handle_ttin()
 
     def handle_ttou(self) -> None:
+        """Steer to the manager's worker count; without one, gunicorn's one fewer worker."""
         if not self._steer():
             super().handle_ttou()
 
@@ -262,9 +266,11 @@ class EndpointWorker(LoopWorker):
         self.entry, self.wsgi = served.entry, served.flask
 
     def sched_batch(self) -> bool:
+        """SCHED_BATCH, as the server's spec says."""
         return self.app.spec.sched_batch
 
     def started(self) -> None:
+        """Set up the request threads and the connection limits, on the loop."""
         self.spec = self.app.spec
         # One request at a time, unless the strategy takes more (a batch's worth).
         self.pool = Handoff(self.loop, self.entry.compute.concurrency, "bis-request")
@@ -277,17 +283,21 @@ class EndpointWorker(LoopWorker):
                                                 Limits.max_other_body))
 
     def stopped(self) -> None:
+        """Shut the request threads down; requests still waiting never run."""
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def meta(self) -> dict[str, Any]:
+        """The server's metadata of every answer."""
         return protocol.base_meta(self.spec.server_name, self.spec.app_version)
 
     def connection_opened(self, conn: HttpConnection) -> bool:
+        """Count a new connection; False past ``MAX_WORKER_CONNECTIONS``."""
         if len(self.connections) >= MAX_WORKER_CONNECTIONS:
             return False
         return super().connection_opened(conn)
 
     async def handle(self, request: Request) -> Answer:
+        """The answer to ``request``, computed on the request threads."""
         # A streamed answer's chunks are made on the same threads, one at a time.
         flag = CancelFlag()
         if request.path == "/run":

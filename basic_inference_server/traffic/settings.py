@@ -6,10 +6,6 @@ import math
 from typing import Any
 
 from ..names import NAME_RULE_TEXT, is_name
-
-# Re-exported: the target syntax, where the manager's modules read it.
-from ..names import VERSION_SEP as VERSION_SEP
-from ..names import split_target as split_target
 from ..setting import Setting
 from .breaker import validate_breaker
 from .compare import validate_shadow

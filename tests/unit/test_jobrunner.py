@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from basic_inference_server.config import parse_config
+from basic_inference_server.config import expand_versions, parse_config
 from basic_inference_server.contracts import JobRunnerSpec
 from basic_inference_server.gateway.jobs import job_route
 from basic_inference_server.jobrunner.runner import JobRunner
@@ -20,7 +20,6 @@ from basic_inference_server.manager.specs import front_url, job_targets
 from basic_inference_server.manager.state import Endpoint, State
 from basic_inference_server.queues import Job, JobsSpec, open_queue, open_results
 from basic_inference_server.queues.base import CANCELLED, DEAD, DONE, FAILED
-from basic_inference_server.traffic.versions import expand
 from tests.conftest import free_port, wait_until
 
 TARGET = {"MAX_ATTEMPTS": 2, "RETRY_BACKOFF": 0, "VISIBILITY_TIMEOUT": 30, "TIMEOUT": 5}
@@ -229,7 +228,7 @@ def test_which_endpoints_the_job_runner_serves() -> None:
         "clf": {"SERVER_CLASS": "echo", "VERSIONS": {"v1": {}, "v2": {}}, "TIMEOUT": 9}}})
     endpoints = {name: Endpoint(config=cfg, target_workers=1)
                  for section in config.endpoints.values()
-                 for name, cfg in expand(section).items()}
+                 for name, cfg in expand_versions(section).items()}
     sections = {n: c for n, c in config.endpoints.items() if c.settings["VERSIONS"]}
     assert job_targets(endpoints, sections) == {}  # nothing READY yet
     for name in ("plain", "rem", "pipe", "clf@v2"):

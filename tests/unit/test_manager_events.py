@@ -12,7 +12,8 @@ import pytest
 
 from basic_inference_server import contracts
 from basic_inference_server.config import GATEWAY_SETTINGS, parse_config
-from basic_inference_server.contracts import Event, FrontSpec, ServerSpec, SupervisorSpec
+from basic_inference_server.contracts import FrontSpec, ServerSpec, SupervisorSpec
+from basic_inference_server.events import Event
 from basic_inference_server.manager.control import ControlServer
 from basic_inference_server.manager.inbox import ENDPOINT_EVENTS
 from basic_inference_server.manager.manager import Manager
