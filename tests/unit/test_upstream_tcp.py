@@ -191,6 +191,38 @@ def test_no_answer_in_time_is_504_and_never_resent():
     assert isinstance(err, UpstreamTimeout) and counts == [1, 0]
 
 
+
+def test_a_kept_alive_connection_times_out_by_each_requests_own_timeout():
+    """The connection's one timer, set by a request with a long TIMEOUT, is moved earlier
+    for the next request on it with a short one; and a request answered in time on it
+    is not failed later by an earlier request's deadline."""
+    async def main():
+        server = await TcpServer().start()
+        up = Upstream()
+        rt = route(server.url, timeout=30)
+        first = await forward(up, rt)
+        server.mode = "hold"
+        started = time.monotonic()
+        second = await forward(up, route(server.url, timeout=0.3))
+        took = time.monotonic() - started
+        server.mode = "ok"
+        server.release.set()
+        third = await forward(up, route(server.url, timeout=0.3))
+        await asyncio.sleep(0.5)  # past the short deadline: nothing may fire on the pooled one
+        fourth = await forward(up, rt)
+        up.close_idle(0)
+        await server.stop()
+        return first, second, took, third, fourth, server.connections
+
+    first, second, took, third, fourth, connections = asyncio.run(main())
+    assert first.status == 200 and isinstance(second, UpstreamTimeout)
+    assert took < 30 / 3, "the short TIMEOUT, not the first request's, ended the wait"
+    assert third.status == 200 and fourth.status == 200
+    # The timed-out connection was closed (its request may still run); the third opened
+    # a new one, which the fourth reused after the third's deadline had passed.
+    assert connections == 2
+
+
 def test_a_connection_that_is_not_made_in_time_never_ran(monkeypatch):
     """A host that drops connection attempts (here: a full listen backlog) is skipped
     after CONNECT_S, not after the endpoint's TIMEOUT."""
