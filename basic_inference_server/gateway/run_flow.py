@@ -166,14 +166,15 @@ class RunFlow:
                                 "endpoint": label, "status": resp.status,
                                 "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker,
                                 "request_id": req.request_id}})
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
-        if req.limits is not None:
-            headers += req.limits.headers()
+        headers = req.limits.headers() if req.limits is not None else []
         if version is not None:
             headers.append(("X-Endpoint-Version", version))
         if resp.stream is not None:
+            # (The relay reads and adds to a stream's headers: decoded.)
+            headers[:0] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]
             before = resp.units_before if isinstance(resp, StreamedPipeline) else 0.0
             return stream_answer(Answer(resp.status, headers), resp.stream, label, self.meta(),
                                  time.perf_counter() - elapsed, req.key is not None, before)
-        return Answer(resp.status, headers, resp.body)
+        return Answer(resp.status, headers, resp.body,
+                      raw_headers=b"".join([b"%s: %s\r\n" % pair for pair in resp.headers]))
 

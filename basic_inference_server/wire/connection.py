@@ -442,7 +442,7 @@ class HttpConnection(asyncio.Protocol):
     def _head(self, answer: Answer, request_id: bytes, keep_alive: bool,
               length: bytes | None) -> list[bytes]:
         """The status line and headers; ``length`` is the framing header's line."""
-        parts = [status_line(answer.status)]
+        parts = [status_line(answer.status), answer.raw_headers]
         for name, value in answer.headers:
             parts.append(f"{name}: {value}\r\n".encode("latin-1"))
         if length is not None:

@@ -114,6 +114,10 @@ class Answer:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     stream: AsyncGenerator[bytes, None] | None = None
+    # Header lines passed on as they came (each ending in CRLF), written before
+    # ``headers``: the front relays an endpoint server's without decoding and encoding
+    # them again on every request. Never a framing header (Content-Length ...).
+    raw_headers: bytes = b""
 
 
 class Streamed:

@@ -295,3 +295,24 @@ def test_a_path_that_is_not_canonical_gets_404_without_reaching_the_handler() ->
         assert b"not_found" in transport.out
 
     run(main())
+
+
+def test_raw_header_lines_are_written_as_they_came_before_the_answers_headers() -> None:
+    class Relaying(Server):
+        async def handle(self, request: Request) -> Answer:
+            return Answer(201, [("X-Endpoint-Version", "v2")], b"{}",
+                          raw_headers=b"Content-Type: application/json\r\nRetry-After: 3\r\n")
+
+    async def main() -> bytes:
+        conn, transport = connect(Relaying())
+        conn.data_received(head(length=2) + b"{}")
+        await settle()
+        return bytes(transport.out)
+
+    out = run(main())
+    head_block, _, body = out.partition(b"\r\n\r\n")
+    lines = head_block.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 201 Created" and body == b"{}"
+    assert lines[1:4] == [b"Content-Type: application/json", b"Retry-After: 3",
+                          b"X-Endpoint-Version: v2"]
+    assert b"Content-Length: 2" in lines
