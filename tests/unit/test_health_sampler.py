@@ -31,11 +31,11 @@ def child_tree():
     proc = subprocess.Popen([sys.executable, "-c", script])
     parent = psutil.Process(proc.pid)
     try:
-        wait_until(lambda: parent.children(), timeout=10, message="the grandchild started")
+        wait_until(lambda: parent.children(), timeout=60, message="the grandchild started")
         kids = parent.children()
         # both have touched their 32 MiB buffer
         wait_until(lambda: all(p.memory_info().rss > 32 * 1024 * 1024 for p in [parent, *kids]),
-                   timeout=10, message="buffers resident")
+                   timeout=60, message="buffers resident")
         yield parent, kids
     finally:
         for p in [*parent.children(recursive=True), parent]:
