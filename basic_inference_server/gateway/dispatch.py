@@ -21,7 +21,6 @@ from ..errors import NotFound, Overloaded, Unavailable
 from ..names import split_target
 from ..traffic.remote import remote_body
 from ..wire.message import Request
-from . import metrics
 from .loadboard import LoadBoard
 from .routes import RouteTable
 from .stream_relay import in_flight_until_end
@@ -95,8 +94,7 @@ class Dispatcher:
         if limit and self.board.load(column) >= limit:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
-        metrics.in_flight(name, 1)
-        self.board.add(column, 1)
+        self.board.add(column, 1)  # also bis_in_flight (metrics.InFlight)
         resp = None
         try:
             if route.pipeline is not None:
@@ -108,10 +106,9 @@ class Dispatcher:
             return resp
         finally:
             if resp is not None and resp.stream is not None:  # in flight until it ends
-                resp.stream.hold(in_flight_until_end(self.board, column, name))
+                resp.stream.hold(in_flight_until_end(self.board, column))
             else:
                 self.board.add(column, -1)
-                metrics.in_flight(name, -1)
 
     async def _forward_remote(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
         """A remote endpoint (``URLS``): the body names the remote's SIGNATURE (by default

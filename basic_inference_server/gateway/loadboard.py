@@ -3,14 +3,28 @@
 Created in the front's master before it forks, so every front process sees every
 count; each process writes only its own row, so no update is lost between processes
 (threads of one process update under the caller's lock). A worker's load is the sum
-of its column. Sockets map to columns by hash; a rare collision only blurs balancing.
+of its column.
+
+Each name (a worker socket, a remote URL, ``@<endpoint>``, ``#connections``) has a
+column of its own: the first process to meet a name claims a free column for it, by
+open addressing from the name's hash, under a lock shared by the front's processes, and
+the others find it there. Two names never share a column (one endpoint's
+``MAX_IN_FLIGHT`` is never counted against another's requests) until the table is full;
+past that, a new name shares the column its hash points to, blurring balancing and
+those counts (logged once). Columns are not given back: the names of a worker
+generation stay claimed after it is gone, so the table holds the names of about a
+thousand reloads of a few endpoints.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing
-import zlib
+
+from ..tenants.shared import slot_hash
+
+log = logging.getLogger(__name__)
 
 
 class LoadBoard:
@@ -21,6 +35,10 @@ class LoadBoard:
         self.columns = columns
         self.row = 0
         self._counts = multiprocessing.RawArray(ctypes.c_int32, self.rows * columns)
+        # The id (slot_hash) of the name owning each column; 0: free.
+        self._owners = multiprocessing.RawArray(ctypes.c_uint64, columns)
+        self._lock = multiprocessing.Lock()  # taken only to claim a column
+        self._full = False
         # Columns of the names met so far: a /run reads and writes several each.
         self._columns: dict[str, int] = {}
 
@@ -35,8 +53,42 @@ class LoadBoard:
         if col is None:
             if len(self._columns) >= self.columns:
                 self._columns.clear()  # (bounded, whatever names come)
-            col = self._columns[path] = zlib.crc32(path.encode()) % self.columns
+            col = self._columns[path] = self._claim(slot_hash(path))
         return col
+
+    def _claim(self, ident: int) -> int:
+        """The column of the name whose id is ``ident``: found, or claimed if free."""
+        start = ident % self.columns
+        found = self._probe(ident, start)
+        if found >= 0:
+            return found
+        with self._lock:
+            found = self._probe(ident, start)  # another process may have just claimed it
+            if found >= 0:
+                return found
+            for i in range(self.columns):
+                col = (start + i) % self.columns
+                if not self._owners[col]:
+                    self._owners[col] = ident
+                    return col
+        if not self._full:
+            self._full = True
+            log.warning("the front's load board has no free column left (%d): new worker "
+                        "sockets now share columns, blurring balancing and MAX_IN_FLIGHT "
+                        "counts until the gateway restarts", self.columns)
+        return start
+
+    def _probe(self, ident: int, start: int) -> int:
+        """The column owned by ``ident`` (claimed columns are never freed, so probing
+        stops at the first free one); -1 when not there."""
+        for i in range(self.columns):
+            col = (start + i) % self.columns
+            owner = self._owners[col]
+            if owner == ident:
+                return col
+            if not owner:
+                return -1
+        return -1
 
     def add(self, path: str, delta: int) -> None:
         """Count ``delta`` more requests in flight to socket ``path`` (this process's row)."""

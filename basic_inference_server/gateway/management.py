@@ -216,8 +216,9 @@ def build_management_app(front: Front) -> Flask:
             body = {}
         queues = front.jobs.collector(front.routes.names())
         traffic = TrafficCollector(body.get("TRAFFIC_STATE"))
+        in_flight = metrics.InFlight(front.board, front.routes.names())
         return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues, traffic,
-                                       tenant_labels=front.spec.metrics_tenant_labels),
+                                       in_flight, tenant_labels=front.spec.metrics_tenant_labels),
                         mimetype=CONTENT_TYPE_LATEST)
 
     def live() -> Response:

@@ -79,8 +79,6 @@ LATENCY = Histogram("bis_request_seconds", "/run latency through the gateway",
                     ["endpoint", "version"],
                     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                              1, 2.5, 5, 10, 30, 60))
-IN_FLIGHT = Gauge("bis_in_flight", "/run requests being served", ["endpoint"],
-                  multiprocess_mode="livesum")
 
 # Children of the request metrics by label values: labels() costs microseconds a call,
 # and the values are bounded (route names, "unknown", "-"; statuses).
@@ -99,8 +97,9 @@ class _Tally:
     """What this front process counted and has not written to its metrics files yet.
 
     Every update of a multiprocess metric writes its file under a lock: on a noop
-    ``/run`` the request counter, the latency histogram's two values and the in-flight
-    gauge's two updates were a seventh of the front's CPU (bench/README.md). Counted
+    ``/run`` the request counter and the latency histogram's two values (and an
+    in-flight gauge's two updates, now read from the load board at scrape time:
+    :class:`InFlight`) were a seventh of the front's CPU (bench/README.md). Counted
     here instead, they are written once per event-loop iteration that counted any
     (``call_soon``): before the loop reads anything more, so a scrape sent once an
     answer came sees that answer counted. Outside an event loop (a thread), an update
@@ -110,8 +109,6 @@ class _Tally:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[tuple[str, str], list[float]] = {}
-        self.in_flight: dict[str, int] = {}
-        self.written: dict[str, int] = {}  # the in-flight values in the files
         self.scheduled = False
 
     def due(self) -> bool:
@@ -134,15 +131,6 @@ class _Tally:
         latency, self.latency = self.latency, {}
         for (endpoint, version), seconds in latency.items():
             _observe_all(_child(LATENCY, endpoint, version), seconds)
-        for endpoint in self.in_flight:
-            self.write_in_flight(endpoint)
-
-    def write_in_flight(self, endpoint: str) -> None:
-        """Write ``endpoint``'s in-flight count, if it changed."""
-        n = self.in_flight[endpoint]
-        if self.written.get(endpoint) != n:
-            _child(IN_FLIGHT, endpoint).set(n)
-            self.written[endpoint] = n
 
 
 _tally = _Tally()
@@ -185,12 +173,22 @@ def time_request(endpoint: str, version: str | None, seconds: float) -> None:
         _child(LATENCY, endpoint, version or "").observe(seconds)
 
 
-def in_flight(endpoint: str, delta: int) -> None:
-    """``delta`` more requests of ``endpoint`` in flight from this process
-    (``bis_in_flight``); counted on the event loop."""
-    _tally.in_flight[endpoint] = _tally.in_flight.get(endpoint, 0) + delta
-    if not _tally.due():
-        _tally.write_in_flight(endpoint)
+class InFlight:
+    """``bis_in_flight{endpoint}`` at scrape time: the requests each route has in flight
+    over every front process, as the load board counts them for ``MAX_IN_FLIGHT`` (its
+    ``@<route>`` columns). One count serves both, and a request pays no metric write."""
+
+    def __init__(self, board: Any, names: list[str]) -> None:
+        # board: the front's .loadboard.LoadBoard; names: the route table's routes
+        self.board = board
+        self.names = names
+
+    def collect(self) -> Any:
+        """The gauge family, one sample per route."""
+        family = _gauge("bis_in_flight", "/run requests being served", ["endpoint"])
+        for name in self.names:
+            family.add_metric([name], float(self.board.load("@" + name)))
+        yield family
 
 
 GB = 1024 ** 3

@@ -234,13 +234,11 @@ def stream_answer(answer: Answer, up: UpstreamStream, label: str, meta: dict[str
     return answer
 
 
-def in_flight_until_end(board: LoadBoard, column: str,
-                        endpoint: str) -> Callable[[StreamEnd], None]:
+def in_flight_until_end(board: LoadBoard, column: str) -> Callable[[StreamEnd], None]:
     """What a stream holds of its endpoint's ``MAX_IN_FLIGHT`` and ``bis_in_flight``."""
 
     def release(_end: StreamEnd) -> None:
         board.add(column, -1)
-        metrics.in_flight(endpoint, -1)
 
     return release
 

@@ -1,5 +1,6 @@
 """The front's request metrics: counted in memory on the event loop, written once per
-loop iteration that counted any; written at once outside a loop."""
+loop iteration that counted any; written at once outside a loop. ``bis_in_flight``:
+read from the load board at scrape time."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import asyncio
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from basic_inference_server.gateway import metrics
+from basic_inference_server.gateway.loadboard import LoadBoard
 
 
 def requests_total(endpoint: str, status: str) -> float:
     return REGISTRY.get_sample_value("bis_requests_total", {
         "endpoint": endpoint, "version": "", "status": status}) or 0.0
-
-
-def in_flight(endpoint: str) -> float | None:
-    return REGISTRY.get_sample_value("bis_in_flight", {"endpoint": endpoint})
 
 
 def test_counts_on_the_loop_are_written_when_the_iteration_ends():
@@ -35,28 +33,10 @@ def test_counts_on_the_loop_are_written_when_the_iteration_ends():
     assert requests_total("tally-a", "503") == 1
 
 
-def test_in_flight_on_the_loop_writes_the_value_it_ends_the_iteration_with():
-    async def body() -> list[float | None]:
-        metrics.in_flight("tally-b", 1)
-        metrics.in_flight("tally-b", 1)
-        await asyncio.sleep(0)
-        two = in_flight("tally-b")
-        metrics.in_flight("tally-b", -1)
-        metrics.in_flight("tally-b", -1)
-        await asyncio.sleep(0)
-        return [two, in_flight("tally-b")]
-
-    assert asyncio.run(body()) == [2.0, 0.0]
-
-
 def test_off_the_loop_counts_are_written_at_once():
     before = requests_total("tally-c", "202")
     metrics.count_request("tally-c", None, 202)
     assert requests_total("tally-c", "202") == before + 1
-    metrics.in_flight("tally-c", 1)
-    assert in_flight("tally-c") == 1.0
-    metrics.in_flight("tally-c", -1)
-    assert in_flight("tally-c") == 0.0
 
 
 def test_a_batch_of_latencies_lands_where_observe_puts_each():
@@ -93,3 +73,17 @@ def test_latencies_on_the_loop_are_written_when_the_iteration_ends():
 
     before, during, after = asyncio.run(body())
     assert during == before and after == before + 2
+
+
+def test_in_flight_is_read_from_the_load_board_over_every_process_row():
+    board = LoadBoard(rows=2, columns=64)
+    board.add("@echo", 2)  # row 0
+    board.claim_row(1)
+    board.add("@echo", 1)
+    board.add("@echo@v1", 1)
+    board.add("/tmp/bis/echo.g1w0", 5)  # a worker socket: not a route
+    registry = CollectorRegistry()
+    registry.register(metrics.InFlight(board, ["echo", "echo@v1", "idle"]))
+    got = {s.labels["endpoint"]: s.value for family in registry.collect()
+           for s in family.samples if s.name == "bis_in_flight"}
+    assert got == {"echo": 3.0, "echo@v1": 1.0, "idle": 0.0}
