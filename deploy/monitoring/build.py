@@ -59,6 +59,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
         ("Restarts since the gateway started, and readiness", "short", [
             ("max by (endpoint) (bis_restarts)", "restarts {{endpoint}}"),
             ("max by (endpoint) (bis_endpoint_ready)", "ready {{endpoint}}")]),
+        ("Endpoints by state", "short", [
+            ("sum by (state) (bis_endpoint_state)", "{{state}}")]),
     ]),
     ("Jobs", [
         ("Jobs waiting or running", "short", [
