@@ -73,6 +73,8 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
             (f"sum by (tenant) (rate(bis_tenant_requests_total{RATE}))", "{{tenant}}")]),
         ("Units (USAGE) per second by tenant", "short", [
             (f"sum by (tenant) (rate(bis_tenant_units_total{RATE}))", "{{tenant}}")]),
+        ("Share of its quota spent this period, by tenant", "percentunit", [
+            ("max by (tenant) (bis_tenant_quota_used_ratio)", "{{tenant}}")]),
     ]),
     ("GPUs and models", [
         ("GPU memory in use", "percentunit", [

@@ -48,7 +48,7 @@ def queries() -> list[str]:
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     checked = promtool("check", "rules", str(MONITORING / "alerts.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 7 rules found" in checked.stdout
+    assert "SUCCESS: 8 rules found" in checked.stdout
     tested = promtool("test", "rules", str(RULE_TESTS))
     assert tested.returncode == 0, tested.stdout + tested.stderr
     alerts = {r["alert"] for g in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
@@ -66,7 +66,7 @@ def test_the_dashboard_loads_with_grafanas_model():
     graphs = [p for p in data["panels"] if p["type"] == "timeseries"]
     assert [r["title"] for r in rows] == ["Traffic", "Endpoints", "Jobs", "Tenants",
                                           "GPUs and models"]
-    assert len(graphs) == 15 and all(p["targets"] for p in graphs)
+    assert len(graphs) == 16 and all(p["targets"] for p in graphs)
     assert all(t["datasource"]["uid"] == "${datasource}" for p in graphs for t in p["targets"])
 
 
