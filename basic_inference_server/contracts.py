@@ -113,6 +113,7 @@ class SupervisorSpec:
     control: str
     sample_interval: float = _default("HEALTH_SAMPLE_INTERVAL")
     disk_path: str = "/"
+    nvml_recording: str | None = None  # NVML_RECORDING: replayed instead of the driver
 
 
 @dataclass

@@ -7,6 +7,8 @@ defaults from it without loading the endpoint settings' checks (``traffic/``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .queues import check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
 
@@ -75,6 +77,11 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("HEALTH_SAMPLE_INTERVAL", (int, float), 5,
                 "Seconds between health samples (memory, disk, CPU, GPU) taken by the supervisor.",
                 at_least(0.1)),
+        Setting("NVML_RECORDING", (str, type(None)), None,
+                "A JSON file of recorded NVML answers (the `RecordedNvml` format, "
+                "basic_inference_server/health/gpu.py) that the health samples read instead of "
+                "the GPU driver: dashboards, alert rules and demos on a machine without a GPU.",
+                lambda v: None if v is None or Path(v).is_file() else "no such file"),
         Setting("ALERT_MEM_AVAIL_PCT", (int, float), 15,
                 "Alert when available system memory falls under this percentage.",
                 at_least(0, 100)),

@@ -40,6 +40,7 @@ from ..errors import (
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call, peer_args
 from ..tenants.admin import key_views
+from ..tenants.metering import QuotaUse
 from . import metrics
 from .api_table import Route, paths_listing, register
 from .dashboard import dashboard_views
@@ -216,9 +217,12 @@ def build_management_app(front: Front) -> Flask:
             body = {}
         queues = front.jobs.collector(front.routes.names())
         traffic = TrafficCollector(body.get("TRAFFIC_STATE"))
-        in_flight = metrics.InFlight(front.board, front.routes.names())
-        return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), queues, traffic,
-                                       in_flight, tenant_labels=front.spec.metrics_tenant_labels),
+        extra = [queues, traffic, metrics.InFlight(front.board, front.routes.names())]
+        gate = front.key_gate
+        if gate is not None and gate.spec.enabled:
+            extra.append(QuotaUse(gate.store, tenant_labels=front.spec.metrics_tenant_labels))
+        return Response(metrics.render(body.get("SERVERS", {}), body.get("HEALTH"), *extra,
+                                       tenant_labels=front.spec.metrics_tenant_labels),
                         mimetype=CONTENT_TYPE_LATEST)
 
     def live() -> Response:

@@ -30,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from ..cancellations import CLIENT_GONE, TIMEOUT, count_cancelled
+from ..contracts import EndpointState
 from ..tenants.metering import TopTenants
 from ..traffic.compare import Result
 from ..traffic.shadow import summarize
@@ -192,6 +193,7 @@ class InFlight:
 
 
 GB = 1024 ** 3
+STATES = [state.value for state in EndpointState]
 
 
 def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -208,6 +210,11 @@ class ManagerCollector:
     def collect(self) -> Any:
         """The endpoints' gauges and the health figures, from the manager's report."""
         ready = _gauge("bis_endpoint_ready", "1 when the endpoint is READY", ["endpoint"])
+        # One series per state, 1 for the current one (as kube-state-metrics does): an
+        # alert can look back over a window for a state (CRASHLOOP) the endpoint leaves
+        # for a moment at each restart.
+        states = _gauge("bis_endpoint_state", "1 for the endpoint's current state, 0 for the "
+                        "others", ["endpoint", "state"])
         workers = _gauge("bis_workers", "Worker processes ready", ["endpoint"])
         target = _gauge("bis_workers_target", "NR_WORKERS asked for", ["endpoint"])
         restarts = _gauge("bis_restarts", "Restarts since the gateway started", ["endpoint"])
@@ -215,12 +222,14 @@ class ManagerCollector:
                            "health probe", ["endpoint", "url"])
         for name, info in self.servers.items():
             ready.add_metric([name], 1.0 if info["state"] == "READY" else 0.0)
+            for state in STATES:
+                states.add_metric([name, state], 1.0 if info["state"] == state else 0.0)
             workers.add_metric([name], float(info["workers_ready"]))
             target.add_metric([name], float(info["nr_workers"]))
             restarts.add_metric([name], float(info["restarts"]))
             for url, seen in info.get("remote", {}).get("urls", {}).items():
                 remote_up.add_metric([name, url], 0.0 if seen["reachable"] is False else 1.0)
-        yield from (ready, workers, target, restarts, remote_up)
+        yield from (ready, states, workers, target, restarts, remote_up)
         if self.health:
             yield from self._health()
 

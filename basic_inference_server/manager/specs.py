@@ -73,7 +73,9 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:
     """The supervisor's start-up spec."""
     return SupervisorSpec(control=paths.control,
-                          sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path)
+                          sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path,
+                          nvml_recording=(str(Path(config["NVML_RECORDING"]).resolve())
+                                          if config["NVML_RECORDING"] else None))
 
 
 def front_url(host: str, port: int, tls: bool) -> str:

@@ -10,6 +10,7 @@ does the killing and restarting.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from ..control_api import (
     SUPERVISION,
     HealthSample,
 )
+from ..health.gpu import RecordedNvml
 from ..health.sampler import collect_sample
 from ..ipc import ControlUnavailable, control_call
 from .hangs import MASTER, HangDetector, Verdict
@@ -66,6 +68,10 @@ class Supervisor:
         self.pinger = pinger
         self.url_prober = url_prober
         self.master = master
+        if spec.nvml_recording and sampler is collect_sample:
+            # NVML_RECORDING: GPU figures replayed from a file instead of the driver.
+            sampler = functools.partial(
+                collect_sample, gpu_api=RecordedNvml.from_file(spec.nvml_recording))
         self.sampler = sampler
         self.detector = HangDetector()
         self.next_ping: dict[str, float] = {}

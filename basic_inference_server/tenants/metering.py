@@ -25,7 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import Counter
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .usage import period
 
 FLUSH_EVERY = 2.0
 TOP_TENANTS = 20
@@ -145,6 +147,51 @@ class TopTenants:
                 family.add_metric(list(values_), value)
             yield family
 
+
+
+class QuotaUse:
+    """``bis_tenant_quota_used_ratio{tenant}`` at scrape time: per tenant, the share of its
+    quota that its key nearest its own has spent in the current period (keys and their
+    rotations share a counter: a lineage's). The ``top`` tenants nearest their quota keep
+    their name and the others are left out: an alert asks about those near the end, and
+    the series stay bounded. With ``tenant_labels`` False, one sample without a tenant:
+    the largest share of any.
+
+    A scrape reads every usable key with a quota and its counter (one round trip on
+    Redis), never on the request path.
+    """
+
+    def __init__(self, store: Any, top: int = TOP_TENANTS, tenant_labels: bool = True) -> None:
+        # store: the gate's .store.KeyStore
+        self.store = store
+        self.top = top
+        self.tenant_labels = tenant_labels
+
+    def shares(self, now: float) -> dict[str, float]:
+        """The largest share of its quota spent by a key of each tenant."""
+        keys = [k for k in self.store.keys() if k.quota is not None and k.usable(now)]
+        counters = [(k.lineage, period(k.quota.per, now)[0]) for k in keys]
+        out: dict[str, float] = {}
+        for key, spent in zip(keys, self.store.spent_now(counters), strict=True):
+            out[key.tenant] = max(out.get(key.tenant, 0.0), spent / key.quota.amount)
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        """The gauge family."""
+        shares = self.shares(time.time())
+        doc = ("Share of its quota spent this period by each tenant's key nearest its quota "
+               f"(the {self.top} tenants nearest theirs)")
+        if not self.tenant_labels:
+            family = GaugeMetricFamily("bis_tenant_quota_used_ratio", doc + ", the largest "
+                                       "(METRICS_TENANT_LABELS is off)", labels=[])
+            if shares:
+                family.add_metric([], max(shares.values()))
+            yield family
+            return
+        family = GaugeMetricFamily("bis_tenant_quota_used_ratio", doc, labels=["tenant"])
+        for tenant in sorted(shares, key=lambda t: (-shares[t], t))[:self.top]:
+            family.add_metric([tenant], shares[tenant])
+        yield family
 
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The admin API's rows: totals and the mean latency in milliseconds."""

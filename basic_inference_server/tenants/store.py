@@ -99,6 +99,10 @@ class KeyStore(Protocol):
     def charge_now(self, lineage: str, period: str, amount: float) -> None:
         """:meth:`charge`, from a thread that may block."""
 
+    def spent_now(self, counters: list[tuple[str, str]]) -> list[float]:
+        """What each ``(lineage, period)`` spent, from a thread that may block (one round
+        trip on Redis)."""
+
     def meter_now(self, rows: list[Row]) -> None:
         """:meth:`meter`, from a thread that may block."""
 
@@ -194,6 +198,9 @@ class SqliteStore:
     async def spent(self, lineage: str, period: str) -> float:
         found: float = await self._pooled(self._spent, lineage, period)
         return found
+
+    def spent_now(self, counters: list[tuple[str, str]]) -> list[float]:
+        return [self._spent(lineage, period) for lineage, period in counters]
 
     def _reserve(self, lineage: str, period: str, amount: float,
                  limit: float) -> tuple[bool, float]:
@@ -343,6 +350,14 @@ class RedisStore:
         found = await self._acall(self.lean.call("HGET", self.prefix + "usage:" + lineage,
                                                  period))
         return float(found) if found else 0.0
+
+    def spent_now(self, counters: list[tuple[str, str]]) -> list[float]:
+        def read() -> list[Any]:
+            pipe = self.client().pipeline(transaction=False)
+            for lineage, period in counters:
+                pipe.hget(self.prefix + "usage:" + lineage, period)
+            return list(pipe.execute())
+        return [float(found) if found else 0.0 for found in self._call(read)]
 
     async def reserve(self, lineage: str, period: str, amount: float,
                       limit: float) -> tuple[bool, float]:

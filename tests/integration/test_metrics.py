@@ -35,6 +35,10 @@ def test_metrics_count_requests_and_report_workers(gateways):
     assert got[("bis_request_seconds_count", (("endpoint", "echo"), ("version", "")))] == 20
     assert got[("bis_workers", (("endpoint", "echo"),))] == 2
     assert got[("bis_endpoint_ready", (("endpoint", "echo"),))] == 1
+    states = {dict(labels)["state"]: value for (name, labels), value in got.items()
+              if name == "bis_endpoint_state" and dict(labels)["endpoint"] == "echo"}
+    assert states == {"STOPPED": 0, "STARTING": 0, "READY": 1, "RESTARTING": 0, "FAILED": 0,
+                      "CRASHLOOP": 0, "STOPPING": 0, "UNREACHABLE": 0}
     assert got[("bis_in_flight", (("endpoint", "echo"),))] == 0
 
 

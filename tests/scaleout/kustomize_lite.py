@@ -4,9 +4,9 @@ The real one is ``kustomize build DIR`` or ``kubectl kustomize DIR``: neither is
 for Debian 12 nor shipped by a package on PyPI or npm, so a machine without kubectl gets
 the fallback below. It implements exactly the kustomize features deploy/kubernetes uses
 (``resources``, ``namespace``, ``images``, ``configMapGenerator`` with
-``disableNameSuffixHash``, inline JSON 6902 ``patches`` by kind and name) and refuses any
-other key, so it can never silently render something else; the manifest tests compare its
-output with the real kustomize's wherever both exist.
+``disableNameSuffixHash`` and ``options.labels``, inline JSON 6902 ``patches`` by kind
+and name) and refuses any other key, so it can never silently render something else;
+the manifest tests compare its output with the real kustomize's wherever both exist.
 """
 
 from __future__ import annotations
@@ -75,12 +75,18 @@ def _generate(objects: list[dict[str, Any]], folder: Path, generator: dict[str, 
     for item in generator.get("files", []):
         key, _, path = item.rpartition("=")
         data[key or Path(path).name] = (folder / path).read_text()
+    options = generator.get("options", {})
+    if set(options) - {"labels"}:
+        raise ValueError(f"the fallback renderer does not know the options {sorted(options)}")
     behavior = generator.get("behavior", "create")
     found = [o for o in objects if o["kind"] == "ConfigMap"
              and o["metadata"]["name"] == generator["name"]]
     if behavior == "create":
-        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": generator["name"]}, "data": data})
+        metadata: dict[str, Any] = {"name": generator["name"]}
+        if "labels" in options:
+            metadata["labels"] = dict(options["labels"])
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
+                        "data": data})
     elif behavior == "merge" and len(found) == 1:
         found[0]["data"].update(data)
     elif behavior == "replace" and len(found) == 1:

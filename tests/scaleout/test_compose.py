@@ -8,6 +8,8 @@ tests/multihost/test_netns.py.
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 import stat
 import subprocess
 import sys
@@ -54,7 +56,7 @@ def split_command(service: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def test_services_and_secrets():
-    assert set(SERVICES) == {"redis", "gateway", "worker1", "worker2"}
+    assert set(SERVICES) == {"redis", "gateway", "worker1", "worker2", "prometheus", "grafana"}
     assert set(BIS) == {"gateway", "worker1", "worker2"}
     for service in SERVICES.values():
         for name in service.get("secrets", []):
@@ -127,3 +129,44 @@ def test_render_config_refuses_secrets_that_are_not_url_safe(tmp_path, value):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "not URL-safe" in proc.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+def test_the_monitoring_profile_scrapes_with_the_scrape_token_and_loads_rules_and_dashboard(
+        tmp_path):
+    monitoring = {name: s for name, s in SERVICES.items() if "monitoring" in s.get("profiles", [])}
+    assert set(monitoring) == {"prometheus", "grafana"}, "not started without the profile"
+    prometheus, grafana = monitoring["prometheus"], monitoring["grafana"]
+    config_path = host_path(prometheus, "/etc/prometheus/prometheus.yml")
+    config = yaml.safe_load(config_path.read_text())
+    [job] = config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["gateway:5002"]}]
+    assert job["metrics_path"] == "/metrics" in API
+    # The scrape token, as a file: the compose secret the gateway takes as METRICS_TOKEN.
+    auth = job["authorization"]
+    assert auth["credentials_file"] == "/run/secrets/metrics_token"
+    assert "metrics_token" in prometheus["secrets"] and "metrics_token" in BIS["gateway"]["secrets"]
+    template, _ = split_command(BIS["gateway"])
+    settings = json.loads(host_path(BIS["gateway"], template[0]).read_text())
+    assert settings["METRICS_TOKEN"] == "${secret:metrics_token}"
+    # The rule files sit beside the configuration in the container, as in the repository.
+    for rules in config["rule_files"]:
+        assert host_path(prometheus, f"/etc/prometheus/{rules}") == config_path.parent / rules
+    # promtool checks the configuration and its rules (the token file made here).
+    (tmp_path / "metrics_token").write_text("dummy")
+    auth["credentials_file"] = str(tmp_path / "metrics_token")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(config_path.parent / "alerts.yml", tmp_path / "alerts.yml")
+    checked = subprocess.run([shutil.which("promtool") or "promtool", "check", "config",
+                              str(tmp_path / "prometheus.yml")],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Grafana: the provisioned datasource is this Prometheus, the dashboard file the shipped one.
+    provisioning = host_path(grafana, "/etc/grafana/provisioning")
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "basic-inference-server.yml")
+                                .read_text())["providers"]
+    folder = provider["options"]["path"]
+    assert host_path(grafana, f"{folder}/basic-inference-server.json") == \
+        ROOT / "deploy" / "monitoring" / "grafana-dashboard.json"

@@ -61,6 +61,10 @@ KEDA_SCHEMAS = {
 }
 
 
+# The prometheus-operator's kinds: no schema here (kubernetes-validate knows core kinds).
+MONITORING_KINDS = ("ServiceMonitor", "PrometheusRule")
+
+
 @pytest.fixture(scope="module", params=OVERLAYS)
 def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, render(DEPLOY / "overlays" / request.param)
@@ -108,7 +112,7 @@ def test_the_overlays_render(overlay):
     kinds = sorted(o["kind"] for o in objects)
     assert kinds.count("Deployment") == 3 and kinds.count("ScaledObject") == 2
     assert {"Namespace", "StatefulSet", "PodDisruptionBudget", "ServiceMonitor",
-            "TriggerAuthentication", "ConfigMap", "Service"} <= set(kinds)
+            "PrometheusRule", "TriggerAuthentication", "ConfigMap", "Service"} <= set(kinds)
     assert all(o["metadata"].get("namespace") == "bis" for o in objects if o["kind"] != "Namespace")
 
 
@@ -125,7 +129,7 @@ def test_the_fallback_renderer_matches_kustomize(name):
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_kubernetes_objects_validate_strictly(overlay, version):
     for obj in overlay[1]:
-        if (obj["apiVersion"], obj["kind"]) in KEDA_SCHEMAS or obj["kind"] == "ServiceMonitor":
+        if (obj["apiVersion"], obj["kind"]) in KEDA_SCHEMAS or obj["kind"] in MONITORING_KINDS:
             continue
         kubernetes_validate.validate(obj, version, strict=True)
 
@@ -255,3 +259,16 @@ def test_the_service_monitor_scrapes_the_gateway_metrics_with_the_scrape_token(o
     assert secret["key"] in mounted
     config, _ = pod_config(objects, pod["containers"][0], tmp_path)
     assert config["METRICS_TOKEN"] == f"dummy-{secret['key']}" != config.admin_token()
+
+
+def test_the_alert_rules_and_the_dashboard_are_deployed(overlay):
+    objects = overlay[1]
+    rule = one(objects, "PrometheusRule", "bis-alerts")
+    alerts = yaml.safe_load((DEPLOY.parent / "monitoring" / "alerts.yml").read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"] == alerts["groups"], "the rules of alerts.yml, as they are"
+    board = one(objects, "ConfigMap", "bis-grafana-dashboard")
+    # Grafana's dashboard sidecar loads ConfigMaps by this label.
+    assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (DEPLOY.parent / "monitoring" / "grafana-dashboard.json").read_text()
+    assert board["data"] == {"grafana-dashboard.json": shipped}

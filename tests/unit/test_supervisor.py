@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from basic_inference_server.contracts import SupervisorSpec
@@ -108,3 +110,18 @@ def test_an_endpoint_whose_workers_all_hang_is_reported_whole():
     sup.run_once()
     [report] = manager.sent("report_hung")
     assert report["server"] and "every worker" in report["reason"]
+
+
+def test_health_samples_replay_an_nvml_recording(tmp_path):
+    """NVML_RECORDING: the GPU figures of each sample come from the file, not the driver."""
+    recording = Path(__file__).resolve().parents[1] / "fixtures" / "nvml" / "two_gpus.json"
+    manager = FakeManager({})
+    sup = Supervisor(SupervisorSpec(control="-", sample_interval=10, disk_path=str(tmp_path),
+                                    nvml_recording=str(recording)),
+                     clock=lambda: 0.0, call=manager)
+    sup.run_once()
+    [sample] = manager.sent("health_sample")
+    gpus = sample["gpu"]["gpus"]
+    expected = json.loads(recording.read_text())["devices"]
+    assert sample["gpu"]["available"] is True and len(gpus) == len(expected) == 2
+    assert [g["name"] for g in gpus] == [d["name"] for d in expected]
