@@ -59,18 +59,14 @@ class LoadBoard:
     def _claim(self, ident: int) -> int:
         """The column of the name whose id is ``ident``: found, or claimed if free."""
         start = ident % self.columns
-        found = self._probe(ident, start)
-        if found >= 0:
-            return found
+        col = self._slot(ident, start)
+        if col >= 0 and self._owners[col] == ident:
+            return col
         with self._lock:
-            found = self._probe(ident, start)  # another process may have just claimed it
-            if found >= 0:
-                return found
-            for i in range(self.columns):
-                col = (start + i) % self.columns
-                if not self._owners[col]:
-                    self._owners[col] = ident
-                    return col
+            col = self._slot(ident, start)  # another process may have claimed it meanwhile
+            if col >= 0:
+                self._owners[col] = ident
+                return col
         if not self._full:
             self._full = True
             log.warning("the front's load board has no free column left (%d): new worker "
@@ -78,16 +74,14 @@ class LoadBoard:
                         "counts until the gateway restarts", self.columns)
         return start
 
-    def _probe(self, ident: int, start: int) -> int:
-        """The column owned by ``ident`` (claimed columns are never freed, so probing
-        stops at the first free one); -1 when not there."""
+    def _slot(self, ident: int, start: int) -> int:
+        """The column owned by ``ident``, else the first free one on its path (claimed
+        columns are never freed, so a name is never past a free one); -1: none free."""
         for i in range(self.columns):
             col = (start + i) % self.columns
             owner = self._owners[col]
-            if owner == ident:
+            if owner == ident or not owner:
                 return col
-            if not owner:
-                return -1
         return -1
 
     def add(self, path: str, delta: int) -> None:
