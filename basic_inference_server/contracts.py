@@ -73,6 +73,8 @@ class FrontSpec:
     # The job runner's credential: a /run that presents it needs no API key and names
     # its tenant with X-Customer-ID (see JobRunnerSpec).
     internal_token: str | None = None
+    # The cache folder: where each front process appends to the audit trail (..audit).
+    cache_dir: str = "_cache"
 
 
 @dataclass

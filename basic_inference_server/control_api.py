@@ -129,6 +129,7 @@ class ShutdownArgs(TypedDict):
 
 class HistoryArgs(TypedDict, total=False):
     samples: Annotated[int, Doc("how many samples, the newest")]
+    audit: Annotated[int, Doc("how many audit records, the newest")]
 
 
 class SupportReport(TypedDict, total=False):
@@ -209,7 +210,10 @@ LIST_SERVERS: Command[NoArgs] = Command("list_servers", NoArgs, answer(
     SERVERS=OBJECT))
 SYSTEM_STATUS: Command[NoArgs] = Command("system_status", NoArgs, answer(("SYSTEM_STATUS",),
                                                         SYSTEM_STATUS=OBJECT))
-HISTORY: Command[HistoryArgs] = Command("history", HistoryArgs, answer(("samples",), samples={"type": "array"}))
+HISTORY: Command[HistoryArgs] = Command("history", HistoryArgs, answer(
+    ("samples", "events", "audit"), samples={"type": "array"}, events={"type": "array"},
+    audit={"type": "array", "description": "admin calls that change state, and refused "
+           "attempts per address and minute, oldest first"}))
 NOTIFICATIONS: Command[NoArgs] = Command("notifications", NoArgs, answer(("NOTIFICATIONS",),
                                                         NOTIFICATIONS={"type": "array"}))
 SUPPORT_STATUS: Command[SupportReport] = Command("support_update_status", SupportReport, RESULT, peer=True)

@@ -88,6 +88,8 @@ class Route:
     commands: dict[str, str] = field(default_factory=dict)
     # A streaming endpoint's answer may come as events (basic_inference_server.streams).
     streams: bool = False
+    # Whether its POST changes state: each call goes to the audit trail (..audit).
+    changes: bool = False
 
     @property
     def admin(self) -> bool:
@@ -114,9 +116,11 @@ def managed(path: str, summary: str, statuses: tuple[int, ...], *,
     commands = {m: c.name for m, c in (("GET", get), ("POST", post)) if c is not None}
     shown = post or get
     assert shown is not None
+    # A POST that answers what the GET answers reads; any other POST acts.
     return Route(path, methods, auth, summary, statuses, view=COMMAND,
                  request=post.schema() if post else None, params=params,
-                 response=shown.reply, commands=commands)
+                 response=shown.reply, commands=commands,
+                 changes=post is not None and post is not get and auth == "admin")
 
 
 # A job id is 32 characters (a uuid4's hex): /jobs/dead and /jobs/requeue are not ids.
@@ -188,9 +192,12 @@ ROUTES: tuple[Route, ...] = (
             get=api.LIST_SERVERS, post=api.LIST_SERVERS),
     managed("/system_status", "memory, disk, GPU, alerts (SYSTEM_STATUS)", (200, 503),
             get=api.SYSTEM_STATUS, post=api.SYSTEM_STATUS),
-    managed("/history", "rolling window of health samples and events: ?samples=N", (200, 400),
-            get=api.HISTORY, params=(Param("samples", {"type": "string", "pattern": "^[0-9]+$"},
-                                           description="how many samples, the newest"),)),
+    managed("/history", "rolling window of health samples and events, and the newest of the "
+            "audit trail: ?samples=N&audit=N", (200, 400), get=api.HISTORY,
+            params=(Param("samples", {"type": "string", "pattern": "^[0-9]+$"},
+                          description="how many samples, the newest"),
+                    Param("audit", {"type": "string", "pattern": "^[0-9]+$"},
+                          description="how many audit records, the newest (default 100)"))),
     managed("/notifications", "recent notifications from workers", (200,),
             get=api.NOTIFICATIONS, post=api.NOTIFICATIONS),
     Route("/get_paths", ("GET", "POST"), "open", "this list", (200,), view="get_paths",
@@ -265,21 +272,22 @@ ROUTES: tuple[Route, ...] = (
           response=body(("SIGNATURE", "DEAD_LETTERS", "COUNT"), SIGNATURE=STRING,
                         DEAD_LETTERS={"type": "array"}, COUNT={"type": "integer"})),
     Route("/jobs/requeue", ("POST",), "admin", "requeue dead letters: {SIGNATURE, JOB_ID (or all)}",
-          (200, 400, 404, 503), view="requeue",
+          (200, 400, 404, 503), view="requeue", changes=True,
           request=body(("SIGNATURE",), SIGNATURE=SIGNATURE, JOB_ID=STRING),
           response=body(("SIGNATURE", "REQUEUED", "COUNT"), SIGNATURE=STRING,
                         REQUEUED={"type": "array", "items": STRING}, COUNT={"type": "integer"})),
     Route("/keys", ("GET", "POST"), "admin",
           "API keys: list (?TENANT=) or create {TENANT, ENDPOINTS, RATE, BURST, ...}; the key "
-          "is shown once", (200, 201, 400, 503), view="keys", request=KEY_REQUEST,
+          "is shown once", (200, 201, 400, 503), view="keys", request=KEY_REQUEST, changes=True,
           params=(Param("TENANT", description="GET: only this tenant's keys"),),
           response=body(("KEYS", "COUNT"), KEYS={"type": "array"}, COUNT={"type": "integer"}),
           bodies={201: KEY_CREATED}),
     Route("/keys/revoke", ("POST",), "admin", "revoke an API key: {KEY_ID}", (200, 400, 404, 503),
-          view="keys_revoke", request=body(("KEY_ID",), KEY_ID=KEY_ID), response=KEY),
+          view="keys_revoke", request=body(("KEY_ID",), KEY_ID=KEY_ID), response=KEY,
+          changes=True),
     Route("/keys/rotate", ("POST",), "admin",
           "a new key for the same tenant; the old one works GRACE more seconds: {KEY_ID, GRACE}",
-          (201, 400, 404, 409, 503), view="keys_rotate",
+          (201, 400, 404, 409, 503), view="keys_rotate", changes=True,
           request=body(("KEY_ID",), KEY_ID=KEY_ID,
                        GRACE={"type": "number", "minimum": 0, "maximum": MAX_GRACE}),
           response=KEY_CREATED),

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import protocol
+from ..audit import AuditLog, Refusals
 from ..contracts import FrontSpec
 from ..errors import MethodNotAllowed, NotFound, ServingError, Unavailable
 from ..queues import JobsSpec
@@ -77,6 +78,8 @@ class Front:
         self.flow = RunFlow(self.dispatcher, self.tenancy, self.shadow, self.meta,
                             self.off_loop, self.submitter.submit, spec.access_log)
         self.dispatcher.pipelines = Pipelines(self.flow)
+        self.audit = AuditLog(spec.cache_dir)
+        self.refusals = Refusals(self.audit)
         self.flask = build_management_app(self)
         self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
                              keepalive_timeout=spec.keepalive_timeout,

@@ -52,7 +52,7 @@ from ..streams import STREAM_HEADERS, Format
 from ..wire.message import Answer, Request, error_answer
 from .api_table import DASHBOARD_CURSOR
 from .job_events import KEEPALIVE, KEEPALIVE_COMMENT
-from .management import check_admin, check_host
+from .management import REFUSED, check_admin, check_host
 
 if TYPE_CHECKING:
     from .app import Front
@@ -169,11 +169,13 @@ def read_manager(control: str, last: Snapshot | None) -> Snapshot:
         if code != 200:
             status = {"SYSTEM_ERROR": status.get("ERROR", "")}
         newest = _ms(samples[-1]) if samples else 0
-        _, history = _body(control, HISTORY.request({"samples": FEW_SAMPLES if samples else SAMPLES}))
+        # No audit records: the dashboard draws samples and events.
+        few = FEW_SAMPLES if samples else SAMPLES
+        _, history = _body(control, HISTORY.request({"samples": few, "audit": 0}))
         fetched = history.get("samples", [])
         if samples and len(fetched) == FEW_SAMPLES and _ms(fetched[0]) > newest:
             # More samples were taken since the last read than a few: read the window.
-            _, history = _body(control, HISTORY.request({"samples": SAMPLES}))
+            _, history = _body(control, HISTORY.request({"samples": SAMPLES, "audit": 0}))
     except ControlUnavailable as exc:
         return Snapshot({"ERROR": f"the gateway manager is not answering: {exc}"},
                         tuple(samples), events)
@@ -317,6 +319,8 @@ async def answer(front: Front, req: Request) -> Answer:
             raise Overloaded(f"{MAX_STREAMS} dashboard streams are open; close one",
                              retry_after=5, MAX_STREAMS=MAX_STREAMS)
     except ServingError as err:
+        if err.status in REFUSED:
+            front.refusals.count(req.peer[0], req.path)
         return error_answer(err, front.meta())
     headers = [("Content-Type", Format.SSE.content_type), *STREAM_HEADERS,
                ("X-Content-Type-Options", "nosniff")]

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from .. import protocol
 from ..cancellations import JOB_WAITING, count_cancelled
 from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Unavailable
+from ..flask_body import json_body
 from ..names import split_target
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
 from ..queues.base import CANCELLED, QUEUED, TERMINAL, Job
@@ -303,8 +304,7 @@ def job_views(jobs: JobsFront, reply: Reply,
 
     def requeue() -> Response:
         check_admin()
-        raw = request.get_data(cache=False)
-        args = protocol.parse_body(raw) if raw else {}
+        args = json_body()
         name = signature_arg(args)
         job_id = args.get("JOB_ID")
         if "JOB_ID" in args and not isinstance(job_id, str):

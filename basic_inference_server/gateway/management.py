@@ -29,6 +29,7 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import protocol
+from ..audit import Actor, token_id
 from ..control_api import COMMANDS, LIST_SERVERS, METRICS, PING, SYSTEM_STATUS, Command
 from ..errors import (
     Forbidden,
@@ -37,12 +38,13 @@ from ..errors import (
     UnsupportedMediaType,
     kind_for_status,
 )
+from ..flask_body import decoded_body, json_body
 from ..flask_errors import install_json_errors
 from ..ipc import ControlUnavailable, control_call, peer_args
 from ..tenants.admin import key_views
 from ..tenants.metering import QuotaUse
 from . import metrics
-from .api_table import Route, paths_listing, register
+from .api_table import ROUTES, Route, paths_listing, register
 from .dashboard import dashboard_views
 from .jobs import job_views
 from .openapi import document_text
@@ -54,6 +56,11 @@ if TYPE_CHECKING:
 
 # Management bodies are a few settings: far less than MAX_REQUEST_SIZE, which is for /run.
 MAX_MANAGEMENT_BODY = 1024 * 1024
+# A refused admin attempt: no or a wrong token (401), a Host not answered to (403).
+REFUSED = (401, 403)
+# Routes whose POST changes state (audited), and routes behind a credential.
+CHANGING = frozenset(r.path for r in ROUTES if r.changes)
+GUARDED = frozenset(r.path for r in ROUTES if r.auth in ("admin", "metrics"))
 
 def _wire_bytes(text: str) -> bytes:
     """A WSGI header value as the bytes that came on the wire (PEP 3333: latin-1)."""
@@ -144,6 +151,31 @@ def check_json_post(environ: dict[str, Any]) -> None:
             f"management POSTs take 'Content-Type: {protocol.JSON}', got {mimetype or 'none'!r}")
 
 
+def _auditor(front: Front) -> Callable[[Response], Response]:
+    """The hook that records every answered call of a route that changes state, and
+    counts refused attempts on every guarded route (:mod:`..audit`)."""
+    def audited(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        address = request.environ.get("REMOTE_ADDR", "")
+        if rule in GUARDED and response.status_code in REFUSED:
+            front.refusals.count(address, request.path)
+        elif rule in CHANGING and request.method == "POST":
+            args = decoded_body()
+            if args is None:  # refused before its body was read, or not JSON
+                args = {"...": f"{request.content_length or 0} bytes, not decoded"}
+            error = response.get_json(silent=True) if response.status_code >= 400 else None
+            token = front.spec.admin_token
+            tid = token_id(token) if token else None
+            front.audit.admin_call(
+                Actor(credential="admin_token" if tid else "none", token_id=tid, address=address),
+                "POST", request.path, args,
+                response.status_code, error.get("ERROR_TYPE") if isinstance(error, dict) else None,
+                request.environ.get("bis.request_id"))
+        return response
+
+    return audited
+
+
 def build_management_app(front: Front) -> Flask:
     """The Flask app of every gateway route but the data path."""
     app = Flask("bis-gateway")
@@ -193,8 +225,7 @@ def build_management_app(front: Front) -> Flask:
             command = COMMANDS[route.commands[method]]
             if method == "GET":
                 return forward(command, command.from_query(request.args.to_dict()))
-            raw = request.get_data(cache=False)
-            return forward(command, protocol.parse_body(raw, MAX_MANAGEMENT_BODY) if raw else {})
+            return forward(command, json_body(MAX_MANAGEMENT_BODY))
 
         return view
 
@@ -251,5 +282,6 @@ def build_management_app(front: Front) -> Flask:
              **key_views(lambda: front.key_store(), reply, admin_only)}
     register(app, views, command_view)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
+    app.after_request(_auditor(front))
 
     return app

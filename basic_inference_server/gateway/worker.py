@@ -68,13 +68,16 @@ class FrontWorker(LoopWorker):
         super().connection_closed(conn)
 
     def tick(self) -> None:
-        """Close upstream connections idle too long."""
+        """Close upstream connections idle too long; write the refused admin attempts
+        of a minute that is over."""
         self.front.upstream.close_idle()
+        self.front.refusals.flush()
 
     def stopped(self) -> None:
-        """Write the request metrics still counted in memory; close every upstream
-        connection and the thread pool."""
+        """Write the request metrics and refused admin attempts still counted in memory;
+        close every upstream connection and the thread pool."""
         metrics.flush()
+        self.front.refusals.flush(final=True)
         self.front.upstream.close_idle(0)
         if self.front.pool is not None:
             self.front.pool.shutdown(wait=False, cancel_futures=True)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..audit import AuditLog
 from ..config import GatewayConfig
 from ..errors import ConfigError, DiscoveryError
 from ..health.history import History
@@ -91,6 +92,7 @@ class Core:
         self.jobrunner = Service("job runner", self.spawner.jobrunner, STABLE_AFTER)
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.history = History(cache_dir)
+        self.audit = AuditLog(self.cache_dir)  # read for /history; the fronts write it
         # The supervisor's latest sample, with the status and alerts computed from it.
         self.health: dict[str, Any] | None = None
         self.jobs = jobs_spec(config["QUEUE"], config["RESULTS"], config["JOB_TTL"], cache_dir)

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # A support report is kept and shown by /system_status: bounded, so that nothing
 # stored can break a later answer (orjson writes at most 254 levels).
 SUPPORT_MAX_BYTES = 64 * 1024
+# The most audit records one /history answer carries.
+AUDIT_RECORDS = 1000
 SUPPORT_MAX_DEPTH = 32
 
 
@@ -79,8 +81,10 @@ class ReportCommands:
     def history(self, args: api.HistoryArgs) -> Reply:
         """The rolling window of health samples and events (the dashboard's charts)."""
         limit = max(1, min(1440, args.get("samples", 120)))
+        audit = max(0, min(AUDIT_RECORDS, args.get("audit", 100)))
         return 200, {"samples": self.core.history.samples(limit=limit),
-                     "events": self.core.history.events(limit=100)}
+                     "events": self.core.history.events(limit=100),
+                     "audit": self.core.audit.newest(audit)}
 
     def _evaluate_alerts(self, system: dict[str, Any], gpu: dict[str, Any]) -> list[dict[str, Any]]:
         """Update the alert state; each raise and clear is logged and recorded once."""

@@ -54,7 +54,8 @@ class Spawner:
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir()
         spec = front_spec(core.config, core.paths, core.admin_token, core.jobs.to_dict(),
-                          tenants_spec(core.config, core.cache_dir), core.internal_token)
+                          tenants_spec(core.config, core.cache_dir), core.internal_token,
+                          str(core.cache_dir))
         return self._spawn("front", "gateway", FRONT_MODULE, spec,
                            fds=(core.front_listener.fileno(),),
                            env={"PROMETHEUS_MULTIPROC_DIR": str(metrics),

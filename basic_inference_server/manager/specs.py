@@ -36,7 +36,7 @@ class Paths:
 
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
                jobs: dict[str, Any], tenants: dict[str, Any],
-               internal_token: str | None = None) -> FrontSpec:
+               internal_token: str | None = None, cache_dir: str = "_cache") -> FrontSpec:
     """The front's start-up spec."""
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
@@ -51,7 +51,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         keepalive_timeout=config["KEEPALIVE_TIMEOUT"],
         max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
         tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir,
-        internal_token=internal_token)
+        internal_token=internal_token, cache_dir=cache_dir)
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,

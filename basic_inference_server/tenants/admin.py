@@ -17,19 +17,14 @@ from typing import Any
 
 from flask import Response, request
 
-from .. import protocol
 from ..errors import BadRequest, Conflict, NotFound, Unavailable
+from ..flask_body import json_body
 from .keys import ApiKey, digest, grace_of, key_from_request, new_secret
 from .metering import table, to_csv
 from .store import KeyStore, StoreDown
 
 Reply = Callable[..., Response]
 DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
-def _body() -> dict[str, Any]:
-    raw = request.get_data(cache=False)
-    return protocol.parse_body(raw) if raw else {}
 
 
 def _key_id(args: dict[str, Any]) -> str:
@@ -62,7 +57,7 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
             tenant = request.args.get("TENANT")
             found = stored(lambda: store().keys(tenant))
             return reply(200, {"KEYS": [k.public() for k in found], "COUNT": len(found)})
-        key, secret = key_from_request(_body())
+        key, secret = key_from_request(json_body())
         stored(lambda: store().add(key))
         return reply(201, {"KEY": secret, **key.public()})
 
@@ -84,7 +79,7 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
 
     def revoke() -> Response:
         admin_only()
-        key = existing(_key_id(_body()))
+        key = existing(_key_id(json_body()))
         if key.revoked is None:
             key.revoked = time.time()
             stored(lambda: store().save(key))
@@ -92,7 +87,7 @@ def key_views(store: Callable[[], KeyStore], reply: Reply,
 
     def rotate() -> Response:
         admin_only()
-        args = _body()
+        args = json_body()
         old = existing(_key_id(args))
         grace = grace_of({k: v for k, v in args.items() if k != "KEY_ID"})
         now = time.time()

@@ -203,7 +203,7 @@ def test_the_manager_is_read_for_a_window_then_a_few_samples_a_time(monkeypatch)
     second = dashboard_events.read_manager("ctl", first)
     assert [s["ts"] for s in second.samples[-3:]] == [300, 301, 302]
     assert len(second.samples) == dashboard_events.SAMPLES
-    assert control.asked[-1] == ("history", {"samples": dashboard_events.FEW_SAMPLES})
+    assert control.asked[-1] == ("history", {"samples": dashboard_events.FEW_SAMPLES, "audit": 0})
 
     control.taken, control.asked = 400, []  # more than a few since: the window again
     third = dashboard_events.read_manager("ctl", second)
