@@ -52,6 +52,7 @@ class FrontSpec:
     workers: int = _default("GATEWAY_WORKERS")
     threads: int = _default("GATEWAY_THREADS")
     sched_batch: bool = _default("SCHED_BATCH")
+    server_timing: bool = _default("SERVER_TIMING")
     max_request_size: int = _default("MAX_REQUEST_SIZE")
     admin_token: str | None = None  # None only with INSECURE_NO_ADMIN_AUTH
     metrics_token: str | None = None  # METRICS_TOKEN: reads /metrics only
@@ -106,6 +107,7 @@ class ServerSpec:
     # tenants.TenantsSpec, with API keys on: where the consumer charges the jobs it runs.
     tenants: dict[str, Any] | None = None
     sched_batch: bool = _default("SCHED_BATCH")
+    server_timing: bool = _default("SERVER_TIMING")
 
 
 @dataclass

@@ -94,6 +94,11 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 at_least(1, 1_000_000)),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
+        Setting("SERVER_TIMING", bool, False,
+                "Add a `Server-Timing` header to /run answers: the gateway's stages (`gate`, "
+                "`upstream`, `gateway`) and the endpoint server's (`queue`, `decode`, `pre`, "
+                "`predict` or `batch`, `post`, `encode`, `server`), in milliseconds. Callers "
+                "see it: leave it off where stage times should stay private."),
         Setting("ALLOWED_HOSTS", list, [],
                 "Host names the management routes and the dashboard answer to, besides IP "
                 "addresses, `localhost` and this machine's names (DNS rebinding guard); "

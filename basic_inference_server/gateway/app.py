@@ -76,7 +76,8 @@ class Front:
         self.submitter = JobSubmitter(self.jobs, self.routes, self.tenancy, self.off_loop,
                                       self.meta)
         self.flow = RunFlow(self.dispatcher, self.tenancy, self.shadow, self.meta,
-                            self.off_loop, self.submitter.submit, spec.access_log)
+                            self.off_loop, self.submitter.submit, spec.access_log,
+                            spec.server_timing)
         self.dispatcher.pipelines = Pipelines(self.flow)
         self.audit = AuditLog(spec.cache_dir)
         self.refusals = Refusals(self.audit)

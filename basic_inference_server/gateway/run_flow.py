@@ -41,11 +41,19 @@ Submit = Callable[[Request], Awaitable[Answer]]
 Meta = Callable[[], dict[str, Any]]
 
 
+def _stages(upstream: tuple[float, float], started: float, elapsed: float) -> str:
+    """The gateway's Server-Timing entries (the endpoint server's came with its answer)."""
+    began, ended = upstream
+    return (f"gate;dur={(began - started) * 1000:.3f}, upstream;dur={(ended - began) * 1000:.3f}, "
+            f"gateway;dur={elapsed * 1000:.3f}")
+
+
 class RunFlow:
     """``/run`` requests of one front process, and the steps of its pipelines."""
 
     def __init__(self, dispatcher: Dispatcher, tenancy: Tenancy, shadow: Shadow,
-                 meta: Meta, off_loop: OffLoop, submit: Submit, access: bool = False) -> None:
+                 meta: Meta, off_loop: OffLoop, submit: Submit, access: bool = False,
+                 timing: bool = False) -> None:
         self.dispatcher = dispatcher
         self.routes: RouteTable = dispatcher.routes
         self.tenancy = tenancy
@@ -54,6 +62,8 @@ class RunFlow:
         self.off_loop = off_loop
         self.submit = submit  # a job (``"ASYNC": true``)
         self.access = access
+        # SERVER_TIMING: the upstream call is timed (off: no clock read at all).
+        self.forward = self._timed_forward if timing else dispatcher.dispatch
         self.planner = Planner()
 
     async def run(self, req: Request) -> Answer:
@@ -74,7 +84,7 @@ class RunFlow:
                                      self.dispatcher.may_take)
             hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
             req.limits = hold.limits
-            resp = await self.dispatcher.dispatch(plan.target, raw, req)
+            resp = await self.forward(plan.target, raw, req)
             if resp.stream is not None:  # charged when it ends
                 hold, units = tenancy.stream_held(hold, resp, started), None
             else:
@@ -87,7 +97,14 @@ class RunFlow:
             if hold is not NO_HOLD and not tenancy.release_now(hold):
                 await tenancy.release(hold)
         self.mirror(plan, raw, req, resp)
-        return self._answered(req, resp, plan, units, time.perf_counter() - started)
+        return self._answered(req, resp, plan, units, started)
+
+    async def _timed_forward(self, target: str, raw: bytes, req: Request) -> UpstreamResponse:
+        """The dispatch of a request, its span kept for its Server-Timing (SERVER_TIMING)."""
+        began = time.perf_counter()
+        resp = await self.dispatcher.dispatch(target, raw, req)
+        req.upstream_span = (began, time.perf_counter())
+        return resp
 
     def plan(self, signature: str, raw: bytes, req: Request) -> RunPlan:
         """Where a request naming ``signature`` goes (see :func:`.run_plan.plan_run`)."""
@@ -151,9 +168,10 @@ class RunFlow:
         return error_answer(err, self.meta())
 
     def _answered(self, req: Request, resp: UpstreamResponse, plan: RunPlan,
-                  units: float | None, elapsed: float) -> Answer:
+                  units: float | None, started: float) -> Answer:
         """Count, meter and log a forwarded answer, then pass it through (saying which
-        version served it)."""
+        version served it, and with SERVER_TIMING the gateway's stages)."""
+        elapsed = time.perf_counter() - started
         label, version = plan.label, plan.version
         metrics.count_request(label, version, resp.status)
         metrics.time_request(label, version, elapsed)
@@ -169,6 +187,8 @@ class RunFlow:
         headers = req.limits.headers() if req.limits is not None else []
         if version is not None:
             headers.append(("X-Endpoint-Version", version))
+        if req.upstream_span is not None:
+            headers.append(("Server-Timing", _stages(req.upstream_span, started, elapsed)))
         if resp.stream is not None:
             # (The relay reads and adds to a stream's headers: decoded.)
             headers[:0] = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers]

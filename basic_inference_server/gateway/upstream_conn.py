@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after")
+# (Server-Timing: the endpoint server's stages, only sent with SERVER_TIMING on.)
+PASS_HEADERS = (b"content-type", b"content-disposition", b"retry-after", b"server-timing")
 # The media types of streamed answers (streams.SSE_TYPE, streams.NDJSON_TYPE), as the
 # start of a Content-Type: one check per answer tells a stream from a whole answer.
 STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")

@@ -41,6 +41,7 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
     return FrontSpec(
         routes=paths.routes, control=paths.control, workers=config["GATEWAY_WORKERS"],
         threads=config["GATEWAY_THREADS"], sched_batch=config["SCHED_BATCH"],
+        server_timing=config["SERVER_TIMING"],
         max_request_size=config["MAX_REQUEST_SIZE"],
         admin_token=admin_token, allowed_hosts=config["ALLOWED_HOSTS"],
         metrics_token=config["METRICS_TOKEN"],
@@ -67,7 +68,8 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         generation=ep.generation, load_attempt=ep.failures, jobs=jobs,
         max_request_size=config["MAX_REQUEST_SIZE"],
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
-        tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"])
+        tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"],
+        server_timing=config["SERVER_TIMING"])
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:

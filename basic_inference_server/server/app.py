@@ -29,6 +29,7 @@ from ..wire.message import Answer, Request, call_wsgi
 from ..worker import FileOutput, FlaskWorker
 from .compute import choose_compute
 from .entry import FileAnswer, RunEntry
+from .timing import time_hooks
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,10 @@ def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
 def build_app(spec: ServerSpec, worker: FlaskWorker) -> WorkerApp:
     """The ``/run`` entry, its strategy chosen now, and the Flask app of ``worker``."""
     flask = create_app(spec, worker)
-    return WorkerApp(RunEntry(spec, worker, choose_compute(worker), file_answers(flask)), flask)
+    compute = choose_compute(worker)
+    if spec.server_timing:
+        time_hooks(worker)
+    return WorkerApp(RunEntry(spec, worker, compute, file_answers(flask)), flask)
 
 
 def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:

@@ -27,9 +27,11 @@ from ..names import split_target
 from ..streams import STREAM_HEADERS, Format, wanted
 from ..wire.message import Answer, Request, Streamed, threaded_chunks
 from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
+from . import timing
 from .compute import Compute
 from .stages import Chunks, StageError, decode_base64_fields, encode_base64_fields
 from .streaming import ChunkStream, gathered, streamed
+from .timing import StageTimes
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +124,30 @@ class RunEntry:
 
         ``flag``: set by the caller when the client goes away. A streamed answer's chunks
         are each made in ``executor`` (without one, the chunks are gathered)."""
+        if not self.spec.server_timing:
+            return self._answer(request, flag, executor, None)
+        times = timing.begin(request.received)
+        try:
+            answer = self._answer(request, flag, executor, times)
+        finally:
+            timing.end()
+        answer.headers.append(("Server-Timing", times.header()))
+        return answer
+
+    def _answer(self, request: Request, flag: CancelFlag | None, executor: Executor | None,
+                times: StageTimes | None) -> Answer:
         request_id = request.request_id
         try:
             fields, fmt = self._fields(request)
+            if times is not None:
+                times.mark("decode")
             if executor is None:
                 fmt = Format.GATHERED
             run = functools.partial(self._run, fields, _header(request, b"x-customer-id"),
                                     request_id, flag, fmt)
             result = run() if self.guard is None else self.guard(run)
+            if times is not None:
+                times.mark("compute")
         except ServingError as err:
             return _json(err.status, {**err.to_dict(), **self.meta(next(self.calls))},
                          err.headers())
@@ -145,7 +163,10 @@ class RunEntry:
         status, body, headers = result
         if isinstance(body, FileOutput):
             return self.files(request, body)
-        return _json(status, body, headers)
+        answer = _json(status, body, headers)
+        if times is not None:
+            times.mark("encode")
+        return answer
 
     def _fields(self, request: Request) -> tuple[dict[str, Any], Format]:
         """The request's fields and the answer format it asks for; raises a 400 or 405.

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any, cast
@@ -347,6 +348,7 @@ class HttpConnection(asyncio.Protocol):
             peer=self.peer,
             tls=self.tls,
             http10=self.parser.get_http_version() == "1.0",
+            received=time.perf_counter(),
         )
         self.body = b""
         self.size = 0

@@ -1,0 +1,96 @@
+"""``Server-Timing`` of an endpoint server's ``/run`` answers (``SERVER_TIMING``).
+
+Each stage is timed by its own clock in the request's thread:
+
+- ``queue``: from the request's last byte to its thread taking it;
+- ``decode``: the body's JSON;
+- ``pre``, ``predict``, ``post``: the worker's hooks. With batching, ``_predict_batch``
+  runs on the batch thread for several requests at once: the request's ``batch`` is its
+  wait for its batch and that shared call (its compute less its own hooks);
+- ``encode``: the answer's JSON;
+- ``server``: the whole, from the request's last byte to the answer's head.
+
+A stream's answer goes out with its head: its stages are those until its first chunk.
+The hooks are timed by wrapping them on the worker once, at start, when the setting is
+on: off, nothing is wrapped and nothing is timed.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..worker import FlaskWorker
+
+HOOKS = (("_pre_process", "pre"), ("_predict", "predict"), ("_post_process", "post"))
+_local = threading.local()
+
+
+class StageTimes:
+    """The stages of one request, each added when it ends (see the module's docstring)."""
+
+    __slots__ = ("received", "last", "stages")
+
+    def __init__(self, received: float) -> None:
+        now = time.perf_counter()
+        self.received = received
+        self.last = now
+        self.stages: dict[str, float] = {"queue": now - received}
+
+    def mark(self, name: str) -> None:
+        """End stage ``name`` now: it lasted since the last mark."""
+        now = time.perf_counter()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add a stage timed elsewhere (a hook, within the current mark's span)."""
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+    def header(self) -> str:
+        """The ``Server-Timing`` value: each stage, then ``server``, in milliseconds."""
+        total = time.perf_counter() - self.received
+        stages = dict(self.stages)
+        compute = stages.pop("compute", None)
+        if compute is not None and "predict" not in stages:
+            stages["batch"] = max(0.0, compute - stages.get("pre", 0.0) - stages.get("post", 0.0))
+        parts = [f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items()]
+        parts.append(f"server;dur={total * 1000:.3f}")
+        return ", ".join(parts)
+
+
+def begin(received: float) -> StageTimes:
+    """Start timing the request of this thread, received (its last byte) at ``received``."""
+    times = StageTimes(received)
+    _local.times = times
+    return times
+
+
+def end() -> None:
+    """Stop timing this thread's request."""
+    _local.times = None
+
+
+def _timed(hook: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
+    @functools.wraps(hook)
+    def timed(value: Any) -> Any:
+        times: StageTimes | None = getattr(_local, "times", None)
+        if times is None:  # the batch thread, a job: no request of this thread is timed
+            return hook(value)
+        started = time.perf_counter()
+        try:
+            return hook(value)
+        finally:
+            times.add(name, time.perf_counter() - started)
+
+    return timed
+
+
+def time_hooks(worker: FlaskWorker) -> None:
+    """Wrap the worker's three hooks so that each call is added to its request's times
+    (after the compute strategy is chosen: it looks at the unwrapped ``_predict``)."""
+    for attribute, name in HOOKS:
+        setattr(worker, attribute, _timed(getattr(worker, attribute), name))
