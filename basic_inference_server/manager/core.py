@@ -76,6 +76,8 @@ class Core:
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"bis-{os.getpid()}-"))
         self.paths = Paths.in_run_dir(self.run_dir, endpoints_dir)
         # Endpoint servers' metrics (model manager), merged into the front's /metrics.
+        # The front's request metrics (made anew at each front start) and the servers'.
+        self.front_metrics = self.run_dir / "metrics"
         self.server_metrics = self.run_dir / "metrics-servers"
         self.server_metrics.mkdir()
         self.endpoints = configured_endpoints(config)

@@ -10,6 +10,7 @@ from typing import Any
 from .. import control_api as api
 from ..health.alerts import AlertTracker, Thresholds
 from ..health.memory import seed_status
+from ..health.traffic import read_traffic
 from .control import (
     LOOKUPS_PER_S,
     REFUSALS_PER_S,
@@ -60,7 +61,8 @@ class ReportCommands:
         system, gpu = sample["system"], sample["gpu"]
         alerts = self._evaluate_alerts(system, gpu)
         self.core.history.add_sample({"system": system, "mem_servers": status["mem_servers"],
-                                      "mem_gateway": status["mem_gateway"], "gpu": gpu})
+                                      "mem_gateway": status["mem_gateway"], "gpu": gpu,
+                                      "traffic": read_traffic(self.core.front_metrics)})
         self.core.health = {"status": {**status, "system": system, "gpu": gpu,
                                        "sampled_at": sample.get("taken_at")},
                             "alerts": alerts, "trees": sample["trees"]}

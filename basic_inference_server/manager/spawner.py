@@ -49,7 +49,7 @@ class Spawner:
         """The gateway front, on the gateway's socket, with a fresh metrics folder."""
         core = self.core
         assert core.front_listener is not None
-        metrics = core.run_dir / "metrics"
+        metrics = core.front_metrics
         # A fresh folder per front: counters of dead front processes start over with it.
         shutil.rmtree(metrics, ignore_errors=True)
         metrics.mkdir()

@@ -194,3 +194,65 @@ def test_dashboard_shows_live_changes_from_one_stream_without_polling(gateways):
                 ("GET", gw.url("/dashboard/events"))}
         finally:
             browser.close()
+
+
+TRAFFIC_CONFIG = {"HEALTH_SAMPLE_INTERVAL": 0.5, "CONFIG_ENDPOINTS": {
+    "echo": {"NR_WORKERS": 1}, "bad_predict": {"NR_WORKERS": 1},
+    "clf": {"SERVER_CLASS": "echo", "VERSIONS": {"v1": {}, "v2": {}},
+            "TRAFFIC": {"v1": 50, "v2": 50}},
+    "idle": {"SERVER_CLASS": "echo", "DISABLED": True}}}
+CHART_POINTS = """id => Object.fromEntries(Chart.getChart(id).data.datasets.map(
+    d => [d.label, d.data.filter(p => p.y !== null).map(p => [p.x, p.y])]))"""
+
+
+def charted_requests(points: list[list[float]], xs: list[float]) -> float:
+    """The requests a rate series stands for: each rate times its time since the sample
+    before (``xs``: every sample's time, ms)."""
+    before = {x: xs[i - 1] for i, x in enumerate(xs) if i}
+    return sum(rate * (x - before[x]) / 1000 for x, rate in points)
+
+
+def test_dashboard_charts_requests_errors_and_latency_of_running_endpoints(gateways):
+    gw = gateways(TRAFFIC_CONFIG)
+    sent = {"echo": 40, "bad_predict": 12, "clf": 20}
+    for name, count in sent.items():
+        for _ in range(count):
+            assert gw.run(name).status_code == (500 if name == "bad_predict" else 200)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(gw.url("/dashboard"))
+            page.locator("#token").fill(ADMIN_TOKEN)
+            page.get_by_role("button", name="use").click()
+            expect(page.locator("body")).to_have_attribute("data-loaded", "true", timeout=15000)
+
+            def charted() -> dict[str, float] | None:
+                """Each series' requests, once every request sent is charted."""
+                xs = [s["ts"] * 1000 for s in page.evaluate("() => live.samples")]
+                rates = page.evaluate(CHART_POINTS, "rate-chart")
+                total = {label: charted_requests(points, xs) for label, points in rates.items()}
+                done = (round(total.get("echo", 0)) == sent["echo"] and
+                        round(total.get("bad_predict", 0)) == sent["bad_predict"] and
+                        round(total.get("clf@v1", 0) + total.get("clf@v2", 0)) == sent["clf"])
+                return total if done else None
+
+            totals = wait_until(charted, timeout=30, message="every request sent is charted")
+            # The legend: the endpoints that run, each version its own; not the disabled one.
+            assert sorted(totals) == ["bad_predict", "clf@v1", "clf@v2", "echo"], totals
+            xs = [s["ts"] * 1000 for s in page.evaluate("() => live.samples")]
+            errors = page.evaluate(CHART_POINTS, "error-chart")
+            assert round(charted_requests(errors["bad_predict"], xs)) == sent["bad_predict"]
+            assert all(y == 0 for _, y in errors["echo"]), errors["echo"]
+            latency = page.evaluate(CHART_POINTS, "latency-chart")
+            p50 = dict(map(tuple, latency["echo p50"]))
+            p99 = dict(map(tuple, latency["echo p99"]))
+            assert p50 and all(0 < p50[x] <= p99[x] for x in p50), (p50, p99)
+
+            # An endpoint stopped leaves the charts and their legend.
+            assert gw.post("/kill_server", {"SIGNATURE": "bad_predict"}).status_code == 200
+            wait_until(lambda: "bad_predict" not in page.evaluate(CHART_POINTS, "rate-chart"),
+                       timeout=20, message="the stopped endpoint leaves the charts")
+            assert "bad_predict p99" not in page.evaluate(CHART_POINTS, "latency-chart")
+        finally:
+            browser.close()

@@ -212,9 +212,68 @@ function drawSystem(status) {
   $("system").textContent = parts.join(" \u00b7 ");
 }
 
-function drawCharts(samples, gpu) {
+// A quantile of the answers counted in latency buckets (bounds in s, counts at or under
+// each, then all), interpolated within its bucket as Prometheus' histogram_quantile does;
+// in ms. Past the last finite bound: that bound.
+function quantile(q, le, counts) {
+  const total = counts[counts.length - 1];
+  if (!total) return null;
+  const rank = q * total;
+  let bound = 0, below = 0;
+  for (let i = 0; i < le.length; i++) {
+    if (counts[i] >= rank) {
+      const inside = counts[i] - below;
+      return 1000 * (bound + (le[i] - bound) * (inside ? (rank - below) / inside : 1));
+    }
+    bound = le[i];
+    below = counts[i];
+  }
+  return 1000 * bound;
+}
+
+// Request rate, 5xx rate and latency per endpoint and version, from the totals each
+// sample carries: a point is the difference between two samples over their time apart.
+// A total lower than the one before is a front restart (its counts start over): no
+// point there. Only the endpoints that run are drawn (and in the legend).
+function drawTraffic(samples, running, gapMs) {
+  const series = {rate: {}, errors: {}, latency: {}};
+  for (const name of running) {
+    series.rate[name] = [];
+    series.errors[name] = [];
+    series.latency[name + " p50"] = [];
+    series.latency[name + " p99"] = [];
+  }
+  for (let i = 1; i < samples.length; i++) {
+    const before = samples[i - 1].traffic, after = samples[i].traffic;
+    const x = samples[i].ts * 1000, dt = samples[i].ts - samples[i - 1].ts;
+    for (const name of running) {
+      const a = (before || {})[name] || {requests: 0, errors: 0, counts: []};
+      const b = (after || {})[name];
+      let rate = null, errors = null, p50 = null, p99 = null;
+      if (before && b && dt > 0 && b.requests >= a.requests) {
+        rate = (b.requests - a.requests) / dt;
+        errors = (b.errors - a.errors) / dt;
+        const counts = b.counts.map((c, j) => c - (a.counts[j] || 0));
+        p50 = quantile(0.5, b.le, counts);
+        p99 = quantile(0.99, b.le, counts);
+      }
+      series.rate[name].push({x, y: rate});
+      series.errors[name].push({x, y: errors});
+      series.latency[name + " p50"].push({x, y: p50});
+      series.latency[name + " p99"].push({x, y: p99});
+    }
+  }
+  const sets = byLabel => Object.entries(byLabel).map(([label, data]) => ({label, data, borderWidth: 1.5}));
+  lineChart("rate-chart", sets(series.rate), gapMs);
+  lineChart("error-chart", sets(series.errors), gapMs);
+  lineChart("latency-chart", sets(series.latency), gapMs);
+}
+
+function drawCharts(samples, gpu, servers) {
   const steps = samples.slice(1).map((s, i) => s.ts - samples[i].ts).sort((a, b) => a - b);
   const gapMs = steps.length ? 3000 * steps[Math.floor(steps.length / 2)] : false;
+  const running = Object.keys(servers).filter(name => servers[name].state !== "STOPPED").sort();
+  drawTraffic(samples, running, gapMs);
   const points = value => samples.map(s => ({x: s.ts * 1000, y: value(s)}));
   const mb = gb => (gb === null || gb === undefined ? null : Math.round(gb * 1024));
   // mem_gateway is the manager's whole tree: front, supervisor and every server in it.
@@ -295,7 +354,7 @@ function onEvent(name, data, id) {
   }
   if (name === "state" || name === "samples") {
     const status = (live.state || {}).SYSTEM_STATUS;
-    if (status && live.sampled) drawCharts(live.samples, status.gpu);
+    if (status && live.sampled) drawCharts(live.samples, status.gpu, live.state.SERVERS || {});
   }
   if (id) live.lastId = id;
   if (name) live.retryMs = RETRY_MIN_MS;  // the stream works: the next drop retries soon
