@@ -146,6 +146,14 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "as for QUEUE.",
                 lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
                 else "must be a redis://, rediss:// or unix:// URL", secret_ref=True),
+        Setting("LEDGER_POSTGRES", (str, type(None)), None,
+                "PostgreSQL URL of the usage ledger and the audit trail, shared by every "
+                "gateway that names it (needs API_KEYS and the `postgres` extra): each "
+                "request is journaled under the cache folder before its answer goes out "
+                "and shipped in batches (docs/ledger.md); `env:VAR` or `file:PATH` as for "
+                "QUEUE.",
+                lambda v: None if v is None or v.startswith(("postgresql://", "postgres://"))
+                else "must be a postgresql:// or postgres:// URL", secret_ref=True),
         Setting("TENANTS_FAIL_OPEN", bool, False,
                 "When TENANTS_REDIS does not answer: false answers 503; true serves keys "
                 "already cached, counts limits and quota charges in memory until it is back."),

@@ -497,3 +497,13 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server of the test session's own (a free port, a temporary folder)."""
+    from tests.services import start_postgres
+
+    service, url = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield url
+    service.stop()

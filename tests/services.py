@@ -1,6 +1,7 @@
-"""Real Redis and RabbitMQ servers of the test session's own: free ports, temporary folders.
+"""Real Redis, RabbitMQ and PostgreSQL servers of the test session's own: free ports,
+temporary folders.
 
-Nothing is expected to listen on 6379 or 5672: each server runs from its Debian
+Nothing is expected to listen on 6379, 5672 or 5432: each server runs from its Debian
 binary (``scripts/test`` installs them) in a folder of its own, in a new session,
 armed to die with the test process even if that one is SIGKILLed, and is stopped
 (its whole process group) when the session ends.
@@ -8,10 +9,12 @@ armed to die with the test process even if that one is SIGKILLed, and is stopped
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,25 +31,30 @@ INSTALL_HINT = "run scripts/test once: it installs the test dependencies"
 class Service:
     """A server process group started in ``folder`` and stopped with :meth:`stop`."""
 
-    def __init__(self, name: str, folder: Path) -> None:
+    def __init__(self, name: str, folder: Path, stop_signal: int = signal.SIGTERM) -> None:
         self.name = name
         self.folder = folder
         self.log_path = folder / f"{name}.log"
         self.procs: list[subprocess.Popen] = []
+        self.stop_signal = stop_signal
+        self.cleanups: list[Callable[[], None]] = []
 
-    def spawn(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(self, argv: list[str], env: dict[str, str] | None = None,
+              user: str | None = None) -> subprocess.Popen:
         binary = shutil.which(argv[0])
         assert binary, f"{argv[0]} is not installed: {INSTALL_HINT}"
         parent = os.getpid()
         with open(self.log_path, "ab") as log:
+            # (The parent-death signal is set after the switch to ``user``, which clears it.)
             proc = subprocess.Popen([binary, *argv[1:]], cwd=self.folder, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True,
+                                    start_new_session=True, user=user,
                                     preexec_fn=lambda: die_with_parent(expected_parent=parent))
         self.procs.append(proc)
         return proc
 
-    def wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
+    def wait_ready(self, probe: Callable[[], bool], timeout: float,
+                   ignore: tuple[type[BaseException], ...] = ()) -> None:
         def ready() -> bool:
             for proc in self.procs:
                 if proc.poll() is not None:
@@ -55,7 +63,7 @@ class Service:
 
         try:
             wait_until(ready, timeout=timeout, interval=0.1, message=f"{self.name} accepts connections",
-                       ignore=(OSError, redis.RedisError, pika.exceptions.AMQPError))
+                       ignore=(OSError, redis.RedisError, pika.exceptions.AMQPError, *ignore))
         except AssertionError:
             self.stop()
             raise
@@ -67,15 +75,17 @@ class Service:
             return ""
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM each process group (last started first), SIGKILL what is left."""
+        """Signal each process group (last started first), SIGKILL what is left."""
         for proc in reversed(self.procs):
-            signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, self.stop_signal)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
             signal_group(proc.pid, signal.SIGKILL)  # helpers it may have left in its group
+        while self.cleanups:
+            self.cleanups.pop()()
 
 
 def start_redis(folder: Path) -> tuple[Service, str]:
@@ -160,4 +170,47 @@ def _start_rabbitmq(folder: Path) -> tuple[Service, str]:
     except AssertionError:
         service.stop()
         raise
+    return service, url
+
+
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server binary of Debian's package (not on PATH there)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    assert found, f"PostgreSQL's {name} is not installed: {INSTALL_HINT}"
+    return found[-1]
+
+
+def start_postgres(folder: Path) -> tuple[Service, str]:
+    """A PostgreSQL server of its own on a free port; returns it and its URL (trust
+    authentication on 127.0.0.1, database ``postgres``).
+
+    PostgreSQL refuses to run as root: under root, its data folder (in /tmp, which the
+    ``postgres`` user can reach, unlike pytest's folders) belongs to that user and the
+    server runs as it. Stopped by SIGINT, its fast shutdown: SIGTERM would wait for
+    every client to leave.
+    """
+    import psycopg
+
+    user = "postgres" if os.getuid() == 0 else None
+    data = Path(tempfile.mkdtemp(prefix="bis-test-pg-"))
+    service = Service("postgres", folder, stop_signal=signal.SIGINT)
+    service.cleanups.append(lambda: shutil.rmtree(data, ignore_errors=True))
+    if user is not None:
+        shutil.chown(data, user)
+    port = free_port()
+    with open(service.log_path, "ab") as log:
+        subprocess.run([postgres_bin("initdb"), "-D", str(data / "db"), "-A", "trust", "-U",
+                        "postgres", "-E", "UTF8", "--no-sync"], check=True, user=user, cwd=data,
+                       stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    # No durability asked of a test server: fsync off.
+    service.spawn([postgres_bin("postgres"), "-D", str(data / "db"), "-p", str(port),
+                   "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                  user=user)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def connect() -> bool:
+        psycopg.connect(url, connect_timeout=2).close()
+        return True
+
+    service.wait_ready(connect, timeout=60, ignore=(psycopg.OperationalError,))
     return service, url

@@ -78,6 +78,8 @@ class FrontWorker(LoopWorker):
         close every upstream connection and the thread pool."""
         metrics.flush()
         self.front.refusals.flush(final=True)
+        if self.front.key_gate is not None:
+            self.front.key_gate.close()
         self.front.upstream.close_idle(0)
         if self.front.pool is not None:
             self.front.pool.shutdown(wait=False, cancel_futures=True)

@@ -33,6 +33,7 @@ from ..queues import jobs_spec
 from .children import Child, Service
 from .control import ControlServer, Handler
 from .inbox import Inbox
+from .ledger import ledger_shipper
 from .listeners import (
     admin_token,
     close_server_listeners,
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not help
+# Seconds the last ledger batch may take at shutdown (what is left is shipped at the
+# next start).
+LEDGER_LAST_BATCH_S = 10.0
 
 class Core:
     """Owns the process tree of one gateway: the loop, the children and the endpoints.
@@ -95,6 +99,7 @@ class Core:
         self.notifications: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.history = History(cache_dir)
         self.audit = AuditLog(self.cache_dir)  # read for /history; the fronts write it
+        self.ledger = ledger_shipper(config["LEDGER_POSTGRES"], self.cache_dir)
         # The supervisor's latest sample, with the status and alerts computed from it.
         self.health: dict[str, Any] | None = None
         self.jobs = jobs_spec(config["QUEUE"], config["RESULTS"], config["JOB_TTL"], cache_dir)
@@ -142,6 +147,8 @@ class Core:
             if not ep.config.settings["DISABLED"]:
                 self.start_endpoint(ep)
         self.publish()
+        if self.ledger is not None:
+            self.ledger.start()
         self.supervisor.launch()
         self.front.launch()
         if self.traffic.sections or any(ep.is_virtual for ep in self.endpoints.values()):
@@ -340,6 +347,8 @@ class Core:
         """On the way out, whatever happened: kill what is left, close every socket and
         remove the run folder."""
         self.kill_all()
+        if self.ledger is not None:
+            self.ledger.stop(LEDGER_LAST_BATCH_S)  # once every writer of the journal is gone
         for ep in self.endpoints.values():
             close_server_listeners(ep)
         if self.front_listener is not None:

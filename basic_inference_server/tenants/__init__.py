@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..ledger.journal import journal_dir
+
 DB_FILE = "tenants.db"
 
 
@@ -23,6 +25,7 @@ class TenantsSpec:
     db: str
     redis: str | None = None
     fail_open: bool = False
+    journal: str | None = None  # the usage journal's folder, with LEDGER_POSTGRES
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-ready dict (what crosses to other processes)."""
@@ -31,6 +34,8 @@ class TenantsSpec:
 
 def tenants_spec(config: Any, cache_dir: str | Path) -> dict[str, Any]:
     """The front's tenants spec from the gateway settings (a GatewayConfig)."""
+    journal = journal_dir(cache_dir) if config["LEDGER_POSTGRES"] else None
     return TenantsSpec(enabled=bool(config["API_KEYS"]), db=str(Path(cache_dir) / DB_FILE),
                        redis=config["TENANTS_REDIS"],
-                       fail_open=bool(config["TENANTS_FAIL_OPEN"])).to_dict()
+                       fail_open=bool(config["TENANTS_FAIL_OPEN"]),
+                       journal=str(journal) if journal else None).to_dict()

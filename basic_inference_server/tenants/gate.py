@@ -27,6 +27,7 @@ from hashlib import blake2b
 from typing import Any
 
 from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
+from ..ledger.journal import Journal
 from . import TenantsSpec
 from .allot import Ahead, Ticket
 from .keys import ApiKey, digest, presented
@@ -64,6 +65,8 @@ class TenantGate:
         self.local = Ahead(self.shared) if self.shared is not None else None
         self.quotas = QuotaBook(self.store, self.local is not None)
         self.meter = Meter()
+        # The ledger's journal (LEDGER_POSTGRES): written before the answer goes out.
+        self.journal = Journal(spec.journal) if spec.journal else None
         self._flush_timer: asyncio.TimerHandle | None = None
         self._cache: dict[bytes, ApiKey | None] = {}
         self._mark_key = os.urandom(16)
@@ -264,8 +267,10 @@ class TenantGate:
 
     def record(self, key: ApiKey, endpoint: str, status: int, units: float,
                latency: float) -> None:
-        """Meter one request; its batch is written ``FLUSH_EVERY`` seconds after the
-        first count of it (in the background)."""
+        """Meter one request (and journal it for the ledger); its batch is written
+        ``FLUSH_EVERY`` seconds after the first count of it (in the background)."""
+        if self.journal is not None:
+            self.journal.record(key.tenant, endpoint, status, units, latency)
         self.meter.record(key.tenant, endpoint, status, units, latency)
         if self._flush_timer is None:
             self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_EVERY, self._due)
@@ -280,6 +285,11 @@ class TenantGate:
             await self.store.meter(rows)
         except StoreDown:
             self.meter.restore(rows)  # kept for the next flush
+
+    def close(self) -> None:
+        """At the process's end: close the journal's segment."""
+        if self.journal is not None:
+            self.journal.close()
 
     @staticmethod
     def may_read(key: ApiKey, record: dict[str, Any]) -> bool:

@@ -24,6 +24,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ..ledger.journal import Journal
 from ..queues.base import Job
 from . import TenantsSpec
 from .metering import FLUSH_EVERY, Meter
@@ -49,6 +50,7 @@ class JobLedger:
     def __init__(self, spec: TenantsSpec) -> None:
         self.store: KeyStore = open_store(spec.redis, spec.db)
         self.meter = Meter()
+        self.journal = Journal(spec.journal) if spec.journal else None  # LEDGER_POSTGRES
         # Key id, the quota unit it is for, the amount, and when (its period).
         self.charges: list[tuple[str, str, float, float]] = []
         self._due: float | None = None  # when the meter's batch is to be written
@@ -60,6 +62,8 @@ class JobLedger:
         letter run again, whose request was given back when it died)."""
         if job.key_id is None or job.tenant is None:
             return  # submitted without a key: no tenant to charge
+        if self.journal is not None:
+            self.journal.record(job.tenant, job.endpoint, status, units, seconds)
         self.meter.record(job.tenant, job.endpoint, status, units, seconds)
         if self._due is None:
             self._due = time.monotonic() + FLUSH_EVERY
