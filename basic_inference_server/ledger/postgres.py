@@ -52,9 +52,13 @@ def migrate(conn: psycopg.Connection[Any]) -> list[str]:
     steps = migrations()
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        cur.execute("CREATE TABLE IF NOT EXISTS bis_schema_migrations ("
-                    "version integer PRIMARY KEY, name text NOT NULL, "
-                    "applied timestamptz NOT NULL DEFAULT now())")
+        cur.execute("SELECT to_regclass('bis_schema_migrations')")
+        found = cur.fetchone()
+        if found is None or found[0] is None:
+            # Asked first: a role that may only write (no CREATE) is refused even an
+            # IF NOT EXISTS once the table is there.
+            cur.execute("CREATE TABLE bis_schema_migrations (version integer PRIMARY KEY, "
+                        "name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())")
         cur.execute("SELECT coalesce(max(version), 0) FROM bis_schema_migrations")
         row = cur.fetchone()
         current = int(row[0]) if row else 0

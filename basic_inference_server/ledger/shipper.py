@@ -198,13 +198,14 @@ class Shipper:
                 log.warning("ledger: cannot ship to PostgreSQL (%s: %s); the journal keeps "
                             "the usage until it answers", type(exc).__name__, exc)
                 self._down = True
-            self._disconnect()
+            self.close()
             return
         if self._down:
             log.info("ledger: shipping to PostgreSQL again")
             self._down = False
 
-    def _disconnect(self) -> None:
+    def close(self) -> None:
+        """Close the connection; the next round connects again and reads the positions."""
         if self._pg is not None:
             try:
                 self._pg.close()
@@ -231,7 +232,7 @@ class Shipper:
                 log.warning("ledger: the last batch was not shipped within %.0f s; the "
                             "journal keeps it for the next start", timeout)
                 return
-        self._disconnect()
+        self.close()
 
 
 def _size(path: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -54,3 +55,16 @@ def call(gw: Gateway, key: str | None, signature: str = "echo", *, header: str =
     http = session or requests
     return http.post(gw.url("/run"), json={"SIGNATURE": signature, **extra}, headers=headers,
                      timeout=30)
+
+
+@pytest.fixture
+def pg_dsn(postgres_url: str) -> Iterator[str]:
+    """A database of the test's own on the session's PostgreSQL; dropped after."""
+    import psycopg
+
+    name = f"bis_test_{os.urandom(4).hex()}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
