@@ -153,7 +153,7 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "and shipped in batches (docs/ledger.md); `env:VAR` or `file:PATH` as for "
                 "QUEUE.",
                 lambda v: None if v is None or v.startswith(("postgresql://", "postgres://"))
-                else "must be a postgresql:// or postgres:// URL", secret_ref=True),
+                else "must be a postgresql:// or postgres:// URL", secret_ref=True, secret=True),
         Setting("TENANTS_FAIL_OPEN", bool, False,
                 "When TENANTS_REDIS does not answer: false answers 503; true serves keys "
                 "already cached, counts limits and quota charges in memory until it is back."),

@@ -1,13 +1,16 @@
 #!/usr/bin/env python
-"""What API keys and rate limits cost per request, against keys off, in one run.
+"""What API keys, rate limits and the ledger cost per request, against keys off, in one run.
 
     python bench/bench_tenants.py [--modes off,keys,limits] [--rounds 11] [--duration 4] \\
-        [--conc 16] [--redis redis://127.0.0.1:PORT/0] [--json out.json]
+        [--conc 16] [--redis redis://127.0.0.1:PORT/0] [--postgres postgresql://...] \\
+        [--json out.json]
 
 Modes: ``off`` (API_KEYS false: the baseline), ``keys`` (API_KEYS on, a key without
 limits), ``limits`` (API_KEYS on, a key with a rate limit, an endpoint rate limit and
-MAX_CONCURRENT, all far above the load: every request takes its tokens). With
-``--redis`` the keys and limits live in that Redis (TENANTS_REDIS), else in SQLite.
+MAX_CONCURRENT, all far above the load: every request takes its tokens), ``ledger``
+(as ``keys``, with LEDGER_POSTGRES set to ``--postgres``: every request is journaled,
+and the manager ships the journal; compare it with ``keys``: ``--modes keys,ledger``).
+With ``--redis`` the keys and limits live in that Redis (TENANTS_REDIS), else in SQLite.
 
 It starts this checkout's gateway once per mode, all at once, on the peer harness's
 ``noop`` endpoint. Each round then loads each gateway in turn (odd rounds in the given
@@ -23,8 +26,9 @@ the script also times the added work alone, in this process: the front's key che
 ``admit``; ``release_held``, else ``give_back``) on the same
 key shapes and the same store (SQLite and shared-memory limits, or the Redis of
 ``--redis``), from ``--conc`` concurrent callers, as CPU microseconds per request, and
-prints them against the ``off`` median of the same run. (Redis's own CPU is not
-counted: it is not in the gateway's process tree.)
+prints them against the ``off`` median of the same run, with the journal's append
+(``Journal.record``) alone. (Redis's and PostgreSQL's own CPU is not counted: they are
+not in the gateway's process tree.)
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ wrk.headers["Content-Type"] = "application/json"
 
 def start(mode: str, args: argparse.Namespace, port: int, cache: str) -> subprocess.Popen:
     config = json.loads((args.app / "config_gateway.json").read_text())
-    config.update(FIRST_SERVER_PORT=0, API_KEYS=mode != "off", TENANTS_REDIS=args.redis)
+    config.update(FIRST_SERVER_PORT=0, API_KEYS=mode != "off", TENANTS_REDIS=args.redis,
+                  LEDGER_POSTGRES=args.postgres if mode == "ledger" else None)
     path = Path(cache) / "config_gateway.json"
     path.write_text(json.dumps(config))
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{args.app.parent / 'peers'}",
@@ -141,6 +146,7 @@ class Gateway:
 
 
 async def _gate_cost(n: int, conc: int, redis_url: str | None) -> dict[str, float]:
+    from basic_inference_server.ledger.journal import Journal
     from basic_inference_server.tenants import TenantsSpec
     from basic_inference_server.tenants.gate import TenantGate
     from basic_inference_server.tenants.keys import key_from_request
@@ -175,6 +181,12 @@ async def _gate_cost(n: int, conc: int, redis_url: str | None) -> dict[str, floa
             started = time.process_time()
             await asyncio.gather(*(caller(n // conc) for _ in range(conc)))
             out[mode] = (time.process_time() - started) * 1e6 / (n // conc * conc)
+        journal = Journal(Path(folder) / "ledger")
+        started = time.process_time()
+        for _ in range(n):
+            journal.record("bench", "noop", 200, 0.0, 0.001)
+        out["journal"] = (time.process_time() - started) * 1e6 / n
+        journal.close()
         return out
 
 
@@ -183,6 +195,8 @@ def main() -> int:
     parser.add_argument("--modes", default="off,keys,limits")
     parser.add_argument("--app", type=Path, default=DEFAULT_APP)
     parser.add_argument("--redis", default=None, help="TENANTS_REDIS URL (default: SQLite)")
+    parser.add_argument("--postgres", default=None,
+                        help="LEDGER_POSTGRES URL of the ledger mode")
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
@@ -190,6 +204,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     modes = args.modes.split(",")
+    if "ledger" in modes and not args.postgres:
+        parser.error("the ledger mode needs --postgres URL")
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     with contextlib.ExitStack() as stack:
         gateways = {}

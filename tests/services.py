@@ -214,3 +214,23 @@ def start_postgres(folder: Path) -> tuple[Service, str]:
 
     service.wait_ready(connect, timeout=60, ignore=(psycopg.OperationalError,))
     return service, url
+
+
+def create_database(url: str) -> str:
+    """A new, empty database on the server of ``url``; its URL (drop it with
+    :func:`drop_database`)."""
+    import psycopg
+
+    name = f"bis_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str) -> None:
+    """Drop the database of ``url``, closing what is still connected to it."""
+    import psycopg
+
+    server, name = url.rsplit("/", 1)
+    with psycopg.connect(server + "/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -38,6 +38,7 @@ from tests.docs.markdown import (
     read_blocks,
 )
 from tests.docs.shell import check, run_script
+from tests.services import create_database, drop_database
 
 DEMO_CONFIG = ROOT / "config_gateway.json"
 # What a gateway's folder holds: the demo, and what the examples run from a clone.
@@ -58,19 +59,21 @@ def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def clean_env() -> dict[str, str]:
+def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a new terminal: no BIS_ variables, this Python first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIS_")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
     return env
 
 
 class DemoGateways:
     """Demo gateways by configuration, started on first use, all stopped at the end."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, env: dict[str, str]) -> None:
         self.base = base
+        self.env = env  # of the gateways and the examples' shells
         self.shared: dict[str, Gateway] = {}
         self.started: list[Gateway] = []
 
@@ -100,7 +103,7 @@ class DemoGateways:
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "run_gateway.py", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=folder, env=clean_env(), stdin=subprocess.DEVNULL, stdout=out,
+                cwd=folder, env=self.env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True)
         gw = Gateway(proc, port, folder, folder / "config_gateway.json", folder / "endpoints",
                      log, token=None)
@@ -122,10 +125,17 @@ class DemoGateways:
 
 
 @pytest.fixture(scope="module")
-def demo_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoGateways]:
-    pool = DemoGateways(tmp_path_factory.mktemp("demo"))
-    yield pool
-    pool.close()
+def demo_gateways(tmp_path_factory: pytest.TempPathFactory,
+                  postgres_url: str) -> Iterator[DemoGateways]:
+    """The pages' gateways; ``LEDGER_URL`` names a database of their own, which
+    docs/ledger.md's configuration reads (``env:LEDGER_URL``)."""
+    ledger = create_database(postgres_url)
+    pool = DemoGateways(tmp_path_factory.mktemp("demo"), clean_env(LEDGER_URL=ledger))
+    try:
+        yield pool
+        pool.close()
+    finally:
+        drop_database(ledger)
 
 
 class PageRun:
@@ -190,7 +200,7 @@ class PageRun:
                 following[0].line - after <= 2:
             expected.append(expected_block(following[0], expected[-1].before if expected
                                            else 0, len(script.splitlines()) + 1))
-        ran = run_script(script, gw.workdir, self.session, clean_env(), BLOCK_TIMEOUT)
+        ran = run_script(script, gw.workdir, self.session, self.pool.env, BLOCK_TIMEOUT)
         problems = ([f"exit status {ran.code}"] if ran.code else []) + check(ran, expected)
         assert not problems, (f"{block.where}: the example does not do what the doc shows:\n- "
                               + "\n- ".join(problems) + f"\n--- the block ---\n{block.text}"

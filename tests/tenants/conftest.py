@@ -60,11 +60,8 @@ def call(gw: Gateway, key: str | None, signature: str = "echo", *, header: str =
 @pytest.fixture
 def pg_dsn(postgres_url: str) -> Iterator[str]:
     """A database of the test's own on the session's PostgreSQL; dropped after."""
-    import psycopg
+    from tests.services import create_database, drop_database
 
-    name = f"bis_test_{os.urandom(4).hex()}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield postgres_url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    url = create_database(postgres_url)
+    yield url
+    drop_database(url)
