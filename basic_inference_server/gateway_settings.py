@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .queues import check_url
+from .queues import check_results_url, check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
 
 
@@ -112,10 +112,11 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "reads the URL from there (keeps passwords out of the file).", check_url,
                 secret_ref=True),
         Setting("RESULTS", (str, type(None)), None,
-                "Where job status and results live: `sqlite...` or `redis://...` "
+                "Where job status and results live: `sqlite...`, `redis://...` or "
+                "`postgresql://...` (lasting, shared: docs/ledger.md; the `postgres` extra) "
                 "(default: the queue's Redis, else SQLite in _cache/); `env:VAR` or `file:PATH` "
                 "as for QUEUE.",
-                lambda v: None if v is None else check_url(v), secret_ref=True),
+                lambda v: None if v is None else check_results_url(v), secret_ref=True),
         Setting("JOB_TTL", (int, float), 86400,
                 "Seconds a finished job's result stays readable at /jobs/<id>.",
                 at_least(1, 365 * 86400)),

@@ -28,12 +28,12 @@ from ..config import GatewayConfig
 from ..errors import ConfigError, DiscoveryError
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE
+from ..ledger import LAST_BATCH_S, ledger_shipper
 from ..privfiles import private_dir
 from ..queues import jobs_spec
 from .children import Child, Service
 from .control import ControlServer, Handler
 from .inbox import Inbox
-from .ledger import ledger_shipper
 from .listeners import (
     admin_token,
     close_server_listeners,
@@ -52,9 +52,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration is wrong, restarting will not help
-# Seconds the last ledger batch may take at shutdown (what is left is shipped at the
-# next start).
-LEDGER_LAST_BATCH_S = 10.0
 
 class Core:
     """Owns the process tree of one gateway: the loop, the children and the endpoints.
@@ -348,7 +345,7 @@ class Core:
         remove the run folder."""
         self.kill_all()
         if self.ledger is not None:
-            self.ledger.stop(LEDGER_LAST_BATCH_S)  # once every writer of the journal is gone
+            self.ledger.stop(LAST_BATCH_S)  # once every writer of the journal is gone
         for ep in self.endpoints.values():
             close_server_listeners(ep)
         if self.front_listener is not None:

@@ -7,8 +7,8 @@ Backends are chosen by URL (the ``QUEUE`` and ``RESULTS`` settings):
 * ``amqp://user:pass@host:5672/vhost?prefix=bis``: RabbitMQ, a queue per endpoint;
 * ``sqs://?region=us-east-1&prefix=bis[&endpoint_url=http://...]``: Amazon SQS.
 
-Results live in SQLite or Redis (``RESULTS``; by default Redis when the queue is
-Redis, else SQLite under ``_cache/``).
+Results live in SQLite, Redis or PostgreSQL (``RESULTS``; by default Redis when the
+queue is Redis, else SQLite under ``_cache/``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ __all__ = ["Claim", "Job", "JobQueue", "JobsSpec", "QueueError", "ResultStore", 
            "open_results", "SCHEMES"]
 
 SCHEMES = ("sqlite", "redis", "rediss", "amqp", "amqps", "sqs")
+# Where results may live and jobs may not wait.
+RESULTS_ONLY = ("postgresql", "postgres")
 DB_FILE = "jobs.sqlite3"
 
 
@@ -48,6 +50,13 @@ def check_url(url: str) -> str | None:
     """Settings-table check: None when the URL names a known backend."""
     if scheme_of(url) not in SCHEMES:
         return f"must be a URL of one of {', '.join(SCHEMES)}"
+    return None
+
+
+def check_results_url(url: str) -> str | None:
+    """Settings-table check of ``RESULTS``: None when the URL names a results store."""
+    if scheme_of(url) not in ("sqlite", "redis", "rediss", *RESULTS_ONLY):
+        return "must be a sqlite, redis://, rediss:// or postgresql:// URL"
     return None
 
 
@@ -93,7 +102,7 @@ def open_queue(url: str) -> JobQueue:
 
 
 def open_results(url: str) -> ResultStore:
-    """The results store a URL names: SQLite or Redis."""
+    """The results store a URL names: SQLite, Redis or PostgreSQL."""
     scheme = scheme_of(url)
     if scheme == "sqlite":
         from .sqlite import SqliteResults, shared_db
@@ -103,4 +112,11 @@ def open_results(url: str) -> ResultStore:
         from .redis import RedisResults
 
         return RedisResults(url)
-    raise QueueError(f"results can live in sqlite or redis, not {url!r}")
+    if scheme in RESULTS_ONLY:
+        try:
+            from .postgres import PgResults
+        except ImportError as exc:
+            raise QueueError(f"RESULTS on PostgreSQL needs the driver ({exc}): pip install "
+                             "'basic_inference_server[postgres]'") from None
+        return PgResults(url)
+    raise QueueError(f"results can live in sqlite, redis or postgresql, not {url!r}")

@@ -18,11 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import load_config, parse_config, parse_endpoint
+from ..config import GatewayConfig, load_config, parse_config, parse_endpoint
 from ..contracts import ServerSpec
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..hosts import is_loopback_host
+from ..ledger import LAST_BATCH_S, ledger_shipper
 from ..logger import setup_logging
 from ..queues import jobs_spec
 from ..redact import mask_url
@@ -58,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_spec(args: argparse.Namespace) -> ServerSpec:
+def read_config(args: argparse.Namespace) -> GatewayConfig:
+    """The configuration file the command line names (the defaults without one)."""
+    return load_config(args.config) if Path(args.config).is_file() else parse_config({})
+
+
+def build_spec(args: argparse.Namespace, config: GatewayConfig) -> ServerSpec:
     """The server spec from the command line and the configuration file."""
-    config = load_config(args.config) if Path(args.config).is_file() else parse_config({})
     section = dict(config["CONFIG_ENDPOINTS"].get(args.endpoint, {}))
     if args.workers is not None:
         section["NR_WORKERS"] = args.workers
@@ -75,7 +80,7 @@ def build_spec(args: argparse.Namespace) -> ServerSpec:
                      config["JOB_TTL"], args.cache)
     if jobs.results.startswith("sqlite") and not jobs.queue.startswith("sqlite"):
         log.warning("results go to SQLite on this box (%s): a gateway on another box will not "
-                    "see them; pass --results redis://...", jobs.results)
+                    "see them; pass --results redis://... or postgresql://...", jobs.results)
     run_dir = tempfile.mkdtemp(prefix="bis-server-")
     return ServerSpec(
         name=args.endpoint, module=endpoint.module_name,
@@ -96,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        spec = build_spec(args)
+        config = read_config(args)
+        spec = build_spec(args, config)
+        # The jobs this server runs are journaled under its cache folder: it ships them.
+        ledger = (ledger_shipper(config["LEDGER_POSTGRES"], Path(args.cache))
+                  if spec.tenants and spec.tenants.get("journal") else None)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return EXIT_CONFIG
@@ -106,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s: listening on %s beyond loopback: callers there bypass the gateway's "
                     "checks (credential, Host, limits)", spec.name, spec.host)
     sys.argv = [sys.argv[0]]  # gunicorn parses sys.argv: keep it from reading ours
+    if ledger is not None:
+        ledger.start()
     try:
         EndpointServer(spec).run()
     finally:
+        if ledger is not None:
+            ledger.stop(LAST_BATCH_S)
         shutil.rmtree(Path(spec.socket).parent, ignore_errors=True)
     return 0

@@ -84,13 +84,15 @@ def purge(kind: str, server: str | None, prefix: str) -> None:
 
 
 # The session fixture that serves each backend kind (SQLite needs none).
-SERVERS = {"redis": "redis_url", "rabbitmq": "amqp_url", "sqs": "sqs_server"}
+SERVERS = {"redis": "redis_url", "rabbitmq": "amqp_url", "sqs": "sqs_server",
+           "postgres": "postgres_url"}
 
 
 @pytest.fixture
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Parametrize indirectly with the backend kind: sqlite, redis, rabbitmq or sqs.
+    """Parametrize indirectly with the backend kind: sqlite, redis, rabbitmq or sqs
+    (or postgres, a results store only: a database of the test's own).
 
     Name it before ``gateways`` in a test's arguments: fixtures are torn down in reverse,
     and the keys and queues must be deleted after the gateway's consumers stopped.
@@ -100,6 +102,14 @@ def queue_url(request: pytest.FixtureRequest, tmp_path: Path,
     if kind == "sqs":
         for key, value in SQS_ENV.items():
             monkeypatch.setenv(key, value)
+    if kind == "postgres":
+        from tests.services import create_database, drop_database
+
+        assert server
+        url = create_database(server)
+        yield url
+        drop_database(url)
+        return
     url, prefix = backend_url(kind, tmp_path, server)
     yield url
     purge(kind, server, prefix)

@@ -1,5 +1,5 @@
 """The queue contract, run against every backend: SQLite, real Redis, real RabbitMQ and
-SQS (moto's server). The results stores (SQLite, Redis) have their own contract below.
+SQS (moto's server). The results stores (SQLite, Redis, PostgreSQL) have their own contract below.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def test_a_job_whose_consumer_died_is_claimed_again(queue_url):
         b.close()
 
 
-@pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis", "postgres"], indirect=True)
 def test_results_store(queue_url):
     store = open_results(queue_url)
     try:
@@ -191,7 +191,7 @@ def test_results_store(queue_url):
         store.close()
 
 
-@pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis", "postgres"], indirect=True)
 def test_an_update_only_if_makes_it_only_from_that_status(queue_url):
     store = open_results(queue_url)
     try:
@@ -226,3 +226,21 @@ def test_sqlite_job_of_a_dead_process_of_this_box_is_claimable_at_once(tmp_path)
         queue.ack(alive)
     finally:
         queue.close()
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis", "postgres"], indirect=True)
+def test_a_jobs_events_are_numbered_read_after_an_id_and_end_with_its_last(queue_url):
+    store = open_results(queue_url)
+    try:
+        j = job(1)
+        store.create(j)
+        assert [store.add_event(j.id, "progress", {"n": n}, ttl=60) for n in range(3)] == [1, 2, 3]
+        assert store.add_event(j.id, DONE, {"STATUS": DONE}, ttl=60) == 4
+        assert store.add_event(j.id, "progress", {"n": 9}, ttl=60) == 0  # after its last
+        assert store.events(j.id, 0, 10) == [(1, "progress", {"n": 0}), (2, "progress", {"n": 1}),
+                                             (3, "progress", {"n": 2}), (4, DONE, {"STATUS": DONE})]
+        assert store.events(j.id, 2, 1) == [(3, "progress", {"n": 2})]
+        store.delete(j.id)
+        assert store.events(j.id, 0, 10) == [] and store.get(j.id) is None
+    finally:
+        store.close()

@@ -24,7 +24,7 @@ from basic_inference_server.errors import ConfigError
 from basic_inference_server.models.redis_state import RedisState
 from basic_inference_server.queues import Job, open_queue
 from basic_inference_server.queues.redis import RedisQueue
-from basic_inference_server.server.standalone import build_parser, build_spec
+from basic_inference_server.server.standalone import build_parser, build_spec, read_config
 from tests.conftest import assert_ok, free_port, gateway_env, wait_until
 
 TOKEN = "tok-" + uuid.uuid4().hex
@@ -95,7 +95,7 @@ def test_urls_from_the_environment_or_a_file(tmp_path, monkeypatch):
     args = build_parser().parse_args([
         "--endpoint", "echo", "--queue", "env:BIS_TEST_QUEUE_URL", "--config", str(tmp_path / "none"),
         "--endpoints", str(tmp_path / "endpoints"), "--cache", str(tmp_path / "cache")])
-    spec = build_spec(args)
+    spec = build_spec(args, read_config(args))
     shutil.rmtree(Path(spec.socket).parent, ignore_errors=True)
     assert spec.jobs is not None and spec.jobs["queue"] == "redis://:pw@10.0.0.1:6379/0"
 

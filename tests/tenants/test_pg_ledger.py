@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import psycopg
 import pytest
+import requests
 
 from basic_inference_server.audit import AuditLog
 from basic_inference_server.ledger.journal import Journal, journal_dir, segments
 from basic_inference_server.ledger.postgres import PgLedger, SchemaTooNew, migrate, migrations
 from basic_inference_server.ledger.shipper import AUDIT_SOURCE, Shipper, gateway_id
+from tests.conftest import wait_until
+from tests.tenants.conftest import make_key, ready
 
 
 def usage(dsn: str) -> dict[tuple[str, str], tuple[int, int, int, float]]:
@@ -177,6 +179,26 @@ def test_the_ledger_connection_needs_no_superuser_once_migrated(pg_dsn) -> None:
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:
-    from tests.conftest import wait_until
-
     wait_until(predicate, timeout=timeout, interval=0.05, ignore=(psycopg.Error, KeyError))
+
+
+def test_a_jobs_record_lives_in_postgres_and_its_run_reaches_the_ledger(gateways, pg_dsn) -> None:
+    gw = ready(gateways({"API_KEYS": True, "LEDGER_POSTGRES": pg_dsn, "RESULTS": pg_dsn,
+                         "CONFIG_ENDPOINTS": {"echo": {"SERVER_CLASS": "echo"}}}))
+    key = make_key(gw, TENANT="acme")["KEY"]
+    auth = {"Authorization": f"Bearer {key}"}
+    resp = requests.post(gw.url("/run"), json={"SIGNATURE": "echo", "ASYNC": True, "x": 1},
+                         headers=auth, timeout=30)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["JOB_ID"]
+    done = wait_until(lambda: (r := requests.get(gw.url(f"/jobs/{job_id}"), headers=auth,
+                                                 timeout=30).json())["STATUS"] == "done" and r,
+                      timeout=60)
+    assert done["RESULT"]["echo"]["x"] == 1
+    with psycopg.connect(pg_dsn) as conn:
+        status, record = conn.execute("SELECT status, record FROM bis_job_results WHERE id = %s",
+                                      (job_id,)).fetchone()
+    assert status == "done" and record["RESULT"] == done["RESULT"]
+    # The job's run is metered where it ran (the endpoint worker's journal); its
+    # submission (202) is not.
+    wait_for(lambda: usage(pg_dsn) == {("acme", "echo"): (1, 1, 0, 0.0)})
