@@ -4,13 +4,16 @@ again on its cache folder; PostgreSQL then holds exactly the 200s the clients go
 
 The killed gateway is killed with none of its requests in flight: a request whose
 answer dies with the process was journaled, or not, and its client cannot know which,
-so it could not be counted against the clients' tally. Its journal is killed as it is,
-with what the shipper had not sent yet (it ships every second; the other gateway keeps
-taking traffic throughout).
+so it could not be counted against the clients' tally. Its manager, where the shipper
+runs, is stopped (SIGSTOP) a while before the kill while its front keeps answering, so
+the kill leaves journal entries that were never shipped. The other gateway takes
+traffic throughout.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 
@@ -108,13 +111,19 @@ def test_the_ledger_counts_each_answered_request_once_across_a_sigkill(
     threads = [threading.Thread(target=client, args=(n,)) for n in range(TENANTS)]
     for t in threads:
         t.start()
+    victim = pair[1]
     with traffic.cond:
         assert traffic.cond.wait_for(lambda: traffic.done >= TENANTS * PER_TENANT // 2, 300)
-    victim = pair[1]
+    # The manager (its shipper) stopped, its front going on: the kill is sure to find
+    # journal entries not shipped yet.
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    with traffic.cond:
+        assert traffic.cond.wait_for(lambda: traffic.done >= TENANTS * PER_TENANT * 6 // 10, 300)
     traffic.close(1)
     victim.stop()  # SIGKILL of its whole process tree, asserted gone
     cache = victim.workdir / "_cache"
     left = unshipped(pg_dsn, cache)
+    assert left > 0
     again = spawn_gateway(victim.workdir, with_test_defaults(config))
     gateways.started.append(again)
     ready(again)
