@@ -21,9 +21,8 @@ import logging
 import os
 import secrets
 import threading
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
@@ -63,8 +62,18 @@ def gateway_id(cache_dir: str | Path) -> str:
     return made
 
 
-def _day(ts: float) -> Any:
-    return datetime.fromtimestamp(ts, timezone.utc).date()
+_DAYS: dict[int, date] = {}
+
+
+def _day(ts: float) -> date:
+    """The UTC day of a time (days looked up, not computed: one per entry shipped)."""
+    n = int(ts // 86400)
+    found = _DAYS.get(n)
+    if found is None:
+        if len(_DAYS) > 1000:
+            _DAYS.clear()
+        found = _DAYS[n] = datetime.fromtimestamp(n * 86400, timezone.utc).date()
+    return found
 
 
 class Shipper:

@@ -8,7 +8,14 @@ import stat
 from datetime import date
 
 from basic_inference_server.ledger import journal
-from basic_inference_server.ledger.journal import Entry, Journal, finished, parse, segments
+from basic_inference_server.ledger.journal import (
+    Entry,
+    Journal,
+    encode,
+    finished,
+    parse,
+    segments,
+)
 from basic_inference_server.ledger.postgres import Batch, migrations
 
 
@@ -82,7 +89,7 @@ def test_a_full_disk_logs_the_entry_and_the_next_one_starts_a_new_line(tmp_path,
     monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:5]))
     j.record("acme", "echo", 200, 1.0, 0.0)
     monkeypatch.setattr(os, "write", real_write)
-    assert "cannot write" in caplog.text and '"acme"' in caplog.text
+    assert "cannot write" in caplog.text and "acme\techo\t200\t1.0" in caplog.text
     j.record("acme", "echo", 200, 2.0, 0.0)
     j.close()
     parsed = [parse(x) for s in segments(tmp_path) for x in s.read_bytes().splitlines()]
@@ -91,10 +98,16 @@ def test_a_full_disk_logs_the_entry_and_the_next_one_starts_a_new_line(tmp_path,
 
 
 def test_damaged_or_mistyped_lines_parse_to_none() -> None:
-    for line in (b"", b"[1,2", b'{"end":1}', b'["a","e","200",0,0,0]', b'["a","e",200,0,0]',
-                 b'["a","e",200,"x",0,0]'):
+    for line in (b"", b"a\te\t200", b"a\te\t2x0\t0\t0\t0\n", b"a\te\t200\t0\t0\n",
+                 b"a\te\t200\tx\t0\t0\n", b"\xff\te\t200\t0\t0\t0\n", b"a\te\t200\t0\t0\t0\tz\n"):
         assert parse(line) is None, line
-    assert parse(b'["a","e",200,1,0.5,86400]') == Entry("a", "e", 200, 1.0, 0.5, 86400.0)
+    assert parse(b"a\te\t200\t1.0\t0.5\t86400.0\n") == Entry("a", "e", 200, 1.0, 0.5, 86400.0)
+
+
+def test_an_entry_reads_back_as_written_whatever_its_names_hold() -> None:
+    entry = Entry("t\tab\nx", "\u00e9cho", 200, 0.1, 1 / 3, 1796581256.0977123)
+    back = parse(encode(entry))
+    assert back == Entry("t ab x", "\u00e9cho", 200, 0.1, 1 / 3, 1796581256.0977123)
 
 
 def test_a_batch_sums_per_tenant_endpoint_and_day() -> None:
