@@ -248,7 +248,8 @@ def build_management_app(front: Front) -> Flask:
             body = {}
         queues = front.jobs.collector(front.routes.names())
         traffic = TrafficCollector(body.get("TRAFFIC_STATE"))
-        extra = [queues, traffic, metrics.InFlight(front.board, front.routes.names())]
+        extra = [queues, traffic, metrics.InFlight(front.board, front.routes.names()),
+                 metrics.LedgerGauges(body.get("LEDGER"))]
         gate = front.key_gate
         if gate is not None and gate.spec.enabled:
             extra.append(QuotaUse(gate.store, tenant_labels=front.spec.metrics_tenant_labels))

@@ -192,6 +192,26 @@ class InFlight:
         yield family
 
 
+class LedgerGauges:
+    """The usage ledger's shipping (LEDGER_POSTGRES), as the manager reports it."""
+
+    def __init__(self, status: dict[str, Any] | None) -> None:
+        self.status = status
+
+    def collect(self) -> Any:
+        """Nothing without a ledger; else its backlog, its state and its last success."""
+        if not self.status:
+            return
+        yield GaugeMetricFamily("bis_ledger_unshipped_bytes", "Usage journal bytes not in "
+                                "PostgreSQL yet", value=float(self.status["unshipped_bytes"]))
+        yield GaugeMetricFamily("bis_ledger_up", "1 when the ledger's last shipping round "
+                                "reached PostgreSQL", value=1.0 if self.status["up"] else 0.0)
+        if self.status["shipped_at"] is not None:
+            yield GaugeMetricFamily("bis_ledger_shipped_timestamp_seconds", "When the ledger "
+                                    "last had everything shipped",
+                                    value=float(self.status["shipped_at"]))
+
+
 GB = 1024 ** 3
 STATES = [state.value for state in EndpointState]
 

@@ -21,8 +21,10 @@ import logging
 import os
 import secrets
 import threading
+import time
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import TypedDict
 
 import psycopg
 
@@ -39,6 +41,15 @@ SHIP_EVERY = 1.0
 MAX_BATCH = 4 * 1024 * 1024
 AUDIT_SOURCE = "audit"
 GATEWAY_ID_FILE = "gateway_id"
+
+
+class LedgerStatus(TypedDict):
+    """The shipper's state, as ``/system_status`` and ``/metrics`` report it."""
+
+    unshipped_bytes: int  # journal bytes PostgreSQL does not hold yet
+    shipped_at: float | None  # when a round last ended with everything shipped (UTC s)
+    up: bool  # the last round reached PostgreSQL
+    error: str | None  # why the last round failed
 
 
 def gateway_id(cache_dir: str | Path) -> str:
@@ -90,6 +101,9 @@ class Shipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._down = False
+        # What /metrics and /system_status report (written by the thread, read whole).
+        self._known: dict[str, int] = {}  # the positions last read or written
+        self._status = LedgerStatus(unshipped_bytes=0, shipped_at=None, up=True, error=None)
 
     def positions(self) -> dict[str, int]:
         """The positions PostgreSQL holds, once per connection; those of deleted
@@ -208,10 +222,26 @@ class Shipper:
                             "the usage until it answers", type(exc).__name__, exc)
                 self._down = True
             self.close()
+            self._report(f"{type(exc).__name__}: {exc}"[:500])
             return
         if self._down:
             log.info("ledger: shipping to PostgreSQL again")
             self._down = False
+        self._report(None)
+
+    def _report(self, error: str | None) -> None:
+        """Update :meth:`status` after a round."""
+        if self._positions is not None:
+            self._known = dict(self._positions)
+        waiting = sum(max(0, _size(p) - self._known.get(p.name, 0))
+                      for p in journal.segments(self.folder))
+        self._status = LedgerStatus(
+            unshipped_bytes=waiting, up=error is None, error=error,
+            shipped_at=time.time() if error is None else self._status["shipped_at"])
+
+    def status(self) -> LedgerStatus:
+        """The journal's bytes not shipped yet, when a round last succeeded, the last error."""
+        return self._status
 
     def close(self) -> None:
         """Close the connection; the next round connects again and reads the positions."""

@@ -87,7 +87,8 @@ class EndpointCommands:
         """What /metrics exposes besides the front's own counters."""
         _, servers = self.list_servers(args)
         return 200, {"SERVERS": servers["SERVERS"], "HEALTH": self.core.health,
-                     "TRAFFIC_STATE": self.core.rollouts.metrics()}
+                     "TRAFFIC_STATE": self.core.rollouts.metrics(),
+                     "LEDGER": self.core.ledger.status() if self.core.ledger else None}
 
     @handles(api.START_SERVER)
     def start_server(self, args: api.StartArgs) -> Reply:

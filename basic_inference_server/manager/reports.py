@@ -77,7 +77,8 @@ class ReportCommands:
         support = {n: e.support_status for n, e in core.endpoints.items() if e.support_status}
         return 200, {"SYSTEM_STATUS": core.health["status"],
                      "SYSTEM_ALERTS": core.health["alerts"], "SUPPORT_STATUS": support,
-                     "HISTORY": {"events": core.history.events(limit=100)}}
+                     "HISTORY": {"events": core.history.events(limit=100)},
+                     "LEDGER": core.ledger.status() if core.ledger else None}
 
     @handles(api.HISTORY)
     def history(self, args: api.HistoryArgs) -> Reply:

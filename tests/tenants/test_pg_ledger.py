@@ -202,3 +202,35 @@ def test_a_jobs_record_lives_in_postgres_and_its_run_reaches_the_ledger(gateways
     # The job's run is metered where it ran (the endpoint worker's journal); its
     # submission (202) is not.
     wait_for(lambda: usage(pg_dsn) == {("acme", "echo"): (1, 1, 0, 0.0)})
+
+
+def test_metrics_and_system_status_show_a_ledger_falling_behind_and_catching_up(
+        gateways, pg_dsn) -> None:
+    server, name = pg_dsn.rsplit("/", 1)
+
+    def allow(on: bool) -> None:
+        with psycopg.connect(server + "/postgres", autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {str(on).lower()}")
+
+    def gauges() -> dict[str, float]:
+        text = gw.get("/metrics").text
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("bis_ledger_")}
+
+    allow(False)  # from its start: the gateway serves, and journals
+    gw = ready(gateways({"API_KEYS": True, "LEDGER_POSTGRES": pg_dsn,
+                         "CONFIG_ENDPOINTS": {"echo": {"SERVER_CLASS": "echo"}}}))
+    key = make_key(gw, TENANT="acme")["KEY"]
+    for _ in range(5):
+        assert requests.post(gw.url("/run"), json={"SIGNATURE": "echo"}, timeout=30,
+                             headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    behind = wait_until(lambda: (g := gauges()).get("bis_ledger_up") == 0
+                        and g["bis_ledger_unshipped_bytes"] > 0 and g, timeout=30)
+    assert "bis_ledger_shipped_timestamp_seconds" not in behind  # never shipped yet
+    status = wait_until(lambda: gw.get("/system_status").json(), timeout=30)["LEDGER"]
+    assert status["up"] is False and "not currently accepting connections" in status["error"]
+    allow(True)
+    caught_up = wait_until(lambda: (g := gauges()).get("bis_ledger_up") == 1
+                           and g["bis_ledger_unshipped_bytes"] == 0 and g, timeout=30)
+    assert caught_up["bis_ledger_shipped_timestamp_seconds"] > 0
+    wait_for(lambda: usage(pg_dsn) == {("acme", "echo"): (5, 5, 0, 0.0)})
