@@ -29,7 +29,15 @@ from .gateway_settings import GATEWAY_SETTINGS, check_token
 from .hosts import NO_HOST, check_host
 from .names import NAME_RULE_TEXT, VERSION_SEP, is_name
 from .refs import resolve_ref
-from .setting import MAX_WORKERS, Setting, at_least, check_name, check_port_or_null, check_workers
+from .setting import (
+    DEFAULT_LOAD_TIMEOUT,
+    MAX_WORKERS,
+    Setting,
+    at_least,
+    check_name,
+    check_port_or_null,
+    check_workers,
+)
 from .stream_settings import STREAM_SETTINGS
 from .traffic.settings import POLICY_KEYS, TRAFFIC_SETTINGS, check_policy
 
@@ -93,6 +101,10 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "(only for endpoints whose requests are safe to run twice)."),
         Setting("TIMEOUT", (int, float), 60,
                 "Seconds the gateway waits for an answer before replying 504.", at_least(0.01)),
+        Setting("LOAD_TIMEOUT", (int, float), DEFAULT_LOAD_TIMEOUT,
+                "Seconds a worker may take to start: import the endpoint file and run "
+                "_load_model; past it the worker is killed and its start counts as failed "
+                "(restarted with backoff, like a crash).", at_least(5, 24 * 3600)),
         Setting("BASE64_KEYS", list, [],
                 "Input fields that arrive base64-encoded; decoded to bytes before _pre_process.",
                 _str_list),

@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from .gateway_settings import GATEWAY_SETTINGS
+from .setting import DEFAULT_LOAD_TIMEOUT
 
 # The modules the manager runs as ``python -m <module> --spec-fd N``.
 FRONT_MODULE = "basic_inference_server.gateway"
@@ -94,8 +95,9 @@ class ServerSpec:
     server_name: str = _default("SERVER_NAME")
     app_version: str = _default("APP_VERSION")
     stop_timeout: float = _default("STOP_TIMEOUT")
-    # gunicorn's worker timeout while the model loads (the heartbeat starts after).
-    load_timeout: float = 300
+    # gunicorn's worker timeout while the model loads (the heartbeat starts after):
+    # the endpoint's LOAD_TIMEOUT.
+    load_timeout: float = DEFAULT_LOAD_TIMEOUT
     generation: int = 0
     # Failed loads in a row before this start: a failure is logged with its traceback
     # on the first attempt only.

@@ -15,6 +15,8 @@ from .refs import REF_PREFIXES, resolve_ref
 MAX_WORKERS = 256
 # Longest wait, timeout or interval a setting may ask for (a week).
 MAX_SECONDS = 7 * 86400
+# The LOAD_TIMEOUT endpoint setting's default (the server spec's too).
+DEFAULT_LOAD_TIMEOUT = 300
 
 
 @dataclass(frozen=True)

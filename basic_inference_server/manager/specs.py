@@ -69,7 +69,7 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         max_request_size=config["MAX_REQUEST_SIZE"],
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"],
-        server_timing=config["SERVER_TIMING"])
+        server_timing=config["SERVER_TIMING"], load_timeout=ep.config.settings["LOAD_TIMEOUT"])
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:

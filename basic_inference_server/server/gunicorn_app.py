@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -185,24 +186,54 @@ class EndpointServer(BaseApplication):
         attempt; later ones log one line) and reported to the manager; the worker exits
         with gunicorn's "app failed to load" code, so its master stops (exit code 4)
         without a traceback of its own, and the manager decides whether to try again
-        (``LOAD_ATTEMPTS``).
+        (``LOAD_ATTEMPTS``). A load that takes longer than ``LOAD_TIMEOUT`` fails the
+        same way, whatever the endpoint's code is doing (:meth:`_deadline`).
         """
         slot = _worker_slot["slot"]
+        deadline = self._deadline(slot)
         try:
             worker = build_worker(self.spec, slot, self.notifier, self.source)
         except Exception as exc:  # noqa: BLE001 - whatever the endpoint's code raises
-            error = f"{type(exc).__name__}: {exc}"
-            self.notifier.send(Event.LOAD_FAILED, endpoint=self.spec.name, pid=os.getpid(),
-                               error=error, generation=self.spec.generation)
-            if slot == 0 and self.spec.load_attempt == 0:
-                log.error("%s: loading failed", self.spec.name, exc_info=exc)
-            else:
-                log.error("%s worker %d: loading failed again (attempt %d): %s", self.spec.name,
-                          slot, self.spec.load_attempt + 1, error)
+            self._load_failed(slot, f"{type(exc).__name__}: {exc}", exc)
             # gunicorn's code for "the app failed to load": its master stops with it,
             # and logs the reason in one line (an AppImportError would print it again).
             raise SystemExit(Arbiter.APP_LOAD_ERROR) from None
+        finally:
+            deadline.cancel()
         return build_app(self.spec, worker)
+
+    def _load_failed(self, slot: int, error: str, exc: BaseException | None) -> None:
+        """Report a failed load to the manager and log it (a traceback the first time)."""
+        self.notifier.send(Event.LOAD_FAILED, endpoint=self.spec.name, pid=os.getpid(),
+                           error=error, generation=self.spec.generation)
+        if slot == 0 and self.spec.load_attempt == 0:
+            if exc is None:  # no traceback to show: the reason alone
+                log.error("%s: loading failed: %s", self.spec.name, error)
+            else:
+                log.error("%s: loading failed", self.spec.name, exc_info=exc)
+        else:
+            log.error("%s worker %d: loading failed again (attempt %d): %s", self.spec.name,
+                      slot, self.spec.load_attempt + 1, error)
+
+    def _deadline(self, slot: int) -> threading.Timer:
+        """A timer that ends this worker once ``LOAD_TIMEOUT`` has passed in the load.
+
+        A thread, because the load may be anywhere (a C call, a download, a sleep) and
+        cannot be interrupted where it is; gunicorn's own worker timeout does not apply
+        before the worker's loop runs. It reports the failure, then exits the process
+        with gunicorn's "app failed to load" code, as a load that raised does.
+        """
+        def expired() -> None:
+            self._load_failed(slot, f"loading took longer than LOAD_TIMEOUT "
+                                    f"({self.spec.load_timeout:g} s)", None)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(Arbiter.APP_LOAD_ERROR)
+
+        timer = threading.Timer(self.spec.load_timeout, expired)
+        timer.daemon = True
+        timer.start()
+        return timer
 
 
 class EndpointArbiter(Arbiter):

@@ -89,7 +89,7 @@ def build_spec(args: argparse.Namespace, config: GatewayConfig) -> ServerSpec:
         worker_config=endpoint.worker_config(), server_name=config["SERVER_NAME"],
         app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
         jobs=jobs.to_dict(), sched_batch=config["SCHED_BATCH"],
-        server_timing=config["SERVER_TIMING"],
+        server_timing=config["SERVER_TIMING"], load_timeout=endpoint.settings["LOAD_TIMEOUT"],
         # Jobs are charged where the gateways keep keys: a shared Redis (a tenants.db in
         # this box's cache would be no gateway's).
         tenants=tenants_spec(config, args.cache)
