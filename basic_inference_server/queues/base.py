@@ -230,6 +230,19 @@ class ResultStore(ABC):
         """Release this thread's connections."""
 
 
+def merge_record(record: dict[str, Any], fields: dict[str, Any], only_if: str | None) -> bool:
+    """:meth:`ResultStore.update`'s rule, for the stores that apply it in Python: merge
+    ``fields`` into ``record`` unless its status is sticky or not ``only_if`` (True when
+    merged). Redis applies the same rule in its script."""
+    status = record.get("STATUS")
+    if status in STICKY and fields.get("STATUS", status) != status:
+        return False
+    if only_if is not None and status != only_if:
+        return False
+    record.update(fields)
+    return True
+
+
 def may_add_event(count: int, last: str | None, name: str) -> bool:
     """Whether a job's event ``name`` is stored after ``count`` events, the last ``last``."""
     if last in EVENT_ENDS:

@@ -21,12 +21,12 @@ from .base import (
     EVENT_ENDS,
     QUEUED,
     RUNNING,
-    STICKY,
     TERMINAL,
     Job,
     QueueError,
     ResultStore,
     may_add_event,
+    merge_record,
     record_of,
 )
 
@@ -77,12 +77,8 @@ class PgResults(ResultStore):
             if row is None:
                 return False
             record = dict(row[0])
-            status = record.get("STATUS")
-            if status in STICKY and fields.get("STATUS", status) != status:
+            if not merge_record(record, fields, only_if):
                 return False
-            if only_if is not None and status != only_if:
-                return False
-            record.update(fields)
             conn.execute("UPDATE bis_job_results SET status = %s, record = %s, expires_at = %s "
                          "WHERE id = %s", (record["STATUS"], Json(record),
                                            now + ttl if ttl is not None else None, job_id))

@@ -29,13 +29,13 @@ from .base import (
     EVENT_ENDS,
     QUEUED,
     RUNNING,
-    STICKY,
     TERMINAL,
     Claim,
     Job,
     JobQueue,
     ResultStore,
     may_add_event,
+    merge_record,
     record_of,
 )
 
@@ -300,12 +300,8 @@ class SqliteResults(ResultStore):
             if row is None:
                 return False
             record = orjson.loads(row[0])
-            status = record.get("STATUS")
-            if status in STICKY and fields.get("STATUS", status) != status:
+            if not merge_record(record, fields, only_if):
                 return False
-            if only_if is not None and status != only_if:
-                return False
-            record.update(fields)
             expires = now + ttl if ttl is not None else None
             conn.execute("UPDATE results SET status = ?, record = ?, expires_at = ? WHERE id = ?",
                          (record["STATUS"], orjson.dumps(record), expires, job_id))
