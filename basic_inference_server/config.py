@@ -178,10 +178,22 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
         # Device placement
         Setting("GPUS", (list, type(None)), None,
                 "GPU indices the workers are spread over (worker i -> GPUS[i mod n]); [] runs on "
-                "the CPU; null leaves every GPU visible.",
+                "the CPU; null leaves every GPU visible. With GPU_MEMORY_MB, the GPUs the "
+                "workers are placed on by free memory (null: every GPU).",
                 lambda v: None if v is None or all(
                     isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1024 for x in v)
                 else "must be a list of GPU indices"),
+        Setting("GPU_MEMORY_MB", (int, float, type(None)), None,
+                "GPU memory one worker needs, in MiB: each worker is placed on the GPU with "
+                "the most free memory that fits it (counting the workers already placed "
+                "there and still loading); a worker that fits nowhere is refused (429 "
+                "models_unavailable). Null: GPUS round-robin.",
+                lambda v: None if v is None else at_least(1, 1 << 30)(v)),
+        Setting("GPU_MEMORY_CAP", bool, False,
+                "With GPU_MEMORY_MB: each worker caps its own PyTorch CUDA allocations at "
+                "GPU_MEMORY_MB (torch.cuda.set_per_process_memory_fraction), so a worker "
+                "that outgrows its declared need fails alone instead of starving its "
+                "neighbours."),
     ] + TRAFFIC_SETTINGS + STREAM_SETTINGS
 }
 
@@ -269,6 +281,15 @@ def warn_near_misses(name: str, section: Mapping[str, Any],
         log.warning("endpoint %s: %s", name, message)
 
 
+def _check_gpu_memory(settings: dict[str, Any]) -> str | None:
+    """GPU_MEMORY_MB places workers on GPUs: GPUS [] (the CPU) contradicts it."""
+    if settings["GPU_MEMORY_MB"] is not None and settings["GPUS"] == []:
+        return "GPU_MEMORY_MB places workers on GPUs, but GPUS [] runs them on the CPU"
+    if settings["GPU_MEMORY_CAP"] and settings["GPU_MEMORY_MB"] is None:
+        return "GPU_MEMORY_CAP caps a worker at GPU_MEMORY_MB: set GPU_MEMORY_MB too"
+    return None
+
+
 def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> EndpointConfig:
     """Validate one endpoint section (``refs``: see :meth:`Setting.validate`)."""
     if not is_name(name):
@@ -286,7 +307,7 @@ def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> Endpoi
     given = frozenset(settings)
     for key, spec in ENDPOINT_SETTINGS.items():
         settings.setdefault(key, spec.default)
-    problem = check_policy(settings)
+    problem = check_policy(settings) or _check_gpu_memory(settings)
     if problem:
         raise ConfigError(f"{where}: {problem}")
     return EndpointConfig(name=name, settings=settings, extra=extra, given=given)

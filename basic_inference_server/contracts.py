@@ -34,9 +34,15 @@ def probe_path(worker_socket: str) -> str:
     return worker_socket + PROBE_SUFFIX
 
 
+# GPU placement by memory (GPU_MEMORY_MB): a GPU index -> the workers the manager placed
+# there. In JSON (a ServerSpec, the workers file) the indices are strings.
+GpuQuota = dict[int, int]
+
+
 def workers_path(server_socket: str, generation: int) -> str:
     """Where the manager writes the worker count the master of ``generation`` of the
-    server on ``server_socket`` steers to, on the next SIGTTIN or SIGTTOU."""
+    server on ``server_socket`` steers to, on the next SIGTTIN or SIGTTOU: JSON,
+    ``{"workers": n, "gpu_quota": {"<gpu>": workers, ...} | null}``."""
     return f"{server_socket}.g{generation}.workers"
 
 
@@ -110,6 +116,8 @@ class ServerSpec:
     tenants: dict[str, Any] | None = None
     sched_batch: bool = _default("SCHED_BATCH")
     server_timing: bool = _default("SERVER_TIMING")
+    # GPU_MEMORY_MB: workers per GPU index (JSON keys), as the manager placed them.
+    gpu_quota: dict[str, int] | None = None
 
 
 @dataclass
@@ -119,7 +127,6 @@ class SupervisorSpec:
     control: str
     sample_interval: float = _default("HEALTH_SAMPLE_INTERVAL")
     disk_path: str = "/"
-    nvml_recording: str | None = None  # NVML_RECORDING: replayed instead of the driver
 
 
 @dataclass

@@ -8,9 +8,25 @@ defaults from it without loading the endpoint settings' checks (``traffic/``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .queues import check_results_url, check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
+
+DEFAULT_GPU_MEM_PCT = 90
+
+
+def _check_gpu_pct(v: float | dict[str, Any]) -> str | None:
+    """ALERT_GPU_MEM_PCT: a percentage, or GPU indices ("0", "1", ...) to percentages."""
+    percent = at_least(0, 100)
+    if not isinstance(v, dict):
+        return percent(v)
+    for key, pct in v.items():
+        if not (key.isdigit() and int(key) < 1024):
+            return f"keys must be GPU indices (\"0\" to \"1023\"), not {key[:20]!r}"
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or percent(pct):
+            return f"GPU {key}: must be a percentage from 0 to 100"
+    return None
 
 
 def check_token(v: str | None) -> str | None:
@@ -79,16 +95,20 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 at_least(0.1)),
         Setting("NVML_RECORDING", (str, type(None)), None,
                 "A JSON file of recorded NVML answers (the `RecordedNvml` format, "
-                "basic_inference_server/health/gpu.py) that the health samples read instead of "
-                "the GPU driver: dashboards, alert rules and demos on a machine without a GPU.",
+                "basic_inference_server/health/gpu.py) that every process of the gateway reads "
+                "instead of the GPU driver (it is passed on as BIS_NVML_RECORDING): health "
+                "samples, GPU placement and the models' memory guards. For tests, dashboards "
+                "and demos on a machine without a GPU.",
                 lambda v: None if v is None or Path(v).is_file() else "no such file"),
         Setting("ALERT_MEM_AVAIL_PCT", (int, float), 15,
                 "Alert when available system memory falls under this percentage.",
                 at_least(0, 100)),
         Setting("ALERT_DISK_FREE_PCT", (int, float), 10,
                 "Alert when free disk space falls under this percentage.", at_least(0, 100)),
-        Setting("ALERT_GPU_MEM_PCT", (int, float), 90,
-                "Alert when a GPU's memory use rises over this percentage.", at_least(0, 100)),
+        Setting("ALERT_GPU_MEM_PCT", (int, float, dict), DEFAULT_GPU_MEM_PCT,
+                "Alert when a GPU's memory use rises over this percentage: one number for "
+                "every GPU, or a map from GPU index to percent (`{\"0\": 80, \"1\": 95}`; "
+                f"a GPU it does not list uses {DEFAULT_GPU_MEM_PCT}).", _check_gpu_pct),
         Setting("ALERT_RESTARTS", int, 3,
                 "Alert when an endpoint restarts this many times within 10 minutes.",
                 at_least(1, 1_000_000)),

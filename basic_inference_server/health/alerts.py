@@ -32,12 +32,26 @@ class Thresholds:
     mem_avail_pct_min: float = 15.0
     disk_free_pct_min: float = 10.0
     gpu_mem_used_pct_max: float = 90.0
+    # Per GPU index, where it differs from ``gpu_mem_used_pct_max`` (ALERT_GPU_MEM_PCT's map).
+    gpu_mem_used_pct_by_gpu: Mapping[int, float] = field(default_factory=dict)
     # An endpoint restarted this many times within the window; the caller's counter
     # only grows, so the rate is what can clear.
     restarts_max: int = 3
     restarts_window_s: float = 600.0
     # A raised percentage alert clears only this many points past its threshold.
     hysteresis_pct: float = 2.0
+
+    @classmethod
+    def gpu_pct(cls, setting: float | Mapping[str, float]) -> dict[str, Any]:
+        """The GPU thresholds' fields from ALERT_GPU_MEM_PCT (a number, or a map from
+        GPU index to percent: an index it does not list keeps the default)."""
+        if isinstance(setting, Mapping):
+            return {"gpu_mem_used_pct_by_gpu": {int(k): float(v) for k, v in setting.items()}}
+        return {"gpu_mem_used_pct_max": float(setting)}
+
+    def gpu_limit(self, index: int) -> float:
+        """The memory percentage over which GPU ``index`` raises its alert."""
+        return self.gpu_mem_used_pct_by_gpu.get(index, self.gpu_mem_used_pct_max)
 
     def __post_init__(self) -> None:
         if self.restarts_max < 1 or self.restarts_window_s <= 0 or self.hysteresis_pct < 0:
@@ -150,12 +164,13 @@ class AlertTracker:
         for dev in gpu.get("gpus", []):
             name = f"gpu_mem_high:{dev['index']}"
             pct = dev.get("mem_used_pct")
+            limit = th.gpu_limit(dev["index"])
             if pct is None:
                 unknown.add(name)
-            elif _high(pct, th.gpu_mem_used_pct_max, name in self._active, th.hysteresis_pct):
+            elif _high(pct, limit, name in self._active, th.hysteresis_pct):
                 found[name] = _Condition(
                     WARNING, f"GPU {dev['index']} ({dev.get('name')}) memory {pct:.1f}% used is over "
-                             f"{th.gpu_mem_used_pct_max:g}% ({dev.get('mem_used_gb')} GB of "
+                             f"{limit:g}% ({dev.get('mem_used_gb')} GB of "
                              f"{dev.get('mem_total_gb')} GB)")
 
     def _check_restarts(self, restarts: Mapping[str, int] | None, now: float,

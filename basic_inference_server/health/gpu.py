@@ -3,7 +3,10 @@
 The sampler talks to NVML through :class:`NvmlApi`, a seam holding only the calls it
 makes. :class:`PynvmlApi` is the real one (``pynvml``, from ``nvidia-ml-py``);
 :class:`RecordedNvml` replays NVML-shaped data from a JSON dict, so the sampling logic
-is tested on machines without a GPU.
+is tested on machines without a GPU. :func:`nvml_api` is how every process gets its
+seam: with ``BIS_NVML_RECORDING`` naming a recording (the gateway's ``NVML_RECORDING``
+sets it for all its children), the manager's placement, the supervisor's samples and
+the workers' memory guards all read that file instead of the driver.
 
 :func:`sample_gpus` never raises: no GPU, no NVML library or a failed NVML init is an
 answer (``{"available": False, "reason": ...}``), and a single call that fails (power
@@ -13,6 +16,7 @@ not supported on this board, say) only nulls that field.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -24,6 +28,9 @@ import pynvml
 from .memory import GB
 
 T = TypeVar("T")
+
+# The variable naming a recording that every process reads instead of the driver.
+RECORDING_ENV = "BIS_NVML_RECORDING"
 
 
 class GpuMemory(NamedTuple):
@@ -231,6 +238,16 @@ class RecordedNvml:
                 for p in self._value(index, "compute_processes")]
 
 
+def nvml_api(environ: Mapping[str, str] | None = None) -> NvmlApi:
+    """This process's NVML: the recording ``BIS_NVML_RECORDING`` names, else the driver.
+
+    The recording is read at each call, so a test may change it while the gateway runs
+    (placement then sees the new figures).
+    """
+    path = (os.environ if environ is None else environ).get(RECORDING_ENV)
+    return RecordedNvml.from_file(path) if path else PynvmlApi()
+
+
 def _init_failure_reason(exc: Exception) -> str:
     if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
         return ("no GPU: NVML library not found (libnvidia-ml.so.1: no NVIDIA driver, "
@@ -287,7 +304,7 @@ def sample_gpus(api: NvmlApi | None = None, pid_names: Mapping[int, str] | None 
     it gets ``"endpoint": None``. Without a usable NVML the answer is
     ``{"available": False, "reason": "no GPU: ...", "gpus": []}``.
     """
-    api = api if api is not None else PynvmlApi()
+    api = api if api is not None else nvml_api()
     names = pid_names or {}
     try:
         # NVML reference-counts init/shutdown: a caller that keeps its own init open

@@ -25,6 +25,7 @@ from .children import Service
 from .control import Reply, error, handles
 from .core import EXIT_OK, Core
 from .listeners import check_resolves
+from .placement import NoRoom
 from .remote_commands import remote_targets
 from .specs import job_targets, warn_unchecked_keys
 from .state import Endpoint, State
@@ -73,14 +74,23 @@ class EndpointCommands:
                  and core.endpoints[n].state not in (State.STOPPED, State.STOPPING)]
         return 200, {"AVAIL_SERVERS": avail,
                      "DEFAULT_SERVER": core.config["DEFAULT_SERVER"],
-                     "SERVERS": core.rollouts.annotated({n: core.endpoints[n].describe()
-                                                         for n in names}),
+                     "SERVERS": core.rollouts.annotated({n: self._described(n) for n in names}),
                      "TRAFFIC": core.traffic.policies(),
                      "ROLLOUTS": core.rollouts.listing(),
                      "GATEWAY": {"pid": os.getpid(), "port": core.port,
                                  "front_pid": _pid(core.front),
                                  "supervisor_pid": _pid(core.supervisor),
                                  "jobrunner_pid": _pid(core.jobrunner)}}
+
+    def _described(self, name: str) -> dict[str, Any]:
+        """An endpoint as /list_servers shows it, with where its workers are placed
+        (``gpu_placement``: workers per GPU index, with GPU_MEMORY_MB)."""
+        ep = self.core.endpoints[name]
+        described = ep.describe()
+        quota = self.core.placer.quota((name, ep.child.generation)) if ep.child else None
+        if quota is not None:
+            described["gpu_placement"] = {str(g): n for g, n in quota.items()}
+        return described
 
     @handles(api.METRICS)
     def metrics(self, args: api.NoArgs) -> Reply:
@@ -107,6 +117,10 @@ class EndpointCommands:
             return error(400, str(exc))
         except DiscoveryError as exc:
             return error(404, str(exc))
+        count = cfg.settings["NR_WORKERS"] if ep is None or overrides else ep.target_workers
+        refused = self._no_room(name, cfg, count)
+        if refused is not None:
+            return refused
         ep = self._configured(name, ep, cfg, bool(overrides))
         self.core.start_endpoint(ep)
         return 200, {"RESULT": f"{name} starting", **ep.describe()}
@@ -122,6 +136,18 @@ class EndpointCommands:
             self.core.apply(ep, ep.reconfigure(cfg))
         ep.reset_failures()
         return ep
+
+    def _no_room(self, name: str, cfg: EndpointConfig, count: int,
+                  keep: tuple[str, int] | None = None) -> Reply | None:
+        """429 ``models_unavailable`` with the GPU figures when ``count`` workers of an
+        endpoint placed by memory (GPU_MEMORY_MB) fit on no GPU; None when they fit."""
+        if cfg.is_support or cfg.settings["URLS"] or cfg.settings["PIPELINE"]:
+            return None
+        try:
+            self.core.placer.place(name, cfg.settings, count, keep)
+        except NoRoom as exc:
+            return error(429, str(exc), **exc.fields())
+        return None
 
     @staticmethod
     def _unknown_version(name: str) -> Reply:
@@ -199,6 +225,14 @@ class EndpointCommands:
         count = args["NR_WORKERS"]
         if ep.is_support or ep.is_virtual:
             return error(400, f"{ep.name} is a {ep.kind()} endpoint and has no workers here")
+        if ep.child is not None:
+            # The workers that run stay where they are; the ones added are placed.
+            key = (ep.name, ep.child.generation)
+            try:
+                quota = self.core.placer.place(ep.name, ep.config.settings, count, keep=key)
+            except NoRoom as exc:
+                return error(429, str(exc), **exc.fields())
+            self.core.placer.claim(key, ep.config.settings, quota)
         previous = ep.target_workers
         self.core.apply(ep, ep.scale(count))
         return 200, {"RESULT": f"{ep.name}: NR_WORKERS {previous} -> {count}", **ep.describe()}
@@ -214,6 +248,10 @@ class EndpointCommands:
         if ep.pending is not None:
             return error(409, f"{ep.name} is already reloading (generation "
                               f"{ep.pending.generation}); try again when it is done")
+        # The new generation loads beside the serving one: its workers need room too.
+        refused = self._no_room(ep.name, ep.config, ep.target_workers)
+        if refused is not None:
+            return refused
         self.core.reload_endpoint(ep)
         return 200, {"RESULT": f"{ep.name}: reloading (generation {ep.generation})"}
 

@@ -26,6 +26,7 @@ from typing import Any
 from ..audit import AuditLog
 from ..config import GatewayConfig
 from ..errors import ConfigError, DiscoveryError
+from ..health.gpu import RECORDING_ENV
 from ..health.history import History
 from ..health.memory import GATEWAY_TREE
 from ..ledger import LAST_BATCH_S, ledger_shipper
@@ -41,6 +42,7 @@ from .listeners import (
     reach_address,
     sweep_stale_run_dirs,
 )
+from .placement import GpuPlacer, NoRoom
 from .rollouts import RolloutController
 from .spawner import Spawner
 from .specs import Paths, configured_endpoints
@@ -65,6 +67,10 @@ class Core:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
+        if config["NVML_RECORDING"]:
+            # Every process of the gateway reads GPU figures from the recording: the
+            # placement here, the supervisor's samples, the workers' memory guards.
+            os.environ[RECORDING_ENV] = str(Path(config["NVML_RECORDING"]).resolve())
         # Checked before anything is written there: a folder of another user (an older
         # image ran as root) is an error that says how to fix it.
         self.cache_dir = private_dir(cache_dir).resolve()
@@ -89,6 +95,7 @@ class Core:
         # Where processes of this box reach the front (set once it listens).
         self.local_address: str | None = None
         self.spawner = Spawner(self)
+        self.placer = GpuPlacer()  # GPU_MEMORY_MB: which GPU each worker goes to
         self.front = Service("gateway front", self.spawner.front, STABLE_AFTER)
         self.supervisor = Service("supervisor", self.spawner.supervisor, STABLE_AFTER)
         # Started once an endpoint has no server of its own to run its jobs.
@@ -255,7 +262,7 @@ class Core:
             return
         try:
             child = self.spawner.support(ep) if ep.is_support else self.spawner.server(ep)
-        except (ConfigError, DiscoveryError) as exc:
+        except (ConfigError, DiscoveryError, NoRoom) as exc:
             self.apply(ep, ep.start_failed(str(exc)))
             return
         self.apply(ep, ep.started(child, self.clock()))
@@ -264,7 +271,10 @@ class Core:
         """Zero-downtime reload: start a new generation beside the old one, switch when ready."""
         if ep.pending is not None:
             return
-        ep.reload_started(self.spawner.server(ep))
+        try:
+            ep.reload_started(self.spawner.server(ep))
+        except NoRoom as exc:
+            self.apply(ep, ep.reload_refused(str(exc)))
 
     def stop_endpoint(self, ep: Endpoint) -> None:
         """Stop an endpoint gracefully: its servers drain, then exit."""
@@ -278,6 +288,8 @@ class Core:
                 self._service_exited(service)
         for ep in self.endpoints.values():
             self._reap_endpoint(ep)
+        self.placer.forget((name, c.generation) for name, ep in self.endpoints.items()
+                           for c in ep.children())
         if self.shutting_down and not self._children():
             self.done = True
 

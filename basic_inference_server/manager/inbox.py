@@ -125,3 +125,17 @@ class Inbox:
         ep = core.endpoints.get(name) if isinstance(name, str) else None
         if ep is not None:
             core.apply(ep, ENDPOINT_EVENTS[event](ep, msg, core.clock()))
+            self._placement(ep.name, event, msg)
+
+    def _placement(self, name: str, event: Event, msg: dict[str, Any]) -> None:
+        """A worker placed by memory is READY (NVML shows its memory: its claim ends)
+        or exited (its replacement claims again)."""
+        generation = msg.get("generation")
+        if not isinstance(generation, int):
+            return
+        key = (name, generation)
+        if event is Event.WORKER_READY:
+            gpu = msg.get("gpu")
+            self.core.placer.worker_ready(key, int(msg["pid"]), gpu if isinstance(gpu, int) else None)
+        elif event is Event.WORKER_EXIT:
+            self.core.placer.worker_exit(key, int(msg["pid"]))

@@ -49,7 +49,7 @@ class ReportCommands:
         self.alerts = AlertTracker(Thresholds(
             mem_avail_pct_min=config["ALERT_MEM_AVAIL_PCT"],
             disk_free_pct_min=config["ALERT_DISK_FREE_PCT"],
-            gpu_mem_used_pct_max=config["ALERT_GPU_MEM_PCT"],
+            **Thresholds.gpu_pct(config["ALERT_GPU_MEM_PCT"]),
             restarts_max=config["ALERT_RESTARTS"]))
         self.refusals = Budget(REFUSALS_PER_S, 2 * REFUSALS_PER_S, core.clock())
         self.lookups = Budget(LOOKUPS_PER_S, 2 * LOOKUPS_PER_S, core.clock())

@@ -79,14 +79,18 @@ class Spawner:
     def server(self, ep: Endpoint) -> Child:
         """A new generation of ``ep``'s server, on its listeners (opened at the first)."""
         core = self.core
+        # First: a server whose workers fit on no GPU is not started (raises NoRoom).
+        quota = core.placer.place(ep.name, ep.config.settings, ep.target_workers)
         if not ep.listeners:
             open_server_listeners(ep, core.run_dir, self._allocate_port)
         ep.next_generation()
         spec = server_spec(core.config, core.paths, ep, core.jobs.to_dict(),
-                           tenants_spec(core.config, core.cache_dir))
-        return self._spawn("server", ep.name, SERVER_MODULE, spec,
-                           fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
-                           env={"PROMETHEUS_MULTIPROC_DIR": str(core.server_metrics)})
+                           tenants_spec(core.config, core.cache_dir), quota)
+        child = self._spawn("server", ep.name, SERVER_MODULE, spec,
+                            fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
+                            env={"PROMETHEUS_MULTIPROC_DIR": str(core.server_metrics)})
+        core.placer.claim((ep.name, ep.generation), ep.config.settings, quota)
+        return child
 
     def support(self, ep: Endpoint) -> Child:
         """``ep``'s support script, told where the gateway is."""
@@ -101,11 +105,15 @@ class Spawner:
                                                       core.config["TLS_CERT"]))
 
     def signal(self, ep: Endpoint, sig: int, workers: int | None) -> None:
-        """Signal ``ep``'s serving master; with ``workers``, the count it steers to is
-        written first (in the private run folder, where only this user reads)."""
+        """Signal ``ep``'s serving master; with ``workers``, the count it steers to (and
+        its GPU quota, placed by memory) is written first (in the private run folder,
+        where only this user reads)."""
         assert ep.child is not None and ep.socket_path is not None
         if workers is not None:
-            write_private(workers_path(ep.socket_path, ep.child.generation), str(workers))
+            quota = self.core.placer.quota((ep.name, ep.child.generation))
+            steer = {"workers": workers,
+                     "gpu_quota": None if quota is None else {str(g): n for g, n in quota.items()}}
+            write_private(workers_path(ep.socket_path, ep.child.generation), json.dumps(steer))
         os.kill(ep.child.pid, sig)
 
     def _spawn(self, role: str, name: str, module: str, spec: Any, **kw: Any) -> Child:

@@ -56,8 +56,10 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
-                jobs: dict[str, Any], tenants: dict[str, Any] | None = None) -> ServerSpec:
-    """An endpoint server's start-up spec (its listeners already open)."""
+                jobs: dict[str, Any], tenants: dict[str, Any] | None = None,
+                gpu_quota: dict[int, int] | None = None) -> ServerSpec:
+    """An endpoint server's start-up spec (its listeners already open; ``gpu_quota``:
+    its workers per GPU, placed by memory)."""
     assert ep.socket_path is not None
     return ServerSpec(
         name=ep.name, module=ep.config.module_name, endpoints_dir=paths.endpoints_dir,
@@ -69,15 +71,14 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         max_request_size=config["MAX_REQUEST_SIZE"],
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"],
-        server_timing=config["SERVER_TIMING"], load_timeout=ep.config.settings["LOAD_TIMEOUT"])
+        server_timing=config["SERVER_TIMING"], load_timeout=ep.config.settings["LOAD_TIMEOUT"],
+        gpu_quota=None if gpu_quota is None else {str(g): n for g, n in gpu_quota.items()})
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:
     """The supervisor's start-up spec."""
     return SupervisorSpec(control=paths.control,
-                          sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path,
-                          nvml_recording=(str(Path(config["NVML_RECORDING"]).resolve())
-                                          if config["NVML_RECORDING"] else None))
+                          sample_interval=config["HEALTH_SAMPLE_INTERVAL"], disk_path=disk_path)
 
 
 def front_url(host: str, port: int, tls: bool) -> str:

@@ -322,6 +322,13 @@ class Endpoint:
         self.last_error = child.kill_reason or f"process exited with code {code}"
         return self.backoff()
 
+    def reload_refused(self, error: str) -> Change:
+        """A reload could not start (its workers fit on no GPU): the serving generation
+        goes on, and the reason shows as ``reload_error``."""
+        self.reload_error = {"error": error, "at": time.time()}
+        return Change(log=f"reload not started ({error}); keeping the serving generation",
+                      event=("reload_failed", {"endpoint": self.name, "error": error}))
+
     def pending_exited(self, code: int | None) -> Change:
         """A reload's new generation died before it served: keep the old one (READY
         as it was: the failure shows as ``reload_error``, not as ``last_error``)."""

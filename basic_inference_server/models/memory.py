@@ -5,8 +5,9 @@ Three probes, one shape (:class:`MemoryProbe`, bytes ``used`` and ``total``):
 * :class:`BudgetProbe`: CPU models against a configured budget; ``used`` is the sum of
   the footprints of the models this process holds;
 * :class:`SystemProbe`: CPU models against the machine's memory (psutil);
-* :class:`GpuProbe`: the worker's GPU through NVML (the health sampler's seam), counting
-  every process on the device; :class:`CudaProbe` asks CUDA where NVML is missing.
+* :class:`GpuProbe`: the worker's GPUs through NVML (the health sampler's seam, so a
+  ``BIS_NVML_RECORDING`` replaces the driver), counting every process on each device and
+  answering for the fullest; :class:`CudaProbe` asks CUDA where NVML is missing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import psutil
 import pynvml
 
-from ..health.gpu import NvmlApi, PynvmlApi
+from ..health.gpu import NvmlApi, nvml_api
 
 MB = 1024 * 1024
 
@@ -66,21 +67,26 @@ class SystemProbe:
 
 
 class GpuProbe:
-    """One GPU's memory through NVML (all processes on the device)."""
+    """The memory of the GPUs a worker may use, through NVML (all processes on them).
 
-    def __init__(self, index: int, api: NvmlApi | None = None) -> None:
-        self.index = index
-        self.device = f"cuda:{index}"
-        self.api = api or PynvmlApi()
+    A worker given several GPUs may put a model on any of them: the guard answers for
+    the fullest (the highest share in use), so no GPU goes over the threshold unseen.
+    """
+
+    def __init__(self, indices: list[int], api: NvmlApi | None = None) -> None:
+        self.indices = indices
+        self.device = "cuda:" + ",".join(map(str, indices))
+        self.api = api or nvml_api()
 
     def sample(self) -> MemoryUse:
-        """GPU memory in use, read through NVML."""
+        """The fullest GPU's memory in use, read through NVML."""
         self.api.init()
         try:
-            mem = self.api.memory(self.index)
+            mems = [self.api.memory(i) for i in self.indices]
         finally:
             self.api.shutdown()
-        return MemoryUse(mem.used, mem.total)
+        fullest = max(mems, key=lambda m: m.used / m.total if m.total else 1.0)
+        return MemoryUse(fullest.used, fullest.total)
 
 
 class CudaProbe:
@@ -96,11 +102,18 @@ class CudaProbe:
         return MemoryUse(int(total - free), int(total))
 
 
-def visible_gpu(environ: dict[str, str] | None = None) -> int:
-    """The NVML index of the first GPU this process may use (NVML ignores CUDA_VISIBLE_DEVICES)."""
+def visible_gpus(count: int, environ: dict[str, str] | None = None) -> list[int]:
+    """The NVML indices of the GPUs this process may use, of the ``count`` NVML sees
+    (NVML ignores CUDA_VISIBLE_DEVICES). Unset: all of them; a list that does not name
+    indices (GPU UUIDs) is taken as the first GPU, as before placement existed."""
     env = os.environ if environ is None else environ
-    first = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return list(range(count))
+    names = [n.strip() for n in listed.split(",") if n.strip()]
+    if not names or not all(n.isdigit() for n in names):
+        return [0]
+    return [int(n) for n in names if int(n) < count] or [0]
 
 
 def choose_probe(budget_mb: float | None, held: Callable[[], int],
@@ -110,7 +123,7 @@ def choose_probe(budget_mb: float | None, held: Callable[[], int],
         return BudgetProbe(int(budget_mb * MB), held)
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return SystemProbe()  # this worker was placed on the CPU
-    nvml = api or PynvmlApi()
+    nvml = api or nvml_api()
     try:
         nvml.init()
     except (pynvml.NVMLError, OSError):
@@ -121,7 +134,7 @@ def choose_probe(budget_mb: float | None, held: Callable[[], int],
         count = nvml.device_count()
     finally:
         nvml.shutdown()
-    return GpuProbe(visible_gpu(), nvml) if count > 0 else SystemProbe()
+    return GpuProbe(visible_gpus(count), nvml) if count > 0 else SystemProbe()
 
 
 def footprint(model: Any) -> int | None:

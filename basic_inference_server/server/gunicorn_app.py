@@ -18,6 +18,7 @@ with one signal (:class:`EndpointArbiter`).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from .. import protocol
-from ..childproc import configure_gunicorn
+from ..childproc import configure_gunicorn, take_slot
 from ..contracts import ServerSpec, probe_path, workers_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
@@ -46,7 +47,7 @@ from ..worker import CancelFlag
 from .app import WorkerApp, build_app, build_worker
 from .consumer import start_consumer, stop_consumer
 from .entry import RunEntry
-from .placement import place_worker
+from .placement import cap_memory, next_gpu, parse_quota, place_worker, stop_order
 from .probe import ProbeListener
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 MAX_WORKER_CONNECTIONS = 1000
 
 # Filled in by post_fork, in the worker process, before the app is loaded.
-_worker_slot = {"slot": 0}
+_worker_slot: dict[str, int | None] = {"slot": 0, "gpu": None}
 
 
 def _own_socket_path(spec: ServerSpec, slot: int) -> str:
@@ -108,10 +109,16 @@ class EndpointServer(BaseApplication):
         spec = self.spec
         notifier = self.notifier
 
+        def pre_fork(server: EndpointArbiter, worker: Any) -> None:
+            take_slot(server, worker)
+            worker.bis_gpu = next_gpu(server.gpu_quota,
+                                      (getattr(w, "bis_gpu", None) for w in server.WORKERS.values()))
+
         def post_fork(_server: Any, worker: Any) -> None:
             die_with_parent(signal.SIGKILL)
             _worker_slot["slot"] = worker.bis_slot
-            place_worker(spec.worker_config.get("GPUS"), worker.bis_slot)
+            _worker_slot["gpu"] = worker.bis_gpu
+            place_worker(spec.worker_config.get("GPUS"), worker.bis_slot, worker.bis_gpu)
 
         def post_worker_init(worker: Any) -> None:
             path = _own_socket_path(spec, worker.bis_slot)
@@ -137,7 +144,8 @@ class EndpointServer(BaseApplication):
             if consumer is not None:
                 entry.guard = consumer.guard
             notifier.send(Event.WORKER_READY, endpoint=spec.name, pid=os.getpid(),
-                          slot=worker.bis_slot, socket=path, generation=spec.generation)
+                          slot=worker.bis_slot, socket=path, generation=spec.generation,
+                          gpu=worker.bis_gpu)
 
         def worker_exit(_server: Any, _worker: Any) -> None:
             # In the exiting worker: let a job that is running finish before the exit.
@@ -167,7 +175,8 @@ class EndpointServer(BaseApplication):
             # them. No port: the Unix socket alone (TCP_PORT off).
             bind=[*([tcp_address(spec.host, spec.port)] if spec.port is not None else []),
                   f"unix:{spec.socket}"],
-            post_fork=post_fork, post_worker_init=post_worker_init, child_exit=child_exit,
+            pre_fork=pre_fork, post_fork=post_fork, post_worker_init=post_worker_init,
+            child_exit=child_exit,
             worker_exit=worker_exit, nworkers_changed=nworkers_changed)
 
     def run(self) -> None:
@@ -189,9 +198,11 @@ class EndpointServer(BaseApplication):
         (``LOAD_ATTEMPTS``). A load that takes longer than ``LOAD_TIMEOUT`` fails the
         same way, whatever the endpoint's code is doing (:meth:`_deadline`).
         """
-        slot = _worker_slot["slot"]
+        slot = int(_worker_slot["slot"] or 0)
         deadline = self._deadline(slot)
         try:
+            if self.spec.worker_config.get("GPU_MEMORY_CAP"):
+                cap_memory(self.spec.worker_config["GPU_MEMORY_MB"])
             worker = build_worker(self.spec, slot, self.notifier, self.source)
         except Exception as exc:  # noqa: BLE001 - whatever the endpoint's code raises
             self._load_failed(slot, f"{type(exc).__name__}: {exc}", exc)
@@ -239,15 +250,21 @@ class EndpointServer(BaseApplication):
 class EndpointArbiter(Arbiter):
     """gunicorn's master, steered to the manager's worker count in one signal.
 
-    The manager writes the count it wants (:func:`..contracts.workers_path`) and sends
-    one SIGTTIN (more) or SIGTTOU (fewer); the master forks, or gracefully stops, the
-    whole difference at once and reports its new count (``nworkers_changed``). Merged
-    signals lose nothing: each means "go to the count". Without a count written, a
-    signal is gunicorn's own step of one.
+    The manager writes the count it wants (:func:`..contracts.workers_path`), with the
+    GPU quota of an endpoint placed by memory, and sends one SIGTTIN (more) or SIGTTOU
+    (fewer); the master forks, or gracefully stops, the whole difference at once and
+    reports its new count (``nworkers_changed``). Merged signals lose nothing: each
+    means "go to the count". Without a count written, a signal is gunicorn's own step
+    of one.
     """
 
     app: EndpointServer
     num_workers: int  # gunicorn's property: its setter reports the count (nworkers_changed)
+
+    def __init__(self, app: EndpointServer) -> None:
+        # GPU_MEMORY_MB: how many workers the manager placed on each GPU.
+        self.gpu_quota = parse_quota(app.spec.gpu_quota)
+        super().__init__(app)
 
     def handle_ttin(self) -> None:
         """Steer to the manager's worker count; without one, gunicorn's one more worker."""
@@ -263,15 +280,26 @@ class EndpointArbiter(Arbiter):
         """Take the manager's count; False when there is none to take."""
         spec = self.app.spec
         try:
-            count = int(Path(workers_path(spec.socket, spec.generation)).read_text())
-        except (OSError, ValueError):
+            steer = json.loads(Path(workers_path(spec.socket, spec.generation)).read_text())
+            count, quota = int(steer["workers"]), parse_quota(steer.get("gpu_quota"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
         if not 1 <= count <= MAX_WORKERS:
             return False
+        self.gpu_quota = quota
         if count != self.num_workers:
             self.num_workers = count
             self.manage_workers()
         return True
+
+    def manage_workers(self) -> None:
+        """gunicorn's, but workers over their GPU's quota are the first to stop (see
+        :func:`.placement.stop_order`; without a quota, the oldest, as gunicorn's)."""
+        if len(self.WORKERS) < self.num_workers:
+            self.spawn_workers()
+        excess = len(self.WORKERS) - self.num_workers
+        for pid in stop_order(self.WORKERS, self.gpu_quota)[:max(0, excess)]:
+            self.kill_worker(pid, signal.SIGTERM)
 
     def spawn_workers(self) -> None:
         """Fork every missing worker at once: gunicorn's own waits up to 0.1 s after each

@@ -10,7 +10,6 @@ does the killing and restarting.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ from ..control_api import (
     SUPERVISION,
     HealthSample,
 )
-from ..health.gpu import RecordedNvml
 from ..health.sampler import collect_sample
 from ..ipc import ControlUnavailable, control_call
 from .hangs import MASTER, HangDetector, Verdict
@@ -68,10 +66,6 @@ class Supervisor:
         self.pinger = pinger
         self.url_prober = url_prober
         self.master = master
-        if spec.nvml_recording and sampler is collect_sample:
-            # NVML_RECORDING: GPU figures replayed from a file instead of the driver.
-            sampler = functools.partial(
-                collect_sample, gpu_api=RecordedNvml.from_file(spec.nvml_recording))
         self.sampler = sampler
         self.detector = HangDetector()
         self.next_ping: dict[str, float] = {}

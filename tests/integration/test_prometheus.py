@@ -121,7 +121,10 @@ def test_every_dashboard_panel_gets_data(tmp_path):
     config = with_test_defaults({
         "API_KEYS": True, "METRICS_TOKEN": TOKEN, "HEALTH_SAMPLE_INTERVAL": 1,
         "NVML_RECORDING": str(ROOT / "tests" / "fixtures" / "nvml" / "two_gpus.json"),
-        "CONFIG_ENDPOINTS": {"echo": {}, "pool": POOL, "metered": {"SERVER_CLASS": "metered"},
+        # The recording reaches the workers too: the pool's memory guard reads GPU 0 of
+        # it (half full), where GPU 1 (93 %) would refuse every load.
+        "CONFIG_ENDPOINTS": {"echo": {}, "pool": {**POOL, "GPUS": [0]},
+                             "metered": {"SERVER_CLASS": "metered"},
                              "slow": {"SERVER_CLASS": "slow", "NR_WORKERS": 1}}})
     gw = spawn_gateway(tmp_path / "gw", config, endpoints=endpoints)
     prometheus = None

@@ -64,6 +64,20 @@ def test_gpu_threshold_from_recorded_nvml():
     assert "93.4%" in update.raised[0]["message"]
 
 
+def test_gpu_thresholds_per_gpu_index():
+    """ALERT_GPU_MEM_PCT as a map: each GPU its own limit; one it does not list keeps 90."""
+    gpu = sample_gpus(RecordedNvml.from_file(FIXTURES / "nvml" / "two_gpus.json"))
+    for setting, raised in (({"0": 40}, ["gpu_mem_high:0", "gpu_mem_high:1"]),
+                            ({"1": 95}, []), ({"0": 40, "1": 95}, ["gpu_mem_high:0"]),
+                            (40, ["gpu_mem_high:0", "gpu_mem_high:1"])):
+        tracker = AlertTracker(Thresholds(**Thresholds.gpu_pct(setting)), clock=FakeClock())
+        update = tracker.update({"gpu": gpu})
+        assert names(update.raised) == raised, setting
+    [first] = AlertTracker(Thresholds(**Thresholds.gpu_pct({"0": 40})),
+                           clock=FakeClock()).update({"gpu": gpu}).raised[:1]
+    assert "is over 40%" in first["message"]
+
+
 def test_a_transition_is_reported_once_then_cleared_once():
     clock = FakeClock(1000.0)
     tracker = AlertTracker(clock=clock)

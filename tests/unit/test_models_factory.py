@@ -55,7 +55,7 @@ def test_env_models_reads_model_prefix():
 def test_worker_i_gets_gpu_i_mod_n(gpus, slot, expected):
     env = {"CUDA_VISIBLE_DEVICES": "untouched"}
     assert visible_devices(gpus, slot) == expected
-    place_worker(gpus, slot, env)
+    place_worker(gpus, slot, environ=env)
     assert env["CUDA_VISIBLE_DEVICES"] == ("untouched" if expected is None else expected)
 
 
@@ -71,6 +71,18 @@ def test_memory_probe_reads_the_placed_gpu_through_nvml(monkeypatch):
     mem = nvml.data["devices"][1]["memory"]
     assert probe.sample() == (mem["used"], mem["total"])
     assert nvml.initialised == 0  # every init was shut down
+    # Every GPU it was given is checked: the fullest answers (the L4, 93 % used).
+    for visible in ("0,1", None):
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # unset: every GPU is visible
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        probe = choose_probe(None, lambda: 0, api=nvml)
+        assert isinstance(probe, GpuProbe) and probe.device == "cuda:0,1"
+        assert probe.sample() == (mem["used"], mem["total"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    h100 = nvml.data["devices"][0]["memory"]
+    assert choose_probe(None, lambda: 0, api=nvml).sample() == (h100["used"], h100["total"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert isinstance(choose_probe(None, lambda: 0, api=nvml), SystemProbe)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")

@@ -112,12 +112,13 @@ def test_an_endpoint_whose_workers_all_hang_is_reported_whole():
     assert report["server"] and "every worker" in report["reason"]
 
 
-def test_health_samples_replay_an_nvml_recording(tmp_path):
-    """NVML_RECORDING: the GPU figures of each sample come from the file, not the driver."""
+def test_health_samples_replay_an_nvml_recording(tmp_path, monkeypatch):
+    """BIS_NVML_RECORDING (what NVML_RECORDING sets for the gateway's children): the GPU
+    figures of each sample come from the file, not the driver."""
     recording = Path(__file__).resolve().parents[1] / "fixtures" / "nvml" / "two_gpus.json"
+    monkeypatch.setenv("BIS_NVML_RECORDING", str(recording))
     manager = FakeManager({})
-    sup = Supervisor(SupervisorSpec(control="-", sample_interval=10, disk_path=str(tmp_path),
-                                    nvml_recording=str(recording)),
+    sup = Supervisor(SupervisorSpec(control="-", sample_interval=10, disk_path=str(tmp_path)),
                      clock=lambda: 0.0, call=manager)
     sup.run_once()
     [sample] = manager.sent("health_sample")
