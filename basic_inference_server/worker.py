@@ -1,7 +1,8 @@
 """The user-facing base class: subclass :class:`FlaskWorker` in ``endpoints/<name>.py``.
 
 The framework builds one instance per worker process (after the fork), calls
-``_load_model()`` once, then for every request runs::
+``_load_model()`` once (under the models' memory guard: what it loads is measured and
+counted) and ``_warmup()`` once, then, the worker READY, for every request runs::
 
     _pre_process(inputs) -> _predict(prep) -> _post_process(pred) -> JSON answer
 
@@ -117,6 +118,15 @@ class FlaskWorker:
     # -- hooks the endpoint overrides -------------------------------------------------
     def _load_model(self) -> None:
         """Load the model once per worker process. Default: nothing to load."""
+
+    def _warmup(self) -> None:
+        """Run once after ``_load_model`` (and ``PRELOAD_MODELS``), before the worker
+        counts as READY and takes requests: a first inference, CUDA kernels compiled,
+        caches filled, so the first request is not the slow one. Default: nothing.
+
+        It counts toward ``LOAD_TIMEOUT``; raising fails the worker's start as a failed
+        ``_load_model`` does.
+        """
 
     def _pre_process(self, inputs: dict[str, Any]) -> Any:
         """Check and parse the request fields; raise to answer 400."""

@@ -45,6 +45,8 @@ from .state import LocalState, ModelState
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str, dict[str, Any]], Any]
+# The name the memory guard gives to what the worker's own ``_load_model`` loads.
+ENDPOINT_MODEL = "_load_model"
 
 
 class UnknownModel(LookupError):
@@ -147,6 +149,36 @@ class ModelManager:
         finally:
             for ref in reversed(held):
                 self.release(ref)
+
+    def load_endpoint_model(self, load: Callable[[], None], owner: Any) -> int:
+        """Run the worker's ``_load_model`` under the memory guard; returns its size.
+
+        The original's way of loading is protected too: when an earlier load of this
+        endpoint measured its size (shared state), there must be room for it first
+        (idle ``MODELS`` copies are evicted for it, else ModelsUnavailable: the load
+        fails and is retried with backoff). What it loaded is measured (the torch
+        modules ``owner`` holds, else the process's growth) and held as a copy named
+        ``_load_model`` that is never evicted, so the guard counts it before every
+        later load.
+        """
+        hint = self.state.size_hint(ENDPOINT_MODEL)
+        with self._loader_turn():
+            if hint:
+                with self._cond:
+                    self._make_room(ENDPOINT_MODEL, hint)
+            rss = process_rss()
+            load()
+            size = footprint(owner)
+            if size is None:
+                size = max(0, process_rss() - rss)
+            self.state.add_copy(ENDPOINT_MODEL, ENDPOINT_MODEL, size, self.probe.device)
+            now = self.clock()
+            with self._cond:
+                self._copies[ENDPOINT_MODEL] = _Copy(model=None, size=size, loaded_at=time.time(),
+                                                     last_used=now, refs=1)
+                self._measured[ENDPOINT_MODEL] = size
+        metrics.MEMORY.labels(self.endpoint, ENDPOINT_MODEL).set(size)
+        return size
 
     def preload(self, names: Iterable[str], min_refs: int = 1) -> None:
         """Load models now and keep ``min_refs`` references on each until :meth:`close`."""

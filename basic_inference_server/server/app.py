@@ -24,6 +24,7 @@ from ..discovery import load_worker_class
 from ..errors import ServingError
 from ..flask_errors import install_json_errors
 from ..ipc import Notifier
+from ..models.memory import MB
 from ..models.setup import build_manager
 from ..wire.message import Answer, Request, call_wsgi
 from ..worker import FileOutput, FlaskWorker
@@ -58,10 +59,17 @@ def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
     worker.models = build_manager(worker)
     started = time.perf_counter()
     log.info("%s worker %d: loading model (%s)", spec.name, slot, cls.__name__)
-    worker._load_model()
+    size = 0
+    if type(worker)._load_model is not FlaskWorker._load_model:  # the default loads nothing
+        size = worker.models.load_endpoint_model(worker._load_model, worker)
     worker.models.preload(worker.config_data.get("PRELOAD_MODELS") or [])
-    log.info("%s worker %d: model loaded in %.3f s", spec.name, slot,
-             time.perf_counter() - started)
+    loaded = time.perf_counter()
+    log.info("%s worker %d: model loaded in %.3f s (%.1f MB)", spec.name, slot,
+             loaded - started, size / MB)
+    worker._warmup()
+    if type(worker)._warmup is not FlaskWorker._warmup:
+        log.info("%s worker %d: warmed up in %.3f s", spec.name, slot,
+                 time.perf_counter() - loaded)
     return worker
 
 

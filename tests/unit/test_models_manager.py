@@ -234,3 +234,38 @@ def test_a_failed_load_passes_the_loaders_turn_on(where):
     loader.join(timeout=30)
     assert got and m._serving == m._next_ticket, "the turn was not passed on"
     m.release(got[0])
+
+
+class LoadsInItsOwnWay:
+    """A worker of the original kind: ``_load_model`` keeps a torch module itself."""
+
+    def __init__(self, mb: float) -> None:
+        self.mb, self.model = mb, None
+
+    def _load_model(self) -> None:
+        self.model = torch.nn.Linear(int(self.mb * MB / 4), 1, bias=False)
+
+
+def test_what_load_model_loads_is_measured_and_counted_by_the_guard():
+    worker = LoadsInItsOwnWay(4)
+    m = ModelManager({"small": {"memory_mb": 3}}, build, budget_mb=6, threshold=0.8)
+    size = m.load_endpoint_model(worker._load_model, worker)
+    assert size == footprint(worker.model) == 4 * MB
+    assert m.loaded()["_load_model"]["refs"] == 1 and m.held_bytes() == 4 * MB
+    # 4 + 3 MB is over 80 % of 6 MB: the endpoint's own model counts, and is not evicted.
+    with pytest.raises(ModelsUnavailable):
+        m.acquire("small")
+    assert m.cleanup(0) == [] and "_load_model" in m.loaded()
+
+
+def test_a_known_load_model_size_that_does_not_fit_fails_the_load_before_it_runs():
+    from basic_inference_server.models.state import LocalState
+
+    state = LocalState()  # shared, as MODEL_STATE_URL shares it between workers
+    first, loaded = ModelManager({}, build, state=state, budget_mb=100), LoadsInItsOwnWay(8)
+    assert first.load_endpoint_model(loaded._load_model, loaded) == 8 * MB
+    second = ModelManager({}, build, state=state, budget_mb=6)
+    late = LoadsInItsOwnWay(8)
+    with pytest.raises(ModelsUnavailable, match="_load_model"):
+        second.load_endpoint_model(late._load_model, late)
+    assert late.model is None
