@@ -105,6 +105,22 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "Seconds a worker may take to start: import the endpoint file and run "
                 "_load_model; past it the worker is killed and its start counts as failed "
                 "(restarted with backoff, like a crash).", at_least(5, 24 * 3600)),
+        # Scale to zero
+        Setting("MIN_WORKERS", (int, type(None)), None,
+                "0: the endpoint stops its workers after IDLE_TIMEOUT seconds without a "
+                "request or a job (state IDLE), and the next request starts them again; it "
+                "is held until they are READY, up to COLD_START_TIMEOUT. Null: NR_WORKERS "
+                "run all the time.",
+                lambda v: None if v in (None, 0) and not isinstance(v, bool)
+                else "must be 0 (scale to zero when idle) or null"),
+        Setting("IDLE_TIMEOUT", (int, float), 300,
+                "With MIN_WORKERS 0: seconds without a request in flight, a new request or "
+                "a job waiting or running, after which the workers stop.",
+                at_least(0.5, 7 * 24 * 3600)),
+        Setting("COLD_START_TIMEOUT", (int, float), 120,
+                "With MIN_WORKERS 0: seconds a request to the idle endpoint is held while "
+                "its workers start (whatever NO_STARTUP_WAIT says); past it, 503.",
+                at_least(1, 24 * 3600)),
         Setting("BASE64_KEYS", list, [],
                 "Input fields that arrive base64-encoded; decoded to bytes before _pre_process.",
                 _str_list),
@@ -281,6 +297,15 @@ def warn_near_misses(name: str, section: Mapping[str, Any],
         log.warning("endpoint %s: %s", name, message)
 
 
+def _check_min_workers(settings: dict[str, Any]) -> str | None:
+    """MIN_WORKERS 0 stops an endpoint server's workers: others have none."""
+    if settings["MIN_WORKERS"] == 0 and (settings["URLS"] or settings["PIPELINE"]
+                                         or settings["HOST"] == "NO_HOST"):
+        return ("MIN_WORKERS 0 scales an endpoint server's workers to zero; remote "
+                "endpoints, pipelines and support processes have none")
+    return None
+
+
 def _check_gpu_memory(settings: dict[str, Any]) -> str | None:
     """GPU_MEMORY_MB places workers on GPUs: GPUS [] (the CPU) contradicts it."""
     if settings["GPU_MEMORY_MB"] is not None and settings["GPUS"] == []:
@@ -307,7 +332,7 @@ def parse_endpoint(name: str, raw: Any, where: str, refs: bool = True) -> Endpoi
     given = frozenset(settings)
     for key, spec in ENDPOINT_SETTINGS.items():
         settings.setdefault(key, spec.default)
-    problem = check_policy(settings) or _check_gpu_memory(settings)
+    problem = check_policy(settings) or _check_gpu_memory(settings) or _check_min_workers(settings)
     if problem:
         raise ConfigError(f"{where}: {problem}")
     return EndpointConfig(name=name, settings=settings, extra=extra, given=given)

@@ -163,6 +163,8 @@ class EndpointState(str, Enum):
     STOPPING = "STOPPING"
     # A remote endpoint none of whose URLS answers its health probe.
     UNREACHABLE = "UNREACHABLE"
+    # Scaled to zero (MIN_WORKERS 0): no worker runs; the next request starts them.
+    IDLE = "IDLE"
 
 
 # States a request may wait out (unless NO_STARTUP_WAIT): the endpoint is on its way up.
@@ -194,6 +196,10 @@ class Route:
     max_in_flight: int = 0
     remote: dict[str, Any] | None = None  # a remote endpoint: urls, signature, api_key, down
     pipeline: dict[str, Any] | None = None  # a pipeline: its PIPELINE setting
+    # MIN_WORKERS 0: the IDLE_TIMEOUT after which it scales to zero (None: never), and
+    # how long a request to it waits while it starts again.
+    idle_timeout: float | None = None
+    cold_start_timeout: float = 0.0
     record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -214,7 +220,8 @@ class Route:
                    retry_on_crash=self.retry_on_crash, stream=self.stream,
                    last_error=self.last_error, retry_after=self.retry_after,
                    max_queue_depth=self.max_queue_depth, max_queue_bytes=self.max_queue_bytes,
-                   max_in_flight=self.max_in_flight)
+                   max_in_flight=self.max_in_flight, idle_timeout=self.idle_timeout,
+                   cold_start_timeout=self.cold_start_timeout)
         return out
 
     @classmethod
@@ -230,7 +237,10 @@ class Route:
                    max_queue_depth=record.get("max_queue_depth"),
                    max_queue_bytes=record.get("max_queue_bytes"),
                    max_in_flight=int(record.get("max_in_flight") or 0),
-                   remote=record.get("remote"), pipeline=record.get("pipeline"), record=record)
+                   remote=record.get("remote"), pipeline=record.get("pipeline"),
+                   idle_timeout=record.get("idle_timeout"),
+                   cold_start_timeout=float(record.get("cold_start_timeout") or 0),
+                   record=record)
 
 
 @dataclass(frozen=True)

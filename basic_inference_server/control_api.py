@@ -177,6 +177,14 @@ class HungReport(TypedDict, total=False):
     reason: str
 
 
+class IdleReport(TypedDict):
+    """The front's: an endpoint with MIN_WORKERS 0 has had no request in flight, no new
+    request and no job for ``idle_s`` seconds."""
+
+    SIGNATURE: Signature
+    idle_s: float
+
+
 class HealthSample(TypedDict, total=False):
     """The supervisor's sample (:func:`..health.sampler.collect_sample`)."""
 
@@ -237,11 +245,13 @@ REPORT_HUNG: Command[HungReport] = Command("report_hung", HungReport, RESULT)
 HEALTH_SAMPLE: Command[HealthSample] = Command("health_sample", HealthSample, RESULT)
 REMOTE_HEALTH: Command[RemoteHealth] = Command("remote_health", RemoteHealth, RESULT)
 TRAFFIC_REPORT: Command[TrafficReport] = Command("traffic_report", TrafficReport, RESULT)
+REPORT_IDLE: Command[IdleReport] = Command("report_idle", IdleReport, ENDPOINT_RESULT)
+WAKE: Command[OnEndpoint] = Command("wake", OnEndpoint, ENDPOINT_RESULT)
 
 COMMANDS: dict[str, Command[Any]] = {c.name: c for c in (
     LIST_SERVERS, SYSTEM_STATUS, HISTORY, NOTIFICATIONS, SUPPORT_STATUS, START_SERVER,
     KILL_SERVER, UPDATE_WORKERS, RELOAD_SERVER, SHUTDOWN, TRAFFIC, SET_WEIGHTS, ROLLOUT,
     ROLLOUT_STATE, ROLLOUT_PROMOTE, ROLLOUT_ABORT, METRICS, PING, SUPERVISION, JOB_TARGETS,
-    REPORT_HUNG, HEALTH_SAMPLE, REMOTE_HEALTH, TRAFFIC_REPORT)}
+    REPORT_HUNG, HEALTH_SAMPLE, REMOTE_HEALTH, TRAFFIC_REPORT, REPORT_IDLE, WAKE)}
 
 __all__ = ["COMMANDS", "PEER_ADDR", "PEER_PORT", "Args", "Command"]

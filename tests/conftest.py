@@ -453,6 +453,7 @@ collect_ignore = [] if os.environ.get("BIS_GPU_TESTS") == "1" else ["gpu"]
 SLOW = ("tests/bench/", "tests/e2e/", "tests/integration/test_backoff.py",
         "tests/integration/test_embeddings.py", "tests/integration/test_models_http.py",
         "tests/integration/test_shutdown.py", "tests/integration/test_startup_time.py",
+        "tests/integration/test_scale_to_zero.py",
         "tests/jobs/test_jobs_crash.py", "tests/jobs/test_scaleout.py", "tests/multihost/",
         "tests/contract/test_schemathesis.py", "tests/docs/test_examples.py")
 

@@ -33,6 +33,7 @@ from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import dashboard_events, metrics
 from .api_table import NATIVE
 from .dispatch import Dispatcher
+from .idle_watch import IdleWatch
 from .job_events import events_job_id, job_events
 from .job_submit import JobSubmitter
 from .jobs import JobsFront
@@ -70,11 +71,13 @@ class Front:
         if self.key_gate is not None and self.key_gate.spec.enabled:
             self.tenancy = KeyTenancy(self.key_gate, self.off_loop, spec.internal_token)
         self.dispatcher = Dispatcher(self.routes, self.board, self.upstream, self.traffic,
-                                     self.off_loop)
+                                     self.off_loop, spec.control)
+        self.idle_watch = IdleWatch(self.routes, self.board, self.jobs, spec.control,
+                                    self.off_loop)
         self.shadow = Shadow(self.dispatcher.dispatch, metrics.record_shadow,
                              hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
         self.submitter = JobSubmitter(self.jobs, self.routes, self.tenancy, self.off_loop,
-                                      self.meta)
+                                      self.meta, self.dispatcher.wake)
         self.flow = RunFlow(self.dispatcher, self.tenancy, self.shadow, self.meta,
                             self.off_loop, self.submitter.submit, spec.access_log,
                             spec.server_timing)
@@ -95,10 +98,11 @@ class Front:
 
     def start(self) -> None:
         """In each front process, after the fork, on its loop: the thread pool for
-        blocking work, the traffic reports to the manager."""
+        blocking work, the traffic reports and the idle watch (scale to zero)."""
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads,
                                        thread_name_prefix="bis-front")
         self.traffic.start()
+        self.idle_watch.start()
         if self.key_gate is not None:
             self.key_gate.claim_row(self.board.row)
 

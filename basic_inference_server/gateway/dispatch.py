@@ -1,7 +1,8 @@
 """Sending one request to one route: a ``/run``'s, a pipeline step's, a shadow's copy.
 
 :meth:`Dispatcher.dispatch` resolves the route (waiting for an endpoint on its way up
-unless ``NO_STARTUP_WAIT``), passes it through its breaker, holds a place of its
+unless ``NO_STARTUP_WAIT``; waking one scaled to zero and waiting for it, up to its
+``COLD_START_TIMEOUT``, whatever ``NO_STARTUP_WAIT`` says), passes it through its breaker, holds a place of its
 ``MAX_IN_FLIGHT`` (past it: 503 ``overloaded`` at once, so one stuck endpoint can never
 hold the front's capacity), and forwards it: to a local server, a remote gateway
 (``URLS``) or, for a pipeline, through its steps. A streamed answer holds its place,
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..contracts import WAITABLE_STATES, EndpointState, Route
+from ..control_api import WAKE
 from ..errors import NotFound, Overloaded, Unavailable
 from ..names import split_target
 from ..traffic.remote import remote_body
 from ..wire.message import Request
+from .idle_watch import STARTED
 from .loadboard import LoadBoard
+from .manager_call import call_manager
 from .routes import RouteTable
 from .stream_relay import in_flight_until_end
 from .traffic_hooks import TrafficHooks
@@ -35,6 +39,14 @@ WAIT_POLL_S = 0.02
 OffLoop = Callable[..., Awaitable[Any]]
 # (a module constant: read on every request, cheaper than the enum's attribute)
 READY = EndpointState.READY
+IDLE = EndpointState.IDLE
+# An endpoint woken from zero is waited for while it is in these states.
+WAKING = frozenset({EndpointState.IDLE, EndpointState.STARTING})
+# A wake the manager did not get (busy, restarting) is asked again this often.
+WAKE_AGAIN_S = 0.5
+# How often the one watcher of a waking endpoint (per front process) reads the route
+# file: a request waits at most this long past the endpoint's READY.
+COLD_POLL_S = 0.005
 
 
 class Upstreams(Protocol):
@@ -65,7 +77,9 @@ class Dispatcher:
     upstream: Upstreams
     traffic: TrafficHooks
     off_loop: OffLoop
+    control: str = ""  # the manager's control socket (waking endpoints scaled to zero)
     pipelines: PipelineRoutes = field(init=False)  # set once the run flow that runs the steps exists
+    _waking: dict[str, asyncio.Task[Route]] = field(default_factory=dict, init=False)
 
     def may_take(self, target: str) -> bool:
         """Whether a version may get unpinned requests now: READY, its breaker not open."""
@@ -95,6 +109,8 @@ class Dispatcher:
             raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
                              "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
         self.board.add(column, 1)  # also bis_in_flight (metrics.InFlight)
+        if route.idle_timeout is not None:
+            self.board.add(STARTED + name, 1)  # seen by the idle watch (scale to zero)
         resp = None
         try:
             if route.pipeline is not None:
@@ -132,16 +148,60 @@ class Dispatcher:
             route = self.routes.get(name, fresh=True)
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}", AVAIL_SERVERS=self.routes.names())
+        if route.state is not READY:
+            route = await self._coming_up(route)
         if route.state is READY:
             return route
-        if route.state in WAITABLE_STATES and not self.routes.table().no_startup_wait:
-            route = await self._wait_ready(route)
-            if route.state is READY:
-                return route
         raise Unavailable(
             f"endpoint {name} is {route.state.value}"
             + (f": {route.last_error}" if route.last_error else ""),
             retry_after=route.retry_after, SIGNATURE=name, STATE=route.state.value)
+
+    async def _coming_up(self, route: Route) -> Route:
+        """A route not READY, as it is once the waiting the rules allow is over: an
+        endpoint scaled to zero is woken and waited for; one on its way up is waited
+        for unless ``NO_STARTUP_WAIT``."""
+        if route.idle_timeout is not None and route.state in WAKING:
+            return await self._cold_start(route)
+        if route.state in WAITABLE_STATES and not self.routes.table().no_startup_wait:
+            return await self._wait_ready(route)
+        return route
+
+    async def _cold_start(self, route: Route) -> Route:
+        """An endpoint scaled to zero: hold the request until it is READY, has failed, or
+        its ``COLD_START_TIMEOUT`` is up. One task per endpoint (in this process) wakes
+        and watches it, however many requests wait."""
+        task = self._waking.get(route.name)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._starting(route))
+            self._waking[route.name] = task
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), route.cold_start_timeout)
+        except asyncio.TimeoutError:
+            return self.routes.get(route.name, fresh=True) or route
+
+    async def _starting(self, route: Route) -> Route:
+        """Ask the manager to start ``route`` (again while it stays IDLE) and watch the
+        route file until it leaves the waking states."""
+        deadline = time.monotonic() + route.cold_start_timeout
+        asked = -WAKE_AGAIN_S
+        while time.monotonic() < deadline and route.state in WAKING:
+            if route.state is IDLE and time.monotonic() - asked >= WAKE_AGAIN_S:
+                asked = time.monotonic()
+                await self._ask_wake(route.name)
+            await asyncio.sleep(COLD_POLL_S)
+            route = self.routes.get(route.name, fresh=True) or route
+        return route
+
+    def wake(self, name: str) -> None:
+        """Ask the manager to start ``name`` (scaled to zero) without waiting for it."""
+        asyncio.get_running_loop().create_task(self._ask_wake(name))
+
+    async def _ask_wake(self, name: str) -> None:
+        try:
+            await call_manager(self.control, WAKE.request({"SIGNATURE": name}))
+        except (OSError, asyncio.TimeoutError, ValueError):
+            pass  # asked again while the route says IDLE
 
     async def _wait_ready(self, route: Route) -> Route:
         """Poll the route file (a stat) until the endpoint is ready, has failed (no use

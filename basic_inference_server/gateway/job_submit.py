@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
+from ..contracts import EndpointState
 from ..errors import ServingError
 from ..names import split_target
 from ..tenants.keys import ApiKey
@@ -39,6 +40,7 @@ class JobSubmitter:
     tenancy: Tenancy
     off_loop: OffLoop
     meta: Meta
+    wake: Callable[[str], None]  # starts an endpoint scaled to zero (MIN_WORKERS 0)
 
     async def submit(self, req: Request) -> Answer:
         """Decode the body, check the key against the endpoint it names, enqueue."""
@@ -63,10 +65,18 @@ class JobSubmitter:
         answer: Answer | None = None
         try:
             answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer)
+            self._wake_if_idle(name, answer)
         finally:
             if held is not None and (answer is None or answer.status != 202):
                 await self.tenancy.release(TenantHold(reservation=held))  # not queued
         return answer
+
+    def _wake_if_idle(self, name: str, answer: Answer) -> None:
+        """A job queued for an endpoint scaled to zero starts it: its workers take the
+        job from the queue."""
+        route = self.routes.get(name)
+        if answer.status == 202 and route is not None and route.state is EndpointState.IDLE:
+            self.wake(name)
 
     async def _admit(self, req: Request, label: str) -> Reservation | None:
         """A job's key check at submit time, by its endpoint's label (as a ``/run``'s).

@@ -11,16 +11,18 @@ from __future__ import annotations
 from ..contracts import EndpointState, RouteSnapshot
 
 READY = EndpointState.READY.value
+# Scaled to zero (MIN_WORKERS 0) serves too: the first request starts it and waits.
+SERVING = (READY, EndpointState.IDLE.value)
 # An endpoint nobody started (DISABLED, or stopped by /kill_server) is no reason to wait.
-IDLE = (EndpointState.STOPPED.value,)
+NOT_STARTED = (EndpointState.STOPPED.value,)
 
 
 def waiting_for(states: dict[str, str], policy: str | list[str]) -> dict[str, str]:
     """The endpoints (name -> state) that keep the gateway from being ready; empty when ready."""
     if isinstance(policy, list):
-        return {n: states.get(n, "UNKNOWN") for n in policy if states.get(n) != READY}
-    started = {n: s for n, s in states.items() if s not in IDLE}
-    not_ready = {n: s for n, s in started.items() if s != READY}
+        return {n: states.get(n, "UNKNOWN") for n in policy if states.get(n) not in SERVING}
+    started = {n: s for n, s in states.items() if s not in NOT_STARTED}
+    not_ready = {n: s for n, s in started.items() if s not in SERVING}
     if policy == "any":
         return not_ready if started and len(not_ready) == len(started) else {}
     return not_ready

@@ -20,7 +20,6 @@ failure; one its caller left counts neither way.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -31,10 +30,10 @@ from typing import Any
 
 from ..control_api import TRAFFIC_REPORT
 from ..errors import CircuitOpen, ServingError
-from ..ipc import MAX_MESSAGE
 from ..traffic.breaker import Breakers
 from ..traffic.outcome import Origin, origin_of
 from ..traffic.stats import Recorder
+from .manager_call import call_manager
 from .upstream_conn import CLIENT_GONE, StreamEnd
 
 log = logging.getLogger(__name__)
@@ -144,23 +143,11 @@ class TrafficHooks:
             "pid": os.getpid(), "stats": {t: c.to_json() for t, c in taken.items()},
             "breakers": view})
         try:
-            await self._send(json.dumps(payload).encode() + b"\n")
+            reply = await call_manager(self.control, payload, REPORT_TIMEOUT)
         except (OSError, asyncio.TimeoutError, ValueError) as exc:
             log.debug("traffic report not delivered (%s); kept for the next one", exc)
             self.recorder.restore(taken)
             return
+        if reply.get("status") != 200:
+            log.warning("the manager refused a traffic report: %s", reply.get("body"))
         self._last_states, self._last_sent = states, now
-
-    async def _send(self, data: bytes) -> None:
-        if len(data) > MAX_MESSAGE:
-            raise ValueError(f"a traffic report of {len(data)} bytes")
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.control),
-                                                REPORT_TIMEOUT)
-        try:
-            writer.write(data)
-            await writer.drain()
-            reply = json.loads(await asyncio.wait_for(reader.readline(), REPORT_TIMEOUT))
-            if reply.get("status") != 200:
-                log.warning("the manager refused a traffic report: %s", reply.get("body"))
-        finally:
-            writer.close()

@@ -32,7 +32,7 @@ from .state import Endpoint, State
 
 log = logging.getLogger(__name__)
 
-RESTARTABLE = (State.STOPPED, State.FAILED, State.CRASHLOOP)
+RESTARTABLE = (State.STOPPED, State.FAILED, State.CRASHLOOP, State.IDLE)
 
 
 def _pid(service: Service) -> int | None:

@@ -260,12 +260,13 @@ class Core:
         if ep.is_virtual:
             self.apply(ep, ep.virtual_started(self.clock()))
             return
+        spawned = self.clock()  # spawn to READY counts from here (start_s)
         try:
             child = self.spawner.support(ep) if ep.is_support else self.spawner.server(ep)
         except (ConfigError, DiscoveryError, NoRoom) as exc:
             self.apply(ep, ep.start_failed(str(exc)))
             return
-        self.apply(ep, ep.started(child, self.clock()))
+        self.apply(ep, ep.started(child, spawned))
 
     def reload_endpoint(self, ep: Endpoint) -> None:
         """Zero-downtime reload: start a new generation beside the old one, switch when ready."""

@@ -2,7 +2,7 @@
 
 :class:`Manager` is the loop and its I/O (:mod:`.core`) given the handlers of the
 management commands (:mod:`.commands`, :mod:`.reports`, :mod:`.traffic_commands`,
-:mod:`.rollout_commands`, :mod:`.remote_commands`), which its control socket
+:mod:`.rollout_commands`, :mod:`.remote_commands`, :mod:`.idle_commands`), which its control socket
 (:mod:`.control`) answers. The endpoints' states and their transitions are in
 :mod:`.state`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 from .commands import EndpointCommands
 from .control import Handler, handlers_of
 from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, Core
+from .idle_commands import IdleCommands
 from .remote_commands import RemoteCommands
 from .reports import ReportCommands
 from .rollout_commands import RolloutCommands
@@ -26,4 +27,4 @@ class Manager(Core):
     def command_handlers(self) -> dict[str, Handler]:
         """The handler of each management command, from the command groups' objects."""
         return handlers_of(EndpointCommands(self), ReportCommands(self), TrafficCommands(self),
-                           RolloutCommands(self), RemoteCommands(self))
+                           RolloutCommands(self), RemoteCommands(self), IdleCommands(self))

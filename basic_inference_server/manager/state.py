@@ -78,6 +78,8 @@ class Endpoint:
     restarts: int = 0
     restart_at: float | None = None
     ready_since: float | None = None
+    spawned_at: float | None = None  # of the serving generation
+    start_s: float | None = None  # its spawn to READY, in seconds
     support_status: dict[str, Any] | None = None
     remote: UrlHealth = field(default_factory=UrlHealth)  # a remote endpoint's URLs
 
@@ -132,6 +134,7 @@ class Endpoint:
         """A server (or support process) was spawned; a server is READY once a worker is."""
         self.child = child
         self.reported_workers = None
+        self.spawned_at = now
         self._forget_workers()
         if self.is_support:
             self.state, self.ready_since = State.READY, now
@@ -222,6 +225,8 @@ class Endpoint:
             change.publish = True
         if self.state != State.READY:
             self.state, self.ready_since, self.last_error = State.READY, now, None
+            if self.spawned_at is not None:
+                self.start_s = round(now - self.spawned_at, 4)
             change.publish, change.info = True, "ready" + (f" on port {self.port}"
                                                            if self.port else "")
         return change
@@ -361,6 +366,20 @@ class Endpoint:
         self.state = State.STOPPING if self.draining else State.STOPPED
         return Change(publish=True, stop=stopping)
 
+    def scale_to_zero(self, idle_s: float) -> Change:
+        """Idle for IDLE_TIMEOUT (MIN_WORKERS 0): the serving generation drains and
+        stops; the listeners stay, and the next request starts a new one on them."""
+        assert self.child is not None
+        old = self.child
+        self.draining.append(old)
+        self.child, self.ready_since = None, None
+        self._forget_workers()
+        self.state = State.IDLE
+        return Change(publish=True, stop=[old], info=f"idle for {idle_s:g} s: scaled to zero",
+                      event=("scaled_to_zero", {"endpoint": self.name,
+                                                "generation": old.generation,
+                                                "idle_s": idle_s}))
+
     # -- what others see -------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """The endpoint as /list_servers shows it."""
@@ -381,6 +400,7 @@ class Endpoint:
             "last_exit": self.last_exit,
             "reload_error": self.reload_error,
             "uptime_s": round(time.monotonic() - self.ready_since, 1) if self.ready_since else None,
+            "start_s": self.start_s,
             "retry_in_s": (round(max(0.0, self.restart_at - time.monotonic()), 1)
                            if self.restart_at else None),
             "description": s["DESCRIPTION"],
@@ -414,7 +434,9 @@ class Endpoint:
             last_error=self.last_error, retry_after=self.retry_after(),
             max_queue_depth=s["MAX_QUEUE_DEPTH"], max_queue_bytes=s["MAX_QUEUE_BYTES"],
             max_in_flight=self.max_in_flight(), remote=remote,
-            pipeline=None if remote else s["PIPELINE"] or None)
+            pipeline=None if remote else s["PIPELINE"] or None,
+            idle_timeout=s["IDLE_TIMEOUT"] if s["MIN_WORKERS"] == 0 else None,
+            cold_start_timeout=s["COLD_START_TIMEOUT"])
 
     def max_in_flight(self) -> int:
         """The front's bulkhead: ``MAX_IN_FLIGHT``, else what the live workers can hold

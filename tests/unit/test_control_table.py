@@ -20,6 +20,7 @@ from basic_inference_server.gateway import management
 from basic_inference_server.gateway.api_table import COMMAND, ROUTES
 from basic_inference_server.manager import (
     commands,
+    idle_commands,
     remote_commands,
     reports,
     rollout_commands,
@@ -28,10 +29,11 @@ from basic_inference_server.manager import (
 from basic_inference_server.manager.control import handlers_of
 
 PACKAGE = Path(api.__file__).parent
-HANDLER_MODULES = (commands, reports, rollout_commands, traffic_commands, remote_commands)
+HANDLER_MODULES = (commands, reports, rollout_commands, traffic_commands, remote_commands,
+                   idle_commands)
 HANDLER_CLASSES = (commands.EndpointCommands, reports.ReportCommands,
                    rollout_commands.RolloutCommands, traffic_commands.TrafficCommands,
-                   remote_commands.RemoteCommands)
+                   remote_commands.RemoteCommands, idle_commands.IdleCommands)
 # The table's constants by name (UPDATE_WORKERS -> its Command).
 CONSTANTS = {name: value for name, value in vars(api).items() if isinstance(value, api.Command)}
 

@@ -1,0 +1,82 @@
+"""Scale to zero: its settings' checks, readiness, and the idle watch's decisions."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from basic_inference_server.contracts import EndpointState, Route, RouteSnapshot
+from basic_inference_server.gateway.idle_watch import STARTED, IdleWatch
+from basic_inference_server.gateway.loadboard import LoadBoard
+from basic_inference_server.gateway.readiness import waiting_for
+
+
+@pytest.mark.parametrize(("section", "problem"), [
+    ({"MIN_WORKERS": 1}, "must be 0 (scale to zero when idle) or null"),
+    ({"MIN_WORKERS": 0, "URLS": ["http://127.0.0.1:1"]}, "remote endpoints, pipelines"),
+    ({"IDLE_TIMEOUT": 0.1}, "IDLE_TIMEOUT must be >= 0.5"),
+    ({"COLD_START_TIMEOUT": 0}, "COLD_START_TIMEOUT must be >= 1"),
+])
+def test_scale_to_zero_settings_are_checked(section, problem):
+    from basic_inference_server.config import parse_config
+    from basic_inference_server.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_config({"CONFIG_ENDPOINTS": {"a": section}})
+
+
+def test_an_endpoint_at_zero_keeps_the_gateway_ready():
+    assert waiting_for({"a": "IDLE", "b": "READY"}, "all") == {}
+    assert waiting_for({"a": "IDLE"}, "any") == {}
+    assert waiting_for({"a": "IDLE"}, ["a"]) == {}
+    assert waiting_for({"a": "IDLE", "b": "STARTING"}, "all") == {"b": "STARTING"}
+
+
+class FakeRoutes:
+    def __init__(self, route: Route) -> None:
+        self.snapshot = RouteSnapshot(endpoints={route.name: route})
+
+    def table(self, fresh: bool = False) -> RouteSnapshot:
+        return self.snapshot
+
+
+class NoJobs:
+    spec = None
+
+
+def test_the_watch_reports_only_after_idle_timeout_without_any_request():
+    route = Route(name="lazy", state=EndpointState.READY, timeout=10, idle_timeout=2.0)
+    board, now, reports = LoadBoard(rows=2, columns=64), [0.0], []
+
+    async def off_loop(func, *args):
+        return func(*args)
+
+    watch = IdleWatch(FakeRoutes(route), board, NoJobs(), "-", off_loop, clock=lambda: now[0])
+
+    async def report(name, idle_s):
+        reports.append((name, idle_s))
+
+    watch._report = report
+
+    def look(at: float) -> None:
+        now[0] = at
+        asyncio.run(watch.check_once())
+
+    look(0.0)
+    look(1.9)
+    assert reports == []
+    board.add(STARTED + "lazy", 1)  # a request, shorter than a look, moved the count
+    look(2.5)
+    look(4.4)
+    assert reports == []
+    board.add("@lazy", 1)  # one in flight for long: never idle meanwhile
+    look(9.0)
+    assert reports == []
+    board.add("@lazy", -1)
+    look(9.1)
+    look(11.1)
+    assert reports == [("lazy", pytest.approx(2.1))]  # idle since the last look it was busy
+    look(11.5)  # reported again only after REPORT_AGAIN
+    assert len(reports) == 1
