@@ -73,7 +73,7 @@ class Front:
         self.dispatcher = Dispatcher(self.routes, self.board, self.upstream, self.traffic,
                                      self.off_loop, spec.control)
         self.idle_watch = IdleWatch(self.routes, self.board, self.jobs, spec.control,
-                                    self.off_loop)
+                                    self.off_loop, self.dispatcher.wake)
         self.shadow = Shadow(self.dispatcher.dispatch, metrics.record_shadow,
                              hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
         self.submitter = JobSubmitter(self.jobs, self.routes, self.tenancy, self.off_loop,

@@ -10,6 +10,12 @@ no job of the endpoint is waiting or running (its workers take jobs from the que
 themselves, without the front), the manager is told (``report_idle``) and scales it to
 zero. A request for it then wakes it (:meth:`.dispatch.Dispatcher.resolve`).
 
+One request can slip between: routed while the endpoint was still READY, it reaches the
+endpoint's shared socket after the last worker stopped. The socket stays open while the
+endpoint is IDLE (the next generation serves on it), so the request waits there; the
+watch sees an IDLE endpoint with a request in flight and wakes it, and the new
+workers take it.
+
 The load board is what the front already keeps per request, so watching costs one
 shared-memory add per request of these endpoints, and nothing for the others.
 """
@@ -39,6 +45,7 @@ REPORT_AGAIN = 1.0
 # The load board's column counting the requests started to an endpoint: "+<endpoint>".
 STARTED = "+"
 READY = EndpointState.READY
+IDLE = EndpointState.IDLE
 
 
 @dataclass
@@ -52,10 +59,10 @@ class IdleWatch:
     """Reports the endpoints with ``MIN_WORKERS: 0`` idle for their ``IDLE_TIMEOUT``."""
 
     def __init__(self, routes: RouteTable, board: LoadBoard, jobs: JobsFront, control: str,
-                 off_loop: Callable[..., Awaitable[Any]],
+                 off_loop: Callable[..., Awaitable[Any]], wake: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.routes, self.board, self.jobs = routes, board, jobs
-        self.control, self.off_loop, self.clock = control, off_loop, clock
+        self.control, self.off_loop, self.wake, self.clock = control, off_loop, wake, clock
         self._seen: dict[str, _Seen] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -75,8 +82,12 @@ class IdleWatch:
     async def check_once(self) -> None:
         """One look at every watched endpoint; reports those idle long enough."""
         now = self.clock()
-        watched = {n: r for n, r in self.routes.table().endpoints.items()
-                   if r.idle_timeout is not None and r.state is READY}
+        routes = {n: r for n, r in self.routes.table().endpoints.items()
+                  if r.idle_timeout is not None}
+        for name, route in routes.items():
+            if route.state is IDLE and self.board.load("@" + name):
+                self.wake(name)  # a request slipped in as it stopped: it waits on the socket
+        watched = {n: r for n, r in routes.items() if r.state is READY}
         for name in [n for n in self._seen if n not in watched]:
             del self._seen[name]  # idle time counts from READY again
         for name, route in watched.items():

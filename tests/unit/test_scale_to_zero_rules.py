@@ -53,7 +53,9 @@ def test_the_watch_reports_only_after_idle_timeout_without_any_request():
     async def off_loop(func, *args):
         return func(*args)
 
-    watch = IdleWatch(FakeRoutes(route), board, NoJobs(), "-", off_loop, clock=lambda: now[0])
+    woken: list[str] = []
+    watch = IdleWatch(FakeRoutes(route), board, NoJobs(), "-", off_loop, woken.append,
+                      clock=lambda: now[0])
 
     async def report(name, idle_s):
         reports.append((name, idle_s))
@@ -79,4 +81,19 @@ def test_the_watch_reports_only_after_idle_timeout_without_any_request():
     look(11.1)
     assert reports == [("lazy", pytest.approx(2.1))]  # idle since the last look it was busy
     look(11.5)  # reported again only after REPORT_AGAIN
-    assert len(reports) == 1
+    assert len(reports) == 1 and woken == []
+
+
+def test_a_request_caught_in_a_scale_down_wakes_the_endpoint():
+    route = Route(name="lazy", state=EndpointState.IDLE, timeout=10, idle_timeout=2.0)
+    board, woken = LoadBoard(rows=1, columns=64), []
+
+    async def off_loop(func, *args):
+        return func(*args)
+
+    watch = IdleWatch(FakeRoutes(route), board, NoJobs(), "-", off_loop, woken.append)
+    asyncio.run(watch.check_once())
+    assert woken == []
+    board.add("@lazy", 1)  # routed while READY, waiting on the shared socket
+    asyncio.run(watch.check_once())
+    assert woken == ["lazy"]
