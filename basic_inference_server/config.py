@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts.manifest import ModelRef, ModelRefError
 from .errors import ConfigError
 from .gateway_settings import GATEWAY_SETTINGS, check_token
 from .hosts import NO_HOST, check_host
@@ -56,6 +57,17 @@ def _positive_or_null(v: float | None) -> str | None:
 
 def _str_list(v: list) -> str | None:
     return None if all(isinstance(x, str) for x in v) else "must be a list of strings"
+
+
+def _check_model_ref(v: str | None) -> str | None:
+    """Settings-table check of ``MODEL``: null or ``<model>/<version>``."""
+    if v is None:
+        return None
+    try:
+        ModelRef.parse(v)
+    except ModelRefError as exc:
+        return str(exc)
+    return None
 
 
 def _model_specs(v: dict) -> str | None:
@@ -121,6 +133,11 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "With MIN_WORKERS 0: seconds a request to the idle endpoint is held while "
                 "its workers start (whatever NO_STARTUP_WAIT says); past it, 503.",
                 at_least(1, 24 * 3600)),
+        Setting("MODEL", (str, type(None)), None,
+                "The model version the workers load, `<model>/<version>` of MODEL_REPOSITORY: "
+                "downloaded once per box, verified against its manifest's sha256 sums, and "
+                "found at `self.model_path` in _load_model. A missing or corrupt artifact "
+                "fails the load (model_integrity).", _check_model_ref),
         Setting("BASE64_KEYS", list, [],
                 "Input fields that arrive base64-encoded; decoded to bytes before _pre_process.",
                 _str_list),
@@ -384,6 +401,11 @@ def parse_config(raw: Any, source: str = "<config>") -> GatewayConfig:
         name: parse_endpoint(name, section, f"{source}: CONFIG_ENDPOINTS.{name}")
         for name, section in settings["CONFIG_ENDPOINTS"].items()
     }
+    named = [n for n, cfg in endpoints.items() if cfg.settings["MODEL"] or any(
+        "MODEL" in v for v in (cfg.settings["VERSIONS"] or {}).values() if isinstance(v, dict))]
+    if named and not settings["MODEL_REPOSITORY"]:
+        raise ConfigError(f"{source}: {', '.join(sorted(named))} name a MODEL but there is no "
+                          f"MODEL_REPOSITORY to find it in")
     default = settings["DEFAULT_SERVER"]
     if default is not None and default not in endpoints:
         raise ConfigError(f"{source}: DEFAULT_SERVER {default!r} is not in CONFIG_ENDPOINTS")

@@ -118,6 +118,8 @@ class ServerSpec:
     server_timing: bool = _default("SERVER_TIMING")
     # GPU_MEMORY_MB: workers per GPU index (JSON keys), as the manager placed them.
     gpu_quota: dict[str, int] | None = None
+    # MODEL_REPOSITORY: artifacts.models_spec (the repository and the box's cache).
+    models: dict[str, Any] | None = None
 
 
 @dataclass

@@ -218,6 +218,11 @@ LIST_SERVERS: Command[NoArgs] = Command("list_servers", NoArgs, answer(
     SERVERS=OBJECT))
 SYSTEM_STATUS: Command[NoArgs] = Command("system_status", NoArgs, answer(("SYSTEM_STATUS",),
                                                         SYSTEM_STATUS=OBJECT))
+MODELS: Command[NoArgs] = Command("models", NoArgs, answer(
+    ("REPOSITORY", "CACHE", "ENDPOINTS"), REPOSITORY={"type": ["string", "null"]},
+    CACHE={"type": "array", "description": "each version in the box's cache: model, version, "
+                                           "bytes, files, last_used, in_use"},
+    ENDPOINTS={"type": "object", "description": "the MODEL of each endpoint that names one"}))
 HISTORY: Command[HistoryArgs] = Command("history", HistoryArgs, answer(
     ("samples", "events", "audit"), samples={"type": "array"}, events={"type": "array"},
     audit={"type": "array", "description": "admin calls that change state, and refused "
@@ -252,6 +257,6 @@ COMMANDS: dict[str, Command[Any]] = {c.name: c for c in (
     LIST_SERVERS, SYSTEM_STATUS, HISTORY, NOTIFICATIONS, SUPPORT_STATUS, START_SERVER,
     KILL_SERVER, UPDATE_WORKERS, RELOAD_SERVER, SHUTDOWN, TRAFFIC, SET_WEIGHTS, ROLLOUT,
     ROLLOUT_STATE, ROLLOUT_PROMOTE, ROLLOUT_ABORT, METRICS, PING, SUPERVISION, JOB_TARGETS,
-    REPORT_HUNG, HEALTH_SAMPLE, REMOTE_HEALTH, TRAFFIC_REPORT, REPORT_IDLE, WAKE)}
+    REPORT_HUNG, HEALTH_SAMPLE, REMOTE_HEALTH, TRAFFIC_REPORT, REPORT_IDLE, WAKE, MODELS)}
 
 __all__ = ["COMMANDS", "PEER_ADDR", "PEER_PORT", "Args", "Command"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .artifacts.repository import check_repository_url
 from .queues import check_results_url, check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
 
@@ -131,6 +132,17 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "or `sqs://...`; `?prefix=` names its keys or queues; `env:VAR` or `file:PATH` "
                 "reads the URL from there (keeps passwords out of the file).", check_url,
                 secret_ref=True),
+        Setting("MODEL_REPOSITORY", (str, type(None)), None,
+                "Where the model versions endpoints name in MODEL live: a folder (a path or "
+                "`file:///path`) or `s3://bucket[/prefix]` (`?endpoint_url=` for an "
+                "S3-compatible server; credentials as `s3://KEY_ID:SECRET@...` or boto3's "
+                "chain); `env:VAR` or `file:PATH` reads the URL from there. docs/models.md.",
+                lambda v: None if v is None else check_repository_url(v), secret_ref=True,
+                secret=True),
+        Setting("MODEL_CACHE_MB", int, 20480,
+                "Bound of the box's model cache (_cache/models/): past it, the versions no "
+                "process uses are deleted, least recently used first.",
+                at_least(1, 1 << 40)),
         Setting("RESULTS", (str, type(None)), None,
                 "Where job status and results live: `sqlite...`, `redis://...` or "
                 "`postgresql://...` (lasting, shared: docs/ledger.md; the `postgres` extra) "

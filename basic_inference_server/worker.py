@@ -36,6 +36,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .events import Event
@@ -101,6 +102,8 @@ class FlaskWorker:
         self.config_data: dict[str, Any] = {**(default_config or {}), **(upstream_config or {})}
         self._notifier = notifier or Notifier(None)
         self.models: ModelManager  # set by the framework before _load_model
+        # MODEL's version in the box's cache, verified (set before _load_model).
+        self.model_path: Path | None = None
 
     def __getattr__(self, name: str) -> Any:
         # Only reached when normal lookup fails: serves cfg_<key> from config_data.

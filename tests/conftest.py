@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -510,4 +511,31 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     service, url = start_postgres(tmp_path_factory.mktemp("postgres"))
     yield url
+    service.stop()
+
+
+@dataclass
+class S3Server:
+    """moto's S3-compatible server: its address, and its log of the requests it answered."""
+
+    url: str
+    log_path: Path
+
+    def repository(self, bucket: str) -> str:
+        """A MODEL_REPOSITORY URL for ``bucket`` on this server."""
+        return f"s3://testing:testing@{bucket}?endpoint_url={self.url}&region=us-east-1"
+
+    def gets(self, key: str) -> int:
+        """GETs of ``key`` (``bucket/path``) the server answered so far."""
+        text = self.log_path.read_text(errors="replace")
+        return len(re.findall(rf'"GET /{re.escape(key)} HTTP', text))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """An S3-compatible server of the test session's own (moto, a free port)."""
+    from tests.services import start_moto
+
+    service, url = start_moto(tmp_path_factory.mktemp("s3"))
+    yield S3Server(url, service.log_path)
     service.stop()

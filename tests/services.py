@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -86,6 +87,20 @@ class Service:
             signal_group(proc.pid, signal.SIGKILL)  # helpers it may have left in its group
         while self.cleanups:
             self.cleanups.pop()()
+
+
+def start_moto(folder: Path) -> tuple[Service, str]:
+    """moto's S3- and SQS-compatible server on a free port; its log (``service.log_path``)
+    has one line per request it answered."""
+    import requests
+
+    port = free_port()
+    service = Service("moto", folder)
+    service.spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    service.wait_ready(lambda: requests.get(url + "/moto-api/", timeout=1).status_code < 500,
+                       timeout=30, ignore=(requests.RequestException,))
+    return service, url
 
 
 def start_redis(folder: Path) -> tuple[Service, str]:

@@ -192,6 +192,8 @@ ROUTES: tuple[Route, ...] = (
             get=api.LIST_SERVERS, post=api.LIST_SERVERS),
     managed("/system_status", "memory, disk, GPU, alerts (SYSTEM_STATUS)", (200, 503),
             get=api.SYSTEM_STATUS, post=api.SYSTEM_STATUS),
+    managed("/models", "model versions in the box's cache (size, last use, in use) and the "
+            "MODEL of each endpoint", (200,), get=api.MODELS),
     managed("/history", "rolling window of health samples and events, and the newest of the "
             "audit trail: ?samples=N&audit=N", (200, 400), get=api.HISTORY,
             params=(Param("samples", {"type": "string", "pattern": "^[0-9]+$"},

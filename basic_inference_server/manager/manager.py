@@ -2,9 +2,9 @@
 
 :class:`Manager` is the loop and its I/O (:mod:`.core`) given the handlers of the
 management commands (:mod:`.commands`, :mod:`.reports`, :mod:`.traffic_commands`,
-:mod:`.rollout_commands`, :mod:`.remote_commands`, :mod:`.idle_commands`), which its control socket
-(:mod:`.control`) answers. The endpoints' states and their transitions are in
-:mod:`.state`.
+:mod:`.rollout_commands`, :mod:`.remote_commands`, :mod:`.idle_commands`,
+:mod:`.model_commands`), which its control socket (:mod:`.control`) answers. The
+endpoints' states and their transitions are in :mod:`.state`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .commands import EndpointCommands
 from .control import Handler, handlers_of
 from .core import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, Core
 from .idle_commands import IdleCommands
+from .model_commands import ModelCommands
 from .remote_commands import RemoteCommands
 from .reports import ReportCommands
 from .rollout_commands import RolloutCommands
@@ -27,4 +28,5 @@ class Manager(Core):
     def command_handlers(self) -> dict[str, Handler]:
         """The handler of each management command, from the command groups' objects."""
         return handlers_of(EndpointCommands(self), ReportCommands(self), TrafficCommands(self),
-                           RolloutCommands(self), RemoteCommands(self), IdleCommands(self))
+                           RolloutCommands(self), RemoteCommands(self), IdleCommands(self),
+                           ModelCommands(self))

@@ -85,7 +85,7 @@ class Spawner:
             open_server_listeners(ep, core.run_dir, self._allocate_port)
         ep.next_generation()
         spec = server_spec(core.config, core.paths, ep, core.jobs.to_dict(),
-                           tenants_spec(core.config, core.cache_dir), quota)
+                           tenants_spec(core.config, core.cache_dir), quota, core.cache_dir)
         child = self._spawn("server", ep.name, SERVER_MODULE, spec,
                             fds=tuple(s.fileno() for s in ep.listeners), generation=ep.generation,
                             env={"PROMETHEUS_MULTIPROC_DIR": str(core.server_metrics)})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import models_spec
 from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, expand_versions, warn_near_misses
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
 from ..names import split_target
@@ -57,7 +58,8 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
                 jobs: dict[str, Any], tenants: dict[str, Any] | None = None,
-                gpu_quota: dict[int, int] | None = None) -> ServerSpec:
+                gpu_quota: dict[int, int] | None = None,
+                cache_dir: str | Path = "_cache") -> ServerSpec:
     """An endpoint server's start-up spec (its listeners already open; ``gpu_quota``:
     its workers per GPU, placed by memory)."""
     assert ep.socket_path is not None
@@ -72,7 +74,8 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"],
         server_timing=config["SERVER_TIMING"], load_timeout=ep.config.settings["LOAD_TIMEOUT"],
-        gpu_quota=None if gpu_quota is None else {str(g): n for g, n in gpu_quota.items()})
+        gpu_quota=None if gpu_quota is None else {str(g): n for g, n in gpu_quota.items()},
+        models=models_spec(config["MODEL_REPOSITORY"], cache_dir, config["MODEL_CACHE_MB"]))
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:

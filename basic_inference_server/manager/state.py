@@ -258,7 +258,8 @@ class Endpoint:
             self.reload_error = {"error": text, "at": time.time()}
         else:
             self.last_error = text
-        return Change()
+        return Change(event=("load_failed", {"endpoint": self.name, "generation": generation,
+                                             "error": text}))
 
     def workers_reported(self, generation: Any, count: int) -> Change:
         """gunicorn's worker count changed: steer on toward the target."""

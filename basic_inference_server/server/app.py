@@ -13,11 +13,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, send_file
 
 from .. import protocol
+from ..artifacts import ModelIntegrityError, ModelRef, ModelRefError, artifact_cache
 from ..config import endpoint_defaults, warn_near_misses
 from ..contracts import ServerSpec
 from ..discovery import load_worker_class
@@ -58,6 +60,8 @@ def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
                  worker_id=slot, endpoint=spec.name, notifier=notifier)
     worker.models = build_manager(worker)
     started = time.perf_counter()
+    if spec.worker_config.get("MODEL"):
+        worker.model_path = fetch_model(spec, worker)
     log.info("%s worker %d: loading model (%s)", spec.name, slot, cls.__name__)
     size = 0
     if type(worker)._load_model is not FlaskWorker._load_model:  # the default loads nothing
@@ -71,6 +75,26 @@ def build_worker(spec: ServerSpec, slot: int, notifier: Notifier,
         log.info("%s worker %d: warmed up in %.3f s", spec.name, slot,
                  time.perf_counter() - loaded)
     return worker
+
+
+def fetch_model(spec: ServerSpec, worker: FlaskWorker) -> Path:
+    """The endpoint's MODEL in the box's cache (downloaded once per box), verified.
+
+    A missing or corrupt artifact raises ModelIntegrityError (the load fails with
+    ``model_integrity``) after a notification says which file and why.
+    """
+    ref = ModelRef.parse(spec.worker_config["MODEL"])
+    if spec.models is None:
+        raise ModelRefError(f"{spec.name}: MODEL {ref} needs a MODEL_REPOSITORY")
+    started = time.perf_counter()
+    try:
+        path = artifact_cache(spec.models).path(ref)
+    except ModelIntegrityError as exc:
+        worker._create_notification(notif="model_integrity", msg=str(exc), model=str(ref))
+        raise
+    log.info("%s worker %d: model %s ready at %s in %.3f s", spec.name, worker.worker_id, ref,
+             path, time.perf_counter() - started)
+    return path
 
 
 def build_app(spec: ServerSpec, worker: FlaskWorker) -> WorkerApp:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..artifacts import models_spec
 from ..config import GatewayConfig, load_config, parse_config, parse_endpoint
 from ..contracts import ServerSpec
 from ..discovery import endpoint_file
@@ -90,6 +91,7 @@ def build_spec(args: argparse.Namespace, config: GatewayConfig) -> ServerSpec:
         app_version=config["APP_VERSION"], stop_timeout=config["STOP_TIMEOUT"],
         jobs=jobs.to_dict(), sched_batch=config["SCHED_BATCH"],
         server_timing=config["SERVER_TIMING"], load_timeout=endpoint.settings["LOAD_TIMEOUT"],
+        models=models_spec(config["MODEL_REPOSITORY"], args.cache, config["MODEL_CACHE_MB"]),
         # Jobs are charged where the gateways keep keys: a shared Redis (a tenants.db in
         # this box's cache would be no gateway's).
         tenants=tenants_spec(config, args.cache)

@@ -8,8 +8,6 @@ are deleted afterwards, so tests never see each other's jobs.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +15,8 @@ from pathlib import Path
 import pika
 import pytest
 import redis
-import requests
 
-from tests.conftest import free_port, wait_until
+from tests.services import start_moto
 
 # Endpoint names the job tests use: RabbitMQ and SQS queues are deleted by name.
 ENDPOINTS = ("echo", "jobs_noop", "bad_predict", "slow", "bad_pre", "streamer", "progress")
@@ -48,20 +45,9 @@ def _purge_rabbit(url: str, prefix: str) -> None:
 @pytest.fixture(scope="session")
 def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's SQS-compatible server on a free port (a real HTTP server, in its own process)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: requests.get(url + "/moto-api/", timeout=1).status_code < 500,
-                   timeout=30, message="moto server answers")
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    service, url = start_moto(tmp_path_factory.mktemp("moto"))
+    yield url
+    service.stop()
 
 
 def backend_url(kind: str, folder: Path, server: str | None = None) -> tuple[str, str]:

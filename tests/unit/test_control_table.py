@@ -21,6 +21,7 @@ from basic_inference_server.gateway.api_table import COMMAND, ROUTES
 from basic_inference_server.manager import (
     commands,
     idle_commands,
+    model_commands,
     remote_commands,
     reports,
     rollout_commands,
@@ -30,10 +31,11 @@ from basic_inference_server.manager.control import handlers_of
 
 PACKAGE = Path(api.__file__).parent
 HANDLER_MODULES = (commands, reports, rollout_commands, traffic_commands, remote_commands,
-                   idle_commands)
+                   idle_commands, model_commands)
 HANDLER_CLASSES = (commands.EndpointCommands, reports.ReportCommands,
                    rollout_commands.RolloutCommands, traffic_commands.TrafficCommands,
-                   remote_commands.RemoteCommands, idle_commands.IdleCommands)
+                   remote_commands.RemoteCommands, idle_commands.IdleCommands,
+                   model_commands.ModelCommands)
 # The table's constants by name (UPDATE_WORKERS -> its Command).
 CONSTANTS = {name: value for name, value in vars(api).items() if isinstance(value, api.Command)}
 

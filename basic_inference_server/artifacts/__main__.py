@@ -1,0 +1,7 @@
+"""``python -m basic_inference_server.artifacts publish ...`` (see :mod:`.publish`)."""
+
+import sys
+
+from .publish import main
+
+sys.exit(main())
