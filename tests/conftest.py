@@ -523,7 +523,7 @@ class S3Server:
 
     def repository(self, bucket: str) -> str:
         """A MODEL_REPOSITORY URL for ``bucket`` on this server."""
-        return f"s3://testing:testing@{bucket}?endpoint_url={self.url}&region=us-east-1"
+        return f"s3://testing:s3cret-key@{bucket}?endpoint_url={self.url}&region=us-east-1"
 
     def gets(self, key: str) -> int:
         """GETs of ``key`` (``bucket/path``) the server answered so far."""

@@ -20,13 +20,14 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Gateway, free_port, stop_all, wait_until
+from tests.conftest import ROOT, Gateway, S3Server, free_port, stop_all, wait_until
 from tests.docs.markdown import (
     Block,
     Directive,
@@ -125,12 +126,15 @@ class DemoGateways:
 
 
 @pytest.fixture(scope="module")
-def demo_gateways(tmp_path_factory: pytest.TempPathFactory,
-                  postgres_url: str) -> Iterator[DemoGateways]:
+def demo_gateways(tmp_path_factory: pytest.TempPathFactory, postgres_url: str,
+                  s3_server: S3Server) -> Iterator[DemoGateways]:
     """The pages' gateways; ``LEDGER_URL`` names a database of their own, which
-    docs/ledger.md's configuration reads (``env:LEDGER_URL``)."""
+    docs/ledger.md's configuration reads (``env:LEDGER_URL``), and ``MODELS_URL`` a bucket
+    of an S3-compatible server, docs/model-repository.md's (``env:MODELS_URL``)."""
     ledger = create_database(postgres_url)
-    pool = DemoGateways(tmp_path_factory.mktemp("demo"), clean_env(LEDGER_URL=ledger))
+    models = s3_server.repository(f"models-{uuid.uuid4().hex[:8]}")
+    pool = DemoGateways(tmp_path_factory.mktemp("demo"),
+                        clean_env(LEDGER_URL=ledger, MODELS_URL=models))
     try:
         yield pool
         pool.close()
