@@ -13,7 +13,8 @@ through a link. Two lock files per version, beside its folder:
   deleted, and a process that died holds nothing (the kernel drops its locks).
 
 Before each use the files are verified against the manifest (a byte changed in the cache
-is caught as one changed in the repository is). When the cache holds more than its
+is caught as one changed in the repository is); a download is verified as it arrives,
+so the process that downloaded uses it without reading it twice. When the cache holds more than its
 bound, the versions no process uses are deleted, least recently used first.
 """
 
@@ -78,13 +79,16 @@ class ArtifactCache:
             return local
         home = private_dir(private_dir(self.folder) / ref.name)
         version = home / ref.version
+        downloaded = False
         with _locked(home / f".{ref.version}.download", fcntl.LOCK_EX):
             if not version.is_dir():
                 self._download(ref, home, version)
+                downloaded = True
             self._hold(ref, home)
-        with open(version / MANIFEST, "rb") as fh:
-            files = parse_manifest(fh.read(), ref)
-        verify(version, files, ref)
+        if not downloaded:  # a fresh download was verified as it arrived
+            with open(version / MANIFEST, "rb") as fh:
+                files = parse_manifest(fh.read(), ref)
+            verify(version, files, ref)
         os.utime(version)  # its last use, for eviction
         self.evict(keep=ref)
         return version

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -134,20 +136,45 @@ def verify(folder: Path, files: list[FileEntry], ref: ModelRef) -> None:
                                       f"says {entry.sha256}")
 
 
+class _Hasher(threading.Thread):
+    """sha256 of the chunks put in its queue, computed in a thread of its own: hashlib
+    releases the GIL on large buffers, so a download is hashed while the next chunk is
+    read from the network and the last one written, instead of after each."""
+
+    def __init__(self) -> None:
+        super().__init__(name="bis-sha256", daemon=True)
+        self.digest = hashlib.sha256()
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            self.digest.update(chunk)
+
+    def hexdigest(self) -> str:
+        """The sum of every chunk put, once they are all hashed."""
+        self.chunks.put(None)
+        self.join()
+        return self.digest.hexdigest()
+
+
 def copy_hashed(source: Iterator[bytes], out: BinaryIO, entry: FileEntry, ref: ModelRef) -> None:
     """Write ``source``'s chunks to ``out`` while hashing them: a download is verified
     as it arrives (ModelIntegrityError on a size or sha256 that is not the manifest's)."""
-    digest, size = hashlib.sha256(), 0
-    for chunk in source:
-        size += len(chunk)
-        if size > entry.size:
-            raise ModelIntegrityError(f"{ref}: {entry.path} is longer than the manifest's "
-                                      f"{entry.size} bytes")
-        digest.update(chunk)
-        out.write(chunk)
-    if size != entry.size or digest.hexdigest() != entry.sha256:
+    hasher, size = _Hasher(), 0
+    hasher.start()
+    try:
+        for chunk in source:
+            size += len(chunk)
+            if size > entry.size:
+                raise ModelIntegrityError(f"{ref}: {entry.path} is longer than the manifest's "
+                                          f"{entry.size} bytes")
+            hasher.chunks.put(chunk)
+            out.write(chunk)
+    finally:
+        digest = hasher.hexdigest()
+    if size != entry.size or digest != entry.sha256:
         raise ModelIntegrityError(f"{ref}: {entry.path} downloaded with {size} bytes and sha256 "
-                                  f"{digest.hexdigest()}; the manifest says {entry.size} "
+                                  f"{digest}; the manifest says {entry.size} "
                                   f"bytes, {entry.sha256}")
 
 
