@@ -82,9 +82,11 @@ class Dispatcher:
     _waking: dict[str, asyncio.Task[Route]] = field(default_factory=dict, init=False)
 
     def may_take(self, target: str) -> bool:
-        """Whether a version may get unpinned requests now: READY, its breaker not open."""
+        """Whether a version may get unpinned requests now: READY (or scaled to zero: the
+        request wakes it), its breaker not open."""
         route = self.routes.get(target)
-        return route is not None and route.state is READY \
+        return route is not None and (route.state is READY or (
+            route.state is IDLE and route.idle_timeout is not None)) \
             and self.traffic.allowed(target)
 
     async def dispatch(self, target: str, raw: bytes, req: Request) -> UpstreamResponse:

@@ -41,6 +41,9 @@ class FakeRoutes:
     def table(self, fresh: bool = False) -> RouteSnapshot:
         return self.snapshot
 
+    def get(self, name: str, fresh: bool = False) -> Route | None:
+        return self.snapshot.endpoints.get(name)
+
 
 class NoJobs:
     spec = None
@@ -97,3 +100,21 @@ def test_a_request_caught_in_a_scale_down_wakes_the_endpoint():
     board.add("@lazy", 1)  # routed while READY, waiting on the shared socket
     asyncio.run(watch.check_once())
     assert woken == ["lazy"]
+
+
+class AllowAll:
+    def allowed(self, _target: str) -> bool:
+        return True
+
+
+def test_a_version_scaled_to_zero_still_gets_its_share_of_the_traffic():
+    from basic_inference_server.gateway.dispatch import Dispatcher
+
+    board = LoadBoard(rows=1, columns=64)
+    for state, idle_timeout, takes in ((EndpointState.IDLE, 2.0, True),
+                                       (EndpointState.IDLE, None, False),
+                                       (EndpointState.FAILED, 2.0, False),
+                                       (EndpointState.READY, None, True)):
+        route = Route(name="clf@v2", state=state, timeout=10, idle_timeout=idle_timeout)
+        dispatcher = Dispatcher(FakeRoutes(route), board, None, AllowAll(), None)
+        assert dispatcher.may_take("clf@v2") is takes, (state, idle_timeout)
