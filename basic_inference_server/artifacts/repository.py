@@ -95,7 +95,7 @@ class S3Repository:
     """Versions in an S3-compatible bucket, under an optional prefix."""
 
     def __init__(self, url: str) -> None:
-        import boto3  # the s3 part of the sqs extra, imported only when used
+        import boto3  # the s3 extra, imported only when an S3 repository is used
 
         parts = urlsplit(url)
         _, options = url_options(url)
