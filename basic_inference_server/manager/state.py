@@ -365,7 +365,9 @@ class Endpoint:
         self.child = self.pending = None
         self._forget_workers()
         self.state = State.STOPPING if self.draining else State.STOPPED
-        return Change(publish=True, stop=stopping)
+        # Stopped at once (nothing ran: IDLE, FAILED): its port is freed now, as a
+        # drained stop frees it (:meth:`drained`).
+        return Change(publish=True, stop=stopping, close_listeners=not self.draining)
 
     def scale_to_zero(self, idle_s: float) -> Change:
         """Idle for IDLE_TIMEOUT (MIN_WORKERS 0): the serving generation drains and

@@ -9,7 +9,7 @@ import pytest
 from basic_inference_server.config import parse_endpoint
 from basic_inference_server.hosts import NO_HOST
 from basic_inference_server.manager.children import BACKOFF_CAP, Child, Service
-from basic_inference_server.manager.state import LOAD_ATTEMPTS, STABLE_AFTER, Endpoint, State
+from basic_inference_server.manager.state import LOAD_ATTEMPTS, STABLE_AFTER, Change, Endpoint, State
 
 
 class FakeProc:
@@ -249,3 +249,18 @@ def test_service_restarts_at_once_then_backs_off():
     assert delays == [0.0, 1.0, 2.0, 4.0]
     service.launch()
     assert service.exited(now + STABLE_AFTER + 1) == 0.0 and service.failures == 0
+
+
+def test_scale_to_zero_drains_the_server_and_keeps_the_listeners():
+    ep = endpoint()
+    c = started(ep)
+    ep.worker_ready(c.generation, 11, "/run/w11", now=2.0)
+    assert ep.state == State.READY and ep.start_s is not None
+    change = ep.scale_to_zero(300)
+    assert ep.state == State.IDLE and change.stop == [c] and change.publish
+    assert not change.close_listeners and ep.child is None and ep.worker_sockets == {}
+    assert change.event == ("scaled_to_zero", {"endpoint": ep.name, "generation": c.generation,
+                                               "idle_s": 300})
+    assert ep.drained(c, shutting_down=False) == Change() and ep.state == State.IDLE
+    stop = ep.stop()  # /kill_server of an endpoint at zero: stopped now, its port freed
+    assert ep.state == State.STOPPED and stop.close_listeners and not stop.stop
