@@ -89,4 +89,4 @@ def test_get_paths_marks_the_admin_routes(gw):
             "/kill_server", "/update_workers", "/reload_server", "/shutdown", "/jobs/dead",
             "/jobs/requeue", "/keys", "/keys/revoke", "/keys/rotate", "/usage/tenants",
             "/usage/tenants.csv", "/traffic", "/rollout", "/rollout/promote",
-            "/rollout/abort", "/dashboard/events"} == admin
+            "/rollout/abort", "/dashboard/events", "/models"} == admin

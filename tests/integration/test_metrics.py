@@ -38,7 +38,7 @@ def test_metrics_count_requests_and_report_workers(gateways):
     states = {dict(labels)["state"]: value for (name, labels), value in got.items()
               if name == "bis_endpoint_state" and dict(labels)["endpoint"] == "echo"}
     assert states == {"STOPPED": 0, "STARTING": 0, "READY": 1, "RESTARTING": 0, "FAILED": 0,
-                      "CRASHLOOP": 0, "STOPPING": 0, "UNREACHABLE": 0}
+                      "CRASHLOOP": 0, "STOPPING": 0, "UNREACHABLE": 0, "IDLE": 0}
     assert got[("bis_in_flight", (("endpoint", "echo"),))] == 0
 
 
