@@ -14,7 +14,9 @@ One request can slip between: routed while the endpoint was still READY, it reac
 endpoint's shared socket after the last worker stopped. The socket stays open while the
 endpoint is IDLE (the next generation serves on it), so the request waits there; the
 watch sees an IDLE endpoint with a request in flight and wakes it, and the new
-workers take it.
+workers take it. A job can slip between too (queued as the endpoint stops, its submit
+saw it READY): every :data:`JOBS_EVERY` seconds the watch wakes an IDLE endpoint that
+has jobs waiting.
 
 The load board is what the front already keeps per request, so watching costs one
 shared-memory add per request of these endpoints, and nothing for the others.
@@ -42,6 +44,8 @@ WATCH_EVERY = 0.1
 # A report the manager did not act on (it was busy, the endpoint was reloading) is sent
 # again this often while the endpoint stays idle.
 REPORT_AGAIN = 1.0
+# How often the queue of an IDLE endpoint is looked at (a query to the queue's backend).
+JOBS_EVERY = 1.0
 # The load board's column counting the requests started to an endpoint: "+<endpoint>".
 STARTED = "+"
 READY = EndpointState.READY
@@ -64,6 +68,7 @@ class IdleWatch:
         self.routes, self.board, self.jobs = routes, board, jobs
         self.control, self.off_loop, self.wake, self.clock = control, off_loop, wake, clock
         self._seen: dict[str, _Seen] = {}
+        self._jobs_checked: dict[str, float] = {}  # IDLE endpoint -> when its queue was
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -85,8 +90,8 @@ class IdleWatch:
         routes = {n: r for n, r in self.routes.table().endpoints.items()
                   if r.idle_timeout is not None}
         for name, route in routes.items():
-            if route.state is IDLE and self.board.load("@" + name):
-                self.wake(name)  # a request slipped in as it stopped: it waits on the socket
+            if route.state is IDLE:
+                await self._wake_if_waited_for(name, now)
         watched = {n: r for n, r in routes.items() if r.state is READY}
         for name in [n for n in self._seen if n not in watched]:
             del self._seen[name]  # idle time counts from READY again
@@ -104,6 +109,16 @@ class IdleWatch:
                 seen.since = now
                 continue
             await self._report(name, now - seen.since)
+
+    async def _wake_if_waited_for(self, name: str, now: float) -> None:
+        """An IDLE endpoint with a request in flight (it slipped in as the endpoint
+        stopped: it waits on the socket) or, looked at every JOBS_EVERY s, jobs waiting."""
+        if self.board.load("@" + name):
+            self.wake(name)
+        elif now - self._jobs_checked.get(name, -JOBS_EVERY) >= JOBS_EVERY:
+            self._jobs_checked[name] = now
+            if await self.off_loop(self._jobs_pending, name):
+                self.wake(name)
 
     def _jobs_pending(self, name: str) -> bool:
         """Whether a job of ``name`` waits or runs (unknown counts as yes: an endpoint is

@@ -74,8 +74,8 @@ class JobSubmitter:
     def _wake_if_idle(self, name: str, answer: Answer) -> None:
         """A job queued for an endpoint scaled to zero starts it: its workers take the
         job from the queue."""
-        route = self.routes.get(name)
-        if answer.status == 202 and route is not None and route.state is EndpointState.IDLE:
+        route = self.routes.get(name, fresh=True) if answer.status == 202 else None
+        if route is not None and route.state is EndpointState.IDLE:
             self.wake(name)
 
     async def _admit(self, req: Request, label: str) -> Reservation | None:

@@ -118,3 +118,34 @@ def test_a_version_scaled_to_zero_still_gets_its_share_of_the_traffic():
         route = Route(name="clf@v2", state=state, timeout=10, idle_timeout=idle_timeout)
         dispatcher = Dispatcher(FakeRoutes(route), board, None, AllowAll(), None)
         assert dispatcher.may_take("clf@v2") is takes, (state, idle_timeout)
+
+
+class QueuedJobs:
+    spec = object()
+
+    def __init__(self) -> None:
+        self.depth, self.asked = 0, 0
+
+    def status(self, names):
+        self.asked += 1
+        return {names[0]: {"depth": self.depth}}
+
+
+def test_an_idle_endpoint_with_jobs_waiting_is_woken():
+    route = Route(name="lazy", state=EndpointState.IDLE, timeout=10, idle_timeout=2.0)
+    jobs, woken, now = QueuedJobs(), [], [0.0]
+
+    async def off_loop(func, *args):
+        return func(*args)
+
+    watch = IdleWatch(FakeRoutes(route), LoadBoard(rows=1, columns=64), jobs, "-", off_loop,
+                      woken.append, clock=lambda: now[0])
+    asyncio.run(watch.check_once())
+    assert (woken, jobs.asked) == ([], 1)
+    jobs.depth = 1  # queued as it stopped: its submit saw it READY
+    now[0] = 0.5
+    asyncio.run(watch.check_once())
+    assert (woken, jobs.asked) == ([], 1)  # the queue is looked at once a second
+    now[0] = 1.0
+    asyncio.run(watch.check_once())
+    assert (woken, jobs.asked) == (["lazy"], 2)
