@@ -39,6 +39,16 @@ def probe_path(worker_socket: str) -> str:
 GpuQuota = dict[int, int]
 
 
+def quota_to_json(quota: GpuQuota | None) -> dict[str, int] | None:
+    """A quota as JSON carries it: the GPU indices as strings."""
+    return None if quota is None else {str(g): n for g, n in quota.items()}
+
+
+def quota_of_json(raw: dict[str, Any] | None) -> GpuQuota | None:
+    """A quota from JSON (string keys) -> GPU index to workers."""
+    return None if raw is None else {int(k): int(v) for k, v in raw.items()}
+
+
 def workers_path(server_socket: str, generation: int) -> str:
     """Where the manager writes the worker count the master of ``generation`` of the
     server on ``server_socket`` steers to, on the next SIGTTIN or SIGTTOU: JSON,

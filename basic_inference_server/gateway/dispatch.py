@@ -2,9 +2,9 @@
 
 :meth:`Dispatcher.dispatch` resolves the route (waiting for an endpoint on its way up
 unless ``NO_STARTUP_WAIT``; waking one scaled to zero and waiting for it, up to its
-``COLD_START_TIMEOUT``, whatever ``NO_STARTUP_WAIT`` says), passes it through its breaker, holds a place of its
-``MAX_IN_FLIGHT`` (past it: 503 ``overloaded`` at once, so one stuck endpoint can never
-hold the front's capacity), and forwards it: to a local server, a remote gateway
+``COLD_START_TIMEOUT``, whatever ``NO_STARTUP_WAIT`` says), passes it through its
+breaker, holds a place of its ``MAX_IN_FLIGHT`` (past it: 503 ``overloaded`` at once, so
+one stuck endpoint can never hold the front's capacity), and forwards it: to a local server, a remote gateway
 (``URLS``) or, for a pipeline, through its steps. A streamed answer holds its place,
 and is judged by the breaker, until it ends.
 """

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from .. import control_api as api
 from ..config import EndpointConfig, file_section, parse_endpoint
-from ..contracts import probe_path
+from ..contracts import probe_path, quota_to_json
 from ..discovery import endpoint_file
 from ..errors import ConfigError, DiscoveryError
 from ..names import VERSION_SEP
@@ -89,7 +89,7 @@ class EndpointCommands:
         described = ep.describe()
         quota = self.core.placer.quota((name, ep.child.generation)) if ep.child else None
         if quota is not None:
-            described["gpu_placement"] = {str(g): n for g, n in quota.items()}
+            described["gpu_placement"] = quota_to_json(quota)
         return described
 
     @handles(api.METRICS)

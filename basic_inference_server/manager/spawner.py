@@ -13,6 +13,7 @@ from ..contracts import (
     JOBRUNNER_MODULE,
     SERVER_MODULE,
     SUPERVISOR_MODULE,
+    quota_to_json,
     workers_path,
 )
 from ..discovery import endpoint_file
@@ -111,8 +112,7 @@ class Spawner:
         assert ep.child is not None and ep.socket_path is not None
         if workers is not None:
             quota = self.core.placer.quota((ep.name, ep.child.generation))
-            steer = {"workers": workers,
-                     "gpu_quota": None if quota is None else {str(g): n for g, n in quota.items()}}
+            steer = {"workers": workers, "gpu_quota": quota_to_json(quota)}
             write_private(workers_path(ep.socket_path, ep.child.generation), json.dumps(steer))
         os.kill(ep.child.pid, sig)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..artifacts import models_spec
 from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, expand_versions, warn_near_misses
-from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec
+from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec, quota_to_json
 from ..names import split_target
 from ..redact import mask_url
 from .state import Endpoint, State
@@ -74,7 +74,7 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         header_timeout=config["HEADER_TIMEOUT"], body_timeout=config["BODY_TIMEOUT"],
         tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"],
         server_timing=config["SERVER_TIMING"], load_timeout=ep.config.settings["LOAD_TIMEOUT"],
-        gpu_quota=None if gpu_quota is None else {str(g): n for g, n in gpu_quota.items()},
+        gpu_quota=quota_to_json(gpu_quota),
         models=models_spec(config["MODEL_REPOSITORY"], cache_dir, config["MODEL_CACHE_MB"]))
 
 

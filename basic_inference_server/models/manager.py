@@ -166,11 +166,7 @@ class ModelManager:
             if hint:
                 with self._cond:
                     self._make_room(ENDPOINT_MODEL, hint)
-            rss = process_rss()
-            load()
-            size = footprint(owner)
-            if size is None:
-                size = max(0, process_rss() - rss)
+            _, size, _ = _measured(load, lambda _result: owner)
             self.state.add_copy(ENDPOINT_MODEL, ENDPOINT_MODEL, size, self.probe.device)
             now = self.clock()
             with self._cond:
@@ -300,14 +296,7 @@ class ModelManager:
         return min(idle)[1] if idle else None
 
     def _load(self, name: str, spec: dict[str, Any]) -> tuple[Any, int, float]:
-        rss = process_rss()
-        started = time.perf_counter()
-        model = self.loader(name, spec)
-        seconds = time.perf_counter() - started
-        size = footprint(model)
-        if size is None:
-            size = max(0, process_rss() - rss)
-        return model, size, seconds
+        return _measured(lambda: self.loader(name, spec), lambda model: model)
 
     def _drop_ref(self, name: str) -> None:
         with self._cond:
@@ -385,3 +374,16 @@ class ModelManager:
             for name in list(self._copies):
                 self._unload_locked(name, "close")
         self.state.close()
+
+
+def _measured(load: Callable[[], Any], holder: Callable[[Any], Any]) -> tuple[Any, int, float]:
+    """``load()``'s result, the bytes it took and its seconds: the torch modules
+    ``holder(result)`` holds, else the process's growth meanwhile."""
+    rss = process_rss()
+    started = time.perf_counter()
+    result = load()
+    seconds = time.perf_counter() - started
+    size = footprint(holder(result))
+    if size is None:
+        size = max(0, process_rss() - rss)
+    return result, size, seconds

@@ -76,15 +76,16 @@ class GpuProbe:
     def __init__(self, indices: list[int], api: NvmlApi | None = None) -> None:
         self.indices = indices
         self.device = "cuda:" + ",".join(map(str, indices))
-        self.api = api or nvml_api()
+        self.api = api  # None: this process's NVML at each sample (a recording is read anew)
 
     def sample(self) -> MemoryUse:
         """The fullest GPU's memory in use, read through NVML."""
-        self.api.init()
+        api = self.api or nvml_api()
+        api.init()
         try:
-            mems = [self.api.memory(i) for i in self.indices]
+            mems = [api.memory(i) for i in self.indices]
         finally:
-            self.api.shutdown()
+            api.shutdown()
         fullest = max(mems, key=lambda m: m.used / m.total if m.total else 1.0)
         return MemoryUse(fullest.used, fullest.total)
 
@@ -134,7 +135,7 @@ def choose_probe(budget_mb: float | None, held: Callable[[], int],
         count = nvml.device_count()
     finally:
         nvml.shutdown()
-    return GpuProbe(visible_gpus(count), nvml) if count > 0 else SystemProbe()
+    return GpuProbe(visible_gpus(count), api) if count > 0 else SystemProbe()
 
 
 def footprint(model: Any) -> int | None:

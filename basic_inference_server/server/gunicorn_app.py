@@ -33,7 +33,7 @@ from gunicorn.arbiter import Arbiter
 
 from .. import protocol
 from ..childproc import configure_gunicorn, take_slot
-from ..contracts import ServerSpec, probe_path, workers_path
+from ..contracts import ServerSpec, probe_path, quota_of_json, workers_path
 from ..discovery import endpoint_file
 from ..errors import DiscoveryError
 from ..events import Event
@@ -47,7 +47,7 @@ from ..worker import CancelFlag
 from .app import WorkerApp, build_app, build_worker
 from .consumer import start_consumer, stop_consumer
 from .entry import RunEntry
-from .placement import cap_memory, next_gpu, parse_quota, place_worker, stop_order
+from .placement import cap_memory, next_gpu, place_worker, stop_order
 from .probe import ProbeListener
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MAX_WORKER_CONNECTIONS = 1000
 
 # Filled in by post_fork, in the worker process, before the app is loaded.
-_worker_slot: dict[str, int | None] = {"slot": 0, "gpu": None}
+_worker_slot = {"slot": 0}
 
 
 def _own_socket_path(spec: ServerSpec, slot: int) -> str:
@@ -117,7 +117,6 @@ class EndpointServer(BaseApplication):
         def post_fork(_server: Any, worker: Any) -> None:
             die_with_parent(signal.SIGKILL)
             _worker_slot["slot"] = worker.bis_slot
-            _worker_slot["gpu"] = worker.bis_gpu
             place_worker(spec.worker_config.get("GPUS"), worker.bis_slot, worker.bis_gpu)
 
         def post_worker_init(worker: Any) -> None:
@@ -198,7 +197,7 @@ class EndpointServer(BaseApplication):
         (``LOAD_ATTEMPTS``). A load that takes longer than ``LOAD_TIMEOUT`` fails the
         same way, whatever the endpoint's code is doing (:meth:`_deadline`).
         """
-        slot = int(_worker_slot["slot"] or 0)
+        slot = _worker_slot["slot"]
         deadline = self._deadline(slot)
         try:
             if self.spec.worker_config.get("GPU_MEMORY_CAP"):
@@ -263,7 +262,7 @@ class EndpointArbiter(Arbiter):
 
     def __init__(self, app: EndpointServer) -> None:
         # GPU_MEMORY_MB: how many workers the manager placed on each GPU.
-        self.gpu_quota = parse_quota(app.spec.gpu_quota)
+        self.gpu_quota = quota_of_json(app.spec.gpu_quota)
         super().__init__(app)
 
     def handle_ttin(self) -> None:
@@ -281,7 +280,7 @@ class EndpointArbiter(Arbiter):
         spec = self.app.spec
         try:
             steer = json.loads(Path(workers_path(spec.socket, spec.generation)).read_text())
-            count, quota = int(steer["workers"]), parse_quota(steer.get("gpu_quota"))
+            count, quota = int(steer["workers"]), quota_of_json(steer.get("gpu_quota"))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
         if not 1 <= count <= MAX_WORKERS:

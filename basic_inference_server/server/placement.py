@@ -49,11 +49,6 @@ def place_worker(gpus: list[int] | None, slot: int, gpu: int | None = None,
     return value
 
 
-def parse_quota(raw: Mapping[str, Any] | None) -> Quota | None:
-    """A quota as JSON carries it (string keys) -> GPU index to workers."""
-    return None if raw is None else {int(k): int(v) for k, v in raw.items()}
-
-
 def next_gpu(quota: Quota | None, placed: Iterable[int | None]) -> int | None:
     """The GPU a new worker goes to: the one with the most room left under its quota
     (``placed``: the GPUs of the live workers). None without a quota.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -114,7 +113,7 @@ def test_a_corrupt_artifact_fails_its_load_and_what_serves_serves_on(gateways, s
     assert "m/2: weights.bin downloaded with" in failed["last_error"], failed
     # The version that failed takes no traffic: 16 clients, no failure, all on v1.
     with Load(gw, "clf") as load:
-        time.sleep(2)
+        wait_until(lambda: len(load.statuses) >= 400, timeout=60, message="400 answers")
     assert set(load.statuses) == {200} and load.models == {"m/1"}, set(load.statuses)
     history = assert_ok(gw.get("/system_status"))["HISTORY"]["events"]
     assert any(e["kind"] == "load_failed" and "model_integrity" in e["error"] for e in history)

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -74,9 +73,8 @@ def test_a_job_wakes_the_endpoint_and_holds_it_up_while_it_runs(gateways):
     stop = threading.Event()
 
     def watch() -> None:
-        while not stop.is_set():
+        while not stop.wait(0.05):  # a look every 50 ms until the job is done
             seen.append(gw.state("lazy"))
-            time.sleep(0.05)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
