@@ -75,9 +75,13 @@ def test_unreadable_disk_path_is_reported_not_raised(tmp_path):
 
 def test_trees_count_the_whole_tree(child_tree):
     parent, kids = child_tree
+    # RSS moves a little while the children settle (the loader pages in the rest of the
+    # interpreter): the sample must lie between two direct reads taken around it
+    before = memory.tree_rss([parent.pid])
     rss = sample_trees({"server": [parent.pid], "me": [os.getpid()], "gone": [2 ** 22 + 7]})
+    after = memory.tree_rss([parent.pid])
     assert rss["server"] > 64 * 1024 * 1024, "parent and child buffers both counted"
-    assert rss["server"] == pytest.approx(memory.tree_rss([parent.pid]), rel=0.05)
+    assert min(before, after) * 0.95 <= rss["server"] <= max(before, after) * 1.05
     assert rss["me"] > 0
     assert rss["gone"] == 0
 
