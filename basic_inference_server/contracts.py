@@ -93,6 +93,8 @@ class FrontSpec:
     internal_token: str | None = None
     # The cache folder: where each front process appends to the audit trail (..audit).
     cache_dir: str = "_cache"
+    # MODEL_ALIASES: the OpenAI routes' model names besides the routes' own.
+    model_aliases: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

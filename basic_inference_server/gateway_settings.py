@@ -38,6 +38,15 @@ def check_token(v: str | None) -> str | None:
     return None if ok else "must be 1 to 1024 printable ASCII characters without spaces"
 
 
+def _check_aliases(v: dict[str, Any]) -> str | None:
+    """MODEL_ALIASES: names of up to 200 printable characters, each to a route's name."""
+    for alias, target in v.items():
+        if not (0 < len(alias) <= 200 and alias.isprintable()):
+            return f"alias {alias[:20]!r}: 1 to 200 printable characters"
+        if not isinstance(target, str) or not target:
+            return f"alias {alias[:20]!r}: must name an endpoint or a version (endpoint@label)"
+    return None
+
 
 GATEWAY_SETTINGS: dict[str, Setting] = {
     s.name: s
@@ -126,6 +135,10 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "entries may be `*.domain` or `*`.",
                 lambda v: None if all(isinstance(x, str) and x and x.isascii() and " " not in x
                                       for x in v) else "must be a list of host names"),
+        Setting("MODEL_ALIASES", dict, {},
+                "The OpenAI routes' `model` names besides the endpoints' own: alias -> "
+                "endpoint or version (`chat@v2`); see docs/openai.md.",
+                _check_aliases),
         # Async jobs (basic_inference_server/queues).
         Setting("QUEUE", str, "sqlite",
                 "Job queue: `sqlite` (in _cache/), `sqlite:///path`, `redis://...`, `amqp://...` "

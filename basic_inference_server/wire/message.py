@@ -49,6 +49,8 @@ class Limits:
     max_body: int = 64 * 1024 * 1024
     # Body limit of every route but the data path (management calls are small).
     max_other_body: int = 1024 * 1024
+    # The data path: the paths whose bodies may reach max_body.
+    data_paths: frozenset[bytes] = frozenset((b"/run", b"/jobs"))
     # Bytes of bodies being received that one process holds (past each body's first
     # SMALL_BODY); 0: room for four bodies of max_body, at least 256 MiB.
     body_budget: int = 0
@@ -59,6 +61,10 @@ class Limits:
     def __post_init__(self) -> None:
         self.body_budget = self.body_budget or max(4 * self.max_body, 256 * 1024 * 1024)
         self.send_timeout = self.send_timeout or self.body_timeout
+
+    def body_limit(self, path: bytes) -> int:
+        """The most bytes a body sent to ``path`` may have."""
+        return self.max_body if path in self.data_paths else self.max_other_body
 
 
 class BodyBudget:

@@ -13,6 +13,7 @@ from basic_inference_server import errors
 from basic_inference_server.gateway.api_table import FRONT, NATIVE, ROUTES, paths_listing
 from basic_inference_server.gateway.app import Front
 from basic_inference_server.gateway.management import build_management_app
+from basic_inference_server.gateway.openai_front import OpenAIRoutes
 from basic_inference_server.gateway.openapi import document, document_text, statuses
 from tests.conftest import ROOT
 
@@ -39,12 +40,14 @@ def test_flask_registers_exactly_the_table_routes_the_front_does_not_answer():
 
 
 def test_the_front_answers_the_table_native_routes_itself():
-    assert set(NATIVE) == {"/run", "/jobs", "/usage", "/dashboard/events"}
+    assert set(NATIVE) == {"/run", "/jobs", "/usage", "/dashboard/events", "/v1/chat/completions",
+                           "/v1/completions", "/v1/embeddings", "/v1/models"}
     # A path with a parameter is matched by its own handler (gateway/job_events.py).
     assert {r.path for r in ROUTES if r.view == FRONT} - set(NATIVE) == \
         {"/jobs/<string(length=32):job_id>/events"}
     for handler in NATIVE.values():
-        assert callable(getattr(Front, handler))
+        method = OpenAIRoutes.HANDLERS.get(handler)
+        assert callable(getattr(OpenAIRoutes, method) if method else getattr(Front, handler))
 
 
 def test_get_paths_lists_every_route_of_the_table():

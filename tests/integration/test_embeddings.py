@@ -50,3 +50,22 @@ def test_bad_texts_are_400(gw):
     assert_error(gw.run("embeddings", TEXTS=[]), 400)
     assert_error(gw.run("embeddings", TEXTS=[1, 2]), 400)
     assert_error(gw.run("embeddings", TEXTS=["ok"], QUERY=3), 400)
+
+
+def test_openai_embeddings_match_run_and_count_tokens(gw):
+    """The official client, unchanged: floats and base64 (its default) give /run's vectors."""
+    import openai
+
+    texts = [PARAPHRASE, UNRELATED]
+    direct = assert_ok(gw.run("embeddings", TEXTS=texts))
+    assert direct["prompt_tokens"] == direct["USAGE"] > len(texts)
+    with openai.OpenAI(base_url=gw.url("/v1"), api_key="unused", max_retries=0) as client:
+        as_floats = client.embeddings.create(model="embeddings", input=texts,
+                                             encoding_format="float")
+        as_base64 = client.embeddings.create(model="embeddings", input=texts)
+        one = client.embeddings.create(model="embeddings", input=QUERY)
+    for made in (as_floats, as_base64):
+        assert [d.index for d in made.data] == [0, 1]
+        assert np.allclose([d.embedding for d in made.data], direct["embeddings"], atol=1e-6)
+        assert made.usage.prompt_tokens == made.usage.total_tokens == direct["prompt_tokens"]
+    assert len(one.data) == 1 and len(one.data[0].embedding) == 384

@@ -1,0 +1,168 @@
+"""The OpenAI-compatible routes: ``/v1/chat/completions``, ``/v1/completions``,
+``/v1/embeddings`` and ``/v1/models``.
+
+Each call is authenticated as a ``/run`` is (``Authorization: Bearer <API key>``),
+validated (:mod:`.openai_schema`), then made into a ``/run`` of the endpoint or version
+its ``model`` names (through ``MODEL_ALIASES``) and handed to the run flow, so keys,
+limits, quotas, versions, rollouts, breakers and shadows apply as on ``/run``. The
+answer is made into OpenAI's objects (:mod:`.openai_answers`), errors too: on ``/v1``
+an error is ``{"error": {"message", "type", "param", "code"}}`` with the status it has
+on ``/run`` (``code``: the ``ERROR_TYPE`` there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from .. import protocol, streams
+from ..errors import BadRequest, MethodNotAllowed, NotFound, ServingError, StreamInvalid
+from ..wire.message import Answer, Request
+from . import openai_answers as answers
+from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest, OpenAIRequest, validated
+from .routes import RouteTable
+from .run_flow import RunFlow
+from .tenancy import Tenancy
+
+# Headers of the caller's request not passed to the /run it becomes: the body is new,
+# and the stream format is the front's choice.
+_DROPPED = frozenset((b"content-length", b"accept", b"content-type"))
+_NDJSON = (b"accept", streams.NDJSON_TYPE.encode())
+# An answer this large is decoded off the event loop.
+DECODE_OFF_LOOP = 256 * 1024
+
+
+class OpenAIRoutes:
+    """The OpenAI routes of one front process."""
+
+    def __init__(self, flow: RunFlow, routes: RouteTable, tenancy: Tenancy,
+                 aliases: dict[str, str], max_body: int) -> None:
+        self.flow = flow
+        self.routes = routes
+        self.tenancy = tenancy
+        self.aliases = aliases
+        self.max_body = max_body
+
+    # The API table's handler names (api_table.Route.native_handler) -> these methods.
+    HANDLERS = {"on_v1_chat_completions": "chat", "on_v1_completions": "completions",
+                "on_v1_embeddings": "embeddings", "on_v1_models": "models"}
+
+    def handlers(self) -> dict[str, Callable[[Request], Awaitable[Answer]]]:
+        """The front's handlers, by the name the API table gives them."""
+        return {name: getattr(self, method) for name, method in self.HANDLERS.items()}
+
+    async def chat(self, req: Request) -> Answer:
+        """``POST /v1/chat/completions``."""
+        return await self._generate(req, ChatRequest)
+
+    async def completions(self, req: Request) -> Answer:
+        """``POST /v1/completions``."""
+        return await self._generate(req, CompletionRequest)
+
+    async def embeddings(self, req: Request) -> Answer:
+        """``POST /v1/embeddings``."""
+        try:
+            ask = await self._request(req, EmbeddingRequest)
+            assert isinstance(ask, EmbeddingRequest)
+            answer = await self._run(req, ask)
+            if answer.status >= 400:
+                return answers.reshaped_error(answer)
+            body = await self._decoded(answer)
+            try:
+                made = answers.embeddings_answer(body, ask.model, ask.encoding_format == "base64")
+            except ValueError as err:
+                raise StreamInvalid(f"endpoint {ask.model}: {err}") from None
+            return Answer(200, [*answers.JSON_HEADERS, *answers.kept_headers(answer)],
+                          orjson.dumps(made))
+        except ServingError as err:
+            return answers.error_of(err)
+
+    async def models(self, req: Request) -> Answer:
+        """``GET /v1/models``: the endpoints, versions and aliases the caller's key may call."""
+        try:
+            if req.method != "GET":
+                raise MethodNotAllowed(f"{req.method} is not allowed on /v1/models; use GET",
+                                       allow=("GET",))
+            await self._identify(req)
+            names = [*self.routes.names(), *self.aliases]
+            key = req.key
+            if key is not None:
+                names = [n for n in names if key.allows(self._target(n).partition("@")[0])]
+            return Answer(200, list(answers.JSON_HEADERS),
+                          orjson.dumps(answers.model_list(sorted(set(names)))))
+        except ServingError as err:
+            return answers.error_of(err)
+
+    # -- the parts --------------------------------------------------------------------
+    async def _generate(self, req: Request, kind: type[OpenAIRequest]) -> Answer:
+        try:
+            ask = await self._request(req, kind)
+            assert isinstance(ask, (ChatRequest, CompletionRequest))
+            answer = await self._run(req, ask, stream=ask.stream)
+            if answer.status >= 400:
+                return answers.reshaped_error(answer)
+            completion = answers.Completion.of(isinstance(ask, ChatRequest), req.request_id,
+                                               ask.model, ask.include_usage)
+            headers = answers.kept_headers(answer)
+            if answer.stream is not None:
+                return Answer(200, [*answers.SSE_HEADERS, *headers],
+                              stream=completion.events(answer.stream))
+            made = answers.Generated()
+            body = await self._decoded(answer)
+            for chunk in body.get("CHUNKS") or [body]:
+                if isinstance(chunk, dict):
+                    made.add(chunk)
+            if ask.stream:  # an endpoint that does not stream: one chunk
+                return Answer(200, [*answers.SSE_HEADERS, *headers],
+                              stream=completion.replayed(made))
+            return Answer(200, [*answers.JSON_HEADERS, *headers],
+                          orjson.dumps(completion.whole(made)))
+        except ServingError as err:
+            return answers.error_of(err)
+
+    async def _identify(self, req: Request) -> None:
+        """The caller's key (401 first: before the body is read for mistakes)."""
+        if not self.tenancy.identify_now(req, internal=False):
+            await self.tenancy.identify(req)
+
+    async def _request(self, req: Request, kind: type[OpenAIRequest]) -> OpenAIRequest:
+        """The validated body of a POST."""
+        if req.method != "POST":
+            raise MethodNotAllowed(f"{req.method} is not allowed on {req.path}; use POST",
+                                   allow=("POST",))
+        await self._identify(req)
+        return validated(kind, protocol.parse_body(req.body, self.max_body))
+
+    def _target(self, model: str) -> str:
+        """The route a ``model`` names: an alias's target, else itself."""
+        return self.aliases.get(model, model)
+
+    async def _run(self, req: Request, ask: OpenAIRequest, stream: bool = False) -> Answer:
+        """The ``/run`` a call becomes, through the run flow."""
+        target = self._target(ask.model)
+        if self.routes.get(target) is None and self.routes.policy(target) is None:
+            raise NotFound(f"the model {ask.model!r} does not exist; GET /v1/models lists them",
+                           PARAM="model")
+        fields: dict[str, Any] = {"SIGNATURE": target, **ask.run_fields()}
+        headers = [(k, v) for k, v in req.headers if k not in _DROPPED]
+        if stream:
+            headers.append(_NDJSON)
+        run = dataclasses.replace(req, path="/run", query="", body=protocol.dumps(fields),
+                                  headers=headers)
+        return await self.flow.run(run)
+
+    async def _decoded(self, answer: Answer) -> dict[str, Any]:
+        """The JSON object of a whole answer."""
+        try:
+            if len(answer.body) > DECODE_OFF_LOOP:
+                body = await self.flow.off_loop(orjson.loads, answer.body)
+            else:
+                body = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            raise StreamInvalid("the endpoint's answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the endpoint's answer is not a JSON object")
+        return body
