@@ -1,65 +1,73 @@
 """A generative endpoint without a model: it answers with the words of the prompt.
 
-It speaks the generation contract (basic_inference_server/generation.py), so it serves
-``/v1/chat/completions`` and ``/v1/completions`` (docs/openai.md) as a real model
-would, thousands of tokens a second: for client code, tests and benchmarks of
-everything around a model. A token is a word.
+A :class:`GenerativeWorker` (docs/openai.md, "Serving a model"): its sequences share
+the decode steps of one loop (continuous batching), so it serves
+``/v1/chat/completions`` and ``/v1/completions`` as a real model would, at thousands
+of tokens a second: for client code, tests and benchmarks of everything around a
+model. A token is a word (and one more between two messages of a chat).
 
 * ``TEMPERATURE`` 0 (deterministic): the words of the last message (or of ``PROMPT``)
   in order; above 0, words drawn from them (``SEED`` repeats a draw).
-* It ends after the prompt's words (``finish_reason`` ``stop``), at ``MAX_TOKENS``
+* It ends after those words (``finish_reason`` ``stop``), at ``MAX_TOKENS``
   (``length``), or at a word in ``STOP``. ``IGNORE_EOS`` (or ``MIN_TOKENS``) goes on
   past the words, from the first again.
-* ``TOKEN_DELAY_MS`` (a setting) paces the words, as a model's decode steps would.
+* ``STEP_DELAY_MS`` (a setting) is what each decode step takes, whatever the number of
+  sequences in it, as on an accelerator.
+* Its vocabulary is the first ``VOCABULARY`` words it sees; later new words come back
+  as ``<unk>``.
 """
 
-import random
 import time
 
-from basic_inference_server import FlaskWorker
-from basic_inference_server.generation import GenerationParams, final_chunk, prompt_of
+from basic_inference_server.generation import GenerativeWorker
 
 _CONFIG = {
-    "MAX_PROMPT_CHARS": 100_000,
-    "MAX_TOKENS_CAP": 4096,  # the most MAX_TOKENS a request may ask for
-    "TOKEN_DELAY_MS": 0,
+    "STEP_DELAY_MS": 0,
+    "VOCABULARY": 100_000,
+    "MAX_SEQUENCES": 16,
 }
+EOS, UNKNOWN, BETWEEN = 0, 1, 2
 
 
-class ToyLlmWorker(FlaskWorker):
+class ToyLlmWorker(GenerativeWorker):
+    eos_token_ids = frozenset({EOS})
+
     def __init__(self, **kwargs):
         super().__init__(prefix_log="[TOY]", **kwargs)
+        self.words = ["", "<unk>", ""]
+        self.ids = {}
 
-    def _pre_process(self, inputs):
-        prompt = prompt_of(inputs, self.cfg_max_prompt_chars)
-        params = GenerationParams.of(inputs, self.cfg_max_tokens_cap)
-        if isinstance(prompt, list):
-            counted = sum(len(m["content"].split()) for m in prompt)
-            words = prompt[-1]["content"].split()
-        else:
-            words = prompt.split()
-            counted = len(words)
-        return words or ["..."], counted, params
+    def _id(self, word):
+        found = self.ids.get(word)
+        if found is None:
+            if len(self.words) >= self.cfg_vocabulary:
+                return UNKNOWN
+            found = self.ids[word] = len(self.words)
+            self.words.append(word)
+        return found
 
-    def _predict(self, prep):
-        words, prompt_tokens, params = prep
-        draw = random.Random(params.seed)
-        delay = self.cfg_token_delay_ms / 1000
-        made, reason = 0, "length"
-        while made < params.max_tokens:
-            past_end = made >= len(words)
-            if past_end and not params.ignore_eos and made >= params.min_tokens:
-                reason = "stop"
-                break
-            word = words[made % len(words)] if params.greedy else draw.choice(words)
-            if word in params.stop:
-                reason = "stop"
-                break
-            if delay:
-                time.sleep(delay)
-            made += 1
-            yield {"text": word if made == 1 else " " + word}
-        yield final_chunk(reason, prompt_tokens, made)
+    def _tokenize(self, prompt):
+        texts = [m["content"] for m in prompt] if isinstance(prompt, list) else [prompt]
+        tokens = []
+        for text in texts:
+            if tokens:
+                tokens.append(BETWEEN)
+            tokens.extend(self._id(word) for word in text.split())
+        return tokens
 
-    def _post_process(self, chunk):
-        return chunk
+    def _step(self, batch):
+        if self.cfg_step_delay_ms:
+            time.sleep(self.cfg_step_delay_ms / 1000)
+        return [self._next(seq) for seq in batch]
+
+    def _next(self, seq):
+        if seq.state is None:  # the answer's words: those after the last message's start
+            last = len(seq.prompt) - seq.prompt[::-1].index(BETWEEN) if BETWEEN in seq.prompt else 0
+            seq.state = seq.prompt[last:] or [UNKNOWN]
+        words, made, params = seq.state, len(seq.tokens), seq.params
+        if made >= len(words) and not params.ignore_eos and made >= params.min_tokens:
+            return EOS
+        return words[made % len(words)] if params.greedy else seq.rng.choice(words)
+
+    def _decode(self, seq):
+        return " ".join(self.words[t] for t in seq.tokens)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import BadRequest
-from ..generation import MAX_STOP, MAX_STOP_CHARS
+from ..generation.contract import MAX_STOP, MAX_STOP_CHARS
 
 # The most texts one /v1/embeddings request may hold, before the endpoint's own bound.
 MAX_INPUTS = 2048

@@ -12,6 +12,8 @@ the :class:`.stages.Chunks` of a stream. It raises :class:`~..errors.ServingErro
   generator) function always streams: no check per prediction.
 - :class:`.batching.Batcher`: ``MAX_BATCH_SIZE`` > 1, concurrent requests share
   ``_predict_batch`` calls.
+- A :class:`~..generation.GenerativeWorker` streams with ``MAX_SEQUENCES`` request
+  threads: its sequences share the decode steps of its loop (continuous batching).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Protocol
 
+from ..generation.worker import GenerativeWorker
 from ..worker import FlaskWorker
 from .batching import Batcher
 from .stages import run_stages
@@ -52,6 +55,8 @@ class SingleCompute:
 def choose_compute(worker: FlaskWorker) -> Compute:
     """The strategy of ``worker``, from its settings and its ``_predict``."""
     cfg = worker.config_data
+    if isinstance(worker, GenerativeWorker):  # batched by its decode loop, not by requests
+        return StreamingCompute(worker, worker.setting("MAX_SEQUENCES"))
     batch_size = int(cfg.get("MAX_BATCH_SIZE") or 1)
     if batch_size > 1:
         return Batcher(worker, batch_size, float(cfg.get("MAX_BATCH_DELAY_MS", 5)) / 1000)

@@ -30,10 +30,10 @@ class StreamingCompute:
     """The compute strategy (see :mod:`.compute`) of a ``_predict`` that is a generator
     or async generator function: every request streams, its items the chunks."""
 
-    concurrency = 1
-
-    def __init__(self, worker: FlaskWorker) -> None:
+    def __init__(self, worker: FlaskWorker, concurrency: int = 1) -> None:
         self.worker = worker
+        # A generative endpoint's streams wait on one decode loop: one thread each.
+        self.concurrency = concurrency
 
     def run(self, inputs: dict[str, Any]) -> Chunks:
         """The chunks of one streamed answer (see the module's docstring)."""
