@@ -172,9 +172,10 @@ KEY_REQUEST: Schema = {
                "type": "object", "required": ["RATE"], "additionalProperties": False,
                "properties": {"RATE": RATE, "BURST": BURST}}},
            MAX_CONCURRENT={"type": "integer", "minimum": 1, "maximum": 10**6},
-           QUOTA={"oneOf": [_quota("REQUESTS"), _quota("UNITS")]},
-           NAME={"type": "string", "maxLength": 200}),
-    "additionalProperties": False, "dependentRequired": {"BURST": ["RATE"]}}
+           QUOTA={"oneOf": [_quota("REQUESTS"), _quota("UNITS"), _quota("TOKENS")]},
+           NAME={"type": "string", "maxLength": 200}, TOKEN_RATE=RATE, TOKEN_BURST=BURST),
+    "additionalProperties": False,
+    "dependentRequired": {"BURST": ["RATE"], "TOKEN_BURST": ["TOKEN_RATE"]}}
 KEY_ID: Schema = {"type": "string", "minLength": 1}
 # A dashboard event's id: <state digest or ->.<newest sample ms>.<newest event ms>.
 DASHBOARD_CURSOR = r"^(?:([0-9a-f]{16})|-)\.([0-9]{1,15})\.([0-9]{1,15})$"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import struct
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,11 +156,15 @@ class Completion:
         obj = {**self._head(True), "choices": [], "usage": made.usage()}
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-    async def events(self, relay: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    async def events(self, relay: AsyncGenerator[bytes, None],
+                     ended: Callable[[Generated | None], Awaitable[None]]
+                     ) -> AsyncGenerator[bytes, None]:
         """The OpenAI stream of an NDJSON stream of events; closing it closes ``relay``
-        (which stops the endpoint's work)."""
+        (which stops the endpoint's work). ``ended`` gets what was generated once the
+        stream is over (None: it did not end with its done event)."""
         made = Generated()
         first = True
+        done = False
         try:
             async for block in relay:
                 out = []
@@ -173,6 +177,7 @@ class Completion:
                             out.append(self.chunk(text, first=first))
                             first = False
                     elif name == streams.DONE:
+                        done = True
                         out.append(self._ending(made))
                     else:
                         out.append(b"data: " + orjson.dumps(error_object(
@@ -182,6 +187,7 @@ class Completion:
                     yield b"".join(out)
         finally:
             await relay.aclose()
+            await ended(made if done else None)
 
     async def replayed(self, made: Generated) -> AsyncGenerator[bytes, None]:
         """The OpenAI stream of a whole answer (an endpoint that does not stream)."""

@@ -20,6 +20,9 @@ import orjson
 
 from .. import protocol, streams
 from ..errors import BadRequest, MethodNotAllowed, NotFound, ServingError, StreamInvalid
+from ..generation.contract import DEFAULT_MAX_TOKENS
+from ..tenants.metering import TENANT_TOKENS
+from ..tenants.token_budget import prompt_bound
 from ..wire.message import Answer, Request
 from . import openai_answers as answers
 from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest, OpenAIRequest, validated
@@ -98,23 +101,28 @@ class OpenAIRoutes:
 
     # -- the parts --------------------------------------------------------------------
     async def _generate(self, req: Request, kind: type[OpenAIRequest]) -> Answer:
+        ended: Callable[[answers.Generated | None], Awaitable[None]] | None = None
         try:
             ask = await self._request(req, kind)
             assert isinstance(ask, (ChatRequest, CompletionRequest))
+            ended = await self._budget(req, ask)
             answer = await self._run(req, ask, stream=ask.stream)
             if answer.status >= 400:
+                await ended(answers.Generated())  # nothing generated: nothing spent
                 return answers.reshaped_error(answer)
             completion = answers.Completion.of(isinstance(ask, ChatRequest), req.request_id,
                                                ask.model, ask.include_usage)
             headers = answers.kept_headers(answer)
             if answer.stream is not None:
-                return Answer(200, [*answers.SSE_HEADERS, *headers],
-                              stream=completion.events(answer.stream))
+                stream, ended = completion.events(answer.stream, ended), None
+                return Answer(200, [*answers.SSE_HEADERS, *headers], stream=stream)
             made = answers.Generated()
             body = await self._decoded(answer)
             for chunk in body.get("CHUNKS") or [body]:
                 if isinstance(chunk, dict):
                     made.add(chunk)
+            await ended(made)
+            ended = None
             if ask.stream:  # an endpoint that does not stream: one chunk
                 return Answer(200, [*answers.SSE_HEADERS, *headers],
                               stream=completion.replayed(made))
@@ -122,6 +130,35 @@ class OpenAIRoutes:
                           orjson.dumps(completion.whole(made)))
         except ServingError as err:
             return answers.error_of(err)
+        finally:
+            if ended is not None:  # failed on the way: what it reserved stays spent
+                await ended(None)
+
+    async def _budget(self, req: Request, ask: ChatRequest | CompletionRequest
+                      ) -> Callable[[answers.Generated | None], Awaitable[None]]:
+        """Reserve the request's tokens when its key has a token budget; what to call
+        with what it generated once it ended (None: unknown)."""
+        key = req.key
+        gate = self.tenancy.gate
+        hold = None
+        if key is not None and key.token_budget and gate is not None:
+            if isinstance(ask, ChatRequest):
+                texts, messages = [m.text() for m in ask.messages], len(ask.messages)
+                most = ask.max_completion_tokens or ask.max_tokens
+            else:
+                texts, messages, most = [ask.run_fields()["PROMPT"]], 0, ask.max_tokens
+            hold = await gate.tokens.reserve(
+                key, prompt_bound(texts, messages) + (most or DEFAULT_MAX_TOKENS))
+            req.budget = hold
+
+        async def ended(made: answers.Generated | None) -> None:
+            if key is not None and made is not None:
+                TENANT_TOKENS.labels(key.tenant, "prompt").inc(made.prompt_tokens)
+                TENANT_TOKENS.labels(key.tenant, "completion").inc(made.completion_tokens)
+            if hold is not None and gate is not None:
+                used = made.prompt_tokens + made.completion_tokens if made is not None else None
+                await gate.tokens.settle(hold, used)
+        return ended
 
     async def _identify(self, req: Request) -> None:
         """The caller's key (401 first: before the body is read for mistakes)."""
@@ -151,7 +188,7 @@ class OpenAIRoutes:
         if stream:
             headers.append(_NDJSON)
         run = dataclasses.replace(req, path="/run", query="", body=protocol.dumps(fields),
-                                  headers=headers)
+                                  headers=headers, budget=req.budget)
         return await self.flow.run(run)
 
     async def _decoded(self, answer: Answer) -> dict[str, Any]:

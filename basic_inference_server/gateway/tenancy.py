@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import Forbidden
 from ..tenants.gate import TenantGate
 from ..tenants.keys import ApiKey
 from ..tenants.limits import Decision, Plan
@@ -170,7 +171,7 @@ class KeyTenancy:
         key = req.key
         if key is None:
             return NO_HOLD
-        if key.quota is not None:
+        if key.quota is not None or (key.token_budget and req.budget is None):
             return None
         got = self.keys.admit_held(key, label)
         return None if got is None else TenantHold(key, label, *got)
@@ -179,6 +180,10 @@ class KeyTenancy:
         """Check the key's scope (403), limits (429) and quota (429)."""
         key = req.key
         assert key is not None  # (admit_now answers a request without one)
+        if key.token_budget and req.budget is None:
+            raise Forbidden("this API key has a token budget: it calls the OpenAI routes "
+                            "(/v1/chat/completions, /v1/completions), where a request's "
+                            "tokens are reserved before it runs", SIGNATURE=label)
         slot, limits = self.keys.admit_held(key, label) or await self.keys.admit(key, label)
         hold = TenantHold(key, label, slot, limits)
         if key.quota is not None:

@@ -36,6 +36,7 @@ from .metering import FLUSH_EVERY, Meter
 from .quotas import QuotaBook, Reservation
 from .shared import SharedLimits
 from .store import KeyStore, OffLoop, open_store
+from .token_budget import TokenBudget
 from .usage import period
 
 CHECK_EVERY = 0.25
@@ -64,6 +65,7 @@ class TenantGate:
         self.shared = SharedLimits(processes) if spec.fail_open and spec.redis else None
         self.local = Ahead(self.shared) if self.shared is not None else None
         self.quotas = QuotaBook(self.store, self.local is not None)
+        self.tokens = TokenBudget(self.store)
         self.meter = Meter()
         # The ledger's journal (LEDGER_POSTGRES): written before the answer goes out.
         self.journal = Journal(spec.journal) if spec.journal else None

@@ -86,6 +86,8 @@ class ApiKey:
     revoked: float | None = None
     expires: float | None = None  # end of a rotation's grace period
     lineage: str = ""  # the first key of its rotation chain: whose counters it uses
+    # Tokens a second and burst of its token bucket (TOKEN_RATE, TOKEN_BURST).
+    token_limit: Bucket | None = None
 
     def __post_init__(self) -> None:
         if not self.lineage:
@@ -98,6 +100,13 @@ class ApiKey:
     def allows(self, endpoint: str) -> bool:
         """Whether the key may call ``endpoint``."""
         return not self.endpoints or endpoint in self.endpoints
+
+    @cached_property
+    def token_budget(self) -> bool:
+        """Whether the key spends tokens (a token rate limit or a TOKENS quota): its
+        generations are reserved at admission (tenants/token_budget.py)."""
+        return self.token_limit is not None or (self.quota is not None
+                                                and self.quota.unit == "tokens")
 
     @cached_property
     def limited(self) -> bool:
@@ -116,6 +125,7 @@ class ApiKey:
         data["endpoint_limits"] = {k: Bucket(**v) for k, v in
                                    (data.get("endpoint_limits") or {}).items()}
         data["quota"] = Quota(**data["quota"]) if data.get("quota") else None
+        data["token_limit"] = Bucket(**data["token_limit"]) if data.get("token_limit") else None
         return cls(**data)
 
     def public(self) -> dict[str, Any]:
@@ -125,7 +135,9 @@ class ApiKey:
                 "LIMIT": asdict(self.limit) if self.limit else None,
                 "ENDPOINT_LIMITS": {k: asdict(v) for k, v in self.endpoint_limits.items()},
                 "MAX_CONCURRENT": self.max_concurrent,
-                "QUOTA": asdict(self.quota) if self.quota else None, "CREATED": self.created,
+                "QUOTA": asdict(self.quota) if self.quota else None,
+                "TOKEN_LIMIT": asdict(self.token_limit) if self.token_limit else None,
+                "CREATED": self.created,
                 "REVOKED": self.revoked, "EXPIRES": self.expires, "LINEAGE": self.lineage}
 
 
@@ -162,7 +174,7 @@ def _bucket(spec: Any, what: str) -> Bucket:
 
 
 FIELDS = {"TENANT", "NAME", "ENDPOINTS", "READ_ALL_JOBS", "RATE", "BURST", "ENDPOINT_LIMITS",
-          "MAX_CONCURRENT", "QUOTA"}
+          "MAX_CONCURRENT", "QUOTA", "TOKEN_RATE", "TOKEN_BURST"}
 
 
 def _scopes(args: dict[str, Any]) -> tuple[str, list[str], bool, str]:
@@ -203,10 +215,14 @@ def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
         raise BadRequest(f"unknown fields {unknown}; a key takes {sorted(FIELDS)}")
     tenant, endpoints, read_all, name = _scopes(args)
     limit, endpoint_limits, concurrent = _limits(args)
+    tokens = _bucket({k.removeprefix("TOKEN_"): args[k] for k in ("TOKEN_RATE", "TOKEN_BURST")
+                      if k in args}, "TOKEN_RATE/TOKEN_BURST") \
+        if "TOKEN_RATE" in args or "TOKEN_BURST" in args else None
     secret = new_secret()
     key = ApiKey(id="key_" + secrets.token_hex(8), tenant=tenant, hash=digest(secret),
                  endpoints=endpoints, read_all_jobs=read_all, limit=limit,
                  endpoint_limits=endpoint_limits, max_concurrent=concurrent, name=name,
+                 token_limit=tokens,
                  quota=quota_from_request(args["QUOTA"]) if "QUOTA" in args else None)
     return key, secret
 

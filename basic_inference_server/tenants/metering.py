@@ -41,9 +41,13 @@ TENANT_FAMILIES = {
                             ["tenant", "endpoint", "status"]),
     "bis_tenant_units": (f"Units endpoints reported (USAGE) per tenant (the {TOP_TENANTS} with "
                          "the most requests, then 'other') and endpoint", ["tenant", "endpoint"]),
+    "bis_tenant_tokens": (f"Tokens of the OpenAI routes' answers per tenant (the {TOP_TENANTS} "
+                          "with the most requests, then 'other') and kind: prompt, completion",
+                          ["tenant", "kind"]),
 }
 TENANT_REQUESTS = Counter("bis_tenant_requests_total", *TENANT_FAMILIES["bis_tenant_requests"])
 TENANT_UNITS = Counter("bis_tenant_units_total", *TENANT_FAMILIES["bis_tenant_units"])
+TENANT_TOKENS = Counter("bis_tenant_tokens_total", *TENANT_FAMILIES["bis_tenant_tokens"])
 
 Row = tuple[str, str, str, float, float, float, float]  # tenant, endpoint, day, *COLUMNS
 

@@ -62,7 +62,7 @@ class QuotaBook:
         """A requests quota: one request reserved (to keep or give back); a units
         quota: checked. 429 ``quota_exceeded`` when nothing is left."""
         quota = key.quota
-        if quota is None:
+        if quota is None or quota.unit == "tokens":  # reserved by the token budget
             return None
         now = time.time()
         counter = (key.lineage, period(quota.per, now)[0])

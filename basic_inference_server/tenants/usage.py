@@ -22,7 +22,7 @@ from .. import protocol
 from ..errors import BadRequest, ServingError
 
 PERIODS = ("day", "month")
-UNITS = ("requests", "units")
+UNITS = ("requests", "units", "tokens")
 # Answers up to this size are decoded to take USAGE out; a larger one is never decoded
 # (a large answer of small values takes tens of times its size decoded, and the time
 # holds the front's loop): its USAGE is cut from the bytes.
@@ -39,12 +39,13 @@ class Quota:
 
 
 def quota_from_request(spec: Any) -> Quota:
-    """``{"REQUESTS": n}`` or ``{"UNITS": n}``, and ``"PER": "day" | "month"``."""
-    if not isinstance(spec, dict) or set(spec) - {"REQUESTS", "UNITS", "PER"} \
-            or len(set(spec) & {"REQUESTS", "UNITS"}) != 1:
-        raise BadRequest('QUOTA must be {"REQUESTS": n} or {"UNITS": n}, with "PER": "day" '
-                         'or "month"')
-    unit = "requests" if "REQUESTS" in spec else "units"
+    """``{"REQUESTS": n}``, ``{"UNITS": n}`` or ``{"TOKENS": n}`` (reserved at admission
+    on the OpenAI routes: tenants/token_budget.py), and ``"PER": "day" | "month"``."""
+    names = {u.upper() for u in UNITS}
+    if not isinstance(spec, dict) or set(spec) - names - {"PER"} or len(set(spec) & names) != 1:
+        raise BadRequest('QUOTA must be {"REQUESTS": n}, {"UNITS": n} or {"TOKENS": n}, with '
+                         '"PER": "day" or "month"')
+    unit = next(u for u in UNITS if u.upper() in spec)
     amount = spec[unit.upper()]
     if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not 0 < amount <= 1e15:
         raise BadRequest(f"QUOTA.{unit.upper()} must be a number > 0, got {amount!r}")

@@ -108,6 +108,8 @@ class Request:
     http10: bool = False
     key: Any = None  # tenants.keys.ApiKey, with API_KEYS on
     limits: Any = None  # tenants.limits.Decision: RateLimit-* headers of the answer
+    # tenants.token_budget.TokenHold: the tokens reserved for it (the OpenAI routes).
+    budget: Any = None
     received: float = 0.0  # time.perf_counter() at its last byte (SERVER_TIMING's start)
     # SERVER_TIMING, at the gateway: when the upstream call began and ended.
     upstream_span: tuple[float, float] | None = None

@@ -272,3 +272,12 @@ def test_the_alert_rules_and_the_dashboard_are_deployed(overlay):
     assert board["metadata"]["labels"]["grafana_dashboard"] == "1"
     shipped = (DEPLOY.parent / "monitoring" / "grafana-dashboard.json").read_text()
     assert board["data"] == {"grafana-dashboard.json": shipped}
+
+
+def test_the_token_scaling_example_validates_against_the_crd():
+    example = ROOT / "deploy" / "kubernetes" / "examples" / "keda-tokens.yaml"
+    objects = [o for o in yaml.safe_load_all(example.read_text()) if o]
+    assert [o["kind"] for o in objects] == ["ScaledObject"]
+    jsonschema.validate(objects[0], KEDA_SCHEMAS["keda.sh/v1alpha1", "ScaledObject"])
+    trigger = objects[0]["spec"]["triggers"][0]
+    assert "bis_tenant_tokens_total" in trigger["metadata"]["query"]
