@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts.manifest import ModelRef, ModelRefError
+from .cache_settings import CACHE_SETTINGS
 from .errors import ConfigError
 from .gateway_settings import GATEWAY_SETTINGS, check_token
 from .hosts import NO_HOST, check_host
@@ -227,7 +228,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "GPU_MEMORY_MB (torch.cuda.set_per_process_memory_fraction), so a worker "
                 "that outgrows its declared need fails alone instead of starving its "
                 "neighbours."),
-    ] + TRAFFIC_SETTINGS + STREAM_SETTINGS
+    ] + TRAFFIC_SETTINGS + STREAM_SETTINGS + CACHE_SETTINGS
 }
 
 

@@ -214,6 +214,7 @@ class Route:
     # how long a request to it waits while it starts again.
     idle_timeout: float | None = None
     cold_start_timeout: float = 0.0
+    cache: dict[str, Any] | None = None  # CACHE, its defaults filled in
     record: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -235,7 +236,7 @@ class Route:
                    last_error=self.last_error, retry_after=self.retry_after,
                    max_queue_depth=self.max_queue_depth, max_queue_bytes=self.max_queue_bytes,
                    max_in_flight=self.max_in_flight, idle_timeout=self.idle_timeout,
-                   cold_start_timeout=self.cold_start_timeout)
+                   cold_start_timeout=self.cold_start_timeout, cache=self.cache)
         return out
 
     @classmethod
@@ -254,7 +255,7 @@ class Route:
                    remote=record.get("remote"), pipeline=record.get("pipeline"),
                    idle_timeout=record.get("idle_timeout"),
                    cold_start_timeout=float(record.get("cold_start_timeout") or 0),
-                   record=record)
+                   cache=record.get("cache"), record=record)
 
 
 @dataclass(frozen=True)

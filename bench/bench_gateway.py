@@ -248,8 +248,9 @@ class Gateway:
     """``run_gateway.py`` started in its own session on free ports; always stopped."""
 
     def __init__(self, label: str, config: dict[str, Any], workdir: Path,
-                 stop_grace: float = 15.0) -> None:
+                 stop_grace: float = 15.0, cache: Path | None = None) -> None:
         self.label = label
+        self.cache = cache  # its own cache folder (several gateways at once); None: _cache
         self.config = config
         self.workdir = workdir
         self.stop_grace = stop_grace
@@ -265,6 +266,8 @@ class Gateway:
         self.config_path.write_text(json.dumps(self.config, indent=2))
         cmd = [sys.executable, str(RUN_GATEWAY), "--host", "127.0.0.1", "--port", str(self.port),
                "--config", str(self.config_path), "--endpoints", str(ENDPOINTS)]
+        if self.cache is not None:
+            cmd += ["--cache", str(self.cache)]
         logfile = open(self.log_path, "wb")  # noqa: SIM115 - the child keeps it
         try:
             self.spawned_at = time.perf_counter()

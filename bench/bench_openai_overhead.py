@@ -30,19 +30,21 @@ BOUND_MS = 0.3
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-def timed(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str],
-          n: int) -> list[float]:
-    """``n`` POSTs of ``body`` on one connection: each one's seconds (an error raises)."""
-    out = []
+def timed_answers(conn: http.client.HTTPConnection, path: str, body: bytes, n: int,
+                  headers: dict[str, str] | None = None) -> tuple[list[float], list[bytes]]:
+    """``n`` POSTs of ``body`` on one connection: each one's seconds and answer (an error
+    raises)."""
+    seconds, answers = [], []
     for _ in range(n):
         began = time.perf_counter()
-        conn.request("POST", path, body, headers)
+        conn.request("POST", path, body, headers or {"Content-Type": "application/json"})
         resp = conn.getresponse()
         data = resp.read()
-        out.append(time.perf_counter() - began)
+        seconds.append(time.perf_counter() - began)
+        answers.append(data)
         if resp.status != 200:
             raise BenchError(f"{path} answered {resp.status}: {data[:300]!r}")
-    return out
+    return seconds, answers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,16 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             gw.wait_ready(60)
             conns = {name: http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
                      for name in ("v1", "run")}
-            timed(conns["v1"], "/v1/chat/completions", v1, plain, 50)  # warm up
-            timed(conns["run"], "/run", run, run_headers, 50)
+            timed_answers(conns["v1"], "/v1/chat/completions", v1, 50, plain)  # warm up
+            timed_answers(conns["run"], "/run", run, 50, run_headers)
             for i in range(args.rounds):
                 order = ("v1", "run") if i % 2 == 0 else ("run", "v1")
                 p50 = {}
                 for name in order:
                     path, body, headers = (("/v1/chat/completions", v1, plain) if name == "v1"
                                            else ("/run", run, run_headers))
-                    p50[name] = statistics.median(timed(conns[name], path, body, headers,
-                                                        args.requests)) * 1000
+                    seconds, _ = timed_answers(conns[name], path, body, args.requests, headers)
+                    p50[name] = statistics.median(seconds) * 1000
                 row = {"v1_p50_ms": round(p50["v1"], 4), "run_p50_ms": round(p50["run"], 4),
                        "added_ms": round(p50["v1"] - p50["run"], 4)}
                 results["rounds"].append(row)

@@ -82,8 +82,8 @@ class ChatWorker(GenerativeWorker):
                              f"MAX_TOKENS_CAP in the model's context of {self.context}")
         return list(tokens)
 
-    def _decode(self, seq):
-        return self.tokenizer.decode(seq.tokens, skip_special_tokens=True)
+    def _decode(self, tokens):
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _release(self, seq):
         self.batch.drop(seq)

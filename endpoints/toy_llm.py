@@ -69,5 +69,5 @@ class ToyLlmWorker(GenerativeWorker):
             return EOS
         return words[made % len(words)] if params.greedy else seq.rng.choice(words)
 
-    def _decode(self, seq):
-        return " ".join(self.words[t] for t in seq.tokens)
+    def _decode(self, tokens):
+        return " ".join(self.words[t] for t in tokens)

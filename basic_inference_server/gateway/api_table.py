@@ -183,7 +183,7 @@ DAY: Schema = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 
 ROUTES: tuple[Route, ...] = (
     Route("/run", ("POST", "GET"), "data", "run an endpoint: body {SIGNATURE, ...}",
-          (200, 202, 400, 404, 405, 413, 429, 500, 502, 503, 504), view=FRONT,
+          (200, 202, 400, 404, 405, 409, 413, 429, 500, 502, 503, 504), view=FRONT,
           request=RUN_BODY, response=RUN_ANSWER, bodies={202: JOB_ACCEPTED}, streams=True,
           params=(Param("SIGNATURE", SIGNATURE, required=True,
                         description="GET only: the endpoint; other query fields are its inputs"),),
@@ -258,8 +258,11 @@ ROUTES: tuple[Route, ...] = (
     managed("/rollout/abort", "end a rollout: all traffic back to the stable version now: "
             "{SIGNATURE, REASON}", (200, 400, 404, 409), post=api.ROLLOUT_ABORT),
     Route("/jobs", ("POST",), "data", "submit an async job (as /run with ASYNC true): 202 + JOB_ID",
-          (202, 400, 404, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
-          response=JOB_ACCEPTED),
+          (202, 400, 404, 409, 413, 429, 503), view=FRONT, request=RUN_REQUEST,
+          response=JOB_ACCEPTED, params=(Param(
+              "Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255,
+                                  "pattern": "^[ -~]+$"}, where="header",
+              description="the same key again: the same job (202, Idempotent-Replayed)"),)),
     Route("/jobs/<string(length=32):job_id>", ("GET", "DELETE"), "data",
           "GET: status, attempts, timestamps and result of a job; DELETE: cancel it (200 "
           "cancelled; 202 running, stopping; 409 already over)", (200, 202, 404, 409, 503),

@@ -14,19 +14,37 @@ from typing import Any
 
 from .. import protocol
 from ..contracts import EndpointState
-from ..errors import ServingError
+from ..errors import BadRequest, ServingError
 from ..names import split_target
 from ..tenants.keys import ApiKey
 from ..tenants.quotas import Reservation
 from ..wire.message import Answer, Request, error_answer
 from . import metrics
-from .jobs import JobsFront, job_route
+from .jobs import JobsFront, Once, job_route
 from .routes import RouteTable
 from .run_plan import NO_LABEL, header, series
 from .tenancy import NO_HOLD, Tenancy, TenantHold
 
 # Bodies this large are decoded off the event loop.
 DECODE_SMALL = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def queued_now(answer: Answer | None) -> bool:
+    """Whether a submission queued a job (not refused, not an Idempotency-Key's replay)."""
+    return answer is not None and answer.status == 202 \
+        and ("Idempotent-Replayed", "true") not in answer.headers
+
+
+def idempotency_key(req: Request) -> str | None:
+    """The request's ``Idempotency-Key`` (None: it has none); 400 when unusable."""
+    value = header(req, b"idempotency-key")
+    if value is None:
+        return None
+    if not (0 < len(value) <= MAX_IDEMPOTENCY_KEY and value.isascii() and value.isprintable()):
+        raise BadRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII "
+                         "characters")
+    return value
 OffLoop = Callable[..., Awaitable[Any]]
 Meta = Callable[[], dict[str, Any]]
 
@@ -54,6 +72,7 @@ class JobSubmitter:
                 if len(req.body) > DECODE_SMALL else protocol.parse_body(req.body)
             name = protocol.signature_of(body)
             label = split_target(name)[0]
+            idempotency = idempotency_key(req)
             held = await self._admit(req, label)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), label, None), err.status)
@@ -62,13 +81,15 @@ class JobSubmitter:
         # The job runs with the tenant as X-Customer-ID, as a /run would: the key's, or
         # without keys the one the client sent.
         customer = key.tenant if key else header(req, b"x-customer-id")
+        once = Once.of(idempotency, customer, name, body) if idempotency is not None else None
         answer: Answer | None = None
         try:
-            answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer)
+            answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer,
+                                         once)
             self._wake_if_idle(name, answer)
         finally:
-            if held is not None and (answer is None or answer.status != 202):
-                await self.tenancy.release(TenantHold(reservation=held))  # not queued
+            if held is not None and not queued_now(answer):
+                await self.tenancy.release(TenantHold(reservation=held))
         return answer
 
     def _wake_if_idle(self, name: str, answer: Answer) -> None:
@@ -94,13 +115,13 @@ class JobSubmitter:
         return reservation
 
     def enqueue(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
-                customer: str | None = None) -> Answer:
+                customer: str | None = None, once: Once | None = None) -> Answer:
         """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes); in the pool."""
         try:
             route = job_route(self.routes.table().record, name) \
                 or job_route(self.routes.table(fresh=True).record, name)
             status, headers, answer = self.jobs.submit(name, body, size, route, self.meta(),
-                                                       customer, key.id if key else None)
+                                                       customer, key.id if key else None, once)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), *split_target(name)), err.status)
             return error_answer(err, self.meta())

@@ -17,13 +17,16 @@ connections must not be shared across processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from flask import Response, request
 from prometheus_client.core import GaugeMetricFamily
 
@@ -40,6 +43,52 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 Reply = Callable[..., Response]
+
+
+@dataclass(frozen=True)
+class Once:
+    """A job asked for with an ``Idempotency-Key``: its id, derived from the tenant and
+    the key, and the digest of its request (a key reused for another one is a 409)."""
+
+    job_id: str
+    digest: str
+
+    @classmethod
+    def of(cls, key: str, tenant: str | None, name: str, body: dict[str, Any]) -> Once:
+        """The job of ``key`` for ``tenant`` (None: no tenant: keys off, no customer)."""
+        scope = hashlib.blake2b(f"{tenant or ''}\0{key}".encode(), digest_size=16,
+                                person=b"bis-idempotency")
+        request = hashlib.blake2b(name.encode() + b"\0" + orjson.dumps(
+            body, option=orjson.OPT_SORT_KEYS), digest_size=16)
+        return cls(scope.hexdigest(), request.hexdigest())
+
+
+def create_record(results: ResultStore, job: Job, once: Once | None) -> bool:
+    """Record a job as queued; with an Idempotency-Key only when its id has no record yet
+    (False: made before)."""
+    if once is None:
+        results.create(job)
+        return True
+    if not results.create_once(job):
+        return False
+    results.update(job.id, {"IDEMPOTENCY": once.digest})
+    return True
+
+
+def replayed(record: dict[str, Any] | None, job_id: str, once: Once, meta: dict[str, Any]
+             ) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to an Idempotency-Key used before: its job, as it is now (409 when the
+    key came with another request)."""
+    record = record or {}
+    if record.get("IDEMPOTENCY") not in (None, once.digest):
+        raise Conflict("this Idempotency-Key was used for another request; use a new key for "
+                       "a new request", JOB_ID=job_id)
+    location = f"/jobs/{job_id}"
+    answer = protocol.dumps({"JOB_ID": job_id, "STATUS": record.get("STATUS", QUEUED),
+                             "SIGNATURE": record.get("SIGNATURE"), "STATUS_URL": location,
+                             **meta})
+    return 202, [("Content-Type", protocol.JSON), ("Location", location),
+                 ("Idempotent-Replayed", "true")], answer
 
 
 class JobsFront:
@@ -79,17 +128,18 @@ class JobsFront:
 
     # -- submit (from the front's /run and POST /jobs, in its thread pool) ---------------
     def submit(self, name: str, body: dict[str, Any], size: int, route: dict[str, Any] | None,
-               meta: dict[str, Any], tenant: str | None = None, key_id: str | None = None
-               ) -> tuple[int, list[tuple[str, str]], bytes]:
+               meta: dict[str, Any], tenant: str | None = None, key_id: str | None = None,
+               once: Once | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
         """Record and enqueue one request; answer 202 with its job id, as status, headers
         and body. ``size``: its body's bytes; ``tenant``: the customer id the endpoint
         gets when the job runs (its API key's, with API_KEYS on); ``key_id``: that key,
-        charged for the run."""
+        charged for the run; ``once``: its Idempotency-Key's job id and body digest."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self._backends()
         body = {k: v for k, v in body.items() if k != "ASYNC"}
-        job = Job(endpoint=name, body=body, tenant=tenant, key_id=key_id)
+        job = Job(endpoint=name, body=body, tenant=tenant, key_id=key_id,
+                  **({"id": once.job_id} if once is not None else {}))
         max_depth = route.get("max_queue_depth")
         max_bytes = route.get("max_queue_bytes")
         if max_bytes is not None:
@@ -100,8 +150,9 @@ class JobsFront:
                                 "again later", retry_after=1, SIGNATURE=name,
                                 MAX_QUEUE_BYTES=max_bytes)
 
-        def enqueue() -> bool:
-            results.create(job)
+        def enqueue() -> bool | None:
+            if not create_record(results, job, once):
+                return None  # made before: the same job
             if key_id is not None:  # with API keys: the job is its tenant's only
                 results.update(job.id, {"TENANT": tenant})
             results.add_event(job.id, QUEUED, {"SIGNATURE": name}, self._spec().ttl)
@@ -114,7 +165,12 @@ class JobsFront:
                 results.delete(job.id)
             return accepted
 
-        if not self._backend_call("enqueuing a job", enqueue):
+        made = self._backend_call("enqueuing a job", enqueue)
+        if made is None:
+            assert once is not None
+            return replayed(self._backend_call("reading a job", lambda: results.get(job.id)),
+                            job.id, once, meta)
+        if not made:
             raise QueueFull(f"the job queue of {name} holds {max_depth} jobs (MAX_QUEUE_DEPTH); "
                             "try again later", retry_after=1, SIGNATURE=name,
                             MAX_QUEUE_DEPTH=max_depth)

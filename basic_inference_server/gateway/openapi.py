@@ -159,7 +159,7 @@ def _operation(route: Route, method: str) -> dict[str, Any]:
     }
     if route.description:
         op["description"] = route.description
-    params = [p for p in route.params if p.where == "path" or method == "GET"]
+    params = [p for p in route.params if p.where in ("path", "header") or method == "GET"]
     if params:
         op["parameters"] = [{"name": p.name, "in": p.where, "required": p.required,
                              "schema": p.schema, **({"description": p.description}

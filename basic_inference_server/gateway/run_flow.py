@@ -22,6 +22,7 @@ from ..errors import BadRequest, MethodNotAllowed, ServingError
 from ..traffic.shadow import Shadow
 from ..wire.message import Answer, Request, error_answer
 from . import metrics
+from .answer_cache import CACHE_EVENTS, AnswerCache
 from .dispatch import Dispatcher
 from .pipelines import StreamedPipeline
 from .routes import RouteTable
@@ -65,6 +66,7 @@ class RunFlow:
         # SERVER_TIMING: the upstream call is timed (off: no clock read at all).
         self.forward = self._timed_forward if timing else dispatcher.dispatch
         self.planner = Planner()
+        self.cache = AnswerCache()
 
     async def run(self, req: Request) -> Answer:
         """``/run``: route by SIGNATURE, forward, pass the answer through. With
@@ -84,7 +86,7 @@ class RunFlow:
                                      self.dispatcher.may_take)
             hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
             req.limits = hold.limits
-            resp = await self.forward(plan.target, raw, req)
+            resp = await self._answer(plan, raw, req)
             if resp.stream is not None:  # charged when it ends
                 hold, units = tenancy.stream_held(hold, resp, started), None
             else:
@@ -98,6 +100,25 @@ class RunFlow:
                 await tenancy.release(hold)
         self.mirror(plan, raw, req, resp)
         return self._answered(req, resp, plan, units, started)
+
+    async def _answer(self, plan: RunPlan, raw: bytes, req: Request) -> UpstreamResponse:
+        """The endpoint's answer, or the one kept for the same request (``CACHE``)."""
+        route = self.routes.get(plan.target)
+        settings = route.cache if route is not None else None
+        if settings is None:
+            return await self.forward(plan.target, raw, req)
+        if not self.cache.cacheable(req, raw):
+            CACHE_EVENTS.labels(plan.label, "skipped").inc()
+            return await self.forward(plan.target, raw, req)
+        key = self.cache.key(req, plan.target, raw)
+        kept = self.cache.get(plan.target, key)
+        if kept is not None:
+            CACHE_EVENTS.labels(plan.label, "hit").inc()
+            return kept
+        CACHE_EVENTS.labels(plan.label, "miss").inc()
+        resp = await self.forward(plan.target, raw, req)
+        self.cache.put(plan.target, key, resp, settings)
+        return resp
 
     async def _timed_forward(self, target: str, raw: bytes, req: Request) -> UpstreamResponse:
         """The dispatch of a request, its span kept for its Server-Timing (SERVER_TIMING)."""

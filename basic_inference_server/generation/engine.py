@@ -37,7 +37,7 @@ class Model(Protocol):
 
     def _step(self, batch: list[Sequence]) -> list[int]: ...
 
-    def _decode(self, seq: Sequence) -> str: ...
+    def _decode(self, tokens: list[int]) -> str: ...
 
     def _release(self, seq: Sequence) -> None: ...
 
@@ -69,6 +69,11 @@ class Sequence:
     cancelled: bool = False
     holdback: int = field(init=False)
     _text: str = ""  # decoded and sent
+    _made: str = ""  # decoded: sent, and held back
+    # Incremental decoding: the tokens from _prefix on are decoded again at each step,
+    # those before _read already gave their text (as vLLM's detokenizer does).
+    _prefix: int = 0
+    _read: int = 0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.params.seed)
@@ -175,8 +180,10 @@ class Engine:
                 and len(seq.tokens) >= params.min_tokens):
             return "stop"
         seq.tokens.append(token)
-        text = self.model._decode(seq)
         reason = "length" if len(seq.tokens) >= params.max_tokens else None
+        text = self._decoded(seq, final=reason is not None)
+        if text is None:
+            return None  # the rest of the character comes with the next token
         for stop in params.stop:
             at = text.find(stop, len(seq._text))
             if at >= 0:
@@ -184,13 +191,23 @@ class Engine:
                 break
         ready = len(text)
         if reason is None:
-            if text.endswith(PARTIAL):
-                return None  # the rest of the character comes with the next token
             ready -= seq.holdback  # what may still become the start of a stop string
         if ready > len(seq._text) and text.startswith(seq._text):
             seq.out.put(text[len(seq._text):ready])
             seq._text = text[:ready]
         return reason
+
+    def _decoded(self, seq: Sequence, final: bool) -> str | None:
+        """The sequence's whole text so far, decoding only its last few tokens (a
+        decode of every token at each step would make a long answer quadratic); None
+        while its last character is partial (unless ``final``)."""
+        before = self.model._decode(seq.tokens[seq._prefix:seq._read])
+        now = self.model._decode(seq.tokens[seq._prefix:])
+        if now.endswith(PARTIAL) and not final:
+            return None
+        seq._made += now[len(before):]
+        seq._prefix, seq._read = seq._read, len(seq.tokens)
+        return seq._made
 
     def _leave(self, gone: list[Sequence]) -> None:
         if not gone:

@@ -10,7 +10,7 @@ fields, sampling bounds, the batch, the ends, the text, cancellation, usage)::
             return [...]                    # the prompt's token ids
         def _step(self, batch):             # one decode step over the running batch
             return [next_token(seq) for seq in batch]
-        def _decode(self, seq):             # the text of seq.tokens, so far
+        def _decode(self, tokens):          # the text of some of a sequence's tokens
             return "..."
 
 ``_step`` gets the sequences decoding now (:class:`.engine.Sequence`): one whose
@@ -66,8 +66,9 @@ class GenerativeWorker(FlaskWorker):
         """One decode step: the next token of each sequence of ``batch``, in order."""
         raise NotImplementedError
 
-    def _decode(self, seq: Sequence) -> str:
-        """The text of a sequence's generated tokens (``seq.tokens``)."""
+    def _decode(self, tokens: list[int]) -> str:
+        """The text of a run of a sequence's generated tokens (the engine decodes the
+        last few at each step, not all: keep it a plain decode)."""
         raise NotImplementedError
 
     def _release(self, seq: Sequence) -> None:

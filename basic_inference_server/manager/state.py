@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cache_settings import cache_of
 from ..config import EndpointConfig
 from ..contracts import EndpointState as State
 from ..contracts import Route, RouteSnapshot, TrafficPolicy
@@ -439,7 +440,7 @@ class Endpoint:
             max_in_flight=self.max_in_flight(), remote=remote,
             pipeline=None if remote else s["PIPELINE"] or None,
             idle_timeout=s["IDLE_TIMEOUT"] if s["MIN_WORKERS"] == 0 else None,
-            cold_start_timeout=s["COLD_START_TIMEOUT"])
+            cold_start_timeout=s["COLD_START_TIMEOUT"], cache=cache_of(s["CACHE"]))
 
     def max_in_flight(self) -> int:
         """The front's bulkhead: ``MAX_IN_FLIGHT``, else what the live workers can hold

@@ -193,6 +193,11 @@ class ResultStore(ABC):
         """Record a job as queued (before it is enqueued)."""
 
     @abstractmethod
+    def create_once(self, job: Job) -> bool:
+        """:meth:`create`, only when no record of ``job.id`` exists, in one atomic step
+        (an ``Idempotency-Key``'s job): True when this call made it."""
+
+    @abstractmethod
     def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
                only_if: str | None = None) -> bool:
         """Merge ``fields`` into the record; a record already ``done`` or ``cancelled``

@@ -66,6 +66,20 @@ class PgResults(ResultStore):
             "submitted_at = excluded.submitted_at, expires_at = NULL, record = excluded.record",
             (job.id, job.endpoint, QUEUED, job.submitted_at, Json(record_of(job))))
 
+    def create_once(self, job: Job) -> bool:
+        """Record a job as queued unless its id has an unexpired record."""
+        conn = self._conn()
+        with conn.transaction():
+            gone = conn.execute("DELETE FROM bis_job_results WHERE id = %s AND expires_at IS NOT "
+                                "NULL AND expires_at <= %s", (job.id, time.time()))
+            if gone.rowcount:  # an expired job of the same id: its events go too
+                conn.execute("DELETE FROM bis_job_events WHERE job_id = %s", (job.id,))
+            made = conn.execute(
+                "INSERT INTO bis_job_results (id, endpoint, status, submitted_at, record) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                (job.id, job.endpoint, QUEUED, job.submitted_at, Json(record_of(job))))
+            return made.rowcount == 1
+
     def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
                only_if: str | None = None) -> bool:
         """Merge ``fields`` into the record."""

@@ -312,6 +312,16 @@ class RedisQueue(JobQueue):
         self.r.close()
 
 
+# Makes a job's record unless one exists. KEYS: the record, the endpoint's pending set.
+# ARGV: the job id, its submission time, then the record's fields and values.
+CREATE_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
+
 class RedisResults(ResultStore):
     """Job records as hashes (each field JSON-encoded), expiring ``ttl`` after they end."""
 
@@ -336,6 +346,16 @@ class RedisResults(ResultStore):
         pipe.hset(self._key(job.id), mapping=record)
         pipe.zadd(self._pending(job.endpoint), {job.id: job.submitted_at})
         pipe.execute()
+
+    def create_once(self, job: Job) -> bool:
+        """Record a job as queued unless its id has a record: a script, so that the
+        check and the write are one step."""
+        record = {k: orjson.dumps(v) for k, v in record_of(job).items()}
+        args: list[str | bytes] = [job.id, str(job.submitted_at)]
+        for name, value in record.items():
+            args += [name, value]
+        return bool(self.r.eval(CREATE_ONCE, 2, self._key(job.id), self._pending(job.endpoint),
+                                *args))
 
     def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
                only_if: str | None = None) -> bool:

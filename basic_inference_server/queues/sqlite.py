@@ -291,6 +291,19 @@ class SqliteResults(ResultStore):
                          "VALUES (?, ?, ?, ?, ?)",
                          (job.id, job.endpoint, QUEUED, job.submitted_at, orjson.dumps(record_of(job))))
 
+    def create_once(self, job: Job) -> bool:
+        """Record a job as queued unless its id has a record (unexpired)."""
+        with self.db.write() as conn:
+            gone = conn.execute("DELETE FROM results WHERE id = ? AND expires_at IS NOT NULL "
+                                "AND expires_at <= ?", (job.id, time.time()))
+            if gone.rowcount:  # an expired job of the same id: its events go too
+                conn.execute("DELETE FROM events WHERE job_id = ?", (job.id,))
+            made = conn.execute(
+                "INSERT OR IGNORE INTO results (id, endpoint, status, submitted_at, record) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.endpoint, QUEUED, job.submitted_at, orjson.dumps(record_of(job))))
+            return made.rowcount == 1
+
     def update(self, job_id: str, fields: dict[str, Any], ttl: float | None = None,
                only_if: str | None = None) -> bool:
         """Merge ``fields`` into the record."""

@@ -244,3 +244,32 @@ def test_a_jobs_events_are_numbered_read_after_an_id_and_end_with_its_last(queue
         assert store.events(j.id, 0, 10) == [] and store.get(j.id) is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis", "postgres"], indirect=True)
+def test_create_once_makes_a_record_once_even_when_racing(queue_url):
+    """An Idempotency-Key's job: of many threads creating the same id, one makes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    j = job(1)
+
+    def create() -> bool:  # (connections are per thread: each thread its own store)
+        mine = open_results(queue_url)
+        try:
+            return mine.create_once(j)
+        finally:
+            mine.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: create(), range(8)))
+    assert made.count(True) == 1
+    store = open_results(queue_url)
+    try:
+        assert store.get(j.id)["STATUS"] == QUEUED
+        assert store.oldest_pending(EP) == pytest.approx(j.submitted_at)
+        store.update(j.id, {"STATUS": DONE}, ttl=1)
+        assert not store.create_once(j), "its record is kept until it expires"
+        wait_until(lambda: store.get(j.id) is None, timeout=5, message="the result expires")
+        assert store.create_once(j), "expired: the id is free again"
+    finally:
+        store.close()

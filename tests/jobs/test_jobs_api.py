@@ -164,3 +164,29 @@ def test_sync_calls_and_jobs_share_workers_but_never_overlap_in_one(gateways, tm
     for pid, intervals in spans.items():
         for (_s1, end), (start, _e2) in zip(intervals, intervals[1:], strict=False):
             assert start >= end, f"two calls overlapped in process {pid}"
+
+
+def test_an_idempotency_key_returns_the_same_job(gateways, tmp_path):
+    gw = gateways({"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+    first = gw.post("/jobs", {"SIGNATURE": "echo", "INPUT_VALUE": 1},
+                    headers={"Idempotency-Key": "order-42"})
+    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    job_id = first.json()["JOB_ID"]
+    again = gw.post("/jobs", {"SIGNATURE": "echo", "INPUT_VALUE": 1},
+                    headers={"Idempotency-Key": "order-42"})
+    assert again.status_code == 202 and again.json()["JOB_ID"] == job_id
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = gw.post("/jobs", {"SIGNATURE": "echo", "INPUT_VALUE": 2},
+                    headers={"Idempotency-Key": "order-42"})
+    assert other.status_code == 409 and other.json()["ERROR_TYPE"] == "conflict"
+    fresh = gw.post("/jobs", {"SIGNATURE": "echo", "INPUT_VALUE": 1},
+                    headers={"Idempotency-Key": "order-43"})
+    assert fresh.status_code == 202 and fresh.json()["JOB_ID"] != job_id
+    wait_until(lambda: gw.get(f"/jobs/{job_id}").json()["STATUS"] == "done", timeout=30,
+               message="the job ran")
+    done = gw.post("/jobs", {"SIGNATURE": "echo", "INPUT_VALUE": 1},
+                   headers={"Idempotency-Key": "order-42"})
+    assert done.json()["JOB_ID"] == job_id
+    assert done.json()["STATUS"] == "done", "the same job, as it is now"
+    bad = gw.post("/jobs", {"SIGNATURE": "echo"}, headers={"Idempotency-Key": "x" * 300})
+    assert bad.status_code == 400
