@@ -36,8 +36,8 @@ batching loop polls its queue every millisecond (~15 % of a core on the 2-core b
 The summary is the median over the rounds per system, the ratios ours/LitServe (above
 1 is ours faster for tokens/s; below 1 is ours faster for TTFT) and each one's c=8/c=1.
 Both servers are stopped at the end (every process group of their trees); the exit
-status is 1 when a process was left behind or a stream failed, 2 when a step could not
-run. No absolute time is judged.
+status is 1 when a process was left behind, 2 when a step could not run (a server that
+did not start, a stream that failed). No absolute time is judged.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import openai
-
 from openai_peer_common import (
     REPO,
     BenchError,
     Server,
+    checkout,
     lit,
     log,
     ours,
@@ -151,6 +151,7 @@ def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
         "ttft_p50_c1_ms": 1000 * statistics.median(s["ttft"] for s in singles),
         "tok_s_c8": statistics.median(c8_rates),
         "ttft_p50_c8_ms": 1000 * statistics.median(s["ttft"] for b in bursts for s in b),
+        "ttft_c8_ms_each": sorted(round(1000 * s["ttft"]) for b in bursts for s in b),
         "tokens_min": min(s["tokens"] for s in [*singles, *(s for b in bursts for s in b)]),
         "tokens_max": max(s["tokens"] for s in [*singles, *(s for b in bursts for s in b)]),
         "c1_text": singles[0]["text"],
@@ -210,7 +211,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                "c1_requests": args.c1_requests, "c8_bursts": args.c8_bursts,
                                "lit_batch_timeout_s": args.lit_batch_timeout,
                                "pause_idle": not args.no_pause, "machine": platform.machine(),
-                               "cpus": os.cpu_count()}
+                               "cpus": os.cpu_count(), "checkout": checkout()}
     started = time.monotonic()
     gateway = ours(workdir / "ours", {"GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {
         "chat": {"NR_WORKERS": 1, "LOAD_TIMEOUT": 300}}}, [REPO / "endpoints" / "chat.py"])
@@ -227,13 +228,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for s in systems:
             if not args.no_pause:
                 for other in systems:
-                    (other.resume if other is s else other.pause)()
+                    (other.server.resume if other is s else other.server.pause)()
             warm_up(s, args)
         for r in range(args.rounds):
             for s in systems:
                 if not args.no_pause:
                     for other in systems:
-                        (other.resume if other is s else other.pause)()
+                        (other.server.resume if other is s else other.server.pause)()
                 figures = measure(s, args)
                 s.rounds.append(figures)
                 log(f"round {r + 1} {s.label:8s} c=1 {figures['tok_s_c1']:6.1f} tok/s "
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     f"TTFT {figures['ttft_p50_c8_ms']:6.0f} ms | tokens {figures['tokens_min']}-"
                     f"{figures['tokens_max']}")
         for s in systems:
-            s.resume()
+            s.server.resume()
         results["per_round"] = {s.label: [{k: v for k, v in f.items() if k != "c1_text"}
                                           for f in s.rounds] for s in systems}
         results["summary"] = summarize(systems, args)

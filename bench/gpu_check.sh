@@ -6,7 +6,9 @@
 # 1. the GPUs as NVML sees them (nvidia-smi);
 # 2. tests/gpu/ against the real driver: placement by free memory (GPU_MEMORY_MB), the
 #    per-worker cap (GPU_MEMORY_CAP), a worker larger than every GPU refused;
-# 3. bench/bench_batching.py: MiniLM through the gateway on CUDA, batching off and on.
+# 3. bench/bench_batching.py: MiniLM through the gateway on CUDA, batching off and on;
+# 4. SmolLM2-135M-Instruct on CUDA (endpoints/chat.py): tests/openai/test_smollm2.py, and
+#    bench/bench_generation.py, one stream against eight (continuous batching).
 #
 # Results go to $OUT when it is set (the folder a device run brings back), else to
 # ./gpu_check: the test report (JUnit XML) and the benchmark's JSON. --quick runs one
@@ -30,4 +32,7 @@ BIS_GPU_TESTS=1 python -m pytest -q tests/gpu tests/integration/test_gpu_placeme
     --junitxml="$out/gpu_tests.xml" || status=$?
 python bench/bench_batching.py --rounds "$rounds" --duration "$duration" \
     --json "$out/minilm_batching.json" | tee "$out/minilm_batching.txt" || status=$?
+python -m pytest -q tests/openai/test_smollm2.py --junitxml="$out/smollm2_tests.xml" || status=$?
+python bench/bench_generation.py --rounds "$rounds" --json "$out/smollm2_generation.json" \
+    | tee "$out/smollm2_generation.txt" || status=$?
 exit "$status"

@@ -200,6 +200,16 @@ def _cmdline(p: psutil.Process) -> str:
         return "?"
 
 
+def checkout() -> dict[str, Any]:
+    """The commit of this checkout and the files changed on top of it (the figures are
+    of that code)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout
+    return {"head": git("rev-parse", "--short", "HEAD").strip(),
+            "modified": git("status", "--porcelain", "--untracked-files=no").splitlines()}
+
+
 # -- our gateway -----------------------------------------------------------------------
 def ours(workdir: Path, config: dict[str, Any], endpoint_files: list[Path],
          label: str = "ours") -> Server:

@@ -97,8 +97,9 @@ class ChatWorker(GenerativeWorker):
             if running:
                 for seq, row in zip(running, self.batch.decode(self.model, running), strict=True):
                     logits[seq.id] = row
-            for seq in joining:  # each prompt alone, then its rows join the batch
-                logits[seq.id] = self.batch.prefill(self.model, seq)
+            if joining:  # their prompts in one pass, then their rows join the batch
+                for seq, row in zip(joining, self.batch.prefill(self.model, joining), strict=True):
+                    logits[seq.id] = row
             return [self._sample(seq, logits[seq.id]) for seq in batch]
 
     def _sample(self, seq, row):
@@ -129,15 +130,22 @@ class Batch:
         self.layers = []  # per layer: (keys, values), [rows, heads, length, dim]
         self.mask = None  # [rows, length]: 1 for a token, 0 for padding
 
-    def prefill(self, model, seq):
-        """Run a new sequence's prompt; its rows join the batch. Its next token's logits."""
+    def prefill(self, model, seqs):
+        """Run new sequences' prompts together, left-padded to the longest; their rows
+        join the batch. The logits of each one's next token."""
         torch = self.torch
-        ids = torch.tensor([seq.prompt], device=self.device)
-        out = model(input_ids=ids, use_cache=True)
-        seq.state = {}
+        width = max(len(seq.prompt) for seq in seqs)
+        ids = torch.tensor([[0] * (width - len(s.prompt)) + s.prompt for s in seqs],
+                           device=self.device)
+        mask = torch.tensor([[0] * (width - len(s.prompt)) + [1] * len(s.prompt) for s in seqs],
+                            device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        for seq in seqs:
+            seq.state = {}
         layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        self._join(seq, layers, torch.ones((1, len(seq.prompt)), dtype=torch.long, device=self.device))
-        return out.logits[0, -1]
+        self._join(seqs, layers, mask)
+        return out.logits[:, -1]
 
     def decode(self, model, running):
         """One step of the running sequences (the batch's rows, those that left
@@ -176,10 +184,10 @@ class Batch:
                 self.mask = self.mask[:, start:]
         assert [seq.id for seq in self.rows] == [seq.id for seq in running]
 
-    def _join(self, seq, layers, mask):
+    def _join(self, seqs, layers, mask):
         torch = self.torch
         if not self.rows:
-            self.rows, self.layers, self.mask = [seq], layers, mask
+            self.rows, self.layers, self.mask = list(seqs), layers, mask
             return
         length, extra = self.mask.shape[1], mask.shape[1]
         width = max(length, extra)
@@ -197,4 +205,4 @@ class Batch:
                         torch.cat([left_pad(v, width), left_pad(nv, width)]))
                        for (k, v), (nk, nv) in zip(self.layers, layers, strict=True)]
         self.mask = torch.cat([left_pad(self.mask, width), left_pad(mask, width)])
-        self.rows.append(seq)
+        self.rows.extend(seqs)

@@ -314,7 +314,10 @@ ROUTES: tuple[Route, ...] = (
 
 # The OpenAI routes (gateway/openai_front.py): requests as OpenAI's API takes them, their
 # schemas written from the models that validate them.
-OPENAI_STATUSES = (200, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504)
+IDEMPOTENCY = (Param("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255,
+                                         "pattern": "^[ -~]+$"}, where="header",
+                     description="the same key again: the same answer (Idempotent-Replayed)"),)
+OPENAI_STATUSES = (200, 400, 401, 403, 404, 405, 409, 413, 429, 500, 502, 503, 504)
 COMPLETION = body(("id", "object", "created", "model", "choices", "usage"), id=STRING,
                   object=STRING, created={"type": "integer"}, model=STRING,
                   choices={"type": "array"}, usage=OBJECT)
@@ -322,13 +325,14 @@ OPENAI_ROUTES: tuple[Route, ...] = (
     Route("/v1/chat/completions", ("POST",), "data",
           "OpenAI chat completions: {model, messages, max_tokens, stream, ...}",
           OPENAI_STATUSES, view=FRONT, openai=True, response=COMPLETION,
-          request=json_schema(ChatRequest)),
+          request=json_schema(ChatRequest), params=IDEMPOTENCY),
     Route("/v1/completions", ("POST",), "data",
           "OpenAI text completions: {model, prompt, max_tokens, stream, ...}",
           OPENAI_STATUSES, view=FRONT, openai=True, response=COMPLETION,
-          request=json_schema(CompletionRequest)),
+          request=json_schema(CompletionRequest), params=IDEMPOTENCY),
     Route("/v1/embeddings", ("POST",), "data", "OpenAI embeddings: {model, input, encoding_format}",
           OPENAI_STATUSES, view=FRONT, openai=True, request=json_schema(EmbeddingRequest),
+          params=IDEMPOTENCY,
           response=body(("object", "data", "model", "usage"), object={"const": "list"},
                         data={"type": "array"}, model=STRING, usage=OBJECT)),
     Route("/v1/models", ("GET",), "data", "OpenAI model list: the endpoints, versions and "

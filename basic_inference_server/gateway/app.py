@@ -33,6 +33,7 @@ from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import dashboard_events, metrics
 from .api_table import DATA_PATHS, NATIVE
 from .dispatch import Dispatcher
+from .idempotent_calls import IdempotentCalls
 from .idle_watch import IdleWatch
 from .job_events import events_job_id, job_events
 from .job_submit import JobSubmitter
@@ -84,7 +85,7 @@ class Front:
                             spec.server_timing)
         self.dispatcher.pipelines = Pipelines(self.flow)
         self.openai = OpenAIRoutes(self.flow, self.routes, self.tenancy, spec.model_aliases,
-                                   spec.max_request_size)
+                                   spec.max_request_size, IdempotentCalls(self.jobs, self.off_loop))
         self.audit = AuditLog(spec.cache_dir)
         self.refusals = Refusals(self.audit)
         self.flask = build_management_app(self)

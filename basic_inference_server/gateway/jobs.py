@@ -36,7 +36,7 @@ from ..errors import BadRequest, Conflict, NotFound, QueueFull, ServingError, Un
 from ..flask_body import json_body
 from ..names import split_target
 from ..queues import JobQueue, JobsSpec, ResultStore, open_queue, open_results
-from ..queues.base import CANCELLED, QUEUED, TERMINAL, Job
+from ..queues.base import CANCELLED, QUEUED, TERMINAL, Job, new_job_id
 from ..redact import mask_text
 from . import metrics
 
@@ -61,6 +61,12 @@ class Once:
         request = hashlib.blake2b(name.encode() + b"\0" + orjson.dumps(
             body, option=orjson.OPT_SORT_KEYS), digest_size=16)
         return cls(scope.hexdigest(), request.hexdigest())
+
+
+def ttl_of(spec: JobsSpec | None) -> float:
+    """How long a finished job's record is kept (jobs configured)."""
+    assert spec is not None
+    return spec.ttl
 
 
 def create_record(results: ResultStore, job: Job, once: Once | None) -> bool:
@@ -101,7 +107,8 @@ class JobsFront:
         self._queue: JobQueue | None = None
         self._results: ResultStore | None = None
 
-    def _backends(self) -> tuple[JobQueue, ResultStore]:
+    def backends(self) -> tuple[JobQueue, ResultStore]:
+        """This process's queue and results store (opened after a fork); 503 without."""
         if self.spec is None:
             raise Unavailable("async jobs are not configured on this gateway")
         if self._pid != os.getpid():
@@ -117,7 +124,8 @@ class JobsFront:
         assert self._queue is not None and self._results is not None
         return self._queue, self._results
 
-    def _backend_call(self, what: str, call: Callable[[], Any]) -> Any:
+    def backend_call(self, what: str, call: Callable[[], Any]) -> Any:
+        """``call()``; a backend's failure is a 503 naming ``what``."""
         try:
             return call()
         except ServingError:
@@ -136,14 +144,14 @@ class JobsFront:
         charged for the run; ``once``: its Idempotency-Key's job id and body digest."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
-        queue, results = self._backends()
+        queue, results = self.backends()
         body = {k: v for k, v in body.items() if k != "ASYNC"}
-        job = Job(endpoint=name, body=body, tenant=tenant, key_id=key_id,
-                  **({"id": once.job_id} if once is not None else {}))
+        job = Job(endpoint=name, body=body, id=once.job_id if once else new_job_id(),
+                  tenant=tenant, key_id=key_id)
         max_depth = route.get("max_queue_depth")
         max_bytes = route.get("max_queue_bytes")
         if max_bytes is not None:
-            stored = self._backend_call("sizing the job queue", lambda: queue.stored_bytes(name))
+            stored = self.backend_call("sizing the job queue", lambda: queue.stored_bytes(name))
             if stored is not None and stored + size > max_bytes:
                 raise QueueFull(f"the job queue of {name} holds {stored} bytes of jobs; this one "
                                 f"({size} bytes) would pass MAX_QUEUE_BYTES ({max_bytes}); try "
@@ -155,7 +163,7 @@ class JobsFront:
                 return None  # made before: the same job
             if key_id is not None:  # with API keys: the job is its tenant's only
                 results.update(job.id, {"TENANT": tenant})
-            results.add_event(job.id, QUEUED, {"SIGNATURE": name}, self._spec().ttl)
+            results.add_event(job.id, QUEUED, {"SIGNATURE": name}, ttl_of(self.spec))
             try:
                 accepted = queue.enqueue(job, max_depth)
             except Exception:
@@ -165,10 +173,10 @@ class JobsFront:
                 results.delete(job.id)
             return accepted
 
-        made = self._backend_call("enqueuing a job", enqueue)
+        made = self.backend_call("enqueuing a job", enqueue)
         if made is None:
             assert once is not None
-            return replayed(self._backend_call("reading a job", lambda: results.get(job.id)),
+            return replayed(self.backend_call("reading a job", lambda: results.get(job.id)),
                             job.id, once, meta)
         if not made:
             raise QueueFull(f"the job queue of {name} holds {max_depth} jobs (MAX_QUEUE_DEPTH); "
@@ -180,16 +188,12 @@ class JobsFront:
                                  "STATUS_URL": location, **meta})
         return 202, [("Content-Type", protocol.JSON), ("Location", location)], answer
 
-    def _spec(self) -> JobsSpec:
-        assert self.spec is not None
-        return self.spec
-
     # -- read ---------------------------------------------------------------------------
     def record(self, job_id: str, key: Any = None) -> dict[str, Any]:
         """The job's record; 404 when unknown, or (``key``: the caller's API key, with
         API_KEYS on) when it is another tenant's: a key learns nothing of their jobs."""
-        _queue, results = self._backends()
-        record = self._backend_call("reading a job", lambda: results.get(job_id))
+        _queue, results = self.backends()
+        record = self.backend_call("reading a job", lambda: results.get(job_id))
         if record is None or (key is not None and not (key.read_all_jobs
                                                        or record.get("TENANT") == key.tenant)):
             raise NotFound(f"no job {job_id!r} (unknown, or its result has expired)",
@@ -201,7 +205,7 @@ class JobsFront:
         """The job's events after id ``after`` (at most ``limit``), and when there are
         none its status (None: the job is gone), read before them: once that status is
         final, the events read after it include the last one."""
-        _queue, results = self._backends()
+        _queue, results = self.backends()
 
         def poll() -> tuple[list[tuple[int, str, dict[str, Any]]], str | None]:
             record = results.get(job_id)
@@ -209,7 +213,7 @@ class JobsFront:
             return events, None if record is None else str(record.get("STATUS"))
 
         found: tuple[list[tuple[int, str, dict[str, Any]]], str | None] = \
-            self._backend_call("reading a job's events", poll)
+            self.backend_call("reading a job's events", poll)
         return found
 
     # -- cancel ---------------------------------------------------------------------------
@@ -219,11 +223,11 @@ class JobsFront:
         it), 200; a running one (also one a consumer started since the record was read)
         is asked to stop (its consumer sees it within a poll and ends it ``cancelled``),
         202. A finished job: 409. Cancelling again changes nothing."""
-        queue, results = self._backends()
+        queue, results = self.backends()
         record = self.record(job_id, key)
 
         def cancel() -> tuple[int, dict[str, Any]]:
-            current, ttl = record, self._spec().ttl
+            current, ttl = record, ttl_of(self.spec)
             if current.get("STATUS") == QUEUED:
                 now = time.time()
                 # Only while it still waits: a consumer that marked it running first
@@ -248,20 +252,20 @@ class JobsFront:
             results.update(job_id, {"CANCEL_REQUESTED": now})
             return 202, {**current, "CANCEL_REQUESTED": now}
 
-        answer: tuple[int, dict[str, Any]] = self._backend_call("cancelling a job", cancel)
+        answer: tuple[int, dict[str, Any]] = self.backend_call("cancelling a job", cancel)
         return answer
 
     def dead(self, name: str, limit: int) -> list[dict[str, Any]]:
         """The endpoint's dead letters, up to ``limit``, as ``/dead_letters`` lists them."""
-        queue, _results = self._backends()
-        jobs = self._backend_call("listing dead letters", lambda: queue.dead_letters(name, limit))
+        queue, _results = self.backends()
+        jobs = self.backend_call("listing dead letters", lambda: queue.dead_letters(name, limit))
         return [{"JOB_ID": j.id, "SIGNATURE": j.endpoint, "ATTEMPTS": j.attempts,
                  "LAST_ERROR": j.last_error, "SUBMITTED_AT": j.submitted_at, "BODY": j.body}
                 for j in jobs]
 
     def requeue(self, name: str, job_id: str | None) -> list[str]:
         """Put the endpoint's dead letters (one, or all) back in its queue; their ids."""
-        queue, results = self._backends()
+        queue, results = self.backends()
 
         def requeue() -> list[str]:
             ids = queue.requeue_dead(name, job_id)
@@ -269,7 +273,7 @@ class JobsFront:
                 results.update(one, {"STATUS": QUEUED, "ATTEMPTS": 0, "REQUEUED_AT": time.time()})
             return ids
 
-        ids: list[str] = self._backend_call("requeueing dead letters", requeue)
+        ids: list[str] = self.backend_call("requeueing dead letters", requeue)
         return ids
 
     def status(self, names: list[str]) -> dict[str, Any]:
@@ -277,7 +281,7 @@ class JobsFront:
         if self.spec is None:
             return {}
         try:
-            queue, results = self._backends()
+            queue, results = self.backends()
             now = time.time()
             out: dict[str, Any] = {}
             for name in names:

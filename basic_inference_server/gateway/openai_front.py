@@ -25,6 +25,7 @@ from ..tenants.metering import TENANT_TOKENS
 from ..tenants.token_budget import prompt_bound
 from ..wire.message import Answer, Request
 from . import openai_answers as answers
+from .idempotent_calls import IdempotentCalls
 from .openai_schema import ChatRequest, CompletionRequest, EmbeddingRequest, OpenAIRequest, validated
 from .routes import RouteTable
 from .run_flow import RunFlow
@@ -42,8 +43,9 @@ class OpenAIRoutes:
     """The OpenAI routes of one front process."""
 
     def __init__(self, flow: RunFlow, routes: RouteTable, tenancy: Tenancy,
-                 aliases: dict[str, str], max_body: int) -> None:
+                 aliases: dict[str, str], max_body: int, calls: IdempotentCalls) -> None:
         self.flow = flow
+        self.calls = calls
         self.routes = routes
         self.tenancy = tenancy
         self.aliases = aliases
@@ -70,6 +72,12 @@ class OpenAIRoutes:
         try:
             ask = await self._request(req, EmbeddingRequest)
             assert isinstance(ask, EmbeddingRequest)
+            return await self._once(req, False, lambda: self._embedded(req, ask))
+        except ServingError as err:
+            return answers.error_of(err)
+
+    async def _embedded(self, req: Request, ask: EmbeddingRequest) -> Answer:
+        try:
             answer = await self._run(req, ask)
             if answer.status >= 400:
                 return answers.reshaped_error(answer)
@@ -90,7 +98,7 @@ class OpenAIRoutes:
                 raise MethodNotAllowed(f"{req.method} is not allowed on /v1/models; use GET",
                                        allow=("GET",))
             await self._identify(req)
-            names = [*self.routes.names(), *self.aliases]
+            names = [*self.routes.names(), *self.routes.table().traffic, *self.aliases]
             key = req.key
             if key is not None:
                 names = [n for n in names if key.allows(self._target(n).partition("@")[0])]
@@ -100,11 +108,29 @@ class OpenAIRoutes:
             return answers.error_of(err)
 
     # -- the parts --------------------------------------------------------------------
+    async def _once(self, req: Request, stream: bool,
+                    make: Callable[[], Awaitable[Answer]]) -> Answer:
+        """The answer ``make`` gives, or, with an Idempotency-Key used before, the one
+        kept for it (.idempotent_calls)."""
+        claim = await self.calls.begin(req, stream)
+        if isinstance(claim, Answer):
+            return claim
+        answer = await make()
+        if claim is not None:
+            await self.calls.finish(claim, answer)
+        return answer
+
     async def _generate(self, req: Request, kind: type[OpenAIRequest]) -> Answer:
-        ended: Callable[[answers.Generated | None], Awaitable[None]] | None = None
         try:
             ask = await self._request(req, kind)
             assert isinstance(ask, (ChatRequest, CompletionRequest))
+            return await self._once(req, ask.stream, lambda: self._generated(req, ask))
+        except ServingError as err:
+            return answers.error_of(err)
+
+    async def _generated(self, req: Request, ask: ChatRequest | CompletionRequest) -> Answer:
+        ended: Callable[[answers.Generated | None], Awaitable[None]] | None = None
+        try:
             ended = await self._budget(req, ask)
             answer = await self._run(req, ask, stream=ask.stream)
             if answer.status >= 400:

@@ -40,9 +40,10 @@ MAX_TOKENS_CAP = 4096
 DEFAULT_MAX_TOKENS = 256
 DIM = 8
 API_KEY = os.environ.get("LIT_TOY_API_KEY")
+BEARER = Depends(HTTPBearer(auto_error=False))  # None when no Authorization header
 
 
-def authorize(auth: HTTPAuthorizationCredentials = Depends(HTTPBearer(auto_error=False))):
+def authorize(auth: HTTPAuthorizationCredentials | None = BEARER):
     if API_KEY and (auth is None or auth.credentials != API_KEY):
         raise HTTPException(status_code=401, detail="a valid API key is needed")
 
@@ -81,7 +82,7 @@ class ToyChatAPI(ls.LitAPI):
     def setup(self, device):
         self.rng = random.Random()
 
-    def authorize(self, auth: HTTPAuthorizationCredentials = Depends(HTTPBearer(auto_error=False))):
+    def authorize(self, auth: HTTPAuthorizationCredentials | None = BEARER):
         authorize(auth)
 
     def decode_request(self, request):
@@ -127,11 +128,11 @@ class ToyChatAPI(ls.LitAPI):
 
     def encode_response(self, output):
         for out in output:
-            yield {"role": "assistant", **out} if isinstance(out, dict) else {"role": "assistant", "content": out}
+            yield {"role": "assistant", **(out if isinstance(out, dict) else {"content": out})}
 
 
 class ToyEmbedAPI(ls.LitAPI):
-    def authorize(self, auth: HTTPAuthorizationCredentials = Depends(HTTPBearer(auto_error=False))):
+    def authorize(self, auth: HTTPAuthorizationCredentials | None = BEARER):
         authorize(auth)
 
     def decode_request(self, request):

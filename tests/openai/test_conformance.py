@@ -2,7 +2,7 @@
 
 Each test is one case of the conformance list (chat, streams, usage, completions, the
 model list, errors with their statuses and types, the async client); the same cases
-run against a peer's OpenAI server in bench/bench_openai_conformance.py.
+run against a peer's OpenAI server in bench/openai_conformance_peer.py.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def front(tmp_path: Path) -> JobsFront:
 
 
 def submitted(front: JobsFront) -> str:
-    queue, results = front._backends()
+    queue, results = front.backends()
     job = Job(endpoint="ep", body={"SIGNATURE": "ep"})
     results.create(job)
     assert queue.enqueue(job)
@@ -31,7 +31,7 @@ def test_a_waiting_job_is_cancelled_and_dead_lettered_at_once(front: JobsFront) 
     job_id = submitted(front)
     status, record = front.cancel(job_id)
     assert status == 200 and record["STATUS"] == CANCELLED
-    queue, results = front._backends()
+    queue, results = front.backends()
     assert queue.depth("ep") == 0
     assert [(d.id, d.last_error) for d in queue.dead_letters("ep")] == [(job_id, CANCELLED_ERROR)]
     assert [name for _seq, name, _data in results.events(job_id, 0, 10)] == [CANCELLED]
@@ -41,7 +41,7 @@ def test_a_waiting_job_is_cancelled_and_dead_lettered_at_once(front: JobsFront) 
 def test_a_cancel_that_loses_the_race_with_a_consumer_stops_the_running_job(
         front: JobsFront, monkeypatch: pytest.MonkeyPatch) -> None:
     job_id = submitted(front)
-    queue, results = front._backends()
+    queue, results = front.backends()
     stale = results.get(job_id)
     assert stale is not None and stale["STATUS"] == QUEUED
     claim = queue.claim("ep", "consumer", 1.0, 30)
