@@ -59,17 +59,19 @@ class JobConsumer(JobWorker):
     """Pulls the jobs of ``endpoint`` and runs them with ``execute`` while the worker is idle."""
 
     def __init__(self, endpoint: str, execute: Execute, jobs: JobsSpec,
-                 settings: dict[str, Any], tenants: TenantsSpec | None = None) -> None:
-        """With batching (``MAX_BATCH_SIZE`` > 1) requests and jobs all go through the
-        batcher, which already runs the model on one thread: the gate would only keep
-        requests from forming batches, so there is none. ``tenants``: with API keys on,
-        where the runs are charged."""
+                 settings: dict[str, Any], tenants: TenantsSpec | None = None,
+                 concurrent: bool = False) -> None:
+        """With batching (``MAX_BATCH_SIZE`` > 1), or a generative endpoint's decode loop
+        (``concurrent``: the strategy takes requests at once), requests and jobs all go
+        through what already runs the model on one thread: the gate would only keep
+        requests from joining it, so there is none. ``tenants``: with API keys on, where
+        the runs are charged."""
         super().__init__(endpoint, self._execute, jobs, RetryPolicy.of(settings),
                          ledger=JobLedger.of(tenants))
         self.execute = execute
-        batching = int(settings.get("MAX_BATCH_SIZE") or 1) > 1
+        shared = concurrent or int(settings.get("MAX_BATCH_SIZE") or 1) > 1
         self.gate: contextlib.AbstractContextManager[Any] = (
-            contextlib.nullcontext() if batching else threading.Lock())
+            contextlib.nullcontext() if shared else threading.Lock())
         # Requests being served; the consumer claims a job only when there are none.
         self.in_flight = 0
         self._count = threading.Lock()
@@ -171,14 +173,15 @@ _current: dict[str, JobConsumer] = {}
 
 
 def start_consumer(execute: Execute, settings: dict[str, Any], endpoint: str,
-                   jobs: dict[str, Any] | None,
-                   tenants: dict[str, Any] | None = None) -> JobConsumer | None:
+                   jobs: dict[str, Any] | None, tenants: dict[str, Any] | None = None,
+                   concurrent: bool = False) -> JobConsumer | None:
     """gunicorn ``post_worker_init``: start the worker's consumer (the caller runs its
-    ``/run`` requests through :meth:`JobConsumer.guard`)."""
+    ``/run`` requests through :meth:`JobConsumer.guard`); ``concurrent``: the worker's
+    strategy takes several requests at once (see :class:`JobConsumer`)."""
     if jobs is None:
         return None
     consumer = JobConsumer(endpoint, execute, JobsSpec(**jobs), settings,
-                           TenantsSpec(**tenants) if tenants else None)
+                           TenantsSpec(**tenants) if tenants else None, concurrent)
     consumer.start()
     _current["consumer"] = consumer
     return consumer

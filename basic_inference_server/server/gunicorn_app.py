@@ -139,7 +139,7 @@ class EndpointServer(BaseApplication):
             signal.signal(signal.SIGTERM, on_term)
             entry = worker.entry
             consumer = start_consumer(entry.execute, entry.config, spec.name, spec.jobs,
-                                      spec.tenants)
+                                      spec.tenants, entry.compute.concurrency > 1)
             if consumer is not None:
                 entry.guard = consumer.guard
             notifier.send(Event.WORKER_READY, endpoint=spec.name, pid=os.getpid(),

@@ -111,3 +111,13 @@ def test_a_dropped_stream_leaves_the_batch_within_a_step(client, log_path):
     record = released(log_path, 1000)
     # The tokens read, the one in the making when the client left, and one step to see it.
     assert seen <= record["generated"] <= seen + 2, (seen, record)
+
+
+def test_streams_sent_together_join_the_batch_together(client, log_path):
+    """Nothing serialises requests before the decode loop (the job consumer's gate
+    stays out of a generative endpoint's way): eight streams join within a few steps."""
+    with ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda n: generate(client, n), range(70, 78)))
+    assert [t for t, _ in done] == list(range(70, 78))
+    joined = [released(log_path, n)["joined_step"] for n in range(70, 78)]
+    assert max(joined) - min(joined) <= 3, joined
