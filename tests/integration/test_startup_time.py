@@ -37,6 +37,7 @@ def test_demo_endpoints_answer_soon_after_start(tmp_path):
         "cpu_bound": {"LIMIT": 1000},
         "torch_mlp": {"INPUT_VALUE": [0.5] * 16},
         "words": {"TEXT": "hi there"},
+        "toy_llm": {"PROMPT": "hi there", "TEMPERATURE": 0},
     }
     assert set(calls) == {n for n, s in config["CONFIG_ENDPOINTS"].items()
                           if s.get("HOST") != "NO_HOST" and not s.get("DISABLED")}
