@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import psutil
 import requests
+from bench_gateway import BenchError, free_port  # noqa: F401 - shared with the scripts
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_GATEWAY = REPO / "run_gateway.py"
@@ -29,19 +29,11 @@ LIT_VENV = Path(os.environ.get("LIT_LLM_VENV", Path.home() / ".cache" / "bis-pee
 ADMIN_TOKEN = os.urandom(16).hex()
 
 
-class BenchError(Exception):
-    """A step could not be run."""
 
 
 def log(msg: str = "") -> None:
+    """Progress on stderr (stdout holds the results)."""
     print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def poll(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2,
          alive: Callable[[], None] | None = None) -> Any:
