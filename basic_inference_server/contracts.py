@@ -95,6 +95,8 @@ class FrontSpec:
     cache_dir: str = "_cache"
     # MODEL_ALIASES: the OpenAI routes' model names besides the routes' own.
     model_aliases: dict[str, str] = field(default_factory=dict)
+    # CACHE_REDIS: the answer caches' Redis (None: each front process's memory).
+    cache_redis: str | None = None
 
 
 @dataclass

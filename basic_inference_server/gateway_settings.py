@@ -192,6 +192,14 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "as for QUEUE.",
                 lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
                 else "must be a redis://, rediss:// or unix:// URL", secret_ref=True),
+        Setting("CACHE_REDIS", (str, type(None)), None,
+                "Redis URL where the endpoints' answer caches (CACHE) keep their entries, "
+                "shared by every front process and every gateway naming it, their bounds "
+                "holding over all of them (null: each front process's memory); `?prefix=` "
+                "names its keys; `env:VAR` or `file:PATH` as for QUEUE. It holds answers: "
+                "keep it as private as the endpoints' callers.",
+                lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
+                else "must be a redis://, rediss:// or unix:// URL", secret_ref=True, secret=True),
         Setting("LEDGER_POSTGRES", (str, type(None)), None,
                 "PostgreSQL URL of the usage ledger and the audit trail, shared by every "
                 "gateway that names it (needs API_KEYS and the `postgres` extra): each "

@@ -13,7 +13,8 @@ Left out: streams (asked for, or answered), answers other than 200, requests wit
 for ``TEMPERATURE`` 0. Each route's entries are bounded by ``MAX_ENTRIES`` and
 ``MAX_MB``, the least recently used going first. Written here (an ordered dict): an
 answer is a few fields, and a library cache would add its own locking to an event
-loop that has no threads.
+loop that has no threads. With ``CACHE_REDIS`` the entries and their bounds are in
+Redis instead, shared by every front process and gateway (:mod:`.shared_answers`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from typing import Any
 import orjson
 from prometheus_client import Counter
 
+from ..tenants.resp import RespClient, split_prefix
 from ..wire.message import Request
+from .shared_answers import SharedAnswers
 from .upstream_conn import UpstreamResponse
 
 CACHE_EVENTS = Counter("bis_answer_cache_total",
                        "Requests of endpoints with CACHE: hit (answered from the cache), miss, "
-                       "skipped (not cacheable: a stream, a sampled generation ...)",
+                       "skipped (not cacheable: a stream, a sampled generation ...), "
+                       "error (CACHE_REDIS did not answer: the endpoint answered)",
                        ["endpoint", "outcome"])
 GENERATIVE = (b'"MESSAGES"', b'"PROMPT"')
 STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
@@ -87,10 +91,11 @@ class RouteCache:
 
 
 class AnswerCache:
-    """The caches of one front process, by route."""
+    """The caches of one front process, by route: in its memory, or in Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedAnswers | None = None) -> None:
         self.routes: dict[str, RouteCache] = {}
+        self.shared = shared
 
     @staticmethod
     def cacheable(req: Request, raw: bytes) -> bool:
@@ -116,19 +121,38 @@ class AnswerCache:
         digest.update(b"\0" + tenant.encode() + b"\0" + target.encode())
         return digest.digest()
 
-    def get(self, target: str, key: bytes) -> UpstreamResponse | None:
-        """The kept answer, as the endpoint gave it; None on a miss."""
+    async def get(self, target: str, key: bytes) -> UpstreamResponse | None:
+        """The kept answer, as the endpoint gave it; None on a miss (shared_answers.CacheDown
+        when Redis does not answer)."""
+        if self.shared is not None:
+            return await self.shared.get(target, key)
         cache = self.routes.get(target)
         entry = cache.get(key, time.monotonic()) if cache is not None else None
         if entry is None:
             return None
         return UpstreamResponse(entry.status, list(entry.headers), entry.body, worker="cache")
 
-    def put(self, target: str, key: bytes, resp: UpstreamResponse, settings: dict[str, Any]) -> None:
-        """Keep a whole 200 answer (before its USAGE is taken out: a hit is charged too)."""
+    async def put(self, target: str, key: bytes, resp: UpstreamResponse,
+                  settings: dict[str, Any]) -> bool:
+        """Keep a whole 200 answer (before its USAGE is taken out: a hit is charged too);
+        False when Redis could not be reached."""
         if resp.status != 200 or resp.stream is not None:
-            return
+            return True
+        if self.shared is not None:
+            return await self.shared.put(target, key, resp, float(settings["TTL"]),
+                                         int(settings["MAX_ENTRIES"]),
+                                         int(settings["MAX_MB"]) * 1024 * 1024)
         cache = self.routes.setdefault(target, RouteCache())
         cache.put(key, Entry(time.monotonic() + float(settings["TTL"]), resp.status,
                              list(resp.headers), resp.body),
                   int(settings["MAX_ENTRIES"]), int(settings["MAX_MB"]) * 1024 * 1024)
+        return True
+
+
+def answer_cache(redis_url: str | None) -> AnswerCache:
+    """A front process's answer cache: in Redis when ``CACHE_REDIS`` names one (its
+    ``?prefix=`` before the keys), else in the process's memory."""
+    if redis_url is None:
+        return AnswerCache()
+    url, prefix = split_prefix(redis_url)
+    return AnswerCache(SharedAnswers(RespClient(url), prefix + ":"))

@@ -31,6 +31,7 @@ from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
 from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import dashboard_events, metrics
+from .answer_cache import answer_cache
 from .api_table import DATA_PATHS, NATIVE
 from .dispatch import Dispatcher
 from .idempotent_calls import IdempotentCalls
@@ -82,7 +83,7 @@ class Front:
                                       self.meta, self.dispatcher.wake)
         self.flow = RunFlow(self.dispatcher, self.tenancy, self.shadow, self.meta,
                             self.off_loop, self.submitter.submit, spec.access_log,
-                            spec.server_timing)
+                            spec.server_timing, answer_cache(spec.cache_redis))
         self.dispatcher.pipelines = Pipelines(self.flow)
         self.openai = OpenAIRoutes(self.flow, self.routes, self.tenancy, spec.model_aliases,
                                    spec.max_request_size, IdempotentCalls(self.jobs, self.off_loop))

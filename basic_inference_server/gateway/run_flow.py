@@ -27,6 +27,7 @@ from .dispatch import Dispatcher
 from .pipelines import StreamedPipeline
 from .routes import RouteTable
 from .run_plan import ASYNC_TRUE, NO_LABEL, Planner, RunPlan, is_async, series
+from .shared_answers import CacheDown
 from .stream_relay import skip_mirror, stream_answer
 from .tenancy import NO_HOLD, Tenancy
 from .upstream_conn import UpstreamResponse
@@ -54,7 +55,7 @@ class RunFlow:
 
     def __init__(self, dispatcher: Dispatcher, tenancy: Tenancy, shadow: Shadow,
                  meta: Meta, off_loop: OffLoop, submit: Submit, access: bool = False,
-                 timing: bool = False) -> None:
+                 timing: bool = False, cache: AnswerCache | None = None) -> None:
         self.dispatcher = dispatcher
         self.routes: RouteTable = dispatcher.routes
         self.tenancy = tenancy
@@ -66,7 +67,7 @@ class RunFlow:
         # SERVER_TIMING: the upstream call is timed (off: no clock read at all).
         self.forward = self._timed_forward if timing else dispatcher.dispatch
         self.planner = Planner()
-        self.cache = AnswerCache()
+        self.cache = cache if cache is not None else AnswerCache()
 
     async def run(self, req: Request) -> Answer:
         """``/run``: route by SIGNATURE, forward, pass the answer through. With
@@ -111,13 +112,18 @@ class RunFlow:
             CACHE_EVENTS.labels(plan.label, "skipped").inc()
             return await self.forward(plan.target, raw, req)
         key = self.cache.key(req, plan.target, raw)
-        kept = self.cache.get(plan.target, key)
+        try:
+            kept = await self.cache.get(plan.target, key)
+        except CacheDown:  # the cache is a saving, never a reason to fail
+            CACHE_EVENTS.labels(plan.label, "error").inc()
+            return await self.forward(plan.target, raw, req)
         if kept is not None:
             CACHE_EVENTS.labels(plan.label, "hit").inc()
             return kept
         CACHE_EVENTS.labels(plan.label, "miss").inc()
         resp = await self.forward(plan.target, raw, req)
-        self.cache.put(plan.target, key, resp, settings)
+        if not await self.cache.put(plan.target, key, resp, settings):
+            CACHE_EVENTS.labels(plan.label, "error").inc()
         return resp
 
     async def _timed_forward(self, target: str, raw: bytes, req: Request) -> UpstreamResponse:

@@ -21,7 +21,7 @@ import collections
 import ssl
 import time
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 # How long a command whose reply nobody waits for (a slot given back) may wait to go out
 # in the same write as the next command.
@@ -204,6 +204,16 @@ def parse_url(url: str) -> dict[str, Any]:
         db = parts.path.lstrip("/") or query.get("db", "0")
     options["db"] = int(db)
     return options
+
+
+def split_prefix(url: str, default: str = "bis") -> tuple[str, str]:
+    """A URL's ``?prefix=`` (the namespace of the keys a store writes; ``default`` when
+    absent) and the URL without it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), default)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
 
 
 def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:

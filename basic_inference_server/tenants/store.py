@@ -34,7 +34,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..privfiles import create_private, write_private
 from .allot import Ahead
@@ -42,7 +41,7 @@ from .keys import ApiKey
 from .limits import StoreDown
 from .metering import COLUMNS, Row
 from .redis_limits import RedisSource
-from .resp import RespClient, RespError
+from .resp import RespClient, RespError, split_prefix
 from .shared import SharedLimits
 
 if TYPE_CHECKING:
@@ -412,10 +411,7 @@ def open_store(redis_url: str | None, db_path: str, off_loop: OffLoop | None = N
     with its limits in memory shared by ``rows`` front processes (0: no limits: a store
     that only charges, for a job consumer)."""
     if redis_url:
-        parts = urlsplit(redis_url)
-        query = parse_qsl(parts.query)
-        prefix = next((v for k, v in query if k == "prefix"), "bis")
-        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-        return RedisStore(urlunsplit(parts._replace(query=rest)), prefix + ":tenants:")
+        url, prefix = split_prefix(redis_url)
+        return RedisStore(url, prefix + ":tenants:")
     # Made before the front forks: the shared memory is every front process's.
     return SqliteStore(db_path, off_loop, SharedLimits(rows) if rows else None)

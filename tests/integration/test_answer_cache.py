@@ -1,8 +1,11 @@
 """The answer cache (gateway/answer_cache.py): an endpoint's CACHE answers a repeated
-request from the front's memory, per tenant, within its TTL and bounds; streams,
-sampled generations and errors are never kept."""
+request from the front's memory, or from Redis (CACHE_REDIS), per tenant, within its TTL
+and bounds; streams, sampled generations and errors are never kept. Every test runs
+against both stores."""
 
 from __future__ import annotations
+
+import os
 
 import httpx
 import pytest
@@ -12,10 +15,14 @@ from tests.openai.conftest import openai_endpoints
 from tests.tenants.conftest import call, make_key, ready
 
 
-@pytest.fixture(scope="module")
-def gw(module_gateways, tmp_path_factory) -> Gateway:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def gw(request, module_gateways, tmp_path_factory) -> Gateway:
+    shared = {}
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        shared = {"CACHE_REDIS": f"{url}?prefix=bis-test-{os.urandom(4).hex()}"}
     return ready(module_gateways({
-        "API_KEYS": True, "GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {
+        **shared, "API_KEYS": True, "GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {
             "echo": {"SERVER_CLASS": "echo", "NR_WORKERS": 1, "CACHE": {"TTL": 60, "MAX_ENTRIES": 3}},
             "short": {"SERVER_CLASS": "echo", "NR_WORKERS": 1, "CACHE": {"TTL": 1}},
             "plain": {"SERVER_CLASS": "echo", "NR_WORKERS": 1},
