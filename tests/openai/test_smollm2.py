@@ -99,3 +99,33 @@ def test_ten_tokens_sent_during_two_hundred_finish_first(client):
         runner.join(timeout=300)
     assert short_tokens == 10 and long_end[0][0] == 200
     assert short_end < long_end[0][1]
+
+
+def test_sequences_joining_and_leaving_the_batch_get_their_answers_alone(client):
+    # Each one joins after the one before sent its first token, and they end at different
+    # steps: rows join a batch with a longer cache (left-padded), and leave from the middle.
+    asks = [("Tell me about the sea.", 40), ("Name a colour.", 6),
+            ("Write a poem about trees.", 30), ("What is two plus two?", 12)]
+
+    def chat(prompt: str, max_tokens: int, started: threading.Event | None = None) -> str:
+        text = []
+        for chunk in client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": prompt}], temperature=0,
+                max_tokens=max_tokens, stream=True):
+            if chunk.choices and chunk.choices[0].delta.content:
+                text.append(chunk.choices[0].delta.content)
+                if started is not None:
+                    started.set()
+        if started is not None:
+            started.set()
+        return "".join(text)
+
+    alone = [chat(prompt, n) for prompt, n in asks]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        futures = []
+        for prompt, n in asks:
+            started = threading.Event()
+            futures.append(pool.submit(chat, prompt, n, started))
+            assert started.wait(120)
+        together = [f.result(timeout=300) for f in futures]
+    assert together == alone
