@@ -251,6 +251,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                           "p99_ratio": (cold_p99 / reload_p99
                                         if cold_p99 and reload_p99 else None)},
         })
+    except BenchError as exc:  # the manager's side of it, for whoever reads the failure
+        raise BenchError(f"{exc}\ngateway log:\n{gw.log_tail(80, access=False)}") from None
     finally:
         neighbour.stop.set()
         if thread.is_alive():

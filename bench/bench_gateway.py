@@ -284,11 +284,15 @@ class Gateway:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 40, access: bool = True) -> str:
+        """The log's last ``lines``; ``access`` False leaves out the access log's lines
+        (under load they would hide a traceback)."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        if not access:
+            text = [line for line in text if " bis.access: " not in line]
         return "\n".join(text[-lines:])
 
     def check_alive(self) -> None:

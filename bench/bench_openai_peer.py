@@ -12,8 +12,10 @@ token by token, torch's default threads, ``OMP_WAIT_POLICY=PASSIVE``):
 * ours: ``run_gateway.py`` of this checkout, a configuration with ``chat`` only
   (``NR_WORKERS`` 1, ``GATEWAY_WORKERS`` 1, ``LOAD_TIMEOUT`` 300): one decode loop
   batching the running sequences continuously (at most ``MAX_SEQUENCES`` 8);
-* LitServe: one inference worker, ``max_batch_size`` 8 with ``stream``, i.e. its
-  BatchedStreamingLoop (static batches gathered for ``--lit-batch-timeout`` s).
+* LitServe: one inference worker, ``max_batch_size`` ``--lit-max-batch-size`` with
+  ``stream``. 8 (the default) runs its BatchedStreamingLoop (static batches gathered
+  for ``--lit-batch-timeout`` s); 1 runs its StreamingLoop, which serves one request
+  at a time.
 
 Both are started at once and each must answer a chat before the rounds. Each round
 measures ours, then LitServe (``--rounds`` rounds, alternating), each with a client of
@@ -195,7 +197,8 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
         ("TTFT p50, c=1 (ms)", "ttft_p50_c1_ms", "{:.0f}"),
         ("TTFT p50, c=8 (ms)", "ttft_p50_c8_ms", "{:.0f}"),
     ]
-    lines = [f"medians of {args.rounds} alternating rounds, {args.tokens} tokens a stream",
+    lines = [f"medians of {args.rounds} alternating rounds, {args.tokens} tokens a stream, "
+             f"LitServe max_batch_size {args.lit_max_batch_size}",
              "", "| | ours | LitServe | ours / LitServe |", "| --- | ---: | ---: | ---: |"]
     for title, key, fmt in rows:
         lines.append(f"| {title} | {fmt.format(ours_[key])} | {fmt.format(lit_[key])} | "
@@ -210,13 +213,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"rounds": args.rounds, "tokens": args.tokens,
                                "c1_requests": args.c1_requests, "c8_bursts": args.c8_bursts,
                                "lit_batch_timeout_s": args.lit_batch_timeout,
+                               "lit_max_batch_size": args.lit_max_batch_size,
                                "pause_idle": not args.no_pause, "machine": platform.machine(),
                                "cpus": os.cpu_count(), "checkout": checkout()}
     started = time.monotonic()
     gateway = ours(workdir / "ours", {"GATEWAY_WORKERS": 1, "CONFIG_ENDPOINTS": {
         "chat": {"NR_WORKERS": 1, "LOAD_TIMEOUT": 300}}}, [REPO / "endpoints" / "chat.py"])
     peer = lit(workdir / "litserve", "lit_smollm2.py",
-               ["--max-batch-size", str(C8), "--batch-timeout", str(args.lit_batch_timeout)])
+               ["--max-batch-size", str(args.lit_max_batch_size),
+                "--batch-timeout", str(args.lit_batch_timeout)])
     systems = [System("ours", gateway, "chat"), System("litserve", peer, "smollm2")]
     try:
         wait_gateway_ready(gateway, ["chat"], args.load_timeout)
@@ -263,11 +268,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--c8-bursts", type=int, default=1, help="bursts of 8 streams per round (1)")
     p.add_argument("--lit-batch-timeout", type=float, default=0.05,
                    help="LitServe's batch_timeout, seconds (0.05)")
+    p.add_argument("--lit-max-batch-size", type=int, default=C8,
+                   help="LitServe's max_batch_size: 8 batches streams, 1 is its StreamingLoop (8)")
     p.add_argument("--load-timeout", type=float, default=400, help="seconds to load each (400)")
     p.add_argument("--no-pause", action="store_true",
                    help="leave the idle server running while the other one is measured")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args(argv)
+    if args.lit_max_batch_size < 1:
+        p.error("--lit-max-batch-size must be at least 1")
     if args.rounds < 1 or args.tokens < 1 or args.c1_requests < 1 or args.c8_bursts < 1:
         p.error("--rounds, --tokens, --c1-requests and --c8-bursts must be at least 1")
     return args

@@ -13,7 +13,8 @@ Batching is LitServe's own for streams: ``max_batch_size`` > 1 with ``stream`` r
 BatchedStreamingLoop, which gathers up to ``--max-batch-size`` requests for at most
 ``--batch-timeout`` seconds and hands them to ``predict`` together; the batch runs
 until its last sequence ends (static batching: a request that arrives meanwhile waits
-for the next batch). The prompts of a batch are left-padded to one length; a sequence
+for the next batch). ``--max-batch-size 1`` runs its StreamingLoop instead: one
+request at a time. The prompts of a batch are left-padded to one length; a sequence
 that ended sends empty pieces until the batch ends.
 
 LitServe's request model (``ChatCompletionRequest``) drops fields it does not know, so
@@ -151,6 +152,19 @@ class SmolLM2API(ls.LitAPI):
                    else {"role": "assistant", "content": out} for out in outputs]
 
 
+class SmolLM2Single(SmolLM2API):
+    """``--max-batch-size 1``: LitServe's StreamingLoop, which hands ``predict`` one
+    request at a time (not a list); the same decoding, as a batch of one."""
+
+    def predict(self, x):
+        for outputs in super().predict([x]):
+            yield outputs[0]
+
+    def encode_response(self, output_stream):
+        for outputs in super().encode_response([out] for out in output_stream):
+            yield outputs[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -159,8 +173,9 @@ def main() -> None:
     p.add_argument("--batch-timeout", type=float, default=0.05)
     p.add_argument("--log-level", default="warning")
     args = p.parse_args()
-    api = SmolLM2API(spec=ls.OpenAISpec(), max_batch_size=args.max_batch_size,
-                     batch_timeout=args.batch_timeout)
+    kind = SmolLM2API if args.max_batch_size > 1 else SmolLM2Single
+    api = kind(spec=ls.OpenAISpec(), max_batch_size=args.max_batch_size,
+               batch_timeout=args.batch_timeout)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=120)
     server.run(host=args.host, port=args.port, num_api_servers=1, log_level=args.log_level,
                generate_client_file=False)

@@ -32,7 +32,7 @@ def test_a_hundred_cold_starts_serve_every_first_request(tmp_path):
          "--reloads", "20", "--json", str(out)],
         cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1100,
         env={**os.environ, "TMPDIR": str(tmp_path)})
-    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert out.exists(), proc.stdout[-3000:] + proc.stderr[-8000:]
     results = json.loads(out.read_text())
     assert results["requests"] == 880, results
     assert (results["failed"], results["late"]) == (0, 0), results
