@@ -13,6 +13,7 @@ from typing import Any
 from .artifacts.repository import check_repository_url
 from .queues import check_results_url, check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
+from .tenants.jwt_settings import check_issuers
 
 DEFAULT_GPU_MEM_PCT = 90
 
@@ -186,6 +187,12 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("API_KEYS", bool, False,
                 "Data-plane requests (/run, /jobs) need an API key (created with POST /keys); "
                 "the key's tenant reaches endpoints as X-Customer-ID."),
+        Setting("JWT_ISSUERS", list, [],
+                "Issuers whose bearer JWTs the gateway takes besides API keys (needs API_KEYS "
+                "and the `jwt` extra): each {ISSUER, AUDIENCE, JWKS_URL or JWKS_FILE, "
+                "ALGORITHMS, LEEWAY, JWKS_REFRESH, JWKS_MIN_REFRESH, TENANT_CLAIM, "
+                "SCOPE_CLAIM, PLAN_CLAIM, PLANS} (docs/tenants.md, \"JWT bearer tokens\").",
+                check_issuers),
         Setting("TENANTS_REDIS", (str, type(None)), None,
                 "Redis URL holding API keys and rate-limit state, shared by several gateways "
                 "(null: SQLite in the cache folder); `?prefix=` names its keys; `env:VAR` or `file:PATH` "

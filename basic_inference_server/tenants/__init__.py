@@ -8,10 +8,11 @@ cache folder, or in Redis (``TENANTS_REDIS``) when several gateways share them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..ledger.journal import journal_dir
 
 DB_FILE = "tenants.db"
@@ -26,6 +27,7 @@ class TenantsSpec:
     redis: str | None = None
     fail_open: bool = False
     journal: str | None = None  # the usage journal's folder, with LEDGER_POSTGRES
+    jwt_issuers: list[dict[str, Any]] = field(default_factory=list)  # JWT_ISSUERS
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-ready dict (what crosses to other processes)."""
@@ -35,7 +37,10 @@ class TenantsSpec:
 def tenants_spec(config: Any, cache_dir: str | Path) -> dict[str, Any]:
     """The front's tenants spec from the gateway settings (a GatewayConfig)."""
     journal = journal_dir(cache_dir) if config["LEDGER_POSTGRES"] else None
+    if config["JWT_ISSUERS"] and not config["API_KEYS"]:
+        raise ConfigError("JWT_ISSUERS needs API_KEYS: tokens stand for keys")
     return TenantsSpec(enabled=bool(config["API_KEYS"]), db=str(Path(cache_dir) / DB_FILE),
                        redis=config["TENANTS_REDIS"],
                        fail_open=bool(config["TENANTS_FAIL_OPEN"]),
-                       journal=str(journal) if journal else None).to_dict()
+                       journal=str(journal) if journal else None,
+                       jwt_issuers=list(config["JWT_ISSUERS"])).to_dict()

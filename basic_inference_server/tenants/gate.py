@@ -24,13 +24,13 @@ import asyncio
 import os
 import time
 from hashlib import blake2b
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadRequest, Forbidden, Unauthorized, Unavailable
 from ..ledger.journal import Journal
 from . import TenantsSpec
 from .allot import Ahead, Ticket
-from .keys import ApiKey, digest, presented
+from .keys import ApiKey, digest, looks_like_jwt, presented
 from .limits import Decision, Plan, RateLimited, StoreDown
 from .metering import FLUSH_EVERY, Meter
 from .quotas import QuotaBook, Reservation
@@ -38,6 +38,9 @@ from .shared import SharedLimits
 from .store import KeyStore, OffLoop, open_store
 from .token_budget import TokenBudget
 from .usage import period
+
+if TYPE_CHECKING:
+    from .jwt_issuers import JwtIssuers
 
 CHECK_EVERY = 0.25
 # Keys held in memory per front process; past it the cache starts over (a flood of
@@ -79,6 +82,11 @@ class TenantGate:
         self._checked = -1.0  # when the stamp read that last confirmed the cache was sent
         self._reading: asyncio.Task[None] | None = None  # the stamp read on its way
         self._generation = 0  # moves when the cache is dropped
+        self.jwt: JwtIssuers | None = None  # JWT_ISSUERS: bearer JWTs stand for keys
+        if spec.jwt_issuers:
+            from .jwt_issuers import JwtIssuers  # the `jwt` extra, only when configured
+
+            self.jwt = JwtIssuers(spec.jwt_issuers)
 
     async def _guard(self, coro: Any, fallback: Any = None) -> Any:
         """The store's answer; when it is down, ``fallback`` (fail open) or a 503."""
@@ -136,7 +144,10 @@ class TenantGate:
             key = self._cache[mark]
         except KeyError:
             generation = self._generation
-            key = await self._guard(self.store.find(digest(given)))
+            if self.jwt is not None and looks_like_jwt(given):
+                key = await self.jwt.key_for(given)
+            else:
+                key = await self._guard(self.store.find(digest(given)))
             if generation == self._generation:  # else the record may predate the new stamp
                 if len(self._cache) >= MAX_CACHED:
                     self._cache.clear()

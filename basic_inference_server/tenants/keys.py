@@ -60,6 +60,11 @@ def presented(name: bytes, value: bytes) -> bytes | None:
     return None
 
 
+def looks_like_jwt(given: bytes) -> bool:
+    """Whether a bearer credential is a compact JWS, a JWT (keys start ``bis_``)."""
+    return given.startswith(b"eyJ") and given.count(b".") == 2
+
+
 @dataclass
 class Bucket:
     """A token bucket: ``rate`` tokens a second refill it up to ``burst``."""
@@ -210,6 +215,12 @@ def _limits(args: dict[str, Any]) -> tuple[Bucket | None, dict[str, Bucket], int
 
 def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
     """A new key from the admin API's body, checked field by field; and its secret."""
+    secret = new_secret()
+    return key_from_fields(args, "key_" + secrets.token_hex(8), digest(secret)), secret
+
+
+def key_from_fields(args: dict[str, Any], key_id: str, key_hash: str) -> ApiKey:
+    """A key from the admin API's fields (:data:`FIELDS`), checked field by field."""
     unknown = sorted(set(args) - FIELDS)
     if unknown:
         raise BadRequest(f"unknown fields {unknown}; a key takes {sorted(FIELDS)}")
@@ -218,13 +229,11 @@ def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
     tokens = _bucket({k.removeprefix("TOKEN_"): args[k] for k in ("TOKEN_RATE", "TOKEN_BURST")
                       if k in args}, "TOKEN_RATE/TOKEN_BURST") \
         if "TOKEN_RATE" in args or "TOKEN_BURST" in args else None
-    secret = new_secret()
-    key = ApiKey(id="key_" + secrets.token_hex(8), tenant=tenant, hash=digest(secret),
-                 endpoints=endpoints, read_all_jobs=read_all, limit=limit,
-                 endpoint_limits=endpoint_limits, max_concurrent=concurrent, name=name,
-                 token_limit=tokens,
-                 quota=quota_from_request(args["QUOTA"]) if "QUOTA" in args else None)
-    return key, secret
+    return ApiKey(id=key_id, tenant=tenant, hash=key_hash,
+                  endpoints=endpoints, read_all_jobs=read_all, limit=limit,
+                  endpoint_limits=endpoint_limits, max_concurrent=concurrent, name=name,
+                  token_limit=tokens,
+                  quota=quota_from_request(args["QUOTA"]) if "QUOTA" in args else None)
 
 
 def grace_of(args: dict[str, Any]) -> float:
