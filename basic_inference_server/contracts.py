@@ -97,6 +97,9 @@ class FrontSpec:
     model_aliases: dict[str, str] = field(default_factory=dict)
     # CACHE_REDIS: the answer caches' Redis (None: each front process's memory).
     cache_redis: str | None = None
+    # ANON_LIMIT and TRUSTED_PROXIES: a bucket per client address with keys off.
+    anon_limit: dict[str, Any] | None = None
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 from .artifacts.repository import check_repository_url
 from .queues import check_results_url, check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
+from .tenants.address_settings import check_anon_limit, check_proxies
 from .tenants.jwt_settings import check_issuers
 
 DEFAULT_GPU_MEM_PCT = 90
@@ -187,6 +188,16 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("API_KEYS", bool, False,
                 "Data-plane requests (/run, /jobs) need an API key (created with POST /keys); "
                 "the key's tenant reaches endpoints as X-Customer-ID."),
+        Setting("ANON_LIMIT", (dict, type(None)), None,
+                "With API_KEYS off: a token bucket per client address, {RATE, BURST} as a "
+                "key's (RATE a number a second or text like '10/second'), exact across "
+                "front processes (and gateways sharing TENANTS_REDIS); past it 429 with "
+                "Retry-After. null: no limit.", check_anon_limit),
+        Setting("TRUSTED_PROXIES", list, [],
+                "Addresses or networks (CIDR) of the reverse proxies in front of the "
+                "gateway: from them only, X-Forwarded-For names the client for ANON_LIMIT "
+                "(read from the right, past every trusted proxy). []: the peer address is "
+                "the client's, whatever the headers say.", check_proxies),
         Setting("JWT_ISSUERS", list, [],
                 "Issuers whose bearer JWTs the gateway takes besides API keys (needs API_KEYS "
                 "and the `jwt` extra): each {ISSUER, AUDIENCE, JWKS_URL or JWKS_FILE, "

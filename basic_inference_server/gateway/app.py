@@ -31,6 +31,7 @@ from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
 from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
 from . import dashboard_events, metrics
+from .address_limits import AddressTenancy
 from .answer_cache import answer_cache
 from .api_table import DATA_PATHS, NATIVE
 from .dispatch import Dispatcher
@@ -73,6 +74,8 @@ class Front:
         self.tenancy: Tenancy = NoTenancy()
         if self.key_gate is not None and self.key_gate.spec.enabled:
             self.tenancy = KeyTenancy(self.key_gate, self.off_loop, spec.internal_token)
+        elif self.key_gate is not None and spec.anon_limit is not None:
+            self.tenancy = AddressTenancy(self.key_gate, spec.anon_limit, spec.trusted_proxies)
         self.dispatcher = Dispatcher(self.routes, self.board, self.upstream, self.traffic,
                                      self.off_loop, spec.control)
         self.idle_watch = IdleWatch(self.routes, self.board, self.jobs, spec.control,

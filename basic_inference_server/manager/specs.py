@@ -54,7 +54,8 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         max_connections=config["MAX_CONNECTIONS"], tls_cert=config["TLS_CERT"],
         tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir,
         internal_token=internal_token, cache_dir=cache_dir,
-        model_aliases=config["MODEL_ALIASES"], cache_redis=config["CACHE_REDIS"])
+        model_aliases=config["MODEL_ALIASES"], cache_redis=config["CACHE_REDIS"],
+        anon_limit=config["ANON_LIMIT"], trusted_proxies=config["TRUSTED_PROXIES"])
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,

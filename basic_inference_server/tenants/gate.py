@@ -217,6 +217,16 @@ class TenantGate:
                 buckets, (line + ":slots", key.max_concurrent) if key.max_concurrent else None)
         return Plan(*parts)
 
+    def address_now(self, plan: Plan) -> Decision | None:
+        """A client address's bucket (ANON_LIMIT, keys off) when this process holds a
+        token of it; else None, with nothing taken: :meth:`address`."""
+        return self.limits.held.quick(plan)
+
+    async def address(self, plan: Plan) -> Decision:
+        """A client address's bucket, from the store when this process holds none."""
+        got = self.limits.claim(plan)
+        return got if isinstance(got, Decision) else await self._fetch(plan, got)
+
     async def _fetch(self, plan: Plan, ticket: Ticket) -> Decision:
         """The rest of a plan from the store; from this gateway's memory while the store
         is down and ``TENANTS_FAIL_OPEN`` is on."""

@@ -167,7 +167,9 @@ def _count(value: Any, low: int, high: int) -> int | None:
     return None
 
 
-def _bucket(spec: Any, what: str) -> Bucket:
+def bucket_of(spec: Any, what: str) -> Bucket:
+    """A bucket from ``{"RATE": ..., "BURST": n}`` (BURST defaults to the rate a
+    second, at least 1); BadRequest naming ``what`` when it is not one."""
     if not isinstance(spec, dict) or set(spec) - {"RATE", "BURST"} or "RATE" not in spec:
         raise BadRequest(f"{what} must be {{\"RATE\": ..., \"BURST\": n}}")
     rate = _rate(spec["RATE"], f"{what}.RATE")
@@ -201,7 +203,7 @@ def _scopes(args: dict[str, Any]) -> tuple[str, list[str], bool, str]:
 
 def _limits(args: dict[str, Any]) -> tuple[Bucket | None, dict[str, Bucket], int | None]:
     """The rate limit, per-endpoint limits and MAX_CONCURRENT of a key request, checked."""
-    limit = _bucket({k: args[k] for k in ("RATE", "BURST") if k in args}, "RATE/BURST") \
+    limit = bucket_of({k: args[k] for k in ("RATE", "BURST") if k in args}, "RATE/BURST") \
         if "RATE" in args or "BURST" in args else None
     per_endpoint = args.get("ENDPOINT_LIMITS", {})
     if not isinstance(per_endpoint, dict) or not all(is_name(e) for e in per_endpoint):
@@ -209,7 +211,7 @@ def _limits(args: dict[str, Any]) -> tuple[Bucket | None, dict[str, Bucket], int
     concurrent = _count(args["MAX_CONCURRENT"], 1, 10**6) if "MAX_CONCURRENT" in args else None
     if "MAX_CONCURRENT" in args and concurrent is None:
         raise BadRequest("MAX_CONCURRENT must be an integer from 1 to 10**6 (or absent)")
-    return limit, {e: _bucket(s, f"ENDPOINT_LIMITS.{e}") for e, s in per_endpoint.items()}, \
+    return limit, {e: bucket_of(s, f"ENDPOINT_LIMITS.{e}") for e, s in per_endpoint.items()}, \
         concurrent
 
 
@@ -226,7 +228,7 @@ def key_from_fields(args: dict[str, Any], key_id: str, key_hash: str) -> ApiKey:
         raise BadRequest(f"unknown fields {unknown}; a key takes {sorted(FIELDS)}")
     tenant, endpoints, read_all, name = _scopes(args)
     limit, endpoint_limits, concurrent = _limits(args)
-    tokens = _bucket({k.removeprefix("TOKEN_"): args[k] for k in ("TOKEN_RATE", "TOKEN_BURST")
+    tokens = bucket_of({k.removeprefix("TOKEN_"): args[k] for k in ("TOKEN_RATE", "TOKEN_BURST")
                       if k in args}, "TOKEN_RATE/TOKEN_BURST") \
         if "TOKEN_RATE" in args or "TOKEN_BURST" in args else None
     return ApiKey(id=key_id, tenant=tenant, hash=key_hash,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import pytest
@@ -141,4 +141,5 @@ def test_specs_are_the_contract_dataclasses_with_the_settings_defaults(manager):
         for f in fields(cls):
             key = by_field.get(f.name, f.name.upper())
             if key in GATEWAY_SETTINGS and f.name not in ("allowed_hosts", "model_aliases"):
-                assert f.default == GATEWAY_SETTINGS[key].default, (cls.__name__, f.name)
+                default = f.default_factory() if f.default is MISSING else f.default
+                assert default == GATEWAY_SETTINGS[key].default, (cls.__name__, f.name)
