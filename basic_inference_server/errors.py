@@ -179,6 +179,14 @@ class UpstreamTimeout(ServingError):
     kind = "timeout"
 
 
+class DeadlineExceeded(UpstreamTimeout):
+    """The request's ``X-Request-Deadline`` passed: at the gateway before it was sent or
+    while its answer was awaited, or in the endpoint server before ``_predict`` started
+    (it never starts)."""
+
+    kind = "deadline_exceeded"
+
+
 class StreamTimeout(UpstreamTimeout):
     """A stream passed one of its endpoint's stream timeouts (``STREAM_FIRST_CHUNK_TIMEOUT``,
     ``STREAM_IDLE_TIMEOUT``, ``STREAM_TIMEOUT``): the ``ERROR_TYPE`` of its last event,

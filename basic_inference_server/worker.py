@@ -48,16 +48,23 @@ if TYPE_CHECKING:
 
 
 class CancelFlag:
-    """Set once a request's client went away; any thread may set or read it."""
+    """Set once a request's client went away; any thread may set or read it. With a
+    ``deadline`` (``time.perf_counter()``, from ``X-Request-Deadline``), the request
+    does not start once it passed."""
 
-    __slots__ = ("is_set",)
+    __slots__ = ("is_set", "deadline")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float | None = None) -> None:
         self.is_set = False
+        self.deadline = deadline
 
     def set(self) -> None:
         """Mark the request cancelled."""
         self.is_set = True
+
+    def expired(self) -> bool:
+        """Whether the request's deadline passed (False without one)."""
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
 
 # The flag of the request the calling thread runs: the framework sets it around each

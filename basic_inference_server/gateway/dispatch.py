@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 from ..contracts import WAITABLE_STATES, EndpointState, Route
 from ..control_api import WAKE
-from ..errors import NotFound, Overloaded, Unavailable
+from ..deadlines import MISSES, header_line, left_ms
+from ..errors import DeadlineExceeded, NotFound, Overloaded, Unavailable, UpstreamTimeout
 from ..names import split_target
 from ..traffic.remote import remote_body
 from ..wire.message import Request
@@ -117,6 +118,8 @@ class Dispatcher:
         try:
             if route.pipeline is not None:
                 resp = await self.pipelines.run(route, raw, req)
+            elif req.deadline is not None:
+                resp = await self._before_deadline(route, raw, req)
             elif route.remote is not None:
                 resp = await self._forward_remote(route, raw, req)
             else:
@@ -128,9 +131,36 @@ class Dispatcher:
             else:
                 self.board.add(column, -1)
 
-    async def _forward_remote(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+    async def _before_deadline(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+        """A request with a deadline: not sent once it passed; sent with what is left of
+        it (X-Request-Deadline), its answer awaited no longer than that. The endpoint's
+        TIMEOUT caps it: when that comes first, the answer is its usual 504 timeout."""
+        assert req.deadline is not None
+        left = min(req.deadline - time.perf_counter(), route.timeout)
+        ms = left_ms(left)
+        if ms < 1:
+            MISSES.labels(route.name, "gateway").inc()
+            raise DeadlineExceeded("the request's deadline passed before it was sent",
+                                   SIGNATURE=route.name)
+        record = {**route.record, "timeout": left}
+        try:
+            if route.remote is not None:
+                return await self._forward_remote(route, raw, req, record, header_line(ms))
+            return await self.upstream.forward(record, route.name,
+                                               head_lines(req, None) + header_line(ms), raw)
+        except UpstreamTimeout:
+            if time.perf_counter() < req.deadline:
+                raise  # its TIMEOUT came first
+            MISSES.labels(route.name, "gateway").inc()
+            raise DeadlineExceeded(f"the request's deadline passed while endpoint "
+                                   f"{route.name} ran it", SIGNATURE=route.name) from None
+
+    async def _forward_remote(self, route: Route, raw: bytes, req: Request,
+                              record: dict[str, Any] | None = None,
+                              extra: bytes = b"") -> UpstreamResponse:
         """A remote endpoint (``URLS``): the body names the remote's SIGNATURE (by default
-        this endpoint's name, without a version label), then goes over TCP."""
+        this endpoint's name, without a version label), then goes over TCP. ``record``:
+        the route's as the upstream reads it (its own TIMEOUT), ``extra``: header lines."""
         remote = route.remote
         assert remote is not None
         signature = remote["signature"] or split_target(route.name)[0]
@@ -138,8 +168,8 @@ class Dispatcher:
             raw = await self.off_loop(remote_body, raw, signature)
         else:
             raw = remote_body(raw, signature)
-        return await self.upstream.forward_remote(route.record, route.name,
-                                                  head_lines(req, remote), raw)
+        return await self.upstream.forward_remote(record or route.record, route.name,
+                                                  head_lines(req, remote) + extra, raw)
 
     async def resolve(self, name: str) -> Route:
         """The route of a READY endpoint, or the error to answer with."""

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from .. import protocol
+from ..deadlines import deadline_at
 from ..errors import BadRequest, MethodNotAllowed, ServingError
 from ..traffic.shadow import Shadow
 from ..wire.message import Answer, Request, error_answer
@@ -85,6 +86,7 @@ class RunFlow:
             signature, raw = await self.target(req)
             plan = self.planner.plan(signature, raw, req, self.routes.table(),
                                      self.dispatcher.may_take)
+            req.deadline = deadline_at(req.headers, req.received)
             hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
             req.limits = hold.limits
             resp = await self._answer(plan, raw, req)

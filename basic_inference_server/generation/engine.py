@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..deadlines import MISSES
+from ..errors import DeadlineExceeded
 from .contract import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ PARTIAL = "\ufffd"
 class Model(Protocol):
     """What the engine asks of a generative worker."""
 
+    endpoint: str
     eos_token_ids: frozenset[int]
 
     def _step(self, batch: list[Sequence]) -> list[int]: ...
@@ -59,6 +62,8 @@ class Sequence:
     params: GenerationParams
     # True once the client left (the request's cancel flag): it leaves at the next step.
     gone: Callable[[], bool] = lambda: False
+    # True once its deadline passed (X-Request-Deadline): it does not join after that.
+    expired: Callable[[], bool] = lambda: False
     id: int = field(default_factory=lambda: next(_ids))
     tokens: list[int] = field(default_factory=list)
     # The model's own state of this sequence (its cache rows ...): the model's to use.
@@ -140,7 +145,13 @@ class Engine:
                 while not self.waiting and not self.running:
                     self.cond.wait()
                 while self.waiting and len(self.running) < self.max_sequences:
-                    self.running.append(self.waiting.popleft())
+                    seq = self.waiting.popleft()
+                    if seq.expired():  # it waited for a place past its deadline
+                        MISSES.labels(self.model.endpoint, "server").inc()
+                        seq.out.put(DeadlineExceeded("the request's deadline passed before "
+                                                     "it joined the batch"))
+                        continue
+                    self.running.append(seq)
             self._leave([s for s in self.running if s.cancelled or s.gone()])
             if self.running:
                 self._step()

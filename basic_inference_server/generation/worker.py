@@ -84,7 +84,8 @@ class GenerativeWorker(FlaskWorker):
         tokens, params = prep
         flag = running_flag()
         seq = self.engine.submit(Sequence(
-            tokens, params, gone=(lambda: flag.is_set) if flag is not None else lambda: False))
+            tokens, params, gone=(lambda: flag.is_set) if flag is not None else lambda: False,
+            expired=flag.expired if flag is not None else lambda: False))
         try:
             for item in seq.texts():
                 if isinstance(item, Finished):

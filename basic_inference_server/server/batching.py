@@ -14,7 +14,8 @@ alone so that only the ones that fail by themselves get a 500.
 
 Streams: a result that is an iterator (or an async iterator) streams its own request's
 chunks, stepped in that request's thread (see :mod:`.streaming`). A request whose
-client went away before its batch formed is dropped from the batch.
+client went away, or whose deadline passed (``X-Request-Deadline``: a 504
+``deadline_exceeded``), before its batch formed is dropped from the batch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from ..errors import ServingError
+from ..deadlines import MISSES
+from ..errors import DeadlineExceeded, ServingError
 from ..worker import CancelFlag, FlaskWorker, running_flag
 from .stages import StageError, post_process, pre_process
 
@@ -46,9 +48,16 @@ class _Item:
         self.error: ServingError | None = None
         self.done = threading.Event()
 
-    @property
-    def gone(self) -> bool:
-        return self.flag is not None and self.flag.is_set
+    def ended(self) -> ServingError | None:
+        """Why it must not run: its client went away, or its deadline passed."""
+        flag = self.flag
+        if flag is None:
+            return None
+        if flag.is_set:  # its request's answer, which nobody reads
+            return ServingError("the client went away before the batch formed")
+        if flag.expired():
+            return DeadlineExceeded("the request's deadline passed before its batch formed")
+        return None
 
 
 class Batcher:
@@ -63,7 +72,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._active = 0  # requests inside run(), queued or not
         self._last = 1  # size of the last batch
-        self.dropped = 0  # inputs whose client went away before their batch formed
+        self.dropped = 0  # inputs whose client went away (or deadline passed) before their batch
         self._sizes = BATCH_SIZE.labels(worker.endpoint)
         self._thread = threading.Thread(target=self._loop, name="bis-batcher", daemon=True)
         self._thread.start()
@@ -108,15 +117,18 @@ class Batcher:
             return [self._queue.popleft() for _ in range(n)]
 
     def _drop_gone(self) -> int:
-        """Answer the waiting inputs whose client went away (nobody reads it) without
-        running them; how many are left. Called with the lock held."""
-        if any(item.gone for item in self._queue):
-            for item in [item for item in self._queue if item.gone]:
-                self._queue.remove(item)
-                # Its request's answer, which nobody reads.
-                item.error = ServingError("the client went away before the batch formed")
-                item.done.set()
-                self.dropped += 1
+        """Answer the waiting inputs whose client went away, or whose deadline passed,
+        without running them; how many are left. Called with the lock held."""
+        ended = [(item, item.ended()) for item in self._queue if item.flag is not None]
+        for item, error in ended:
+            if error is None:
+                continue
+            self._queue.remove(item)
+            item.error = error
+            item.done.set()
+            self.dropped += 1
+            if isinstance(error, DeadlineExceeded):
+                MISSES.labels(self.worker.endpoint, "server").inc()
         return len(self._queue)
 
     def _loop(self) -> None:

@@ -21,7 +21,8 @@ from urllib.parse import parse_qsl
 
 from .. import protocol
 from ..contracts import ServerSpec
-from ..errors import BadRequest, MethodNotAllowed, ServingError
+from ..deadlines import MISSES, deadline_at
+from ..errors import BadRequest, DeadlineExceeded, MethodNotAllowed, ServingError
 from ..models.setup import RequestModels
 from ..names import split_target
 from ..streams import STREAM_HEADERS, Format, wanted
@@ -138,6 +139,10 @@ class RunEntry:
                 times: StageTimes | None) -> Answer:
         request_id = request.request_id
         try:
+            deadline = deadline_at(request.headers, request.received)  # from our receipt
+            if deadline is not None:
+                flag = flag if flag is not None else CancelFlag()
+                flag.deadline = deadline
             fields, fmt = self._fields(request)
             if times is not None:
                 times.mark("decode")
@@ -220,6 +225,11 @@ class RunEntry:
         extra headers and call id. The models the request needs are held while it runs
         (for a stream, until the stream is closed)."""
         call_id = next(self.calls)
+        if flag is not None and flag.expired():  # it waited for a worker thread too long
+            MISSES.labels(self.spec.name, "server").inc()
+            return (*self.failed(call_id, request_id, DeadlineExceeded(
+                "the request's deadline passed before it started", SIGNATURE=self.spec.name)),
+                call_id)
         previous = run_as(flag)
         try:
             decode_base64_fields(inputs, self.b64_in)

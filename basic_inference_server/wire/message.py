@@ -111,6 +111,9 @@ class Request:
     # tenants.token_budget.TokenHold: the tokens reserved for it (the OpenAI routes).
     budget: Any = None
     received: float = 0.0  # time.perf_counter() at its last byte (SERVER_TIMING's start)
+    # X-Request-Deadline at the gateway: when it passes (time.perf_counter()); None
+    # without one.
+    deadline: float | None = None
     # SERVER_TIMING, at the gateway: when the upstream call began and ended.
     upstream_span: tuple[float, float] | None = None
 

@@ -10,6 +10,7 @@ import pytest
 from basic_inference_server.errors import ServingError
 from basic_inference_server.server.batching import Batcher
 from basic_inference_server.worker import FlaskWorker
+from tests.conftest import wait_until
 
 
 class Doubler(FlaskWorker):
@@ -91,3 +92,34 @@ def test_batch_thread_survives_a_model_that_exits():
     with pytest.raises(ServingError, match="SystemExit"):
         batcher.run({"x": 0})
     assert batcher.run({"x": 5}) == 5  # the batch thread is still there
+
+
+def test_an_input_whose_deadline_passed_while_it_waited_never_runs():
+    import time
+
+    from basic_inference_server.errors import DeadlineExceeded
+    from basic_inference_server.worker import CancelFlag, run_as
+
+    worker = Doubler()
+    batcher = Batcher(worker, max_size=1, max_delay_s=0.0)
+
+    def call(x, deadline):
+        run_as(CancelFlag(deadline))
+        try:
+            return batcher.run({"x": x})
+        except ServingError as err:
+            return err
+
+    with ThreadPoolExecutor(2) as ex:
+        first = ex.submit(call, 10, None)  # holds the batch thread until the gate opens
+        wait_until(lambda: worker.calls or batcher._active == 1, timeout=10)
+        deadline = time.perf_counter() + 0.05
+        late = ex.submit(call, 20, deadline)
+        wait_until(lambda: batcher._active == 2, timeout=10)
+        # Its deadline passes while it waits behind the first batch.
+        wait_until(lambda: time.perf_counter() > deadline, timeout=10, interval=0.01)
+        worker.gate.set()
+        assert first.result(timeout=10) == {"y": 20}
+        error = late.result(timeout=10)
+    assert isinstance(error, DeadlineExceeded) and error.status == 504
+    assert worker.calls == [10], "the late input never reached _predict"

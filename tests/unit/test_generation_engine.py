@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from basic_inference_server.errors import DeadlineExceeded
 from basic_inference_server.generation import Engine, GenerationParams, Sequence
 from basic_inference_server.generation.engine import Finished
 
@@ -16,6 +17,7 @@ class Scripted:
     """Each sequence's tokens come from its prompt, in order (then EOS); text is a table."""
 
     eos_token_ids = frozenset({EOS})
+    endpoint = "scripted"
 
     def __init__(self, table: dict[int, str], fail_at: int | None = None) -> None:
         self.table = table
@@ -125,3 +127,16 @@ def test_a_cancelled_sequence_leaves_at_the_next_step():
     list(other.texts())
     steps_with_it = sum(seq.id in b for b in model.batches)
     assert steps_with_it <= 4 and seq.id in model.released
+
+
+def test_a_sequence_whose_deadline_passed_while_it_waited_never_runs():
+    model = Scripted({EOS: "", 1: "a", 2: "b"})
+    model.gate = threading.Semaphore(0)  # the first sequence holds the only place
+    engine = Engine(model, 1)
+    first = engine.submit(Sequence([1, 2], GenerationParams()))
+    late = engine.submit(Sequence([2, 1], GenerationParams(), expired=lambda: True))
+    model.gate.release(100)
+    assert [i for i in first.texts()][-1] == Finished("stop", 2, 2)
+    with pytest.raises(DeadlineExceeded):
+        list(late.texts())
+    assert all(late.id not in batch for batch in model.batches), "it never ran"
