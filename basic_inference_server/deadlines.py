@@ -5,7 +5,8 @@ when it passes before the request is sent or while its answer is awaited, and pa
 what is left of it on to the endpoint server (and to a remote endpoint's gateway). The
 endpoint server counts from its own receipt of the request and does not start a request
 whose deadline passed while it waited (for a worker thread, a batch, or a place in the
-decode loop): ``_predict`` never runs for it.
+decode loop): ``_predict`` never runs for it. A job submitted with one (``POST /jobs``)
+goes to the dead letters unrun when no worker started it in time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ MAX_MS = 86_400_000  # a day
 MISSES = Counter("bis_deadline_exceeded_total",
                  "Requests answered 504 deadline_exceeded: where the deadline passed "
                  "(gateway: before the request was sent or while its answer was awaited; "
-                 "server: waiting in the endpoint server, _predict never started)",
+                 "server: waiting in the endpoint server, _predict never started; queue: "
+                 "a job not started in time, dead-lettered unrun)",
                  ["endpoint", "where"])
 
 

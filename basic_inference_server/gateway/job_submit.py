@@ -8,12 +8,14 @@ thread pool.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
 from ..contracts import EndpointState
+from ..deadlines import deadline_seconds
 from ..errors import BadRequest, ServingError
 from ..names import split_target
 from ..tenants.keys import ApiKey
@@ -73,6 +75,7 @@ class JobSubmitter:
             name = protocol.signature_of(body)
             label = split_target(name)[0]
             idempotency = idempotency_key(req)
+            deadline = deadline_seconds(req.headers)
             held = await self._admit(req, label)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), label, None), err.status)
@@ -84,8 +87,9 @@ class JobSubmitter:
         once = Once.of(idempotency, customer, name, body) if idempotency is not None else None
         answer: Answer | None = None
         try:
+            expires = None if deadline is None else time.time() + deadline
             answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer,
-                                         once)
+                                         once, expires)
             self._wake_if_idle(name, answer)
         finally:
             if held is not None and not queued_now(answer):
@@ -115,13 +119,15 @@ class JobSubmitter:
         return reservation
 
     def enqueue(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
-                customer: str | None = None, once: Once | None = None) -> Answer:
+                customer: str | None = None, once: Once | None = None,
+                expires_at: float | None = None) -> Answer:
         """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes); in the pool."""
         try:
             route = job_route(self.routes.table().record, name) \
                 or job_route(self.routes.table(fresh=True).record, name)
             status, headers, answer = self.jobs.submit(name, body, size, route, self.meta(),
-                                                       customer, key.id if key else None, once)
+                                                       customer, key.id if key else None, once,
+                                                       expires_at)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), *split_target(name)), err.status)
             return error_answer(err, self.meta())

@@ -63,6 +63,7 @@ class Job:
 
     ``tenant`` is the customer id the endpoint gets as ``X-Customer-ID`` when the job
     runs; ``key_id`` the API key whose quota and metering its run is charged to.
+    ``expires_at``: when a job not yet started goes to the dead letters instead.
     """
 
     endpoint: str
@@ -74,11 +75,14 @@ class Job:
     undecodable: str | None = None
     tenant: str | None = None
     key_id: str | None = None
+    # X-Request-Deadline at submit: a job not started by then (time.time()) goes to the
+    # dead letters unrun.
+    expires_at: float | None = None
 
     def encode(self) -> bytes:
         """The job as stored in a queue (JSON)."""
         data = asdict(self)
-        for name in ("undecodable", "tenant", "key_id"):
+        for name in ("undecodable", "tenant", "key_id", "expires_at"):
             if data[name] is None:
                 del data[name]  # the wire format of a job without them stays as it was
         return orjson.dumps(data)
@@ -93,7 +97,8 @@ class Job:
         fields_ok = (isinstance(job.endpoint, str) and isinstance(job.body, dict)
                      and isinstance(job.id, str) and type(job.attempts) is int
                      and isinstance(job.submitted_at, (int, float))
-                     and all(v is None or isinstance(v, str) for v in (job.tenant, job.key_id)))
+                     and all(v is None or isinstance(v, str) for v in (job.tenant, job.key_id))
+                     and (job.expires_at is None or type(job.expires_at) in (int, float)))
         if not fields_ok:
             raise ValueError("a job field has the wrong type")
         return job

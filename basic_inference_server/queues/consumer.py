@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import orjson
 
 from ..cancellations import JOB_RUNNING, count_cancelled
+from ..deadlines import MISSES
 from ..redact import mask_text, mask_url
 from ..worker import CancelFlag
 from . import JobQueue, JobsSpec, ResultStore, open_queue, open_results
@@ -318,6 +319,10 @@ class JobWorker:
         assert self.results is not None
         if cancel_asked(self.results.get(job.id)):
             self._cancelled(claim, ran=False)
+            return True
+        if job.expires_at is not None and time.time() >= job.expires_at:
+            MISSES.labels(self.endpoint, "queue").inc()
+            self._dead(claim, "expired: its X-Request-Deadline passed before it started")
             return True
         return False
 

@@ -68,3 +68,25 @@ def test_the_endpoint_timeout_caps_a_longer_deadline(gw):
 def test_a_malformed_deadline_is_a_400(gw, value):
     body = assert_error(run(gw, value, SECONDS=0.01), 400)
     assert "X-Request-Deadline" in body["ERROR"]
+
+
+def test_a_job_not_started_before_its_deadline_is_dead_unrun(gw, tmp_path: Path):
+    from tests.jobs.jobs_client import wait_finished
+
+    busy, waited = tmp_path / "job_busy", tmp_path / "job_waited"
+    first = requests.post(gw.url("/jobs"), json={"SIGNATURE": "slow", "SECONDS": 1.0,
+                                                 "MARKER": str(busy)}, timeout=30)
+    assert first.status_code == 202, first.text
+    wait_until(busy.exists, timeout=30, message="the first job is running")
+    late = requests.post(gw.url("/jobs"), json={"SIGNATURE": "slow", "SECONDS": 0.01,
+                                                "MARKER": str(waited)},
+                         headers={"X-Request-Deadline": "200"}, timeout=30)
+    assert late.status_code == 202, late.text
+    done = wait_finished(gw, first.json()["JOB_ID"])
+    assert done["STATUS"] == "done", done
+    dead = wait_finished(gw, late.json()["JOB_ID"])
+    assert dead["STATUS"] == "dead" and "expired" in dead["LAST_ERROR"], dead
+    assert not waited.exists(), "the expired job ran"
+    bad = requests.post(gw.url("/jobs"), json={"SIGNATURE": "slow"},
+                        headers={"X-Request-Deadline": "later"}, timeout=30)
+    assert bad.status_code == 400 and bad.json()["ERROR_TYPE"] == "bad_request"
