@@ -5,7 +5,8 @@ when it passes before the request is sent or while its answer is awaited, and pa
 what is left of it on to the endpoint server (and to a remote endpoint's gateway). The
 endpoint server counts from its own receipt of the request and does not start a request
 whose deadline passed while it waited (for a worker thread, a batch, or a place in the
-decode loop): ``_predict`` never runs for it. A job submitted with one (``POST /jobs``)
+decode loop), nor one whose deadline is closer than its worker's recent run time:
+``_predict`` never runs for it. A job submitted with one (``POST /jobs``)
 goes to the dead letters unrun when no worker started it in time.
 """
 
@@ -26,6 +27,26 @@ MISSES = Counter("bis_deadline_exceeded_total",
                  "server: waiting in the endpoint server, _predict never started; queue: "
                  "a job not started in time, dead-lettered unrun)",
                  ["endpoint", "where"])
+
+
+class TypicalRun:
+    """How long a worker's runs take lately (a moving average), so that a request that
+    can no longer finish before its deadline is not started: under a sustained overload
+    a queue served first come, first served would otherwise start only requests that
+    had waited nearly their whole deadline, and finish them late."""
+
+    WEIGHT = 0.2  # of the newest run
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        """One more run's time."""
+        self.seconds += self.WEIGHT * (seconds - self.seconds)
+
+    def too_late(self, deadline: float, now: float) -> bool:
+        """Whether a run started ``now`` would end past ``deadline`` (perf_counter)."""
+        return deadline - now <= self.seconds
 
 
 def deadline_seconds(headers: list[tuple[bytes, bytes]]) -> float | None:

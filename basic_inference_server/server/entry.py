@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -21,7 +22,7 @@ from urllib.parse import parse_qsl
 
 from .. import protocol
 from ..contracts import ServerSpec
-from ..deadlines import MISSES, deadline_at
+from ..deadlines import MISSES, TypicalRun, deadline_at
 from ..errors import BadRequest, DeadlineExceeded, MethodNotAllowed, ServingError
 from ..models.setup import RequestModels
 from ..names import split_target
@@ -117,6 +118,7 @@ class RunEntry:
         self.own = AnswerMeta(spec.name)
         self.label = split_target(spec.name)[0]
         self.calls = itertools.count(1)
+        self.typical = TypicalRun()  # for deadlines: a request that cannot end in time waits no more
 
     # -- the event loop's entry ----------------------------------------------------------
     def answer(self, request: Request, flag: CancelFlag | None = None,
@@ -225,11 +227,14 @@ class RunEntry:
         extra headers and call id. The models the request needs are held while it runs
         (for a stream, until the stream is closed)."""
         call_id = next(self.calls)
-        if flag is not None and flag.expired():  # it waited for a worker thread too long
+        began = time.perf_counter()
+        if flag is not None and flag.deadline is not None \
+                and self.typical.too_late(flag.deadline, began):
+            # It waited for a worker thread until it can no longer end in time.
             MISSES.labels(self.spec.name, "server").inc()
             return (*self.failed(call_id, request_id, DeadlineExceeded(
-                "the request's deadline passed before it started", SIGNATURE=self.spec.name)),
-                call_id)
+                f"the request's deadline passes before it could end (runs take about "
+                f"{self.typical.seconds * 1000:.0f} ms)", SIGNATURE=self.spec.name)), call_id)
         previous = run_as(flag)
         try:
             decode_base64_fields(inputs, self.b64_in)
@@ -239,6 +244,8 @@ class RunEntry:
             return (*self.failed(call_id, request_id, err), call_id)
         finally:
             run_as(previous)
+        if self.compute.concurrency == 1:  # its time is the run's (a batch's includes waiting)
+            self.typical.add(time.perf_counter() - began)
         if not isinstance(result, dict):
             if isinstance(result, Chunks):
                 return 200, ChunkStream(result, self.b64_out), [], call_id
