@@ -59,6 +59,7 @@ class Issuer:
     keys: KeySet | None = None
     read_at: float = float("-inf")  # monotonic
     file_stamp: tuple[int, int] | None = None
+    retry_at: float = 0.0  # monotonic: no read before (after a failed one)
     _reading: asyncio.Task[KeySet] | None = field(default=None, repr=False)
 
     def setting(self, name: str) -> Any:
@@ -67,16 +68,21 @@ class Issuer:
 
     async def key_set(self, again: bool = False) -> KeySet:
         """Its keys: read when never read, stale, or ``again`` (a key id it lacks) and
-        not read within JWKS_MIN_REFRESH; one read at a time for every caller."""
+        not read within JWKS_MIN_REFRESH; one read at a time for every caller. After a
+        failed read, none is tried for JWKS_MIN_REFRESH (at least a second): the keys
+        held go on verifying, or, without any, requests get a 503 at once rather than
+        each waiting on an issuer that does not answer."""
         now = time.monotonic()
         age = now - self.read_at
         stale = age >= self.setting("JWKS_REFRESH") or self._file_moved()
-        if self.keys is not None and not stale and not (
-                again and age >= self.setting("JWKS_MIN_REFRESH")):
+        wanted = stale or (again and age >= self.setting("JWKS_MIN_REFRESH"))
+        if self.keys is not None and not wanted:
             return self.keys
-        if self._reading is None:
+        if now >= self.retry_at and self._reading is None:
             self._reading = asyncio.get_running_loop().create_task(self._read())
         try:
+            if self._reading is None:
+                raise OSError("the last read failed")
             return await asyncio.shield(self._reading)
         except (OSError, httpx.HTTPError, ValueError, JoseError) as exc:
             if self.keys is not None:  # the keys held still verify until it answers
@@ -90,6 +96,7 @@ class Issuer:
 
     async def _read(self) -> KeySet:
         try:
+            self.retry_at = time.monotonic() + max(1, self.setting("JWKS_MIN_REFRESH"))
             if self.setting("JWKS_FILE") is not None:
                 path = self.setting("JWKS_FILE")
                 stamp = _stamp(path)
@@ -102,6 +109,7 @@ class Issuer:
             self.keys = public_keys(orjson.loads(raw))
             self.file_stamp = stamp
             self.read_at = time.monotonic()
+            self.retry_at = 0.0
             return self.keys
         finally:
             self._reading = None

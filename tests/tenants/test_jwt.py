@@ -183,3 +183,17 @@ def test_an_api_key_still_works_beside_tokens(gw):
     made = gw.post("/keys", {"TENANT": "keyed"})
     assert made.status_code == 201, made.text
     assert_ok(call(gw, made.json()["KEY"], "echo", INPUT_VALUE=1))
+
+
+def test_an_issuer_that_does_not_answer_is_a_503_not_a_wait(gateways, issuer):
+    from tests.conftest import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    gw = ready(gateways({
+        "API_KEYS": True, "JWT_ISSUERS": [{"ISSUER": issuer.url, "AUDIENCE": AUDIENCE,
+                                           "JWKS_URL": nowhere + "/jwks.json"}],
+        "CONFIG_ENDPOINTS": {"echo": {"SERVER_CLASS": "echo", "NR_WORKERS": 1}}}))
+    for _ in range(3):  # the first read fails; the next ones do not try again yet
+        refused = call(gw, issuer.token(), "echo", INPUT_VALUE=1)
+        assert refused.status_code == 503 and refused.headers["Retry-After"], refused.text
+        assert refused.json()["ERROR_TYPE"] == "unavailable"
