@@ -5,8 +5,8 @@ when it passes before the request is sent or while its answer is awaited, and pa
 what is left of it on to the endpoint server (and to a remote endpoint's gateway). The
 endpoint server counts from its own receipt of the request and does not start a request
 whose deadline passed while it waited (for a worker thread, a batch, or a place in the
-decode loop), nor one whose deadline is closer than its worker's recent run time:
-``_predict`` never runs for it. A job submitted with one (``POST /jobs``)
+decode loop), nor one whose deadline is closer than twice its worker's recent run
+time: ``_predict`` never runs for it. A job submitted with one (``POST /jobs``)
 goes to the dead letters unrun when no worker started it in time.
 """
 
@@ -45,8 +45,12 @@ class TypicalRun:
         self.seconds += self.WEIGHT * (seconds - self.seconds)
 
     def too_late(self, deadline: float, now: float) -> bool:
-        """Whether a run started ``now`` would end past ``deadline`` (perf_counter)."""
-        return deadline - now <= self.seconds
+        """Whether a run started ``now`` would likely end too late for ``deadline``
+        (perf_counter): less than twice the recent run time is left. Twice: runs vary,
+        and the answer must still get back through the gateway before the deadline
+        (bench/bench_deadlines.py: at 2x overload, once is not enough for most answers
+        to arrive in time)."""
+        return deadline - now <= 2 * self.seconds
 
 
 def deadline_seconds(headers: list[tuple[bytes, bytes]]) -> float | None:

@@ -10,7 +10,8 @@ measured: 8 clients in a closed loop for 5 s. Then each round offers twice that 
 for ``--seconds``, open loop (each request sent at its scheduled time, whatever the
 answers do), twice: once with ``X-Request-Deadline`` on every request ("enforced") and
 once without ("not enforced"), the order alternating between rounds. Each mode waits
-for every answer before the next starts.
+for every answer before the next starts. Both modes run 3 s unmeasured first (the
+client opens its connections).
 
 Per mode and round: goodput, the answers 200 within the deadline (from the request's
 send to its last byte) per second of the offered period; late starts, the answers whose
@@ -108,6 +109,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rate = 2 * capacity
         results.update(capacity_per_s=round(capacity, 1), offered_per_s=round(rate, 1))
         log(f"capacity {capacity:.1f}/s; offering {rate:.1f}/s")
+        for deadline in (args.deadline_ms, None):  # warm up: the client's connections
+            asyncio.run(open_loop(url, rate, 3.0, deadline))
         for r in range(args.rounds):
             order = ("enforced", "not_enforced") if r % 2 == 0 else ("not_enforced", "enforced")
             row: dict[str, Any] = {}

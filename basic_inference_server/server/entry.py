@@ -233,8 +233,9 @@ class RunEntry:
             # It waited for a worker thread until it can no longer end in time.
             MISSES.labels(self.spec.name, "server").inc()
             return (*self.failed(call_id, request_id, DeadlineExceeded(
-                f"the request's deadline passes before it could end (runs take about "
-                f"{self.typical.seconds * 1000:.0f} ms)", SIGNATURE=self.spec.name)), call_id)
+                f"the request's deadline is too close for it to end in time (runs take "
+                f"about {self.typical.seconds * 1000:.0f} ms)", SIGNATURE=self.spec.name)),
+                call_id)
         previous = run_as(flag)
         try:
             decode_base64_fields(inputs, self.b64_in)
