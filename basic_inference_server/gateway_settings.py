@@ -19,6 +19,13 @@ from .tenants.jwt_settings import check_issuers
 DEFAULT_GPU_MEM_PCT = 90
 
 
+def redis_url_or_null(v: str | None) -> str | None:
+    """Settings-table check of a Redis URL setting (TENANTS_REDIS, CACHE_REDIS)."""
+    if v is None or v.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return "must be a redis://, rediss:// or unix:// URL"
+
+
 def _check_gpu_pct(v: float | dict[str, Any]) -> str | None:
     """ALERT_GPU_MEM_PCT: a percentage, or GPU indices ("0", "1", ...) to percentages."""
     percent = at_least(0, 100)
@@ -208,16 +215,14 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Redis URL holding API keys and rate-limit state, shared by several gateways "
                 "(null: SQLite in the cache folder); `?prefix=` names its keys; `env:VAR` or `file:PATH` "
                 "as for QUEUE.",
-                lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
-                else "must be a redis://, rediss:// or unix:// URL", secret_ref=True),
+                redis_url_or_null, secret_ref=True),
         Setting("CACHE_REDIS", (str, type(None)), None,
                 "Redis URL where the endpoints' answer caches (CACHE) keep their entries, "
                 "shared by every front process and every gateway naming it, their bounds "
                 "holding over all of them (null: each front process's memory); `?prefix=` "
                 "names its keys; `env:VAR` or `file:PATH` as for QUEUE. It holds answers: "
                 "keep it as private as the endpoints' callers.",
-                lambda v: None if v is None or v.startswith(("redis://", "rediss://", "unix://"))
-                else "must be a redis://, rediss:// or unix:// URL", secret_ref=True, secret=True),
+                redis_url_or_null, secret_ref=True, secret=True),
         Setting("LEDGER_POSTGRES", (str, type(None)), None,
                 "PostgreSQL URL of the usage ledger and the audit trail, shared by every "
                 "gateway that names it (needs API_KEYS and the `postgres` extra): each "

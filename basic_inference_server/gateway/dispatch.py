@@ -54,12 +54,13 @@ class Upstreams(Protocol):
     """Where requests go: the endpoint servers and remote gateways (:class:`.upstream.Upstream`)."""
 
     async def forward(self, route: dict[str, Any], name: str, head: bytes,
-                      body: bytes) -> UpstreamResponse:
-        """Send a request to a local endpoint's least busy worker."""
+                      body: bytes, timeout: float | None = None) -> UpstreamResponse:
+        """Send a request to a local endpoint's least busy worker (``timeout``: how long
+        its answer is awaited; None: the route's TIMEOUT)."""
 
     async def forward_remote(self, route: dict[str, Any], name: str, head: bytes,
-                             body: bytes) -> UpstreamResponse:
-        """Send a request to a remote endpoint's least busy URL."""
+                             body: bytes, timeout: float | None = None) -> UpstreamResponse:
+        """Send a request to a remote endpoint's least busy URL (``timeout`` as above)."""
 
 
 class PipelineRoutes(Protocol):
@@ -142,12 +143,11 @@ class Dispatcher:
             MISSES.labels(route.name, "gateway").inc()
             raise DeadlineExceeded("the request's deadline passed before it was sent",
                                    SIGNATURE=route.name)
-        record = {**route.record, "timeout": left}
         try:
             if route.remote is not None:
-                return await self._forward_remote(route, raw, req, record, header_line(ms))
-            return await self.upstream.forward(record, route.name,
-                                               head_lines(req, None) + header_line(ms), raw)
+                return await self._forward_remote(route, raw, req, left, header_line(ms))
+            return await self.upstream.forward(route.record, route.name,
+                                               head_lines(req, None) + header_line(ms), raw, left)
         except UpstreamTimeout:
             if time.perf_counter() < req.deadline:
                 raise  # its TIMEOUT came first
@@ -156,11 +156,11 @@ class Dispatcher:
                                    f"{route.name} ran it", SIGNATURE=route.name) from None
 
     async def _forward_remote(self, route: Route, raw: bytes, req: Request,
-                              record: dict[str, Any] | None = None,
+                              timeout: float | None = None,
                               extra: bytes = b"") -> UpstreamResponse:
         """A remote endpoint (``URLS``): the body names the remote's SIGNATURE (by default
-        this endpoint's name, without a version label), then goes over TCP. ``record``:
-        the route's as the upstream reads it (its own TIMEOUT), ``extra``: header lines."""
+        this endpoint's name, without a version label), then goes over TCP. ``timeout``:
+        how long its answer is awaited (None: its TIMEOUT), ``extra``: header lines."""
         remote = route.remote
         assert remote is not None
         signature = remote["signature"] or split_target(route.name)[0]
@@ -168,8 +168,8 @@ class Dispatcher:
             raw = await self.off_loop(remote_body, raw, signature)
         else:
             raw = remote_body(raw, signature)
-        return await self.upstream.forward_remote(record or route.record, route.name,
-                                                  head_lines(req, remote) + extra, raw)
+        return await self.upstream.forward_remote(route.record, route.name,
+                                                  head_lines(req, remote) + extra, raw, timeout)
 
     async def resolve(self, name: str) -> Route:
         """The route of a READY endpoint, or the error to answer with."""

@@ -160,10 +160,11 @@ class Upstream:
         return sorted(rotated, key=self.board.load)
 
     async def forward(self, route: dict[str, Any], name: str, head: bytes,
-                      body: bytes) -> UpstreamResponse:
+                      body: bytes, timeout: float | None = None) -> UpstreamResponse:
         """Send a ``/run`` to the least busy worker of an endpoint.
 
-        ``head``: the request's header lines to pass on (each ending in CRLF). Each
+        ``head``: the request's header lines to pass on (each ending in CRLF);
+        ``timeout``: how long its answer is awaited (None: the route's TIMEOUT). Each
         worker process listens on a socket of its own besides the shared one, so the
         front balances requests itself (least outstanding requests). Whether a failed
         attempt goes again, and where, is :func:`resend`'s call.
@@ -176,13 +177,13 @@ class Upstream:
         shared = route["socket"]
         candidates.append(shared)
         resp, path = await self._send(candidates, _local_lead, name, _tail(head, body),
-                                      body, route)
+                                      body, route, timeout)
         if path != shared:
             resp.worker = path.rsplit(".", 1)[-1]
         return resp
 
     async def forward_remote(self, route: dict[str, Any], name: str, head: bytes,
-                             body: bytes) -> UpstreamResponse:
+                             body: bytes, timeout: float | None = None) -> UpstreamResponse:
         """Send a ``/run`` to the least busy URL of a remote endpoint (``route["remote"]``).
 
         ``body`` already names the remote's SIGNATURE. With ``api_key`` the request
@@ -201,7 +202,7 @@ class Upstream:
         up = [u for u in urls if u not in down] if down else urls
         candidates = (self._by_load(up) if len(up) > 1 else list(up)) + down
         resp, url = await self._send(candidates, self._lead, name, _tail(head, body), body,
-                                     route)
+                                     route, timeout)
         if resp.status == 401 and remote.get("api_key"):
             # The key may have been rotated: the next request reads it again.
             self.credentials.forget(remote["api_key"])
@@ -212,10 +213,10 @@ class Upstream:
         return self._remote[url].lead
 
     async def _send(self, candidates: list[str], lead: Callable[[str], bytes], name: str,
-                    head: bytes, body: bytes,
-                    route: dict[str, Any]) -> tuple[UpstreamResponse, str]:
+                    head: bytes, body: bytes, route: dict[str, Any],
+                    timeout: float | None) -> tuple[UpstreamResponse, str]:
         """Try ``candidates`` in turn as :func:`resend` says; the answer and who gave it."""
-        timeout = float(route["timeout"])
+        timeout = float(route["timeout"]) if timeout is None else timeout
         crash_resends = 1 if route.get("retry_on_crash") else 0
         i, pooled = 0, True
         while True:

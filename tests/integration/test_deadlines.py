@@ -90,3 +90,24 @@ def test_a_job_not_started_before_its_deadline_is_dead_unrun(gw, tmp_path: Path)
     bad = requests.post(gw.url("/jobs"), json={"SIGNATURE": "slow"},
                         headers={"X-Request-Deadline": "later"}, timeout=30)
     assert bad.status_code == 400 and bad.json()["ERROR_TYPE"] == "bad_request"
+
+
+def test_a_remote_endpoint_gets_what_is_left_of_the_deadline(gw, gateways, tmp_path: Path):
+    edge = gateways({"CONFIG_ENDPOINTS": {"far": {
+        "URLS": [f"http://127.0.0.1:{gw.port}"], "REMOTE_SIGNATURE": "slow", "TIMEOUT": 30}}})
+    edge.wait_state("far", "READY", timeout=60)
+    busy, waited = tmp_path / "remote_busy", tmp_path / "remote_waited"
+    first: list[requests.Response] = []
+    runner = threading.Thread(target=lambda: first.append(
+        run(gw, None, SECONDS=1.0, MARKER=str(busy))))
+    runner.start()
+    try:
+        wait_until(busy.exists, timeout=20, message="the remote's worker is busy")
+        late = run(edge, "300", "far", SECONDS=0.01, MARKER=str(waited))
+    finally:
+        runner.join(timeout=30)
+    body = assert_error(late, 504)
+    assert body["ERROR_TYPE"] == "deadline_exceeded", body
+    assert_ok(first[0])
+    assert_ok(run(gw, None, SECONDS=0.01))  # the remote's worker took the one after
+    assert not waited.exists(), "the remote ran a request past its deadline"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from basic_inference_server.errors import ServingError
+from basic_inference_server.errors import DeadlineExceeded, ServingError
 from basic_inference_server.server.batching import Batcher
-from basic_inference_server.worker import FlaskWorker
+from basic_inference_server.worker import CancelFlag, FlaskWorker, run_as
 from tests.conftest import wait_until
 
 
@@ -95,11 +96,6 @@ def test_batch_thread_survives_a_model_that_exits():
 
 
 def test_an_input_whose_deadline_passed_while_it_waited_never_runs():
-    import time
-
-    from basic_inference_server.errors import DeadlineExceeded
-    from basic_inference_server.worker import CancelFlag, run_as
-
     worker = Doubler()
     batcher = Batcher(worker, max_size=1, max_delay_s=0.0)
 

@@ -86,7 +86,7 @@ class FakeUpstream:
         self.sent: list[tuple[str, dict[str, Any], bytes]] = []
 
     async def forward(self, route: dict[str, Any], name: str, head: bytes,
-                      body: bytes) -> UpstreamResponse:
+                      body: bytes, timeout: float | None = None) -> UpstreamResponse:
         self.sent.append((name, orjson.loads(body), head))
         return self.answer(name, orjson.loads(body))
 
