@@ -103,6 +103,8 @@ class SharedAnswers:
         index, sizes, entries = self._keys(target)
         member = key.hex()
         try:
+            # EVAL with the script, not EVALSHA: the reply is not waited for, so a
+            # NOSCRIPT (a restarted Redis) could not be answered by sending it then.
             await self.client.send("EVAL", WRITE, 3, index, sizes, entries + member,
                                    member, int(time.time() * 1000), int(ttl * 1000),
                                    encode_entry(resp), max_entries, max_bytes, entries)
