@@ -41,6 +41,7 @@ from .setting import (
     check_workers,
 )
 from .stream_settings import STREAM_SETTINGS
+from .tenants.priorities import check_priorities
 from .traffic.settings import POLICY_KEYS, TRAFFIC_SETTINGS, check_policy
 
 # Where the admin token may come from besides the ADMIN_TOKEN setting (names of
@@ -155,6 +156,11 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "Requests the gateway lets wait on or run in this endpoint at once; past it "
                 "503 overloaded. null: live workers x MAX_BATCH_SIZE x 32.",
                 lambda v: None if v is None else at_least(1, 1_000_000)(v)),
+        Setting("FAIR_SLOTS", (int, type(None)), None,
+                "With FAIR_QUEUEING: requests the front lets each worker run at once, the "
+                "rest waiting in the front's fair queue. null: MAX_SEQUENCES when the "
+                "section sets it (a generative endpoint), else MAX_BATCH_SIZE.",
+                lambda v: None if v is None else at_least(1, 100_000)(v)),
         Setting("MAX_ATTEMPTS", int, 3,
                 "Runs of a failing job before it goes to the dead-letter queue.",
                 at_least(1, 1000)),
@@ -407,6 +413,8 @@ def parse_config(raw: Any, source: str = "<config>") -> GatewayConfig:
     if named and not settings["MODEL_REPOSITORY"]:
         raise ConfigError(f"{source}: {', '.join(sorted(named))} name a MODEL but there is no "
                           f"MODEL_REPOSITORY to find it in")
+    if problem := check_priorities(settings):
+        raise ConfigError(f"{source}: {problem}")
     default = settings["DEFAULT_SERVER"]
     if default is not None and default not in endpoints:
         raise ConfigError(f"{source}: DEFAULT_SERVER {default!r} is not in CONFIG_ENDPOINTS")

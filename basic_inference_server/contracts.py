@@ -100,6 +100,11 @@ class FrontSpec:
     # ANON_LIMIT and TRUSTED_PROXIES: a bucket per client address with keys off.
     anon_limit: dict[str, Any] | None = None
     trusted_proxies: list[str] = field(default_factory=list)
+    # FAIR_QUEUEING, and the classes and tenants it orders requests by.
+    fair_queueing: bool = _default("FAIR_QUEUEING")
+    priority_classes: list[str] = field(default_factory=lambda: _default("PRIORITY_CLASSES"))
+    default_priority: str = _default("DEFAULT_PRIORITY")
+    tenant_shares: dict[str, dict[str, Any]] = field(default_factory=dict)  # TENANTS
 
 
 @dataclass
@@ -213,6 +218,7 @@ class Route:
     max_queue_depth: int | None = None
     max_queue_bytes: int | None = None
     max_in_flight: int = 0
+    slots: int = 1  # FAIR_SLOTS: requests the fair queue lets each worker run at once
     remote: dict[str, Any] | None = None  # a remote endpoint: urls, signature, api_key, down
     pipeline: dict[str, Any] | None = None  # a pipeline: its PIPELINE setting
     # MIN_WORKERS 0: the IDLE_TIMEOUT after which it scales to zero (None: never), and
@@ -240,7 +246,7 @@ class Route:
                    retry_on_crash=self.retry_on_crash, stream=self.stream,
                    last_error=self.last_error, retry_after=self.retry_after,
                    max_queue_depth=self.max_queue_depth, max_queue_bytes=self.max_queue_bytes,
-                   max_in_flight=self.max_in_flight, idle_timeout=self.idle_timeout,
+                   max_in_flight=self.max_in_flight, slots=self.slots, idle_timeout=self.idle_timeout,
                    cold_start_timeout=self.cold_start_timeout, cache=self.cache)
         return out
 
@@ -257,6 +263,7 @@ class Route:
                    max_queue_depth=record.get("max_queue_depth"),
                    max_queue_bytes=record.get("max_queue_bytes"),
                    max_in_flight=int(record.get("max_in_flight") or 0),
+                   slots=int(record.get("slots") or 1),
                    remote=record.get("remote"), pipeline=record.get("pipeline"),
                    idle_timeout=record.get("idle_timeout"),
                    cold_start_timeout=float(record.get("cold_start_timeout") or 0),

@@ -15,6 +15,7 @@ from .queues import check_results_url, check_url
 from .setting import Setting, at_least, check_port_or_null, check_workers
 from .tenants.address_settings import check_anon_limit, check_proxies
 from .tenants.jwt_settings import check_issuers
+from .tenants.priorities import check_class_names, check_tenants
 
 DEFAULT_GPU_MEM_PCT = 90
 
@@ -231,6 +232,22 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "QUEUE.",
                 lambda v: None if v is None or v.startswith(("postgresql://", "postgres://"))
                 else "must be a postgresql:// or postgres:// URL", secret_ref=True, secret=True),
+        # Fair sharing (gateway/fair_queue.py, docs/tenants.md "Priorities and fair queueing").
+        Setting("FAIR_QUEUEING", bool, False,
+                "The front holds requests for a busy endpoint and hands each freed worker "
+                "slot to the next by class, then by tenant weight (start-time fair queueing "
+                "over all front processes). false: requests go to the least busy worker at "
+                "once and wait there in arrival order."),
+        Setting("PRIORITY_CLASSES", list, ["interactive", "standard", "batch"],
+                "Priority classes, highest first (1 to 8 names): a key's PRIORITY, a "
+                "tenant's in TENANTS, an X-Priority header (which may only lower it) and "
+                "a job's queue order name them.", check_class_names),
+        Setting("DEFAULT_PRIORITY", str, "standard",
+                "The class of a request whose key and tenant name none."),
+        Setting("TENANTS", dict, {},
+                "Per tenant (customer id): {PRIORITY, WEIGHT}; a key's own values win. "
+                "WEIGHT (0.01 to 1000, default 1): the tenant's share among the busy "
+                "tenants of its class.", check_tenants),
         Setting("TENANTS_FAIL_OPEN", bool, False,
                 "When TENANTS_REDIS does not answer: false answers 503; true serves keys "
                 "already cached, counts limits and quota charges in memory until it is back."),

@@ -26,6 +26,7 @@ from ..errors import MethodNotAllowed, NotFound, ServingError, Unavailable
 from ..queues import JobsSpec
 from ..tenants import TenantsSpec
 from ..tenants.gate import TenantGate
+from ..tenants.priorities import Priorities
 from ..tenants.store import KeyStore
 from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
@@ -35,6 +36,7 @@ from .address_limits import AddressTenancy
 from .answer_cache import answer_cache
 from .api_table import DATA_PATHS, NATIVE
 from .dispatch import Dispatcher
+from .fair_queue import FairQueue, NoFairQueue, SharedTags
 from .idempotent_calls import IdempotentCalls
 from .idle_watch import IdleWatch
 from .job_events import events_job_id, job_events
@@ -76,8 +78,13 @@ class Front:
             self.tenancy = KeyTenancy(self.key_gate, self.off_loop, spec.internal_token)
         elif self.key_gate is not None and spec.anon_limit is not None:
             self.tenancy = AddressTenancy(self.key_gate, spec.anon_limit, spec.trusted_proxies)
+        self.priorities = Priorities(spec.priority_classes, spec.default_priority,
+                                     spec.tenant_shares)
+        # The fair queue's shared memory is made here, in the master, before the fork.
+        fair = FairQueue(self.board, SharedTags(self.board)) if spec.fair_queueing \
+            else NoFairQueue()
         self.dispatcher = Dispatcher(self.routes, self.board, self.upstream, self.traffic,
-                                     self.off_loop, spec.control)
+                                     self.off_loop, spec.control, fair, self.priorities)
         self.idle_watch = IdleWatch(self.routes, self.board, self.jobs, spec.control,
                                     self.off_loop, self.dispatcher.wake)
         self.shadow = Shadow(self.dispatcher.dispatch, metrics.record_shadow,
@@ -114,6 +121,7 @@ class Front:
                                        thread_name_prefix="bis-front")
         self.traffic.start()
         self.idle_watch.start()
+        self.dispatcher.fair.start()
         if self.key_gate is not None:
             self.key_gate.claim_row(self.board.row)
 

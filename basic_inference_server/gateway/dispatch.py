@@ -5,8 +5,10 @@ unless ``NO_STARTUP_WAIT``; waking one scaled to zero and waiting for it, up to 
 ``COLD_START_TIMEOUT``, whatever ``NO_STARTUP_WAIT`` says), passes it through its
 breaker, holds a place of its ``MAX_IN_FLIGHT`` (past it: 503 ``overloaded`` at once, so
 one stuck endpoint can never hold the front's capacity), and forwards it: to a local server, a remote gateway
-(``URLS``) or, for a pipeline, through its steps. A streamed answer holds its place,
-and is judged by the breaker, until it ends.
+(``URLS``) or, for a pipeline, through its steps. With ``FAIR_QUEUEING`` a request to a
+busy local server first waits its turn in the fair queue (:mod:`.fair_queue`). A
+streamed answer holds its place (and its turn), and is judged by the breaker, until it
+ends.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from ..control_api import WAKE
 from ..deadlines import MISSES, header_line, left_ms
 from ..errors import DeadlineExceeded, NotFound, Overloaded, Unavailable, UpstreamTimeout
 from ..names import split_target
+from ..tenants.priorities import Priorities
 from ..traffic.remote import remote_body
 from ..wire.message import Request
+from .fair_queue import FairQueue, NoFairQueue, standing_of
 from .idle_watch import STARTED
 from .loadboard import LoadBoard
 from .manager_call import call_manager
@@ -80,6 +84,10 @@ class Dispatcher:
     traffic: TrafficHooks
     off_loop: OffLoop
     control: str = ""  # the manager's control socket (waking endpoints scaled to zero)
+    # FAIR_QUEUEING: who goes first on a busy endpoint (NoFairQueue: whoever comes).
+    fair: FairQueue | NoFairQueue = field(default_factory=NoFairQueue)
+    priorities: Priorities = field(
+        default_factory=lambda: Priorities(["standard"], "standard"))
     pipelines: PipelineRoutes = field(init=False)  # set once the run flow that runs the steps exists
     _waking: dict[str, asyncio.Task[Route]] = field(default_factory=dict, init=False)
 
@@ -119,18 +127,39 @@ class Dispatcher:
         try:
             if route.pipeline is not None:
                 resp = await self.pipelines.run(route, raw, req)
-            elif req.deadline is not None:
-                resp = await self._before_deadline(route, raw, req)
-            elif route.remote is not None:
-                resp = await self._forward_remote(route, raw, req)
+            elif self.fair.queues and route.remote is None:
+                resp = await self._in_turn(route, raw, req)
             else:
-                resp = await self.upstream.forward(route.record, name, head_lines(req, None), raw)
+                resp = await self._send(route, raw, req)
             return resp
         finally:
             if resp is not None and resp.stream is not None:  # in flight until it ends
                 resp.stream.hold(in_flight_until_end(self.board, column))
             else:
                 self.board.add(column, -1)
+
+    def _send(self, route: Route, raw: bytes, req: Request) -> Awaitable[UpstreamResponse]:
+        """Forward to the route's server or remote URLs (before the request's deadline)."""
+        if req.deadline is not None:
+            return self._before_deadline(route, raw, req)
+        if route.remote is not None:
+            return self._forward_remote(route, raw, req)
+        return self.upstream.forward(route.record, route.name, head_lines(req, None), raw)
+
+    async def _in_turn(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+        """FAIR_QUEUEING: forward once the fair queue gives the request its turn; the
+        turn passes on when the answer (or its stream) ends."""
+        name = route.name
+        await self.fair.take(route, standing_of(self.priorities, req), req.deadline)
+        resp = None
+        try:
+            resp = await self._send(route, raw, req)
+            return resp
+        finally:
+            if resp is not None and resp.stream is not None:
+                resp.stream.hold(lambda _end: self.fair.give_back(name))
+            else:
+                self.fair.give_back(name)
 
     async def _before_deadline(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
         """A request with a deadline: not sent once it passed; sent with what is left of

@@ -84,6 +84,10 @@ class LoadBoard:
                 return col
         return -1
 
+    def column(self, path: str) -> int:
+        """The column of ``path`` (claimed on first use)."""
+        return self._column(path)
+
     def add(self, path: str, delta: int) -> None:
         """Count ``delta`` more requests in flight to socket ``path`` (this process's row)."""
         self._counts[self.row * self.columns + self._column(path)] += delta

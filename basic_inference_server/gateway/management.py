@@ -196,7 +196,8 @@ def build_management_app(front: Front) -> Flask:
     additions: dict[str, Callable[[], dict[str, Any]]] = {
         SYSTEM_STATUS.name: lambda: {"QUEUES": front.jobs.status(front.routes.names())},
         # Counted by every front process: read from the files /metrics merges.
-        LIST_SERVERS.name: lambda: {"SHADOW": metrics.shadow_summary()},
+        LIST_SERVERS.name: lambda: {"SHADOW": metrics.shadow_summary(),
+                                    "FAIR_SHARES": front.dispatcher.fair.shares()},
     }
 
     def forward(command: Command[Any], args: dict[str, Any]) -> Response:
@@ -284,7 +285,8 @@ def build_management_app(front: Front) -> Flask:
              "live": live, "ready": ready,
              **dashboard_views(app, lambda: check_host(request.environ, front.spec.allowed_hosts)),
              **job_views(front.jobs, reply, admin_only),
-             **key_views(lambda: front.key_store(), reply, admin_only)}
+             **key_views(lambda: front.key_store(), reply, admin_only,
+                         front.priorities.classes)}
     register(app, views, command_view)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
     app.after_request(_auditor(front))

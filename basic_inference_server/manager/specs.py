@@ -55,7 +55,9 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         tls_key=config["TLS_KEY"], tenants=tenants, endpoints_dir=paths.endpoints_dir,
         internal_token=internal_token, cache_dir=cache_dir,
         model_aliases=config["MODEL_ALIASES"], cache_redis=config["CACHE_REDIS"],
-        anon_limit=config["ANON_LIMIT"], trusted_proxies=config["TRUSTED_PROXIES"])
+        anon_limit=config["ANON_LIMIT"], trusted_proxies=config["TRUSTED_PROXIES"],
+        fair_queueing=config["FAIR_QUEUEING"], priority_classes=config["PRIORITY_CLASSES"],
+        default_priority=config["DEFAULT_PRIORITY"], tenant_shares=config["TENANTS"])
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,

@@ -437,7 +437,7 @@ class Endpoint:
                     "idle": s["STREAM_IDLE_TIMEOUT"], "total": s["STREAM_TIMEOUT"]},
             last_error=self.last_error, retry_after=self.retry_after(),
             max_queue_depth=s["MAX_QUEUE_DEPTH"], max_queue_bytes=s["MAX_QUEUE_BYTES"],
-            max_in_flight=self.max_in_flight(), remote=remote,
+            max_in_flight=self.max_in_flight(), slots=self.slots(), remote=remote,
             pipeline=None if remote else s["PIPELINE"] or None,
             idle_timeout=s["IDLE_TIMEOUT"] if s["MIN_WORKERS"] == 0 else None,
             cold_start_timeout=s["COLD_START_TIMEOUT"], cache=cache_of(s["CACHE"]))
@@ -452,6 +452,12 @@ class Endpoint:
             # Its capacity is another's (a remote gateway, the steps' endpoints).
             return IN_FLIGHT_FACTOR * IN_FLIGHT_FACTOR
         return max(1, len(self.ready_pids)) * int(s["MAX_BATCH_SIZE"]) * IN_FLIGHT_FACTOR
+
+    def slots(self) -> int:
+        """Requests the fair queue lets each worker run at once (FAIR_SLOTS)."""
+        s = self.config.settings
+        given = s["FAIR_SLOTS"] or self.config.worker_config().get("MAX_SEQUENCES")
+        return int(given) if isinstance(given, int) and given > 0 else int(s["MAX_BATCH_SIZE"])
 
     def retry_after(self) -> float:
         """Seconds a refused caller should wait before trying again."""

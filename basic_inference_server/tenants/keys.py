@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from ..names import is_name
+from .priorities import check_weight
 from .usage import Quota, quota_from_request
 
 PREFIX = "bis_"
@@ -93,6 +94,10 @@ class ApiKey:
     lineage: str = ""  # the first key of its rotation chain: whose counters it uses
     # Tokens a second and burst of its token bucket (TOKEN_RATE, TOKEN_BURST).
     token_limit: Bucket | None = None
+    # Its priority class (PRIORITY_CLASSES) and weight in the fair queue; None: its
+    # tenant's (TENANTS), else the defaults.
+    priority: str | None = None
+    weight: float | None = None
 
     def __post_init__(self) -> None:
         if not self.lineage:
@@ -142,6 +147,7 @@ class ApiKey:
                 "MAX_CONCURRENT": self.max_concurrent,
                 "QUOTA": asdict(self.quota) if self.quota else None,
                 "TOKEN_LIMIT": asdict(self.token_limit) if self.token_limit else None,
+                "PRIORITY": self.priority, "WEIGHT": self.weight,
                 "CREATED": self.created,
                 "REVOKED": self.revoked, "EXPIRES": self.expires, "LINEAGE": self.lineage}
 
@@ -181,7 +187,7 @@ def bucket_of(spec: Any, what: str) -> Bucket:
 
 
 FIELDS = {"TENANT", "NAME", "ENDPOINTS", "READ_ALL_JOBS", "RATE", "BURST", "ENDPOINT_LIMITS",
-          "MAX_CONCURRENT", "QUOTA", "TOKEN_RATE", "TOKEN_BURST"}
+          "MAX_CONCURRENT", "QUOTA", "TOKEN_RATE", "TOKEN_BURST", "PRIORITY", "WEIGHT"}
 
 
 def _scopes(args: dict[str, Any]) -> tuple[str, list[str], bool, str]:
@@ -215,6 +221,18 @@ def _limits(args: dict[str, Any]) -> tuple[Bucket | None, dict[str, Bucket], int
         concurrent
 
 
+def _standing(args: dict[str, Any]) -> tuple[str | None, float | None]:
+    """The PRIORITY and WEIGHT of a key request, checked (the class's name against the
+    gateway's PRIORITY_CLASSES by the admin API, which knows them)."""
+    priority = args.get("PRIORITY")
+    if priority is not None and not (isinstance(priority, str) and is_name(priority)):
+        raise BadRequest(f"PRIORITY must name a priority class, got {priority!r}")
+    weight = args.get("WEIGHT")
+    if weight is not None and (problem := check_weight(weight)):
+        raise BadRequest(problem)
+    return priority, None if weight is None else float(weight)
+
+
 def key_from_request(args: dict[str, Any]) -> tuple[ApiKey, str]:
     """A new key from the admin API's body, checked field by field; and its secret."""
     secret = new_secret()
@@ -231,10 +249,11 @@ def key_from_fields(args: dict[str, Any], key_id: str, key_hash: str) -> ApiKey:
     tokens = bucket_of({k.removeprefix("TOKEN_"): args[k] for k in ("TOKEN_RATE", "TOKEN_BURST")
                       if k in args}, "TOKEN_RATE/TOKEN_BURST") \
         if "TOKEN_RATE" in args or "TOKEN_BURST" in args else None
+    priority, weight = _standing(args)
     return ApiKey(id=key_id, tenant=tenant, hash=key_hash,
                   endpoints=endpoints, read_all_jobs=read_all, limit=limit,
                   endpoint_limits=endpoint_limits, max_concurrent=concurrent, name=name,
-                  token_limit=tokens,
+                  token_limit=tokens, priority=priority, weight=weight,
                   quota=quota_from_request(args["QUOTA"]) if "QUOTA" in args else None)
 
 

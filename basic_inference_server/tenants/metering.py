@@ -44,10 +44,19 @@ TENANT_FAMILIES = {
     "bis_tenant_tokens": (f"Tokens of the OpenAI routes' answers per tenant (the {TOP_TENANTS} "
                           "with the most requests, then 'other') and kind: prompt, completion",
                           ["tenant", "kind"]),
+    "bis_tenant_queue_seconds": (f"Seconds requests waited in the front's fair queue per tenant "
+                                 f"(the {TOP_TENANTS} with the most requests, then 'other'), "
+                                 "endpoint and priority class", ["tenant", "endpoint", "class"]),
+    "bis_tenant_queued": (f"Requests that waited in the front's fair queue per tenant (the "
+                          f"{TOP_TENANTS} with the most requests, then 'other'), endpoint and "
+                          "priority class", ["tenant", "endpoint", "class"]),
 }
 TENANT_REQUESTS = Counter("bis_tenant_requests_total", *TENANT_FAMILIES["bis_tenant_requests"])
 TENANT_UNITS = Counter("bis_tenant_units_total", *TENANT_FAMILIES["bis_tenant_units"])
 TENANT_TOKENS = Counter("bis_tenant_tokens_total", *TENANT_FAMILIES["bis_tenant_tokens"])
+TENANT_QUEUE_SECONDS = Counter("bis_tenant_queue_seconds_total",
+                               *TENANT_FAMILIES["bis_tenant_queue_seconds"])
+TENANT_QUEUED = Counter("bis_tenant_queued_total", *TENANT_FAMILIES["bis_tenant_queued"])
 
 Row = tuple[str, str, str, float, float, float, float]  # tenant, endpoint, day, *COLUMNS
 
@@ -133,6 +142,8 @@ class TopTenants:
         totals: dict[str, float] = defaultdict(float)
         for labels, value in merged["bis_tenant_requests"].items():
             totals[dict(labels)["tenant"]] += value
+        for labels in merged["bis_tenant_queued"]:  # tenants without keys are not metered
+            totals[dict(labels)["tenant"]] += 0.0
         named = set(sorted(totals, key=lambda t: (-totals[t], t))[:self.top])
         for name, (doc, labelnames) in TENANT_FAMILIES.items():
             if not merged[name]:

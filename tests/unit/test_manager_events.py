@@ -136,7 +136,8 @@ def test_specs_are_the_contract_dataclasses_with_the_settings_defaults(manager):
         assert cls(**json.loads(json.dumps(asdict(spec)))) == spec
     assert server.generation == ep.generation and server.notify == manager.paths.notify
     by_field = {"workers": "GATEWAY_WORKERS", "threads": "GATEWAY_THREADS",
-                "sample_interval": "HEALTH_SAMPLE_INTERVAL"}
+                "sample_interval": "HEALTH_SAMPLE_INTERVAL", "tenant_shares": "TENANTS",
+                "tenants": "API_KEYS's TenantsSpec, not a setting"}
     for cls in (FrontSpec, ServerSpec, SupervisorSpec):
         for f in fields(cls):
             key = by_field.get(f.name, f.name.upper())

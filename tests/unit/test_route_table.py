@@ -14,7 +14,7 @@ from basic_inference_server.manager.state import Endpoint, write_routes
 
 ROUTE_KEYS = {"version", "breaker", "state", "socket", "workers", "timeout", "retry_on_crash",
               "stream", "last_error", "retry_after", "max_queue_depth", "max_queue_bytes",
-              "max_in_flight", "idle_timeout", "cold_start_timeout", "cache"}
+              "max_in_flight", "slots", "idle_timeout", "cold_start_timeout", "cache"}
 POLICY = {"versions": {"v1": "clf@v1"}, "weights": {"v1": 100.0}, "sticky_field": None,
           "shadow": None, "rollout": None}
 SETTINGS = {"NO_STARTUP_WAIT": False, "READY_POLICY": "any"}
