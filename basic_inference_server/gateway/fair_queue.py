@@ -60,6 +60,9 @@ TENANT_SLOTS = 4096
 NO_HEAD = -1
 # /list_servers' FAIR_SHARES count the requests started in about this many last seconds.
 SHARE_WINDOW_S = 60.0
+# Bytes of a tenant slot's owner: a route's name ("endpoint@label", 129 bytes at most:
+# names.py), a NUL, a tenant's (64).
+OWNER_BYTES = 200
 # The tenant of a request without a key or X-Customer-ID.
 ANONYMOUS = "anonymous"
 QUEUE_SECONDS = Histogram(
@@ -79,9 +82,11 @@ class SharedTags:
         self.head_tag = multiprocessing.RawArray(ctypes.c_double, rows * columns)
         self.vtime = multiprocessing.RawArray(ctypes.c_double, columns * MAX_CLASSES)
         self.tenant_ids = multiprocessing.RawArray(ctypes.c_uint64, TENANT_SLOTS)
+        # Each slot's "endpoint NUL tenant", so any process can list every slot's owner.
+        self.owners = multiprocessing.RawArray(ctypes.c_char, TENANT_SLOTS * OWNER_BYTES)
         self.finish = multiprocessing.RawArray(ctypes.c_double, TENANT_SLOTS)
         # Served per process row (each writes its own: no update lost), summed to read.
-        self.served = multiprocessing.RawArray(ctypes.c_int64, rows * TENANT_SLOTS)
+        self.started = multiprocessing.RawArray(ctypes.c_int64, rows * TENANT_SLOTS)
         self._lock = multiprocessing.Lock()
         self._slots: dict[tuple[str, str], int] = {}
         # A pipe per process row: a byte on it wakes that process's queue.
@@ -101,12 +106,16 @@ class SharedTags:
         slot = self._slots.get((endpoint, tenant))
         if slot is not None:
             return slot
+        owner = (endpoint + "\0" + tenant).encode()
         ident = slot_hash(endpoint + "\0" + tenant)
         start = ident % TENANT_SLOTS
         with self._lock:
             for i in range(TENANT_SLOTS):
                 slot = (start + i) % TENANT_SLOTS
                 if self.tenant_ids[slot] in (ident, 0):
+                    if not self.tenant_ids[slot]:
+                        at = slot * OWNER_BYTES
+                        ctypes.memmove(ctypes.addressof(self.owners) + at, owner, len(owner))
                     self.tenant_ids[slot] = ident
                     break
             else:
@@ -116,10 +125,16 @@ class SharedTags:
         self._slots[(endpoint, tenant)] = slot
         return slot
 
-    def served_by(self, endpoint: str, tenants: list[str]) -> dict[str, int]:
-        """Requests started per tenant on ``endpoint``, over every process."""
-        columns = TENANT_SLOTS
-        return {t: sum(self.served[self.tenant_slot(endpoint, t)::columns]) for t in tenants}
+    def served(self) -> dict[str, dict[str, int]]:
+        """Requests started per endpoint and tenant, over every process."""
+        out: dict[str, dict[str, int]] = {}
+        for slot in range(TENANT_SLOTS):
+            if self.tenant_ids[slot]:
+                at = slot * OWNER_BYTES
+                owner = ctypes.string_at(ctypes.addressof(self.owners) + at, OWNER_BYTES)
+                endpoint, _, tenant = owner.rstrip(b"\0").decode().partition("\0")
+                out.setdefault(endpoint, {})[tenant] = sum(self.started[slot::TENANT_SLOTS])
+        return out
 
     def wake(self, row: int) -> None:
         """Tell the process in ``row`` to look at its queue (a full pipe: it will)."""
@@ -153,7 +168,6 @@ class FairQueue:
         self._seq = itertools.count()
         self._caps: dict[str, int] = {}
         self._recheck: asyncio.TimerHandle | None = None
-        self._tenants: dict[str, set[str]] = {}
         # (when, counts) marks of shares(): the base of the window it reports.
         self._marks: deque[tuple[float, dict[str, dict[str, int]]]] = deque()
 
@@ -172,9 +186,8 @@ class FairQueue:
         board = self.board
         if board.load(WAITING + name) == 0 and board.load(RUNNING + name) < cap:
             board.add(RUNNING + name, 1)
-            self.shared.served[board.row * TENANT_SLOTS
-                               + self.shared.tenant_slot(name, standing.tenant)] += 1
-            self._tenants.setdefault(name, set()).add(standing.tenant)
+            self.shared.started[board.row * TENANT_SLOTS
+                                + self.shared.tenant_slot(name, standing.tenant)] += 1
             return
         waiter = self._enqueue(name, standing)
         self.pump(name)
@@ -210,7 +223,6 @@ class FairQueue:
         waiter = Waiter(standing.rank, tag, next(self._seq), standing,
                         asyncio.get_running_loop().create_future(), time.perf_counter())
         heapq.heappush(self._queues.setdefault(name, []), waiter)
-        self._tenants.setdefault(name, set()).add(standing.tenant)
         self.board.add(WAITING + name, 1)
         self._publish(name)
         self._arm()
@@ -273,7 +285,7 @@ class FairQueue:
             if head.tag > shared.vtime[vslot]:
                 shared.vtime[vslot] = head.tag
             slot = shared.tenant_slot(name, head.standing.tenant)
-            shared.served[board.row * TENANT_SLOTS + slot] += 1
+            shared.started[board.row * TENANT_SLOTS + slot] += 1
             waited = time.perf_counter() - head.since
             QUEUE_SECONDS.labels(name, head.standing.name).observe(waited)
             TENANT_QUEUE_SECONDS.labels(head.standing.tenant, name,
@@ -302,12 +314,11 @@ class FairQueue:
             self._recheck = asyncio.get_running_loop().call_later(RECHECK_S, self._pump_all)
 
     def shares(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Per endpoint and tenant (those this process has seen): requests started over
-        every process in the last :data:`SHARE_WINDOW_S` or so (since the start at the
-        first read), and their share of the endpoint's."""
+        """Per endpoint and tenant: requests started over every process in the last
+        :data:`SHARE_WINDOW_S` or so (since the start at the first read), and their
+        share of the endpoint's."""
         now = time.monotonic()
-        counts = {name: self.shared.served_by(name, sorted(tenants))
-                  for name, tenants in self._tenants.items()}
+        counts = self.shared.served()
         marks = self._marks
         while len(marks) > 1 and now - marks[1][0] >= SHARE_WINDOW_S:
             marks.popleft()  # the newest mark at least a window old is the base

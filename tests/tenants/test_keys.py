@@ -57,7 +57,9 @@ def test_no_key_unknown_key_and_admin_token_are_401(gw):
 def test_bad_key_requests_are_400(gw):
     for body in ({}, {"TENANT": "9bad"}, {"TENANT": "a", "ENDPOINTS": "echo"},
                  {"TENANT": "a", "RATE": "fast"}, {"TENANT": "a", "BURST": 0},
-                 {"TENANT": "a", "WHAT": 1}, {"TENANT": "a", "MAX_CONCURRENT": -1}):
+                 {"TENANT": "a", "WHAT": 1}, {"TENANT": "a", "MAX_CONCURRENT": -1},
+                 {"TENANT": "a", "PRIORITY": "urgent"}, {"TENANT": "a", "PRIORITY": 1},
+                 {"TENANT": "a", "WEIGHT": 0}, {"TENANT": "a", "WEIGHT": "3"}):
         assert_error(gw.post("/keys", body), 400)
     assert_error(gw.post("/keys/revoke", {"KEY_ID": "key_nope"}), 404)
     assert_error(gw.post("/keys", {"TENANT": "acme"}, token=None), 401)

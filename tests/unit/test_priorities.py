@@ -1,0 +1,69 @@
+"""Priority classes (tenants/priorities.py): a key's values win over its tenant's, which
+win over the defaults; X-Priority only lowers; the settings agree with each other."""
+
+from __future__ import annotations
+
+import pytest
+
+from basic_inference_server.config import parse_config
+from basic_inference_server.errors import BadRequest, ConfigError
+from basic_inference_server.tenants.priorities import Priorities
+
+CLASSES = ["interactive", "standard", "batch"]
+TENANTS = {"gold": {"PRIORITY": "interactive", "WEIGHT": 3}, "bulk": {"PRIORITY": "batch"}}
+
+
+@pytest.fixture
+def priorities() -> Priorities:
+    return Priorities(CLASSES, "standard", TENANTS)
+
+
+def test_the_default_class_and_weight(priorities):
+    got = priorities.standing("nobody")
+    assert (got.rank, got.name, got.tenant, got.weight) == (1, "standard", "nobody", 1.0)
+
+
+def test_a_tenants_values_then_a_keys_own_win(priorities):
+    assert (priorities.standing("gold").name, priorities.standing("gold").weight) == (
+        "interactive", 3.0)
+    mine = priorities.standing("gold", "batch", 0.5)
+    assert (mine.name, mine.weight) == ("batch", 0.5)
+
+
+@pytest.mark.parametrize(("tenant", "asked", "expected"), [
+    ("nobody", b"batch", "batch"), ("nobody", b"interactive", "standard"),
+    ("bulk", b"interactive", "batch"), ("gold", b" standard ", "standard")])
+def test_x_priority_only_lowers(priorities, tenant, asked, expected):
+    assert priorities.standing(tenant, asked=asked).name == expected
+
+
+def test_an_unknown_x_priority_is_a_400(priorities):
+    with pytest.raises(BadRequest, match="X-Priority"):
+        priorities.standing("nobody", asked=b"urgent")
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"DEFAULT_PRIORITY": "urgent"}, "DEFAULT_PRIORITY"),
+    ({"TENANTS": {"a": {"PRIORITY": "urgent"}}}, "TENANTS.a.PRIORITY"),
+    ({"TENANTS": {"a": {"WEIGHT": 0}}}, "WEIGHT"),
+    ({"TENANTS": {"a": {"SHARE": 1}}}, "PRIORITY"),
+    ({"TENANTS": {"9a": {}}}, "customer id"),
+    ({"PRIORITY_CLASSES": []}, "1 to 8"),
+    ({"PRIORITY_CLASSES": ["a", "a"]}, "distinct"),
+    ({"PRIORITY_CLASSES": [f"c{i}" for i in range(9)]}, "1 to 8"),
+    ({"FAIR_SLOTS": 0}, None),
+])
+def test_settings_that_disagree_are_refused(extra, words):
+    if "FAIR_SLOTS" in extra:  # an endpoint setting
+        raw = {"CONFIG_ENDPOINTS": {"e": {"SERVER_CLASS": "echo", **extra}}}
+    else:
+        raw = {"CONFIG_ENDPOINTS": {}, **extra}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert words is None or words in str(info.value), info.value
+
+
+def test_classes_of_ones_own_are_taken():
+    config = parse_config({"PRIORITY_CLASSES": ["gold", "silver"], "DEFAULT_PRIORITY": "silver",
+                           "TENANTS": {"a": {"PRIORITY": "gold", "WEIGHT": 0.5}}})
+    assert config["TENANTS"]["a"]["WEIGHT"] == 0.5
