@@ -51,6 +51,8 @@ def new_job_id() -> str:
 
 # Most of an undecodable message kept with its stand-in (for the dead letters).
 UNDECODABLE_KEEP = 64 * 1024
+# Priority classes: a job's rank is 0 (served first) .. MAX_RANKS - 1.
+MAX_RANKS = 8
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Job:
     ``tenant`` is the customer id the endpoint gets as ``X-Customer-ID`` when the job
     runs; ``key_id`` the API key whose quota and metering its run is charged to.
     ``expires_at``: when a job not yet started goes to the dead letters instead.
+    ``rank``: the rank of the submitting key's priority class, 0 (served first) to
+    ``MAX_RANKS - 1``; None (a job of before classes) is served as rank 0.
     """
 
     endpoint: str
@@ -78,11 +82,17 @@ class Job:
     # X-Request-Deadline at submit: a job not started by then (time.time()) goes to the
     # dead letters unrun.
     expires_at: float | None = None
+    rank: int | None = None
+
+    @property
+    def queue_rank(self) -> int:
+        """The rank the queues serve the job at (a job without one: 0)."""
+        return self.rank or 0
 
     def encode(self) -> bytes:
         """The job as stored in a queue (JSON)."""
         data = asdict(self)
-        for name in ("undecodable", "tenant", "key_id", "expires_at"):
+        for name in ("undecodable", "tenant", "key_id", "expires_at", "rank"):
             if data[name] is None:
                 del data[name]  # the wire format of a job without them stays as it was
         return orjson.dumps(data)
@@ -98,7 +108,9 @@ class Job:
                      and isinstance(job.id, str) and type(job.attempts) is int
                      and isinstance(job.submitted_at, (int, float))
                      and all(v is None or isinstance(v, str) for v in (job.tenant, job.key_id))
-                     and (job.expires_at is None or type(job.expires_at) in (int, float)))
+                     and (job.expires_at is None or type(job.expires_at) in (int, float))
+                     and (job.rank is None
+                          or (type(job.rank) is int and 0 <= job.rank < MAX_RANKS)))
         if not fields_ok:
             raise ValueError("a job field has the wrong type")
         return job

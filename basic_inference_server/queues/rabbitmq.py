@@ -3,7 +3,9 @@
 Names (``prefix`` from the URL's ``?prefix=``, default ``bis``):
 
 * ``<prefix>.<endpoint>``       the jobs; declared with ``<prefix>.dlx`` as its
-  dead-letter exchange, so what it rejects lands in the dead queue
+  dead-letter exchange, so what it rejects lands in the dead queue, and as a priority
+  queue (``x-max-priority``): a job of rank r is published with priority 7 - r, so
+  rank 0 is served first, in arrival order within a rank
 * ``<prefix>.<endpoint>.retry`` jobs waiting for a retry: each carries its delay as a
   per-message TTL and, when it expires, is dead-lettered back into the jobs queue
 * ``<prefix>.<endpoint>.dead``  dead letters (bound to ``<prefix>.dlx``)
@@ -14,10 +16,16 @@ Messages are persistent and published with confirms. Attempts: a redelivered mes
 counts one run more than its own count says (the broker keeps only a flag, so a job
 that kills its worker several times is seen as having done so once per consumer).
 pika connections are not thread-safe: each thread has its own.
+
+A jobs queue declared before priority classes has no ``x-max-priority``, and the broker
+refuses to redeclare it with one: it is used as it is (arrival order, every rank alike)
+and a warning says so, once; delete the queue (drained, or its jobs are lost) to have
+it declared again with priorities.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -27,10 +35,12 @@ from urllib.parse import urlencode
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .base import Claim, Job, JobQueue, url_options
+from .base import MAX_RANKS, Claim, Job, JobQueue, url_options
 
 POLL_FIRST, POLL_CAP = 0.005, 0.1
 _PERSISTENT = 2
+_PRECONDITION_FAILED = 406
+log = logging.getLogger(__name__)
 
 
 class RabbitQueue(JobQueue):
@@ -41,6 +51,8 @@ class RabbitQueue(JobQueue):
         self.prefix = options.pop("prefix", "bis")
         self.params = pika.URLParameters(base + ("?" + urlencode(options) if options else ""))
         self._local = threading.local()
+        # Jobs queues found without priorities (warned about once per process).
+        self._unranked: set[str] = set()
 
     # -- connection and names ---------------------------------------------------------
     def _channel(self) -> BlockingChannel:
@@ -53,6 +65,27 @@ class RabbitQueue(JobQueue):
             self._local.declared = set()
         return channel
 
+    def _declare_main(self, channel: BlockingChannel, main: str, arguments: dict[str, Any]) -> None:
+        """Declare the jobs queue as a priority queue, or use one declared before priority
+        classes as it is."""
+        # On a channel of its own: the broker refuses a queue's redeclare with other
+        # arguments by closing the channel, and this thread's may hold claims.
+        probe = channel.connection.channel()
+        try:
+            probe.queue_declare(main, durable=True,
+                                arguments={**arguments, "x-max-priority": MAX_RANKS})
+            probe.close()
+            return
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != _PRECONDITION_FAILED:
+                raise
+        channel.queue_declare(main, durable=True, arguments=arguments)
+        if main not in self._unranked:
+            self._unranked.add(main)
+            log.warning("RabbitMQ queue %s was declared without priorities (x-max-priority): "
+                        "its jobs are served in arrival order whatever their rank. Delete it "
+                        "once drained to have it declared again with priorities.", main)
+
     def _names(self, endpoint: str) -> tuple[str, str, str]:
         main = f"{self.prefix}.{endpoint}"
         return main, f"{main}.retry", f"{main}.dead"
@@ -63,7 +96,7 @@ class RabbitQueue(JobQueue):
         if endpoint not in self._local.declared:
             dlx = f"{self.prefix}.dlx"
             channel.exchange_declare(dlx, exchange_type="direct", durable=True)
-            channel.queue_declare(main, durable=True, arguments={
+            self._declare_main(channel, main, {
                 "x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead})
             channel.queue_declare(dead, durable=True)
             channel.queue_bind(dead, dlx, routing_key=dead)
@@ -85,8 +118,10 @@ class RabbitQueue(JobQueue):
     @staticmethod
     def _publish(channel: BlockingChannel, exchange: str, key: str, job: Job,
                  expiration_s: float | None = None) -> None:
+        # A retry keeps its priority when its TTL sends it back to the jobs queue.
         props = pika.BasicProperties(delivery_mode=_PERSISTENT, message_id=job.id,
-                                     content_type="application/json")
+                                     content_type="application/json",
+                                     priority=MAX_RANKS - 1 - job.queue_rank)
         if expiration_s is not None:
             props.expiration = str(max(0, int(expiration_s * 1000)))
         channel.basic_publish(exchange, key, job.encode(), properties=props, mandatory=True)

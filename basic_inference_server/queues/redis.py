@@ -3,16 +3,23 @@ a dead-letter stream; results in a hash per job with a TTL.
 
 Keys (``prefix`` from the URL's ``?prefix=``, default ``bis``):
 
-* ``<prefix>:jobs:<endpoint>``    stream of waiting and claimed jobs; group ``workers``
+* ``<prefix>:jobs:<endpoint>``    stream of waiting and claimed jobs of rank 0 (and of
+  jobs of before priority classes); ``<prefix>:jobs:<endpoint>:<rank>`` those of ranks
+  1 to 7; group ``workers`` on each
 * ``<prefix>:delayed:<endpoint>`` sorted set of jobs waiting for a retry, by due time
 * ``<prefix>:dead:<endpoint>``    stream of dead letters, each with its last error
 * ``<prefix>:job:<id>``           hash: the job's record (expires ``JOB_TTL`` after it ends)
 * ``<prefix>:pending:<endpoint>`` sorted set of unfinished job ids by submission time
 * ``<prefix>:events:<id>``        list: the job's events, ``<name> <json>`` (id: index + 1)
-* ``<prefix>:entries:<endpoint>`` hash: job id -> the stream entry that holds it
+* ``<prefix>:entries:<endpoint>`` hash: job id -> the stream entry that holds it (its id,
+  then its rank unless 0)
 
-A claimed entry stays in the group's pending list until acked; an entry idle there for
-longer than the visibility timeout (its consumer died) is taken over with XAUTOCLAIM.
+A claim is one script that looks at the streams in rank order (0 first): in each, an
+entry idle in the group's pending list for longer than the visibility timeout (its
+consumer died) is taken over with XAUTOCLAIM, else the next new entry is read. A
+claimed entry stays in the pending list until acked. When every stream is empty the
+claim blocks on XREAD after each stream's newest entry, then runs the script again (so
+every waiting consumer wakes on a new job, and one of them gets it).
 Every move between keys is one transaction, so a job is always in exactly one place.
 The ``entries`` hash lets a cancel take a waiting job out of the stream by its id (an
 entry no consumer holds: ``XDEL``, then into the dead letters); a job waiting for a
@@ -33,6 +40,7 @@ from .base import (
     CANCELLED_ERROR,
     EVENT_ENDS,
     MAX_EVENTS,
+    MAX_RANKS,
     QUEUED,
     TERMINAL,
     Claim,
@@ -47,52 +55,93 @@ GROUP = "workers"
 # Longer than any blocking read (the consumer waits at most a few seconds per claim).
 SOCKET_TIMEOUT = 30.0
 
-# KEYS: stream, delayed set, entries hash. ARGV: depth limit, job, job id.
-_ENQUEUE = """
-local limit = tonumber(ARGV[1])
-if limit >= 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= limit then
-  return 0
+# The entries hash's value for a job's stream entry: its id, then its rank unless 0 (an
+# entry of rank 0 reads as it did before priority classes).
+_ENTRY = """
+local function entry(mid, rank)
+  if tonumber(rank) == 0 then return mid end
+  return mid .. ' ' .. rank
 end
-redis.call('HSET', KEYS[3], ARGV[3], redis.call('XADD', KEYS[1], '*', 'job', ARGV[2]))
+"""
+# KEYS: the job's stream, delayed set, entries hash, every rank's stream. ARGV: depth
+# limit, job, job id, rank.
+_ENQUEUE = _ENTRY + """
+local limit = tonumber(ARGV[1])
+if limit >= 0 then
+  local depth = redis.call('ZCARD', KEYS[2])
+  for i = 4, #KEYS do depth = depth + redis.call('XLEN', KEYS[i]) end
+  if depth >= limit then return 0 end
+end
+redis.call('HSET', KEYS[3], ARGV[3], entry(redis.call('XADD', KEYS[1], '*', 'job', ARGV[2]), ARGV[4]))
 return 1
 """
-# KEYS: stream, entries hash. ARGV: job, job id.
-_ADD = """
-redis.call('HSET', KEYS[2], ARGV[2], redis.call('XADD', KEYS[1], '*', 'job', ARGV[1]))
+# KEYS: the job's stream, entries hash. ARGV: job, job id, rank.
+_ADD = _ENTRY + """
+redis.call('HSET', KEYS[2], ARGV[2], entry(redis.call('XADD', KEYS[1], '*', 'job', ARGV[1]), ARGV[3]))
 """
-# KEYS: delayed set, stream, entries hash. ARGV: now.
-_PROMOTE = """
+# KEYS: delayed set, entries hash, every rank's stream (rank 0 first). ARGV: now. A job
+# goes back to its rank's stream; one whose rank cannot be read (undecodable) to rank 0.
+_PROMOTE = _ENTRY + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
 for _, payload in ipairs(due) do
-  local mid = redis.call('XADD', KEYS[2], '*', 'job', payload)
   local ok, job = pcall(cjson.decode, payload)
-  if ok and type(job) == 'table' and type(job.id) == 'string' then
-    redis.call('HSET', KEYS[3], job.id, mid)
-  end
+  if not ok or type(job) ~= 'table' then job = {} end
+  local rank = job.rank
+  if type(rank) ~= 'number' or rank % 1 ~= 0 or rank < 0 or rank > #KEYS - 3 then rank = 0 end
+  local mid = redis.call('XADD', KEYS[3 + rank], '*', 'job', payload)
+  if type(job.id) == 'string' then redis.call('HSET', KEYS[2], job.id, entry(mid, rank)) end
   redis.call('ZREM', KEYS[1], payload)
 end
 return #due
 """
-# KEYS: stream, entries hash, dead stream. ARGV: job id, the dead letter's error, group.
-# 1 when the job was waiting in the stream, unclaimed, and is a dead letter now. (No
-# group yet: no consumer ever read the stream, so nothing in it is held.)
+# KEYS: entries hash, dead stream, every rank's stream (rank 0 first). ARGV: job id, the
+# dead letter's error, group. 1 when the job was waiting in its stream, unclaimed, and
+# is a dead letter now. (No group yet: no consumer ever read the stream, so nothing in
+# it is held.)
 _CANCEL = """
-local mid = redis.call('HGET', KEYS[2], ARGV[1])
-if not mid then return 0 end
-local held = redis.pcall('XPENDING', KEYS[1], ARGV[3], mid, mid, 1)
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+if not value then return 0 end
+local mid, rank = string.match(value, '^(%S+) (%d+)$')
+if not mid then mid, rank = value, 0 end
+local stream = KEYS[3 + tonumber(rank)]
+local held = redis.pcall('XPENDING', stream, ARGV[3], mid, mid, 1)
 if type(held) == 'table' and held.err == nil and #held > 0 then return 0 end
-local entry = redis.call('XRANGE', KEYS[1], mid, mid)
-redis.call('HDEL', KEYS[2], ARGV[1])
+local entry = redis.call('XRANGE', stream, mid, mid)
+redis.call('HDEL', KEYS[1], ARGV[1])
 if #entry == 0 then return 0 end
 local fields = entry[1][2]
 for i = 1, #fields, 2 do
   if fields[i] == 'job' then
-    redis.call('XDEL', KEYS[1], mid)
-    redis.call('XADD', KEYS[3], '*', 'job', fields[i + 1], 'error', ARGV[2])
+    redis.call('XDEL', stream, mid)
+    redis.call('XADD', KEYS[2], '*', 'job', fields[i + 1], 'error', ARGV[2])
     return 1
   end
 end
 return 0
+"""
+# KEYS: every rank's stream (rank 0 first). ARGV: group, consumer, visibility timeout
+# (ms). The next job of the best rank that has one: {rank + 1, entry id, fields, times
+# delivered}, an entry whose consumer went silent for longer than the timeout before a
+# new one. None: {0, the newest entry id of each stream}, to wait for what comes after.
+_TAKE = """
+local newest = {}
+for i, stream in ipairs(KEYS) do
+  local stale = redis.call('XAUTOCLAIM', stream, ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', 1)
+  for _, entry in ipairs(stale[2]) do
+    if type(entry[2]) == 'table' then  -- (an entry deleted meanwhile has no fields)
+      local held = redis.call('XPENDING', stream, ARGV[1], entry[1], entry[1], 1)
+      return {i, entry[1], entry[2], held[1][4]}
+    end
+  end
+  local new = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', stream, '>')
+  if new then
+    local entry = new[1][2][1]
+    return {i, entry[1], entry[2], 1}
+  end
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  newest[i] = last[1] and last[1][1] or '0-0'
+end
+return {0, newest}
 """
 # KEYS: record hash, pending set. ARGV: new status (JSON or ''), ttl or '', job id,
 # pending op ('add' / 'rem' / ''), the status the record must have (JSON or ''), field,
@@ -157,11 +206,18 @@ class RedisQueue(JobQueue):
         self._add = self.r.register_script(_ADD)
         self._promote = self.r.register_script(_PROMOTE)
         self._cancel = self.r.register_script(_CANCEL)
+        self._take = self.r.register_script(_TAKE)
         self._groups: set[str] = set()
 
     def _keys(self, endpoint: str) -> tuple[str, str, str]:
+        """Rank 0's stream, the delayed set and the dead-letter stream of ``endpoint``."""
         p = self.prefix
         return f"{p}:jobs:{endpoint}", f"{p}:delayed:{endpoint}", f"{p}:dead:{endpoint}"
+
+    def _streams(self, endpoint: str) -> list[str]:
+        """The endpoint's stream of each rank, rank 0 first."""
+        first = self._keys(endpoint)[0]
+        return [first] + [f"{first}:{rank}" for rank in range(1, MAX_RANKS)]
 
     def _entries(self, endpoint: str) -> str:
         return f"{self.prefix}:entries:{endpoint}"
@@ -178,57 +234,64 @@ class RedisQueue(JobQueue):
 
     def enqueue(self, job: Job, max_depth: int | None = None) -> bool:
         """Add a job."""
-        stream, delayed, _dead = self._keys(job.endpoint)
+        streams = self._streams(job.endpoint)
+        _stream, delayed, _dead = self._keys(job.endpoint)
         limit = -1 if max_depth is None else max_depth
-        return bool(self._enqueue(keys=[stream, delayed, self._entries(job.endpoint)],
-                                  args=[limit, job.encode(), job.id]))
+        return bool(self._enqueue(
+            keys=[streams[job.queue_rank], delayed, self._entries(job.endpoint), *streams],
+            args=[limit, job.encode(), job.id, job.queue_rank]))
 
     def cancel_waiting(self, job_id: str, endpoint: str) -> bool:
         """Cancel a waiting (not claimed) job: move it to the dead letters; False where it cannot."""
-        stream, _delayed, dead = self._keys(endpoint)
-        return bool(self._cancel(keys=[stream, self._entries(endpoint), dead],
+        _stream, _delayed, dead = self._keys(endpoint)
+        return bool(self._cancel(keys=[self._entries(endpoint), dead, *self._streams(endpoint)],
                                  args=[job_id, CANCELLED_ERROR, GROUP]))
 
     def stored_bytes(self, endpoint: str) -> int:
         """Bytes the endpoint's waiting and running jobs take in the queue (``MAX_QUEUE_BYTES``)."""
         # Redis's own estimate (sampled): cheap on a stream of any length.
-        stream, delayed, _dead = self._keys(endpoint)
-        return sum(int(self.r.memory_usage(key) or 0) for key in (stream, delayed))
+        _stream, delayed, _dead = self._keys(endpoint)
+        pipe = self.r.pipeline(transaction=False)
+        for key in (*self._streams(endpoint), delayed):
+            pipe.memory_usage(key)
+        return sum(int(size or 0) for size in pipe.execute())
 
     def claim(self, endpoint: str, consumer: str, wait: float,
               visibility_timeout: float) -> Claim | None:
-        """Take the next job, waiting up to ``wait`` seconds."""
-        stream, delayed, _dead = self._keys(endpoint)
-        self._ensure_group(stream)
-        self._promote(keys=[delayed, stream, self._entries(endpoint)], args=[time.time()])
+        """Take the next job, rank 0 first, waiting up to ``wait`` seconds."""
+        streams = self._streams(endpoint)
+        _stream, delayed, _dead = self._keys(endpoint)
+        for stream in streams:
+            self._ensure_group(stream)
+        self._promote(keys=[delayed, self._entries(endpoint), *streams], args=[time.time()])
         try:
-            return self._claim(endpoint, stream, consumer, wait, visibility_timeout)
+            return self._claim(endpoint, streams, consumer, wait, visibility_timeout)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            self._groups.discard(stream)  # the stream was deleted: create it again next time
+            # A stream was deleted: create them again next time.
+            self._groups.difference_update(streams)
             return None
 
-    def _claim(self, endpoint: str, stream: str, consumer: str, wait: float,
+    def _claim(self, endpoint: str, streams: list[str], consumer: str, wait: float,
                visibility: float) -> Claim | None:
-        # First, jobs whose consumer went silent for longer than the visibility timeout.
-        reply = self.r.xautoclaim(stream, GROUP, consumer, min_idle_time=int(visibility * 1000),
-                                  start_id="0-0", count=1)
-        taken = [(mid, fields) for mid, fields in reply[1] if fields]
-        if taken:
-            mid, fields = taken[0]
-            pending = self.r.xpending_range(stream, GROUP, min=mid, max=mid, count=1)
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
-        else:
-            block = {"block": max(1, int(wait * 1000))} if wait > 0 else {}
-            got = self.r.xreadgroup(GROUP, consumer, {stream: ">"}, count=1, **block)
-            if not got or not got[0][1]:
+        deadline = time.monotonic() + wait
+        while True:
+            got = self._take(keys=streams, args=[GROUP, consumer, int(visibility * 1000)])
+            if got[0]:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return None
-            mid, fields = got[0][1][0]
-            deliveries = 1
-        job = Job.decode_or_stand_in(fields.get(b"job", b""), endpoint, _text(mid))
-        job.attempts += deliveries
-        return Claim(job=job, receipt=(stream, mid))
+            # Wake on any entry newer than the newest the script saw, then look again in
+            # rank order (another consumer may take it first).
+            self.r.xread(dict(zip(streams, got[1], strict=True)), count=1,
+                         block=max(1, int(remaining * 1000)))
+        rank, mid, fields, deliveries = got
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+        job = Job.decode_or_stand_in(values.get(b"job", b""), endpoint, _text(mid))
+        job.attempts += int(deliveries)
+        return Claim(job=job, receipt=(streams[rank - 1], mid))
 
     def _settle(self, claim: Claim, *also: tuple[str, str, Any]) -> None:
         """Ack and delete the claimed entry, doing ``also`` in the same transaction."""
@@ -238,7 +301,8 @@ class RedisQueue(JobQueue):
         pipe.hdel(entries, claim.job.id)
         for op, key, arg in also:
             if op == "add":  # back in the stream, found by its id again
-                self._add(keys=[key, entries], args=[arg, claim.job.id], client=pipe)
+                self._add(keys=[key, entries], args=[arg, claim.job.id, claim.job.queue_rank],
+                          client=pipe)
             elif op == "xadd":
                 pipe.xadd(key, {"job": arg})
             else:
@@ -254,7 +318,7 @@ class RedisQueue(JobQueue):
     def release(self, claim: Claim) -> None:
         """Give back a job that was not started."""
         job = replace(claim.job, attempts=claim.job.attempts - 1)
-        self._settle(claim, ("add", claim.receipt[0], job.encode()))
+        self._settle(claim, ("add", self._streams(job.endpoint)[job.queue_rank], job.encode()))
 
     def retry_later(self, claim: Claim, delay: float, error: str) -> None:
         """The attempt failed: make the job claimable again after ``delay`` seconds."""
@@ -269,10 +333,11 @@ class RedisQueue(JobQueue):
         self._settle(claim, ("xadd", dead, job.encode()))
 
     def depth(self, endpoint: str) -> int:
-        """Jobs accepted and not finished."""
-        stream, delayed, _dead = self._keys(endpoint)
+        """Jobs accepted and not finished, of every rank."""
+        _stream, delayed, _dead = self._keys(endpoint)
         pipe = self.r.pipeline(transaction=False)
-        pipe.xlen(stream)
+        for stream in self._streams(endpoint):
+            pipe.xlen(stream)
         pipe.zcard(delayed)
         return int(sum(pipe.execute()))
 
@@ -292,7 +357,8 @@ class RedisQueue(JobQueue):
 
     def requeue_dead(self, endpoint: str, job_id: str | None = None) -> list[str]:
         """Put dead jobs (one, or all when ``job_id`` is None) back in the queue with their attempts reset."""
-        stream, _delayed, dead = self._keys(endpoint)
+        _stream, _delayed, dead = self._keys(endpoint)
+        streams = self._streams(endpoint)
         ids = []
         for mid, fields in self.r.xrange(dead):
             job = self._dead_job(endpoint, mid, fields)
@@ -300,8 +366,8 @@ class RedisQueue(JobQueue):
                 continue
             job.attempts = 0
             pipe = self.r.pipeline(transaction=True)
-            self._add(keys=[stream, self._entries(endpoint)], args=[job.encode(), job.id],
-                      client=pipe)
+            self._add(keys=[streams[job.queue_rank], self._entries(endpoint)],
+                      args=[job.encode(), job.id, job.queue_rank], client=pipe)
             pipe.xdel(dead, mid)
             pipe.execute()
             ids.append(job.id)

@@ -5,7 +5,8 @@ every change in a ``BEGIN IMMEDIATE`` transaction (one writer at a time, waiting
 busy timeout instead of failing), one connection per thread. A claimed job is hidden
 for the visibility timeout; if its consumer dies without acking, it shows again. As
 every consumer is on this box, a job whose consumer process is gone (its claim names
-the host and pid) shows again at once: a crash does not wait for the timeout.
+the host and pid) shows again at once: a crash does not wait for the timeout. Claims
+take the lowest rank first (priority classes), in order of visibility within a rank.
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     visible_at REAL NOT NULL,
     token TEXT,
     dead INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    rank INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_next ON jobs (endpoint, dead, visible_at);
+-- The claim's index before priority classes, replaced by jobs_ranked.
+DROP INDEX IF EXISTS jobs_next;
+CREATE INDEX IF NOT EXISTS jobs_ranked ON jobs (endpoint, dead, rank, visible_at);
 CREATE TABLE IF NOT EXISTS results (
     id TEXT PRIMARY KEY,
     endpoint TEXT NOT NULL,
@@ -72,7 +76,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_expiry ON events (expires_at);
 """
 _NEXT_JOB = ("SELECT id, payload, attempts, last_error FROM jobs "
-             "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? ORDER BY visible_at LIMIT 1")
+             "WHERE endpoint = ? AND dead = 0 AND visible_at <= ? ORDER BY rank, visible_at LIMIT 1")
 # How often a waiting claim looks at the table again (it doubles up to the cap).
 POLL_FIRST, POLL_CAP = 0.005, 0.1
 # How often a consumer looks for jobs held by dead processes of this box.
@@ -102,7 +106,15 @@ class SqliteDB:
         create_private(self.path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._add_rank()
         self.conn().executescript(SCHEMA)
+
+    def _add_rank(self) -> None:
+        """Give a jobs table made before priority classes its rank column (its jobs rank 0)."""
+        with self.write() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if columns and "rank" not in columns:
+                conn.execute("ALTER TABLE jobs ADD COLUMN rank INTEGER NOT NULL DEFAULT 0")
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection to the database (opened on first use, in WAL mode)."""
@@ -149,9 +161,10 @@ class SqliteQueue(JobQueue):
         with self.db.write() as conn:
             if max_depth is not None and self._depth(conn, job.endpoint) >= max_depth:
                 return False
-            conn.execute("INSERT INTO jobs (id, endpoint, payload, attempts, visible_at) "
-                         "VALUES (?, ?, ?, ?, ?)",
-                         (job.id, job.endpoint, job.encode(), job.attempts, job.submitted_at))
+            conn.execute("INSERT INTO jobs (id, endpoint, payload, attempts, visible_at, rank) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (job.id, job.endpoint, job.encode(), job.attempts, job.submitted_at,
+                          job.queue_rank))
         return True
 
     def _recover_orphans(self, endpoint: str) -> None:

@@ -10,6 +10,10 @@ again after it, and ``ApproximateReceiveCount`` tells how many runs it had. A re
 a new message with ``DelaySeconds`` (SQS allows up to 15 minutes); a dead letter is a
 message in the dead queue carrying its last error. SQS counts are approximate, so the
 depth limit is too.
+
+Priority classes are ignored: a standard queue cannot serve one message before another
+(it is not even FIFO), so a job's ``rank`` travels with it but every rank is served
+alike. The other backends serve rank 0 first.
 """
 
 from __future__ import annotations

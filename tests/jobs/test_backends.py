@@ -1,15 +1,20 @@
 """The queue contract, run against every backend: SQLite, real Redis, real RabbitMQ and
 SQS (moto's server). The results stores (SQLite, Redis, PostgreSQL) have their own contract below.
+Priority classes: every backend but SQS serves rank 0 first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import pika
 import pytest
 
 from basic_inference_server.queues import Job, open_queue, open_results
@@ -18,17 +23,19 @@ from basic_inference_server.queues.base import (
     CANCELLED_ERROR,
     DEAD,
     DONE,
+    MAX_RANKS,
     QUEUED,
     RUNNING,
 )
+from basic_inference_server.queues.sqlite import _NEXT_JOB
 from tests.conftest import wait_until
 
 ALL = ["sqlite", "redis", "rabbitmq", "sqs"]
 EP = "echo"
 
 
-def job(i: int, endpoint: str = EP) -> Job:
-    return Job(endpoint=endpoint, body={"SIGNATURE": endpoint, "I": i})
+def job(i: int, endpoint: str = EP, rank: int | None = None) -> Job:
+    return Job(endpoint=endpoint, body={"SIGNATURE": endpoint, "I": i}, rank=rank)
 
 
 def claim_soon(queue, timeout=10.0, visibility=30.0):
@@ -160,6 +167,165 @@ def test_a_job_whose_consumer_died_is_claimed_again(queue_url):
         assert b.claim(EP, "b", 0, 1.0) is None
     finally:
         b.close()
+
+
+# The backends that serve lower ranks first; SQS cannot reorder a standard queue.
+RANKED = ["sqlite", "redis", "rabbitmq"]
+
+
+@pytest.mark.parametrize("queue_url", ALL, indirect=True)
+def test_lower_ranks_are_claimed_first_and_in_submission_order_within_a_rank(queue, request):
+    jobs = [job(i, rank=rank) for i, rank in enumerate([2, 0, 1, 0, 2, 1])]
+    for j in jobs:
+        assert queue.enqueue(j)
+    assert wait_until(lambda: queue.depth(EP) == len(jobs), timeout=5)
+    claims = [claim_soon(queue) for _ in jobs]
+    claimed = [c.job.id for c in claims]
+    if request.node.callspec.params["queue_url"] in RANKED:
+        assert claimed == [j.id for j in sorted(jobs, key=lambda j: j.rank)]  # (a stable sort)
+    else:
+        assert sorted(claimed) == sorted(j.id for j in jobs)  # only: nothing is lost
+    assert {c.job.id: c.job.rank for c in claims} == {j.id: j.rank for j in jobs}
+    for c in claims:
+        queue.ack(c)
+    assert wait_until(lambda: queue.depth(EP) == 0, timeout=5)
+    assert queue.claim(EP, "test", 0, 30) is None
+
+
+@pytest.mark.parametrize("queue_url", RANKED, indirect=True)
+def test_a_retried_job_comes_back_in_its_own_rank(queue):
+    retried = job(1, rank=1)
+    queue.enqueue(retried)
+    first = claim_soon(queue)
+    queue.retry_later(first, 0.5, "boom")
+    later, same = job(2, rank=2), job(3, rank=1)
+    queue.enqueue(later)
+    queue.enqueue(same)
+    time.sleep(1.0)  # the retry is due: it waits behind the rank 1 job before it, ahead of rank 2
+    claims = [claim_soon(queue) for _ in range(3)]
+    assert [c.job.id for c in claims] == [same.id, retried.id, later.id]
+    assert claims[1].job.attempts == 2 and claims[1].job.rank == 1
+    for c in claims:
+        queue.ack(c)
+
+
+@pytest.mark.parametrize("queue_url", ["sqlite", "redis"], indirect=True)
+def test_a_waiting_job_of_any_rank_is_cancelled_and_requeued_in_its_rank(queue):
+    waiting, first = job(1, rank=3), job(2, rank=0)
+    queue.enqueue(waiting)
+    assert queue.cancel_waiting(waiting.id, EP)
+    assert wait_until(lambda: queue.depth(EP) == 0, timeout=5)
+    assert [(d.id, d.rank, d.last_error) for d in queue.dead_letters(EP)] == [
+        (waiting.id, 3, CANCELLED_ERROR)]
+    assert queue.requeue_dead(EP) == [waiting.id]
+    queue.enqueue(first)
+    claims = [claim_soon(queue) for _ in range(2)]
+    assert [(c.job.id, c.job.rank) for c in claims] == [(first.id, 0), (waiting.id, 3)]
+    for c in claims:
+        queue.ack(c)
+
+
+@pytest.mark.parametrize("queue_url", ["redis"], indirect=True)
+def test_redis_a_job_of_any_rank_whose_consumer_died_is_claimed_again(queue_url):
+    """A claims a job of every rank and vanishes; B gets each back, best rank first."""
+    a, b = open_queue(queue_url), open_queue(queue_url)
+    try:
+        for rank in reversed(range(MAX_RANKS)):
+            a.enqueue(job(rank, rank=rank))
+        lost = [a.claim(EP, "a", 0, 1.0) for _ in range(MAX_RANKS)]
+        assert [c.job.rank for c in lost] == list(range(MAX_RANKS))
+        assert a.claim(EP, "a", 0, 1.0) is None
+        a.close()
+        assert b.depth(EP) == MAX_RANKS  # claimed jobs of every rank count
+        again = [wait_until(lambda: b.claim(EP, "b", 0.2, 1.0), timeout=15,
+                            message="the abandoned job comes back") for _ in range(MAX_RANKS)]
+        assert [c.job.id for c in again] == [c.job.id for c in lost]
+        assert {c.job.attempts for c in again} == {2}
+        for c in again:
+            b.ack(c)
+        assert b.depth(EP) == 0 and b.claim(EP, "b", 0, 1.0) is None
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("queue_url", ["redis"], indirect=True)
+def test_redis_a_waiting_claim_wakes_for_a_job_of_any_rank(queue):
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(queue.claim, EP, "w", 10.0, 30)
+        time.sleep(0.5)  # blocked by now on every rank's stream
+        sent = time.monotonic()
+        queue.enqueue(job(1, rank=5))
+        claim = waiting.result(timeout=15)
+    assert claim is not None and claim.job.rank == 5
+    assert time.monotonic() - sent < 2.0, "woken by the job, not by the end of the wait"
+    queue.ack(claim)
+
+
+@pytest.mark.parametrize("queue_url", ["rabbitmq"], indirect=True)
+def test_rabbitmq_a_queue_of_before_priority_classes_is_used_then_replaced_once_deleted(
+        queue, amqp_url, caplog):
+    main, _retry, dead = queue._names(EP)
+    dlx = f"{queue.prefix}.dlx"
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = conn.channel()
+        channel.exchange_declare(dlx, exchange_type="direct", durable=True)
+        # Declared as before priority classes: no x-max-priority.
+        channel.queue_declare(main, durable=True, arguments={
+            "x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": dead})
+
+        def served(ranks: list[int]) -> list[int]:
+            jobs = [job(i, rank=rank) for i, rank in enumerate(ranks)]
+            for j in jobs:
+                assert queue.enqueue(j)
+            claims = [claim_soon(queue) for _ in jobs]
+            for c in claims:
+                queue.ack(c)
+            return [c.job.rank for c in claims]
+
+        with caplog.at_level(logging.WARNING, logger="basic_inference_server.queues.rabbitmq"):
+            assert served([2, 0, 1]) == [2, 0, 1]  # arrival order, nothing refused or lost
+            queue.close()  # a new connection declares it again: no second warning
+            assert served([1, 0]) == [1, 0]
+        warned = [r.getMessage() for r in caplog.records if "without priorities" in r.getMessage()]
+        assert len(warned) == 1 and main in warned[0] and "Delete it" in warned[0]
+        # Deleted once drained, it is declared again with priorities (on a new connection).
+        channel.queue_delete(main)
+        queue.close()
+        assert served([2, 0, 1]) == [0, 1, 2]
+    finally:
+        conn.close()
+
+
+def test_sqlite_a_database_of_before_priority_classes_gets_the_rank_column(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    old_job = job(0)
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, payload BLOB NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, visible_at REAL NOT NULL, token TEXT,
+            dead INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+        CREATE INDEX jobs_next ON jobs (endpoint, dead, visible_at);
+    """)
+    old.execute("INSERT INTO jobs (id, endpoint, payload, attempts, visible_at) VALUES (?, ?, ?, 0, ?)",
+                (old_job.id, EP, old_job.encode(), old_job.submitted_at))
+    old.commit()
+    old.close()
+    queue = open_queue(f"sqlite://{path}")
+    try:
+        low, high = job(1, rank=1), job(2, rank=0)
+        queue.enqueue(low)
+        queue.enqueue(high)
+        claims = [queue.claim(EP, "test", 0, 30) for _ in range(3)]
+        assert [c.job.id for c in claims] == [old_job.id, high.id, low.id]
+        # The claim is one query on the index that has its order: no sort, no scan.
+        plan = " ".join(row[-1] for row in queue.db.conn().execute(
+            f"EXPLAIN QUERY PLAN {_NEXT_JOB}", (EP, time.time())))
+        assert "USING INDEX jobs_ranked" in plan and "TEMP B-TREE" not in plan, plan
+        for c in claims:
+            queue.ack(c)
+    finally:
+        queue.close()
 
 
 @pytest.mark.parametrize("queue_url", ["sqlite", "redis", "postgres"], indirect=True)
