@@ -90,7 +90,7 @@ class Front:
         self.shadow = Shadow(self.dispatcher.dispatch, metrics.record_shadow,
                              hooks=Hooks(spec.endpoints_dir), off_loop=self.off_loop)
         self.submitter = JobSubmitter(self.jobs, self.routes, self.tenancy, self.off_loop,
-                                      self.meta, self.dispatcher.wake)
+                                      self.meta, self.dispatcher.wake, self.priorities)
         self.flow = RunFlow(self.dispatcher, self.tenancy, self.shadow, self.meta,
                             self.off_loop, self.submitter.submit, spec.access_log,
                             spec.server_timing, answer_cache(spec.cache_redis))

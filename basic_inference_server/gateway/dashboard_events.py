@@ -157,9 +157,11 @@ def _body(control: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return int(answer["status"]), answer["body"]
 
 
-def read_manager(control: str, last: Snapshot | None) -> Snapshot:
+def read_manager(control: str, last: Snapshot | None,
+                 shares: Callable[[], dict[str, Any]] | None = None) -> Snapshot:
     """A new snapshot from the manager's answers (blocking: run it off the loop); the
-    sample window grows from ``last``'s."""
+    sample window grows from ``last``'s. ``shares``: the fair queue's tenant shares
+    (FAIR_SHARES), which the front keeps, not the manager."""
     samples = list(last.samples) if last is not None else []
     events = last.events if last is not None else ()
     try:
@@ -180,6 +182,8 @@ def read_manager(control: str, last: Snapshot | None) -> Snapshot:
         return Snapshot({"ERROR": f"the gateway manager is not answering: {exc}"},
                         tuple(samples), events)
     samples += [s for s in history.get("samples", []) if _ms(s) > newest]
+    if shares is not None:
+        servers["FAIR_SHARES"] = shares()
     return Snapshot({**servers, **status}, tuple(samples[-SAMPLES:]),
                     tuple(history.get("events", [])[-EVENTS:]))
 
@@ -280,7 +284,9 @@ def feed_of(front: Front) -> Feed:
     feed = _FEEDS.get(front)
     if feed is None:
         control = front.spec.control
-        feed = _FEEDS[front] = Feed(lambda last: front.off_loop(read_manager, control, last))
+        shares = front.dispatcher.fair.shares
+        feed = _FEEDS[front] = Feed(lambda last: front.off_loop(read_manager, control, last,
+                                                                shares))
     return feed
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol
@@ -19,9 +19,11 @@ from ..deadlines import deadline_seconds
 from ..errors import BadRequest, ServingError
 from ..names import split_target
 from ..tenants.keys import ApiKey
+from ..tenants.priorities import Priorities
 from ..tenants.quotas import Reservation
 from ..wire.message import Answer, Request, error_answer
 from . import metrics
+from .fair_queue import standing_of
 from .jobs import JobsFront, Once, job_route
 from .routes import RouteTable
 from .run_plan import NO_LABEL, header, series
@@ -61,6 +63,8 @@ class JobSubmitter:
     off_loop: OffLoop
     meta: Meta
     wake: Callable[[str], None]  # starts an endpoint scaled to zero (MIN_WORKERS 0)
+    # The classes a job's rank comes from: the queue serves lower ranks first.
+    priorities: Priorities = field(default_factory=lambda: Priorities(["standard"], "standard"))
 
     async def submit(self, req: Request) -> Answer:
         """Decode the body, check the key against the endpoint it names, enqueue."""
@@ -76,6 +80,7 @@ class JobSubmitter:
             label = split_target(name)[0]
             idempotency = idempotency_key(req)
             deadline = deadline_seconds(req.headers)
+            rank = standing_of(self.priorities, req).rank
             held = await self._admit(req, label)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), label, None), err.status)
@@ -89,7 +94,7 @@ class JobSubmitter:
         try:
             expires = None if deadline is None else time.time() + deadline
             answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer,
-                                         once, expires)
+                                         once, expires, rank)
             self._wake_if_idle(name, answer)
         finally:
             if held is not None and not queued_now(answer):
@@ -120,14 +125,15 @@ class JobSubmitter:
 
     def enqueue(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
                 customer: str | None = None, once: Once | None = None,
-                expires_at: float | None = None) -> Answer:
-        """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes); in the pool."""
+                expires_at: float | None = None, rank: int | None = None) -> Answer:
+        """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes; ``rank``: its
+        class's); in the pool."""
         try:
             route = job_route(self.routes.table().record, name) \
                 or job_route(self.routes.table(fresh=True).record, name)
             status, headers, answer = self.jobs.submit(name, body, size, route, self.meta(),
                                                        customer, key.id if key else None, once,
-                                                       expires_at)
+                                                       expires_at, rank)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), *split_target(name)), err.status)
             return error_answer(err, self.meta())

@@ -137,19 +137,20 @@ class JobsFront:
     # -- submit (from the front's /run and POST /jobs, in its thread pool) ---------------
     def submit(self, name: str, body: dict[str, Any], size: int, route: dict[str, Any] | None,
                meta: dict[str, Any], tenant: str | None = None, key_id: str | None = None,
-               once: Once | None = None, expires_at: float | None = None
-               ) -> tuple[int, list[tuple[str, str]], bytes]:
+               once: Once | None = None, expires_at: float | None = None,
+               rank: int | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
         """Record and enqueue one request; answer 202 with its job id, as status, headers
         and body. ``size``: its body's bytes; ``tenant``: the customer id the endpoint
         gets when the job runs (its API key's, with API_KEYS on); ``key_id``: that key,
         charged for the run; ``once``: its Idempotency-Key's job id and body digest;
-        ``expires_at``: when it goes to the dead letters if not started."""
+        ``expires_at``: when it goes to the dead letters if not started; ``rank``: its
+        priority class's (the queue serves lower ranks first)."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self.backends()
         body = {k: v for k, v in body.items() if k != "ASYNC"}
         job = Job(endpoint=name, body=body, id=once.job_id if once else new_job_id(),
-                  tenant=tenant, key_id=key_id, expires_at=expires_at)
+                  tenant=tenant, key_id=key_id, expires_at=expires_at, rank=rank)
         max_depth = route.get("max_queue_depth")
         max_bytes = route.get("max_queue_bytes")
         if max_bytes is not None:

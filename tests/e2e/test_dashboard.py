@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import psutil
+import requests
 from playwright.sync_api import Page, Request, expect, sync_playwright
 
 from basic_inference_server.gateway.dashboard_events import Cursor
@@ -254,5 +255,28 @@ def test_dashboard_charts_requests_errors_and_latency_of_running_endpoints(gatew
             wait_until(lambda: "bad_predict" not in page.evaluate(CHART_POINTS, "rate-chart"),
                        timeout=20, message="the stopped endpoint leaves the charts")
             assert "bad_predict p99" not in page.evaluate(CHART_POINTS, "latency-chart")
+        finally:
+            browser.close()
+
+
+def test_dashboard_shows_each_tenants_share_under_fair_queueing(gateways):
+    gw = gateways({"FAIR_QUEUEING": True, "GATEWAY_WORKERS": 2,
+                   "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}}})
+    gw.wait_state("echo", "READY", timeout=60)
+    for tenant, count in (("acme", 3), ("beta", 1)):
+        for _ in range(count):
+            resp = requests.post(gw.url("/run"), json={"SIGNATURE": "echo"},
+                                 headers={"X-Customer-ID": tenant}, timeout=30)
+            assert resp.status_code == 200, resp.text
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(gw.url("/dashboard"))
+            page.locator("#token").fill(ADMIN_TOKEN)
+            page.get_by_role("button", name="use").click()
+            expect(page.locator("body")).to_have_attribute("data-loaded", "true", timeout=15000)
+            expect(row(page, "echo").locator("td.tenants")).to_have_text(
+                "acme 75% \u00b7 beta 25%", timeout=15000)
         finally:
             browser.close()

@@ -17,7 +17,8 @@ from tests.conftest import Gateway, assert_error, assert_ok, wait_until
 
 CONFIG = {
     "GATEWAY_WORKERS": 2, "FAIR_QUEUEING": True,
-    "TENANTS": {"gold": {"WEIGHT": 3}, "bulk": {"PRIORITY": "batch"}},
+    "TENANTS": {"gold": {"WEIGHT": 3}, "bulk": {"PRIORITY": "batch"},
+                "vip": {"PRIORITY": "interactive"}},
     "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1, "TIMEOUT": 60}},
 }
 
@@ -189,3 +190,59 @@ def test_a_caller_leaving_the_queue_gives_its_place_up(gw, tmp_path: Path):
     assert_ok(run(gw, "plain"))
     assert not gone_marker.exists(), "the request of a caller gone started"
     wait_until(lambda: in_flight(gw) == 0, timeout=20, message="nothing left held")
+
+
+def test_jobs_of_a_higher_class_leave_the_queue_first(gw, tmp_path: Path):
+    from tests.jobs.jobs_client import wait_finished
+
+    def submit(tenant: str, **fields) -> str:
+        resp = requests.post(gw.url("/jobs"), json={"SIGNATURE": "slow", "SECONDS": 0.01,
+                                                    **fields},
+                             headers={"X-Customer-ID": tenant}, timeout=30)
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["JOB_ID"])
+
+    marker = tmp_path / "busy"
+    holder = submit("holder", SECONDS=0, MARKER=str(marker), MEET=str(marker.with_suffix(".go")))
+    wait_until(marker.exists, timeout=30, message="the holding job runs")
+    try:
+        jobs = {"bulk": submit("bulk"), "standard": submit("plain"), "vip": submit("vip")}
+    finally:
+        marker.with_suffix(".go").write_text("go")
+    wait_finished(gw, holder, timeout=60)
+    started = {label: wait_finished(gw, job_id, timeout=60)["RESULT"]["started"]
+               for label, job_id in jobs.items()}
+    assert sorted(started, key=started.__getitem__) == ["vip", "standard", "bulk"], started
+
+
+def test_a_keys_own_class_wins_over_its_tenants(gateways, tmp_path: Path):
+    from tests.tenants.conftest import make_key
+
+    keyed = gateways({**CONFIG, "API_KEYS": True, "TENANTS": {"acme": {"PRIORITY": "batch"}}})
+    keyed.wait_state("slow", "READY", timeout=60)
+    plain = make_key(keyed)["KEY"]  # its tenant's class: batch
+    vip = make_key(keyed, PRIORITY="interactive", WEIGHT=2)
+    assert (vip["PRIORITY"], vip["WEIGHT"]) == ("interactive", 2.0), vip
+    answers: dict[str, dict] = {}
+
+    def send(label: str, key: str, **fields) -> None:
+        answers[label] = assert_ok(requests.post(
+            keyed.url("/run"), json={"SIGNATURE": "slow", "SECONDS": 0.01, **fields},
+            headers={"Authorization": f"Bearer {key}"}, timeout=60))
+
+    marker = tmp_path / "busy"
+    threads = [threading.Thread(target=send, args=("holder", plain), kwargs={
+        "SECONDS": 0, "MARKER": str(marker), "MEET": str(marker.with_suffix(".go"))})]
+    threads[0].start()
+    try:
+        wait_until(marker.exists, timeout=30, message="the holding request runs")
+        for label, key, count in (("tenant", plain, 2), ("key", vip["KEY"], 3)):
+            threads.append(threading.Thread(target=send, args=(label, key)))
+            threads[-1].start()
+            wait_until(lambda n=count: in_flight(keyed) >= n, timeout=20,
+                       message=f"the {label}'s request waits")
+    finally:
+        marker.with_suffix(".go").write_text("go")
+        for thread in threads:
+            thread.join(60)
+    assert answers["key"]["started"] < answers["tenant"]["started"], answers

@@ -129,7 +129,16 @@ function share(name, info, traffic) {
   return info.version + " " + pct + "%" + (policy.rollout ? " (rollout)" : "");
 }
 
-function drawEndpoints(servers, traffic) {
+// Each tenant's share of the endpoint's requests started lately (FAIR_QUEUEING), largest first.
+function tenantShares(name, shares) {
+  const mine = shares[name];
+  if (!mine) return "";
+  return Object.entries(mine).filter(([, s]) => s.STARTED > 0)
+    .sort((a, b) => b[1].SHARE - a[1].SHARE || (a[0] < b[0] ? -1 : 1))
+    .map(([tenant, s]) => tenant + " " + Math.round(1000 * s.SHARE) / 10 + "%").join(" \u00b7 ");
+}
+
+function drawEndpoints(servers, traffic, shares) {
   const body = $("endpoints").tBodies[0];
   body.replaceChildren();
   for (const [name, info] of Object.entries(servers)) {
@@ -138,6 +147,7 @@ function drawEndpoints(servers, traffic) {
     cell(row, name);
     cell(row, info.state, "state " + info.state);
     cell(row, share(name, info, traffic), "traffic");
+    cell(row, tenantShares(name, shares), "tenants");
     cell(row, info.kind === "server" ? info.workers_ready + " / " + info.nr_workers : info.kind,
          "workers");
     cell(row, info.port);
@@ -335,7 +345,7 @@ async function readEvents(body, onEvent) {
 function drawState(state) {
   if (state.ERROR) return;  // the manager does not answer: the last drawing stays
   $("server-name").textContent = state.server ? "on " + state.server : "";
-  drawEndpoints(state.SERVERS || {}, state.TRAFFIC || {});
+  drawEndpoints(state.SERVERS || {}, state.TRAFFIC || {}, state.FAIR_SHARES || {});
   drawAlerts(state.SYSTEM_ALERTS || []);
   if (state.SYSTEM_STATUS) drawSystem(state.SYSTEM_STATUS);
   else $("system").textContent = state.SYSTEM_ERROR || "";
