@@ -56,14 +56,18 @@ def check_tenants(value: dict[str, Any]) -> str | None:
 
 
 def check_priorities(settings: dict[str, Any]) -> str | None:
-    """The settings' classes agree: DEFAULT_PRIORITY and every tenant's PRIORITY are
-    among PRIORITY_CLASSES."""
+    """The settings' classes agree: DEFAULT_PRIORITY, every tenant's PRIORITY and every
+    JWT plan's are among PRIORITY_CLASSES."""
     classes = settings["PRIORITY_CLASSES"]
     if settings["DEFAULT_PRIORITY"] not in classes:
         return f"DEFAULT_PRIORITY {settings['DEFAULT_PRIORITY']!r} is not in PRIORITY_CLASSES"
-    for tenant, spec in settings["TENANTS"].items():
+    named = [(f"TENANTS.{tenant}", spec) for tenant, spec in settings["TENANTS"].items()]
+    named += [(f"JWT_ISSUERS[{i}].PLANS.{plan}", spec)
+              for i, issuer in enumerate(settings["JWT_ISSUERS"])
+              for plan, spec in issuer.get("PLANS", {}).items()]
+    for where, spec in named:
         if "PRIORITY" in spec and spec["PRIORITY"] not in classes:
-            return f"TENANTS.{tenant}.PRIORITY {spec['PRIORITY']!r} is not in PRIORITY_CLASSES"
+            return f"{where}.PRIORITY {spec['PRIORITY']!r} is not in PRIORITY_CLASSES"
     return None
 
 

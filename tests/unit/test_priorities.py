@@ -52,6 +52,9 @@ def test_an_unknown_x_priority_is_a_400(priorities):
     ({"PRIORITY_CLASSES": ["a", "a"]}, "distinct"),
     ({"PRIORITY_CLASSES": [f"c{i}" for i in range(9)]}, "1 to 8"),
     ({"FAIR_SLOTS": 0}, None),
+    ({"API_KEYS": True, "JWT_ISSUERS": [{
+        "ISSUER": "https://id.example", "AUDIENCE": "bis", "JWKS_FILE": "jwks.json",
+        "PLANS": {"pro": {"PRIORITY": "urgent"}}}]}, "JWT_ISSUERS[0].PLANS.pro.PRIORITY"),
 ])
 def test_settings_that_disagree_are_refused(extra, words):
     if "FAIR_SLOTS" in extra:  # an endpoint setting
@@ -67,3 +70,10 @@ def test_classes_of_ones_own_are_taken():
     config = parse_config({"PRIORITY_CLASSES": ["gold", "silver"], "DEFAULT_PRIORITY": "silver",
                            "TENANTS": {"a": {"PRIORITY": "gold", "WEIGHT": 0.5}}})
     assert config["TENANTS"]["a"]["WEIGHT"] == 0.5
+
+
+def test_a_jwt_plan_may_set_a_class_and_a_weight():
+    config = parse_config({"API_KEYS": True, "JWT_ISSUERS": [{
+        "ISSUER": "https://id.example", "AUDIENCE": "bis", "JWKS_FILE": "jwks.json",
+        "PLANS": {"pro": {"PRIORITY": "interactive", "WEIGHT": 2}}}]})
+    assert config["JWT_ISSUERS"][0]["PLANS"]["pro"]["PRIORITY"] == "interactive"
