@@ -150,7 +150,9 @@ class Dispatcher:
         """FAIR_QUEUEING: forward once the fair queue gives the request its turn; the
         turn passes on when the answer (or its stream) ends."""
         name = route.name
-        await self.fair.take(route, standing_of(self.priorities, req), req.deadline)
+        standing = standing_of(self.priorities, req)
+        if not self.fair.take_now(route, standing):
+            await self.fair.take(route, standing, req.deadline)
         resp = None
         try:
             resp = await self._send(route, raw, req)

@@ -144,6 +144,15 @@ class SharedTags:
             pass
 
 
+@dataclass
+class Lane:
+    """One endpoint's columns of the load board, and how many requests it runs at once."""
+
+    running: int
+    waiting: int
+    cap: int = 1
+
+
 @dataclass(order=True)
 class Waiter:
     """A request waiting for a slot, in serving order."""
@@ -166,7 +175,7 @@ class FairQueue:
         self.shared = shared
         self._queues: dict[str, list[Waiter]] = {}
         self._seq = itertools.count()
-        self._caps: dict[str, int] = {}
+        self._lanes: dict[str, Lane] = {}
         self._recheck: asyncio.TimerHandle | None = None
         # (when, counts) marks of shares(): the base of the window it reports.
         self._marks: deque[tuple[float, dict[str, dict[str, int]]]] = deque()
@@ -177,18 +186,24 @@ class FairQueue:
         loop = asyncio.get_running_loop()
         loop.add_reader(self.shared.wakers[self.board.row][0], self._woken)
 
-    async def take(self, route: Route, standing: Standing, deadline: float | None) -> None:
-        """Wait for a slot of ``route`` (at once when one is free and nobody waits);
-        504 ``deadline_exceeded`` when ``deadline`` passes first."""
+    def take_now(self, route: Route, standing: Standing) -> bool:
+        """Take a slot of ``route`` when one is free and nobody waits for it; False:
+        :meth:`take` waits for one."""
         name = route.name
-        cap = max(1, len(route.workers)) * route.slots
-        self._caps[name] = cap
+        lane = self._lanes.get(name) or self._lane(name)
+        lane.cap = max(1, len(route.workers)) * route.slots
         board = self.board
-        if board.load(WAITING + name) == 0 and board.load(RUNNING + name) < cap:
-            board.add(RUNNING + name, 1)
-            self.shared.started[board.row * TENANT_SLOTS
-                                + self.shared.tenant_slot(name, standing.tenant)] += 1
-            return
+        if board.load_at(lane.waiting) or board.load_at(lane.running) >= lane.cap:
+            return False
+        board.add_at(lane.running, 1)
+        self.shared.started[board.row * TENANT_SLOTS
+                            + self.shared.tenant_slot(name, standing.tenant)] += 1
+        return True
+
+    async def take(self, route: Route, standing: Standing, deadline: float | None) -> None:
+        """Wait for a slot of ``route`` in the fair queue's order (after
+        :meth:`take_now`); 504 ``deadline_exceeded`` when ``deadline`` passes first."""
+        name = route.name
         waiter = self._enqueue(name, standing)
         self.pump(name)
         try:
@@ -210,27 +225,34 @@ class FairQueue:
 
     def give_back(self, name: str) -> None:
         """A request of ``name`` ended: its slot goes to the next waiting request."""
-        self.board.add(RUNNING + name, -1)
-        if self.board.load(WAITING + name) > 0:
+        lane = self._lanes[name]
+        self.board.add_at(lane.running, -1)
+        if self.board.load_at(lane.waiting) > 0:
             self.pump(name)
+
+    def _lane(self, name: str) -> Lane:
+        lane = self._lanes[name] = Lane(self.board.column(RUNNING + name),
+                                        self.board.column(WAITING + name))
+        return lane
 
     def _enqueue(self, name: str, standing: Standing) -> Waiter:
         shared = self.shared
         slot = shared.tenant_slot(name, standing.tenant)
-        vslot = self.board.column(WAITING + name) * MAX_CLASSES + standing.rank
+        lane = self._lanes[name]
+        vslot = lane.waiting * MAX_CLASSES + standing.rank
         tag = max(shared.vtime[vslot], shared.finish[slot])
         shared.finish[slot] = tag + 1.0 / standing.weight
         waiter = Waiter(standing.rank, tag, next(self._seq), standing,
                         asyncio.get_running_loop().create_future(), time.perf_counter())
         heapq.heappush(self._queues.setdefault(name, []), waiter)
-        self.board.add(WAITING + name, 1)
+        self.board.add_at(lane.waiting, 1)
         self._publish(name)
         self._arm()
         return waiter
 
     def _left(self, name: str) -> None:
         """A waiting request left (its caller went away, its deadline passed)."""
-        self.board.add(WAITING + name, -1)
+        self.board.add_at(self._lanes[name].waiting, -1)
         self._publish(name)
         self.pump(name)
 
@@ -242,7 +264,7 @@ class FairQueue:
 
     def _publish(self, name: str) -> None:
         """Show the other processes this process's first waiting request of ``name``."""
-        i = self.board.row * self.board.columns + self.board.column(WAITING + name)
+        i = self.board.row * self.board.columns + self._lanes[name].waiting
         head = self._head(name)
         if head is None:
             self.shared.head_rank[i] = NO_HEAD
@@ -253,7 +275,7 @@ class FairQueue:
     def _first_row(self, name: str) -> int:
         """The process row whose head of ``name`` comes first (-1: none waits)."""
         shared, board = self.shared, self.board
-        col = board.column(WAITING + name)
+        col = self._lanes[name].waiting
         best, best_key = -1, (MAX_CLASSES, 0.0)
         for row in range(board.rows):
             i = row * board.columns + col
@@ -266,8 +288,8 @@ class FairQueue:
         """Start waiting requests of ``name`` while slots are free and this process's
         head comes first; wake the process whose head does otherwise."""
         board, shared = self.board, self.shared
-        cap = self._caps.get(name, 1)
-        while board.load(RUNNING + name) < cap:
+        lane = self._lanes[name]
+        while board.load_at(lane.running) < lane.cap:
             row = self._first_row(name)
             if row < 0:
                 return
@@ -279,9 +301,9 @@ class FairQueue:
                 self._publish(name)
                 continue
             heapq.heappop(self._queues[name])
-            board.add(RUNNING + name, 1)
-            board.add(WAITING + name, -1)
-            vslot = board.column(WAITING + name) * MAX_CLASSES + head.rank
+            board.add_at(lane.running, 1)
+            board.add_at(lane.waiting, -1)
+            vslot = lane.waiting * MAX_CLASSES + head.rank
             if head.tag > shared.vtime[vslot]:
                 shared.vtime[vslot] = head.tag
             slot = shared.tenant_slot(name, head.standing.tenant)
@@ -358,8 +380,12 @@ class NoFairQueue:
     def start(self) -> None:
         """Nothing to listen to."""
 
-    async def take(self, route: Route, standing: Standing, deadline: float | None) -> None:
+    def take_now(self, route: Route, standing: Standing) -> bool:
         """A slot at once."""
+        return True
+
+    async def take(self, route: Route, standing: Standing, deadline: float | None) -> None:
+        """Never waited for: :meth:`take_now` gives a slot at once."""
 
     def give_back(self, name: str) -> None:
         """Nothing was taken."""

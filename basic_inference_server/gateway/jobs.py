@@ -143,8 +143,7 @@ class JobsFront:
         and body. ``size``: its body's bytes; ``tenant``: the customer id the endpoint
         gets when the job runs (its API key's, with API_KEYS on); ``key_id``: that key,
         charged for the run; ``once``: its Idempotency-Key's job id and body digest;
-        ``expires_at``: when it goes to the dead letters if not started; ``rank``: its
-        priority class's (the queue serves lower ranks first)."""
+        ``expires_at``: when it goes to the dead letters unstarted; ``rank``: its class's."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self.backends()

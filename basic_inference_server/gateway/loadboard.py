@@ -88,6 +88,14 @@ class LoadBoard:
         """The column of ``path`` (claimed on first use)."""
         return self._column(path)
 
+    def add_at(self, col: int, delta: int) -> None:
+        """:meth:`add` by column (:meth:`column`): for callers that keep it."""
+        self._counts[self.row * self.columns + col] += delta
+
+    def load_at(self, col: int) -> int:
+        """:meth:`load` by column."""
+        return sum(self._counts[col::self.columns])
+
     def add(self, path: str, delta: int) -> None:
         """Count ``delta`` more requests in flight to socket ``path`` (this process's row)."""
         self._counts[self.row * self.columns + self._column(path)] += delta

@@ -23,6 +23,8 @@ from ..names import is_name
 MAX_CLASSES = 8
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0
 TENANT_PARTS = {"PRIORITY", "WEIGHT"}
+# Standings a process remembers (tenants x classes asked), cleared past it.
+MAX_MET = 4096
 
 
 def check_weight(value: Any) -> str | None:
@@ -91,11 +93,23 @@ class Priorities:
         self.rank = {name: i for i, name in enumerate(self.classes)}
         self.default = self.rank[default]
         self.tenants = tenants or {}
+        # Standings met, by their arguments: every request of a busy front asks.
+        self._met: dict[tuple[str, str | None, float | None, bytes | None], Standing] = {}
 
     def standing(self, tenant: str, key_priority: str | None = None,
                  key_weight: float | None = None, asked: bytes | None = None) -> Standing:
         """The standing of a request of ``tenant`` whose key says ``key_priority`` and
         ``key_weight`` (None: not set) and whose X-Priority header is ``asked``."""
+        args = (tenant, key_priority, key_weight, asked)
+        met = self._met.get(args)
+        if met is None:
+            if len(self._met) >= MAX_MET:
+                self._met.clear()
+            met = self._met[args] = self._resolve(*args)
+        return met
+
+    def _resolve(self, tenant: str, key_priority: str | None, key_weight: float | None,
+                 asked: bytes | None) -> Standing:
         spec = self.tenants.get(tenant, {})
         rank = self.rank.get(key_priority or spec.get("PRIORITY", ""), self.default)
         if asked is not None:
