@@ -26,6 +26,7 @@ from ..errors import DeadlineExceeded, NotFound, Overloaded, Unavailable, Upstre
 from ..names import split_target
 from ..tenants.priorities import Priorities
 from ..traffic.remote import remote_body
+from ..wire.deadline import SLACK
 from ..wire.message import Request
 from .fair_queue import FairQueue, NoFairQueue, standing_of
 from .idle_watch import STARTED
@@ -180,7 +181,8 @@ class Dispatcher:
             return await self.upstream.forward(route.record, route.name,
                                                head_lines(req, None) + header_line(ms), raw, left)
         except UpstreamTimeout:
-            if time.perf_counter() < req.deadline:
+            # (The connection's timer may fire up to its SLACK before the time it was set for.)
+            if time.perf_counter() < req.deadline - SLACK:
                 raise  # its TIMEOUT came first
             MISSES.labels(route.name, "gateway").inc()
             raise DeadlineExceeded(f"the request's deadline passed while endpoint "
