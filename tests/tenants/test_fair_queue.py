@@ -154,6 +154,11 @@ def test_shares_are_listed(gw):
     shares = gw.get("/list_servers").json()["FAIR_SHARES"]["slow"]
     assert shares["gold"]["STARTED"] > 0 and shares["plain"]["STARTED"] > 0, shares
     assert 0 < shares["gold"]["SHARE"] < 1, shares
+    text = gw.get("/metrics").text
+    waited = [line for line in text.splitlines()
+              if line.startswith("bis_tenant_queued_total{") and 'tenant="gold"' in line]
+    assert waited and float(waited[0].split()[-1]) > 0, waited
+    assert 'bis_queue_seconds_count{class="standard",endpoint="slow"}' in text
 
 
 def test_a_deadline_passed_while_queued_never_starts(gw, tmp_path: Path):
