@@ -105,6 +105,7 @@ class FrontSpec:
     priority_classes: list[str] = field(default_factory=lambda: _default("PRIORITY_CLASSES"))
     default_priority: str = _default("DEFAULT_PRIORITY")
     tenant_shares: dict[str, dict[str, Any]] = field(default_factory=dict)  # TENANTS
+    tracing: dict[str, Any] | None = None  # TRACING: a tracing.TracingSpec's fields
 
 
 @dataclass
@@ -142,6 +143,7 @@ class ServerSpec:
     gpu_quota: dict[str, int] | None = None
     # MODEL_REPOSITORY: artifacts.models_spec (the repository and the box's cache).
     models: dict[str, Any] | None = None
+    tracing: dict[str, Any] | None = None  # TRACING: a tracing.TracingSpec's fields
 
 
 @dataclass

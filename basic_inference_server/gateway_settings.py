@@ -16,6 +16,7 @@ from .setting import Setting, at_least, check_port_or_null, check_workers
 from .tenants.address_settings import check_anon_limit, check_proxies
 from .tenants.jwt_settings import check_issuers
 from .tenants.priorities import check_class_names, check_tenants
+from .tracing import check_tracing
 
 DEFAULT_GPU_MEM_PCT = 90
 
@@ -132,6 +133,13 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
         Setting("ALERT_RESTARTS", int, 3,
                 "Alert when an endpoint restarts this many times within 10 minutes.",
                 at_least(1, 1_000_000)),
+        Setting("TRACING", (dict, type(None)), None,
+                "OpenTelemetry traces (the `otel` extra): {OTLP_URL, SAMPLE, SERVICE_NAME}. "
+                "OTLP_URL: an OTLP/HTTP traces receiver (http://collector:4318/v1/traces); "
+                "SAMPLE (default 0.1): the share of requests without a caller's "
+                "traceparent that are traced (one with it follows its sampled flag); "
+                "SERVICE_NAME: default SERVER_NAME. null: off, nothing imported "
+                "(docs/tracing.md).", check_tracing),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),
         Setting("SERVER_TIMING", bool, False,

@@ -28,6 +28,7 @@ from ..tenants import TenantsSpec
 from ..tenants.gate import TenantGate
 from ..tenants.priorities import Priorities
 from ..tenants.store import KeyStore
+from ..tracing import Tracer, TracingSpec
 from ..traffic.hooks import Hooks
 from ..traffic.shadow import Shadow
 from ..wire.connection import Answer, Limits, Request, call_wsgi, error_answer
@@ -122,6 +123,9 @@ class Front:
         self.traffic.start()
         self.idle_watch.start()
         self.dispatcher.fair.start()
+        if self.spec.tracing:  # (here, after the fork: the exporter's thread is this process's)
+            self.submitter.tracer = Tracer(TracingSpec(**self.spec.tracing), "front")
+            self.flow.set_tracer(self.submitter.tracer)
         if self.key_gate is not None:
             self.key_gate.claim_row(self.board.row)
 

@@ -25,10 +25,11 @@ from ..deadlines import MISSES, header_line, left_ms
 from ..errors import DeadlineExceeded, NotFound, Overloaded, Unavailable, UpstreamTimeout
 from ..names import split_target
 from ..tenants.priorities import Priorities
+from ..tracing import Trace
 from ..traffic.remote import remote_body
 from ..wire.deadline import SLACK
 from ..wire.message import Request
-from .fair_queue import FairQueue, NoFairQueue, standing_of
+from .fair_queue import FairQueue, NoFairQueue, in_turn, standing_of
 from .idle_watch import STARTED
 from .loadboard import LoadBoard
 from .manager_call import call_manager
@@ -128,8 +129,9 @@ class Dispatcher:
         try:
             if route.pipeline is not None:
                 resp = await self.pipelines.run(route, raw, req)
-            elif self.fair.queues and route.remote is None:
-                resp = await self._in_turn(route, raw, req)
+            elif isinstance(self.fair, FairQueue) and route.remote is None:
+                resp = await in_turn(self.fair, standing_of(self.priorities, req), route, req,
+                                     lambda: self._send(route, raw, req))
             else:
                 resp = await self._send(route, raw, req)
             return resp
@@ -139,32 +141,20 @@ class Dispatcher:
             else:
                 self.board.add(column, -1)
 
-    def _send(self, route: Route, raw: bytes, req: Request) -> Awaitable[UpstreamResponse]:
-        """Forward to the route's server or remote URLs (before the request's deadline)."""
+    def _send(self, route: Route, raw: bytes, req: Request,
+              extra: bytes = b"") -> Awaitable[UpstreamResponse]:
+        """Forward to the route's server or remote URLs (before the request's deadline;
+        ``extra``: header lines); a traced request in an ``upstream`` span."""
+        if req.trace is not None and not extra:
+            return traced(req.trace, route.name, lambda line: self._send(route, raw, req, line))
         if req.deadline is not None:
-            return self._before_deadline(route, raw, req)
+            return self._before_deadline(route, raw, req, extra)
         if route.remote is not None:
-            return self._forward_remote(route, raw, req)
-        return self.upstream.forward(route.record, route.name, head_lines(req, None), raw)
+            return self._forward_remote(route, raw, req, None, extra)
+        return self.upstream.forward(route.record, route.name, head_lines(req, None) + extra, raw)
 
-    async def _in_turn(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
-        """FAIR_QUEUEING: forward once the fair queue gives the request its turn; the
-        turn passes on when the answer (or its stream) ends."""
-        name = route.name
-        standing = standing_of(self.priorities, req)
-        if not self.fair.take_now(route, standing):
-            await self.fair.take(route, standing, req.deadline)
-        resp = None
-        try:
-            resp = await self._send(route, raw, req)
-            return resp
-        finally:
-            if resp is not None and resp.stream is not None:
-                resp.stream.hold(lambda _end: self.fair.give_back(name))
-            else:
-                self.fair.give_back(name)
-
-    async def _before_deadline(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
+    async def _before_deadline(self, route: Route, raw: bytes, req: Request,
+                               extra: bytes = b"") -> UpstreamResponse:
         """A request with a deadline: not sent once it passed; sent with what is left of
         it (X-Request-Deadline), its answer awaited no longer than that. The endpoint's
         TIMEOUT caps it: when that comes first, the answer is its usual 504 timeout."""
@@ -177,9 +167,9 @@ class Dispatcher:
                                    SIGNATURE=route.name)
         try:
             if route.remote is not None:
-                return await self._forward_remote(route, raw, req, left, header_line(ms))
-            return await self.upstream.forward(route.record, route.name,
-                                               head_lines(req, None) + header_line(ms), raw, left)
+                return await self._forward_remote(route, raw, req, left, header_line(ms) + extra)
+            return await self.upstream.forward(route.record, route.name, head_lines(req, None)
+                                               + header_line(ms) + extra, raw, left)
         except UpstreamTimeout:
             # (The connection's timer may fire up to its SLACK before the time it was set for.)
             if time.perf_counter() < req.deadline - SLACK:
@@ -276,3 +266,19 @@ class Dispatcher:
             await asyncio.sleep(WAIT_POLL_S)
             route = self.routes.get(route.name, fresh=True) or route
         return route
+
+
+async def traced(trace: Trace, name: str,
+                 send: Callable[[bytes], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
+    """A traced request's call to ``name``: an ``upstream`` span, named as the parent of
+    the server's in the ``traceparent`` sent; it ends with the answer (a stream's end)."""
+    span = trace.start(f"upstream {name}", client=True, attributes={"bis.route": name})
+    resp = None
+    try:
+        resp = await send(trace.line(span))
+        return resp
+    finally:
+        if resp is not None and resp.stream is not None:
+            resp.stream.hold(lambda _end: trace.stop(span))
+        else:
+            trace.stop(span, **{"http.response.status_code": resp.status if resp else 0})

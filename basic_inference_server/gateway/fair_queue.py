@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import Histogram
@@ -49,6 +50,7 @@ from ..tenants.priorities import MAX_CLASSES, Priorities, Standing
 from ..tenants.shared import slot_hash
 from ..wire.message import Request
 from .loadboard import LoadBoard
+from .upstream_conn import UpstreamResponse
 
 # Load board columns per endpoint: requests running on its workers, and waiting here.
 RUNNING = "^"
@@ -167,8 +169,6 @@ class Waiter:
 
 class FairQueue:
     """One front process's side of the fair queue (see the module's docstring)."""
-
-    queues = True  # requests to busy local servers wait their turn
 
     def __init__(self, board: LoadBoard, shared: SharedTags) -> None:
         self.board = board
@@ -372,10 +372,29 @@ def standing_of(priorities: Priorities, req: Request) -> Standing:
     return priorities.standing(tenant, asked=asked)
 
 
+async def in_turn(fair: FairQueue, standing: Standing, route: Route, req: Request,
+                  send: Callable[[], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
+    """Send a request (``send``) once the fair queue gives it its turn; the turn passes
+    on when the answer (or its stream) ends."""
+    name = route.name
+    if not fair.take_now(route, standing):
+        waited = time.perf_counter()
+        await fair.take(route, standing, req.deadline)
+        if req.trace is not None:
+            req.trace.record("queue", waited, time.perf_counter())
+    resp = None
+    try:
+        resp = await send()
+        return resp
+    finally:
+        if resp is not None and resp.stream is not None:
+            resp.stream.hold(lambda _end: fair.give_back(name))
+        else:
+            fair.give_back(name)
+
+
 class NoFairQueue:
     """``FAIR_QUEUEING`` off: requests go at once (the endpoint's workers queue them)."""
-
-    queues = False
 
     def start(self) -> None:
         """Nothing to listen to."""

@@ -8,6 +8,7 @@ thread pool.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,10 +22,11 @@ from ..names import split_target
 from ..tenants.keys import ApiKey
 from ..tenants.priorities import Priorities
 from ..tenants.quotas import Reservation
+from ..tracing import Tracer
 from ..wire.message import Answer, Request, error_answer
 from . import metrics
 from .fair_queue import standing_of
-from .jobs import JobsFront, Once, job_route
+from .jobs import NO_FIELDS, JobFields, JobsFront, Once, job_route
 from .routes import RouteTable
 from .run_plan import NO_LABEL, header, series
 from .tenancy import NO_HOLD, Tenancy, TenantHold
@@ -65,9 +67,21 @@ class JobSubmitter:
     wake: Callable[[str], None]  # starts an endpoint scaled to zero (MIN_WORKERS 0)
     # The classes a job's rank comes from: the queue serves lower ranks first.
     priorities: Priorities = field(default_factory=lambda: Priorities(["standard"], "standard"))
+    tracer: Tracer | None = None  # TRACING: set in each front process
 
     async def submit(self, req: Request) -> Answer:
-        """Decode the body, check the key against the endpoint it names, enqueue."""
+        """Decode the body, check the key against the endpoint it names, enqueue (traced
+        as ``jobs`` when TRACING samples a POST /jobs; a /run's is its run's)."""
+        if req.trace is not None or self.tracer is None:
+            return await self._submit(req)
+        req.trace = self.tracer.begin("jobs", req.headers, req.received or time.perf_counter(),
+                                      True, **{"bis.request_id": req.request_id})
+        answer = await self._submit(req)
+        if req.trace is not None:
+            req.trace.end(**{"http.response.status_code": answer.status})
+        return answer
+
+    async def _submit(self, req: Request) -> Answer:
         label = NO_LABEL  # the endpoint label until a valid SIGNATURE is read
         held: Reservation | None = None
         try:
@@ -93,13 +107,25 @@ class JobSubmitter:
         answer: Answer | None = None
         try:
             expires = None if deadline is None else time.time() + deadline
-            answer = await self.off_loop(self.enqueue, name, body, len(req.body), key, customer,
-                                         once, expires, rank)
+            given = JobFields(key.id if key else None, customer, once, expires, rank)
+            answer = await self._enqueued(req, name, body, given)
             self._wake_if_idle(name, answer)
         finally:
             if held is not None and not queued_now(answer):
                 await self.tenancy.release(TenantHold(reservation=held))
         return answer
+
+    async def _enqueued(self, req: Request, name: str, body: dict[str, Any],
+                        given: JobFields) -> Answer:
+        """Enqueue in the pool; a traced request's job carries its ``job submit`` span."""
+        if req.trace is None:
+            return await self.off_loop(self.enqueue, name, body, len(req.body), given)
+        span = req.trace.start("job submit")
+        try:
+            given = dataclasses.replace(given, traceparent=req.trace.value(span))
+            return await self.off_loop(self.enqueue, name, body, len(req.body), given)  # type: ignore[no-any-return]
+        finally:
+            req.trace.stop(span)
 
     def _wake_if_idle(self, name: str, answer: Answer) -> None:
         """A job queued for an endpoint scaled to zero starts it: its workers take the
@@ -123,17 +149,14 @@ class JobSubmitter:
             await self.tenancy.release(hold)
         return reservation
 
-    def enqueue(self, name: str, body: dict[str, Any], size: int, key: ApiKey | None = None,
-                customer: str | None = None, once: Once | None = None,
-                expires_at: float | None = None, rank: int | None = None) -> Answer:
-        """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes; ``rank``: its
-        class's); in the pool."""
+    def enqueue(self, name: str, body: dict[str, Any], size: int,
+                given: JobFields = NO_FIELDS) -> Answer:
+        """Enqueue the decoded job ``body`` for ``name`` (``size``: its bytes); in the pool."""
         try:
             route = job_route(self.routes.table().record, name) \
                 or job_route(self.routes.table(fresh=True).record, name)
             status, headers, answer = self.jobs.submit(name, body, size, route, self.meta(),
-                                                       customer, key.id if key else None, once,
-                                                       expires_at, rank)
+                                                       given)
         except ServingError as err:
             metrics.count_request(*series(self.routes.table(), *split_target(name)), err.status)
             return error_answer(err, self.meta())

@@ -69,6 +69,22 @@ def ttl_of(spec: JobsSpec | None) -> float:
     return spec.ttl
 
 
+@dataclass(frozen=True)
+class JobFields:
+    """What a job is besides its endpoint and body."""
+
+    key_id: str | None = None  # the API key charged for its run
+    # The customer id the endpoint gets when it runs (its key's, with API_KEYS on).
+    tenant: str | None = None
+    once: Once | None = None  # its Idempotency-Key's job id and body digest
+    expires_at: float | None = None  # when it goes to the dead letters unstarted
+    rank: int | None = None  # its priority class's
+    traceparent: str | None = None  # its submit's trace context (TRACING sampled it)
+
+
+NO_FIELDS = JobFields()
+
+
 def create_record(results: ResultStore, job: Job, once: Once | None) -> bool:
     """Record a job as queued; with an Idempotency-Key only when its id has no record yet
     (False: made before)."""
@@ -136,20 +152,18 @@ class JobsFront:
 
     # -- submit (from the front's /run and POST /jobs, in its thread pool) ---------------
     def submit(self, name: str, body: dict[str, Any], size: int, route: dict[str, Any] | None,
-               meta: dict[str, Any], tenant: str | None = None, key_id: str | None = None,
-               once: Once | None = None, expires_at: float | None = None,
-               rank: int | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+               meta: dict[str, Any], given: JobFields = NO_FIELDS
+               ) -> tuple[int, list[tuple[str, str]], bytes]:
         """Record and enqueue one request; answer 202 with its job id, as status, headers
-        and body. ``size``: its body's bytes; ``tenant``: the customer id the endpoint
-        gets when the job runs (its API key's, with API_KEYS on); ``key_id``: that key,
-        charged for the run; ``once``: its Idempotency-Key's job id and body digest;
-        ``expires_at``: when it goes to the dead letters unstarted; ``rank``: its class's."""
+        and body. ``size``: its body's bytes; ``given``: the rest of the job."""
         if route is None:
             raise NotFound(f"unknown SIGNATURE {name!r}")
         queue, results = self.backends()
         body = {k: v for k, v in body.items() if k != "ASYNC"}
+        once, tenant, key_id = given.once, given.tenant, given.key_id
         job = Job(endpoint=name, body=body, id=once.job_id if once else new_job_id(),
-                  tenant=tenant, key_id=key_id, expires_at=expires_at, rank=rank)
+                  tenant=tenant, key_id=key_id, expires_at=given.expires_at, rank=given.rank,
+                  traceparent=given.traceparent)
         max_depth = route.get("max_queue_depth")
         max_bytes = route.get("max_queue_bytes")
         if max_bytes is not None:

@@ -35,6 +35,7 @@ import orjson
 from .. import protocol, streams
 from ..contracts import Route
 from ..errors import BadRequest, ServingError, StepFailed, UpstreamTimeout
+from ..tracing import restore
 from ..traffic.pipeline import (
     BAD_GATEWAY,
     Execution,
@@ -114,11 +115,20 @@ class PipelineRun:
         raw = protocol.dumps({**body, "SIGNATURE": signature})
         started = time.perf_counter()
         plan = self.flow.plan(signature, raw, self.req)
+        trace = self.req.trace
+        span = token = None
+        if trace is not None:  # the step's calls are its span's children
+            span = trace.start(f"step {signature}")
+            token = trace.within(span)
         try:
             resp = await self.flow.send(plan, raw, self.req)
         except ServingError as err:
             metrics.count_request(plan.label, plan.version, err.status)
             raise
+        finally:
+            if trace is not None and span is not None:
+                restore(token)
+                trace.stop(span)
         if resp.stream is not None and not self.streams:
             await resp.stream.aclose()  # closes the step's connection: its work stops
             metrics.count_request(plan.label, plan.version, BAD_GATEWAY)

@@ -11,6 +11,7 @@ event by event (:mod:`.stream_relay`). A pipeline's steps come through
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from urllib.parse import parse_qsl
 from .. import protocol
 from ..deadlines import deadline_at
 from ..errors import BadRequest, MethodNotAllowed, ServingError
+from ..tracing import Tracer
 from ..traffic.shadow import Shadow
 from ..wire.message import Answer, Request, error_answer
 from . import metrics
@@ -30,7 +32,7 @@ from .routes import RouteTable
 from .run_plan import ASYNC_TRUE, NO_LABEL, Planner, RunPlan, is_async, series
 from .shared_answers import CacheDown
 from .stream_relay import skip_mirror, stream_answer
-from .tenancy import NO_HOLD, Tenancy
+from .tenancy import NO_HOLD, Tenancy, TenantHold
 from .upstream_conn import UpstreamResponse
 
 access_log = logging.getLogger("bis.access")
@@ -69,6 +71,9 @@ class RunFlow:
         self.forward = self._timed_forward if timing else dispatcher.dispatch
         self.planner = Planner()
         self.cache = cache if cache is not None else AnswerCache()
+        self.tracer: Tracer | None = None  # TRACING: set in each front process (set_tracer)
+        self._begin: Callable[[Request, float], None] = _untraced
+        self._closing = access  # an answer's end has work: its access line, its span
 
     async def run(self, req: Request) -> Answer:
         """``/run``: route by SIGNATURE, forward, pass the answer through. With
@@ -78,16 +83,18 @@ class RunFlow:
         plan: RunPlan | None = None
         hold = NO_HOLD
         tenancy = self.tenancy
+        self._begin(req, started)
         try:
             if not tenancy.identify_now(req):
                 await tenancy.identify(req)
             if req.method == "POST" and is_async(req.body):
-                return await self.submit(req)
+                return await self._submitted(req)
             signature, raw = await self.target(req)
             plan = self.planner.plan(signature, raw, req, self.routes.table(),
                                      self.dispatcher.may_take)
             req.deadline = deadline_at(req.headers, req.received)
-            hold = tenancy.admit_now(req, plan.label) or await tenancy.admit(req, plan.label)
+            hold = tenancy.admit_now(req, plan.label) or await self._admitted(req, plan.label,
+                                                                              started)
             req.limits = hold.limits
             resp = await self._answer(plan, raw, req)
             if resp.stream is not None:  # charged when it ends
@@ -103,6 +110,26 @@ class RunFlow:
                 await tenancy.release(hold)
         self.mirror(plan, raw, req, resp)
         return self._answered(req, resp, plan, units, started)
+
+    def set_tracer(self, tracer: Tracer) -> None:
+        """TRACING on (in each front process, after the fork): requests are sampled."""
+        self.tracer = tracer
+        self._begin = functools.partial(_traced, tracer)
+        self._closing = True
+
+    async def _admitted(self, req: Request, label: str, started: float) -> TenantHold:
+        """A request the tenant gate admits after waiting (a store's answer)."""
+        hold = await self.tenancy.admit(req, label)
+        if req.trace is not None:
+            req.trace.record("gate", started, time.perf_counter())
+        return hold
+
+    async def _submitted(self, req: Request) -> Answer:
+        """A ``/run`` with ``"ASYNC": true``: submitted as a job."""
+        answer = await self.submit(req)
+        if req.trace is not None:
+            req.trace.end(**{"http.response.status_code": answer.status})
+        return answer
 
     async def _answer(self, plan: RunPlan, raw: bytes, req: Request) -> UpstreamResponse:
         """The endpoint's answer, or the one kept for the same request (``CACHE``)."""
@@ -194,6 +221,9 @@ class RunFlow:
         label, version = series(self.routes.table(), label, version)
         metrics.count_request(label, version, err.status)
         self.tenancy.record(req.key, label, err.status, 0.0, time.perf_counter() - started)
+        if req.trace is not None:
+            req.trace.end(**{"http.response.status_code": err.status, "bis.endpoint": label,
+                             "bis.error": err.kind})
         return error_answer(err, self.meta())
 
     def _answered(self, req: Request, resp: UpstreamResponse, plan: RunPlan,
@@ -206,13 +236,8 @@ class RunFlow:
         metrics.time_request(label, version, elapsed)
         if units is not None:  # (a stream's: at its end)
             self.tenancy.record(req.key, label, resp.status, units, elapsed)
-        if self.access:
-            # One line per request; under BIS_LOG_JSON=1 the fields are JSON keys too.
-            access_log.info("%s %d %.2f ms worker %s id %s", label, resp.status, elapsed * 1000,
-                            resp.worker, req.request_id, extra={"access": {
-                                "endpoint": label, "status": resp.status,
-                                "latency_ms": round(elapsed * 1000, 2), "worker": resp.worker,
-                                "request_id": req.request_id}})
+        if self._closing:
+            _close(req, resp, label, elapsed, self.access)
         headers = req.limits.headers() if req.limits is not None else []
         if version is not None:
             headers.append(("X-Endpoint-Version", version))
@@ -227,3 +252,31 @@ class RunFlow:
         return Answer(resp.status, headers, resp.body,
                       raw_headers=b"".join([b"%s: %s\r\n" % pair for pair in resp.headers]))
 
+
+def _untraced(_req: Request, _started: float) -> None:
+    """TRACING off: no trace."""
+
+
+def _traced(tracer: Tracer, req: Request, started: float) -> None:
+    """A request's trace, when sampled (see :mod:`..tracing`)."""
+    req.trace = tracer.begin("run", req.headers, req.received or started, True,
+                             **{"bis.request_id": req.request_id})
+
+
+def _close(req: Request, resp: UpstreamResponse, label: str, elapsed: float,
+           access: bool) -> None:
+    """A traced request's span ends; the access log's line (under BIS_LOG_JSON=1 its
+    fields are JSON keys too), with the trace id of a traced request."""
+    if req.trace is not None:
+        req.trace.end(**{"http.response.status_code": resp.status, "bis.endpoint": label})
+    if not access:
+        return
+    fields = {"endpoint": label, "status": resp.status, "latency_ms": round(elapsed * 1000, 2),
+              "worker": resp.worker, "request_id": req.request_id}
+    line = "%s %d %.2f ms worker %s id %s"
+    args: list[Any] = [label, resp.status, elapsed * 1000, resp.worker, req.request_id]
+    if req.trace is not None:
+        fields["trace_id"] = req.trace.trace_id
+        line += " trace %s"
+        args.append(fields["trace_id"])
+    access_log.info(line, *args, extra={"access": fields})

@@ -109,6 +109,8 @@ class FrontClient:
                    "Content-Type": protocol.JSON, "X-Request-ID": f"job-{job.id}"}
         if tenant:
             headers["X-Customer-ID"] = tenant
+        if job.traceparent:  # the front goes on with the trace its submit began
+            headers["traceparent"] = job.traceparent
         try:
             resp = await self.http.post("/run", content=protocol.dumps(job.body),
                                         headers=headers, timeout=timeout + TIMEOUT_MARGIN)

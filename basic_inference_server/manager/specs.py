@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from ..config import ENDPOINT_SETTINGS, EndpointConfig, GatewayConfig, expand_ve
 from ..contracts import FrontSpec, JobRunnerSpec, ServerSpec, SupervisorSpec, quota_to_json
 from ..names import split_target
 from ..redact import mask_url
+from ..tracing import TracingSpec
 from .state import Endpoint, State
 
 SUPPORT_PATH = "/support_update_status"
@@ -35,6 +36,12 @@ class Paths:
                    endpoints_dir=str(Path(endpoints_dir).resolve()))
 
 
+def tracing_of(config: GatewayConfig) -> dict[str, Any] | None:
+    """The processes' TRACING spec (None: off)."""
+    spec = TracingSpec.of(config["TRACING"], config["SERVER_NAME"])
+    return asdict(spec) if spec is not None else None
+
+
 def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
                jobs: dict[str, Any], tenants: dict[str, Any],
                internal_token: str | None = None, cache_dir: str = "_cache") -> FrontSpec:
@@ -57,7 +64,8 @@ def front_spec(config: GatewayConfig, paths: Paths, admin_token: str | None,
         model_aliases=config["MODEL_ALIASES"], cache_redis=config["CACHE_REDIS"],
         anon_limit=config["ANON_LIMIT"], trusted_proxies=config["TRUSTED_PROXIES"],
         fair_queueing=config["FAIR_QUEUEING"], priority_classes=config["PRIORITY_CLASSES"],
-        default_priority=config["DEFAULT_PRIORITY"], tenant_shares=config["TENANTS"])
+        default_priority=config["DEFAULT_PRIORITY"], tenant_shares=config["TENANTS"],
+        tracing=tracing_of(config))
 
 
 def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
@@ -79,7 +87,8 @@ def server_spec(config: GatewayConfig, paths: Paths, ep: Endpoint,
         tenants=tenants if config["API_KEYS"] else None, sched_batch=config["SCHED_BATCH"],
         server_timing=config["SERVER_TIMING"], load_timeout=ep.config.settings["LOAD_TIMEOUT"],
         gpu_quota=quota_to_json(gpu_quota),
-        models=models_spec(config["MODEL_REPOSITORY"], cache_dir, config["MODEL_CACHE_MB"]))
+        models=models_spec(config["MODEL_REPOSITORY"], cache_dir, config["MODEL_CACHE_MB"]),
+        tracing=tracing_of(config))
 
 
 def supervisor_spec(config: GatewayConfig, paths: Paths, disk_path: str) -> SupervisorSpec:

@@ -68,6 +68,7 @@ class Job:
     ``expires_at``: when a job not yet started goes to the dead letters instead.
     ``rank``: the rank of the submitting key's priority class, 0 (served first) to
     ``MAX_RANKS - 1``; None (a job of before classes) is served as rank 0.
+    ``traceparent``: the W3C trace context of its submit, when tracing sampled it.
     """
 
     endpoint: str
@@ -83,6 +84,7 @@ class Job:
     # dead letters unrun.
     expires_at: float | None = None
     rank: int | None = None
+    traceparent: str | None = None
 
     @property
     def queue_rank(self) -> int:
@@ -92,7 +94,7 @@ class Job:
     def encode(self) -> bytes:
         """The job as stored in a queue (JSON)."""
         data = asdict(self)
-        for name in ("undecodable", "tenant", "key_id", "expires_at", "rank"):
+        for name in ("undecodable", "tenant", "key_id", "expires_at", "rank", "traceparent"):
             if data[name] is None:
                 del data[name]  # the wire format of a job without them stays as it was
         return orjson.dumps(data)
@@ -107,7 +109,8 @@ class Job:
         fields_ok = (isinstance(job.endpoint, str) and isinstance(job.body, dict)
                      and isinstance(job.id, str) and type(job.attempts) is int
                      and isinstance(job.submitted_at, (int, float))
-                     and all(v is None or isinstance(v, str) for v in (job.tenant, job.key_id))
+                     and all(v is None or isinstance(v, str)
+                             for v in (job.tenant, job.key_id, job.traceparent))
                      and (job.expires_at is None or type(job.expires_at) in (int, float))
                      and (job.rank is None
                           or (type(job.rank) is int and 0 <= job.rank < MAX_RANKS)))

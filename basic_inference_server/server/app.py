@@ -28,6 +28,7 @@ from ..flask_errors import install_json_errors
 from ..ipc import Notifier
 from ..models.memory import MB
 from ..models.setup import build_manager
+from ..tracing import Tracer, TracingSpec
 from ..wire.message import Answer, Request, call_wsgi
 from ..worker import FileOutput, FlaskWorker
 from .compute import choose_compute
@@ -101,9 +102,11 @@ def build_app(spec: ServerSpec, worker: FlaskWorker) -> WorkerApp:
     """The ``/run`` entry, its strategy chosen now, and the Flask app of ``worker``."""
     flask = create_app(spec, worker)
     compute = choose_compute(worker)
-    if spec.server_timing:
+    # (Built here, in the worker after the fork: the exporter's thread is this process's.)
+    tracer = Tracer(TracingSpec(**spec.tracing), "server") if spec.tracing else None
+    if spec.server_timing or tracer is not None:
         time_hooks(worker)
-    return WorkerApp(RunEntry(spec, worker, compute, file_answers(flask)), flask)
+    return WorkerApp(RunEntry(spec, worker, compute, file_answers(flask), tracer), flask)
 
 
 def create_app(spec: ServerSpec, worker: FlaskWorker) -> Flask:

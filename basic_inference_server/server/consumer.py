@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -69,6 +70,8 @@ class JobConsumer(JobWorker):
         super().__init__(endpoint, self._execute, jobs, RetryPolicy.of(settings),
                          ledger=JobLedger.of(tenants))
         self.execute = execute
+        # The entry's traced_job with TRACING on: runs a job inside its trace.
+        self.traced: Callable[[Job, Callable[[], Outcome]], Outcome] | None = None
         shared = concurrent or int(settings.get("MAX_BATCH_SIZE") or 1) > 1
         self.gate: contextlib.AbstractContextManager[Any] = (
             contextlib.nullcontext() if shared else threading.Lock())
@@ -83,8 +86,9 @@ class JobConsumer(JobWorker):
     def _execute(self, job: Job, flag: JobRun) -> tuple[int, dict[str, Any]]:
         """Run a job as its flag's request: a streaming endpoint's chunks are each a
         ``chunk`` event as they come, then gathered into its result."""
-        status, answer, _headers = self.execute(dict(job.body), job.tenant, f"job-{job.id}",
-                                                flag, flag.chunk)
+        run = functools.partial(self.execute, dict(job.body), job.tenant, f"job-{job.id}",
+                                flag, flag.chunk)
+        status, answer, _headers = run() if self.traced is None else self.traced(job, run)
         return status, _storable(answer)
 
     # -- the request side ---------------------------------------------------------------
@@ -174,7 +178,9 @@ _current: dict[str, JobConsumer] = {}
 
 def start_consumer(execute: Execute, settings: dict[str, Any], endpoint: str,
                    jobs: dict[str, Any] | None, tenants: dict[str, Any] | None = None,
-                   concurrent: bool = False) -> JobConsumer | None:
+                   concurrent: bool = False,
+                   traced: Callable[[Job, Callable[[], Outcome]], Outcome] | None = None
+                   ) -> JobConsumer | None:
     """gunicorn ``post_worker_init``: start the worker's consumer (the caller runs its
     ``/run`` requests through :meth:`JobConsumer.guard`); ``concurrent``: the worker's
     strategy takes several requests at once (see :class:`JobConsumer`)."""
@@ -182,6 +188,7 @@ def start_consumer(execute: Execute, settings: dict[str, Any], endpoint: str,
         return None
     consumer = JobConsumer(endpoint, execute, JobsSpec(**jobs), settings,
                            TenantsSpec(**tenants) if tenants else None, concurrent)
+    consumer.traced = traced
     consumer.start()
     _current["consumer"] = consumer
     return consumer

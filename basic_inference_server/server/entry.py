@@ -26,7 +26,9 @@ from ..deadlines import MISSES, TypicalRun, deadline_at
 from ..errors import BadRequest, DeadlineExceeded, MethodNotAllowed, ServingError
 from ..models.setup import RequestModels
 from ..names import split_target
+from ..queues.base import Job
 from ..streams import STREAM_HEADERS, Format, wanted
+from ..tracing import Trace, Tracer
 from ..wire.message import Answer, Request, Streamed, threaded_chunks
 from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
 from . import timing
@@ -90,6 +92,13 @@ def _header(request: Request, name: bytes) -> str | None:
     return ",".join(values) if values else None
 
 
+def traced_stages(trace: Trace, times: StageTimes, status: int) -> None:
+    """The spans of a request's (or job's) stages, then its own span's end."""
+    for name, started, ended in times.spans or ():
+        trace.record(name, started, ended)
+    trace.end(**{"http.response.status_code": status})
+
+
 def _json(status: int, body: dict[str, Any], headers: Sequence[tuple[str, str]] = ()) -> Answer:
     return Answer(status, [("Content-Type", protocol.JSON), *headers], protocol.dumps(body))
 
@@ -102,8 +111,9 @@ class RunEntry:
     """
 
     def __init__(self, spec: ServerSpec, worker: FlaskWorker, compute: Compute,
-                 files: FileAnswer) -> None:
+                 files: FileAnswer, tracer: Tracer | None = None) -> None:
         self.spec = spec
+        self.tracer = tracer  # TRACING: requests and jobs the front sampled are traced
         self.worker = worker
         self.compute = compute
         self.files = files
@@ -127,15 +137,39 @@ class RunEntry:
 
         ``flag``: set by the caller when the client goes away. A streamed answer's chunks
         are each made in ``executor`` (without one, the chunks are gathered)."""
-        if not self.spec.server_timing:
+        trace = None if self.tracer is None else self.tracer.begin(
+            f"endpoint {self.spec.name}", request.headers, request.received, False,
+            **{"bis.request_id": request.request_id})
+        if not self.spec.server_timing and trace is None:
             return self._answer(request, flag, executor, None)
-        times = timing.begin(request.received)
+        times = timing.begin(request.received, spans=trace is not None)
         try:
             answer = self._answer(request, flag, executor, times)
         finally:
             timing.end()
-        answer.headers.append(("Server-Timing", times.header()))
+        if self.spec.server_timing:
+            answer.headers.append(("Server-Timing", times.header()))
+        if trace is not None:
+            traced_stages(trace, times, answer.status)
         return answer
+
+    def traced_job(self, job: Job, run: Callable[[], Outcome]) -> Outcome:
+        """Run a job (``run``), traced when its submit was sampled (its traceparent): a
+        ``job`` span from its submit, its ``job queue`` wait, then its stages."""
+        now = time.perf_counter()
+        submitted = now - max(0.0, time.time() - job.submitted_at)
+        trace = None if self.tracer is None else self.tracer.from_line(
+            job.traceparent, f"job {self.spec.name}", submitted, **{"bis.job_id": job.id})
+        if trace is None:
+            return run()
+        trace.record("job queue", submitted, now)
+        times = timing.begin(now, spans=True)
+        try:
+            outcome = run()
+        finally:
+            timing.end()
+        traced_stages(trace, times, outcome[0])
+        return outcome
 
     def _answer(self, request: Request, flag: CancelFlag | None, executor: Executor | None,
                 times: StageTimes | None) -> Answer:

@@ -139,7 +139,8 @@ class EndpointServer(BaseApplication):
             signal.signal(signal.SIGTERM, on_term)
             entry = worker.entry
             consumer = start_consumer(entry.execute, entry.config, spec.name, spec.jobs,
-                                      spec.tenants, entry.compute.concurrency > 1)
+                                      spec.tenants, entry.compute.concurrency > 1,
+                                      entry.traced_job if entry.tracer is not None else None)
             if consumer is not None:
                 entry.guard = consumer.guard
             notifier.send(Event.WORKER_READY, endpoint=spec.name, pid=os.getpid(),

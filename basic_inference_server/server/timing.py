@@ -32,23 +32,30 @@ _local = threading.local()
 class StageTimes:
     """The stages of one request, each added when it ends (see the module's docstring)."""
 
-    __slots__ = ("received", "last", "stages")
+    __slots__ = ("received", "last", "stages", "spans")
 
-    def __init__(self, received: float) -> None:
+    def __init__(self, received: float, spans: bool = False) -> None:
         now = time.perf_counter()
         self.received = received
         self.last = now
         self.stages: dict[str, float] = {"queue": now - received}
+        # With ``spans`` (a traced request): each stage's start and end, for its span.
+        self.spans: list[tuple[str, float, float]] | None = \
+            [("queue", received, now)] if spans else None
 
     def mark(self, name: str) -> None:
         """End stage ``name`` now: it lasted since the last mark."""
         now = time.perf_counter()
         self.stages[name] = self.stages.get(name, 0.0) + now - self.last
+        if self.spans is not None:
+            self.spans.append((name, self.last, now))
         self.last = now
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, started: float, ended: float) -> None:
         """Add a stage timed elsewhere (a hook, within the current mark's span)."""
-        self.stages[name] = self.stages.get(name, 0.0) + seconds
+        self.stages[name] = self.stages.get(name, 0.0) + ended - started
+        if self.spans is not None:
+            self.spans.append((name, started, ended))
 
     def header(self) -> str:
         """The ``Server-Timing`` value: each stage, then ``server``, in milliseconds."""
@@ -62,9 +69,10 @@ class StageTimes:
         return ", ".join(parts)
 
 
-def begin(received: float) -> StageTimes:
-    """Start timing the request of this thread, received (its last byte) at ``received``."""
-    times = StageTimes(received)
+def begin(received: float, spans: bool = False) -> StageTimes:
+    """Start timing the request of this thread, received (its last byte) at ``received``
+    (``spans``: keep each stage's start and end too)."""
+    times = StageTimes(received, spans)
     _local.times = times
     return times
 
@@ -84,7 +92,7 @@ def _timed(hook: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
         try:
             return hook(value)
         finally:
-            times.add(name, time.perf_counter() - started)
+            times.add(name, started, time.perf_counter())
 
     return timed
 

@@ -116,6 +116,7 @@ class Request:
     deadline: float | None = None
     # SERVER_TIMING, at the gateway: when the upstream call began and ended.
     upstream_span: tuple[float, float] | None = None
+    trace: Any = None  # tracing.Trace: its spans, when TRACING sampled it
 
 
 @dataclass
