@@ -4,14 +4,23 @@
     python bench/bench_front.py --checkout before=/path/to/old --checkout after=. \\
         [--rounds 3] [--duration 8] [--conc 1,16] [--json out.json] [--profile DIR]
 
+    # Gateway settings of one checkout against another: name the same checkout twice.
+    python bench/bench_front.py --checkout off=. --checkout traced=. \\
+        --settings 'traced={"TRACING": {"OTLP_URL": "$SINK", "SAMPLE": 1}}' --otlp-sink
+
 For each round (odd rounds in the given order, even rounds reversed) and each
 checkout: start ``run_gateway.py`` of that checkout on the peer harness's ``noop``
 endpoint (2 workers, access log off; ``--app`` for another app folder), load
 ``POST /run`` with wrk at each concurrency, and read the CPU time every process of the
 tree used during the measured seconds. It prints req/s, p50 and CPU ms per request,
 for the whole tree and per role (front master and workers, server master and workers,
-manager, supervisor), then the medians over rounds. Only ratios between checkouts
-measured in the same run mean anything: the machine is shared.
+manager, supervisor), then the medians over rounds, then the median of each round's
+own ratio of every checkout to the first. Only ratios between checkouts measured in the
+same run mean anything: the machine is shared.
+
+``--settings NAME=JSON`` merges gateway settings into the configuration of checkout
+``NAME``. ``--otlp-sink`` starts an OTLP/HTTP receiver in this process that answers and
+drops what it gets (its CPU is not the gateway's), its URL given as ``$SINK``.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +88,17 @@ def cpu_by_role(manager: int) -> dict[str, float]:
 
 
 def start(checkout: Path, app: Path, python: str, port: int, cache: str,
-          endpoint: str | None = None,
-          settings: dict[str, Any] | None = None) -> subprocess.Popen:
+          endpoint: str | None = None, settings: dict[str, Any] | None = None,
+          gateway: dict[str, Any] | None = None) -> subprocess.Popen:
     """Start ``run_gateway.py`` of ``checkout`` on ``app``; ``settings`` are added to the
-    section of ``endpoint`` (``TCP_PORT`` and ``PORT`` to call its server directly)."""
+    section of ``endpoint`` (``TCP_PORT`` and ``PORT`` to call its server directly),
+    ``gateway`` to the top level."""
     # The harness's peers/ folder holds burnlib, which its cpu endpoint imports.
     env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{app.parent / 'peers'}"}
     # Free ports for the servers: the ports after the gateway's may be taken on a shared box.
     config = json.loads((app / "config_gateway.json").read_text())
     config["FIRST_SERVER_PORT"] = 0
+    config.update(gateway or {})
     if endpoint is not None:
         # The measured endpoint alone: another one loading its model (the harness's embed
         # imports transformers for seconds) would be counted in the measured seconds.
@@ -199,7 +212,8 @@ def top_frames(path: Path, n: int = 12) -> list[tuple[str, float]]:
 def measure(name: str, checkout: Path, args: argparse.Namespace, lua: str) -> dict[str, Any]:
     port = free_port()
     with tempfile.TemporaryDirectory() as cache:
-        proc = start(checkout, args.app, args.python, port, cache, args.endpoint)
+        proc = start(checkout, args.app, args.python, port, cache, args.endpoint,
+                     gateway=args.settings.get(name))
         try:
             wait_ready(port, args.endpoint)
             time.sleep(1)
@@ -258,7 +272,14 @@ def main() -> int:
     parser.add_argument("--profile", type=Path,
                         help="folder: py-spy one front and one server worker at the highest "
                              "concurrency (py-spy on PATH)")
+    parser.add_argument("--settings", action="append", default=[],
+                        help="NAME=JSON: gateway settings merged into checkout NAME's config")
+    parser.add_argument("--otlp-sink", action="store_true",
+                        help="start an OTLP/HTTP receiver that drops what it gets ($SINK)")
     args = parser.parse_args()
+    sink = otlp_sink() if args.otlp_sink else ""
+    args.settings = {n: json.loads(j.replace("$SINK", sink))
+                     for n, j in (s.split("=", 1) for s in args.settings)}
     checkouts = [(n, Path(p).resolve()) for n, p in (c.split("=", 1) for c in args.checkout)]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(LUA % args.endpoint)
@@ -286,7 +307,7 @@ def main() -> int:
                   f"CPU {med['cpu_ms_total']:.3f} ms/req  "
                   + "  ".join(f"{k} {v:.3f}" for k, v in med_roles.items() if v > 0.0005))
         print(f"  {name:>8} stop: {[r['stop_s'] for r in results]} s")
-    if len(runs) == 2:
+    if len(runs) >= 2:
         print_paired(runs, args.conc)
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1))
@@ -294,16 +315,37 @@ def main() -> int:
 
 
 def print_paired(runs: dict[str, list[dict[str, Any]]], concs: list[int]) -> None:
-    """The median of each round's own ratio, second checkout over first: the figure that
-    survives a machine whose speed drifts between rounds."""
-    (first, before), (second, after) = runs.items()
-    print(f"\npaired ratios {second}/{first}, median over rounds")
-    for conc in concs:
-        for key in ("cpu_ms_total", "rps"):
-            ratios = [a["points"][conc][key] / b["points"][conc][key]
-                      for a, b in zip(after, before, strict=True) if b["points"][conc][key]]
-            print(f"  c={conc:<3} {key:<13} {statistics.median(ratios):.3f}  "
-                  f"(rounds: {' '.join(f'{r:.3f}' for r in ratios)})")
+    """The median of each round's own ratio, every checkout over the first: the figure
+    that survives a machine whose speed drifts between rounds."""
+    (first, before), *others = runs.items()
+    for second, after in others:
+        print(f"\npaired ratios {second}/{first}, median over rounds")
+        for conc in concs:
+            for key in ("cpu_ms_total", "rps"):
+                ratios = [a["points"][conc][key] / b["points"][conc][key]
+                          for a, b in zip(after, before, strict=True) if b["points"][conc][key]]
+                print(f"  c={conc:<3} {key:<13} {statistics.median(ratios):.3f}  "
+                      f"(rounds: {' '.join(f'{r:.3f}' for r in ratios)})")
+
+
+def otlp_sink() -> str:
+    """An OTLP/HTTP receiver in a thread of this process: it reads each export and answers
+    200 with an empty body (an empty ExportTraceServiceResponse); its URL."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
 
 
 if __name__ == "__main__":
