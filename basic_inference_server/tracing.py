@@ -1,8 +1,8 @@
 """OpenTelemetry traces of requests and jobs (``TRACING``; the ``otel`` extra).
 
 Off (the default), nothing here imports OpenTelemetry: every process checks one
-attribute per request. On, each process exports its spans in batches over OTLP/HTTP
-(``OTLP_URL``) from a thread of the SDK's.
+attribute per request. On, each process sends its spans in batches over OTLP/HTTP
+(``OTLP_URL``, protobuf) from a thread of its own.
 
 **Who samples.** The gateway front decides for the whole trace: a request that brings a
 W3C ``traceparent`` follows its sampled flag; one without is sampled at ``SAMPLE``.
@@ -11,34 +11,60 @@ to a remote gateway, in its job), and the endpoint servers trace exactly the req
 that carry one: an unsampled request costs the servers nothing, and the front one
 random draw.
 
-**The spans.** The front: ``run`` (the request, as the caller sees it), ``admit`` (the
-tenant gate), ``queue`` (its wait in the fair queue), ``step <target>`` (a pipeline's
-step), ``upstream <route>`` (the call to a server or a remote gateway), ``job submit``.
-An endpoint server: ``endpoint <name>`` with its stages as children (``queue``,
-``decode``, ``pre``, ``predict``, ``post``, ``batch``, ``encode``: see
-:mod:`.server.timing`), and for a job ``job <name>`` with ``job queue`` (from its
-submit to its start). The stages are timed as for ``Server-Timing`` and turned into
-spans with their own start and end times once the request is answered: the hooks pay
-no span creation while they run.
+**The spans.** The front: ``run`` (the request, as the caller sees it), ``gate`` (the
+tenant gate, when its store was waited for), ``queue`` (its wait in the fair queue),
+``step <target>`` (a pipeline's step), ``upstream <route>`` (the call to a server or a
+remote gateway), ``jobs`` and ``job submit``. An endpoint server: ``endpoint <name>``
+with its stages as children (``queue``, ``decode``, ``pre``, ``predict``, ``post``,
+``batch``, ``encode``: see :mod:`.server.timing`), and for a job ``job <name>`` with
+``job queue`` (from its submit to its start). The stages are timed as for
+``Server-Timing`` and become spans once the request is answered; a stage shorter than
+:data:`MIN_STAGE_S` makes no span of its own (its time is in the parent's
+``bis.server_timing`` attribute).
+
+**Why spans are recorded here rather than by the SDK's tracer.** The OpenTelemetry
+SDK's span costs about 25 us of CPU to start and end in CPython, and as much again to
+encode in its batch processor (measured): more than the whole front costs a noop
+request. A span here is a tuple appended to a list (about 1 us); a thread of the
+process turns a batch of them into OTLP's protobuf with ``opentelemetry-proto`` (about
+4 us a span) and posts it. For the same reason the W3C ``traceparent`` (four
+hexadecimal fields) is read here: the API's propagator takes 4 us a request to build
+the context objects this code has no use for.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import random
+import re
+import threading
 import time
+import urllib.request
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the SDK is imported only when tracing is on
-    from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Span
+log = logging.getLogger(__name__)
 
 TRACEPARENT = b"traceparent"
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z",
+                          re.S)
 # time.perf_counter() to Unix nanoseconds (a span's times), fixed once per process.
 _EPOCH_NS = time.time_ns() - time.perf_counter_ns()
 # The span a step's calls are children of (a pipeline's steps run in tasks of their own).
 _PARENT: ContextVar[Any] = ContextVar("bis_trace_parent", default=None)
+# A stage shorter than this makes no span of its own (a noop's stages take microseconds).
+MIN_STAGE_S = 0.0001
+# Spans a process keeps waiting for the exporter; past it, new ones are dropped (counted).
+MAX_QUEUED = 8192
+# Spans per export, at most.
+MAX_BATCH = 1024
+# How often the exporter sends what it has (ms): the SDK's variable, the SDK's default.
+SCHEDULE_DELAY_MS = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "5000"))
+EXPORT_TIMEOUT_S = 10.0
+SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP's Span.SpanKind values
 
 
 def ns(perf: float) -> int:
@@ -82,40 +108,134 @@ def check_tracing(value: dict[str, Any] | None) -> str | None:
     return None
 
 
-class Tracer:
-    """One process's tracer: the SDK's provider, its OTLP exporter and the W3C codec."""
+class Span:
+    """A span begun and not yet ended."""
 
-    def __init__(self, spec: TracingSpec, role: str, exporter: SpanExporter | None = None) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.trace import SpanKind, set_span_in_context
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    __slots__ = ("id", "parent", "name", "started", "kind", "attributes")
+
+    def __init__(self, parent: int, name: str, started: float, kind: int,
+                 attributes: dict[str, Any] | None) -> None:
+        self.id = random.getrandbits(64) or 1
+        self.parent = parent
+        self.name = name
+        self.started = started
+        self.kind = kind
+        self.attributes = attributes
+
+
+# A finished span: trace id, span id, parent id (0: none), name, kind, start and end
+# (perf_counter), attributes.
+Finished = tuple[int, int, int, str, int, float, float, dict[str, Any] | None]
+
+
+class Exporter:
+    """One process's spans on their way out: a bounded list, a thread that sends it in
+    batches every :data:`SCHEDULE_DELAY_MS` (or sooner when a batch is full), and a
+    last send at exit."""
+
+    def __init__(self, spec: TracingSpec, role: str) -> None:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
         self.spec = spec
-        self.provider = TracerProvider(resource=Resource.create(
-            {"service.name": spec.service, "bis.role": role}))
-        self.provider.add_span_processor(BatchSpanProcessor(
-            exporter if exporter is not None else OTLPSpanExporter(endpoint=spec.otlp_url)))
-        self.tracer = self.provider.get_tracer("basic_inference_server")
-        self.codec = TraceContextTextMapPropagator()
-        self.kinds = SpanKind
-        self.in_context = set_span_in_context
+        self.role = role
+        self.request_type = trace_service_pb2.ExportTraceServiceRequest
+        self.spans: list[Finished] = []
+        self.dropped = 0
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, name="bis-traces", daemon=True)
+        self.thread.start()
+        atexit.register(self.flush)
 
-    def parent(self, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bool] | None:
-        """The context of a request's ``traceparent`` and its sampled flag (None: it has
+    def add(self, span: Finished) -> None:
+        """Queue a finished span (dropped, and counted, when the queue is full)."""
+        spans = self.spans
+        if len(spans) >= MAX_QUEUED:
+            self.dropped += 1
+            return
+        spans.append(span)
+        if len(spans) == MAX_BATCH:
+            self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(SCHEDULE_DELAY_MS / 1000)
+            self.wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Send every queued span now."""
+        with self.lock:  # one send at a time (the thread, and the exit's)
+            while self.spans:
+                batch, self.spans[:MAX_BATCH] = self.spans[:MAX_BATCH], []
+                self._send(self.encode(batch))
+            if self.dropped:
+                log.warning("tracing: %d spans dropped (the exporter fell behind)",
+                            self.dropped)
+                self.dropped = 0
+
+    def encode(self, batch: list[Finished]) -> bytes:
+        """One OTLP export request of ``batch``, as protobuf."""
+        request = self.request_type()
+        resource_spans = request.resource_spans.add()
+        for key, value in (("service.name", self.spec.service), ("bis.role", self.role)):
+            resource_spans.resource.attributes.add(key=key).value.string_value = value
+        scope = resource_spans.scope_spans.add()
+        scope.scope.name = "basic_inference_server"
+        for trace_id, span_id, parent, name, kind, started, ended, attributes in batch:
+            span = scope.spans.add(
+                trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
+                parent_span_id=parent.to_bytes(8, "big") if parent else b"", name=name,
+                kind=kind, start_time_unix_nano=ns(started), end_time_unix_nano=ns(ended))
+            for key, value in (attributes or {}).items():
+                field = span.attributes.add(key=key).value
+                if isinstance(value, bool):
+                    field.bool_value = value
+                elif isinstance(value, int):
+                    field.int_value = value
+                else:
+                    field.string_value = str(value)
+        return bytes(request.SerializeToString())
+
+    def _send(self, body: bytes) -> None:
+        request = urllib.request.Request(self.spec.otlp_url, data=body, method="POST",
+                                         headers={"Content-Type": "application/x-protobuf"})
+        try:
+            with urllib.request.urlopen(request, timeout=EXPORT_TIMEOUT_S) as resp:
+                resp.read()
+        except OSError as exc:  # a receiver away loses this batch, never a request
+            log.warning("tracing: could not send spans to %s: %s", self.spec.otlp_url, exc)
+
+
+def read_traceparent(value: bytes) -> tuple[int, int, bool] | None:
+    """A W3C ``traceparent`` value's trace id, parent id and sampled flag; None when it
+    is not one (Trace Context, level 1: a version other than ``ff``; for ``00`` exactly
+    four fields, a later version may add more; ids not all zeros)."""
+    match = _TRACEPARENT.match(value.strip())
+    if match is None:
+        return None
+    version, trace, parent, flags, rest = match.groups()
+    if version == b"ff" or (version == b"00" and rest):
+        return None
+    trace_id, parent_id = int(trace, 16), int(parent, 16)
+    if not trace_id or not parent_id:
+        return None
+    return trace_id, parent_id, bool(int(flags, 16) & 1)
+
+
+class Tracer:
+    """One process's tracer: where its spans go, and how a request's are begun."""
+
+    def __init__(self, spec: TracingSpec, role: str, exporter: Exporter | None = None) -> None:
+        self.spec = spec
+        self.exporter = exporter if exporter is not None else Exporter(spec, role)
+
+    @staticmethod
+    def parent(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, bool] | None:
+        """A request's ``traceparent``: trace id, span id and sampled flag (None: it has
         none, or a malformed one)."""
-        from opentelemetry.trace import get_current_span
-
         value = next((v for h, v in headers if h == TRACEPARENT), None)
-        if value is None:
-            return None
-        context = self.codec.extract({"traceparent": value.decode("latin-1")})
-        span_context = get_current_span(context).get_span_context()
-        if not span_context.is_valid:
-            return None
-        return context, span_context.trace_flags.sampled
+        return None if value is None else read_traceparent(value)
 
     def begin(self, name: str, headers: list[tuple[bytes, bytes]], started: float,
               sample_roots: bool, **attributes: Any) -> Trace | None:
@@ -127,14 +247,12 @@ class Tracer:
         if parent is None:
             if not sample_roots or random.random() >= self.spec.sample:
                 return None
-            context = None
-        elif parent[1]:
-            context = parent[0]
+            trace_id, parent_id = random.getrandbits(128) or 1, 0
+        elif parent[2]:
+            trace_id, parent_id = parent[0], parent[1]
         else:
             return None
-        span = self.tracer.start_span(name, context=context, kind=self.kinds.SERVER,
-                                      start_time=ns(started), attributes=attributes)
-        return Trace(self, span)
+        return Trace(self.exporter, trace_id, Span(parent_id, name, started, SERVER, attributes))
 
     def from_line(self, traceparent: str | None, name: str, started: float,
                   **attributes: Any) -> Trace | None:
@@ -148,64 +266,58 @@ class Tracer:
 class Trace:
     """The spans of one sampled request (or job) in one process."""
 
-    def __init__(self, tracer: Tracer, root: Span) -> None:
-        self.tracer = tracer
+    __slots__ = ("exporter", "id", "root")
+
+    def __init__(self, exporter: Exporter, trace_id: int, root: Span) -> None:
+        self.exporter = exporter
+        self.id = trace_id
         self.root = root
 
     @property
     def trace_id(self) -> str:
         """The W3C trace id (the access log's)."""
-        return f"{self.root.get_span_context().trace_id:032x}"
+        return f"{self.id:032x}"
 
     def start(self, name: str, started: float | None = None, client: bool = False,
               attributes: dict[str, Any] | None = None) -> Span:
         """A span begun now (or at ``started``), a child of the current step's span or
         of the root; end it with :meth:`stop`."""
         parent = _PARENT.get() or self.root
-        kinds = self.tracer.kinds
-        return self.tracer.tracer.start_span(
-            name, context=self.tracer.in_context(parent),
-            kind=kinds.CLIENT if client else kinds.INTERNAL,
-            start_time=ns(time.perf_counter() if started is None else started),
-            attributes=attributes)
+        return Span(parent.id, name, time.perf_counter() if started is None else started,
+                    CLIENT if client else INTERNAL, attributes)
 
-    @staticmethod
-    def stop(span: Span, ended: float | None = None, **attributes: Any) -> None:
-        """End ``span`` now (or at ``ended``), with more attributes."""
+    def stop(self, span: Span, attributes: dict[str, Any] | None = None,
+             ended: float | None = None) -> None:
+        """End ``span`` now (or at ``ended``), with more ``attributes``."""
         if attributes:
-            span.set_attributes(attributes)
-        span.end(end_time=ns(time.perf_counter() if ended is None else ended))
+            span.attributes = {**(span.attributes or {}), **attributes}
+        self.exporter.add((self.id, span.id, span.parent, span.name, span.kind, span.started,
+                           time.perf_counter() if ended is None else ended, span.attributes))
 
     def record(self, name: str, started: float, ended: float, parent: Span | None = None,
-               **attributes: Any) -> None:
+               attributes: dict[str, Any] | None = None) -> None:
         """A finished span of ``started`` to ``ended`` (a child of ``parent``, else of
         the current step's span or of the root)."""
-        if parent is None:
-            span = self.start(name, started, attributes=attributes)
-        else:
-            span = self.tracer.tracer.start_span(
-                name, context=self.tracer.in_context(parent), start_time=ns(started),
-                attributes=attributes)
-        self.stop(span, ended)
+        parent_id = (parent or _PARENT.get() or self.root).id
+        self.exporter.add((self.id, random.getrandbits(64) or 1, parent_id, name, INTERNAL,
+                           started, ended, attributes or None))
+
+    def value(self, span: Span | None = None) -> str:
+        """The ``traceparent`` value naming ``span`` (else the root) as parent."""
+        return f"00-{self.id:032x}-{(span or self.root).id:016x}-01"
 
     def line(self, span: Span | None = None) -> bytes:
         """The ``traceparent`` header line naming ``span`` (else the root) as parent."""
-        carrier: dict[str, str] = {}
-        self.tracer.codec.inject(carrier, context=self.tracer.in_context(span or self.root))
-        return b"traceparent: " + carrier["traceparent"].encode() + b"\r\n"
-
-    def value(self, span: Span | None = None) -> str:
-        """The ``traceparent`` value naming ``span`` (else the root): a job carries it."""
-        return self.line(span)[len(b"traceparent: "):-2].decode()
+        return b"traceparent: " + self.value(span).encode() + b"\r\n"
 
     def within(self, span: Span) -> Any:
         """Make ``span`` the parent of the spans this task starts; give the returned
         token to :func:`restore`."""
         return _PARENT.set(span)
 
-    def end(self, ended: float | None = None, **attributes: Any) -> None:
-        """End the root span (the request was answered)."""
-        self.stop(self.root, ended, **attributes)
+    def end(self, attributes: dict[str, Any] | None = None) -> None:
+        """End the root span (the request was answered), with more ``attributes``."""
+        self.stop(self.root, attributes)
 
 
 def restore(token: Any) -> None:

@@ -272,7 +272,7 @@ async def traced(trace: Trace, name: str,
                  send: Callable[[bytes], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
     """A traced request's call to ``name``: an ``upstream`` span, named as the parent of
     the server's in the ``traceparent`` sent; it ends with the answer (a stream's end)."""
-    span = trace.start(f"upstream {name}", client=True, attributes={"bis.route": name})
+    span = trace.start(f"upstream {name}", client=True)
     resp = None
     try:
         resp = await send(trace.line(span))
@@ -281,4 +281,4 @@ async def traced(trace: Trace, name: str,
         if resp is not None and resp.stream is not None:
             resp.stream.hold(lambda _end: trace.stop(span))
         else:
-            trace.stop(span, **{"http.response.status_code": resp.status if resp else 0})
+            trace.stop(span, {"http.response.status_code": resp.status if resp else 0})

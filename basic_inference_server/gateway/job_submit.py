@@ -78,7 +78,7 @@ class JobSubmitter:
                                       True, **{"bis.request_id": req.request_id})
         answer = await self._submit(req)
         if req.trace is not None:
-            req.trace.end(**{"http.response.status_code": answer.status})
+            req.trace.end({"http.response.status_code": answer.status})
         return answer
 
     async def _submit(self, req: Request) -> Answer:

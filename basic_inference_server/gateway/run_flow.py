@@ -128,7 +128,7 @@ class RunFlow:
         """A ``/run`` with ``"ASYNC": true``: submitted as a job."""
         answer = await self.submit(req)
         if req.trace is not None:
-            req.trace.end(**{"http.response.status_code": answer.status})
+            req.trace.end({"http.response.status_code": answer.status})
         return answer
 
     async def _answer(self, plan: RunPlan, raw: bytes, req: Request) -> UpstreamResponse:
@@ -222,7 +222,7 @@ class RunFlow:
         metrics.count_request(label, version, err.status)
         self.tenancy.record(req.key, label, err.status, 0.0, time.perf_counter() - started)
         if req.trace is not None:
-            req.trace.end(**{"http.response.status_code": err.status, "bis.endpoint": label,
+            req.trace.end({"http.response.status_code": err.status, "bis.endpoint": label,
                              "bis.error": err.kind})
         return error_answer(err, self.meta())
 
@@ -268,7 +268,7 @@ def _close(req: Request, resp: UpstreamResponse, label: str, elapsed: float,
     """A traced request's span ends; the access log's line (under BIS_LOG_JSON=1 its
     fields are JSON keys too), with the trace id of a traced request."""
     if req.trace is not None:
-        req.trace.end(**{"http.response.status_code": resp.status, "bis.endpoint": label})
+        req.trace.end({"http.response.status_code": resp.status, "bis.endpoint": label})
     if not access:
         return
     fields = {"endpoint": label, "status": resp.status, "latency_ms": round(elapsed * 1000, 2),

@@ -28,7 +28,7 @@ from ..models.setup import RequestModels
 from ..names import split_target
 from ..queues.base import Job
 from ..streams import STREAM_HEADERS, Format, wanted
-from ..tracing import Trace, Tracer
+from ..tracing import MIN_STAGE_S, Trace, Tracer
 from ..wire.message import Answer, Request, Streamed, threaded_chunks
 from ..worker import CancelFlag, FileOutput, FlaskWorker, run_as
 from . import timing
@@ -93,10 +93,12 @@ def _header(request: Request, name: bytes) -> str | None:
 
 
 def traced_stages(trace: Trace, times: StageTimes, status: int) -> None:
-    """The spans of a request's (or job's) stages, then its own span's end."""
+    """The spans of a request's (or job's) stages that took :data:`..tracing.MIN_STAGE_S`
+    or more, then its own span's end, with every stage in ``bis.server_timing``."""
     for name, started, ended in times.spans or ():
-        trace.record(name, started, ended)
-    trace.end(**{"http.response.status_code": status})
+        if ended - started >= MIN_STAGE_S:
+            trace.record(name, started, ended)
+    trace.end({"http.response.status_code": status, "bis.server_timing": times.header()})
 
 
 def _json(status: int, body: dict[str, Any], headers: Sequence[tuple[str, str]] = ()) -> Answer:
@@ -114,6 +116,7 @@ class RunEntry:
                  files: FileAnswer, tracer: Tracer | None = None) -> None:
         self.spec = spec
         self.tracer = tracer  # TRACING: requests and jobs the front sampled are traced
+        self.span_name = f"endpoint {spec.name}"
         self.worker = worker
         self.compute = compute
         self.files = files
@@ -138,8 +141,7 @@ class RunEntry:
         ``flag``: set by the caller when the client goes away. A streamed answer's chunks
         are each made in ``executor`` (without one, the chunks are gathered)."""
         trace = None if self.tracer is None else self.tracer.begin(
-            f"endpoint {self.spec.name}", request.headers, request.received, False,
-            **{"bis.request_id": request.request_id})
+            self.span_name, request.headers, request.received, False)
         if not self.spec.server_timing and trace is None:
             return self._answer(request, flag, executor, None)
         times = timing.begin(request.received, spans=trace is not None)

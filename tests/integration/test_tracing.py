@@ -18,9 +18,11 @@ import requests
 
 from tests.conftest import Gateway, assert_ok, gateway_env, wait_until
 
-CHAIN = {"STEPS": [{"ID": "first", "SIGNATURE": "echo", "INPUT": {"N": "$input.N"}},
-                   {"ID": "second", "SIGNATURE": "echo", "INPUT": {"M": "$steps.first.echo.N"}}],
-         "OUTPUT": {"M": "$steps.second.echo.M"}}
+# Two steps of 10 ms each: a stage that long makes a span of its own.
+CHAIN = {"STEPS": [{"ID": "first", "SIGNATURE": "slow", "INPUT": {"SECONDS": "$input.S"}},
+                   {"ID": "second", "SIGNATURE": "slow",
+                    "INPUT": {"SECONDS": "$steps.first.slept"}}],
+         "OUTPUT": {"SLEPT": "$steps.second.slept"}}
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 
@@ -66,7 +68,9 @@ class Receiver:
                             "trace": span.trace_id.hex(), "id": span.span_id.hex(),
                             "parent": span.parent_span_id.hex(), "name": span.name,
                             "role": attrs.get("bis.role", ""),
-                            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano})
+                            "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
+                            "attributes": {a.key: a.value.string_value or a.value.int_value
+                                           for a in span.attributes}})
 
     def trace(self, trace_id: str) -> list[dict[str, str]]:
         with self.lock:
@@ -88,9 +92,9 @@ def receiver() -> Iterator[Receiver]:
 def gw(module_gateways, receiver) -> Gateway:
     made = module_gateways({
         "TRACING": {"OTLP_URL": receiver.url, "SAMPLE": 1.0},
-        "CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 1}, "chain": {"PIPELINE": CHAIN}}},
+        "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1}, "chain": {"PIPELINE": CHAIN}}},
         env=gateway_env(OTEL_BSP_SCHEDULE_DELAY="100"))
-    for name in ("echo", "chain"):
+    for name in ("slow", "chain"):
         made.wait_state(name, "READY", timeout=60)
     return made
 
@@ -99,7 +103,7 @@ def complete(spans: list[dict[str, str]], root: str, runs: int) -> list[dict[str
     """``spans`` once they hold their root and ``runs`` endpoint runs (the front's and the
     servers' spans come in batches of their own)."""
     names = [s["name"] for s in spans]
-    return spans if root in names and names.count("post") >= runs else None
+    return spans if root in names and names.count("predict") >= runs else None
 
 
 def by_name(spans: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
@@ -114,23 +118,29 @@ def parent_of(spans: list[dict[str, str]], span: dict[str, str]) -> dict[str, st
 
 
 def test_a_pipeline_call_is_one_trace_under_the_callers(gw, receiver):
-    resp = requests.post(gw.url("/run"), json={"SIGNATURE": "chain", "N": 3}, timeout=30,
+    resp = requests.post(gw.url("/run"), json={"SIGNATURE": "chain", "S": 0.01}, timeout=30,
                          headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
-    assert assert_ok(resp)["M"] == 3
+    assert assert_ok(resp)["SLEPT"] == 0.01
     spans = wait_until(lambda: complete(receiver.trace(CALLER_TRACE), "run", 2), timeout=30,
                        message="the pipeline's spans reach the receiver")
     named = by_name(spans)
     assert len(spans) >= 8, sorted(named)
     (run,) = named["run"]
     assert run["parent"] == CALLER_SPAN and run["role"] == "front"
-    steps = named["step echo"]
+    steps = named["step slow"]
     assert len(steps) == 2 and all(s["parent"] == run["id"] for s in steps)
-    for upstream in named["upstream echo"]:
-        assert parent_of(spans, upstream)["name"] == "step echo"
-    for endpoint in named["endpoint echo"]:
-        assert parent_of(spans, endpoint)["name"] == "upstream echo" and endpoint["role"] == "server"
-    for stage in ("decode", "pre", "predict", "post"):
-        assert all(parent_of(spans, s)["name"] == "endpoint echo" for s in named[stage]), stage
+    assert len(named["upstream slow"]) == 2
+    for upstream in named["upstream slow"]:
+        assert parent_of(spans, upstream)["name"] == "step slow"
+    assert len(named["endpoint slow"]) == 2
+    for endpoint in named["endpoint slow"]:
+        assert parent_of(spans, endpoint)["name"] == "upstream slow" and endpoint["role"] == "server"
+        # Every stage, short ones too, in Server-Timing's format.
+        assert "pre;dur=" in endpoint["attributes"]["bis.server_timing"], endpoint
+    predicts = named["predict"]
+    assert len(predicts) == 2 and all(
+        parent_of(spans, s)["name"] == "endpoint slow" for s in predicts)
+    assert all(s["end"] - s["start"] >= 10_000_000 for s in predicts)
     # Each child lies within its parent.
     for span in spans:
         if span["parent"] != CALLER_SPAN:
@@ -145,7 +155,7 @@ def test_a_pipeline_call_is_one_trace_under_the_callers(gw, receiver):
 def test_a_job_of_the_pipeline_is_one_trace(gw, receiver):
     from tests.jobs.jobs_client import wait_finished
 
-    resp = requests.post(gw.url("/jobs"), json={"SIGNATURE": "chain", "N": 5}, timeout=30)
+    resp = requests.post(gw.url("/jobs"), json={"SIGNATURE": "chain", "S": 0.01}, timeout=30)
     assert resp.status_code == 202, resp.text
     assert wait_finished(gw, resp.json()["JOB_ID"], timeout=60)["STATUS"] == "done"
 
@@ -164,19 +174,20 @@ def test_a_job_of_the_pipeline_is_one_trace(gw, receiver):
     assert parent_of(spans, submit)["name"] == "jobs"
     (run,) = named["run"]  # the job runner's call, in the submit's trace
     assert run["parent"] == submit["id"]
-    assert all(parent_of(spans, s)["name"] == "run" for s in named["step echo"])
+    assert all(parent_of(spans, s)["name"] == "run" for s in named["step slow"])
 
 
 def test_a_job_of_an_endpoint_is_traced_by_its_server(gw, receiver):
     from tests.jobs.jobs_client import wait_finished
 
-    resp = requests.post(gw.url("/jobs"), json={"SIGNATURE": "echo", "N": 1}, timeout=30)
+    resp = requests.post(gw.url("/jobs"), json={"SIGNATURE": "slow", "SECONDS": 0.01},
+                         timeout=30)
     assert resp.status_code == 202, resp.text
     assert wait_finished(gw, resp.json()["JOB_ID"], timeout=60)["STATUS"] == "done"
 
     def job_trace() -> list[dict[str, str]] | None:
         for span in list(receiver.spans):
-            if span["name"] == "job echo":
+            if span["name"] == "job slow":
                 got = receiver.trace(span["trace"])
                 if {"jobs", "job queue", "predict"} <= {s["name"] for s in got}:
                     return got
@@ -184,22 +195,24 @@ def test_a_job_of_an_endpoint_is_traced_by_its_server(gw, receiver):
 
     spans = wait_until(job_trace, timeout=30, message="the job's spans reach the receiver")
     named = by_name(spans)
-    (job,) = named["job echo"]
+    (job,) = named["job slow"]
     assert parent_of(spans, job)["name"] == "job submit" and job["role"] == "server"
-    assert parent_of(spans, named["job queue"][0])["name"] == "job echo"
-    assert parent_of(spans, named["predict"][0])["name"] == "job echo"
+    assert parent_of(spans, named["job queue"][0])["name"] == "job slow"
+    assert parent_of(spans, named["predict"][0])["name"] == "job slow"
 
 
 def test_a_remote_endpoint_goes_on_with_the_trace(gw, gateways, receiver):
     edge = gateways({"TRACING": {"OTLP_URL": receiver.url, "SAMPLE": 0},
                      "CONFIG_ENDPOINTS": {"far": {"URLS": [f"http://127.0.0.1:{gw.port}"],
-                                                  "REMOTE_SIGNATURE": "echo"}}},
+                                                  "REMOTE_SIGNATURE": "slow"}}},
                     env=gateway_env(OTEL_BSP_SCHEDULE_DELAY="100"))
     edge.wait_state("far", "READY", timeout=60)
-    unsampled = requests.post(edge.url("/run"), json={"SIGNATURE": "far"}, timeout=30)
+    unsampled = requests.post(edge.url("/run"), json={"SIGNATURE": "far", "SECONDS": 0.01},
+                              timeout=30)
     assert_ok(unsampled)
     trace_id = "0af7651916cd43dd8448eb211c80319c"
-    resp = requests.post(edge.url("/run"), json={"SIGNATURE": "far"}, timeout=30,
+    resp = requests.post(edge.url("/run"), json={"SIGNATURE": "far", "SECONDS": 0.01},
+                         timeout=30,
                          headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
     assert_ok(resp)
     spans = wait_until(lambda: (got := complete(receiver.trace(trace_id), "upstream far", 1))
