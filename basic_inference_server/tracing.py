@@ -41,7 +41,6 @@ import random
 import re
 import threading
 import time
-import urllib.request
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -198,6 +197,8 @@ class Exporter:
         return bytes(request.SerializeToString())
 
     def _send(self, body: bytes) -> None:
+        import urllib.request  # (here: every process imports this module, few send)
+
         request = urllib.request.Request(self.spec.otlp_url, data=body, method="POST",
                                          headers={"Content-Type": "application/x-protobuf"})
         try:

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import Overloaded, ServingError
+from ..tracing import restore
 from .compare import Result, judge, with_defaults
 from .hooks import Hooks
 from .router import point
@@ -118,6 +119,11 @@ class Shadow:
                       request: Any, primary: tuple[int, bytes]) -> None:
         latency: float | None = None
         started = time.perf_counter()
+        # A traced request's copy: a span of its own, the copy's call its child.
+        trace = getattr(request, "trace", None)
+        span = trace.start(f"shadow {target}") if trace is not None else None
+        token = trace.within(span) if trace is not None else None
+        result = Result.ERROR
         try:
             reply = await self.forward(target, raw, request)
             latency = time.perf_counter() - started
@@ -130,6 +136,10 @@ class Shadow:
         except Exception:  # noqa: BLE001 - a bug of ours must not go unseen, nor reach a caller
             log.exception("shadow %s: mirroring failed", target)
             result = Result.ERROR
+        finally:
+            if trace is not None:
+                restore(token)
+                trace.stop(span, {"bis.shadow": result.value})
         self.record(endpoint, policy["VERSION"], result, latency)
 
     async def _compare(self, policy: dict[str, Any], primary: tuple[int, bytes],

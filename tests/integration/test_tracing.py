@@ -92,9 +92,12 @@ def receiver() -> Iterator[Receiver]:
 def gw(module_gateways, receiver) -> Gateway:
     made = module_gateways({
         "TRACING": {"OTLP_URL": receiver.url, "SAMPLE": 1.0},
-        "CONFIG_ENDPOINTS": {"slow": {"NR_WORKERS": 1}, "chain": {"PIPELINE": CHAIN}}},
+        "CONFIG_ENDPOINTS": {
+            "slow": {"NR_WORKERS": 1}, "chain": {"PIPELINE": CHAIN},
+            "clf": {"SERVER_CLASS": "slow", "VERSIONS": {"v1": {}, "v2": {}},
+                    "TRAFFIC": {"v1": 100, "v2": 0}, "SHADOW": {"VERSION": "v2", "FRACTION": 1}}}},
         env=gateway_env(OTEL_BSP_SCHEDULE_DELAY="100"))
-    for name in ("slow", "chain"):
+    for name in ("slow", "chain", "clf@v1", "clf@v2"):
         made.wait_state(name, "READY", timeout=60)
     return made
 
@@ -150,6 +153,21 @@ def test_a_pipeline_call_is_one_trace_under_the_callers(gw, receiver):
     # The access log names the trace.
     wait_until(lambda: f"trace {CALLER_TRACE}" in gw.log_text(), timeout=10,
                message="the access line names the trace")
+
+
+def test_a_shadow_copy_is_a_span_of_the_request(gw, receiver):
+    trace_id = "5bf92f3577b34da6a3ce929d0e0e4736"
+    resp = requests.post(gw.url("/run"), json={"SIGNATURE": "clf", "SECONDS": 0.01}, timeout=30,
+                         headers={"traceparent": f"00-{trace_id}-{CALLER_SPAN}-01"})
+    assert_ok(resp)
+    spans = wait_until(lambda: complete(receiver.trace(trace_id), "shadow clf@v2", 2),
+                       timeout=30, message="the request's and its copy's spans")
+    named = by_name(spans)
+    (shadow,) = named["shadow clf@v2"]
+    assert parent_of(spans, shadow)["name"] == "run"
+    assert shadow["attributes"]["bis.shadow"] in ("agree", "disagree"), shadow
+    (copy,) = named["upstream clf@v2"]
+    assert copy["parent"] == shadow["id"]
 
 
 def test_a_job_of_the_pipeline_is_one_trace(gw, receiver):
