@@ -286,7 +286,7 @@ def build_management_app(front: Front) -> Flask:
              **dashboard_views(app, lambda: check_host(request.environ, front.spec.allowed_hosts)),
              **job_views(front.jobs, reply, admin_only),
              **key_views(lambda: front.key_store(), reply, admin_only,
-                         front.priorities.classes)}
+                         lambda: front.priorities.classes)}
     register(app, views, command_view)
     install_json_errors(app, reply, "on the gateway; see /get_paths")
     app.after_request(_auditor(front))

@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from ..cancellations import CLIENT_GONE, TIMEOUT, count_cancelled
 from ..contracts import EndpointState
+from ..metric_files import MetricFiles
 from ..tenants.metering import TopTenants
 from ..traffic.compare import Result
 from ..traffic.shadow import summarize
@@ -298,12 +299,12 @@ def render(servers: dict[str, Any], health: dict[str, Any] | None = None, *extra
     registry = CollectorRegistry()
     sources = []
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        sources.append(multiprocess.MultiProcessCollector(None))
+        sources.append(MetricFiles(None))
     server_dir = os.environ.get("BIS_SERVER_METRICS_DIR")
     if server_dir:
         # The endpoint servers' workers (model manager metrics, jobs' tenants) write there.
         _forget_dead_workers(server_dir)
-        sources.append(multiprocess.MultiProcessCollector(None, path=server_dir))
+        sources.append(MetricFiles(None, path=server_dir))
     # Both count per tenant: merged, and bounded to the top tenants.
     registry.register(TopTenants(*sources, tenant_labels=tenant_labels))
     registry.register(ManagerCollector(servers, health))
@@ -343,7 +344,7 @@ def shadow_summary() -> dict[str, Any]:
     (read from the same multiprocess files as ``/metrics``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        MetricFiles(registry)
         families = registry.collect()
     else:
         families = REGISTRY.collect()

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypedDict
 
-from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client import CollectorRegistry
+
+from ..metric_files import MetricFiles
 
 # The names gateway/metrics.py gives them (its module is the front's: not imported here).
 REQUESTS = "bis_requests_total"
@@ -37,7 +39,7 @@ def read_traffic(folder: Path) -> dict[str, Totals]:
     if not folder.is_dir():
         return {}
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(folder))
+    MetricFiles(registry, path=str(folder))
     totals: dict[str, Totals] = {}
     buckets: dict[str, list[tuple[float, int]]] = {}
     for family in registry.collect():

@@ -35,9 +35,10 @@ def _key_id(args: dict[str, Any]) -> str:
 
 
 def key_views(store: Callable[[], KeyStore], reply: Reply, admin_only: Callable[[], None],
-              classes: list[str]) -> dict[str, Callable[..., Response]]:
+              classes: Callable[[], list[str]]) -> dict[str, Callable[..., Response]]:
     """The views of ``/keys``, ``/keys/revoke``, ``/keys/rotate`` and ``/usage/tenants``
-    (their routes: the API table); ``classes``: the gateway's PRIORITY_CLASSES."""
+    (their routes: the API table); ``classes``: the gateway's PRIORITY_CLASSES, read when
+    a key is made."""
 
     def stored(call: Callable[[], Any]) -> Any:
         try:
@@ -58,9 +59,10 @@ def key_views(store: Callable[[], KeyStore], reply: Reply, admin_only: Callable[
             found = stored(lambda: store().keys(tenant))
             return reply(200, {"KEYS": [k.public() for k in found], "COUNT": len(found)})
         key, secret = key_from_request(json_body())
-        if key.priority is not None and key.priority not in classes:
-            raise BadRequest(f"PRIORITY must be one of PRIORITY_CLASSES {classes}, "
-                             f"got {key.priority!r}", PRIORITY_CLASSES=classes)
+        known = classes()
+        if key.priority is not None and key.priority not in known:
+            raise BadRequest(f"PRIORITY must be one of PRIORITY_CLASSES {known}, "
+                             f"got {key.priority!r}", PRIORITY_CLASSES=known)
         stored(lambda: store().add(key))
         return reply(201, {"KEY": secret, **key.public()})
 

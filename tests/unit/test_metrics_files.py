@@ -45,3 +45,21 @@ def test_multiprocess_values_read_the_pid_once_per_fork(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [f"counter_{os.getpid()}.db", f"counter_{child}.db"])
     assert value.get() == 2.0
+
+
+def test_a_file_with_nothing_recorded_yet_hides_no_other_metrics(tmp_path, monkeypatch):
+    # prometheus_client creates a file before sizing it: a scrape may meet it empty, and a
+    # process killed then leaves it so. The other processes' metrics are still read.
+    from prometheus_client import CollectorRegistry, values
+
+    from basic_inference_server.metric_files import MetricFiles
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    value = values.MultiProcessValue()("counter", "bench_hits", "bench_hits_total", (), (), "")
+    value.inc(3)
+    (tmp_path / "counter_999999999.db").write_bytes(b"")
+    (tmp_path / "histogram_999999998.db").write_bytes(b"\0\0\0")
+    registry = CollectorRegistry()
+    MetricFiles(registry, path=str(tmp_path))
+    samples = {s.name: s.value for family in registry.collect() for s in family.samples}
+    assert samples == {"bench_hits_total": 3.0}
