@@ -323,17 +323,21 @@ class FairQueue:
             pass
         self._pump_all()
 
-    def _pump_all(self) -> None:
+    def _rechecked(self) -> None:
         self._recheck = None
+        self._pump_all()
+
+    def _pump_all(self) -> None:
         for name, queue in self._queues.items():
             if queue:
                 self.pump(name)
         self._arm()
 
     def _arm(self) -> None:
-        """Look again in :data:`RECHECK_S` while requests wait here."""
+        """Look again in :data:`RECHECK_S` while requests wait here (one timer at most:
+        a wake between two looks does not add one)."""
         if self._recheck is None and any(self._queues.values()):
-            self._recheck = asyncio.get_running_loop().call_later(RECHECK_S, self._pump_all)
+            self._recheck = asyncio.get_running_loop().call_later(RECHECK_S, self._rechecked)
 
     def shares(self) -> dict[str, dict[str, dict[str, float]]]:
         """Per endpoint and tenant: requests started over every process in the last
