@@ -161,6 +161,14 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "rest waiting in the front's fair queue. null: MAX_SEQUENCES when the "
                 "section sets it (a generative endpoint), else MAX_BATCH_SIZE.",
                 lambda v: None if v is None else at_least(1, 100_000)(v)),
+        Setting("FAIR_BACKLOG_MS", (int, float), 2.0,
+                "With FAIR_QUEUEING: the most work, in ms of the endpoint's own time, that a "
+                "request handed to a worker may find queued before it there. The front "
+                "measures a request's service time s from the answers and lets each worker "
+                "run FAIR_SLOTS + floor(FAIR_BACKLOG_MS / s) requests at once (64 at most, "
+                "or FAIR_SLOTS if more): a fast endpoint's workers find their next request "
+                "at hand, a 20 ms one's run FAIR_SLOTS. 0: FAIR_SLOTS, fixed.",
+                at_least(0, 1000)),
         Setting("MAX_ATTEMPTS", int, 3,
                 "Runs of a failing job before it goes to the dead-letter queue.",
                 at_least(1, 1000)),

@@ -221,6 +221,9 @@ class Route:
     max_queue_bytes: int | None = None
     max_in_flight: int = 0
     slots: int = 1  # FAIR_SLOTS: requests the fair queue lets each worker run at once
+    # FAIR_BACKLOG_MS: the work a request handed to a worker may find queued there, which
+    # the fair queue adds slots for on a fast endpoint (0: FAIR_SLOTS, fixed).
+    backlog_ms: float = 0.0
     remote: dict[str, Any] | None = None  # a remote endpoint: urls, signature, api_key, down
     pipeline: dict[str, Any] | None = None  # a pipeline: its PIPELINE setting
     # MIN_WORKERS 0: the IDLE_TIMEOUT after which it scales to zero (None: never), and
@@ -248,7 +251,8 @@ class Route:
                    retry_on_crash=self.retry_on_crash, stream=self.stream,
                    last_error=self.last_error, retry_after=self.retry_after,
                    max_queue_depth=self.max_queue_depth, max_queue_bytes=self.max_queue_bytes,
-                   max_in_flight=self.max_in_flight, slots=self.slots, idle_timeout=self.idle_timeout,
+                   max_in_flight=self.max_in_flight, slots=self.slots, backlog_ms=self.backlog_ms,
+                   idle_timeout=self.idle_timeout,
                    cold_start_timeout=self.cold_start_timeout, cache=self.cache)
         return out
 
@@ -266,6 +270,7 @@ class Route:
                    max_queue_bytes=record.get("max_queue_bytes"),
                    max_in_flight=int(record.get("max_in_flight") or 0),
                    slots=int(record.get("slots") or 1),
+                   backlog_ms=float(record.get("backlog_ms") or 0),
                    remote=record.get("remote"), pipeline=record.get("pipeline"),
                    idle_timeout=record.get("idle_timeout"),
                    cold_start_timeout=float(record.get("cold_start_timeout") or 0),

@@ -37,7 +37,8 @@ from .address_limits import AddressTenancy
 from .answer_cache import answer_cache
 from .api_table import DATA_PATHS, NATIVE
 from .dispatch import Dispatcher
-from .fair_queue import FairQueue, NoFairQueue, SharedTags
+from .fair_queue import FairQueue, NoFairQueue
+from .fair_shared import SharedTags
 from .idempotent_calls import IdempotentCalls
 from .idle_watch import IdleWatch
 from .job_events import events_job_id, job_events

@@ -1,7 +1,7 @@
 """Weighted fair queueing in the front (``FAIR_QUEUEING``): who runs next on a busy endpoint.
 
-A local endpoint runs at most ``slots x workers`` requests at once (``FAIR_SLOTS``,
-counted over every front process). A request past that waits in its front process,
+A local endpoint runs at most ``cap = per_worker x workers`` requests at once, counted
+over every front process. A request past that waits in its front process,
 ordered by its class's rank first (``PRIORITY_CLASSES``: strict priority), then by a
 start tag (start-time fair queueing, Goyal, Vin and Cheng 1996, a fair queue without
 per-flow timers): ``tag = max(V, F[tenant])`` and ``F[tenant] = tag + 1 / weight``,
@@ -23,19 +23,34 @@ processes may give one tenant's simultaneous requests the same tag (one request'
 of share, rare). Names and tenants take their shared slots under a lock, once each per
 process.
 
+How many per worker adapts to the endpoint's speed (``FAIR_BACKLOG_MS``, ``b``). A
+worker handed one request at a time idles while the answer goes back to the front and
+the next request comes out: on a sub-millisecond endpoint that hand-off costs more than
+the request. So each front process keeps, per endpoint, a moving average ``s`` of a
+request's own service time, from one in :data:`TIME_EVERY` of the non-streamed answers
+it gets: ``latency x workers / max(running, workers)``, ``running`` being the requests
+running on the endpoint when the answer came, itself included (its latency over the
+requests its worker had, at least its own). Each worker then runs
+``per_worker = FAIR_SLOTS + floor(b / s)`` requests at once
+(:data:`MAX_SLOTS` at most, or ``FAIR_SLOTS`` if more): a request handed to a worker
+finds at most about ``b`` of work queued before it there. A fast endpoint's workers keep
+their pipelines full (the next requests are there when one ends); a 20 ms endpoint keeps
+``FAIR_SLOTS`` (one request per worker for a plain endpoint), so an interactive request
+never finds a flood's request queued before it in a worker. Until a first answer, and
+with ``FAIR_BACKLOG_MS`` 0, ``per_worker`` is ``FAIR_SLOTS``. The cap is computed when
+the estimate changes (:meth:`FairQueue.answered`) or the route does
+(:meth:`FairQueue.take_now`), not for every request.
+
 With the queue off (the default), :class:`NoFairQueue` forwards at once, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import heapq
 import itertools
-import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -47,8 +62,8 @@ from ..errors import DeadlineExceeded
 from ..names import is_name
 from ..tenants.metering import TENANT_QUEUE_SECONDS, TENANT_QUEUED
 from ..tenants.priorities import MAX_CLASSES, Priorities, Standing
-from ..tenants.shared import slot_hash
 from ..wire.message import Request
+from .fair_shared import NO_HEAD, TENANT_SLOTS, SharedTags, ShareWindow
 from .loadboard import LoadBoard
 from .upstream_conn import UpstreamResponse
 
@@ -57,14 +72,20 @@ RUNNING = "^"
 WAITING = "?"
 # A process with waiting requests looks at the shared heads this often besides when woken.
 RECHECK_S = 0.01
-# Tenants (per endpoint) whose tags are shared; past it, tenants share slots by hash.
-TENANT_SLOTS = 4096
-NO_HEAD = -1
-# /list_servers' FAIR_SHARES count the requests started in about this many last seconds.
-SHARE_WINDOW_S = 60.0
-# Bytes of a tenant slot's owner: a route's name ("endpoint@label", 129 bytes at most:
-# names.py), a NUL, a tenant's (64).
-OWNER_BYTES = 200
+# The most requests a worker is handed at once, however fast its endpoint
+# (FAIR_BACKLOG_MS): at 64, a worker's pipeline stays full unless the hand-off between
+# two requests (the answer back to the front, the next request out) lasts 64 of them;
+# and an endpoint that turns slow at once has at most this many requests per worker
+# queued in the order they came (not the fair one) until its first slow answer sizes
+# the cap down again.
+MAX_SLOTS = 64
+# Weight of a new answer's service time in a lane's moving average: a few answers follow
+# a change of the endpoint's speed, one odd answer moves it little.
+SERVICE_ALPHA = 0.2
+# One request in this many is timed for that average (a process's own count): timing
+# every one cost a noop request a tenth of the fair queue's bookkeeping, and a fast
+# endpoint, the one that needs the estimate, gives many answers.
+TIME_EVERY = 4
 # The tenant of a request without a key or X-Customer-ID.
 ANONYMOUS = "anonymous"
 QUEUE_SECONDS = Histogram(
@@ -73,86 +94,41 @@ QUEUE_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 
-class SharedTags:
-    """The fair queue's shared memory: heads per process and endpoint, each class's
-    virtual time per endpoint, and finish tags and served counts per tenant."""
-
-    def __init__(self, board: LoadBoard) -> None:
-        self.board = board
-        rows, columns = board.rows, board.columns
-        self.head_rank = multiprocessing.RawArray(ctypes.c_int32, [NO_HEAD] * (rows * columns))
-        self.head_tag = multiprocessing.RawArray(ctypes.c_double, rows * columns)
-        self.vtime = multiprocessing.RawArray(ctypes.c_double, columns * MAX_CLASSES)
-        self.tenant_ids = multiprocessing.RawArray(ctypes.c_uint64, TENANT_SLOTS)
-        # Each slot's "endpoint NUL tenant", so any process can list every slot's owner.
-        self.owners = multiprocessing.RawArray(ctypes.c_char, TENANT_SLOTS * OWNER_BYTES)
-        self.finish = multiprocessing.RawArray(ctypes.c_double, TENANT_SLOTS)
-        # Served per process row (each writes its own: no update lost), summed to read.
-        self.started = multiprocessing.RawArray(ctypes.c_int64, rows * TENANT_SLOTS)
-        self._lock = multiprocessing.Lock()
-        self._slots: dict[tuple[str, str], int] = {}
-        # A pipe per process row: a byte on it wakes that process's queue.
-        self.wakers = [os.pipe() for _ in range(rows)]
-        for read, write in self.wakers:
-            os.set_blocking(read, False)
-            os.set_blocking(write, False)
-
-    def clear_row(self, row: int) -> None:
-        """A new front process in ``row``: no head of a dead one's left there."""
-        start = row * self.board.columns
-        for i in range(start, start + self.board.columns):
-            self.head_rank[i] = NO_HEAD
-
-    def tenant_slot(self, endpoint: str, tenant: str) -> int:
-        """The shared slot of ``tenant``'s tags on ``endpoint`` (claimed on first use)."""
-        slot = self._slots.get((endpoint, tenant))
-        if slot is not None:
-            return slot
-        owner = (endpoint + "\0" + tenant).encode()
-        ident = slot_hash(endpoint + "\0" + tenant)
-        start = ident % TENANT_SLOTS
-        with self._lock:
-            for i in range(TENANT_SLOTS):
-                slot = (start + i) % TENANT_SLOTS
-                if self.tenant_ids[slot] in (ident, 0):
-                    if not self.tenant_ids[slot]:
-                        at = slot * OWNER_BYTES
-                        ctypes.memmove(ctypes.addressof(self.owners) + at, owner, len(owner))
-                    self.tenant_ids[slot] = ident
-                    break
-            else:
-                slot = start  # full: tenants share by hash (bounded, blurred)
-        if len(self._slots) >= TENANT_SLOTS:
-            self._slots.clear()
-        self._slots[(endpoint, tenant)] = slot
-        return slot
-
-    def served(self) -> dict[str, dict[str, int]]:
-        """Requests started per endpoint and tenant, over every process."""
-        out: dict[str, dict[str, int]] = {}
-        for slot in range(TENANT_SLOTS):
-            if self.tenant_ids[slot]:
-                at = slot * OWNER_BYTES
-                owner = ctypes.string_at(ctypes.addressof(self.owners) + at, OWNER_BYTES)
-                endpoint, _, tenant = owner.rstrip(b"\0").decode().partition("\0")
-                out.setdefault(endpoint, {})[tenant] = sum(self.started[slot::TENANT_SLOTS])
-        return out
-
-    def wake(self, row: int) -> None:
-        """Tell the process in ``row`` to look at its queue (a full pipe: it will)."""
-        try:
-            os.write(self.wakers[row][1], b"\0")
-        except BlockingIOError:
-            pass
-
-
 @dataclass
 class Lane:
-    """One endpoint's columns of the load board, and how many requests it runs at once."""
+    """One endpoint's columns of the load board, how many requests it runs at once, and
+    the service time that number adapts to (``FAIR_BACKLOG_MS``)."""
 
     running: int
     waiting: int
     cap: int = 1
+    # Seconds of the endpoint's own time a request takes, as this process measured its
+    # answers (a moving average); 0: no answer yet.
+    service: float = 0.0
+    # The route ``cap`` was sized for: a new one (the route file read again: workers,
+    # FAIR_SLOTS or FAIR_BACKLOG_MS may have changed) sizes it again.
+    sized_for: Route | None = None
+
+    def size(self, route: Route) -> None:
+        """Set :attr:`cap` from ``route`` and the service time (see the module's docstring)."""
+        per_worker = route.slots
+        if route.backlog_ms and self.service:
+            # Never below FAIR_SLOTS, even where FAIR_SLOTS is past MAX_SLOTS.
+            per_worker = min(per_worker + int(route.backlog_ms / 1000 / self.service),
+                             max(per_worker, MAX_SLOTS))
+        self.cap = (len(route.workers) or 1) * per_worker
+        self.sized_for = route
+
+    def timed(self, route: Route, latency: float, running: int) -> None:
+        """An answer of ``route`` came ``latency`` seconds after it was sent with
+        ``running`` requests on the endpoint (itself included): a service time sample."""
+        workers = len(route.workers) or 1
+        # Spread over the workers, a request found running / workers requests before it
+        # and its own; fewer running than workers: a worker of its own.
+        sample = latency * workers / (running if running > workers else workers)
+        service = self.service
+        self.service = sample if not service else service + SERVICE_ALPHA * (sample - service)
+        self.size(route)
 
 
 @dataclass(order=True)
@@ -177,8 +153,8 @@ class FairQueue:
         self._seq = itertools.count()
         self._lanes: dict[str, Lane] = {}
         self._recheck: asyncio.TimerHandle | None = None
-        # (when, counts) marks of shares(): the base of the window it reports.
-        self._marks: deque[tuple[float, dict[str, dict[str, int]]]] = deque()
+        self._sent = 0  # requests sent since the last one timed (clock())
+        self._window = ShareWindow()
 
     def start(self) -> None:
         """In each front process, on its loop: listen on its wake pipe."""
@@ -191,7 +167,8 @@ class FairQueue:
         :meth:`take` waits for one."""
         name = route.name
         lane = self._lanes.get(name) or self._lane(name)
-        lane.cap = max(1, len(route.workers)) * route.slots
+        if lane.sized_for is not route:
+            lane.size(route)
         board = self.board
         if board.load_at(lane.waiting) or board.load_at(lane.running) >= lane.cap:
             return False
@@ -222,6 +199,27 @@ class FairQueue:
             MISSES.labels(name, "queue").inc()
             raise DeadlineExceeded(f"the request's deadline passed while it waited for "
                                    f"endpoint {name}", SIGNATURE=name) from None
+
+    def clock(self, route: Route) -> float:
+        """When a request of ``route`` is sent: ``time.perf_counter()`` for one in
+        :data:`TIME_EVERY` (to give :meth:`answered`) while ``FAIR_BACKLOG_MS`` is on,
+        else 0 (not timed)."""
+        if route.backlog_ms:
+            self._sent += 1
+            if self._sent >= TIME_EVERY:
+                self._sent = 0
+                return time.perf_counter()
+        return 0.0
+
+    def answered(self, route: Route, latency: float, running: int | None = None) -> None:
+        """A non-streamed answer of ``route`` came ``latency`` seconds after it was sent,
+        ``running`` requests on the endpoint (itself included; None: as many as now):
+        the lane's service time follows, and its cap (before :meth:`give_back`, which
+        hands slots out)."""
+        lane = self._lanes[route.name]
+        if running is None:
+            running = self.board.load_at(lane.running)
+        lane.timed(route, latency, running)
 
     def give_back(self, name: str) -> None:
         """A request of ``name`` ended: its slot goes to the next waiting request."""
@@ -341,23 +339,8 @@ class FairQueue:
 
     def shares(self) -> dict[str, dict[str, dict[str, float]]]:
         """Per endpoint and tenant: requests started over every process in the last
-        :data:`SHARE_WINDOW_S` or so (since the start at the first read), and their
-        share of the endpoint's."""
-        now = time.monotonic()
-        counts = self.shared.served()
-        marks = self._marks
-        while len(marks) > 1 and now - marks[1][0] >= SHARE_WINDOW_S:
-            marks.popleft()  # the newest mark at least a window old is the base
-        base = marks[0][1] if marks else {}
-        if not marks or now - marks[-1][0] >= SHARE_WINDOW_S / 4:
-            marks.append((now, counts))
-        out: dict[str, dict[str, dict[str, float]]] = {}
-        for name, tenants in counts.items():
-            started = {t: n - base.get(name, {}).get(t, 0) for t, n in tenants.items()}
-            total = sum(started.values())
-            out[name] = {t: {"STARTED": n, "SHARE": round(n / total, 4) if total else 0.0}
-                         for t, n in started.items()}
-        return out
+        :data:`SHARE_WINDOW_S` or so, and their share of the endpoint's."""
+        return self._window.shares(self.shared.served())
 
 
 def standing_of(priorities: Priorities, req: Request) -> Standing:
@@ -379,13 +362,15 @@ def standing_of(priorities: Priorities, req: Request) -> Standing:
 async def in_turn(fair: FairQueue, standing: Standing, route: Route, req: Request,
                   send: Callable[[], Awaitable[UpstreamResponse]]) -> UpstreamResponse:
     """Send a request (``send``) once the fair queue gives it its turn; the turn passes
-    on when the answer (or its stream) ends."""
+    on when the answer (or its stream) ends. Some non-streamed answers are timed, with
+    the load they found, for the endpoint's cap (``FAIR_BACKLOG_MS``)."""
     name = route.name
     if not fair.take_now(route, standing):
         waited = time.perf_counter()
         await fair.take(route, standing, req.deadline)
         if req.trace is not None:
             req.trace.record("queue", waited, time.perf_counter())
+    sent = fair.clock(route)
     resp = None
     try:
         resp = await send()
@@ -394,6 +379,10 @@ async def in_turn(fair: FairQueue, standing: Standing, route: Route, req: Reques
         if resp is not None and resp.stream is not None:
             resp.stream.hold(lambda _end: fair.give_back(name))
         else:
+            # A stream's time is its length, not the endpoint's speed; a failure (a
+            # crashed worker's fast 502) says nothing of it either.
+            if sent and resp is not None and resp.status < 500:
+                fair.answered(route, time.perf_counter() - sent)
             fair.give_back(name)
 
 

@@ -437,7 +437,8 @@ class Endpoint:
                     "idle": s["STREAM_IDLE_TIMEOUT"], "total": s["STREAM_TIMEOUT"]},
             last_error=self.last_error, retry_after=self.retry_after(),
             max_queue_depth=s["MAX_QUEUE_DEPTH"], max_queue_bytes=s["MAX_QUEUE_BYTES"],
-            max_in_flight=self.max_in_flight(), slots=self.slots(), remote=remote,
+            max_in_flight=self.max_in_flight(), slots=self.slots(),
+            backlog_ms=float(s["FAIR_BACKLOG_MS"]), remote=remote,
             pipeline=None if remote else s["PIPELINE"] or None,
             idle_timeout=s["IDLE_TIMEOUT"] if s["MIN_WORKERS"] == 0 else None,
             cold_start_timeout=s["COLD_START_TIMEOUT"], cache=cache_of(s["CACHE"]))

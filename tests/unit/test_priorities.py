@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from basic_inference_server.config import parse_config
+from basic_inference_server.config import ENDPOINT_SETTINGS, parse_config
 from basic_inference_server.errors import BadRequest, ConfigError
 from basic_inference_server.tenants.priorities import Priorities
 
@@ -52,18 +52,29 @@ def test_an_unknown_x_priority_is_a_400(priorities):
     ({"PRIORITY_CLASSES": ["a", "a"]}, "distinct"),
     ({"PRIORITY_CLASSES": [f"c{i}" for i in range(9)]}, "1 to 8"),
     ({"FAIR_SLOTS": 0}, None),
+    ({"FAIR_BACKLOG_MS": -1}, "FAIR_BACKLOG_MS"),
+    ({"FAIR_BACKLOG_MS": 1001}, "FAIR_BACKLOG_MS"),
+    ({"FAIR_BACKLOG_MS": float("nan")}, "FAIR_BACKLOG_MS"),
+    ({"FAIR_BACKLOG_MS": "2"}, "FAIR_BACKLOG_MS"),
     ({"API_KEYS": True, "JWT_ISSUERS": [{
         "ISSUER": "https://id.example", "AUDIENCE": "bis", "JWKS_FILE": "jwks.json",
         "PLANS": {"pro": {"PRIORITY": "urgent"}}}]}, "JWT_ISSUERS[0].PLANS.pro.PRIORITY"),
 ])
 def test_settings_that_disagree_are_refused(extra, words):
-    if "FAIR_SLOTS" in extra:  # an endpoint setting
+    if extra.keys() & ENDPOINT_SETTINGS.keys():
         raw = {"CONFIG_ENDPOINTS": {"e": {"SERVER_CLASS": "echo", **extra}}}
     else:
         raw = {"CONFIG_ENDPOINTS": {}, **extra}
     with pytest.raises(ConfigError) as info:
         parse_config(raw)
     assert words is None or words in str(info.value), info.value
+
+
+@pytest.mark.parametrize("backlog", [0, 2.5, 1000])
+def test_fair_backlog_ms_takes_a_number_of_ms(backlog):
+    config = parse_config({"CONFIG_ENDPOINTS": {"e": {"SERVER_CLASS": "echo",
+                                                      "FAIR_BACKLOG_MS": backlog}}})
+    assert config.endpoints["e"].settings["FAIR_BACKLOG_MS"] == backlog
 
 
 def test_classes_of_ones_own_are_taken():

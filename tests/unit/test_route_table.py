@@ -14,7 +14,8 @@ from basic_inference_server.manager.state import Endpoint, write_routes
 
 ROUTE_KEYS = {"version", "breaker", "state", "socket", "workers", "timeout", "retry_on_crash",
               "stream", "last_error", "retry_after", "max_queue_depth", "max_queue_bytes",
-              "max_in_flight", "slots", "idle_timeout", "cold_start_timeout", "cache"}
+              "max_in_flight", "slots", "backlog_ms", "idle_timeout", "cold_start_timeout",
+              "cache"}
 POLICY = {"versions": {"v1": "clf@v1"}, "weights": {"v1": 100.0}, "sticky_field": None,
           "shadow": None, "rollout": None}
 SETTINGS = {"NO_STARTUP_WAIT": False, "READY_POLICY": "any"}
@@ -62,3 +63,13 @@ def test_a_table_never_read_is_not_served_from_the_cache(tmp_path: Path) -> None
     # Another thread has just begun the first read: the check is marked, nothing read yet.
     routes._checked = time.monotonic()
     assert set(routes.table().endpoints) == {"echo", "pipe", "far"}
+
+
+def test_fair_backlog_ms_reaches_the_front(tmp_path: Path) -> None:
+    # FAIR_BACKLOG_MS sizes the fair queue's cap in the front: the route carries it.
+    fast = Endpoint(config=parse_endpoint("fast", {"FAIR_BACKLOG_MS": 0.5}, "test"),
+                    socket_path="/run/fast")
+    path = tmp_path / "routes.json"
+    write_routes(path, {"echo": endpoints()["echo"], "fast": fast}, SETTINGS, {})
+    read = RouteTable(str(path)).table(fresh=True).endpoints
+    assert (read["echo"].backlog_ms, read["fast"].backlog_ms) == (2.0, 0.5)
