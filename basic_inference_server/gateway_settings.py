@@ -134,11 +134,11 @@ GATEWAY_SETTINGS: dict[str, Setting] = {
                 "Alert when an endpoint restarts this many times within 10 minutes.",
                 at_least(1, 1_000_000)),
         Setting("TRACING", (dict, type(None)), None,
-                "OpenTelemetry traces (the `otel` extra): {OTLP_URL, SAMPLE, SERVICE_NAME}. "
+                "OpenTelemetry traces, exported over OTLP/HTTP: {OTLP_URL, SAMPLE, SERVICE_NAME}. "
                 "OTLP_URL: an OTLP/HTTP traces receiver (http://collector:4318/v1/traces); "
                 "SAMPLE (default 0.1): the share of requests without a caller's "
                 "traceparent that are traced (one with it follows its sampled flag); "
-                "SERVICE_NAME: default SERVER_NAME. null: off, nothing imported "
+                "SERVICE_NAME: default SERVER_NAME. null: off "
                 "(docs/tracing.md).", check_tracing),
         Setting("ACCESS_LOG", bool, True,
                 "Log one line per /run request (endpoint, status, latency, worker)."),

@@ -1,8 +1,8 @@
-"""OpenTelemetry traces of requests and jobs (``TRACING``; the ``otel`` extra).
+"""OpenTelemetry traces of requests and jobs (``TRACING``).
 
-Off (the default), nothing here imports OpenTelemetry: every process checks one
-attribute per request. On, each process sends its spans in batches over OTLP/HTTP
-(``OTLP_URL``, protobuf) from a thread of its own.
+Off (the default), every process checks one attribute per request. On, each process
+sends its spans in batches over OTLP/HTTP (``OTLP_URL``, protobuf) from a thread of its
+own. No OpenTelemetry package is needed, on or off (see below).
 
 **Who samples.** The gateway front decides for the whole trace: a request that brings a
 W3C ``traceparent`` follows its sampled flag; one without is sampled at ``SAMPLE``.
@@ -25,11 +25,11 @@ with its stages as children (``queue``, ``decode``, ``pre``, ``predict``, ``post
 **Why spans are recorded here rather than by the SDK's tracer.** The OpenTelemetry
 SDK's span costs about 25 us of CPU to start and end in CPython, and as much again to
 encode in its batch processor (measured): more than the whole front costs a noop
-request. A span here is a tuple appended to a list (about 1 us); a thread of the
-process turns a batch of them into OTLP's protobuf with ``opentelemetry-proto`` (about
-4 us a span) and posts it. For the same reason the W3C ``traceparent`` (four
-hexadecimal fields) is read here: the API's propagator takes 4 us a request to build
-the context objects this code has no use for.
+request. A span here is written as OTLP's protobuf bytes when it ends (about 1.5 us:
+:mod:`.otlp_wire`) and appended to a list that a thread of the process posts in
+batches. For the same reason the W3C ``traceparent`` (four hexadecimal fields) is read
+here: the API's propagator takes 4 us a request to build the context objects this
+code has no use for.
 """
 
 from __future__ import annotations
@@ -45,11 +45,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from . import otlp_wire
+
 log = logging.getLogger(__name__)
 
 TRACEPARENT = b"traceparent"
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z",
                           re.S)
+_CANONICAL = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # time.perf_counter() to Unix nanoseconds (a span's times), fixed once per process.
 _EPOCH_NS = time.time_ns() - time.perf_counter_ns()
 # The span a step's calls are children of (a pipeline's steps run in tasks of their own).
@@ -122,23 +125,16 @@ class Span:
         self.attributes = attributes
 
 
-# A finished span: trace id, span id, parent id (0: none), name, kind, start and end
-# (perf_counter), attributes.
-Finished = tuple[int, int, int, str, int, float, float, dict[str, Any] | None]
-
-
 class Exporter:
-    """One process's spans on their way out: a bounded list, a thread that sends it in
-    batches every :data:`SCHEDULE_DELAY_MS` (or sooner when a batch is full), and a
-    last send at exit."""
+    """One process's spans on their way out: a bounded list of encoded spans, a thread
+    that sends it in batches every :data:`SCHEDULE_DELAY_MS` (or sooner when a batch is
+    full), and a last send at exit."""
 
     def __init__(self, spec: TracingSpec, role: str) -> None:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
         self.spec = spec
-        self.role = role
-        self.request_type = trace_service_pb2.ExportTraceServiceRequest
-        self.spans: list[Finished] = []
+        self.fixed = otlp_wire.resource({"service.name": spec.service, "bis.role": role},
+                                        "basic_inference_server")
+        self.spans: list[bytes] = []
         self.dropped = 0
         self.wake = threading.Event()
         self.lock = threading.Lock()
@@ -146,8 +142,8 @@ class Exporter:
         self.thread.start()
         atexit.register(self.flush)
 
-    def add(self, span: Finished) -> None:
-        """Queue a finished span (dropped, and counted, when the queue is full)."""
+    def add(self, span: bytes) -> None:
+        """Queue a finished span, encoded (dropped, and counted, when the queue is full)."""
         spans = self.spans
         if len(spans) >= MAX_QUEUED:
             self.dropped += 1
@@ -167,34 +163,11 @@ class Exporter:
         with self.lock:  # one send at a time (the thread, and the exit's)
             while self.spans:
                 batch, self.spans[:MAX_BATCH] = self.spans[:MAX_BATCH], []
-                self._send(self.encode(batch))
+                self._send(otlp_wire.request(self.fixed, batch))
             if self.dropped:
                 log.warning("tracing: %d spans dropped (the exporter fell behind)",
                             self.dropped)
                 self.dropped = 0
-
-    def encode(self, batch: list[Finished]) -> bytes:
-        """One OTLP export request of ``batch``, as protobuf."""
-        request = self.request_type()
-        resource_spans = request.resource_spans.add()
-        for key, value in (("service.name", self.spec.service), ("bis.role", self.role)):
-            resource_spans.resource.attributes.add(key=key).value.string_value = value
-        scope = resource_spans.scope_spans.add()
-        scope.scope.name = "basic_inference_server"
-        for trace_id, span_id, parent, name, kind, started, ended, attributes in batch:
-            span = scope.spans.add(
-                trace_id=trace_id.to_bytes(16, "big"), span_id=span_id.to_bytes(8, "big"),
-                parent_span_id=parent.to_bytes(8, "big") if parent else b"", name=name,
-                kind=kind, start_time_unix_nano=ns(started), end_time_unix_nano=ns(ended))
-            for key, value in (attributes or {}).items():
-                field = span.attributes.add(key=key).value
-                if isinstance(value, bool):
-                    field.bool_value = value
-                elif isinstance(value, int):
-                    field.int_value = value
-                else:
-                    field.string_value = str(value)
-        return bytes(request.SerializeToString())
 
     def _send(self, body: bytes) -> None:
         import urllib.request  # (here: every process imports this module, few send)
@@ -212,13 +185,17 @@ def read_traceparent(value: bytes) -> tuple[int, int, bool] | None:
     """A W3C ``traceparent`` value's trace id, parent id and sampled flag; None when it
     is not one (Trace Context, level 1: a version other than ``ff``; for ``00`` exactly
     four fields, a later version may add more; ids not all zeros)."""
-    match = _TRACEPARENT.match(value.strip())
-    if match is None:
-        return None
-    version, trace, parent, flags, rest = match.groups()
-    if version == b"ff" or (version == b"00" and rest):
-        return None
-    trace_id, parent_id = int(trace, 16), int(parent, 16)
+    if len(value) == 55 and value[:3] == b"00-" and _CANONICAL.fullmatch(value):
+        # (The form every hop of a trace sends, the front's included: read by slicing.)
+        trace_id, parent_id, flags = int(value[3:35], 16), int(value[36:52], 16), value[53:]
+    else:
+        match = _TRACEPARENT.match(value.strip())
+        if match is None:
+            return None
+        version, trace, parent, flags, rest = match.groups()
+        if version == b"ff" or (version == b"00" and rest):
+            return None
+        trace_id, parent_id = int(trace, 16), int(parent, 16)
     if not trace_id or not parent_id:
         return None
     return trace_id, parent_id, bool(int(flags, 16) & 1)
@@ -235,8 +212,10 @@ class Tracer:
     def parent(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, bool] | None:
         """A request's ``traceparent``: trace id, span id and sampled flag (None: it has
         none, or a malformed one)."""
-        value = next((v for h, v in headers if h == TRACEPARENT), None)
-        return None if value is None else read_traceparent(value)
+        for header, value in headers:
+            if header == TRACEPARENT:
+                return read_traceparent(value)
+        return None
 
     def begin(self, name: str, headers: list[tuple[bytes, bytes]], started: float,
               sample_roots: bool, **attributes: Any) -> Trace | None:
@@ -292,16 +271,17 @@ class Trace:
         """End ``span`` now (or at ``ended``), with more ``attributes``."""
         if attributes:
             span.attributes = {**(span.attributes or {}), **attributes}
-        self.exporter.add((self.id, span.id, span.parent, span.name, span.kind, span.started,
-                           time.perf_counter() if ended is None else ended, span.attributes))
+        self.exporter.add(otlp_wire.span(
+            self.id, span.id, span.parent, span.name, span.kind, ns(span.started),
+            ns(time.perf_counter() if ended is None else ended), span.attributes))
 
     def record(self, name: str, started: float, ended: float, parent: Span | None = None,
                attributes: dict[str, Any] | None = None) -> None:
         """A finished span of ``started`` to ``ended`` (a child of ``parent``, else of
         the current step's span or of the root)."""
         parent_id = (parent or _PARENT.get() or self.root).id
-        self.exporter.add((self.id, random.getrandbits(64) or 1, parent_id, name, INTERNAL,
-                           started, ended, attributes or None))
+        self.exporter.add(otlp_wire.span(self.id, random.getrandbits(64) or 1, parent_id, name,
+                                         INTERNAL, ns(started), ns(ended), attributes))
 
     def value(self, span: Span | None = None) -> str:
         """The ``traceparent`` value naming ``span`` (else the root) as parent."""

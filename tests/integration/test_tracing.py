@@ -91,7 +91,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def gw(module_gateways, receiver) -> Gateway:
     made = module_gateways({
-        "TRACING": {"OTLP_URL": receiver.url, "SAMPLE": 1.0},
+        "TRACING": {"OTLP_URL": receiver.url, "SAMPLE": 1.0}, "SERVER_TIMING": True,
         "CONFIG_ENDPOINTS": {
             "slow": {"NR_WORKERS": 1}, "chain": {"PIPELINE": CHAIN},
             "clf": {"SERVER_CLASS": "slow", "VERSIONS": {"v1": {}, "v2": {}},
@@ -138,7 +138,7 @@ def test_a_pipeline_call_is_one_trace_under_the_callers(gw, receiver):
     assert len(named["endpoint slow"]) == 2
     for endpoint in named["endpoint slow"]:
         assert parent_of(spans, endpoint)["name"] == "upstream slow" and endpoint["role"] == "server"
-        # Every stage, short ones too, in Server-Timing's format.
+        # Every stage, short ones too, in Server-Timing's format (SERVER_TIMING is on).
         assert "pre;dur=" in endpoint["attributes"]["bis.server_timing"], endpoint
     predicts = named["predict"]
     assert len(predicts) == 2 and all(

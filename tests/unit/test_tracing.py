@@ -9,6 +9,7 @@ import time
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from basic_inference_server import otlp_wire
 from basic_inference_server.tracing import (
     Exporter,
     Tracer,
@@ -26,8 +27,9 @@ class Kept(Exporter):
     """An exporter that keeps its spans (no thread, no receiver)."""
 
     def __init__(self, spec: TracingSpec) -> None:
-        self.spec, self.role, self.spans, self.dropped = spec, "front", [], 0
-        self.request_type = ExportTraceServiceRequest
+        self.spec, self.spans, self.dropped = spec, [], 0
+        self.fixed = otlp_wire.resource({"service.name": spec.service, "bis.role": "front"},
+                                        "basic_inference_server")
         self.wake, self.lock = threading.Event(), threading.Lock()
 
 
@@ -79,7 +81,7 @@ def test_spans_nest_under_steps_and_encode_as_otlp():
     trace.stop(step)
     trace.record("queue", time.perf_counter() - 0.01, time.perf_counter())
     trace.end({"bis.endpoint": "a"})
-    decoded = ExportTraceServiceRequest.FromString(kept.encode(kept.spans))
+    decoded = ExportTraceServiceRequest.FromString(otlp_wire.request(kept.fixed, kept.spans))
     resource = decoded.resource_spans[0]
     assert {a.key: a.value.string_value for a in resource.resource.attributes} == {
         "service.name": "svc", "bis.role": "front"}
