@@ -170,9 +170,8 @@ class FairQueue:
         if lane.sized_for is not route:
             lane.size(route)
         board = self.board
-        if board.load_at(lane.waiting) or board.load_at(lane.running) >= lane.cap:
+        if not board.take_if_free(lane.running, lane.waiting, lane.cap):
             return False
-        board.add_at(lane.running, 1)
         self.shared.started[board.row * TENANT_SLOTS
                             + self.shared.tenant_slot(name, standing.tenant)] += 1
         return True
@@ -224,8 +223,7 @@ class FairQueue:
     def give_back(self, name: str) -> None:
         """A request of ``name`` ended: its slot goes to the next waiting request."""
         lane = self._lanes[name]
-        self.board.add_at(lane.running, -1)
-        if self.board.load_at(lane.waiting) > 0:
+        if self.board.release(lane.running, lane.waiting):
             self.pump(name)
 
     def _lane(self, name: str) -> Lane:

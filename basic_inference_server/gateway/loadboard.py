@@ -96,6 +96,23 @@ class LoadBoard:
         """:meth:`load` by column."""
         return sum(self._counts[col::self.columns])
 
+    def take_if_free(self, running: int, waiting: int, cap: int) -> bool:
+        """Count one more request in column ``running`` when none is counted in
+        ``waiting`` and fewer than ``cap`` in ``running``, over every process (the fair
+        queue's slot; one call, as every request of a fair endpoint makes it)."""
+        counts, columns = self._counts, self.columns
+        if sum(counts[waiting::columns]) or sum(counts[running::columns]) >= cap:
+            return False
+        counts[self.row * columns + running] += 1
+        return True
+
+    def release(self, running: int, waiting: int) -> bool:
+        """Count one request fewer in column ``running``; whether any is counted in
+        ``waiting`` (over every process)."""
+        counts, columns = self._counts, self.columns
+        counts[self.row * columns + running] -= 1
+        return bool(sum(counts[waiting::columns]))
+
     def add(self, path: str, delta: int) -> None:
         """Count ``delta`` more requests in flight to socket ``path`` (this process's row)."""
         self._counts[self.row * self.columns + self._column(path)] += delta

@@ -69,3 +69,18 @@ def test_a_full_board_shares_columns_and_says_so(caplog):
     assert sum("no free column" in r.getMessage() for r in caplog.records) == 1
     board.add(names[0], 1)
     assert board.load(names[0]) >= 1
+
+
+def test_a_slot_is_taken_over_every_process_and_never_past_a_waiting_request():
+    board = LoadBoard(2)
+    running, waiting = board.column("^echo"), board.column("?echo")
+    board.claim_row(1)
+    assert board.take_if_free(running, waiting, 2)  # row 1 runs one
+    board.claim_row(0)
+    assert board.take_if_free(running, waiting, 2)  # row 0 the second: full over both
+    assert not board.take_if_free(running, waiting, 2)
+    assert not board.release(running, waiting)  # nobody waits
+    board.add_at(waiting, 1)
+    assert not board.take_if_free(running, waiting, 2)  # a free slot, but one waits first
+    assert board.release(running, waiting)
+    assert board.load_at(running) == 0 and board.load_at(waiting) == 1
