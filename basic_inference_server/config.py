@@ -161,7 +161,7 @@ ENDPOINT_SETTINGS: dict[str, Setting] = {
                 "rest waiting in the front's fair queue. null: MAX_SEQUENCES when the "
                 "section sets it (a generative endpoint), else MAX_BATCH_SIZE.",
                 lambda v: None if v is None else at_least(1, 100_000)(v)),
-        Setting("FAIR_BACKLOG_MS", (int, float), 2.0,
+        Setting("FAIR_BACKLOG_MS", (int, float), 5.0,
                 "With FAIR_QUEUEING: the most work, in ms of the endpoint's own time, that a "
                 "request handed to a worker may find queued before it there. The front "
                 "measures a request's service time s from the answers and lets each worker "

@@ -29,10 +29,11 @@ turn, the order alternating between rounds, so the machine's drift moves them to
 - ``cost``: the peer harness's ``noop`` endpoint (2 workers) behind an ``on`` and an
   ``off`` gateway of its own (``GATEWAY_WORKERS`` 2), wrk on ``POST /run`` at each
   concurrency of ``--conc``, CPU time of each gateway's whole process tree over the
-  measured seconds per request. Judged per concurrency: the median of the rounds' ratios
-  (``on`` / ``off``, each pair seconds apart) is at most 1.03. At c=1 nothing waits (the
-  queue's bookkeeping alone); at c=16 all but ``FAIR_SLOTS`` x 2 requests wait in the
-  front (``--cost-fair-slots 8``: none does).
+  measured seconds per request; in a round the two take turns a second at a time
+  (``--cost-seconds`` each). Judged per concurrency: the median of the rounds' ratios
+  (``on`` / ``off``) is at most 1.03. At c=1 nothing waits (the queue's bookkeeping
+  alone); at c=16 the workers' slots adapt to the endpoint's speed (``FAIR_BACKLOG_MS``)
+  and few requests wait in the front.
 
 The shares of ``off`` show what the fair queue replaces. Closed-loop tenants count only
 the answers completed in the measured seconds, after ``--warmup`` seconds of load. Exit
@@ -322,18 +323,38 @@ def windows(pair: dict[str, Server], args: argparse.Namespace) -> dict[str, Any]
     return out
 
 
-def burst(server: Server, conc: int, seconds: int, lua: Path) -> dict[str, float]:
-    """wrk on ``server`` for a second unmeasured, then ``seconds``: its figures and the CPU
-    ms per request of its whole tree, and of its front and server workers."""
-    wrk(server.port, conc, 1, str(lua))
-    pid = server.proc.pid  # type: ignore[union-attr]
-    before = cpu_by_role(pid)
-    result = wrk(server.port, conc, seconds, str(lua))
-    after = cpu_by_role(pid)
-    per = {k: (after[k] - before.get(k, 0.0)) * 1000 / max(1, result["requests"]) for k in after}
-    return {"rps": result["rps"], "p50_ms": result["p50_ms"], "non_2xx": result["errors"],
-            "cpu_ms": sum(per.values()), "front_ms": per.get("front worker", 0.0),
-            "server_ms": per.get("server worker", 0.0)}
+def bursts(pair: dict[str, Server], conc: int, seconds: int, lua: Path,
+           order: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Each gateway under wrk for a second unmeasured, then ``seconds`` measured seconds
+    each, one second at a time in turn (``order``, then reversed, and so on): per
+    gateway, its figures and the CPU ms per request of its whole tree, and of its front
+    and server workers, over its seconds. Seconds apart, the two see the same machine: it
+    drifts over tens of seconds by more than the cost measured."""
+    for mode in order:
+        wrk(pair[mode].port, conc, 1, str(lua))
+    requests: dict[str, float] = dict.fromkeys(order, 0.0)
+    errors: dict[str, float] = dict.fromkeys(order, 0.0)
+    p50s: dict[str, list[float]] = {mode: [] for mode in order}
+    cpu: dict[str, dict[str, float]] = {mode: {} for mode in order}
+    for second in range(seconds):
+        for mode in order if second % 2 == 0 else order[::-1]:
+            pid = pair[mode].proc.pid  # type: ignore[union-attr]
+            before = cpu_by_role(pid)
+            result = wrk(pair[mode].port, conc, 1, str(lua))
+            after = cpu_by_role(pid)
+            for role, spent in after.items():
+                cpu[mode][role] = cpu[mode].get(role, 0.0) + spent - before.get(role, 0.0)
+            requests[mode] += result["requests"]
+            errors[mode] += result["errors"]
+            p50s[mode].append(result["p50_ms"])
+    out = {}
+    for mode in order:
+        per = {k: v * 1000 / max(1, requests[mode]) for k, v in cpu[mode].items()}
+        out[mode] = {"rps": requests[mode] / seconds, "p50_ms": statistics.median(p50s[mode]),
+                     "non_2xx": errors[mode], "cpu_ms": sum(per.values()),
+                     "front_ms": per.get("front worker", 0.0),
+                     "server_ms": per.get("server worker", 0.0)}
+    return out
 
 
 def cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -349,8 +370,8 @@ def cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     try:
         for r in range(args.cost_rounds):
             for conc in args.conc:
-                row = {mode: burst(pair[mode], conc, args.cost_seconds, lua)
-                       for mode in (MODES if r % 2 == 0 else MODES[::-1])}
+                row: dict[str, Any] = bursts(pair, conc, args.cost_seconds, lua,
+                                             MODES if r % 2 == 0 else MODES[::-1])
                 row["ratio"] = row["on"]["cpu_ms"] / row["off"]["cpu_ms"]
                 rounds[conc].append(row)
                 log(f"cost round {r + 1} c={conc}: CPU on {row['on']['cpu_ms']:.4f}, off "

@@ -29,7 +29,7 @@ from ..tracing import Trace
 from ..traffic.remote import remote_body
 from ..wire.deadline import SLACK
 from ..wire.message import Request
-from .fair_queue import FairQueue, NoFairQueue, in_turn, standing_of
+from .fair_queue import FairQueue, NoFairQueue, ended, queued, standing_of
 from .idle_watch import STARTED
 from .loadboard import LoadBoard
 from .manager_call import call_manager
@@ -116,24 +116,23 @@ class Dispatcher:
         return resp
 
     async def _forward(self, route: Route, raw: bytes, req: Request) -> UpstreamResponse:
-        name = route.name
-        column = "@" + name
-        limit = route.max_in_flight
-        if limit and self.board.load(column) >= limit:
-            raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
-                             "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
-        self.board.add(column, 1)  # also bis_in_flight (metrics.InFlight)
-        if route.idle_timeout is not None:
-            self.board.add(STARTED + name, 1)  # seen by the idle watch (scale to zero)
+        column = hold_place(self.board, route)
         resp = None
         try:
             if route.pipeline is not None:
                 resp = await self.pipelines.run(route, raw, req)
-            elif isinstance(self.fair, FairQueue) and route.remote is None:
-                resp = await in_turn(self.fair, standing_of(self.priorities, req), route, req,
-                                     lambda: self._send(route, raw, req))
-            else:
+            elif route.remote is not None or not isinstance(self.fair, FairQueue):
                 resp = await self._send(route, raw, req)
+            else:  # its turn in the fair queue: at once, unless others wait or slots are full
+                fair = self.fair
+                standing = standing_of(self.priorities, req)
+                if not fair.take_now(route, standing):
+                    await queued(fair, route, standing, req)
+                sent = fair.clock(route)
+                try:
+                    resp = await self._send(route, raw, req)
+                finally:
+                    ended(fair, route, resp, sent)
             return resp
         finally:
             if resp is not None and resp.stream is not None:  # in flight until it ends
@@ -266,6 +265,21 @@ class Dispatcher:
             await asyncio.sleep(WAIT_POLL_S)
             route = self.routes.get(route.name, fresh=True) or route
         return route
+
+
+def hold_place(board: LoadBoard, route: Route) -> str:
+    """Count a request in flight to ``route`` (its load board column, returned); 503
+    ``overloaded`` past its ``MAX_IN_FLIGHT``."""
+    name = route.name
+    column = "@" + name
+    limit = route.max_in_flight
+    if limit and board.load(column) >= limit:
+        raise Overloaded(f"endpoint {name} has {limit} requests in flight (MAX_IN_FLIGHT); "
+                         "retry shortly", retry_after=1, SIGNATURE=name, MAX_IN_FLIGHT=limit)
+    board.add(column, 1)  # also bis_in_flight (metrics.InFlight)
+    if route.idle_timeout is not None:
+        board.add(STARTED + name, 1)  # seen by the idle watch (scale to zero)
+    return column
 
 
 async def traced(trace: Trace, name: str,

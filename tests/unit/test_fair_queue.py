@@ -14,7 +14,7 @@ from basic_inference_server.gateway.fair_queue import (
     SERVICE_ALPHA,
     TIME_EVERY,
     FairQueue,
-    in_turn,
+    ended,
 )
 from basic_inference_server.gateway.fair_shared import SharedTags
 from basic_inference_server.gateway.loadboard import LoadBoard
@@ -164,23 +164,26 @@ def answer(status: int = 200, streamed: bool = False) -> UpstreamResponse:
     (2.0, answer(streamed=True), False),  # a stream's time is its length
     (0.0, answer(), False),  # adaptation off: nothing timed
 ])
-def test_in_turn_times_plain_answers(backlog_ms, resp, timed):
+def test_plain_answers_are_timed(backlog_ms, resp, timed):
     route = endpoint(backlog_ms, workers=TIME_EVERY)  # (a held stream keeps its slot)
     board = LoadBoard(1)
     fair = FairQueue(board, SharedTags(board))
-    req = SimpleNamespace(deadline=None, trace=None)
 
-    async def send() -> UpstreamResponse:
+    async def call() -> None:
+        assert fair.take_now(route, STANDING)  # type: ignore[arg-type]
+        sent = fair.clock(route)  # type: ignore[arg-type]
         await asyncio.sleep(0.001)
-        return resp
+        ended(fair, route, resp, sent)  # type: ignore[arg-type]
 
-    async def calls() -> list[UpstreamResponse]:
-        return [await in_turn(fair, STANDING, route, req, send)  # type: ignore[arg-type]
-                for _ in range(TIME_EVERY - 1)]
+    async def calls(n: int) -> None:
+        for _ in range(n):
+            await call()
 
-    assert asyncio.run(calls()) == [resp] * (TIME_EVERY - 1)
+    asyncio.run(calls(TIME_EVERY - 1))
     assert fair._lanes["echo"].service == 0.0  # one in TIME_EVERY is timed
-    assert asyncio.run(in_turn(fair, STANDING, route, req, send)) is resp  # type: ignore[arg-type]
+    asyncio.run(calls(1))
     service = fair._lanes["echo"].service
-    # One request running on four workers: a worker of its own, its whole latency.
+    # One request running on TIME_EVERY workers: a worker of its own, its whole latency.
     assert (service >= 0.001) if timed else service == 0.0
+    # Its slot was given back, or is held by its stream until the stream ends.
+    assert board.load_at(fair._lanes["echo"].running) == (TIME_EVERY if resp.stream else 0)

@@ -72,4 +72,4 @@ def test_fair_backlog_ms_reaches_the_front(tmp_path: Path) -> None:
     path = tmp_path / "routes.json"
     write_routes(path, {"echo": endpoints()["echo"], "fast": fast}, SETTINGS, {})
     read = RouteTable(str(path)).table(fresh=True).endpoints
-    assert (read["echo"].backlog_ms, read["fast"].backlog_ms) == (2.0, 0.5)
+    assert (read["echo"].backlog_ms, read["fast"].backlog_ms) == (5.0, 0.5)
