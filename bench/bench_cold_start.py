@@ -30,7 +30,6 @@ import http.client
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from bench_gateway import (
     log,
     poll,
 )
+from openai_peer_common import run_in_scratch
 
 SLACK_S = 0.150  # past the trial's spawn-to-READY, per request
 RSS_GROWTH_MAX = 0.02  # over RSS_CYCLES cycles
@@ -292,12 +292,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bis-cold-") as tmp:
-        try:
-            results = run(args, Path(tmp))
-        except BenchError as exc:
-            log(f"bench_cold_start: {exc}")
-            return 2
+    results = run_in_scratch("bench_cold_start", run, args)
+    if results is None:
+        return 2
     problems = verdict(results)
     results["problems"] = problems
     text = json.dumps(results, indent=2)

@@ -30,13 +30,12 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from openai_peer_common import REPO, BenchError, log, ours, wait_gateway_ready
+from openai_peer_common import REPO, BenchError, log, ours, run_in_scratch, wait_gateway_ready
 
 APP = REPO / "bench" / "deadline_app" / "busy.py"
 
@@ -144,12 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline-ms", type=int, default=200)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bis-deadlines-") as tmp:
-        try:
-            results = run(args, Path(tmp))
-        except BenchError as exc:
-            log(f"bench_deadlines: {exc}")
-            return 2
+    results = run_in_scratch("bench_deadlines", run, args)
+    if results is None:
+        return 2
     summary = {k: v for k, v in results.items() if k != "rounds"}
     print(json.dumps(summary, indent=2))
     if args.json:

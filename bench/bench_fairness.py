@@ -52,7 +52,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -60,7 +59,16 @@ from typing import Any
 
 import httpx
 from bench_front import DEFAULT_APP, LUA, cpu_by_role, wrk
-from openai_peer_common import REPO, BenchError, Server, checkout, log, ours, wait_gateway_ready
+from openai_peer_common import (
+    REPO,
+    BenchError,
+    Server,
+    checkout,
+    log,
+    ours,
+    run_in_scratch,
+    wait_gateway_ready,
+)
 
 BUSY = REPO / "bench" / "deadline_app" / "busy.py"
 NOOP = DEFAULT_APP / "endpoints" / "noop.py"
@@ -69,9 +77,10 @@ MODES = ("on", "off")
 BODY = {"SIGNATURE": "busy"}
 # Every load scenario's tenants, in one setting: one pair of gateways serves them all (a
 # tenant new to the queue starts at its class's virtual time, so none carries credit).
-TENANTS = {"inter": {"PRIORITY": "interactive"}, "flood": {"PRIORITY": "batch"},
-           "heavy": {"WEIGHT": 3}, "light": {"WEIGHT": 1},
-           "w3": {"WEIGHT": 3}, "w2": {"WEIGHT": 2}, "w1": {"WEIGHT": 1}}
+TENANTS: dict[str, dict[str, Any]] = {
+    "inter": {"PRIORITY": "interactive"}, "flood": {"PRIORITY": "batch"},
+    "heavy": {"WEIGHT": 3}, "light": {"WEIGHT": 1},
+    "w3": {"WEIGHT": 3}, "w2": {"WEIGHT": 2}, "w1": {"WEIGHT": 1}}
 SHARES_LOAD = {"t48": 48, "t8": 8, "t4a": 4, "t4b": 4}
 WEIGHTS_LOAD = {"heavy": 8, "light": 8}
 # Concurrency unlike the weights: without the queue, shares follow concurrency.
@@ -512,12 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios {sorted(unknown)}; known: {','.join(SCENARIOS)}")
-    with tempfile.TemporaryDirectory(prefix="bis-fairness-") as tmp:
-        try:
-            results = run(args, Path(tmp))
-        except BenchError as exc:
-            log(f"bench_fairness: {exc}")
-            return 2
+    results = run_in_scratch("bench_fairness", run, args)
+    if results is None:
+        return 2
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -230,7 +230,7 @@ def measure(name: str, checkout: Path, args: argparse.Namespace, lua: str) -> di
                             out = args.profile / f"{name}-{kind}-{pid}-c{conc}.txt"
                             spies.append((kind, out, profile(pid, args.duration - 1, out)))
                 before = cpu_by_role(proc.pid)
-                result = wrk(port, conc, args.duration, lua)
+                result: dict[str, Any] = dict(wrk(port, conc, args.duration, lua))
                 after = cpu_by_role(proc.pid)
                 for _kind, _out, spy in spies:
                     spy.wait()

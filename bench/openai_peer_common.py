@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,18 @@ ADMIN_TOKEN = os.urandom(16).hex()
 def log(msg: str = "") -> None:
     """Progress on stderr (stdout holds the results)."""
     print(msg, file=sys.stderr, flush=True)
+
+def run_in_scratch(name: str, run: Callable[[Any, Path], dict[str, Any]],
+                   args: Any) -> dict[str, Any] | None:
+    """``run(args, folder)`` in a scratch folder removed after it; None (said on stderr)
+    when the benchmark could not run (BenchError)."""
+    with tempfile.TemporaryDirectory(prefix=f"bis-{name}-") as tmp:
+        try:
+            return run(args, Path(tmp))
+        except BenchError as exc:
+            log(f"{name}: {exc}")
+            return None
+
 
 def poll(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2,
          alive: Callable[[], None] | None = None) -> Any:
