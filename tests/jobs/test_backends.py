@@ -27,6 +27,7 @@ from basic_inference_server.queues.base import (
     QUEUED,
     RUNNING,
 )
+from basic_inference_server.queues.redis import connect as redis_connect
 from basic_inference_server.queues.sqlite import _NEXT_JOB
 from tests.conftest import wait_until
 
@@ -249,16 +250,24 @@ def test_redis_a_job_of_any_rank_whose_consumer_died_is_claimed_again(queue_url)
 
 
 @pytest.mark.parametrize("queue_url", ["redis"], indirect=True)
-def test_redis_a_waiting_claim_wakes_for_a_job_of_any_rank(queue):
+def test_redis_a_waiting_claim_wakes_for_a_job_of_any_rank(queue_url, queue):
+    server, _prefix = redis_connect(queue_url)
+
+    def blocked() -> int:
+        return int(server.info("clients")["blocked_clients"])
+
+    before = blocked()  # (other tests' consumers may be blocked on the same server)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(queue.claim, EP, "w", 10.0, 30)
-        time.sleep(0.5)  # blocked by now on every rank's stream
+        wait_until(lambda: blocked() > before, timeout=10,
+                   message="the claim blocks on every rank's stream")
         sent = time.monotonic()
         queue.enqueue(job(1, rank=5))
         claim = waiting.result(timeout=15)
     assert claim is not None and claim.job.rank == 5
     assert time.monotonic() - sent < 2.0, "woken by the job, not by the end of the wait"
     queue.ack(claim)
+    server.close()
 
 
 @pytest.mark.parametrize("queue_url", ["rabbitmq"], indirect=True)
