@@ -210,15 +210,13 @@ class FairQueue:
                 return time.perf_counter()
         return 0.0
 
-    def answered(self, route: Route, latency: float, running: int | None = None) -> None:
+    def answered(self, route: Route, latency: float) -> None:
         """A non-streamed answer of ``route`` came ``latency`` seconds after it was sent,
-        ``running`` requests on the endpoint (itself included; None: as many as now):
-        the lane's service time follows, and its cap (before :meth:`give_back`, which
-        hands slots out)."""
+        with the requests running on the endpoint now (itself included): the lane's
+        service time follows, and its cap (before :meth:`give_back`, which hands slots
+        out)."""
         lane = self._lanes[route.name]
-        if running is None:
-            running = self.board.load_at(lane.running)
-        lane.timed(route, latency, running)
+        lane.timed(route, latency, self.board.load_at(lane.running))
 
     def give_back(self, name: str) -> None:
         """A request of ``name`` ended: its slot goes to the next waiting request."""

@@ -80,7 +80,7 @@ def measured(route: SimpleNamespace, service_s: float) -> FairQueue:
     board = LoadBoard(1)
     fair = FairQueue(board, SharedTags(board))
     assert granted(fair, route, len(route.workers)) == len(route.workers)
-    fair.answered(route, service_s, len(route.workers))  # type: ignore[arg-type]
+    fair.answered(route, service_s)  # type: ignore[arg-type]  # one running on each worker
     for _ in route.workers:
         fair.give_back(route.name)
     return fair
@@ -118,12 +118,13 @@ def test_the_estimate_is_per_request_and_moves_by_its_average():
     route = endpoint(workers=4)
     fair = measured(route, 0.010)  # 4 running on 4 workers: 10 ms each
     # 40 ms with 16 running (4 a worker): 10 ms each; 1 running, 5 ms: a worker of its own.
-    fair.answered(route, 0.040, 16)  # type: ignore[arg-type]
-    fair.answered(route, 0.005, 1)  # type: ignore[arg-type]
+    lane = fair._lanes["echo"]
+    lane.timed(route, 0.040, 16)  # type: ignore[arg-type]
+    lane.timed(route, 0.005, 1)  # type: ignore[arg-type]
     assert fair._lanes["echo"].service == pytest.approx(0.010 + SERVICE_ALPHA * (0.005 - 0.010))
     # Faster answers pull it down to 1.5 ms: each worker gets 1 + floor(2 / 1.5).
     for _ in range(100):
-        fair.answered(route, 0.0015, 4)  # type: ignore[arg-type]
+        lane.timed(route, 0.0015, 4)  # type: ignore[arg-type]
     assert fair._lanes["echo"].cap == 4 * 2
 
 
@@ -143,7 +144,7 @@ def test_a_grown_cap_starts_the_waiting_requests_at_once():
         waiting = [asyncio.ensure_future(fair.take(route, STANDING, None))  # type: ignore[arg-type]
                    for _ in range(5)]
         await asyncio.sleep(0)
-        fair.answered(route, 0.0003, 2)  # type: ignore[arg-type]
+        fair.answered(route, 0.0003)  # type: ignore[arg-type]  # 2 running: one a worker
         fair.give_back("echo")  # one slot freed, 13 of 14 now free: all five start
         await asyncio.sleep(0)
         started = sum(w.done() for w in waiting)
