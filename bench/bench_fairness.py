@@ -27,9 +27,9 @@ turn, the order alternating between rounds, so the machine's drift moves them to
   by 1 s) of the answers' completion times. Judged: each tenant's share in every ``on``
   window is within 5 % of its weight's share.
 - ``cost``: the peer harness's ``noop`` endpoint (2 workers) behind an ``on`` and an
-  ``off`` gateway of its own (``GATEWAY_WORKERS`` 2), wrk on ``POST /run`` at each
-  concurrency of ``--conc``, CPU time of each gateway's whole process tree over the
-  measured seconds per request; in a round the two take turns a second at a time
+  ``off`` gateway (``GATEWAY_WORKERS`` 2), a new pair each round, wrk on ``POST /run``
+  at each concurrency of ``--conc``, CPU time of each gateway's whole process tree over
+  the measured seconds per request; in a round the two take turns a second at a time
   (``--cost-seconds`` each). Judged per concurrency: the median of the rounds' ratios
   (``on`` / ``off``) is at most 1.03. At c=1 nothing waits (the queue's bookkeeping
   alone); at c=16 the workers' slots adapt to the endpoint's speed (``FAIR_BACKLOG_MS``)
@@ -103,13 +103,14 @@ wrk.headers["X-Customer-ID"] = "flood"
 
 
 def start_pair(workdir: Path, endpoint: Path, section: dict[str, Any],
-               extra: dict[str, Any]) -> dict[str, Server]:
-    """An ``on`` and an ``off`` gateway serving ``endpoint`` alone, READY."""
+               extra: dict[str, Any], order: tuple[str, ...] = MODES) -> dict[str, Server]:
+    """An ``on`` and an ``off`` gateway serving ``endpoint`` alone, READY (started in
+    ``order``)."""
     name = endpoint.stem
     pair = {mode: ours(workdir / f"{name}-{mode}", {
         "GATEWAY_WORKERS": 2, "ACCESS_LOG": False, "FAIR_QUEUEING": mode == "on", **extra,
         "CONFIG_ENDPOINTS": {name: section}}, [endpoint], label=f"{name}-{mode}")
-        for mode in MODES}
+        for mode in order}
     for server in pair.values():
         wait_gateway_ready(server, [name], 180)
     return pair
@@ -372,21 +373,28 @@ def cost(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if not NOOP.exists():
         raise BenchError(f"no peer harness noop endpoint at {NOOP}")
     slots = {"FAIR_SLOTS": args.cost_fair_slots} if args.cost_fair_slots else {}
-    pair = start_pair(workdir, NOOP, {"NR_WORKERS": 2, "HOST": "127.0.0.1", **slots}, {})
     lua = workdir / "noop.lua"
     lua.write_text(LUA % "noop")
     rounds: dict[int, list[dict[str, Any]]] = {c: [] for c in args.conc}
-    try:
-        for r in range(args.cost_rounds):
+    leftovers: list[str] = []
+    for r in range(args.cost_rounds):
+        # A new pair each round: two gateways of one checkout and settings differ in CPU
+        # a request by up to 10 % for as long as they run (four alike, 12 rounds: 88.9
+        # to 105.6 us in their fronts), so one pair's ratio would carry its two
+        # instances' difference into every round; new pairs make it noise the median
+        # of the rounds takes out.
+        order = MODES if r % 2 == 0 else MODES[::-1]
+        pair = start_pair(workdir / f"cost-{r}", NOOP,
+                          {"NR_WORKERS": 2, "HOST": "127.0.0.1", **slots}, {}, order)
+        try:
             for conc in args.conc:
-                row: dict[str, Any] = bursts(pair, conc, args.cost_seconds, lua,
-                                             MODES if r % 2 == 0 else MODES[::-1])
+                row: dict[str, Any] = bursts(pair, conc, args.cost_seconds, lua, order)
                 row["ratio"] = row["on"]["cpu_ms"] / row["off"]["cpu_ms"]
                 rounds[conc].append(row)
                 log(f"cost round {r + 1} c={conc}: CPU on {row['on']['cpu_ms']:.4f}, off "
                     f"{row['off']['cpu_ms']:.4f} ms/req, ratio {row['ratio']:.3f}")
-    finally:
-        leftovers = [p for server in pair.values() for p in server.stop()]
+        finally:
+            leftovers += [p for server in pair.values() for p in server.stop()]
     out: dict[str, Any] = {"leftover_processes": leftovers}
     for conc, rows in rounds.items():
         at: dict[str, Any] = {"rounds": rows}
