@@ -6,6 +6,8 @@ import itertools
 import logging
 import multiprocessing
 
+import pytest
+
 from basic_inference_server.gateway.loadboard import LoadBoard
 from basic_inference_server.tenants.shared import slot_hash
 
@@ -84,3 +86,17 @@ def test_a_slot_is_taken_over_every_process_and_never_past_a_waiting_request():
     assert not board.take_if_free(running, waiting, 2)  # a free slot, but one waits first
     assert board.release(running, waiting)
     assert board.load_at(running) == 0 and board.load_at(waiting) == 1
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_a_columns_load_is_the_sum_of_every_rows_count(rows):
+    # One or two rows are summed by index, more by a slice: the same answer either way.
+    board = LoadBoard(rows, columns=8)
+    for row in range(rows):
+        board.claim_row(row)
+        board.add("@echo", row + 1)
+        board.add("@other", -1)
+    running, waiting = board.column("^echo"), board.column("?echo")
+    assert board.take_if_free(running, waiting, rows)  # the last row's, one of ``rows``
+    assert board.load("@echo") == rows * (rows + 1) // 2
+    assert board.load("@other") == -rows and board.load_at(running) == 1
