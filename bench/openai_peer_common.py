@@ -36,6 +36,7 @@ def log(msg: str = "") -> None:
     """Progress on stderr (stdout holds the results)."""
     print(msg, file=sys.stderr, flush=True)
 
+
 def run_in_scratch(name: str, run: Callable[[Any, Path], dict[str, Any]],
                    args: Any) -> dict[str, Any] | None:
     """``run(args, folder)`` in a scratch folder removed after it; None (said on stderr)

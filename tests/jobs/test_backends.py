@@ -5,6 +5,7 @@ Priority classes: every backend but SQS serves rank 0 first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -256,18 +257,18 @@ def test_redis_a_waiting_claim_wakes_for_a_job_of_any_rank(queue_url, queue):
     def blocked() -> int:
         return int(server.info("clients")["blocked_clients"])
 
-    before = blocked()  # (other tests' consumers may be blocked on the same server)
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(queue.claim, EP, "w", 10.0, 30)
-        wait_until(lambda: blocked() > before, timeout=10,
-                   message="the claim blocks on every rank's stream")
-        sent = time.monotonic()
-        queue.enqueue(job(1, rank=5))
-        claim = waiting.result(timeout=15)
+    with contextlib.closing(server):
+        before = blocked()  # (other tests' consumers may be blocked on the same server)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(queue.claim, EP, "w", 10.0, 30)
+            wait_until(lambda: blocked() > before, timeout=10,
+                       message="the claim blocks on every rank's stream")
+            sent = time.monotonic()
+            queue.enqueue(job(1, rank=5))
+            claim = waiting.result(timeout=15)
     assert claim is not None and claim.job.rank == 5
     assert time.monotonic() - sent < 2.0, "woken by the job, not by the end of the wait"
     queue.ack(claim)
-    server.close()
 
 
 @pytest.mark.parametrize("queue_url", ["rabbitmq"], indirect=True)

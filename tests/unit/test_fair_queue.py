@@ -121,11 +121,11 @@ def test_the_estimate_is_per_request_and_moves_by_its_average():
     lane = fair._lanes["echo"]
     lane.timed(route, 0.040, 16)  # type: ignore[arg-type]
     lane.timed(route, 0.005, 1)  # type: ignore[arg-type]
-    assert fair._lanes["echo"].service == pytest.approx(0.010 + SERVICE_ALPHA * (0.005 - 0.010))
+    assert lane.service == pytest.approx(0.010 + SERVICE_ALPHA * (0.005 - 0.010))
     # Faster answers pull it down to 1.5 ms: each worker gets 1 + floor(2 / 1.5).
     for _ in range(100):
         lane.timed(route, 0.0015, 4)  # type: ignore[arg-type]
-    assert fair._lanes["echo"].cap == 4 * 2
+    assert lane.cap == 4 * 2
 
 
 def test_a_new_route_sizes_the_cap_again():
