@@ -22,11 +22,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prometheus_client import Counter
+
 from ..deadlines import MISSES
 from ..errors import DeadlineExceeded
 from .contract import GenerationParams
 
 log = logging.getLogger(__name__)
+# Over a while, tokens / steps is the mean batch: how much the sequences decoded together.
+STEPS = Counter("bis_decode_steps_total", "Decode steps run by a generative endpoint's "
+                "workers", ["endpoint"])
+TOKENS = Counter("bis_decode_tokens_total", "Tokens made by those decode steps (one per "
+                 "sequence of the step's batch)", ["endpoint"])
 _ids = itertools.count(1)
 # A decoded text ending in this is a character whose bytes are not all in yet.
 PARTIAL = "\ufffd"
@@ -128,6 +135,7 @@ class Engine:
         self.thread: threading.Thread | None = None
         self.steps = 0  # decode steps run
         self.generated = 0  # tokens made, over every sequence
+        self._counted = (STEPS.labels(model.endpoint), TOKENS.labels(model.endpoint))
 
     def submit(self, seq: Sequence) -> Sequence:
         """Queue a sequence; it joins the batch at the next step with room."""
@@ -170,6 +178,8 @@ class Engine:
             return
         self.steps += 1
         self.generated += len(batch)
+        self._counted[0].inc()
+        self._counted[1].inc(len(batch))
         ended = []
         for seq, token in zip(batch, tokens, strict=True):
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from prometheus_client import REGISTRY
 
 from basic_inference_server.errors import DeadlineExceeded
 from basic_inference_server.generation import Engine, GenerationParams, Sequence
@@ -140,3 +141,19 @@ def test_a_sequence_whose_deadline_passed_while_it_waited_never_runs():
     with pytest.raises(DeadlineExceeded):
         list(late.texts())
     assert all(late.id not in batch for batch in model.batches), "it never ran"
+
+
+def test_the_decode_counters_follow_the_batches():
+    def counted() -> tuple[float, float]:
+        return tuple(REGISTRY.get_sample_value(name, {"endpoint": "scripted"}) or 0.0
+                     for name in ("bis_decode_steps_total", "bis_decode_tokens_total"))
+
+    model = Scripted({1: "x"})
+    engine = Engine(model, 4)
+    before = counted()
+    seqs = [engine.submit(Sequence([1] * n, GenerationParams())) for n in (2, 3, 5)]
+    for seq in seqs:
+        list(seq.texts())
+    steps, tokens = (after - was for after, was in zip(counted(), before, strict=True))
+    assert (steps, tokens) == (len(model.batches), sum(map(len, model.batches)))
+    assert tokens == 3 + 4 + 6, "one token a step for each sequence, its EOS included"
