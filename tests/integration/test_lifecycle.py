@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import assert_error, assert_ok, wait_until, write_endpoint
+from tests.conftest import assert_error, assert_ok, is_gone, wait_until, write_endpoint
 
 CONFIG = {
     # /run to a starting endpoint waits for it (up to its TIMEOUT) instead of a 503.
@@ -86,8 +86,7 @@ def test_kill_server_then_run_is_503_then_start_again(gw):
     procs = [psutil.Process(pid) for pid in [info["pid"], *info["worker_pids"]]]
     assert_ok(gw.run("spare", A=1))
     stop(gw, "spare")
-    wait_until(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-                           for p in procs), timeout=10, message="spare's processes exit")
+    wait_until(lambda: all(map(is_gone, procs)), timeout=10, message="spare's processes exit")
     body = assert_error(gw.run("spare", A=1), 503)
     assert body["STATE"] == "STOPPED"
     assert "spare" not in gw.servers()["AVAIL_SERVERS"]

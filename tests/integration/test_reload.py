@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from tests.conftest import Traffic, assert_error, assert_ok, wait_until
+from tests.conftest import Traffic, assert_error, assert_ok, is_gone, wait_until
 
 CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"NR_WORKERS": 2}}}
 
@@ -36,13 +36,7 @@ def reload_and_wait(gw, name):
                 and info["state"] == "READY" and len(info["worker_pids"]) == 2 and info)
 
     after = wait_until(switched, timeout=20, message=f"{name}'s new generation serves")
-    def gone(p: psutil.Process) -> bool:
-        try:
-            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:  # it exited between the two reads
-            return True
-
-    wait_until(lambda: all(gone(p) for p in old_procs), timeout=15,
+    wait_until(lambda: all(map(is_gone, old_procs)), timeout=15,
                message="the old generation's processes exit")
     return before, after
 

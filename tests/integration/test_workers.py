@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
 
-from tests.conftest import Traffic, assert_ok, wait_until
+from tests.conftest import Traffic, assert_ok, is_gone, wait_until
 
 CONFIG = {
     # Two front processes (the default, written out): they balance on in-flight counts
@@ -28,7 +29,7 @@ def gw(module_gateways):
 def live_workers(gw, name):
     """The live worker processes of an endpoint's server (children of its gunicorn master)."""
     master = psutil.Process(gw.server(name)["pid"])
-    return [p for p in master.children() if p.status() != psutil.STATUS_ZOMBIE]
+    return [p for p in master.children() if not is_gone(p)]  # (one may exit as it is read)
 
 
 def answered_by_both(gw, name, worker_pids):
@@ -95,9 +96,11 @@ def test_update_workers_up_and_down_under_traffic(gw):
         wait_until(lambda: traffic.ok > ok_before + 5, timeout=10)
     assert not traffic.failures, traffic.failures[:5]
     assert traffic.ok > 10
-    removed = [psutil.Process(pid) for pid in three - one if psutil.pid_exists(pid)]
-    wait_until(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-                           for p in removed), timeout=10, message="removed workers exit")
+    removed = []
+    for pid in three - one:
+        with contextlib.suppress(psutil.NoSuchProcess):  # (already gone)
+            removed.append(psutil.Process(pid))
+    wait_until(lambda: all(map(is_gone, removed)), timeout=10, message="removed workers exit")
     assert gw.server("scaled")["nr_workers"] == 1
 
 
