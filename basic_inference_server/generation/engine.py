@@ -134,7 +134,6 @@ class Engine:
         self.cond = threading.Condition()
         self.thread: threading.Thread | None = None
         self.steps = 0  # decode steps run
-        self.generated = 0  # tokens made, over every sequence
         self._counted = (STEPS.labels(model.endpoint), TOKENS.labels(model.endpoint))
 
     def submit(self, seq: Sequence) -> Sequence:
@@ -177,7 +176,6 @@ class Engine:
             self._leave(batch)
             return
         self.steps += 1
-        self.generated += len(batch)
         self._counted[0].inc()
         self._counted[1].inc(len(batch))
         ended = []
